@@ -1,0 +1,192 @@
+//! Pipelines as the operator writes them: which flag changes they gate, and the stages of
+//! chaos steps that decide whether a change goes out.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::span::Span;
+
+/// A pipeline: routing, ordered stages of chaos steps, and the outcome policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Pipeline", description = "A chaosgate pipeline catalog file.")]
+pub struct Pipeline {
+    /// Must be `pipeline`.
+    pub kind: PipelineKindTag,
+    /// Unique id; flag-change events may name it in `pipeline_id`.
+    pub id: String,
+    /// Human-readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What this pipeline protects, in one sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Which flag changes trigger this pipeline when the event names none.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Which change kinds are gated (default `enable` and `update`); `disable` is never
+    /// delayed, whatever this says.
+    #[serde(default = "default_gated_changes")]
+    pub gated_changes: Vec<GatedChange>,
+    /// What the flag command is when the pipeline fails.
+    #[serde(default)]
+    pub on_failure: FailureOutcome,
+    /// Run everything but mark the flag command `dry_run: true`.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Stages, run in order.
+    pub stages: Vec<Stage>,
+}
+
+/// The literal `pipeline`, so a file says what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineKindTag {
+    /// A pipeline file.
+    Pipeline,
+}
+
+/// Change kinds a pipeline can gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GatedChange {
+    /// A flag turned on.
+    Enable,
+    /// A flag's variation or rules changed.
+    Update,
+}
+
+fn default_gated_changes() -> Vec<GatedChange> {
+    vec![GatedChange::Enable, GatedChange::Update]
+}
+
+/// The flag command emitted when a pipeline fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureOutcome {
+    /// `disable` the flag.
+    #[default]
+    Disable,
+    /// Put the flag back to the change's `from` value.
+    Revert,
+}
+
+/// Which flag changes a pipeline takes: all present fields must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Project, exactly (any when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Environment, exactly (any when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Flag key glob, e.g. `checkout-*` (any when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
+}
+
+/// The stage types the seed allows chaos steps in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StageType {
+    /// A Feature Flag stage.
+    FeatureFlag,
+    /// A Deploy stage.
+    Deploy,
+    /// A Custom stage.
+    Custom,
+}
+
+impl StageType {
+    /// The type's name as written in files and records.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StageType::FeatureFlag => "feature_flag",
+            StageType::Deploy => "deploy",
+            StageType::Custom => "custom",
+        }
+    }
+}
+
+/// A stage: ordered chaos steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Id, unique within the pipeline.
+    pub id: String,
+    /// Human-readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Stage type.
+    #[serde(rename = "type")]
+    pub stage_type: StageType,
+    /// Chaos steps, run in order.
+    pub steps: Vec<ChaosStep>,
+}
+
+/// A chaos step: one experiment and the bar it must clear.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosStep {
+    /// Id, unique within the stage.
+    pub id: String,
+    /// Human-readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Id of the experiment to run.
+    pub experiment: String,
+    /// The step passes when the resilience score is at least this (0-100).
+    pub expected_resilience_score: f64,
+    /// Optional CEL expression that must also be true, e.g. `probes_failed == 0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion: Option<String>,
+    /// What a failure of this step does to the pipeline (default `abort`).
+    #[serde(default)]
+    pub failure_strategy: FailureStrategy,
+    /// Bound on the step's experiment; exceeded means aborted and failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Span>,
+}
+
+/// What a failed step does, as in Harness's step failure strategies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FailureStrategy {
+    /// Stop the pipeline; its outcome is failed.
+    #[default]
+    Abort,
+    /// Record the failure and carry on; the outcome is unaffected.
+    Ignore,
+    /// Treat the failure as a pass.
+    MarkAsSuccess,
+    /// Run the step again up to `count` times, waiting `backoff` (doubling), then apply
+    /// `fallback`.
+    Retry {
+        /// Further attempts after the first.
+        count: u32,
+        /// Wait before the first retry; doubles each time (default 1s).
+        #[serde(default = "default_backoff")]
+        backoff: Span,
+        /// Strategy when every retry failed (default `abort`).
+        #[serde(default)]
+        fallback: FallbackStrategy,
+    },
+}
+
+fn default_backoff() -> Span {
+    Span::from_millis(1_000)
+}
+
+/// What a step does once its retries are used up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackStrategy {
+    /// Stop the pipeline; its outcome is failed.
+    #[default]
+    Abort,
+    /// Record the failure and carry on.
+    Ignore,
+    /// Treat the failure as a pass.
+    MarkAsSuccess,
+}

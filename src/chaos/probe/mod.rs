@@ -1,0 +1,1 @@
+//! Probes: checks that watch the target while faults are active.

@@ -1,0 +1,7 @@
+//! One module per subcommand; each turns parsed arguments into an exit code.
+
+pub mod experiment;
+pub mod proxy;
+pub mod run;
+pub mod schema;
+pub mod validate;

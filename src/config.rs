@@ -1,0 +1,400 @@
+//! The worker's configuration: one TOML file plus `CHAOSGATE_...` environment overrides.
+//!
+//! Every setting is documented in `deploy/chaosgate.example.toml`. An override names its
+//! key path with `__` between levels, e.g. `CHAOSGATE_KAFKA__BOOTSTRAP_SERVERS` or
+//! `CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD` (inside `kafka.properties`, `_` stands for
+//! `.`). Its value is read as a TOML value (`16`, `true`, `["a"]`) when it parses as one,
+//! else as a string. Unknown keys, wrong types and missing required values fail at start
+//! with the key and the file (or variable) named.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Span;
+use crate::chaos::proxy::ProxyTarget;
+
+/// Prefix of the environment overrides.
+pub const ENV_PREFIX: &str = "CHAOSGATE_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Config", description = "The chaosgate worker configuration (TOML).")]
+pub struct Config {
+    /// Kafka connection and topics.
+    pub kafka: KafkaConfig,
+    /// Where the pipelines and experiments are.
+    pub catalog: CatalogConfig,
+    /// Worker behaviour.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// HTTP endpoints (health, metrics).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logs and traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Fault proxy targets run inside the worker.
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+}
+
+/// Kafka connection, consumer group and topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]` (required).
+    pub bootstrap_servers: String,
+    /// Consumer group id.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Prefix of the transactional ids (one per worker instance and partition set).
+    #[serde(default = "default_group_id")]
+    pub transactional_id_prefix: String,
+    /// Topic names.
+    #[serde(default)]
+    pub topics: Topics,
+    /// Flag-changes bigger than this go to the dead-letter topic.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Extra librdkafka properties for every client, e.g. `security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_group_id() -> String {
+    "chaosgate".to_string()
+}
+
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
+
+/// Topic names (design.md section 5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    /// Flag-change events, consumed.
+    #[serde(default = "topic_flag_changes")]
+    pub flag_changes: String,
+    /// Experiment-run records, produced.
+    #[serde(default = "topic_runs")]
+    pub runs: String,
+    /// Flag commands, produced.
+    #[serde(default = "topic_commands")]
+    pub commands: String,
+    /// Dead letters, produced.
+    #[serde(default = "topic_dead_letter")]
+    pub dead_letter: String,
+    /// Abort requests (kill switch), consumed.
+    #[serde(default = "topic_control")]
+    pub control: String,
+}
+
+fn topic_flag_changes() -> String {
+    "flag-changes".into()
+}
+fn topic_runs() -> String {
+    "chaos-experiment-runs".into()
+}
+fn topic_commands() -> String {
+    "flag-commands".into()
+}
+fn topic_dead_letter() -> String {
+    "flag-changes-dlq".into()
+}
+fn topic_control() -> String {
+    "chaosgate-control".into()
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            flag_changes: topic_flag_changes(),
+            runs: topic_runs(),
+            commands: topic_commands(),
+            dead_letter: topic_dead_letter(),
+            control: topic_control(),
+        }
+    }
+}
+
+/// Where the catalog is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Folder of pipeline and experiment YAML files (required). Relative paths are read
+    /// from the config file's folder.
+    pub path: PathBuf,
+}
+
+/// Worker behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Flags gated at the same time, at most.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Time allowed for a graceful shutdown (abort, publish, commit, leave).
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Span,
+    /// Lease of every injected fault; a fault not renewed in time reverts itself.
+    #[serde(default = "default_lease")]
+    pub fault_lease: Span,
+}
+
+fn default_max_in_flight() -> usize {
+    16
+}
+fn default_grace() -> Span {
+    Span::from_millis(30_000)
+}
+fn default_lease() -> Span {
+    Span::from_millis(10_000)
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            max_in_flight: default_max_in_flight(),
+            shutdown_grace: default_grace(),
+            fault_lease: default_lease(),
+        }
+    }
+}
+
+/// HTTP endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[serde(default = "default_listen")]
+    #[schemars(with = "String")]
+    pub listen: SocketAddr,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9464))
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON lines otherwise.
+    #[default]
+    Auto,
+    /// Human-readable.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP endpoint for traces, e.g. `http://127.0.0.1:4317`; no traces when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Log format.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Log filter in `RUST_LOG` syntax (default `info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_filter: Option<String>,
+}
+
+/// Fault proxy targets run inside the worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// One listener per target.
+    #[serde(default)]
+    pub targets: Vec<ProxyTarget>,
+}
+
+/// A configuration that cannot be used, naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file (with its overrides) is not a valid configuration.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The file, plus the overriding variables when there were any.
+        origin: String,
+        /// The parser's message: key, line and column.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads `path`, applies the `CHAOSGATE_...` variables from `env`, and checks the lot.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, &path.display().to_string(), env)?;
+        if config.catalog.path.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            config.catalog.path = dir.join(&config.catalog.path);
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text (named `origin` in errors) with the overrides from `env`.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |origin: String, message: String| ConfigError::Invalid { origin, message };
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| invalid(origin.to_string(), e.to_string().trim_end().to_string()))?;
+        let mut applied = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if rest == "CONFIG" {
+                continue;
+            }
+            let path = override_path(rest);
+            set_path(&mut table, &path, override_value(&value))
+                .map_err(|message| invalid(format!("{origin} (variable {name})"), message))?;
+            applied.push(name);
+        }
+        let origin = if applied.is_empty() {
+            origin.to_string()
+        } else {
+            format!("{origin} (with overrides {})", applied.join(", "))
+        };
+        Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| invalid(origin, e.to_string().trim_end().to_string()))
+    }
+}
+
+fn override_path(rest: &str) -> Vec<String> {
+    let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    // Inside `kafka.properties`, keys are librdkafka names with dots.
+    if parts.len() >= 3 && parts[0] == "kafka" && parts[1] == "properties" {
+        let key = parts[2..].join("_").replace('_', ".");
+        return vec!["kafka".into(), "properties".into(), key];
+    }
+    parts
+}
+
+fn override_value(text: &str) -> toml::Value {
+    let wrapped = format!("v = {text}");
+    match toml::from_str::<toml::Table>(&wrapped) {
+        Ok(mut table) => table
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.to_string())),
+        Err(_) => toml::Value::String(text.to_string()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut current = table;
+    for (depth, key) in parents.iter().enumerate() {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| {
+            format!("key '{}' is not a table", parents[..=depth].join("."))
+        })?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[kafka]\nbootstrap_servers = \"127.0.0.1:19092\"\n[catalog]\npath = \"deploy/examples\"\n";
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_said() {
+        let config = Config::parse(MINIMAL, "c.toml", env(&[])).unwrap();
+        assert_eq!(config.kafka.topics.flag_changes, "flag-changes");
+        assert_eq!(config.kafka.group_id, "chaosgate");
+        assert_eq!(config.worker.max_in_flight, 16);
+    }
+
+    #[test]
+    fn environment_overrides_win() {
+        let config = Config::parse(
+            MINIMAL,
+            "c.toml",
+            env(&[
+                ("CHAOSGATE_KAFKA__BOOTSTRAP_SERVERS", "broker:9092"),
+                ("CHAOSGATE_WORKER__MAX_IN_FLIGHT", "4"),
+                ("CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret"),
+                ("CHAOSGATE_KAFKA__TOPICS__RUNS", "runs"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.bootstrap_servers, "broker:9092");
+        assert_eq!(config.worker.max_in_flight, 4);
+        assert_eq!(config.kafka.properties["sasl.password"], "s3cret");
+        assert_eq!(config.kafka.topics.runs, "runs");
+    }
+
+    #[test]
+    fn unknown_keys_wrong_types_and_missing_values_are_named() {
+        let err = Config::parse(&format!("{MINIMAL}[worker]\nmax_inflight = 3\n"), "c.toml", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:"), "{err}");
+        assert!(err.contains("unknown field `max_inflight`"), "{err}");
+
+        let err = Config::parse(&format!("{MINIMAL}[worker]\nmax_in_flight = \"many\"\n"), "c.toml", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_in_flight"), "{err}");
+
+        let err = Config::parse("[kafka]\n[catalog]\npath = \"x\"\n", "c.toml", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `bootstrap_servers`"), "{err}");
+
+        let err = Config::parse(MINIMAL, "c.toml", env(&[("CHAOSGATE_KAFKA__BOGUS", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CHAOSGATE_KAFKA__BOGUS") && err.contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,92 @@
+//! The dead-letter envelope: a bad flag-change keeps its original bytes and headers and
+//! gains headers that say what was wrong and where it came from.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Header naming the error class (see [`ErrorClass`]).
+pub const HEADER_ERROR_CLASS: &str = "chaosgate_error_class";
+/// Header holding the error message.
+pub const HEADER_ERROR_MESSAGE: &str = "chaosgate_error_message";
+/// Header holding the source topic.
+pub const HEADER_SOURCE_TOPIC: &str = "chaosgate_source_topic";
+/// Header holding the source partition (decimal).
+pub const HEADER_SOURCE_PARTITION: &str = "chaosgate_source_partition";
+/// Header holding the source offset (decimal).
+pub const HEADER_SOURCE_OFFSET: &str = "chaosgate_source_offset";
+
+/// Why a message was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Not a CloudEvent, or not JSON.
+    Undecodable,
+    /// The data does not match the flag-change schema.
+    SchemaViolation,
+    /// `ce_specversion` or the event `type` is not one chaosgate reads.
+    UnknownVersion,
+    /// Bigger than the configured limit.
+    Oversized,
+    /// The event names a `pipeline_id` the catalog does not have.
+    UnknownPipeline,
+}
+
+impl ErrorClass {
+    /// The class as written in the header.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Undecodable => "undecodable",
+            ErrorClass::SchemaViolation => "schema_violation",
+            ErrorClass::UnknownVersion => "unknown_version",
+            ErrorClass::Oversized => "oversized",
+            ErrorClass::UnknownPipeline => "unknown_pipeline",
+        }
+    }
+}
+
+/// A dead letter as a whole: the original message plus why and from where.
+///
+/// On Kafka the original key, value and headers are kept byte for byte and the other
+/// fields travel as headers; this type is their JSON view (for tools and the schema).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "DeadLetter",
+    description = "A dead-lettered flag-change: the original bytes and headers, plus headers naming the error and the source.",
+    example = dead_letter_example()
+)]
+pub struct DeadLetter {
+    /// Error class.
+    pub error_class: ErrorClass,
+    /// Error message, naming the field or attribute at fault.
+    pub error_message: String,
+    /// Source topic.
+    pub source_topic: String,
+    /// Source partition.
+    pub source_partition: i32,
+    /// Source offset.
+    pub source_offset: i64,
+    /// Original key, as UTF-8 when it is (lossy otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Original headers, name and value (lossy UTF-8).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Original value, as UTF-8 when it is (lossy otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// The example carried by the schema and used in tests and docs.
+pub fn dead_letter_example() -> DeadLetter {
+    DeadLetter {
+        error_class: ErrorClass::SchemaViolation,
+        error_message: "data.change.kind: 'toggle' is not one of enable, disable, update".into(),
+        source_topic: "flag-changes".into(),
+        source_partition: 2,
+        source_offset: 1041,
+        key: Some("shop/production/checkout-v2".into()),
+        headers: vec![("ce_type".into(), "dev.chaosgate.flag.change.v1".into())],
+        value: Some("{\"event_id\":\"e-1\",\"change\":{\"kind\":\"toggle\"}}".into()),
+    }
+}

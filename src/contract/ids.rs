@@ -1,0 +1,40 @@
+//! Deterministic ids: every id chaosgate writes is a UUIDv5 derived from the flag-change's
+//! `event_id`, so an event processed twice (after a crash or a rebalance) yields the same
+//! ids and consumers can deduplicate.
+
+use uuid::Uuid;
+
+/// The namespace all chaosgate ids are derived in.
+const NAMESPACE: Uuid = Uuid::from_u128(0x6c1e_5a0b_3f7d_4e0a_9b1c_2d3e_4f5a_6b7c);
+
+fn derive(parts: &[&str]) -> String {
+    Uuid::new_v5(&NAMESPACE, parts.join("\u{1f}").as_bytes()).to_string()
+}
+
+/// Id of the pipeline execution a flag-change starts.
+pub fn pipeline_execution_id(event_id: &str, pipeline_id: &str) -> String {
+    derive(&["execution", event_id, pipeline_id])
+}
+
+/// Id of one run: one attempt of one step of one execution.
+pub fn run_id(event_id: &str, pipeline_id: &str, stage_id: &str, step_id: &str, attempt: u32) -> String {
+    derive(&["run", event_id, pipeline_id, stage_id, step_id, &attempt.to_string()])
+}
+
+/// Id of the flag command that answers a flag-change.
+pub fn command_id(event_id: &str) -> String {
+    derive(&["command", event_id])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        assert_eq!(command_id("e-1"), command_id("e-1"));
+        assert_ne!(command_id("e-1"), command_id("e-2"));
+        assert_ne!(run_id("e", "p", "s", "t", 1), run_id("e", "p", "s", "t", 2));
+        assert_ne!(run_id("e", "p", "s", "ta", 1), run_id("e", "p", "st", "a", 1));
+    }
+}

@@ -1,0 +1,32 @@
+//! The wire contracts (v1): flag-change events in; experiment-run records, flag commands
+//! and dead letters out; all as CloudEvents on Kafka (design.md section 5).
+//!
+//! These types are the public surface. Their JSON Schemas in `schemas/` are generated
+//! from them, and a test fails when the committed schemas are stale.
+
+pub mod cloudevents;
+pub mod dead_letter;
+pub mod flag_change;
+pub mod flag_command;
+pub mod ids;
+pub mod run_record;
+
+pub use cloudevents::{CloudEvent, CloudEventError, KafkaMessage};
+pub use dead_letter::{DeadLetter, ErrorClass};
+pub use flag_change::{Change, ChangeKind, FlagChange};
+pub use flag_command::{CommandKind, FlagCommand, ReasonCode, StepSummary};
+pub use run_record::{FaultResult, ProbeResult, RunRecord, RunStatus, Verdict};
+
+/// The JSON Schema (draft 2020-12) of `T`, with the `$id` chaosgate publishes it under.
+pub fn schema_of<T: schemars::JsonSchema>(name: &str) -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let schema = generator.into_root_schema_for::<T>();
+    let mut value = schema.to_value();
+    if let Some(object) = value.as_object_mut() {
+        object.insert(
+            "$id".into(),
+            format!("https://chaosgate.dev/schemas/v1/{name}.schema.json").into(),
+        );
+    }
+    value
+}

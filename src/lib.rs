@@ -1,0 +1,11 @@
+//! chaosgate: gates feature-flag changes on chaos experiments.
+//!
+//! Modules depend one way (design.md section 4):
+//! `contract` <- `catalog` <- `chaos` <- `gate` <- `bus` <- the CLI.
+//! `config` and `schema` sit on top and may use any of them.
+
+pub mod catalog;
+pub mod chaos;
+pub mod config;
+pub mod contract;
+pub mod schema;

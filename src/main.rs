@@ -1,0 +1,71 @@
+//! The `chaosgate` command line: the worker, and the tools around it.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Gates feature-flag changes on chaos experiments, over Kafka.
+///
+/// Flag services publish flag-change events; chaosgate runs each pipeline stage's chaos
+/// steps, publishes experiment-run records and emits a flag `enable` or `disable` command.
+#[derive(Debug, Parser)]
+#[command(name = "chaosgate", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the worker: consume flag changes, run chaos steps, emit records and commands.
+    Run(cli::run::RunArgs),
+    /// Check catalog folders or files (pipelines and experiments); report every problem.
+    Validate(cli::validate::ValidateArgs),
+    /// Print a JSON Schema (flag-change, experiment-run, flag-command, dead-letter,
+    /// pipeline, experiment, config), or list them.
+    Schema(cli::schema::SchemaArgs),
+    /// Run a standalone fault proxy beside a target, with an HTTP control API.
+    Proxy(cli::proxy::ProxyArgs),
+    /// Work with experiments on this machine.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+    /// Print the version and the contract versions.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum ExperimentCommand {
+    /// Run one experiment here and report its resilience score.
+    Run(cli::experiment::ExperimentRunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cli::run::run(args),
+        Command::Validate(args) => cli::validate::run(args),
+        Command::Schema(args) => cli::schema::run(args),
+        Command::Proxy(args) => cli::proxy::run(args),
+        Command::Experiment(ExperimentCommand::Run(args)) => cli::experiment::run(args),
+        Command::Version => {
+            println!("chaosgate {}", env!("CARGO_PKG_VERSION"));
+            println!("contracts: flag-change v1, experiment-run v1, flag-command v1, CloudEvents 1.0");
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("chaosgate: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The default config path, also settable with `CHAOSGATE_CONFIG`.
+fn default_config() -> PathBuf {
+    PathBuf::from("chaosgate.toml")
+}

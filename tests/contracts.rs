@@ -1,0 +1,70 @@
+//! The published contracts: schemas match the Rust types, every schema example is valid,
+//! and messages round-trip through JSON.
+
+use chaosgate::contract::{
+    dead_letter::dead_letter_example, flag_change::flag_change_example,
+    flag_command::flag_command_example, run_record::run_record_example,
+};
+use chaosgate::schema;
+
+fn schemas_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")
+}
+
+#[test]
+fn committed_schemas_are_fresh() {
+    let mut stale = Vec::new();
+    for name in schema::NAMES {
+        let path = schemas_dir().join(schema::file_name(name));
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        if committed != schema::rendered(name).unwrap() {
+            stale.push(path.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale schemas (regenerate with `cargo run -- schema --write schemas`): {stale:?}"
+    );
+}
+
+#[test]
+fn every_schema_has_valid_examples() {
+    for name in schema::NAMES {
+        let schema = schema::schema(name).unwrap();
+        let validator = jsonschema::draft202012::new(&schema)
+            .unwrap_or_else(|e| panic!("{name}: schema does not compile: {e}"));
+        let examples = schema["examples"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: schema has no examples"));
+        assert!(!examples.is_empty(), "{name}: schema has no examples");
+        for example in examples {
+            let errors: Vec<String> = validator.iter_errors(example).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{name}: example invalid: {errors:?}");
+        }
+    }
+}
+
+fn round_trip<T>(value: &T)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let text = serde_json::to_string(value).unwrap();
+    let back: T = serde_json::from_str(&text).unwrap();
+    assert_eq!(&back, value);
+}
+
+#[test]
+fn messages_round_trip_through_json() {
+    round_trip(&flag_change_example());
+    round_trip(&run_record_example());
+    round_trip(&flag_command_example());
+    round_trip(&dead_letter_example());
+}
+
+#[test]
+fn flag_change_ignores_unknown_fields() {
+    let mut value = serde_json::to_value(flag_change_example()).unwrap();
+    value["future_field"] = serde_json::json!({"x": 1});
+    let change: chaosgate::contract::FlagChange = serde_json::from_value(value).unwrap();
+    assert_eq!(change, flag_change_example());
+}
