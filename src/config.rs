@@ -23,7 +23,11 @@ pub const ENV_PREFIX: &str = "CHAOSGATE_";
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Config", description = "The chaosgate worker configuration (TOML).")]
+#[schemars(
+    title = "Config",
+    description = "The chaosgate worker configuration (TOML).",
+    example = config_example()
+)]
 pub struct Config {
     /// Kafka connection and topics.
     pub kafka: KafkaConfig,
@@ -41,6 +45,38 @@ pub struct Config {
     /// Fault proxy targets run inside the worker.
     #[serde(default)]
     pub proxy: ProxyConfig,
+}
+
+/// The documented example, `deploy/chaosgate.example.toml`, as the schema's example.
+pub fn config_example() -> Config {
+    Config {
+        kafka: KafkaConfig {
+            bootstrap_servers: "127.0.0.1:19092".into(),
+            group_id: default_group_id(),
+            transactional_id_prefix: default_group_id(),
+            topics: Topics::default(),
+            max_message_bytes: default_max_message_bytes(),
+            properties: BTreeMap::from([("client.id".to_string(), "chaosgate".to_string())]),
+        },
+        catalog: CatalogConfig {
+            path: PathBuf::from("examples"),
+        },
+        worker: WorkerConfig::default(),
+        http: HttpConfig::default(),
+        telemetry: TelemetryConfig {
+            otlp_endpoint: None,
+            log_format: LogFormat::Auto,
+            log_filter: Some("info".into()),
+        },
+        proxy: ProxyConfig {
+            targets: vec![ProxyTarget {
+                name: "payments".into(),
+                listen: SocketAddr::from(([127, 0, 0, 1], 18081)),
+                upstream: "127.0.0.1:8081".into(),
+                protocol: crate::chaos::proxy::ProxyProtocol::Tcp,
+            }],
+        },
+    }
 }
 
 /// Kafka connection, consumer group and topics.
@@ -328,9 +364,9 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
         let entry = current
             .entry(key.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry.as_table_mut().ok_or_else(|| {
-            format!("key '{}' is not a table", parents[..=depth].join("."))
-        })?;
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("key '{}' is not a table", parents[..=depth].join(".")))?;
     }
     current.insert(last.clone(), value);
     Ok(())
@@ -340,10 +376,22 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "[kafka]\nbootstrap_servers = \"127.0.0.1:19092\"\n[catalog]\npath = \"deploy/examples\"\n";
+    const MINIMAL: &str =
+        "[kafka]\nbootstrap_servers = \"127.0.0.1:19092\"\n[catalog]\npath = \"deploy/examples\"\n";
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_example_is_the_schema_example() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/chaosgate.example.toml");
+        let mut config = Config::load(&path, env(&[])).unwrap();
+        config.catalog.path = PathBuf::from("examples");
+        assert_eq!(config, config_example());
     }
 
     #[test]
@@ -376,15 +424,23 @@ mod tests {
 
     #[test]
     fn unknown_keys_wrong_types_and_missing_values_are_named() {
-        let err = Config::parse(&format!("{MINIMAL}[worker]\nmax_inflight = 3\n"), "c.toml", env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            &format!("{MINIMAL}[worker]\nmax_inflight = 3\n"),
+            "c.toml",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("c.toml:"), "{err}");
         assert!(err.contains("unknown field `max_inflight`"), "{err}");
 
-        let err = Config::parse(&format!("{MINIMAL}[worker]\nmax_in_flight = \"many\"\n"), "c.toml", env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            &format!("{MINIMAL}[worker]\nmax_in_flight = \"many\"\n"),
+            "c.toml",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("max_in_flight"), "{err}");
 
         let err = Config::parse("[kafka]\n[catalog]\npath = \"x\"\n", "c.toml", env(&[]))
@@ -395,6 +451,9 @@ mod tests {
         let err = Config::parse(MINIMAL, "c.toml", env(&[("CHAOSGATE_KAFKA__BOGUS", "1")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("CHAOSGATE_KAFKA__BOGUS") && err.contains("bogus"), "{err}");
+        assert!(
+            err.contains("CHAOSGATE_KAFKA__BOGUS") && err.contains("bogus"),
+            "{err}"
+        );
     }
 }

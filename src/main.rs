@@ -52,7 +52,9 @@ fn main() -> ExitCode {
         Command::Experiment(ExperimentCommand::Run(args)) => cli::experiment::run(args),
         Command::Version => {
             println!("chaosgate {}", env!("CARGO_PKG_VERSION"));
-            println!("contracts: flag-change v1, experiment-run v1, flag-command v1, CloudEvents 1.0");
+            println!(
+                "contracts: flag-change v1, experiment-run v1, flag-command v1, CloudEvents 1.0"
+            );
             Ok(ExitCode::SUCCESS)
         }
     };

@@ -38,7 +38,10 @@ fn every_schema_has_valid_examples() {
             .unwrap_or_else(|| panic!("{name}: schema has no examples"));
         assert!(!examples.is_empty(), "{name}: schema has no examples");
         for example in examples {
-            let errors: Vec<String> = validator.iter_errors(example).map(|e| e.to_string()).collect();
+            let errors: Vec<String> = validator
+                .iter_errors(example)
+                .map(|e| e.to_string())
+                .collect();
             assert!(errors.is_empty(), "{name}: example invalid: {errors:?}");
         }
     }

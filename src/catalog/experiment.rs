@@ -15,7 +15,10 @@ use super::span::Span;
 /// One chaos experiment: what to break, for how long, and how to tell it held up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Experiment", description = "A chaosgate experiment catalog file.")]
+#[schemars(
+    title = "Experiment",
+    description = "A chaosgate experiment catalog file."
+)]
 pub struct Experiment {
     /// Must be `experiment`.
     pub kind: ExperimentKindTag,
@@ -167,7 +170,10 @@ impl Fault {
                 (None, None) => "process:?".to_string(),
             });
         }
-        self.command.as_ref().and_then(|c| c.target.clone()).map(|t| format!("command:{t}"))
+        self.command
+            .as_ref()
+            .and_then(|c| c.target.clone())
+            .map(|t| format!("command:{t}"))
     }
 }
 

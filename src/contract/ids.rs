@@ -17,8 +17,21 @@ pub fn pipeline_execution_id(event_id: &str, pipeline_id: &str) -> String {
 }
 
 /// Id of one run: one attempt of one step of one execution.
-pub fn run_id(event_id: &str, pipeline_id: &str, stage_id: &str, step_id: &str, attempt: u32) -> String {
-    derive(&["run", event_id, pipeline_id, stage_id, step_id, &attempt.to_string()])
+pub fn run_id(
+    event_id: &str,
+    pipeline_id: &str,
+    stage_id: &str,
+    step_id: &str,
+    attempt: u32,
+) -> String {
+    derive(&[
+        "run",
+        event_id,
+        pipeline_id,
+        stage_id,
+        step_id,
+        &attempt.to_string(),
+    ])
 }
 
 /// Id of the flag command that answers a flag-change.
@@ -35,6 +48,9 @@ mod tests {
         assert_eq!(command_id("e-1"), command_id("e-1"));
         assert_ne!(command_id("e-1"), command_id("e-2"));
         assert_ne!(run_id("e", "p", "s", "t", 1), run_id("e", "p", "s", "t", 2));
-        assert_ne!(run_id("e", "p", "s", "ta", 1), run_id("e", "p", "st", "a", 1));
+        assert_ne!(
+            run_id("e", "p", "s", "ta", 1),
+            run_id("e", "p", "st", "a", 1)
+        );
     }
 }

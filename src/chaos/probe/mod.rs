@@ -26,7 +26,10 @@ pub async fn check(probe: &Probe) -> Check {
     Check {
         passed: false,
         attempts: 0,
-        error: Some(format!("probe '{}': probes are not implemented yet", probe.name)),
+        error: Some(format!(
+            "probe '{}': probes are not implemented yet",
+            probe.name
+        )),
         took: Duration::ZERO,
     }
 }
