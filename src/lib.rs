@@ -9,4 +9,5 @@ pub mod catalog;
 pub mod chaos;
 pub mod config;
 pub mod contract;
+pub mod gate;
 pub mod schema;
