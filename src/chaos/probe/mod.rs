@@ -1,10 +1,22 @@
 //! Probes: checks that watch the target while faults are active.
 //!
 //! A probe is judged by [`check`]: one check makes up to `attempts` attempts, each bounded
-//! by `timeout`, waiting `interval` after a failed one. When a probe runs (its mode,
-//! `initial_delay`, `polling_interval`, `stop_on_failure`) is the runner's business.
+//! by `timeout`, waiting `interval` after a failed one, and passes as soon as one attempt
+//! passes. A connection error, a timeout or a response that misses the criteria is a
+//! probe failure with a readable reason, never an engine error. When a probe runs (its
+//! mode, `initial_delay`, `polling_interval`, `stop_on_failure`) is the runner's business.
+//!
+//! Each probe type lives in its own module: [`http`], [`tcp`], [`command`] and
+//! [`prometheus`]; [`compare`] holds the typed comparisons the last two share.
 
-use std::time::Duration;
+pub mod command;
+pub mod compare;
+pub mod http;
+pub mod prometheus;
+pub mod tcp;
+
+use std::io;
+use std::time::{Duration, Instant};
 
 use crate::catalog::experiment::Probe;
 
@@ -13,7 +25,7 @@ use crate::catalog::experiment::Probe;
 pub struct Check {
     /// Whether the last attempt met the probe's criteria.
     pub passed: bool,
-    /// Attempts made (1 when the first passed).
+    /// Attempts made (1 when the first passed; 0 when the probe could not be run at all).
     pub attempts: u32,
     /// Why the last failed attempt failed (a connection error is a failure, not an error).
     pub error: Option<String>,
@@ -22,14 +34,132 @@ pub struct Check {
 }
 
 /// Checks `probe` once, retrying failed attempts as its run properties say.
+///
+/// `attempts` below 1 counts as 1. Each attempt is cut off after `timeout` (for a command
+/// probe, the command's own `timeout` when that is shorter); a command still running then
+/// is killed together with the processes it started.
 pub async fn check(probe: &Probe) -> Check {
+    let started = Instant::now();
+    let props = &probe.run_properties;
+    let attempts = props.attempts.max(1);
+    let limit = attempt_limit(probe);
+    let mut last_error = None;
+    for attempt in 1..=attempts {
+        let outcome = match tokio::time::timeout(limit, attempt_once(probe)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(timed_out(probe, limit)),
+        };
+        match outcome {
+            Ok(()) => {
+                return Check {
+                    passed: true,
+                    attempts: attempt,
+                    error: None,
+                    took: started.elapsed(),
+                };
+            }
+            Err(AttemptError::Unrunnable(reason)) => {
+                return Check {
+                    passed: false,
+                    attempts: 0,
+                    error: Some(format!("probe '{}': {reason}", probe.name)),
+                    took: started.elapsed(),
+                };
+            }
+            Err(AttemptError::Failed(reason)) => last_error = Some(reason),
+        }
+        if attempt < attempts {
+            tokio::time::sleep(props.interval.duration()).await;
+        }
+    }
     Check {
         passed: false,
-        attempts: 0,
-        error: Some(format!(
-            "probe '{}': probes are not implemented yet",
-            probe.name
-        )),
-        took: Duration::ZERO,
+        attempts,
+        error: last_error,
+        took: started.elapsed(),
     }
+}
+
+/// Why one attempt did not pass.
+enum AttemptError {
+    /// The target did not meet the criteria (or could not be reached): worth retrying.
+    Failed(String),
+    /// The probe itself cannot be run (no type block, or more than one): no retry helps.
+    Unrunnable(String),
+}
+
+/// One attempt, unbounded in time (the caller bounds it).
+async fn attempt_once(probe: &Probe) -> Result<(), AttemptError> {
+    let failed = |reason: String| AttemptError::Failed(reason);
+    match (&probe.http, &probe.tcp, &probe.command, &probe.prometheus) {
+        (Some(http), None, None, None) => {
+            http::attempt(http).await.map_err(|e| failed(e.to_string()))
+        }
+        (None, Some(tcp), None, None) => tcp::attempt(tcp).await.map_err(|e| failed(e.to_string())),
+        (None, None, Some(command), None) => {
+            command::attempt(command).await.map_err(|e| failed(e.to_string()))
+        }
+        (None, None, None, Some(prometheus)) => {
+            prometheus::attempt(prometheus).await.map_err(|e| failed(e.to_string()))
+        }
+        (None, None, None, None) => Err(AttemptError::Unrunnable(
+            "no probe type set (one of http, tcp, command, prometheus)".to_string(),
+        )),
+        _ => Err(AttemptError::Unrunnable(
+            "more than one probe type set (exactly one of http, tcp, command, prometheus)"
+                .to_string(),
+        )),
+    }
+}
+
+/// How long one attempt of `probe` may take.
+fn attempt_limit(probe: &Probe) -> Duration {
+    let timeout = probe.run_properties.timeout.duration();
+    match probe.command.as_ref().and_then(|c| c.command.timeout) {
+        Some(own) => timeout.min(own.duration()),
+        None => timeout,
+    }
+}
+
+/// The failure of an attempt cut off after `limit`, in the probe type's words.
+fn timed_out(probe: &Probe, limit: Duration) -> AttemptError {
+    let reason = if let Some(http) = &probe.http {
+        http::timed_out(http, limit).to_string()
+    } else if let Some(tcp) = &probe.tcp {
+        tcp::timed_out(tcp, limit).to_string()
+    } else if let Some(command) = &probe.command {
+        command::timed_out(command, limit).to_string()
+    } else if let Some(prometheus) = &probe.prometheus {
+        prometheus::timed_out(prometheus, limit).to_string()
+    } else {
+        format!("no result within {} ms", limit.as_millis())
+    };
+    AttemptError::Failed(reason)
+}
+
+/// A short reason for an I/O error: "connection refused" rather than
+/// "Connection refused (os error 111)".
+pub(crate) fn io_reason(err: &io::Error) -> String {
+    use io::ErrorKind::*;
+    match err.kind() {
+        ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
+        | AddrNotAvailable | TimedOut | HostUnreachable | NetworkUnreachable | NotFound
+        | PermissionDenied | BrokenPipe | UnexpectedEof => err.kind().to_string(),
+        _ => err.to_string(),
+    }
+}
+
+/// The clearest reason in an error's source chain: the innermost I/O error when there is
+/// one (a refused connection), else the innermost message.
+pub(crate) fn root_reason(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = err.to_string();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return io_reason(io);
+        }
+        innermost = e.to_string();
+        current = e.source();
+    }
+    innermost
 }

@@ -1,0 +1,285 @@
+//! HTTP probes: one request, judged on its status, its response time and its body.
+//!
+//! Every probe (and the Prometheus probe) goes through ONE shared HTTP client, so ten
+//! thousand experiments share one connection pool instead of building ten thousand. The
+//! client ignores `HTTP_PROXY` and friends: a probe watches the target directly.
+//!
+//! Criteria are judged in this order and the first that fails is reported: status,
+//! response time (request sent to body read), `body_contains`, `body_regex`, `json`.
+//! Header values never appear in failure texts, and a password in the URL shows as `***`.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::{Client, Method, Url};
+use serde_json::Value;
+
+use super::compare::{regex, shorten};
+use crate::catalog::experiment::{HttpCriteria, HttpProbe, JsonPointerMatch, StatusMatch};
+
+/// At most this much of a response body is read and judged.
+pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+static CLIENT: LazyLock<Result<Client, String>> = LazyLock::new(|| {
+    Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .user_agent(concat!("chaosgate-probe/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|err| super::root_reason(&err))
+});
+
+/// The HTTP client all probes share.
+pub(crate) fn client() -> Result<&'static Client, String> {
+    CLIENT.as_ref().map_err(|reason| format!("the HTTP client could not start: {reason}"))
+}
+
+/// Why an HTTP probe attempt failed, e.g.
+/// "GET http://127.0.0.1:8080/health: status 503 not in [200-299]".
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{method} {url}: {reason}")]
+pub struct HttpFailure {
+    /// The request method.
+    pub method: String,
+    /// The URL, with any password masked.
+    pub url: String,
+    /// What went wrong.
+    pub reason: HttpReason,
+}
+
+/// What went wrong with an HTTP probe attempt.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HttpReason {
+    /// The shared HTTP client could not be built.
+    #[error("{0}")]
+    Client(String),
+    /// The method is not a valid HTTP method.
+    #[error("not a valid HTTP method")]
+    Method,
+    /// The URL does not parse.
+    #[error("not a valid URL: {0}")]
+    Url(String),
+    /// A header name is not valid HTTP.
+    #[error("header {0:?} is not a valid header name")]
+    HeaderName(String),
+    /// A header value is not valid HTTP (the value is not shown: it may be a secret).
+    #[error("header {0:?} has a value HTTP does not allow")]
+    HeaderValue(String),
+    /// No response: connection refused, reset, DNS failure, ...
+    #[error("{0}")]
+    Send(String),
+    /// The response body could not be read to the end.
+    #[error("reading the body: {0}")]
+    Body(String),
+    /// The attempt's timeout passed before the response was read.
+    #[error("no response within {0} ms")]
+    TimedOut(u128),
+    /// The status is not among the accepted ones.
+    #[error("status {status} not in [{accepted}]")]
+    Status {
+        /// The response status.
+        status: u16,
+        /// The accepted codes and ranges, as written in the probe.
+        accepted: String,
+    },
+    /// The response came, but later than `max_response_ms`.
+    #[error("response took {took_ms} ms, more than {max_ms} ms")]
+    Slow {
+        /// Request sent to body read.
+        took_ms: u128,
+        /// The probe's `max_response_ms`.
+        max_ms: u64,
+    },
+    /// The body does not contain `body_contains`.
+    #[error("body does not contain {0:?}")]
+    BodyLacks(String),
+    /// The body does not match `body_regex`.
+    #[error("body does not match /{0}/")]
+    BodyMismatch(String),
+    /// `body_regex` is not a valid regular expression.
+    #[error("{pattern:?} is not a valid regular expression: {reason}")]
+    BadRegex {
+        /// The pattern from the probe.
+        pattern: String,
+        /// What the regex parser said.
+        reason: String,
+    },
+    /// The body is not JSON, so `json` cannot be judged.
+    #[error("body is not JSON ({0})")]
+    NotJson(String),
+    /// The JSON body has no value at the pointer.
+    #[error("JSON body has nothing at {0:?}")]
+    NoValueAt(String),
+    /// The value at the pointer differs from the expected one.
+    #[error("JSON at {pointer:?} is {found}, expected {expected}")]
+    JsonUnequal {
+        /// The pointer from the probe.
+        pointer: String,
+        /// The value found, as JSON (shortened).
+        found: String,
+        /// The expected value, as JSON (shortened).
+        expected: String,
+    },
+}
+
+/// One attempt: send the request, read the body, judge the criteria.
+pub(super) async fn attempt(probe: &HttpProbe) -> Result<(), HttpFailure> {
+    let fail = |reason: HttpReason| HttpFailure {
+        method: probe.method.clone(),
+        url: shown_url(&probe.url),
+        reason,
+    };
+    let client = client().map_err(|reason| fail(HttpReason::Client(reason)))?;
+    let method = Method::from_bytes(probe.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| fail(HttpReason::Method))?;
+    let url = Url::parse(&probe.url).map_err(|err| fail(HttpReason::Url(err.to_string())))?;
+    let mut request = client.request(method, url);
+    for (name, value) in &probe.headers {
+        let name_ok = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| fail(HttpReason::HeaderName(name.clone())))?;
+        let value_ok = HeaderValue::from_str(value)
+            .map_err(|_| fail(HttpReason::HeaderValue(name.clone())))?;
+        request = request.header(name_ok, value_ok);
+    }
+    if let Some(body) = &probe.body {
+        request = request.body(body.clone());
+    }
+
+    let sent = Instant::now();
+    let mut response = request
+        .send()
+        .await
+        .map_err(|err| fail(HttpReason::Send(super::root_reason(&err))))?;
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    while body.len() < BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = BODY_LIMIT - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) => break,
+            Err(err) => return Err(fail(HttpReason::Body(super::root_reason(&err)))),
+        }
+    }
+    let took = sent.elapsed();
+    judge(&probe.criteria, status, took, &body).map_err(fail)
+}
+
+/// Whether a response meets `criteria`; the first unmet criterion otherwise.
+fn judge(
+    criteria: &HttpCriteria,
+    status: u16,
+    took: Duration,
+    body: &[u8],
+) -> Result<(), HttpReason> {
+    if !criteria.status.iter().any(|accepted| accepted.accepts(status)) {
+        return Err(HttpReason::Status {
+            status,
+            accepted: accepted_statuses(&criteria.status),
+        });
+    }
+    if let Some(max_ms) = criteria.max_response_ms
+        && took > Duration::from_millis(max_ms)
+    {
+        return Err(HttpReason::Slow {
+            took_ms: took.as_millis(),
+            max_ms,
+        });
+    }
+    let text = String::from_utf8_lossy(body);
+    if let Some(wanted) = &criteria.body_contains
+        && !text.contains(wanted.as_str())
+    {
+        return Err(HttpReason::BodyLacks(wanted.clone()));
+    }
+    if let Some(pattern) = &criteria.body_regex {
+        let compiled = regex(pattern).map_err(|reason| HttpReason::BadRegex {
+            pattern: pattern.clone(),
+            reason,
+        })?;
+        if !compiled.is_match(&text) {
+            return Err(HttpReason::BodyMismatch(pattern.clone()));
+        }
+    }
+    if let Some(json) = &criteria.json {
+        judge_json(json, body)?;
+    }
+    Ok(())
+}
+
+/// Whether the JSON body holds `json.equals` at `json.pointer`. Numbers compare by value,
+/// so `3` equals `3.0`.
+fn judge_json(json: &JsonPointerMatch, body: &[u8]) -> Result<(), HttpReason> {
+    let document: Value =
+        serde_json::from_slice(body).map_err(|err| HttpReason::NotJson(err.to_string()))?;
+    let found = document
+        .pointer(&json.pointer)
+        .ok_or_else(|| HttpReason::NoValueAt(json.pointer.clone()))?;
+    let equal = match (found, &json.equals) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64().is_some() && a.as_f64() == b.as_f64(),
+        (a, b) => a == b,
+    };
+    if equal {
+        return Ok(());
+    }
+    Err(HttpReason::JsonUnequal {
+        pointer: json.pointer.clone(),
+        found: shorten(&found.to_string(), 200),
+        expected: shorten(&json.equals.to_string(), 200),
+    })
+}
+
+/// The accepted statuses as the probe writes them, e.g. `200-299, 404`.
+fn accepted_statuses(statuses: &[StatusMatch]) -> String {
+    statuses
+        .iter()
+        .map(|s| match s {
+            StatusMatch::Code(code) => code.to_string(),
+            StatusMatch::Range(range) => range.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The URL for failure texts: as written, unless it carries a password, which is masked.
+pub(crate) fn shown_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => match parsed.set_password(Some("***")) {
+            Ok(()) => parsed.to_string(),
+            Err(()) => "<url with credentials>".to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+/// The failure of an attempt cut off after `limit`.
+pub(super) fn timed_out(probe: &HttpProbe, limit: Duration) -> HttpFailure {
+    HttpFailure {
+        method: probe.method.clone(),
+        url: shown_url(&probe.url),
+        reason: HttpReason::TimedOut(limit.as_millis()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        assert_eq!(shown_url("http://u:secret@127.0.0.1/x"), "http://u:***@127.0.0.1/x");
+        assert_eq!(shown_url("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn numbers_in_json_compare_by_value() {
+        let json = JsonPointerMatch {
+            pointer: "/n".into(),
+            equals: serde_json::json!(3.0),
+        };
+        assert_eq!(judge_json(&json, br#"{"n": 3}"#), Ok(()));
+        assert!(judge_json(&json, br#"{"n": 4}"#).is_err());
+    }
+}
