@@ -172,7 +172,10 @@ impl Fault {
                 (None, None) => "process:?".to_string(),
             });
         }
-        self.command.as_ref().and_then(|c| c.target.clone()).map(|t| format!("command:{t}"))
+        self.command
+            .as_ref()
+            .and_then(|c| c.target.clone())
+            .map(|t| format!("command:{t}"))
     }
 }
 
