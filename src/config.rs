@@ -25,7 +25,8 @@ pub const ENV_PREFIX: &str = "CHAOSGATE_";
 #[serde(deny_unknown_fields)]
 #[schemars(
     title = "Config",
-    description = "The chaosgate worker configuration (TOML)."
+    description = "The chaosgate worker configuration (TOML).",
+    example = config_example()
 )]
 pub struct Config {
     /// Kafka connection and topics.
@@ -44,6 +45,38 @@ pub struct Config {
     /// Fault proxy targets run inside the worker.
     #[serde(default)]
     pub proxy: ProxyConfig,
+}
+
+/// The documented example, `deploy/chaosgate.example.toml`, as the schema's example.
+pub fn config_example() -> Config {
+    Config {
+        kafka: KafkaConfig {
+            bootstrap_servers: "127.0.0.1:19092".into(),
+            group_id: default_group_id(),
+            transactional_id_prefix: default_group_id(),
+            topics: Topics::default(),
+            max_message_bytes: default_max_message_bytes(),
+            properties: BTreeMap::from([("client.id".to_string(), "chaosgate".to_string())]),
+        },
+        catalog: CatalogConfig {
+            path: PathBuf::from("examples"),
+        },
+        worker: WorkerConfig::default(),
+        http: HttpConfig::default(),
+        telemetry: TelemetryConfig {
+            otlp_endpoint: None,
+            log_format: LogFormat::Auto,
+            log_filter: Some("info".into()),
+        },
+        proxy: ProxyConfig {
+            targets: vec![ProxyTarget {
+                name: "payments".into(),
+                listen: SocketAddr::from(([127, 0, 0, 1], 18081)),
+                upstream: "127.0.0.1:8081".into(),
+                protocol: crate::chaos::proxy::ProxyProtocol::Tcp,
+            }],
+        },
+    }
 }
 
 /// Kafka connection, consumer group and topics.
@@ -351,6 +384,14 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_documented_example_is_the_schema_example() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/chaosgate.example.toml");
+        let mut config = Config::load(&path, env(&[])).unwrap();
+        config.catalog.path = PathBuf::from("examples");
+        assert_eq!(config, config_example());
     }
 
     #[test]

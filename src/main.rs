@@ -25,7 +25,7 @@ enum Command {
     /// Check catalog folders or files (pipelines and experiments); report every problem.
     Validate(cli::validate::ValidateArgs),
     /// Print a JSON Schema (flag-change, experiment-run, flag-command, dead-letter,
-    /// pipeline, experiment, config), or list them.
+    /// abort-request, pipeline, experiment, config), or list them.
     Schema(cli::schema::SchemaArgs),
     /// Run a standalone fault proxy beside a target, with an HTTP control API.
     Proxy(cli::proxy::ProxyArgs),
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("chaosgate {}", env!("CARGO_PKG_VERSION"));
             println!(
-                "contracts: flag-change v1, experiment-run v1, flag-command v1, CloudEvents 1.0"
+                "contracts: flag-change v1, experiment-run v1, flag-command v1, abort-request v1, CloudEvents 1.0 (Kafka binding)"
             );
             Ok(ExitCode::SUCCESS)
         }
