@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use tokio::sync::mpsc;
 
-use chaosgate::catalog::Span;
 use chaosgate::catalog::experiment::Experiment;
+use chaosgate::catalog::{Catalog, Span};
 use chaosgate::chaos::{ExperimentResult, Progress, ProgressEvent, RunContext, run_experiment};
 use chaosgate::contract::run_record::{RunStatus, Verdict};
 
@@ -58,77 +58,41 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
     }))
 }
 
-/// Reads one experiment from a file, or finds `id` among the YAML files under a folder.
+/// Loads the catalog at `path` (a file or a folder, fully validated) and picks the
+/// experiment: `id`, or the only one there is.
 fn load(path: &Path, id: Option<&str>) -> anyhow::Result<Experiment> {
-    if path.is_file() {
-        let experiment = read_experiment(path)?;
-        if let Some(id) = id.filter(|id| *id != experiment.id) {
-            bail!(
-                "{} holds experiment '{}', not '{id}'",
+    if !path.exists() {
+        bail!("{}: no such file or folder", path.display());
+    }
+    let catalog = Catalog::load(&[path]).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        anyhow::anyhow!(
+            "{} has {} problem(s) (see `chaosgate validate`):\n{}",
+            path.display(),
+            problems.len(),
+            lines.join("\n")
+        )
+    })?;
+    let ids: Vec<&str> = catalog.experiments().map(|e| e.id.as_str()).collect();
+    let experiment = match id {
+        Some(id) => catalog.experiment(id).with_context(|| {
+            format!(
+                "no experiment '{id}' in {} (there: {})",
                 path.display(),
-                experiment.id
-            );
-        }
-        return Ok(experiment);
-    }
-    if !path.is_dir() {
-        bail!(
-            "{} is neither an experiment file nor a catalog folder",
-            path.display()
-        );
-    }
-    let Some(id) = id else {
-        bail!(
-            "{} is a folder: name the experiment with --experiment ID",
-            path.display()
-        );
+                ids.join(", ")
+            )
+        })?,
+        None => match catalog.experiments().collect::<Vec<_>>().as_slice() {
+            [only] => *only,
+            [] => bail!("{} holds no experiment", path.display()),
+            _ => bail!(
+                "{} holds several experiments: pick one with --experiment ({})",
+                path.display(),
+                ids.join(", ")
+            ),
+        },
     };
-    let mut files = Vec::new();
-    yaml_files(path, 0, &mut files)?;
-    files.sort();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        // Only the head is read first, so pipelines and other files are passed over.
-        let head: Option<Head> = serde_saphyr::from_str(&text).ok();
-        if head
-            .is_some_and(|h| h.kind.as_deref() == Some("experiment") && h.id.as_deref() == Some(id))
-        {
-            return read_experiment(&file);
-        }
-    }
-    bail!("no experiment '{id}' under {}", path.display())
-}
-
-/// The fields that tell what a catalog file holds.
-#[derive(Debug, serde::Deserialize)]
-struct Head {
-    kind: Option<String>,
-    id: Option<String>,
-}
-
-fn yaml_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    if depth > 16 {
-        return Ok(());
-    }
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            yaml_files(&path, depth + 1, out)?;
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn read_experiment(path: &Path) -> anyhow::Result<Experiment> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_saphyr::from_str(&text)
-        .with_context(|| format!("{} is not a valid experiment file", path.display()))
+    Ok(experiment.clone())
 }
 
 /// Runs the experiment while showing its progress on standard error.
