@@ -5,6 +5,7 @@
 //! plain timestamped line log. The final report (or, with `--json`, the result as JSON)
 //! goes to standard output. Exit status: 0 passed, 1 failed, 2 error or aborted. Ctrl-C
 //! (SIGINT) or SIGTERM aborts the run; its faults are reverted before the process exits.
+//! A second signal exits at once, leaving proxy faults to their lease.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -106,8 +107,13 @@ async fn run_with_display(experiment: &Experiment, args: &ExperimentRunArgs) -> 
     let cancel = context.cancel.clone();
     let signals = tokio::spawn(async move {
         let reason = wait_for_signal().await;
-        eprintln!("\n{reason}: aborting, reverting faults...");
+        eprintln!("\n{reason}: aborting, reverting faults (a second signal exits at once)...");
         cancel.cancel();
+        let reason = wait_for_signal().await;
+        eprintln!(
+            "\n{reason} again: exiting before the reverts finished; proxy faults expire with their lease, check other faults by hand"
+        );
+        std::process::exit(2);
     });
     let terminal = std::io::stderr().is_terminal();
     let display = tokio::spawn(show_progress(receiver, terminal, experiment.clone()));
