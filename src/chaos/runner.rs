@@ -264,7 +264,9 @@ fn clock(at: DateTime<Utc>) -> String {
 
 impl Run {
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn emit(&self, event: ProgressEvent) {
@@ -312,7 +314,10 @@ impl Run {
             if !check.passed {
                 tally.failed += 1;
                 entry.last_error = Some(
-                    check.error.clone().unwrap_or_else(|| "the check failed".to_string()),
+                    check
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "the check failed".to_string()),
                 );
             }
             entry.attempts += check.attempts;
@@ -334,7 +339,11 @@ impl Run {
             mode: probe.mode,
             passed: check.passed,
             attempts: check.attempts,
-            error: if check.passed { None } else { check.error.clone() },
+            error: if check.passed {
+                None
+            } else {
+                check.error.clone()
+            },
         });
         if !check.passed && probe.run_properties.stop_on_failure {
             self.stop_with(Stop::ProbeFailed(probe.name.clone()));
@@ -370,7 +379,9 @@ struct ActiveFaults {
 
 impl ActiveFaults {
     fn list(&self) -> std::sync::MutexGuard<'_, Vec<(usize, Injected)>> {
-        self.faults.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.faults
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn add(&self, index: usize, injected: Injected) {
@@ -378,7 +389,10 @@ impl ActiveFaults {
     }
 
     fn get(&self, index: usize) -> Option<Injected> {
-        self.list().iter().find(|(i, _)| *i == index).map(|(_, inj)| inj.clone())
+        self.list()
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, inj)| inj.clone())
     }
 
     fn remove(&self, index: usize) {
@@ -386,7 +400,11 @@ impl ActiveFaults {
     }
 
     fn leased(&self) -> Vec<(usize, Injected)> {
-        self.list().iter().filter(|(_, inj)| fault::has_lease(inj)).cloned().collect()
+        self.list()
+            .iter()
+            .filter(|(_, inj)| fault::has_lease(inj))
+            .cloned()
+            .collect()
     }
 
     fn indices(&self) -> Vec<usize> {
@@ -398,7 +416,9 @@ impl Drop for ActiveFaults {
     fn drop(&mut self) {
         let left = std::mem::take(&mut *self.list());
         for (_, injected) in left {
-            tracing::warn!("runner dropped with a fault still active; reverting it in the background");
+            tracing::warn!(
+                "runner dropped with a fault still active; reverting it in the background"
+            );
             fault::revert_detached(injected);
         }
     }
@@ -443,8 +463,11 @@ fn plan(experiment: &Experiment) -> Vec<PhasePlan> {
             })
             .collect(),
         FaultExecution::Parallel => {
-            let mut probes: Vec<usize> =
-                experiment.faults.iter().flat_map(|f| judges(experiment, f)).collect();
+            let mut probes: Vec<usize> = experiment
+                .faults
+                .iter()
+                .flat_map(|f| judges(experiment, f))
+                .collect();
             probes.sort_unstable();
             probes.dedup();
             vec![PhasePlan {
@@ -470,7 +493,10 @@ pub fn check_experiment(experiment: &Experiment) -> Result<(), String> {
             ));
         }
         if !(1..=10).contains(&f.weight) {
-            problems.push(format!("fault '{}' has weight {}, not 1 to 10", f.name, f.weight));
+            problems.push(format!(
+                "fault '{}' has weight {}, not 1 to 10",
+                f.name, f.weight
+            ));
         }
         for name in f.probes.iter().flatten() {
             if !experiment.probes.iter().any(|p| &p.name == name) {
@@ -490,13 +516,20 @@ pub fn check_experiment(experiment: &Experiment) -> Result<(), String> {
         }
         let polling = matches!(p.mode, ProbeMode::Continuous | ProbeMode::OnChaos);
         if polling && p.run_properties.polling_interval.duration().is_zero() {
-            problems.push(format!("probe '{}' needs a polling_interval above 0", p.name));
+            problems.push(format!(
+                "probe '{}' needs a polling_interval above 0",
+                p.name
+            ));
         }
     }
     if experiment.faults.is_empty() && experiment.probes.is_empty() {
         problems.push("the experiment has neither faults nor probes".to_string());
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 /// Runs `experiment` to the end (or until stopped) and returns its result.
@@ -509,8 +542,16 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
         faults: experiment.faults.clone(),
         probes: experiment.probes.clone(),
         ledger: Mutex::new(Ledger {
-            probes: experiment.probes.iter().map(|_| ProbeLedger::default()).collect(),
-            faults: experiment.faults.iter().map(|_| FaultLedger::default()).collect(),
+            probes: experiment
+                .probes
+                .iter()
+                .map(|_| ProbeLedger::default())
+                .collect(),
+            faults: experiment
+                .faults
+                .iter()
+                .map(|_| FaultLedger::default())
+                .collect(),
             ..Ledger::default()
         }),
         progress: context.progress.clone(),
@@ -531,9 +572,17 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
         }
     }));
 
-    let keys: Vec<String> = experiment.faults.iter().filter_map(Fault::target_key).collect();
+    let keys: Vec<String> = experiment
+        .faults
+        .iter()
+        .filter_map(Fault::target_key)
+        .collect();
     let wait_started = Instant::now();
-    let busy: Vec<String> = keys.iter().filter(|k| context.targets.is_held(k)).cloned().collect();
+    let busy: Vec<String> = keys
+        .iter()
+        .filter(|k| context.targets.is_held(k))
+        .cloned()
+        .collect();
     if !busy.is_empty() {
         run.log(format!("waiting for target {}", busy.join(", ")));
         run.emit(ProgressEvent::WaitingForTargets { targets: busy });
@@ -615,7 +664,12 @@ async fn run_phase(
         }
     }
     let with_mode = |modes: &[ProbeMode]| -> Vec<usize> {
-        phase.probes.iter().copied().filter(|p| modes.contains(&run.probes[*p].mode)).collect()
+        phase
+            .probes
+            .iter()
+            .copied()
+            .filter(|p| modes.contains(&run.probes[*p].mode))
+            .collect()
     };
 
     let phase_window = stop.child_token();
@@ -642,7 +696,11 @@ async fn run_phase(
             ends.sort();
             let last = ends.len().saturating_sub(1);
             for (i, (end, f)) in ends.into_iter().enumerate() {
-                if stop.run_until_cancelled(tokio::time::sleep_until(end)).await.is_none() {
+                if stop
+                    .run_until_cancelled(tokio::time::sleep_until(end))
+                    .await
+                    .is_none()
+                {
                     break;
                 }
                 if i == last {
@@ -686,7 +744,10 @@ async fn inject_fault(
     f: usize,
 ) -> Option<Instant> {
     let fault = &run.faults[f];
-    let outcome = run.stop.run_until_cancelled(fault::inject(fault, setup)).await;
+    let outcome = run
+        .stop
+        .run_until_cancelled(fault::inject(fault, setup))
+        .await;
     match outcome {
         Some(Ok(injected)) => {
             let now = Utc::now();
@@ -695,8 +756,8 @@ async fn inject_fault(
             let description = fault::describe(fault);
             run.ledger().faults[f].started_at = Some(now);
             run.log(format!("inject {} ({description})", fault.name));
-            let until = now
-                + chrono::Duration::from_std(fault.duration.duration()).unwrap_or_default();
+            let until =
+                now + chrono::Duration::from_std(fault.duration.duration()).unwrap_or_default();
             run.emit(ProgressEvent::FaultInjected {
                 fault: fault.name.clone(),
                 description,
@@ -753,7 +814,9 @@ async fn revert_fault(run: &Arc<Run>, active: &ActiveFaults, f: usize) {
         entry.ended_at = Some(Utc::now());
         entry.reverted = error.is_none();
         if let Some(e) = &error {
-            entry.error.get_or_insert_with(|| format!("revert failed: {e}"));
+            entry
+                .error
+                .get_or_insert_with(|| format!("revert failed: {e}"));
         }
     }
     match &error {
@@ -765,7 +828,10 @@ async fn revert_fault(run: &Arc<Run>, active: &ActiveFaults, f: usize) {
         error: error.clone(),
     });
     if let Some(e) = error {
-        run.stop_with(Stop::FaultError(format!("fault '{}' could not be reverted: {e}", fault.name)));
+        run.stop_with(Stop::FaultError(format!(
+            "fault '{}' could not be reverted: {e}",
+            fault.name
+        )));
     }
 }
 
@@ -802,11 +868,19 @@ async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: CancellationT
         }
         next += every;
         next = next.max(Instant::now());
-        if window.run_until_cancelled(tokio::time::sleep_until(next)).await.is_none() {
+        if window
+            .run_until_cancelled(tokio::time::sleep_until(next))
+            .await
+            .is_none()
+        {
             break;
         }
     }
-    let tally = run.ledger().probes[p].by_phase.get(&phase).copied().unwrap_or_default();
+    let tally = run.ledger().probes[p]
+        .by_phase
+        .get(&phase)
+        .copied()
+        .unwrap_or_default();
     let name = &run.probes[p].name;
     let mode = mode_name(run.probes[p].mode);
     run.log(format!(
@@ -883,7 +957,11 @@ fn finish(
     waited: Duration,
     invalid: Option<String>,
 ) -> ExperimentResult {
-    let phases = if invalid.is_some() { Vec::new() } else { plan(experiment) };
+    let phases = if invalid.is_some() {
+        Vec::new()
+    } else {
+        plan(experiment)
+    };
     let ledger = run.ledger();
     let stop = ledger.stop.clone();
     let aborted = matches!(stop, Some(Stop::Cancelled | Stop::TimedOut(_)));
@@ -913,7 +991,10 @@ fn finish(
             };
             ProbeResult {
                 name: probe.name.clone(),
-                probe_type: probe.probe_type().map_or("unknown", |t| t.as_str()).to_string(),
+                probe_type: probe
+                    .probe_type()
+                    .map_or("unknown", |t| t.as_str())
+                    .to_string(),
                 mode: mode_name(probe.mode).to_string(),
                 verdict,
                 attempts: entry.attempts,
@@ -929,15 +1010,15 @@ fn finish(
         .map(|(f, fault)| {
             let entry = &ledger.faults[f];
             let phase = phases.iter().position(|ph| ph.faults.contains(&f));
-            let judged: Vec<usize> = phase
-                .map(|_| judges(experiment, fault))
-                .unwrap_or_default();
+            let judged: Vec<usize> = phase.map(|_| judges(experiment, fault)).unwrap_or_default();
             let passed = judged
                 .iter()
                 .filter(|p| {
                     phase.is_some_and(|ph| {
-                        phase_outcome(&experiment.probes[**p], ledger.probes[**p].by_phase.get(&ph))
-                            == PhaseOutcome::Passed
+                        phase_outcome(
+                            &experiment.probes[**p],
+                            ledger.probes[**p].by_phase.get(&ph),
+                        ) == PhaseOutcome::Passed
                     })
                 })
                 .count();
@@ -974,7 +1055,9 @@ fn finish(
     let count = |v: Verdict| probes.iter().filter(|p| p.verdict == v).count();
     let probes_passed = count(Verdict::Passed);
     let probes_failed = count(Verdict::Failed);
-    let fault_error = faults.iter().find_map(|f| f.error.as_ref().map(|e| (f.name.clone(), e)));
+    let fault_error = faults
+        .iter()
+        .find_map(|f| f.error.as_ref().map(|e| (f.name.clone(), e)));
     let verdict = if invalid.is_some() || fault_error.is_some() {
         RunStatus::Error
     } else if aborted {
@@ -989,7 +1072,10 @@ fn finish(
             Some(score::probe_success_percentage(probes_passed, probes.len()))
         }
         RunStatus::Passed | RunStatus::Failed => score::resilience_score(
-            &faults.iter().map(|f| (f.weight, f.probe_success_percentage)).collect::<Vec<_>>(),
+            &faults
+                .iter()
+                .map(|f| (f.weight, f.probe_success_percentage))
+                .collect::<Vec<_>>(),
         ),
         _ => None,
     };
@@ -1013,7 +1099,10 @@ fn finish(
     log.push(format!("{} end: {summary}", clock(ended_at)));
     ExperimentResult {
         experiment_id: experiment.id.clone(),
-        experiment_name: experiment.name.clone().unwrap_or_else(|| experiment.id.clone()),
+        experiment_name: experiment
+            .name
+            .clone()
+            .unwrap_or_else(|| experiment.id.clone()),
         verdict,
         resilience_score,
         faults,

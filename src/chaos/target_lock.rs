@@ -44,7 +44,10 @@ impl TargetLocks {
     }
 
     fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self
+            .locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.entry(key.to_string()).or_default().clone()
     }
 
@@ -92,7 +95,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiting.is_finished());
         drop(a);
-        let keys = tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        let keys = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(keys, ["proxy:db"]);
     }
 }

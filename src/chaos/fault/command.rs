@@ -140,10 +140,19 @@ pub async fn run(line: &CommandLine) -> Result<CommandOutput, CommandError> {
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let readers = [
-        child.stdout.take().map(|pipe| read_into(pipe, stdout.clone())),
-        child.stderr.take().map(|pipe| read_into(pipe, stderr.clone())),
+        child
+            .stdout
+            .take()
+            .map(|pipe| read_into(pipe, stdout.clone())),
+        child
+            .stderr
+            .take()
+            .map(|pipe| read_into(pipe, stderr.clone())),
     ];
-    let timeout = line.timeout.map(|t| t.duration()).unwrap_or(DEFAULT_COMMAND_TIMEOUT);
+    let timeout = line
+        .timeout
+        .map(|t| t.duration())
+        .unwrap_or(DEFAULT_COMMAND_TIMEOUT);
     let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => status,
         Ok(Err(source)) => return Err(CommandError::Wait { program, source }),
@@ -226,18 +235,27 @@ mod tests {
 
     #[tokio::test]
     async fn runs_without_a_shell_by_default() {
-        let out = run(&line(&["echo", "a b", "$HOME"], false, None)).await.unwrap();
+        let out = run(&line(&["echo", "a b", "$HOME"], false, None))
+            .await
+            .unwrap();
         assert_eq!(out.stdout, "a b $HOME\n");
         assert_eq!(out.code, Some(0));
     }
 
     #[tokio::test]
     async fn shell_true_runs_through_sh() {
-        let out = run(&line(&["echo $0-$1; exit 3", "x", "y"], true, None)).await.unwrap();
+        let out = run(&line(&["echo $0-$1; exit 3", "x", "y"], true, None))
+            .await
+            .unwrap();
         assert_eq!(out.stdout, "x-y\n");
         assert_eq!(out.code, Some(3));
-        let err = run_checked(&line(&["echo boom >&2; exit 3"], true, None)).await.unwrap_err();
-        assert_eq!(err.to_string(), "'echo boom >&2; exit 3' exited with status 3: boom");
+        let err = run_checked(&line(&["echo boom >&2; exit 3"], true, None))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "'echo boom >&2; exit 3' exited with status 3: boom"
+        );
     }
 
     #[tokio::test]
@@ -251,14 +269,22 @@ mod tests {
     #[tokio::test]
     async fn a_background_child_does_not_hold_the_command() {
         let started = std::time::Instant::now();
-        let out = run(&line(&["sleep 2 & echo started"], true, Some(5_000))).await.unwrap();
+        let out = run(&line(&["sleep 2 & echo started"], true, Some(5_000)))
+            .await
+            .unwrap();
         assert_eq!(out.stdout, "started\n");
         assert!(started.elapsed() < Duration::from_millis(1_500));
     }
 
     #[tokio::test]
     async fn a_missing_program_is_an_error() {
-        let err = run(&line(&["/nonexistent/chaosgate-x"], false, None)).await.unwrap_err();
-        assert!(err.to_string().starts_with("cannot start '/nonexistent/chaosgate-x'"), "{err}");
+        let err = run(&line(&["/nonexistent/chaosgate-x"], false, None))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot start '/nonexistent/chaosgate-x'"),
+            "{err}"
+        );
     }
 }

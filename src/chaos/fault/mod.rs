@@ -114,7 +114,9 @@ pub async fn inject(fault: &Fault, _setup: &FaultSetup) -> Result<Injected, Faul
         return Err(FaultError::NoProxy(fault.name.clone()));
     }
     if let Some(f) = &fault.toxiproxy {
-        return Ok(Injected::Toxiproxy(toxiproxy::inject(&fault.name, f).await?));
+        return Ok(Injected::Toxiproxy(
+            toxiproxy::inject(&fault.name, f).await?,
+        ));
     }
     if let Some(f) = &fault.process {
         return Ok(Injected::Process(process::inject(f)?));
@@ -192,7 +194,10 @@ pub fn revert_detached(injected: Injected) {
             let spawned = std::thread::Builder::new()
                 .name("chaosgate-revert".into())
                 .spawn(move || {
-                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
                         Ok(runtime) => runtime.block_on(work),
                         Err(err) => tracing::error!(error = %err, "no runtime to revert a fault"),
                     }

@@ -34,7 +34,9 @@ pub enum ProcessError {
     #[error("no running process {0}")]
     NotFound(String),
     /// The signal name is unknown.
-    #[error("unknown signal '{0}' (use e.g. SIGTERM, SIGKILL, SIGINT, SIGHUP, SIGUSR1 or a number)")]
+    #[error(
+        "unknown signal '{0}' (use e.g. SIGTERM, SIGKILL, SIGINT, SIGHUP, SIGUSR1 or a number)"
+    )]
     UnknownSignal(String),
     /// kill(2) failed.
     #[error("cannot send signal {signal} to pid {pid}: {source}")]
@@ -104,7 +106,9 @@ pub fn find(fault: &ProcessFault) -> Result<Vec<i32>, ProcessError> {
             return Err(bad());
         }
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            return Err(ProcessError::NotFound(format!("with pid {pid} (from {path})")));
+            return Err(ProcessError::NotFound(format!(
+                "with pid {pid} (from {path})"
+            )));
         }
         return Ok(vec![pid]);
     }
@@ -114,7 +118,11 @@ pub fn find(fault: &ProcessFault) -> Result<Vec<i32>, ProcessError> {
     let mut pids = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
@@ -215,7 +223,10 @@ mod tests {
                 name: None,
                 signal: None,
             };
-            assert!(matches!(find(&fault), Err(ProcessError::BadPid { .. })), "{pid}");
+            assert!(
+                matches!(find(&fault), Err(ProcessError::BadPid { .. })),
+                "{pid}"
+            );
         }
     }
 }

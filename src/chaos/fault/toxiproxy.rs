@@ -140,7 +140,11 @@ fn toxics_url(toxics: &Toxics) -> String {
     format!("{}/proxies/{}/toxics", toxics.api, toxics.proxy)
 }
 
-async fn status_error(method: &'static str, url: String, response: reqwest::Response) -> ToxiproxyError {
+async fn status_error(
+    method: &'static str,
+    url: String,
+    response: reqwest::Response,
+) -> ToxiproxyError {
     let status = response.status().as_u16();
     let body = response.text().await.unwrap_or_default();
     ToxiproxyError::Status {
@@ -172,15 +176,16 @@ async fn create(url: &str, body: &Value) -> Result<Option<u16>, ToxiproxyError> 
 }
 
 async fn delete(url: &str) -> Result<(), ToxiproxyError> {
-    let response = client()?
-        .delete(url)
-        .send()
-        .await
-        .map_err(|source| ToxiproxyError::Request {
-            method: "DELETE",
-            url: url.to_string(),
-            source,
-        })?;
+    let response =
+        client()?
+            .delete(url)
+            .send()
+            .await
+            .map_err(|source| ToxiproxyError::Request {
+                method: "DELETE",
+                url: url.to_string(),
+                source,
+            })?;
     // 404: already gone, which is what revert wants.
     if response.status().is_success() || response.status().as_u16() == 404 {
         return Ok(());
@@ -260,12 +265,24 @@ mod tests {
                    "toxicity": 0.5, "attributes": {"latency": 200, "jitter": 10}})
         );
         assert_eq!(planned("slow-db", &fault).api, "http://127.0.0.1:8474");
-        assert_eq!(toxic_type(&Toxic::Bandwidth { rate: 250_000 }).unwrap().1, json!({"rate": 250}));
-        assert_eq!(toxic_type(&Toxic::Bandwidth { rate: 10 }).unwrap().1, json!({"rate": 1}));
         assert_eq!(
-            toxic_type(&Toxic::ResetPeer { after: Span::from_millis(50) }).unwrap(),
+            toxic_type(&Toxic::Bandwidth { rate: 250_000 }).unwrap().1,
+            json!({"rate": 250})
+        );
+        assert_eq!(
+            toxic_type(&Toxic::Bandwidth { rate: 10 }).unwrap().1,
+            json!({"rate": 1})
+        );
+        assert_eq!(
+            toxic_type(&Toxic::ResetPeer {
+                after: Span::from_millis(50)
+            })
+            .unwrap(),
             ("reset_peer", json!({"timeout": 50}))
         );
-        assert!(matches!(toxic_type(&Toxic::Refuse), Err(ToxiproxyError::Unsupported("refuse"))));
+        assert!(matches!(
+            toxic_type(&Toxic::Refuse),
+            Err(ToxiproxyError::Unsupported("refuse"))
+        ));
     }
 }
