@@ -590,6 +590,7 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
     let guard = stop.run_until_cancelled(context.targets.lock(&keys)).await;
     let waited = wait_started.elapsed();
     if guard.is_none() {
+        run.stop_with(Stop::Cancelled);
         return finish(experiment, &run, started_at, waited, None);
     }
     if waited >= Duration::from_millis(10) {
@@ -628,6 +629,10 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
         revert_fault(&run, &active, index).await;
     }
     drop(guard);
+    if stop.is_cancelled() {
+        // Only the cancellation token stops a run without giving a reason first.
+        run.stop_with(Stop::Cancelled);
+    }
     finish(experiment, &run, started_at, waited, None)
 }
 

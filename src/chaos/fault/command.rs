@@ -1,7 +1,7 @@
 //! `command` faults: operator-supplied inject and revert commands.
 //!
-//! Commands run without a shell unless the file says `shell: true` (then `sh -c`, with the
-//! first argv entry as the script and the others as `$0`, `$1`, ...). Each runs in its own
+//! Commands run without a shell unless the file says `shell: true` (then `sh -c` with the
+//! argv entries joined by spaces, as command probes do). Each runs in its own
 //! process group, so a timeout or an abort kills the command and everything it started in
 //! the foreground. A command that leaves a background child holding its output pipes does
 //! not hold the runner: output is read only until shortly after the command itself exits.
@@ -104,8 +104,12 @@ impl Drop for GroupKill {
     }
 }
 
-/// The program name used in messages: the script for `shell: true`, else argv[0].
+/// The program name used in messages: `sh -c` for `shell: true`, else argv[0] (never the
+/// arguments or a script, which may hold secrets).
 pub fn program_name(line: &CommandLine) -> String {
+    if line.shell {
+        return "sh -c".to_string();
+    }
     line.argv.first().cloned().unwrap_or_default()
 }
 
@@ -117,7 +121,7 @@ pub async fn run(line: &CommandLine) -> Result<CommandOutput, CommandError> {
     };
     let mut command = if line.shell {
         let mut c = Command::new("sh");
-        c.arg("-c").arg(first).args(&line.argv[1..]);
+        c.arg("-c").arg(line.argv.join(" "));
         c
     } else {
         let mut c = Command::new(first);
@@ -244,18 +248,15 @@ mod tests {
 
     #[tokio::test]
     async fn shell_true_runs_through_sh() {
-        let out = run(&line(&["echo $0-$1; exit 3", "x", "y"], true, None))
+        let out = run(&line(&["echo $((1 + 2));", "exit 3"], true, None))
             .await
             .unwrap();
-        assert_eq!(out.stdout, "x-y\n");
+        assert_eq!(out.stdout, "3\n");
         assert_eq!(out.code, Some(3));
         let err = run_checked(&line(&["echo boom >&2; exit 3"], true, None))
             .await
             .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "'echo boom >&2; exit 3' exited with status 3: boom"
-        );
+        assert_eq!(err.to_string(), "'sh -c' exited with status 3: boom");
     }
 
     #[tokio::test]
