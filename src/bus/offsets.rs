@@ -27,6 +27,8 @@ pub const MAX_METADATA: usize = 3800;
 /// received when everything received is done.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionOffsets {
+    /// The committed offset this owner resumed from: everything below it is done.
+    base: i64,
     /// One past the highest offset received (or the committed offset).
     next: i64,
     /// Offsets received and not done yet.
@@ -50,6 +52,7 @@ impl PartitionOffsets {
     /// Bookkeeping resumed from a committed offset and its metadata.
     pub fn resume(committed: i64, metadata: &str) -> Self {
         let mut offsets = PartitionOffsets {
+            base: committed.max(0),
             next: committed.max(0),
             ..Default::default()
         };
@@ -85,17 +88,12 @@ impl PartitionOffsets {
     /// Registers a received record.
     pub fn receive(&mut self, offset: i64) -> Receipt {
         self.next = self.next.max(offset + 1);
-        if self.done.contains(&offset) || offset < self.watermark_floor() {
+        if self.done.contains(&offset) || offset < self.base {
             self.prune();
             return Receipt::Skip;
         }
         self.pending.insert(offset);
         Receipt::Process
-    }
-
-    /// Lowest offset that can still be pending.
-    fn watermark_floor(&self) -> i64 {
-        self.pending.first().copied().unwrap_or(i64::MIN)
     }
 
     /// Records a start of `offset`'s event and returns its attempt number (1 the first time).
@@ -109,6 +107,7 @@ impl PartitionOffsets {
     pub fn complete(&mut self, offset: i64) {
         if self.pending.remove(&offset) {
             self.done.insert(offset);
+            self.started.remove(&offset);
             self.prune();
         }
     }
