@@ -54,7 +54,10 @@ pub fn config_example() -> Config {
             bootstrap_servers: "127.0.0.1:19092".into(),
             group_id: default_group_id(),
             transactional_id_prefix: default_group_id(),
+            transactional_id: None,
             topics: Topics::default(),
+            create_topics: false,
+            topic_partitions: default_topic_partitions(),
             max_message_bytes: default_max_message_bytes(),
             properties: BTreeMap::from([("client.id".to_string(), "chaosgate".to_string())]),
         },
@@ -91,9 +94,20 @@ pub struct KafkaConfig {
     /// Prefix of the transactional ids (one per worker instance and partition set).
     #[serde(default = "default_group_id")]
     pub transactional_id_prefix: String,
+    /// Transactional id of this worker instance (default: the prefix and the host name).
+    /// Keep it stable across restarts of one instance and distinct between instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactional_id: Option<String>,
     /// Topic names.
     #[serde(default)]
     pub topics: Topics,
+    /// Create missing topics at start (with `topic_partitions` partitions); when false a
+    /// missing topic stops the worker with a clear error.
+    #[serde(default)]
+    pub create_topics: bool,
+    /// Partitions of topics the worker creates.
+    #[serde(default = "default_topic_partitions")]
+    pub topic_partitions: i32,
     /// Flag-changes bigger than this go to the dead-letter topic.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
@@ -105,6 +119,10 @@ pub struct KafkaConfig {
 
 fn default_group_id() -> String {
     "chaosgate".to_string()
+}
+
+fn default_topic_partitions() -> i32 {
+    3
 }
 
 fn default_max_message_bytes() -> usize {

@@ -11,3 +11,4 @@ pub mod config;
 pub mod contract;
 pub mod gate;
 pub mod schema;
+pub mod telemetry;

@@ -98,16 +98,24 @@ fn asyncapi_describes_every_topic_and_schema() {
         &topics.dead_letter,
         &topics.control,
     ] {
-        assert!(addresses.contains(&topic.as_str()), "asyncapi lacks topic {topic}");
+        assert!(
+            addresses.contains(&topic.as_str()),
+            "asyncapi lacks topic {topic}"
+        );
     }
     // Every payload reference names a committed schema file.
     for message in doc["components"]["messages"].as_object().unwrap().values() {
         if let Some(reference) = message["payload"]["$ref"].as_str() {
             let file = reference.trim_start_matches("./");
-            assert!(schemas_dir().join(file).exists(), "{reference} does not exist");
+            assert!(
+                schemas_dir().join(file).exists(),
+                "{reference} does not exist"
+            );
         }
         // Every channel message has a description of its key.
-        assert!(message["bindings"]["kafka"]["key"].is_object() || message["name"] == "AbortRequest");
+        assert!(
+            message["bindings"]["kafka"]["key"].is_object() || message["name"] == "AbortRequest"
+        );
     }
     for channel in doc["channels"].as_object().unwrap().values() {
         let description = channel["description"].as_str().unwrap();

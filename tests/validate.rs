@@ -118,6 +118,11 @@ fn problems(pipeline: &str, experiment: &str, extra: &[(&str, &str)]) -> Vec<Str
     lines
 }
 
+/// Asserts the catalog with these two files reports exactly `expected`, in this order.
+fn expect_problems(pipeline: &str, experiment: &str, expected: &[&str]) {
+    assert_eq!(problems(pipeline, experiment, &[]), expected);
+}
+
 fn count_files(lines: &[String]) -> usize {
     let mut files: Vec<&str> = lines.iter().map(|l| l.split(':').next().unwrap()).collect();
     files.sort_unstable();
@@ -183,24 +188,24 @@ fn expected_score_above_100() {
         "expected_resilience_score: 90",
         "expected_resilience_score: 140",
     );
-    let lines = problems(&pipeline, EXPERIMENT, &[]);
-    assert_eq!(
-        lines,
-        [
-            "pipelines/checkout.yaml:19: stages[1].steps[0].expected_resilience_score: 140 is above 100"
-        ]
+    expect_problems(
+        &pipeline,
+        EXPERIMENT,
+        &[
+            "pipelines/checkout.yaml:19: stages[1].steps[0].expected_resilience_score: 140 is above 100",
+        ],
     );
 }
 
 #[test]
 fn misspelled_field() {
     let experiment = edit(EXPERIMENT, "    weight: 5", "    weight: 5\n    wieght: 3");
-    let lines = problems(PIPELINE, &experiment, &[]);
-    assert_eq!(
-        lines,
-        [
-            "experiments/payments-latency.yaml:7: faults[0]: unknown field 'wieght' (did you mean 'weight'?)"
-        ]
+    expect_problems(
+        PIPELINE,
+        &experiment,
+        &[
+            "experiments/payments-latency.yaml:7: faults[0]: unknown field 'wieght' (did you mean 'weight'?)",
+        ],
     );
 }
 
@@ -211,10 +216,10 @@ fn missing_experiment_in_a_step() {
         "        experiment: payments-latency\n        expected_resilience_score: 80\n",
         "        expected_resilience_score: 80\n",
     );
-    let lines = problems(&pipeline, EXPERIMENT, &[]);
-    assert_eq!(
-        lines,
-        ["pipelines/checkout.yaml:11: stages[0].steps[0]: missing field 'experiment'"]
+    expect_problems(
+        &pipeline,
+        EXPERIMENT,
+        &["pipelines/checkout.yaml:11: stages[0].steps[0]: missing field 'experiment'"],
     );
 }
 
@@ -225,12 +230,12 @@ fn unknown_experiment_ref() {
         "experiment: payments-latency\n        expected_resilience_score: 90",
         "experiment: payment-latency\n        expected_resilience_score: 90",
     );
-    let lines = problems(&pipeline, EXPERIMENT, &[]);
-    assert_eq!(
-        lines,
-        [
-            "pipelines/checkout.yaml:18: stages[1].steps[0].experiment: unknown experiment 'payment-latency'"
-        ]
+    expect_problems(
+        &pipeline,
+        EXPERIMENT,
+        &[
+            "pipelines/checkout.yaml:18: stages[1].steps[0].experiment: unknown experiment 'payment-latency'",
+        ],
     );
 }
 
@@ -259,29 +264,29 @@ fn duplicate_stage_and_step_ids() {
         "      - id: latency-again",
         "      - id: latency-again\n        name: first\n        experiment: payments-latency\n        expected_resilience_score: 10\n      - id: latency-again",
     );
-    let lines = problems(&pipeline, EXPERIMENT, &[]);
-    assert_eq!(
-        lines,
-        [
+    expect_problems(
+        &pipeline,
+        EXPERIMENT,
+        &[
             "pipelines/checkout.yaml:14: stages[1].id: duplicate stage id 'smoke' (also stages[0])",
             "pipelines/checkout.yaml:21: stages[1].steps[1].id: duplicate step id 'latency-again' (also stages[1].steps[0])",
-        ]
+        ],
     );
 }
 
 #[test]
 fn weight_outside_1_to_10() {
     let experiment = edit(EXPERIMENT, "weight: 5", "weight: 11");
-    let lines = problems(PIPELINE, &experiment, &[]);
-    assert_eq!(
-        lines,
-        ["experiments/payments-latency.yaml:6: faults[0].weight: 11 is above 10"]
+    expect_problems(
+        PIPELINE,
+        &experiment,
+        &["experiments/payments-latency.yaml:6: faults[0].weight: 11 is above 10"],
     );
     let experiment = edit(EXPERIMENT, "weight: 5", "weight: 0");
-    let lines = problems(PIPELINE, &experiment, &[]);
-    assert_eq!(
-        lines,
-        ["experiments/payments-latency.yaml:6: faults[0].weight: 0 is below 1"]
+    expect_problems(
+        PIPELINE,
+        &experiment,
+        &["experiments/payments-latency.yaml:6: faults[0].weight: 0 is below 1"],
     );
 }
 
@@ -289,13 +294,13 @@ fn weight_outside_1_to_10() {
 fn durations_that_do_not_parse() {
     let experiment = edit(EXPERIMENT, "duration: 30s", "duration: 30 seconds");
     let experiment = edit(&experiment, "latency: 200ms", "latency: 1.5s");
-    let lines = problems(PIPELINE, &experiment, &[]);
-    assert_eq!(
-        lines,
-        [
+    expect_problems(
+        PIPELINE,
+        &experiment,
+        &[
             "experiments/payments-latency.yaml:7: faults[0].duration: '30 seconds' is not a duration (write e.g. 200ms, 30s, 5m, 1h or 1m30s)",
             "experiments/payments-latency.yaml:12: faults[0].network.toxic.latency: '1.5s' is not a duration (write e.g. 200ms, 30s, 5m, 1h or 1m30s)",
-        ]
+        ],
     );
 }
 
@@ -306,60 +311,60 @@ fn faults_with_no_kind_or_several() {
         "    network:\n      target: payments\n      toxic:\n        type: latency\n        latency: 200ms\n      toxicity: 1.0\n",
         "",
     );
-    let lines = problems(PIPELINE, &none, &[]);
-    assert_eq!(
-        lines,
-        [
-            "experiments/payments-latency.yaml:5: faults[0]: fault 'payments-slow' has no kind: set one of network, http, toxiproxy, process, command"
-        ]
+    expect_problems(
+        PIPELINE,
+        &none,
+        &[
+            "experiments/payments-latency.yaml:5: faults[0]: fault 'payments-slow' has no kind: set one of network, http, toxiproxy, process, command",
+        ],
     );
     let several = edit(
         EXPERIMENT,
         "    network:",
         "    process:\n      action: pause\n      name: payments\n    network:",
     );
-    let lines = problems(PIPELINE, &several, &[]);
-    assert_eq!(
-        lines,
-        [
-            "experiments/payments-latency.yaml:5: faults[0]: fault 'payments-slow' sets several kinds (network, process): set exactly one"
-        ]
+    expect_problems(
+        PIPELINE,
+        &several,
+        &[
+            "experiments/payments-latency.yaml:5: faults[0]: fault 'payments-slow' sets several kinds (network, process): set exactly one",
+        ],
     );
 }
 
 #[test]
 fn probes_with_an_unknown_type_or_several() {
     let unknown = edit(EXPERIMENT, "    http:\n      url", "    grpc:\n      url");
-    let lines = problems(PIPELINE, &unknown, &[]);
-    assert_eq!(
-        lines,
-        [
-            "experiments/payments-latency.yaml:17: probes[0]: unknown probe type 'grpc' (allowed: http, tcp, command, prometheus)"
-        ]
+    expect_problems(
+        PIPELINE,
+        &unknown,
+        &[
+            "experiments/payments-latency.yaml:17: probes[0]: unknown probe type 'grpc' (allowed: http, tcp, command, prometheus)",
+        ],
     );
     let several = edit(
         EXPERIMENT,
         "    http:\n      url",
         "    tcp:\n      address: 127.0.0.1:8080\n    http:\n      url",
     );
-    let lines = problems(PIPELINE, &several, &[]);
-    assert_eq!(
-        lines,
-        [
-            "experiments/payments-latency.yaml:15: probes[0]: probe 'checkout-fast' sets several types (http, tcp): set exactly one"
-        ]
+    expect_problems(
+        PIPELINE,
+        &several,
+        &[
+            "experiments/payments-latency.yaml:15: probes[0]: probe 'checkout-fast' sets several types (http, tcp): set exactly one",
+        ],
     );
 }
 
 #[test]
 fn unknown_probe_mode() {
     let experiment = edit(EXPERIMENT, "mode: on_chaos", "mode: during_chaos");
-    let lines = problems(PIPELINE, &experiment, &[]);
-    assert_eq!(
-        lines,
-        [
-            "experiments/payments-latency.yaml:16: probes[0].mode: unknown mode 'during_chaos' (allowed: sot, eot, edge, continuous, on_chaos)"
-        ]
+    expect_problems(
+        PIPELINE,
+        &experiment,
+        &[
+            "experiments/payments-latency.yaml:16: probes[0].mode: unknown mode 'during_chaos' (allowed: sot, eot, edge, continuous, on_chaos)",
+        ],
     );
 }
 
@@ -370,12 +375,12 @@ fn fault_naming_a_probe_that_does_not_exist() {
         "    duration: 30s",
         "    duration: 30s\n    probes: [checkout-fast, checkout-slow]",
     );
-    let lines = problems(PIPELINE, &experiment, &[]);
-    assert_eq!(
-        lines,
-        [
-            "experiments/payments-latency.yaml:8: faults[0].probes[1]: unknown probe 'checkout-slow' (probes of this experiment: checkout-fast)"
-        ]
+    expect_problems(
+        PIPELINE,
+        &experiment,
+        &[
+            "experiments/payments-latency.yaml:8: faults[0].probes[1]: unknown probe 'checkout-slow' (probes of this experiment: checkout-fast)",
+        ],
     );
 }
 
@@ -386,12 +391,12 @@ fn assertions_that_do_not_compile() {
         "assertion: probes_failed == 0",
         "assertion: probes_failed == 0 && latency_ms < 300",
     );
-    let lines = problems(&pipeline, EXPERIMENT, &[]);
-    assert_eq!(
-        lines,
-        [
-            "pipelines/checkout.yaml:20: stages[1].steps[0].assertion: unknown variable 'latency_ms' (variables: resilience_score, expected_resilience_score, faults_passed, faults_failed, probes_passed, probes_failed, duration_seconds)"
-        ]
+    expect_problems(
+        &pipeline,
+        EXPERIMENT,
+        &[
+            "pipelines/checkout.yaml:20: stages[1].steps[0].assertion: unknown variable 'latency_ms' (variables: resilience_score, expected_resilience_score, faults_passed, faults_failed, probes_passed, probes_failed, duration_seconds)",
+        ],
     );
     let pipeline = edit(
         PIPELINE,
@@ -416,12 +421,12 @@ fn edge_probe_without_faults() {
         "faults: []\n",
     );
     let experiment = edit(&experiment, "mode: on_chaos", "mode: edge");
-    let lines = problems(PIPELINE, &experiment, &[]);
-    assert_eq!(
-        lines,
-        [
-            "experiments/payments-latency.yaml:7: probes[0].mode: an edge probe compares before and after the faults, but this experiment has no faults"
-        ]
+    expect_problems(
+        PIPELINE,
+        &experiment,
+        &[
+            "experiments/payments-latency.yaml:7: probes[0].mode: an edge probe compares before and after the faults, but this experiment has no faults",
+        ],
     );
 }
 
@@ -433,13 +438,13 @@ fn toxicity_and_percentage_outside_0_to_1() {
         "probes:\n",
         "  - name: inventory-errors\n    weight: 2\n    duration: 10s\n    http:\n      target: inventory\n      action: {type: abort, status: 503}\n      percentage: -0.2\nprobes:\n",
     );
-    let lines = problems(PIPELINE, &experiment, &[]);
-    assert_eq!(
-        lines,
-        [
+    expect_problems(
+        PIPELINE,
+        &experiment,
+        &[
             "experiments/payments-latency.yaml:13: faults[0].network.toxicity: 1.5 is above 1",
             "experiments/payments-latency.yaml:20: faults[1].http.percentage: -0.2 is below 0",
-        ]
+        ],
     );
 }
 
@@ -450,24 +455,24 @@ fn refuse_toxic_on_toxiproxy() {
         "    network:\n      target: payments\n      toxic:\n        type: latency\n        latency: 200ms\n",
         "    toxiproxy:\n      api: http://127.0.0.1:8474\n      proxy: payments\n      toxic:\n        type: refuse\n",
     );
-    let lines = problems(PIPELINE, &experiment, &[]);
-    assert_eq!(
-        lines,
-        [
-            "experiments/payments-latency.yaml:12: faults[0].toxiproxy.toxic.type: the 'refuse' toxic is not available on Toxiproxy (use reset_peer or timeout, or a network fault)"
-        ]
+    expect_problems(
+        PIPELINE,
+        &experiment,
+        &[
+            "experiments/payments-latency.yaml:12: faults[0].toxiproxy.toxic.type: the 'refuse' toxic is not available on Toxiproxy (use reset_peer or timeout, or a network fault)",
+        ],
     );
 }
 
 #[test]
 fn unknown_toxic_type() {
     let experiment = edit(EXPERIMENT, "type: latency", "type: packet_loss");
-    let lines = problems(PIPELINE, &experiment, &[]);
-    assert_eq!(
-        lines,
-        [
-            "experiments/payments-latency.yaml:11: faults[0].network.toxic.type: unknown type 'packet_loss' (allowed: latency, bandwidth, timeout, reset_peer, slow_close, limit_data, refuse)"
-        ]
+    expect_problems(
+        PIPELINE,
+        &experiment,
+        &[
+            "experiments/payments-latency.yaml:11: faults[0].network.toxic.type: unknown type 'packet_loss' (allowed: latency, bandwidth, timeout, reset_peer, slow_close, limit_data, refuse)",
+        ],
     );
 }
 
@@ -486,10 +491,10 @@ fn invalid_regexes_in_probe_criteria() {
 #[test]
 fn retry_with_count_zero() {
     let pipeline = edit(PIPELINE, "count: 2", "count: 0");
-    let lines = problems(&pipeline, EXPERIMENT, &[]);
-    assert_eq!(
-        lines,
-        ["pipelines/checkout.yaml:23: stages[1].steps[0].failure_strategy.count: 0 is below 1"]
+    expect_problems(
+        &pipeline,
+        EXPERIMENT,
+        &["pipelines/checkout.yaml:23: stages[1].steps[0].failure_strategy.count: 0 is below 1"],
     );
 }
 

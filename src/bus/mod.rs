@@ -2,4 +2,10 @@
 //! the worker) ordering, offsets, transactions and the dead-letter topic.
 
 pub mod client;
+pub mod flag_queue;
+pub mod kill_switch;
+pub mod offsets;
+pub mod outputs;
 pub mod record;
+pub mod transaction;
+pub mod worker;

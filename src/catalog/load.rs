@@ -438,3 +438,55 @@ fn to_problem(source: &Source, finding: Finding) -> Problem {
         message: finding.message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::experiment::experiment_example;
+    use crate::catalog::pipeline::pipeline_example;
+
+    #[test]
+    fn builds_a_catalog_from_typed_values() {
+        let catalog = Catalog::from_parts(vec![pipeline_example()], vec![experiment_example()])
+            .unwrap_or_else(|problems| panic!("{problems:#?}"));
+        let routed = catalog.pipeline_for("shop", "production", "checkout-v2");
+        assert_eq!(routed.map(|p| p.id.as_str()), Some("checkout-release"));
+        assert!(catalog.experiment("payments-latency").is_some());
+        assert_eq!(catalog.file_count(), 2);
+    }
+
+    #[test]
+    fn typed_values_get_the_same_checks() {
+        let mut pipeline = pipeline_example();
+        pipeline.stages[0].steps[0].experiment = "nope".into();
+        pipeline.stages[0].steps[0].expected_resilience_score = 120.0;
+        let problems = Catalog::from_parts(vec![pipeline], vec![experiment_example()]).unwrap_err();
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "pipeline 'checkout-release': stages[0].steps[0].expected_resilience_score: 120 is above 100",
+                "pipeline 'checkout-release': stages[0].steps[0].experiment: unknown experiment 'nope'",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_duration_too_long_to_hold_is_reported_at_its_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big.yaml");
+        std::fs::write(
+            &file,
+            "kind: experiment\nid: big\nfaults:\n  - name: huge\n    weight: 5\n    duration: 99999999999999s\n    network: {target: t, toxic: {type: latency, latency: 1s}}\n",
+        )
+        .unwrap();
+        let problems = Catalog::load(&[dir.path()]).unwrap_err();
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "big.yaml:6: faults[0].duration: '99999999999999s' is not a duration (write e.g. 200ms, 30s, 5m, 1h or 1m30s)"
+            ]
+        );
+    }
+}

@@ -217,7 +217,7 @@ impl SchemaCheck {
             }
             return;
         }
-        let expected: Vec<String> = context
+        let mut expected: Vec<String> = context
             .iter()
             .flatten()
             .filter_map(|error| match error.kind() {
@@ -227,6 +227,9 @@ impl SchemaCheck {
                 _ => None,
             })
             .collect();
+        if expected.len() > 1 {
+            expected.retain(|word| word != "nothing");
+        }
         let message = if fitting.is_empty() && !expected.is_empty() {
             format!(
                 "expected {}, found {}",
@@ -301,7 +304,7 @@ fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
         .map(|candidate| (edit_distance(name, candidate), *candidate))
-        .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 4))
+        .filter(|(distance, candidate)| *distance <= 1.max(candidate.len() / 3))
         .min()
         .map(|(_, candidate)| candidate)
 }

@@ -18,10 +18,21 @@ use super::problem::{FieldPath, Finding};
 use super::route;
 use super::schema_check::{FAULT_KINDS, PROBE_TYPES};
 
-/// The fields of a fault that are not kind blocks.
-const FAULT_FIELDS: [&str; 4] = ["name", "weight", "duration", "probes"];
-/// The fields of a probe that are not type blocks.
-const PROBE_FIELDS: [&str; 3] = ["name", "mode", "run_properties"];
+/// A fault sets exactly one kind block.
+const FAULT_BLOCKS: Blocks<'static> = Blocks {
+    what: "fault",
+    noun: "kind",
+    names: &FAULT_KINDS,
+    fields: &["name", "weight", "duration", "probes"],
+};
+
+/// A probe sets exactly one type block.
+const PROBE_BLOCKS: Blocks<'static> = Blocks {
+    what: "probe",
+    noun: "type",
+    names: &PROBE_TYPES,
+    fields: &["name", "mode", "run_properties"],
+};
 
 /// The items of the list at `key`, with their indexes (none when it is not a list).
 fn items<'a>(value: &'a Value, key: &str) -> impl Iterator<Item = (usize, &'a Value)> {
@@ -124,25 +135,7 @@ pub fn check_experiment(doc: &Value) -> Vec<Finding> {
         .collect();
     for (i, fault) in items(doc, "faults") {
         let path = faults.index(i);
-        let name = text(fault, "name").unwrap_or("?");
-        let kinds: Vec<&str> = FAULT_KINDS.into_iter().filter(|k| has(fault, k)).collect();
-        match kinds.as_slice() {
-            [] if !has_unknown_block(fault, &FAULT_FIELDS, &FAULT_KINDS) => out.push(Finding::new(
-                path.clone(),
-                format!(
-                    "fault '{name}' has no kind: set one of {}",
-                    FAULT_KINDS.join(", ")
-                ),
-            )),
-            [] | [_] => {}
-            several => out.push(Finding::new(
-                path.clone(),
-                format!(
-                    "fault '{name}' sets several kinds ({}): set exactly one",
-                    several.join(", ")
-                ),
-            )),
-        }
+        FAULT_BLOCKS.check_exactly_one(fault, &path, &mut out);
         for (k, probe) in items(fault, "probes") {
             if let Some(probe) = probe.as_str()
                 && !probe_names.contains(&probe)
@@ -163,25 +156,7 @@ pub fn check_experiment(doc: &Value) -> Vec<Finding> {
     let has_faults = items(doc, "faults").next().is_some();
     for (i, probe) in items(doc, "probes") {
         let path = probes.index(i);
-        let name = text(probe, "name").unwrap_or("?");
-        let types: Vec<&str> = PROBE_TYPES.into_iter().filter(|t| has(probe, t)).collect();
-        match types.as_slice() {
-            [] if !has_unknown_block(probe, &PROBE_FIELDS, &PROBE_TYPES) => out.push(Finding::new(
-                path.clone(),
-                format!(
-                    "probe '{name}' has no type: set one of {}",
-                    PROBE_TYPES.join(", ")
-                ),
-            )),
-            [] | [_] => {}
-            several => out.push(Finding::new(
-                path.clone(),
-                format!(
-                    "probe '{name}' sets several types ({}): set exactly one",
-                    several.join(", ")
-                ),
-            )),
-        }
+        PROBE_BLOCKS.check_exactly_one(probe, &path, &mut out);
         if text(probe, "mode") == Some("edge") && !has_faults {
             out.push(Finding::new(
                 path.key("mode"),
@@ -193,14 +168,56 @@ pub fn check_experiment(doc: &Value) -> Vec<Finding> {
     out
 }
 
-/// Whether a fault or probe holds a block under a key the schema does not know (which the
-/// schema check reports as an unknown kind or type, so "no kind" would only repeat it).
-fn has_unknown_block(entry: &Value, fields: &[&str], blocks: &[&str]) -> bool {
-    entry.as_object().is_some_and(|object| {
-        object.iter().any(|(key, value)| {
-            value.is_object() && !fields.contains(&key.as_str()) && !blocks.contains(&key.as_str())
+/// The blocks of which a fault (its kind) or a probe (its type) sets exactly one.
+struct Blocks<'a> {
+    /// `fault` or `probe`.
+    what: &'a str,
+    /// `kind` or `type`.
+    noun: &'a str,
+    /// The block keys.
+    names: &'a [&'a str],
+    /// The other fields.
+    fields: &'a [&'a str],
+}
+
+impl Blocks<'_> {
+    /// Reports an entry that sets no block or several.
+    fn check_exactly_one(&self, entry: &Value, path: &FieldPath, out: &mut Vec<Finding>) {
+        let (what, noun) = (self.what, self.noun);
+        let name = text(entry, "name").unwrap_or("?");
+        let set: Vec<&str> = self
+            .names
+            .iter()
+            .copied()
+            .filter(|k| has(entry, k))
+            .collect();
+        let message = match set.as_slice() {
+            [] if !self.has_unknown_block(entry) => {
+                format!(
+                    "{what} '{name}' has no {noun}: set one of {}",
+                    self.names.join(", ")
+                )
+            }
+            [] | [_] => return,
+            several => format!(
+                "{what} '{name}' sets several {noun}s ({}): set exactly one",
+                several.join(", ")
+            ),
+        };
+        out.push(Finding::new(path.clone(), message));
+    }
+
+    /// Whether the entry holds a block under a key the schema does not know (which the
+    /// schema check reports as an unknown kind or type, so "no kind" would only repeat it).
+    fn has_unknown_block(&self, entry: &Value) -> bool {
+        entry.as_object().is_some_and(|object| {
+            object.iter().any(|(key, value)| {
+                value.is_object()
+                    && !self.fields.contains(&key.as_str())
+                    && !self.names.contains(&key.as_str())
+            })
         })
-    })
+    }
 }
 
 /// Checks inside a fault's kind block.

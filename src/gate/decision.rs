@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::catalog::assertion::{self, Measures};
+use crate::catalog::assertion::{self, AssertionInput};
 use crate::catalog::pipeline::{ChaosStep, FailureOutcome, GatedChange, Pipeline};
 use crate::contract::ids;
 use crate::contract::run_record::AssertionResult;
@@ -57,7 +57,7 @@ pub struct StepVerdict {
 }
 
 /// Judges a completed run: passed iff score >= expected and the assertion (if any) holds.
-pub fn judge_step(step: &ChaosStep, measures: &Measures) -> StepVerdict {
+pub fn judge_step(step: &ChaosStep, measures: &AssertionInput) -> StepVerdict {
     let score = measures.resilience_score;
     let expected = step.expected_resilience_score;
     let score_ok = score >= expected;
@@ -72,31 +72,33 @@ pub fn judge_step(step: &ChaosStep, measures: &Measures) -> StepVerdict {
     } else {
         RunStatus::Failed
     };
-    let assertion =
-        step.assertion.as_ref().map(
-            |expression| match assertion::evaluate(expression, measures) {
-                Ok(result) => {
-                    if !result {
-                        status = RunStatus::Failed;
-                        parts.push(format!("assertion '{expression}' is false"));
-                    }
-                    AssertionResult {
-                        expression: expression.clone(),
-                        result: Some(result),
-                        error: None,
-                    }
+    let assertion = step.assertion.as_ref().map(|expression| {
+        let evaluated = assertion::compile(expression)
+            .and_then(|program| assertion::evaluate(&program, measures));
+        match evaluated {
+            Ok(result) => {
+                if !result {
+                    status = RunStatus::Failed;
+                    parts.push(format!("assertion '{expression}' is false"));
                 }
-                Err(e) => {
-                    status = RunStatus::Error;
-                    parts.push(e.to_string());
-                    AssertionResult {
-                        expression: expression.clone(),
-                        result: None,
-                        error: Some(e.to_string()),
-                    }
+                AssertionResult {
+                    expression: expression.clone(),
+                    result: Some(result),
+                    error: None,
                 }
-            },
-        );
+            }
+            Err(e) => {
+                status = RunStatus::Error;
+                let error = format!("assertion '{expression}' {e}");
+                parts.push(error.clone());
+                AssertionResult {
+                    expression: expression.clone(),
+                    result: None,
+                    error: Some(error),
+                }
+            }
+        }
+    });
     StepVerdict {
         status,
         summary: parts.join("; "),
@@ -209,8 +211,8 @@ mod tests {
         }
     }
 
-    fn measures(score: f64, probes_failed: u32) -> Measures {
-        Measures {
+    fn measures(score: f64, probes_failed: i64) -> AssertionInput {
+        AssertionInput {
             resilience_score: score,
             expected_resilience_score: 80.0,
             faults_passed: 1,
@@ -237,7 +239,7 @@ mod tests {
         let verdict = judge_step(&step(80.0, Some("probes_failed")), &measures(90.0, 0));
         assert_eq!(verdict.status, RunStatus::Error);
         assert!(
-            verdict.summary.contains("must evaluate to a boolean"),
+            verdict.summary.contains("must give true or false"),
             "{}",
             verdict.summary
         );

@@ -3,3 +3,4 @@
 //! small sink, and the same gate runs in the worker, the demo and the tests.
 
 pub mod decision;
+pub mod executor;
