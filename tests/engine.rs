@@ -10,11 +10,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chaosgate::catalog::experiment::Experiment;
+use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
 use chaosgate::chaos::{ExperimentResult, ProgressEvent, RunContext, TargetLocks, run_experiment};
 use chaosgate::contract::run_record::{RunStatus, Verdict};
 use tokio::sync::mpsc;
 
-use support::{ChildGuard, CountingServer, EchoServer, Toxiproxy, echo_round_trip, process_state};
+use support::{
+    ChildGuard, CountingServer, EchoServer, Toxiproxy, echo_round_trip, free_port, process_state,
+};
 
 fn experiment(yaml: &str) -> Experiment {
     serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test experiment: {e}\n{yaml}"))
@@ -868,4 +871,198 @@ fn sigint_to_the_cli_mid_fault_reverts_and_exits_2() {
     let result: ExperimentResult = serde_json::from_str(&stdout).unwrap();
     assert_eq!(result.verdict, RunStatus::Aborted);
     assert!(result.faults[0].reverted);
+}
+
+fn proxy_target(name: &str, upstream: &str, protocol: ProxyProtocol) -> ProxyTarget {
+    ProxyTarget {
+        name: name.to_string(),
+        listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        upstream: upstream.to_string(),
+        protocol,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_fault_in_the_embedded_proxy_outlives_its_lease_while_renewed() {
+    let echo = EchoServer::start().await;
+    let target = proxy_target("echo", &echo.addr.to_string(), ProxyProtocol::Tcp);
+    let listen = target.listen.to_string();
+    let registry = ProxyRegistry::start(&[target]).await.unwrap();
+    assert!(echo_round_trip(&listen).await < Duration::from_millis(100));
+    let yaml = r#"
+kind: experiment
+id: embedded-latency
+faults:
+  - name: slow-echo
+    weight: 5
+    duration: 2s
+    network: { target: echo, toxic: { type: latency, latency: 300ms } }
+"#;
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    // A 600 ms lease: the fault lasts 2 s only because the runner renews it.
+    let ctx = RunContext {
+        proxy: Some(registry.clone()),
+        lease: Duration::from_millis(600),
+        progress: Some(sender),
+        ..context()
+    };
+    let exp = experiment(yaml);
+    let run = tokio::spawn(async move { run_experiment(&exp, &ctx).await });
+    wait_for(&mut receiver, |e| {
+        matches!(e, ProgressEvent::FaultInjected { .. })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let late = echo_round_trip(&listen).await;
+    assert!(
+        late >= Duration::from_millis(280),
+        "{late:?} two leases after inject"
+    );
+    let result = run.await.unwrap();
+    assert_eq!(result.verdict, RunStatus::Passed, "{}", result.summary);
+    assert!(fault(&result, "slow-echo").reverted);
+    assert_eq!(fault(&result, "slow-echo").kind, "network");
+    assert_eq!(registry.active_fault_count(), 0);
+    assert!(echo_round_trip(&listen).await < Duration::from_millis(100));
+    registry.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_fault_in_the_embedded_proxy_is_seen_by_http_probes() {
+    let server = CountingServer::start().await;
+    let target = proxy_target("api", &server.addr.to_string(), ProxyProtocol::Http);
+    let base = format!("http://{}", target.listen);
+    let registry = ProxyRegistry::start(&[target]).await.unwrap();
+    let yaml = format!(
+        r#"
+kind: experiment
+id: http-abort
+faults:
+  - name: api-503
+    weight: 5
+    duration: 1s
+    http: {{ target: api, action: {{ type: abort, status: 503 }}, match: {{ path_prefix: /pay }} }}
+probes:
+  - name: sees-503
+    mode: on_chaos
+    run_properties: {{ polling_interval: 300ms }}
+    http: {{ url: "{base}/pay", criteria: {{ status: [503] }} }}
+  - name: healthy-around
+    mode: edge
+    http: {{ url: "{base}/pay" }}
+  - name: other-path-untouched
+    mode: on_chaos
+    http: {{ url: "{base}/other" }}
+"#
+    );
+    let ctx = RunContext {
+        proxy: Some(registry.clone()),
+        ..context()
+    };
+    let result = run_experiment(&experiment(&yaml), &ctx).await;
+    assert_eq!(
+        result.verdict,
+        RunStatus::Passed,
+        "{}\n{:?}",
+        result.summary,
+        result.probes
+    );
+    assert_eq!(result.resilience_score, Some(100.0));
+    assert_eq!(
+        server.hits("/pay").len(),
+        2,
+        "aborted requests never reach upstream"
+    );
+    assert!(!server.hits("/other").is_empty());
+    assert_eq!(registry.active_fault_count(), 0);
+    registry.shutdown().await;
+
+    // Without a proxy in the process and no `proxy` URL: a fault error, not a panic.
+    let result = run_experiment(&experiment(&yaml), &context()).await;
+    assert_eq!(result.verdict, RunStatus::Error);
+    assert!(
+        result.summary.contains("no proxy runs in this process"),
+        "{}",
+        result.summary
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_runner_leaves_traffic_clean_within_lease_plus_1s() {
+    let echo = EchoServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "control_listen = \"127.0.0.1:0\"\n[[targets]]\nname = \"echo\"\nlisten = \"{listen}\"\nupstream = \"{}\"\n",
+            echo.addr
+        ),
+    )
+    .unwrap();
+    let mut proxy = ChildGuard::spawn(
+        chaosgate()
+            .args(["proxy", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.0.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let control = first
+        .trim()
+        .strip_prefix("control ")
+        .expect("control address line")
+        .to_string();
+
+    let exp = dir.path().join("exp.yaml");
+    std::fs::write(
+        &exp,
+        format!(
+            "kind: experiment\nid: killed\nfaults:\n  - name: slow\n    weight: 1\n    duration: 60s\n    network: {{ target: echo, proxy: \"{control}\", toxic: {{ type: latency, latency: 500ms }} }}\n"
+        ),
+    )
+    .unwrap();
+    let mut runner = ChildGuard::spawn(
+        chaosgate()
+            .args(["experiment", "run", "--lease", "2s"])
+            .arg(&exp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while echo_round_trip(&listen).await < Duration::from_millis(450) {
+        assert!(Instant::now() < deadline, "the fault never became active");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let a few renewals happen, so the fault is clearly older than one lease.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        echo_round_trip(&listen).await >= Duration::from_millis(450),
+        "renewed while alive"
+    );
+    runner.0.kill().unwrap();
+    let killed = Instant::now();
+    runner.0.wait().unwrap();
+    loop {
+        let rtt = echo_round_trip(&listen).await;
+        if rtt < Duration::from_millis(100) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "still slow 5 s after the kill"
+        );
+    }
+    let clean = killed.elapsed();
+    assert!(
+        clean <= Duration::from_secs(3),
+        "traffic clean after {clean:?}, lease 2 s + 1 s allowed"
+    );
+    eprintln!("traffic clean {clean:?} after SIGKILL (lease 2s)");
 }

@@ -57,8 +57,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::experiment::{Experiment, Fault, FaultExecution, Probe, ProbeMode};
-use crate::chaos::fault::{self, FaultSetup, Injected};
+use crate::chaos::fault::{self, FaultError, FaultSetup, Injected};
 use crate::chaos::probe::{self, Check};
+use crate::chaos::proxy::{ProxyError, ProxyRegistry};
 use crate::chaos::score;
 use crate::chaos::target_lock::TargetLocks;
 use crate::contract::run_record::{FaultResult, ProbeResult, RunStatus, Verdict};
@@ -72,6 +73,9 @@ const REVERT_TRIES: u32 = 3;
 /// Everything a run needs besides the experiment.
 #[derive(Debug, Clone)]
 pub struct RunContext {
+    /// The fault proxy embedded in this process, for network and HTTP faults that name
+    /// no standalone `proxy`.
+    pub proxy: Option<Arc<ProxyRegistry>>,
     /// Lease of faults in chaosgate's proxies; renewed every third of it.
     pub lease: Duration,
     /// Cancelling it aborts the run within a second (faults reverted, verdict `aborted`).
@@ -88,6 +92,7 @@ pub struct RunContext {
 impl Default for RunContext {
     fn default() -> Self {
         RunContext {
+            proxy: None,
             lease: DEFAULT_LEASE,
             cancel: CancellationToken::new(),
             progress: None,
@@ -374,48 +379,69 @@ impl<T> Drop for AbortOnDrop<T> {
 /// the last line of defence when the runner is dropped or panics.
 #[derive(Default)]
 struct ActiveFaults {
-    faults: Mutex<Vec<(usize, Injected)>>,
+    faults: Mutex<Vec<ActiveFault>>,
+}
+
+/// One injected fault; `reverting` once its revert has begun (no more lease renewals).
+struct ActiveFault {
+    index: usize,
+    injected: Injected,
+    reverting: bool,
 }
 
 impl ActiveFaults {
-    fn list(&self) -> std::sync::MutexGuard<'_, Vec<(usize, Injected)>> {
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<ActiveFault>> {
         self.faults
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn add(&self, index: usize, injected: Injected) {
-        self.list().push((index, injected));
+        self.list().push(ActiveFault {
+            index,
+            injected,
+            reverting: false,
+        });
     }
 
-    fn get(&self, index: usize) -> Option<Injected> {
-        self.list()
-            .iter()
-            .find(|(i, _)| *i == index)
-            .map(|(_, inj)| inj.clone())
+    fn contains(&self, index: usize) -> bool {
+        self.list().iter().any(|a| a.index == index)
+    }
+
+    /// Marks fault `index` as being reverted and returns what to revert.
+    fn start_revert(&self, index: usize) -> Option<Injected> {
+        let mut list = self.list();
+        let entry = list.iter_mut().find(|a| a.index == index)?;
+        entry.reverting = true;
+        Some(entry.injected.clone())
+    }
+
+    /// Whether fault `index` is active and not being reverted.
+    fn is_live(&self, index: usize) -> bool {
+        self.list().iter().any(|a| a.index == index && !a.reverting)
     }
 
     fn remove(&self, index: usize) {
-        self.list().retain(|(i, _)| *i != index);
+        self.list().retain(|a| a.index != index);
     }
 
     fn leased(&self) -> Vec<(usize, Injected)> {
         self.list()
             .iter()
-            .filter(|(_, inj)| fault::has_lease(inj))
-            .cloned()
+            .filter(|a| !a.reverting && fault::has_lease(&a.injected))
+            .map(|a| (a.index, a.injected.clone()))
             .collect()
     }
 
     fn indices(&self) -> Vec<usize> {
-        self.list().iter().map(|(i, _)| *i).collect()
+        self.list().iter().map(|a| a.index).collect()
     }
 }
 
 impl Drop for ActiveFaults {
     fn drop(&mut self) {
         let left = std::mem::take(&mut *self.list());
-        for (_, injected) in left {
+        for ActiveFault { injected, .. } in left {
             tracing::warn!(
                 "runner dropped with a fault still active; reverting it in the background"
             );
@@ -616,6 +642,7 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
         context.lease,
     )));
     let setup = FaultSetup {
+        proxy: context.proxy.clone(),
         lease: context.lease,
     };
     for (index, phase) in plan(experiment).iter().enumerate() {
@@ -640,14 +667,23 @@ async fn renew_leases(active: Weak<ActiveFaults>, run: Arc<Run>, lease: Duration
     let every = (lease / 3).max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(every).await;
-        let Some(active) = active.upgrade() else {
+        let Some(leased) = active.upgrade().map(|a| a.leased()) else {
             return;
         };
-        let leased = active.leased();
-        drop(active);
         for (index, injected) in leased {
-            if let Err(err) = fault::renew(&injected, lease).await {
-                run.log(format!("renew {} failed: {err}", run.faults[index].name));
+            let Err(err) = fault::renew(&injected, lease).await else {
+                continue;
+            };
+            let name = &run.faults[index].name;
+            let lapsed = matches!(err, FaultError::Proxy(ProxyError::UnknownFault(_)));
+            let live = active.upgrade().is_some_and(|a| a.is_live(index));
+            if lapsed && live {
+                // The proxy dropped it: the fault was not active for its whole duration.
+                let error = format!("its lease lapsed before it was renewed: {err}");
+                run.log(format!("fault {name}: {error}"));
+                run.ledger().faults[index].error.get_or_insert(error);
+            } else if live {
+                run.log(format!("renew {name} failed (will retry): {err}"));
             }
         }
     }
@@ -717,7 +753,7 @@ async fn run_phase(
     }
     chaos_window.cancel();
     for f in &phase.faults {
-        if active.get(*f).is_some() {
+        if active.contains(*f) {
             revert_fault(run, active, *f).await;
         }
     }
@@ -799,7 +835,7 @@ async fn inject_fault(
 
 /// Reverts fault `f` (retrying a failed revert), whatever the run's state.
 async fn revert_fault(run: &Arc<Run>, active: &ActiveFaults, f: usize) {
-    let Some(injected) = active.get(f) else {
+    let Some(injected) = active.start_revert(f) else {
         return;
     };
     let fault = &run.faults[f];

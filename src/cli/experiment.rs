@@ -10,6 +10,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 
 use chaosgate::catalog::experiment::Experiment;
 use chaosgate::catalog::{Catalog, Span};
+use chaosgate::chaos::proxy::{ProxyRegistry, StandaloneConfig};
 use chaosgate::chaos::{ExperimentResult, Progress, ProgressEvent, RunContext, run_experiment};
 use chaosgate::contract::run_record::{RunStatus, Verdict};
 
@@ -36,6 +38,10 @@ pub struct ExperimentRunArgs {
     /// Lease of faults in chaosgate's proxies (renewed while the run goes on).
     #[arg(long, default_value = "10s")]
     pub lease: Span,
+    /// Run these proxy targets in this process, for network and HTTP faults that name
+    /// no `proxy` URL (a `chaosgate proxy` config file; its control_listen is not used).
+    #[arg(long, value_name = "FILE")]
+    pub proxy_config: Option<PathBuf>,
 }
 
 /// Loads the experiment, runs it, prints the report, and maps the verdict to the exit code.
@@ -45,7 +51,25 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run_with_display(&experiment, &args));
+    let result = runtime.block_on(async {
+        let proxy = match &args.proxy_config {
+            None => None,
+            Some(path) => {
+                let config = StandaloneConfig::load(path)?;
+                let registry = ProxyRegistry::start(&config.targets)
+                    .await
+                    .with_context(|| {
+                        format!("cannot start the proxy targets of {}", path.display())
+                    })?;
+                Some(registry)
+            }
+        };
+        let result = run_with_display(&experiment, &args, proxy.clone()).await;
+        if let Some(registry) = proxy {
+            registry.shutdown().await;
+        }
+        anyhow::Ok(result)
+    })?;
     if args.json {
         let text = serde_json::to_string_pretty(&result).context("cannot encode the result")?;
         println!("{text}");
@@ -97,9 +121,14 @@ fn load(path: &Path, id: Option<&str>) -> anyhow::Result<Experiment> {
 }
 
 /// Runs the experiment while showing its progress on standard error.
-async fn run_with_display(experiment: &Experiment, args: &ExperimentRunArgs) -> ExperimentResult {
+async fn run_with_display(
+    experiment: &Experiment,
+    args: &ExperimentRunArgs,
+    proxy: Option<Arc<ProxyRegistry>>,
+) -> ExperimentResult {
     let (sender, receiver) = mpsc::unbounded_channel();
     let context = RunContext {
+        proxy,
         lease: args.lease.duration(),
         progress: Some(sender),
         ..RunContext::default()

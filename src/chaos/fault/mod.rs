@@ -7,8 +7,10 @@
 
 pub mod command;
 pub mod process;
+pub mod proxy;
 pub mod toxiproxy;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::experiment::{
@@ -21,9 +23,9 @@ pub enum FaultError {
     /// The fault does not have exactly one kind block.
     #[error("fault '{0}' must have exactly one of network, http, toxiproxy, process, command")]
     NoKind(String),
-    /// Network and HTTP faults need chaosgate's fault proxy.
-    #[error("fault '{0}' needs chaosgate's fault proxy, which this runner does not have")]
-    NoProxy(String),
+    /// chaosgate's fault proxy refused or could not be reached.
+    #[error(transparent)]
+    Proxy(#[from] crate::chaos::proxy::ProxyError),
     /// A command fault's command failed.
     #[error(transparent)]
     Command(#[from] command::CommandError),
@@ -38,6 +40,8 @@ pub enum FaultError {
 /// An injected fault: what revert needs to undo it.
 #[derive(Debug, Clone)]
 pub enum Injected {
+    /// A network or HTTP fault in chaosgate's proxy (leased).
+    Proxy(proxy::ProxyFault),
     /// Toxics created on a Toxiproxy server.
     Toxiproxy(toxiproxy::Toxics),
     /// Processes signalled (a `pause` is undone with SIGCONT).
@@ -49,6 +53,8 @@ pub enum Injected {
 /// Where faults are applied and for how long a proxy fault lives without renewal.
 #[derive(Debug, Clone)]
 pub struct FaultSetup {
+    /// The proxy embedded in this process, for faults that name no `proxy` URL.
+    pub proxy: Option<Arc<crate::chaos::proxy::ProxyRegistry>>,
     /// Lease of proxy faults.
     pub lease: Duration,
 }
@@ -106,12 +112,13 @@ fn describe_process(f: &ProcessFault) -> String {
 }
 
 /// Injects `fault`.
-pub async fn inject(fault: &Fault, _setup: &FaultSetup) -> Result<Injected, FaultError> {
+pub async fn inject(fault: &Fault, setup: &FaultSetup) -> Result<Injected, FaultError> {
     if fault.kind().is_none() {
         return Err(FaultError::NoKind(fault.name.clone()));
     }
     if fault.network.is_some() || fault.http.is_some() {
-        return Err(FaultError::NoProxy(fault.name.clone()));
+        let active = proxy::inject(fault, setup.proxy.as_ref(), setup.lease).await?;
+        return Ok(Injected::Proxy(active));
     }
     if let Some(f) = &fault.toxiproxy {
         return Ok(Injected::Toxiproxy(
@@ -145,8 +152,9 @@ pub fn after_failed_inject(fault: &Fault) -> Option<Injected> {
 }
 
 /// Extends the lease of a proxy fault; other faults have no lease.
-pub async fn renew(injected: &Injected, _lease: Duration) -> Result<(), FaultError> {
+pub async fn renew(injected: &Injected, lease: Duration) -> Result<(), FaultError> {
     match injected {
+        Injected::Proxy(active) => Ok(proxy::renew(active, lease).await?),
         Injected::Toxiproxy(_) | Injected::Process(_) | Injected::Command(_) => Ok(()),
     }
 }
@@ -154,6 +162,7 @@ pub async fn renew(injected: &Injected, _lease: Duration) -> Result<(), FaultErr
 /// Whether `injected` carries a lease that must be renewed.
 pub fn has_lease(injected: &Injected) -> bool {
     match injected {
+        Injected::Proxy(_) => true,
         Injected::Toxiproxy(_) | Injected::Process(_) | Injected::Command(_) => false,
     }
 }
@@ -161,6 +170,7 @@ pub fn has_lease(injected: &Injected) -> bool {
 /// Reverts an injected fault.
 pub async fn revert(injected: &Injected) -> Result<(), FaultError> {
     match injected {
+        Injected::Proxy(active) => Ok(proxy::revert(active).await?),
         Injected::Toxiproxy(toxics) => Ok(toxiproxy::revert(toxics).await?),
         Injected::Process(signalled) => Ok(process::revert(signalled)?),
         Injected::Command(line) => {
@@ -172,9 +182,15 @@ pub async fn revert(injected: &Injected) -> Result<(), FaultError> {
 
 /// Reverts without waiting, from code that cannot await (a `Drop`).
 ///
-/// In-process undo (SIGCONT) happens at once; the rest is spawned on the current Tokio
-/// runtime, or on a short-lived thread with its own runtime when there is none.
+/// In-process undo (SIGCONT, removal from the embedded proxy) happens at once; the rest
+/// is spawned on the current Tokio runtime, or on a short-lived thread with its own
+/// runtime when there is none.
 pub fn revert_detached(injected: Injected) {
+    if let Injected::Proxy(active) = &injected
+        && proxy::revert_now(active)
+    {
+        return;
+    }
     if let Injected::Process(signalled) = &injected {
         if let Err(err) = process::revert(signalled) {
             tracing::error!(error = %err, "revert of a process fault failed");
