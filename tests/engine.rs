@@ -1066,3 +1066,56 @@ async fn sigkill_of_the_runner_leaves_traffic_clean_within_lease_plus_1s() {
     );
     eprintln!("traffic clean {clean:?} after SIGKILL (lease 2s)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_runs_proxy_faults_in_targets_from_proxy_config() {
+    let server = CountingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[targets]]\nname = \"api\"\nlisten = \"{listen}\"\nupstream = \"{}\"\nprotocol = \"http\"\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let exp = dir.path().join("exp.yaml");
+    std::fs::write(
+        &exp,
+        format!(
+            r#"kind: experiment
+id: teapot
+faults:
+  - name: teapot
+    weight: 1
+    duration: 1s
+    http: {{ target: api, action: {{ type: abort, status: 418 }} }}
+probes:
+  - {{ name: teapot-while-active, mode: on_chaos, http: {{ url: "http://{listen}/", criteria: {{ status: [418] }} }} }}
+  - {{ name: fine-around, mode: edge, http: {{ url: "http://{listen}/" }} }}
+"#
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        chaosgate()
+            .args(["experiment", "run", "--json", "--proxy-config"])
+            .arg(&config)
+            .arg(&exp)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let result: ExperimentResult = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(result.verdict, RunStatus::Passed, "{:?}", result.probes);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        server.hits("/").len(),
+        2,
+        "only the edge checks reach upstream"
+    );
+}
