@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 export CHAOSGATE_CACHE=${CHAOSGATE_CACHE:-$HOME/.cache/chaosgate}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CHAOSGATE_CACHE/target}
 command -v cargo >/dev/null || { echo "error: cargo not found: install Rust with rustup" >&2; exit 1; }
-# Until the worker and its embedded demo land, the main job checks the example catalog.
-cargo run --quiet -- validate deploy/examples
+cargo build --quiet
+"$CARGO_TARGET_DIR/debug/chaosgate" validate deploy/examples
+exec "$CARGO_TARGET_DIR/debug/chaosgate" demo --catalog deploy/examples

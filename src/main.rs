@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Run the worker: consume flag changes, run chaos steps, emit records and commands.
     Run(cli::run::RunArgs),
+    /// The embedded demo: an in-process Kafka, a demo service behind the fault proxy, the
+    /// worker with the example catalog, and two flag changes (one passes, one fails).
+    Demo(cli::demo::DemoArgs),
     /// Check catalog folders or files (pipelines and experiments); report every problem.
     Validate(cli::validate::ValidateArgs),
     /// Print a JSON Schema (flag-change, experiment-run, flag-command, dead-letter,
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cli::run::run(args),
+        Command::Demo(args) => cli::demo::run(args),
         Command::Validate(args) => cli::validate::run(args),
         Command::Schema(args) => cli::schema::run(args),
         Command::Proxy(args) => cli::proxy::run(args),

@@ -9,6 +9,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use chaosgate::catalog::Catalog;
+use chaosgate::chaos::proxy::ProxyRegistry;
 use chaosgate::chaos::runner::RunContext;
 use chaosgate::config::Config;
 
@@ -45,13 +46,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        let proxy = if config.proxy.targets.is_empty() {
+            None
+        } else {
+            Some(
+                ProxyRegistry::start(&config.proxy.targets)
+                    .await
+                    .context("cannot start the fault proxy targets")?,
+            )
+        };
         let run = RunContext {
             lease: config.worker.fault_lease.duration(),
+            proxy: proxy.clone(),
             ..RunContext::default()
         };
-        chaosgate::bus::worker::run(config, catalog, run, shutdown)
+        let result = chaosgate::bus::worker::run(config, catalog, run, shutdown)
             .await
-            .context("the worker stopped")
+            .context("the worker stopped");
+        if let Some(proxy) = proxy {
+            proxy.shutdown().await;
+        }
+        result
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,303 @@
+//! Worker benchmarks against the real broker (`KAFKA_BOOTSTRAP_SERVERS`, default
+//! 127.0.0.1:19092). Prints figures; it is not a pass/fail test.
+//!
+//! 1. Throughput with minimal experiments (one zero-duration `command` fault, one `tcp`
+//!    probe against a local listener) against a baseline in the same run: a plain rdkafka
+//!    consume -> transactional produce pass-through writing the same number of messages
+//!    (three per event: two records and one command), with offsets in the transaction.
+//! 2. Gate overhead: time from a flag change produced to its command consumed, minus the
+//!    experiment's own duration, one event at a time; p50 and p99.
+//!
+//! `BENCH_EVENTS` (default 2000) and `BENCH_LATENCY_EVENTS` (default 200) set the sizes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{BaseRecord, FutureProducer, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use chaosgate::bus::record::{from_rdkafka, to_record};
+use chaosgate::catalog::Catalog;
+use chaosgate::chaos::runner::RunContext;
+use chaosgate::config::Config;
+use chaosgate::contract::flag_change::flag_change_event;
+use chaosgate::contract::{Change, ChangeKind, CloudEvent, FlagChange, KafkaMessage, RunRecord};
+
+fn servers() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+fn count(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn unique(prefix: &str) -> String {
+    format!("bench-{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn client() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", servers());
+    config
+}
+
+fn event(i: usize) -> KafkaMessage {
+    let change = FlagChange {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at: Utc::now(),
+        project: "bench".into(),
+        environment: "perf".into(),
+        flag: format!("flag-{i}"),
+        change: Change {
+            kind: ChangeKind::Enable,
+            from: None,
+            to: None,
+        },
+        pipeline_id: None,
+        actor: None,
+        account: None,
+    };
+    flag_change_event(&change, "/bench").to_binary(Some(&change.flag_key()))
+}
+
+async fn create(topics: &[&str]) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        client().create().expect("admin client");
+    let new: Vec<_> = topics
+        .iter()
+        .map(|t| rdkafka::admin::NewTopic::new(t, 3, rdkafka::admin::TopicReplication::Fixed(1)))
+        .collect();
+    admin
+        .create_topics(&new, &rdkafka::admin::AdminOptions::new())
+        .await
+        .expect("create topics");
+}
+
+async fn produce(topic: &str, events: &[KafkaMessage]) {
+    let producer: FutureProducer = client().set("linger.ms", "5").create().expect("producer");
+    let sends: Vec<_> = events
+        .iter()
+        .map(|m| producer.send(to_record(topic, m), Duration::from_secs(30)))
+        .collect();
+    for send in sends {
+        send.await.expect("produce");
+    }
+}
+
+/// The baseline: consume, produce three messages per event in a transaction with the
+/// offsets, in batches as the worker's committer does.
+async fn baseline(events: &[KafkaMessage]) -> Duration {
+    let input = unique("base-in");
+    let output = unique("base-out");
+    create(&[&input, &output]).await;
+    produce(&input, events).await;
+    let consumer: StreamConsumer = client()
+        .set("group.id", unique("base-group"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&input]).expect("subscribe");
+    let producer: ThreadedProducer<_> = client()
+        .set("transactional.id", unique("base-txn"))
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer");
+    producer.init_transactions(Duration::from_secs(30)).expect("init transactions");
+    let start = Instant::now();
+    let mut done = 0;
+    while done < events.len() {
+        let mut batch = Vec::new();
+        let first = consumer.recv().await.expect("consume");
+        batch.push(from_rdkafka(&first));
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&input, first.partition(), Offset::Offset(first.offset() + 1))
+            .expect("offset");
+        drop(first);
+        while batch.len() < 500 {
+            match tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    batch.push(from_rdkafka(&m));
+                    let _ = offsets.add_partition_offset(&input, m.partition(), Offset::Offset(m.offset() + 1));
+                }
+                _ => break,
+            }
+        }
+        producer.begin_transaction().expect("begin");
+        for message in &batch {
+            for _ in 0..3 {
+                let value = message.value.clone().unwrap_or_default();
+                let key = message.key.clone().unwrap_or_default();
+                let record: BaseRecord<'_, Vec<u8>, Vec<u8>> = BaseRecord::to(&output).key(&key).payload(&value);
+                producer.send(record).map_err(|(e, _)| e).expect("send");
+            }
+        }
+        let metadata = consumer.group_metadata().expect("group metadata");
+        producer
+            .send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
+            .expect("send offsets");
+        producer.commit_transaction(Duration::from_secs(30)).expect("commit");
+        done += batch.len();
+    }
+    start.elapsed()
+}
+
+fn catalog(dir: &std::path::Path, probe_port: u16) -> Catalog {
+    std::fs::write(
+        dir.join("pipeline.yaml"),
+        "kind: pipeline\nid: bench\nroutes:\n  - project: bench\nstages:\n  - id: s\n    type: feature_flag\n    steps:\n      - id: t\n        experiment: minimal\n        expected_resilience_score: 50\n",
+    )
+    .expect("write pipeline");
+    std::fs::write(
+        dir.join("experiment.yaml"),
+        format!(
+            "kind: experiment\nid: minimal\nfaults:\n  - name: nothing\n    weight: 1\n    duration: 0s\n    command:\n      inject: {{ argv: [\"true\"] }}\n      revert: {{ argv: [\"true\"] }}\nprobes:\n  - name: port\n    mode: sot\n    tcp: {{ address: \"127.0.0.1:{probe_port}\" }}\n"
+        ),
+    )
+    .expect("write experiment");
+    Catalog::load(&[dir]).unwrap_or_else(|p| panic!("bench catalog: {p:?}"))
+}
+
+struct Worker {
+    config: Config,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start_worker(catalog: Arc<Catalog>, max_in_flight: usize) -> Worker {
+    let tag = unique("w");
+    let config = Config::parse(
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{tag}\"\ntransactional_id = \"{tag}\"\ncreate_topics = true\n\
+             [kafka.topics]\nflag_changes = \"{tag}-in\"\nruns = \"{tag}-runs\"\ncommands = \"{tag}-commands\"\ndead_letter = \"{tag}-dlq\"\ncontrol = \"{tag}-control\"\n\
+             [catalog]\npath = \".\"\n[worker]\nmax_in_flight = {max_in_flight}\n",
+            servers()
+        ),
+        "bench",
+        Vec::new(),
+    )
+    .expect("bench config");
+    let shutdown = CancellationToken::new();
+    let worker_config = config.clone();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        chaosgate::bus::worker::run(worker_config, catalog, RunContext::default(), stop)
+            .await
+            .expect("worker");
+    });
+    Worker { config, shutdown, task }
+}
+
+fn reader(topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = client()
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("reader");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() {
+    let events_n = count("BENCH_EVENTS", 2000);
+    let latency_n = count("BENCH_LATENCY_EVENTS", 200);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("probe listener");
+    let probe_port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || for stream in listener.incoming() { drop(stream) });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = Arc::new(catalog(dir.path(), probe_port));
+    let events: Vec<KafkaMessage> = (0..events_n).map(event).collect();
+
+    println!("worker benchmark: {events_n} events, broker {}", servers());
+    let base = baseline(&events).await;
+    let base_rate = events_n as f64 / base.as_secs_f64();
+    println!("baseline pass-through (consume -> transactional produce x3): {:.2} s, {base_rate:.0} events/s", base.as_secs_f64());
+
+    let worker = start_worker(catalog.clone(), 64).await;
+    let topics = worker.config.kafka.topics.clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let commands = reader(&topics.commands);
+    produce(&topics.flag_changes, &events).await;
+    let start = Instant::now();
+    let mut seen = 0;
+    let mut first_at = None;
+    while seen < events_n {
+        match tokio::time::timeout(Duration::from_secs(60), commands.recv()).await {
+            Ok(Ok(_)) => {
+                seen += 1;
+                first_at.get_or_insert_with(Instant::now);
+            }
+            _ => break,
+        }
+    }
+    let took = start.elapsed();
+    let rate = seen as f64 / took.as_secs_f64();
+    println!(
+        "chaosgate (minimal experiments, max_in_flight 64): {seen} commands in {:.2} s, {rate:.0} events/s",
+        took.as_secs_f64()
+    );
+    println!("throughput ratio chaosgate / baseline: {:.2} (goal >= 0.8)", rate / base_rate);
+    worker.shutdown.cancel();
+    let _ = worker.task.await;
+
+    // Gate overhead, one event at a time.
+    let worker = start_worker(catalog, 64).await;
+    let topics = worker.config.kafka.topics.clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let commands = reader(&topics.commands);
+    let runs = reader(&topics.runs);
+    let producer: FutureProducer = client().set("linger.ms", "0").create().expect("producer");
+    let mut overheads = Vec::new();
+    for i in 0..latency_n {
+        let message = event(i);
+        let sent = Instant::now();
+        producer
+            .send(to_record(&topics.flag_changes, &message), Duration::from_secs(10))
+            .await
+            .expect("produce");
+        let Ok(Ok(_command)) = tokio::time::timeout(Duration::from_secs(30), commands.recv()).await else {
+            println!("no command for event {i}");
+            break;
+        };
+        let elapsed = sent.elapsed().as_secs_f64() * 1000.0;
+        // The final record of this run says how long the experiment itself took.
+        let mut experiment_ms = 0.0;
+        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), runs.recv()).await {
+            let record = CloudEvent::decode(&from_rdkafka(&m))
+                .ok()
+                .and_then(|e| serde_json::from_value::<RunRecord>(e.data).ok());
+            if let Some(record) = record
+                && record.status != chaosgate::contract::RunStatus::Running
+            {
+                experiment_ms = record.duration_seconds.unwrap_or(0.0) * 1000.0;
+                break;
+            }
+        }
+        overheads.push(elapsed - experiment_ms);
+    }
+    worker.shutdown.cancel();
+    let _ = worker.task.await;
+    overheads.sort_by(f64::total_cmp);
+    if !overheads.is_empty() {
+        println!(
+            "gate overhead (produce -> command consumed, minus experiment time), {} events: p50 {:.1} ms, p99 {:.1} ms (goal p99 < 25 ms)",
+            overheads.len(),
+            percentile(&overheads, 0.5),
+            percentile(&overheads, 0.99)
+        );
+    }
+    let _ = first_at;
+    let _ = Producer::flush(&producer, Duration::from_secs(5));
+}

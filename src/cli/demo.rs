@@ -1,0 +1,317 @@
+//! `chaosgate demo`: the whole product on one machine with nothing installed.
+//!
+//! It starts an embedded Kafka (librdkafka's mock cluster), a small demo service reached
+//! through chaosgate's fault proxy, and the real worker with the example catalog; then it
+//! publishes two flag changes, one whose pipeline passes and one whose pipeline fails
+//! because injected latency breaks an HTTP probe, and prints the run records and flag
+//! commands as they arrive.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use clap::Args;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+
+use chaosgate::bus::record::{from_rdkafka, to_record};
+use chaosgate::catalog::Catalog;
+use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
+use chaosgate::chaos::runner::RunContext;
+use chaosgate::config::Config;
+use chaosgate::contract::flag_change::flag_change_event;
+use chaosgate::contract::{Change, ChangeKind, CloudEvent, FlagChange, FlagCommand, RunRecord, RunStatus};
+
+/// Arguments of `chaosgate demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Catalog folder with the demo pipelines (`demo-checkout`, `demo-search`).
+    #[arg(long, default_value = "deploy/examples")]
+    pub catalog: PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Where the demo service listens, and where the fault proxy in front of it listens
+/// (the demo experiments' probes call the proxy).
+const SERVICE: &str = "127.0.0.1:18081";
+const PROXY: &str = "127.0.0.1:18080";
+
+/// Runs the demo; exit 0 when both flag changes got their expected command.
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(demo(args))
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    chaosgate::telemetry::logs::init(&chaosgate::config::TelemetryConfig {
+        log_filter: Some("warn,librdkafka=error,rdkafka=error".into()),
+        log_format: chaosgate::config::LogFormat::Text,
+        otlp_endpoint: None,
+    });
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let catalog = match Catalog::load(&[&args.catalog]) {
+        Ok(catalog) => Arc::new(catalog),
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            bail!("the catalog at {} has problems", args.catalog.display());
+        }
+    };
+    for id in ["demo-checkout", "demo-search"] {
+        if catalog.pipeline(id).is_none() {
+            bail!("the catalog at {} has no pipeline '{id}'", args.catalog.display());
+        }
+    }
+
+    println!("chaosgate demo");
+    let cluster = MockCluster::new(1).context("cannot start the embedded Kafka")?;
+    let servers = cluster.bootstrap_servers();
+    println!("  embedded Kafka (librdkafka mock cluster) at {servers}");
+    let service = tokio::net::TcpListener::bind(SERVICE)
+        .await
+        .with_context(|| format!("cannot listen on {SERVICE} for the demo service"))?;
+    tokio::spawn(serve_demo_service(service));
+    println!("  demo service at http://{SERVICE}/health");
+    let proxies = ProxyRegistry::start(&[ProxyTarget {
+        name: "demo-payments".into(),
+        listen: PROXY.parse().context("proxy address")?,
+        upstream: SERVICE.into(),
+        protocol: ProxyProtocol::Tcp,
+    }])
+    .await
+    .with_context(|| format!("cannot start the fault proxy on {PROXY}"))?;
+    println!("  fault proxy target 'demo-payments' at {PROXY} -> {SERVICE}");
+
+    let config = Config::parse(
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{servers}\"\ngroup_id = \"chaosgate-demo\"\n\
+             transactional_id = \"chaosgate-demo\"\ncreate_topics = true\ntopic_partitions = 3\n\
+             [catalog]\npath = \"{}\"\n[worker]\nshutdown_grace = \"5s\"\n",
+            args.catalog.display()
+        ),
+        "the demo's configuration",
+        Vec::new(),
+    )?;
+    let topics = config.kafka.topics.clone();
+    for topic in [
+        &topics.flag_changes,
+        &topics.runs,
+        &topics.commands,
+        &topics.dead_letter,
+        &topics.control,
+    ] {
+        cluster
+            .create_topic(topic, 3, 1)
+            .with_context(|| format!("cannot create topic {topic} in the embedded Kafka"))?;
+    }
+    let shutdown = CancellationToken::new();
+    let run = RunContext {
+        lease: config.worker.fault_lease.duration(),
+        proxy: Some(proxies.clone()),
+        ..RunContext::default()
+    };
+    let worker = tokio::spawn(chaosgate::bus::worker::run(config, catalog, run, shutdown.clone()));
+
+    let client = {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &servers);
+        client
+    };
+    let consumer: StreamConsumer = client
+        .clone()
+        .set("group.id", "chaosgate-demo-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .context("cannot create the demo's reader")?;
+    let producer: FutureProducer = client.create().context("cannot create the demo's flag service")?;
+
+    consumer
+        .subscribe(&[&topics.runs, &topics.commands])
+        .context("cannot subscribe to the output topics")?;
+    let changes = [
+        change("search-v2", "the search flag, gated by demo-search (a 20 ms blip)"),
+        change("checkout-v2", "the checkout flag, gated by demo-checkout (payments 500 ms slower)"),
+    ];
+    for (change, what) in &changes {
+        let event = flag_change_event(change, "/demo/flag-service");
+        let message = event.to_binary(Some(&change.flag_key()));
+        producer
+            .send(to_record(&topics.flag_changes, &message), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .context("cannot publish a flag change")?;
+        println!("\n> flag service: enable {} ({what})", change.flag_key());
+    }
+    println!();
+
+    let mut commands: Vec<FlagCommand> = Vec::new();
+    while commands.len() < changes.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(message)) => from_rdkafka(&message),
+            Ok(Err(error)) => {
+                eprintln!("  (read error: {error}; retrying)");
+                continue;
+            }
+            Err(_) => break,
+        };
+        let Ok(event) = CloudEvent::decode(&message) else { continue };
+        if let Ok(record) = serde_json::from_value::<RunRecord>(event.data.clone()) {
+            print_record(&record);
+        } else if let Ok(command) = serde_json::from_value::<FlagCommand>(event.data) {
+            print_command(&command);
+            commands.push(command);
+        }
+    }
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    proxies.shutdown().await;
+
+    let expected = [("search-v2", "enable"), ("checkout-v2", "disable")];
+    let ok = expected.iter().all(|(flag, command)| {
+        commands
+            .iter()
+            .any(|c| c.flag == *flag && c.command.as_str() == *command)
+    });
+    if ok {
+        println!("\ndemo complete: search-v2 enabled (its pipeline passed), checkout-v2 disabled (its pipeline failed).");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!(
+            "the demo did not get the expected commands within {} s (got {})",
+            args.timeout,
+            commands
+                .iter()
+                .map(|c| format!("{} {}", c.command.as_str(), c.flag))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+fn change(flag: &str, what: &str) -> (FlagChange, String) {
+    (
+        FlagChange {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            occurred_at: Utc::now(),
+            project: "demo".into(),
+            environment: "staging".into(),
+            flag: flag.into(),
+            change: Change {
+                kind: ChangeKind::Enable,
+                from: Some(false.into()),
+                to: Some(true.into()),
+            },
+            pipeline_id: None,
+            actor: Some("demo@chaosgate".into()),
+            account: None,
+        },
+        what.to_string(),
+    )
+}
+
+fn print_record(record: &RunRecord) {
+    let flag = format!("{}/{}/{}", record.flag.project, record.flag.environment, record.flag.key);
+    if record.status == RunStatus::Running {
+        println!(
+            "  run {} started: pipeline {} / stage {} / step {} (experiment {}) for {flag}",
+            short(&record.run_id),
+            record.pipeline_id,
+            record.stage.id,
+            record.step.id,
+            record.experiment.id
+        );
+        return;
+    }
+    println!(
+        "  run {} {}: {} (score {}, expected {})",
+        short(&record.run_id),
+        record.status.as_str().to_uppercase(),
+        record.summary.as_deref().unwrap_or_default(),
+        record
+            .resilience_score
+            .map_or_else(|| "-".to_string(), |s| format!("{s:.2}")),
+        record.expected_resilience_score
+    );
+    for fault in &record.faults {
+        println!(
+            "      fault {} ({}, weight {}): {:?}, probes {:.0}% passed, reverted: {}",
+            fault.name, fault.kind, fault.weight, fault.verdict, fault.probe_success_percentage, fault.reverted
+        );
+    }
+    for probe in &record.probes {
+        println!(
+            "      probe {} ({} {}): {:?} after {} attempts{}",
+            probe.name,
+            probe.probe_type,
+            probe.mode,
+            probe.verdict,
+            probe.attempts,
+            probe
+                .last_error
+                .as_deref()
+                .map(|e| format!(" - {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn print_command(command: &FlagCommand) {
+    println!(
+        "\n< flag command: {} {}/{}/{} - {}\n",
+        command.command.as_str().to_uppercase(),
+        command.project,
+        command.environment,
+        command.flag,
+        command.reason
+    );
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// A tiny HTTP service: `GET /health` answers `ok` at once; keep-alive is honoured.
+async fn serve_demo_service(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            loop {
+                let Ok(n) = socket.read(&mut buffer).await else { return };
+                if n == 0 {
+                    return;
+                }
+                seen.extend_from_slice(&buffer[..n]);
+                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    seen.drain(..end + 4);
+                    let body = "ok";
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
