@@ -133,7 +133,10 @@ pub(super) async fn attempt(probe: &CommandProbe) -> Result<(), CommandFailure> 
         }
         None => {
             use std::os::unix::process::ExitStatusExt;
-            return Err(fail(CommandReason::Signal(status.signal().unwrap_or(0), stderr)));
+            return Err(fail(CommandReason::Signal(
+                status.signal().unwrap_or(0),
+                stderr,
+            )));
         }
     }
     if let Some(comparison) = &probe.stdout {
@@ -199,7 +202,11 @@ async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> Vec
 /// The first non-empty line of `bytes`, shortened.
 fn first_line(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     shorten(line, 200)
 }
 

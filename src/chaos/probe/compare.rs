@@ -218,7 +218,9 @@ static REGEX_CACHE: LazyLock<Mutex<HashMap<String, Regex>>> =
 pub(super) fn regex(pattern: &str) -> Result<Regex, String> {
     // A poisoned cache only means another thread panicked mid-insert: the map is still
     // usable, so take it back rather than fail every probe from now on.
-    let mut cache = REGEX_CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut cache = REGEX_CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(compiled) = cache.get(pattern) {
         return Ok(compiled.clone());
     }
@@ -244,8 +246,14 @@ mod tests {
 
     #[test]
     fn integers_compare_as_numbers_not_text() {
-        assert_eq!(compare("10\n", &cmp(ValueType::Int, Comparator::Gt, "9")), Ok(()));
-        assert_eq!(compare("4.2e1", &cmp(ValueType::Int, Comparator::Eq, "42")), Ok(()));
+        assert_eq!(
+            compare("10\n", &cmp(ValueType::Int, Comparator::Gt, "9")),
+            Ok(())
+        );
+        assert_eq!(
+            compare("4.2e1", &cmp(ValueType::Int, Comparator::Eq, "42")),
+            Ok(())
+        );
         let err = compare("7", &cmp(ValueType::Int, Comparator::Ge, "10")).unwrap_err();
         assert_eq!(err.to_string(), "7 is not >= 10");
         let err = compare("7.5", &cmp(ValueType::Int, Comparator::Eq, "7")).unwrap_err();
@@ -254,10 +262,20 @@ mod tests {
 
     #[test]
     fn floats_and_strings_follow_their_criteria() {
-        assert_eq!(compare("0.25", &cmp(ValueType::Float, Comparator::Lt, "0.5")), Ok(()));
-        assert_eq!(compare("NaN", &cmp(ValueType::Float, Comparator::Ne, "1")), Ok(()));
-        assert_eq!(compare("abc", &cmp(ValueType::String, Comparator::Lt, "abd")), Ok(()));
-        let err = compare("ready", &cmp(ValueType::String, Comparator::Matches, "^ok")).unwrap_err();
+        assert_eq!(
+            compare("0.25", &cmp(ValueType::Float, Comparator::Lt, "0.5")),
+            Ok(())
+        );
+        assert_eq!(
+            compare("NaN", &cmp(ValueType::Float, Comparator::Ne, "1")),
+            Ok(())
+        );
+        assert_eq!(
+            compare("abc", &cmp(ValueType::String, Comparator::Lt, "abd")),
+            Ok(())
+        );
+        let err =
+            compare("ready", &cmp(ValueType::String, Comparator::Matches, "^ok")).unwrap_err();
         assert_eq!(err.to_string(), "\"ready\" does not match /^ok/");
         let err = compare("1", &cmp(ValueType::Float, Comparator::Contains, "1")).unwrap_err();
         assert!(matches!(err, CompareFailure::NotForNumbers { .. }));

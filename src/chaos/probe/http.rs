@@ -32,7 +32,9 @@ static CLIENT: LazyLock<Result<Client, String>> = LazyLock::new(|| {
 
 /// The HTTP client all probes share.
 pub(crate) fn client() -> Result<&'static Client, String> {
-    CLIENT.as_ref().map_err(|reason| format!("the HTTP client could not start: {reason}"))
+    CLIENT
+        .as_ref()
+        .map_err(|reason| format!("the HTTP client could not start: {reason}"))
 }
 
 /// Why an HTTP probe attempt failed, e.g.
@@ -174,7 +176,11 @@ fn judge(
     took: Duration,
     body: &[u8],
 ) -> Result<(), HttpReason> {
-    if !criteria.status.iter().any(|accepted| accepted.accepts(status)) {
+    if !criteria
+        .status
+        .iter()
+        .any(|accepted| accepted.accepts(status))
+    {
         return Err(HttpReason::Status {
             status,
             accepted: accepted_statuses(&criteria.status),
@@ -269,7 +275,10 @@ mod tests {
 
     #[test]
     fn passwords_in_urls_are_masked() {
-        assert_eq!(shown_url("http://u:secret@127.0.0.1/x"), "http://u:***@127.0.0.1/x");
+        assert_eq!(
+            shown_url("http://u:secret@127.0.0.1/x"),
+            "http://u:***@127.0.0.1/x"
+        );
         assert_eq!(shown_url("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
     }
 

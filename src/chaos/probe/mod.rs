@@ -96,12 +96,12 @@ async fn attempt_once(probe: &Probe) -> Result<(), AttemptError> {
             http::attempt(http).await.map_err(|e| failed(e.to_string()))
         }
         (None, Some(tcp), None, None) => tcp::attempt(tcp).await.map_err(|e| failed(e.to_string())),
-        (None, None, Some(command), None) => {
-            command::attempt(command).await.map_err(|e| failed(e.to_string()))
-        }
-        (None, None, None, Some(prometheus)) => {
-            prometheus::attempt(prometheus).await.map_err(|e| failed(e.to_string()))
-        }
+        (None, None, Some(command), None) => command::attempt(command)
+            .await
+            .map_err(|e| failed(e.to_string())),
+        (None, None, None, Some(prometheus)) => prometheus::attempt(prometheus)
+            .await
+            .map_err(|e| failed(e.to_string())),
         (None, None, None, None) => Err(AttemptError::Unrunnable(
             "no probe type set (one of http, tcp, command, prometheus)".to_string(),
         )),
@@ -143,8 +143,8 @@ pub(crate) fn io_reason(err: &io::Error) -> String {
     use io::ErrorKind::*;
     match err.kind() {
         ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
-        | AddrNotAvailable | TimedOut | HostUnreachable | NetworkUnreachable | NotFound
-        | PermissionDenied | BrokenPipe | UnexpectedEof => err.kind().to_string(),
+        | AddrNotAvailable | TimedOut | HostUnreachable | NetworkUnreachable | BrokenPipe
+        | UnexpectedEof => err.kind().to_string(),
         _ => err.to_string(),
     }
 }

@@ -142,7 +142,9 @@ fn sample_value(status: u16, body: &[u8]) -> Result<String, PrometheusReason> {
         })?;
     if answer.status != "success" {
         return Err(PrometheusReason::Refused {
-            error_type: answer.error_type.unwrap_or_else(|| format!("status {}", answer.status)),
+            error_type: answer
+                .error_type
+                .unwrap_or_else(|| format!("status {}", answer.status)),
             error: answer.error.unwrap_or_default(),
         });
     }
@@ -153,7 +155,11 @@ fn sample_value(status: u16, body: &[u8]) -> Result<String, PrometheusReason> {
     match data.result_type.as_str() {
         "scalar" => point_value(&data.result),
         "vector" => {
-            let series = data.result.as_array().map(Vec::as_slice).unwrap_or_default();
+            let series = data
+                .result
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             match series {
                 [one] => point_value(one.get("value").unwrap_or(&Value::Null)),
                 _ => Err(PrometheusReason::SampleCount {
@@ -170,7 +176,10 @@ fn sample_value(status: u16, body: &[u8]) -> Result<String, PrometheusReason> {
 fn point_value(point: &Value) -> Result<String, PrometheusReason> {
     match point.as_array().map(Vec::as_slice) {
         Some([_, Value::String(value)]) => Ok(value.clone()),
-        _ => Err(PrometheusReason::Malformed(shorten(&point.to_string(), 200))),
+        _ => Err(PrometheusReason::Malformed(shorten(
+            &point.to_string(),
+            200,
+        ))),
     }
 }
 
