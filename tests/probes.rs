@@ -455,6 +455,32 @@ async fn a_probe_without_a_type_is_not_attempted() {
     assert!(result.took < Duration::from_millis(500));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_concurrent_checks_share_the_client_and_all_pass() {
+    // More checks than the in-flight limit: the rest wait their turn and still pass.
+    let target = start_target().await;
+    let probe = std::sync::Arc::new(http_probe(target.url("/ok"), HttpCriteria::default()));
+    let checks: Vec<_> = (0..2_000)
+        .map(|_| {
+            let probe = probe.clone();
+            tokio::spawn(async move { check(&probe).await })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for handle in checks {
+        let result = handle.await.unwrap();
+        if !result.passed {
+            failures.push(result.error);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // TCP
 
