@@ -23,7 +23,11 @@ pub const ENV_PREFIX: &str = "CHAOSGATE_";
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Config", description = "The chaosgate worker configuration (TOML).")]
+#[schemars(
+    title = "Config",
+    description = "The chaosgate worker configuration (TOML).",
+    example = config_example()
+)]
 pub struct Config {
     /// Kafka connection and topics.
     pub kafka: KafkaConfig,
@@ -43,6 +47,41 @@ pub struct Config {
     pub proxy: ProxyConfig,
 }
 
+/// The documented example, `deploy/chaosgate.example.toml`, as the schema's example.
+pub fn config_example() -> Config {
+    Config {
+        kafka: KafkaConfig {
+            bootstrap_servers: "127.0.0.1:19092".into(),
+            group_id: default_group_id(),
+            transactional_id_prefix: default_group_id(),
+            transactional_id: None,
+            topics: Topics::default(),
+            create_topics: false,
+            topic_partitions: default_topic_partitions(),
+            max_message_bytes: default_max_message_bytes(),
+            properties: BTreeMap::from([("client.id".to_string(), "chaosgate".to_string())]),
+        },
+        catalog: CatalogConfig {
+            path: PathBuf::from("examples"),
+        },
+        worker: WorkerConfig::default(),
+        http: HttpConfig::default(),
+        telemetry: TelemetryConfig {
+            otlp_endpoint: None,
+            log_format: LogFormat::Auto,
+            log_filter: Some("info".into()),
+        },
+        proxy: ProxyConfig {
+            targets: vec![ProxyTarget {
+                name: "payments".into(),
+                listen: SocketAddr::from(([127, 0, 0, 1], 18081)),
+                upstream: "127.0.0.1:8081".into(),
+                protocol: crate::chaos::proxy::ProxyProtocol::Tcp,
+            }],
+        },
+    }
+}
+
 /// Kafka connection, consumer group and topics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -55,9 +94,20 @@ pub struct KafkaConfig {
     /// Prefix of the transactional ids (one per worker instance and partition set).
     #[serde(default = "default_group_id")]
     pub transactional_id_prefix: String,
+    /// Transactional id of this worker instance (default: the prefix and the host name).
+    /// Keep it stable across restarts of one instance and distinct between instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactional_id: Option<String>,
     /// Topic names.
     #[serde(default)]
     pub topics: Topics,
+    /// Create missing topics at start (with `topic_partitions` partitions); when false a
+    /// missing topic stops the worker with a clear error.
+    #[serde(default)]
+    pub create_topics: bool,
+    /// Partitions of topics the worker creates.
+    #[serde(default = "default_topic_partitions")]
+    pub topic_partitions: i32,
     /// Flag-changes bigger than this go to the dead-letter topic.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
@@ -69,6 +119,10 @@ pub struct KafkaConfig {
 
 fn default_group_id() -> String {
     "chaosgate".to_string()
+}
+
+fn default_topic_partitions() -> i32 {
+    3
 }
 
 fn default_max_message_bytes() -> usize {
@@ -328,9 +382,9 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
         let entry = current
             .entry(key.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry.as_table_mut().ok_or_else(|| {
-            format!("key '{}' is not a table", parents[..=depth].join("."))
-        })?;
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("key '{}' is not a table", parents[..=depth].join(".")))?;
     }
     current.insert(last.clone(), value);
     Ok(())
@@ -340,10 +394,22 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "[kafka]\nbootstrap_servers = \"127.0.0.1:19092\"\n[catalog]\npath = \"deploy/examples\"\n";
+    const MINIMAL: &str =
+        "[kafka]\nbootstrap_servers = \"127.0.0.1:19092\"\n[catalog]\npath = \"deploy/examples\"\n";
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_example_is_the_schema_example() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/chaosgate.example.toml");
+        let mut config = Config::load(&path, env(&[])).unwrap();
+        config.catalog.path = PathBuf::from("examples");
+        assert_eq!(config, config_example());
     }
 
     #[test]
@@ -376,15 +442,23 @@ mod tests {
 
     #[test]
     fn unknown_keys_wrong_types_and_missing_values_are_named() {
-        let err = Config::parse(&format!("{MINIMAL}[worker]\nmax_inflight = 3\n"), "c.toml", env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            &format!("{MINIMAL}[worker]\nmax_inflight = 3\n"),
+            "c.toml",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("c.toml:"), "{err}");
         assert!(err.contains("unknown field `max_inflight`"), "{err}");
 
-        let err = Config::parse(&format!("{MINIMAL}[worker]\nmax_in_flight = \"many\"\n"), "c.toml", env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            &format!("{MINIMAL}[worker]\nmax_in_flight = \"many\"\n"),
+            "c.toml",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("max_in_flight"), "{err}");
 
         let err = Config::parse("[kafka]\n[catalog]\npath = \"x\"\n", "c.toml", env(&[]))
@@ -395,6 +469,9 @@ mod tests {
         let err = Config::parse(MINIMAL, "c.toml", env(&[("CHAOSGATE_KAFKA__BOGUS", "1")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("CHAOSGATE_KAFKA__BOGUS") && err.contains("bogus"), "{err}");
+        assert!(
+            err.contains("CHAOSGATE_KAFKA__BOGUS") && err.contains("bogus"),
+            "{err}"
+        );
     }
 }

@@ -4,8 +4,11 @@
 //! `contract` <- `catalog` <- `chaos` <- `gate` <- `bus` <- the CLI.
 //! `config` and `schema` sit on top and may use any of them.
 
+pub mod bus;
 pub mod catalog;
 pub mod chaos;
 pub mod config;
 pub mod contract;
+pub mod gate;
 pub mod schema;
+pub mod telemetry;

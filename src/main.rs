@@ -25,7 +25,7 @@ enum Command {
     /// Check catalog folders or files (pipelines and experiments); report every problem.
     Validate(cli::validate::ValidateArgs),
     /// Print a JSON Schema (flag-change, experiment-run, flag-command, dead-letter,
-    /// pipeline, experiment, config), or list them.
+    /// abort-request, pipeline, experiment, config), or list them.
     Schema(cli::schema::SchemaArgs),
     /// Run a standalone fault proxy beside a target, with an HTTP control API.
     Proxy(cli::proxy::ProxyArgs),
@@ -52,7 +52,9 @@ fn main() -> ExitCode {
         Command::Experiment(ExperimentCommand::Run(args)) => cli::experiment::run(args),
         Command::Version => {
             println!("chaosgate {}", env!("CARGO_PKG_VERSION"));
-            println!("contracts: flag-change v1, experiment-run v1, flag-command v1, CloudEvents 1.0");
+            println!(
+                "contracts: flag-change v1, experiment-run v1, flag-command v1, abort-request v1, CloudEvents 1.0 (Kafka binding)"
+            );
             Ok(ExitCode::SUCCESS)
         }
     };

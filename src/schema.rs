@@ -6,14 +6,15 @@ use serde_json::Value;
 
 use crate::catalog::{Experiment, Pipeline};
 use crate::config::Config;
-use crate::contract::{DeadLetter, FlagChange, FlagCommand, RunRecord, schema_of};
+use crate::contract::{AbortRequest, DeadLetter, FlagChange, FlagCommand, RunRecord, schema_of};
 
 /// Names of every published schema, in the order `chaosgate schema` lists them.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "flag-change",
     "experiment-run",
     "flag-command",
     "dead-letter",
+    "abort-request",
     "pipeline",
     "experiment",
     "config",
@@ -26,6 +27,7 @@ pub fn schema(name: &str) -> Option<Value> {
         "experiment-run" => schema_of::<RunRecord>(name),
         "flag-command" => schema_of::<FlagCommand>(name),
         "dead-letter" => schema_of::<DeadLetter>(name),
+        "abort-request" => schema_of::<AbortRequest>(name),
         "pipeline" => schema_of::<Pipeline>(name),
         "experiment" => schema_of::<Experiment>(name),
         "config" => schema_of::<Config>(name),

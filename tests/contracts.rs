@@ -38,7 +38,10 @@ fn every_schema_has_valid_examples() {
             .unwrap_or_else(|| panic!("{name}: schema has no examples"));
         assert!(!examples.is_empty(), "{name}: schema has no examples");
         for example in examples {
-            let errors: Vec<String> = validator.iter_errors(example).map(|e| e.to_string()).collect();
+            let errors: Vec<String> = validator
+                .iter_errors(example)
+                .map(|e| e.to_string())
+                .collect();
             assert!(errors.is_empty(), "{name}: example invalid: {errors:?}");
         }
     }
@@ -67,4 +70,55 @@ fn flag_change_ignores_unknown_fields() {
     value["future_field"] = serde_json::json!({"x": 1});
     let change: chaosgate::contract::FlagChange = serde_json::from_value(value).unwrap();
     assert_eq!(change, flag_change_example());
+}
+
+#[test]
+fn asyncapi_describes_every_topic_and_schema() {
+    let text = std::fs::read_to_string(schemas_dir().join("asyncapi.yaml")).unwrap();
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    let topics = chaosgate::config::Config::parse(
+        "[kafka]\nbootstrap_servers = \"x\"\n[catalog]\npath = \"x\"\n",
+        "inline",
+        Vec::new(),
+    )
+    .unwrap()
+    .kafka
+    .topics;
+    let addresses: Vec<&str> = doc["channels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["address"].as_str().unwrap())
+        .collect();
+    for topic in [
+        &topics.flag_changes,
+        &topics.runs,
+        &topics.commands,
+        &topics.dead_letter,
+        &topics.control,
+    ] {
+        assert!(
+            addresses.contains(&topic.as_str()),
+            "asyncapi lacks topic {topic}"
+        );
+    }
+    // Every payload reference names a committed schema file.
+    for message in doc["components"]["messages"].as_object().unwrap().values() {
+        if let Some(reference) = message["payload"]["$ref"].as_str() {
+            let file = reference.trim_start_matches("./");
+            assert!(
+                schemas_dir().join(file).exists(),
+                "{reference} does not exist"
+            );
+        }
+        // Every channel message has a description of its key.
+        assert!(
+            message["bindings"]["kafka"]["key"].is_object() || message["name"] == "AbortRequest"
+        );
+    }
+    for channel in doc["channels"].as_object().unwrap().values() {
+        let description = channel["description"].as_str().unwrap();
+        assert!(description.contains("Produced by") && description.contains("onsumed by"));
+    }
 }

@@ -15,7 +15,11 @@ use super::span::Span;
 /// One chaos experiment: what to break, for how long, and how to tell it held up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Experiment", description = "A chaosgate experiment catalog file.")]
+#[schemars(
+    title = "Experiment",
+    description = "A chaosgate experiment catalog file.",
+    example = experiment_example()
+)]
 pub struct Experiment {
     /// Must be `experiment`.
     pub kind: ExperimentKindTag,
@@ -67,6 +71,7 @@ pub struct Fault {
     /// Name, unique within the experiment.
     pub name: String,
     /// Weight in the resilience score, 1 to 10.
+    #[schemars(range(min = 1, max = 10))]
     pub weight: u8,
     /// How long the fault stays active.
     pub duration: Span,
@@ -167,7 +172,10 @@ impl Fault {
                 (None, None) => "process:?".to_string(),
             });
         }
-        self.command.as_ref().and_then(|c| c.target.clone()).map(|t| format!("command:{t}"))
+        self.command
+            .as_ref()
+            .and_then(|c| c.target.clone())
+            .map(|t| format!("command:{t}"))
     }
 }
 
@@ -243,6 +251,7 @@ pub struct NetworkFault {
     pub direction: Direction,
     /// Share of connections affected, 0.0 to 1.0 (default 1.0).
     #[serde(default = "full_toxicity")]
+    #[schemars(range(min = 0, max = 1))]
     pub toxicity: f64,
 }
 
@@ -312,6 +321,7 @@ pub struct HttpFault {
     pub matches: HttpMatch,
     /// Share of matching requests affected, 0.0 to 1.0 (default 1.0).
     #[serde(default = "full_toxicity")]
+    #[schemars(range(min = 0, max = 1))]
     pub percentage: f64,
 }
 
@@ -330,6 +340,7 @@ pub struct ToxiproxyFault {
     pub direction: Direction,
     /// Share of connections affected, 0.0 to 1.0 (default 1.0).
     #[serde(default = "full_toxicity")]
+    #[schemars(range(min = 0, max = 1))]
     pub toxicity: f64,
 }
 
@@ -705,6 +716,62 @@ pub struct PrometheusProbe {
     pub query: String,
     /// Comparison of the sample value (type `float` or `int`).
     pub comparison: Comparison,
+}
+
+/// The example carried by the schema: checkout under a slow payments dependency.
+pub fn experiment_example() -> Experiment {
+    Experiment {
+        kind: ExperimentKindTag::Experiment,
+        id: "payments-latency".into(),
+        name: Some("Payments 200 ms slower".into()),
+        description: Some(
+            "Checkout must keep answering within 300 ms while the payments dependency is 200 ms slower."
+                .into(),
+        ),
+        execution: FaultExecution::Serial,
+        timeout: Some(Span::from_millis(120_000)),
+        faults: vec![Fault {
+            name: "payments-latency".into(),
+            weight: 5,
+            duration: Span::from_millis(30_000),
+            probes: None,
+            network: Some(NetworkFault {
+                target: "payments".into(),
+                proxy: None,
+                toxic: Toxic::Latency {
+                    latency: Span::from_millis(200),
+                    jitter: Span::from_millis(20),
+                },
+                direction: Direction::Downstream,
+                toxicity: 1.0,
+            }),
+            http: None,
+            toxiproxy: None,
+            process: None,
+            command: None,
+        }],
+        probes: vec![Probe {
+            name: "checkout-fast".into(),
+            mode: ProbeMode::OnChaos,
+            run_properties: RunProperties {
+                polling_interval: Span::from_millis(1_000),
+                ..RunProperties::default()
+            },
+            http: Some(HttpProbe {
+                url: "http://127.0.0.1:8080/health".into(),
+                method: default_method(),
+                headers: BTreeMap::new(),
+                body: None,
+                criteria: HttpCriteria {
+                    max_response_ms: Some(300),
+                    ..HttpCriteria::default()
+                },
+            }),
+            tcp: None,
+            command: None,
+            prometheus: None,
+        }],
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,23 @@
 //! The operator's catalog: pipelines and experiments read from YAML files, validated as a
 //! whole, and the routing that finds the pipeline for a flag change.
+//!
+//! [`Catalog::load`] reads a folder and reports every [`Problem`] at once (file, line,
+//! field path, message); the gate then looks pipelines and experiments up by id and routes
+//! flag changes with [`Catalog::pipeline_for`].
 
+pub mod assertion;
+pub mod document;
 pub mod experiment;
+pub mod load;
 pub mod pipeline;
+pub mod problem;
+pub mod route;
+pub mod schema_check;
 pub mod span;
+pub mod validate;
 
 pub use experiment::Experiment;
+pub use load::Catalog;
 pub use pipeline::Pipeline;
+pub use problem::{FieldPath, Problem};
 pub use span::Span;

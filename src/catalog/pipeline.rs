@@ -9,7 +9,11 @@ use super::span::Span;
 /// A pipeline: routing, ordered stages of chaos steps, and the outcome policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Pipeline", description = "A chaosgate pipeline catalog file.")]
+#[schemars(
+    title = "Pipeline",
+    description = "A chaosgate pipeline catalog file.",
+    example = pipeline_example()
+)]
 pub struct Pipeline {
     /// Must be `pipeline`.
     pub kind: PipelineKindTag,
@@ -137,6 +141,7 @@ pub struct ChaosStep {
     /// Id of the experiment to run.
     pub experiment: String,
     /// The step passes when the resilience score is at least this (0-100).
+    #[schemars(range(min = 0, max = 100))]
     pub expected_resilience_score: f64,
     /// Optional CEL expression that must also be true, e.g. `probes_failed == 0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,7 +168,8 @@ pub enum FailureStrategy {
     /// Run the step again up to `count` times, waiting `backoff` (doubling), then apply
     /// `fallback`.
     Retry {
-        /// Further attempts after the first.
+        /// Further attempts after the first (at least 1).
+        #[schemars(range(min = 1))]
         count: u32,
         /// Wait before the first retry; doubles each time (default 1s).
         #[serde(default = "default_backoff")]
@@ -172,6 +178,44 @@ pub enum FailureStrategy {
         #[serde(default)]
         fallback: FallbackStrategy,
     },
+}
+
+/// The example carried by the schema: a release gate for the checkout flags.
+pub fn pipeline_example() -> Pipeline {
+    Pipeline {
+        kind: PipelineKindTag::Pipeline,
+        id: "checkout-release".into(),
+        name: Some("Checkout release gate".into()),
+        description: Some(
+            "Checkout flags go out only if checkout survives a slow payments dependency.".into(),
+        ),
+        routes: vec![Route {
+            project: Some("shop".into()),
+            environment: Some("production".into()),
+            flag: Some("checkout-*".into()),
+        }],
+        gated_changes: default_gated_changes(),
+        on_failure: FailureOutcome::Disable,
+        dry_run: false,
+        stages: vec![Stage {
+            id: "resilience".into(),
+            name: Some("Resilience checks".into()),
+            stage_type: StageType::FeatureFlag,
+            steps: vec![ChaosStep {
+                id: "payments-latency".into(),
+                name: Some("Payments 200 ms slower".into()),
+                experiment: "payments-latency".into(),
+                expected_resilience_score: 80.0,
+                assertion: Some("probes_failed == 0".into()),
+                failure_strategy: FailureStrategy::Retry {
+                    count: 1,
+                    backoff: Span::from_millis(5_000),
+                    fallback: FallbackStrategy::Abort,
+                },
+                timeout: Some(Span::from_millis(120_000)),
+            }],
+        }],
+    }
 }
 
 fn default_backoff() -> Span {

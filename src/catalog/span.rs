@@ -130,7 +130,12 @@ mod tests {
 
     #[test]
     fn parses_and_prints_round_trip() {
-        for (text, ms) in [("200ms", 200), ("30s", 30_000), ("1m30s", 90_000), ("1h", 3_600_000)] {
+        for (text, ms) in [
+            ("200ms", 200),
+            ("30s", 30_000),
+            ("1m30s", 90_000),
+            ("1h", 3_600_000),
+        ] {
             let span: Span = text.parse().unwrap();
             assert_eq!(span.0.as_millis(), ms);
             assert_eq!(span.to_string(), text);

@@ -1,5 +1,12 @@
 //! The chaos engine: runs one experiment (faults injected, probes watching, revert always)
 //! and returns its result. It knows nothing of Kafka or pipelines.
 
+pub mod fault;
 pub mod probe;
 pub mod proxy;
+pub mod runner;
+pub mod score;
+pub mod target_lock;
+
+pub use runner::{ExperimentResult, Progress, ProgressEvent, RunContext, run_experiment};
+pub use target_lock::TargetLocks;

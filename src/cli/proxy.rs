@@ -1,9 +1,19 @@
 //! `chaosgate proxy`: a standalone fault proxy with an HTTP control API.
+//!
+//! Runs the targets of its config file and the control API until SIGINT or SIGTERM,
+//! then stops the listeners and drops every fault. Once listening, it prints one line
+//! per address on standard output (`control http://ADDR`, then
+//! `target NAME PROTOCOL LISTEN -> UPSTREAM`), so a script or a test can use port 0.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
+
+use chaosgate::chaos::proxy::control;
+use chaosgate::chaos::proxy::{ProxyRegistry, StandaloneConfig};
 
 /// Arguments of `chaosgate proxy`.
 #[derive(Debug, Args)]
@@ -13,8 +23,64 @@ pub struct ProxyArgs {
     pub config: PathBuf,
 }
 
-/// Not implemented yet.
-pub fn run(_args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    eprintln!("chaosgate proxy: not yet implemented");
-    Ok(ExitCode::from(2))
+/// Runs the proxy until SIGINT or SIGTERM; exit 0 after a clean stop.
+pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let config = StandaloneConfig::load(&args.config)?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
+    // Watch the signals before announcing readiness, so a stop right after is clean.
+    let stop = stop_signal().context("cannot watch SIGINT and SIGTERM")?;
+    let registry = ProxyRegistry::start(&config.targets)
+        .await
+        .context("cannot start the proxy targets")?;
+    let listener = tokio::net::TcpListener::bind(config.control_listen)
+        .await
+        .with_context(|| format!("control_listen: cannot listen on {}", config.control_listen))?;
+    let control_addr = listener
+        .local_addr()
+        .context("cannot read the control API address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "control http://{control_addr}")?;
+        for target in registry.targets() {
+            writeln!(
+                out,
+                "target {} {} {} -> {}",
+                target.name, target.protocol, target.listen, target.upstream
+            )?;
+        }
+        out.flush()?;
+    }
+    tracing::info!(%control_addr, "chaosgate proxy ready");
+    let served = control::serve(listener, std::sync::Arc::clone(&registry), stop).await;
+    tracing::info!("stopping: closing listeners and dropping every fault");
+    registry.shutdown().await;
+    served.context("the control API failed")
+}
+
+/// A future that completes on SIGINT or SIGTERM; the handlers are installed at once.
+fn stop_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+    })
 }

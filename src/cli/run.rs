@@ -2,10 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use tokio_util::sync::CancellationToken;
 
+use chaosgate::catalog::Catalog;
+use chaosgate::chaos::runner::RunContext;
 use chaosgate::config::Config;
 
 /// Arguments of `chaosgate run`.
@@ -16,10 +20,55 @@ pub struct RunArgs {
     pub config: PathBuf,
 }
 
-/// Loads the configuration; the worker itself is not implemented yet.
+/// Runs the worker until SIGTERM or SIGINT, then stops within the grace period.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let _config = Config::load(&args.config, std::env::vars())
+    let config = Config::load(&args.config, std::env::vars())
         .with_context(|| "the configuration is not usable")?;
-    eprintln!("chaosgate run: the worker is not yet implemented (configuration is valid)");
-    Ok(ExitCode::from(2))
+    chaosgate::telemetry::logs::init(&config.telemetry);
+    let catalog = match Catalog::load(&[&config.catalog.path]) {
+        Ok(catalog) => Arc::new(catalog),
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            anyhow::bail!(
+                "the catalog at {} has {} problems",
+                config.catalog.path.display(),
+                problems.len()
+            );
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let run = RunContext {
+            lease: config.worker.fault_lease.duration(),
+            ..RunContext::default()
+        };
+        chaosgate::bus::worker::run(config, catalog, run, shutdown)
+            .await
+            .context("the worker stopped")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
 }

@@ -21,11 +21,13 @@ pub struct SchemaArgs {
 /// Prints one schema, lists them, or writes them all.
 pub fn run(args: SchemaArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = args.write {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         for name in schema::NAMES {
             let path = dir.join(schema::file_name(name));
             let text = schema::rendered(name).unwrap_or_default();
-            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             println!("wrote {}", path.display());
         }
         return Ok(ExitCode::SUCCESS);

@@ -86,7 +86,9 @@ pub enum CloudEventError {
         reason: String,
     },
     /// The content type is neither JSON nor structured CloudEvents JSON.
-    #[error("content-type '{0}' is not supported (use application/json or application/cloudevents+json)")]
+    #[error(
+        "content-type '{0}' is not supported (use application/json or application/cloudevents+json)"
+    )]
     UnsupportedContentType(String),
 }
 
@@ -353,7 +355,10 @@ mod tests {
     fn binary_round_trip() {
         let event = sample();
         let message = event.to_binary(Some("k"));
-        assert_eq!(message.header("content-type"), Some(&b"application/json"[..]));
+        assert_eq!(
+            message.header("content-type"),
+            Some(&b"application/json"[..])
+        );
         assert_eq!(message.header("ce_id"), Some(&b"e-1"[..]));
         assert_eq!(CloudEvent::decode(&message).unwrap(), event);
     }
@@ -397,7 +402,10 @@ mod tests {
         let mut message = sample().to_binary(None);
         message.value = Some(b"{not json".to_vec());
         let err = CloudEvent::decode(&message).unwrap_err();
-        assert!(err.to_string().starts_with("value is not valid JSON"), "{err}");
+        assert!(
+            err.to_string().starts_with("value is not valid JSON"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -408,7 +416,9 @@ mod tests {
             headers: vec![("content-type".into(), STRUCTURED_CONTENT_TYPE.into())],
         };
         assert_eq!(
-            CloudEvent::decode(&message(r#"{"specversion":"1.0","source":"s","type":"t","data":{}}"#)),
+            CloudEvent::decode(&message(
+                r#"{"specversion":"1.0","source":"s","type":"t","data":{}}"#
+            )),
             Err(CloudEventError::MissingAttribute("id".into()))
         );
         let err = CloudEvent::decode(&message(
@@ -417,7 +427,9 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("'id' is malformed"), "{err}");
         assert_eq!(
-            CloudEvent::decode(&message(r#"{"specversion":"1.0","id":"i","source":"s","type":"t"}"#)),
+            CloudEvent::decode(&message(
+                r#"{"specversion":"1.0","id":"i","source":"s","type":"t"}"#
+            )),
             Err(CloudEventError::MissingAttribute("data".into()))
         );
         let err = CloudEvent::decode(&message("[1,2]")).unwrap_err();
@@ -434,7 +446,9 @@ mod tests {
         }
         assert_eq!(
             CloudEvent::decode(&message),
-            Err(CloudEventError::UnsupportedContentType("application/avro".into()))
+            Err(CloudEventError::UnsupportedContentType(
+                "application/avro".into()
+            ))
         );
     }
 }

@@ -171,9 +171,7 @@ pub fn decode_flag_change(
         .iter_errors(&event.data)
         .map(|error| {
             let path = error.instance_path().to_string();
-            let field = path
-                .trim_start_matches('/')
-                .replace('/', ".");
+            let field = path.trim_start_matches('/').replace('/', ".");
             if field.is_empty() {
                 format!("data: {error}")
             } else {
@@ -182,7 +180,10 @@ pub fn decode_flag_change(
         })
         .collect();
     if !problems.is_empty() {
-        return Err(BadFlagChange::new(ErrorClass::SchemaViolation, problems.join("; ")));
+        return Err(BadFlagChange::new(
+            ErrorClass::SchemaViolation,
+            problems.join("; "),
+        ));
     }
     let change: FlagChange = serde_json::from_value(event.data.clone())
         .map_err(|e| BadFlagChange::new(ErrorClass::SchemaViolation, format!("data: {e}")))?;
@@ -223,7 +224,11 @@ mod tests {
         event.data["change"]["kind"] = "toggle".into();
         let err = decode_flag_change(&event.to_binary(None), 1 << 20).unwrap_err();
         assert_eq!(err.class, ErrorClass::SchemaViolation);
-        assert!(err.message.starts_with("data.change.kind:"), "{}", err.message);
+        assert!(
+            err.message.starts_with("data.change.kind:"),
+            "{}",
+            err.message
+        );
 
         let event = flag_change_event(&flag_change_example(), "/flags");
         let err = decode_flag_change(&event.to_binary(None), 10).unwrap_err();
@@ -240,6 +245,10 @@ mod tests {
             o.insert("extra".into(), 1.into());
         }
         let err = decode_flag_change(&event.to_binary(None), 1 << 20).unwrap_err();
-        assert!(err.message.contains("\"flag\" is a required property"), "{}", err.message);
+        assert!(
+            err.message.contains("\"flag\" is a required property"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -16,9 +16,25 @@ pub fn pipeline_execution_id(event_id: &str, pipeline_id: &str) -> String {
     derive(&["execution", event_id, pipeline_id])
 }
 
-/// Id of one run: one attempt of one step of one execution.
-pub fn run_id(event_id: &str, pipeline_id: &str, stage_id: &str, step_id: &str, attempt: u32) -> String {
-    derive(&["run", event_id, pipeline_id, stage_id, step_id, &attempt.to_string()])
+/// Id of one run of one step of one execution: `attempt` counts executions cut off by a
+/// crash or a rebalance, `retry` the step's own retries within one execution.
+pub fn run_id(
+    event_id: &str,
+    pipeline_id: &str,
+    stage_id: &str,
+    step_id: &str,
+    attempt: u32,
+    retry: u32,
+) -> String {
+    derive(&[
+        "run",
+        event_id,
+        pipeline_id,
+        stage_id,
+        step_id,
+        &attempt.to_string(),
+        &retry.to_string(),
+    ])
 }
 
 /// Id of the flag command that answers a flag-change.
@@ -34,7 +50,17 @@ mod tests {
     fn ids_are_stable_and_distinct() {
         assert_eq!(command_id("e-1"), command_id("e-1"));
         assert_ne!(command_id("e-1"), command_id("e-2"));
-        assert_ne!(run_id("e", "p", "s", "t", 1), run_id("e", "p", "s", "t", 2));
-        assert_ne!(run_id("e", "p", "s", "ta", 1), run_id("e", "p", "st", "a", 1));
+        assert_ne!(
+            run_id("e", "p", "s", "t", 1, 0),
+            run_id("e", "p", "s", "t", 2, 0)
+        );
+        assert_ne!(
+            run_id("e", "p", "s", "t", 1, 0),
+            run_id("e", "p", "s", "t", 1, 1)
+        );
+        assert_ne!(
+            run_id("e", "p", "s", "ta", 1, 0),
+            run_id("e", "p", "st", "a", 1, 0)
+        );
     }
 }

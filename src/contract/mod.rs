@@ -5,6 +5,7 @@
 //! from them, and a test fails when the committed schemas are stale.
 
 pub mod cloudevents;
+pub mod control;
 pub mod dead_letter;
 pub mod flag_change;
 pub mod flag_command;
@@ -12,6 +13,7 @@ pub mod ids;
 pub mod run_record;
 
 pub use cloudevents::{CloudEvent, CloudEventError, KafkaMessage};
+pub use control::{AbortRequest, AbortScope};
 pub use dead_letter::{DeadLetter, ErrorClass};
 pub use flag_change::{Change, ChangeKind, FlagChange};
 pub use flag_command::{CommandKind, FlagCommand, ReasonCode, StepSummary};

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: checks and installs what the tests need
+# (Rust components, JDK 17+, Maven, Toxiproxy, Prometheus), starts a real Kafka broker
+# (KRaft, official jars) unless KAFKA_BOOTSTRAP_SERVERS points at one, then runs
+# cargo fmt --check, cargo clippy -D warnings and cargo test.
+#
+# Caches live outside the clone in $CHAOSGATE_CACHE (default ~/.cache/chaosgate):
+# the cargo target dir, the Kafka jars, the Go tools. Warm runs are fast.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CHAOSGATE_CACHE=${CHAOSGATE_CACHE:-$HOME/.cache/chaosgate}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CHAOSGATE_CACHE/target}
+mkdir -p "$CHAOSGATE_CACHE"
+
+say() { printf '==> %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+apt_updated=0
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "error: $* missing and not root: install it (apt-get install $*)" >&2
+    exit 1
+  fi
+  if [ "$apt_updated" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- Rust -------------------------------------------------------------------------------
+have cargo || { echo "error: cargo not found: install Rust with rustup" >&2; exit 1; }
+if have rustup; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+# --- Java and Maven, for the Kafka broker --------------------------------------------
+java_major() { java -version 2>&1 | awk -F'"' '/version/ {split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit}'; }
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  if ! have java || [ "$(java_major)" -lt 17 ]; then
+    say "installing a JDK 17 (Kafka 4 needs Java 17 or newer)"
+    apt_install openjdk-17-jdk-headless
+  fi
+  have mvn || { say "installing Maven"; apt_install maven; }
+fi
+
+# --- Test tools: Toxiproxy (Go module proxy) and Prometheus (Debian) ------------------
+export GOBIN=${GOBIN:-$CHAOSGATE_CACHE/go/bin}
+export PATH="$GOBIN:$PATH"
+if ! have toxiproxy-server; then
+  have go || { echo "error: go not found: it is needed to install toxiproxy-server" >&2; exit 1; }
+  say "installing toxiproxy-server with go install"
+  go install github.com/Shopify/toxiproxy/v2/cmd/toxiproxy-server@v2.5.0
+fi
+export TOXIPROXY_SERVER=${TOXIPROXY_SERVER:-$(command -v toxiproxy-server)}
+if ! have prometheus; then
+  say "installing Prometheus (Debian package)"
+  apt_install prometheus
+fi
+export PROMETHEUS_BIN=${PROMETHEUS_BIN:-$(command -v prometheus)}
+
+# --- Kafka -------------------------------------------------------------------------------
+started_kafka=0
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  say "starting the local Kafka broker"
+  deploy/local/kafka.sh start
+  started_kafka=1
+  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092
+fi
+cleanup() {
+  if [ "$started_kafka" = 1 ] && [ "${KEEP_KAFKA:-0}" != 1 ]; then
+    deploy/local/kafka.sh stop || true
+  fi
+}
+trap cleanup EXIT
+
+# --- The checks ---------------------------------------------------------------------------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+say "cargo test (Kafka at $KAFKA_BOOTSTRAP_SERVERS)"
+cargo test --no-fail-fast

@@ -1,0 +1,11 @@
+//! Everything Kafka: clients built from the configuration, records in and out, and (with
+//! the worker) ordering, offsets, transactions and the dead-letter topic.
+
+pub mod client;
+pub mod flag_queue;
+pub mod kill_switch;
+pub mod offsets;
+pub mod outputs;
+pub mod record;
+pub mod transaction;
+pub mod worker;

@@ -1,0 +1,115 @@
+//! What the worker writes: run records, flag commands and dead letters, each as the
+//! Kafka record the contract describes (binary-mode CloudEvents; dead letters keep the
+//! original bytes).
+
+use chrono::Utc;
+
+use crate::config::Topics;
+use crate::contract::dead_letter::{
+    HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC,
+};
+use crate::contract::flag_change::BadFlagChange;
+use crate::contract::flag_command::FLAG_COMMAND_TYPE;
+use crate::contract::run_record::RUN_RECORD_TYPE;
+use crate::contract::{CloudEvent, FlagCommand, KafkaMessage, RunRecord};
+
+/// CloudEvents `source` of everything chaosgate writes.
+pub const SOURCE: &str = "/chaosgate";
+
+/// A record to produce: topic and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Destination topic.
+    pub topic: String,
+    /// Key, value and headers.
+    pub message: KafkaMessage,
+}
+
+/// A run record, keyed by `run_id`. Its CloudEvent id differs per status, so the
+/// `running` and the final record of one run are two events.
+pub fn run_record(topics: &Topics, record: &RunRecord) -> Output {
+    let event = CloudEvent {
+        id: format!("{}/{}", record.run_id, record.status.as_str()),
+        source: SOURCE.to_string(),
+        event_type: RUN_RECORD_TYPE.to_string(),
+        time: Some(record.ended_at.unwrap_or(record.started_at)),
+        subject: Some(record.run_id.clone()),
+        extensions: Default::default(),
+        data: serde_json::to_value(record).unwrap_or_default(),
+    };
+    Output {
+        topic: topics.runs.clone(),
+        message: event.to_binary(Some(&record.run_id)),
+    }
+}
+
+/// A flag command, keyed by the flag.
+pub fn flag_command(topics: &Topics, command: &FlagCommand) -> Output {
+    let key = format!(
+        "{}/{}/{}",
+        command.project, command.environment, command.flag
+    );
+    let event = CloudEvent {
+        id: command.command_id.clone(),
+        source: SOURCE.to_string(),
+        event_type: FLAG_COMMAND_TYPE.to_string(),
+        time: Some(command.issued_at),
+        subject: Some(key.clone()),
+        extensions: Default::default(),
+        data: serde_json::to_value(command).unwrap_or_default(),
+    };
+    Output {
+        topic: topics.commands.clone(),
+        message: event.to_binary(Some(&key)),
+    }
+}
+
+/// Where a consumed record came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// The original record, byte for byte, plus headers naming the error and its source.
+pub fn dead_letter(
+    topics: &Topics,
+    original: &KafkaMessage,
+    bad: &BadFlagChange,
+    source: &Source,
+) -> Output {
+    let mut message = original.clone();
+    let message_text: String = bad.message.chars().take(2000).collect();
+    message.headers.extend([
+        (
+            HEADER_ERROR_CLASS.to_string(),
+            bad.class.as_str().as_bytes().to_vec(),
+        ),
+        (HEADER_ERROR_MESSAGE.to_string(), message_text.into_bytes()),
+        (
+            HEADER_SOURCE_TOPIC.to_string(),
+            source.topic.clone().into_bytes(),
+        ),
+        (
+            HEADER_SOURCE_PARTITION.to_string(),
+            source.partition.to_string().into_bytes(),
+        ),
+        (
+            HEADER_SOURCE_OFFSET.to_string(),
+            source.offset.to_string().into_bytes(),
+        ),
+        (
+            "chaosgate_dead_lettered_at".to_string(),
+            Utc::now().to_rfc3339().into_bytes(),
+        ),
+    ]);
+    Output {
+        topic: topics.dead_letter.clone(),
+        message,
+    }
+}

@@ -1,0 +1,273 @@
+//! The transactional committer: final run records, flag commands, dead letters and the
+//! consumed offsets go to Kafka in one transaction, so a `read_committed` consumer sees
+//! each exactly once, and a crash before the commit leaves nothing visible.
+//!
+//! It runs on its own thread (librdkafka's transaction calls block) and batches whatever
+//! completed while the previous transaction was committing. Offsets go through
+//! `send_offsets_to_transaction` with the consumer's current group metadata, so a worker
+//! that lost its partitions in a rebalance is fenced by the broker (KIP-447). An abortable
+//! error aborts and retries the batch; a fatal or fenced producer is rebuilt; retries back
+//! off exponentially with jitter.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{ConsumerGroupMetadata, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::outputs::Output;
+use super::record::headers_of;
+
+/// How long one transactional call may block.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most completions committed in one transaction.
+const MAX_BATCH: usize = 500;
+
+/// One finished event: what to write, and where it was read.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Partition of the consumed event.
+    pub partition: i32,
+    /// The partition's assignment epoch when the event was read.
+    pub epoch: u64,
+    /// Records to produce.
+    pub outputs: Vec<Output>,
+    /// Offsets to commit with them: `(partition, epoch) -> (watermark, metadata)`.
+    pub offsets: Vec<PartitionCommit>,
+}
+
+/// The offset and metadata to commit for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionCommit {
+    /// Partition.
+    pub partition: i32,
+    /// Assignment epoch the snapshot belongs to.
+    pub epoch: u64,
+    /// Offset to commit (the next to read).
+    pub offset: i64,
+    /// Metadata carried with it.
+    pub metadata: String,
+}
+
+/// Partitions this worker owns now, with their assignment epochs; shared with the
+/// rebalance callback, which updates it before librdkafka moves the partitions.
+pub type Assignment = Arc<Mutex<HashMap<i32, u64>>>;
+
+/// Everything the committer needs.
+pub struct Committer {
+    /// Producer settings, `transactional.id` included (kept to rebuild the producer).
+    pub config: ClientConfig,
+    /// The input topic, whose offsets are committed.
+    pub topic: String,
+    /// The consumer, for its current group metadata.
+    pub consumer: Arc<StreamConsumer<super::worker::WorkerContext>>,
+    /// Partitions owned now.
+    pub assignment: Assignment,
+    /// Called with each commit's latency (for metrics and benchmarks).
+    pub on_commit: Option<Box<dyn Fn(Duration, usize) + Send>>,
+}
+
+/// Why the committer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The producer could not be created or initialised (a configuration problem).
+    #[error("cannot start the transactional producer: {0}")]
+    Start(KafkaError),
+}
+
+fn build(
+    config: &ClientConfig,
+) -> Result<ThreadedProducer<rdkafka::producer::DefaultProducerContext>, KafkaError> {
+    let producer: ThreadedProducer<_> = config.create()?;
+    producer.init_transactions(CALL_TIMEOUT)?;
+    Ok(producer)
+}
+
+fn needs_rebuild(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(e) => e.is_fatal(),
+        other => matches!(
+            other.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        ),
+    }
+}
+
+fn requires_abort(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Transaction(e) if e.txn_requires_abort())
+}
+
+impl Committer {
+    /// Commits completions from `completions` until the channel closes (the worker is
+    /// stopping) and everything received has been committed or dropped as revoked.
+    pub fn run(self, completions: Receiver<Completion>) -> Result<(), CommitError> {
+        let mut producer = build(&self.config).map_err(CommitError::Start)?;
+        let mut pending: Vec<Completion> = Vec::new();
+        let mut closed = false;
+        let mut failures: u32 = 0;
+        let mut delays = retry_delays();
+        while !(closed && pending.is_empty()) {
+            if pending.is_empty() {
+                match completions.recv_timeout(Duration::from_millis(200)) {
+                    Ok(c) => pending.push(c),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        continue;
+                    }
+                }
+            }
+            while pending.len() < MAX_BATCH {
+                match completions.try_recv() {
+                    Ok(c) => pending.push(c),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            self.drop_revoked(&mut pending);
+            if pending.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            match self.commit(&producer, &pending) {
+                Ok(()) => {
+                    if let Some(on_commit) = &self.on_commit {
+                        on_commit(started.elapsed(), pending.len());
+                    }
+                    pending.clear();
+                    failures = 0;
+                    delays = retry_delays();
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, attempt = failures, "transaction failed; retrying the batch");
+                    if requires_abort(&error)
+                        && let Err(abort) = producer.abort_transaction(CALL_TIMEOUT)
+                    {
+                        tracing::warn!(error = %abort, "aborting the transaction failed");
+                    }
+                    if needs_rebuild(&error) || failures % 5 == 0 {
+                        tracing::warn!("rebuilding the transactional producer");
+                        drop(producer);
+                        producer = rebuild(&self.config);
+                    }
+                    std::thread::sleep(delays.next().unwrap_or(Duration::from_secs(10)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops completions of partitions this worker no longer owns: the new owner runs
+    /// them again.
+    fn drop_revoked(&self, pending: &mut Vec<Completion>) {
+        let owned = self
+            .assignment
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        pending.retain(|c| owned.get(&c.partition) == Some(&c.epoch));
+    }
+
+    fn commit(
+        &self,
+        producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+        batch: &[Completion],
+    ) -> Result<(), KafkaError> {
+        let metadata: ConsumerGroupMetadata =
+            rdkafka::consumer::Consumer::group_metadata(self.consumer.as_ref())
+                .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownMemberId))?;
+        producer.begin_transaction()?;
+        for completion in batch {
+            for output in &completion.outputs {
+                send(producer, output)?;
+            }
+        }
+        let mut latest: BTreeMap<i32, &PartitionCommit> = BTreeMap::new();
+        for commit in batch.iter().flat_map(|c| &c.offsets) {
+            latest
+                .entry(commit.partition)
+                .and_modify(|current| {
+                    if commit.offset >= current.offset {
+                        *current = commit;
+                    }
+                })
+                .or_insert(commit);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for commit in latest.values() {
+            offsets.add_partition_offset(
+                &self.topic,
+                commit.partition,
+                Offset::Offset(commit.offset),
+            )?;
+            if let Some(mut element) = offsets.find_partition(&self.topic, commit.partition) {
+                element.set_metadata(&commit.metadata);
+            }
+        }
+        producer.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)?;
+        producer.commit_transaction(CALL_TIMEOUT)
+    }
+}
+
+fn send(
+    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    output: &Output,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    loop {
+        let mut record = BaseRecord::to(&output.topic).headers(headers_of(&output.message));
+        if let Some(key) = &output.message.key {
+            record = record.key(key);
+        }
+        if let Some(value) = &output.message.value {
+            record = record.payload(value);
+        }
+        match producer.send::<Vec<u8>, Vec<u8>>(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                if Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
+fn rebuild(config: &ClientConfig) -> ThreadedProducer<rdkafka::producer::DefaultProducerContext> {
+    let mut delays = retry_delays();
+    let mut failures = 0;
+    loop {
+        match build(config) {
+            Ok(producer) => return producer,
+            Err(error) => {
+                failures += 1;
+                tracing::error!(%error, attempt = failures, "cannot rebuild the transactional producer; retrying");
+                std::thread::sleep(delays.next().unwrap_or(Duration::from_secs(10)));
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter, from 100 ms up to 10 s, without end.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .without_max_times()
+        .build()
+}

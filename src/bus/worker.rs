@@ -1,0 +1,865 @@
+//! The worker: consumes flag changes, runs their pipelines, and commits what they
+//! produced together with the consumed offsets.
+//!
+//! One task owns the consumer loop and all bookkeeping; it never waits on an experiment,
+//! so a ten-minute experiment cannot exceed `max.poll.interval.ms`. Executions run as
+//! their own tasks, at most `max_in_flight` at once; events of one flag wait for the
+//! earlier ones (see [`super::flag_queue`]). When too many events wait, the assigned
+//! partitions are paused until the backlog halves. Finished events go to the
+//! transactional committer ([`super::transaction`]); `running` records go out at once
+//! through a separate idempotent producer.
+//!
+//! Rebalances use the cooperative-sticky protocol. When a partition is revoked its
+//! in-flight runs are interrupted (faults reverted, `aborted` records published) and
+//! nothing of it is committed; its new owner runs those events again as the next attempt.
+//! On shutdown every run is interrupted the same way, what finished is committed, and the
+//! consumer leaves the group.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::chaos::runner::RunContext;
+use crate::config::Config;
+use crate::contract::flag_change::decode_flag_change;
+use crate::contract::{ErrorClass, FlagChange, KafkaMessage, RunRecord, ids};
+use crate::gate::executor::{Execution, ExecutionContext, execute};
+
+use super::client::client_config;
+use super::flag_queue::FlagQueues;
+use super::kill_switch::{self, KillSwitch};
+use super::offsets::{PartitionOffsets, Receipt};
+use super::outputs::{self, Output, Source};
+use super::record::{from_rdkafka, to_record};
+use super::transaction::{Assignment, Committer, Completion, PartitionCommit};
+
+/// Why the worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A Kafka client could not be created from the configuration.
+    #[error("invalid Kafka client configuration: {0}")]
+    Client(KafkaError),
+    /// Topics the worker needs do not exist.
+    #[error(
+        "topics missing on the cluster at {servers}: {topics} (create them, or set kafka.create_topics = true)"
+    )]
+    MissingTopics {
+        /// Bootstrap servers.
+        servers: String,
+        /// The missing topics.
+        topics: String,
+    },
+    /// The cluster refused us (authentication, authorization).
+    #[error("Kafka refused the connection at {servers}: {message}")]
+    Refused {
+        /// Bootstrap servers.
+        servers: String,
+        /// What the client said.
+        message: String,
+    },
+    /// Subscribing failed.
+    #[error("cannot subscribe to {topic}: {source}")]
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// The client error.
+        source: KafkaError,
+    },
+    /// The transactional committer failed to start.
+    #[error(transparent)]
+    Commit(#[from] super::transaction::CommitError),
+}
+
+/// A rebalance as the consumer loop learns of it.
+#[derive(Debug)]
+enum RebalanceEvent {
+    Assigned {
+        partition: i32,
+        epoch: u64,
+        offsets: PartitionOffsets,
+        interrupt: CancellationToken,
+    },
+    Revoked {
+        partition: i32,
+    },
+}
+
+/// The consumer's context: keeps the shared assignment in step with librdkafka's, reads
+/// committed offsets and metadata of new partitions, and interrupts runs of revoked ones
+/// before librdkafka lets them go.
+pub struct WorkerContext {
+    topic: String,
+    assignment: Assignment,
+    epochs: AtomicU64,
+    interrupts: Mutex<HashMap<i32, CancellationToken>>,
+    events: mpsc::UnboundedSender<RebalanceEvent>,
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                for element in list.elements_for_topic(&self.topic) {
+                    let partition = element.partition();
+                    if let Ok(mut assignment) = self.assignment.lock() {
+                        assignment.remove(&partition);
+                    }
+                    if let Ok(mut interrupts) = self.interrupts.lock()
+                        && let Some(token) = interrupts.remove(&partition)
+                    {
+                        token.cancel();
+                    }
+                    let _ = self.events.send(RebalanceEvent::Revoked { partition });
+                }
+                tracing::info!(partitions = ?partitions_of(list), lost = consumer.assignment_lost(), "partitions revoked");
+            }
+            Rebalance::Assign(list) => {
+                let committed = consumer
+                    .committed_offsets((*list).clone(), Duration::from_secs(30))
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(%error, "cannot read committed offsets; starting from the stored position");
+                        (*list).clone()
+                    });
+                for element in committed.elements_for_topic(&self.topic) {
+                    let partition = element.partition();
+                    let offset = match element.offset() {
+                        Offset::Offset(offset) => offset,
+                        _ => 0,
+                    };
+                    let offsets = PartitionOffsets::resume(offset, element.metadata());
+                    let epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
+                    let interrupt = CancellationToken::new();
+                    if let Ok(mut assignment) = self.assignment.lock() {
+                        assignment.insert(partition, epoch);
+                    }
+                    if let Ok(mut interrupts) = self.interrupts.lock() {
+                        interrupts.insert(partition, interrupt.clone());
+                    }
+                    let _ = self.events.send(RebalanceEvent::Assigned {
+                        partition,
+                        epoch,
+                        offsets,
+                        interrupt,
+                    });
+                }
+                tracing::info!(partitions = ?partitions_of(list), "partitions assigned");
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+        }
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// An event read and decoded, waiting for its flag or for a slot.
+#[derive(Debug)]
+struct Pending {
+    partition: i32,
+    epoch: u64,
+    offset: i64,
+    flag: String,
+    change: FlagChange,
+    pipeline: Option<String>,
+}
+
+/// An execution that ended.
+struct Finished {
+    pending: Pending,
+    execution_id: Option<String>,
+    execution: Execution,
+}
+
+struct Partition {
+    epoch: u64,
+    offsets: PartitionOffsets,
+    interrupt: CancellationToken,
+}
+
+/// Runs the worker until `shutdown` fires, then stops gracefully within the grace period.
+pub async fn run(
+    config: Config,
+    catalog: Arc<Catalog>,
+    run: RunContext,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let client = client_config(&config.kafka);
+    let topics = config.kafka.topics.clone();
+    ensure_topics(&config, &client).await?;
+
+    let (rebalance_tx, mut rebalance_rx) = mpsc::unbounded_channel();
+    let assignment: Assignment = Arc::default();
+    let context = WorkerContext {
+        topic: topics.flag_changes.clone(),
+        assignment: assignment.clone(),
+        epochs: AtomicU64::new(0),
+        interrupts: Mutex::default(),
+        events: rebalance_tx,
+    };
+    let consumer: Arc<StreamConsumer<WorkerContext>> = Arc::new(
+        client
+            .clone()
+            .set("group.id", &config.kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create_with_context(context)
+            .map_err(WorkerError::Client)?,
+    );
+    consumer
+        .subscribe(&[&topics.flag_changes])
+        .map_err(|source| WorkerError::Subscribe {
+            topic: topics.flag_changes.clone(),
+            source,
+        })?;
+
+    // Run records as they happen: an idempotent producer outside the transactions.
+    let status_producer: FutureProducer = client
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .create()
+        .map_err(WorkerError::Client)?;
+    let kill_switch = KillSwitch::default();
+    let (updates_tx, updates_rx) = mpsc::unbounded_channel::<RunRecord>();
+    let status_task = tokio::spawn(publish_updates(
+        status_producer,
+        topics.clone(),
+        updates_rx,
+        kill_switch.clone(),
+    ));
+
+    let stop_control = CancellationToken::new();
+    let control_task = tokio::spawn(kill_switch::listen(
+        client.clone(),
+        topics.control.clone(),
+        format!(
+            "{}-control-{}",
+            config.kafka.group_id,
+            uuid::Uuid::new_v4().simple()
+        ),
+        kill_switch.clone(),
+        stop_control.clone(),
+    ));
+
+    let transactional_id = config
+        .kafka
+        .transactional_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", config.kafka.transactional_id_prefix, host_name()));
+    let (completions_tx, completions_rx) = std::sync::mpsc::channel::<Completion>();
+    let committer = Committer {
+        config: client
+            .clone()
+            .set("transactional.id", &transactional_id)
+            .set("transaction.timeout.ms", "60000")
+            .set("linger.ms", "1")
+            .clone(),
+        topic: topics.flag_changes.clone(),
+        consumer: consumer.clone(),
+        assignment: assignment.clone(),
+        on_commit: None,
+    };
+    let committer_thread = std::thread::Builder::new()
+        .name("chaosgate-commit".into())
+        .spawn(move || committer.run(completions_rx))
+        .map_err(|e| WorkerError::Refused {
+            servers: config.kafka.bootstrap_servers.clone(),
+            message: format!("cannot start the commit thread: {e}"),
+        })?;
+
+    let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
+    let mut partitions: HashMap<i32, Partition> = HashMap::new();
+    let mut queues: FlagQueues<Pending> = FlagQueues::default();
+    let mut ready: VecDeque<Pending> = VecDeque::new();
+    let mut running = 0usize;
+    let mut paused = false;
+    let max_in_flight = config.worker.max_in_flight.max(1);
+    let backlog_limit = max_in_flight * 8;
+    let state = Shared {
+        topics: topics.clone(),
+        catalog,
+        run,
+        updates: updates_tx,
+        kill_switch: kill_switch.clone(),
+        finished: finished_tx,
+        completions: completions_tx,
+        max_message_bytes: config.kafka.max_message_bytes,
+    };
+
+    tracing::info!(topic = %topics.flag_changes, group = %config.kafka.group_id, %transactional_id, "worker started");
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(event) = rebalance_rx.recv() => {
+                apply_rebalance(event, &mut partitions, &mut queues, &mut ready);
+            }
+            Some(finished) = finished_rx.recv() => {
+                running -= 1;
+                state.finish(finished, &mut partitions, &mut queues, &mut ready, &mut running, max_in_flight);
+            }
+            message = consumer.recv() => {
+                match message {
+                    Ok(message) => {
+                        while let Ok(event) = rebalance_rx.try_recv() {
+                            apply_rebalance(event, &mut partitions, &mut queues, &mut ready);
+                        }
+                        let partition = message.partition();
+                        let offset = message.offset();
+                        let record = from_rdkafka(&message);
+                        drop(message);
+                        state.receive(partition, offset, record, &mut partitions, &mut queues, &mut ready, &mut running, max_in_flight);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "consume failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        let backlog = queues.waiting() + ready.len();
+        if !paused && backlog > backlog_limit {
+            paused = set_paused(&consumer, true);
+        } else if paused && backlog <= backlog_limit / 2 {
+            paused = !set_paused(&consumer, false);
+        }
+    }
+
+    // Graceful shutdown: stop taking events, interrupt runs, commit what finished.
+    let deadline = Instant::now() + config.worker.shutdown_grace.duration();
+    tracing::info!(running, "shutting down: interrupting runs");
+    if let Err(error) = consumer.unsubscribe_if_paused(paused) {
+        tracing::debug!(%error, "pausing on shutdown");
+    }
+    for partition in partitions.values() {
+        partition.interrupt.cancel();
+    }
+    while running > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, finished_rx.recv()).await {
+            Ok(Some(finished)) => {
+                running -= 1;
+                state.finish(
+                    finished,
+                    &mut partitions,
+                    &mut queues,
+                    &mut ready,
+                    &mut running,
+                    0,
+                );
+            }
+            _ => break,
+        }
+    }
+    drop(state);
+    let join = tokio::task::spawn_blocking(move || committer_thread.join());
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, join).await {
+        Ok(Ok(Ok(result))) => result?,
+        _ => tracing::warn!("the committer did not finish within the grace period"),
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    let _ = tokio::time::timeout(left, status_task).await;
+    stop_control.cancel();
+    let _ = control_task.await;
+    consumer.unsubscribe();
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Pauses or resumes every assigned partition; returns whether it worked.
+fn set_paused(consumer: &StreamConsumer<WorkerContext>, pause: bool) -> bool {
+    let Ok(assignment) = consumer.assignment() else {
+        return false;
+    };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(
+                pause,
+                "backpressure: partitions {}",
+                if pause { "paused" } else { "resumed" }
+            );
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot pause or resume partitions");
+            false
+        }
+    }
+}
+
+trait PauseOnShutdown {
+    fn unsubscribe_if_paused(&self, paused: bool) -> Result<(), KafkaError>;
+}
+
+impl PauseOnShutdown for StreamConsumer<WorkerContext> {
+    /// Pauses every partition so nothing more is fetched while runs are interrupted.
+    fn unsubscribe_if_paused(&self, paused: bool) -> Result<(), KafkaError> {
+        if paused {
+            return Ok(());
+        }
+        let assignment = self.assignment()?;
+        self.pause(&assignment)
+    }
+}
+
+fn apply_rebalance(
+    event: RebalanceEvent,
+    partitions: &mut HashMap<i32, Partition>,
+    queues: &mut FlagQueues<Pending>,
+    ready: &mut VecDeque<Pending>,
+) {
+    match event {
+        RebalanceEvent::Assigned {
+            partition,
+            epoch,
+            offsets,
+            interrupt,
+        } => {
+            partitions.insert(
+                partition,
+                Partition {
+                    epoch,
+                    offsets,
+                    interrupt,
+                },
+            );
+        }
+        RebalanceEvent::Revoked { partition } => {
+            partitions.remove(&partition);
+            queues.discard(|p| p.partition == partition);
+            let (revoked, kept): (Vec<Pending>, Vec<Pending>) =
+                ready.drain(..).partition(|p| p.partition == partition);
+            ready.extend(kept);
+            for pending in revoked {
+                // Its flag was busy waiting for a slot; nothing of the partition waits behind it.
+                let _ = queues.release(&pending.flag);
+            }
+        }
+    }
+}
+
+/// What the loop shares with the tasks it starts.
+struct Shared {
+    topics: crate::config::Topics,
+    catalog: Arc<Catalog>,
+    run: RunContext,
+    updates: mpsc::UnboundedSender<RunRecord>,
+    kill_switch: KillSwitch,
+    finished: mpsc::UnboundedSender<Finished>,
+    completions: std::sync::mpsc::Sender<Completion>,
+    max_message_bytes: usize,
+}
+
+impl Shared {
+    /// Handles one consumed record: skip, dead-letter, or queue for its flag.
+    #[allow(clippy::too_many_arguments)]
+    fn receive(
+        &self,
+        partition: i32,
+        offset: i64,
+        message: KafkaMessage,
+        partitions: &mut HashMap<i32, Partition>,
+        queues: &mut FlagQueues<Pending>,
+        ready: &mut VecDeque<Pending>,
+        running: &mut usize,
+        max_in_flight: usize,
+    ) {
+        let Some(state) = partitions.get_mut(&partition) else {
+            tracing::debug!(
+                partition,
+                offset,
+                "record of a partition not (or no longer) assigned"
+            );
+            return;
+        };
+        if state.offsets.receive(offset) == Receipt::Skip {
+            tracing::debug!(
+                partition,
+                offset,
+                "already done by an earlier owner; skipped"
+            );
+            return;
+        }
+        let epoch = state.epoch;
+        let source = Source {
+            topic: self.topics.flag_changes.clone(),
+            partition,
+            offset,
+        };
+        let change =
+            decode_flag_change(&message, self.max_message_bytes).and_then(|(_, change)| {
+                match &change.pipeline_id {
+                    Some(id) if self.catalog.pipeline(id).is_none() => {
+                        Err(crate::contract::flag_change::BadFlagChange {
+                            class: ErrorClass::UnknownPipeline,
+                            message: format!("data.pipeline_id: no pipeline '{id}' in the catalog"),
+                        })
+                    }
+                    _ => Ok(change),
+                }
+            });
+        let change = match change {
+            Ok(change) => change,
+            Err(bad) => {
+                tracing::warn!(partition, offset, class = bad.class.as_str(), error = %bad.message, "dead-lettered");
+                let output = outputs::dead_letter(&self.topics, &message, &bad, &source);
+                self.complete(partitions, partition, epoch, offset, vec![output]);
+                return;
+            }
+        };
+        let pipeline = match &change.pipeline_id {
+            Some(id) => Some(id.clone()),
+            None => self
+                .catalog
+                .pipeline_for(&change.project, &change.environment, &change.flag)
+                .map(|p| p.id.clone()),
+        };
+        let pending = Pending {
+            partition,
+            epoch,
+            offset,
+            flag: change.flag_key(),
+            change,
+            pipeline,
+        };
+        if let Some(pending) = queues.admit(&pending.flag.clone(), pending) {
+            self.start(pending, partitions, queues, ready, running, max_in_flight);
+        }
+    }
+
+    /// Starts an event whose flag is free: answers at once, or runs its pipeline when a
+    /// slot is free (else it waits in `ready`, its flag held).
+    fn start(
+        &self,
+        pending: Pending,
+        partitions: &mut HashMap<i32, Partition>,
+        queues: &mut FlagQueues<Pending>,
+        ready: &mut VecDeque<Pending>,
+        running: &mut usize,
+        max_in_flight: usize,
+    ) {
+        let mut next = Some(pending);
+        while let Some(pending) = next.take() {
+            let pipeline = pending
+                .pipeline
+                .as_deref()
+                .and_then(|id| self.catalog.pipeline(id));
+            let gated = crate::gate::decision::gating(&pending.change, pipeline)
+                == crate::gate::decision::Gating::Gate;
+            if gated {
+                if *running >= max_in_flight {
+                    ready.push_back(pending);
+                    return;
+                }
+                self.spawn(pending, partitions, running);
+                return;
+            }
+            let command = crate::gate::decision::flag_command(
+                &pending.change,
+                pipeline,
+                crate::gate::decision::gating(&pending.change, pipeline),
+                &crate::gate::decision::Outcome::Passed,
+                Vec::new(),
+                chrono::Utc::now(),
+            );
+            tracing::info!(flag = %pending.flag, command = command.command.as_str(), reason = %command.reason, "passed on");
+            let output = outputs::flag_command(&self.topics, &command);
+            self.complete(
+                partitions,
+                pending.partition,
+                pending.epoch,
+                pending.offset,
+                vec![output],
+            );
+            next = queues.release(&pending.flag);
+        }
+    }
+
+    fn spawn(
+        &self,
+        pending: Pending,
+        partitions: &mut HashMap<i32, Partition>,
+        running: &mut usize,
+    ) {
+        let Some(partition) = partitions.get_mut(&pending.partition) else {
+            return;
+        };
+        let attempt = partition.offsets.start(pending.offset);
+        let kill = partition.interrupt.child_token();
+        let execution_id = pending
+            .pipeline
+            .as_ref()
+            .map(|id| ids::pipeline_execution_id(&pending.change.event_id, id));
+        if let Some(id) = &execution_id {
+            self.kill_switch.register(id, kill.clone());
+        }
+        let context = ExecutionContext {
+            run: self.run.clone(),
+            attempt,
+            kill,
+            interrupt: partition.interrupt.clone(),
+            updates: Some(self.updates.clone()),
+        };
+        let catalog = self.catalog.clone();
+        let finished = self.finished.clone();
+        *running += 1;
+        tracing::info!(flag = %pending.flag, pipeline = ?pending.pipeline, attempt, offset = pending.offset, "gating");
+        tokio::spawn(async move {
+            let pipeline = pending
+                .pipeline
+                .as_deref()
+                .and_then(|id| catalog.pipeline(id));
+            let execution = execute(&pending.change, pipeline, &catalog, &context).await;
+            let _ = finished.send(Finished {
+                pending,
+                execution_id,
+                execution,
+            });
+        });
+    }
+
+    /// An execution ended: commit it when final, then let its flag and a slot go.
+    fn finish(
+        &self,
+        finished: Finished,
+        partitions: &mut HashMap<i32, Partition>,
+        queues: &mut FlagQueues<Pending>,
+        ready: &mut VecDeque<Pending>,
+        running: &mut usize,
+        max_in_flight: usize,
+    ) {
+        let Finished {
+            pending,
+            execution_id,
+            execution,
+        } = finished;
+        if let Some(id) = &execution_id {
+            self.kill_switch.unregister(id);
+        }
+        if let Some(command) = &execution.command {
+            tracing::info!(flag = %pending.flag, command = command.command.as_str(), reason = %command.reason, "gated");
+            let mut outputs: Vec<Output> = execution
+                .records
+                .iter()
+                .map(|record| outputs::run_record(&self.topics, record))
+                .collect();
+            outputs.push(outputs::flag_command(&self.topics, command));
+            self.complete(
+                partitions,
+                pending.partition,
+                pending.epoch,
+                pending.offset,
+                outputs,
+            );
+        } else {
+            tracing::info!(flag = %pending.flag, offset = pending.offset, "interrupted; left for the next owner");
+        }
+        if max_in_flight == 0 {
+            return;
+        }
+        if let Some(next) = queues.release(&pending.flag) {
+            self.start(next, partitions, queues, ready, running, max_in_flight);
+        }
+        while *running < max_in_flight {
+            let Some(next) = ready.pop_front() else { break };
+            self.spawn(next, partitions, running);
+        }
+    }
+
+    /// Marks an offset done and hands its outputs and the partition's offsets to the
+    /// committer.
+    fn complete(
+        &self,
+        partitions: &mut HashMap<i32, Partition>,
+        partition: i32,
+        epoch: u64,
+        offset: i64,
+        outputs: Vec<Output>,
+    ) {
+        let Some(state) = partitions.get_mut(&partition).filter(|p| p.epoch == epoch) else {
+            return;
+        };
+        state.offsets.complete(offset);
+        let commit = PartitionCommit {
+            partition,
+            epoch,
+            offset: state.offsets.watermark(),
+            metadata: state.offsets.metadata(),
+        };
+        let _ = self.completions.send(Completion {
+            partition,
+            epoch,
+            outputs,
+            offsets: vec![commit],
+        });
+    }
+}
+
+/// Publishes `running` records (and records of interrupted runs) as they come.
+async fn publish_updates(
+    producer: FutureProducer,
+    topics: crate::config::Topics,
+    mut updates: mpsc::UnboundedReceiver<RunRecord>,
+    kill_switch: KillSwitch,
+) {
+    while let Some(record) = updates.recv().await {
+        if record.status == crate::contract::RunStatus::Running {
+            kill_switch.register_run(&record.run_id, &record.pipeline_execution_id);
+        }
+        let output = outputs::run_record(&topics, &record);
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            if let Err((error, _)) = producer
+                .send(
+                    to_record(&output.topic, &output.message),
+                    Duration::from_secs(30),
+                )
+                .await
+            {
+                tracing::warn!(%error, "cannot publish a run update");
+            }
+        });
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))
+    })
+    .await;
+}
+
+/// Checks the topics exist, creating them when `kafka.create_topics` is set.
+async fn ensure_topics(config: &Config, client: &ClientConfig) -> Result<(), WorkerError> {
+    let topics = &config.kafka.topics;
+    let wanted = [
+        topics.flag_changes.as_str(),
+        topics.runs.as_str(),
+        topics.commands.as_str(),
+        topics.dead_letter.as_str(),
+        topics.control.as_str(),
+    ];
+    let servers = config.kafka.bootstrap_servers.clone();
+    let probe: BaseConsumer = client.create().map_err(WorkerError::Client)?;
+    let metadata = {
+        let mut delays = backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::default()
+                .with_jitter()
+                .with_max_delay(Duration::from_secs(10))
+                .without_max_times(),
+        );
+        loop {
+            match tokio::task::block_in_place(|| {
+                probe.fetch_metadata(None, Duration::from_secs(10))
+            }) {
+                Ok(metadata) => break metadata,
+                Err(error) if is_refusal(&error) => {
+                    return Err(WorkerError::Refused {
+                        servers,
+                        message: error.to_string(),
+                    });
+                }
+                Err(error) => {
+                    let wait = delays.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(%error, %servers, ?wait, "Kafka not reachable yet; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|t| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|m| m.name() == *t && m.error().is_none())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !config.kafka.create_topics {
+        return Err(WorkerError::MissingTopics {
+            servers,
+            topics: missing.join(", "),
+        });
+    }
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        client.create().map_err(WorkerError::Client)?;
+    let new: Vec<rdkafka::admin::NewTopic> = missing
+        .iter()
+        .map(|t| {
+            rdkafka::admin::NewTopic::new(
+                t,
+                config.kafka.topic_partitions,
+                rdkafka::admin::TopicReplication::Fixed(-1),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(&new, &rdkafka::admin::AdminOptions::new())
+        .await
+        .map_err(WorkerError::Client)?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(%topic, "topic created"),
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(WorkerError::MissingTopics {
+                    servers,
+                    topics: format!("{topic} (cannot create: {code})"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_refusal(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::Authentication
+                | Code::SaslAuthenticationFailed
+                | Code::TopicAuthorizationFailed
+                | Code::GroupAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::InvalidArgument
+        )
+    )
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_string())
+}

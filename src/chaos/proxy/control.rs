@@ -1,0 +1,373 @@
+//! The HTTP control API of a standalone proxy, and its configuration file.
+//!
+//! | method and path | body | answer |
+//! | --- | --- | --- |
+//! | `GET /healthz` | | `{"status": "ok"}` |
+//! | `GET /targets` | | `[TargetStatus]`, with active faults |
+//! | `POST /targets/{name}/faults` | `{"network": NetworkFault, "lease_ms": N}` or `{"http": HttpFault, "lease_ms": N}` | `201 {"id": ID, "lease_ms": N}` |
+//! | `PUT /faults/{id}/lease` | `{"lease_ms": N}` | `{"id": ID, "lease_ms": N}` |
+//! | `DELETE /faults/{id}` | | `204` |
+//!
+//! The fault's `target` may be left out of the body (the path names it); when given it
+//! must agree. Errors are JSON, `{"error": CODE, "message": TEXT, "field": PATH}`: 404
+//! `unknown_target` / `unknown_fault` / `not_found`, 400 `invalid_body` /
+//! `invalid_fault` / `wrong_protocol` (naming the field when there is one).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{FaultId, ProxyError, ProxyRegistry, ProxyTarget};
+use crate::catalog::experiment::{HttpFault, NetworkFault};
+
+/// The control API address when the file gives none.
+pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:8475";
+
+/// The configuration file of `chaosgate proxy` (TOML); `deploy/proxy.example.toml`
+/// documents every setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StandaloneConfig {
+    /// Address of the control API (default `127.0.0.1:8475`).
+    #[serde(default = "default_control_listen")]
+    #[schemars(with = "String")]
+    pub control_listen: SocketAddr,
+    /// One listener per target.
+    #[serde(default)]
+    pub targets: Vec<ProxyTarget>,
+}
+
+fn default_control_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8475))
+}
+
+impl StandaloneConfig {
+    /// Reads and checks a configuration file; errors name the file and the key.
+    pub fn load(path: &Path) -> Result<StandaloneConfig, ProxyError> {
+        let config_error = |message: String| ProxyError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| config_error(format!("cannot read the file: {e}")))?;
+        StandaloneConfig::parse(&text).map_err(config_error)
+    }
+
+    /// Parses TOML text; the error names the key, line and column.
+    pub fn parse(text: &str) -> Result<StandaloneConfig, String> {
+        let config: StandaloneConfig =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let mut names = std::collections::HashSet::new();
+        for target in &config.targets {
+            if target.name.is_empty() {
+                return Err("targets: a target has an empty `name`".into());
+            }
+            if !names.insert(target.name.as_str()) {
+                return Err(format!("targets: the name '{}' is used twice", target.name));
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// The body of `POST /targets/{name}/faults`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddFaultRequest {
+    /// A network toxic (give this or `http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkFault>,
+    /// An HTTP fault (give this or `network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpFault>,
+    /// The lease, in milliseconds.
+    pub lease_ms: u64,
+}
+
+/// The body of `PUT /faults/{id}/lease`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// The new lease from now, in milliseconds.
+    pub lease_ms: u64,
+}
+
+/// The answer to adding a fault or renewing its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAnswer {
+    /// The fault.
+    pub id: FaultId,
+    /// Its lease from now, in milliseconds.
+    pub lease_ms: u64,
+}
+
+/// The JSON error every failed call answers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// A stable code: `unknown_target`, `unknown_fault`, `invalid_body`, ...
+    pub error: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The offending field of the body, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip)]
+    status: u16,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            error: code.to_string(),
+            message: message.into(),
+            field: None,
+            status: status.as_u16(),
+        }
+    }
+
+    fn with_field(mut self, field: Option<String>) -> ApiError {
+        self.field = field;
+        self
+    }
+
+    fn bad_body(field: Option<String>, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message).with_field(field)
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(err: ProxyError) -> ApiError {
+        let message = err.to_string();
+        match err {
+            ProxyError::UnknownTarget(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_target", message)
+            }
+            ProxyError::UnknownFault(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_fault", message)
+            }
+            ProxyError::InvalidFault { field, .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_fault", message)
+                    .with_field(Some(field))
+            }
+            ProxyError::WrongProtocol { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "wrong_protocol", message)
+            }
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self)).into_response()
+    }
+}
+
+/// The control API over `registry`.
+pub fn router(registry: Arc<ProxyRegistry>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/targets", get(list_targets))
+        .route("/targets/{name}/faults", post(add_fault))
+        .route("/faults/{id}/lease", put(renew_lease))
+        .route("/faults/{id}", delete(remove_fault))
+        .fallback(not_found)
+        .with_state(registry)
+}
+
+/// Serves the control API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<ProxyRegistry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(registry))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint (GET /healthz, GET /targets, POST /targets/{name}/faults, PUT /faults/{id}/lease, DELETE /faults/{id})",
+    )
+}
+
+async fn list_targets(State(registry): State<Arc<ProxyRegistry>>) -> impl IntoResponse {
+    axum::Json(registry.targets())
+}
+
+/// Reads a JSON body into `T`, naming the offending field on error.
+fn parse_body<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let field = (path != ".").then_some(path);
+        let message = match &field {
+            Some(field) => format!("{field}: {}", err.inner()),
+            None => err.inner().to_string(),
+        };
+        ApiError::bad_body(field, message)
+    })
+}
+
+fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_body(None, format!("the body is not JSON: {e}")))
+}
+
+fn lease(lease_ms: u64) -> Result<Duration, ApiError> {
+    if lease_ms == 0 {
+        return Err(ApiError::bad_body(
+            Some("lease_ms".into()),
+            "lease_ms: must be at least 1",
+        ));
+    }
+    Ok(Duration::from_millis(lease_ms))
+}
+
+async fn add_fault(
+    State(registry): State<Arc<ProxyRegistry>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<LeaseAnswer>), ApiError> {
+    let mut value = json_body(&body)?;
+    // The path names the target; the fault body may leave it out.
+    if let Some(object) = value.as_object_mut() {
+        for kind in ["network", "http"] {
+            if let Some(Value::Object(fault)) = object.get_mut(kind) {
+                fault
+                    .entry("target")
+                    .or_insert_with(|| Value::String(name.clone()));
+            }
+        }
+    }
+    let request: AddFaultRequest = parse_body(value)?;
+    let lease_for = lease(request.lease_ms)?;
+    let mismatch = |kind: &str, target: &str| {
+        ApiError::bad_body(
+            Some(format!("{kind}.target")),
+            format!("{kind}.target: '{target}' differs from the target in the path, '{name}'"),
+        )
+    };
+    let id = match (&request.network, &request.http) {
+        (Some(fault), None) => {
+            if fault.target != name {
+                return Err(mismatch("network", &fault.target));
+            }
+            registry.add_network_fault(&name, fault, lease_for)?
+        }
+        (None, Some(fault)) => {
+            if fault.target != name {
+                return Err(mismatch("http", &fault.target));
+            }
+            registry.add_http_fault(&name, fault, lease_for)?
+        }
+        _ => {
+            return Err(ApiError::bad_body(
+                None,
+                "give exactly one of `network` or `http`",
+            ));
+        }
+    };
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(LeaseAnswer {
+            id,
+            lease_ms: request.lease_ms,
+        }),
+    ))
+}
+
+fn fault_id(text: &str) -> Result<FaultId, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_fault_id",
+            format!("'{text}' is not a fault id (a number)"),
+        )
+        .with_field(Some("id".into()))
+    })
+}
+
+async fn renew_lease(
+    State(registry): State<Arc<ProxyRegistry>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Result<axum::Json<LeaseAnswer>, ApiError> {
+    let id = fault_id(&id)?;
+    let request: LeaseRequest = parse_body(json_body(&body)?)?;
+    registry.renew(id, lease(request.lease_ms)?)?;
+    Ok(axum::Json(LeaseAnswer {
+        id,
+        lease_ms: request.lease_ms,
+    }))
+}
+
+async fn remove_fault(
+    State(registry): State<Arc<ProxyRegistry>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = fault_id(&id)?;
+    if registry.remove(id) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ProxyError::UnknownFault(id).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_rejects_unknown_keys_naming_them() {
+        let err = StandaloneConfig::parse(
+            "control_listen = \"127.0.0.1:9000\"\n[[targets]]\nname = \"db\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:5432\"\nlatency = 3\n",
+        )
+        .expect_err("unknown key");
+        assert!(err.contains("latency"), "{err}");
+        let ok = StandaloneConfig::parse(
+            "[[targets]]\nname = \"db\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:5432\"\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.control_listen, default_control_listen());
+        assert_eq!(
+            DEFAULT_CONTROL_LISTEN.parse::<SocketAddr>().ok(),
+            Some(ok.control_listen)
+        );
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let value = json!({"network": {"target": "db", "toxic": {"type": "latency", "latency": "fast"}}, "lease_ms": 1000});
+        let err = parse_body::<AddFaultRequest>(value).expect_err("bad latency");
+        // Tagged enums are read as a whole: the path stops at the toxic, the message
+        // names the bad value.
+        assert_eq!(err.field.as_deref(), Some("network.toxic"));
+        assert!(
+            err.message.contains("'fast' is not a duration"),
+            "{}",
+            err.message
+        );
+        let value = json!({"network": {"target": "db", "toxic": {"type": "refuse"}}});
+        let err = parse_body::<AddFaultRequest>(value).expect_err("no lease");
+        assert!(err.message.contains("lease_ms"), "{}", err.message);
+    }
+}

@@ -1,0 +1,270 @@
+//! Decisions: whether a flag change is gated at all, whether a step passed, and the one
+//! flag command a flag change gets, with a reason a person can read in one line.
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::assertion::{self, AssertionInput};
+use crate::catalog::pipeline::{ChaosStep, FailureOutcome, GatedChange, Pipeline};
+use crate::contract::ids;
+use crate::contract::run_record::AssertionResult;
+use crate::contract::{
+    ChangeKind, CommandKind, FlagChange, FlagCommand, ReasonCode, RunStatus, StepSummary,
+};
+
+/// Whether a flag change waits for its pipeline or is passed on at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gating {
+    /// Run the pipeline, then decide.
+    Gate,
+    /// Answer at once with this reason (`requested`, `not_gated`, `no_pipeline`).
+    PassOn(ReasonCode),
+}
+
+/// `disable` is never delayed; other kinds are gated when the pipeline says so.
+pub fn gating(change: &FlagChange, pipeline: Option<&Pipeline>) -> Gating {
+    if change.change.kind == ChangeKind::Disable {
+        return Gating::PassOn(ReasonCode::Requested);
+    }
+    let Some(pipeline) = pipeline else {
+        return Gating::PassOn(ReasonCode::NoPipeline);
+    };
+    let kind = match change.change.kind {
+        ChangeKind::Enable => GatedChange::Enable,
+        _ => GatedChange::Update,
+    };
+    if pipeline.gated_changes.contains(&kind) {
+        Gating::Gate
+    } else {
+        Gating::PassOn(ReasonCode::NotGated)
+    }
+}
+
+/// A score as people write it: at most two decimals, no trailing zeros.
+pub fn score_text(score: f64) -> String {
+    let text = format!("{score:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// A step's verdict from its run's score, its expected score and its assertion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepVerdict {
+    /// `passed`, `failed`, or `error` when the assertion could not be evaluated.
+    pub status: RunStatus,
+    /// One line, e.g. `score 42.86 < expected 80`.
+    pub summary: String,
+    /// The assertion and its result, when the step has one.
+    pub assertion: Option<AssertionResult>,
+}
+
+/// Judges a completed run: passed iff score >= expected and the assertion (if any) holds.
+pub fn judge_step(step: &ChaosStep, measures: &AssertionInput) -> StepVerdict {
+    let score = measures.resilience_score;
+    let expected = step.expected_resilience_score;
+    let score_ok = score >= expected;
+    let mut parts = vec![format!(
+        "score {} {} expected {}",
+        score_text(score),
+        if score_ok { ">=" } else { "<" },
+        score_text(expected)
+    )];
+    let mut status = if score_ok {
+        RunStatus::Passed
+    } else {
+        RunStatus::Failed
+    };
+    let assertion = step.assertion.as_ref().map(|expression| {
+        let evaluated = assertion::compile(expression)
+            .and_then(|program| assertion::evaluate(&program, measures));
+        match evaluated {
+            Ok(result) => {
+                if !result {
+                    status = RunStatus::Failed;
+                    parts.push(format!("assertion '{expression}' is false"));
+                }
+                AssertionResult {
+                    expression: expression.clone(),
+                    result: Some(result),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                status = RunStatus::Error;
+                let error = format!("assertion '{expression}' {e}");
+                parts.push(error.clone());
+                AssertionResult {
+                    expression: expression.clone(),
+                    result: None,
+                    error: Some(error),
+                }
+            }
+        }
+    });
+    StepVerdict {
+        status,
+        summary: parts.join("; "),
+        assertion,
+    }
+}
+
+/// How a pipeline execution ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every step passed (or was ignored or marked as success).
+    Passed,
+    /// A step failed; the reason names it.
+    Failed(String),
+    /// A run was aborted (kill switch, shutdown); the reason says which.
+    Aborted(String),
+}
+
+/// The one command answering `change`.
+///
+/// `pipeline` and `execution` are absent for changes passed on at once.
+pub fn flag_command(
+    change: &FlagChange,
+    pipeline: Option<&Pipeline>,
+    gating: Gating,
+    outcome: &Outcome,
+    steps: Vec<StepSummary>,
+    issued_at: DateTime<Utc>,
+) -> FlagCommand {
+    let flag = change.flag_key();
+    let pass_on = match change.change.kind {
+        ChangeKind::Disable => CommandKind::Disable,
+        _ => CommandKind::Enable,
+    };
+    let on_failure = |pipeline: Option<&Pipeline>| match pipeline.map(|p| p.on_failure) {
+        Some(FailureOutcome::Revert) => CommandKind::Revert,
+        _ => CommandKind::Disable,
+    };
+    let (command, reason_code, reason) = match (gating, outcome) {
+        (Gating::PassOn(code), _) => {
+            let reason = match code {
+                ReasonCode::Requested => format!("disable of {flag} requested; passed on at once"),
+                ReasonCode::NotGated => format!(
+                    "pipeline {} does not gate {} changes; passed on at once",
+                    pipeline.map_or("?", |p| p.id.as_str()),
+                    change.change.kind.as_str()
+                ),
+                _ => format!("no pipeline for {flag}; passed on at once"),
+            };
+            (pass_on, code, reason)
+        }
+        (Gating::Gate, Outcome::Passed) => (
+            CommandKind::Enable,
+            ReasonCode::Passed,
+            format!(
+                "pipeline {} passed: {}",
+                pipeline.map_or("?", |p| p.id.as_str()),
+                steps
+                    .iter()
+                    .map(|s| format!("{}/{}: {}", s.stage_id, s.step_id, s.summary))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        (Gating::Gate, Outcome::Failed(reason)) => {
+            (on_failure(pipeline), ReasonCode::Failed, reason.clone())
+        }
+        (Gating::Gate, Outcome::Aborted(reason)) => {
+            (on_failure(pipeline), ReasonCode::Aborted, reason.clone())
+        }
+    };
+    let gated = gating == Gating::Gate;
+    FlagCommand {
+        command_id: ids::command_id(&change.event_id),
+        command,
+        project: change.project.clone(),
+        environment: change.environment.clone(),
+        flag: change.flag.clone(),
+        value: (command == CommandKind::Revert)
+            .then(|| change.change.from.clone())
+            .flatten(),
+        reason,
+        reason_code,
+        pipeline_id: pipeline.map(|p| p.id.clone()),
+        pipeline_execution_id: pipeline
+            .filter(|_| gated)
+            .map(|p| ids::pipeline_execution_id(&change.event_id, &p.id)),
+        causation_event_id: change.event_id.clone(),
+        steps,
+        dry_run: gated && pipeline.is_some_and(|p| p.dry_run),
+        issued_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::pipeline::FailureStrategy;
+    use crate::contract::flag_change::flag_change_example;
+
+    fn step(expected: f64, assertion: Option<&str>) -> ChaosStep {
+        ChaosStep {
+            id: "payments-latency".into(),
+            name: None,
+            experiment: "payments-latency".into(),
+            expected_resilience_score: expected,
+            assertion: assertion.map(str::to_string),
+            failure_strategy: FailureStrategy::Abort,
+            timeout: None,
+        }
+    }
+
+    fn measures(score: f64, probes_failed: i64) -> AssertionInput {
+        AssertionInput {
+            resilience_score: score,
+            expected_resilience_score: 80.0,
+            faults_passed: 1,
+            faults_failed: 0,
+            probes_passed: 2,
+            probes_failed,
+            duration_seconds: 3.0,
+        }
+    }
+
+    #[test]
+    fn a_step_passes_on_score_and_assertion() {
+        let verdict = judge_step(&step(80.0, None), &measures(42.857, 0));
+        assert_eq!(verdict.status, RunStatus::Failed);
+        assert_eq!(verdict.summary, "score 42.86 < expected 80");
+
+        let verdict = judge_step(&step(80.0, Some("probes_failed == 0")), &measures(80.0, 1));
+        assert_eq!(verdict.status, RunStatus::Failed);
+        assert_eq!(
+            verdict.summary,
+            "score 80 >= expected 80; assertion 'probes_failed == 0' is false"
+        );
+
+        let verdict = judge_step(&step(80.0, Some("probes_failed")), &measures(90.0, 0));
+        assert_eq!(verdict.status, RunStatus::Error);
+        assert!(
+            verdict.summary.contains("must give true or false"),
+            "{}",
+            verdict.summary
+        );
+    }
+
+    #[test]
+    fn disable_is_never_gated_and_unrouted_flags_pass_on() {
+        let mut change = flag_change_example();
+        change.change.kind = ChangeKind::Disable;
+        assert_eq!(gating(&change, None), Gating::PassOn(ReasonCode::Requested));
+        change.change.kind = ChangeKind::Update;
+        assert_eq!(
+            gating(&change, None),
+            Gating::PassOn(ReasonCode::NoPipeline)
+        );
+        let command = flag_command(
+            &change,
+            None,
+            Gating::PassOn(ReasonCode::NoPipeline),
+            &Outcome::Passed,
+            Vec::new(),
+            Utc::now(),
+        );
+        assert_eq!(command.command, CommandKind::Enable);
+        assert_eq!(command.reason_code, ReasonCode::NoPipeline);
+        assert_eq!(command.command_id, ids::command_id(&change.event_id));
+    }
+}

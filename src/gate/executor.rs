@@ -1,0 +1,396 @@
+//! Pipeline execution: the stages of a flag change's pipeline, their chaos steps in order,
+//! failure strategies, step timeouts, and the run records each run leaves behind.
+//!
+//! Two ways to stop an execution early, and they mean different things:
+//! - `kill` (the kill switch): the running experiment is aborted, its record says
+//!   `aborted`, and the pipeline's failure outcome applies: the execution is final.
+//! - `interrupt` (shutdown, partition revoked): the experiment is aborted and recorded as
+//!   `aborted`, but the execution is not final: no command, and the event is run again
+//!   from the start, as the next attempt, by whoever owns it next.
+//!
+//! `kill` should be a child of `interrupt`, so an interrupt also stops the run.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::catalog::assertion::AssertionInput;
+use crate::catalog::pipeline::{ChaosStep, FailureStrategy, FallbackStrategy, Pipeline, Stage};
+use crate::chaos::runner::{ExperimentResult, RunContext, run_experiment};
+use crate::contract::run_record::{ExperimentRef, FlagRef, StageRef, StepRef};
+use crate::contract::{FlagChange, FlagCommand, RunRecord, RunStatus, StepSummary, Verdict, ids};
+
+use super::decision::{self, Gating, Outcome, StepVerdict, judge_step};
+
+/// What an execution needs besides the flag change and its pipeline.
+#[derive(Debug, Clone)]
+pub struct ExecutionContext {
+    /// Settings shared by every run (lease, target locks, proxies); its `cancel` is
+    /// replaced per run.
+    pub run: RunContext,
+    /// 1 for the first execution of this event; higher after a crash or rebalance.
+    pub attempt: u32,
+    /// The kill switch for this execution.
+    pub kill: CancellationToken,
+    /// Shutdown or partition revoked.
+    pub interrupt: CancellationToken,
+    /// Receives each run's `running` record when it starts, and the `aborted` record of a
+    /// run cut off by an interrupt.
+    pub updates: Option<UnboundedSender<RunRecord>>,
+}
+
+/// What an execution produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    /// Final records of every run, in order.
+    pub records: Vec<RunRecord>,
+    /// The flag command; `None` when the execution was interrupted (not final).
+    pub command: Option<FlagCommand>,
+}
+
+/// Answers a flag change: runs its pipeline when it is gated, or passes it on at once.
+///
+/// `pipeline` is the routed pipeline (`None` when no pipeline matches). An experiment the
+/// catalog lacks cannot happen with a validated catalog; it is recorded as a step `error`.
+pub async fn execute(
+    change: &FlagChange,
+    pipeline: Option<&Pipeline>,
+    catalog: &Catalog,
+    context: &ExecutionContext,
+) -> Execution {
+    let gating = decision::gating(change, pipeline);
+    let pipeline = match (gating, pipeline) {
+        (Gating::Gate, Some(pipeline)) => pipeline,
+        _ => {
+            let command = decision::flag_command(
+                change,
+                pipeline,
+                gating,
+                &Outcome::Passed,
+                Vec::new(),
+                Utc::now(),
+            );
+            return Execution {
+                records: Vec::new(),
+                command: Some(command),
+            };
+        }
+    };
+    let mut records = Vec::new();
+    let mut steps = Vec::new();
+    let mut outcome = Outcome::Passed;
+    'stages: for stage in &pipeline.stages {
+        for step in &stage.steps {
+            let result = run_step(change, pipeline, stage, step, catalog, context).await;
+            records.extend(result.records);
+            if context.interrupt.is_cancelled() {
+                return Execution {
+                    records,
+                    command: None,
+                };
+            }
+            steps.push(result.summary);
+            if let Some(stop) = result.stop {
+                outcome = stop;
+                break 'stages;
+            }
+        }
+    }
+    let command =
+        decision::flag_command(change, Some(pipeline), gating, &outcome, steps, Utc::now());
+    Execution {
+        records,
+        command: Some(command),
+    }
+}
+
+/// One step's runs, its summary for the command, and whether it stops the pipeline.
+struct StepRuns {
+    records: Vec<RunRecord>,
+    summary: StepSummary,
+    stop: Option<Outcome>,
+}
+
+async fn run_step(
+    change: &FlagChange,
+    pipeline: &Pipeline,
+    stage: &Stage,
+    step: &ChaosStep,
+    catalog: &Catalog,
+    context: &ExecutionContext,
+) -> StepRuns {
+    let (retries, backoff, fallback) = match &step.failure_strategy {
+        FailureStrategy::Retry {
+            count,
+            backoff,
+            fallback,
+        } => (*count, backoff.duration(), *fallback),
+        FailureStrategy::Abort => (0, Duration::ZERO, FallbackStrategy::Abort),
+        FailureStrategy::Ignore => (0, Duration::ZERO, FallbackStrategy::Ignore),
+        FailureStrategy::MarkAsSuccess => (0, Duration::ZERO, FallbackStrategy::MarkAsSuccess),
+    };
+    let place = format!("stage {} / step {}", stage.id, step.id);
+    let mut records = Vec::new();
+    let mut retry = 0;
+    loop {
+        let record = run_once(change, pipeline, stage, step, catalog, context, retry).await;
+        let status = record.status;
+        let summary = StepSummary {
+            stage_id: stage.id.clone(),
+            step_id: step.id.clone(),
+            run_id: record.run_id.clone(),
+            status,
+            resilience_score: record.resilience_score,
+            expected_resilience_score: step.expected_resilience_score,
+            summary: record.summary.clone().unwrap_or_default(),
+        };
+        records.push(record);
+        if status == RunStatus::Passed {
+            return StepRuns {
+                records,
+                summary,
+                stop: None,
+            };
+        }
+        if context.interrupt.is_cancelled() {
+            return StepRuns {
+                records,
+                summary,
+                stop: Some(Outcome::Aborted(format!("{place}: interrupted"))),
+            };
+        }
+        if context.kill.is_cancelled() {
+            let reason = format!("{place}: aborted by the kill switch");
+            return StepRuns {
+                records,
+                summary,
+                stop: Some(Outcome::Aborted(reason)),
+            };
+        }
+        if retry < retries {
+            let wait = backoff.saturating_mul(1 << retry.min(16));
+            retry += 1;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = context.kill.cancelled() => {}
+            }
+            continue;
+        }
+        let reason = format!("{place}: {}", summary.summary);
+        let (stop, note) = match fallback {
+            FallbackStrategy::Abort => (Some(Outcome::Failed(reason)), None),
+            FallbackStrategy::Ignore => (None, Some("failure ignored")),
+            FallbackStrategy::MarkAsSuccess => (None, Some("marked as success")),
+        };
+        let summary = match note {
+            Some(note) => StepSummary {
+                summary: format!("{} ({note})", summary.summary),
+                ..summary
+            },
+            None => summary,
+        };
+        return StepRuns {
+            records,
+            summary,
+            stop,
+        };
+    }
+}
+
+fn base_record(
+    change: &FlagChange,
+    pipeline: &Pipeline,
+    stage: &Stage,
+    step: &ChaosStep,
+    experiment_name: &str,
+    run_id: String,
+    attempt: u32,
+) -> RunRecord {
+    RunRecord {
+        run_id,
+        attempt,
+        status: RunStatus::Running,
+        pipeline_id: pipeline.id.clone(),
+        pipeline_execution_id: ids::pipeline_execution_id(&change.event_id, &pipeline.id),
+        stage: StageRef {
+            id: stage.id.clone(),
+            name: stage.name.clone().unwrap_or_else(|| stage.id.clone()),
+            stage_type: stage.stage_type.as_str().to_string(),
+        },
+        step: StepRef {
+            id: step.id.clone(),
+            name: step.name.clone().unwrap_or_else(|| step.id.clone()),
+        },
+        experiment: ExperimentRef {
+            id: step.experiment.clone(),
+            name: experiment_name.to_string(),
+        },
+        flag: FlagRef {
+            project: change.project.clone(),
+            environment: change.environment.clone(),
+            key: change.flag.clone(),
+        },
+        trigger_event_id: change.event_id.clone(),
+        resilience_score: None,
+        expected_resilience_score: step.expected_resilience_score,
+        assertion: None,
+        faults: Vec::new(),
+        probes: Vec::new(),
+        probes_passed: 0,
+        probes_failed: 0,
+        started_at: Utc::now(),
+        ended_at: None,
+        duration_seconds: None,
+        waited_for_target_seconds: 0.0,
+        summary: None,
+        log: Vec::new(),
+    }
+}
+
+/// Runs the step's experiment once and returns its final record.
+async fn run_once(
+    change: &FlagChange,
+    pipeline: &Pipeline,
+    stage: &Stage,
+    step: &ChaosStep,
+    catalog: &Catalog,
+    context: &ExecutionContext,
+    retry: u32,
+) -> RunRecord {
+    let run_id = ids::run_id(
+        &change.event_id,
+        &pipeline.id,
+        &stage.id,
+        &step.id,
+        context.attempt,
+        retry,
+    );
+    let Some(experiment) = catalog.experiment(&step.experiment) else {
+        let mut record = base_record(
+            change,
+            pipeline,
+            stage,
+            step,
+            &step.experiment,
+            run_id,
+            context.attempt,
+        );
+        record.status = RunStatus::Error;
+        record.summary = Some(format!(
+            "experiment '{}' is not in the catalog",
+            step.experiment
+        ));
+        record.ended_at = Some(Utc::now());
+        record.duration_seconds = Some(0.0);
+        return record;
+    };
+    let name = experiment
+        .name
+        .clone()
+        .unwrap_or_else(|| experiment.id.clone());
+    let mut record = base_record(
+        change,
+        pipeline,
+        stage,
+        step,
+        &name,
+        run_id,
+        context.attempt,
+    );
+    if retry > 0 {
+        record.log.push(format!("retry {retry} of the step"));
+    }
+    if let Some(updates) = &context.updates {
+        // A closed receiver only means nobody watches the progress.
+        let _ = updates.send(record.clone());
+    }
+
+    let cancel = context.kill.child_token();
+    let timed_out = CancellationToken::new();
+    let timer = step.timeout.map(|timeout| {
+        let cancel = cancel.clone();
+        let timed_out = timed_out.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout.duration()).await;
+            timed_out.cancel();
+            cancel.cancel();
+        })
+    });
+    let run_context = RunContext {
+        cancel,
+        ..context.run.clone()
+    };
+    let result = run_experiment(experiment, &run_context).await;
+    if let Some(timer) = timer {
+        timer.abort();
+    }
+    finish_record(&mut record, step, result, timed_out.is_cancelled());
+    if context.interrupt.is_cancelled()
+        && let Some(updates) = &context.updates
+    {
+        let _ = updates.send(record.clone());
+    }
+    record
+}
+
+/// Fills the record from the experiment's result and the step's verdict.
+fn finish_record(
+    record: &mut RunRecord,
+    step: &ChaosStep,
+    result: ExperimentResult,
+    timed_out: bool,
+) {
+    let faults_passed = count(&result.faults, |f| f.verdict == Verdict::Passed);
+    let faults_failed = count(&result.faults, |f| f.verdict != Verdict::Passed);
+    record.started_at = result.started_at;
+    record.ended_at = Some(result.ended_at);
+    record.duration_seconds = Some(result.duration_seconds);
+    record.waited_for_target_seconds = result.waited_for_target_seconds;
+    record.resilience_score = result.resilience_score;
+    record.probes_passed = result.probes_passed;
+    record.probes_failed = result.probes_failed;
+    record.log.extend(result.log);
+    record.faults = result.faults;
+    record.probes = result.probes;
+    let verdict = match (result.verdict, result.resilience_score) {
+        (RunStatus::Passed | RunStatus::Failed, Some(score)) => judge_step(
+            step,
+            &AssertionInput {
+                resilience_score: score,
+                expected_resilience_score: step.expected_resilience_score,
+                faults_passed: i64::from(faults_passed),
+                faults_failed: i64::from(faults_failed),
+                probes_passed: i64::from(result.probes_passed),
+                probes_failed: i64::from(result.probes_failed),
+                duration_seconds: result.duration_seconds,
+            },
+        ),
+        (RunStatus::Aborted, _) if timed_out => StepVerdict {
+            status: RunStatus::Aborted,
+            summary: format!(
+                "step timeout {} exceeded; experiment aborted",
+                step.timeout.map(|t| t.to_string()).unwrap_or_default()
+            ),
+            assertion: None,
+        },
+        (status, _) => StepVerdict {
+            status: if status == RunStatus::Passed || status == RunStatus::Failed {
+                RunStatus::Error
+            } else {
+                status
+            },
+            summary: result.summary,
+            assertion: None,
+        },
+    };
+    record.status = verdict.status;
+    record.summary = Some(verdict.summary);
+    record.assertion = verdict.assertion;
+}
+
+fn count<T>(items: &[T], keep: impl Fn(&T) -> bool) -> u32 {
+    u32::try_from(items.iter().filter(|item| keep(item)).count()).unwrap_or(u32::MAX)
+}
