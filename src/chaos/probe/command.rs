@@ -186,7 +186,7 @@ async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> Vec
     let Some(mut pipe) = pipe else {
         return kept;
     };
-    let mut buf = [0u8; 8192];
+    let mut buf = vec![0u8; 8192];
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,

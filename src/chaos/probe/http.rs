@@ -4,6 +4,11 @@
 //! thousand experiments share one connection pool instead of building ten thousand. The
 //! client ignores `HTTP_PROXY` and friends: a probe watches the target directly.
 //!
+//! At most [`MAX_IN_FLIGHT`] probe requests are in flight at once, which bounds the open
+//! connections (and so the memory) when thousands of probes fire together; a request
+//! over the limit waits for its turn, and that wait counts towards the attempt's timeout
+//! (not towards `max_response_ms`).
+//!
 //! Criteria are judged in this order and the first that fails is reported: status,
 //! response time (request sent to body read), `body_contains`, `body_regex`, `json`.
 //! Header values never appear in failure texts, and a password in the URL shows as `***`.
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Client, Method, Url};
 use serde_json::Value;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::compare::{regex, shorten};
 use crate::catalog::experiment::{HttpCriteria, HttpProbe, JsonPointerMatch, StatusMatch};
@@ -21,9 +27,15 @@ use crate::catalog::experiment::{HttpCriteria, HttpProbe, JsonPointerMatch, Stat
 /// At most this much of a response body is read and judged.
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
+/// At most this many probe requests (HTTP and Prometheus) are in flight at once.
+pub const MAX_IN_FLIGHT: usize = 512;
+
+static IN_FLIGHT: Semaphore = Semaphore::const_new(MAX_IN_FLIGHT);
+
 static CLIENT: LazyLock<Result<Client, String>> = LazyLock::new(|| {
     Client::builder()
         .no_proxy()
+        .pool_max_idle_per_host(MAX_IN_FLIGHT)
         .tcp_nodelay(true)
         .user_agent(concat!("chaosgate-probe/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -35,6 +47,12 @@ pub(crate) fn client() -> Result<&'static Client, String> {
     CLIENT
         .as_ref()
         .map_err(|reason| format!("the HTTP client could not start: {reason}"))
+}
+
+/// A turn to send one probe request; hold it until the response is read.
+pub(crate) async fn turn() -> Option<SemaphorePermit<'static>> {
+    // The semaphore is never closed, so this only fails in theory; go ahead then.
+    IN_FLIGHT.acquire().await.ok()
 }
 
 /// Why an HTTP probe attempt failed, e.g.
@@ -148,6 +166,7 @@ pub(super) async fn attempt(probe: &HttpProbe) -> Result<(), HttpFailure> {
         request = request.body(body.clone());
     }
 
+    let _turn = turn().await;
     let sent = Instant::now();
     let mut response = request
         .send()

@@ -89,17 +89,22 @@ enum AttemptError {
 }
 
 /// One attempt, unbounded in time (the caller bounds it).
+///
+/// Each type's attempt is boxed: the check future then stays small (a few hundred bytes
+/// rather than the largest type's state), which matters with ten thousand probes waiting.
 async fn attempt_once(probe: &Probe) -> Result<(), AttemptError> {
     let failed = |reason: String| AttemptError::Failed(reason);
     match (&probe.http, &probe.tcp, &probe.command, &probe.prometheus) {
-        (Some(http), None, None, None) => {
-            http::attempt(http).await.map_err(|e| failed(e.to_string()))
-        }
-        (None, Some(tcp), None, None) => tcp::attempt(tcp).await.map_err(|e| failed(e.to_string())),
-        (None, None, Some(command), None) => command::attempt(command)
+        (Some(http), None, None, None) => Box::pin(http::attempt(http))
             .await
             .map_err(|e| failed(e.to_string())),
-        (None, None, None, Some(prometheus)) => prometheus::attempt(prometheus)
+        (None, Some(tcp), None, None) => Box::pin(tcp::attempt(tcp))
+            .await
+            .map_err(|e| failed(e.to_string())),
+        (None, None, Some(command), None) => Box::pin(command::attempt(command))
+            .await
+            .map_err(|e| failed(e.to_string())),
+        (None, None, None, Some(prometheus)) => Box::pin(prometheus::attempt(prometheus))
             .await
             .map_err(|e| failed(e.to_string())),
         (None, None, None, None) => Err(AttemptError::Unrunnable(
@@ -143,8 +148,8 @@ pub(crate) fn io_reason(err: &io::Error) -> String {
     use io::ErrorKind::*;
     match err.kind() {
         ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
-        | AddrNotAvailable | TimedOut | HostUnreachable | NetworkUnreachable | NotFound
-        | PermissionDenied | BrokenPipe | UnexpectedEof => err.kind().to_string(),
+        | AddrNotAvailable | TimedOut | HostUnreachable | NetworkUnreachable | BrokenPipe
+        | UnexpectedEof => err.kind().to_string(),
         _ => err.to_string(),
     }
 }
@@ -162,4 +167,35 @@ pub(crate) fn root_reason(err: &(dyn std::error::Error + 'static)) -> String {
         current = e.source();
     }
     innermost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::experiment::{ProbeMode, RunProperties, TcpProbe};
+
+    #[test]
+    fn a_waiting_check_stays_small() {
+        // Ten thousand probes each hold one check future: it must not carry the largest
+        // probe type's state inline (a command attempt's buffers were 17 KB of it).
+        let probe = Probe {
+            name: "small".to_string(),
+            mode: ProbeMode::Continuous,
+            run_properties: RunProperties::default(),
+            http: None,
+            tcp: Some(TcpProbe {
+                address: "127.0.0.1:1".to_string(),
+            }),
+            command: None,
+            prometheus: None,
+        };
+        let size = std::mem::size_of_val(&check(&probe));
+        assert!(size <= 1024, "a check future takes {size} bytes");
+    }
+
+    #[test]
+    fn io_errors_read_short() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(io_reason(&refused), "connection refused");
+    }
 }
