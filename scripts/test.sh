@@ -50,12 +50,16 @@ fi
 # --- Test tools: Toxiproxy (Go module proxy) and Prometheus (Debian) ------------------
 export GOBIN=${GOBIN:-$CHAOSGATE_CACHE/go/bin}
 export PATH="$GOBIN:$PATH"
-if ! have toxiproxy-server; then
-  have go || { echo "error: go not found: it is needed to install toxiproxy-server" >&2; exit 1; }
-  say "installing toxiproxy-server with go install"
-  go install github.com/Shopify/toxiproxy/v2/cmd/toxiproxy-server@v2.5.0
+# Toxiproxy's server (module github.com/Shopify/toxiproxy/v2, package cmd/server).
+toxiproxy_bin="$GOBIN/toxiproxy-server"
+if [ -z "${TOXIPROXY_SERVER:-}" ] && [ ! -x "$toxiproxy_bin" ]; then
+  have go || { echo "error: go not found: it is needed to install Toxiproxy" >&2; exit 1; }
+  say "installing Toxiproxy v2.5.0 with go install"
+  GOBIN="$CHAOSGATE_CACHE/go/toxiproxy" go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.5.0
+  mkdir -p "$GOBIN"
+  mv "$CHAOSGATE_CACHE/go/toxiproxy/server" "$toxiproxy_bin"
 fi
-export TOXIPROXY_SERVER=${TOXIPROXY_SERVER:-$(command -v toxiproxy-server)}
+export TOXIPROXY_SERVER=${TOXIPROXY_SERVER:-$toxiproxy_bin}
 if ! have prometheus; then
   say "installing Prometheus (Debian package)"
   apt_install prometheus
