@@ -607,6 +607,20 @@ impl Shared {
             return;
         };
         let attempt = partition.offsets.start(pending.offset);
+        // Commit the start count now (offsets only, the watermark unchanged), so a run
+        // cut off by a crash, a shutdown or a rebalance is run again as the next attempt
+        // with its own run id, instead of repeating this attempt's id.
+        let _ = self.completions.send(Completion {
+            partition: pending.partition,
+            epoch: partition.epoch,
+            outputs: Vec::new(),
+            offsets: vec![PartitionCommit {
+                partition: pending.partition,
+                epoch: partition.epoch,
+                offset: partition.offsets.watermark(),
+                metadata: partition.offsets.metadata(),
+            }],
+        });
         let kill = partition.interrupt.child_token();
         let execution_id = pending
             .pipeline
