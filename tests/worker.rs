@@ -574,3 +574,313 @@ async fn sigterm_aborts_the_run_exits_zero_and_the_event_runs_again_as_attempt_t
     assert_eq!(commands[0].command, CommandKind::Enable);
     assert_eq!(h.active_markers(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiments_longer_than_max_poll_interval_cause_no_rebalance() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "poll", 3).await;
+    let up = Listener::start().await;
+    for flag in ["a", "b", "c"] {
+        h.catalog_file(
+            &format!("exp-{flag}.yaml"),
+            &experiment_yaml(&format!("exp-{flag}"), "8s", &h.marker(flag), &up.address),
+        );
+        h.catalog_file(
+            &format!("pipe-{flag}.yaml"),
+            &pipeline_yaml(
+                &format!("gate-{flag}"),
+                Some(&format!("{flag}-*")),
+                &[&format!("exp-{flag}")],
+            ),
+        );
+    }
+    let collector = h.collect();
+    // librdkafka wants max.poll.interval.ms >= session.timeout.ms, and the broker's
+    // smallest session timeout is 6 s (group.min.session.timeout.ms).
+    let settings = Settings {
+        properties: vec![
+            ("max.poll.interval.ms", "6000".into()),
+            ("session.timeout.ms", "6000".into()),
+        ],
+        ..Settings::default()
+    };
+    let config = h.config("w", &settings);
+    let worker = h.spawn("w", &config);
+    let mut events = Vec::new();
+    for round in 0..2 {
+        for flag in ["a", "b", "c"] {
+            let event = change(&format!("{flag}-{round}"), ChangeKind::Enable, None);
+            // Same flag twice: the second waits 8 s behind the first.
+            let event = if round == 1 {
+                change(&format!("{flag}-0"), ChangeKind::Update, None)
+            } else {
+                event
+            };
+            h.produce_change(&event).await;
+            events.push(event.event_id);
+        }
+    }
+    h.wait_for(&collector, "a command for each event", PATIENCE, |o| {
+        o.all_commanded(&events)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = collector.snapshot();
+    for event in &events {
+        assert_eq!(out.commands_for(event).len(), 1, "{}", out.describe());
+        let runs = out.runs_for(event);
+        let statuses: Vec<(u32, RunStatus)> = runs.iter().map(|r| (r.attempt, r.status)).collect();
+        assert_eq!(
+            statuses,
+            [(1, RunStatus::Running), (1, RunStatus::Passed)],
+            "each event runs once, uninterrupted: {}",
+            out.describe()
+        );
+        assert!(runs[1].duration_seconds.unwrap_or_default() >= 8.0);
+    }
+    let log = worker.log_text();
+    assert_eq!(
+        log.matches("partitions assigned").count(),
+        1,
+        "one assignment, no rebalance:\n{log}"
+    );
+    assert_eq!(log.matches("partitions revoked").count(), 0, "{log}");
+    // librdkafka's words when the application does not poll in time.
+    assert!(!log.contains("maximum poll interval"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_mid_experiment_again_and_again_each_event_still_counts_once() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "crash", 3).await;
+    let up = Listener::start().await;
+    let flags = ["one", "two", "three"];
+    for flag in flags {
+        h.catalog_file(
+            &format!("exp-{flag}.yaml"),
+            &experiment_yaml(&format!("exp-{flag}"), "2s", &h.marker(flag), &up.address),
+        );
+        h.catalog_file(
+            &format!("pipe-{flag}.yaml"),
+            &pipeline_yaml(
+                &format!("gate-{flag}"),
+                Some(flag),
+                &[&format!("exp-{flag}")],
+            ),
+        );
+    }
+    let collector = h.collect();
+    let config = h.config("w", &Settings::default());
+    let mut events = Vec::new();
+    for round in 0..3 {
+        for flag in flags {
+            let kind = if round == 1 {
+                ChangeKind::Update
+            } else {
+                ChangeKind::Enable
+            };
+            let event = change(flag, kind, None);
+            h.produce_change(&event).await;
+            events.push(event.event_id);
+        }
+    }
+    let mut kills = 0;
+    let mut seen_running = 0;
+    while kills < 3 {
+        let mut worker = h.spawn("w", &config);
+        let out = h
+            .wait_for(&collector, "a new run to start", PATIENCE, |o| {
+                o.runs
+                    .iter()
+                    .filter(|r| r.value.status == RunStatus::Running)
+                    .count()
+                    > seen_running
+            })
+            .await;
+        seen_running = out
+            .runs
+            .iter()
+            .filter(|r| r.value.status == RunStatus::Running)
+            .count();
+        // Mid-experiment: the fault is active for 2 s.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        worker.kill();
+        kills += 1;
+        println!("SIGKILL {kills}: markers left {:?}", h.active_markers());
+    }
+    let _worker = h.spawn("w", &config);
+    h.wait_for(&collector, "a command for each event", PATIENCE * 2, |o| {
+        o.all_commanded(&events)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = collector.snapshot();
+    assert!(out.garbage.is_empty());
+    let mut rerun = 0;
+    for event in &events {
+        assert_eq!(out.commands_for(event).len(), 1, "{}", out.describe());
+        let finals = out.final_runs_for(event);
+        assert_eq!(
+            finals.len(),
+            1,
+            "one final record per step: {}",
+            out.describe()
+        );
+        assert_eq!(finals[0].status, RunStatus::Passed);
+        // Every start of the event is its own attempt, with its own run id. (An attempt
+        // may leave no `running` record when the kill came right after its start was
+        // committed.)
+        let running: Vec<u32> = out
+            .runs_for(event)
+            .iter()
+            .filter(|r| r.status == RunStatus::Running)
+            .map(|r| r.attempt)
+            .collect();
+        assert!(
+            running.windows(2).all(|w| w[0] < w[1]),
+            "attempts of {event} repeat: {}",
+            out.describe()
+        );
+        assert_eq!(Some(&finals[0].attempt), running.last());
+        if finals[0].attempt > 1 {
+            rerun += 1;
+        }
+    }
+    assert!(
+        rerun >= 1,
+        "some event was cut off and run again: {}",
+        out.describe()
+    );
+    // A SIGKILLed worker cannot revert a command fault; the next attempt's revert does.
+    assert_eq!(
+        h.active_markers(),
+        Vec::<String>::new(),
+        "faults left active"
+    );
+}
+
+/// Checks the exactly-once promise over `events`: one command each, and per event and
+/// step exactly one `passed` record, any earlier attempts ending `aborted`, and no run id
+/// with two final records.
+fn assert_each_event_counted_once(out: &worker::Outputs, events: &[String]) {
+    assert!(out.garbage.is_empty(), "{:?}", out.garbage);
+    let mut finals_by_run: HashMap<&str, usize> = HashMap::new();
+    for run in &out.runs {
+        if run.value.status != RunStatus::Running {
+            *finals_by_run.entry(run.value.run_id.as_str()).or_default() += 1;
+        }
+    }
+    for (run_id, count) in &finals_by_run {
+        assert_eq!(
+            *count,
+            1,
+            "run {run_id} has {count} final records: {}",
+            out.describe()
+        );
+    }
+    for event in events {
+        assert_eq!(
+            out.commands_for(event).len(),
+            1,
+            "{event}: {}",
+            out.describe()
+        );
+        let finals = out.final_runs_for(event);
+        let passed: Vec<_> = finals
+            .iter()
+            .filter(|r| r.status == RunStatus::Passed)
+            .collect();
+        assert_eq!(passed.len(), 1, "{event}: {}", out.describe());
+        for run in &finals {
+            if run.status != RunStatus::Passed {
+                assert_eq!(run.status, RunStatus::Aborted, "{}", out.describe());
+                assert!(run.attempt < passed[0].attempt, "{}", out.describe());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_batch_and_one_stopping_loses_and_doubles_nothing() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "pair", 4).await;
+    let up = Listener::start().await;
+    let flags = ["f0", "f1", "f2", "f3", "f4", "f5"];
+    for flag in flags {
+        h.catalog_file(
+            &format!("exp-{flag}.yaml"),
+            &experiment_yaml(
+                &format!("exp-{flag}"),
+                "1500ms",
+                &h.marker(flag),
+                &up.address,
+            ),
+        );
+        h.catalog_file(
+            &format!("pipe-{flag}.yaml"),
+            &pipeline_yaml(
+                &format!("gate-{flag}"),
+                Some(flag),
+                &[&format!("exp-{flag}")],
+            ),
+        );
+    }
+    let collector = h.collect();
+    let settings = Settings {
+        max_in_flight: 3,
+        ..Settings::default()
+    };
+    let mut a = h.spawn("a", &h.config("a", &settings));
+    let mut b = h.spawn("b", &h.config("b", &settings));
+    let mut events = Vec::new();
+    for round in 0..3 {
+        for flag in flags {
+            let kind = if round == 1 {
+                ChangeKind::Update
+            } else {
+                ChangeKind::Enable
+            };
+            let event = change(flag, kind, None);
+            h.produce_change(&event).await;
+            events.push(event.event_id);
+        }
+    }
+    // Both at work, then one stops mid-batch.
+    h.wait_for(&collector, "the first commands", PATIENCE, |o| {
+        o.commands.len() >= 4
+    })
+    .await;
+    let both_assigned = a.log_text().contains("partitions assigned")
+        && b.log_text().contains("partitions assigned");
+    b.signal(libc::SIGTERM);
+    let status = b
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("b still running after SIGTERM\n{}", h.log_tails()));
+    assert!(
+        status.success(),
+        "b exited with {status}\n{}",
+        h.log_tails()
+    );
+
+    h.wait_for(&collector, "a command for each event", PATIENCE, |o| {
+        o.all_commanded(&events)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = collector.snapshot();
+    assert!(
+        both_assigned,
+        "both workers had partitions\n{}",
+        h.log_tails()
+    );
+    assert_each_event_counted_once(&out, &events);
+    assert_eq!(out.commands.len(), events.len());
+    assert_eq!(h.active_markers(), Vec::<String>::new());
+    a.signal(libc::SIGTERM);
+    assert!(
+        a.wait_exit(Duration::from_secs(30))
+            .await
+            .is_some_and(|s| s.success())
+    );
+}

@@ -28,7 +28,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BATCH: usize = 500;
 
 /// One finished event: what to write, and where it was read.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Completion {
     /// Partition of the consumed event.
     pub partition: i32,
@@ -38,6 +38,9 @@ pub struct Completion {
     pub outputs: Vec<Output>,
     /// Offsets to commit with them: `(partition, epoch) -> (watermark, metadata)`.
     pub offsets: Vec<PartitionCommit>,
+    /// Told when the transaction holding this completion committed; dropped unsent when
+    /// the completion is dropped (its partition was revoked, or the committer stopped).
+    pub committed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The offset and metadata to commit for one partition.
@@ -145,7 +148,11 @@ impl Committer {
                     if let Some(on_commit) = &self.on_commit {
                         on_commit(started.elapsed(), pending.len());
                     }
-                    pending.clear();
+                    for completion in pending.drain(..) {
+                        if let Some(committed) = completion.committed {
+                            let _ = committed.send(());
+                        }
+                    }
                     failures = 0;
                     delays = retry_delays();
                 }

@@ -607,9 +607,11 @@ impl Shared {
             return;
         };
         let attempt = partition.offsets.start(pending.offset);
-        // Commit the start count now (offsets only, the watermark unchanged), so a run
-        // cut off by a crash, a shutdown or a rebalance is run again as the next attempt
-        // with its own run id, instead of repeating this attempt's id.
+        // The start count is committed (offsets only, the watermark unchanged) before the
+        // experiment starts, so a run cut off by a crash, a shutdown or a rebalance runs
+        // again as the next attempt with its own run id, never as this attempt twice.
+        // Not committed (the partition was revoked meanwhile): the run does not start.
+        let (committed_tx, committed_rx) = tokio::sync::oneshot::channel();
         let _ = self.completions.send(Completion {
             partition: pending.partition,
             epoch: partition.epoch,
@@ -620,6 +622,7 @@ impl Shared {
                 offset: partition.offsets.watermark(),
                 metadata: partition.offsets.metadata(),
             }],
+            committed: Some(committed_tx),
         });
         let kill = partition.interrupt.child_token();
         let execution_id = pending
@@ -645,7 +648,19 @@ impl Shared {
                 .pipeline
                 .as_deref()
                 .and_then(|id| catalog.pipeline(id));
-            let execution = execute(&pending.change, pipeline, &catalog, &context).await;
+            let start_committed = tokio::select! {
+                committed = committed_rx => committed.is_ok(),
+                () = context.interrupt.cancelled() => false,
+            };
+            let execution = if start_committed && !context.interrupt.is_cancelled() {
+                execute(&pending.change, pipeline, &catalog, &context).await
+            } else {
+                tracing::info!(flag = %pending.flag, offset = pending.offset, "not started: the partition was revoked or the worker is stopping");
+                Execution {
+                    records: Vec::new(),
+                    command: None,
+                }
+            };
             let _ = finished.send(Finished {
                 pending,
                 execution_id,
@@ -727,6 +742,7 @@ impl Shared {
             epoch,
             outputs,
             offsets: vec![commit],
+            committed: None,
         });
     }
 }
