@@ -884,3 +884,168 @@ async fn two_workers_share_the_batch_and_one_stopping_loses_and_doubles_nothing(
             .is_some_and(|s| s.success())
     );
 }
+
+/// A second single-node broker of our own (own ports, own data dir), so stopping it
+/// disturbs no other test. Stopped and deleted when dropped.
+struct OwnBroker {
+    port: u16,
+    controller_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OwnBroker {
+    fn free_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    }
+
+    async fn start() -> OwnBroker {
+        let broker = OwnBroker {
+            port: Self::free_port(),
+            controller_port: Self::free_port(),
+            dir: tempfile::Builder::new()
+                .prefix("chaosgate-outage-broker-")
+                .tempdir()
+                .expect("temp dir"),
+        };
+        broker.script("start").await;
+        broker
+    }
+
+    fn servers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self, action: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/local/kafka.sh"
+        ));
+        command
+            .arg(action)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_RUN_DIR", self.dir.path())
+            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m");
+        command
+    }
+
+    /// Runs `kafka.sh ACTION` for this broker and fails the test when it fails.
+    async fn script(&self, action: &str) {
+        let mut command = self.command(action);
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .expect("join")
+            .expect("run kafka.sh");
+        assert!(
+            output.status.success(),
+            "kafka.sh {action} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.command("clean").output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_stopped_and_started_mid_batch_the_worker_recovers_and_finishes() {
+    let broker = OwnBroker::start().await;
+    let servers = broker.servers();
+    let h = Harness::new(&servers, "outage", 3).await;
+    let up = Listener::start().await;
+    let flags = ["x", "y", "z"];
+    for flag in flags {
+        h.catalog_file(
+            &format!("exp-{flag}.yaml"),
+            &experiment_yaml(&format!("exp-{flag}"), "3s", &h.marker(flag), &up.address),
+        );
+        h.catalog_file(
+            &format!("pipe-{flag}.yaml"),
+            &pipeline_yaml(
+                &format!("gate-{flag}"),
+                Some(flag),
+                &[&format!("exp-{flag}")],
+            ),
+        );
+    }
+    h.catalog_file(
+        "exp-late.yaml",
+        &experiment_yaml("exp-late", "30s", &h.marker("late"), &up.address),
+    );
+    h.catalog_file(
+        "pipe-late.yaml",
+        &pipeline_yaml("gate-late", Some("late-*"), &["exp-late"]),
+    );
+    let collector = h.collect();
+    let settings = Settings {
+        shutdown_grace: "10s",
+        ..Settings::default()
+    };
+    let config = h.config("w", &settings);
+    let mut worker = h.spawn("w", &config);
+    let mut events = Vec::new();
+    for round in 0..3 {
+        for flag in flags {
+            let kind = if round == 1 {
+                ChangeKind::Update
+            } else {
+                ChangeKind::Enable
+            };
+            let event = change(flag, kind, None);
+            h.produce_change(&event).await;
+            events.push(event.event_id);
+        }
+    }
+    h.wait_for(&collector, "the first commands", PATIENCE, |o| {
+        o.commands.len() >= 2
+    })
+    .await;
+    let stopped = Instant::now();
+    broker.script("stop").await;
+    // Runs in flight finish while the broker is away; their commits must wait.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    broker.script("start").await;
+    println!("broker away for {:?}", stopped.elapsed());
+    h.wait_for(&collector, "a command for each event", PATIENCE * 2, |o| {
+        o.all_commanded(&events)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = collector.snapshot();
+    assert_each_event_counted_once(&out, &events);
+    assert_eq!(h.active_markers(), Vec::<String>::new());
+
+    // SIGTERM while the broker is away, with runs in flight: the worker still exits
+    // within its grace period (what it could not commit runs again after a restart).
+    let mut late = Vec::new();
+    for flag in flags {
+        let event = change(&format!("late-{flag}"), ChangeKind::Enable, None);
+        h.produce_change(&event).await;
+        late.push(event.event_id);
+    }
+    h.wait_for(&collector, "the late runs to start", PATIENCE, |o| {
+        late.iter().all(|e| !o.runs_for(e).is_empty())
+    })
+    .await;
+    broker.script("stop").await;
+    let asked = Instant::now();
+    worker.signal(libc::SIGTERM);
+    let status = worker.wait_exit(Duration::from_secs(40)).await;
+    let took = asked.elapsed();
+    println!("exit {status:?} {took:?} after SIGTERM with the broker away");
+    assert!(
+        status.is_some() && took < Duration::from_secs(15),
+        "no exit within the 10 s grace period with the broker away ({took:?}, {status:?})\n{}",
+        h.log_tails()
+    );
+    assert_eq!(
+        h.active_markers(),
+        Vec::<String>::new(),
+        "faults reverted on shutdown"
+    );
+}

@@ -42,7 +42,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let stopped = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let run = RunContext {
@@ -52,7 +52,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         chaosgate::bus::worker::run(config, catalog, run, shutdown)
             .await
             .context("the worker stopped")
-    })?;
+    });
+    // The worker keeps to its grace period; work still going after it (a commit retrying
+    // against an absent broker) must not hold the exit, as dropping the runtime would:
+    // what was not committed runs again after a restart.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    stopped?;
     Ok(ExitCode::SUCCESS)
 }
 

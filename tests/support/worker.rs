@@ -91,8 +91,10 @@ impl Harness {
             partitions,
         )
         .await;
+        // WORKER_TEST_KEEP=1 keeps the folder (configs, catalog, worker logs).
         let dir = tempfile::Builder::new()
             .prefix(&format!("chaosgate-{name}-"))
+            .disable_cleanup(std::env::var_os("WORKER_TEST_KEEP").is_some())
             .tempdir()
             .expect("temp dir");
         std::fs::create_dir_all(dir.path().join("catalog")).expect("catalog dir");
@@ -214,12 +216,18 @@ log_filter = "info,chaosgate=debug"
         };
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_chaosgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
+        // Only the config file counts: no CHAOSGATE_* overrides from the caller's shell.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CHAOSGATE_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(config)
             .env_remove("RUST_LOG")
-            .env_remove("CHAOSGATE_CONFIG")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
