@@ -156,6 +156,151 @@ async fn gated_passing_failing_requested_and_unrouted_changes_get_one_command_ea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_strategies_step_timeout_revert_and_dry_run_decide_the_command() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "strategies", 1).await;
+    let up = Listener::start().await;
+    let down = closed_address();
+    h.catalog_file(
+        "exp-up.yaml",
+        &experiment_yaml("up", "300ms", &h.marker("up"), &up.address),
+    );
+    h.catalog_file(
+        "exp-down.yaml",
+        &experiment_yaml("down", "300ms", &h.marker("down"), &down),
+    );
+    h.catalog_file(
+        "exp-slow.yaml",
+        &experiment_yaml("slow", "30s", &h.marker("slow"), &up.address),
+    );
+    h.catalog_file(
+        "pipe-strategies.yaml",
+        r#"kind: pipeline
+id: strategies
+routes:
+  - environment: test
+    flag: "strat-*"
+on_failure: revert
+stages:
+  - id: advisory
+    type: custom
+    steps:
+      - id: ignored
+        experiment: down
+        expected_resilience_score: 80
+        failure_strategy:
+          action: ignore
+      - id: too-slow
+        experiment: slow
+        expected_resilience_score: 80
+        timeout: 1s
+        failure_strategy:
+          action: mark_as_success
+  - id: canary
+    type: feature_flag
+    steps:
+      - id: flaky
+        experiment: down
+        expected_resilience_score: 80
+        failure_strategy:
+          action: retry
+          count: 1
+          backoff: 200ms
+          fallback: abort
+      - id: never
+        experiment: up
+        expected_resilience_score: 80
+"#,
+    );
+    h.catalog_file(
+        "pipe-dry.yaml",
+        r#"kind: pipeline
+id: rehearsal
+dry_run: true
+routes:
+  - environment: test
+    flag: "dry-*"
+stages:
+  - id: chaos
+    type: feature_flag
+    steps:
+      - id: down
+        experiment: down
+        expected_resilience_score: 80
+"#,
+    );
+    let collector = h.collect();
+    let _worker = h.spawn("w", &h.config("w", &Settings::default()));
+    let gated = change("strat-checkout", ChangeKind::Enable, None);
+    let rehearsal = change("dry-search", ChangeKind::Enable, None);
+    h.produce_change(&gated).await;
+    h.produce_change(&rehearsal).await;
+    let ids = [gated.event_id.clone(), rehearsal.event_id.clone()];
+    let out = h
+        .wait_for(&collector, "both commands", PATIENCE, |o| {
+            o.all_commanded(&ids)
+        })
+        .await;
+
+    let finals: Vec<(&str, u32, RunStatus)> = out
+        .final_runs_for(&gated.event_id)
+        .iter()
+        .map(|r| (r.step.id.as_str(), r.attempt, r.status))
+        .collect();
+    assert_eq!(
+        finals,
+        [
+            ("ignored", 1, RunStatus::Failed),
+            ("too-slow", 1, RunStatus::Aborted),
+            ("flaky", 1, RunStatus::Failed),
+            ("flaky", 1, RunStatus::Failed),
+        ],
+        "{}",
+        out.describe()
+    );
+    let runs = out.final_runs_for(&gated.event_id);
+    assert_ne!(
+        runs[2].run_id, runs[3].run_id,
+        "a retry is a run of its own"
+    );
+    let timed_out = runs[1];
+    assert!(
+        timed_out
+            .summary
+            .as_deref()
+            .unwrap_or_default()
+            .contains("timeout"),
+        "{:?}",
+        timed_out.summary
+    );
+    assert!(timed_out.duration_seconds.unwrap_or(99.0) < 10.0);
+    assert!(timed_out.faults.iter().all(|f| f.reverted));
+
+    let command = out.commands_for(&gated.event_id)[0];
+    assert_eq!(command.command, CommandKind::Revert);
+    assert_eq!(command.value, Some(serde_json::Value::Bool(false)));
+    assert_eq!(command.reason_code, ReasonCode::Failed);
+    assert_eq!(
+        command.reason,
+        "stage canary / step flaky: score 0 < expected 80"
+    );
+    let steps: Vec<(&str, &str)> = command
+        .steps
+        .iter()
+        .map(|s| (s.step_id.as_str(), s.summary.as_str()))
+        .collect();
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    assert!(steps[0].1.ends_with("(failure ignored)"), "{steps:?}");
+    assert!(steps[1].1.ends_with("(marked as success)"), "{steps:?}");
+    assert_eq!(steps[2].0, "flaky");
+
+    let command = out.commands_for(&rehearsal.event_id)[0];
+    assert_eq!(command.command, CommandKind::Disable);
+    assert!(command.dry_run, "a dry-run pipeline marks its command");
+    assert_eq!(h.active_markers(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_event_is_dead_lettered_with_its_reason_and_the_next_one_is_processed() {
     use chaosgate::contract::KafkaMessage;
     use chaosgate::contract::dead_letter::{
@@ -652,13 +797,20 @@ async fn experiments_longer_than_max_poll_interval_cause_no_rebalance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_mid_experiment_again_and_again_each_event_still_counts_once() {
     let servers = kafka::require_broker();
-    let h = Harness::new(&servers, "crash", 3).await;
+    // One partition, experiments of different lengths: events finish out of offset
+    // order, so commits carry done offsets above the watermark that a restart must skip.
+    let h = Harness::new(&servers, "crash", 1).await;
     let up = Listener::start().await;
     let flags = ["one", "two", "three"];
-    for flag in flags {
+    for (flag, duration) in flags.iter().zip(["3s", "1s", "400ms"]) {
         h.catalog_file(
             &format!("exp-{flag}.yaml"),
-            &experiment_yaml(&format!("exp-{flag}"), "2s", &h.marker(flag), &up.address),
+            &experiment_yaml(
+                &format!("exp-{flag}"),
+                duration,
+                &h.marker(flag),
+                &up.address,
+            ),
         );
         h.catalog_file(
             &format!("pipe-{flag}.yaml"),
@@ -688,24 +840,26 @@ async fn sigkilled_mid_experiment_again_and_again_each_event_still_counts_once()
     let mut seen_running = 0;
     while kills < 3 {
         let mut worker = h.spawn("w", &config);
-        let out = h
-            .wait_for(&collector, "a new run to start", PATIENCE, |o| {
-                o.runs
-                    .iter()
-                    .filter(|r| r.value.status == RunStatus::Running)
-                    .count()
-                    > seen_running
-            })
-            .await;
-        seen_running = out
+        h.wait_for(&collector, "a new run to start", PATIENCE, |o| {
+            o.runs
+                .iter()
+                .filter(|r| r.value.status == RunStatus::Running)
+                .count()
+                > seen_running
+        })
+        .await;
+        // Mid-experiment: the faults last 0.4 to 3 s.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        worker.kill();
+        kills += 1;
+        // Records the killed worker sent just before may still be on their way.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        seen_running = collector
+            .snapshot()
             .runs
             .iter()
             .filter(|r| r.value.status == RunStatus::Running)
             .count();
-        // Mid-experiment: the fault is active for 2 s.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        worker.kill();
-        kills += 1;
         println!("SIGKILL {kills}: markers left {:?}", h.active_markers());
     }
     let _worker = h.spawn("w", &config);
@@ -750,6 +904,12 @@ async fn sigkilled_mid_experiment_again_and_again_each_event_still_counts_once()
         rerun >= 1,
         "some event was cut off and run again: {}",
         out.describe()
+    );
+    let skipped = h.logs().matches("already done by an earlier owner").count();
+    println!("{skipped} events done above the watermark were skipped after a restart");
+    assert!(
+        skipped >= 1,
+        "no restart skipped an event done out of order"
     );
     // A SIGKILLed worker cannot revert a command fault; the next attempt's revert does.
     assert_eq!(

@@ -239,6 +239,22 @@ log_filter = "info,chaosgate=debug"
         }
     }
 
+    /// Every worker log of this test, one after another.
+    pub fn logs(&self) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        logs.sort();
+        logs.iter()
+            .map(|log| std::fs::read_to_string(log).unwrap_or_default())
+            .collect()
+    }
+
     /// The end of every worker log of this test, for failure messages.
     pub fn log_tails(&self) -> String {
         let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
