@@ -565,6 +565,63 @@ async fn each_flag_keeps_its_order_while_flags_run_side_by_side_up_to_the_limit(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_pauses_consumption_and_resumes_without_losing_order() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "backlog", 1).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("quick", "50ms", &h.marker("quick"), &up.address),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["quick"]));
+    let collector = h.collect();
+    // One run at a time: more than 8 waiting events pause the partition.
+    let settings = Settings {
+        max_in_flight: 1,
+        ..Settings::default()
+    };
+    let worker = h.spawn("w", &h.config("w", &settings));
+    let mut sequences: HashMap<String, Vec<String>> = HashMap::new();
+    let mut all = Vec::new();
+    for i in 0..36 {
+        let flag = format!("flag-{}", i % 3);
+        let event = change(&flag, ChangeKind::Enable, None);
+        h.produce_change(&event).await;
+        sequences
+            .entry(flag)
+            .or_default()
+            .push(event.event_id.clone());
+        all.push(event.event_id);
+    }
+    h.wait_for(&collector, "a command for each event", PATIENCE, |o| {
+        o.all_commanded(&all)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = collector.snapshot();
+    assert_each_event_counted_once(&out, &all);
+    for (flag, sequence) in &sequences {
+        let mut commands: Vec<_> = out
+            .commands
+            .iter()
+            .filter(|c| &c.value.flag == flag)
+            .collect();
+        commands.sort_by_key(|c| (c.partition, c.offset));
+        let order: Vec<&String> = commands
+            .iter()
+            .map(|c| &c.value.causation_event_id)
+            .collect();
+        assert_eq!(order, sequence.iter().collect::<Vec<_>>(), "{flag}");
+    }
+    let log = worker.log_text();
+    assert!(
+        log.contains("partitions paused"),
+        "backpressure never paused:\n{log}"
+    );
+    assert!(log.contains("partitions resumed"), "never resumed:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_request_stops_the_run_within_a_second_and_disables_the_flag() {
     let servers = kafka::require_broker();
     let h = Harness::new(&servers, "kill", 1).await;
