@@ -1102,6 +1102,68 @@ async fn two_workers_share_the_batch_and_one_stopping_loses_and_doubles_nothing(
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_whose_partition_moved_on_cannot_commit_when_it_wakes() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "zombie", 1).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("steady", "3s", &h.marker("steady"), &up.address),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["steady"]));
+    let collector = h.collect();
+    let settings = Settings::default();
+    let a = h.spawn("a", &h.config("a", &settings));
+    let deadline = Instant::now() + PATIENCE;
+    while !a.log_text().contains("partitions assigned") {
+        assert!(
+            Instant::now() < deadline,
+            "a got no partition\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // b stands by: the one partition stays with a.
+    let _b = h.spawn("b", &h.config("b", &settings));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let event = change("payments", ChangeKind::Enable, None);
+    h.produce_change(&event).await;
+    h.wait_for(&collector, "a's run to start", PATIENCE, |o| {
+        !o.runs_for(&event.event_id).is_empty()
+    })
+    .await;
+    // a freezes mid-experiment (a long GC pause, a stopped VM) past its session timeout;
+    // b takes the partition over and runs the event again.
+    a.signal(libc::SIGSTOP);
+    h.wait_for(&collector, "b's command", PATIENCE, |o| {
+        !o.commands_for(&event.event_id).is_empty()
+    })
+    .await;
+    a.signal(libc::SIGCONT);
+    // a wakes up, its experiment finishes, and its commit must be fenced.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let out = collector.snapshot();
+    assert_each_event_counted_once(&out, std::slice::from_ref(&event.event_id));
+    let passed: Vec<u32> = out
+        .final_runs_for(&event.event_id)
+        .iter()
+        .filter(|r| r.status == RunStatus::Passed)
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(passed, [2], "b's attempt counts: {}", out.describe());
+    // Which way a lost it depends on timing after SIGCONT: the lost-partition callback
+    // first (run interrupted), or its run first (commit refused by the broker).
+    let log = a.log_text();
+    println!(
+        "a after waking: interrupted {}, failed transactions {}",
+        log.contains("interrupted; left for the next owner"),
+        log.matches("transaction failed").count()
+    );
+    assert_eq!(h.active_markers(), Vec::<String>::new());
+}
+
 /// A second single-node broker of our own (own ports, own data dir), so stopping it
 /// disturbs no other test. Stopped and deleted when dropped.
 struct OwnBroker {
