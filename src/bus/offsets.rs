@@ -82,20 +82,20 @@ impl PartitionOffsets {
         offsets
     }
 
-    /// Registers a received record.
+    /// Registers a received record. Skipped: anything below the watermark (done, or
+    /// below the committed offset), done above it, or already in progress (a record
+    /// delivered twice must not run twice).
     pub fn receive(&mut self, offset: i64) -> Receipt {
+        let seen = offset < self.watermark()
+            || self.done.contains(&offset)
+            || self.pending.contains(&offset);
         self.next = self.next.max(offset + 1);
-        if self.done.contains(&offset) || offset < self.watermark_floor() {
+        if seen {
             self.prune();
             return Receipt::Skip;
         }
         self.pending.insert(offset);
         Receipt::Process
-    }
-
-    /// Lowest offset that can still be pending.
-    fn watermark_floor(&self) -> i64 {
-        self.pending.first().copied().unwrap_or(i64::MIN)
     }
 
     /// Records a start of `offset`'s event and returns its attempt number (1 the first time).
@@ -105,10 +105,11 @@ impl PartitionOffsets {
         *count
     }
 
-    /// Marks `offset` done.
+    /// Marks `offset` done; its start count is no longer needed.
     pub fn complete(&mut self, offset: i64) {
         if self.pending.remove(&offset) {
             self.done.insert(offset);
+            self.started.remove(&offset);
             self.prune();
         }
     }

@@ -239,7 +239,7 @@ mod tests {
         let verdict = judge_step(&step(80.0, Some("probes_failed")), &measures(90.0, 0));
         assert_eq!(verdict.status, RunStatus::Error);
         assert!(
-            verdict.summary.contains("must evaluate to a boolean"),
+            verdict.summary.contains("must give true or false"),
             "{}",
             verdict.summary
         );
