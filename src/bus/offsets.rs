@@ -85,10 +85,15 @@ impl PartitionOffsets {
         offsets
     }
 
-    /// Registers a received record.
+    /// Registers a received record. Skipped: anything below the watermark (done, or
+    /// below the committed offset), done above it, or already in progress (a record
+    /// delivered twice must not run twice).
     pub fn receive(&mut self, offset: i64) -> Receipt {
+        let seen = offset < self.watermark()
+            || self.done.contains(&offset)
+            || self.pending.contains(&offset);
         self.next = self.next.max(offset + 1);
-        if self.done.contains(&offset) || offset < self.base {
+        if seen {
             self.prune();
             return Receipt::Skip;
         }
@@ -103,7 +108,7 @@ impl PartitionOffsets {
         *count
     }
 
-    /// Marks `offset` done.
+    /// Marks `offset` done; its start count is no longer needed.
     pub fn complete(&mut self, offset: i64) {
         if self.pending.remove(&offset) {
             self.done.insert(offset);

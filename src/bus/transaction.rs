@@ -5,7 +5,7 @@
 //! It runs on its own thread (librdkafka's transaction calls block) and batches whatever
 //! completed while the previous transaction was committing. Offsets go through
 //! `send_offsets_to_transaction` with the consumer's current group metadata, so a worker
-//! that lost its partitions in a rebalance is fenced by the broker (KIP-447). An abortable
+//! that lost its partitions in a rebalance is fenced by the broker (KIP-447). Any other
 //! error aborts and retries the batch; a fatal or fenced producer is rebuilt; retries back
 //! off exponentially with jitter.
 
@@ -28,7 +28,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BATCH: usize = 500;
 
 /// One finished event: what to write, and where it was read.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Completion {
     /// Partition of the consumed event.
     pub partition: i32,
@@ -38,6 +38,9 @@ pub struct Completion {
     pub outputs: Vec<Output>,
     /// Offsets to commit with them: `(partition, epoch) -> (watermark, metadata)`.
     pub offsets: Vec<PartitionCommit>,
+    /// Told when the transaction holding this completion committed; dropped unsent when
+    /// the completion is dropped (its partition was revoked, or the committer stopped).
+    pub committed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The offset and metadata to commit for one partition.
@@ -101,10 +104,6 @@ fn needs_rebuild(error: &KafkaError) -> bool {
     }
 }
 
-fn requires_abort(error: &KafkaError) -> bool {
-    matches!(error, KafkaError::Transaction(e) if e.txn_requires_abort())
-}
-
 impl Committer {
     /// Commits completions from `completions` until the channel closes (the worker is
     /// stopping) and everything received has been committed or dropped as revoked.
@@ -145,22 +144,27 @@ impl Committer {
                     if let Some(on_commit) = &self.on_commit {
                         on_commit(started.elapsed(), pending.len());
                     }
-                    pending.clear();
+                    for completion in pending.drain(..) {
+                        if let Some(committed) = completion.committed {
+                            let _ = committed.send(());
+                        }
+                    }
                     failures = 0;
                     delays = retry_delays();
                 }
                 Err(error) => {
                     failures += 1;
                     tracing::warn!(%error, attempt = failures, "transaction failed; retrying the batch");
-                    if requires_abort(&error)
-                        && let Err(abort) = producer.abort_transaction(CALL_TIMEOUT)
-                    {
-                        tracing::warn!(error = %abort, "aborting the transaction failed");
-                    }
                     if needs_rebuild(&error) || failures % 5 == 0 {
                         tracing::warn!("rebuilding the transactional producer");
                         drop(producer);
                         producer = rebuild(&self.config);
+                    } else if let Err(abort) = producer.abort_transaction(CALL_TIMEOUT) {
+                        // Any failure inside a transaction leaves it open (a retriable
+                        // error too), and the next begin would fail with "not valid in
+                        // state InTransaction": always abort. With no transaction open the
+                        // abort fails harmlessly; a timed-out abort is retried next time.
+                        tracing::debug!(error = %abort, "aborting the failed transaction");
                     }
                     std::thread::sleep(delays.next().unwrap_or(Duration::from_secs(10)));
                 }

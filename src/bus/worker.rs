@@ -607,6 +607,23 @@ impl Shared {
             return;
         };
         let attempt = partition.offsets.start(pending.offset);
+        // The start count is committed (offsets only, the watermark unchanged) before the
+        // experiment starts, so a run cut off by a crash, a shutdown or a rebalance runs
+        // again as the next attempt with its own run id, never as this attempt twice.
+        // Not committed (the partition was revoked meanwhile): the run does not start.
+        let (committed_tx, committed_rx) = tokio::sync::oneshot::channel();
+        let _ = self.completions.send(Completion {
+            partition: pending.partition,
+            epoch: partition.epoch,
+            outputs: Vec::new(),
+            offsets: vec![PartitionCommit {
+                partition: pending.partition,
+                epoch: partition.epoch,
+                offset: partition.offsets.watermark(),
+                metadata: partition.offsets.metadata(),
+            }],
+            committed: Some(committed_tx),
+        });
         let kill = partition.interrupt.child_token();
         let execution_id = pending
             .pipeline
@@ -631,7 +648,19 @@ impl Shared {
                 .pipeline
                 .as_deref()
                 .and_then(|id| catalog.pipeline(id));
-            let execution = execute(&pending.change, pipeline, &catalog, &context).await;
+            let start_committed = tokio::select! {
+                committed = committed_rx => committed.is_ok(),
+                () = context.interrupt.cancelled() => false,
+            };
+            let execution = if start_committed && !context.interrupt.is_cancelled() {
+                execute(&pending.change, pipeline, &catalog, &context).await
+            } else {
+                tracing::info!(flag = %pending.flag, offset = pending.offset, "not started: the partition was revoked or the worker is stopping");
+                Execution {
+                    records: Vec::new(),
+                    command: None,
+                }
+            };
             let _ = finished.send(Finished {
                 pending,
                 execution_id,
@@ -713,6 +742,7 @@ impl Shared {
             epoch,
             outputs,
             offsets: vec![commit],
+            committed: None,
         });
     }
 }

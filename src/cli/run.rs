@@ -43,7 +43,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let stopped = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let proxy = if config.proxy.targets.is_empty() {
@@ -67,7 +67,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             proxy.shutdown().await;
         }
         result
-    })?;
+    });
+    // The worker keeps to its grace period; work still going after it (a commit retrying
+    // against an absent broker) must not hold the exit, as dropping the runtime would:
+    // what was not committed runs again after a restart.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    stopped?;
     Ok(ExitCode::SUCCESS)
 }
 
