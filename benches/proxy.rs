@@ -26,6 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// Request and response size of the latency runs.
 const MESSAGE: usize = 64;
 
+/// Pause after a bulk run, so closing its connections does not overlap the next run.
+const SETTLE: Duration = Duration::from_millis(300);
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -337,26 +340,32 @@ async fn run() -> Result<()> {
     );
     let mut figures: Vec<Figures> = paths.iter().map(|_| Figures::default()).collect();
     for round in 1..=rounds {
+        // Latency first, on quiet paths; then the bulk runs, each followed by a pause so
+        // the next measurement does not overlap a proxy closing 64 connections.
+        for (path, figures) in paths.iter().zip(figures.iter_mut()) {
+            let samples = round_trips(path.echo, trips).await?;
+            figures.p50_us.push(percentile(&samples, 0.50));
+            figures.p99_us.push(percentile(&samples, 0.99));
+        }
         for (path, figures) in paths.iter().zip(figures.iter_mut()) {
             let cpu_before = path.process.as_ref().map(Process::cpu_seconds);
             let one = throughput(path.source, 1, seconds).await?;
+            tokio::time::sleep(SETTLE).await;
             let many = throughput(path.source, 64, seconds).await?;
+            tokio::time::sleep(SETTLE).await;
             if let (Some(before), Some(process)) = (cpu_before, &path.process) {
                 let gigabytes = (one + many) * seconds as f64 / 1000.0;
                 figures
                     .cpu_per_gb
                     .push((process.cpu_seconds() - before) / gigabytes);
             }
-            let samples = round_trips(path.echo, trips).await?;
             figures.mbps_1.push(one);
             figures.mbps_64.push(many);
-            figures.p50_us.push(percentile(&samples, 0.50));
-            figures.p99_us.push(percentile(&samples, 0.99));
             println!(
                 "round {round} {:<10} 1 conn {one:>8.0} MB/s  64 conns {many:>8.0} MB/s  rtt p50 {:>6.1} us  p99 {:>6.1} us",
                 path.name,
-                percentile(&samples, 0.50),
-                percentile(&samples, 0.99)
+                figures.p50_us[round - 1],
+                figures.p99_us[round - 1],
             );
         }
     }
