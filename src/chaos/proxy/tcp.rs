@@ -1,7 +1,7 @@
 //! The listeners and the byte pump between a client and its upstream.
 //!
 //! Each direction runs in one of two modes. With no toxic on it, the fast path reads
-//! into a 64 KiB buffer and writes it straight on, checking the target's fault set with
+//! into a buffer (16 KiB, growing to 256 KiB under bulk transfer) and writes it straight on, checking the target's fault set with
 //! one atomic load per chunk (as fast as `copy_bidirectional`). Once a toxic applies,
 //! the toxic path takes over: chunks are stamped when read and queued, and written when
 //! their latency and bandwidth allow, so latency shifts a stream rather than slowing it.
@@ -34,8 +34,12 @@ use super::http;
 use super::registry::{FaultSet, TargetState};
 use super::toxic::{self, Chunk, ConnectionTimers, Ending, Flow, FlowToxics, Plan};
 
-/// Size of a read: large, so bulk transfers take few system calls.
-const CHUNK: usize = 64 * 1024;
+/// First size of a direction's read buffer: small, so idle connections cost little.
+const FIRST_CHUNK: usize = 16 * 1024;
+
+/// Largest read buffer: a bulk transfer grows its buffer to this size (doubling each
+/// time a read fills it), so it takes few system calls.
+const CHUNK: usize = 256 * 1024;
 
 /// Chunks a toxic direction holds before it stops reading (back-pressure).
 const QUEUE_LIMIT: usize = 64;
@@ -254,11 +258,14 @@ where
 {
     let mut toxics = FlowToxics::new(flow, seed);
     toxics.update(&faults.borrow_and_update());
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; FIRST_CHUNK];
     let mut queue = VecDeque::new();
     loop {
         if toxics.is_idle() {
             let n = reader.read(&mut buf).await?;
+            if n == buf.len() && n < CHUNK {
+                buf.resize(n * 2, 0);
+            }
             if faults.has_changed().unwrap_or(false) {
                 toxics.update(&faults.borrow_and_update());
             }
@@ -344,8 +351,8 @@ where
             _ => (None, Bytes::new()),
         };
         let can_read = !eof && !toxics.blackhole() && queue.len() < QUEUE_LIMIT;
-        if can_read && incoming.capacity() < CHUNK / 4 {
-            incoming.reserve(CHUNK);
+        if can_read && incoming.capacity() < FIRST_CHUNK / 4 {
+            incoming.reserve(FIRST_CHUNK);
         }
         tokio::select! {
             biased;
