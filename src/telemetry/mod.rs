@@ -49,7 +49,7 @@ impl TelemetryGuard {
     /// exporter timeout).
     pub fn flush(&self) {
         if let Some(provider) = &self.provider
-            && let Err(error) = provider.force_flush()
+            && let Err(error) = blocking(|| provider.force_flush())
         {
             tracing::warn!(%error, "cannot flush the trace exporter");
         }
@@ -59,10 +59,22 @@ impl TelemetryGuard {
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take()
-            && let Err(error) = provider.shutdown()
+            && let Err(error) = blocking(|| provider.shutdown())
         {
             tracing::warn!(%error, "cannot shut the trace exporter down cleanly");
         }
+    }
+}
+
+/// Runs `wait`, which blocks until the exporter thread has talked to the collector. On a
+/// multi-thread runtime's worker the runtime is told first, so the gRPC connection's
+/// tasks (possibly queued on this very worker) keep running meanwhile.
+fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
     }
 }
 
