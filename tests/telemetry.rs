@@ -513,3 +513,216 @@ service:
     drop(collector);
     drop(runtime);
 }
+
+// --- Deployment files: the manifests and compose files agree with the code -------------
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn yaml_documents(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo(path)).unwrap();
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn document<'d>(documents: &'d [Value], kind: &str, name: &str) -> &'d Value {
+    documents
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// Writes a ConfigMap's YAML keys into a folder and loads it as a catalog.
+fn catalog_of(config_map: &Value) -> (tempfile::TempDir, chaosgate::catalog::Catalog) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in config_map["data"].as_object().unwrap() {
+        std::fs::write(dir.path().join(name), text.as_str().unwrap()).unwrap();
+    }
+    let catalog = chaosgate::catalog::Catalog::load(&[dir.path()])
+        .unwrap_or_else(|problems| panic!("{problems:#?}"));
+    (dir, catalog)
+}
+
+/// Every network fault's standalone proxy URL in a catalog.
+fn fault_proxies(catalog: &chaosgate::catalog::Catalog) -> Vec<(String, String)> {
+    catalog
+        .experiments()
+        .flat_map(|e| &e.faults)
+        .filter_map(|f| f.network.as_ref())
+        .filter_map(|n| Some((n.target.clone(), n.proxy.clone()?)))
+        .collect()
+}
+
+#[test]
+fn the_kubernetes_manifests_fit_the_worker() {
+    use chaosgate::chaos::proxy::StandaloneConfig;
+    use chaosgate::config::Config;
+
+    let config_maps = yaml_documents("deploy/kubernetes/configmap.yaml");
+    let config_text =
+        document(&config_maps, "ConfigMap", "chaosgate-config")["data"]["chaosgate.toml"]
+            .as_str()
+            .unwrap();
+    let secret_variable = "CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD";
+    let config = Config::parse(
+        config_text,
+        "configmap chaosgate.toml",
+        [(secret_variable.to_string(), "from-the-secret".to_string())],
+    )
+    .unwrap();
+    assert_eq!(config.kafka.properties["sasl.password"], "from-the-secret");
+    let (_dir, catalog) = catalog_of(document(&config_maps, "ConfigMap", "chaosgate-catalog"));
+    assert!(
+        catalog
+            .pipeline_for("shop", "production", "checkout-v2")
+            .is_some()
+    );
+
+    let deployment = &yaml_documents("deploy/kubernetes/deployment.yaml")[0];
+    let pod = &deployment["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let shutdown = config.worker.shutdown_grace.duration().as_secs();
+    assert!(
+        grace >= shutdown + 10,
+        "terminationGracePeriodSeconds {grace} leaves no margin over shutdown_grace {shutdown}s"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["ports"][0]["containerPort"],
+        u64::from(config.http.listen.port())
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let env = container["env"].as_array().unwrap();
+    let secret = env.iter().find(|e| e["name"] == secret_variable).unwrap();
+    assert_eq!(
+        secret["valueFrom"]["secretKeyRef"]["name"],
+        yaml_documents("deploy/kubernetes/secret.example.yaml")[0]["metadata"]["name"]
+    );
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert!(mounts.contains(&"/etc/chaosgate/chaosgate.toml"));
+    assert!(mounts.contains(&config.catalog.path.to_str().unwrap()));
+
+    let service = &yaml_documents("deploy/kubernetes/service.yaml")[0];
+    assert_eq!(
+        service["metadata"]["annotations"]["prometheus.io/port"],
+        config.http.listen.port().to_string()
+    );
+    let pdb = &yaml_documents("deploy/kubernetes/pdb.yaml")[0];
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+
+    // The standalone proxy: its config parses, and the catalog's faults reach its
+    // control API through its Service.
+    let proxy = yaml_documents("deploy/kubernetes/proxy.yaml");
+    let proxy_config = StandaloneConfig::parse(
+        document(&proxy, "ConfigMap", "payments-proxy")["data"]["proxy.toml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let control_port = u64::from(proxy_config.control_listen.port());
+    let proxy_service = document(&proxy, "Service", "payments-proxy");
+    let ports = proxy_service["spec"]["ports"].as_array().unwrap();
+    assert!(ports.iter().any(|p| p["port"] == control_port));
+    for (target, url) in fault_proxies(&catalog) {
+        assert_eq!(url, format!("http://payments-proxy:{control_port}"));
+        assert!(
+            proxy_config.targets.iter().any(|t| t.name == target),
+            "{target}"
+        );
+    }
+    let proxy_pod = &document(&proxy, "Deployment", "payments-proxy")["spec"]["template"]["spec"];
+    assert_eq!(proxy_pod["containers"][0]["args"][0], "proxy");
+}
+
+#[test]
+fn the_image_and_compose_files_fit_the_worker() {
+    use chaosgate::chaos::proxy::StandaloneConfig;
+    use chaosgate::config::Config;
+
+    // The image: its config and the example catalog it ships.
+    let image = Config::load(&repo("deploy/container/chaosgate.toml"), Vec::new()).unwrap();
+    assert_eq!(image.catalog.path, Path::new("/etc/chaosgate/catalog"));
+    assert_eq!(image.http.listen.port(), 9464);
+    chaosgate::catalog::Catalog::load(&[repo("deploy/examples")])
+        .unwrap_or_else(|problems| panic!("{problems:#?}"));
+    let dockerfile = std::fs::read_to_string(repo("deploy/Dockerfile")).unwrap();
+    for line in [
+        "COPY deploy/container/chaosgate.toml /etc/chaosgate/chaosgate.toml",
+        "COPY deploy/examples/ /etc/chaosgate/catalog/",
+        "ENTRYPOINT [\"chaosgate\"]",
+        "CMD [\"run\", \"--config\", \"/etc/chaosgate/chaosgate.toml\"]",
+        "EXPOSE 9464",
+        "USER 10001:10001",
+    ] {
+        assert!(dockerfile.contains(line), "deploy/Dockerfile lacks {line}");
+    }
+
+    // Compose: the worker's overrides apply to the image config, and the demo catalog's
+    // faults name the compose proxy's targets.
+    let compose = &yaml_documents("docker-compose.yml")[0];
+    let worker = &compose["services"]["chaosgate"];
+    let overrides: Vec<(String, String)> = worker["environment"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    let composed = Config::parse(
+        &std::fs::read_to_string(repo("deploy/container/chaosgate.toml")).unwrap(),
+        "image config",
+        overrides,
+    )
+    .unwrap();
+    assert_eq!(composed.kafka.bootstrap_servers, "kafka:29092");
+    assert_eq!(composed.kafka.properties["statistics.interval.ms"], "5000");
+    let catalog = chaosgate::catalog::Catalog::load(&[repo("deploy/compose/catalog")])
+        .unwrap_or_else(|problems| panic!("{problems:#?}"));
+    assert!(
+        catalog
+            .pipeline_for("demo", "compose", "any-flag")
+            .is_some()
+    );
+    let proxy = StandaloneConfig::parse(
+        &std::fs::read_to_string(repo("deploy/compose/proxy.toml")).unwrap(),
+    )
+    .unwrap();
+    for (target, url) in fault_proxies(&catalog) {
+        assert_eq!(
+            url,
+            format!("http://demo-proxy:{}", proxy.control_listen.port())
+        );
+        assert!(proxy.targets.iter().any(|t| t.name == target), "{target}");
+    }
+    let mounted: Vec<&str> = worker["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        mounted.contains(
+            &format!(
+                "./deploy/compose/catalog:{}:ro",
+                composed.catalog.path.display()
+            )
+            .as_str()
+        ),
+        "{mounted:?}"
+    );
+    let prometheus = std::fs::read_to_string(repo("deploy/prometheus.yml")).unwrap();
+    assert!(prometheus.contains(&format!("chaosgate:{}", composed.http.listen.port())));
+}
