@@ -92,7 +92,7 @@ pub fn init(telemetry: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryErro
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-            traces::is_exported_target(metadata.target())
+            traces::is_exported(metadata)
         }));
     let installed = tracing_subscriber::registry()
         .with(logs::layer(telemetry))

@@ -68,10 +68,10 @@ pub fn kafka_properties(properties: &BTreeMap<String, String>) -> BTreeMap<Strin
 }
 
 /// HTTP headers (names and values, in order) with every credential masked.
-pub fn headers<'a, N, V>(headers: impl IntoIterator<Item = (N, V)>) -> Vec<(String, String)>
+pub fn headers<N, V>(headers: impl IntoIterator<Item = (N, V)>) -> Vec<(String, String)>
 where
-    N: AsRef<str> + 'a,
-    V: AsRef<str> + 'a,
+    N: AsRef<str>,
+    V: AsRef<str>,
 {
     headers
         .into_iter()

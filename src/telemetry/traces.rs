@@ -4,9 +4,9 @@
 //! `tracing` spans become OpenTelemetry spans through `tracing-opentelemetry`; the
 //! exporter is OTLP/gRPC on `tonic`, which runs on the worker's own tokio runtime (no
 //! extra blocking HTTP client thread) and matches the documented `otlp_endpoint`
-//! (`http://collector:4317`). Only spans of chaosgate's own code are exported (targets
-//! `chaosgate*`), never those of the exporter's HTTP/2 stack, which would feed on
-//! themselves.
+//! (`http://collector:4317`). Only spans of chaosgate's own code at `INFO` or above are
+//! exported (targets `chaosgate::*`), independent of the log filter; never those of the
+//! exporter's HTTP/2 stack, which would feed on themselves.
 //!
 //! The shape of a flag-change's trace, with the OpenTelemetry messaging conventions for
 //! Kafka:
@@ -111,6 +111,12 @@ pub fn pipeline(endpoint: &str) -> Result<(SdkTracerProvider, SdkTracer), Traces
 /// Whether spans and events of `target` go to the exporter: chaosgate's own only.
 pub fn is_exported_target(target: &str) -> bool {
     target == "chaosgate" || target.starts_with("chaosgate::")
+}
+
+/// Whether a span or event goes to the exporter: chaosgate's own, at `INFO` or above
+/// (debug spans stay in the logs), whatever the log filter says.
+pub fn is_exported(metadata: &tracing::Metadata<'_>) -> bool {
+    is_exported_target(metadata.target()) && *metadata.level() <= tracing::Level::INFO
 }
 
 /// Kafka record headers read as a W3C trace-context carrier (names case-insensitive,
