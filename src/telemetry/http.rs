@@ -1,0 +1,185 @@
+//! The worker's HTTP endpoints on `[http] listen`: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! - `/healthz`: 200 while the process serves requests (liveness).
+//! - `/readyz`: 200 when the consumer has partitions assigned and the producer works,
+//!   else 503 with the reasons as JSON (readiness). The worker keeps a [`Readiness`]
+//!   handle up to date; nothing here talks to Kafka.
+//! - `/metrics`: every `chaosgate_*` metric in the Prometheus text exposition.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics;
+
+/// What the worker tells `/readyz`. Cheap to clone; all clones share one state.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    state: Arc<ReadinessState>,
+}
+
+#[derive(Debug, Default)]
+struct ReadinessState {
+    assigned: AtomicUsize,
+    producer_ok: AtomicBool,
+    stopping: AtomicBool,
+}
+
+/// The answer of `/readyz`, as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadinessReport {
+    /// Whether the worker is ready.
+    pub ready: bool,
+    /// Partitions of the flag-changes topic assigned to this worker.
+    pub assigned_partitions: usize,
+    /// Whether the last produce (or producer check) worked.
+    pub producer_ok: bool,
+    /// Whether the worker is shutting down.
+    pub stopping: bool,
+    /// Why it is not ready, one sentence each; empty when ready.
+    pub reasons: Vec<String>,
+}
+
+impl Readiness {
+    /// Sets how many flag-changes partitions are assigned now (after each rebalance).
+    pub fn set_assigned(&self, partitions: usize) {
+        self.state.assigned.store(partitions, Ordering::Relaxed);
+    }
+
+    /// Sets whether the producer works: true after a successful transaction commit or
+    /// delivery, false after a fatal producer error or a failed commit.
+    pub fn set_producer_ok(&self, ok: bool) {
+        self.state.producer_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Marks the worker as shutting down: `/readyz` answers 503 from now on.
+    pub fn set_stopping(&self) {
+        self.state.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// The current state and, when not ready, why.
+    pub fn report(&self) -> ReadinessReport {
+        let assigned_partitions = self.state.assigned.load(Ordering::Relaxed);
+        let producer_ok = self.state.producer_ok.load(Ordering::Relaxed);
+        let stopping = self.state.stopping.load(Ordering::Relaxed);
+        let mut reasons = Vec::new();
+        if stopping {
+            reasons.push("shutting down".to_string());
+        }
+        if assigned_partitions == 0 {
+            reasons.push("no flag-changes partition assigned".to_string());
+        }
+        if !producer_ok {
+            reasons.push("the Kafka producer is not working".to_string());
+        }
+        ReadinessReport {
+            ready: reasons.is_empty(),
+            assigned_partitions,
+            producer_ok,
+            stopping,
+            reasons,
+        }
+    }
+}
+
+/// Why the HTTP endpoints could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("http.listen: cannot listen on {addr}: {source}")]
+pub struct HttpError {
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// The socket error.
+    pub source: std::io::Error,
+}
+
+/// The running endpoints.
+#[derive(Debug)]
+pub struct HttpServer {
+    /// The address bound (the real port when the configuration said 0).
+    pub addr: SocketAddr,
+    /// The server task; it ends after `shutdown` fires and open requests finish.
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+/// The endpoints as a router, for serving or for embedding in another server.
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(readiness)
+}
+
+/// Binds `addr` and serves the endpoints until `shutdown` fires.
+pub async fn serve(
+    addr: SocketAddr,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<HttpServer, HttpError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| HttpError { addr, source })?;
+    let app = router(readiness);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    });
+    tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
+    Ok(HttpServer { addr: bound, task })
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> Response {
+    let report = readiness.report();
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report)).into_response()
+}
+
+async fn metrics_text() -> Response {
+    match metrics::render() {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics\n",
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_partitions_and_a_producer() {
+        let readiness = Readiness::default();
+        let report = readiness.report();
+        assert!(!report.ready);
+        assert_eq!(report.reasons.len(), 2);
+        readiness.set_assigned(3);
+        readiness.clone().set_producer_ok(true);
+        assert!(readiness.report().ready);
+        readiness.set_stopping();
+        assert_eq!(readiness.report().reasons, vec!["shutting down"]);
+    }
+}

@@ -1,0 +1,357 @@
+//! Redaction: secrets (SASL and SSL passwords, OAuth client secrets, probe credentials)
+//! never reach logs or records.
+//!
+//! Two tools. By name: [`kafka_properties`], [`headers`] and [`config`] render a
+//! librdkafka property map, an HTTP header list or the whole configuration with every
+//! secret value replaced by [`MASK`], for printing. By value: [`Secrets`] collects the
+//! secret values of a configuration and a catalog once, then [`Secrets::scrub`] masks
+//! them wherever they turn up in free text (an error message, a probe's last error, a
+//! run record's log), since a library error may quote a value it was given.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use crate::catalog::{Catalog, Experiment};
+use crate::config::Config;
+
+/// What a secret value is replaced with.
+pub const MASK: &str = "***";
+
+/// Parts of librdkafka property names that mark a secret value, e.g. `sasl.password`,
+/// `ssl.key.password`, `ssl.key.pem`, `sasl.oauthbearer.client.secret`.
+const SECRET_PROPERTY_PARTS: [&str; 4] = ["password", "secret", "token", "key"];
+
+/// librdkafka properties that hold secrets without saying so in their name.
+const SECRET_PROPERTIES: [&str; 2] = ["sasl.oauthbearer.config", "sasl.jaas.config"];
+
+/// HTTP headers whose value is a credential.
+const SECRET_HEADERS: [&str; 7] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "apikey",
+];
+
+/// Parts of HTTP header names that mark a credential, e.g. `x-auth-token`.
+const SECRET_HEADER_PARTS: [&str; 3] = ["token", "secret", "password"];
+
+/// Whether the librdkafka property `key` holds a secret.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_PROPERTIES.contains(&key.as_str())
+        || SECRET_PROPERTY_PARTS.iter().any(|part| key.contains(part))
+}
+
+/// Whether the HTTP header `name` carries a credential.
+pub fn is_secret_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_HEADERS.contains(&name.as_str())
+        || SECRET_HEADER_PARTS.iter().any(|part| name.contains(part))
+}
+
+/// The librdkafka properties with every secret value masked.
+pub fn kafka_properties(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(key, value)| {
+            let value = if is_secret_property(key) {
+                MASK.to_string()
+            } else {
+                value.clone()
+            };
+            (key.clone(), value)
+        })
+        .collect()
+}
+
+/// HTTP headers (names and values, in order) with every credential masked.
+pub fn headers<N, V>(headers: impl IntoIterator<Item = (N, V)>) -> Vec<(String, String)>
+where
+    N: AsRef<str>,
+    V: AsRef<str>,
+{
+    headers
+        .into_iter()
+        .map(|(name, value)| {
+            let value = if is_secret_header(name.as_ref()) {
+                MASK.to_string()
+            } else {
+                value.as_ref().to_string()
+            };
+            (name.as_ref().to_string(), value)
+        })
+        .collect()
+}
+
+/// A URL with the password of its user info masked: `http://u:***@host/`.
+pub fn url(url: &str) -> Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return Cow::Borrowed(url);
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return Cow::Borrowed(url);
+    };
+    let user_info = &authority[..at];
+    let user = user_info.split(':').next().unwrap_or_default();
+    Cow::Owned(format!(
+        "{}{user}:{MASK}{}",
+        &url[..scheme_end],
+        &url[scheme_end + at..]
+    ))
+}
+
+/// A copy of the configuration with its secrets masked, for printing.
+pub fn config(config: &Config) -> Config {
+    let mut config = config.clone();
+    config.kafka.properties = kafka_properties(&config.kafka.properties);
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        config.telemetry.otlp_endpoint = Some(url(endpoint).into_owned());
+    }
+    config
+}
+
+/// The configuration as TOML with its secrets masked (for `--print-config` or a debug
+/// log line at start).
+pub fn config_toml(config_in: &Config) -> Result<String, toml::ser::Error> {
+    toml::to_string(&config(config_in))
+}
+
+/// Secret values known to this process, masked wherever they appear in free text.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    /// Longest first, so a secret containing another is masked whole.
+    values: Vec<String>,
+}
+
+/// Values shorter than this are not scrubbed from text: masking every `1` or `ab` would
+/// garble messages and protect nothing.
+const MIN_SECRET_LEN: usize = 4;
+
+impl Secrets {
+    /// The secrets of a configuration: secret Kafka properties and URL passwords.
+    pub fn of_config(config: &Config) -> Secrets {
+        let mut secrets = Secrets::default();
+        for (key, value) in &config.kafka.properties {
+            if is_secret_property(key) {
+                secrets.add(value);
+            }
+        }
+        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+            secrets.add_url(endpoint);
+        }
+        secrets
+    }
+
+    /// Adds the credentials of an experiment's probes: secret HTTP headers and URL
+    /// passwords.
+    pub fn add_experiment(&mut self, experiment: &Experiment) {
+        for probe in &experiment.probes {
+            if let Some(http) = &probe.http {
+                for (name, value) in &http.headers {
+                    if is_secret_header(name) {
+                        self.add(value);
+                        // `Bearer abc`: the token alone may be quoted too.
+                        if let Some((_, token)) = value.split_once(' ') {
+                            self.add(token.trim());
+                        }
+                    }
+                }
+                self.add_url(&http.url);
+            }
+            if let Some(prometheus) = &probe.prometheus {
+                self.add_url(&prometheus.endpoint);
+            }
+        }
+    }
+
+    /// Adds the credentials of every experiment in the catalog.
+    pub fn add_catalog(&mut self, catalog: &Catalog) {
+        for experiment in catalog.experiments() {
+            self.add_experiment(experiment);
+        }
+    }
+
+    /// Adds one secret value.
+    pub fn add(&mut self, value: &str) {
+        if value.len() < MIN_SECRET_LEN || self.values.iter().any(|v| v == value) {
+            return;
+        }
+        self.values.push(value.to_string());
+        self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+
+    fn add_url(&mut self, url: &str) {
+        let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else {
+            return;
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if let Some((user_info, _)) = authority.rsplit_once('@')
+            && let Some((_, password)) = user_info.split_once(':')
+        {
+            self.add(password);
+        }
+    }
+
+    /// Whether no secret is known.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// `text` with every known secret value replaced by [`MASK`].
+    pub fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let mut out = Cow::Borrowed(text);
+        for value in &self.values {
+            if out.contains(value.as_str()) {
+                out = Cow::Owned(out.replace(value.as_str(), MASK));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[kafka]
+bootstrap_servers = "broker:9093"
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+"sasl.mechanism" = "SCRAM-SHA-512"
+"sasl.username" = "chaosgate"
+"sasl.password" = "sasl-pa55word"
+"ssl.key.password" = "key-pa55word"
+"sasl.oauthbearer.client.secret" = "oauth-s3cret"
+"sasl.oauthbearer.config" = "principal=chaosgate extension_token=xyz-token"
+"ssl.ca.location" = "/etc/ssl/ca.pem"
+"client.id" = "chaosgate"
+[catalog]
+path = "catalog"
+[telemetry]
+otlp_endpoint = "http://otel:collector-pa55@collector:4317"
+"#;
+
+    fn config_with_secrets() -> Config {
+        Config::parse(CONFIG, "c.toml", Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn secret_properties_are_masked_and_others_kept() {
+        let shown = kafka_properties(&config_with_secrets().kafka.properties);
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+        ] {
+            assert_eq!(shown[key], MASK, "{key}");
+        }
+        assert_eq!(shown["sasl.username"], "chaosgate");
+        assert_eq!(shown["security.protocol"], "SASL_SSL");
+        assert_eq!(shown["ssl.ca.location"], "/etc/ssl/ca.pem");
+        assert_eq!(shown["client.id"], "chaosgate");
+    }
+
+    #[test]
+    fn the_rendered_config_holds_no_secret() {
+        let text = config_toml(&config_with_secrets()).unwrap();
+        for secret in [
+            "sasl-pa55word",
+            "key-pa55word",
+            "oauth-s3cret",
+            "xyz-token",
+            "collector-pa55",
+        ] {
+            assert!(!text.contains(secret), "{secret} in\n{text}");
+        }
+        assert!(text.contains("\"sasl.password\" = \"***\""), "{text}");
+        assert!(text.contains("http://otel:***@collector:4317"), "{text}");
+        assert!(text.contains("sasl.username"), "{text}");
+    }
+
+    #[test]
+    fn credential_headers_are_masked() {
+        let shown = headers([
+            ("Authorization", "Bearer abc.def.ghi"),
+            ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
+            ("Cookie", "session=42"),
+            ("X-API-Key", "k-123456"),
+            ("X-Auth-Token", "t-123456"),
+            ("X-Client-Secret", "s-123456"),
+            ("Accept", "application/json"),
+            ("X-Request-Id", "r-1"),
+        ]);
+        let masked: Vec<&str> = shown
+            .iter()
+            .filter(|(_, v)| v == MASK)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(
+            masked,
+            [
+                "Authorization",
+                "Proxy-Authorization",
+                "Cookie",
+                "X-API-Key",
+                "X-Auth-Token",
+                "X-Client-Secret"
+            ]
+        );
+        assert_eq!(shown[6], ("Accept".into(), "application/json".into()));
+        assert_eq!(shown[7], ("X-Request-Id".into(), "r-1".into()));
+    }
+
+    #[test]
+    fn urls_lose_their_password_only() {
+        assert_eq!(
+            url("https://user:pw1234@prom:9090/api?q=1"),
+            "https://user:***@prom:9090/api?q=1"
+        );
+        assert_eq!(url("http://prom:9090/a@b"), "http://prom:9090/a@b");
+        assert_eq!(url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn known_secret_values_are_scrubbed_from_text() {
+        let mut secrets = Secrets::of_config(&config_with_secrets());
+        let experiment: Experiment = serde_saphyr::from_str(
+            r#"
+kind: experiment
+id: payments
+probes:
+  - name: api
+    mode: continuous
+    http:
+      url: https://probe:probe-pa55@payments.internal/health
+      headers:
+        Authorization: Bearer tok-0123456789
+        X-Request-Id: visible-id
+  - name: errors
+    mode: eot
+    prometheus:
+      endpoint: http://prom:prom-pa55@prometheus:9090
+      query: up
+      comparison: {type: int, criteria: ge, value: "1"}
+"#,
+        )
+        .unwrap();
+        secrets.add_experiment(&experiment);
+        let line = "SASL authentication failed with sasl-pa55word; probe sent \
+                    'Bearer tok-0123456789' to https://probe:probe-pa55@payments.internal, \
+                    token tok-0123456789, prometheus prom-pa55, id visible-id";
+        let scrubbed = secrets.scrub(line);
+        for secret in ["sasl-pa55word", "tok-0123456789", "probe-pa55", "prom-pa55"] {
+            assert!(!scrubbed.contains(secret), "{secret} in {scrubbed}");
+        }
+        assert!(scrubbed.contains("visible-id"), "{scrubbed}");
+        assert!(matches!(secrets.scrub("nothing here"), Cow::Borrowed(_)));
+    }
+}

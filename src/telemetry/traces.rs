@@ -1,0 +1,350 @@
+//! Traces: OpenTelemetry spans exported over OTLP, and W3C trace context carried in
+//! Kafka headers, so a flag service's trace continues through chaosgate.
+//!
+//! `tracing` spans become OpenTelemetry spans through `tracing-opentelemetry`; the
+//! exporter is OTLP/gRPC on `tonic`, which runs on the worker's own tokio runtime (no
+//! extra blocking HTTP client thread) and matches the documented `otlp_endpoint`
+//! (`http://collector:4317`). Only spans of chaosgate's own code at `INFO` or above are
+//! exported (targets `chaosgate::*`), independent of the log filter; never those of the
+//! exporter's HTTP/2 stack, which would feed on themselves.
+//!
+//! The shape of a flag-change's trace, with the OpenTelemetry messaging conventions for
+//! Kafka:
+//!
+//! ```text
+//! process flag-changes      (CONSUMER, parent: the incoming traceparent) <- process_span
+//!   stage / step / fault inject / fault revert / probe attempt (INTERNAL)
+//!   send chaos-experiment-runs, send flag-commands (PRODUCER) <- send_span + inject
+//! ```
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Names of the OpenTelemetry semantic-convention attributes chaosgate sets on its
+/// Kafka spans (messaging conventions, Kafka flavour).
+pub mod semconv {
+    /// `messaging.system`; always [`KAFKA`].
+    pub const MESSAGING_SYSTEM: &str = "messaging.system";
+    /// The value of `messaging.system`.
+    pub const KAFKA: &str = "kafka";
+    /// `messaging.destination.name`: the topic.
+    pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
+    /// `messaging.kafka.destination.partition`: the partition (integer).
+    pub const MESSAGING_KAFKA_DESTINATION_PARTITION: &str = "messaging.kafka.destination.partition";
+    /// `messaging.kafka.message.offset`: the record's offset (integer).
+    pub const MESSAGING_KAFKA_MESSAGE_OFFSET: &str = "messaging.kafka.message.offset";
+    /// `messaging.kafka.message.key`: the record key, when it is text.
+    pub const MESSAGING_KAFKA_MESSAGE_KEY: &str = "messaging.kafka.message.key";
+    /// `messaging.consumer.group.name`: the consumer group.
+    pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
+    /// `messaging.operation.name`: [`PROCESS`] or [`SEND`].
+    pub const MESSAGING_OPERATION_NAME: &str = "messaging.operation.name";
+    /// `messaging.operation.type`: [`PROCESS`] or [`SEND`].
+    pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
+    /// Operation of a consumed record being handled.
+    pub const PROCESS: &str = "process";
+    /// Operation of a record being produced.
+    pub const SEND: &str = "send";
+}
+
+/// W3C trace context header carrying trace id, parent span id and flags.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C trace context header carrying vendor state.
+pub const TRACESTATE: &str = "tracestate";
+
+/// Name of the service in exported spans.
+pub const SERVICE_NAME: &str = "chaosgate";
+
+/// Why traces could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TracesError {
+    /// The OTLP/gRPC exporter needs the tokio runtime it will run on.
+    #[error(
+        "telemetry.otlp_endpoint is set but no tokio runtime is running: set up telemetry inside the runtime"
+    )]
+    NoRuntime,
+    /// The exporter could not be built from the endpoint.
+    #[error("telemetry.otlp_endpoint {endpoint}: {source}")]
+    Exporter {
+        /// The configured endpoint (password masked).
+        endpoint: String,
+        /// The builder's error.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// An OTLP/gRPC trace pipeline to `endpoint`: the provider (flush and shut it down at
+/// exit) and the tracer for the `tracing` layer. Call inside the tokio runtime.
+pub fn pipeline(endpoint: &str) -> Result<(SdkTracerProvider, SdkTracer), TracesError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(TracesError::NoRuntime);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|source| TracesError::Exporter {
+            endpoint: super::redact::url(endpoint).into_owned(),
+            source,
+        })?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(SERVICE_NAME)
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer(SERVICE_NAME);
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    Ok((provider, tracer))
+}
+
+/// Whether spans and events of `target` go to the exporter: chaosgate's own only.
+pub fn is_exported_target(target: &str) -> bool {
+    target == "chaosgate" || target.starts_with("chaosgate::")
+}
+
+/// Whether a span or event goes to the exporter: chaosgate's own, at `INFO` or above
+/// (debug spans stay in the logs), whatever the log filter says.
+pub fn is_exported(metadata: &tracing::Metadata<'_>) -> bool {
+    is_exported_target(metadata.target()) && *metadata.level() <= tracing::Level::INFO
+}
+
+/// Kafka record headers read as a W3C trace-context carrier (names case-insensitive,
+/// values UTF-8).
+struct HeaderReader<'h>(&'h [(String, Vec<u8>)]);
+
+impl Extractor for HeaderReader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(key))
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_str()).collect()
+    }
+}
+
+/// Kafka record headers written as a W3C trace-context carrier: a header set replaces
+/// any earlier header of the same name.
+struct HeaderWriter<'h>(&'h mut Vec<(String, Vec<u8>)>);
+
+impl Injector for HeaderWriter<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.retain(|(name, _)| !name.eq_ignore_ascii_case(key));
+        self.0.push((key.to_string(), value.into_bytes()));
+    }
+}
+
+/// The parent context named by a record's `traceparent`/`tracestate` headers (an empty
+/// context when they are absent or malformed).
+pub fn extract(headers: &[(String, Vec<u8>)]) -> opentelemetry::Context {
+    TraceContextPropagator::new().extract(&HeaderReader(headers))
+}
+
+/// Writes `context`'s span as `traceparent` (and `tracestate` when it has one) into a
+/// record's headers, replacing any there. Nothing is written for a context without a
+/// valid span (no tracing set up).
+pub fn inject_context(context: &opentelemetry::Context, headers: &mut Vec<(String, Vec<u8>)>) {
+    TraceContextPropagator::new().inject_context(context, &mut HeaderWriter(headers));
+}
+
+/// Writes `span`'s trace context into a record's headers (see [`inject_context`]).
+pub fn inject(span: &tracing::Span, headers: &mut Vec<(String, Vec<u8>)>) {
+    inject_context(&span.context(), headers);
+}
+
+/// Writes the current span's trace context into a record's headers.
+pub fn inject_current(headers: &mut Vec<(String, Vec<u8>)>) {
+    inject(&tracing::Span::current(), headers);
+}
+
+/// The root span of one consumed flag-change: `process <topic>`, kind CONSUMER, with the
+/// messaging attributes, continuing the trace of the record's `traceparent` header.
+///
+/// Fields left empty for the caller to [`tracing::Span::record`] once known, so that
+/// every log line inside carries them: `flag`, `pipeline_id`, `pipeline_execution_id`,
+/// `event_id`.
+pub fn process_span(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    group: &str,
+    headers: &[(String, Vec<u8>)],
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "process",
+        otel.name = %format!("{} {topic}", semconv::PROCESS),
+        otel.kind = "consumer",
+        messaging.system = semconv::KAFKA,
+        messaging.operation.name = semconv::PROCESS,
+        messaging.operation.type = semconv::PROCESS,
+        messaging.destination.name = %topic,
+        messaging.kafka.destination.partition = partition,
+        messaging.kafka.message.offset = offset,
+        messaging.consumer.group.name = %group,
+        flag = tracing::field::Empty,
+        pipeline_id = tracing::field::Empty,
+        pipeline_execution_id = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+    );
+    let parent = extract(headers);
+    if opentelemetry::trace::TraceContextExt::has_active_span(&parent) {
+        // Fails only when no OpenTelemetry layer is installed: then there is no trace.
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// A span for producing one record to `topic`: `send <topic>`, kind PRODUCER, a child
+/// of the current span. Inject it into the record's headers with [`inject`]; record the
+/// partition and offset once delivered with [`record_delivery`].
+pub fn send_span(topic: &str) -> tracing::Span {
+    tracing::info_span!(
+        "send",
+        otel.name = %format!("{} {topic}", semconv::SEND),
+        otel.kind = "producer",
+        messaging.system = semconv::KAFKA,
+        messaging.operation.name = semconv::SEND,
+        messaging.operation.type = semconv::SEND,
+        messaging.destination.name = %topic,
+        messaging.kafka.destination.partition = tracing::field::Empty,
+        messaging.kafka.message.offset = tracing::field::Empty,
+    )
+}
+
+/// Records where a produced record landed on its [`send_span`].
+pub fn record_delivery(span: &tracing::Span, partition: i32, offset: i64) {
+    span.record(semconv::MESSAGING_KAFKA_DESTINATION_PARTITION, partition);
+    span.record(semconv::MESSAGING_KAFKA_MESSAGE_OFFSET, offset);
+}
+
+/// The trace id of a span as 32 hex digits, for log lines and records (`None` without
+/// tracing).
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+
+    fn incoming() -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("ce_id".into(), b"e-1".to_vec()),
+            (
+                "TraceParent".into(),
+                format!("00-{TRACE}-{PARENT}-01").into_bytes(),
+            ),
+            ("tracestate".into(), b"flags=on,vendor=x".to_vec()),
+        ]
+    }
+
+    #[test]
+    fn trace_context_round_trips_through_kafka_headers() {
+        let context = extract(&incoming());
+        let span = context.span().span_context().clone();
+        assert!(span.is_valid() && span.is_remote());
+        assert_eq!(span.trace_id().to_string(), TRACE);
+        assert_eq!(span.span_id().to_string(), PARENT);
+        assert!(span.is_sampled());
+        assert_eq!(span.trace_state().get("vendor"), Some("x"));
+
+        let mut out = vec![
+            ("ce_type".into(), b"t".to_vec()),
+            ("traceparent".into(), b"stale".to_vec()),
+        ];
+        inject_context(&context, &mut out);
+        let back = extract(&out).span().span_context().clone();
+        assert_eq!(back, span);
+        assert_eq!(
+            out.iter().filter(|(n, _)| n == TRACEPARENT).count(),
+            1,
+            "the stale traceparent is replaced"
+        );
+        assert_eq!(out[0].0, "ce_type");
+    }
+
+    #[test]
+    fn missing_or_malformed_context_yields_no_parent() {
+        assert!(!extract(&[]).has_active_span());
+        let bad = vec![("traceparent".to_string(), b"00-zz-yy-01".to_vec())];
+        assert!(!extract(&bad).span().span_context().is_valid());
+        let mut out = Vec::new();
+        inject_context(&opentelemetry::Context::new(), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn an_unsampled_remote_parent_keeps_its_flags() {
+        let remote = SpanContext::new(
+            TraceId::from_hex(TRACE).unwrap(),
+            SpanId::from_hex(PARENT).unwrap(),
+            TraceFlags::default(),
+            true,
+            TraceState::default(),
+        );
+        let mut out = Vec::new();
+        inject_context(
+            &opentelemetry::Context::new().with_remote_span_context(remote),
+            &mut out,
+        );
+        assert_eq!(out[0].1, format!("00-{TRACE}-{PARENT}-00").into_bytes());
+    }
+
+    #[test]
+    fn process_and_send_spans_continue_the_incoming_trace() {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let process = process_span("flag-changes", 2, 41, "chaosgate", &incoming());
+            assert_eq!(trace_id(&process).as_deref(), Some(TRACE));
+            let _entered = process.enter();
+            let send = send_span("flag-commands");
+            let mut headers = Vec::new();
+            inject(&send, &mut headers);
+            let sent = extract(&headers).span().span_context().clone();
+            assert_eq!(sent.trace_id().to_string(), TRACE);
+            assert_ne!(sent.span_id().to_string(), PARENT);
+            let mut current = Vec::new();
+            inject_current(&mut current);
+            let current = extract(&current).span().span_context().clone();
+            assert_eq!(current.trace_id().to_string(), TRACE);
+            assert_ne!(current.span_id(), sent.span_id());
+        });
+    }
+
+    #[test]
+    fn only_chaosgate_targets_are_exported() {
+        assert!(is_exported_target("chaosgate::bus::worker"));
+        assert!(is_exported_target("chaosgate"));
+        for other in ["h2::codec", "tonic::transport", "hyper", "chaosgateway"] {
+            assert!(!is_exported_target(other), "{other}");
+        }
+    }
+}
