@@ -26,7 +26,9 @@ use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
 use chaosgate::chaos::runner::RunContext;
 use chaosgate::config::Config;
 use chaosgate::contract::flag_change::flag_change_event;
-use chaosgate::contract::{Change, ChangeKind, CloudEvent, FlagChange, FlagCommand, RunRecord, RunStatus};
+use chaosgate::contract::{
+    Change, ChangeKind, CloudEvent, FlagChange, FlagCommand, RunRecord, RunStatus,
+};
 
 /// Arguments of `chaosgate demo`.
 #[derive(Debug, Args)]
@@ -71,7 +73,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     for id in ["demo-checkout", "demo-search"] {
         if catalog.pipeline(id).is_none() {
-            bail!("the catalog at {} has no pipeline '{id}'", args.catalog.display());
+            bail!(
+                "the catalog at {} has no pipeline '{id}'",
+                args.catalog.display()
+            );
         }
     }
 
@@ -122,7 +127,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         proxy: Some(proxies.clone()),
         ..RunContext::default()
     };
-    let worker = tokio::spawn(chaosgate::bus::worker::run(config, catalog, run, shutdown.clone()));
+    let worker = tokio::spawn(chaosgate::bus::worker::run(
+        config,
+        catalog,
+        run,
+        shutdown.clone(),
+    ));
 
     let client = {
         let mut client = ClientConfig::new();
@@ -136,20 +146,31 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .set("isolation.level", "read_committed")
         .create()
         .context("cannot create the demo's reader")?;
-    let producer: FutureProducer = client.create().context("cannot create the demo's flag service")?;
+    let producer: FutureProducer = client
+        .create()
+        .context("cannot create the demo's flag service")?;
 
     consumer
         .subscribe(&[&topics.runs, &topics.commands])
         .context("cannot subscribe to the output topics")?;
     let changes = [
-        change("search-v2", "the search flag, gated by demo-search (a 20 ms blip)"),
-        change("checkout-v2", "the checkout flag, gated by demo-checkout (payments 500 ms slower)"),
+        change(
+            "search-v2",
+            "the search flag, gated by demo-search (a 20 ms blip)",
+        ),
+        change(
+            "checkout-v2",
+            "the checkout flag, gated by demo-checkout (payments 500 ms slower)",
+        ),
     ];
     for (change, what) in &changes {
         let event = flag_change_event(change, "/demo/flag-service");
         let message = event.to_binary(Some(&change.flag_key()));
         producer
-            .send(to_record(&topics.flag_changes, &message), Duration::from_secs(10))
+            .send(
+                to_record(&topics.flag_changes, &message),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| e)
             .context("cannot publish a flag change")?;
@@ -168,7 +189,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             }
             Err(_) => break,
         };
-        let Ok(event) = CloudEvent::decode(&message) else { continue };
+        let Ok(event) = CloudEvent::decode(&message) else {
+            continue;
+        };
         if let Ok(record) = serde_json::from_value::<RunRecord>(event.data.clone()) {
             print_record(&record);
         } else if let Ok(command) = serde_json::from_value::<FlagCommand>(event.data) {
@@ -187,7 +210,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .any(|c| c.flag == *flag && c.command.as_str() == *command)
     });
     if ok {
-        println!("\ndemo complete: search-v2 enabled (its pipeline passed), checkout-v2 disabled (its pipeline failed).");
+        println!(
+            "\ndemo complete: search-v2 enabled (its pipeline passed), checkout-v2 disabled (its pipeline failed)."
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         bail!(
@@ -224,7 +249,10 @@ fn change(flag: &str, what: &str) -> (FlagChange, String) {
 }
 
 fn print_record(record: &RunRecord) {
-    let flag = format!("{}/{}/{}", record.flag.project, record.flag.environment, record.flag.key);
+    let flag = format!(
+        "{}/{}/{}",
+        record.flag.project, record.flag.environment, record.flag.key
+    );
     if record.status == RunStatus::Running {
         println!(
             "  run {} started: pipeline {} / stage {} / step {} (experiment {}) for {flag}",
@@ -249,7 +277,12 @@ fn print_record(record: &RunRecord) {
     for fault in &record.faults {
         println!(
             "      fault {} ({}, weight {}): {:?}, probes {:.0}% passed, reverted: {}",
-            fault.name, fault.kind, fault.weight, fault.verdict, fault.probe_success_percentage, fault.reverted
+            fault.name,
+            fault.kind,
+            fault.weight,
+            fault.verdict,
+            fault.probe_success_percentage,
+            fault.reverted
         );
     }
     for probe in &record.probes {
@@ -295,7 +328,9 @@ async fn serve_demo_service(listener: tokio::net::TcpListener) {
             let mut buffer = vec![0u8; 4096];
             let mut seen = Vec::new();
             loop {
-                let Ok(n) = socket.read(&mut buffer).await else { return };
+                let Ok(n) = socket.read(&mut buffer).await else {
+                    return;
+                };
                 if n == 0 {
                     return;
                 }
