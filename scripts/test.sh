@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: checks and installs what the tests need
-# (Rust components, JDK 17+, Maven, Toxiproxy, Prometheus), starts a real Kafka broker
+# (Rust components, JDK 17+, Maven, Toxiproxy, Prometheus, the OpenTelemetry Collector), starts a real Kafka broker
 # (KRaft, official jars) unless KAFKA_BOOTSTRAP_SERVERS points at one, then runs
 # cargo fmt --check, cargo clippy -D warnings and cargo test.
 #
@@ -65,6 +65,13 @@ if ! have prometheus; then
   apt_install prometheus
 fi
 export PROMETHEUS_BIN=${PROMETHEUS_BIN:-$(command -v prometheus)}
+# The OpenTelemetry Collector (OTLP receiver, file exporter) for the trace tests, built
+# from the Go module proxy once (minutes cold, nothing warm).
+if [ -z "${OTELCOL_BIN:-}" ]; then
+  say "building the OpenTelemetry Collector (once)"
+  bash tests/otelcol/build.sh
+  export OTELCOL_BIN=$CHAOSGATE_CACHE/otelcol-chaosgate/otelcol-chaosgate
+fi
 
 # --- Kafka -------------------------------------------------------------------------------
 started_kafka=0
