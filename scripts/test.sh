@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: checks and installs what the tests need
-# (Rust components, JDK 17+, Maven, Toxiproxy, Prometheus, the OpenTelemetry Collector), starts a real Kafka broker
+# (Rust components, JDK 17+, Maven, Toxiproxy, Prometheus, the OpenTelemetry
+# Collector), starts a real Kafka broker
 # (KRaft, official jars) unless KAFKA_BOOTSTRAP_SERVERS points at one, then runs
 # cargo fmt --check, cargo clippy -D warnings and cargo test.
 #

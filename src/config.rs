@@ -339,7 +339,15 @@ impl Config {
                 continue;
             }
             let path = override_path(rest);
-            set_path(&mut table, &path, override_value(&value))
+            // librdkafka properties are strings, whatever they look like.
+            let value = if path.first().is_some_and(|p| p == "kafka")
+                && path.get(1).is_some_and(|p| p == "properties")
+            {
+                toml::Value::String(value)
+            } else {
+                override_value(&value)
+            };
+            set_path(&mut table, &path, value)
                 .map_err(|message| invalid(format!("{origin} (variable {name})"), message))?;
             applied.push(name);
         }
@@ -429,6 +437,7 @@ mod tests {
                 ("CHAOSGATE_KAFKA__BOOTSTRAP_SERVERS", "broker:9092"),
                 ("CHAOSGATE_WORKER__MAX_IN_FLIGHT", "4"),
                 ("CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret"),
+                ("CHAOSGATE_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000"),
                 ("CHAOSGATE_KAFKA__TOPICS__RUNS", "runs"),
                 ("OTHER", "x"),
             ]),
@@ -437,6 +446,7 @@ mod tests {
         assert_eq!(config.kafka.bootstrap_servers, "broker:9092");
         assert_eq!(config.worker.max_in_flight, 4);
         assert_eq!(config.kafka.properties["sasl.password"], "s3cret");
+        assert_eq!(config.kafka.properties["session.timeout.ms"], "6000");
         assert_eq!(config.kafka.topics.runs, "runs");
     }
 
