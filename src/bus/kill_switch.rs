@@ -91,7 +91,9 @@ pub async fn listen(
         .clone()
         .set("group.id", &group_id)
         .set("auto.offset.reset", "latest")
-        .set("enable.auto.commit", "true")
+        // A group of its own per process, reading from the end: committing its offsets
+        // would only leave one stale group per worker start on the cluster.
+        .set("enable.auto.commit", "false")
         .create()
     {
         Ok(consumer) => consumer,
