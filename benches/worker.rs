@@ -31,7 +31,10 @@ fn servers() -> String {
 }
 
 fn count(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn unique(prefix: &str) -> String {
@@ -107,7 +110,9 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
         .set("linger.ms", "1")
         .create()
         .expect("producer");
-    producer.init_transactions(Duration::from_secs(30)).expect("init transactions");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
     let start = Instant::now();
     let mut done = 0;
     while done < events.len() {
@@ -116,14 +121,22 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
         batch.push(from_rdkafka(&first));
         let mut offsets = TopicPartitionList::new();
         offsets
-            .add_partition_offset(&input, first.partition(), Offset::Offset(first.offset() + 1))
+            .add_partition_offset(
+                &input,
+                first.partition(),
+                Offset::Offset(first.offset() + 1),
+            )
             .expect("offset");
         drop(first);
         while batch.len() < 500 {
             match tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await {
                 Ok(Ok(m)) => {
                     batch.push(from_rdkafka(&m));
-                    let _ = offsets.add_partition_offset(&input, m.partition(), Offset::Offset(m.offset() + 1));
+                    let _ = offsets.add_partition_offset(
+                        &input,
+                        m.partition(),
+                        Offset::Offset(m.offset() + 1),
+                    );
                 }
                 _ => break,
             }
@@ -133,7 +146,8 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
             for _ in 0..3 {
                 let value = message.value.clone().unwrap_or_default();
                 let key = message.key.clone().unwrap_or_default();
-                let record: BaseRecord<'_, Vec<u8>, Vec<u8>> = BaseRecord::to(&output).key(&key).payload(&value);
+                let record: BaseRecord<'_, Vec<u8>, Vec<u8>> =
+                    BaseRecord::to(&output).key(&key).payload(&value);
                 producer.send(record).map_err(|(e, _)| e).expect("send");
             }
         }
@@ -141,7 +155,9 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
         producer
             .send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
             .expect("send offsets");
-        producer.commit_transaction(Duration::from_secs(30)).expect("commit");
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .expect("commit");
         done += batch.len();
     }
     start.elapsed()
@@ -186,11 +202,21 @@ async fn start_worker(catalog: Arc<Catalog>, max_in_flight: usize) -> Worker {
     let worker_config = config.clone();
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
-        chaosgate::bus::worker::run(worker_config, catalog, RunContext::default(), stop)
-            .await
-            .expect("worker");
+        chaosgate::bus::worker::run(
+            worker_config,
+            catalog,
+            RunContext::default(),
+            chaosgate::telemetry::http::Readiness::default(),
+            stop,
+        )
+        .await
+        .expect("worker");
     });
-    Worker { config, shutdown, task }
+    Worker {
+        config,
+        shutdown,
+        task,
+    }
 }
 
 fn reader(topic: &str) -> StreamConsumer {
@@ -215,7 +241,11 @@ async fn main() {
     let latency_n = count("BENCH_LATENCY_EVENTS", 200);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("probe listener");
     let probe_port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || for stream in listener.incoming() { drop(stream) });
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream)
+        }
+    });
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog = Arc::new(catalog(dir.path(), probe_port));
     let events: Vec<KafkaMessage> = (0..events_n).map(event).collect();
@@ -223,7 +253,10 @@ async fn main() {
     println!("worker benchmark: {events_n} events, broker {}", servers());
     let base = baseline(&events).await;
     let base_rate = events_n as f64 / base.as_secs_f64();
-    println!("baseline pass-through (consume -> transactional produce x3): {:.2} s, {base_rate:.0} events/s", base.as_secs_f64());
+    println!(
+        "baseline pass-through (consume -> transactional produce x3): {:.2} s, {base_rate:.0} events/s",
+        base.as_secs_f64()
+    );
 
     let worker = start_worker(catalog.clone(), 64).await;
     let topics = worker.config.kafka.topics.clone();
@@ -248,7 +281,10 @@ async fn main() {
         "chaosgate (minimal experiments, max_in_flight 64): {seen} commands in {:.2} s, {rate:.0} events/s",
         took.as_secs_f64()
     );
-    println!("throughput ratio chaosgate / baseline: {:.2} (goal >= 0.8)", rate / base_rate);
+    println!(
+        "throughput ratio chaosgate / baseline: {:.2} (goal >= 0.8)",
+        rate / base_rate
+    );
     worker.shutdown.cancel();
     let _ = worker.task.await;
 
@@ -264,10 +300,14 @@ async fn main() {
         let message = event(i);
         let sent = Instant::now();
         producer
-            .send(to_record(&topics.flag_changes, &message), Duration::from_secs(10))
+            .send(
+                to_record(&topics.flag_changes, &message),
+                Duration::from_secs(10),
+            )
             .await
             .expect("produce");
-        let Ok(Ok(_command)) = tokio::time::timeout(Duration::from_secs(30), commands.recv()).await else {
+        let Ok(Ok(_command)) = tokio::time::timeout(Duration::from_secs(30), commands.recv()).await
+        else {
             println!("no command for event {i}");
             break;
         };

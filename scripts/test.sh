@@ -80,7 +80,7 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   say "starting the local Kafka broker"
   deploy/local/kafka.sh start
   started_kafka=1
-  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092
+  eval "$(deploy/local/kafka.sh env)"
 fi
 cleanup() {
   if [ "$started_kafka" = 1 ] && [ "${KEEP_KAFKA:-0}" != 1 ]; then

@@ -27,8 +27,6 @@ pub const MAX_METADATA: usize = 3800;
 /// received when everything received is done.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionOffsets {
-    /// The committed offset this owner resumed from: everything below it is done.
-    base: i64,
     /// One past the highest offset received (or the committed offset).
     next: i64,
     /// Offsets received and not done yet.
@@ -52,7 +50,6 @@ impl PartitionOffsets {
     /// Bookkeeping resumed from a committed offset and its metadata.
     pub fn resume(committed: i64, metadata: &str) -> Self {
         let mut offsets = PartitionOffsets {
-            base: committed.max(0),
             next: committed.max(0),
             ..Default::default()
         };

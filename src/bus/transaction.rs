@@ -72,6 +72,8 @@ pub struct Committer {
     pub assignment: Assignment,
     /// Called with each commit's latency (for metrics and benchmarks).
     pub on_commit: Option<Box<dyn Fn(Duration, usize) + Send>>,
+    /// Called when a transaction failed (for metrics and readiness).
+    pub on_failure: Option<Box<dyn Fn() + Send>>,
 }
 
 /// Why the committer stopped.
@@ -154,6 +156,9 @@ impl Committer {
                 }
                 Err(error) => {
                     failures += 1;
+                    if let Some(on_failure) = &self.on_failure {
+                        on_failure();
+                    }
                     tracing::warn!(%error, attempt = failures, "transaction failed; retrying the batch");
                     if needs_rebuild(&error) || failures % 5 == 0 {
                         tracing::warn!("rebuilding the transactional producer");

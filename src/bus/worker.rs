@@ -34,6 +34,8 @@ use crate::config::Config;
 use crate::contract::flag_change::decode_flag_change;
 use crate::contract::{ErrorClass, FlagChange, KafkaMessage, RunRecord, ids};
 use crate::gate::executor::{Execution, ExecutionContext, execute};
+use crate::telemetry::http::Readiness;
+use crate::telemetry::metrics;
 
 use super::client::client_config;
 use super::flag_queue::FlagQueues;
@@ -103,9 +105,23 @@ pub struct WorkerContext {
     epochs: AtomicU64,
     interrupts: Mutex<HashMap<i32, CancellationToken>>,
     events: mpsc::UnboundedSender<RebalanceEvent>,
+    readiness: Readiness,
 }
 
-impl ClientContext for WorkerContext {}
+impl WorkerContext {
+    fn report_assigned(&self) {
+        let owned = self.assignment.lock().map(|a| a.len()).unwrap_or_default();
+        self.readiness.set_assigned(owned);
+    }
+}
+
+impl ClientContext for WorkerContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Err(error) = metrics::consumer_statistics(statistics) {
+            tracing::debug!(%error, "unreadable librdkafka statistics");
+        }
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -123,6 +139,7 @@ impl ConsumerContext for WorkerContext {
                     }
                     let _ = self.events.send(RebalanceEvent::Revoked { partition });
                 }
+                self.report_assigned();
                 tracing::info!(partitions = ?partitions_of(list), lost = consumer.assignment_lost(), "partitions revoked");
             }
             Rebalance::Assign(list) => {
@@ -154,6 +171,7 @@ impl ConsumerContext for WorkerContext {
                         interrupt,
                     });
                 }
+                self.report_assigned();
                 tracing::info!(partitions = ?partitions_of(list), "partitions assigned");
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
@@ -194,6 +212,7 @@ pub async fn run(
     config: Config,
     catalog: Arc<Catalog>,
     run: RunContext,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let client = client_config(&config.kafka);
@@ -208,6 +227,7 @@ pub async fn run(
         epochs: AtomicU64::new(0),
         interrupts: Mutex::default(),
         events: rebalance_tx,
+        readiness: readiness.clone(),
     };
     let consumer: Arc<StreamConsumer<WorkerContext>> = Arc::new(
         client
@@ -217,6 +237,14 @@ pub async fn run(
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
+            .set(
+                "statistics.interval.ms",
+                config
+                    .kafka
+                    .properties
+                    .get("statistics.interval.ms")
+                    .map_or("15000", String::as_str),
+            )
             .set("partition.assignment.strategy", "cooperative-sticky")
             .create_with_context(context)
             .map_err(WorkerError::Client)?,
@@ -273,7 +301,20 @@ pub async fn run(
         topic: topics.flag_changes.clone(),
         consumer: consumer.clone(),
         assignment: assignment.clone(),
-        on_commit: None,
+        on_commit: Some(Box::new({
+            let readiness = readiness.clone();
+            move |latency, _| {
+                metrics::commit(latency);
+                readiness.set_producer_ok(true);
+            }
+        })),
+        on_failure: Some(Box::new({
+            let readiness = readiness.clone();
+            move || {
+                metrics::commit_failed();
+                readiness.set_producer_ok(false);
+            }
+        })),
     };
     let committer_thread = std::thread::Builder::new()
         .name("chaosgate-commit".into())
@@ -343,6 +384,7 @@ pub async fn run(
 
     // Graceful shutdown: stop taking events, interrupt runs, commit what finished.
     let deadline = Instant::now() + config.worker.shutdown_grace.duration();
+    readiness.set_stopping();
     tracing::info!(running, "shutting down: interrupting runs");
     if let Err(error) = consumer.unsubscribe_if_paused(paused) {
         tracing::debug!(%error, "pausing on shutdown");
@@ -379,6 +421,7 @@ pub async fn run(
     stop_control.cancel();
     let _ = control_task.await;
     consumer.unsubscribe();
+    metrics::clear_consumer_lag();
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -502,6 +545,7 @@ impl Shared {
             );
             return;
         }
+        metrics::event_consumed();
         let epoch = state.epoch;
         let source = Source {
             topic: self.topics.flag_changes.clone(),
@@ -524,6 +568,7 @@ impl Shared {
             Ok(change) => change,
             Err(bad) => {
                 tracing::warn!(partition, offset, class = bad.class.as_str(), error = %bad.message, "dead-lettered");
+                metrics::dead_lettered(bad.class);
                 let output = outputs::dead_letter(&self.topics, &message, &bad, &source);
                 self.complete(partitions, partition, epoch, offset, vec![output]);
                 return;
@@ -585,6 +630,7 @@ impl Shared {
                 chrono::Utc::now(),
             );
             tracing::info!(flag = %pending.flag, command = command.command.as_str(), reason = %command.reason, "passed on");
+            metrics::event_gated(command.command, command.reason_code);
             let output = outputs::flag_command(&self.topics, &command);
             self.complete(
                 partitions,
@@ -644,6 +690,7 @@ impl Shared {
         *running += 1;
         tracing::info!(flag = %pending.flag, pipeline = ?pending.pipeline, attempt, offset = pending.offset, "gating");
         tokio::spawn(async move {
+            let _in_flight = metrics::run_started();
             let pipeline = pending
                 .pipeline
                 .as_deref()
@@ -689,6 +736,13 @@ impl Shared {
         }
         if let Some(command) = &execution.command {
             tracing::info!(flag = %pending.flag, command = command.command.as_str(), reason = %command.reason, "gated");
+            metrics::event_gated(command.command, command.reason_code);
+            for record in &execution.records {
+                let duration =
+                    Duration::from_secs_f64(record.duration_seconds.unwrap_or(0.0).max(0.0));
+                metrics::run_finished(record.status, record.resilience_score, duration);
+                metrics::step_finished(record.status, duration);
+            }
             let mut outputs: Vec<Output> = execution
                 .records
                 .iter()

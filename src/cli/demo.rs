@@ -131,6 +131,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         config,
         catalog,
         run,
+        chaosgate::telemetry::http::Readiness::default(),
         shutdown.clone(),
     ));
 

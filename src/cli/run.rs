@@ -12,6 +12,7 @@ use chaosgate::catalog::Catalog;
 use chaosgate::chaos::proxy::ProxyRegistry;
 use chaosgate::chaos::runner::RunContext;
 use chaosgate::config::Config;
+use chaosgate::telemetry::http::Readiness;
 
 /// Arguments of `chaosgate run`.
 #[derive(Debug, Args)]
@@ -25,7 +26,15 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| "the configuration is not usable")?;
-    chaosgate::telemetry::logs::init(&config.telemetry);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let telemetry = {
+        let _inside = runtime.enter();
+        chaosgate::telemetry::init(&config.telemetry).context("cannot set up telemetry")?
+    };
+    tracing::info!(config = %args.config.display(), "configuration loaded");
     let catalog = match Catalog::load(&[&config.catalog.path]) {
         Ok(catalog) => Arc::new(catalog),
         Err(problems) => {
@@ -39,13 +48,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let stopped = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        // The endpoints come up first: the worker may wait for Kafka at start, and the
+        // liveness probe must answer meanwhile.
+        let readiness = Readiness::default();
+        let endpoints_stop = CancellationToken::new();
+        let endpoints = chaosgate::telemetry::http::serve(
+            config.http.listen,
+            readiness.clone(),
+            endpoints_stop.clone(),
+        )
+        .await
+        .context("cannot serve the health and metrics endpoints")?;
         let proxy = if config.proxy.targets.is_empty() {
             None
         } else {
@@ -60,14 +76,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             proxy: proxy.clone(),
             ..RunContext::default()
         };
-        let result = chaosgate::bus::worker::run(config, catalog, run, shutdown)
+        let result = chaosgate::bus::worker::run(config, catalog, run, readiness, shutdown)
             .await
             .context("the worker stopped");
         if let Some(proxy) = proxy {
             proxy.shutdown().await;
         }
+        endpoints_stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoints.task).await;
         result
     });
+    // Flushes the spans still buffered, while the runtime still runs.
+    drop(telemetry);
     // The worker keeps to its grace period; work still going after it (a commit retrying
     // against an absent broker) must not hold the exit, as dropping the runtime would:
     // what was not committed runs again after a restart.
