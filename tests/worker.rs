@@ -1328,3 +1328,110 @@ async fn the_broker_stopped_and_started_mid_batch_the_worker_recovers_and_finish
         "faults reverted on shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_with_creation_off_stops_the_worker_with_a_clear_error() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "missing", 1).await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("unused", "1s", &h.marker("unused"), &closed_address()),
+    );
+    let config = h.config("w", &Settings::default());
+    let absent = kafka::unique_topic("never-created");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("create_topics = true", "create_topics = false")
+        .replace(
+            &format!("flag_changes = \"{}\"", h.topics.flag_changes),
+            &format!("flag_changes = \"{absent}\""),
+        );
+    std::fs::write(&config, text).unwrap();
+    let mut worker = h.spawn("w", &config);
+    let status = worker
+        .wait_exit(PATIENCE)
+        .await
+        .expect("the worker kept running without its input topic");
+    assert!(!status.success(), "exit status {status}");
+    let log = worker.log_text();
+    assert!(
+        log.contains("topics missing") && log.contains(&absent) && log.contains("create_topics"),
+        "the error does not name the topic and the setting:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_reflect_a_gated_event() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "metrics", 1).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("listener-up", "200ms", &h.marker("up"), &up.address),
+    );
+    h.catalog_file(
+        "pipe.yaml",
+        &pipeline_yaml("gate", Some("any-*"), &["listener-up"]),
+    );
+    let collector = h.collect();
+    let config = h.config("w", &Settings::default());
+    let worker = h.spawn("w", &config);
+
+    // The endpoints' address is in the log (the config asks for port 0).
+    let started = Instant::now();
+    let address = loop {
+        let log = worker.log_text();
+        if let Some(line) = log.lines().find(|l| l.contains("serving /healthz")) {
+            let at = line.find("addr=").expect("addr field") + 5;
+            break line[at..].split_whitespace().next().unwrap().to_string();
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no endpoints in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let http = http.clone();
+        let url = format!("http://{address}{path}");
+        async move {
+            let response = http.get(&url).send().await.expect("endpoint answers");
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+
+    let event = change("any-flag", ChangeKind::Enable, None);
+    h.produce_change(&event).await;
+    let id = event.event_id.clone();
+    h.wait_for(&collector, "the command", PATIENCE, |o| {
+        o.all_commanded(std::slice::from_ref(&id))
+    })
+    .await;
+
+    let (status, ready) = get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready.contains("\"assigned_partitions\":1"), "{ready}");
+    // The commit that carried the command is counted right after it; allow a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = get("/metrics").await;
+        let moved = [
+            "chaosgate_events_consumed_total 1",
+            "chaosgate_events_gated_total{command=\"enable\",reason=\"passed\"} 1",
+            "chaosgate_runs_total{status=\"passed\"} 1",
+        ]
+        .iter()
+        .all(|line| text.lines().any(|l| l == *line))
+            && text.contains("chaosgate_transaction_commit_seconds_count");
+        if moved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics did not move:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -39,7 +39,10 @@ pub fn layer<S>(telemetry: &TelemetryConfig) -> Box<dyn Layer<S> + Send + Sync +
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: text logs redirected to a file stay greppable.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let filter = filter(telemetry);
     if is_json(telemetry) {
         fmt.json().flatten_event(true).with_filter(filter).boxed()
