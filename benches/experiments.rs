@@ -1,0 +1,358 @@
+//! Experiment load figures: many concurrent experiments, each with one `continuous` HTTP
+//! probe checked every second, all against one local target, run through the real runner
+//! (`chaos::runner::run_experiment`). Prints peak RSS, CPU, checks and failures, and the
+//! probe schedule drift taken from the runner's `ProbeChecked` progress events.
+//!
+//! Each experiment holds one `command` fault (`true` to inject and revert) for the
+//! window, since the continuous probe is checked from the phase start to its end. The
+//! experiments start spread evenly over the first second, as independent runs would. The
+//! target is this same binary re-run with `CHAOSGATE_BENCH_SERVE` set, so the RSS and
+//! CPU printed are the runner's alone.
+//!
+//! Drift of a check is how late its result arrives against the ideal start-to-start
+//! schedule (`Started` event + k polling intervals), so it includes the check's own
+//! latency; the gap between consecutive results is also compared with the interval.
+//!
+//! `cargo bench --bench experiments` (defaults: 10,000 experiments for 60 s); set
+//! `CHAOSGATE_BENCH_EXPERIMENTS` and `CHAOSGATE_BENCH_SECS` to change them.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaosgate::catalog::experiment::Experiment;
+use chaosgate::chaos::{Progress, ProgressEvent, RunContext, TargetLocks, run_experiment};
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+const SERVE: &str = "CHAOSGATE_BENCH_SERVE";
+const INTERVAL: Duration = Duration::from_secs(1);
+/// Drift histogram resolution and range (100 µs buckets up to 10 s).
+const BUCKET_MICROS: i64 = 100;
+const BUCKETS: usize = 100_000;
+
+fn main() -> anyhow::Result<()> {
+    if std::env::var_os(SERVE).is_some() {
+        return serve();
+    }
+    let experiments: usize = env_number("CHAOSGATE_BENCH_EXPERIMENTS", 10_000);
+    let secs: u64 = env_number("CHAOSGATE_BENCH_SECS", 60);
+    raise_fd_limit();
+    println!("load average at start: {}", load_average());
+
+    let (mut child, port) = start_target()?;
+    let url = format!("http://127.0.0.1:{port}/health");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let cpu_before = cpu_seconds();
+    let wall = Instant::now();
+    let outcome = runtime.block_on(run(experiments, secs, &url));
+    let wall = wall.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    drop(runtime);
+    let _ = child.kill();
+    let _ = child.wait();
+    let (verdicts, schedule) = outcome?;
+
+    println!(
+        "experiments: {experiments} concurrent, one continuous HTTP probe each, \
+         polling_interval 1s, fault window {secs} s"
+    );
+    println!("verdicts: {verdicts:?}");
+    println!(
+        "checks: {} ({} failed{}); per experiment {}-{}",
+        schedule.checks,
+        schedule.failures,
+        schedule
+            .first_error
+            .as_ref()
+            .map(|e| format!("; first failure: {e}"))
+            .unwrap_or_default(),
+        schedule.per_experiment.iter().min().unwrap_or(&0),
+        schedule.per_experiment.iter().max().unwrap_or(&0),
+    );
+    for (what, histogram) in [
+        ("drift (lateness vs ideal schedule)", &schedule.lateness),
+        ("gap drift (|gap - 1 s|)", &schedule.gap),
+    ] {
+        println!(
+            "{what}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            histogram.quantile(0.50),
+            histogram.quantile(0.99),
+            histogram.max_micros as f64 / 1_000.0
+        );
+    }
+    println!("peak RSS: {:.1} MiB", status_kib("VmHWM:") as f64 / 1024.0);
+    println!(
+        "CPU: {cpu:.1} s over {wall:.1} s wall ({:.0} % of one core)",
+        cpu * 100.0 / wall
+    );
+    println!("load average at end: {}", load_average());
+    Ok(())
+}
+
+/// Runs `count` experiments at once and gathers their verdicts and check schedule.
+async fn run(
+    count: usize,
+    secs: u64,
+    url: &str,
+) -> anyhow::Result<(BTreeMap<String, usize>, Schedule)> {
+    let template: Experiment = serde_saphyr::from_str(&format!(
+        r#"
+kind: experiment
+id: bench
+faults:
+  - name: hold
+    weight: 1
+    duration: {secs}s
+    command:
+      inject: {{ argv: ["true"] }}
+      revert: {{ argv: ["true"] }}
+probes:
+  - name: health
+    mode: continuous
+    http: {{ url: "{url}" }}
+    run_properties: {{ timeout: 5s, polling_interval: 1s }}
+"#
+    ))?;
+    let (sender, mut receiver) = mpsc::unbounded_channel::<Progress>();
+    let context = RunContext {
+        targets: TargetLocks::new(),
+        progress: Some(sender),
+        ..RunContext::default()
+    };
+    let collector = tokio::spawn(async move {
+        let mut schedule = Schedule::new(count);
+        while let Some(progress) = receiver.recv().await {
+            schedule.record(progress);
+        }
+        schedule
+    });
+    let start = tokio::time::Instant::now();
+    let mut runs = JoinSet::new();
+    for i in 0..count {
+        let mut experiment = template.clone();
+        experiment.id = format!("bench-{i}");
+        experiment.probes[0].name = format!("health-{i}");
+        let context = context.clone();
+        let at = start + Duration::from_micros(i as u64 * 1_000_000 / count as u64);
+        runs.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            run_experiment(&experiment, &context).await.verdict
+        });
+    }
+    drop(context);
+    let mut verdicts = BTreeMap::new();
+    while let Some(verdict) = runs.join_next().await {
+        *verdicts.entry(format!("{:?}", verdict?)).or_insert(0) += 1;
+    }
+    Ok((verdicts, collector.await?))
+}
+
+/// Check timing per experiment, folded into histograms as the events come.
+struct Schedule {
+    /// When each experiment started and when its last check result came.
+    started: Vec<Option<DateTime<Utc>>>,
+    last: Vec<Option<DateTime<Utc>>>,
+    per_experiment: Vec<u32>,
+    checks: u64,
+    failures: u64,
+    first_error: Option<String>,
+    lateness: Histogram,
+    gap: Histogram,
+}
+
+impl Schedule {
+    fn new(count: usize) -> Schedule {
+        Schedule {
+            started: vec![None; count],
+            last: vec![None; count],
+            per_experiment: vec![0; count],
+            checks: 0,
+            failures: 0,
+            first_error: None,
+            lateness: Histogram::new(),
+            gap: Histogram::new(),
+        }
+    }
+
+    fn record(&mut self, progress: Progress) {
+        let index = |name: &str| {
+            name.rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        match progress.event {
+            ProgressEvent::Started { experiment } => {
+                if let Some(i) = index(&experiment) {
+                    self.started[i] = Some(progress.at);
+                }
+            }
+            ProgressEvent::ProbeChecked {
+                probe,
+                passed,
+                error,
+                ..
+            } => {
+                let Some(i) = index(&probe) else { return };
+                self.checks += 1;
+                if !passed {
+                    self.failures += 1;
+                    self.first_error = self.first_error.take().or(error);
+                }
+                let k = self.per_experiment[i];
+                self.per_experiment[i] += 1;
+                if let Some(started) = self.started[i] {
+                    let ideal = started + INTERVAL * k;
+                    self.lateness.add((progress.at - ideal).num_microseconds());
+                }
+                if let Some(last) = self.last[i] {
+                    let gap = (progress.at - last).num_microseconds();
+                    self.gap
+                        .add(gap.map(|g| (g - INTERVAL.as_micros() as i64).abs()));
+                }
+                self.last[i] = Some(progress.at);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Counts of durations in 100 µs buckets (negative values count as 0).
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    max_micros: i64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            counts: vec![0; BUCKETS + 1],
+            total: 0,
+            max_micros: 0,
+        }
+    }
+
+    fn add(&mut self, micros: Option<i64>) {
+        let micros = micros.unwrap_or(i64::MAX).max(0);
+        let bucket = ((micros / BUCKET_MICROS) as usize).min(BUCKETS);
+        self.counts[bucket] += 1;
+        self.total += 1;
+        self.max_micros = self.max_micros.max(micros);
+    }
+
+    /// The upper edge of the bucket holding quantile `q`, in milliseconds.
+    fn quantile(&self, q: f64) -> f64 {
+        let wanted = ((self.total as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= wanted {
+                return ((bucket as i64 + 1) * BUCKET_MICROS) as f64 / 1_000.0;
+            }
+        }
+        0.0
+    }
+}
+
+/// The target process: answers `GET /health` with 200; prints its port first and stops
+/// when its standard input closes.
+fn serve() -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?.port());
+        let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        let stdin_closed = tokio::task::spawn_blocking(|| {
+            std::io::copy(&mut std::io::stdin(), &mut std::io::sink())
+        });
+        tokio::select! {
+            served = axum::serve(listener, app) => served?,
+            _ = stdin_closed => {}
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Starts the target process and reads its port.
+fn start_target() -> anyhow::Result<(Child, u16)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .env(SERVE, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    match line.trim().parse() {
+        Ok(port) => Ok((child, port)),
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("the target printed no port ({line:?}): {err}")
+        }
+    }
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// A `kB` field of /proc/self/status.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU seconds of this process, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces); utime and stime are
+            // the 14th and 15th fields, the 12th and 13th after it.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Raises the soft open-files limit to the hard one (command faults and connections).
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
