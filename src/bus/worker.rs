@@ -217,7 +217,11 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let client = client_config(&config.kafka);
     let topics = config.kafka.topics.clone();
-    ensure_topics(&config, &client).await?;
+    ensure_topics(&config, &client, &shutdown).await?;
+    if shutdown.is_cancelled() {
+        tracing::info!("stopped before Kafka could be reached");
+        return Ok(());
+    }
 
     let (rebalance_tx, mut rebalance_rx) = mpsc::unbounded_channel();
     let assignment: Assignment = Arc::default();
@@ -832,8 +836,13 @@ async fn publish_updates(
     .await;
 }
 
-/// Checks the topics exist, creating them when `kafka.create_topics` is set.
-async fn ensure_topics(config: &Config, client: &ClientConfig) -> Result<(), WorkerError> {
+/// Checks the topics exist, creating them when `kafka.create_topics` is set. Waits for an
+/// unreachable cluster (with backoff) until `shutdown` fires, which ends the wait early.
+async fn ensure_topics(
+    config: &Config,
+    client: &ClientConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), WorkerError> {
     let topics = &config.kafka.topics;
     let wanted = [
         topics.flag_changes.as_str(),
@@ -865,7 +874,10 @@ async fn ensure_topics(config: &Config, client: &ClientConfig) -> Result<(), Wor
                 Err(error) => {
                     let wait = delays.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(%error, %servers, ?wait, "Kafka not reachable yet; retrying");
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => return Ok(()),
+                    }
                 }
             }
         }
