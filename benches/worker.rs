@@ -8,7 +8,7 @@
 //! 2. Gate overhead: time from a flag change produced to its command consumed, minus the
 //!    experiment's own duration, one event at a time; p50 and p99.
 //!
-//! `BENCH_EVENTS` (default 2000) and `BENCH_LATENCY_EVENTS` (default 200) set the sizes.
+//! `BENCH_EVENTS` (default 5000) and `BENCH_LATENCY_EVENTS` (default 200) set the sizes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,11 +113,13 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
     producer
         .init_transactions(Duration::from_secs(30))
         .expect("init transactions");
-    let start = Instant::now();
+    let mut start = None;
     let mut done = 0;
     while done < events.len() {
         let mut batch = Vec::new();
         let first = consumer.recv().await.expect("consume");
+        // Timed from the first record, as the worker is: group joins are not compared.
+        start.get_or_insert_with(Instant::now);
         batch.push(from_rdkafka(&first));
         let mut offsets = TopicPartitionList::new();
         offsets
@@ -160,7 +162,7 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
             .expect("commit");
         done += batch.len();
     }
-    start.elapsed()
+    start.map(|s| s.elapsed()).unwrap_or_default()
 }
 
 fn catalog(dir: &std::path::Path, probe_port: u16) -> Catalog {
@@ -185,7 +187,11 @@ struct Worker {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start_worker(catalog: Arc<Catalog>, max_in_flight: usize) -> Worker {
+async fn start_worker(
+    catalog: Arc<Catalog>,
+    max_in_flight: usize,
+    backlog: &[KafkaMessage],
+) -> Worker {
     let tag = unique("w");
     let config = Config::parse(
         &format!(
@@ -198,6 +204,16 @@ async fn start_worker(catalog: Arc<Catalog>, max_in_flight: usize) -> Worker {
         Vec::new(),
     )
     .expect("bench config");
+    let topics = &config.kafka.topics;
+    create(&[
+        &topics.flag_changes,
+        &topics.runs,
+        &topics.commands,
+        &topics.dead_letter,
+        &topics.control,
+    ])
+    .await;
+    produce(&topics.flag_changes, backlog).await;
     let shutdown = CancellationToken::new();
     let worker_config = config.clone();
     let stop = shutdown.clone();
@@ -237,7 +253,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let events_n = count("BENCH_EVENTS", 2000);
+    let events_n = count("BENCH_EVENTS", 5000);
     let latency_n = count("BENCH_LATENCY_EVENTS", 200);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("probe listener");
     let probe_port = listener.local_addr().expect("addr").port();
@@ -258,12 +274,11 @@ async fn main() {
         base.as_secs_f64()
     );
 
-    let worker = start_worker(catalog.clone(), 64).await;
+    // The events are in the topic before the worker starts, as they are for the
+    // baseline; the clock starts at the first command (the worker's first output).
+    let worker = start_worker(catalog.clone(), 64, &events).await;
     let topics = worker.config.kafka.topics.clone();
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let commands = reader(&topics.commands);
-    produce(&topics.flag_changes, &events).await;
-    let start = Instant::now();
     let mut seen = 0;
     let mut first_at = None;
     while seen < events_n {
@@ -275,7 +290,7 @@ async fn main() {
             _ => break,
         }
     }
-    let took = start.elapsed();
+    let took = first_at.map(|f: Instant| f.elapsed()).unwrap_or_default();
     let rate = seen as f64 / took.as_secs_f64();
     println!(
         "chaosgate (minimal experiments, max_in_flight 64): {seen} commands in {:.2} s, {rate:.0} events/s",
@@ -289,7 +304,8 @@ async fn main() {
     let _ = worker.task.await;
 
     // Gate overhead, one event at a time.
-    let worker = start_worker(catalog, 64).await;
+    let worker = start_worker(catalog, 64, &[]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let topics = worker.config.kafka.topics.clone();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let commands = reader(&topics.commands);
@@ -338,6 +354,5 @@ async fn main() {
             percentile(&overheads, 0.99)
         );
     }
-    let _ = first_at;
     let _ = Producer::flush(&producer, Duration::from_secs(5));
 }
