@@ -5,7 +5,8 @@
 //!
 //! Each experiment holds one `command` fault (`true` to inject and revert) for the
 //! window, since the continuous probe is checked from the phase start to its end. The
-//! experiments start spread evenly over the first second, as independent runs would. The
+//! experiments start spread evenly over the first second (`CHAOSGATE_BENCH_SPREAD_SECS`),
+//! as independent runs would. The
 //! target is this same binary re-run with `CHAOSGATE_BENCH_SERVE` set, so the RSS and
 //! CPU printed are the runner's alone.
 //!
@@ -39,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     }
     let experiments: usize = env_number("CHAOSGATE_BENCH_EXPERIMENTS", 10_000);
     let secs: u64 = env_number("CHAOSGATE_BENCH_SECS", 60);
+    let spread: f64 = env_number("CHAOSGATE_BENCH_SPREAD_SECS", 1.0);
     raise_fd_limit();
     println!("load average at start: {}", load_average());
 
@@ -49,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let cpu_before = cpu_seconds();
     let wall = Instant::now();
-    let outcome = runtime.block_on(run(experiments, secs, &url));
+    let outcome = runtime.block_on(run(experiments, secs, spread, &url));
     let wall = wall.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     drop(runtime);
@@ -59,9 +61,11 @@ fn main() -> anyhow::Result<()> {
 
     println!(
         "experiments: {experiments} concurrent, one continuous HTTP probe each, \
-         polling_interval 1s, fault window {secs} s"
+         polling_interval 1s, fault window {secs} s, starts spread over {spread} s"
     );
-    println!("verdicts: {verdicts:?}");
+    for (verdict, (count, summary)) in &verdicts {
+        println!("verdict {verdict}: {count} (first: {summary})");
+    }
     println!(
         "checks: {} ({} failed{}); per experiment {}-{}",
         schedule.checks,
@@ -76,6 +80,11 @@ fn main() -> anyhow::Result<()> {
     );
     for (what, histogram) in [
         ("drift (lateness vs ideal schedule)", &schedule.lateness),
+        ("  of first checks only", &schedule.first_lateness),
+        (
+            "drift after the first check (vs first result + k s)",
+            &schedule.steady,
+        ),
         ("gap drift (|gap - 1 s|)", &schedule.gap),
     ] {
         println!(
@@ -98,8 +107,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(
     count: usize,
     secs: u64,
+    spread: f64,
     url: &str,
-) -> anyhow::Result<(BTreeMap<String, usize>, Schedule)> {
+) -> anyhow::Result<(BTreeMap<String, (usize, String)>, Schedule)> {
     let template: Experiment = serde_saphyr::from_str(&format!(
         r#"
 kind: experiment
@@ -138,30 +148,38 @@ probes:
         experiment.id = format!("bench-{i}");
         experiment.probes[0].name = format!("health-{i}");
         let context = context.clone();
-        let at = start + Duration::from_micros(i as u64 * 1_000_000 / count as u64);
+        let at = start + Duration::from_secs_f64(spread * i as f64 / count as f64);
         runs.spawn(async move {
             tokio::time::sleep_until(at).await;
-            run_experiment(&experiment, &context).await.verdict
+            let result = run_experiment(&experiment, &context).await;
+            (result.verdict, result.summary)
         });
     }
     drop(context);
     let mut verdicts = BTreeMap::new();
-    while let Some(verdict) = runs.join_next().await {
-        *verdicts.entry(format!("{:?}", verdict?)).or_insert(0) += 1;
+    while let Some(run) = runs.join_next().await {
+        let (verdict, summary) = run?;
+        let entry = verdicts
+            .entry(format!("{verdict:?}"))
+            .or_insert((0, summary));
+        entry.0 += 1;
     }
     Ok((verdicts, collector.await?))
 }
 
 /// Check timing per experiment, folded into histograms as the events come.
 struct Schedule {
-    /// When each experiment started and when its last check result came.
+    /// When each experiment started, and when its first and last check results came.
     started: Vec<Option<DateTime<Utc>>>,
+    first: Vec<Option<DateTime<Utc>>>,
     last: Vec<Option<DateTime<Utc>>>,
     per_experiment: Vec<u32>,
     checks: u64,
     failures: u64,
     first_error: Option<String>,
     lateness: Histogram,
+    first_lateness: Histogram,
+    steady: Histogram,
     gap: Histogram,
 }
 
@@ -169,12 +187,15 @@ impl Schedule {
     fn new(count: usize) -> Schedule {
         Schedule {
             started: vec![None; count],
+            first: vec![None; count],
             last: vec![None; count],
             per_experiment: vec![0; count],
             checks: 0,
             failures: 0,
             first_error: None,
             lateness: Histogram::new(),
+            first_lateness: Histogram::new(),
+            steady: Histogram::new(),
             gap: Histogram::new(),
         }
     }
@@ -207,7 +228,18 @@ impl Schedule {
                 self.per_experiment[i] += 1;
                 if let Some(started) = self.started[i] {
                     let ideal = started + INTERVAL * k;
-                    self.lateness.add((progress.at - ideal).num_microseconds());
+                    let late = (progress.at - ideal).num_microseconds();
+                    self.lateness.add(late);
+                    if k == 0 {
+                        self.first_lateness.add(late);
+                    }
+                }
+                match self.first[i] {
+                    Some(first) => {
+                        let ideal = first + INTERVAL * k;
+                        self.steady.add((progress.at - ideal).num_microseconds());
+                    }
+                    None => self.first[i] = Some(progress.at),
                 }
                 if let Some(last) = self.last[i] {
                     let gap = (progress.at - last).num_microseconds();
