@@ -15,7 +15,8 @@
 //! latency; the gap between consecutive results is also compared with the interval.
 //!
 //! `cargo bench --bench experiments` (defaults: 10,000 experiments for 60 s); set
-//! `CHAOSGATE_BENCH_EXPERIMENTS` and `CHAOSGATE_BENCH_SECS` to change them.
+//! `CHAOSGATE_BENCH_EXPERIMENTS` and `CHAOSGATE_BENCH_SECS` to change them
+//! (`CHAOSGATE_BENCH_SECS=0`: probe-only experiments, one check each and no fault).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -110,7 +111,7 @@ async fn run(
     spread: f64,
     url: &str,
 ) -> anyhow::Result<(BTreeMap<String, (usize, String)>, Schedule)> {
-    let template: Experiment = serde_saphyr::from_str(&format!(
+    let mut template: Experiment = serde_saphyr::from_str(&format!(
         r#"
 kind: experiment
 id: bench
@@ -128,6 +129,10 @@ probes:
     run_properties: {{ timeout: 5s, polling_interval: 1s }}
 "#
     ))?;
+    if secs == 0 {
+        // Probe-only: the continuous probe is checked once, with no fault command spawned.
+        template.faults.clear();
+    }
     let (sender, mut receiver) = mpsc::unbounded_channel::<Progress>();
     let context = RunContext {
         targets: TargetLocks::new(),
