@@ -6,9 +6,8 @@
 //! Each experiment holds one `command` fault (`true` to inject and revert) for the
 //! window, since the continuous probe is checked from the phase start to its end. The
 //! experiments start spread evenly over the first second (`CHAOSGATE_BENCH_SPREAD_SECS`),
-//! as independent runs would. The
-//! target is this same binary re-run with `CHAOSGATE_BENCH_SERVE` set, so the RSS and
-//! CPU printed are the runner's alone.
+//! as independent runs would. The target is this same binary re-run with
+//! `CHAOSGATE_BENCH_SERVE` set, so the RSS and CPU printed are the runner's alone.
 //!
 //! Drift of a check is how late its result arrives against the ideal start-to-start
 //! schedule (`Started` event + k polling intervals), so it includes the check's own
