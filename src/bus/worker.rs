@@ -390,8 +390,9 @@ pub async fn run(
     let deadline = Instant::now() + config.worker.shutdown_grace.duration();
     readiness.set_stopping();
     tracing::info!(running, "shutting down: interrupting runs");
-    if let Err(error) = consumer.unsubscribe_if_paused(paused) {
-        tracing::debug!(%error, "pausing on shutdown");
+    // Nothing more is fetched while runs are interrupted.
+    if !paused {
+        set_paused(&consumer, true);
     }
     for partition in partitions.values() {
         partition.interrupt.cancel();
@@ -453,21 +454,6 @@ fn set_paused(consumer: &StreamConsumer<WorkerContext>, pause: bool) -> bool {
             tracing::warn!(%error, "cannot pause or resume partitions");
             false
         }
-    }
-}
-
-trait PauseOnShutdown {
-    fn unsubscribe_if_paused(&self, paused: bool) -> Result<(), KafkaError>;
-}
-
-impl PauseOnShutdown for StreamConsumer<WorkerContext> {
-    /// Pauses every partition so nothing more is fetched while runs are interrupted.
-    fn unsubscribe_if_paused(&self, paused: bool) -> Result<(), KafkaError> {
-        if paused {
-            return Ok(());
-        }
-        let assignment = self.assignment()?;
-        self.pause(&assignment)
     }
 }
 
