@@ -353,8 +353,10 @@ async fn run() -> Result<()> {
             tokio::time::sleep(SETTLE).await;
             let many = throughput(path.source, 64, seconds).await?;
             tokio::time::sleep(SETTLE).await;
-            if let (Some(before), Some(process)) = (cpu_before, &path.process) {
-                let gigabytes = (one + many) * seconds as f64 / 1000.0;
+            let gigabytes = (one + many) * seconds as f64 / 1000.0;
+            if let (Some(before), Some(process)) = (cpu_before, &path.process)
+                && gigabytes > 0.0
+            {
                 figures
                     .cpu_per_gb
                     .push((process.cpu_seconds() - before) / gigabytes);
@@ -434,11 +436,13 @@ async fn run() -> Result<()> {
             "  added latency p99: {c99:.1} us vs {t99:.1} us ({:.2}x less)",
             t99 / c99
         );
-        println!(
-            "  CPU per GB moved:  {:.3} s vs {:.3} s",
-            median(&c.cpu_per_gb),
-            median(&t.cpu_per_gb)
-        );
+        if !c.cpu_per_gb.is_empty() && !t.cpu_per_gb.is_empty() {
+            println!(
+                "  CPU per GB moved:  {:.3} s vs {:.3} s",
+                median(&c.cpu_per_gb),
+                median(&t.cpu_per_gb)
+            );
+        }
     }
     Ok(())
 }

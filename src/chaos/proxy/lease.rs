@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::registry::{ActiveFault, FaultSpec, ProxyRegistry, TargetState};
+use super::registry::{ActiveFault, FaultSet, FaultSpec, ProxyRegistry, TargetState};
 use super::{FaultId, ProxyError};
 
 /// How often the reaper looks for expired leases.
@@ -58,17 +58,18 @@ impl LeaseTable {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a fault already attached to `target` (attach runs under the lock).
+    /// Records a fault and adds it to its target's fault set with `attach`, under the
+    /// lock, so no renew or reap sees one without the other.
     pub fn insert(
         &self,
         id: FaultId,
         target: Arc<TargetState>,
         fault: FaultSpec,
         expires: Instant,
-        attach: impl FnOnce(&TargetState),
+        attach: impl FnOnce(&mut FaultSet),
     ) {
         let mut entries = self.lock();
-        attach(&target);
+        target.faults.send_modify(|set| attach(Arc::make_mut(set)));
         entries.insert(
             id,
             Lease {

@@ -233,11 +233,7 @@ impl ProxyRegistry {
             Arc::clone(state),
             FaultSpec::Network(fault.clone()),
             expires,
-            |state| {
-                state
-                    .faults
-                    .send_modify(|set| Arc::make_mut(set).network.push((id, network)));
-            },
+            |set| set.network.push((id, network)),
         );
         tracing::info!(fault = %id, target_name = target, toxic = ?fault.toxic, "network fault added");
         Ok(id)
@@ -265,11 +261,7 @@ impl ProxyRegistry {
             Arc::clone(state),
             FaultSpec::Http(fault.clone()),
             expires,
-            |state| {
-                state
-                    .faults
-                    .send_modify(|set| Arc::make_mut(set).http.push((id, rule)));
-            },
+            |set| set.http.push((id, rule)),
         );
         tracing::info!(fault = %id, target_name = target, action = ?fault.action, "http fault added");
         Ok(id)

@@ -21,6 +21,10 @@ use crate::catalog::experiment::{Direction, NetworkFault, Toxic};
 /// is smooth to 20 ms.
 const BANDWIDTH_SLICES_PER_SECOND: u64 = 50;
 
+/// How late a bandwidth-limited write may be and still count from its planned time;
+/// later than this, the direction was idle and the pace starts again from now.
+const BANDWIDTH_CATCH_UP: Duration = Duration::from_millis(100);
+
 /// One direction of a proxied connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flow {
@@ -267,7 +271,12 @@ impl FlowToxics {
     /// Records `n` bytes written from `started`; true when a `limit_data` toxic is spent.
     pub fn wrote(&mut self, n: usize, started: Instant) -> bool {
         if let Some(rate) = self.rate {
-            let from = self.next_send.map_or(started, |next| next.max(started));
+            // Keep the pace from the planned time when the write is only a little late
+            // (timer lateness must not add up); after a real pause, start afresh.
+            let from = match self.next_send {
+                Some(next) if started.saturating_duration_since(next) < BANDWIDTH_CATCH_UP => next,
+                _ => started,
+            };
             let nanos = (n as u128 * 1_000_000_000) / u128::from(rate);
             self.next_send =
                 Some(from + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)));
