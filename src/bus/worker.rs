@@ -33,6 +33,7 @@ use crate::chaos::runner::RunContext;
 use crate::config::Config;
 use crate::contract::flag_change::decode_flag_change;
 use crate::contract::{ErrorClass, FlagChange, KafkaMessage, RunRecord, ids};
+use crate::gate::decision;
 use crate::gate::executor::{Execution, ExecutionContext, execute};
 use crate::telemetry::http::Readiness;
 use crate::telemetry::metrics;
@@ -601,9 +602,8 @@ impl Shared {
                 .pipeline
                 .as_deref()
                 .and_then(|id| self.catalog.pipeline(id));
-            let gated = crate::gate::decision::gating(&pending.change, pipeline)
-                == crate::gate::decision::Gating::Gate;
-            if gated {
+            let gating = decision::gating(&pending.change, pipeline);
+            if gating == decision::Gating::Gate {
                 if *running >= max_in_flight {
                     ready.push_back(pending);
                     return;
@@ -611,11 +611,11 @@ impl Shared {
                 self.spawn(pending, partitions, running);
                 return;
             }
-            let command = crate::gate::decision::flag_command(
+            let command = decision::flag_command(
                 &pending.change,
                 pipeline,
-                crate::gate::decision::gating(&pending.change, pipeline),
-                &crate::gate::decision::Outcome::Passed,
+                gating,
+                &decision::Outcome::Passed,
                 Vec::new(),
                 chrono::Utc::now(),
             );

@@ -318,36 +318,10 @@ fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
-/// A tiny HTTP service: `GET /health` answers `ok` at once; keep-alive is honoured.
+/// The demo service: `GET /health` answers `ok` at once.
 async fn serve_demo_service(listener: tokio::net::TcpListener) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let mut buffer = vec![0u8; 4096];
-            let mut seen = Vec::new();
-            loop {
-                let Ok(n) = socket.read(&mut buffer).await else {
-                    return;
-                };
-                if n == 0 {
-                    return;
-                }
-                seen.extend_from_slice(&buffer[..n]);
-                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                    seen.drain(..end + 4);
-                    let body = "ok";
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if socket.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+    let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+    if let Err(error) = axum::serve(listener, app).await {
+        eprintln!("  (the demo service stopped: {error})");
     }
 }

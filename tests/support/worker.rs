@@ -239,8 +239,8 @@ log_filter = "info,chaosgate=debug"
         }
     }
 
-    /// Every worker log of this test, one after another.
-    pub fn logs(&self) -> String {
+    /// The worker log files of this test, sorted.
+    fn log_files(&self) -> Vec<PathBuf> {
         let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
             .map(|d| {
                 d.filter_map(|e| e.ok())
@@ -250,6 +250,12 @@ log_filter = "info,chaosgate=debug"
             })
             .unwrap_or_default();
         logs.sort();
+        logs
+    }
+
+    /// Every worker log of this test, one after another.
+    pub fn logs(&self) -> String {
+        let logs = self.log_files();
         logs.iter()
             .map(|log| std::fs::read_to_string(log).unwrap_or_default())
             .collect()
@@ -257,15 +263,7 @@ log_filter = "info,chaosgate=debug"
 
     /// The end of every worker log of this test, for failure messages.
     pub fn log_tails(&self) -> String {
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        logs.sort();
+        let logs = self.log_files();
         let mut text = String::new();
         for log in logs {
             let content = std::fs::read_to_string(&log).unwrap_or_default();
