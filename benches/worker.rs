@@ -1,14 +1,17 @@
 //! Worker benchmarks against the real broker (`KAFKA_BOOTSTRAP_SERVERS`, default
 //! 127.0.0.1:19092). Prints figures; it is not a pass/fail test.
 //!
-//! 1. Throughput with minimal experiments (one zero-duration `command` fault, one `tcp`
-//!    probe against a local listener) against a baseline in the same run: a plain rdkafka
-//!    consume -> transactional produce pass-through writing the same number of messages
-//!    (three per event: two records and one command), with offsets in the transaction.
+//! 1. Throughput with minimal experiments (one zero-duration `network` fault on the
+//!    embedded fault proxy, one `tcp` probe against a local listener) against a baseline
+//!    in the same run: a plain rdkafka consume -> transactional produce pass-through
+//!    writing the same number of messages (three per event: two records and one
+//!    command), with offsets in the transaction and the same producer settings and
+//!    commit path as the worker's committer.
 //! 2. Gate overhead: time from a flag change produced to its command consumed, minus the
 //!    experiment's own duration, one event at a time; p50 and p99.
 //!
-//! `BENCH_EVENTS` (default 5000) and `BENCH_LATENCY_EVENTS` (default 200) set the sizes.
+//! `BENCH_EVENTS` (default 5000), `BENCH_LATENCY_EVENTS` (default 200) and
+//! `BENCH_MAX_IN_FLIGHT` (default 256) set the sizes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use chaosgate::bus::record::{from_rdkafka, to_record};
 use chaosgate::catalog::Catalog;
+use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
 use chaosgate::chaos::runner::RunContext;
 use chaosgate::config::Config;
 use chaosgate::contract::flag_change::flag_change_event;
@@ -53,7 +57,7 @@ fn event(i: usize) -> KafkaMessage {
         occurred_at: Utc::now(),
         project: "bench".into(),
         environment: "perf".into(),
-        flag: format!("flag-{i}"),
+        flag: format!("t{}-flag-{i}", i % TARGETS),
         change: Change {
             kind: ChangeKind::Enable,
             from: None,
@@ -108,6 +112,7 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
     let producer: ThreadedProducer<_> = client()
         .set("transactional.id", unique("base-txn"))
         .set("linger.ms", "1")
+        .set("retry.backoff.ms", "5")
         .create()
         .expect("producer");
     producer
@@ -157,6 +162,7 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
         producer
             .send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
             .expect("send offsets");
+        chaosgate::bus::transaction::await_delivery(&producer).expect("delivery");
         producer
             .commit_transaction(Duration::from_secs(30))
             .expect("commit");
@@ -165,19 +171,28 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
     start.map(|s| s.elapsed()).unwrap_or_default()
 }
 
+/// Fault targets, so experiments of different flags run side by side (two experiments on
+/// one target never overlap); flag `t{k}-flag-{i}` goes to pipeline `bench-{k}`, whose
+/// experiment's fault is on target `bench-{k}`.
+const TARGETS: usize = 64;
+
 fn catalog(dir: &std::path::Path, probe_port: u16) -> Catalog {
-    std::fs::write(
-        dir.join("pipeline.yaml"),
-        "kind: pipeline\nid: bench\nroutes:\n  - project: bench\nstages:\n  - id: s\n    type: feature_flag\n    steps:\n      - id: t\n        experiment: minimal\n        expected_resilience_score: 50\n",
-    )
-    .expect("write pipeline");
-    std::fs::write(
-        dir.join("experiment.yaml"),
-        format!(
-            "kind: experiment\nid: minimal\nfaults:\n  - name: nothing\n    weight: 1\n    duration: 0s\n    command:\n      inject: {{ argv: [\"true\"] }}\n      revert: {{ argv: [\"true\"] }}\nprobes:\n  - name: port\n    mode: sot\n    tcp: {{ address: \"127.0.0.1:{probe_port}\" }}\n"
-        ),
-    )
-    .expect("write experiment");
+    for k in 0..TARGETS {
+        std::fs::write(
+            dir.join(format!("pipeline-{k}.yaml")),
+            format!(
+                "kind: pipeline\nid: bench-{k}\nroutes:\n  - project: bench\n    flag: \"t{k}-*\"\nstages:\n  - id: s\n    type: feature_flag\n    steps:\n      - id: t\n        experiment: minimal-{k}\n        expected_resilience_score: 50\n"
+            ),
+        )
+        .expect("write pipeline");
+        std::fs::write(
+            dir.join(format!("experiment-{k}.yaml")),
+            format!(
+                "kind: experiment\nid: minimal-{k}\nfaults:\n  - name: blip\n    weight: 1\n    duration: 0s\n    network:\n      target: bench-{k}\n      toxic: {{ type: latency, latency: 1ms }}\nprobes:\n  - name: port\n    mode: sot\n    tcp: {{ address: \"127.0.0.1:{probe_port}\" }}\n"
+            ),
+        )
+        .expect("write experiment");
+    }
     Catalog::load(&[dir]).unwrap_or_else(|p| panic!("bench catalog: {p:?}"))
 }
 
@@ -189,6 +204,7 @@ struct Worker {
 
 async fn start_worker(
     catalog: Arc<Catalog>,
+    run: RunContext,
     max_in_flight: usize,
     backlog: &[KafkaMessage],
 ) -> Worker {
@@ -221,7 +237,7 @@ async fn start_worker(
         chaosgate::bus::worker::run(
             worker_config,
             catalog,
-            RunContext::default(),
+            run,
             chaosgate::telemetry::http::Readiness::default(),
             stop,
         )
@@ -262,6 +278,21 @@ async fn main() {
             drop(stream)
         }
     });
+    // The faults' targets: the embedded fault proxy in front of the probed listener.
+    let targets: Vec<ProxyTarget> = (0..TARGETS)
+        .map(|k| ProxyTarget {
+            name: format!("bench-{k}"),
+            listen: "127.0.0.1:0".parse().expect("proxy address"),
+            upstream: format!("127.0.0.1:{probe_port}"),
+            protocol: ProxyProtocol::Tcp,
+        })
+        .collect();
+    let proxies = ProxyRegistry::start(&targets).await.expect("fault proxy");
+    let run = RunContext {
+        proxy: Some(proxies),
+        ..RunContext::default()
+    };
+    let max_in_flight = count("BENCH_MAX_IN_FLIGHT", 256);
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog = Arc::new(catalog(dir.path(), probe_port));
     let events: Vec<KafkaMessage> = (0..events_n).map(event).collect();
@@ -276,7 +307,7 @@ async fn main() {
 
     // The events are in the topic before the worker starts, as they are for the
     // baseline; the clock starts at the first command (the worker's first output).
-    let worker = start_worker(catalog.clone(), 64, &events).await;
+    let worker = start_worker(catalog.clone(), run.clone(), max_in_flight, &events).await;
     let topics = worker.config.kafka.topics.clone();
     let commands = reader(&topics.commands);
     let mut seen = 0;
@@ -293,7 +324,7 @@ async fn main() {
     let took = first_at.map(|f: Instant| f.elapsed()).unwrap_or_default();
     let rate = seen as f64 / took.as_secs_f64();
     println!(
-        "chaosgate (minimal experiments, max_in_flight 64): {seen} commands in {:.2} s, {rate:.0} events/s",
+        "chaosgate (minimal experiments, max_in_flight {max_in_flight}): {seen} commands in {:.2} s, {rate:.0} events/s",
         took.as_secs_f64()
     );
     println!(
@@ -304,7 +335,7 @@ async fn main() {
     let _ = worker.task.await;
 
     // Gate overhead, one event at a time.
-    let worker = start_worker(catalog, 64, &[]).await;
+    let worker = start_worker(catalog, run, max_in_flight, &[]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let topics = worker.config.kafka.topics.clone();
     tokio::time::sleep(Duration::from_secs(2)).await;

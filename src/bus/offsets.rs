@@ -6,7 +6,8 @@
 //! it in the commit's metadata, the technique of Confluent's Parallel Consumer. After a
 //! restart or a rebalance, the new owner reads the metadata back and skips those offsets.
 //! The metadata also carries how many times an event above the watermark has been started,
-//! so a run cut off by a crash runs again as the next `attempt`.
+//! so a run cut off by a crash runs again as the next `attempt` (once that start's mark
+//! has been committed: see the worker).
 //!
 //! Metadata text: `cg1;done=12-14,17;started=15:2,16:1` (offsets absolute). It stays well
 //! under the broker's default `offset.metadata.max.bytes` of 4096 because backpressure

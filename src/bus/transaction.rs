@@ -3,7 +3,9 @@
 //! each exactly once, and a crash before the commit leaves nothing visible.
 //!
 //! It runs on its own thread (librdkafka's transaction calls block) and batches whatever
-//! completed while the previous transaction was committing. Offsets go through
+//! completed while the previous transaction was committing. A batch holding only start
+//! marks (offsets and metadata, no outputs) waits [`START_MARK_LINGER`] for company, so a
+//! short run's start and end share one transaction. Offsets go through
 //! `send_offsets_to_transaction` with the consumer's current group metadata, so a worker
 //! that lost its partitions in a rebalance is fenced by the broker (KIP-447). Any other
 //! error aborts and retries the batch; a fatal or fenced producer is rebuilt; retries back
@@ -26,6 +28,10 @@ use super::record::headers_of;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most completions committed in one transaction.
 const MAX_BATCH: usize = 500;
+/// How long a batch of start marks alone waits for other completions to join it.
+pub const START_MARK_LINGER: Duration = Duration::from_millis(5);
+/// How often the delivery of a transaction's records is checked before its commit.
+const DELIVERY_CHECK: Duration = Duration::from_micros(200);
 
 /// One finished event: what to write, and where it was read.
 #[derive(Debug)]
@@ -38,9 +44,13 @@ pub struct Completion {
     pub outputs: Vec<Output>,
     /// Offsets to commit with them: `(partition, epoch) -> (watermark, metadata)`.
     pub offsets: Vec<PartitionCommit>,
-    /// Told when the transaction holding this completion committed; dropped unsent when
-    /// the completion is dropped (its partition was revoked, or the committer stopped).
-    pub committed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Completion {
+    /// A start mark: offsets and metadata only (an event's start count), no records.
+    fn is_start_mark(&self) -> bool {
+        self.outputs.is_empty()
+    }
 }
 
 /// The offset and metadata to commit for one partition.
@@ -126,11 +136,17 @@ impl Committer {
                     }
                 }
             }
+            let linger_until = Instant::now() + START_MARK_LINGER;
             while pending.len() < MAX_BATCH {
-                match completions.try_recv() {
+                let wait = if pending.iter().all(Completion::is_start_mark) {
+                    linger_until.saturating_duration_since(Instant::now())
+                } else {
+                    Duration::ZERO
+                };
+                match completions.recv_timeout(wait) {
                     Ok(c) => pending.push(c),
-                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
                         closed = true;
                         break;
                     }
@@ -146,11 +162,7 @@ impl Committer {
                     if let Some(on_commit) = &self.on_commit {
                         on_commit(started.elapsed(), pending.len());
                     }
-                    for completion in pending.drain(..) {
-                        if let Some(committed) = completion.committed {
-                            let _ = committed.send(());
-                        }
-                    }
+                    pending.clear();
                     failures = 0;
                     delays = retry_delays();
                 }
@@ -226,8 +238,26 @@ impl Committer {
             }
         }
         producer.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)?;
+        await_delivery(producer)?;
         producer.commit_transaction(CALL_TIMEOUT)
     }
+}
+
+/// Waits until every record of the transaction is acknowledged (the producer's polling
+/// thread serves the delivery reports). `commit_transaction` flushes first, and
+/// rust-rdkafka's flush, finding anything outstanding, polls for a full 100 ms however
+/// soon the reports arrive: every transaction would last at least 100 ms.
+pub fn await_delivery(
+    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
+        }
+        std::thread::sleep(DELIVERY_CHECK);
+    }
+    Ok(())
 }
 
 fn send(

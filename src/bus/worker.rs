@@ -302,6 +302,17 @@ pub async fn run(
             .set("transactional.id", &transactional_id)
             .set("transaction.timeout.ms", "60000")
             .set("linger.ms", "1")
+            // A transaction begun right after the previous one's commit meets
+            // CONCURRENT_TRANSACTIONS until the commit markers are written; retry soon
+            // (the Java client waits 20 ms) rather than after librdkafka's 100 ms.
+            .set(
+                "retry.backoff.ms",
+                config
+                    .kafka
+                    .properties
+                    .get("retry.backoff.ms")
+                    .map_or("5", String::as_str),
+            )
             .clone(),
         topic: topics.flag_changes.clone(),
         consumer: consumer.clone(),
@@ -643,11 +654,13 @@ impl Shared {
             return;
         };
         let attempt = partition.offsets.start(pending.offset);
-        // The start count is committed (offsets only, the watermark unchanged) before the
-        // experiment starts, so a run cut off by a crash, a shutdown or a rebalance runs
-        // again as the next attempt with its own run id, never as this attempt twice.
-        // Not committed (the partition was revoked meanwhile): the run does not start.
-        let (committed_tx, committed_rx) = tokio::sync::oneshot::channel();
+        // The start count goes to the committer as a start mark (offsets only, the
+        // watermark unchanged), so a run cut off by a crash, a shutdown or a rebalance
+        // runs again as the next attempt with its own run id. The run does not wait for
+        // it: one that ends within a few milliseconds shares its start's transaction, and
+        // a crash before the mark is committed (a window of one transaction, about 10 ms)
+        // repeats this attempt and its run id (a second `running` record; the final
+        // record and the command still come once).
         let _ = self.completions.send(Completion {
             partition: pending.partition,
             epoch: partition.epoch,
@@ -658,7 +671,6 @@ impl Shared {
                 offset: partition.offsets.watermark(),
                 metadata: partition.offsets.metadata(),
             }],
-            committed: Some(committed_tx),
         });
         let kill = partition.interrupt.child_token();
         let execution_id = pending
@@ -685,11 +697,7 @@ impl Shared {
                 .pipeline
                 .as_deref()
                 .and_then(|id| catalog.pipeline(id));
-            let start_committed = tokio::select! {
-                committed = committed_rx => committed.is_ok(),
-                () = context.interrupt.cancelled() => false,
-            };
-            let execution = if start_committed && !context.interrupt.is_cancelled() {
+            let execution = if !context.interrupt.is_cancelled() {
                 execute(&pending.change, pipeline, &catalog, &context).await
             } else {
                 tracing::info!(flag = %pending.flag, offset = pending.offset, "not started: the partition was revoked or the worker is stopping");
@@ -786,7 +794,6 @@ impl Shared {
             epoch,
             outputs,
             offsets: vec![commit],
-            committed: None,
         });
     }
 }
