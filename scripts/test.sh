@@ -78,6 +78,8 @@ fi
 started_kafka=0
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   say "starting the local Kafka broker"
+  # A SASL/PLAIN listener too, for the bad-credentials test.
+  export KAFKA_SASL_PORT=${KAFKA_SASL_PORT:-19094}
   deploy/local/kafka.sh start
   started_kafka=1
   eval "$(deploy/local/kafka.sh env)"

@@ -1361,6 +1361,78 @@ async fn a_missing_topic_with_creation_off_stops_the_worker_with_a_clear_error()
     );
 }
 
+/// The broker's SASL/PLAIN listener (`KAFKA_SASL_PORT` of `deploy/local/kafka.sh`, user
+/// `chaosgate`, password `chaosgate-secret`); the test fails without it.
+fn require_sasl_broker() -> String {
+    std::env::var("KAFKA_SASL_BOOTSTRAP_SERVERS").unwrap_or_else(|_| {
+        panic!(
+            "KAFKA_SASL_BOOTSTRAP_SERVERS is not set: start the broker with a SASL listener \
+             (`KAFKA_SASL_PORT=19094 deploy/local/kafka.sh start`, then \
+             `eval \"$(KAFKA_SASL_PORT=19094 deploy/local/kafka.sh env)\"`), as scripts/test.sh does"
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_stop_the_worker_with_a_clear_error_and_good_ones_work() {
+    let servers = kafka::require_broker();
+    let sasl_servers = require_sasl_broker();
+    let h = Harness::new(&servers, "sasl", 1).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("steady", "200ms", &h.marker("steady"), &up.address),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["steady"]));
+    let with_password = |instance: &str, password: &str| {
+        let settings = Settings {
+            properties: vec![
+                ("security.protocol", "SASL_PLAINTEXT".to_string()),
+                ("sasl.mechanism", "PLAIN".to_string()),
+                ("sasl.username", "chaosgate".to_string()),
+                ("sasl.password", password.to_string()),
+            ],
+            ..Settings::default()
+        };
+        let config = h.config(instance, &settings);
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            &format!("bootstrap_servers = \"{servers}\""),
+            &format!("bootstrap_servers = \"{sasl_servers}\""),
+        );
+        std::fs::write(&config, text).unwrap();
+        config
+    };
+
+    let wrong = "not-the-password-7f3a";
+    let mut worker = h.spawn("bad", &with_password("bad", wrong));
+    let status = worker
+        .wait_exit(PATIENCE)
+        .await
+        .expect("the worker kept running with a wrong password");
+    assert!(!status.success(), "exit status {status}");
+    let log = worker.log_text();
+    assert!(
+        log.contains("Kafka refused the connection") && log.contains(&sasl_servers),
+        "the error does not say the cluster refused us:\n{log}"
+    );
+    assert!(
+        log.to_lowercase().contains("authentication"),
+        "the error does not say authentication failed:\n{log}"
+    );
+    assert!(!log.contains(wrong), "the password is in the log:\n{log}");
+
+    // The same settings with the right password: the worker joins and gates an event.
+    let collector = h.collect();
+    let _worker = h.spawn("good", &with_password("good", "chaosgate-secret"));
+    let event = change("payments", ChangeKind::Enable, None);
+    h.produce_change(&event).await;
+    h.wait_for(&collector, "a command over SASL", PATIENCE, |o| {
+        !o.commands_for(&event.event_id).is_empty()
+    })
+    .await;
+    assert!(!h.logs().contains("chaosgate-secret"), "the password is in the log");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_readiness_reflect_a_gated_event() {
     let servers = kafka::require_broker();

@@ -845,7 +845,9 @@ async fn ensure_topics(
         topics.control.as_str(),
     ];
     let servers = config.kafka.bootstrap_servers.clone();
-    let probe: BaseConsumer = client.create().map_err(WorkerError::Client)?;
+    let probe: BaseConsumer<RefusalWatch> = client
+        .create_with_context(RefusalWatch::default())
+        .map_err(WorkerError::Client)?;
     let metadata = {
         let mut delays = backon::BackoffBuilder::build(
             backon::ExponentialBuilder::default()
@@ -855,7 +857,7 @@ async fn ensure_topics(
         );
         loop {
             match tokio::task::block_in_place(|| {
-                probe.fetch_metadata(None, Duration::from_secs(10))
+                probe.fetch_metadata(None, Duration::from_secs(5))
             }) {
                 Ok(metadata) => break metadata,
                 Err(error) if is_refusal(&error) => {
@@ -863,6 +865,14 @@ async fn ensure_topics(
                         servers,
                         message: error.to_string(),
                     });
+                }
+                // A refused login fails the fetch as a transport failure; the reason
+                // comes as an error event.
+                Err(_) if let Some(message) = {
+                    let _ = probe.poll(Duration::from_millis(50));
+                    probe.context().refusal()
+                } => {
+                    return Err(WorkerError::Refused { servers, message });
                 }
                 Err(error) => {
                     let wait = delays.next().unwrap_or(Duration::from_secs(10));
@@ -924,6 +934,34 @@ async fn ensure_topics(
     }
     Ok(())
 }
+
+/// A client context that remembers the cluster refusing us (a failed SASL login, say):
+/// librdkafka reports it as an error event, served by polling, while the call that
+/// met it fails as a mere transport failure.
+#[derive(Default)]
+struct RefusalWatch {
+    refusal: Mutex<Option<String>>,
+}
+
+impl RefusalWatch {
+    fn refusal(&self) -> Option<String> {
+        self.refusal.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+impl ClientContext for RefusalWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_refusal(&error) {
+            if let Ok(mut refusal) = self.refusal.lock() {
+                *refusal = Some(reason.to_string());
+            }
+        } else {
+            tracing::warn!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for RefusalWatch {}
 
 fn is_refusal(error: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as Code;
