@@ -1,9 +1,11 @@
 //! The worker's HTTP endpoints on `[http] listen`: `/healthz`, `/readyz`, `/metrics`.
 //!
 //! - `/healthz`: 200 while the process serves requests (liveness).
-//! - `/readyz`: 200 when the consumer has partitions assigned and the producer works,
-//!   else 503 with the reasons as JSON (readiness). The worker keeps a [`Readiness`]
-//!   handle up to date; nothing here talks to Kafka.
+//! - `/readyz`: 200 when the consumer has partitions assigned, reaches a broker, and the
+//!   producer works, else 503 with the reasons as JSON (readiness). The worker keeps a
+//!   [`Readiness`] handle up to date; whether a broker is reachable comes from the
+//!   consumer's librdkafka statistics ([`metrics::kafka_brokers_up`], every
+//!   `statistics.interval.ms`). Nothing here talks to Kafka.
 //! - `/metrics`: every `chaosgate_*` metric in the Prometheus text exposition.
 
 use std::net::SocketAddr;
@@ -45,6 +47,9 @@ pub struct ReadinessReport {
     pub producer_ok: bool,
     /// Whether the worker is shutting down.
     pub stopping: bool,
+    /// Kafka brokers the consumer is connected to (librdkafka statistics); `null`
+    /// before the first statistics.
+    pub kafka_brokers_up: Option<u64>,
     /// Why it is not ready, one sentence each; empty when ready.
     pub reasons: Vec<String>,
 }
@@ -81,11 +86,16 @@ impl Readiness {
         if !producer_ok {
             reasons.push("the Kafka producer is not working".to_string());
         }
+        let kafka_brokers_up = metrics::kafka_brokers_up();
+        if kafka_brokers_up == Some(0) {
+            reasons.push("no Kafka broker reachable".to_string());
+        }
         ReadinessReport {
             ready: reasons.is_empty(),
             assigned_partitions,
             producer_ok,
             stopping,
+            kafka_brokers_up,
             reasons,
         }
     }
