@@ -31,11 +31,18 @@ use crate::config::{LogFormat, TelemetryConfig};
 use super::{redact, traces};
 
 /// The log filter: `RUST_LOG` when set, else the configured one, else `info`.
+///
+/// Unless the filter names `rdkafka` itself, `rdkafka::client` logs warnings and errors
+/// only: at `info` it prints every client's full statistics each
+/// `statistics.interval.ms` (the worker reads them for metrics; they are not log lines).
 pub fn filter(telemetry: &TelemetryConfig) -> EnvFilter {
-    let filter = std::env::var("RUST_LOG")
+    let mut filter = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| telemetry.log_filter.clone())
         .unwrap_or_else(|| "info".to_string());
+    if !filter.contains("rdkafka") {
+        filter.push_str(",rdkafka::client=warn");
+    }
     EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 

@@ -434,6 +434,9 @@ probes:
         for secret in ["sasl-pa55word", "tok-0123456789"] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
-        assert!(text.contains("\"summary\":\"probe api: 401 for ***\""), "{text}");
+        assert!(
+            text.contains("\"summary\":\"probe api: 401 for ***\""),
+            "{text}"
+        );
     }
 }
