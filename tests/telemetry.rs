@@ -498,8 +498,7 @@ fn spans_reach_a_real_collector_in_the_incoming_trace() {
         let process = traces::process_span("flag-changes", 1, 7, "chaosgate-test", &incoming);
         process.record("flag", "shop/production/checkout-v2");
         async {
-            let stage =
-                tracing::info_span!(target: "chaosgate::gate", "stage", stage_id = "canary");
+            let stage = traces::stage_span("canary", "feature_flag");
             async {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 let send = traces::send_span("flag-commands");
@@ -548,8 +547,9 @@ fn spans_reach_a_real_collector_in_the_incoming_trace() {
         .unwrap();
     assert_eq!(service["value"]["stringValue"], "chaosgate");
 
-    let stage = named("stage");
+    let stage = named("stage canary");
     assert_eq!(stage["parentSpanId"], process["spanId"]);
+    assert_attributes(stage, &[("stage_id", "canary")]);
 
     let send = named("send flag-commands");
     assert_eq!(send["parentSpanId"], stage["spanId"]);

@@ -92,7 +92,9 @@ pub struct Source {
     pub offset: i64,
 }
 
-/// The original record, byte for byte, plus headers naming the error and its source.
+/// The original record, byte for byte, plus headers naming the error and its source;
+/// its `traceparent` (if any) is replaced by the one of the dead letter's `send` span,
+/// which continues the original's trace.
 pub fn dead_letter(
     topics: &Topics,
     original: &KafkaMessage,
