@@ -624,7 +624,7 @@ async fn the_worker_continues_the_incoming_trace_through_every_output() {
     let up = Listener::start().await;
     h.catalog_file(
         "exp.yaml",
-        &experiment_yaml("listener-up", "300ms", &h.marker("up"), &up.address),
+        &experiment_yaml("listener-up", "1500ms", &h.marker("up"), &up.address),
     );
     h.catalog_file(
         "pipe.yaml",
@@ -638,6 +638,14 @@ async fn the_worker_continues_the_incoming_trace_through_every_output() {
         &format!("\"{}\"", collector.endpoint()),
     );
     let mut worker = h.spawn("w", &config);
+    let address = worker.http_address(PATIENCE).await;
+    let faults_active = || {
+        let url = format!("http://{address}/metrics");
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            sample(&text, "chaosgate_faults_active")
+        }
+    };
 
     let (traceparent, trace_id, parent_id) = fresh_traceparent();
     let event = change("traced-flag", ChangeKind::Enable, None);
@@ -655,6 +663,15 @@ async fn the_worker_continues_the_incoming_trace_through_every_output() {
         headers: vec![("traceparent".to_string(), bad_traceparent.into_bytes())],
     };
     h.produce(&h.topics.flag_changes, &bad).await;
+    // The fault shows in /metrics while it is injected.
+    let deadline = Instant::now() + PATIENCE;
+    while faults_active().await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "chaosgate_faults_active never rose"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let id = event.event_id.clone();
     let out = h
         .wait_for(&outputs, "the command and the dead letter", PATIENCE, |o| {
@@ -663,6 +680,7 @@ async fn the_worker_continues_the_incoming_trace_through_every_output() {
                 && !o.dead_letters.is_empty()
         })
         .await;
+    assert_eq!(faults_active().await, 0.0, "the fault was reverted");
     // Stopping flushes the spans still buffered.
     worker.signal(libc::SIGTERM);
     let status = worker.wait_exit(PATIENCE).await.expect("the worker exits");
