@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use chaosgate::contract::{ChangeKind, CommandKind, ReasonCode, RunStatus, ids};
 
+use kafka::OwnBroker;
 use worker::{Harness, Listener, Settings, change, closed_address, experiment_yaml, pipeline_yaml};
 
 /// Upper bound for anything a test waits for: generous, so only a bug reaches it.
@@ -1163,73 +1164,6 @@ async fn a_frozen_worker_whose_partition_moved_on_cannot_commit_when_it_wakes() 
         log.matches("transaction failed").count()
     );
     assert_eq!(h.active_markers(), Vec::<String>::new());
-}
-
-/// A second single-node broker of our own (own ports, own data dir), so stopping it
-/// disturbs no other test. Stopped and deleted when dropped.
-struct OwnBroker {
-    port: u16,
-    controller_port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl OwnBroker {
-    fn free_port() -> u16 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("address").port()
-    }
-
-    async fn start() -> OwnBroker {
-        let broker = OwnBroker {
-            port: Self::free_port(),
-            controller_port: Self::free_port(),
-            dir: tempfile::Builder::new()
-                .prefix("chaosgate-outage-broker-")
-                .tempdir()
-                .expect("temp dir"),
-        };
-        broker.script("start").await;
-        broker
-    }
-
-    fn servers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn command(&self, action: &str) -> std::process::Command {
-        let mut command = std::process::Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/local/kafka.sh"
-        ));
-        command
-            .arg(action)
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .env("KAFKA_RUN_DIR", self.dir.path())
-            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m");
-        command
-    }
-
-    /// Runs `kafka.sh ACTION` for this broker and fails the test when it fails.
-    async fn script(&self, action: &str) {
-        let mut command = self.command(action);
-        let output = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .expect("join")
-            .expect("run kafka.sh");
-        assert!(
-            output.status.success(),
-            "kafka.sh {action} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.command("clean").output();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

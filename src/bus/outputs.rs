@@ -1,6 +1,10 @@
 //! What the worker writes: run records, flag commands and dead letters, each as the
 //! Kafka record the contract describes (binary-mode CloudEvents; dead letters keep the
 //! original bytes).
+//!
+//! Each output carries the W3C `traceparent` (and `tracestate`) of a `send <topic>` span,
+//! a child of the current span: build outputs inside the flag-change's `process` span
+//! (or, for a [`RunUpdate`], inside its run's span, which [`run_update`] enters).
 
 use chrono::Utc;
 
@@ -13,6 +17,8 @@ use crate::contract::flag_change::BadFlagChange;
 use crate::contract::flag_command::FLAG_COMMAND_TYPE;
 use crate::contract::run_record::RUN_RECORD_TYPE;
 use crate::contract::{CloudEvent, FlagCommand, KafkaMessage, RunRecord};
+use crate::gate::executor::RunUpdate;
+use crate::telemetry::traces;
 
 /// CloudEvents `source` of everything chaosgate writes.
 pub const SOURCE: &str = "/chaosgate";
@@ -38,10 +44,18 @@ pub fn run_record(topics: &Topics, record: &RunRecord) -> Output {
         extensions: Default::default(),
         data: serde_json::to_value(record).unwrap_or_default(),
     };
+    let mut message = event.to_binary(Some(&record.run_id));
+    traces::inject_send(&topics.runs, &mut message.headers);
     Output {
         topic: topics.runs.clone(),
-        message: event.to_binary(Some(&record.run_id)),
+        message,
     }
+}
+
+/// A run record published as it happens, in its run's trace.
+pub fn run_update(topics: &Topics, update: &RunUpdate) -> Output {
+    let _run = update.span.enter();
+    run_record(topics, &update.record)
 }
 
 /// A flag command, keyed by the flag.
@@ -59,9 +73,11 @@ pub fn flag_command(topics: &Topics, command: &FlagCommand) -> Output {
         extensions: Default::default(),
         data: serde_json::to_value(command).unwrap_or_default(),
     };
+    let mut message = event.to_binary(Some(&key));
+    traces::inject_send(&topics.commands, &mut message.headers);
     Output {
         topic: topics.commands.clone(),
-        message: event.to_binary(Some(&key)),
+        message,
     }
 }
 
@@ -76,7 +92,9 @@ pub struct Source {
     pub offset: i64,
 }
 
-/// The original record, byte for byte, plus headers naming the error and its source.
+/// The original record, byte for byte, plus headers naming the error and its source;
+/// its `traceparent` (if any) is replaced by the one of the dead letter's `send` span,
+/// which continues the original's trace.
 pub fn dead_letter(
     topics: &Topics,
     original: &KafkaMessage,
@@ -108,6 +126,7 @@ pub fn dead_letter(
             Utc::now().to_rfc3339().into_bytes(),
         ),
     ]);
+    traces::inject_send(&topics.dead_letter, &mut message.headers);
     Output {
         topic: topics.dead_letter.clone(),
         message,

@@ -32,11 +32,12 @@ use crate::catalog::Catalog;
 use crate::chaos::runner::RunContext;
 use crate::config::Config;
 use crate::contract::flag_change::decode_flag_change;
-use crate::contract::{ErrorClass, FlagChange, KafkaMessage, RunRecord, ids};
+use crate::contract::{ErrorClass, FlagChange, KafkaMessage, ids};
 use crate::gate::decision;
-use crate::gate::executor::{Execution, ExecutionContext, execute};
+use crate::gate::executor::{Execution, ExecutionContext, RunUpdate, execute};
 use crate::telemetry::http::Readiness;
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, traces};
+use tracing::Instrument;
 
 use super::client::client_config;
 use super::flag_queue::FlagQueues;
@@ -193,6 +194,8 @@ struct Pending {
     flag: String,
     change: FlagChange,
     pipeline: Option<String>,
+    /// The event's `process` span: its trace, and the fields of its log lines.
+    span: tracing::Span,
 }
 
 /// An execution that ended.
@@ -269,7 +272,7 @@ pub async fn run(
         .create()
         .map_err(WorkerError::Client)?;
     let kill_switch = KillSwitch::default();
-    let (updates_tx, updates_rx) = mpsc::unbounded_channel::<RunRecord>();
+    let (updates_tx, updates_rx) = mpsc::unbounded_channel::<RunUpdate>();
     let status_task = tokio::spawn(publish_updates(
         status_producer,
         topics.clone(),
@@ -357,6 +360,7 @@ pub async fn run(
         finished: finished_tx,
         completions: completions_tx,
         max_message_bytes: config.kafka.max_message_bytes,
+        group: config.kafka.group_id.clone(),
     };
 
     tracing::info!(topic = %topics.flag_changes, group = %config.kafka.group_id, %transactional_id, "worker started");
@@ -510,11 +514,12 @@ struct Shared {
     topics: crate::config::Topics,
     catalog: Arc<Catalog>,
     run: RunContext,
-    updates: mpsc::UnboundedSender<RunRecord>,
+    updates: mpsc::UnboundedSender<RunUpdate>,
     kill_switch: KillSwitch,
     finished: mpsc::UnboundedSender<Finished>,
     completions: std::sync::mpsc::Sender<Completion>,
     max_message_bytes: usize,
+    group: String,
 }
 
 impl Shared {
@@ -548,6 +553,14 @@ impl Shared {
             return;
         }
         metrics::event_consumed();
+        let span = traces::process_span(
+            &self.topics.flag_changes,
+            partition,
+            offset,
+            &self.group,
+            &message.headers,
+        );
+        let entered = span.enter();
         let epoch = state.epoch;
         let source = Source {
             topic: self.topics.flag_changes.clone(),
@@ -583,6 +596,8 @@ impl Shared {
                 .pipeline_for(&change.project, &change.environment, &change.flag)
                 .map(|p| p.id.clone()),
         };
+        traces::record_change(&span, &change, pipeline.as_deref());
+        drop(entered);
         let pending = Pending {
             partition,
             epoch,
@@ -590,6 +605,7 @@ impl Shared {
             flag: change.flag_key(),
             change,
             pipeline,
+            span,
         };
         if let Some(pending) = queues.admit(&pending.flag.clone(), pending) {
             self.start(pending, partitions, queues, ready, running, max_in_flight);
@@ -609,6 +625,8 @@ impl Shared {
     ) {
         let mut next = Some(pending);
         while let Some(pending) = next.take() {
+            let span = pending.span.clone();
+            let _entered = span.enter();
             let pipeline = pending
                 .pipeline
                 .as_deref()
@@ -653,6 +671,8 @@ impl Shared {
         let Some(partition) = partitions.get_mut(&pending.partition) else {
             return;
         };
+        let span = pending.span.clone();
+        let _entered = span.enter();
         let attempt = partition.offsets.start(pending.offset);
         // The start count goes to the committer as a start mark (offsets only, the
         // watermark unchanged), so a run cut off by a crash, a shutdown or a rebalance
@@ -711,7 +731,7 @@ impl Shared {
                 execution_id,
                 execution,
             });
-        });
+        }.instrument(span.clone()));
     }
 
     /// An execution ended: commit it when final, then let its flag and a slot go.
@@ -732,6 +752,7 @@ impl Shared {
         if let Some(id) = &execution_id {
             self.kill_switch.unregister(id);
         }
+        let entered = pending.span.enter();
         if let Some(command) = &execution.command {
             tracing::info!(flag = %pending.flag, command = command.command.as_str(), reason = %command.reason, "gated");
             metrics::event_gated(command.command, command.reason_code);
@@ -757,6 +778,7 @@ impl Shared {
         } else {
             tracing::info!(flag = %pending.flag, offset = pending.offset, "interrupted; left for the next owner");
         }
+        drop(entered);
         if max_in_flight == 0 {
             return;
         }
@@ -802,14 +824,15 @@ impl Shared {
 async fn publish_updates(
     producer: FutureProducer,
     topics: crate::config::Topics,
-    mut updates: mpsc::UnboundedReceiver<RunRecord>,
+    mut updates: mpsc::UnboundedReceiver<RunUpdate>,
     kill_switch: KillSwitch,
 ) {
-    while let Some(record) = updates.recv().await {
+    while let Some(update) = updates.recv().await {
+        let record = &update.record;
         if record.status == crate::contract::RunStatus::Running {
             kill_switch.register_run(&record.run_id, &record.pipeline_execution_id);
         }
-        let output = outputs::run_record(&topics, &record);
+        let output = outputs::run_update(&topics, &update);
         let producer = producer.clone();
         tokio::spawn(async move {
             if let Err((error, _)) = producer

@@ -55,6 +55,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::catalog::experiment::{Experiment, Fault, FaultExecution, Probe, ProbeMode};
 use crate::chaos::fault::{self, FaultError, FaultSetup, Injected};
@@ -63,6 +64,7 @@ use crate::chaos::proxy::{ProxyError, ProxyRegistry};
 use crate::chaos::score;
 use crate::chaos::target_lock::TargetLocks;
 use crate::contract::run_record::{FaultResult, ProbeResult, RunStatus, Verdict};
+use crate::telemetry::{metrics, traces};
 
 /// Lease of proxy faults when the caller sets none.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
@@ -261,6 +263,8 @@ struct Run {
     progress: Option<UnboundedSender<Progress>>,
     stop: CancellationToken,
     panic_probe: Option<String>,
+    /// The caller's span (the worker's step span): parent of fault and probe spans.
+    span: tracing::Span,
 }
 
 fn clock(at: DateTime<Utc>) -> String {
@@ -285,7 +289,7 @@ impl Run {
 
     fn log(&self, line: impl std::fmt::Display) {
         let line = format!("{} {line}", clock(Utc::now()));
-        tracing::debug!(target: "chaosgate::run", "{line}");
+        tracing::debug!(target: "chaosgate::run", parent: &self.span, "{line}");
         self.ledger().log.push(line);
     }
 
@@ -583,6 +587,7 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
         progress: context.progress.clone(),
         stop: stop.clone(),
         panic_probe: context.panic_probe.clone(),
+        span: tracing::Span::current(),
     });
     if let Err(problem) = check_experiment(experiment) {
         run.log(format!("cannot run: {problem}"));
@@ -787,10 +792,13 @@ async fn inject_fault(
     let fault = &run.faults[f];
     let outcome = run
         .stop
-        .run_until_cancelled(fault::inject(fault, setup))
+        .run_until_cancelled(
+            fault::inject(fault, setup).instrument(traces::fault_span(&run.span, "inject", fault)),
+        )
         .await;
     match outcome {
         Some(Ok(injected)) => {
+            metrics::fault_injected();
             let now = Utc::now();
             let end = Instant::now() + fault.duration.duration();
             active.add(f, injected);
@@ -839,19 +847,23 @@ async fn revert_fault(run: &Arc<Run>, active: &ActiveFaults, f: usize) {
         return;
     };
     let fault = &run.faults[f];
-    let mut outcome = fault::revert(&injected).await;
+    let span = traces::fault_span(&run.span, "revert", fault);
+    let mut outcome = fault::revert(&injected).instrument(span.clone()).await;
     for attempt in 1..REVERT_TRIES {
         if outcome.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-        outcome = fault::revert(&injected).await;
+        outcome = fault::revert(&injected).instrument(span.clone()).await;
     }
     active.remove(f);
     let error = outcome.err().map(|e| e.to_string());
     {
         let mut ledger = run.ledger();
         let entry = &mut ledger.faults[f];
+        if entry.started_at.is_some() {
+            metrics::fault_reverted();
+        }
         entry.ended_at = Some(Utc::now());
         entry.reverted = error.is_none();
         if let Some(e) = &error {
@@ -940,11 +952,12 @@ async fn isolated_check(run: &Arc<Run>, p: usize) -> Check {
         + Duration::from_secs(5);
     let panics = run.panic_probe.as_deref() == Some(probe.name.as_str());
     let started = Instant::now();
+    let span = traces::probe_span(&run.span, &probe);
     let mut task = AbortOnDrop(tokio::spawn(async move {
         if panics {
             panic!("test hook: probe '{}' panics", probe.name);
         }
-        probe::check(&probe).await
+        probe::check(&probe).instrument(span).await
     }));
     let failed = |error: String| Check {
         passed: false,

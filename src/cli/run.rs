@@ -48,6 +48,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     };
+    chaosgate::telemetry::redact::install_for(&config, &catalog);
     let stopped = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -9,12 +9,18 @@
 //!   from the start, as the next attempt, by whoever owns it next.
 //!
 //! `kill` should be a child of `interrupt`, so an interrupt also stops the run.
+//!
+//! Telemetry: each stage runs in a `stage` span and each run of a step in a `step` span
+//! carrying its `run_id` (children of the caller's span, the worker's `process` span), so
+//! traces show the pipeline's shape and every log line of a run names it. Run records
+//! are scrubbed of known secrets ([`crate::telemetry::redact`]) before they leave.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::catalog::Catalog;
 use crate::catalog::assertion::AssertionInput;
@@ -22,6 +28,7 @@ use crate::catalog::pipeline::{ChaosStep, FailureStrategy, FallbackStrategy, Pip
 use crate::chaos::runner::{ExperimentResult, RunContext, run_experiment};
 use crate::contract::run_record::{ExperimentRef, FlagRef, StageRef, StepRef};
 use crate::contract::{FlagChange, FlagCommand, RunRecord, RunStatus, StepSummary, Verdict, ids};
+use crate::telemetry::{redact, traces};
 
 use super::decision::{self, Gating, Outcome, StepVerdict, judge_step};
 
@@ -39,7 +46,17 @@ pub struct ExecutionContext {
     pub interrupt: CancellationToken,
     /// Receives each run's `running` record when it starts, and the `aborted` record of a
     /// run cut off by an interrupt.
-    pub updates: Option<UnboundedSender<RunRecord>>,
+    pub updates: Option<UnboundedSender<RunUpdate>>,
+}
+
+/// A run record to publish as it happens, with the span of its run: the record's
+/// `traceparent` header names that span.
+#[derive(Debug, Clone)]
+pub struct RunUpdate {
+    /// The record (`running`, or `aborted` after an interrupt).
+    pub record: RunRecord,
+    /// The run's `step` span.
+    pub span: tracing::Span,
 }
 
 /// What an execution produced.
@@ -83,8 +100,11 @@ pub async fn execute(
     let mut steps = Vec::new();
     let mut outcome = Outcome::Passed;
     'stages: for stage in &pipeline.stages {
+        let stage_span = traces::stage_span(&stage.id, stage.stage_type.as_str());
         for step in &stage.steps {
-            let result = run_step(change, pipeline, stage, step, catalog, context).await;
+            let result = run_step(change, pipeline, stage, step, catalog, context)
+                .instrument(stage_span.clone())
+                .await;
             records.extend(result.records);
             if context.interrupt.is_cancelled() {
                 return Execution {
@@ -268,72 +288,94 @@ async fn run_once(
         context.attempt,
         retry,
     );
-    let Some(experiment) = catalog.experiment(&step.experiment) else {
+    let span = traces::step_span(&step.id, &step.experiment, &run_id, context.attempt);
+    async move {
+        let Some(experiment) = catalog.experiment(&step.experiment) else {
+            let mut record = base_record(
+                change,
+                pipeline,
+                stage,
+                step,
+                &step.experiment,
+                run_id,
+                context.attempt,
+            );
+            record.status = RunStatus::Error;
+            record.summary = Some(format!(
+                "experiment '{}' is not in the catalog",
+                step.experiment
+            ));
+            record.ended_at = Some(Utc::now());
+            record.duration_seconds = Some(0.0);
+            return record;
+        };
+        let name = experiment
+            .name
+            .clone()
+            .unwrap_or_else(|| experiment.id.clone());
         let mut record = base_record(
             change,
             pipeline,
             stage,
             step,
-            &step.experiment,
+            &name,
             run_id,
             context.attempt,
         );
-        record.status = RunStatus::Error;
-        record.summary = Some(format!(
-            "experiment '{}' is not in the catalog",
-            step.experiment
-        ));
-        record.ended_at = Some(Utc::now());
-        record.duration_seconds = Some(0.0);
-        return record;
-    };
-    let name = experiment
-        .name
-        .clone()
-        .unwrap_or_else(|| experiment.id.clone());
-    let mut record = base_record(
-        change,
-        pipeline,
-        stage,
-        step,
-        &name,
-        run_id,
-        context.attempt,
-    );
-    if retry > 0 {
-        record.log.push(format!("retry {retry} of the step"));
-    }
-    if let Some(updates) = &context.updates {
-        // A closed receiver only means nobody watches the progress.
-        let _ = updates.send(record.clone());
-    }
+        if retry > 0 {
+            record.log.push(format!("retry {retry} of the step"));
+        }
+        if let Some(updates) = &context.updates {
+            // A closed receiver only means nobody watches the progress.
+            let _ = updates.send(RunUpdate {
+                record: record.clone(),
+                span: tracing::Span::current(),
+            });
+        }
 
-    let cancel = context.kill.child_token();
-    let timed_out = CancellationToken::new();
-    let timer = step.timeout.map(|timeout| {
-        let cancel = cancel.clone();
-        let timed_out = timed_out.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout.duration()).await;
-            timed_out.cancel();
-            cancel.cancel();
-        })
-    });
-    let run_context = RunContext {
-        cancel,
-        ..context.run.clone()
-    };
-    let result = run_experiment(experiment, &run_context).await;
-    if let Some(timer) = timer {
-        timer.abort();
+        let cancel = context.kill.child_token();
+        let timed_out = CancellationToken::new();
+        let timer = step.timeout.map(|timeout| {
+            let cancel = cancel.clone();
+            let timed_out = timed_out.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout.duration()).await;
+                timed_out.cancel();
+                cancel.cancel();
+            })
+        });
+        let run_context = RunContext {
+            cancel,
+            ..context.run.clone()
+        };
+        let result = run_experiment(experiment, &run_context).await;
+        if let Some(timer) = timer {
+            timer.abort();
+        }
+        finish_record(&mut record, step, result, timed_out.is_cancelled());
+        let mut secrets = redact::installed()
+            .map(|installed| (*installed).clone())
+            .unwrap_or_default();
+        secrets.add_experiment(experiment);
+        secrets.scrub_run_record(&mut record);
+        tracing::info!(
+            status = record.status.as_str(),
+            resilience_score = record.resilience_score,
+            summary = record.summary.as_deref().unwrap_or_default(),
+            "run finished"
+        );
+        if context.interrupt.is_cancelled()
+            && let Some(updates) = &context.updates
+        {
+            let _ = updates.send(RunUpdate {
+                record: record.clone(),
+                span: tracing::Span::current(),
+            });
+        }
+        record
     }
-    finish_record(&mut record, step, result, timed_out.is_cancelled());
-    if context.interrupt.is_cancelled()
-        && let Some(updates) = &context.updates
-    {
-        let _ = updates.send(record.clone());
-    }
-    record
+    .instrument(span)
+    .await
 }
 
 /// Fills the record from the experiment's result and the step's verdict.

@@ -1,9 +1,12 @@
 //! The worker's HTTP endpoints on `[http] listen`: `/healthz`, `/readyz`, `/metrics`.
 //!
 //! - `/healthz`: 200 while the process serves requests (liveness).
-//! - `/readyz`: 200 when the consumer has partitions assigned and the producer works,
-//!   else 503 with the reasons as JSON (readiness). The worker keeps a [`Readiness`]
-//!   handle up to date; nothing here talks to Kafka.
+//! - `/readyz`: 200 when the consumer has partitions assigned, reaches a broker, and the
+//!   producer works (its last transaction did not fail; before the first one it is
+//!   taken to work, so an idle worker is ready), else 503 with the reasons as JSON. The worker keeps a
+//!   [`Readiness`] handle up to date; whether a broker is reachable comes from the
+//!   consumer's librdkafka statistics ([`metrics::kafka_brokers_up`], every
+//!   `statistics.interval.ms`). Nothing here talks to Kafka.
 //! - `/metrics`: every `chaosgate_*` metric in the Prometheus text exposition.
 
 use std::net::SocketAddr;
@@ -30,7 +33,8 @@ pub struct Readiness {
 #[derive(Debug, Default)]
 struct ReadinessState {
     assigned: AtomicUsize,
-    producer_ok: AtomicBool,
+    /// The last transaction failed (false before the first one).
+    producer_failed: AtomicBool,
     stopping: AtomicBool,
 }
 
@@ -41,10 +45,13 @@ pub struct ReadinessReport {
     pub ready: bool,
     /// Partitions of the flag-changes topic assigned to this worker.
     pub assigned_partitions: usize,
-    /// Whether the last produce (or producer check) worked.
+    /// Whether the producer works: false after a failed transaction, until one commits.
     pub producer_ok: bool,
     /// Whether the worker is shutting down.
     pub stopping: bool,
+    /// Kafka brokers the consumer is connected to (librdkafka statistics); `null`
+    /// before the first statistics.
+    pub kafka_brokers_up: Option<u64>,
     /// Why it is not ready, one sentence each; empty when ready.
     pub reasons: Vec<String>,
 }
@@ -58,7 +65,7 @@ impl Readiness {
     /// Sets whether the producer works: true after a successful transaction commit or
     /// delivery, false after a fatal producer error or a failed commit.
     pub fn set_producer_ok(&self, ok: bool) {
-        self.state.producer_ok.store(ok, Ordering::Relaxed);
+        self.state.producer_failed.store(!ok, Ordering::Relaxed);
     }
 
     /// Marks the worker as shutting down: `/readyz` answers 503 from now on.
@@ -69,7 +76,7 @@ impl Readiness {
     /// The current state and, when not ready, why.
     pub fn report(&self) -> ReadinessReport {
         let assigned_partitions = self.state.assigned.load(Ordering::Relaxed);
-        let producer_ok = self.state.producer_ok.load(Ordering::Relaxed);
+        let producer_ok = !self.state.producer_failed.load(Ordering::Relaxed);
         let stopping = self.state.stopping.load(Ordering::Relaxed);
         let mut reasons = Vec::new();
         if stopping {
@@ -81,11 +88,16 @@ impl Readiness {
         if !producer_ok {
             reasons.push("the Kafka producer is not working".to_string());
         }
+        let kafka_brokers_up = metrics::kafka_brokers_up();
+        if kafka_brokers_up == Some(0) {
+            reasons.push("no Kafka broker reachable".to_string());
+        }
         ReadinessReport {
             ready: reasons.is_empty(),
             assigned_partitions,
             producer_ok,
             stopping,
+            kafka_brokers_up,
             reasons,
         }
     }
@@ -175,9 +187,18 @@ mod tests {
         let readiness = Readiness::default();
         let report = readiness.report();
         assert!(!report.ready);
-        assert_eq!(report.reasons.len(), 2);
+        assert_eq!(report.reasons, vec!["no flag-changes partition assigned"]);
         readiness.set_assigned(3);
-        readiness.clone().set_producer_ok(true);
+        assert!(
+            readiness.report().ready,
+            "the producer is taken to work at first"
+        );
+        readiness.clone().set_producer_ok(false);
+        assert_eq!(
+            readiness.report().reasons,
+            vec!["the Kafka producer is not working"]
+        );
+        readiness.set_producer_ok(true);
         assert!(readiness.report().ready);
         readiness.set_stopping();
         assert_eq!(readiness.report().reasons, vec!["shutting down"]);

@@ -23,8 +23,13 @@
 //! | `chaosgate_transaction_commit_seconds` | histogram | | [`commit`] |
 //! | `chaosgate_transaction_failures_total` | counter | | [`commit_failed`] |
 //! | `chaosgate_consumer_lag` | gauge | `topic`, `partition` | [`consumer_statistics`] |
+//! | `chaosgate_kafka_brokers_up` | gauge | | [`consumer_statistics`] |
+//!
+//! The brokers-up count also feeds readiness ([`kafka_brokers_up`]): a worker whose
+//! consumer reaches no broker is not ready.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -99,6 +104,7 @@ struct Metrics {
     commit_latency: Histogram,
     commit_failures: Counter,
     consumer_lag: Family<PartitionLabels, Gauge>,
+    brokers_up: Gauge,
     /// Partitions with a lag gauge, per topic, to drop the ones no longer assigned.
     lag_partitions: Mutex<BTreeMap<String, HashSet<String>>>,
 }
@@ -118,6 +124,7 @@ impl Metrics {
             commit_latency: Histogram::new(COMMIT_BUCKETS),
             commit_failures: Counter::default(),
             consumer_lag: Family::default(),
+            brokers_up: Gauge::default(),
             lag_partitions: Mutex::default(),
             registry: Registry::default(),
         };
@@ -182,8 +189,22 @@ impl Metrics {
             "Records between the consumer position and the end of each assigned partition (from librdkafka statistics)",
             metrics.consumer_lag.clone(),
         );
+        metrics.registry.register(
+            "chaosgate_kafka_brokers_up",
+            "Kafka brokers the worker's consumer is connected to (from librdkafka statistics)",
+            metrics.brokers_up.clone(),
+        );
         metrics
     }
+}
+
+/// Brokers in state `UP` in the last consumer statistics; -1 before the first.
+static BROKERS_UP: AtomicI64 = AtomicI64::new(-1);
+
+/// How many Kafka brokers the consumer was connected to at its last statistics
+/// (`statistics.interval.ms`); `None` before the first statistics arrived.
+pub fn kafka_brokers_up() -> Option<u64> {
+    u64::try_from(BROKERS_UP.load(Ordering::Relaxed)).ok()
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -302,6 +323,33 @@ struct Statistics {
     kind: String,
     #[serde(default)]
     topics: BTreeMap<String, TopicStatistics>,
+    #[serde(default)]
+    brokers: BTreeMap<String, BrokerStatistics>,
+}
+
+#[derive(Deserialize)]
+struct BrokerStatistics {
+    #[serde(default)]
+    state: String,
+    /// `configured`, `learned`, `internal` or `logical` (the group coordinator alias).
+    #[serde(default)]
+    source: String,
+}
+
+impl Statistics {
+    /// Brokers with a connection up (the logical coordinator alias not counted); `None`
+    /// when the statistics list no brokers.
+    fn brokers_up(&self) -> Option<i64> {
+        if self.brokers.is_empty() {
+            return None;
+        }
+        let up = self
+            .brokers
+            .values()
+            .filter(|b| b.state == "UP" && b.source != "logical" && b.source != "internal")
+            .count();
+        Some(i64::try_from(up).unwrap_or(i64::MAX))
+    }
 }
 
 #[derive(Deserialize)]
@@ -331,6 +379,10 @@ pub fn consumer_statistics(json: &[u8]) -> Result<(), StatisticsError> {
     let statistics: Statistics = serde_json::from_slice(json)?;
     if statistics.kind != "consumer" {
         return Ok(());
+    }
+    if let Some(up) = statistics.brokers_up() {
+        BROKERS_UP.store(up, Ordering::Relaxed);
+        METRICS.brokers_up.set(up);
     }
     let Ok(mut known) = METRICS.lag_partitions.lock() else {
         return Ok(());
@@ -445,6 +497,21 @@ mod tests {
             lines,
             vec!["chaosgate_consumer_lag{topic=\"lag-test-flag-changes\",partition=\"1\"} 0"]
         );
+    }
+
+    #[test]
+    fn brokers_up_counts_connected_brokers_only() {
+        let stats = |json: &str| serde_json::from_str::<Statistics>(json).unwrap();
+        let up = stats(CONSUMER_STATISTICS);
+        assert_eq!(up.brokers_up(), Some(1));
+        let down = stats(
+            r#"{"type": "consumer", "brokers": {
+              "127.0.0.1:19092/bootstrap": {"state": "DOWN", "source": "configured"},
+              "127.0.0.1:19092/1": {"state": "CONNECT", "source": "learned"},
+              "GroupCoordinator": {"state": "UP", "source": "logical"}}}"#,
+        );
+        assert_eq!(down.brokers_up(), Some(0));
+        assert_eq!(stats(r#"{"type": "consumer"}"#).brokers_up(), None);
     }
 
     #[test]

@@ -7,12 +7,19 @@
 //! secret values of a configuration and a catalog once, then [`Secrets::scrub`] masks
 //! them wherever they turn up in free text (an error message, a probe's last error, a
 //! run record's log), since a library error may quote a value it was given.
+//!
+//! The worker [`install`]s the secrets of its configuration and catalog once at start;
+//! from then on every log line is scrubbed on its way to stderr (see [`super::logs`]),
+//! and every run record is scrubbed before it is published ([`Secrets::scrub_run_record`],
+//! called by the pipeline executor).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use crate::catalog::{Catalog, Experiment};
 use crate::config::Config;
+use crate::contract::RunRecord;
 
 /// What a secret value is replaced with.
 pub const MASK: &str = "***";
@@ -204,6 +211,37 @@ impl Secrets {
         self.values.is_empty()
     }
 
+    /// Adds every secret of `other`.
+    pub fn extend(&mut self, other: &Secrets) {
+        for value in &other.values {
+            self.add(value);
+        }
+    }
+
+    /// Masks every known secret in the free-text fields of a run record: its summary,
+    /// log, fault and probe errors, and assertion error.
+    pub fn scrub_run_record(&self, record: &mut RunRecord) {
+        if self.is_empty() {
+            return;
+        }
+        let scrub = |text: &mut String| {
+            if let Cow::Owned(clean) = self.scrub(text) {
+                *text = clean;
+            }
+        };
+        record.summary.iter_mut().for_each(scrub);
+        record.log.iter_mut().for_each(scrub);
+        for fault in &mut record.faults {
+            fault.error.iter_mut().for_each(scrub);
+        }
+        for probe in &mut record.probes {
+            probe.last_error.iter_mut().for_each(scrub);
+        }
+        if let Some(assertion) = &mut record.assertion {
+            assertion.error.iter_mut().for_each(scrub);
+        }
+    }
+
     /// `text` with every known secret value replaced by [`MASK`].
     pub fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
         let mut out = Cow::Borrowed(text);
@@ -214,6 +252,39 @@ impl Secrets {
         }
         out
     }
+}
+
+/// The secrets of this process (see [`install`]).
+static INSTALLED: RwLock<Option<Arc<Secrets>>> = RwLock::new(None);
+
+/// Makes `secrets` known process-wide (added to any installed before): log lines and run
+/// records are scrubbed of them from now on.
+pub fn install(secrets: &Secrets) {
+    if secrets.is_empty() {
+        return;
+    }
+    let Ok(mut installed) = INSTALLED.write() else {
+        return;
+    };
+    let mut all = installed.as_deref().cloned().unwrap_or_default();
+    all.extend(secrets);
+    *installed = Some(Arc::new(all));
+}
+
+/// Installs the secrets of a configuration (Kafka properties, URL passwords, values set
+/// from `CHAOSGATE_*` variables included) and of a catalog (probe credentials).
+pub fn install_for(config: &Config, catalog: &Catalog) {
+    let mut secrets = Secrets::of_config(config);
+    secrets.add_catalog(catalog);
+    install(&secrets);
+}
+
+/// The secrets installed in this process, if any.
+pub fn installed() -> Option<Arc<Secrets>> {
+    INSTALLED
+        .read()
+        .ok()
+        .and_then(|installed| installed.clone())
 }
 
 #[cfg(test)]
@@ -353,5 +424,19 @@ probes:
         }
         assert!(scrubbed.contains("visible-id"), "{scrubbed}");
         assert!(matches!(secrets.scrub("nothing here"), Cow::Borrowed(_)));
+
+        let mut record = crate::contract::run_record::run_record_example();
+        record.summary = Some("probe api: 401 for Bearer tok-0123456789".into());
+        record.log.push("sasl-pa55word was refused".into());
+        record.probes[0].last_error = Some("JSON at \"/detail\" is \"tok-0123456789\"".into());
+        secrets.scrub_run_record(&mut record);
+        let text = serde_json::to_string(&record).unwrap();
+        for secret in ["sasl-pa55word", "tok-0123456789"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(
+            text.contains("\"summary\":\"probe api: 401 for ***\""),
+            "{text}"
+        );
     }
 }

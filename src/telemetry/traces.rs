@@ -13,9 +13,19 @@
 //!
 //! ```text
 //! process flag-changes      (CONSUMER, parent: the incoming traceparent) <- process_span
-//!   stage / step / fault inject / fault revert / probe attempt (INTERNAL)
-//!   send chaos-experiment-runs, send flag-commands (PRODUCER) <- send_span + inject
+//!   stage <id>                                                          <- stage_span
+//!     step <id>             (one per run of the step: run_id, attempt)  <- step_span
+//!       fault inject <name> / fault revert <name>                       <- fault_span
+//!       probe <name>        (one check: its attempts)                   <- probe_span
+//!       send chaos-experiment-runs (the `running` record, PRODUCER)    <- send_span
+//!   send chaos-experiment-runs, send flag-commands, send flag-changes-dlq (PRODUCER)
 //! ```
+//!
+//! Cost without an exporter: the fault, probe and send spans use the target
+//! [`SPAN_ONLY_TARGET`], which the log layer leaves out, so with no OpenTelemetry layer
+//! no subscriber wants them and `tracing` skips them at the callsite (one cached check).
+//! The process, stage and step spans stay: their fields (`flag`, `pipeline_id`,
+//! `pipeline_execution_id`, `run_id`) are what every log line of a run carries.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
@@ -55,6 +65,15 @@ pub mod semconv {
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace context header carrying vendor state.
 pub const TRACESTATE: &str = "tracestate";
+
+/// Target of the spans only traces show (fault inject/revert, probe checks, sends): the
+/// log layer filters them out, so they cost nothing when no exporter is configured.
+pub const SPAN_ONLY_TARGET: &str = "chaosgate::traces";
+
+/// Whether `metadata` is a span only traces show (see [`SPAN_ONLY_TARGET`]).
+pub fn is_span_only(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() && metadata.target() == SPAN_ONLY_TARGET
+}
 
 /// Name of the service in exported spans.
 pub const SERVICE_NAME: &str = "chaosgate";
@@ -161,8 +180,49 @@ pub fn inject_context(context: &opentelemetry::Context, headers: &mut Vec<(Strin
 }
 
 /// Writes `span`'s trace context into a record's headers (see [`inject_context`]).
+///
+/// Without an exporter spans have no trace context; then the context the flag-change
+/// arrived with (kept on its [`process_span`]) is written, if the current span is inside
+/// one, so the flag service's trace still continues through chaosgate's outputs.
 pub fn inject(span: &tracing::Span, headers: &mut Vec<(String, Vec<u8>)>) {
-    inject_context(&span.context(), headers);
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        inject_context(&context, headers);
+    } else if let Some(incoming) = incoming_of_current() {
+        inject_context(&incoming, headers);
+    }
+}
+
+/// Writes the trace context of a new `send <topic>` span (a child of the current span)
+/// into the headers of a record about to be produced to `topic`.
+pub fn inject_send(topic: &str, headers: &mut Vec<(String, Vec<u8>)>) {
+    inject(&send_span(topic), headers);
+}
+
+/// The trace context a flag-change arrived with, kept on its `process` span for
+/// [`inject`] when no exporter gives spans their own.
+struct Incoming(opentelemetry::Context);
+
+fn remember_incoming(span: &tracing::Span, incoming: opentelemetry::Context) {
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(registry) = dispatch.downcast_ref::<tracing_subscriber::Registry>()
+            && let Some(data) = tracing_subscriber::registry::LookupSpan::span(registry, id)
+        {
+            data.extensions_mut().insert(Incoming(incoming));
+        }
+    });
+}
+
+fn incoming_of_current() -> Option<opentelemetry::Context> {
+    tracing::Span::current()
+        .with_subscriber(|(id, dispatch)| {
+            let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+            let span = tracing_subscriber::registry::LookupSpan::span(registry, id)?;
+            span.scope()
+                .find_map(|s| s.extensions().get::<Incoming>().map(|i| i.0.clone()))
+        })
+        .flatten()
 }
 
 /// Writes the current span's trace context into a record's headers.
@@ -202,8 +262,11 @@ pub fn process_span(
     );
     let parent = extract(headers);
     if opentelemetry::trace::TraceContextExt::has_active_span(&parent) {
-        // Fails only when no OpenTelemetry layer is installed: then there is no trace.
-        let _ = span.set_parent(parent);
+        // Fails only when no OpenTelemetry layer is installed: then the incoming context
+        // is passed on as it came.
+        if span.set_parent(parent.clone()).is_err() {
+            remember_incoming(&span, parent);
+        }
     }
     span
 }
@@ -213,6 +276,7 @@ pub fn process_span(
 /// partition and offset once delivered with [`record_delivery`].
 pub fn send_span(topic: &str) -> tracing::Span {
     tracing::info_span!(
+        target: SPAN_ONLY_TARGET,
         "send",
         otel.name = %format!("{} {topic}", semconv::SEND),
         otel.kind = "producer",
@@ -222,6 +286,91 @@ pub fn send_span(topic: &str) -> tracing::Span {
         messaging.destination.name = %topic,
         messaging.kafka.destination.partition = tracing::field::Empty,
         messaging.kafka.message.offset = tracing::field::Empty,
+    )
+}
+
+/// Records what the worker learnt of a consumed flag-change on its [`process_span`], so
+/// every log line inside names it: the flag key (`project/environment/flag`), the event
+/// id, and, when it is gated, the pipeline and the pipeline execution id.
+pub fn record_change(
+    span: &tracing::Span,
+    change: &crate::contract::FlagChange,
+    pipeline_id: Option<&str>,
+) {
+    if span.is_disabled() {
+        return;
+    }
+    use tracing::field::display;
+    span.record("flag", display(change.flag_key()));
+    span.record("event_id", display(&change.event_id));
+    if let Some(pipeline_id) = pipeline_id {
+        span.record("pipeline_id", display(pipeline_id));
+        span.record(
+            "pipeline_execution_id",
+            display(crate::contract::ids::pipeline_execution_id(
+                &change.event_id,
+                pipeline_id,
+            )),
+        );
+    }
+}
+
+/// The span of one stage of a pipeline execution: `stage <id>`, a child of the current
+/// span (the flag-change's `process` span).
+pub fn stage_span(stage_id: &str, stage_type: &str) -> tracing::Span {
+    tracing::info_span!(
+        "stage",
+        otel.name = %format!("stage {stage_id}"),
+        stage_id = %stage_id,
+        stage_type = %stage_type,
+    )
+}
+
+/// The span of one run of a chaos step: `step <id>`, a child of the current span (its
+/// stage), carrying the run id every log line of the run shows.
+pub fn step_span(step_id: &str, experiment_id: &str, run_id: &str, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        otel.name = %format!("step {step_id}"),
+        step_id = %step_id,
+        experiment_id = %experiment_id,
+        run_id = %run_id,
+        attempt,
+    )
+}
+
+/// The span of injecting (`action` = `inject`) or reverting (`revert`) one fault:
+/// `fault inject <name>`, a child of `parent` (the run's step span). Traces only.
+pub fn fault_span(
+    parent: &tracing::Span,
+    action: &'static str,
+    fault: &crate::catalog::experiment::Fault,
+) -> tracing::Span {
+    tracing::info_span!(
+        target: SPAN_ONLY_TARGET,
+        parent: parent,
+        "fault",
+        otel.name = %format!("fault {action} {}", fault.name),
+        chaosgate.fault.action = action,
+        chaosgate.fault.name = %fault.name,
+        chaosgate.fault.kind = fault.kind().map_or("unknown", |k| k.as_str()),
+    )
+}
+
+/// The span of one check of a probe (its attempts, up to the probe's `attempts`):
+/// `probe <name>`, a child of `parent` (the run's step span). Traces only.
+pub fn probe_span(
+    parent: &tracing::Span,
+    probe: &crate::catalog::experiment::Probe,
+) -> tracing::Span {
+    tracing::info_span!(
+        target: SPAN_ONLY_TARGET,
+        parent: parent,
+        "probe",
+        otel.name = %format!("probe {}", probe.name),
+        chaosgate.probe.name = %probe.name,
+        "chaosgate.probe.type" = probe.probe_type().map_or("unknown", |t| t.as_str()),
+        chaosgate.probe.mode = ?probe.mode,
     )
 }
 

@@ -391,6 +391,28 @@ impl Worker {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The address of the worker's HTTP endpoints, from its "serving /healthz" log line
+    /// (text or JSON); the configs ask for port 0.
+    pub async fn http_address(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            if let Some(line) = log.lines().find(|l| l.contains("serving /healthz")) {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+                    return json["addr"].as_str().expect("addr field").to_string();
+                }
+                let at = line.find("addr=").expect("addr field") + 5;
+                return line[at..]
+                    .split_whitespace()
+                    .next()
+                    .expect("addr")
+                    .to_string();
+            }
+            assert!(Instant::now() < deadline, "no endpoints in the log:\n{log}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Worker {
@@ -405,6 +427,8 @@ pub struct Received<T> {
     pub partition: i32,
     pub offset: i64,
     pub seen: Instant,
+    /// The record's Kafka headers (CloudEvents attributes, `traceparent`).
+    pub headers: Vec<(String, Vec<u8>)>,
     pub value: T,
 }
 
@@ -536,6 +560,7 @@ impl Collector {
                         partition,
                         offset,
                         seen,
+                        headers: record.headers.clone(),
                         value: record,
                     });
                     continue;
@@ -549,6 +574,7 @@ impl Collector {
                             partition,
                             offset,
                             seen,
+                            headers: record.headers.clone(),
                             value,
                         }),
                         Err(e) => outputs.garbage.push(format!("{topic}@{offset}: {e}")),
@@ -561,6 +587,7 @@ impl Collector {
                             partition,
                             offset,
                             seen,
+                            headers: record.headers.clone(),
                             value,
                         }),
                         Err(e) => outputs.garbage.push(format!("{topic}@{offset}: {e}")),
