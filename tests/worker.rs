@@ -700,6 +700,59 @@ async fn an_abort_request_stops_the_run_within_a_second_and_disables_the_flag() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_request_for_an_execution_waiting_behind_its_flag_disables_it_without_a_run() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "killqueued", 1).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("steady", "3s", &h.marker("steady"), &up.address),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["steady"]));
+    let collector = h.collect();
+    let _worker = h.spawn("w", &h.config("w", &Settings::default()));
+
+    // Two changes of one flag: the second waits for the first (strict per-flag order).
+    let first = change("checkout", ChangeKind::Enable, None);
+    let second = change("checkout", ChangeKind::Update, None);
+    h.produce_change(&first).await;
+    h.produce_change(&second).await;
+    h.wait_for(&collector, "the first run", PATIENCE, |o| {
+        !o.runs_for(&first.event_id).is_empty()
+    })
+    .await;
+    let waiting = chaosgate::contract::ids::pipeline_execution_id(&second.event_id, "gate");
+    h.produce_abort(serde_json::json!({"scope": "pipeline_execution", "id": waiting}))
+        .await;
+    let out = h
+        .wait_for(&collector, "both commands", PATIENCE, |o| {
+            o.all_commanded(&[first.event_id.clone(), second.event_id.clone()])
+        })
+        .await;
+    // The running one is untouched; the waiting one never runs and is disabled.
+    let first_command = out.commands_for(&first.event_id)[0];
+    assert_eq!(first_command.command, CommandKind::Enable, "{}", out.describe());
+    let second_command = out.commands_for(&second.event_id)[0];
+    assert_eq!(second_command.command, CommandKind::Disable, "{}", out.describe());
+    assert_eq!(second_command.reason_code, ReasonCode::Aborted);
+    assert!(
+        second_command.reason.contains("before it started"),
+        "{}",
+        second_command.reason
+    );
+    assert!(
+        out.runs_for(&second.event_id).is_empty(),
+        "the aborted execution ran: {}",
+        out.describe()
+    );
+    assert!(
+        second_command.issued_at >= first_command.issued_at,
+        "the flag's order was not kept: {}",
+        out.describe()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_aborts_the_run_exits_zero_and_the_event_runs_again_as_attempt_two() {
     let servers = kafka::require_broker();
     let h = Harness::new(&servers, "term", 1).await;

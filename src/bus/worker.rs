@@ -196,12 +196,17 @@ struct Pending {
     pipeline: Option<String>,
     /// The event's `process` span: its trace, and the fields of its log lines.
     span: tracing::Span,
+    /// The pipeline execution's id, registered with the kill switch from the moment
+    /// the event is read, so an abort also reaches an execution still waiting for its
+    /// flag or for a slot.
+    execution_id: Option<String>,
+    /// Cancelled by an abort request (a child of the partition's interrupt).
+    kill: CancellationToken,
 }
 
 /// An execution that ended.
 struct Finished {
     pending: Pending,
-    execution_id: Option<String>,
     execution: Execution,
 }
 
@@ -369,7 +374,7 @@ pub async fn run(
             biased;
             () = shutdown.cancelled() => break,
             Some(event) = rebalance_rx.recv() => {
-                apply_rebalance(event, &mut partitions, &mut queues, &mut ready);
+                apply_rebalance(event, &mut partitions, &mut queues, &mut ready, &kill_switch);
             }
             Some(finished) = finished_rx.recv() => {
                 running -= 1;
@@ -379,7 +384,7 @@ pub async fn run(
                 match message {
                     Ok(message) => {
                         while let Ok(event) = rebalance_rx.try_recv() {
-                            apply_rebalance(event, &mut partitions, &mut queues, &mut ready);
+                            apply_rebalance(event, &mut partitions, &mut queues, &mut ready, &kill_switch);
                         }
                         let partition = message.partition();
                         let offset = message.offset();
@@ -478,6 +483,7 @@ fn apply_rebalance(
     partitions: &mut HashMap<i32, Partition>,
     queues: &mut FlagQueues<Pending>,
     ready: &mut VecDeque<Pending>,
+    kill_switch: &KillSwitch,
 ) {
     match event {
         RebalanceEvent::Assigned {
@@ -497,11 +503,23 @@ fn apply_rebalance(
         }
         RebalanceEvent::Revoked { partition } => {
             partitions.remove(&partition);
-            queues.discard(|p| p.partition == partition);
+            let forget = |pending: &Pending| {
+                if let Some(id) = &pending.execution_id {
+                    kill_switch.unregister(id);
+                }
+            };
+            queues.discard(|p| {
+                let revoked = p.partition == partition;
+                if revoked {
+                    forget(p);
+                }
+                revoked
+            });
             let (revoked, kept): (Vec<Pending>, Vec<Pending>) =
                 ready.drain(..).partition(|p| p.partition == partition);
             ready.extend(kept);
             for pending in revoked {
+                forget(&pending);
                 // Its flag was busy waiting for a slot; nothing of the partition waits behind it.
                 let _ = queues.release(&pending.flag);
             }
@@ -598,6 +616,13 @@ impl Shared {
         };
         traces::record_change(&span, &change, pipeline.as_deref());
         drop(entered);
+        let execution_id = pipeline
+            .as_ref()
+            .map(|id| ids::pipeline_execution_id(&change.event_id, id));
+        let kill = state.interrupt.child_token();
+        if let Some(id) = &execution_id {
+            self.kill_switch.register(id, kill.clone());
+        }
         let pending = Pending {
             partition,
             epoch,
@@ -606,6 +631,8 @@ impl Shared {
             change,
             pipeline,
             span,
+            execution_id,
+            kill,
         };
         if let Some(pending) = queues.admit(&pending.flag.clone(), pending) {
             self.start(pending, partitions, queues, ready, running, max_in_flight);
@@ -649,6 +676,9 @@ impl Shared {
                 chrono::Utc::now(),
             );
             tracing::info!(flag = %pending.flag, command = command.command.as_str(), reason = %command.reason, "passed on");
+            if let Some(id) = &pending.execution_id {
+                self.kill_switch.unregister(id);
+            }
             metrics::event_gated(command.command, command.reason_code);
             let output = outputs::flag_command(&self.topics, &command);
             self.complete(
@@ -669,6 +699,9 @@ impl Shared {
         running: &mut usize,
     ) {
         let Some(partition) = partitions.get_mut(&pending.partition) else {
+            if let Some(id) = &pending.execution_id {
+                self.kill_switch.unregister(id);
+            }
             return;
         };
         let span = pending.span.clone();
@@ -692,18 +725,10 @@ impl Shared {
                 metadata: partition.offsets.metadata(),
             }],
         });
-        let kill = partition.interrupt.child_token();
-        let execution_id = pending
-            .pipeline
-            .as_ref()
-            .map(|id| ids::pipeline_execution_id(&pending.change.event_id, id));
-        if let Some(id) = &execution_id {
-            self.kill_switch.register(id, kill.clone());
-        }
         let context = ExecutionContext {
             run: self.run.clone(),
             attempt,
-            kill,
+            kill: pending.kill.clone(),
             interrupt: partition.interrupt.clone(),
             updates: Some(self.updates.clone()),
         };
@@ -726,11 +751,7 @@ impl Shared {
                     command: None,
                 }
             };
-            let _ = finished.send(Finished {
-                pending,
-                execution_id,
-                execution,
-            });
+            let _ = finished.send(Finished { pending, execution });
         }.instrument(span.clone()));
     }
 
@@ -744,12 +765,8 @@ impl Shared {
         running: &mut usize,
         max_in_flight: usize,
     ) {
-        let Finished {
-            pending,
-            execution_id,
-            execution,
-        } = finished;
-        if let Some(id) = &execution_id {
+        let Finished { pending, execution } = finished;
+        if let Some(id) = &pending.execution_id {
             self.kill_switch.unregister(id);
         }
         let entered = pending.span.enter();

@@ -99,6 +99,22 @@ pub async fn execute(
     let mut records = Vec::new();
     let mut steps = Vec::new();
     let mut outcome = Outcome::Passed;
+    if context.interrupt.is_cancelled() {
+        return Execution {
+            records,
+            command: None,
+        };
+    }
+    if context.kill.is_cancelled() {
+        // Aborted while it waited for its flag or a slot: nothing runs.
+        let outcome = Outcome::Aborted("aborted by the kill switch before it started".into());
+        let command =
+            decision::flag_command(change, Some(pipeline), gating, &outcome, steps, Utc::now());
+        return Execution {
+            records,
+            command: Some(command),
+        };
+    }
     'stages: for stage in &pipeline.stages {
         let stage_span = traces::stage_span(&stage.id, stage.stage_type.as_str());
         for step in &stage.steps {
