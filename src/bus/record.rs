@@ -3,7 +3,7 @@
 
 use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{BaseRecord, FutureRecord};
 
 use crate::contract::KafkaMessage;
 
@@ -41,6 +41,22 @@ pub fn headers_of(message: &KafkaMessage) -> OwnedHeaders {
             })
         },
     )
+}
+
+/// A record for `topic` carrying `message`'s key, value and headers, for a
+/// `ThreadedProducer`.
+pub fn to_base_record<'a>(
+    topic: &'a str,
+    message: &'a KafkaMessage,
+) -> BaseRecord<'a, Vec<u8>, Vec<u8>> {
+    let mut record = BaseRecord::to(topic).headers(headers_of(message));
+    if let Some(key) = &message.key {
+        record = record.key(key);
+    }
+    if let Some(value) = &message.value {
+        record = record.payload(value);
+    }
+    record
 }
 
 /// A record for `topic` carrying `message`'s key, value and headers.

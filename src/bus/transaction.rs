@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::outputs::Output;
-use super::record::headers_of;
+use super::record::to_base_record;
 
 /// How long one transactional call may block.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -266,14 +266,7 @@ fn send(
 ) -> Result<(), KafkaError> {
     let deadline = Instant::now() + CALL_TIMEOUT;
     loop {
-        let mut record = BaseRecord::to(&output.topic).headers(headers_of(&output.message));
-        if let Some(key) = &output.message.key {
-            record = record.key(key);
-        }
-        if let Some(value) = &output.message.value {
-            record = record.payload(value);
-        }
-        match producer.send::<Vec<u8>, Vec<u8>>(record) {
+        match producer.send(to_base_record(&output.topic, &output.message)) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                 if Instant::now() < deadline =>

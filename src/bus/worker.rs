@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,7 @@ use super::flag_queue::FlagQueues;
 use super::kill_switch::{self, KillSwitch};
 use super::offsets::{PartitionOffsets, Receipt};
 use super::outputs::{self, Output, Source};
-use super::record::{from_rdkafka, to_record};
+use super::record::{from_rdkafka, to_base_record};
 use super::transaction::{Assignment, Committer, Completion, PartitionCommit};
 
 /// Why the worker could not run.
@@ -269,12 +269,13 @@ pub async fn run(
             source,
         })?;
 
-    // Run records as they happen: an idempotent producer outside the transactions.
-    let status_producer: FutureProducer = client
+    // Run records as they happen: an idempotent producer outside the transactions,
+    // batching what starts within 5 ms.
+    let status_producer: ThreadedProducer<UpdateDelivery> = client
         .clone()
         .set("enable.idempotence", "true")
-        .set("linger.ms", "0")
-        .create()
+        .set("linger.ms", "5")
+        .create_with_context(UpdateDelivery)
         .map_err(WorkerError::Client)?;
     let kill_switch = KillSwitch::default();
     let (updates_tx, updates_rx) = mpsc::unbounded_channel::<RunUpdate>();
@@ -839,7 +840,7 @@ impl Shared {
 
 /// Publishes `running` records (and records of interrupted runs) as they come.
 async fn publish_updates(
-    producer: FutureProducer,
+    producer: ThreadedProducer<UpdateDelivery>,
     topics: crate::config::Topics,
     mut updates: mpsc::UnboundedReceiver<RunUpdate>,
     kill_switch: KillSwitch,
@@ -850,23 +851,38 @@ async fn publish_updates(
             kill_switch.register_run(&record.run_id, &record.pipeline_execution_id);
         }
         let output = outputs::run_update(&topics, &update);
-        let producer = producer.clone();
-        tokio::spawn(async move {
-            if let Err((error, _)) = producer
-                .send(
-                    to_record(&output.topic, &output.message),
-                    Duration::from_secs(30),
-                )
-                .await
-            {
-                tracing::warn!(%error, "cannot publish a run update");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match producer.send(to_base_record(&output.topic, &output.message)) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => {
+                    tracing::warn!(%error, run_id = %record.run_id, "cannot publish a run update");
+                    break;
+                }
             }
-        });
+        }
     }
-    let _ = tokio::task::spawn_blocking(move || {
-        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))
-    })
-    .await;
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+}
+
+/// Logs run updates the broker did not take (their delivery is not awaited one by one).
+struct UpdateDelivery;
+
+impl ClientContext for UpdateDelivery {}
+
+impl ProducerContext for UpdateDelivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            tracing::warn!(%error, "cannot publish a run update");
+        }
+    }
 }
 
 /// Checks the topics exist, creating them when `kafka.create_topics` is set. Waits for an
