@@ -94,9 +94,22 @@ async fn produce(topic: &str, events: &[KafkaMessage]) {
     }
 }
 
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime is the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// The baseline: consume, produce three messages per event in a transaction with the
-/// offsets, in batches as the worker's committer does.
-async fn baseline(events: &[KafkaMessage]) -> Duration {
+/// offsets, in batches as the worker's committer does. Returns the time from the first
+/// record and the CPU seconds used meanwhile.
+async fn baseline(events: &[KafkaMessage]) -> (Duration, f64) {
     let input = unique("base-in");
     let output = unique("base-out");
     create(&[&input, &output]).await;
@@ -119,12 +132,16 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
         .init_transactions(Duration::from_secs(30))
         .expect("init transactions");
     let mut start = None;
+    let mut cpu_start = 0.0;
     let mut done = 0;
     while done < events.len() {
         let mut batch = Vec::new();
         let first = consumer.recv().await.expect("consume");
         // Timed from the first record, as the worker is: group joins are not compared.
-        start.get_or_insert_with(Instant::now);
+        if start.is_none() {
+            start = Some(Instant::now());
+            cpu_start = cpu_seconds();
+        }
         batch.push(from_rdkafka(&first));
         let mut offsets = TopicPartitionList::new();
         offsets
@@ -168,7 +185,10 @@ async fn baseline(events: &[KafkaMessage]) -> Duration {
             .expect("commit");
         done += batch.len();
     }
-    start.map(|s| s.elapsed()).unwrap_or_default()
+    (
+        start.map(|s| s.elapsed()).unwrap_or_default(),
+        cpu_seconds() - cpu_start,
+    )
 }
 
 /// Fault targets, so experiments of different flags run side by side (two experiments on
@@ -300,11 +320,12 @@ async fn main() {
     let events: Vec<KafkaMessage> = (0..events_n).map(event).collect();
 
     println!("worker benchmark: {events_n} events, broker {}", servers());
-    let base = baseline(&events).await;
+    let (base, base_cpu) = baseline(&events).await;
     let base_rate = events_n as f64 / base.as_secs_f64();
     println!(
-        "baseline pass-through (consume -> transactional produce x3): {:.2} s, {base_rate:.0} events/s",
-        base.as_secs_f64()
+        "baseline pass-through (consume -> transactional produce x3): {:.2} s, {base_rate:.0} events/s, CPU {:.0} us/event",
+        base.as_secs_f64(),
+        base_cpu * 1e6 / events_n as f64
     );
 
     // The events are in the topic before the worker starts, as they are for the
@@ -314,6 +335,7 @@ async fn main() {
     let commands = reader(&topics.commands);
     let mut seen = 0;
     let mut first_at = None;
+    let cpu_start = cpu_seconds();
     while seen < events_n {
         match tokio::time::timeout(Duration::from_secs(60), commands.recv()).await {
             Ok(Ok(_)) => {
@@ -324,10 +346,12 @@ async fn main() {
         }
     }
     let took = first_at.map(|f: Instant| f.elapsed()).unwrap_or_default();
+    let cpu = cpu_seconds() - cpu_start;
     let rate = seen as f64 / took.as_secs_f64();
     println!(
-        "chaosgate (minimal experiments, max_in_flight {max_in_flight}): {seen} commands in {:.2} s, {rate:.0} events/s",
-        took.as_secs_f64()
+        "chaosgate (minimal experiments, max_in_flight {max_in_flight}): {seen} commands in {:.2} s, {rate:.0} events/s, CPU {:.0} us/event (from its start, group join included)",
+        took.as_secs_f64(),
+        cpu * 1e6 / seen.max(1) as f64
     );
     println!(
         "throughput ratio chaosgate / baseline: {:.2} (goal >= 0.8)",
@@ -388,9 +412,10 @@ async fn main() {
     experiments.sort_by(f64::total_cmp);
     if !overheads.is_empty() {
         println!(
-            "gate overhead (produce -> command consumed, minus experiment time), {} events: p50 {:.1} ms, p99 {:.1} ms (goal p99 < 25 ms)",
+            "gate overhead (produce -> command consumed, minus experiment time), {} events: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms (goal p99 < 25 ms)",
             overheads.len(),
             percentile(&overheads, 0.5),
+            percentile(&overheads, 0.9),
             percentile(&overheads, 0.99)
         );
         println!(
