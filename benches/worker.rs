@@ -45,9 +45,13 @@ fn unique(prefix: &str) -> String {
     format!("bench-{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The bench's own clients (the baseline, the event producer and the readers), with
+/// Nagle's algorithm off as the worker has it.
 fn client() -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", servers());
+    config
+        .set("bootstrap.servers", servers())
+        .set("socket.nagle.disable", "true");
     config
 }
 

@@ -993,8 +993,8 @@ async fn sigkilled_mid_experiment_again_and_again_each_event_still_counts_once()
         );
         assert_eq!(finals[0].status, RunStatus::Passed);
         // Every start of the event whose start mark was committed before the kill is its
-        // own attempt, with its own run id; a kill within the mark's transaction (about
-        // 10 ms) repeats the attempt. (An attempt may leave no `running` record when the
+        // own attempt, with its own run id; a kill within the mark's linger and transaction
+        // (about 30 ms) repeats the attempt. (An attempt may leave no `running` record when the
         // kill came right after its start mark was committed.)
         let running: Vec<u32> = out
             .runs_for(event)

@@ -28,8 +28,12 @@ use super::record::to_base_record;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most completions committed in one transaction.
 const MAX_BATCH: usize = 500;
-/// How long a batch of start marks alone waits for other completions to join it.
-pub const START_MARK_LINGER: Duration = Duration::from_millis(5);
+/// How long a batch of start marks alone waits for other completions to join it: a run
+/// shorter than this commits its start and its end in one transaction, and is spared a
+/// second transaction right behind the first (which meets CONCURRENT_TRANSACTIONS until
+/// the first one's markers are written). Longer runs, the usual case, commit their start
+/// while they run.
+pub const START_MARK_LINGER: Duration = Duration::from_millis(20);
 /// How often the delivery of a transaction's records is checked before its commit.
 const DELIVERY_CHECK: Duration = Duration::from_micros(200);
 
@@ -94,9 +98,16 @@ pub enum CommitError {
     Start(KafkaError),
 }
 
-fn build(
-    config: &ClientConfig,
-) -> Result<ThreadedProducer<rdkafka::producer::DefaultProducerContext>, KafkaError> {
+/// The transactional producer the committer drives.
+pub type TransactionalProducer = ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
+
+/// Creates the transactional producer and initialises its transactions (fencing an
+/// earlier instance with the same `transactional.id`). Blocks up to 30 s.
+pub fn start(config: &ClientConfig) -> Result<TransactionalProducer, CommitError> {
+    build(config).map_err(CommitError::Start)
+}
+
+fn build(config: &ClientConfig) -> Result<TransactionalProducer, KafkaError> {
     let producer: ThreadedProducer<_> = config.create()?;
     producer.init_transactions(CALL_TIMEOUT)?;
     Ok(producer)
@@ -117,10 +128,10 @@ fn needs_rebuild(error: &KafkaError) -> bool {
 }
 
 impl Committer {
-    /// Commits completions from `completions` until the channel closes (the worker is
-    /// stopping) and everything received has been committed or dropped as revoked.
-    pub fn run(self, completions: Receiver<Completion>) -> Result<(), CommitError> {
-        let mut producer = build(&self.config).map_err(CommitError::Start)?;
+    /// Commits completions from `completions` with `producer` (from [`start`]) until the
+    /// channel closes (the worker is stopping) and everything received has been committed
+    /// or dropped as revoked.
+    pub fn run(self, mut producer: TransactionalProducer, completions: Receiver<Completion>) {
         let mut pending: Vec<Completion> = Vec::new();
         let mut closed = false;
         let mut failures: u32 = 0;
@@ -187,7 +198,6 @@ impl Committer {
                 }
             }
         }
-        Ok(())
     }
 
     /// Drops completions of partitions this worker no longer owns: the new owner runs

@@ -341,9 +341,12 @@ pub async fn run(
             }
         })),
     };
+    // Started here, so a producer the cluster refuses (a transactional id it does not
+    // authorise, say) stops the worker before it consumes anything.
+    let producer = tokio::task::block_in_place(|| super::transaction::start(&committer.config))?;
     let committer_thread = std::thread::Builder::new()
         .name("chaosgate-commit".into())
-        .spawn(move || committer.run(completions_rx))
+        .spawn(move || committer.run(producer, completions_rx))
         .map_err(|e| WorkerError::Refused {
             servers: config.kafka.bootstrap_servers.clone(),
             message: format!("cannot start the commit thread: {e}"),
@@ -440,7 +443,7 @@ pub async fn run(
     let join = tokio::task::spawn_blocking(move || committer_thread.join());
     let left = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(left, join).await {
-        Ok(Ok(Ok(result))) => result?,
+        Ok(Ok(Ok(()))) => {}
         _ => tracing::warn!("the committer did not finish within the grace period"),
     }
     let left = deadline.saturating_duration_since(Instant::now());
@@ -711,8 +714,9 @@ impl Shared {
         // The start count goes to the committer as a start mark (offsets only, the
         // watermark unchanged), so a run cut off by a crash, a shutdown or a rebalance
         // runs again as the next attempt with its own run id. The run does not wait for
-        // it: one that ends within a few milliseconds shares its start's transaction, and
-        // a crash before the mark is committed (a window of one transaction, about 10 ms)
+        // it: one that ends within the committer's START_MARK_LINGER (20 ms) shares its
+        // start's transaction, and a crash before the mark is committed (that linger
+        // plus one transaction, about 30 ms)
         // repeats this attempt and its run id (a second `running` record; the final
         // record and the command still come once).
         let _ = self.completions.send(Completion {
