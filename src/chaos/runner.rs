@@ -191,6 +191,8 @@ pub enum ProgressEvent {
         passed: bool,
         /// Attempts the check made.
         attempts: u32,
+        /// How long the check took, in milliseconds (so `at` minus this is its start).
+        took_ms: f64,
         /// Why it failed.
         error: Option<String>,
     },
@@ -344,6 +346,7 @@ impl Run {
             mode: probe.mode,
             passed: check.passed,
             attempts: check.attempts,
+            took_ms: check.took.as_secs_f64() * 1_000.0,
             error: if check.passed {
                 None
             } else {
@@ -933,18 +936,19 @@ async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: CancellationT
 
 /// One check of probe `p` in a task of its own: a panic or a hang is a failed check.
 async fn isolated_check(run: &Arc<Run>, p: usize) -> Check {
-    let probe = run.probes[p].clone();
-    let properties = &probe.run_properties;
+    let properties = &run.probes[p].run_properties;
     let limit = (properties.timeout.duration() + properties.interval.duration())
         * properties.attempts.max(1)
         + Duration::from_secs(5);
-    let panics = run.panic_probe.as_deref() == Some(probe.name.as_str());
+    let panics = run.panic_probe.as_deref() == Some(run.probes[p].name.as_str());
     let started = Instant::now();
+    let task_run = run.clone();
     let mut task = AbortOnDrop(tokio::spawn(async move {
+        let probe = &task_run.probes[p];
         if panics {
             panic!("test hook: probe '{}' panics", probe.name);
         }
-        probe::check(&probe).await
+        probe::check(probe).await
     }));
     let failed = |error: String| Check {
         passed: false,
