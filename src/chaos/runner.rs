@@ -16,7 +16,9 @@
 //!
 //! Every check waits `initial_delay` first (for polling modes, only before the first
 //! check). Polling modes (`continuous`, `on_chaos`) check every `polling_interval`, start
-//! to start (a late check is not made up for), and always check at least once, even when
+//! to start on a fixed grid (first check + k intervals): a check that starts late does
+//! not shift the ones after it, and a tick missed by a whole interval (a check that ran
+//! longer) is dropped, not made up for. They always check at least once, even when
 //! `initial_delay` outlasts their window. A polling probe passes a phase when all its
 //! checks passed; an `edge` probe when both its checks passed. Each check runs in its own
 //! task: a panic there is a failed check, never a lost revert.
@@ -903,17 +905,16 @@ async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: CancellationT
     let properties = &run.probes[p].run_properties;
     let every = properties.polling_interval.duration();
     tokio::time::sleep(properties.initial_delay.duration()).await;
-    let mut next = Instant::now();
+    let mut tick = Instant::now();
     loop {
         let check = isolated_check(&run, p).await;
         run.record_check(p, phase, &check, true);
         if window.is_cancelled() || run.stop.is_cancelled() {
             break;
         }
-        next += every;
-        next = next.max(Instant::now());
+        tick = next_tick(tick, every, Instant::now());
         if window
-            .run_until_cancelled(tokio::time::sleep_until(next))
+            .run_until_cancelled(tokio::time::sleep_until(tick))
             .await
             .is_none()
         {
@@ -932,6 +933,20 @@ async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: CancellationT
         tally.checks - tally.failed,
         tally.checks
     ));
+}
+
+/// The tick after `last` on a polling schedule (`last` + k x `every`) to check at next.
+///
+/// Normally the next one. A tick already past is still checked, at once, unless the
+/// tick after it is due too: ticks a whole interval late are dropped, not made up for,
+/// and the schedule keeps its start-to-start grid (a slow check never shifts it).
+fn next_tick(last: Instant, every: Duration, now: Instant) -> Instant {
+    let next = last + every;
+    if next + every > now || every.is_zero() {
+        return next;
+    }
+    let missed = (now - next).as_nanos() / every.as_nanos();
+    next + every * u32::try_from(missed).unwrap_or(u32::MAX)
 }
 
 /// One check of probe `p` in a task of its own: a panic or a hang is a failed check.
@@ -1160,5 +1175,23 @@ fn finish(
         waited_for_target_seconds: score::round2(waited.as_secs_f64()),
         summary,
         log,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_keeps_its_grid_and_drops_ticks_a_whole_interval_late() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // On time, or a little late: the next tick on the grid, never shifted.
+        assert_eq!(next_tick(start, second, at(300)), at(1_000));
+        assert_eq!(next_tick(start, second, at(1_400)), at(1_000));
+        // A check that ran past the next tick and the one after: the latest due tick.
+        assert_eq!(next_tick(start, second, at(2_000)), at(2_000));
+        assert_eq!(next_tick(start, second, at(3_700)), at(3_000));
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! Every command chaosgate runs (fault and probe commands alike) starts through
 //! [`start`]: at most [`MAX_RUNNING`] run at once, and each is spawned on a blocking
-//! thread. Ten thousand experiments injecting at the same moment then neither run out of
+//! thread, two at a time. Ten thousand experiments injecting at the same moment then neither run out of
 //! file descriptors (each running command holds its pipes and a pidfd, and every spawn
 //! copies the whole descriptor table) nor stall the runtime workers that drive the
 //! probes' timers and sockets while the kernel forks and execs.
@@ -39,6 +39,13 @@ pub const MAX_RUNNING: usize = 128;
 
 static RUNNING: Semaphore = Semaphore::const_new(MAX_RUNNING);
 
+/// At most this many commands are being started (forked and exec'd) at once: each start
+/// occupies a thread until the program has been exec'd, and a burst of them would take
+/// the CPU from the runtime's workers.
+const MAX_STARTING: usize = 2;
+
+static STARTING: Semaphore = Semaphore::const_new(MAX_STARTING);
+
 /// A turn to run one command; hold it until the command has finished.
 pub(crate) type CommandTurn = Option<SemaphorePermit<'static>>;
 
@@ -48,9 +55,14 @@ pub(crate) type CommandTurn = Option<SemaphorePermit<'static>>;
 pub(crate) async fn start(mut command: Command) -> io::Result<(Child, CommandTurn)> {
     // The semaphore is never closed, so this only fails in theory; go ahead then.
     let turn = RUNNING.acquire().await.ok();
-    let child = tokio::task::spawn_blocking(move || command.spawn())
-        .await
-        .map_err(|join| io::Error::other(format!("the thread starting it failed: {join}")))??;
+    let starting = STARTING.acquire().await.ok();
+    let child = tokio::task::spawn_blocking(move || {
+        let child = command.spawn();
+        drop(starting);
+        child
+    })
+    .await
+    .map_err(|join| io::Error::other(format!("the thread starting it failed: {join}")))??;
     Ok((child, turn))
 }
 
