@@ -16,12 +16,12 @@
 //!
 //! Every check waits `initial_delay` first (for polling modes, only before the first
 //! check). Polling modes (`continuous`, `on_chaos`) check every `polling_interval`, start
-//! to start on a fixed grid (first check + k intervals): a check that starts late does
-//! not shift the ones after it, and a tick missed by a whole interval (a check that ran
-//! longer) is dropped, not made up for. They always check at least once, even when
-//! `initial_delay` outlasts their window. A polling probe passes a phase when all its
-//! checks passed; an `edge` probe when both its checks passed. Each check runs in its own
-//! task: a panic there is a failed check, never a lost revert.
+//! to start on a fixed grid (window opening + `initial_delay` + k intervals): a check that
+//! starts late does not shift the ones after it, and a tick missed by a whole interval (a
+//! check that ran longer) is dropped, not made up for. They always check at least once,
+//! even when `initial_delay` outlasts their window. A polling probe passes a phase when
+//! all its checks passed; an `edge` probe when both its checks passed. Each check runs in
+//! its own task: a panic there is a failed check, never a lost revert.
 //!
 //! # Verdict and score
 //!
@@ -719,9 +719,11 @@ async fn run_phase(
     };
 
     let phase_window = stop.child_token();
+    let phase_started = Instant::now();
     let mut continuous = JoinSet::new();
     for p in with_mode(&[ProbeMode::Continuous]) {
-        continuous.spawn(poll_probe(run.clone(), p, index, phase_window.clone()));
+        let window = (phase_started, phase_window.clone());
+        continuous.spawn(poll_probe(run.clone(), p, index, window));
     }
     check_once(run, &with_mode(&[ProbeMode::Sot, ProbeMode::Edge]), index).await;
 
@@ -736,8 +738,10 @@ async fn run_phase(
             }
         }
         if !stop.is_cancelled() {
+            let chaos_started = Instant::now();
             for p in with_mode(&[ProbeMode::OnChaos]) {
-                on_chaos.spawn(poll_probe(run.clone(), p, index, chaos_window.clone()));
+                let window = (chaos_started, chaos_window.clone());
+                on_chaos.spawn(poll_probe(run.clone(), p, index, window));
             }
             ends.sort();
             let last = ends.len().saturating_sub(1);
@@ -901,11 +905,15 @@ async fn check_once(run: &Arc<Run>, probes: &[usize], phase: usize) {
 }
 
 /// Checks probe `p` every polling interval until `window` closes (at least once).
-async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: CancellationToken) {
+///
+/// `window` is when the window opened and the token that closes it: the schedule's ticks
+/// are its opening + `initial_delay` + k intervals, however late this task got to run.
+async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: (Instant, CancellationToken)) {
+    let (opened, window) = window;
     let properties = &run.probes[p].run_properties;
     let every = properties.polling_interval.duration();
-    tokio::time::sleep(properties.initial_delay.duration()).await;
-    let mut tick = Instant::now();
+    let mut tick = opened + properties.initial_delay.duration();
+    tokio::time::sleep_until(tick).await;
     loop {
         let check = isolated_check(&run, p).await;
         run.record_check(p, phase, &check, true);
