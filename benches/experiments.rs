@@ -45,8 +45,11 @@ fn main() -> anyhow::Result<()> {
     let experiments: usize = env_number("CHAOSGATE_BENCH_EXPERIMENTS", 10_000);
     let secs: u64 = env_number("CHAOSGATE_BENCH_SECS", 60);
     let spread: f64 = env_number("CHAOSGATE_BENCH_SPREAD_SECS", 1.0);
-    raise_fd_limit();
-    println!("load average at start: {}", load_average());
+    let open_files = chaosgate::chaos::runner::raise_open_files_limit()?;
+    println!(
+        "load average at start: {}; open files limit {open_files}",
+        load_average()
+    );
 
     let (mut child, port) = start_target()?;
     let url = format!("http://127.0.0.1:{port}/health");
@@ -429,19 +432,4 @@ fn cpu_seconds() -> f64 {
             Some((utime + stime) / ticks)
         })
         .unwrap_or(0.0)
-}
-
-/// Raises the soft open-files limit to the hard one (command faults and connections).
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
