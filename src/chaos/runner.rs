@@ -641,11 +641,19 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
     });
 
     let active = Arc::new(ActiveFaults::default());
-    let _renewal = AbortOnDrop(tokio::spawn(renew_leases(
-        Arc::downgrade(&active),
-        run.clone(),
-        context.lease,
-    )));
+    // Only faults in chaosgate's proxies carry a lease; without one there is nothing to
+    // renew (and ten thousand idle renewal loops would wake every few seconds for nothing).
+    let leased = experiment
+        .faults
+        .iter()
+        .any(|f| f.network.is_some() || f.http.is_some());
+    let _renewal = leased.then(|| {
+        AbortOnDrop(tokio::spawn(renew_leases(
+            Arc::downgrade(&active),
+            run.clone(),
+            context.lease,
+        )))
+    });
     let setup = FaultSetup {
         proxy: context.proxy.clone(),
         lease: context.lease,
