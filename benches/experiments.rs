@@ -9,9 +9,13 @@
 //! as independent runs would. The target is this same binary re-run with
 //! `CHAOSGATE_BENCH_SERVE` set, so the RSS and CPU printed are the runner's alone.
 //!
-//! Drift of a check is how late its result arrives against the ideal start-to-start
-//! schedule (`Started` event + k polling intervals), so it includes the check's own
-//! latency; the gap between consecutive results is also compared with the interval.
+//! Schedule drift of a check is how late it STARTED against its tick on the ideal
+//! start-to-start schedule (`Started` event + n polling intervals); its start is the
+//! `ProbeChecked` event's time minus the check's `took_ms`. Each check is matched with the
+//! latest unused tick at or before its start; ticks left without a check are counted as
+//! dropped. Result lateness (when the result arrived against the same tick, so including
+//! the check's own latency) and the gap between consecutive check starts compared with
+//! the interval are printed as well.
 //!
 //! `cargo bench --bench experiments` (defaults: 10,000 experiments for 60 s); set
 //! `CHAOSGATE_BENCH_EXPERIMENTS` and `CHAOSGATE_BENCH_SECS` to change them
@@ -41,8 +45,11 @@ fn main() -> anyhow::Result<()> {
     let experiments: usize = env_number("CHAOSGATE_BENCH_EXPERIMENTS", 10_000);
     let secs: u64 = env_number("CHAOSGATE_BENCH_SECS", 60);
     let spread: f64 = env_number("CHAOSGATE_BENCH_SPREAD_SECS", 1.0);
-    raise_fd_limit();
-    println!("load average at start: {}", load_average());
+    let open_files = chaosgate::chaos::runner::raise_open_files_limit()?;
+    println!(
+        "load average at start: {}; open files limit {open_files}",
+        load_average()
+    );
 
     let (mut child, port) = start_target()?;
     let url = format!("http://127.0.0.1:{port}/health");
@@ -67,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         println!("verdict {verdict}: {count} (first: {summary})");
     }
     println!(
-        "checks: {} ({} failed{}); per experiment {}-{}",
+        "checks: {} ({} failed{}); per experiment {}-{}; ticks dropped: {}",
         schedule.checks,
         schedule.failures,
         schedule
@@ -77,15 +84,23 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_default(),
         schedule.per_experiment.iter().min().unwrap_or(&0),
         schedule.per_experiment.iter().max().unwrap_or(&0),
+        schedule.skipped_ticks,
     );
     for (what, histogram) in [
-        ("drift (lateness vs ideal schedule)", &schedule.lateness),
-        ("  of first checks only", &schedule.first_lateness),
         (
-            "drift after the first check (vs first result + k s)",
-            &schedule.steady,
+            "schedule drift (check start vs its tick, Started + n s)",
+            &schedule.lateness,
         ),
-        ("gap drift (|gap - 1 s|)", &schedule.gap),
+        ("  of first checks only", &schedule.first_lateness),
+        ("  of the checks after the first", &schedule.steady),
+        (
+            "result lateness (result vs its tick)",
+            &schedule.result_lateness,
+        ),
+        ("gap drift (|start gap - 1 s|)", &schedule.gap),
+        ("drift of ticks 0-4 (inject burst)", &schedule.by_phase[0]),
+        ("drift of ticks 5 to the window end", &schedule.by_phase[1]),
+        ("drift of ticks after (revert burst)", &schedule.by_phase[2]),
     ] {
         println!(
             "{what}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -94,6 +109,10 @@ fn main() -> anyhow::Result<()> {
             histogram.max_micros as f64 / 1_000.0
         );
     }
+    println!(
+        "ticks dropped by part: {:?} (inject burst, steady, revert burst)",
+        schedule.dropped_by_phase
+    );
     println!("peak RSS: {:.1} MiB", status_kib("VmHWM:") as f64 / 1024.0);
     println!(
         "CPU: {cpu:.1} s over {wall:.1} s wall ({:.0} % of one core)",
@@ -132,6 +151,10 @@ probes:
         // Probe-only: the continuous probe is checked once, with no fault command spawned.
         template.faults.clear();
     }
+    println!(
+        "one run's future: {} bytes before it starts",
+        std::mem::size_of_val(&run_experiment(&template, &RunContext::default()))
+    );
     let (sender, mut receiver) = mpsc::unbounded_channel::<Progress>();
     let context = RunContext {
         targets: TargetLocks::new(),
@@ -139,7 +162,7 @@ probes:
         ..RunContext::default()
     };
     let collector = tokio::spawn(async move {
-        let mut schedule = Schedule::new(count);
+        let mut schedule = Schedule::new(count, secs);
         while let Some(progress) = receiver.recv().await {
             schedule.record(progress);
         }
@@ -172,34 +195,50 @@ probes:
 }
 
 /// Check timing per experiment, folded into histograms as the events come.
+///
+/// Each check is matched with the tick of its schedule (`Started` + n s) it ran for: the
+/// latest tick at or before its start, never a tick already used. Ticks that got no
+/// check (dropped because the check before ran a whole interval late) are counted.
 struct Schedule {
-    /// When each experiment started, and when its first and last check results came.
+    /// When each experiment started, the last tick used and the last check start.
     started: Vec<Option<DateTime<Utc>>>,
-    first: Vec<Option<DateTime<Utc>>>,
+    tick: Vec<Option<i64>>,
     last: Vec<Option<DateTime<Utc>>>,
     per_experiment: Vec<u32>,
     checks: u64,
     failures: u64,
+    skipped_ticks: u64,
     first_error: Option<String>,
+    /// Ticks at or after this one fall in the revert burst (the fault window's end).
+    end_tick: i64,
     lateness: Histogram,
     first_lateness: Histogram,
     steady: Histogram,
+    /// Checks for ticks 1-4 (the inject burst), 5 until the window ends, and after.
+    by_phase: [Histogram; 3],
+    dropped_by_phase: [u64; 3],
+    result_lateness: Histogram,
     gap: Histogram,
 }
 
 impl Schedule {
-    fn new(count: usize) -> Schedule {
+    fn new(count: usize, secs: u64) -> Schedule {
         Schedule {
             started: vec![None; count],
-            first: vec![None; count],
+            tick: vec![None; count],
             last: vec![None; count],
             per_experiment: vec![0; count],
             checks: 0,
             failures: 0,
+            skipped_ticks: 0,
             first_error: None,
+            end_tick: secs as i64,
+            by_phase: [Histogram::new(), Histogram::new(), Histogram::new()],
+            dropped_by_phase: [0; 3],
             lateness: Histogram::new(),
             first_lateness: Histogram::new(),
             steady: Histogram::new(),
+            result_lateness: Histogram::new(),
             gap: Histogram::new(),
         }
     }
@@ -220,6 +259,7 @@ impl Schedule {
                 probe,
                 passed,
                 error,
+                took_ms,
                 ..
             } => {
                 let Some(i) = index(&probe) else { return };
@@ -228,29 +268,42 @@ impl Schedule {
                     self.failures += 1;
                     self.first_error = self.first_error.take().or(error);
                 }
-                let k = self.per_experiment[i];
+                let start = progress.at - chrono::Duration::microseconds((took_ms * 1e3) as i64);
+                let first = self.per_experiment[i] == 0;
                 self.per_experiment[i] += 1;
                 if let Some(started) = self.started[i] {
-                    let ideal = started + INTERVAL * k;
-                    let late = (progress.at - ideal).num_microseconds();
+                    let interval = INTERVAL.as_micros() as i64;
+                    let since = (start - started).num_microseconds().unwrap_or(0).max(0);
+                    let after = self.tick[i].map_or(0, |t| t + 1);
+                    let tick = (since / interval).max(after);
+                    self.skipped_ticks += (tick - after) as u64;
+                    let phase = if tick < 5 {
+                        0
+                    } else if tick < self.end_tick {
+                        1
+                    } else {
+                        2
+                    };
+                    self.dropped_by_phase[phase] += (tick - after) as u64;
+                    self.tick[i] = Some(tick);
+                    let due = started + chrono::Duration::microseconds(tick * interval);
+                    let late = (start - due).num_microseconds();
                     self.lateness.add(late);
-                    if k == 0 {
+                    if first {
                         self.first_lateness.add(late);
+                    } else {
+                        self.steady.add(late);
                     }
-                }
-                match self.first[i] {
-                    Some(first) => {
-                        let ideal = first + INTERVAL * k;
-                        self.steady.add((progress.at - ideal).num_microseconds());
-                    }
-                    None => self.first[i] = Some(progress.at),
+                    self.by_phase[phase].add(late);
+                    self.result_lateness
+                        .add((progress.at - due).num_microseconds());
                 }
                 if let Some(last) = self.last[i] {
-                    let gap = (progress.at - last).num_microseconds();
+                    let gap = (start - last).num_microseconds();
                     self.gap
                         .add(gap.map(|g| (g - INTERVAL.as_micros() as i64).abs()));
                 }
-                self.last[i] = Some(progress.at);
+                self.last[i] = Some(start);
             }
             _ => {}
         }
@@ -296,21 +349,24 @@ impl Histogram {
 }
 
 /// The target process: answers `GET /health` with 200; prints its port first and stops
-/// when its standard input closes.
+/// when its standard input closes. One thread: it shares the 2 cores with the runner.
 fn serve() -> anyhow::Result<()> {
-    tokio::runtime::Runtime::new()?.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        println!("{}", listener.local_addr()?.port());
-        let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
-        let stdin_closed = tokio::task::spawn_blocking(|| {
-            std::io::copy(&mut std::io::stdin(), &mut std::io::sink())
-        });
-        tokio::select! {
-            served = axum::serve(listener, app) => served?,
-            _ = stdin_closed => {}
-        }
-        anyhow::Ok(())
-    })
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            println!("{}", listener.local_addr()?.port());
+            let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+            let stdin_closed = tokio::task::spawn_blocking(|| {
+                std::io::copy(&mut std::io::stdin(), &mut std::io::sink())
+            });
+            tokio::select! {
+                served = axum::serve(listener, app) => served?,
+                _ = stdin_closed => {}
+            }
+            anyhow::Ok(())
+        })
 }
 
 /// Starts the target process and reads its port.
@@ -376,19 +432,4 @@ fn cpu_seconds() -> f64 {
             Some((utime + stime) / ticks)
         })
         .unwrap_or(0.0)
-}
-
-/// Raises the soft open-files limit to the hard one (command faults and connections).
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }

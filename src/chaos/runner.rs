@@ -16,10 +16,12 @@
 //!
 //! Every check waits `initial_delay` first (for polling modes, only before the first
 //! check). Polling modes (`continuous`, `on_chaos`) check every `polling_interval`, start
-//! to start (a late check is not made up for), and always check at least once, even when
-//! `initial_delay` outlasts their window. A polling probe passes a phase when all its
-//! checks passed; an `edge` probe when both its checks passed. Each check runs in its own
-//! task: a panic there is a failed check, never a lost revert.
+//! to start on a fixed grid (window opening + `initial_delay` + k intervals): a check that
+//! starts late does not shift the ones after it, and a tick missed by a whole interval (a
+//! check that ran longer) is dropped, not made up for. They always check at least once,
+//! even when `initial_delay` outlasts their window. A polling probe passes a phase when
+//! all its checks passed; an `edge` probe when both its checks passed. Each check runs in
+//! its own task: a panic there is a failed check, never a lost revert.
 //!
 //! # Verdict and score
 //!
@@ -193,6 +195,8 @@ pub enum ProgressEvent {
         passed: bool,
         /// Attempts the check made.
         attempts: u32,
+        /// How long the check took, in milliseconds (so `at` minus this is its start).
+        took_ms: f64,
         /// Why it failed.
         error: Option<String>,
     },
@@ -348,6 +352,7 @@ impl Run {
             mode: probe.mode,
             passed: check.passed,
             attempts: check.attempts,
+            took_ms: check.took.as_secs_f64() * 1_000.0,
             error: if check.passed {
                 None
             } else {
@@ -641,11 +646,19 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
     });
 
     let active = Arc::new(ActiveFaults::default());
-    let _renewal = AbortOnDrop(tokio::spawn(renew_leases(
-        Arc::downgrade(&active),
-        run.clone(),
-        context.lease,
-    )));
+    // Only faults in chaosgate's proxies carry a lease; without one there is nothing to
+    // renew (and ten thousand idle renewal loops would wake every few seconds for nothing).
+    let leased = experiment
+        .faults
+        .iter()
+        .any(|f| f.network.is_some() || f.http.is_some());
+    let _renewal = leased.then(|| {
+        AbortOnDrop(tokio::spawn(renew_leases(
+            Arc::downgrade(&active),
+            run.clone(),
+            context.lease,
+        )))
+    });
     let setup = FaultSetup {
         proxy: context.proxy.clone(),
         lease: context.lease,
@@ -719,9 +732,11 @@ async fn run_phase(
     };
 
     let phase_window = stop.child_token();
+    let phase_started = Instant::now();
     let mut continuous = JoinSet::new();
     for p in with_mode(&[ProbeMode::Continuous]) {
-        continuous.spawn(poll_probe(run.clone(), p, index, phase_window.clone()));
+        let window = (phase_started, phase_window.clone());
+        continuous.spawn(poll_probe(run.clone(), p, index, window));
     }
     check_once(run, &with_mode(&[ProbeMode::Sot, ProbeMode::Edge]), index).await;
 
@@ -736,8 +751,10 @@ async fn run_phase(
             }
         }
         if !stop.is_cancelled() {
+            let chaos_started = Instant::now();
             for p in with_mode(&[ProbeMode::OnChaos]) {
-                on_chaos.spawn(poll_probe(run.clone(), p, index, chaos_window.clone()));
+                let window = (chaos_started, chaos_window.clone());
+                on_chaos.spawn(poll_probe(run.clone(), p, index, window));
             }
             ends.sort();
             let last = ends.len().saturating_sub(1);
@@ -908,21 +925,24 @@ async fn check_once(run: &Arc<Run>, probes: &[usize], phase: usize) {
 }
 
 /// Checks probe `p` every polling interval until `window` closes (at least once).
-async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: CancellationToken) {
+///
+/// `window` is when the window opened and the token that closes it: the schedule's ticks
+/// are its opening + `initial_delay` + k intervals, however late this task got to run.
+async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: (Instant, CancellationToken)) {
+    let (opened, window) = window;
     let properties = &run.probes[p].run_properties;
     let every = properties.polling_interval.duration();
-    tokio::time::sleep(properties.initial_delay.duration()).await;
-    let mut next = Instant::now();
+    let mut tick = opened + properties.initial_delay.duration();
+    tokio::time::sleep_until(tick).await;
     loop {
         let check = isolated_check(&run, p).await;
         run.record_check(p, phase, &check, true);
         if window.is_cancelled() || run.stop.is_cancelled() {
             break;
         }
-        next += every;
-        next = next.max(Instant::now());
+        tick = next_tick(tick, every, Instant::now());
         if window
-            .run_until_cancelled(tokio::time::sleep_until(next))
+            .run_until_cancelled(tokio::time::sleep_until(tick))
             .await
             .is_none()
         {
@@ -943,21 +963,36 @@ async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: CancellationT
     ));
 }
 
+/// The tick after `last` on a polling schedule (`last` + k x `every`) to check at next.
+///
+/// Normally the next one. A tick already past is still checked, at once, unless the
+/// tick after it is due too: ticks a whole interval late are dropped, not made up for,
+/// and the schedule keeps its start-to-start grid (a slow check never shifts it).
+fn next_tick(last: Instant, every: Duration, now: Instant) -> Instant {
+    let next = last + every;
+    if next + every > now || every.is_zero() {
+        return next;
+    }
+    let missed = (now - next).as_nanos() / every.as_nanos();
+    next + every * u32::try_from(missed).unwrap_or(u32::MAX)
+}
+
 /// One check of probe `p` in a task of its own: a panic or a hang is a failed check.
 async fn isolated_check(run: &Arc<Run>, p: usize) -> Check {
-    let probe = run.probes[p].clone();
-    let properties = &probe.run_properties;
+    let properties = &run.probes[p].run_properties;
     let limit = (properties.timeout.duration() + properties.interval.duration())
         * properties.attempts.max(1)
         + Duration::from_secs(5);
-    let panics = run.panic_probe.as_deref() == Some(probe.name.as_str());
+    let panics = run.panic_probe.as_deref() == Some(run.probes[p].name.as_str());
     let started = Instant::now();
-    let span = traces::probe_span(&run.span, &probe);
+    let span = traces::probe_span(&run.span, &run.probes[p]);
+    let task_run = run.clone();
     let mut task = AbortOnDrop(tokio::spawn(async move {
+        let probe = &task_run.probes[p];
         if panics {
             panic!("test hook: probe '{}' panics", probe.name);
         }
-        probe::check(&probe).instrument(span).await
+        probe::check(probe).instrument(span).await
     }));
     let failed = |error: String| Check {
         passed: false,
@@ -1169,5 +1204,64 @@ fn finish(
         waited_for_target_seconds: score::round2(waited.as_secs_f64()),
         summary,
         log,
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit and returns the new
+/// soft limit.
+///
+/// A worker running thousands of experiments holds a socket per probe request in flight
+/// (up to 512), idle pooled connections and the pipes of up to 128 running commands, well
+/// past the usual soft limit of 1,024; the hard limit is what the operator allowed.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_reaches_the_hard_limit() {
+        let raised = raise_open_files_limit().unwrap();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct passed to it.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!((raised, limit.rlim_cur), (limit.rlim_max, limit.rlim_max));
+    }
+
+    #[test]
+    fn polling_keeps_its_grid_and_drops_ticks_a_whole_interval_late() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // On time, or a little late: the next tick on the grid, never shifted.
+        assert_eq!(next_tick(start, second, at(300)), at(1_000));
+        assert_eq!(next_tick(start, second, at(1_400)), at(1_000));
+        // A check that ran past the next tick and the one after: the latest due tick.
+        assert_eq!(next_tick(start, second, at(2_000)), at(2_000));
+        assert_eq!(next_tick(start, second, at(3_700)), at(3_000));
     }
 }

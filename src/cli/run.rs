@@ -35,6 +35,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         chaosgate::telemetry::init(&config.telemetry).context("cannot set up telemetry")?
     };
     tracing::info!(config = %args.config.display(), "configuration loaded");
+    match chaosgate::chaos::runner::raise_open_files_limit() {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
+    }
     let catalog = match Catalog::load(&[&config.catalog.path]) {
         Ok(catalog) => Arc::new(catalog),
         Err(problems) => {

@@ -5,13 +5,22 @@
 //! process group, so a timeout or an abort kills the command and everything it started in
 //! the foreground. A command that leaves a background child holding its output pipes does
 //! not hold the runner: output is read only until shortly after the command itself exits.
+//!
+//! Every command chaosgate runs (fault and probe commands alike) starts through
+//! [`start`]: at most [`MAX_RUNNING`] run at once, and each is spawned on a blocking
+//! thread, two at a time. Ten thousand experiments injecting at the same moment then neither run out of
+//! file descriptors (each running command holds its pipes and a pidfd, and every spawn
+//! copies the whole descriptor table) nor stall the runtime workers that drive the
+//! probes' timers and sockets while the kernel forks and execs.
 
+use std::io;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::catalog::experiment::CommandLine;
 
@@ -23,6 +32,39 @@ const OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// How long output is still read after the command exits.
 const OUTPUT_GRACE: Duration = Duration::from_millis(200);
+
+/// At most this many commands (fault and probe commands together) run at once; more
+/// wait for their turn.
+pub const MAX_RUNNING: usize = 128;
+
+static RUNNING: Semaphore = Semaphore::const_new(MAX_RUNNING);
+
+/// At most this many commands are being started (forked and exec'd) at once: each start
+/// occupies a thread until the program has been exec'd, and a burst of them would take
+/// the CPU from the runtime's workers.
+const MAX_STARTING: usize = 2;
+
+static STARTING: Semaphore = Semaphore::const_new(MAX_STARTING);
+
+/// A turn to run one command; hold it until the command has finished.
+pub(crate) type CommandTurn = Option<SemaphorePermit<'static>>;
+
+/// Starts `command` once its turn comes (see the module doc), on a blocking thread.
+///
+/// The returned turn must be held until the command has finished and its output is read.
+pub(crate) async fn start(mut command: Command) -> io::Result<(Child, CommandTurn)> {
+    // The semaphore is never closed, so this only fails in theory; go ahead then.
+    let turn = RUNNING.acquire().await.ok();
+    let starting = STARTING.acquire().await.ok();
+    let child = tokio::task::spawn_blocking(move || {
+        let child = command.spawn();
+        drop(starting);
+        child
+    })
+    .await
+    .map_err(|join| io::Error::other(format!("the thread starting it failed: {join}")))??;
+    Ok((child, turn))
+}
 
 /// Why a command could not run or did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +176,7 @@ pub async fn run(line: &CommandLine) -> Result<CommandOutput, CommandError> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|source| CommandError::Spawn {
+    let (mut child, _turn) = start(command).await.map_err(|source| CommandError::Spawn {
         program: program.clone(),
         source,
     })?;

@@ -2,7 +2,8 @@
 //! trimmed standard output with a typed comparison.
 //!
 //! `argv` runs without a shell (`sh -c` only with `shell: true`), in a process group of
-//! its own with standard input closed. When an attempt is cut off, the whole group is
+//! its own with standard input closed, and waits for its turn with the fault commands
+//! (see [`crate::chaos::fault::command::start`]; the wait counts towards the timeout). When an attempt is cut off, the whole group is
 //! killed, so a shell's children do not outlive it. The command inherits the worker's
 //! environment; failure texts name only the program (never its arguments or
 //! environment, which may hold secrets) plus the first line of its standard error.
@@ -105,9 +106,9 @@ pub(super) async fn attempt(probe: &CommandProbe) -> Result<(), CommandFailure> 
         program: program(&probe.command),
         reason,
     };
-    let mut command = build(&probe.command).ok_or_else(|| fail(CommandReason::Empty))?;
-    let child = command
-        .spawn()
+    let command = build(&probe.command).ok_or_else(|| fail(CommandReason::Empty))?;
+    let (child, _turn) = crate::chaos::fault::command::start(command)
+        .await
         .map_err(|err| fail(CommandReason::Spawn(super::io_reason(&err))))?;
     let group = child.id().and_then(|pid| i32::try_from(pid).ok());
     let mut running = Running { child, group };
