@@ -769,6 +769,12 @@ async fn the_worker_continues_the_incoming_trace_through_every_output() {
         named(&spans, "probe listener-answers"),
         &[("chaosgate.probe.type", "tcp")],
     );
+    let attempt = named(&spans, "probe attempt");
+    assert_eq!(
+        attempt["parentSpanId"],
+        named(&spans, "probe listener-answers")["spanId"]
+    );
+    assert_attributes(attempt, &[("chaosgate.probe.attempt", "1")]);
     let sends: Vec<&Value> = spans
         .iter()
         .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with("send ")))

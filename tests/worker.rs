@@ -731,9 +731,19 @@ async fn an_abort_request_for_an_execution_waiting_behind_its_flag_disables_it_w
         .await;
     // The running one is untouched; the waiting one never runs and is disabled.
     let first_command = out.commands_for(&first.event_id)[0];
-    assert_eq!(first_command.command, CommandKind::Enable, "{}", out.describe());
+    assert_eq!(
+        first_command.command,
+        CommandKind::Enable,
+        "{}",
+        out.describe()
+    );
     let second_command = out.commands_for(&second.event_id)[0];
-    assert_eq!(second_command.command, CommandKind::Disable, "{}", out.describe());
+    assert_eq!(
+        second_command.command,
+        CommandKind::Disable,
+        "{}",
+        out.describe()
+    );
     assert_eq!(second_command.reason_code, ReasonCode::Aborted);
     assert!(
         second_command.reason.contains("before it started"),
@@ -1417,7 +1427,10 @@ async fn bad_credentials_stop_the_worker_with_a_clear_error_and_good_ones_work()
         !o.commands_for(&event.event_id).is_empty()
     })
     .await;
-    assert!(!h.logs().contains("chaosgate-secret"), "the password is in the log");
+    assert!(
+        !h.logs().contains("chaosgate-secret"),
+        "the password is in the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -916,9 +916,8 @@ async fn ensure_topics(
                 .without_max_times(),
         );
         loop {
-            match tokio::task::block_in_place(|| {
-                probe.fetch_metadata(None, Duration::from_secs(5))
-            }) {
+            match tokio::task::block_in_place(|| probe.fetch_metadata(None, Duration::from_secs(5)))
+            {
                 Ok(metadata) => break metadata,
                 Err(error) if is_refusal(&error) => {
                     return Err(WorkerError::Refused {
@@ -928,10 +927,12 @@ async fn ensure_topics(
                 }
                 // A refused login fails the fetch as a transport failure; the reason
                 // comes as an error event.
-                Err(_) if let Some(message) = {
-                    let _ = probe.poll(Duration::from_millis(50));
-                    probe.context().refusal()
-                } => {
+                Err(_)
+                    if let Some(message) = {
+                        let _ = probe.poll(Duration::from_millis(50));
+                        probe.context().refusal()
+                    } =>
+                {
                     return Err(WorkerError::Refused { servers, message });
                 }
                 Err(error) => {

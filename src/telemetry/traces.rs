@@ -374,6 +374,17 @@ pub fn probe_span(
     )
 }
 
+/// The span of one attempt of a probe check: `probe attempt`, a child of the current
+/// span (the check's [`probe_span`]). Traces only.
+pub fn probe_attempt_span(attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        target: SPAN_ONLY_TARGET,
+        "probe attempt",
+        otel.name = "probe attempt",
+        chaosgate.probe.attempt = attempt,
+    )
+}
+
 /// Records where a produced record landed on its [`send_span`].
 pub fn record_delivery(span: &tracing::Span, partition: i32, offset: i64) {
     span.record(semconv::MESSAGING_KAFKA_DESTINATION_PARTITION, partition);

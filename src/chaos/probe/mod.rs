@@ -18,6 +18,8 @@ pub mod tcp;
 use std::io;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::catalog::experiment::Probe;
 
 /// The outcome of one check of a probe.
@@ -45,7 +47,10 @@ pub async fn check(probe: &Probe) -> Check {
     let limit = attempt_limit(probe);
     let mut last_error = None;
     for attempt in 1..=attempts {
-        let outcome = match tokio::time::timeout(limit, attempt_once(probe)).await {
+        let outcome = match tokio::time::timeout(limit, attempt_once(probe))
+            .instrument(crate::telemetry::traces::probe_attempt_span(attempt))
+            .await
+        {
             Ok(outcome) => outcome,
             Err(_) => Err(timed_out(probe, limit)),
         };
