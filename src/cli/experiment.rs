@@ -23,6 +23,7 @@ use chaosgate::catalog::{Catalog, Span};
 use chaosgate::chaos::proxy::{ProxyRegistry, StandaloneConfig};
 use chaosgate::chaos::{ExperimentResult, Progress, ProgressEvent, RunContext, run_experiment};
 use chaosgate::contract::run_record::{RunStatus, Verdict};
+use chaosgate::telemetry::redact::{self, Secrets};
 
 /// Arguments of `chaosgate experiment run`.
 #[derive(Debug, Args)]
@@ -47,6 +48,10 @@ pub struct ExperimentRunArgs {
 /// Loads the experiment, runs it, prints the report, and maps the verdict to the exit code.
 pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
     let experiment = load(&args.path, args.experiment.as_deref())?;
+    // Probe credentials (an Authorization header, a URL password) never reach the screen.
+    let mut secrets = Secrets::default();
+    secrets.add_experiment(&experiment);
+    redact::install(&secrets);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,9 +77,10 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
     })?;
     if args.json {
         let text = serde_json::to_string_pretty(&result).context("cannot encode the result")?;
-        println!("{text}");
+        println!("{}", secrets.scrub(&text));
     } else {
-        print!("{}", report(&result, std::io::stdout().is_terminal()));
+        let text = report(&result, std::io::stdout().is_terminal());
+        print!("{}", secrets.scrub(&text));
     }
     Ok(ExitCode::from(match result.verdict {
         RunStatus::Passed => 0,
@@ -306,7 +312,7 @@ async fn show_progress(
                     ProgressEvent::ProbeChecked { passed: false, .. } => status.failed += 1,
                     _ => {}
                 }
-                let line = progress_line(&event, terminal);
+                let line = masked(progress_line(&event, terminal));
                 if terminal {
                     let _ = write!(err, "\r\x1b[2K{line}\n{}", status.line(started));
                 } else {
@@ -322,6 +328,14 @@ async fn show_progress(
     }
     if terminal {
         let _ = writeln!(err, "\r\x1b[2K");
+    }
+}
+
+/// `text` with the installed secrets masked.
+fn masked(text: String) -> String {
+    match redact::installed() {
+        Some(secrets) => secrets.scrub(&text).into_owned(),
+        None => text,
     }
 }
 
