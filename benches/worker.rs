@@ -133,7 +133,7 @@ async fn baseline(events: &[KafkaMessage]) -> (Duration, f64) {
     consumer.subscribe(&[&input]).expect("subscribe");
     let producer: ThreadedProducer<_> = client()
         .set("transactional.id", unique("base-txn"))
-        .set("linger.ms", "1")
+        .set("linger.ms", "0")
         .set("retry.backoff.ms", "5")
         .create()
         .expect("producer");

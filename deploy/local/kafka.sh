@@ -49,7 +49,9 @@ Environment (defaults in brackets):
   KAFKA_RUN_DIR          [\$CHAOSGATE_CACHE/kafka/run]
   KAFKA_START_TIMEOUT    [120]     seconds to wait for the broker to accept a record
   KAFKA_STOP_TIMEOUT     [30]      seconds to wait after SIGTERM before SIGKILL
-  KAFKA_HEAP_OPTS        [-Xms256m -Xmx1g]
+  KAFKA_HEAP_OPTS        [-Xms1g -Xmx1g]  (kafka-server-start.sh's default; a
+                                   smaller start heap means a small young
+                                   generation and a GC pause every second)
   KAFKA_OPTS             []        extra JVM options for the broker
   JAVA_HOME                        java to use (else 'java' on PATH; needs >= 17)
 
@@ -68,7 +70,7 @@ KAFKA_HOST=127.0.0.1
 BOOTSTRAP="${KAFKA_HOST}:${KAFKA_PORT}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
 STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
-HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
+HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}"
 HEALTH_TOPIC=chaosgate-healthcheck
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,8 @@ pub struct Completion {
     pub outputs: Vec<Output>,
     /// Offsets to commit with them: `(partition, epoch) -> (watermark, metadata)`.
     pub offsets: Vec<PartitionCommit>,
+    /// Set when the transaction holding this completion has committed.
+    pub committed: Option<Arc<AtomicBool>>,
 }
 
 impl Completion {
@@ -173,7 +176,11 @@ impl Committer {
                     if let Some(on_commit) = &self.on_commit {
                         on_commit(started.elapsed(), pending.len());
                     }
-                    pending.clear();
+                    for completion in pending.drain(..) {
+                        if let Some(committed) = completion.committed {
+                            committed.store(true, Ordering::Release);
+                        }
+                    }
                     failures = 0;
                     delays = retry_delays();
                 }

@@ -16,7 +16,7 @@
 //! consumer leaves the group.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -310,7 +310,7 @@ pub async fn run(
             .clone()
             .set("transactional.id", &transactional_id)
             .set("transaction.timeout.ms", "60000")
-            .set("linger.ms", "1")
+            .set("linger.ms", "0")
             // A transaction begun right after the previous one's commit meets
             // CONCURRENT_TRANSACTIONS until the commit markers are written; retry soon
             // (the Java client waits 20 ms) rather than after librdkafka's 100 ms.
@@ -718,10 +718,14 @@ impl Shared {
         // start's transaction, and a crash before the mark is committed (that linger
         // plus one transaction, about 30 ms)
         // repeats this attempt and its run id (a second `running` record; the final
-        // record and the command still come once).
+        // record and the command still come once). The same holds while the broker is
+        // away and no mark can commit: a run interrupted before its mark committed
+        // publishes no `aborted` record, since its id will run again.
+        let start_committed = Arc::new(AtomicBool::new(false));
         let _ = self.completions.send(Completion {
             partition: pending.partition,
             epoch: partition.epoch,
+            committed: Some(start_committed.clone()),
             outputs: Vec::new(),
             offsets: vec![PartitionCommit {
                 partition: pending.partition,
@@ -736,6 +740,7 @@ impl Shared {
             kill: pending.kill.clone(),
             interrupt: partition.interrupt.clone(),
             updates: Some(self.updates.clone()),
+            start_committed: Some(start_committed),
         };
         let catalog = self.catalog.clone();
         let finished = self.finished.clone();
@@ -838,6 +843,7 @@ impl Shared {
             epoch,
             outputs,
             offsets: vec![commit],
+            committed: None,
         });
     }
 }

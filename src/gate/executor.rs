@@ -15,6 +15,8 @@
 //! traces show the pipeline's shape and every log line of a run names it. Run records
 //! are scrubbed of known secrets ([`crate::telemetry::redact`]) before they leave.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -47,6 +49,10 @@ pub struct ExecutionContext {
     /// Receives each run's `running` record when it starts, and the `aborted` record of a
     /// run cut off by an interrupt.
     pub updates: Option<UnboundedSender<RunUpdate>>,
+    /// Set once this attempt's start is durable (the worker's start mark committed). A
+    /// run interrupted before that runs again under the same attempt and run id, so no
+    /// `aborted` record is published for it (its id must not end twice). `None`: durable.
+    pub start_committed: Option<Arc<AtomicBool>>,
 }
 
 /// A run record to publish as it happens, with the span of its run: the record's
@@ -380,7 +386,12 @@ async fn run_once(
             summary = record.summary.as_deref().unwrap_or_default(),
             "run finished"
         );
+        let start_committed = context
+            .start_committed
+            .as_ref()
+            .is_none_or(|committed| committed.load(Ordering::Acquire));
         if context.interrupt.is_cancelled()
+            && start_committed
             && let Some(updates) = &context.updates
         {
             let _ = updates.send(RunUpdate {
