@@ -78,11 +78,12 @@ fi
 started_kafka=0
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   say "starting the local Kafka broker"
-  # A SASL/PLAIN listener too, for the bad-credentials test.
-  export KAFKA_SASL_PORT=${KAFKA_SASL_PORT:-19094}
-  deploy/local/kafka.sh start
+  # A SASL/PLAIN listener too, for the bad-credentials test (not exported: the tests'
+  # own brokers must not take its port).
+  sasl_port=${KAFKA_SASL_PORT:-19094}
+  KAFKA_SASL_PORT=$sasl_port deploy/local/kafka.sh start
   started_kafka=1
-  eval "$(deploy/local/kafka.sh env)"
+  eval "$(KAFKA_SASL_PORT=$sasl_port deploy/local/kafka.sh env)"
 fi
 cleanup() {
   if [ "$started_kafka" = 1 ] && [ "${KEEP_KAFKA:-0}" != 1 ]; then

@@ -105,6 +105,7 @@ impl OwnBroker {
             .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
             .env("KAFKA_RUN_DIR", self.dir.path())
+            .env_remove("KAFKA_SASL_PORT")
             .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m");
         command
     }
