@@ -13,6 +13,9 @@
 //! `BENCH_EVENTS` (default 5000), `BENCH_LATENCY_EVENTS` (default 200) and
 //! `BENCH_MAX_IN_FLIGHT` (default 256) set the sizes.
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::cpu_seconds;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,23 +99,6 @@ async fn produce(topic: &str, events: &[KafkaMessage]) {
     for send in sends {
         send.await.expect("produce");
     }
-}
-
-/// CPU seconds (user + system) this process has used.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses: utime is the 12th, stime the 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// The baseline: consume, produce three messages per event in a transaction with the

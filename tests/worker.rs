@@ -944,19 +944,7 @@ async fn sigkilled_mid_experiment_again_and_again_each_event_still_counts_once()
     }
     let collector = h.collect();
     let config = h.config("w", &Settings::default());
-    let mut events = Vec::new();
-    for round in 0..3 {
-        for flag in flags {
-            let kind = if round == 1 {
-                ChangeKind::Update
-            } else {
-                ChangeKind::Enable
-            };
-            let event = change(flag, kind, None);
-            h.produce_change(&event).await;
-            events.push(event.event_id);
-        }
-    }
+    let events = h.produce_rounds(&flags, 3).await;
     let mut kills = 0;
     let mut seen_running = 0;
     while kills < 3 {
@@ -1114,19 +1102,7 @@ async fn two_workers_share_the_batch_and_one_stopping_loses_and_doubles_nothing(
     };
     let mut a = h.spawn("a", &h.config("a", &settings));
     let mut b = h.spawn("b", &h.config("b", &settings));
-    let mut events = Vec::new();
-    for round in 0..3 {
-        for flag in flags {
-            let kind = if round == 1 {
-                ChangeKind::Update
-            } else {
-                ChangeKind::Enable
-            };
-            let event = change(flag, kind, None);
-            h.produce_change(&event).await;
-            events.push(event.event_id);
-        }
-    }
+    let events = h.produce_rounds(&flags, 3).await;
     // Both at work, then one stops mid-batch.
     h.wait_for(&collector, "the first commands", PATIENCE, |o| {
         o.commands.len() >= 4
@@ -1265,19 +1241,7 @@ async fn the_broker_stopped_and_started_mid_batch_the_worker_recovers_and_finish
     };
     let config = h.config("w", &settings);
     let mut worker = h.spawn("w", &config);
-    let mut events = Vec::new();
-    for round in 0..3 {
-        for flag in flags {
-            let kind = if round == 1 {
-                ChangeKind::Update
-            } else {
-                ChangeKind::Enable
-            };
-            let event = change(flag, kind, None);
-            h.produce_change(&event).await;
-            events.push(event.event_id);
-        }
-    }
+    let events = h.produce_rounds(&flags, 3).await;
     h.wait_for(&collector, "the first commands", PATIENCE, |o| {
         o.commands.len() >= 2
     })

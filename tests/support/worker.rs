@@ -284,6 +284,25 @@ log_filter = "info,chaosgate=debug"
         self.produce(&self.topics.flag_changes, &message).await
     }
 
+    /// Produces `rounds` changes of each flag, round by round (the second round
+    /// `update`s, the others `enable`s); returns their event ids in order.
+    pub async fn produce_rounds(&self, flags: &[&str], rounds: usize) -> Vec<String> {
+        let mut events = Vec::new();
+        for round in 0..rounds {
+            for flag in flags {
+                let kind = if round == 1 {
+                    ChangeKind::Update
+                } else {
+                    ChangeKind::Enable
+                };
+                let event = change(flag, kind, None);
+                self.produce_change(&event).await;
+                events.push(event.event_id);
+            }
+        }
+        events
+    }
+
     /// Produces raw bytes; returns (partition, offset).
     pub async fn produce(&self, topic: &str, message: &KafkaMessage) -> (i32, i64) {
         let delivered = self
