@@ -15,7 +15,7 @@
 
 #[path = "support/cpu.rs"]
 mod cpu;
-use cpu::cpu_seconds;
+use cpu::{cpu_seconds, cpu_seconds_by_thread};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -331,6 +331,7 @@ async fn main() {
     let mut seen = 0;
     let mut first_at = None;
     let cpu_start = cpu_seconds();
+    let threads_start = cpu_seconds_by_thread();
     while seen < events_n {
         match tokio::time::timeout(Duration::from_secs(60), commands.recv()).await {
             Ok(Ok(_)) => {
@@ -342,12 +343,28 @@ async fn main() {
     }
     let took = first_at.map(|f: Instant| f.elapsed()).unwrap_or_default();
     let cpu = cpu_seconds() - cpu_start;
+    let threads = cpu_seconds_by_thread();
     let rate = seen as f64 / took.as_secs_f64();
     println!(
         "chaosgate (minimal experiments, max_in_flight {max_in_flight}): {seen} commands in {:.2} s, {rate:.0} events/s, CPU {:.0} us/event (from its start, group join included)",
         took.as_secs_f64(),
         cpu * 1e6 / seen.max(1) as f64
     );
+    // Threads of one name summed; those that ended meanwhile are not counted.
+    let mut by_thread: Vec<(String, f64)> = threads
+        .into_iter()
+        .map(|(name, seconds)| {
+            let before = threads_start.get(&name).copied().unwrap_or(0.0);
+            (name, seconds - before)
+        })
+        .filter(|(_, seconds)| *seconds > 0.0)
+        .collect();
+    by_thread.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let by_thread: Vec<String> = by_thread
+        .iter()
+        .map(|(name, seconds)| format!("{name} {:.0}", seconds * 1e6 / seen.max(1) as f64))
+        .collect();
+    println!("  CPU us/event by thread: {}", by_thread.join(", "));
     println!(
         "throughput ratio chaosgate / baseline: {:.2} (goal >= 0.8)",
         rate / base_rate

@@ -9,17 +9,51 @@
 //! so a run cut off by a crash runs again as the next `attempt` (once that start's mark
 //! has been committed: see the worker).
 //!
+//! The books of all owned partitions form the [`Ledger`], shared by the consumer loop,
+//! which records receipts, starts and completions, and the committer, which reads each
+//! partition's watermark and metadata once per transaction.
+//!
 //! Metadata text: `cg1;done=12-14,17;started=15:2,16:1` (offsets absolute). It stays well
 //! under the broker's default `offset.metadata.max.bytes` of 4096 because backpressure
 //! bounds how far a partition runs ahead of its watermark; [`PartitionOffsets::metadata`]
 //! drops start counts (never done offsets) when it would not fit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The metadata version prefix.
 const PREFIX: &str = "cg1";
 /// Metadata longer than this is trimmed (start counts first).
 pub const MAX_METADATA: usize = 3800;
+
+/// The offset books of the partitions this worker owns, with their assignment epochs.
+///
+/// The rule that keeps commits exact: whoever starts or completes an offset hands the
+/// matching completion to the committer before unlocking, and the committer drains its
+/// channel while it holds the lock. So the offsets and metadata it reads never claim more
+/// than the records it commits with them.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger(Arc<Mutex<HashMap<i32, Book>>>);
+
+/// One partition's entry in the [`Ledger`].
+#[derive(Debug)]
+pub struct Book {
+    /// The assignment epoch these offsets belong to.
+    pub epoch: u64,
+    /// The bookkeeping.
+    pub offsets: PartitionOffsets,
+}
+
+impl Ledger {
+    /// Locks the ledger (a poisoned lock still holds consistent books: every change is a
+    /// single call on one of them).
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<i32, Book>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// Offset bookkeeping for one assigned partition.
 ///
@@ -147,39 +181,48 @@ impl PartitionOffsets {
         self.done.len()
     }
 
-    /// The metadata to commit with the watermark.
+    /// The metadata to commit with the watermark. Built for every start and completion,
+    /// so written into one string.
     pub fn metadata(&self) -> String {
-        let done = ranges(&self.done);
-        let started: Vec<String> = self
-            .started
-            .iter()
-            .map(|(offset, count)| format!("{offset}:{count}"))
-            .collect();
-        let full = format!("{PREFIX};done={done};started={}", started.join(","));
-        if full.len() <= MAX_METADATA {
-            return full;
+        let mut text = String::with_capacity(16 + 12 * (self.done.len() + self.started.len()));
+        text.push_str(PREFIX);
+        text.push_str(";done=");
+        write_ranges(&mut text, &self.done);
+        let without_starts = text.len();
+        text.push_str(";started=");
+        for (i, (offset, count)) in self.started.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            let _ = write!(text, "{offset}:{count}");
         }
-        format!("{PREFIX};done={done}")
+        if text.len() > MAX_METADATA {
+            text.truncate(without_starts);
+        }
+        text
     }
 }
 
-/// `1,2,3,5,7,8` as `1-3,5,7-8`.
-fn ranges(offsets: &BTreeSet<i64>) -> String {
-    let mut parts = Vec::new();
+/// Writes `1,2,3,5,7,8` as `1-3,5,7-8`.
+fn write_ranges(text: &mut String, offsets: &BTreeSet<i64>) {
     let mut iter = offsets.iter().copied().peekable();
+    let mut first = true;
     while let Some(lo) = iter.next() {
         let mut hi = lo;
         while iter.peek() == Some(&(hi + 1)) {
             hi += 1;
             iter.next();
         }
-        parts.push(if lo == hi {
-            lo.to_string()
+        if !first {
+            text.push(',');
+        }
+        first = false;
+        let _ = if lo == hi {
+            write!(text, "{lo}")
         } else {
-            format!("{lo}-{hi}")
-        });
+            write!(text, "{lo}-{hi}")
+        };
     }
-    parts.join(",")
 }
 
 #[cfg(test)]

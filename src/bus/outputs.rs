@@ -42,9 +42,10 @@ pub fn run_record(topics: &Topics, record: &RunRecord) -> Output {
         time: Some(record.ended_at.unwrap_or(record.started_at)),
         subject: Some(record.run_id.clone()),
         extensions: Default::default(),
-        data: serde_json::to_value(record).unwrap_or_default(),
+        data: serde_json::Value::Null,
     };
-    let mut message = event.to_binary(Some(&record.run_id));
+    let data = serde_json::to_vec(record).unwrap_or_default();
+    let mut message = event.to_binary_with_data(data, Some(&record.run_id));
     traces::inject_send(&topics.runs, &mut message.headers);
     Output {
         topic: topics.runs.clone(),
@@ -71,9 +72,10 @@ pub fn flag_command(topics: &Topics, command: &FlagCommand) -> Output {
         time: Some(command.issued_at),
         subject: Some(key.clone()),
         extensions: Default::default(),
-        data: serde_json::to_value(command).unwrap_or_default(),
+        data: serde_json::Value::Null,
     };
-    let mut message = event.to_binary(Some(&key));
+    let data = serde_json::to_vec(command).unwrap_or_default();
+    let mut message = event.to_binary_with_data(data, Some(&key));
     traces::inject_send(&topics.commands, &mut message.headers);
     Output {
         topic: topics.commands.clone(),

@@ -2,18 +2,21 @@
 //! consumed offsets go to Kafka in one transaction, so a `read_committed` consumer sees
 //! each exactly once, and a crash before the commit leaves nothing visible.
 //!
+//! `running` records go through it too: they become visible with (or after) the start
+//! mark of their run, and a run cut off before its start committed leaves no record.
+//!
 //! It runs on its own thread (librdkafka's transaction calls block) and batches whatever
 //! completed while the previous transaction was committing. A batch holding only start
-//! marks (offsets and metadata, no outputs) waits [`START_MARK_LINGER`] for company, so a
-//! short run's start and end share one transaction. Offsets go through
+//! marks and run updates waits [`START_MARK_LINGER`] for company, so a short run's start
+//! and end share one transaction. Offsets go through
 //! `send_offsets_to_transaction` with the consumer's current group metadata, so a worker
 //! that lost its partitions in a rebalance is fenced by the broker (KIP-447). Any other
 //! error aborts and retries the batch; a fatal or fenced producer is rebuilt; retries back
 //! off exponentially with jitter.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::offsets::{Book, Ledger};
 use super::outputs::Output;
 use super::record::to_base_record;
 
@@ -38,7 +42,9 @@ pub const START_MARK_LINGER: Duration = Duration::from_millis(20);
 /// How often the delivery of a transaction's records is checked before its commit.
 const DELIVERY_CHECK: Duration = Duration::from_micros(200);
 
-/// One finished event: what to write, and where it was read.
+/// What the worker hands the committer: a finished event (its outputs and offsets), a
+/// start mark (offsets and metadata carrying a start count, no records), or a run update
+/// (a `running` or `aborted` record, no offsets).
 #[derive(Debug)]
 pub struct Completion {
     /// Partition of the consumed event.
@@ -47,30 +53,31 @@ pub struct Completion {
     pub epoch: u64,
     /// Records to produce.
     pub outputs: Vec<Output>,
-    /// Offsets to commit with them: `(partition, epoch) -> (watermark, metadata)`.
-    pub offsets: Vec<PartitionCommit>,
+    /// Whether it changed its partition's offsets (a start or a completion, not a run
+    /// update): the transaction then commits that partition's watermark and metadata,
+    /// read from the ledger.
+    pub moves_offsets: bool,
     /// Set when the transaction holding this completion has committed.
     pub committed: Option<Arc<AtomicBool>>,
+    /// Start marks and run updates: nothing waits on them, so a batch of only these
+    /// lingers [`START_MARK_LINGER`] for company.
+    pub lazy: bool,
+    /// A run update: still published after its partition is revoked once its run's
+    /// start mark has committed (an `aborted` record, a `running` record of a run that
+    /// ran); dropped with the partition otherwise, since the run will start again under
+    /// the same id.
+    pub kept_once_started: Option<Arc<AtomicBool>>,
 }
 
 impl Completion {
-    /// A start mark: offsets and metadata only (an event's start count), no records.
-    fn is_start_mark(&self) -> bool {
-        self.outputs.is_empty()
+    /// Whether the committer still publishes it, given the partitions owned now.
+    fn is_current(&self, owned: &HashMap<i32, u64>) -> bool {
+        owned.get(&self.partition) == Some(&self.epoch)
+            || self
+                .kept_once_started
+                .as_ref()
+                .is_some_and(|started| started.load(Ordering::Acquire))
     }
-}
-
-/// The offset and metadata to commit for one partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionCommit {
-    /// Partition.
-    pub partition: i32,
-    /// Assignment epoch the snapshot belongs to.
-    pub epoch: u64,
-    /// Offset to commit (the next to read).
-    pub offset: i64,
-    /// Metadata carried with it.
-    pub metadata: String,
 }
 
 /// Partitions this worker owns now, with their assignment epochs; shared with the
@@ -83,6 +90,8 @@ pub struct Committer {
     pub config: ClientConfig,
     /// The input topic, whose offsets are committed.
     pub topic: String,
+    /// The owned partitions' offsets.
+    pub ledger: Ledger,
     /// The consumer, for its current group metadata.
     pub consumer: Arc<StreamConsumer<super::worker::WorkerContext>>,
     /// Partitions owned now.
@@ -152,7 +161,7 @@ impl Committer {
             }
             let linger_until = Instant::now() + START_MARK_LINGER;
             while pending.len() < MAX_BATCH {
-                let wait = if pending.iter().all(Completion::is_start_mark) {
+                let wait = if pending.iter().all(|c| c.lazy) {
                     linger_until.saturating_duration_since(Instant::now())
                 } else {
                     Duration::ZERO
@@ -166,12 +175,27 @@ impl Committer {
                     }
                 }
             }
-            self.drop_revoked(&mut pending);
+            let offsets = {
+                let ledger = self.ledger.lock();
+                // Whatever changed the books is in the channel by now (see `Ledger`).
+                loop {
+                    match completions.try_recv() {
+                        Ok(c) => pending.push(c),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+                self.drop_revoked(&mut pending);
+                self.offsets(&ledger, &pending)
+            };
             if pending.is_empty() {
                 continue;
             }
             let started = Instant::now();
-            match self.commit(&producer, &pending) {
+            match self.commit(&producer, &pending, offsets) {
                 Ok(()) => {
                     if let Some(on_commit) = &self.on_commit {
                         on_commit(started.elapsed(), pending.len());
@@ -215,13 +239,34 @@ impl Committer {
             .lock()
             .map(|a| a.clone())
             .unwrap_or_default();
-        pending.retain(|c| owned.get(&c.partition) == Some(&c.epoch));
+        pending.retain(|c| c.is_current(&owned));
+    }
+
+    /// The watermark and metadata of each partition whose offsets moved in `batch`.
+    fn offsets(&self, ledger: &HashMap<i32, Book>, batch: &[Completion]) -> TopicPartitionList {
+        let moved: BTreeSet<(i32, u64)> = batch
+            .iter()
+            .filter(|c| c.moves_offsets)
+            .map(|c| (c.partition, c.epoch))
+            .collect();
+        let mut offsets = TopicPartitionList::new();
+        for (partition, epoch) in moved {
+            let Some(book) = ledger.get(&partition).filter(|b| b.epoch == epoch) else {
+                continue;
+            };
+            let mut element = offsets.add_partition(&self.topic, partition);
+            // An offset is never negative here, and metadata is plain text.
+            let _ = element.set_offset(Offset::Offset(book.offsets.watermark()));
+            element.set_metadata(book.offsets.metadata());
+        }
+        offsets
     }
 
     fn commit(
         &self,
         producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
         batch: &[Completion],
+        offsets: TopicPartitionList,
     ) -> Result<(), KafkaError> {
         let metadata: ConsumerGroupMetadata =
             rdkafka::consumer::Consumer::group_metadata(self.consumer.as_ref())
@@ -230,28 +275,6 @@ impl Committer {
         for completion in batch {
             for output in &completion.outputs {
                 send(producer, output)?;
-            }
-        }
-        let mut latest: BTreeMap<i32, &PartitionCommit> = BTreeMap::new();
-        for commit in batch.iter().flat_map(|c| &c.offsets) {
-            latest
-                .entry(commit.partition)
-                .and_modify(|current| {
-                    if commit.offset >= current.offset {
-                        *current = commit;
-                    }
-                })
-                .or_insert(commit);
-        }
-        let mut offsets = TopicPartitionList::new();
-        for commit in latest.values() {
-            offsets.add_partition_offset(
-                &self.topic,
-                commit.partition,
-                Offset::Offset(commit.offset),
-            )?;
-            if let Some(mut element) = offsets.find_partition(&self.topic, commit.partition) {
-                element.set_metadata(&commit.metadata);
             }
         }
         producer.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)?;

@@ -6,8 +6,8 @@
 //! their own tasks, at most `max_in_flight` at once; events of one flag wait for the
 //! earlier ones (see [`super::flag_queue`]). When too many events wait, the assigned
 //! partitions are paused until the backlog halves. Finished events go to the
-//! transactional committer ([`super::transaction`]); `running` records go out at once
-//! through a separate idempotent producer.
+//! transactional committer ([`super::transaction`]), and so do `running` records, in the
+//! transaction that commits their run's start or a later one.
 //!
 //! Rebalances use the cooperative-sticky protocol. When a partition is revoked its
 //! in-flight runs are interrupted (faults reverted, `aborted` records published) and
@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +33,7 @@ use crate::config::Config;
 use crate::contract::flag_change::decode_flag_change;
 use crate::contract::{ErrorClass, FlagChange, KafkaMessage, ids};
 use crate::gate::decision;
-use crate::gate::executor::{Execution, ExecutionContext, RunUpdate, execute};
+use crate::gate::executor::{Execution, ExecutionContext, RunUpdate, UpdateSink, execute};
 use crate::telemetry::http::Readiness;
 use crate::telemetry::{metrics, traces};
 use tracing::Instrument;
@@ -42,10 +41,10 @@ use tracing::Instrument;
 use super::client::client_config;
 use super::flag_queue::FlagQueues;
 use super::kill_switch::{self, KillSwitch};
-use super::offsets::{PartitionOffsets, Receipt};
+use super::offsets::{Book, Ledger, PartitionOffsets, Receipt};
 use super::outputs::{self, Output, Source};
-use super::record::{from_rdkafka, to_base_record};
-use super::transaction::{Assignment, Committer, Completion, PartitionCommit};
+use super::record::from_rdkafka;
+use super::transaction::{Assignment, Committer, Completion};
 
 /// Why the worker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -204,15 +203,17 @@ struct Pending {
     kill: CancellationToken,
 }
 
-/// An execution that ended.
+/// An execution that ended, with its records and command encoded (in its own task,
+/// not in the consumer loop).
 struct Finished {
     pending: Pending,
     execution: Execution,
+    outputs: Vec<Output>,
 }
 
+/// An owned partition as the loop sees it (its offsets are in the [`Ledger`]).
 struct Partition {
     epoch: u64,
-    offsets: PartitionOffsets,
     interrupt: CancellationToken,
 }
 
@@ -269,23 +270,7 @@ pub async fn run(
             source,
         })?;
 
-    // Run records as they happen: an idempotent producer outside the transactions,
-    // batching what starts within 5 ms.
-    let status_producer: ThreadedProducer<UpdateDelivery> = client
-        .clone()
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create_with_context(UpdateDelivery)
-        .map_err(WorkerError::Client)?;
     let kill_switch = KillSwitch::default();
-    let (updates_tx, updates_rx) = mpsc::unbounded_channel::<RunUpdate>();
-    let status_task = tokio::spawn(publish_updates(
-        status_producer,
-        topics.clone(),
-        updates_rx,
-        kill_switch.clone(),
-    ));
-
     let stop_control = CancellationToken::new();
     let control_task = tokio::spawn(kill_switch::listen(
         client.clone(),
@@ -305,6 +290,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("{}-{}", config.kafka.transactional_id_prefix, host_name()));
     let (completions_tx, completions_rx) = std::sync::mpsc::channel::<Completion>();
+    let ledger = Ledger::default();
     let committer = Committer {
         config: client
             .clone()
@@ -324,6 +310,7 @@ pub async fn run(
             )
             .clone(),
         topic: topics.flag_changes.clone(),
+        ledger: ledger.clone(),
         consumer: consumer.clone(),
         assignment: assignment.clone(),
         on_commit: Some(Box::new({
@@ -361,10 +348,10 @@ pub async fn run(
     let max_in_flight = config.worker.max_in_flight.max(1);
     let backlog_limit = max_in_flight * 8;
     let state = Shared {
-        topics: topics.clone(),
+        topics: Arc::new(topics.clone()),
+        ledger: ledger.clone(),
         catalog,
         run,
-        updates: updates_tx,
         kill_switch: kill_switch.clone(),
         finished: finished_tx,
         completions: completions_tx,
@@ -378,7 +365,7 @@ pub async fn run(
             biased;
             () = shutdown.cancelled() => break,
             Some(event) = rebalance_rx.recv() => {
-                apply_rebalance(event, &mut partitions, &mut queues, &mut ready, &kill_switch);
+                apply_rebalance(event, &ledger, &mut partitions, &mut queues, &mut ready, &kill_switch);
             }
             Some(finished) = finished_rx.recv() => {
                 running -= 1;
@@ -388,7 +375,7 @@ pub async fn run(
                 match message {
                     Ok(message) => {
                         while let Ok(event) = rebalance_rx.try_recv() {
-                            apply_rebalance(event, &mut partitions, &mut queues, &mut ready, &kill_switch);
+                            apply_rebalance(event, &ledger, &mut partitions, &mut queues, &mut ready, &kill_switch);
                         }
                         let partition = message.partition();
                         let offset = message.offset();
@@ -446,8 +433,6 @@ pub async fn run(
         Ok(Ok(Ok(()))) => {}
         _ => tracing::warn!("the committer did not finish within the grace period"),
     }
-    let left = deadline.saturating_duration_since(Instant::now());
-    let _ = tokio::time::timeout(left, status_task).await;
     stop_control.cancel();
     let _ = control_task.await;
     consumer.unsubscribe();
@@ -484,6 +469,7 @@ fn set_paused(consumer: &StreamConsumer<WorkerContext>, pause: bool) -> bool {
 
 fn apply_rebalance(
     event: RebalanceEvent,
+    ledger: &Ledger,
     partitions: &mut HashMap<i32, Partition>,
     queues: &mut FlagQueues<Pending>,
     ready: &mut VecDeque<Pending>,
@@ -496,16 +482,11 @@ fn apply_rebalance(
             offsets,
             interrupt,
         } => {
-            partitions.insert(
-                partition,
-                Partition {
-                    epoch,
-                    offsets,
-                    interrupt,
-                },
-            );
+            ledger.lock().insert(partition, Book { epoch, offsets });
+            partitions.insert(partition, Partition { epoch, interrupt });
         }
         RebalanceEvent::Revoked { partition } => {
+            ledger.lock().remove(&partition);
             partitions.remove(&partition);
             let forget = |pending: &Pending| {
                 if let Some(id) = &pending.execution_id {
@@ -533,10 +514,10 @@ fn apply_rebalance(
 
 /// What the loop shares with the tasks it starts.
 struct Shared {
-    topics: crate::config::Topics,
+    topics: Arc<crate::config::Topics>,
+    ledger: Ledger,
     catalog: Arc<Catalog>,
     run: RunContext,
-    updates: mpsc::UnboundedSender<RunUpdate>,
     kill_switch: KillSwitch,
     finished: mpsc::UnboundedSender<Finished>,
     completions: std::sync::mpsc::Sender<Completion>,
@@ -566,7 +547,12 @@ impl Shared {
             );
             return;
         };
-        if state.offsets.receive(offset) == Receipt::Skip {
+        let receipt = self
+            .ledger
+            .lock()
+            .get_mut(&partition)
+            .map(|book| book.offsets.receive(offset));
+        if receipt != Some(Receipt::Process) {
             tracing::debug!(
                 partition,
                 offset,
@@ -710,40 +696,45 @@ impl Shared {
         };
         let span = pending.span.clone();
         let _entered = span.enter();
-        let attempt = partition.offsets.start(pending.offset);
         // The start count goes to the committer as a start mark (offsets only, the
         // watermark unchanged), so a run cut off by a crash, a shutdown or a rebalance
         // runs again as the next attempt with its own run id. The run does not wait for
         // it: one that ends within the committer's START_MARK_LINGER (20 ms) shares its
         // start's transaction, and a crash before the mark is committed (that linger
-        // plus one transaction, about 30 ms)
-        // repeats this attempt and its run id (a second `running` record; the final
-        // record and the command still come once). The same holds while the broker is
-        // away and no mark can commit: a run interrupted before its mark committed
-        // publishes no `aborted` record, since its id will run again.
+        // plus one transaction, about 30 ms) repeats this attempt and its run id; its
+        // `running` record, in the same transaction or a later one, is then not visible
+        // either. The same holds while the broker is away and no mark can commit: a run
+        // interrupted before its mark committed publishes no `aborted` record, since its
+        // id will run again.
         let start_committed = Arc::new(AtomicBool::new(false));
-        let _ = self.completions.send(Completion {
-            partition: pending.partition,
-            epoch: partition.epoch,
-            committed: Some(start_committed.clone()),
-            outputs: Vec::new(),
-            offsets: vec![PartitionCommit {
+        let attempt = {
+            let mut ledger = self.ledger.lock();
+            let Some(book) = ledger.get_mut(&pending.partition) else {
+                return;
+            };
+            let attempt = book.offsets.start(pending.offset);
+            let _ = self.completions.send(Completion {
                 partition: pending.partition,
                 epoch: partition.epoch,
-                offset: partition.offsets.watermark(),
-                metadata: partition.offsets.metadata(),
-            }],
-        });
+                committed: Some(start_committed.clone()),
+                outputs: Vec::new(),
+                moves_offsets: true,
+                lazy: true,
+                kept_once_started: None,
+            });
+            attempt
+        };
         let context = ExecutionContext {
             run: self.run.clone(),
             attempt,
             kill: pending.kill.clone(),
             interrupt: partition.interrupt.clone(),
-            updates: Some(self.updates.clone()),
+            updates: Some(self.update_sink(pending.partition, partition.epoch, &start_committed)),
             start_committed: Some(start_committed),
         };
         let catalog = self.catalog.clone();
         let finished = self.finished.clone();
+        let topics = self.topics.clone();
         *running += 1;
         tracing::info!(flag = %pending.flag, pipeline = ?pending.pipeline, attempt, offset = pending.offset, "gating");
         tokio::spawn(async move {
@@ -761,7 +752,12 @@ impl Shared {
                     command: None,
                 }
             };
-            let _ = finished.send(Finished { pending, execution });
+            let mut encoded: Vec<Output> = Vec::new();
+            if let Some(command) = &execution.command {
+                encoded.extend(execution.records.iter().map(|record| outputs::run_record(&topics, record)));
+                encoded.push(outputs::flag_command(&topics, command));
+            }
+            let _ = finished.send(Finished { pending, execution, outputs: encoded });
         }.instrument(span.clone()));
     }
 
@@ -775,7 +771,11 @@ impl Shared {
         running: &mut usize,
         max_in_flight: usize,
     ) {
-        let Finished { pending, execution } = finished;
+        let Finished {
+            pending,
+            execution,
+            outputs,
+        } = finished;
         if let Some(id) = &pending.execution_id {
             self.kill_switch.unregister(id);
         }
@@ -789,12 +789,6 @@ impl Shared {
                 metrics::run_finished(record.status, record.resilience_score, duration);
                 metrics::step_finished(record.status, duration);
             }
-            let mut outputs: Vec<Output> = execution
-                .records
-                .iter()
-                .map(|record| outputs::run_record(&self.topics, record))
-                .collect();
-            outputs.push(outputs::flag_command(&self.topics, command));
             self.complete(
                 partitions,
                 pending.partition,
@@ -828,70 +822,48 @@ impl Shared {
         offset: i64,
         outputs: Vec<Output>,
     ) {
-        let Some(state) = partitions.get_mut(&partition).filter(|p| p.epoch == epoch) else {
+        if partitions.get(&partition).is_none_or(|p| p.epoch != epoch) {
+            return;
+        }
+        let mut ledger = self.ledger.lock();
+        let Some(book) = ledger.get_mut(&partition) else {
             return;
         };
-        state.offsets.complete(offset);
-        let commit = PartitionCommit {
-            partition,
-            epoch,
-            offset: state.offsets.watermark(),
-            metadata: state.offsets.metadata(),
-        };
+        book.offsets.complete(offset);
         let _ = self.completions.send(Completion {
             partition,
             epoch,
             outputs,
-            offsets: vec![commit],
+            moves_offsets: true,
             committed: None,
+            lazy: false,
+            kept_once_started: None,
         });
     }
-}
 
-/// Publishes `running` records (and records of interrupted runs) as they come.
-async fn publish_updates(
-    producer: ThreadedProducer<UpdateDelivery>,
-    topics: crate::config::Topics,
-    mut updates: mpsc::UnboundedReceiver<RunUpdate>,
-    kill_switch: KillSwitch,
-) {
-    while let Some(update) = updates.recv().await {
-        let record = &update.record;
-        if record.status == crate::contract::RunStatus::Running {
-            kill_switch.register_run(&record.run_id, &record.pipeline_execution_id);
-        }
-        let output = outputs::run_update(&topics, &update);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match producer.send(to_base_record(&output.topic, &output.message)) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((error, _)) => {
-                    tracing::warn!(%error, run_id = %record.run_id, "cannot publish a run update");
-                    break;
-                }
+    /// Where an execution's run updates go: to the committer, as records of the
+    /// execution's partition (a `running` record also registers its run with the kill
+    /// switch).
+    fn update_sink(&self, partition: i32, epoch: u64, started: &Arc<AtomicBool>) -> UpdateSink {
+        let topics = self.topics.clone();
+        let completions = self.completions.clone();
+        let kill_switch = self.kill_switch.clone();
+        let started = started.clone();
+        UpdateSink::new(move |update: RunUpdate| {
+            let record = &update.record;
+            if record.status == crate::contract::RunStatus::Running {
+                kill_switch.register_run(&record.run_id, &record.pipeline_execution_id);
             }
-        }
-    }
-    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
-}
-
-/// Logs run updates the broker did not take (their delivery is not awaited one by one).
-struct UpdateDelivery;
-
-impl ClientContext for UpdateDelivery {}
-
-impl ProducerContext for UpdateDelivery {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
-            tracing::warn!(%error, "cannot publish a run update");
-        }
+            let _ = completions.send(Completion {
+                partition,
+                epoch,
+                outputs: vec![outputs::run_update(&topics, &update)],
+                moves_offsets: false,
+                committed: None,
+                lazy: true,
+                kept_once_started: Some(started.clone()),
+            });
+        })
     }
 }
 

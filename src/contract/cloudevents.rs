@@ -95,6 +95,12 @@ pub enum CloudEventError {
 impl CloudEvent {
     /// Encodes in binary mode with `key` as the record key.
     pub fn to_binary(&self, key: Option<&str>) -> KafkaMessage {
+        self.to_binary_with_data(self.data.to_string().into_bytes(), key)
+    }
+
+    /// Encodes in binary mode with `data`, JSON already serialised, as the value in place
+    /// of [`CloudEvent::data`]: what chaosgate writes serialises straight to bytes.
+    pub fn to_binary_with_data(&self, data: Vec<u8>, key: Option<&str>) -> KafkaMessage {
         let mut headers: Vec<(String, Vec<u8>)> = vec![
             ("ce_specversion".into(), SPEC_VERSION.into()),
             ("ce_id".into(), self.id.clone().into_bytes()),
@@ -114,7 +120,7 @@ impl CloudEvent {
         headers.push((CONTENT_TYPE_HEADER.into(), JSON_CONTENT_TYPE.into()));
         KafkaMessage {
             key: key.map(|k| k.as_bytes().to_vec()),
-            value: Some(self.data.to_string().into_bytes()),
+            value: Some(data),
             headers,
         }
     }

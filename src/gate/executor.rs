@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -48,11 +47,33 @@ pub struct ExecutionContext {
     pub interrupt: CancellationToken,
     /// Receives each run's `running` record when it starts, and the `aborted` record of a
     /// run cut off by an interrupt.
-    pub updates: Option<UnboundedSender<RunUpdate>>,
+    pub updates: Option<UpdateSink>,
     /// Set once this attempt's start is durable (the worker's start mark committed). A
     /// run interrupted before that runs again under the same attempt and run id, so no
     /// `aborted` record is published for it (its id must not end twice). `None`: durable.
     pub start_committed: Option<Arc<AtomicBool>>,
+}
+
+/// Where run records go as they happen (the worker hands them to its committer). Called
+/// in the run's task, so a run's `running` record is handed over before its end is.
+#[derive(Clone)]
+pub struct UpdateSink(Arc<dyn Fn(RunUpdate) + Send + Sync>);
+
+impl UpdateSink {
+    /// A sink calling `publish` with each update.
+    pub fn new(publish: impl Fn(RunUpdate) + Send + Sync + 'static) -> Self {
+        UpdateSink(Arc::new(publish))
+    }
+
+    fn publish(&self, update: RunUpdate) {
+        (self.0)(update)
+    }
+}
+
+impl std::fmt::Debug for UpdateSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpdateSink")
+    }
 }
 
 /// A run record to publish as it happens, with the span of its run: the record's
@@ -348,8 +369,7 @@ async fn run_once(
             record.log.push(format!("retry {retry} of the step"));
         }
         if let Some(updates) = &context.updates {
-            // A closed receiver only means nobody watches the progress.
-            let _ = updates.send(RunUpdate {
+            updates.publish(RunUpdate {
                 record: record.clone(),
                 span: tracing::Span::current(),
             });
@@ -394,7 +414,7 @@ async fn run_once(
             && start_committed
             && let Some(updates) = &context.updates
         {
-            let _ = updates.send(RunUpdate {
+            updates.publish(RunUpdate {
                 record: record.clone(),
                 span: tracing::Span::current(),
             });
