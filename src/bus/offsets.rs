@@ -181,8 +181,7 @@ impl PartitionOffsets {
         self.done.len()
     }
 
-    /// The metadata to commit with the watermark. Built for every start and completion,
-    /// so written into one string.
+    /// The metadata to commit with the watermark.
     pub fn metadata(&self) -> String {
         let mut text = String::with_capacity(16 + 12 * (self.done.len() + self.started.len()));
         text.push_str(PREFIX);

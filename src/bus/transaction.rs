@@ -31,7 +31,8 @@ use super::record::to_base_record;
 
 /// How long one transactional call may block.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most completions committed in one transaction.
+/// Most completions gathered before a transaction begins (the drain at its start, under
+/// the ledger lock, may add what arrived meanwhile).
 const MAX_BATCH: usize = 500;
 /// How long a batch of start marks alone waits for other completions to join it: a run
 /// shorter than this commits its start and its end in one transaction, and is spared a
@@ -59,9 +60,6 @@ pub struct Completion {
     pub moves_offsets: bool,
     /// Set when the transaction holding this completion has committed.
     pub committed: Option<Arc<AtomicBool>>,
-    /// Start marks and run updates: nothing waits on them, so a batch of only these
-    /// lingers [`START_MARK_LINGER`] for company.
-    pub lazy: bool,
     /// A run update: still published after its partition is revoked once its run's
     /// start mark has committed (an `aborted` record, a `running` record of a run that
     /// ran); dropped with the partition otherwise, since the run will start again under
@@ -70,6 +68,12 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// A start mark (no records) or a run update (no offsets): nothing waits on it, so a
+    /// batch of only these lingers [`START_MARK_LINGER`] for company.
+    fn is_lazy(&self) -> bool {
+        self.outputs.is_empty() || !self.moves_offsets
+    }
+
     /// Whether the committer still publishes it, given the partitions owned now.
     fn is_current(&self, owned: &HashMap<i32, u64>) -> bool {
         owned.get(&self.partition) == Some(&self.epoch)
@@ -161,7 +165,7 @@ impl Committer {
             }
             let linger_until = Instant::now() + START_MARK_LINGER;
             while pending.len() < MAX_BATCH {
-                let wait = if pending.iter().all(|c| c.lazy) {
+                let wait = if pending.iter().all(Completion::is_lazy) {
                     linger_until.saturating_duration_since(Instant::now())
                 } else {
                     Duration::ZERO

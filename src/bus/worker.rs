@@ -710,6 +710,10 @@ impl Shared {
         let attempt = {
             let mut ledger = self.ledger.lock();
             let Some(book) = ledger.get_mut(&pending.partition) else {
+                // Not reached: the ledger and `partitions` change together.
+                if let Some(id) = &pending.execution_id {
+                    self.kill_switch.unregister(id);
+                }
                 return;
             };
             let attempt = book.offsets.start(pending.offset);
@@ -719,7 +723,6 @@ impl Shared {
                 committed: Some(start_committed.clone()),
                 outputs: Vec::new(),
                 moves_offsets: true,
-                lazy: true,
                 kept_once_started: None,
             });
             attempt
@@ -836,7 +839,6 @@ impl Shared {
             outputs,
             moves_offsets: true,
             committed: None,
-            lazy: false,
             kept_once_started: None,
         });
     }
@@ -860,7 +862,6 @@ impl Shared {
                 outputs: vec![outputs::run_update(&topics, &update)],
                 moves_offsets: false,
                 committed: None,
-                lazy: true,
                 kept_once_started: Some(started.clone()),
             });
         })
