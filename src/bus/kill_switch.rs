@@ -106,16 +106,32 @@ pub async fn listen(
         tracing::error!(%error, %topic, "cannot subscribe to the control topic; the kill switch is off");
         return;
     }
+    // Read failures in a row: while the cluster is away, each poll fails at once; the
+    // first is logged, then one in fifty, and polls slow down to one a second.
+    let mut failures: u32 = 0;
     loop {
         let message = tokio::select! {
             () = stop.cancelled() => return,
             message = consumer.recv() => message,
         };
         let message = match message {
-            Ok(message) => from_rdkafka(&message),
+            Ok(message) => {
+                if failures > 0 {
+                    tracing::info!(failures, "control topic readable again");
+                    failures = 0;
+                }
+                from_rdkafka(&message)
+            }
             Err(error) => {
-                tracing::warn!(%error, "control topic read failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                failures += 1;
+                if failures == 1 || failures % 50 == 0 {
+                    tracing::warn!(%error, failures, "control topic read failed");
+                }
+                let wait = Duration::from_millis(200) * failures.min(5);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
                 continue;
             }
         };

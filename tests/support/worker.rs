@@ -67,6 +67,8 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub partitions: i32,
     producer: FutureProducer,
+    /// Each spawned worker's log and process id, for the state shown with log tails.
+    spawned: std::sync::Mutex<Vec<(PathBuf, u32)>>,
 }
 
 impl Harness {
@@ -112,6 +114,7 @@ impl Harness {
             dir,
             partitions,
             producer,
+            spawned: Default::default(),
         }
     }
 
@@ -233,6 +236,9 @@ log_filter = "info,chaosgate=debug"
             .stderr(err)
             .spawn()
             .expect("spawn chaosgate run");
+        if let Ok(mut spawned) = self.spawned.lock() {
+            spawned.push((log.clone(), child.id()));
+        }
         Worker {
             child: Some(child),
             log,
@@ -262,19 +268,53 @@ log_filter = "info,chaosgate=debug"
     }
 
     /// The end of every worker log of this test, for failure messages.
+    /// The last 40 lines of each worker's log, leaving out librdkafka's repeated
+    /// "brokers down" errors (counted, with the time of the last one) so that what the
+    /// worker did around an outage stays in view.
     pub fn log_tails(&self) -> String {
         let logs = self.log_files();
         let mut text = String::new();
         for log in logs {
             let content = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = content.lines().collect();
+            let (noise, lines): (Vec<&str>, Vec<&str>) = content.lines().partition(|line| {
+                line.contains("AllBrokersDown") || line.contains("BrokerTransportFailure")
+            });
             let start = lines.len().saturating_sub(40);
-            let _ = writeln!(text, "--- {} (last 40 lines)", log.display());
+            let _ = writeln!(
+                text,
+                "--- {} ({}; last 40 lines; {} broker-down lines left out, the last: {})",
+                log.display(),
+                self.process_state(&log),
+                noise.len(),
+                noise.last().map_or("none", |l| l.get(..30).unwrap_or(l))
+            );
             for line in &lines[start..] {
                 let _ = writeln!(text, "{line}");
             }
         }
         text
+    }
+
+    /// Whether the worker writing `log` still runs, from /proc: a worker that died
+    /// without a word in its log (a signal) shows here.
+    fn process_state(&self, log: &Path) -> String {
+        let pid = self
+            .spawned
+            .lock()
+            .ok()
+            .and_then(|s| s.iter().find(|(l, _)| l == log).map(|(_, pid)| *pid));
+        let Some(pid) = pid else {
+            return "process unknown".into();
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        match stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+        {
+            Some('Z') => format!("pid {pid} exited, not yet reaped"),
+            Some(state) => format!("pid {pid} alive, state {state}"),
+            None => format!("pid {pid} gone"),
+        }
     }
 
     /// Produces a flag change in binary mode, keyed by its flag; returns (partition, offset).
