@@ -593,7 +593,7 @@ impl Shared {
                 tracing::warn!(partition, offset, class = bad.class.as_str(), error = %bad.message, "dead-lettered");
                 metrics::dead_lettered(bad.class);
                 let output = outputs::dead_letter(&self.topics, &message, &bad, &source);
-                self.complete(partitions, partition, epoch, offset, vec![output]);
+                self.complete(partition, epoch, offset, vec![output]);
                 return;
             }
         };
@@ -672,7 +672,6 @@ impl Shared {
             metrics::event_gated(command.command, command.reason_code);
             let output = outputs::flag_command(&self.topics, &command);
             self.complete(
-                partitions,
                 pending.partition,
                 pending.epoch,
                 pending.offset,
@@ -792,13 +791,7 @@ impl Shared {
                 metrics::run_finished(record.status, record.resilience_score, duration);
                 metrics::step_finished(record.status, duration);
             }
-            self.complete(
-                partitions,
-                pending.partition,
-                pending.epoch,
-                pending.offset,
-                outputs,
-            );
+            self.complete(pending.partition, pending.epoch, pending.offset, outputs);
         } else {
             tracing::info!(flag = %pending.flag, offset = pending.offset, "interrupted; left for the next owner");
         }
@@ -817,19 +810,9 @@ impl Shared {
 
     /// Marks an offset done and hands its outputs and the partition's offsets to the
     /// committer.
-    fn complete(
-        &self,
-        partitions: &mut HashMap<i32, Partition>,
-        partition: i32,
-        epoch: u64,
-        offset: i64,
-        outputs: Vec<Output>,
-    ) {
-        if partitions.get(&partition).is_none_or(|p| p.epoch != epoch) {
-            return;
-        }
+    fn complete(&self, partition: i32, epoch: u64, offset: i64, outputs: Vec<Output>) {
         let mut ledger = self.ledger.lock();
-        let Some(book) = ledger.get_mut(&partition) else {
+        let Some(book) = ledger.get_mut(&partition).filter(|b| b.epoch == epoch) else {
             return;
         };
         book.offsets.complete(offset);
