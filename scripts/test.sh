@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: checks and installs what the tests need
 # (Rust components, JDK 17+, Maven, Toxiproxy, Prometheus, the OpenTelemetry
-# Collector), starts a real Kafka broker
+# Collector, Chromium and chromedriver), starts a real Kafka broker
 # (KRaft, official jars) unless KAFKA_BOOTSTRAP_SERVERS points at one, then runs
 # cargo fmt --check, cargo clippy -D warnings and cargo test.
 #
@@ -73,6 +73,18 @@ if [ -z "${OTELCOL_BIN:-}" ]; then
   bash tests/otelcol/build.sh
   export OTELCOL_BIN=$CHAOSGATE_CACHE/otelcol-chaosgate/otelcol-chaosgate
 fi
+
+# --- Chromium and chromedriver, for the view's browser test (Debian packages) -------------
+# tests/view_browser.rs drives headless Chromium over WebDriver; it fails (never skips)
+# without them.
+if [ -z "${CHROMIUM_BIN:-}" ] || [ -z "${CHROMEDRIVER_BIN:-}" ]; then
+  if ! have chromium || ! have chromedriver; then
+    say "installing chromium and chromium-driver (Debian packages)"
+    apt_install chromium chromium-driver
+  fi
+fi
+export CHROMIUM_BIN=${CHROMIUM_BIN:-$(command -v chromium)}
+export CHROMEDRIVER_BIN=${CHROMEDRIVER_BIN:-$(command -v chromedriver)}
 
 # --- Kafka -------------------------------------------------------------------------------
 started_kafka=0
