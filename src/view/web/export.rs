@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::WebState;
 use super::error::WebError;
 use super::params::RunParams;
+use crate::view::model::MAX_PAGE;
 
 /// The two export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +44,14 @@ impl Format {
     }
 }
 
-/// The CSV columns: dotted paths into a run row's JSON.
-pub const COLUMNS: [&str; 20] = [
+/// The CSV columns: dotted paths into a run row's JSON (as `/api/runs` returns it).
+pub const COLUMNS: [&str; 26] = [
     "run_id",
     "status",
     "attempt",
+    "score",
+    "expected",
+    "margin",
     "pipeline_id",
     "pipeline_execution_id",
     "stage_id",
@@ -56,15 +60,18 @@ pub const COLUMNS: [&str; 20] = [
     "flag_project",
     "flag_environment",
     "flag_key",
-    "resilience_score",
-    "expected_resilience_score",
-    "margin",
-    "probes_passed",
-    "probes_failed",
+    "trigger_event_id",
     "started_at",
     "ended_at",
     "duration_seconds",
+    "probes_passed",
+    "probes_failed",
+    "faults_not_reverted",
     "summary",
+    "trace_id",
+    "position.topic",
+    "position.partition",
+    "position.offset",
 ];
 
 /// The header line.
@@ -115,10 +122,10 @@ pub fn stream(state: WebState, params: RunParams, format: Format) -> Response {
         if format == Format::Csv && tx.send(Ok(csv_header())).await.is_err() {
             return;
         }
-        let mut params = params;
-        params.limit = 500;
+        let mut filter = params.filter;
+        filter.limit = MAX_PAGE;
         loop {
-            let page = match super::api::run_page(&state, &params).await {
+            let page = match super::api::run_page(&state, &filter).await {
                 Ok(page) => page,
                 Err(error) => {
                     let _ = tx.send(Err(std::io::Error::other(error.to_string()))).await;
@@ -126,7 +133,9 @@ pub fn stream(state: WebState, params: RunParams, format: Format) -> Response {
                 }
             };
             let mut chunk = String::new();
-            for row in &page.rows {
+            for row in &page.items {
+                let row = serde_json::to_value(row).unwrap_or_default();
+                let row = &row;
                 match format {
                     Format::Csv => chunk.push_str(&csv_line(row)),
                     Format::Ndjson => {
@@ -139,7 +148,7 @@ pub fn stream(state: WebState, params: RunParams, format: Format) -> Response {
                 return;
             }
             match page.next {
-                Some(next) => params.cursor = Some(next),
+                Some(next) => filter.cursor = Some(next),
                 None => return,
             }
         }

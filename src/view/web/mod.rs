@@ -1,30 +1,134 @@
 //! The view's web face: the HTML pages, the JSON API, exports, live updates (SSE) and the
 //! health endpoints, all read-only over the [`Store`] that ingest fills.
 //!
-//! The rule that keeps it right: every handler only reads (through [`Store::read`]), so
-//! nothing a browser or API client sends can change what the view holds; and every
-//! route is listed once, in [`router`], which the OpenAPI test compares with
-//! `schemas/view-openapi.yaml`.
+//! The rule that keeps it right: every handler only reads (through [`WebState::query`],
+//! which also times the query for `/metrics`), so nothing a browser or API client sends
+//! can change what the view holds; and every route is listed once, in [`routes`], which
+//! builds the router and which the OpenAPI test compares with `schemas/view-openapi.yaml`.
 
-use std::time::Duration;
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod export;
+pub mod health;
+pub mod index;
+pub mod layout;
+pub mod live;
+pub mod pages;
+pub mod params;
+pub mod svg;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{MethodRouter, get};
+use rusqlite::Connection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::ingest::IngestStatus;
-use super::store::Store;
+use super::store::{Store, ViewError};
 
 /// Options of the web layer, from the `[view]` config section.
 #[derive(Debug, Clone, Default)]
 pub struct WebOptions {
-    /// When set, every page and endpoint but `/healthz` needs `Authorization: Bearer
-    /// TOKEN` (or the cookie that `?token=TOKEN` sets); otherwise 401.
+    /// When set, every page and endpoint but `/healthz` and `/readyz` needs
+    /// `Authorization: Bearer TOKEN` (or the cookie that `?token=TOKEN` sets); else 401.
     pub token: Option<String>,
     /// Link template for a run's trace, with `{trace_id}` filled from the run record
-    /// (e.g. `http://jaeger:16686/trace/{trace_id}`); no link when unset.
+    /// (e.g. `http://127.0.0.1:16686/trace/{trace_id}`); no link when unset.
     pub trace_url: Option<String>,
     /// How long a flag change may wait for its command before the audit reports it.
     pub audit_command_delay: Duration,
+}
+
+/// What every handler reads from. Cheap to clone.
+#[derive(Clone)]
+pub struct WebState {
+    /// The database ingest fills.
+    pub store: Store,
+    /// Ingest progress: live-update sequence, catch-up, lag.
+    pub ingest: IngestStatus,
+    /// Options.
+    pub options: Arc<WebOptions>,
+    /// Metrics of the web layer (query times).
+    pub metrics: Arc<health::WebMetrics>,
+    /// Cancelled at shutdown: live streams end.
+    pub shutdown: CancellationToken,
+}
+
+impl WebState {
+    /// A state over `store` and `ingest`.
+    pub fn new(store: Store, ingest: IngestStatus, options: WebOptions, shutdown: CancellationToken) -> WebState {
+        WebState {
+            store,
+            ingest,
+            options: Arc::new(options),
+            metrics: Arc::new(health::WebMetrics::default()),
+            shutdown,
+        }
+    }
+
+    /// Runs a read query off the async runtime and records its time under `name`
+    /// (`chaosgate_view_query_seconds{query=name}`).
+    pub async fn query<T: Send + 'static>(
+        &self,
+        name: &'static str,
+        f: impl FnOnce(&Connection) -> Result<T, ViewError> + Send + 'static,
+    ) -> Result<T, ViewError> {
+        let started = Instant::now();
+        let result = self.store.read(f).await;
+        self.metrics.observe_query(name, started.elapsed());
+        result
+    }
+}
+
+/// Every route, once: path and handlers. [`router`] is built from it, and the OpenAPI
+/// test checks that `schemas/view-openapi.yaml` describes each path.
+pub fn routes() -> Vec<(&'static str, MethodRouter<WebState>)> {
+    vec![
+        ("/", get(pages::overview::page)),
+        ("/runs", get(pages::runs::page)),
+        ("/runs/{run_id}", get(pages::run::page)),
+        ("/executions/{pipeline_execution_id}", get(pages::execution::page)),
+        ("/pipelines", get(pages::pipeline::index)),
+        ("/pipelines/{pipeline_id}", get(pages::pipeline::page)),
+        ("/flags", get(pages::flag::index)),
+        ("/flags/{project}/{environment}/{flag}", get(pages::flag::page)),
+        ("/problems", get(pages::problems::page)),
+        ("/api/overview", get(api::overview)),
+        ("/api/runs", get(api::runs)),
+        ("/api/runs.csv", get(api::runs_csv)),
+        ("/api/runs.ndjson", get(api::runs_ndjson)),
+        ("/api/runs/{run_id}", get(api::run)),
+        ("/api/executions/{pipeline_execution_id}", get(api::execution)),
+        ("/api/flags/{project}/{environment}/{flag}", get(api::flag)),
+        ("/api/pipelines/{pipeline_id}", get(api::pipeline)),
+        ("/api/audit", get(api::audit)),
+        ("/api/problems", get(api::problems)),
+        ("/api/stream", get(live::stream)),
+        ("/healthz", get(health::healthz)),
+        ("/readyz", get(health::readyz)),
+        ("/metrics", get(health::metrics)),
+        ("/static/view.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=300")], layout::CSS).into_response() })),
+        ("/static/view.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "max-age=300")], layout::JS).into_response() })),
+    ]
+}
+
+/// The whole application: [`routes`] behind the token check, unknown paths 404.
+pub fn router(state: WebState) -> Router {
+    let token = auth::Token(state.options.token.as_deref().map(Arc::from));
+    let mut router = Router::new();
+    for (path, handler) in routes() {
+        router = router.route(path, handler);
+    }
+    router
+        .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(token, auth::require))
+        .with_state(state)
 }
 
 /// Serves the view on `listener` until `shutdown` is cancelled, then lets open
@@ -39,6 +143,9 @@ pub async fn serve(
     options: WebOptions,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let _ = (listener, store, ingest, options, shutdown);
-    todo!("the web layer lands in the next commits")
+    let state = WebState::new(store, ingest, options, shutdown.clone());
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }

@@ -2,10 +2,11 @@
 //! exports and the live stream, so a filter copied from one works in the others.
 //!
 //! `?pipeline_id=&pipeline_execution_id=&flag=&status=&experiment_id=&since=&until=&q=
-//! &cursor=&sort=&limit=`. `status` may repeat or be comma-separated; `since`/`until`
+//! &cursor=&sort=&order=&limit=`. `status` may repeat or be comma-separated; `since`/`until`
 //! take RFC 3339 (`2026-11-29T17:00:00Z`) or a duration back from now (`15m`, `24h`,
-//! `7d`); `flag` is `project/environment/flag` where each part may use `*` globs, or a
-//! single glob matched against the flag key alone.
+//! `7d`); `flag` is `project/environment/flag`, each part a glob (`*`, `?`), missing
+//! parts matching all (`shop` is `shop/*/*`); `sort` is `start` (default), `score`,
+//! `margin` or `duration`, `order` is `desc` (default) or `asc`; `limit` 1-500 (50).
 //!
 //! The rule that keeps it right: one parser, and every error names the parameter it is
 //! about (a 400 from the API says `"parameter": "since"`).
@@ -13,67 +14,22 @@
 use chrono::{DateTime, Utc};
 
 use super::error::WebError;
+use crate::contract::RunStatus;
+use crate::view::model::{DEFAULT_PAGE, Direction, MAX_PAGE, RunFilter, RunSort};
 
 /// The statuses a run can have, in display order.
 pub const STATUSES: [&str; 5] = ["running", "passed", "failed", "aborted", "error"];
 
-/// How a runs list is ordered (always newest or largest first, ties by run id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SortKey {
-    /// By start time (default).
-    #[default]
-    Started,
-    /// By resilience score.
-    Score,
-    /// By score − expected.
-    Margin,
-    /// By run time.
-    Duration,
-}
-
-impl SortKey {
-    /// The name in the URL.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SortKey::Started => "started",
-            SortKey::Score => "score",
-            SortKey::Margin => "margin",
-            SortKey::Duration => "duration",
-        }
-    }
-}
-
-/// A parsed runs filter, before it becomes the store's query.
+/// A parsed runs filter: the store's [`RunFilter`] plus the raw pairs, for links that
+/// keep the filter.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunParams {
-    /// Exact pipeline id.
-    pub pipeline_id: Option<String>,
-    /// Exact pipeline execution id.
-    pub pipeline_execution_id: Option<String>,
-    /// `project/environment/flag` globs, or a key glob.
-    pub flag: Option<String>,
-    /// Any of these statuses (empty: all).
-    pub statuses: Vec<String>,
-    /// Exact experiment id.
-    pub experiment_id: Option<String>,
-    /// Runs started at or after.
-    pub since: Option<DateTime<Utc>>,
-    /// Runs started before.
-    pub until: Option<DateTime<Utc>>,
-    /// Free text over ids, summary, log and probe errors.
-    pub q: Option<String>,
-    /// The opaque keyset cursor of the next page.
-    pub cursor: Option<String>,
-    /// Order.
-    pub sort: SortKey,
-    /// Page size, 1-1000 (default 50).
-    pub limit: usize,
-    /// The raw query pairs, for building links that keep the filter.
+    /// What the store is asked.
+    pub filter: RunFilter,
+    /// The raw query pairs (empty values and `token` left out).
     pub raw: Vec<(String, String)>,
 }
 
-/// Default page size.
-pub const PAGE: usize = 50;
 
 impl RunParams {
     /// Parses a query string (without `?`). `format` and `token` are left to others.
@@ -85,76 +41,74 @@ impl RunParams {
                     .collect()
             })
             .unwrap_or_default();
-        let mut params = RunParams { limit: PAGE, ..RunParams::default() };
+        let mut filter = RunFilter { limit: DEFAULT_PAGE, ..RunFilter::default() };
         for (key, value) in &pairs {
             let value = value.trim();
             if value.is_empty() {
                 continue;
             }
             match key.as_str() {
-                "pipeline_id" => params.pipeline_id = Some(value.into()),
-                "pipeline_execution_id" => params.pipeline_execution_id = Some(value.into()),
-                "flag" => params.flag = Some(flag_glob(value)?),
+                "pipeline_id" => filter.pipeline_id = Some(value.into()),
+                "pipeline_execution_id" => filter.pipeline_execution_id = Some(value.into()),
+                "flag" => filter.flag = Some(flag_glob(value)?),
                 "status" => {
                     for status in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                        if !STATUSES.contains(&status) {
-                            return Err(WebError::bad(
+                        let parsed = status_of(status).ok_or_else(|| {
+                            WebError::bad(
                                 "status",
                                 format!("'{status}' is not a status; use one of {}", STATUSES.join(", ")),
-                            ));
-                        }
-                        if !params.statuses.iter().any(|s| s == status) {
-                            params.statuses.push(status.into());
+                            )
+                        })?;
+                        if !filter.statuses.contains(&parsed) {
+                            filter.statuses.push(parsed);
                         }
                     }
                 }
-                "experiment_id" => params.experiment_id = Some(value.into()),
-                "since" => params.since = Some(time("since", value)?),
-                "until" => params.until = Some(time("until", value)?),
-                "q" => params.q = Some(value.into()),
-                "cursor" => params.cursor = Some(value.into()),
+                "experiment_id" => filter.experiment_id = Some(value.into()),
+                "since" => filter.since = Some(time("since", value)?),
+                "until" => filter.until = Some(time("until", value)?),
+                "q" => filter.q = Some(value.into()),
+                "cursor" => filter.cursor = Some(value.into()),
                 "sort" => {
-                    params.sort = match value {
-                        "started" => SortKey::Started,
-                        "score" => SortKey::Score,
-                        "margin" => SortKey::Margin,
-                        "duration" => SortKey::Duration,
-                        other => {
-                            return Err(WebError::bad(
-                                "sort",
-                                format!("'{other}' is not a sort key; use started, score, margin or duration"),
-                            ));
-                        }
-                    }
+                    filter.sort = RunSort::parse(value).ok_or_else(|| {
+                        WebError::bad("sort", format!("'{value}' is not a sort key; use start, score, margin or duration"))
+                    })?;
+                }
+                "order" => {
+                    filter.direction = match value {
+                        "desc" => Direction::Desc,
+                        "asc" => Direction::Asc,
+                        other => return Err(WebError::bad("order", format!("'{other}' is not an order; use desc or asc"))),
+                    };
                 }
                 "limit" => {
-                    params.limit = value
+                    filter.limit = value
                         .parse::<usize>()
                         .ok()
-                        .filter(|n| (1..=1000).contains(n))
-                        .ok_or_else(|| WebError::bad("limit", format!("'{value}' is not a page size from 1 to 1000")))?;
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| WebError::bad("limit", format!("'{value}' is not a page size from 1 to {MAX_PAGE}")))?;
                 }
                 "format" | "token" => {}
                 other => {
                     return Err(WebError::bad(
                         "query",
                         format!(
-                            "unknown parameter '{other}'; the runs filter takes pipeline_id, pipeline_execution_id, flag, status, experiment_id, since, until, q, cursor, sort, limit"
+                            "unknown parameter '{other}'; the runs filter takes pipeline_id, pipeline_execution_id, flag, status, experiment_id, since, until, q, cursor, sort, order, limit, format"
                         ),
                     ));
                 }
             }
         }
-        if let (Some(since), Some(until)) = (params.since, params.until)
+        if let (Some(since), Some(until)) = (filter.since, filter.until)
             && since > until
         {
             return Err(WebError::bad("until", "'until' is before 'since'"));
         }
-        params.raw = pairs
+        let raw = pairs
             .into_iter()
             .filter(|(k, v)| !v.trim().is_empty() && k != "token")
             .collect();
-        Ok(params)
+        Ok(RunParams { filter, raw })
     }
 
     /// This filter as a query string with `changes` applied (a `None` value removes the
@@ -182,13 +136,19 @@ impl RunParams {
     }
 }
 
-/// Checks a flag filter: one glob, or three `/`-separated globs.
+/// A status by its wire name.
+pub fn status_of(name: &str) -> Option<RunStatus> {
+    [RunStatus::Running, RunStatus::Passed, RunStatus::Failed, RunStatus::Aborted, RunStatus::Error]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+}
+
+/// Checks a flag filter: `project[/environment[/flag]]`, each part a glob.
 fn flag_glob(value: &str) -> Result<String, WebError> {
-    let parts = value.split('/').count();
-    if parts != 1 && parts != 3 {
+    if value.split('/').count() > 3 {
         return Err(WebError::bad(
             "flag",
-            format!("'{value}' is neither 'project/environment/flag' nor a single flag key glob"),
+            format!("'{value}' has more than three parts; use project/environment/flag"),
         ));
     }
     for part in value.split('/') {
@@ -233,10 +193,10 @@ mod tests {
     #[test]
     fn parses_a_full_filter_and_keeps_it_in_links() {
         let p = RunParams::parse(Some("pipeline_id=p1&status=failed,error&status=failed&flag=demo/*/checkout-*&since=24h&sort=margin&cursor=abc")).expect("parse");
-        assert_eq!(p.pipeline_id.as_deref(), Some("p1"));
-        assert_eq!(p.statuses, ["failed", "error"]);
-        assert_eq!(p.sort, SortKey::Margin);
-        assert!(p.since.is_some_and(|s| s < Utc::now()));
+        assert_eq!(p.filter.pipeline_id.as_deref(), Some("p1"));
+        assert_eq!(p.filter.statuses, [RunStatus::Failed, RunStatus::Error]);
+        assert_eq!(p.filter.sort, RunSort::Margin);
+        assert!(p.filter.since.is_some_and(|s| s < Utc::now()));
         let link = p.link(&[("sort", Some("score"))]);
         assert!(link.contains("pipeline_id=p1") && link.contains("sort=score") && !link.contains("cursor"), "{link}");
     }
@@ -248,7 +208,8 @@ mod tests {
         assert_eq!(parameter("until=2026-13-01"), "until");
         assert_eq!(parameter("sort=name"), "sort");
         assert_eq!(parameter("limit=0"), "limit");
-        assert_eq!(parameter("flag=a/b"), "flag");
+        assert_eq!(parameter("flag=a/b/c/d"), "flag");
+        assert_eq!(parameter("order=up"), "order");
         assert_eq!(parameter("pipeline=x"), "query");
         assert_eq!(parameter("since=2026-11-29T10:00:00Z&until=2026-11-29T09:00:00Z"), "until");
     }

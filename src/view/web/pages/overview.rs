@@ -1,0 +1,114 @@
+//! The overview, `/`: runs by status for a time range (`?since=`, default 24 h; each
+//! count links to the runs table with that filter), what needs attention (failed, error
+//! and aborted runs, and runs `running` past their step's timeout), each pipeline's
+//! last 10 executions as a status strip, and the integrity audit's findings.
+//!
+//! The rule that keeps it right: the counts and lists are the overview query's; the
+//! audit is the same call as `/api/audit`.
+
+use axum::extract::{RawQuery, State};
+use chrono::Utc;
+use maud::{Markup, html};
+
+use super::pipeline::strip;
+use crate::view::audit;
+use crate::view::model::{AuditFinding, Overview};
+use crate::view::query;
+use crate::view::web::WebState;
+use crate::view::web::api::{range, store_error};
+use crate::view::web::error::PageError;
+use crate::view::web::layout::{self, Section, badge, score, short_id, when};
+
+/// `GET /`.
+pub async fn page(State(state): State<WebState>, RawQuery(q): RawQuery) -> Result<Markup, PageError> {
+    let (since, until) = range(q.as_deref())?;
+    let chosen = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "since")
+        .map_or_else(|| "24h".to_string(), |(_, v)| v.into_owned());
+    let overview = state
+        .query("overview", move |c| query::overview(c, since, until))
+        .await
+        .map_err(store_error)?;
+    let delay = state.options.audit_command_delay;
+    let findings = state
+        .query("audit", move |c| audit::findings(c, Utc::now(), delay))
+        .await
+        .map_err(store_error)?;
+    Ok(layout::page("Overview", Section::Overview, body(&overview, &findings, &chosen)))
+}
+
+fn body(o: &Overview, findings: &[AuditFinding], chosen: &str) -> Markup {
+    let counts = [
+        ("running", o.counts.running),
+        ("passed", o.counts.passed),
+        ("failed", o.counts.failed),
+        ("aborted", o.counts.aborted),
+        ("error", o.counts.error),
+    ];
+    html! {
+        div.toolbar {
+            h1 { "Overview " span.sub { "runs started " (o.since.format("%Y-%m-%d %H:%M")) " – " (o.until.format("%H:%M")) " UTC" } }
+            div.chips {
+                @for r in ["1h", "24h", "7d", "30d"] { a.chip.on[chosen == r] href={ "/?since=" (r) } { "last " (r) } }
+            }
+        }
+        div data-live="overview" {
+            div.grid.cols-5 #counts {
+                @for (status, n) in counts {
+                    a class={ "stat " (status) } href={ "/runs?status=" (status) "&since=" (chosen) } style="color:inherit;text-decoration:none" {
+                        div.n { (n) } div.l { (status) }
+                    }
+                }
+            }
+            div.grid.cols-2 style="margin-top:6px" {
+                div {
+                    h2 { "Needs attention" }
+                    @if o.needs_attention.is_empty() {
+                        div.ok-note { "Nothing failed, errored or was aborted in this range, and no run is overdue." }
+                    } @else {
+                        table.data {
+                            thead { tr { th { "Run" } th { "Status" } th { "Pipeline / step" } th { "Score" } th { "Why" } th { "Started" } } }
+                            tbody { @for a in o.needs_attention.iter().take(20) { tr data-row=(a.run.run_id) {
+                                td { a href={ "/runs/" (a.run.run_id) } { (short_id(&a.run.run_id)) } }
+                                td { (badge(a.run.status.as_str())) }
+                                td { (a.run.pipeline_id) span.muted { " / " (a.run.step_name) } }
+                                td { (score(a.run.score, a.run.expected)) }
+                                td.small { (a.why) }
+                                td { (when(a.run.started_at)) }
+                            } } }
+                        }
+                        @if o.needs_attention.len() > 20 { p.small { a href={ "/runs?status=failed,error,aborted&since=" (chosen) } { "all " (o.needs_attention.len()) " →" } } }
+                    }
+                }
+                div {
+                    h2 { "Pipelines: last 10 executions" }
+                    @if o.pipelines.is_empty() {
+                        (layout::empty("No pipeline executions yet", html! { "Start the worker and change a flag: its pipeline shows here." }))
+                    } @else {
+                        table.data {
+                            thead { tr { th { "Pipeline" } th { "Newest → oldest" } th { "Last" } } }
+                            tbody { @for p in &o.pipelines { tr {
+                                td { a href={ "/pipelines/" (super::segment(&p.pipeline_id)) } { (p.pipeline_id) } }
+                                td { (strip(&p.executions)) }
+                                td { @if let Some(e) = p.executions.first() { (when(e.started_at)) } }
+                            } } }
+                        }
+                    }
+                    h2 { "Integrity audit" }
+                    @if findings.is_empty() {
+                        div.ok-note #audit-ok { "Everything adds up: no overdue run, no command naming a missing run, every fault reverted, every change answered." }
+                    } @else {
+                        @for f in findings.iter().take(12) {
+                            div.finding {
+                                b { (f.kind.as_str()) } " · " (f.message)
+                                @if let Some(run) = &f.run_id { " · " a href={ "/runs/" (run) } { "run " (short_id(run)) } }
+                                @if let Some(e) = &f.pipeline_execution_id { " · " a href={ "/executions/" (e) } { "execution" } }
+                            }
+                        }
+                        @if findings.len() > 12 { p.small { a href="/api/audit" { "all " (findings.len()) " findings (JSON) →" } } }
+                    }
+                }
+            }
+        }
+    }
+}
