@@ -90,9 +90,20 @@ impl Browser {
         Browser { client, driver, _profile: profile, screenshots }
     }
 
-    /// Saves a PNG of the page as `NAME.png`; returns its path.
+    /// Saves a PNG of the whole page (the window grown to the page's height, at most
+    /// 4000 px) as `NAME.png`; returns its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let height = self
+            .client
+            .execute("return document.documentElement.scrollHeight", vec![])
+            .await
+            .ok()
+            .and_then(|v| v.as_u64())
+            .unwrap_or(900)
+            .clamp(600, 4000);
+        let _ = self.client.set_window_size(1366, u32::try_from(height).unwrap_or(900) + 140).await;
         let png = self.client.screenshot().await.expect("screenshot");
+        let _ = self.client.set_window_size(1366, 900).await;
         let path = self.screenshots.join(format!("{name}.png"));
         std::fs::write(&path, png).expect("write screenshot");
         println!("screenshot: {}", path.display());
@@ -124,6 +135,13 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+impl Browser {
+    /// Ends the browser session (Chromium exits), then chromedriver.
+    pub async fn close(self) {
+        let _ = self.client.clone().close().await;
     }
 }
 

@@ -127,13 +127,24 @@ pub async fn flag(
 
 /// `GET /api/pipelines/{pipeline_id}`.
 pub async fn pipeline(State(state): State<WebState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let key = id.clone();
+    let summary = pipeline_summary(&state, &id).await?;
+    Ok(Json(serde_json::to_value(&summary).unwrap_or_default()))
+}
+
+/// A pipeline's summary; 404 when the view has no execution of it.
+pub async fn pipeline_summary(
+    state: &WebState,
+    id: &str,
+) -> Result<crate::view::model::PipelineSummary, WebError> {
+    let key = id.to_string();
     let summary = state
         .query("pipeline", move |c| query::pipeline(c, &key))
         .await
-        .map_err(store_error)?
-        .ok_or_else(|| WebError::NotFound(format!("no runs of pipeline '{id}'")))?;
-    Ok(Json(serde_json::to_value(&summary).unwrap_or_default()))
+        .map_err(store_error)?;
+    if summary.executions.is_empty() && summary.steps.is_empty() {
+        return Err(WebError::NotFound(format!("no executions of pipeline '{id}' (yet)")));
+    }
+    Ok(summary)
 }
 
 /// The overview's time range from `?since=` (default 24 h back) and `?until=`.
@@ -157,8 +168,9 @@ pub fn range(query: Option<&str>) -> Result<(chrono::DateTime<Utc>, chrono::Date
 /// `GET /api/overview?since=&until=`.
 pub async fn overview(State(state): State<WebState>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
     let (since, until) = range(q.as_deref())?;
+    let options = state.options.clone();
     let overview = state
-        .query("overview", move |c| query::overview(c, since, until))
+        .query("overview", move |c| query::overview(c, since, until, &options.audit))
         .await
         .map_err(store_error)?;
     Ok(Json(serde_json::to_value(&overview).unwrap_or_default()))
@@ -166,9 +178,9 @@ pub async fn overview(State(state): State<WebState>, RawQuery(q): RawQuery) -> R
 
 /// `GET /api/audit` → `{"findings": [...], "counts": {kind: n}}`.
 pub async fn audit(State(state): State<WebState>) -> Result<Json<Value>, ApiError> {
-    let delay = state.options.audit_command_delay;
+    let options = state.options.clone();
     let findings = state
-        .query("audit", move |c| audit::findings(c, Utc::now(), delay))
+        .query("audit", move |c| audit::findings(c, Utc::now(), &options.audit))
         .await
         .map_err(store_error)?;
     let mut counts = serde_json::Map::new();
@@ -179,13 +191,28 @@ pub async fn audit(State(state): State<WebState>) -> Result<Json<Value>, ApiErro
     Ok(Json(json!({ "findings": findings, "counts": counts })))
 }
 
-/// `GET /api/problems` → `{"problems": [...]}` (newest first).
-pub async fn problems(State(state): State<WebState>) -> Result<Json<Value>, ApiError> {
-    let problems = state
-        .query("problems", |c| query::problems(c, 500))
+/// `GET /api/problems?cursor=` → `{"problems": [...], "next": "<cursor>" | null}`
+/// (newest first).
+pub async fn problems(State(state): State<WebState>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+    let cursor = problems_cursor(q.as_deref())?;
+    let page = state
+        .query("problems", move |c| query::problems(c, cursor.as_deref()))
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({ "problems": problems })))
+    Ok(Json(json!({ "problems": page.items, "next": page.next })))
+}
+
+/// The `cursor` of a problems page (the only parameter it takes).
+pub fn problems_cursor(query: Option<&str>) -> Result<Option<String>, WebError> {
+    let mut cursor = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "cursor" if !value.is_empty() => cursor = Some(value.into_owned()),
+            "cursor" | "token" => {}
+            other => return Err(WebError::bad("query", format!("unknown parameter '{other}'; this takes cursor"))),
+        }
+    }
+    Ok(cursor)
 }
 
 /// Unknown paths: 404 in JSON under `/api/`, a page elsewhere.

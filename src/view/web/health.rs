@@ -86,18 +86,33 @@ pub async fn healthz() -> &'static str {
 /// `GET /readyz`.
 pub async fn readyz(State(state): State<WebState>) -> Response {
     let ingest = &state.ingest;
-    let ready = ingest.caught_up();
-    let lag = ingest.lag();
+    let failed = ingest.failed();
+    let ready = ingest.caught_up() && failed.is_none();
+    let partitions = ingest.lag();
+    let lag: i64 = partitions.iter().map(|p| p.lag).sum();
     let mut reasons = Vec::new();
-    if !ready {
+    if let Some(why) = &failed {
+        reasons.push(format!("ingest stopped: {why}"));
+    }
+    if !ingest.caught_up() {
+        let behind: Vec<String> = partitions
+            .iter()
+            .filter(|p| p.lag > 0)
+            .map(|p| format!("{}/{}: {} to go", p.topic, p.partition, p.lag))
+            .collect();
         reasons.push(format!(
-            "ingest has not caught up with the high watermarks seen at start: {lag} records to go"
+            "ingest has not caught up with the high watermarks seen at start ({} records to go{}{})",
+            lag,
+            if behind.is_empty() { "" } else { ": " },
+            behind.join(", ")
         ));
     }
     let body = json!({
         "ready": ready,
+        "caught_up": ingest.caught_up(),
         "lag_records": lag,
-        "last_seq": *ingest.subscribe().borrow(),
+        "partitions": partitions,
+        "seq": ingest.seq(),
         "reasons": reasons,
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -116,7 +131,7 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
     );
     let ingest = &state.ingest;
     let lag = Gauge::<i64>::default();
-    lag.set(i64::try_from(ingest.lag()).unwrap_or(i64::MAX));
+    lag.set(ingest.lag().iter().map(|p| p.lag).sum());
     registry.register("ingest_lag_records", "Records between the stored offsets and the high watermarks", lag);
     let caught_up = Gauge::<i64>::default();
     caught_up.set(i64::from(ingest.caught_up()));
@@ -130,6 +145,16 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
         "ingest_problems",
         "Records ingest could not decode and skipped (listed on /problems)",
         ConstCounter::new(ingest.problems()),
+    );
+    registry.register(
+        "ingest_rows",
+        "Rows ingest inserted or replaced",
+        ConstCounter::new(ingest.rows()),
+    );
+    registry.register(
+        "ingest_batches",
+        "SQLite transactions ingest committed (rows and offsets together)",
+        ConstCounter::new(ingest.batches()),
     );
     let table_rows = Family::<TableLabel, Gauge<i64>>::default();
     if let Ok(rows) = &rows {
@@ -168,9 +193,9 @@ async fn audit_counts(state: &WebState) -> Option<Vec<(FindingKind, usize)>> {
     {
         return Some(counts.clone());
     }
-    let delay = state.options.audit_command_delay;
+    let options = state.options.clone();
     let findings = state
-        .query("audit", move |c| audit::findings(c, Utc::now(), delay))
+        .query("audit", move |c| audit::findings(c, Utc::now(), &options.audit))
         .await
         .ok()?;
     let counts: Vec<(FindingKind, usize)> = FindingKind::ALL

@@ -19,7 +19,7 @@ pub mod params;
 pub mod svg;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::http::header;
@@ -29,6 +29,7 @@ use rusqlite::Connection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::audit::AuditSettings;
 use super::ingest::IngestStatus;
 use super::store::{Store, ViewError};
 
@@ -41,8 +42,8 @@ pub struct WebOptions {
     /// Link template for a run's trace, with `{trace_id}` filled from the run record
     /// (e.g. `http://127.0.0.1:16686/trace/{trace_id}`); no link when unset.
     pub trace_url: Option<String>,
-    /// How long a flag change may wait for its command before the audit reports it.
-    pub audit_command_delay: Duration,
+    /// What the integrity audit needs: the command delay and the steps' timeouts.
+    pub audit: AuditSettings,
 }
 
 /// What every handler reads from. Cheap to clone.

@@ -25,13 +25,14 @@ pub async fn page(State(state): State<WebState>, RawQuery(q): RawQuery) -> Resul
     let chosen = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "since")
         .map_or_else(|| "24h".to_string(), |(_, v)| v.into_owned());
+    let options = state.options.clone();
     let overview = state
-        .query("overview", move |c| query::overview(c, since, until))
+        .query("overview", move |c| query::overview(c, since, until, &options.audit))
         .await
         .map_err(store_error)?;
-    let delay = state.options.audit_command_delay;
+    let options = state.options.clone();
     let findings = state
-        .query("audit", move |c| audit::findings(c, Utc::now(), delay))
+        .query("audit", move |c| audit::findings(c, Utc::now(), &options.audit))
         .await
         .map_err(store_error)?;
     Ok(layout::page("Overview", Section::Overview, body(&overview, &findings, &chosen)))

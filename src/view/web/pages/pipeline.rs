@@ -10,22 +10,16 @@ use axum::extract::{Path, State};
 use maud::{Markup, html};
 
 use crate::view::model::{ExecutionSummary, PipelineSummary};
-use crate::view::query;
 use crate::view::web::WebState;
-use crate::view::web::api::store_error;
-use crate::view::web::error::{PageError, WebError};
+use crate::view::web::api::{pipeline_summary, store_error};
+use crate::view::web::error::PageError;
 use crate::view::web::index;
 use crate::view::web::layout::{self, Section, badge, short_id, when, when_opt};
 use crate::view::web::svg::{self, TrendPoint};
 
 /// `GET /pipelines/{pipeline_id}`.
 pub async fn page(State(state): State<WebState>, Path(id): Path<String>) -> Result<Markup, PageError> {
-    let key = id.clone();
-    let summary = state
-        .query("pipeline", move |c| query::pipeline(c, &key))
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| WebError::NotFound(format!("no runs of pipeline '{id}' (yet)")))?;
+    let summary = pipeline_summary(&state, &id).await?;
     Ok(layout::page(&format!("Pipeline {id}"), Section::Pipelines, body(&summary)))
 }
 

@@ -70,7 +70,7 @@ fn body(detail: &RunDetail, trace: Option<&str>) -> Markup {
                         tr { th { "Trace" } td {
                             @match (trace, &row.trace_id) {
                                 (Some(url), _) => a href=(url) target="_blank" rel="noopener" { "open trace " span.mono { (row.trace_id.as_deref().unwrap_or_default()) } },
-                                (None, Some(id)) => span.mono { (id) } span.muted.small { " (set [view] trace_url for a link)" },
+                                (None, Some(id)) => { span.mono { (id) } span.muted.small { " (set [view] trace_url for a link)" } },
                                 (None, None) => span.muted { "no trace id on this record" },
                             }
                         } }
