@@ -61,6 +61,28 @@ impl AuditSettings {
             .unwrap_or(self.default_running_timeout)
     }
 
+    /// The settings of `config`: its `[view]` delays and the step timeouts of its
+    /// catalog (none when the catalog cannot be read here: a warning is logged and
+    /// `audit_running_timeout` applies to every step).
+    pub fn from_config(config: &crate::config::Config) -> AuditSettings {
+        let step_timeouts = match crate::catalog::Catalog::load(&[&config.catalog.path]) {
+            Ok(catalog) => AuditSettings::step_timeouts_of(&catalog),
+            Err(problems) => {
+                tracing::warn!(
+                    catalog = %config.catalog.path.display(),
+                    problems = problems.len(),
+                    "the catalog cannot be read here; the audit uses audit_running_timeout for every step"
+                );
+                HashMap::new()
+            }
+        };
+        AuditSettings {
+            command_delay: config.view.audit_command_delay.duration(),
+            step_timeouts,
+            default_running_timeout: config.view.audit_running_timeout.duration(),
+        }
+    }
+
     /// Step timeouts from a catalog: the step's `timeout`, else its experiment's.
     pub fn step_timeouts_of(catalog: &crate::catalog::Catalog) -> HashMap<StepKey, Duration> {
         let mut timeouts = HashMap::new();
