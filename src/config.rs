@@ -45,6 +45,9 @@ pub struct Config {
     /// Fault proxy targets run inside the worker.
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// The chaos experiments view (`chaosgate view`).
+    #[serde(default)]
+    pub view: ViewConfig,
 }
 
 /// The documented example, `deploy/chaosgate.example.toml`, as the schema's example.
@@ -79,6 +82,7 @@ pub fn config_example() -> Config {
                 protocol: crate::chaos::proxy::ProxyProtocol::Tcp,
             }],
         },
+        view: ViewConfig::default(),
     }
 }
 
@@ -281,6 +285,70 @@ pub struct ProxyConfig {
     pub targets: Vec<ProxyTarget>,
 }
 
+/// The chaos experiments view (`chaosgate view`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    /// Address of the pages and the API.
+    #[serde(default = "default_view_listen")]
+    #[schemars(with = "String")]
+    pub listen: SocketAddr,
+    /// SQLite database file (WAL mode), or `:memory:`. Relative paths are read from the
+    /// working directory.
+    #[serde(default = "default_view_database")]
+    pub database: String,
+    /// Executions older than this are removed from the database (the topics keep what
+    /// their own retention keeps). humantime syntax: `30d`, `12h`, `90m`.
+    #[serde(default = "default_view_retention", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub retention: std::time::Duration,
+    /// Bearer token every page and endpoint asks for; none when absent. Prefer
+    /// `CHAOSGATE_VIEW__TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Link from a run to its trace: `{trace_id}` is replaced by the run's trace id, e.g.
+    /// `http://127.0.0.1:16686/trace/{trace_id}` (Jaeger). No link when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_url: Option<String>,
+    /// The integrity audit reports a flag-change with no command after this long.
+    #[serde(default = "default_audit_command_delay")]
+    pub audit_command_delay: Span,
+    /// The integrity audit's timeout for a `running` run of a step the catalog does not
+    /// name (otherwise the step's `timeout`, else its experiment's).
+    #[serde(default = "default_audit_running_timeout")]
+    pub audit_running_timeout: Span,
+}
+
+fn default_view_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9465))
+}
+fn default_view_database() -> String {
+    "chaosgate-view.db".into()
+}
+fn default_view_retention() -> std::time::Duration {
+    std::time::Duration::from_secs(30 * 24 * 3_600)
+}
+fn default_audit_command_delay() -> Span {
+    Span::from_millis(300_000)
+}
+fn default_audit_running_timeout() -> Span {
+    Span::from_millis(3_600_000)
+}
+
+impl Default for ViewConfig {
+    fn default() -> Self {
+        ViewConfig {
+            listen: default_view_listen(),
+            database: default_view_database(),
+            retention: default_view_retention(),
+            token: None,
+            trace_url: None,
+            audit_command_delay: default_audit_command_delay(),
+            audit_running_timeout: default_audit_running_timeout(),
+        }
+    }
+}
+
 /// A configuration that cannot be used, naming the key and where it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -426,6 +494,23 @@ mod tests {
         assert_eq!(config.kafka.topics.flag_changes, "flag-changes");
         assert_eq!(config.kafka.group_id, "chaosgate");
         assert_eq!(config.worker.max_in_flight, 16);
+        assert_eq!(config.view, ViewConfig::default());
+        assert_eq!(config.view.listen.to_string(), "127.0.0.1:9465");
+    }
+
+    #[test]
+    fn the_view_token_comes_from_the_environment() {
+        let config = Config::parse(
+            MINIMAL,
+            "c.toml",
+            env(&[
+                ("CHAOSGATE_VIEW__TOKEN", "s3cret"),
+                ("CHAOSGATE_VIEW__DATABASE", ":memory:"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.view.token.as_deref(), Some("s3cret"));
+        assert_eq!(config.view.database, ":memory:");
     }
 
     #[test]

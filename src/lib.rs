@@ -1,7 +1,7 @@
 //! chaosgate: gates feature-flag changes on chaos experiments.
 //!
 //! Modules depend one way (design.md section 4):
-//! `contract` <- `catalog` <- `chaos` <- `gate` <- `bus` <- the CLI.
+//! `contract` <- `catalog` <- `chaos` <- `gate` <- `bus` <- {`view`, the CLI}.
 //! `config` and `schema` sit on top and may use any of them.
 
 pub mod bus;
@@ -12,3 +12,4 @@ pub mod contract;
 pub mod gate;
 pub mod schema;
 pub mod telemetry;
+pub mod view;

@@ -32,6 +32,9 @@ enum Command {
     Schema(cli::schema::SchemaArgs),
     /// Run a standalone fault proxy beside a target, with an HTTP control API.
     Proxy(cli::proxy::ProxyArgs),
+    /// The chaos experiments view: reads the committed topics into SQLite and serves
+    /// pages and a JSON API; `view check` gates a CI job on a pipeline's last execution.
+    View(cli::view::ViewArgs),
     /// Work with experiments on this machine.
     #[command(subcommand)]
     Experiment(ExperimentCommand),
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cli::validate::run(args),
         Command::Schema(args) => cli::schema::run(args),
         Command::Proxy(args) => cli::proxy::run(args),
+        Command::View(args) => cli::view::run(args),
         Command::Experiment(ExperimentCommand::Run(args)) => cli::experiment::run(args),
         Command::Version => {
             println!("chaosgate {}", env!("CARGO_PKG_VERSION"));

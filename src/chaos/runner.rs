@@ -238,6 +238,8 @@ struct ProbeLedger {
     by_phase: HashMap<usize, PhaseTally>,
     attempts: u32,
     last_error: Option<String>,
+    first_check_at: Option<DateTime<Utc>>,
+    last_check_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Default)]
@@ -334,6 +336,13 @@ impl Run {
                 );
             }
             entry.attempts += check.attempts;
+            let ended = Utc::now();
+            let started = chrono::Duration::from_std(check.took)
+                .ok()
+                .and_then(|took| ended.checked_sub_signed(took))
+                .unwrap_or(ended);
+            entry.first_check_at = Some(entry.first_check_at.map_or(started, |t| t.min(started)));
+            entry.last_check_at = Some(entry.last_check_at.map_or(ended, |t| t.max(ended)));
             first_failure
         };
         let mode = mode_name(probe.mode);
@@ -1088,6 +1097,8 @@ fn finish(
                 verdict,
                 attempts: entry.attempts,
                 last_error: entry.last_error.clone(),
+                first_check_at: entry.first_check_at,
+                last_check_at: entry.last_check_at,
             }
         })
         .collect();

@@ -6,3 +6,4 @@ pub mod proxy;
 pub mod run;
 pub mod schema;
 pub mod validate;
+pub mod view;

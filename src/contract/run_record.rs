@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::flag_change::ChangeKind;
+
 /// CloudEvents `type` of a run record.
 pub const RUN_RECORD_TYPE: &str = "dev.chaosgate.experiment.run.v1";
 
@@ -37,6 +39,18 @@ pub struct RunRecord {
     pub flag: FlagRef,
     /// `event_id` of the flag-change.
     pub trigger_event_id: String,
+    /// Who made the flag-change (its `actor`), when it said (added in v1; older records
+    /// lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_actor: Option<String>,
+    /// The flag-change's `change.kind` (added in v1; older records lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_change_kind: Option<ChangeKind>,
+    /// W3C trace id (32 lowercase hex digits) of the trace the run belongs to, as in the
+    /// record's `traceparent` header (added in v1; absent without tracing and in older
+    /// records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Score obtained, 0-100 (absent while running or on error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resilience_score: Option<f64>,
@@ -223,6 +237,14 @@ pub struct ProbeResult {
     /// The last failure, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When its first check started (added in v1; absent when it never ran and in older
+    /// records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_check_at: Option<DateTime<Utc>>,
+    /// When its last check ended (added in v1; absent when it never ran and in older
+    /// records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_at: Option<DateTime<Utc>>,
 }
 
 /// The example carried by the schema and used in tests and docs.
@@ -257,6 +279,9 @@ pub fn run_record_example() -> RunRecord {
             key: "checkout-v2".into(),
         },
         trigger_event_id: "0b6f3f0e-4d5c-4c0b-9a51-8d7a6f1f2c11".into(),
+        trigger_actor: Some("alice@example.com".into()),
+        trigger_change_kind: Some(ChangeKind::Enable),
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         resilience_score: Some(42.86),
         expected_resilience_score: 80.0,
         assertion: Some(AssertionResult {
@@ -282,6 +307,8 @@ pub fn run_record_example() -> RunRecord {
             verdict: Verdict::Failed,
             attempts: 15,
             last_error: Some("response took 412 ms, more than 300 ms".into()),
+            first_check_at: Some(at("2026-11-27T09:30:01Z")),
+            last_check_at: Some(at("2026-11-27T09:30:30Z")),
         }],
         probes_passed: 1,
         probes_failed: 1,

@@ -297,6 +297,10 @@ fn base_record(
             key: change.flag.clone(),
         },
         trigger_event_id: change.event_id.clone(),
+        trigger_actor: change.actor.clone(),
+        trigger_change_kind: Some(change.change.kind),
+        // Called inside the run's step span: its trace is the one the records carry.
+        trace_id: traces::trace_id(&tracing::Span::current()),
         resilience_score: None,
         expected_resilience_score: step.expected_resilience_score,
         assertion: None,

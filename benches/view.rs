@@ -1,0 +1,2 @@
+//! View benchmarks (placeholder until written).
+fn main() {}

@@ -1,0 +1,259 @@
+//! The integrity audit: what does not add up in what the worker committed.
+//!
+//! Four checks, each exact because the worker writes final records, the command and its
+//! offsets in one Kafka transaction and the view reads `read_committed`:
+//! 1. a run still `running` past its step's timeout, with no final record;
+//! 2. a flag command whose steps name a run with no record;
+//! 3. a final record with a fault injected and not reverted;
+//! 4. a flag-change with no command (nor dead letter) after a delay.
+//!
+//! Rule: a check only reports what has had time to settle (the timeout, the delay), so
+//! the ordinary lag between topics never shows as a finding.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+use rusqlite::types::Value;
+
+use crate::view::model::{AuditFinding, FindingKind, RunRow};
+use crate::view::query::select_runs;
+use crate::view::store::{SqliteContext, ViewError, to_millis};
+
+/// A step named as runs name it: `(pipeline_id, stage_id, step_id)`.
+pub type StepKey = (String, String, String);
+
+/// What the audit needs besides the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditSettings {
+    /// A flag-change with no command this long after it occurred is a finding
+    /// (`[view] audit_command_delay`).
+    pub command_delay: Duration,
+    /// Each step's timeout, from the catalog (the step's `timeout`, else its
+    /// experiment's).
+    pub step_timeouts: HashMap<StepKey, Duration>,
+    /// The timeout of a step the catalog does not name (`[view] audit_running_timeout`).
+    pub default_running_timeout: Duration,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            command_delay: Duration::from_secs(300),
+            step_timeouts: HashMap::new(),
+            default_running_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl AuditSettings {
+    /// The timeout of the step `run` belongs to.
+    pub fn timeout_of(&self, run: &RunRow) -> Duration {
+        let key = (
+            run.pipeline_id.clone(),
+            run.stage_id.clone(),
+            run.step_id.clone(),
+        );
+        self.step_timeouts
+            .get(&key)
+            .copied()
+            .unwrap_or(self.default_running_timeout)
+    }
+
+    /// The settings of `config`: its `[view]` delays and the step timeouts of its
+    /// catalog (none when the catalog cannot be read here: a warning is logged and
+    /// `audit_running_timeout` applies to every step).
+    pub fn from_config(config: &crate::config::Config) -> AuditSettings {
+        let step_timeouts = match crate::catalog::Catalog::load(&[&config.catalog.path]) {
+            Ok(catalog) => AuditSettings::step_timeouts_of(&catalog),
+            Err(problems) => {
+                tracing::warn!(
+                    catalog = %config.catalog.path.display(),
+                    problems = problems.len(),
+                    "the catalog cannot be read here; the audit uses audit_running_timeout for every step"
+                );
+                HashMap::new()
+            }
+        };
+        AuditSettings {
+            command_delay: config.view.audit_command_delay.duration(),
+            step_timeouts,
+            default_running_timeout: config.view.audit_running_timeout.duration(),
+        }
+    }
+
+    /// Step timeouts from a catalog: the step's `timeout`, else its experiment's.
+    pub fn step_timeouts_of(catalog: &crate::catalog::Catalog) -> HashMap<StepKey, Duration> {
+        let mut timeouts = HashMap::new();
+        for pipeline in catalog.pipelines() {
+            for stage in &pipeline.stages {
+                for step in &stage.steps {
+                    let timeout = step
+                        .timeout
+                        .or_else(|| catalog.experiment(&step.experiment).and_then(|e| e.timeout));
+                    if let Some(timeout) = timeout {
+                        timeouts.insert(
+                            (pipeline.id.clone(), stage.id.clone(), step.id.clone()),
+                            timeout.duration(),
+                        );
+                    }
+                }
+            }
+        }
+        timeouts
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Runs whose newest record is `running` and that started longer ago than their step's
+/// timeout, oldest first.
+pub fn running_past_timeout(
+    c: &Connection,
+    now: DateTime<Utc>,
+    settings: &AuditSettings,
+) -> Result<Vec<RunRow>, ViewError> {
+    let shortest = settings
+        .step_timeouts
+        .values()
+        .copied()
+        .chain([settings.default_running_timeout])
+        .min()
+        .unwrap_or_default();
+    let running = select_runs(
+        c,
+        "WHERE status = 'running' AND started_at < ?",
+        &[Value::Integer(to_millis(now) - millis(shortest))],
+        "started_at, run_id",
+    )?;
+    Ok(running
+        .into_iter()
+        .filter(|run| to_millis(run.started_at) + millis(settings.timeout_of(run)) < to_millis(now))
+        .collect())
+}
+
+/// Every finding at `now`, by kind in [`FindingKind::ALL`] order.
+pub fn findings(
+    c: &Connection,
+    now: DateTime<Utc>,
+    settings: &AuditSettings,
+) -> Result<Vec<AuditFinding>, ViewError> {
+    let mut findings = Vec::new();
+    for run in running_past_timeout(c, now, settings)? {
+        findings.push(AuditFinding {
+            kind: FindingKind::RunningPastTimeout,
+            message: format!(
+                "run {} (pipeline {}, stage {}, step {}, attempt {}) started at {} and has no \
+                 final record, past its step's timeout of {}",
+                run.run_id,
+                run.pipeline_id,
+                run.stage_id,
+                run.step_id,
+                run.attempt,
+                run.started_at.to_rfc3339(),
+                humantime::format_duration(settings.timeout_of(&run)),
+            ),
+            run_id: Some(run.run_id),
+            command_id: None,
+            event_id: Some(run.trigger_event_id),
+            pipeline_execution_id: Some(run.pipeline_execution_id),
+        });
+    }
+    // Commands settle with their runs in one transaction; the delay covers topics read
+    // at different speeds.
+    let settled = to_millis(now) - millis(settings.command_delay);
+    {
+        let mut statement = c
+            .prepare_cached(
+                "SELECT s.command_id, s.run_id, c.pipeline_execution_id, c.causation_event_id \
+                 FROM command_steps s JOIN commands c ON c.command_id = s.command_id \
+                 WHERE s.issued_at < ? AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = s.run_id) \
+                 ORDER BY s.issued_at",
+            )
+            .what("prepare the missing-run check")?;
+        let rows = statement
+            .query_map([settled], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })
+            .what("check commands for missing runs")?;
+        for row in rows {
+            let (command_id, run_id, execution, event_id) = row.what("read a missing run")?;
+            findings.push(AuditFinding {
+                kind: FindingKind::CommandRunMissing,
+                message: format!(
+                    "flag command {command_id} names run {run_id} in its steps, but no record \
+                     of that run was read"
+                ),
+                run_id: Some(run_id),
+                command_id: Some(command_id),
+                event_id: Some(event_id),
+                pipeline_execution_id: execution,
+            });
+        }
+    }
+    let not_reverted = select_runs(
+        c,
+        "WHERE faults_not_reverted > 0 AND status != 'running'",
+        &[],
+        "started_at, run_id",
+    )?;
+    for run in not_reverted {
+        findings.push(AuditFinding {
+            kind: FindingKind::FaultNotReverted,
+            message: format!(
+                "run {} ended {} with {} fault(s) injected and not reverted",
+                run.run_id,
+                run.status.as_str(),
+                run.faults_not_reverted
+            ),
+            run_id: Some(run.run_id),
+            command_id: None,
+            event_id: Some(run.trigger_event_id),
+            pipeline_execution_id: Some(run.pipeline_execution_id),
+        });
+    }
+    {
+        let mut statement = c
+            .prepare_cached(
+                "SELECT event_id, project, environment, flag, occurred_at FROM changes \
+                 WHERE answered = 0 AND occurred_at < ? ORDER BY occurred_at",
+            )
+            .what("prepare the unanswered-change check")?;
+        let rows = statement
+            .query_map([settled], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })
+            .what("check changes for commands")?;
+        for row in rows {
+            let (event_id, project, environment, flag, at) = row.what("read a change")?;
+            findings.push(AuditFinding {
+                kind: FindingKind::ChangeWithoutCommand,
+                message: format!(
+                    "flag-change {event_id} of {project}/{environment}/{flag} at {} has no \
+                     command nor dead letter after {}",
+                    crate::view::store::from_millis(at).to_rfc3339(),
+                    humantime::format_duration(settings.command_delay)
+                ),
+                run_id: None,
+                command_id: None,
+                event_id: Some(event_id),
+                pipeline_execution_id: None,
+            });
+        }
+    }
+    Ok(findings)
+}

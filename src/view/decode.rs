@@ -1,0 +1,259 @@
+//! Turning one Kafka record of a topic the view reads into the row it stores, or the
+//! reason it cannot.
+//!
+//! Rule: a record decodes only through [`crate::contract`] (the same CloudEvents and v1
+//! types the worker writes), and a record that does not decode yields a reason naming
+//! what is wrong, never a guess: ingest stores the reason as an ingest problem and moves
+//! on.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::contract::control::ABORT_REQUEST_TYPE;
+use crate::contract::dead_letter::{
+    HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC,
+};
+use crate::contract::flag_change::decode_flag_change;
+use crate::contract::flag_command::FLAG_COMMAND_TYPE;
+use crate::contract::run_record::RUN_RECORD_TYPE;
+use crate::contract::{
+    AbortRequest, AbortScope, CloudEvent, FlagChange, FlagCommand, KafkaMessage, RunRecord,
+    RunStatus,
+};
+
+/// What a topic carries, as the view reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TopicRole {
+    /// `chaos-experiment-runs`: run records.
+    Runs,
+    /// `flag-commands`: flag commands.
+    Commands,
+    /// `flag-changes`: flag-change events.
+    Changes,
+    /// `flag-changes-dlq`: dead letters.
+    DeadLetters,
+    /// `chaosgate-control`: abort requests.
+    Control,
+}
+
+/// A run record and what the view derives from its envelope.
+#[derive(Debug, Clone)]
+pub struct DecodedRun {
+    /// The record.
+    pub record: RunRecord,
+    /// Its trace id: `trace_id` in the data, else the `traceparent` header's.
+    pub trace_id: Option<String>,
+}
+
+/// A dead letter's headers, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedDeadLetter {
+    /// The original's event id, when its bytes still say it.
+    pub event_id: Option<String>,
+    /// Error class header.
+    pub error_class: String,
+    /// Error message header.
+    pub error_message: String,
+    /// Source topic, partition and offset headers.
+    pub source: Option<(String, i32, i64)>,
+    /// The original key.
+    pub key: Option<String>,
+}
+
+/// One record, decoded.
+#[derive(Debug, Clone)]
+pub enum Decoded {
+    /// A run record.
+    Run(Box<DecodedRun>),
+    /// A flag command.
+    Command(Box<FlagCommand>),
+    /// A flag-change.
+    Change(Box<FlagChange>),
+    /// A dead letter.
+    DeadLetter(Box<DecodedDeadLetter>),
+    /// An abort request, with the event's time.
+    Abort(Box<AbortRequest>, Option<DateTime<Utc>>),
+}
+
+/// A record any size passes: the worker's limit is for its input, not for the view.
+const NO_SIZE_LIMIT: usize = usize::MAX;
+
+fn typed_event(message: &KafkaMessage, expected: &str) -> Result<CloudEvent, String> {
+    let event = CloudEvent::decode(message).map_err(|e| e.to_string())?;
+    if event.event_type != expected {
+        return Err(format!(
+            "CloudEvent type '{}' is not one the view reads here (expected {expected})",
+            event.event_type
+        ));
+    }
+    Ok(event)
+}
+
+fn data_of<T: serde::de::DeserializeOwned>(event: CloudEvent, what: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(event.data)
+        .map_err(|e| format!("{what} data: {} ({})", e.inner(), e.path()))
+}
+
+/// The trace id of a W3C `traceparent` header value (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id_of_traceparent(value: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.split('-');
+    let _version = parts.next()?;
+    let trace = parts.next()?;
+    (trace.len() == 32
+        && trace.bytes().all(|b| b.is_ascii_hexdigit())
+        && trace.bytes().any(|b| b != b'0'))
+    .then(|| trace.to_ascii_lowercase())
+}
+
+fn header_text(message: &KafkaMessage, name: &str) -> Option<String> {
+    message
+        .header(name)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Decodes `message` read from a topic of `role`.
+pub fn decode(role: TopicRole, message: &KafkaMessage) -> Result<Decoded, String> {
+    match role {
+        TopicRole::Runs => {
+            let event = typed_event(message, RUN_RECORD_TYPE)?;
+            let record: RunRecord = data_of(event, "run record")?;
+            let trace_id = record.trace_id.clone().or_else(|| {
+                message
+                    .header(crate::telemetry::traces::TRACEPARENT)
+                    .and_then(trace_id_of_traceparent)
+            });
+            Ok(Decoded::Run(Box::new(DecodedRun { record, trace_id })))
+        }
+        TopicRole::Commands => {
+            let event = typed_event(message, FLAG_COMMAND_TYPE)?;
+            Ok(Decoded::Command(Box::new(data_of(event, "flag command")?)))
+        }
+        TopicRole::Changes => decode_flag_change(message, NO_SIZE_LIMIT)
+            .map(|(_, change)| Decoded::Change(Box::new(change)))
+            .map_err(|e| e.to_string()),
+        TopicRole::Control => {
+            let event = typed_event(message, ABORT_REQUEST_TYPE)?;
+            let time = event.time;
+            Ok(Decoded::Abort(
+                Box::new(data_of(event, "abort request")?),
+                time,
+            ))
+        }
+        TopicRole::DeadLetters => {
+            let error_class = header_text(message, HEADER_ERROR_CLASS)
+                .ok_or_else(|| format!("dead letter without a '{HEADER_ERROR_CLASS}' header"))?;
+            let error_message = header_text(message, HEADER_ERROR_MESSAGE).unwrap_or_default();
+            let source = match (
+                header_text(message, HEADER_SOURCE_TOPIC),
+                header_text(message, HEADER_SOURCE_PARTITION).and_then(|p| p.parse().ok()),
+                header_text(message, HEADER_SOURCE_OFFSET).and_then(|o| o.parse().ok()),
+            ) {
+                (Some(topic), Some(partition), Some(offset)) => Some((topic, partition, offset)),
+                _ => None,
+            };
+            // The original may be anything; its id is read when it is readable.
+            let event_id = header_text(message, "ce_id").or_else(|| {
+                let value: Value = serde_json::from_slice(message.value.as_deref()?).ok()?;
+                value
+                    .get("data")
+                    .and_then(|d| d.get("event_id"))
+                    .or_else(|| value.get("event_id"))
+                    .or_else(|| value.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+            Ok(Decoded::DeadLetter(Box::new(DecodedDeadLetter {
+                event_id,
+                error_class,
+                error_message,
+                source,
+                key: message
+                    .key
+                    .as_deref()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+            })))
+        }
+    }
+}
+
+/// Whether a status is final (the run ended).
+pub fn is_final(status: RunStatus) -> bool {
+    status != RunStatus::Running
+}
+
+/// The name of an abort scope as stored.
+pub fn scope_name(scope: AbortScope) -> &'static str {
+    match scope {
+        AbortScope::Run => "run",
+        AbortScope::PipelineExecution => "pipeline_execution",
+        AbortScope::All => "all",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::run_record::run_record_example;
+
+    fn run_event(data: Value) -> CloudEvent {
+        CloudEvent {
+            id: "r".into(),
+            source: "/chaosgate".into(),
+            event_type: RUN_RECORD_TYPE.into(),
+            time: None,
+            subject: None,
+            extensions: Default::default(),
+            data,
+        }
+    }
+
+    #[test]
+    fn a_run_record_decodes_in_both_modes_with_its_trace_id() {
+        let record = run_record_example();
+        let event = run_event(serde_json::to_value(&record).unwrap());
+        let mut binary = event.to_binary(Some("k"));
+        binary.headers.push((
+            "traceparent".into(),
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec(),
+        ));
+        for message in [binary, event.to_structured(None)] {
+            let Decoded::Run(run) = decode(TopicRole::Runs, &message).unwrap() else {
+                panic!("not a run");
+            };
+            assert_eq!(run.record.run_id, record.run_id);
+            if message.header("traceparent").is_some() {
+                assert_eq!(
+                    run.trace_id.as_deref(),
+                    Some("4bf92f3577b34da6a3ce929d0e0e4736")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_records_name_what_is_wrong() {
+        let mut data = serde_json::to_value(run_record_example()).unwrap();
+        data["attempt"] = "two".into();
+        let err = decode(TopicRole::Runs, &run_event(data).to_binary(None)).unwrap_err();
+        assert!(err.contains("attempt"), "{err}");
+
+        let mut event = run_event(serde_json::to_value(run_record_example()).unwrap());
+        event.event_type = "dev.chaosgate.experiment.run.v2".into();
+        let err = decode(TopicRole::Runs, &event.to_binary(None)).unwrap_err();
+        assert!(err.contains("run.v2"), "{err}");
+
+        let garbage = KafkaMessage {
+            key: None,
+            value: Some(vec![0xff, 0x00]),
+            headers: vec![],
+        };
+        assert!(decode(TopicRole::Commands, &garbage).is_err());
+        assert!(
+            decode(TopicRole::DeadLetters, &garbage)
+                .unwrap_err()
+                .contains(HEADER_ERROR_CLASS)
+        );
+    }
+}

@@ -1,0 +1,423 @@
+//! The view's SQLite store: the schema, and the connections queries and ingest use.
+//!
+//! Rule: one writer. Ingest and retention write through [`Store::write`], one
+//! transaction at a time; web handlers read through [`Store::read`], off the async
+//! runtime. A file store runs in WAL mode, so readers (a small pool of connections) never
+//! wait for the writer. A `:memory:` store is one connection behind a mutex: reads and
+//! writes take turns, which is what an in-process demo or test needs (SQLite's shared
+//! cache would make readers fail with `SQLITE_LOCKED` during a write instead).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OpenFlags};
+
+/// What can go wrong in the view's store and queries.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// SQLite refused an operation.
+    #[error("view database {what}: {source}")]
+    Sqlite {
+        /// What was being done.
+        what: String,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The database file could not be removed or created.
+    #[error("view database {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A stored value no longer decodes (the file was written by another version).
+    #[error("view database: stored {what} does not decode: {reason}")]
+    Stored {
+        /// Which value.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// A request the queries cannot answer (a malformed cursor, a bad glob).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A blocking task panicked or was cancelled.
+    #[error("view query task failed: {0}")]
+    Task(String),
+}
+
+/// Adds what was being done to a SQLite error.
+pub(crate) trait SqliteContext<T> {
+    /// Names the operation in the error.
+    fn what(self, what: &str) -> Result<T, ViewError>;
+}
+
+impl<T> SqliteContext<T> for Result<T, rusqlite::Error> {
+    fn what(self, what: &str) -> Result<T, ViewError> {
+        self.map_err(|source| ViewError::Sqlite {
+            what: what.to_string(),
+            source,
+        })
+    }
+}
+
+/// The schema, applied at open (idempotent). Times are milliseconds since the Unix
+/// epoch, UTC. `seq` is the live-update sequence number of a row's last change.
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS offsets (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    is_final INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    pipeline_id TEXT NOT NULL,
+    pipeline_execution_id TEXT NOT NULL,
+    stage_id TEXT NOT NULL, stage_name TEXT NOT NULL, stage_type TEXT NOT NULL,
+    step_id TEXT NOT NULL, step_name TEXT NOT NULL,
+    experiment_id TEXT NOT NULL, experiment_name TEXT NOT NULL,
+    flag_project TEXT NOT NULL, flag_environment TEXT NOT NULL, flag_key TEXT NOT NULL,
+    trigger_event_id TEXT NOT NULL,
+    score REAL, expected REAL NOT NULL, margin REAL,
+    started_at INTEGER NOT NULL, ended_at INTEGER, duration_seconds REAL,
+    probes_passed INTEGER NOT NULL, probes_failed INTEGER NOT NULL,
+    summary TEXT,
+    faults_not_reverted INTEGER NOT NULL,
+    trace_id TEXT,
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_pipeline ON runs (pipeline_id, started_at DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_execution ON runs (pipeline_execution_id, started_at);
+CREATE INDEX IF NOT EXISTS runs_flag ON runs (flag_project, flag_environment, flag_key, started_at DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, started_at DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_experiment ON runs (experiment_id, started_at DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_trigger ON runs (trigger_event_id);
+CREATE INDEX IF NOT EXISTS runs_seq ON runs (seq);
+CREATE INDEX IF NOT EXISTS runs_not_reverted ON runs (faults_not_reverted) WHERE faults_not_reverted > 0;
+
+CREATE TABLE IF NOT EXISTS executions (
+    pipeline_execution_id TEXT PRIMARY KEY,
+    pipeline_id TEXT NOT NULL,
+    trigger_event_id TEXT NOT NULL,
+    project TEXT NOT NULL, environment TEXT NOT NULL, flag TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    command_id TEXT
+);
+CREATE INDEX IF NOT EXISTS executions_pipeline ON executions (pipeline_id, started_at DESC);
+CREATE INDEX IF NOT EXISTS executions_started ON executions (started_at);
+
+CREATE TABLE IF NOT EXISTS commands (
+    command_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    command TEXT NOT NULL, reason TEXT NOT NULL, reason_code TEXT NOT NULL,
+    dry_run INTEGER NOT NULL, issued_at INTEGER NOT NULL,
+    pipeline_id TEXT, pipeline_execution_id TEXT,
+    causation_event_id TEXT NOT NULL,
+    project TEXT NOT NULL, environment TEXT NOT NULL, flag TEXT NOT NULL,
+    steps TEXT NOT NULL,
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_execution ON commands (pipeline_execution_id);
+CREATE INDEX IF NOT EXISTS commands_causation ON commands (causation_event_id);
+CREATE INDEX IF NOT EXISTS commands_flag ON commands (project, environment, flag, issued_at DESC);
+CREATE INDEX IF NOT EXISTS commands_seq ON commands (seq);
+CREATE INDEX IF NOT EXISTS commands_issued ON commands (issued_at);
+
+CREATE TABLE IF NOT EXISTS command_steps (
+    command_id TEXT NOT NULL, run_id TEXT NOT NULL, issued_at INTEGER NOT NULL,
+    PRIMARY KEY (command_id, run_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS command_steps_run ON command_steps (run_id);
+
+CREATE TABLE IF NOT EXISTS changes (
+    event_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    project TEXT NOT NULL, environment TEXT NOT NULL, flag TEXT NOT NULL,
+    kind TEXT NOT NULL, from_value TEXT, to_value TEXT,
+    actor TEXT, pipeline_id TEXT,
+    occurred_at INTEGER NOT NULL,
+    answered INTEGER NOT NULL,
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_flag ON changes (project, environment, flag, occurred_at DESC);
+CREATE INDEX IF NOT EXISTS changes_unanswered ON changes (occurred_at) WHERE answered = 0;
+CREATE INDEX IF NOT EXISTS changes_seq ON changes (seq);
+
+CREATE TABLE IF NOT EXISTS aborts (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    scope TEXT NOT NULL, id TEXT, reason TEXT, requested_by TEXT,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")
+);
+CREATE INDEX IF NOT EXISTS aborts_id ON aborts (id);
+CREATE INDEX IF NOT EXISTS aborts_at ON aborts (at);
+CREATE INDEX IF NOT EXISTS aborts_seq ON aborts (seq);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    event_id TEXT, error_class TEXT NOT NULL, error_message TEXT NOT NULL,
+    source_topic TEXT, source_partition INTEGER, source_offset INTEGER,
+    key TEXT, at INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")
+);
+CREATE INDEX IF NOT EXISTS dead_letters_event ON dead_letters (event_id);
+CREATE INDEX IF NOT EXISTS dead_letters_key ON dead_letters (key);
+CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters (at);
+CREATE INDEX IF NOT EXISTS dead_letters_seq ON dead_letters (seq);
+
+CREATE TABLE IF NOT EXISTS problems (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    reason TEXT NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")
+);
+CREATE INDEX IF NOT EXISTS problems_seq ON problems (seq);
+CREATE INDEX IF NOT EXISTS problems_at ON problems (at);
+"#;
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A file (WAL mode), kept across restarts.
+    File(PathBuf),
+    /// In memory, gone at exit.
+    Memory,
+}
+
+impl Location {
+    /// `:memory:` is memory; anything else a file path.
+    pub fn parse(text: &str) -> Location {
+        if text == ":memory:" {
+            Location::Memory
+        } else {
+            Location::File(PathBuf::from(text))
+        }
+    }
+}
+
+struct Inner {
+    location: Location,
+    /// The writer; in memory also the only reader.
+    writer: Mutex<Connection>,
+    /// Idle reader connections of a file store.
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// The view's database: cheap to clone, shared by ingest, retention and web handlers.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("location", &self.inner.location)
+            .finish()
+    }
+}
+
+/// Readers kept open between queries; more are opened (and closed after) under load.
+const IDLE_READERS: usize = 4;
+
+fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, ViewError> {
+    let connection =
+        Connection::open_with_flags(path, flags).what(&format!("open {}", path.display()))?;
+    connection
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .what("set busy timeout")?;
+    Ok(connection)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `location` and applies the schema.
+    ///
+    /// A file store is put in WAL mode with `synchronous=NORMAL` (a power loss may lose
+    /// the last transactions, never corrupt the file; ingest then reads them again from
+    /// the stored offsets, which are in the same transactions).
+    pub fn open(location: &Location) -> Result<Store, ViewError> {
+        let writer = match location {
+            Location::Memory => Connection::open_in_memory().what("open :memory:")?,
+            Location::File(path) => {
+                let connection = open_file(path, OpenFlags::default())?;
+                connection
+                    .pragma_update(None, "journal_mode", "WAL")
+                    .what("set WAL mode")?;
+                connection
+                    .pragma_update(None, "synchronous", "NORMAL")
+                    .what("set synchronous")?;
+                connection
+            }
+        };
+        writer
+            .pragma_update(None, "foreign_keys", "OFF")
+            .what("set pragmas")?;
+        writer.execute_batch(SCHEMA).what("apply the schema")?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                location: location.clone(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Removes the file store at `location` (with its WAL and shared-memory files), for
+    /// `--rebuild`. A memory location has nothing to remove.
+    pub fn remove(location: &Location) -> Result<(), ViewError> {
+        let Location::File(path) = location else {
+            return Ok(());
+        };
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let file = PathBuf::from(name);
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(ViewError::File { path: file, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the store lives.
+    pub fn location(&self) -> &Location {
+        &self.inner.location
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on a reader connection, here on the calling thread (blocking).
+    pub fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, ViewError>,
+    ) -> Result<T, ViewError> {
+        match &self.inner.location {
+            Location::Memory => f(&self.writer()),
+            Location::File(path) => {
+                let idle = self
+                    .inner
+                    .readers
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .pop();
+                let connection = match idle {
+                    Some(connection) => connection,
+                    None => open_file(
+                        path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY
+                            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                            | OpenFlags::SQLITE_OPEN_URI,
+                    )?,
+                };
+                let result = f(&connection);
+                let mut readers = self
+                    .inner
+                    .readers
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if readers.len() < IDLE_READERS {
+                    readers.push(connection);
+                }
+                result
+            }
+        }
+    }
+
+    /// Runs `f` on a reader connection in a blocking task, so a query never holds up
+    /// the async runtime.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, ViewError> + Send + 'static,
+    ) -> Result<T, ViewError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|e| ViewError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` on the writer connection, here on the calling thread (blocking). `f`
+    /// opens its own transaction.
+    pub fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, ViewError>,
+    ) -> Result<T, ViewError> {
+        f(&mut self.writer())
+    }
+
+    /// Runs `f` on the writer connection in a blocking task.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, ViewError> + Send + 'static,
+    ) -> Result<T, ViewError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write_blocking(f))
+            .await
+            .map_err(|e| ViewError::Task(e.to_string()))?
+    }
+}
+
+/// Milliseconds since the Unix epoch, as stored.
+pub fn to_millis(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+/// A stored time back as a UTC time (the epoch for a value out of range).
+pub fn from_millis(millis: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_store_is_in_wal_mode_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::File(dir.path().join("v.db"));
+        let store = Store::open(&location).unwrap();
+        store
+            .write_blocking(|c| {
+                c.execute("INSERT INTO meta (key, value) VALUES ('x', 7)", [])
+                    .what("insert")
+            })
+            .unwrap();
+        let mode: String = store
+            .read_blocking(|c| {
+                c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                    .what("mode")
+            })
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(store);
+        let store = Store::open(&location).unwrap();
+        let x: i64 = store
+            .read_blocking(|c| {
+                c.query_row("SELECT value FROM meta WHERE key = 'x'", [], |r| r.get(0))
+                    .what("read")
+            })
+            .unwrap();
+        assert_eq!(x, 7);
+        drop(store);
+        Store::remove(&location).unwrap();
+        assert!(!dir.path().join("v.db").exists());
+    }
+}
