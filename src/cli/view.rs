@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use chaosgate::config::Config;
 use chaosgate::view::model::ExecutionStatus;
+use chaosgate::view::web::WebOptions;
 use chaosgate::view::{IngestStatus, Location, Store, ingest, query, retention};
 
 /// Arguments of `chaosgate view`.
@@ -106,6 +107,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let store = Store::open(&location).context("cannot open the view database")?;
     let listen = args.listen.unwrap_or(config.view.listen);
+    let options = WebOptions {
+        token: config.view.token.clone(),
+        trace_url: config.view.trace_url.clone(),
+        audit: chaosgate::view::audit::AuditSettings::from_config(&config),
+    };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(crate::cli::run::stop_on_signal(shutdown.clone()));
@@ -121,7 +127,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr().context("listener address")?;
         tracing::info!(addr = %addr, database = ?location, "view serving");
-        let web = tokio::spawn(web(listener, store, ingest.status(), shutdown.clone()));
+        let web = tokio::spawn(web(listener, store, ingest.status(), options, shutdown.clone()));
         // Ends on a signal, or when ingest stops on an error.
         let failed = loop {
             tokio::select! {
@@ -146,38 +152,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The web side on `listener` until `shutdown`: `/healthz` and `/readyz` (200 once
-/// ingest caught up). The pages and API are `crate::view::web` (wired when it is
-/// merged).
+/// The web side on `listener` until `shutdown`: the pages, the API, live updates and
+/// the health endpoints of [`chaosgate::view::web`].
 async fn web(
     listener: tokio::net::TcpListener,
     store: Store,
     ingest: IngestStatus,
+    options: WebOptions,
     shutdown: CancellationToken,
 ) {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let _ = store;
-    let ready = ingest.clone();
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = ready.clone();
-                async move {
-                    if ready.caught_up() {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "catching up")
-                    }
-                }
-            }),
-        );
-    if let Err(err) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
+    if let Err(err) = chaosgate::view::web::serve(listener, store, ingest, options, shutdown).await {
         tracing::error!(error = %err, "the view's listener failed");
     }
 }

@@ -18,6 +18,7 @@ pub mod model;
 pub mod query;
 pub mod retention;
 pub mod store;
+pub mod web;
 
 pub use ingest::{Ingest, IngestStatus};
 pub use store::{Location, Store, ViewError};
