@@ -58,7 +58,10 @@ pub fn store_error(error: ViewError) -> WebError {
 }
 
 /// `GET /api/runs`.
-pub async fn runs(State(state): State<WebState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+pub async fn runs(
+    State(state): State<WebState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let params = RunParams::parse(query.as_deref())?;
     if let Some(format) = Format::parse(params.raw_value("format"))? {
         return Ok(export::stream(state, params, format));
@@ -68,13 +71,19 @@ pub async fn runs(State(state): State<WebState>, RawQuery(query): RawQuery) -> R
 }
 
 /// `GET /api/runs.csv`.
-pub async fn runs_csv(State(state): State<WebState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+pub async fn runs_csv(
+    State(state): State<WebState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let params = RunParams::parse(query.as_deref())?;
     Ok(export::stream(state, params, Format::Csv))
 }
 
 /// `GET /api/runs.ndjson`.
-pub async fn runs_ndjson(State(state): State<WebState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+pub async fn runs_ndjson(
+    State(state): State<WebState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let params = RunParams::parse(query.as_deref())?;
     Ok(export::stream(state, params, Format::Ndjson))
 }
@@ -87,7 +96,10 @@ pub fn trace_link(state: &WebState, trace_id: Option<&str>) -> Option<String> {
 }
 
 /// `GET /api/runs/{run_id}`.
-pub async fn run(State(state): State<WebState>, Path(run_id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn run(
+    State(state): State<WebState>,
+    Path(run_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = run_id.clone();
     let detail = state
         .query("run", move |c| query::run(c, &id))
@@ -103,7 +115,10 @@ pub async fn run(State(state): State<WebState>, Path(run_id): Path<String>) -> R
 }
 
 /// `GET /api/executions/{pipeline_execution_id}`.
-pub async fn execution(State(state): State<WebState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn execution(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let key = id.clone();
     let detail = state
         .query("execution", move |c| query::execution(c, &key))
@@ -119,14 +134,19 @@ pub async fn flag(
     Path((project, environment, flag)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let ledger = state
-        .query("flag_ledger", move |c| query::flag_ledger(c, &project, &environment, &flag))
+        .query("flag_ledger", move |c| {
+            query::flag_ledger(c, &project, &environment, &flag)
+        })
         .await
         .map_err(store_error)?;
     Ok(Json(serde_json::to_value(&ledger).unwrap_or_default()))
 }
 
 /// `GET /api/pipelines/{pipeline_id}`.
-pub async fn pipeline(State(state): State<WebState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn pipeline(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let summary = pipeline_summary(&state, &id).await?;
     Ok(Json(serde_json::to_value(&summary).unwrap_or_default()))
 }
@@ -142,13 +162,17 @@ pub async fn pipeline_summary(
         .await
         .map_err(store_error)?;
     if summary.executions.is_empty() && summary.steps.is_empty() {
-        return Err(WebError::NotFound(format!("no executions of pipeline '{id}' (yet)")));
+        return Err(WebError::NotFound(format!(
+            "no executions of pipeline '{id}' (yet)"
+        )));
     }
     Ok(summary)
 }
 
 /// The overview's time range from `?since=` (default 24 h back) and `?until=`.
-pub fn range(query: Option<&str>) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>), WebError> {
+pub fn range(
+    query: Option<&str>,
+) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>), WebError> {
     let mut since = Utc::now() - chrono::TimeDelta::hours(24);
     let mut until = Utc::now() + chrono::TimeDelta::minutes(1);
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -156,7 +180,12 @@ pub fn range(query: Option<&str>) -> Result<(chrono::DateTime<Utc>, chrono::Date
             "since" if !value.is_empty() => since = params::time("since", &value)?,
             "until" if !value.is_empty() => until = params::time("until", &value)?,
             "since" | "until" | "token" => {}
-            other => return Err(WebError::bad("query", format!("unknown parameter '{other}'; this takes since and until"))),
+            other => {
+                return Err(WebError::bad(
+                    "query",
+                    format!("unknown parameter '{other}'; this takes since and until"),
+                ));
+            }
         }
     }
     if since > until {
@@ -166,11 +195,16 @@ pub fn range(query: Option<&str>) -> Result<(chrono::DateTime<Utc>, chrono::Date
 }
 
 /// `GET /api/overview?since=&until=`.
-pub async fn overview(State(state): State<WebState>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+pub async fn overview(
+    State(state): State<WebState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let (since, until) = range(q.as_deref())?;
     let options = state.options.clone();
     let overview = state
-        .query("overview", move |c| query::overview(c, since, until, &options.audit))
+        .query("overview", move |c| {
+            query::overview(c, since, until, &options.audit)
+        })
         .await
         .map_err(store_error)?;
     Ok(Json(serde_json::to_value(&overview).unwrap_or_default()))
@@ -180,7 +214,9 @@ pub async fn overview(State(state): State<WebState>, RawQuery(q): RawQuery) -> R
 pub async fn audit(State(state): State<WebState>) -> Result<Json<Value>, ApiError> {
     let options = state.options.clone();
     let findings = state
-        .query("audit", move |c| audit::findings(c, Utc::now(), &options.audit))
+        .query("audit", move |c| {
+            audit::findings(c, Utc::now(), &options.audit)
+        })
         .await
         .map_err(store_error)?;
     let mut counts = serde_json::Map::new();
@@ -193,7 +229,10 @@ pub async fn audit(State(state): State<WebState>) -> Result<Json<Value>, ApiErro
 
 /// `GET /api/problems?cursor=` → `{"problems": [...], "next": "<cursor>" | null}`
 /// (newest first).
-pub async fn problems(State(state): State<WebState>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+pub async fn problems(
+    State(state): State<WebState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let cursor = problems_cursor(q.as_deref())?;
     let page = state
         .query("problems", move |c| query::problems(c, cursor.as_deref()))
@@ -209,7 +248,12 @@ pub fn problems_cursor(query: Option<&str>) -> Result<Option<String>, WebError> 
         match key.as_ref() {
             "cursor" if !value.is_empty() => cursor = Some(value.into_owned()),
             "cursor" | "token" => {}
-            other => return Err(WebError::bad("query", format!("unknown parameter '{other}'; this takes cursor"))),
+            other => {
+                return Err(WebError::bad(
+                    "query",
+                    format!("unknown parameter '{other}'; this takes cursor"),
+                ));
+            }
         }
     }
     Ok(cursor)
@@ -218,5 +262,9 @@ pub fn problems_cursor(query: Option<&str>) -> Result<Option<String>, WebError> 
 /// Unknown paths: 404 in JSON under `/api/`, a page elsewhere.
 pub async fn not_found(uri: Uri) -> Response {
     let error = WebError::NotFound(format!("no page or endpoint at {}", uri.path()));
-    if uri.path().starts_with("/api/") { error.json() } else { error.page() }
+    if uri.path().starts_with("/api/") {
+        error.json()
+    } else {
+        error.page()
+    }
 }

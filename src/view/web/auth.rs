@@ -62,9 +62,14 @@ pub async fn require(State(token): State<Token>, request: Request, next: Next) -
 
 /// The token from `Authorization: Bearer` or from the cookie.
 fn presented(headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
     }
     headers
         .get_all(header::COOKIE)
@@ -96,7 +101,11 @@ fn with_cookie(uri: &Uri, token: &str) -> Response {
     let mut location = uri.path().to_string();
     if !rest.is_empty() {
         location.push('?');
-        location.push_str(&form_urlencoded::Serializer::new(String::new()).extend_pairs(rest).finish());
+        location.push_str(
+            &form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(rest)
+                .finish(),
+        );
     }
     let mut response = Redirect::to(&location).into_response();
     let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
@@ -152,10 +161,16 @@ mod tests {
     #[test]
     fn reads_bearer_and_cookie() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret"),
+        );
         assert_eq!(presented(&headers).as_deref(), Some("s3cret"));
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=b; chaosgate_view_token=s3cret"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; chaosgate_view_token=s3cret"),
+        );
         assert_eq!(presented(&headers).as_deref(), Some("s3cret"));
         assert!(same(b"abc", b"abc"));
         assert!(!same(b"abc", b"abd"));

@@ -36,7 +36,10 @@ pub enum WebError {
 impl WebError {
     /// A bad-parameter error.
     pub fn bad(parameter: &'static str, message: impl Into<String>) -> WebError {
-        WebError::BadParameter { parameter, message: message.into() }
+        WebError::BadParameter {
+            parameter,
+            message: message.into(),
+        }
     }
 
     /// The HTTP status.

@@ -39,7 +39,10 @@ impl Format {
             "" | "json" => Ok(None),
             "csv" => Ok(Some(Format::Csv)),
             "ndjson" => Ok(Some(Format::Ndjson)),
-            other => Err(WebError::bad("format", format!("'{other}' is not a format; use json, csv or ndjson"))),
+            other => Err(WebError::bad(
+                "format",
+                format!("'{other}' is not a format; use json, csv or ndjson"),
+            )),
         }
     }
 }
@@ -162,7 +165,10 @@ pub fn stream(state: WebState, params: RunParams, format: Format) -> Response {
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, content_type.to_string()),
-            (header::CONTENT_DISPOSITION, format!("inline; filename=\"{name}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{name}\""),
+            ),
         ],
         body,
     )
@@ -176,7 +182,10 @@ mod tests {
     #[test]
     fn csv_quotes_and_defuses_formulas() {
         assert_eq!(csv_cell(&Value::String("a,b".into())), "\"a,b\"");
-        assert_eq!(csv_cell(&Value::String("say \"hi\"".into())), "\"say \"\"hi\"\"\"");
+        assert_eq!(
+            csv_cell(&Value::String("say \"hi\"".into())),
+            "\"say \"\"hi\"\"\""
+        );
         assert_eq!(csv_cell(&Value::String("=cmd()".into())), "'=cmd()");
         assert_eq!(csv_cell(&serde_json::json!(-5.5)), "-5.5");
         assert_eq!(csv_cell(&Value::Null), "");

@@ -62,7 +62,9 @@ impl Default for WebMetrics {
     fn default() -> Self {
         WebMetrics {
             query_seconds: Family::new_with_constructor(|| {
-                Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+                Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
             }),
             audit_cache: Mutex::new(None),
         }
@@ -73,7 +75,9 @@ impl WebMetrics {
     /// Records one query's time.
     pub fn observe_query(&self, name: &str, took: Duration) {
         self.query_seconds
-            .get_or_create(&QueryLabel { query: name.to_string() })
+            .get_or_create(&QueryLabel {
+                query: name.to_string(),
+            })
             .observe(took.as_secs_f64());
     }
 }
@@ -115,7 +119,11 @@ pub async fn readyz(State(state): State<WebState>) -> Response {
         "seq": ingest.seq(),
         "reasons": reasons,
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -132,10 +140,18 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
     let ingest = &state.ingest;
     let lag = Gauge::<i64>::default();
     lag.set(ingest.lag().iter().map(|p| p.lag).sum());
-    registry.register("ingest_lag_records", "Records between the stored offsets and the high watermarks", lag);
+    registry.register(
+        "ingest_lag_records",
+        "Records between the stored offsets and the high watermarks",
+        lag,
+    );
     let caught_up = Gauge::<i64>::default();
     caught_up.set(i64::from(ingest.caught_up()));
-    registry.register("ingest_caught_up", "1 once ingest caught up with the high watermarks seen at start", caught_up);
+    registry.register(
+        "ingest_caught_up",
+        "1 once ingest caught up with the high watermarks seen at start",
+        caught_up,
+    );
     registry.register(
         "ingest_records",
         "Records ingest applied",
@@ -159,14 +175,20 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
     let table_rows = Family::<TableLabel, Gauge<i64>>::default();
     if let Ok(rows) = &rows {
         for (table, n) in rows {
-            table_rows.get_or_create(&TableLabel { table: table.clone() }).set(*n);
+            table_rows
+                .get_or_create(&TableLabel {
+                    table: table.clone(),
+                })
+                .set(*n);
         }
     }
     registry.register("rows", "Rows stored, by table", table_rows);
     let audit_findings = Family::<KindLabel, Gauge<i64>>::default();
     for (kind, n) in findings.iter().flatten() {
         audit_findings
-            .get_or_create(&KindLabel { kind: kind.as_str().to_string() })
+            .get_or_create(&KindLabel {
+                kind: kind.as_str().to_string(),
+            })
             .set(i64::try_from(*n).unwrap_or(i64::MAX));
     }
     registry.register(
@@ -176,10 +198,17 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
     );
     let mut text = String::new();
     if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {error}")).into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {error}"),
+        )
+            .into_response();
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         text,
     )
         .into_response()
@@ -195,7 +224,9 @@ async fn audit_counts(state: &WebState) -> Option<Vec<(FindingKind, usize)>> {
     }
     let options = state.options.clone();
     let findings = state
-        .query("audit", move |c| audit::findings(c, Utc::now(), &options.audit))
+        .query("audit", move |c| {
+            audit::findings(c, Utc::now(), &options.audit)
+        })
         .await
         .ok()?;
     let counts: Vec<(FindingKind, usize)> = FindingKind::ALL

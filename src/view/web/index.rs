@@ -12,13 +12,24 @@ use serde::Serialize;
 use crate::view::store::{ViewError, from_millis};
 
 fn sql(what: &str) -> impl Fn(rusqlite::Error) -> ViewError + '_ {
-    move |source| ViewError::Sqlite { what: what.to_string(), source }
+    move |source| ViewError::Sqlite {
+        what: what.to_string(),
+        source,
+    }
 }
 
 /// Rows per table, for `chaosgate_view_rows{table}`.
 pub fn row_counts(c: &Connection) -> Result<Vec<(String, i64)>, ViewError> {
     let mut out = Vec::new();
-    for table in ["runs", "executions", "commands", "changes", "aborts", "dead_letters", "problems"] {
+    for table in [
+        "runs",
+        "executions",
+        "commands",
+        "changes",
+        "aborts",
+        "dead_letters",
+        "problems",
+    ] {
         let n: i64 = c
             .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
             .map_err(sql("count rows"))?;
@@ -68,7 +79,8 @@ pub fn pipelines(c: &Connection) -> Result<Vec<PipelineItem>, ViewError> {
             })
         })
         .map_err(sql("list pipelines"))?;
-    rows.collect::<Result<_, _>>().map_err(sql("read pipelines"))
+    rows.collect::<Result<_, _>>()
+        .map_err(sql("read pipelines"))
 }
 
 /// One flag in the list, with the last command the gate sent for it.

@@ -166,7 +166,8 @@ pub fn short_id(id: &str) -> Markup {
 
 /// Pretty-printed JSON in a dark block.
 pub fn raw_json(value: &serde_json::Value) -> Markup {
-    let text = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("(cannot print: {e})"));
+    let text =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("(cannot print: {e})"));
     html! { pre.raw { (text) } }
 }
 

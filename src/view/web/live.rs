@@ -54,7 +54,10 @@ impl Narrow {
             return false;
         }
         if let Some(pipeline) = &self.pipeline_id
-            && change.run.as_ref().is_none_or(|r| &r.pipeline_id != pipeline)
+            && change
+                .run
+                .as_ref()
+                .is_none_or(|r| &r.pipeline_id != pipeline)
         {
             return false;
         }
@@ -99,14 +102,19 @@ pub async fn stream(
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
         // Say where the stream starts, so a client knows it is live.
-        let hello = Event::default().event("ready").id(seq.to_string()).data(seq.to_string());
+        let hello = Event::default()
+            .event("ready")
+            .id(seq.to_string())
+            .data(seq.to_string());
         if tx.send(Ok(hello)).await.is_err() {
             return;
         }
         loop {
             let from = seq;
             let changes = match state
-                .query("changes_since", move |c| query::changes_since(c, from, BATCH))
+                .query("changes_since", move |c| {
+                    query::changes_since(c, from, BATCH)
+                })
                 .await
                 .map_err(store_error)
             {
@@ -124,7 +132,10 @@ pub async fn stream(
                     continue;
                 }
                 let data = serde_json::to_string(&change).unwrap_or_default();
-                let event = Event::default().event("change").id(change.seq.to_string()).data(data);
+                let event = Event::default()
+                    .event("change")
+                    .id(change.seq.to_string())
+                    .data(data);
                 if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
@@ -139,7 +150,8 @@ pub async fn stream(
             }
         }
     });
-    let sse = Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
+    let sse = Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
     Ok(sse.into_response())
 }
 
@@ -149,5 +161,10 @@ fn sequence(parameter: &'static str, value: &str) -> Result<i64, WebError> {
         .parse::<i64>()
         .ok()
         .filter(|n| *n >= 0)
-        .ok_or_else(|| WebError::bad(parameter, format!("'{value}' is not a sequence number (an event id this stream sent)")))
+        .ok_or_else(|| {
+            WebError::bad(
+                parameter,
+                format!("'{value}' is not a sequence number (an event id this stream sent)"),
+            )
+        })
 }

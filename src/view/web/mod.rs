@@ -63,7 +63,12 @@ pub struct WebState {
 
 impl WebState {
     /// A state over `store` and `ingest`.
-    pub fn new(store: Store, ingest: IngestStatus, options: WebOptions, shutdown: CancellationToken) -> WebState {
+    pub fn new(
+        store: Store,
+        ingest: IngestStatus,
+        options: WebOptions,
+        shutdown: CancellationToken,
+    ) -> WebState {
         WebState {
             store,
             ingest,
@@ -94,18 +99,27 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<WebState>)> {
         ("/", get(pages::overview::page)),
         ("/runs", get(pages::runs::page)),
         ("/runs/{run_id}", get(pages::run::page)),
-        ("/executions/{pipeline_execution_id}", get(pages::execution::page)),
+        (
+            "/executions/{pipeline_execution_id}",
+            get(pages::execution::page),
+        ),
         ("/pipelines", get(pages::pipeline::index)),
         ("/pipelines/{pipeline_id}", get(pages::pipeline::page)),
         ("/flags", get(pages::flag::index)),
-        ("/flags/{project}/{environment}/{flag}", get(pages::flag::page)),
+        (
+            "/flags/{project}/{environment}/{flag}",
+            get(pages::flag::page),
+        ),
         ("/problems", get(pages::problems::page)),
         ("/api/overview", get(api::overview)),
         ("/api/runs", get(api::runs)),
         ("/api/runs.csv", get(api::runs_csv)),
         ("/api/runs.ndjson", get(api::runs_ndjson)),
         ("/api/runs/{run_id}", get(api::run)),
-        ("/api/executions/{pipeline_execution_id}", get(api::execution)),
+        (
+            "/api/executions/{pipeline_execution_id}",
+            get(api::execution),
+        ),
         ("/api/flags/{project}/{environment}/{flag}", get(api::flag)),
         ("/api/pipelines/{pipeline_id}", get(api::pipeline)),
         ("/api/audit", get(api::audit)),
@@ -114,8 +128,32 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<WebState>)> {
         ("/healthz", get(health::healthz)),
         ("/readyz", get(health::readyz)),
         ("/metrics", get(health::metrics)),
-        ("/static/view.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=300")], layout::CSS).into_response() })),
-        ("/static/view.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "max-age=300")], layout::JS).into_response() })),
+        (
+            "/static/view.css",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+                        (header::CACHE_CONTROL, "max-age=300"),
+                    ],
+                    layout::CSS,
+                )
+                    .into_response()
+            }),
+        ),
+        (
+            "/static/view.js",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                        (header::CACHE_CONTROL, "max-age=300"),
+                    ],
+                    layout::JS,
+                )
+                    .into_response()
+            }),
+        ),
     ]
 }
 

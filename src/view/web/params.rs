@@ -30,7 +30,6 @@ pub struct RunParams {
     pub raw: Vec<(String, String)>,
 }
 
-
 impl RunParams {
     /// Parses a query string (without `?`). `format` and `token` are left to others.
     pub fn parse(query: Option<&str>) -> Result<RunParams, WebError> {
@@ -41,7 +40,10 @@ impl RunParams {
                     .collect()
             })
             .unwrap_or_default();
-        let mut filter = RunFilter { limit: DEFAULT_PAGE, ..RunFilter::default() };
+        let mut filter = RunFilter {
+            limit: DEFAULT_PAGE,
+            ..RunFilter::default()
+        };
         for (key, value) in &pairs {
             let value = value.trim();
             if value.is_empty() {
@@ -56,7 +58,10 @@ impl RunParams {
                         let parsed = status_of(status).ok_or_else(|| {
                             WebError::bad(
                                 "status",
-                                format!("'{status}' is not a status; use one of {}", STATUSES.join(", ")),
+                                format!(
+                                    "'{status}' is not a status; use one of {}",
+                                    STATUSES.join(", ")
+                                ),
                             )
                         })?;
                         if !filter.statuses.contains(&parsed) {
@@ -71,14 +76,24 @@ impl RunParams {
                 "cursor" => filter.cursor = Some(value.into()),
                 "sort" => {
                     filter.sort = RunSort::parse(value).ok_or_else(|| {
-                        WebError::bad("sort", format!("'{value}' is not a sort key; use start, score, margin or duration"))
+                        WebError::bad(
+                            "sort",
+                            format!(
+                                "'{value}' is not a sort key; use start, score, margin or duration"
+                            ),
+                        )
                     })?;
                 }
                 "order" => {
                     filter.direction = match value {
                         "desc" => Direction::Desc,
                         "asc" => Direction::Asc,
-                        other => return Err(WebError::bad("order", format!("'{other}' is not an order; use desc or asc"))),
+                        other => {
+                            return Err(WebError::bad(
+                                "order",
+                                format!("'{other}' is not an order; use desc or asc"),
+                            ));
+                        }
                     };
                 }
                 "limit" => {
@@ -86,7 +101,12 @@ impl RunParams {
                         .parse::<usize>()
                         .ok()
                         .filter(|n| (1..=MAX_PAGE).contains(n))
-                        .ok_or_else(|| WebError::bad("limit", format!("'{value}' is not a page size from 1 to {MAX_PAGE}")))?;
+                        .ok_or_else(|| {
+                            WebError::bad(
+                                "limit",
+                                format!("'{value}' is not a page size from 1 to {MAX_PAGE}"),
+                            )
+                        })?;
                 }
                 "format" | "token" => {}
                 other => {
@@ -127,20 +147,33 @@ impl RunParams {
             }
         }
         let query = out.finish();
-        if query.is_empty() { String::new() } else { format!("?{query}") }
+        if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        }
     }
 
     /// The value of one raw parameter, for refilling the filter form.
     pub fn raw_value(&self, key: &str) -> &str {
-        self.raw.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str())
+        self.raw
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_str())
     }
 }
 
 /// A status by its wire name.
 pub fn status_of(name: &str) -> Option<RunStatus> {
-    [RunStatus::Running, RunStatus::Passed, RunStatus::Failed, RunStatus::Aborted, RunStatus::Error]
-        .into_iter()
-        .find(|s| s.as_str() == name)
+    [
+        RunStatus::Running,
+        RunStatus::Passed,
+        RunStatus::Failed,
+        RunStatus::Aborted,
+        RunStatus::Error,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == name)
 }
 
 /// Checks a flag filter: `project[/environment[/flag]]`, each part a glob.
@@ -153,10 +186,16 @@ fn flag_glob(value: &str) -> Result<String, WebError> {
     }
     for part in value.split('/') {
         if part.is_empty() {
-            return Err(WebError::bad("flag", format!("'{value}' has an empty part")));
+            return Err(WebError::bad(
+                "flag",
+                format!("'{value}' has an empty part"),
+            ));
         }
         if let Err(error) = globset::Glob::new(part) {
-            return Err(WebError::bad("flag", format!("'{part}' is not a glob: {error}")));
+            return Err(WebError::bad(
+                "flag",
+                format!("'{part}' is not a glob: {error}"),
+            ));
         }
     }
     Ok(value.to_string())
@@ -174,7 +213,9 @@ pub fn time(parameter: &'static str, value: &str) -> Result<DateTime<Utc>, WebEr
             .ok_or_else(|| WebError::bad(parameter, format!("'{value}' reaches too far back"))),
         Err(_) => Err(WebError::bad(
             parameter,
-            format!("'{value}' is neither an RFC 3339 time (2026-11-29T17:00:00Z) nor a duration back from now (15m, 24h, 7d)"),
+            format!(
+                "'{value}' is neither an RFC 3339 time (2026-11-29T17:00:00Z) nor a duration back from now (15m, 24h, 7d)"
+            ),
         )),
     }
 }
@@ -198,7 +239,12 @@ mod tests {
         assert_eq!(p.filter.sort, RunSort::Margin);
         assert!(p.filter.since.is_some_and(|s| s < Utc::now()));
         let link = p.link(&[("sort", Some("score"))]);
-        assert!(link.contains("pipeline_id=p1") && link.contains("sort=score") && !link.contains("cursor"), "{link}");
+        assert!(
+            link.contains("pipeline_id=p1")
+                && link.contains("sort=score")
+                && !link.contains("cursor"),
+            "{link}"
+        );
     }
 
     #[test]
@@ -211,6 +257,9 @@ mod tests {
         assert_eq!(parameter("flag=a/b/c/d"), "flag");
         assert_eq!(parameter("order=up"), "order");
         assert_eq!(parameter("pipeline=x"), "query");
-        assert_eq!(parameter("since=2026-11-29T10:00:00Z&until=2026-11-29T09:00:00Z"), "until");
+        assert_eq!(
+            parameter("since=2026-11-29T10:00:00Z&until=2026-11-29T09:00:00Z"),
+            "until"
+        );
     }
 }

@@ -75,13 +75,17 @@ pub struct TrendPoint {
 
 /// Score − expected across executions, oldest left; the zero line is the threshold.
 pub fn trend(points: &[TrendPoint]) -> Markup {
-    const W: f64 = 520.0;
+    const W: f64 = 560.0;
     const H: f64 = 130.0;
     const PAD: f64 = 30.0;
     let top = points.iter().map(|p| p.margin).fold(10.0_f64, f64::max);
     let bottom = points.iter().map(|p| p.margin).fold(-10.0_f64, f64::min);
     let y = |m: f64| PAD / 2.0 + (top - m) / (top - bottom) * (H - PAD);
-    let step = if points.len() > 1 { (W - PAD - 10.0) / (points.len() - 1) as f64 } else { 0.0 };
+    let step = if points.len() > 1 {
+        (W - PAD - 10.0) / (points.len() - 1) as f64
+    } else {
+        0.0
+    };
     let x = |i: usize| PAD + step * i as f64;
     let path: Vec<String> = points
         .iter()
@@ -92,8 +96,9 @@ pub fn trend(points: &[TrendPoint]) -> Markup {
         svg.trend width=(W) height=(H) viewBox={ "0 0 " (W) " " (H) } role="img" aria-label="score minus expected" {
             line x1=(PAD) x2=(W - 10.0) y1=(y(0.0)) y2=(y(0.0)) stroke="#1d2330" stroke-dasharray="4 3" {}
             text x="2" y=(y(0.0) + 4.0) { "0" }
-            text x="2" y=(y(top) + 4.0) { (format!("+{top:.0}")) }
-            text x="2" y=(y(bottom) + 4.0) { (format!("{bottom:.0}")) }
+            text x=(W - 10.0) y=(y(0.0) - 4.0) text-anchor="end" { "expected" }
+            @if y(0.0) - y(top) >= 12.0 { text x="2" y=(y(top) + 4.0) { (format!("+{top:.0}")) } }
+            @if y(bottom) - y(0.0) >= 12.0 { text x="2" y=(y(bottom) + 4.0) { (format!("{bottom:.0}")) } }
             @if points.len() > 1 {
                 polyline points=(path.join(" ")) fill="none" stroke="#3b6fd8" stroke-width="1.5" {}
             }
@@ -116,7 +121,12 @@ mod tests {
     fn an_empty_trend_and_a_zero_length_run_draw_without_nan() {
         assert!(!trend(&[]).into_string().contains("NaN"));
         let at = Utc::now();
-        let fault = FaultSpan { name: "<lag>".into(), started_at: Some(at), ended_at: Some(at), reverted: false };
+        let fault = FaultSpan {
+            name: "<lag>".into(),
+            started_at: Some(at),
+            ended_at: Some(at),
+            reverted: false,
+        };
         let svg = timeline(at, at, &[fault]).into_string();
         assert!(!svg.contains("NaN"));
         assert!(svg.contains("&lt;lag&gt;"), "{svg}");

@@ -18,7 +18,10 @@ use crate::view::web::error::{PageError, WebError};
 use crate::view::web::layout::{self, Section, badge, duration, score, short_id, when, when_opt};
 
 /// `GET /executions/{pipeline_execution_id}`.
-pub async fn page(State(state): State<WebState>, Path(id): Path<String>) -> Result<Markup, PageError> {
+pub async fn page(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+) -> Result<Markup, PageError> {
     let key = id.clone();
     let detail = state
         .query("execution", move |c| query::execution(c, &key))
@@ -111,7 +114,9 @@ pub fn dead_letters(rows: &[crate::view::model::DeadLetterRow]) -> Markup {
 /// A flag change: kind, `from → to`, actor, time.
 pub fn trigger(change: Option<&ChangeRow>, event_id: &str) -> Markup {
     match change {
-        None => html! { p.muted { "The flag-change " span.mono { (event_id) } " is not on the flag-changes topic (any more)." } },
+        None => {
+            html! { p.muted { "The flag-change " span.mono { (event_id) } " is not on the flag-changes topic (any more)." } }
+        }
         Some(c) => html! {
             table.kv {
                 tr { th { "Change" } td { b { (c.kind) } " " code { (json_text(c.from.as_ref())) } " → " code { (json_text(c.to.as_ref())) } } }

@@ -25,7 +25,9 @@ pub async fn page(
     Path((project, environment, flag)): Path<(String, String, String)>,
 ) -> Result<Markup, PageError> {
     let ledger = state
-        .query("flag_ledger", move |c| query::flag_ledger(c, &project, &environment, &flag))
+        .query("flag_ledger", move |c| {
+            query::flag_ledger(c, &project, &environment, &flag)
+        })
         .await
         .map_err(store_error)?;
     let title = format!("{}/{}/{}", ledger.project, ledger.environment, ledger.flag);
@@ -66,7 +68,10 @@ fn body(ledger: &FlagLedger) -> Markup {
 
 /// `GET /flags`.
 pub async fn index(State(state): State<WebState>) -> Result<Markup, PageError> {
-    let flags = state.query("flags", index::flags).await.map_err(store_error)?;
+    let flags = state
+        .query("flags", index::flags)
+        .await
+        .map_err(store_error)?;
     let body = html! {
         h1 { "Flags " span.sub { (flags.len()) " seen on the topics" } }
         div data-live="flags" {

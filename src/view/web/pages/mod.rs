@@ -31,12 +31,19 @@ pub fn verdict(verdict: Verdict) -> &'static str {
 
 /// `/flags/{project}/{environment}/{flag}` for a run's flag.
 pub fn flag_href(project: &str, environment: &str, flag: &str) -> String {
-    format!("/flags/{}/{}/{}", segment(project), segment(environment), segment(flag))
+    format!(
+        "/flags/{}/{}/{}",
+        segment(project),
+        segment(environment),
+        segment(flag)
+    )
 }
 
 /// One path segment, percent-encoded.
 pub fn segment(text: &str) -> String {
-    form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>().replace('+', "%20")
+    form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 /// A run's flag as a link to its ledger.

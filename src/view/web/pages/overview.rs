@@ -20,22 +20,33 @@ use crate::view::web::error::PageError;
 use crate::view::web::layout::{self, Section, badge, score, short_id, when};
 
 /// `GET /`.
-pub async fn page(State(state): State<WebState>, RawQuery(q): RawQuery) -> Result<Markup, PageError> {
+pub async fn page(
+    State(state): State<WebState>,
+    RawQuery(q): RawQuery,
+) -> Result<Markup, PageError> {
     let (since, until) = range(q.as_deref())?;
     let chosen = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "since")
         .map_or_else(|| "24h".to_string(), |(_, v)| v.into_owned());
     let options = state.options.clone();
     let overview = state
-        .query("overview", move |c| query::overview(c, since, until, &options.audit))
+        .query("overview", move |c| {
+            query::overview(c, since, until, &options.audit)
+        })
         .await
         .map_err(store_error)?;
     let options = state.options.clone();
     let findings = state
-        .query("audit", move |c| audit::findings(c, Utc::now(), &options.audit))
+        .query("audit", move |c| {
+            audit::findings(c, Utc::now(), &options.audit)
+        })
         .await
         .map_err(store_error)?;
-    Ok(layout::page("Overview", Section::Overview, body(&overview, &findings, &chosen)))
+    Ok(layout::page(
+        "Overview",
+        Section::Overview,
+        body(&overview, &findings, &chosen),
+    ))
 }
 
 fn body(o: &Overview, findings: &[AuditFinding], chosen: &str) -> Markup {
@@ -48,7 +59,7 @@ fn body(o: &Overview, findings: &[AuditFinding], chosen: &str) -> Markup {
     ];
     html! {
         div.toolbar {
-            h1 { "Overview " span.sub { "runs started " (o.since.format("%Y-%m-%d %H:%M")) " – " (o.until.format("%H:%M")) " UTC" } }
+            h1 { "Overview " span.sub { "runs started since " (o.since.format("%Y-%m-%d %H:%M")) " UTC" } }
             div.chips {
                 @for r in ["1h", "24h", "7d", "30d"] { a.chip.on[chosen == r] href={ "/?since=" (r) } { "last " (r) } }
             }
@@ -61,8 +72,7 @@ fn body(o: &Overview, findings: &[AuditFinding], chosen: &str) -> Markup {
                     }
                 }
             }
-            div.grid.cols-2 style="margin-top:6px" {
-                div {
+            div {
                     h2 { "Needs attention" }
                     @if o.needs_attention.is_empty() {
                         div.ok-note { "Nothing failed, errored or was aborted in this range, and no run is overdue." }
@@ -72,7 +82,7 @@ fn body(o: &Overview, findings: &[AuditFinding], chosen: &str) -> Markup {
                             tbody { @for a in o.needs_attention.iter().take(20) { tr data-row=(a.run.run_id) {
                                 td { a href={ "/runs/" (a.run.run_id) } { (short_id(&a.run.run_id)) } }
                                 td { (badge(a.run.status.as_str())) }
-                                td { (a.run.pipeline_id) span.muted { " / " (a.run.step_name) } }
+                                td.nowrap { a href={ "/pipelines/" (super::segment(&a.run.pipeline_id)) } { (a.run.pipeline_id) } span.muted { " / " (a.run.step_name) } }
                                 td { (score(a.run.score, a.run.expected)) }
                                 td.small { (a.why) }
                                 td { (when(a.run.started_at)) }
@@ -80,7 +90,8 @@ fn body(o: &Overview, findings: &[AuditFinding], chosen: &str) -> Markup {
                         }
                         @if o.needs_attention.len() > 20 { p.small { a href={ "/runs?status=failed,error,aborted&since=" (chosen) } { "all " (o.needs_attention.len()) " →" } } }
                     }
-                }
+            }
+            div.grid.cols-2 {
                 div {
                     h2 { "Pipelines: last 10 executions" }
                     @if o.pipelines.is_empty() {
@@ -95,6 +106,8 @@ fn body(o: &Overview, findings: &[AuditFinding], chosen: &str) -> Markup {
                             } } }
                         }
                     }
+                }
+                div {
                     h2 { "Integrity audit" }
                     @if findings.is_empty() {
                         div.ok-note #audit-ok { "Everything adds up: no overdue run, no command naming a missing run, every fault reverted, every change answered." }

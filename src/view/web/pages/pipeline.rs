@@ -18,9 +18,16 @@ use crate::view::web::layout::{self, Section, badge, short_id, when, when_opt};
 use crate::view::web::svg::{self, TrendPoint};
 
 /// `GET /pipelines/{pipeline_id}`.
-pub async fn page(State(state): State<WebState>, Path(id): Path<String>) -> Result<Markup, PageError> {
+pub async fn page(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+) -> Result<Markup, PageError> {
     let summary = pipeline_summary(&state, &id).await?;
-    Ok(layout::page(&format!("Pipeline {id}"), Section::Pipelines, body(&summary)))
+    Ok(layout::page(
+        &format!("Pipeline {id}"),
+        Section::Pipelines,
+        body(&summary),
+    ))
 }
 
 /// Executions as coloured squares, newest first, each a link.
@@ -87,7 +94,10 @@ fn body(s: &PipelineSummary) -> Markup {
 
 /// `GET /pipelines`.
 pub async fn index(State(state): State<WebState>) -> Result<Markup, PageError> {
-    let pipelines = state.query("pipelines", index::pipelines).await.map_err(store_error)?;
+    let pipelines = state
+        .query("pipelines", index::pipelines)
+        .await
+        .map_err(store_error)?;
     let body = html! {
         h1 { "Pipelines " span.sub { (pipelines.len()) " with executions" } }
         div data-live="pipelines" {

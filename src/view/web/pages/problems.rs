@@ -16,7 +16,10 @@ use crate::view::web::error::PageError;
 use crate::view::web::layout::{self, Section, when};
 
 /// `GET /problems`.
-pub async fn page(State(state): State<WebState>, RawQuery(q): RawQuery) -> Result<Markup, PageError> {
+pub async fn page(
+    State(state): State<WebState>,
+    RawQuery(q): RawQuery,
+) -> Result<Markup, PageError> {
     let cursor = problems_cursor(q.as_deref())?;
     let page = state
         .query("problems", move |c| query::problems(c, cursor.as_deref()))

@@ -23,16 +23,30 @@ use crate::view::web::layout::{self, Section, badge, duration, number, short_id,
 use crate::view::web::svg::{self, FaultSpan};
 
 /// `GET /runs/{run_id}`.
-pub async fn page(State(state): State<WebState>, Path(run_id): Path<String>) -> Result<Markup, PageError> {
+pub async fn page(
+    State(state): State<WebState>,
+    Path(run_id): Path<String>,
+) -> Result<Markup, PageError> {
     let id = run_id.clone();
     let detail = state
         .query("run", move |c| query::run(c, &id))
         .await
         .map_err(store_error)?
-        .ok_or_else(|| WebError::NotFound(format!("no run '{run_id}' (yet): it appears once its record is ingested")))?;
+        .ok_or_else(|| {
+            WebError::NotFound(format!(
+                "no run '{run_id}' (yet): it appears once its record is ingested"
+            ))
+        })?;
     let trace = trace_link(&state, detail.run.trace_id.as_deref());
-    let title = format!("Run {}", detail.run.run_id.get(..8).unwrap_or(&detail.run.run_id));
-    Ok(layout::page(&title, Section::Runs, body(&detail, trace.as_deref())))
+    let title = format!(
+        "Run {}",
+        detail.run.run_id.get(..8).unwrap_or(&detail.run.run_id)
+    );
+    Ok(layout::page(
+        &title,
+        Section::Runs,
+        body(&detail, trace.as_deref()),
+    ))
 }
 
 fn body(detail: &RunDetail, trace: Option<&str>) -> Markup {
@@ -114,7 +128,11 @@ fn score_panel(detail: &RunDetail) -> Markup {
         None => "big-score",
     };
     let weights: u32 = record.faults.iter().map(|f| u32::from(f.weight)).sum();
-    let points: f64 = record.faults.iter().map(|f| f64::from(f.weight) * f.probe_success_percentage).sum();
+    let points: f64 = record
+        .faults
+        .iter()
+        .map(|f| f64::from(f.weight) * f.probe_success_percentage)
+        .sum();
     html! {
         div.panel #score-panel {
             div.header-row {
@@ -154,11 +172,22 @@ fn faults(record: &RunRecord, running: bool) -> Markup {
     if record.faults.is_empty() {
         return layout::empty("No faults", html! { "This experiment injected no faults." });
     }
-    let to = record.ended_at.unwrap_or_else(|| if running { Utc::now() } else { record.started_at });
+    let to = record.ended_at.unwrap_or_else(|| {
+        if running {
+            Utc::now()
+        } else {
+            record.started_at
+        }
+    });
     let spans: Vec<FaultSpan> = record
         .faults
         .iter()
-        .map(|f| FaultSpan { name: f.name.clone(), started_at: f.started_at, ended_at: f.ended_at, reverted: f.reverted })
+        .map(|f| FaultSpan {
+            name: f.name.clone(),
+            started_at: f.started_at,
+            ended_at: f.ended_at,
+            reverted: f.reverted,
+        })
         .collect();
     html! {
         div.panel { (svg::timeline(record.started_at, to, &spans)) }
@@ -178,7 +207,10 @@ fn faults(record: &RunRecord, running: bool) -> Markup {
 
 fn probes(record: &RunRecord) -> Markup {
     if record.probes.is_empty() {
-        return layout::empty("No probes", html! { "This experiment has no probes, or the run ended before they ran." });
+        return layout::empty(
+            "No probes",
+            html! { "This experiment has no probes, or the run ended before they ran." },
+        );
     }
     html! {
         table.data #probes {

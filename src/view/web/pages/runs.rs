@@ -20,12 +20,21 @@ use crate::view::web::layout::{self, Section, badge, duration, score, short_id, 
 use crate::view::web::params::{RunParams, STATUSES};
 
 /// `GET /runs`.
-pub async fn page(State(state): State<WebState>, RawQuery(query): RawQuery) -> Result<Markup, PageError> {
+pub async fn page(
+    State(state): State<WebState>,
+    RawQuery(query): RawQuery,
+) -> Result<Markup, PageError> {
     let params = RunParams::parse(query.as_deref())?;
     let rows = run_page(&state, &params.filter).await?;
-    let counts_filter = RunFilter { statuses: Vec::new(), cursor: None, ..params.filter.clone() };
+    let counts_filter = RunFilter {
+        statuses: Vec::new(),
+        cursor: None,
+        ..params.filter.clone()
+    };
     let counts = state
-        .query("status_counts", move |c| query::status_counts(c, &counts_filter))
+        .query("status_counts", move |c| {
+            query::status_counts(c, &counts_filter)
+        })
         .await
         .map_err(store_error)?;
     let body = html! {
@@ -63,7 +72,14 @@ pub async fn page(State(state): State<WebState>, RawQuery(query): RawQuery) -> R
 
 fn filter_form(params: &RunParams) -> Markup {
     let value = |key: &str| params.raw_value(key).to_string();
-    let ranges = [("", "any time"), ("15m", "last 15 min"), ("1h", "last hour"), ("24h", "last 24 h"), ("7d", "last 7 days"), ("30d", "last 30 days")];
+    let ranges = [
+        ("", "any time"),
+        ("15m", "last 15 min"),
+        ("1h", "last hour"),
+        ("24h", "last 24 h"),
+        ("7d", "last 7 days"),
+        ("30d", "last 30 days"),
+    ];
     let since = value("since");
     let custom_since = !since.is_empty() && !ranges.iter().any(|(v, _)| *v == since);
     html! {
@@ -153,11 +169,11 @@ fn table_row(row: &RunRow) -> Markup {
             td { (badge(row.status.as_str())) }
             td { (score(row.score, row.expected)) }
             td.num { @match row.margin { Some(m) => span style=(if m < 0.0 { "color:var(--failed)" } else { "" }) { (format!("{m:+.1}")) }, None => span.muted { "–" } } }
-            td { a href={ "/pipelines/" (super::segment(&row.pipeline_id)) } { (row.pipeline_id) } br;
+            td.nowrap { a href={ "/pipelines/" (super::segment(&row.pipeline_id)) } { (row.pipeline_id) } br;
                  a.small.muted href={ "/executions/" (row.pipeline_execution_id) } { "exec " (short_id(&row.pipeline_execution_id)) } }
-            td { (row.stage_name) span.muted { " / " } (row.step_name) }
-            td { (flag_link(row)) }
-            td { span title=(row.experiment_id) { (row.experiment_name) } }
+            td.nowrap { (row.stage_name) span.muted { " / " } (row.step_name) }
+            td.nowrap { (flag_link(row)) }
+            td.nowrap { span title=(row.experiment_id) { (row.experiment_name) } }
             td.num { (row.attempt) }
             td { (when(row.started_at)) }
             td.num { (duration(row.duration_seconds, running.then_some(row.started_at))) }
