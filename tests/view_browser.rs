@@ -48,10 +48,26 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
     let h = Harness::new(&servers, "view-browser", 2).await;
     let up = Listener::start().await;
     let down = closed_address();
-    h.catalog_file("exp-up.yaml", &experiment_yaml("listener-up", "1s", &h.marker("up"), &up.address));
-    h.catalog_file("exp-down.yaml", &experiment_yaml("listener-down", "1s", &h.marker("down"), &down));
-    h.catalog_file("pipe-pass.yaml", &pipeline_yaml("browse-pass", Some("pass-*"), &["listener-up"]));
-    h.catalog_file("pipe-fail.yaml", &pipeline_yaml("browse-fail", Some("fail-*"), &["listener-up", "listener-down"]));
+    h.catalog_file(
+        "exp-up.yaml",
+        &experiment_yaml("listener-up", "1s", &h.marker("up"), &up.address),
+    );
+    h.catalog_file(
+        "exp-down.yaml",
+        &experiment_yaml("listener-down", "1s", &h.marker("down"), &down),
+    );
+    h.catalog_file(
+        "pipe-pass.yaml",
+        &pipeline_yaml("browse-pass", Some("pass-*"), &["listener-up"]),
+    );
+    h.catalog_file(
+        "pipe-fail.yaml",
+        &pipeline_yaml(
+            "browse-fail",
+            Some("fail-*"),
+            &["listener-up", "listener-down"],
+        ),
+    );
     let config = h.config("w", &Settings::default());
     let _worker = h.spawn("w", &config);
     let passing = change("pass-search", ChangeKind::Enable, None);
@@ -61,12 +77,24 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
 
     // The real view: ingest from the topics the worker wrote, the web layer on loopback.
     let t = &h.topics;
-    let kafka = view::kafka_config(&servers, [&t.runs, &t.commands, &t.flag_changes, &t.dead_letter, &t.control]);
+    let kafka = view::kafka_config(
+        &servers,
+        [
+            &t.runs,
+            &t.commands,
+            &t.flag_changes,
+            &t.dead_letter,
+            &t.control,
+        ],
+    );
     let (store, ingest) = view::start(&kafka, &Location::Memory);
     let served = web::Served::start(
         store.clone(),
         ingest.status(),
-        WebOptions { trace_url: Some("http://127.0.0.1:16686/trace/{trace_id}".into()), ..WebOptions::default() },
+        WebOptions {
+            trace_url: Some("http://127.0.0.1:16686/trace/{trace_id}".into()),
+            ..WebOptions::default()
+        },
     )
     .await;
     let failing_execution = ids::pipeline_execution_id(&failing.event_id, "browse-fail");
@@ -78,7 +106,15 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
         .await;
     }
     let failed_run = store
-        .read(|c| query::runs(c, &RunFilter { statuses: vec![RunStatus::Failed], ..RunFilter::default() }))
+        .read(|c| {
+            query::runs(
+                c,
+                &RunFilter {
+                    statuses: vec![RunStatus::Failed],
+                    ..RunFilter::default()
+                },
+            )
+        })
         .await
         .expect("runs")
         .items
@@ -95,16 +131,32 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
     let c = &browser.client;
     // The overview, then the runs page.
     c.goto(&served.at("/")).await.expect("open overview");
-    browser.wait_html("the overview's pipelines", PATIENCE, |h| h.contains("browse-fail") && h.contains("browse-pass")).await;
+    browser
+        .wait_html("the overview's pipelines", PATIENCE, |h| {
+            h.contains("browse-fail") && h.contains("browse-pass")
+        })
+        .await;
     browser.screenshot("overview").await;
     c.goto(&served.at("/runs")).await.expect("open runs");
-    browser.wait_html("three runs in the table", PATIENCE, |h| h.matches("data-row=").count() == 3).await;
+    browser
+        .wait_html("three runs in the table", PATIENCE, |h| {
+            h.matches("data-row=").count() == 3
+        })
+        .await;
     browser.screenshot("runs").await;
 
     // Filter by pipeline ID through the form: the filter goes into the URL.
-    let input = c.find(Locator::Css("input[name=pipeline_id]")).await.expect("pipeline filter");
+    let input = c
+        .find(Locator::Css("input[name=pipeline_id]"))
+        .await
+        .expect("pipeline filter");
     input.send_keys("browse-fail").await.expect("type");
-    c.find(Locator::Css("#filters button[type=submit]")).await.expect("filter button").click().await.expect("submit");
+    c.find(Locator::Css("#filters button[type=submit]"))
+        .await
+        .expect("filter button")
+        .click()
+        .await
+        .expect("submit");
     let deadline = std::time::Instant::now() + PATIENCE;
     let url = loop {
         let url = c.current_url().await.expect("url");
@@ -113,72 +165,186 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(url.as_str().contains("pipeline_id=browse-fail"), "the filter is in the URL: {url}");
-    let html = browser.wait_html("the filtered table", PATIENCE, |h| h.matches("data-row=").count() == 2).await;
-    assert!(!html.contains("browse-pass\">browse-pass</a>") , "only browse-fail runs are listed");
-    let rows = c.find_all(Locator::Css("tr[data-row]")).await.expect("rows");
+    assert!(
+        url.as_str().contains("pipeline_id=browse-fail"),
+        "the filter is in the URL: {url}"
+    );
+    let html = browser
+        .wait_html("the filtered table", PATIENCE, |h| {
+            h.matches("data-row=").count() == 2
+        })
+        .await;
+    assert!(
+        !html.contains("browse-pass\">browse-pass</a>"),
+        "only browse-fail runs are listed"
+    );
+    let rows = c
+        .find_all(Locator::Css("tr[data-row]"))
+        .await
+        .expect("rows");
     assert_eq!(rows.len(), 2, "browse-fail ran two steps");
     browser.screenshot("runs-filtered-by-pipeline").await;
 
     // Open the failed run and read its score and probe verdicts.
-    c.find(Locator::Css("tr[data-status=failed] a.run-link")).await.expect("the failed run's link").click().await.expect("open run");
+    c.find(Locator::Css("tr[data-status=failed] a.run-link"))
+        .await
+        .expect("the failed run's link")
+        .click()
+        .await
+        .expect("open run");
     let score = browser.text("#score", PATIENCE).await;
     let expected = browser.text("#expected", PATIENCE).await;
-    let want = truth.record.resilience_score.expect("a final run has a score");
-    assert_eq!(score.parse::<f64>().expect("score is a number"), (want * 100.0).round() / 100.0, "page score {score}");
-    assert_eq!(expected.parse::<f64>().expect("expected is a number"), truth.record.expected_resilience_score);
-    assert!(want < truth.record.expected_resilience_score, "the failed run scored below expected");
+    let want = truth
+        .record
+        .resilience_score
+        .expect("a final run has a score");
+    assert_eq!(
+        score.parse::<f64>().expect("score is a number"),
+        (want * 100.0).round() / 100.0,
+        "page score {score}"
+    );
+    assert_eq!(
+        expected.parse::<f64>().expect("expected is a number"),
+        truth.record.expected_resilience_score
+    );
+    assert!(
+        want < truth.record.expected_resilience_score,
+        "the failed run scored below expected"
+    );
     let status = browser.text("#run-status", PATIENCE).await;
     assert_eq!(status, "failed");
     let mut verdicts = Vec::new();
-    for row in c.find_all(Locator::Css("#probes tr[data-probe]")).await.expect("probe rows") {
-        let name = row.attr("data-probe").await.expect("attr").expect("probe name");
-        let text = row.find(Locator::Css("td.verdict")).await.expect("verdict cell").text().await.expect("text");
+    for row in c
+        .find_all(Locator::Css("#probes tr[data-probe]"))
+        .await
+        .expect("probe rows")
+    {
+        let name = row
+            .attr("data-probe")
+            .await
+            .expect("attr")
+            .expect("probe name");
+        let text = row
+            .find(Locator::Css("td.verdict"))
+            .await
+            .expect("verdict cell")
+            .text()
+            .await
+            .expect("text");
         verdicts.push((name, text));
     }
-    let want: Vec<(String, String)> = truth.record.probes.iter().map(|p| (p.name.clone(), verdict(p.verdict).to_string())).collect();
-    assert_eq!(verdicts, want, "probe verdicts on the page match the record");
-    assert!(verdicts.iter().any(|(_, v)| v == "failed"), "the closed address failed its probe");
+    let want: Vec<(String, String)> = truth
+        .record
+        .probes
+        .iter()
+        .map(|p| (p.name.clone(), verdict(p.verdict).to_string()))
+        .collect();
+    assert_eq!(
+        verdicts, want,
+        "probe verdicts on the page match the record"
+    );
+    assert!(
+        verdicts.iter().any(|(_, v)| v == "failed"),
+        "the closed address failed its probe"
+    );
     browser.screenshot("run-failed").await;
 
     // The other pages, for the record.
     for (path, name) in [
-        (format!("/runs/{}", truth.attempts.first().map_or(truth.run.run_id.clone(), |r| r.run_id.clone())), "run-first-attempt"),
-        (format!("/executions/{failing_execution}"), "execution-failed"),
-        (format!("/executions/{passing_execution}"), "execution-passed"),
+        (
+            format!(
+                "/runs/{}",
+                truth
+                    .attempts
+                    .first()
+                    .map_or(truth.run.run_id.clone(), |r| r.run_id.clone())
+            ),
+            "run-first-attempt",
+        ),
+        (
+            format!("/executions/{failing_execution}"),
+            "execution-failed",
+        ),
+        (
+            format!("/executions/{passing_execution}"),
+            "execution-passed",
+        ),
         ("/pipelines".to_string(), "pipelines"),
         ("/pipelines/browse-fail".to_string(), "pipeline-browse-fail"),
         ("/flags".to_string(), "flags"),
-        ("/flags/test/test/fail-checkout".to_string(), "flag-ledger-fail-checkout"),
+        (
+            "/flags/test/test/fail-checkout".to_string(),
+            "flag-ledger-fail-checkout",
+        ),
         ("/problems".to_string(), "problems"),
     ] {
         c.goto(&served.at(&path)).await.expect("open page");
-        browser.wait_html(&format!("{path} rendered"), PATIENCE, |h| h.contains("</main>")).await;
+        browser
+            .wait_html(&format!("{path} rendered"), PATIENCE, |h| {
+                h.contains("</main>")
+            })
+            .await;
         browser.screenshot(name).await;
     }
-    c.goto(&served.at("/runs/no-such-run")).await.expect("open missing run");
+    c.goto(&served.at("/runs/no-such-run"))
+        .await
+        .expect("open missing run");
     browser.screenshot("not-found").await;
 
     // Live: a new run appears on the open runs page without a reload.
-    c.goto(&served.at("/runs?pipeline_id=browse-pass")).await.expect("open runs");
-    browser.wait_html("one browse-pass run", PATIENCE, |h| h.matches("data-row=").count() == 1).await;
-    browser.wait_html("the live stream connected", PATIENCE, |h| h.contains("live on")).await;
-    c.execute("window.__sameDocument = 42; return true;", vec![]).await.expect("mark the document");
+    c.goto(&served.at("/runs?pipeline_id=browse-pass"))
+        .await
+        .expect("open runs");
+    browser
+        .wait_html("one browse-pass run", PATIENCE, |h| {
+            h.matches("data-row=").count() == 1
+        })
+        .await;
+    browser
+        .wait_html("the live stream connected", PATIENCE, |h| {
+            h.contains("live on")
+        })
+        .await;
+    c.execute("window.__sameDocument = 42; return true;", vec![])
+        .await
+        .expect("mark the document");
     let another = change("pass-cart", ChangeKind::Enable, None);
     h.produce_change(&another).await;
-    let html = browser.wait_html("the new run in the table, without reload", PATIENCE, |h| h.matches("data-row=").count() == 2).await;
-    let same = c.execute("return window.__sameDocument === 42;", vec![]).await.expect("read the mark");
-    assert_eq!(same, serde_json::Value::Bool(true), "the page was not reloaded");
+    let html = browser
+        .wait_html("the new run in the table, without reload", PATIENCE, |h| {
+            h.matches("data-row=").count() == 2
+        })
+        .await;
+    let same = c
+        .execute("return window.__sameDocument === 42;", vec![])
+        .await
+        .expect("read the mark");
+    assert_eq!(
+        same,
+        serde_json::Value::Bool(true),
+        "the page was not reloaded"
+    );
     let another_execution = ids::pipeline_execution_id(&another.event_id, "browse-pass");
     let new_run = store
-        .read(move |c| query::runs(c, &RunFilter { pipeline_execution_id: Some(another_execution.clone()), ..RunFilter::default() }))
+        .read(move |c| {
+            query::runs(
+                c,
+                &RunFilter {
+                    pipeline_execution_id: Some(another_execution.clone()),
+                    ..RunFilter::default()
+                },
+            )
+        })
         .await
         .expect("runs")
         .items
         .into_iter()
         .next()
         .expect("the new run is stored");
-    assert!(html.contains(&format!("data-row=\"{}\"", new_run.run_id)), "the new row is the new run");
+    assert!(
+        html.contains(&format!("data-row=\"{}\"", new_run.run_id)),
+        "the new row is the new run"
+    );
     browser.screenshot("runs-live-new-run").await;
     println!("screenshots in {}", browser.screenshots.display());
 

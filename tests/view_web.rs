@@ -52,7 +52,12 @@ fn publish_execution(
     view::send(producer, &topics[2], &view::change_message(&change));
     let run = view::run_record(&event_id, pipeline, "latency", 1, status, at);
     view::send(producer, &topics[0], &view::run_message(&run));
-    let command = view::command(&event_id, pipeline, &[&run], at + chrono::Duration::seconds(31));
+    let command = view::command(
+        &event_id,
+        pipeline,
+        &[&run],
+        at + chrono::Duration::seconds(31),
+    );
     view::send(producer, &topics[1], &view::command_message(&command));
     run
 }
@@ -83,11 +88,18 @@ async fn api_pages_exports_metrics_and_errors_show_what_was_ingested() {
 
     let kafka = view::kafka_config(&servers, refs(&topics));
     let (store, ingest) = view::start(&kafka, &Location::Memory);
-    assert!(ingest.status().wait_caught_up(PATIENCE).await, "ingest caught up: {:?}", ingest.status().failed());
+    assert!(
+        ingest.status().wait_caught_up(PATIENCE).await,
+        "ingest caught up: {:?}",
+        ingest.status().failed()
+    );
     let served = Served::start(
         store.clone(),
         ingest.status(),
-        WebOptions { trace_url: Some("http://jaeger.test/trace/{trace_id}".into()), ..WebOptions::default() },
+        WebOptions {
+            trace_url: Some("http://jaeger.test/trace/{trace_id}".into()),
+            ..WebOptions::default()
+        },
     )
     .await;
     let http = client();
@@ -97,28 +109,72 @@ async fn api_pages_exports_metrics_and_errors_show_what_was_ingested() {
     assert_eq!(status, StatusCode::OK, "{all}");
     assert_eq!(all["runs"].as_array().map(Vec::len), Some(3), "{all}");
     assert_eq!(all["next"], Value::Null);
-    let (_, pay) = json(http.get(served.at("/api/runs?pipeline_id=web-pay")).send().await.expect("get")).await;
-    let ids: BTreeSet<&str> = pay["runs"].as_array().expect("runs").iter().filter_map(|r| r["run_id"].as_str()).collect();
-    assert_eq!(ids, BTreeSet::from([passed.run_id.as_str(), failed.run_id.as_str()]), "{pay}");
-    let (_, failing) = json(http.get(served.at("/api/runs?status=failed,error")).send().await.expect("get")).await;
-    assert_eq!(failing["runs"][0]["run_id"], failed.run_id.as_str(), "{failing}");
-    assert_eq!(failing["runs"].as_array().map(Vec::len), Some(1));
-    let (_, first) = json(http.get(served.at("/api/runs?limit=2")).send().await.expect("get")).await;
-    let cursor = first["next"].as_str().expect("a cursor after 2 of 3").to_string();
-    let (_, second) = json(
-        http.get(served.at(&format!(
-            "/api/runs?limit=2&cursor={}",
-            form_urlencoded::byte_serialize(cursor.as_bytes()).collect::<String>()
-        )))
+    let (_, pay) = json(
+        http.get(served.at("/api/runs?pipeline_id=web-pay"))
             .send()
             .await
             .expect("get"),
     )
     .await;
-    let mut paged: Vec<&str> = first["runs"].as_array().expect("runs").iter().chain(second["runs"].as_array().expect("runs")).filter_map(|r| r["run_id"].as_str()).collect();
+    let ids: BTreeSet<&str> = pay["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter_map(|r| r["run_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([passed.run_id.as_str(), failed.run_id.as_str()]),
+        "{pay}"
+    );
+    let (_, failing) = json(
+        http.get(served.at("/api/runs?status=failed,error"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(
+        failing["runs"][0]["run_id"],
+        failed.run_id.as_str(),
+        "{failing}"
+    );
+    assert_eq!(failing["runs"].as_array().map(Vec::len), Some(1));
+    let (_, first) = json(
+        http.get(served.at("/api/runs?limit=2"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    let cursor = first["next"]
+        .as_str()
+        .expect("a cursor after 2 of 3")
+        .to_string();
+    let (_, second) = json(
+        http.get(served.at(&format!(
+            "/api/runs?limit=2&cursor={}",
+            form_urlencoded::byte_serialize(cursor.as_bytes()).collect::<String>()
+        )))
+        .send()
+        .await
+        .expect("get"),
+    )
+    .await;
+    let mut paged: Vec<&str> = first["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .chain(second["runs"].as_array().expect("runs"))
+        .filter_map(|r| r["run_id"].as_str())
+        .collect();
     paged.sort_unstable();
     paged.dedup();
-    assert_eq!(paged.len(), 3, "two pages hold all three runs once: {first} {second}");
+    assert_eq!(
+        paged.len(),
+        3,
+        "two pages hold all three runs once: {first} {second}"
+    );
 
     // Bad parameters: 400, JSON, naming the parameter.
     for (query, parameter) in [
@@ -130,101 +186,261 @@ async fn api_pages_exports_metrics_and_errors_show_what_was_ingested() {
         ("format=xml", "format"),
         ("pipeline=x", "query"),
     ] {
-        let (status, body) = json(http.get(served.at(&format!("/api/runs?{query}"))).send().await.expect("get")).await;
+        let (status, body) = json(
+            http.get(served.at(&format!("/api/runs?{query}")))
+                .send()
+                .await
+                .expect("get"),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
         assert_eq!(body["parameter"], parameter, "{query}: {body}");
         assert_eq!(body["status"], 400);
-        assert!(body["error"].as_str().is_some_and(|e| e.contains(parameter) || parameter == "query"), "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(parameter) || parameter == "query"),
+            "{body}"
+        );
     }
-    let (status, body) = json(http.get(served.at("/api/runs/no-such-run")).send().await.expect("get")).await;
+    let (status, body) = json(
+        http.get(served.at("/api/runs/no-such-run"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("no-such-run")), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-run")),
+        "{body}"
+    );
 
     // One run in full, with its trace link.
-    let (status, run) = json(http.get(served.at(&format!("/api/runs/{}", failed.run_id))).send().await.expect("get")).await;
+    let (status, run) = json(
+        http.get(served.at(&format!("/api/runs/{}", failed.run_id)))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{run}");
     assert_eq!(run["run"]["status"], "failed");
     assert_eq!(run["run"]["score"], 40.0);
-    assert_eq!(run["record"]["faults"].as_array().map(Vec::len), Some(failed.faults.len()));
-    assert_eq!(run["record"]["probes"].as_array().map(Vec::len), Some(failed.probes.len()));
+    assert_eq!(
+        run["record"]["faults"].as_array().map(Vec::len),
+        Some(failed.faults.len())
+    );
+    assert_eq!(
+        run["record"]["probes"].as_array().map(Vec::len),
+        Some(failed.probes.len())
+    );
     assert_eq!(run["run"]["position"]["topic"], topics[0].as_str());
     if let Some(trace) = run["run"]["trace_id"].as_str() {
-        assert_eq!(run["trace_url"], format!("http://jaeger.test/trace/{trace}"));
+        assert_eq!(
+            run["trace_url"],
+            format!("http://jaeger.test/trace/{trace}")
+        );
     }
 
     // Execution, flag ledger, pipeline, overview, audit, problems.
-    let (status, execution) = json(http.get(served.at(&format!("/api/executions/{}", failed.pipeline_execution_id))).send().await.expect("get")).await;
+    let (status, execution) = json(
+        http.get(served.at(&format!("/api/executions/{}", failed.pipeline_execution_id)))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{execution}");
     assert_eq!(execution["execution"]["status"], "failed", "{execution}");
     assert_eq!(execution["command"]["command"], "disable", "{execution}");
     let flag = &failed.flag;
-    let (status, ledger) = json(http.get(served.at(&format!("/api/flags/{}/{}/{}", flag.project, flag.environment, flag.key))).send().await.expect("get")).await;
+    let (status, ledger) = json(
+        http.get(served.at(&format!(
+            "/api/flags/{}/{}/{}",
+            flag.project, flag.environment, flag.key
+        )))
+        .send()
+        .await
+        .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{ledger}");
-    assert!(ledger["entries"].as_array().is_some_and(|e| e.len() >= 3), "{ledger}");
-    let (status, pipeline) = json(http.get(served.at("/api/pipelines/web-pay")).send().await.expect("get")).await;
+    assert!(
+        ledger["entries"].as_array().is_some_and(|e| e.len() >= 3),
+        "{ledger}"
+    );
+    let (status, pipeline) = json(
+        http.get(served.at("/api/pipelines/web-pay"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{pipeline}");
-    assert_eq!(pipeline["executions"].as_array().map(Vec::len), Some(2), "{pipeline}");
-    let (status, _) = json(http.get(served.at("/api/pipelines/no-such-pipeline")).send().await.expect("get")).await;
+    assert_eq!(
+        pipeline["executions"].as_array().map(Vec::len),
+        Some(2),
+        "{pipeline}"
+    );
+    let (status, _) = json(
+        http.get(served.at("/api/pipelines/no-such-pipeline"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, overview) = json(http.get(served.at("/api/overview?since=1h")).send().await.expect("get")).await;
+    let (status, overview) = json(
+        http.get(served.at("/api/overview?since=1h"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{overview}");
     assert_eq!(overview["counts"]["passed"], 2, "{overview}");
     assert_eq!(overview["counts"]["failed"], 1, "{overview}");
     let (status, audit) = json(http.get(served.at("/api/audit")).send().await.expect("get")).await;
     assert_eq!(status, StatusCode::OK, "{audit}");
-    assert!(audit["counts"].get("fault_not_reverted").is_some(), "{audit}");
-    let (status, problems) = json(http.get(served.at("/api/problems")).send().await.expect("get")).await;
+    assert!(
+        audit["counts"].get("fault_not_reverted").is_some(),
+        "{audit}"
+    );
+    let (status, problems) = json(
+        http.get(served.at("/api/problems"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{problems}");
-    assert_eq!(problems["problems"].as_array().map(Vec::len), Some(1), "{problems}");
-    assert_eq!(problems["problems"][0]["position"]["topic"], topics[0].as_str());
+    assert_eq!(
+        problems["problems"].as_array().map(Vec::len),
+        Some(1),
+        "{problems}"
+    );
+    assert_eq!(
+        problems["problems"][0]["position"]["topic"],
+        topics[0].as_str()
+    );
 
     // Exports: every matching run, the same ones the JSON lists.
-    let csv = http.get(served.at("/api/runs.csv?pipeline_id=web-pay")).send().await.expect("get");
+    let csv = http
+        .get(served.at("/api/runs.csv?pipeline_id=web-pay"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(csv.status(), StatusCode::OK);
-    assert!(csv.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap_or_default().starts_with("text/csv"));
+    assert!(
+        csv.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/csv")
+    );
     let csv = csv.text().await.expect("csv");
     let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
     assert_eq!(lines.len(), 3, "header and two runs:\n{csv}");
-    assert!(lines[0].starts_with("run_id,status,attempt,score,expected,margin,pipeline_id"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("run_id,status,attempt,score,expected,margin,pipeline_id"),
+        "{}",
+        lines[0]
+    );
     assert!(lines[1..].iter().all(|l| l.contains(",web-pay,")), "{csv}");
-    let ndjson = http.get(served.at("/api/runs?format=ndjson")).send().await.expect("get");
-    assert_eq!(ndjson.headers()[reqwest::header::CONTENT_TYPE], "application/x-ndjson");
+    let ndjson = http
+        .get(served.at("/api/runs?format=ndjson"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        ndjson.headers()[reqwest::header::CONTENT_TYPE],
+        "application/x-ndjson"
+    );
     let ndjson = ndjson.text().await.expect("ndjson");
     let mut exported: Vec<String> = ndjson
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line")["run_id"].as_str().expect("run_id").to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("a JSON line")["run_id"]
+                .as_str()
+                .expect("run_id")
+                .to_string()
+        })
         .collect();
     exported.sort();
-    let mut expected = vec![passed.run_id.clone(), failed.run_id.clone(), other.run_id.clone()];
+    let mut expected = vec![
+        passed.run_id.clone(),
+        failed.run_id.clone(),
+        other.run_id.clone(),
+    ];
     expected.sort();
     assert_eq!(exported, expected);
 
     // Pages render what the API returns.
     for (path, must) in [
-        ("/".to_string(), vec!["Overview", "web-pay", "Needs attention"]),
+        (
+            "/".to_string(),
+            vec!["Overview", "web-pay", "Needs attention"],
+        ),
         ("/runs".to_string(), vec![&failed.run_id[..8], "web-search"]),
-        ("/runs?pipeline_id=web-search".to_string(), vec![&other.run_id[..8]]),
-        (format!("/runs/{}", failed.run_id), vec!["resilience score", "Probes", "Raw CloudEvent", "http://jaeger.test/trace/"]),
-        (format!("/executions/{}", failed.pipeline_execution_id), vec!["Flag command", "disable"]),
+        (
+            "/runs?pipeline_id=web-search".to_string(),
+            vec![&other.run_id[..8]],
+        ),
+        (
+            format!("/runs/{}", failed.run_id),
+            vec![
+                "resilience score",
+                "Probes",
+                "Raw CloudEvent",
+                "http://jaeger.test/trace/",
+            ],
+        ),
+        (
+            format!("/executions/{}", failed.pipeline_execution_id),
+            vec!["Flag command", "disable"],
+        ),
         ("/pipelines".to_string(), vec!["web-pay", "web-search"]),
-        ("/pipelines/web-pay".to_string(), vec!["score − expected", "<svg"]),
+        (
+            "/pipelines/web-pay".to_string(),
+            vec!["score − expected", "<svg"],
+        ),
         ("/flags".to_string(), vec![flag.key.as_str()]),
-        (format!("/flags/{}/{}/{}", flag.project, flag.environment, flag.key), vec!["Change", "Command"]),
+        (
+            format!("/flags/{}/{}/{}", flag.project, flag.environment, flag.key),
+            vec!["Change", "Command"],
+        ),
         ("/problems".to_string(), vec![topics[0].as_str()]),
     ] {
         let response = http.get(served.at(&path)).send().await.expect("get");
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         let html = response.text().await.expect("html");
         for text in must {
-            assert!(html.contains(text), "{path} shows '{text}':\n{}", &html[..html.len().min(3000)]);
+            assert!(
+                html.contains(text),
+                "{path} shows '{text}':\n{}",
+                &html[..html.len().min(3000)]
+            );
         }
     }
-    let page = http.get(served.at("/runs?status=done")).send().await.expect("get");
+    let page = http
+        .get(served.at("/runs?status=done"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(page.status(), StatusCode::BAD_REQUEST);
     assert!(page.text().await.expect("html").contains("status"));
 
     // Metrics: lag, rows, query time, audit findings.
-    let metrics = http.get(served.at("/metrics")).send().await.expect("get").text().await.expect("metrics");
+    let metrics = http
+        .get(served.at("/metrics"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("metrics");
     for name in [
         "chaosgate_view_ingest_lag_records 0",
         "chaosgate_view_ingest_caught_up 1",
@@ -246,7 +462,10 @@ async fn a_token_guards_every_route_but_health_and_a_browser_gets_a_cookie() {
     let served = Served::start(
         store,
         IngestStatus::default(),
-        WebOptions { token: Some("s3cret".into()), ..WebOptions::default() },
+        WebOptions {
+            token: Some("s3cret".into()),
+            ..WebOptions::default()
+        },
     )
     .await;
     let http = client();
@@ -261,30 +480,84 @@ async fn a_token_guards_every_route_but_health_and_a_browser_gets_a_cookie() {
             .replace("{flag}", "f");
         let without = http.get(served.at(&path)).send().await.expect("get");
         if open.contains(&route) {
-            assert_ne!(without.status(), StatusCode::UNAUTHORIZED, "{route} is open");
+            assert_ne!(
+                without.status(),
+                StatusCode::UNAUTHORIZED,
+                "{route} is open"
+            );
             continue;
         }
-        assert_eq!(without.status(), StatusCode::UNAUTHORIZED, "{route} without a token");
-        assert_eq!(without.headers()[reqwest::header::WWW_AUTHENTICATE], "Bearer realm=\"chaosgate view\"");
-        let wrong = http.get(served.at(&path)).bearer_auth("guess").send().await.expect("get");
-        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{route} with a wrong token");
-        let right = http.get(served.at(&path)).bearer_auth("s3cret").send().await.expect("get");
-        assert_ne!(right.status(), StatusCode::UNAUTHORIZED, "{route} with the token");
-        assert!(right.status().is_success() || right.status() == StatusCode::NOT_FOUND, "{route}: {}", right.status());
+        assert_eq!(
+            without.status(),
+            StatusCode::UNAUTHORIZED,
+            "{route} without a token"
+        );
+        assert_eq!(
+            without.headers()[reqwest::header::WWW_AUTHENTICATE],
+            "Bearer realm=\"chaosgate view\""
+        );
+        let wrong = http
+            .get(served.at(&path))
+            .bearer_auth("guess")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            wrong.status(),
+            StatusCode::UNAUTHORIZED,
+            "{route} with a wrong token"
+        );
+        let right = http
+            .get(served.at(&path))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .expect("get");
+        assert_ne!(
+            right.status(),
+            StatusCode::UNAUTHORIZED,
+            "{route} with the token"
+        );
+        assert!(
+            right.status().is_success() || right.status() == StatusCode::NOT_FOUND,
+            "{route}: {}",
+            right.status()
+        );
     }
     // JSON for API clients, a page with a form for browsers.
     let (status, body) = json(http.get(served.at("/api/runs")).send().await.expect("get")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("Bearer")), "{body}");
-    let page = http.get(served.at("/runs")).header("accept", "text/html").send().await.expect("get");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("Bearer")),
+        "{body}"
+    );
+    let page = http
+        .get(served.at("/runs"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("get");
     assert_eq!(page.status(), StatusCode::UNAUTHORIZED);
     assert!(page.text().await.expect("html").contains("name=\"token\""));
     // ?token= sets the cookie and redirects to the same address without the token.
-    let login = http.get(served.at("/runs?status=failed&token=s3cret")).send().await.expect("get");
+    let login = http
+        .get(served.at("/runs?status=failed&token=s3cret"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(login.status(), StatusCode::SEE_OTHER);
-    assert_eq!(login.headers()[reqwest::header::LOCATION], "/runs?status=failed");
-    let cookie = login.headers()[reqwest::header::SET_COOKIE].to_str().expect("cookie").to_string();
-    assert!(cookie.starts_with("chaosgate_view_token=s3cret;") && cookie.contains("HttpOnly"), "{cookie}");
+    assert_eq!(
+        login.headers()[reqwest::header::LOCATION],
+        "/runs?status=failed"
+    );
+    let cookie = login.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .expect("cookie")
+        .to_string();
+    assert!(
+        cookie.starts_with("chaosgate_view_token=s3cret;") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     let with_cookie = http
         .get(served.at("/runs?status=failed"))
         .header("cookie", "chaosgate_view_token=s3cret")
@@ -292,7 +565,11 @@ async fn a_token_guards_every_route_but_health_and_a_browser_gets_a_cookie() {
         .await
         .expect("get");
     assert_eq!(with_cookie.status(), StatusCode::OK);
-    let bad = http.get(served.at("/runs?token=guess")).send().await.expect("get");
+    let bad = http
+        .get(served.at("/runs?token=guess"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
     served.stop().await;
 }
@@ -303,12 +580,33 @@ async fn readyz_answers_503_until_ingest_caught_up_then_200() {
     let topics = topics(&servers, "web-ready").await;
     let store = Store::open(&Location::Memory).expect("store");
     // Before ingest has reached the high watermarks: not ready, and why.
-    let before = Served::start(store.clone(), IngestStatus::default(), WebOptions::default()).await;
-    let (status, body) = json(client().get(before.at("/readyz")).send().await.expect("get")).await;
+    let before = Served::start(
+        store.clone(),
+        IngestStatus::default(),
+        WebOptions::default(),
+    )
+    .await;
+    let (status, body) = json(
+        client()
+            .get(before.at("/readyz"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["ready"], false);
-    assert!(body["reasons"][0].as_str().is_some_and(|r| r.contains("caught up")), "{body}");
-    let health = client().get(before.at("/healthz")).send().await.expect("get");
+    assert!(
+        body["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("caught up")),
+        "{body}"
+    );
+    let health = client()
+        .get(before.at("/healthz"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(health.status(), StatusCode::OK);
     before.stop().await;
 
@@ -338,10 +636,22 @@ async fn readyz_answers_503_until_ingest_caught_up_then_200() {
     }
     // Ready means complete: every run published is there.
     let runs = store
-        .read(|c| chaosgate::view::query::runs(c, &chaosgate::view::model::RunFilter { limit: 500, ..Default::default() }))
+        .read(|c| {
+            chaosgate::view::query::runs(
+                c,
+                &chaosgate::view::model::RunFilter {
+                    limit: 500,
+                    ..Default::default()
+                },
+            )
+        })
         .await
         .expect("runs");
-    assert_eq!(runs.items.len(), 50, "ready only once all 50 runs were ingested (saw 503 first: {saw_not_ready})");
+    assert_eq!(
+        runs.items.len(),
+        50,
+        "ready only once all 50 runs were ingested (saw 503 first: {saw_not_ready})"
+    );
     served.stop().await;
     ingest.stop().await.expect("ingest stops");
 }
@@ -366,12 +676,25 @@ async fn changes(response: &mut reqwest::Response, n: usize) -> Vec<(i64, Value)
             let mut id = None;
             let mut data = String::new();
             for line in event.lines() {
-                if let Some(v) = line.strip_prefix("event:") { name = if v.trim() == "change" { "change" } else { "other" }; }
-                if let Some(v) = line.strip_prefix("id:") { id = v.trim().parse::<i64>().ok(); }
-                if let Some(v) = line.strip_prefix("data:") { data.push_str(v.trim()); }
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = if v.trim() == "change" {
+                        "change"
+                    } else {
+                        "other"
+                    };
+                }
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<i64>().ok();
+                }
+                if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
             }
             if name == "change" {
-                out.push((id.expect("a change event has an id"), serde_json::from_str(&data).expect("change data is JSON")));
+                out.push((
+                    id.expect("a change event has an id"),
+                    serde_json::from_str(&data).expect("change data is JSON"),
+                ));
             }
         }
     }
@@ -387,12 +710,26 @@ async fn the_live_stream_sends_each_change_and_resumes_after_last_event_id() {
     assert!(ingest.status().wait_caught_up(PATIENCE).await);
     let served = Served::start(store, ingest.status(), WebOptions::default()).await;
     let http = client();
-    let mut stream = http.get(served.at("/api/stream")).send().await.expect("stream");
+    let mut stream = http
+        .get(served.at("/api/stream"))
+        .send()
+        .await
+        .expect("stream");
     assert_eq!(stream.status(), StatusCode::OK);
-    assert_eq!(stream.headers()[reqwest::header::CONTENT_TYPE], "text/event-stream");
+    assert_eq!(
+        stream.headers()[reqwest::header::CONTENT_TYPE],
+        "text/event-stream"
+    );
 
     let producer = view::producer(&servers);
-    let first = view::run_record(&uuid::Uuid::new_v4().to_string(), "web-live", "latency", 1, RunStatus::Running, Utc::now());
+    let first = view::run_record(
+        &uuid::Uuid::new_v4().to_string(),
+        "web-live",
+        "latency",
+        1,
+        RunStatus::Running,
+        Utc::now(),
+    );
     view::send(&producer, &topics[0], &view::run_message(&first));
     view::flush(&producer);
     let got = changes(&mut stream, 1).await;
@@ -402,8 +739,22 @@ async fn the_live_stream_sends_each_change_and_resumes_after_last_event_id() {
     drop(stream);
 
     // While disconnected: two more changes.
-    let second = view::run_record(&uuid::Uuid::new_v4().to_string(), "web-live", "latency", 1, RunStatus::Passed, Utc::now());
-    let third = view::run_record(&uuid::Uuid::new_v4().to_string(), "web-live", "latency", 1, RunStatus::Failed, Utc::now());
+    let second = view::run_record(
+        &uuid::Uuid::new_v4().to_string(),
+        "web-live",
+        "latency",
+        1,
+        RunStatus::Passed,
+        Utc::now(),
+    );
+    let third = view::run_record(
+        &uuid::Uuid::new_v4().to_string(),
+        "web-live",
+        "latency",
+        1,
+        RunStatus::Failed,
+        Utc::now(),
+    );
     view::send(&producer, &topics[0], &view::run_message(&second));
     view::flush(&producer);
     view::send(&producer, &topics[0], &view::run_message(&third));
@@ -417,10 +768,20 @@ async fn the_live_stream_sends_each_change_and_resumes_after_last_event_id() {
         .expect("stream");
     let got = changes(&mut resumed, 2).await;
     let ids: Vec<&str> = got.iter().filter_map(|(_, d)| d["id"].as_str()).collect();
-    assert_eq!(ids, [second.run_id.as_str(), third.run_id.as_str()], "{got:?}");
+    assert_eq!(
+        ids,
+        [second.run_id.as_str(), third.run_id.as_str()],
+        "{got:?}"
+    );
     assert!(got.iter().all(|(seq, _)| *seq > first_seq));
     assert!(got[0].0 < got[1].0);
-    let (status, body) = json(http.get(served.at("/api/stream?after=-1")).send().await.expect("get")).await;
+    let (status, body) = json(
+        http.get(served.at("/api/stream?after=-1"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["parameter"], "after");
     drop(resumed);
@@ -430,17 +791,36 @@ async fn the_live_stream_sends_each_change_and_resumes_after_last_event_id() {
 
 #[test]
 fn the_openapi_document_parses_and_describes_every_route() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/view-openapi.yaml"))
-        .expect("schemas/view-openapi.yaml");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schemas/view-openapi.yaml"
+    ))
+    .expect("schemas/view-openapi.yaml");
     let document: Value = serde_saphyr::from_str(&text).expect("the OpenAPI document is YAML");
-    assert!(document["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "OpenAPI 3.1");
-    let described: BTreeSet<String> = document["paths"].as_object().expect("paths").keys().cloned().collect();
-    let routed: BTreeSet<String> = routes().into_iter().map(|(path, _)| path.to_string()).collect();
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "OpenAPI 3.1"
+    );
+    let described: BTreeSet<String> = document["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .cloned()
+        .collect();
+    let routed: BTreeSet<String> = routes()
+        .into_iter()
+        .map(|(path, _)| path.to_string())
+        .collect();
     assert_eq!(
         described, routed,
         "paths in schemas/view-openapi.yaml (left) and routes in src/view/web/mod.rs (right) differ"
     );
     for (path, item) in document["paths"].as_object().expect("paths") {
-        assert!(item.get("get").is_some_and(|g| g["responses"].is_object()), "{path} has a GET with responses");
+        assert!(
+            item.get("get").is_some_and(|g| g["responses"].is_object()),
+            "{path} has a GET with responses"
+        );
     }
 }

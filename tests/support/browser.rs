@@ -79,7 +79,9 @@ impl Browser {
                     let _ = error;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(error) => panic!("cannot open a Chromium session through chromedriver at {url}: {error}"),
+                Err(error) => {
+                    panic!("cannot open a Chromium session through chromedriver at {url}: {error}")
+                }
             }
         };
         let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -87,7 +89,12 @@ impl Browser {
             .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
             .join("view-screenshots");
         std::fs::create_dir_all(&screenshots).expect("screenshot dir");
-        Browser { client, driver, _profile: profile, screenshots }
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+            screenshots,
+        }
     }
 
     /// Saves a PNG of the whole page (the window grown to the page's height, at most
@@ -101,7 +108,10 @@ impl Browser {
             .and_then(|v| v.as_u64())
             .unwrap_or(900)
             .clamp(600, 4000);
-        let _ = self.client.set_window_size(1366, u32::try_from(height).unwrap_or(900) + 140).await;
+        let _ = self
+            .client
+            .set_window_size(1366, u32::try_from(height).unwrap_or(900) + 140)
+            .await;
         let png = self.client.screenshot().await.expect("screenshot");
         let _ = self.client.set_window_size(1366, 900).await;
         let path = self.screenshots.join(format!("{name}.png"));
@@ -123,7 +133,12 @@ impl Browser {
     }
 
     /// Waits until `check` holds for the page's HTML, or fails with what it saw.
-    pub async fn wait_html(&self, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
+    pub async fn wait_html(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let html = self.client.source().await.expect("page source");
@@ -131,7 +146,10 @@ impl Browser {
                 return html;
             }
             if Instant::now() >= deadline {
-                panic!("waited {timeout:?} for {what}; the page was:\n{}", html.get(..6000).unwrap_or(&html));
+                panic!(
+                    "waited {timeout:?} for {what}; the page was:\n{}",
+                    html.get(..6000).unwrap_or(&html)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -23,11 +23,23 @@ pub struct Served {
 impl Served {
     /// Serves `store` and `ingest` with `options` on a free loopback port.
     pub async fn start(store: Store, ingest: IngestStatus, options: WebOptions) -> Served {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(web::serve(listener, store, ingest, options, shutdown.clone()));
-        Served { url, shutdown, task: Some(task) }
+        let task = tokio::spawn(web::serve(
+            listener,
+            store,
+            ingest,
+            options,
+            shutdown.clone(),
+        ));
+        Served {
+            url,
+            shutdown,
+            task: Some(task),
+        }
     }
 
     /// `self.url` + `path`.
@@ -42,7 +54,9 @@ impl Served {
         let result = tokio::time::timeout(Duration::from_secs(10), task)
             .await
             .expect("the view stops within 10 s of shutdown");
-        result.expect("serve task").expect("serve ends without an I/O error");
+        result
+            .expect("serve task")
+            .expect("serve ends without an I/O error");
     }
 }
 
