@@ -4,7 +4,9 @@
 //! through chaosgate's fault proxy, and the real worker with the example catalog; then it
 //! publishes two flag changes, one whose pipeline passes and one whose pipeline fails
 //! because injected latency breaks an HTTP probe, and prints the run records and flag
-//! commands as they arrive.
+//! commands as they arrive. The chaos experiments view runs beside them (in memory, on
+//! 127.0.0.1:9465 or a free port) and its address is printed; `--keep` leaves the worker
+//! and the view running until Ctrl-C so a person can open the pages.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +31,10 @@ use chaosgate::contract::flag_change::flag_change_event;
 use chaosgate::contract::{
     Change, ChangeKind, CloudEvent, FlagChange, FlagCommand, RunRecord, RunStatus,
 };
+use chaosgate::view::audit::AuditSettings;
+use chaosgate::view::model::RunFilter;
+use chaosgate::view::web::{self, WebOptions};
+use chaosgate::view::{Ingest, Location, Store, ViewError, ingest, query};
 
 /// Arguments of `chaosgate demo`.
 #[derive(Debug, Args)]
@@ -39,7 +45,13 @@ pub struct DemoArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// After the two flag changes, keep the worker and the view running until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
 }
+
+/// Where the demo's view listens first (the view's default); a free port if taken.
+const VIEW: &str = "127.0.0.1:9465";
 
 /// Where the demo service listens, and where the fault proxy in front of it listens
 /// (the demo experiments' probes call the proxy).
@@ -122,6 +134,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot create topic {topic} in the embedded Kafka"))?;
     }
     let shutdown = CancellationToken::new();
+    let (view_address, view_ingest, view_store) = start_view(&config, shutdown.clone()).await?;
+    println!("  chaos experiments view (in memory) at http://{view_address}/");
     let run = RunContext {
         lease: config.worker.fault_lease.duration(),
         proxy: Some(proxies.clone()),
@@ -200,8 +214,31 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             commands.push(command);
         }
     }
+    // The view reads the same committed records; wait (briefly) until it shows them all.
+    let shown = view_caught_up(
+        &view_store,
+        deadline.min(Instant::now() + Duration::from_secs(20)),
+    )
+    .await;
+    if args.keep {
+        println!(
+            "\nthe worker and the view keep running: open http://{view_address}/ (runs: http://{view_address}/runs). Ctrl-C stops them."
+        );
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            eprintln!("  (cannot wait for Ctrl-C: {error}; stopping)");
+        }
+    } else if shown {
+        println!(
+            "\nthe view showed both executions at http://{view_address}/ (run with --keep to leave it open)."
+        );
+    } else {
+        println!("\n(the view at http://{view_address}/ had not read every record yet)");
+    }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    if let Err(error) = view_ingest.stop().await {
+        eprintln!("  (the view's ingest stopped with an error: {error})");
+    }
     proxies.shutdown().await;
 
     let expected = [("search-v2", "enable"), ("checkout-v2", "disable")];
@@ -226,6 +263,60 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .join(", ")
         )
     }
+}
+
+/// Waits until the view holds the demo's final runs (none `running`, at least two) and
+/// both commands, or `until`; whether it got there.
+async fn view_caught_up(store: &Store, until: Instant) -> bool {
+    loop {
+        let done = store
+            .read(|c| {
+                let counts = query::status_counts(c, &RunFilter::default())?;
+                let commands: i64 = c
+                    .query_row("SELECT COUNT(*) FROM commands", [], |r| r.get(0))
+                    .map_err(|source| ViewError::Sqlite {
+                        what: "count commands".into(),
+                        source,
+                    })?;
+                Ok(counts.running == 0 && counts.total >= 2 && commands >= 2)
+            })
+            .await
+            .unwrap_or(false);
+        if done || Instant::now() >= until {
+            return done;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts the view in memory beside the demo's worker: ingest from the embedded Kafka and
+/// the web layer on [`VIEW`] (or a free port when that is taken). Returns its address.
+async fn start_view(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(std::net::SocketAddr, Ingest, Store)> {
+    let store = Store::open(&Location::Memory).context("cannot open the view's in-memory store")?;
+    let ingest =
+        ingest::start(&config.kafka, store.clone()).context("cannot start the view's ingest")?;
+    let listener = match tokio::net::TcpListener::bind(VIEW).await {
+        Ok(listener) => listener,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot listen on loopback for the view")?,
+    };
+    let address = listener.local_addr().context("the view's address")?;
+    let options = WebOptions {
+        audit: AuditSettings::from_config(config),
+        ..WebOptions::default()
+    };
+    let status = ingest.status();
+    let served = store.clone();
+    tokio::spawn(async move {
+        if let Err(error) = web::serve(listener, served, status, options, shutdown).await {
+            eprintln!("  (the view stopped: {error})");
+        }
+    });
+    Ok((address, ingest, store))
 }
 
 fn change(flag: &str, what: &str) -> (FlagChange, String) {
