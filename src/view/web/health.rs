@@ -50,12 +50,15 @@ struct KindLabel {
     kind: String,
 }
 
+/// Audit findings per kind, as last counted.
+type FindingCounts = Vec<(FindingKind, usize)>;
+
 /// Metrics the web layer keeps between scrapes.
 #[derive(Debug)]
 pub struct WebMetrics {
     query_seconds: Family<QueryLabel, Histogram>,
     /// Last audit result, to answer scrapes that come faster than the audit is worth.
-    audit_cache: Mutex<Option<(std::time::Instant, Vec<(FindingKind, usize)>)>>,
+    audit_cache: Mutex<Option<(std::time::Instant, FindingCounts)>>,
 }
 
 impl Default for WebMetrics {
@@ -215,7 +218,7 @@ pub async fn metrics(State(state): State<WebState>) -> Response {
 }
 
 /// Findings per kind, re-run at most every 10 s.
-async fn audit_counts(state: &WebState) -> Option<Vec<(FindingKind, usize)>> {
+async fn audit_counts(state: &WebState) -> Option<FindingCounts> {
     if let Ok(cache) = state.metrics.audit_cache.lock()
         && let Some((at, counts)) = cache.as_ref()
         && at.elapsed() < Duration::from_secs(10)
@@ -229,7 +232,7 @@ async fn audit_counts(state: &WebState) -> Option<Vec<(FindingKind, usize)>> {
         })
         .await
         .ok()?;
-    let counts: Vec<(FindingKind, usize)> = FindingKind::ALL
+    let counts: FindingCounts = FindingKind::ALL
         .iter()
         .map(|kind| (*kind, findings.iter().filter(|f| f.kind == *kind).count()))
         .collect();
