@@ -96,12 +96,9 @@ pub fn send(producer: &BaseProducer, topic: &str, message: &KafkaMessage) {
     loop {
         match producer.send(record) {
             Ok(()) => return,
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                back,
-            )) => {
+            Err((rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::QueueFull,
+            ), back)) => {
                 record = back;
                 producer.poll(Duration::from_millis(10));
             }
@@ -155,11 +152,7 @@ pub fn run_record(
         record.summary = None;
     } else {
         record.ended_at = Some(started_at + chrono::Duration::seconds(30));
-        record.resilience_score = Some(if status == RunStatus::Passed {
-            90.0
-        } else {
-            40.0
-        });
+        record.resilience_score = Some(if status == RunStatus::Passed { 90.0 } else { 40.0 });
         record.summary = Some(format!("{} by test", status.as_str()));
     }
     record
@@ -176,12 +169,7 @@ pub fn run_message(record: &RunRecord) -> KafkaMessage {
 }
 
 /// The flag command answering `event_id` with `runs` as its steps.
-pub fn command(
-    event_id: &str,
-    pipeline: &str,
-    runs: &[&RunRecord],
-    at: DateTime<Utc>,
-) -> FlagCommand {
+pub fn command(event_id: &str, pipeline: &str, runs: &[&RunRecord], at: DateTime<Utc>) -> FlagCommand {
     let mut command = flag_command_example();
     command.command_id = ids::command_id(event_id);
     command.causation_event_id = event_id.into();
