@@ -21,18 +21,38 @@ pub struct FaultSpan {
     pub reverted: bool,
 }
 
+/// One probe's checking window on the timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSpan {
+    /// Probe name.
+    pub name: String,
+    /// When its first check started.
+    pub first_check_at: DateTime<Utc>,
+    /// When its last check ended.
+    pub last_check_at: DateTime<Utc>,
+    /// Whether it passed.
+    pub passed: bool,
+}
+
 const WIDTH: f64 = 640.0;
 const LABEL: f64 = 150.0;
 const ROW: f64 = 24.0;
 
-/// The faults of one run on a time axis from `from` to `to` (a running run: now).
-pub fn timeline(from: DateTime<Utc>, to: DateTime<Utc>, faults: &[FaultSpan]) -> Markup {
+/// The faults of one run (thick bars: inject to revert) and its probes' checking windows
+/// (thin bars, green passed, red failed) on a time axis from `from` to `to` (a running
+/// run: now).
+pub fn timeline(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    faults: &[FaultSpan],
+    probes: &[ProbeSpan],
+) -> Markup {
     let total = ((to - from).num_milliseconds() as f64 / 1000.0).max(0.001);
     let x = |at: DateTime<Utc>| {
         let s = (at - from).num_milliseconds() as f64 / 1000.0;
         LABEL + (s / total).clamp(0.0, 1.0) * (WIDTH - LABEL - 10.0)
     };
-    let height = ROW * faults.len() as f64 + 28.0;
+    let height = ROW * (faults.len() + probes.len()) as f64 + 28.0;
     html! {
         svg.timeline width=(WIDTH) height=(height) viewBox={ "0 0 " (WIDTH) " " (height) } role="img" aria-label="fault timeline" {
             line x1=(LABEL) x2=(WIDTH - 10.0) y1=(height - 20.0) y2=(height - 20.0) stroke="#cfd5de" {}
@@ -56,6 +76,15 @@ pub fn timeline(from: DateTime<Utc>, to: DateTime<Utc>, faults: &[FaultSpan]) ->
                         }
                     }
                     None => { text x=(LABEL) y=(y + 13.0) { "never injected" } }
+                }
+            }
+            @for (i, probe) in probes.iter().enumerate() {
+                @let y = ROW * (faults.len() + i) as f64 + 4.0;
+                @let x1 = x(probe.first_check_at);
+                @let x2 = x(probe.last_check_at).max(x1 + 3.0);
+                text x="0" y=(y + 13.0) fill="#667085" { "probe " (probe.name) }
+                rect x=(x1) y=(y + 5.0) width=(x2 - x1) height="6" rx="3" fill=(if probe.passed { "#1f9254" } else { "#c8322c" }) {
+                    title { (probe.name) ": checked " (probe.first_check_at.format("%H:%M:%S%.3f")) " – " (probe.last_check_at.format("%H:%M:%S%.3f")) }
                 }
             }
         }
@@ -127,7 +156,13 @@ mod tests {
             ended_at: Some(at),
             reverted: false,
         };
-        let svg = timeline(at, at, &[fault]).into_string();
+        let probe = ProbeSpan {
+            name: "p".into(),
+            first_check_at: at,
+            last_check_at: at,
+            passed: true,
+        };
+        let svg = timeline(at, at, &[fault], &[probe]).into_string();
         assert!(!svg.contains("NaN"));
         assert!(svg.contains("&lt;lag&gt;"), "{svg}");
         assert!(svg.contains("not reverted"));

@@ -20,7 +20,7 @@ use crate::view::web::WebState;
 use crate::view::web::api::{store_error, trace_link};
 use crate::view::web::error::{PageError, WebError};
 use crate::view::web::layout::{self, Section, badge, duration, number, short_id, when, when_opt};
-use crate::view::web::svg::{self, FaultSpan};
+use crate::view::web::svg::{self, FaultSpan, ProbeSpan};
 
 /// `GET /runs/{run_id}`.
 pub async fn page(
@@ -75,7 +75,11 @@ fn body(detail: &RunDetail, trace: Option<&str>) -> Markup {
                         tr { th { "Stage / step" } td { (row.stage_name) " (" (row.stage_type) ") / " (row.step_name) } }
                         tr { th { "Experiment" } td { (row.experiment_name) " " span.muted.mono { (row.experiment_id) } } }
                         tr { th { "Flag" } td { (flag_link(row)) } }
-                        tr { th { "Trigger event" } td.mono { (row.trigger_event_id) } }
+                        tr { th { "Trigger" } td {
+                            @if let Some(kind) = record.trigger_change_kind { b { (kind.as_str()) } " " }
+                            @if let Some(actor) = &record.trigger_actor { "by " (actor) " · " }
+                            span.mono.small { (row.trigger_event_id) }
+                        } }
                         tr { th { "Started" } td { (when(row.started_at)) } }
                         tr { th { "Ended" } td { (when_opt(row.ended_at)) } }
                         tr { th { "Duration" } td { (duration(row.duration_seconds, running.then_some(row.started_at))) } }
@@ -179,6 +183,18 @@ fn faults(record: &RunRecord, running: bool) -> Markup {
             record.started_at
         }
     });
+    let probes: Vec<ProbeSpan> = record
+        .probes
+        .iter()
+        .filter_map(|p| {
+            Some(ProbeSpan {
+                name: p.name.clone(),
+                first_check_at: p.first_check_at?,
+                last_check_at: p.last_check_at?,
+                passed: p.verdict == crate::contract::Verdict::Passed,
+            })
+        })
+        .collect();
     let spans: Vec<FaultSpan> = record
         .faults
         .iter()
@@ -190,7 +206,7 @@ fn faults(record: &RunRecord, running: bool) -> Markup {
         })
         .collect();
     html! {
-        div.panel { (svg::timeline(record.started_at, to, &spans)) }
+        div.panel { (svg::timeline(record.started_at, to, &spans, &probes)) }
         table.data #faults style="margin-top:10px" {
             thead { tr { th { "Fault" } th { "Kind" } th { "Weight" } th { "Verdict" } th { "Probes passed" } th { "Injected" } th { "Reverted at" } th { "Reverted" } th { "Error" } } }
             tbody { @for f in &record.faults { tr {
@@ -214,10 +230,14 @@ fn probes(record: &RunRecord) -> Markup {
     }
     html! {
         table.data #probes {
-            thead { tr { th { "Probe" } th { "Type" } th { "Mode" } th { "Verdict" } th { "Attempts" } th { "Last error" } } }
+            thead { tr { th { "Probe" } th { "Type" } th { "Mode" } th { "Verdict" } th { "Attempts" } th { "Checked" } th { "Last error" } } }
             tbody { @for p in &record.probes { tr data-probe=(p.name) {
                 td { (p.name) } td { (p.probe_type) } td { (p.mode) }
                 td.verdict { (badge(verdict(p.verdict))) } td.num { (p.attempts) }
+                td.nowrap { @match (p.first_check_at, p.last_check_at) {
+                    (Some(a), Some(b)) => span.mono { (a.format("%H:%M:%S%.3f")) " – " (b.format("%H:%M:%S%.3f")) },
+                    _ => span.muted { "–" },
+                } }
                 td.small { @match &p.last_error { Some(e) => span.mono { (e) }, None => span.muted { "–" } } }
             } } }
         }
