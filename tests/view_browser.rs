@@ -41,6 +41,22 @@ fn verdict(v: Verdict) -> &'static str {
     }
 }
 
+/// The first run `filter` lists in the view's store (the test fails when none).
+async fn first_run(
+    store: &chaosgate::view::Store,
+    filter: RunFilter,
+) -> chaosgate::view::model::RunRow {
+    let what = format!("{filter:?}");
+    store
+        .read(move |c| query::runs(c, &filter))
+        .await
+        .expect("runs")
+        .items
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("a run matching {what}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new_runs_live() {
     let servers = kafka::require_broker();
@@ -105,22 +121,14 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
         })
         .await;
     }
-    let failed_run = store
-        .read(|c| {
-            query::runs(
-                c,
-                &RunFilter {
-                    statuses: vec![RunStatus::Failed],
-                    ..RunFilter::default()
-                },
-            )
-        })
-        .await
-        .expect("runs")
-        .items
-        .into_iter()
-        .next()
-        .expect("the failing pipeline's failed run");
+    let failed_run = first_run(
+        &store,
+        RunFilter {
+            statuses: vec![RunStatus::Failed],
+            ..RunFilter::default()
+        },
+    )
+    .await;
     let failed_id = failed_run.run_id.clone();
     let truth = store
         .read(move |c| query::run(c, &failed_id))
@@ -325,22 +333,14 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
         "the page was not reloaded"
     );
     let another_execution = ids::pipeline_execution_id(&another.event_id, "browse-pass");
-    let new_run = store
-        .read(move |c| {
-            query::runs(
-                c,
-                &RunFilter {
-                    pipeline_execution_id: Some(another_execution.clone()),
-                    ..RunFilter::default()
-                },
-            )
-        })
-        .await
-        .expect("runs")
-        .items
-        .into_iter()
-        .next()
-        .expect("the new run is stored");
+    let new_run = first_run(
+        &store,
+        RunFilter {
+            pipeline_execution_id: Some(another_execution),
+            ..RunFilter::default()
+        },
+    )
+    .await;
     assert!(
         html.contains(&format!("data-row=\"{}\"", new_run.run_id)),
         "the new row is the new run"

@@ -200,25 +200,39 @@ pub async fn overview(
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (since, until) = range(q.as_deref())?;
+    let overview = overview_of(&state, since, until).await?;
+    Ok(Json(serde_json::to_value(&overview).unwrap_or_default()))
+}
+
+/// The overview of runs started in `[since, until)` (shared by `/` and `/api/overview`).
+pub async fn overview_of(
+    state: &WebState,
+    since: chrono::DateTime<Utc>,
+    until: chrono::DateTime<Utc>,
+) -> Result<crate::view::model::Overview, WebError> {
     let options = state.options.clone();
-    let overview = state
+    state
         .query("overview", move |c| {
             query::overview(c, since, until, &options.audit)
         })
         .await
-        .map_err(store_error)?;
-    Ok(Json(serde_json::to_value(&overview).unwrap_or_default()))
+        .map_err(store_error)
 }
 
-/// `GET /api/audit` → `{"findings": [...], "counts": {kind: n}}`.
-pub async fn audit(State(state): State<WebState>) -> Result<Json<Value>, ApiError> {
+/// The integrity audit's findings now (shared by `/`, `/api/audit`).
+pub async fn findings(state: &WebState) -> Result<Vec<crate::view::model::AuditFinding>, WebError> {
     let options = state.options.clone();
-    let findings = state
+    state
         .query("audit", move |c| {
             audit::findings(c, Utc::now(), &options.audit)
         })
         .await
-        .map_err(store_error)?;
+        .map_err(store_error)
+}
+
+/// `GET /api/audit` → `{"findings": [...], "counts": {kind: n}}`.
+pub async fn audit(State(state): State<WebState>) -> Result<Json<Value>, ApiError> {
+    let findings = findings(&state).await?;
     let mut counts = serde_json::Map::new();
     for kind in crate::view::model::FindingKind::ALL {
         let n = findings.iter().filter(|f| f.kind == kind).count();

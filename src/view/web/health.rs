@@ -18,7 +18,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
@@ -29,7 +28,6 @@ use serde_json::json;
 
 use super::WebState;
 use super::index;
-use crate::view::audit;
 use crate::view::model::FindingKind;
 
 /// A query name label.
@@ -225,13 +223,7 @@ async fn audit_counts(state: &WebState) -> Option<FindingCounts> {
     {
         return Some(counts.clone());
     }
-    let options = state.options.clone();
-    let findings = state
-        .query("audit", move |c| {
-            audit::findings(c, Utc::now(), &options.audit)
-        })
-        .await
-        .ok()?;
+    let findings = super::api::findings(state).await.ok()?;
     let counts: FindingCounts = FindingKind::ALL
         .iter()
         .map(|kind| (*kind, findings.iter().filter(|f| f.kind == *kind).count()))

@@ -7,15 +7,12 @@
 //! audit is the same call as `/api/audit`.
 
 use axum::extract::{RawQuery, State};
-use chrono::Utc;
 use maud::{Markup, html};
 
 use super::pipeline::strip;
-use crate::view::audit;
 use crate::view::model::{AuditFinding, Overview};
-use crate::view::query;
 use crate::view::web::WebState;
-use crate::view::web::api::{range, store_error};
+use crate::view::web::api::{findings, overview_of, range};
 use crate::view::web::error::PageError;
 use crate::view::web::layout::{self, Section, badge, score, short_id, when};
 
@@ -28,20 +25,8 @@ pub async fn page(
     let chosen = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "since")
         .map_or_else(|| "24h".to_string(), |(_, v)| v.into_owned());
-    let options = state.options.clone();
-    let overview = state
-        .query("overview", move |c| {
-            query::overview(c, since, until, &options.audit)
-        })
-        .await
-        .map_err(store_error)?;
-    let options = state.options.clone();
-    let findings = state
-        .query("audit", move |c| {
-            audit::findings(c, Utc::now(), &options.audit)
-        })
-        .await
-        .map_err(store_error)?;
+    let overview = overview_of(&state, since, until).await?;
+    let findings = findings(&state).await?;
     Ok(layout::page(
         "Overview",
         Section::Overview,
