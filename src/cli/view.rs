@@ -127,7 +127,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr().context("listener address")?;
         tracing::info!(addr = %addr, database = ?location, "view serving");
-        let web = tokio::spawn(web(listener, store, ingest.status(), options, shutdown.clone()));
+        let web = tokio::spawn(web(
+            listener,
+            store,
+            ingest.status(),
+            options,
+            shutdown.clone(),
+        ));
         // Ends on a signal, or when ingest stops on an error.
         let failed = loop {
             tokio::select! {
@@ -161,7 +167,8 @@ async fn web(
     options: WebOptions,
     shutdown: CancellationToken,
 ) {
-    if let Err(err) = chaosgate::view::web::serve(listener, store, ingest, options, shutdown).await {
+    if let Err(err) = chaosgate::view::web::serve(listener, store, ingest, options, shutdown).await
+    {
         tracing::error!(error = %err, "the view's listener failed");
     }
 }
@@ -179,14 +186,16 @@ fn run_check(args: CheckArgs) -> ExitCode {
 fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| "the configuration is not usable")?;
-    let since = args
-        .since
-        .map(|d| chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+    let since = args.since.map(|d| {
+        chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    });
     let runtime = runtime()?;
     let pipeline = args.pipeline.clone();
     let latest = runtime.block_on(async {
         let store = match &args.db {
-            Some(db) => Store::open(&Location::parse(db)).context("cannot open the view database")?,
+            Some(db) => {
+                Store::open(&Location::parse(db)).context("cannot open the view database")?
+            }
             None => {
                 let store = Store::open(&Location::Memory).context("cannot open memory")?;
                 let ingest = ingest::start(&config.kafka, store.clone())
