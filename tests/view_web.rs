@@ -785,6 +785,18 @@ async fn the_live_stream_sends_each_change_and_resumes_after_last_event_id() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["parameter"], "after");
     drop(resumed);
+    // Narrowed to one execution: only its changes.
+    let mut narrowed = http
+        .get(served.at(&format!(
+            "/api/stream?after={first_seq}&pipeline_execution_id={}",
+            third.pipeline_execution_id
+        )))
+        .send()
+        .await
+        .expect("stream");
+    let got = changes(&mut narrowed, 1).await;
+    assert_eq!(got[0].1["id"], third.run_id.as_str(), "{got:?}");
+    drop(narrowed);
     served.stop().await;
     ingest.stop().await.expect("ingest stops");
 }

@@ -35,7 +35,7 @@ pub async fn page(
 fn body(detail: &ExecutionDetail) -> Markup {
     let e = &detail.execution;
     html! {
-        div data-live="execution" {
+        div data-live="execution" data-stream={ "/api/stream?pipeline_execution_id=" (super::segment(&e.pipeline_execution_id)) } {
             div.crumbs { a href="/pipelines" { "Pipelines" } " › " a href={ "/pipelines/" (super::segment(&e.pipeline_id)) } { (e.pipeline_id) } }
             div.header-row {
                 h1 { "Execution " span.mono { (e.pipeline_execution_id) } }

@@ -47,7 +47,7 @@ fn body(s: &PipelineSummary) -> Markup {
         div.crumbs { a href="/pipelines" { "Pipelines" } }
         div.header-row { h1 { "Pipeline " (s.pipeline_id) } (strip(&s.executions.iter().take(10).cloned().collect::<Vec<_>>())) }
         p.muted { a href={ "/runs?pipeline_id=" (super::segment(&s.pipeline_id)) } { "All its runs in the table" } }
-        div data-live="pipeline" {
+        div data-live="pipeline" data-stream={ "/api/stream?pipeline_id=" (super::segment(&s.pipeline_id)) } {
             @if !s.tightest.is_empty() {
                 h2 { "Closest to threshold" }
                 div.chips {

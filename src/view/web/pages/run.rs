@@ -54,7 +54,7 @@ fn body(detail: &RunDetail, trace: Option<&str>) -> Markup {
     let record = &detail.record;
     let running = row.status == RunStatus::Running;
     html! {
-        div data-live="run" {
+        div data-live="run" data-stream={ "/api/stream?pipeline_execution_id=" (super::segment(&row.pipeline_execution_id)) } {
             div.crumbs {
                 a href={ "/pipelines/" (super::segment(&row.pipeline_id)) } { (row.pipeline_id) } " › "
                 a href={ "/executions/" (row.pipeline_execution_id) } { "execution " (short_id(&row.pipeline_execution_id)) } " › "

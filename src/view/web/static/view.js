@@ -63,7 +63,9 @@
     }, 250);
   }
   if (window.EventSource && document.querySelector("[data-live]")) {
-    var source = new EventSource("/api/stream");
+    // A page may narrow the stream to what it shows (data-stream on its live part).
+    var narrowed = document.querySelector("[data-stream]");
+    var source = new EventSource(narrowed ? narrowed.getAttribute("data-stream") : "/api/stream");
     source.addEventListener("open", function () { setLive(true, "live"); });
     source.addEventListener("error", function () { setLive(false, "reconnecting"); });
     source.addEventListener("change", function () { refresh(); });
