@@ -84,6 +84,14 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
             &["listener-up", "listener-down"],
         ),
     );
+    h.catalog_file(
+        "exp-slow.yaml",
+        &experiment_yaml("listener-slow", "6s", &h.marker("slow"), &up.address),
+    );
+    h.catalog_file(
+        "pipe-slow.yaml",
+        &pipeline_yaml("browse-slow", Some("slow-*"), &["listener-slow"]),
+    );
     let config = h.config("w", &Settings::default());
     let _worker = h.spawn("w", &config);
     let passing = change("pass-search", ChangeKind::Enable, None);
@@ -299,28 +307,36 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
         .expect("open missing run");
     browser.screenshot("not-found").await;
 
-    // Live: a new run appears on the open runs page without a reload.
-    c.goto(&served.at("/runs?pipeline_id=browse-pass"))
+    // Live: on the open runs page a new run appears while it runs (its elapsed time
+    // ticking), then turns passed, all without a reload.
+    c.goto(&served.at("/runs?pipeline_id=browse-slow"))
         .await
         .expect("open runs");
     browser
-        .wait_html("one browse-pass run", PATIENCE, |h| {
-            h.matches("data-row=").count() == 1
+        .wait_html("the empty state, live", PATIENCE, |h| {
+            h.contains("No runs match this filter") && h.contains("live on")
         })
         .await;
-    browser
-        .wait_html("the live stream connected", PATIENCE, |h| {
-            h.contains("live on")
-        })
-        .await;
+    browser.screenshot("runs-empty-filter").await;
     c.execute("window.__sameDocument = 42; return true;", vec![])
         .await
         .expect("mark the document");
-    let another = change("pass-cart", ChangeKind::Enable, None);
-    h.produce_change(&another).await;
+    let slow = change("slow-cart", ChangeKind::Enable, None);
+    h.produce_change(&slow).await;
+    browser
+        .wait_html("the new run, running", PATIENCE, |h| {
+            h.contains("data-status=\"running\"")
+        })
+        .await;
+    let ticking = "tr[data-status=running] [data-since]";
+    let before = browser.text(ticking, PATIENCE).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = browser.text(ticking, PATIENCE).await;
+    assert_ne!(before, after, "a running run's elapsed time ticks");
+    browser.screenshot("runs-live-running").await;
     let html = browser
-        .wait_html("the new run in the table, without reload", PATIENCE, |h| {
-            h.matches("data-row=").count() == 2
+        .wait_html("the run turned passed", PATIENCE, |h| {
+            h.contains("data-status=\"passed\"") && !h.contains("data-status=\"running\"")
         })
         .await;
     let same = c
@@ -332,20 +348,20 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
         serde_json::Value::Bool(true),
         "the page was not reloaded"
     );
-    let another_execution = ids::pipeline_execution_id(&another.event_id, "browse-pass");
+    let slow_execution = ids::pipeline_execution_id(&slow.event_id, "browse-slow");
     let new_run = first_run(
         &store,
         RunFilter {
-            pipeline_execution_id: Some(another_execution),
+            pipeline_execution_id: Some(slow_execution),
             ..RunFilter::default()
         },
     )
     .await;
     assert!(
         html.contains(&format!("data-row=\"{}\"", new_run.run_id)),
-        "the new row is the new run"
+        "the row is the new run"
     );
-    browser.screenshot("runs-live-new-run").await;
+    browser.screenshot("runs-live-passed").await;
     println!("screenshots in {}", browser.screenshots.display());
 
     browser.close().await;

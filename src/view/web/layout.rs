@@ -81,6 +81,18 @@ pub fn when(at: DateTime<Utc>) -> Markup {
     }
 }
 
+/// [`when`] on two lines (relative above, absolute below), for narrow table cells.
+pub fn when_stacked(at: DateTime<Utc>) -> Markup {
+    let iso = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    html! {
+        span.nowrap title=(iso) {
+            span data-at=(iso) { (ago(Utc::now() - at)) }
+            br;
+            span.muted.small { (at.format("%Y-%m-%d %H:%M:%S")) }
+        }
+    }
+}
+
 /// An optional time, or a dash.
 pub fn when_opt(at: Option<DateTime<Utc>>) -> Markup {
     match at {

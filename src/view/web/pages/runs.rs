@@ -16,7 +16,7 @@ use crate::view::query;
 use crate::view::web::WebState;
 use crate::view::web::api::{run_page, store_error};
 use crate::view::web::error::PageError;
-use crate::view::web::layout::{self, Section, badge, duration, score, short_id, when};
+use crate::view::web::layout::{self, Section, badge, duration, score, short_id, when_stacked};
 use crate::view::web::params::{RunParams, STATUSES};
 
 /// `GET /runs`.
@@ -38,7 +38,7 @@ pub async fn page(
         .await
         .map_err(store_error)?;
     let body = html! {
-        h1 { "Runs " span.sub { (counts.total) " matching the filter" } }
+        h1 data-live="runs-head" { "Runs " span.sub { (counts.total) " matching the filter" } }
         (filter_form(&params))
         div data-live="runs" {
             (status_chips(&params, &counts))
@@ -171,11 +171,11 @@ fn table_row(row: &RunRow) -> Markup {
             td.num { @match row.margin { Some(m) => span style=(if m < 0.0 { "color:var(--failed)" } else { "" }) { (format!("{m:+.1}")) }, None => span.muted { "–" } } }
             td.nowrap { a href={ "/pipelines/" (super::segment(&row.pipeline_id)) } { (row.pipeline_id) } br;
                  a.small.muted href={ "/executions/" (row.pipeline_execution_id) } { "exec " (short_id(&row.pipeline_execution_id)) } }
-            td.nowrap { (row.stage_name) span.muted { " / " } (row.step_name) }
+            td { (row.stage_name) span.muted { " / " } (row.step_name) }
             td.nowrap { (flag_link(row)) }
-            td.nowrap { span title=(row.experiment_id) { (row.experiment_name) } }
+            td { span title=(row.experiment_id) { (row.experiment_name) } }
             td.num { (row.attempt) }
-            td { (when(row.started_at)) }
+            td { (when_stacked(row.started_at)) }
             td.num { (duration(row.duration_seconds, running.then_some(row.started_at))) }
         }
     }
