@@ -60,7 +60,7 @@ fn body(detail: &ExecutionDetail) -> Markup {
                 div.panel style="margin-bottom:12px" {
                     b { (stage.stage_name) } span.muted { " · " (stage.stage_type) " · " span.mono { (stage.stage_id) } }
                     table.data style="margin-top:8px" {
-                        thead { tr { th { "Step" } th { "Run" } th { "Attempt" } th { "Status" } th { "Score / expected" } th { "Started" } th { "Duration" } th { "Summary" } } }
+                        thead { tr { th { "Step" } th { "Run" } th.num { "Attempt" } th { "Status" } th { "Score / expected" } th { "Started" } th.num { "Duration" } th { "Summary" } } }
                         tbody {
                             @for step in &stage.steps {
                                 @for (i, run) in step.runs.iter().enumerate() {

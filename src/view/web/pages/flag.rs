@@ -79,7 +79,7 @@ pub async fn index(State(state): State<WebState>) -> Result<Markup, PageError> {
                 (layout::empty("No flags yet", html! { "Flags appear when a flag-change or a flag command is on the topics." }))
             } @else {
                 table.data {
-                    thead { tr { th { "Flag" } th { "Changes" } th { "Last command" } th { "Reason" } th { "Last activity" } } }
+                    thead { tr { th { "Flag" } th.num { "Changes" } th { "Last command" } th { "Reason" } th { "Last activity" } } }
                     tbody { @for f in &flags { tr {
                         td { a.mono href=(flag_href(&f.project, &f.environment, &f.flag)) { span.muted { (f.project) "/" (f.environment) "/" } (f.flag) } }
                         td.num { (f.changes) }

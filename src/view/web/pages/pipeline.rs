@@ -105,7 +105,7 @@ pub async fn index(State(state): State<WebState>) -> Result<Markup, PageError> {
                 (layout::empty("No pipeline executions yet", html! { "A pipeline shows here after its first gated flag change." }))
             } @else {
                 table.data {
-                    thead { tr { th { "Pipeline" } th { "Last" } th { "Executions" } th { "Passed" } th { "Failed / aborted" } th { "Running" } th { "Last started" } } }
+                    thead { tr { th { "Pipeline" } th { "Last" } th.num { "Executions" } th.num { "Passed" } th.num { "Failed / aborted" } th.num { "Running" } th { "Last started" } } }
                     tbody { @for p in &pipelines { tr {
                         td { a href={ "/pipelines/" (super::segment(&p.pipeline_id)) } { (p.pipeline_id) } }
                         td { (badge(&p.last_status)) }

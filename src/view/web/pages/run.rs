@@ -208,7 +208,7 @@ fn faults(record: &RunRecord, running: bool) -> Markup {
     html! {
         div.panel { (svg::timeline(record.started_at, to, &spans, &probes)) }
         table.data #faults style="margin-top:10px" {
-            thead { tr { th { "Fault" } th { "Kind" } th { "Weight" } th { "Verdict" } th { "Probes passed" } th { "Injected" } th { "Reverted at" } th { "Reverted" } th { "Error" } } }
+            thead { tr { th { "Fault" } th { "Kind" } th.num { "Weight" } th { "Verdict" } th.num { "Probes passed" } th { "Injected" } th { "Reverted at" } th { "Reverted" } th { "Error" } } }
             tbody { @for f in &record.faults { tr {
                 td { (f.name) } td { (f.kind) } td.num { (f.weight) } td { (badge(verdict(f.verdict))) }
                 td.num { (number(f.probe_success_percentage)) " %" }
@@ -230,7 +230,7 @@ fn probes(record: &RunRecord) -> Markup {
     }
     html! {
         table.data #probes {
-            thead { tr { th { "Probe" } th { "Type" } th { "Mode" } th { "Verdict" } th { "Attempts" } th { "Checked" } th { "Last error" } } }
+            thead { tr { th { "Probe" } th { "Type" } th { "Mode" } th { "Verdict" } th.num { "Attempts" } th { "Checked" } th { "Last error" } } }
             tbody { @for p in &record.probes { tr data-probe=(p.name) {
                 td { (p.name) } td { (p.probe_type) } td { (p.mode) }
                 td.verdict { (badge(verdict(p.verdict))) } td.num { (p.attempts) }

@@ -150,9 +150,9 @@ pub fn table(rows: &[RunRow], params: Option<&RunParams>) -> Markup {
         table.data.runs {
             thead { tr {
                 th { "Run" } th { "Status" } th { (sort_header("Score / expected", RunSort::Score)) }
-                th { (sort_header("Margin", RunSort::Margin)) }
-                th { "Pipeline" } th { "Stage / step" } th { "Flag" } th { "Experiment" } th { "Attempt" }
-                th { (sort_header("Started", RunSort::Start)) } th { (sort_header("Duration", RunSort::Duration)) }
+                th.num { (sort_header("Margin", RunSort::Margin)) }
+                th { "Pipeline" } th { "Stage / step" } th { "Flag" } th { "Experiment" } th.num { "Attempt" }
+                th { (sort_header("Started", RunSort::Start)) } th.num { (sort_header("Duration", RunSort::Duration)) }
             } }
             tbody {
                 @for row in rows { (table_row(row)) }
