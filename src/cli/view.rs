@@ -195,14 +195,16 @@ fn run_check(args: CheckArgs) -> ExitCode {
 fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| "the configuration is not usable")?;
-    let since = args
-        .since
-        .map(|d| chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+    let since = args.since.map(|d| {
+        chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    });
     let runtime = runtime()?;
     let pipeline = args.pipeline.clone();
     let latest = runtime.block_on(async {
         let store = match &args.db {
-            Some(db) => Store::open(&Location::parse(db)).context("cannot open the view database")?,
+            Some(db) => {
+                Store::open(&Location::parse(db)).context("cannot open the view database")?
+            }
             None => {
                 let store = Store::open(&Location::Memory).context("cannot open memory")?;
                 let ingest = ingest::start(&config.kafka, store.clone())
