@@ -13,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
-use rusqlite::OptionalExtension;
 
 use chaosgate::contract::{ChangeKind, KafkaMessage, RunStatus, ids};
 use chaosgate::view::audit::{self, AuditSettings};
@@ -38,7 +37,15 @@ fn topics(h: &Harness) -> [&str; 5] {
 
 fn check(config: &std::path::Path, pipeline: &str) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_chaosgate"))
-        .args(["view", "check", "--pipeline", pipeline, "--since", "1h", "--config"])
+        .args([
+            "view",
+            "check",
+            "--pipeline",
+            pipeline,
+            "--since",
+            "1h",
+            "--config",
+        ])
         .arg(config)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -74,7 +81,11 @@ async fn worker_records_appear_joined_and_view_check_answers() {
     );
     h.catalog_file(
         "pipe-down.yaml",
-        &pipeline_yaml("view-down", Some("down-*"), &["listener-up", "listener-down"]),
+        &pipeline_yaml(
+            "view-down",
+            Some("down-*"),
+            &["listener-up", "listener-down"],
+        ),
     );
     let config = h.config("w", &Settings::default());
     let _worker = h.spawn("w", &config);
@@ -89,9 +100,12 @@ async fn worker_records_appear_joined_and_view_check_answers() {
     let passing_execution = ids::pipeline_execution_id(&passing.event_id, "view-up");
     let detail = {
         let execution = failing_execution.clone();
-        view::wait_for(&store, "the failing execution with its command", PATIENCE, move |c| {
-            Ok(query::execution(c, &execution)?.filter(|d| d.command.is_some()))
-        })
+        view::wait_for(
+            &store,
+            "the failing execution with its command",
+            PATIENCE,
+            move |c| Ok(query::execution(c, &execution)?.filter(|d| d.command.is_some())),
+        )
         .await
     };
     // Trigger: the flag-change, with actor and from -> to.
@@ -120,7 +134,11 @@ async fn worker_records_appear_joined_and_view_check_answers() {
     let command = detail.command.as_ref().expect("command");
     assert_eq!(command.command, "disable");
     assert_eq!(command.reason_code, "failed");
-    assert!(command.reason.contains("listener-down"), "{}", command.reason);
+    assert!(
+        command.reason.contains("listener-down"),
+        "{}",
+        command.reason
+    );
     let run_ids: Vec<&str> = detail.stages[0]
         .steps
         .iter()
@@ -136,7 +154,10 @@ async fn worker_records_appear_joined_and_view_check_answers() {
         .await
         .expect("run")
         .expect("run detail");
-    assert_eq!(run.record.trigger_actor.as_deref(), Some("tester@example.com"));
+    assert_eq!(
+        run.record.trigger_actor.as_deref(),
+        Some("tester@example.com")
+    );
     assert_eq!(run.record.trigger_change_kind, Some(ChangeKind::Enable));
     let probe = &run.record.probes[0];
     let (first, last) = (
@@ -144,7 +165,11 @@ async fn worker_records_appear_joined_and_view_check_answers() {
         probe.last_check_at.expect("last check time"),
     );
     assert!(first <= last, "{first} <= {last}");
-    assert!(run.headers.iter().any(|(n, _)| n == "ce_type"), "{:?}", run.headers);
+    assert!(
+        run.headers.iter().any(|(n, _)| n == "ce_type"),
+        "{:?}",
+        run.headers
+    );
     assert_eq!(run.run.position.topic, h.topics.runs);
     assert!(run.run.score.is_some() && run.run.margin.is_some());
 
@@ -245,9 +270,12 @@ async fn a_late_running_record_is_ignored_and_bad_records_are_listed_and_skipped
     let kafka = view::kafka_config(&servers, topics(&h));
     let (store, ingest) = view::start(&kafka, &Location::Memory);
     let after_id = after.run_id.clone();
-    view::wait_for(&store, "the record after the bad ones", PATIENCE, move |c| {
-        query::run(c, &after_id)
-    })
+    view::wait_for(
+        &store,
+        "the record after the bad ones",
+        PATIENCE,
+        move |c| query::run(c, &after_id),
+    )
     .await;
     let run_id = passed.run_id.clone();
     let row = store
@@ -255,7 +283,11 @@ async fn a_late_running_record_is_ignored_and_bad_records_are_listed_and_skipped
         .await
         .expect("run")
         .expect("the run");
-    assert_eq!(row.run.status, RunStatus::Passed, "a late running overwrote the final");
+    assert_eq!(
+        row.run.status,
+        RunStatus::Passed,
+        "a late running overwrote the final"
+    );
     assert_eq!(row.run.position.offset, 0);
     let problems = store
         .read(|c| query::problems(c, None))
@@ -275,7 +307,12 @@ async fn a_late_running_record_is_ignored_and_bad_records_are_listed_and_skipped
     assert!(listed[0].1.contains("not valid JSON"), "{listed:?}");
     assert!(listed[1].1.contains("specversion '0.3'"), "{listed:?}");
     assert!(listed[2].1.contains("run.v2"), "{listed:?}");
-    assert!(problems.items.iter().all(|p| p.position.topic == h.topics.runs));
+    assert!(
+        problems
+            .items
+            .iter()
+            .all(|p| p.position.topic == h.topics.runs)
+    );
     assert_eq!(ingest.status().problems(), 3);
     assert_eq!(ingest.status().records(), 6);
     ingest.stop().await.expect("stop");
@@ -309,8 +346,8 @@ async fn a_killed_view_resumes_with_no_record_applied_twice_and_none_missed() {
         view::send(&producer, &h.topics.runs, &view::run_message(&record));
     }
     view::flush(&producer);
-    let mut config = std::fs::read_to_string(h.config("view", &Settings::default()))
-        .expect("config");
+    let mut config =
+        std::fs::read_to_string(h.config("view", &Settings::default())).expect("config");
     config.push_str("\n[view]\nlisten = \"127.0.0.1:0\"\n");
     let config_path = h.dir.path().join("view.toml");
     std::fs::write(&config_path, config).expect("write config");
@@ -333,21 +370,7 @@ async fn a_killed_view_resumes_with_no_record_applied_twice_and_none_missed() {
             .spawn()
             .expect("spawn chaosgate view")
     };
-    let applied = || -> i64 {
-        let Ok(c) = rusqlite::Connection::open_with_flags(
-            &db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        ) else {
-            return 0;
-        };
-        c.query_row("SELECT IFNULL(SUM(next_offset), 0) FROM offsets", [], |r| {
-            r.get(0)
-        })
-        .optional()
-        .ok()
-        .flatten()
-        .unwrap_or(0)
-    };
+    let applied = || view::applied_offsets(&db);
     let mut first = spawn();
     let deadline = std::time::Instant::now() + PATIENCE;
     // Kill it mid-ingest: some batches committed, not all.
@@ -397,6 +420,54 @@ async fn a_killed_view_resumes_with_no_record_applied_twice_and_none_missed() {
     assert_eq!(seq as usize, RECORDS, "records applied more than once");
     assert_eq!(executions as usize, RECORDS);
     eprintln!("killed at {at_kill} of {RECORDS} applied");
+    drop(store);
+
+    // `--rebuild` drops the file and reads everything again from the earliest offsets:
+    // a marker written into the old file is gone, and every record is applied once.
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.execute("INSERT INTO meta (key, value) VALUES ('marker', 1)", []))
+        .expect("mark the old file");
+    let mut rebuilt = Command::new(env!("CARGO_BIN_EXE_chaosgate"))
+        .args(["view", "--rebuild", "--config"])
+        .arg(&config_path)
+        .arg("--db")
+        .arg(&db)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chaosgate view --rebuild");
+    let marked = || -> Option<i64> {
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM meta WHERE key = 'marker'", [], |r| {
+                    r.get(0)
+                })
+            })
+            .ok()
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while marked() != Some(0) || (applied() as usize) < RECORDS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuild did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rebuilt.kill().expect("stop");
+    rebuilt.wait().expect("reap");
+    let store = chaosgate::view::Store::open(&Location::File(db.clone())).expect("open");
+    let (rows, seq) = store
+        .read(|c| {
+            Ok((
+                count(c, "SELECT count(*) FROM runs")?,
+                count(c, "SELECT value FROM meta WHERE key = 'seq'")?,
+            ))
+        })
+        .await
+        .expect("counts");
+    assert_eq!((rows as usize, seq as usize), (RECORDS, RECORDS));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,10 +483,18 @@ async fn retention_removes_old_executions_and_keeps_recent_ones() {
     );
     for (event, at) in [(&old_event, old_at), (&new_event, now)] {
         let run = view::run_record(event, "keep", "s", 1, RunStatus::Passed, at);
-        view::send(&producer, &h.topics.flag_changes, &view::change_message(&view::change(event, at)));
+        view::send(
+            &producer,
+            &h.topics.flag_changes,
+            &view::change_message(&view::change(event, at)),
+        );
         view::send(&producer, &h.topics.runs, &view::run_message(&run));
         let command = view::command(event, "keep", &[&run], at + chrono::Duration::minutes(1));
-        view::send(&producer, &h.topics.commands, &view::command_message(&command));
+        view::send(
+            &producer,
+            &h.topics.commands,
+            &view::command_message(&command),
+        );
     }
     view::flush(&producer);
     let kafka = view::kafka_config(&servers, topics(&h));
@@ -475,10 +554,23 @@ async fn the_audit_finds_each_problem_and_nothing_on_a_clean_batch() {
     // A clean execution: change, final run with faults reverted, command naming it.
     let clean = uuid::Uuid::new_v4().to_string();
     let run = view::run_record(&clean, "audit", "s", 1, RunStatus::Passed, an_hour_ago);
-    view::send(&producer, &h.topics.flag_changes, &view::change_message(&view::change(&clean, an_hour_ago)));
+    view::send(
+        &producer,
+        &h.topics.flag_changes,
+        &view::change_message(&view::change(&clean, an_hour_ago)),
+    );
     view::send(&producer, &h.topics.runs, &view::run_message(&run));
-    let command = view::command(&clean, "audit", &[&run], an_hour_ago + chrono::Duration::minutes(1));
-    view::send(&producer, &h.topics.commands, &view::command_message(&command));
+    let command = view::command(
+        &clean,
+        "audit",
+        &[&run],
+        an_hour_ago + chrono::Duration::minutes(1),
+    );
+    view::send(
+        &producer,
+        &h.topics.commands,
+        &view::command_message(&command),
+    );
     view::flush(&producer);
     let kafka = view::kafka_config(&servers, topics(&h));
     let (store, ingest) = view::start(&kafka, &Location::Memory);
@@ -497,13 +589,31 @@ async fn the_audit_finds_each_problem_and_nothing_on_a_clean_batch() {
 
     // 1. Running past its step's timeout (1 h), no final record.
     let stuck_event = uuid::Uuid::new_v4().to_string();
-    let stuck = view::run_record(&stuck_event, "audit", "s", 1, RunStatus::Running, an_hour_ago);
+    let stuck = view::run_record(
+        &stuck_event,
+        "audit",
+        "s",
+        1,
+        RunStatus::Running,
+        an_hour_ago,
+    );
     view::send(&producer, &h.topics.runs, &view::run_message(&stuck));
     // 2. A command naming a run with no record.
     let missing_event = uuid::Uuid::new_v4().to_string();
-    let ghost = view::run_record(&missing_event, "audit", "s", 1, RunStatus::Passed, an_hour_ago);
+    let ghost = view::run_record(
+        &missing_event,
+        "audit",
+        "s",
+        1,
+        RunStatus::Passed,
+        an_hour_ago,
+    );
     let ghost_command = view::command(&missing_event, "audit", &[&ghost], an_hour_ago);
-    view::send(&producer, &h.topics.commands, &view::command_message(&ghost_command));
+    view::send(
+        &producer,
+        &h.topics.commands,
+        &view::command_message(&ghost_command),
+    );
     // 3. A final record with a fault injected and not reverted.
     let leak_event = uuid::Uuid::new_v4().to_string();
     let mut leak = view::run_record(&leak_event, "audit", "s", 1, RunStatus::Failed, an_hour_ago);
@@ -514,7 +624,10 @@ async fn the_audit_finds_each_problem_and_nothing_on_a_clean_batch() {
     view::send(
         &producer,
         &h.topics.flag_changes,
-        &view::change_message(&view::change(&silent_event, now - chrono::Duration::minutes(10))),
+        &view::change_message(&view::change(
+            &silent_event,
+            now - chrono::Duration::minutes(10),
+        )),
     );
     view::flush(&producer);
     let (leak_id, silent) = (leak.run_id.clone(), silent_event.clone());
@@ -555,6 +668,10 @@ async fn the_audit_finds_each_problem_and_nothing_on_a_clean_batch() {
         .read(move |c| audit::findings(c, Utc::now(), &longer))
         .await
         .expect("audit");
-    assert!(!findings.iter().any(|f| f.kind == FindingKind::RunningPastTimeout));
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f.kind == FindingKind::RunningPastTimeout)
+    );
     ingest.stop().await.expect("stop");
 }

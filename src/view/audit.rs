@@ -170,7 +170,8 @@ pub fn findings(
             .prepare_cached(
                 "SELECT s.command_id, s.run_id, c.pipeline_execution_id, c.causation_event_id \
                  FROM command_steps s JOIN commands c ON c.command_id = s.command_id \
-                 WHERE s.issued_at < ? AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = s.run_id) \
+                 WHERE s.found = 0 AND s.issued_at < ? \
+                 AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = s.run_id) \
                  ORDER BY s.issued_at",
             )
             .what("prepare the missing-run check")?;

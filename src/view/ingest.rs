@@ -35,9 +35,9 @@ use crate::view::decode::{self, Decoded, TopicRole};
 use crate::view::store::{SqliteContext, Store, ViewError, to_millis};
 
 /// Records applied per SQLite transaction, at most.
-const MAX_BATCH: usize = 5_000;
+const MAX_BATCH: usize = 20_000;
 /// How long a batch waits for more records once it has one.
-const BATCH_WINDOW: Duration = Duration::from_millis(50);
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// How often partitions are looked for again (new topics, added partitions).
 const METADATA_EVERY: Duration = Duration::from_secs(10);
 /// How often lag is measured against the brokers' high watermarks.
@@ -225,7 +225,7 @@ pub fn topics_of(kafka: &KafkaConfig) -> Vec<(String, TopicRole)> {
 fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = crate::bus::client::client_config(kafka);
     if !kafka.properties.contains_key("queued.max.messages.kbytes") {
-        config.set("queued.max.messages.kbytes", "16384");
+        config.set("queued.max.messages.kbytes", "4096");
     }
     config
         .set("group.id", format!("{}-view", kafka.group_id))
@@ -723,6 +723,13 @@ fn write_row(
                     ])
                 })
                 .what("upsert a run")?;
+            if changed > 0 {
+                tx.prepare_cached(
+                    "UPDATE command_steps SET found = 1 WHERE run_id = ? AND found = 0",
+                )
+                .and_then(|mut s| s.execute([&r.run_id]))
+                .what("mark a command step found")?;
+            }
             tx.prepare_cached(
                 "INSERT INTO executions (pipeline_execution_id, pipeline_id, trigger_event_id, \
                  project, environment, flag, status, started_at) \
@@ -781,8 +788,8 @@ fn write_row(
             {
                 let mut statement = tx
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO command_steps (command_id, run_id, issued_at) \
-                         VALUES (?, ?, ?)",
+                        "INSERT OR IGNORE INTO command_steps (command_id, run_id, issued_at, found) \
+                         VALUES (?1, ?2, ?3, EXISTS (SELECT 1 FROM runs WHERE run_id = ?2))",
                     )
                     .what("prepare command steps")?;
                 for step in &command.steps {

@@ -96,9 +96,12 @@ pub fn send(producer: &BaseProducer, topic: &str, message: &KafkaMessage) {
     loop {
         match producer.send(record) {
             Ok(()) => return,
-            Err((rdkafka::error::KafkaError::MessageProduction(
-                rdkafka::types::RDKafkaErrorCode::QueueFull,
-            ), back)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
                 record = back;
                 producer.poll(Duration::from_millis(10));
             }
@@ -152,7 +155,11 @@ pub fn run_record(
         record.summary = None;
     } else {
         record.ended_at = Some(started_at + chrono::Duration::seconds(30));
-        record.resilience_score = Some(if status == RunStatus::Passed { 90.0 } else { 40.0 });
+        record.resilience_score = Some(if status == RunStatus::Passed {
+            90.0
+        } else {
+            40.0
+        });
         record.summary = Some(format!("{} by test", status.as_str()));
     }
     record
@@ -169,7 +176,12 @@ pub fn run_message(record: &RunRecord) -> KafkaMessage {
 }
 
 /// The flag command answering `event_id` with `runs` as its steps.
-pub fn command(event_id: &str, pipeline: &str, runs: &[&RunRecord], at: DateTime<Utc>) -> FlagCommand {
+pub fn command(
+    event_id: &str,
+    pipeline: &str,
+    runs: &[&RunRecord],
+    at: DateTime<Utc>,
+) -> FlagCommand {
     let mut command = flag_command_example();
     command.command_id = ids::command_id(event_id);
     command.causation_event_id = event_id.into();
@@ -231,4 +243,17 @@ pub fn change_message(change: &FlagChange) -> KafkaMessage {
         serde_json::to_value(change).expect("change json"),
     )
     .to_binary(Some(&change.flag_key()))
+}
+
+/// The sum of the next offsets stored in the view database `db` (records applied when
+/// every partition started at offset 0 and holds no transaction markers); 0 while the
+/// file cannot be read.
+pub fn applied_offsets(db: &std::path::Path) -> i64 {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.query_row("SELECT IFNULL(SUM(next_offset), 0) FROM offsets", [], |r| {
+                r.get(0)
+            })
+        })
+        .unwrap_or(0)
 }

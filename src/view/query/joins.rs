@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
-use super::runs::{RUN_COLUMNS, run_row, select_runs};
+use super::runs::{RUN_COLUMNS, position_at, run_row, select_runs};
 use crate::contract::{RunStatus, StepSummary};
 use crate::view::audit::AuditSettings;
 use crate::view::model::{
@@ -73,11 +73,7 @@ fn command_row(row: &Row<'_>) -> rusqlite::Result<(CommandRow, String)> {
             environment: row.get(10)?,
             flag: row.get(11)?,
             steps: Vec::new(),
-            position: KafkaPosition {
-                topic: row.get(13)?,
-                partition: row.get(14)?,
-                offset: row.get(15)?,
-            },
+            position: position_at(row, 13)?,
             seq: row.get(16)?,
         },
         steps,
@@ -128,11 +124,7 @@ fn change_row(row: &Row<'_>) -> rusqlite::Result<ChangeRow> {
         actor: row.get(7)?,
         pipeline_id: row.get(8)?,
         occurred_at: from_millis(row.get(9)?),
-        position: KafkaPosition {
-            topic: row.get(10)?,
-            partition: row.get(11)?,
-            offset: row.get(12)?,
-        },
+        position: position_at(row, 10)?,
         seq: row.get(13)?,
     })
 }
@@ -157,11 +149,7 @@ fn abort_row(row: &Row<'_>) -> rusqlite::Result<AbortRow> {
         reason: row.get(2)?,
         requested_by: row.get(3)?,
         at: from_millis(row.get(4)?),
-        position: KafkaPosition {
-            topic: row.get(5)?,
-            partition: row.get(6)?,
-            offset: row.get(7)?,
-        },
+        position: position_at(row, 5)?,
         seq: row.get(8)?,
     })
 }
@@ -187,11 +175,7 @@ fn dead_letter_row(row: &Row<'_>) -> rusqlite::Result<DeadLetterRow> {
         },
         key: row.get(6)?,
         at: from_millis(row.get(7)?),
-        position: KafkaPosition {
-            topic: row.get(8)?,
-            partition: row.get(9)?,
-            offset: row.get(10)?,
-        },
+        position: position_at(row, 8)?,
         seq: row.get(11)?,
     })
 }
@@ -609,11 +593,7 @@ pub fn problems(c: &Connection, cursor: Option<&str>) -> Result<Page<IngestProbl
             params![before, i64::try_from(PROBLEMS_PAGE + 1).unwrap_or(i64::MAX)],
             |row| {
                 Ok(IngestProblem {
-                    position: KafkaPosition {
-                        topic: row.get(0)?,
-                        partition: row.get(1)?,
-                        offset: row.get(2)?,
-                    },
+                    position: position_at(row, 0)?,
                     reason: row.get(3)?,
                     at: from_millis(row.get(4)?),
                     seq: row.get(5)?,

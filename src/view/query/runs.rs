@@ -32,6 +32,16 @@ pub(crate) fn parse_status(text: &str) -> RunStatus {
     }
 }
 
+/// The Kafka position in columns `first` (topic), `first + 1` (partition) and
+/// `first + 2` (offset) of `row`.
+pub(crate) fn position_at(row: &Row<'_>, first: usize) -> rusqlite::Result<KafkaPosition> {
+    Ok(KafkaPosition {
+        topic: row.get(first)?,
+        partition: row.get(first + 1)?,
+        offset: row.get(first + 2)?,
+    })
+}
+
 /// Reads a row selected with [`RUN_COLUMNS`].
 pub(crate) fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
     let status: String = row.get(1)?;
@@ -63,11 +73,7 @@ pub(crate) fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
         summary: row.get(24)?,
         faults_not_reverted: row.get(25)?,
         trace_id: row.get(26)?,
-        position: KafkaPosition {
-            topic: row.get(27)?,
-            partition: row.get(28)?,
-            offset: row.get(29)?,
-        },
+        position: position_at(row, 27)?,
         seq: row.get(30)?,
     })
 }
@@ -269,11 +275,23 @@ pub fn runs(c: &Connection, filter: &RunFilter) -> Result<Page<RunRow>, ViewErro
             [cursor.value, Value::Text(cursor.run_id)],
         );
     }
-    let sql = format!(
-        "SELECT {RUN_COLUMNS}, {key} FROM runs {} ORDER BY {key} {order}, run_id {order} LIMIT {}",
-        clauses.where_sql(),
-        limit + 1
-    );
+    let sql = if filter.sort == RunSort::Start {
+        format!(
+            "SELECT {RUN_COLUMNS}, {key} FROM runs {} ORDER BY {key} {order}, run_id {order} \
+             LIMIT {}",
+            clauses.where_sql(),
+            limit + 1
+        )
+    } else {
+        // The page's ids first, from an index that carries the sort key (no row is read
+        // for the runs that do not make the page), then their rows.
+        format!(
+            "SELECT {RUN_COLUMNS}, {key} FROM runs WHERE run_id IN (SELECT run_id FROM runs {} \
+             ORDER BY {key} {order}, run_id {order} LIMIT {}) ORDER BY {key} {order}, run_id {order}",
+            clauses.where_sql(),
+            limit + 1
+        )
+    };
     let mut statement = c.prepare_cached(&sql).what("prepare the run list")?;
     let mut rows = statement
         .query(params_from_iter(clauses.params.iter()))
