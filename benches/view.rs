@@ -16,7 +16,6 @@ mod kafka;
 #[path = "../tests/support/view.rs"]
 mod view;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -194,19 +193,8 @@ async fn main() {
         ),
     )
     .expect("config");
-    let log = std::fs::File::create(dir.path().join("view.log")).expect("log");
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chaosgate"))
-        .args(["view", "--config"])
-        .arg(&config)
-        .arg("--db")
-        .arg(&db)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn chaosgate view");
+    let mut child = view::spawn_view(&config, &db, &dir.path().join("view.log"), &[]);
     let pid = child.id();
     let mut rss_samples = Vec::new();
     let applied = || view::applied_offsets(&db);
