@@ -16,7 +16,6 @@ mod kafka;
 #[path = "../tests/support/view.rs"]
 mod view;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -122,7 +121,8 @@ async fn main() {
     let produced = Instant::now();
     let producer = view::producer(&servers);
     let now = Utc::now();
-    let span_ms = 30 * 24 * 3600 * 1000_i64;
+    // 29 days: inside the view's default 30-day retention for the whole bench.
+    let span_ms = 29 * 24 * 3600 * 1000_i64;
     let mut records = 0usize;
     for e in 0..executions {
         let event_id = format!("bench-{e}");
@@ -193,19 +193,8 @@ async fn main() {
         ),
     )
     .expect("config");
-    let log = std::fs::File::create(dir.path().join("view.log")).expect("log");
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chaosgate"))
-        .args(["view", "--config"])
-        .arg(&config)
-        .arg("--db")
-        .arg(&db)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn chaosgate view");
+    let mut child = view::spawn_view(&config, &db, &dir.path().join("view.log"), &[]);
     let pid = child.id();
     let mut rss_samples = Vec::new();
     let applied = || view::applied_offsets(&db);
@@ -239,6 +228,16 @@ async fn main() {
             Some(ticks / 100.0)
         })
         .unwrap_or(0.0);
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let io_mib = |field: &str| {
+        io.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1048576.0
+    };
+    let (written, read) = (io_mib("write_bytes:"), io_mib("read_bytes:"));
     // SAFETY: SIGTERM to the child we spawned and have not reaped.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = child.wait();
@@ -247,7 +246,8 @@ async fn main() {
     println!(
         "catch-up of {records} records ({runs} runs): {catch_up:.1} s, {:.0} records/s \
          ({:.0} runs/s); second half alone {:.0} records/s; CPU {cpu:.1} s; \
-         RSS median {:.0} MiB, peak {:.0} MiB; db {:.0} MiB; load {}",
+         RSS median {:.0} MiB, peak {:.0} MiB; db {:.0} MiB; written to disk {written:.0} MiB, \
+         read {read:.0} MiB; load {}",
         records as f64 / catch_up,
         runs as f64 / catch_up,
         halfway

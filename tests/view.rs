@@ -352,24 +352,8 @@ async fn a_killed_view_resumes_with_no_record_applied_twice_and_none_missed() {
     let config_path = h.dir.path().join("view.toml");
     std::fs::write(&config_path, config).expect("write config");
     let db = h.dir.path().join("view.db");
-    let spawn = || {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(h.dir.path().join("view.log"))
-            .expect("log");
-        Command::new(env!("CARGO_BIN_EXE_chaosgate"))
-            .args(["view", "--config"])
-            .arg(&config_path)
-            .arg("--db")
-            .arg(&db)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn chaosgate view")
-    };
+    let log = h.dir.path().join("view.log");
+    let spawn = || view::spawn_view(&config_path, &db, &log, &[]);
     let applied = || view::applied_offsets(&db);
     let mut first = spawn();
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -397,7 +381,7 @@ async fn a_killed_view_resumes_with_no_record_applied_twice_and_none_missed() {
             std::time::Instant::now() < deadline,
             "restart did not finish: {} of {RECORDS}; log:\n{}",
             applied(),
-            std::fs::read_to_string(h.dir.path().join("view.log")).unwrap_or_default()
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -427,17 +411,7 @@ async fn a_killed_view_resumes_with_no_record_applied_twice_and_none_missed() {
     rusqlite::Connection::open(&db)
         .and_then(|c| c.execute("INSERT INTO meta (key, value) VALUES ('marker', 1)", []))
         .expect("mark the old file");
-    let mut rebuilt = Command::new(env!("CARGO_BIN_EXE_chaosgate"))
-        .args(["view", "--rebuild", "--config"])
-        .arg(&config_path)
-        .arg("--db")
-        .arg(&db)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn chaosgate view --rebuild");
+    let mut rebuilt = view::spawn_view(&config_path, &db, &log, &["--rebuild"]);
     let marked = || -> Option<i64> {
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .and_then(|c| {

@@ -124,7 +124,7 @@ pub async fn listen(
             }
             Err(error) => {
                 failures += 1;
-                if failures == 1 || failures % 50 == 0 {
+                if failures == 1 || failures.is_multiple_of(50) {
                     tracing::warn!(%error, failures, "control topic read failed");
                 }
                 let wait = Duration::from_millis(200) * failures.min(5);

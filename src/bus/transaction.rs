@@ -218,7 +218,7 @@ impl Committer {
                         on_failure();
                     }
                     tracing::warn!(%error, attempt = failures, "transaction failed; retrying the batch");
-                    if needs_rebuild(&error) || failures % 5 == 0 {
+                    if needs_rebuild(&error) || failures.is_multiple_of(5) {
                         tracing::warn!("rebuilding the transactional producer");
                         drop(producer);
                         producer = rebuild(&self.config);

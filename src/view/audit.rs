@@ -200,9 +200,11 @@ pub fn findings(
             });
         }
     }
+    // The partial index holds only such runs; without INDEXED BY the planner may walk
+    // every run in start order instead (it cannot know the index is small).
     let not_reverted = select_runs(
         c,
-        "WHERE faults_not_reverted > 0 AND status != 'running'",
+        "INDEXED BY runs_not_reverted WHERE faults_not_reverted > 0 AND status != 'running'",
         &[],
         "started_at, run_id",
     )?;

@@ -35,7 +35,7 @@ use crate::view::decode::{self, Decoded, TopicRole};
 use crate::view::store::{SqliteContext, Store, ViewError, to_millis};
 
 /// Records applied per SQLite transaction, at most.
-const MAX_BATCH: usize = 20_000;
+const MAX_BATCH: usize = 10_000;
 /// How long a batch waits for more records once it has one.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// How often partitions are looked for again (new topics, added partitions).
@@ -500,7 +500,7 @@ impl Projection {
 
     fn measure_lag(&mut self) {
         let mut lags = Vec::new();
-        for ((topic, partition), _) in &self.assigned {
+        for (topic, partition) in self.assigned.keys() {
             let Ok((_, high)) = self
                 .consumer
                 .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)

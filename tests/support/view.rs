@@ -257,3 +257,31 @@ pub fn applied_offsets(db: &std::path::Path) -> i64 {
         })
         .unwrap_or(0)
 }
+
+/// Starts the real `chaosgate view --config CONFIG --db DB` (plus `extra` arguments), its
+/// output appended to `log`, without the caller's `RUST_LOG`.
+pub fn spawn_view(
+    config: &std::path::Path,
+    db: &std::path::Path,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("view log");
+    std::process::Command::new(env!("CARGO_BIN_EXE_chaosgate"))
+        .arg("view")
+        .args(extra)
+        .arg("--config")
+        .arg(config)
+        .arg("--db")
+        .arg(db)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("view log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn chaosgate view")
+}

@@ -295,7 +295,7 @@ pub fn execution(
             aborts.extend(rows.collect::<Result<Vec<_>, _>>().what("read aborts")?);
         }
     }
-    aborts.sort_by(|a, b| a.at.cmp(&b.at));
+    aborts.sort_by_key(|a| a.at);
     let dead_letters = dead_letters_of(c, &execution.trigger_event_id)?;
     Ok(Some(ExecutionDetail {
         execution,
@@ -379,7 +379,7 @@ pub fn flag_ledger(
         )?;
         entry.dead_letters = dead_letters_of(c, &entry.event_id)?;
     }
-    order.sort_by(|a, b| b.0.cmp(&a.0));
+    order.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     let mut slots: Vec<Option<LedgerEntry>> = entries.into_iter().map(Some).collect();
     let entries = order
         .into_iter()
