@@ -149,7 +149,9 @@ async fn api_pages_exports_metrics_and_errors_show_what_was_ingested() {
     .await;
     let cursor = first["next"]
         .as_str()
-        .expect("a cursor after 2 of 3")
+        .unwrap_or_else(|| {
+            panic!("/api/runs?limit=2 over 3 runs must give a next cursor (keyset pagination of query::runs): {first}")
+        })
         .to_string();
     let (_, second) = json(
         http.get(served.at(&format!(
