@@ -318,6 +318,27 @@ async fn a_late_running_record_is_ignored_and_bad_records_are_listed_and_skipped
     ingest.stop().await.expect("stop");
 }
 
+/// Publishes an execution that adds up: the flag-change at `at`, one passed run with its
+/// faults reverted, and the command naming it a minute later.
+fn publish_clean_execution(
+    producer: &rdkafka::producer::BaseProducer,
+    h: &Harness,
+    event: &str,
+    pipeline: &str,
+    at: chrono::DateTime<Utc>,
+) {
+    let run = view::run_record(event, pipeline, "s", 1, RunStatus::Passed, at);
+    let change = view::change_message(&view::change(event, at));
+    view::send(producer, &h.topics.flag_changes, &change);
+    view::send(producer, &h.topics.runs, &view::run_message(&run));
+    let command = view::command(event, pipeline, &[&run], at + chrono::Duration::minutes(1));
+    view::send(
+        producer,
+        &h.topics.commands,
+        &view::command_message(&command),
+    );
+}
+
 fn count(c: &rusqlite::Connection, sql: &str) -> Result<i64, ViewError> {
     c.query_row(sql, [], |r| r.get(0))
         .map_err(|source| ViewError::Sqlite {
@@ -456,19 +477,7 @@ async fn retention_removes_old_executions_and_keeps_recent_ones() {
         uuid::Uuid::new_v4().to_string(),
     );
     for (event, at) in [(&old_event, old_at), (&new_event, now)] {
-        let run = view::run_record(event, "keep", "s", 1, RunStatus::Passed, at);
-        view::send(
-            &producer,
-            &h.topics.flag_changes,
-            &view::change_message(&view::change(event, at)),
-        );
-        view::send(&producer, &h.topics.runs, &view::run_message(&run));
-        let command = view::command(event, "keep", &[&run], at + chrono::Duration::minutes(1));
-        view::send(
-            &producer,
-            &h.topics.commands,
-            &view::command_message(&command),
-        );
+        publish_clean_execution(&producer, &h, event, "keep", at);
     }
     view::flush(&producer);
     let kafka = view::kafka_config(&servers, topics(&h));
@@ -527,24 +536,7 @@ async fn the_audit_finds_each_problem_and_nothing_on_a_clean_batch() {
     let an_hour_ago = now - chrono::Duration::minutes(61);
     // A clean execution: change, final run with faults reverted, command naming it.
     let clean = uuid::Uuid::new_v4().to_string();
-    let run = view::run_record(&clean, "audit", "s", 1, RunStatus::Passed, an_hour_ago);
-    view::send(
-        &producer,
-        &h.topics.flag_changes,
-        &view::change_message(&view::change(&clean, an_hour_ago)),
-    );
-    view::send(&producer, &h.topics.runs, &view::run_message(&run));
-    let command = view::command(
-        &clean,
-        "audit",
-        &[&run],
-        an_hour_ago + chrono::Duration::minutes(1),
-    );
-    view::send(
-        &producer,
-        &h.topics.commands,
-        &view::command_message(&command),
-    );
+    publish_clean_execution(&producer, &h, &clean, "audit", an_hour_ago);
     view::flush(&producer);
     let kafka = view::kafka_config(&servers, topics(&h));
     let (store, ingest) = view::start(&kafka, &Location::Memory);

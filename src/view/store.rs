@@ -363,8 +363,16 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, ViewError> + Send + 'static,
     ) -> Result<T, ViewError> {
+        self.off_runtime(move |store| store.read_blocking(f)).await
+    }
+
+    /// Runs `f` with this store in a blocking task.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, ViewError> + Send + 'static,
+    ) -> Result<T, ViewError> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read_blocking(f))
+        tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| ViewError::Task(e.to_string()))?
     }
@@ -383,10 +391,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, ViewError> + Send + 'static,
     ) -> Result<T, ViewError> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write_blocking(f))
-            .await
-            .map_err(|e| ViewError::Task(e.to_string()))?
+        self.off_runtime(move |store| store.write_blocking(f)).await
     }
 }
 
