@@ -298,14 +298,17 @@ pub fn runs(c: &Connection, filter: &RunFilter) -> Result<Page<RunRow>, ViewErro
         .what("list runs")?;
     let mut items = Vec::with_capacity(limit + 1);
     let mut last_key = Value::Null;
+    // The query asks for one row more than a page: its presence is what says there is a
+    // next page.
+    let mut more = false;
     while let Some(row) = rows.next().what("read the run list")? {
         if items.len() == limit {
+            more = true;
             break;
         }
         items.push(run_row(row).what("read a run row")?);
         last_key = row.get::<_, Value>(31).what("read the sort key")?;
     }
-    let more = rows.next().what("read the run list")?.is_some() || items.len() > limit;
     let next = match (more, items.last()) {
         (true, Some(last)) => Some(
             Cursor {
