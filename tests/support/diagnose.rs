@@ -147,7 +147,14 @@ pub fn describe_process(pid: u32, child: Option<&mut Child>) -> String {
         Some(state) => {
             let mut text = format!("pid {pid} alive, state {state}\n");
             text.push_str(&thread_states(pid));
-            text.push_str(&backtraces(pid));
+            if matches!(state, 'T' | 't') {
+                // gdb's attach waits for a stopped process to run, which it never does.
+                text.push_str(
+                    "  (stopped by a signal such as SIGSTOP, or traced: no gdb backtrace)\n",
+                );
+            } else {
+                text.push_str(&backtraces(pid));
+            }
             text
         }
     }
