@@ -5,7 +5,7 @@
 //! the worst answer time and every broken invariant; exits with 1 when one broke.
 //!
 //! `SOAK_SECS` (default 1800) sets how long the faults cycle; `SOAK_EVENTS_PER_SECOND`
-//! (default 2) and `SOAK_MAX_IN_FLIGHT` (default 8) the load.
+//! (default 4, twice the test's) and `SOAK_MAX_IN_FLIGHT` (default 8) the load.
 
 #[path = "../tests/support/kafka.rs"]
 mod kafka;
@@ -30,7 +30,7 @@ async fn main() {
     let plan = soak::Plan {
         duration: Duration::from_secs(setting("SOAK_SECS", 1800)),
         flags: 50,
-        events_per_second: setting("SOAK_EVENTS_PER_SECOND", 2.0),
+        events_per_second: setting("SOAK_EVENTS_PER_SECOND", 4.0),
         max_in_flight: setting("SOAK_MAX_IN_FLIGHT", 8),
     };
     println!("soak: {plan:?}");

@@ -370,7 +370,9 @@ async fn drive(
     ];
     let deadline = began + plan.duration;
     let mut timeline = String::new();
+    let mut cycles = 0;
     'cycles: loop {
+        cycles += 1;
         for step in &cycle {
             let needs = match step {
                 Step::Toxic(_, _, hold) | Step::Calm(hold) => *hold,
@@ -393,7 +395,15 @@ async fn drive(
             let start = Instant::now();
             let kind = match step {
                 Step::Calm(hold) => {
-                    tokio::time::sleep(*hold).await;
+                    // After the first cycle the calm spells vary (half to one and a half
+                    // times), so the kills and toxics meet the worker in other phases
+                    // of its work each time.
+                    let hold = if cycles == 1 {
+                        *hold
+                    } else {
+                        hold.mul_f64(rand::random_range(0.5..1.5))
+                    };
+                    tokio::time::sleep(hold).await;
                     continue;
                 }
                 Step::Toxic(name, toxic_kind, hold) => {
