@@ -15,8 +15,10 @@
 //!    experiment's own duration, one event at a time; p50, p90, p99. Goal: p99 < 10 ms
 //!    on loopback.
 //!
-//! `BENCH_EVENTS` (default 5000: each of phases 1 and 2), `BENCH_LATENCY_EVENTS`
-//! (default 200) and `BENCH_MAX_IN_FLIGHT` (default 256) set the sizes.
+//! `BENCH_PURE_EVENTS` (default 50000, phase 1: long enough that the first transaction,
+//! which the clocks treat differently, does not count), `BENCH_EVENTS` (default 5000,
+//! phase 2), `BENCH_LATENCY_EVENTS` (default 200) and `BENCH_MAX_IN_FLIGHT` (default 256)
+//! set the sizes.
 
 #[path = "support/cpu.rs"]
 mod cpu;
@@ -404,18 +406,20 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog = Arc::new(catalog(dir.path(), probe_port));
     println!(
-        "worker benchmark: {events_n} events a phase, max_in_flight {max_in_flight}, broker {}",
+        "worker benchmark: {} pure-path and {events_n} gated events, max_in_flight {max_in_flight}, broker {}",
+        count("BENCH_PURE_EVENTS", 50_000),
         servers()
     );
 
     // 1. The pure Kafka path against the pass-through, same events, same run.
-    let pure: Vec<KafkaMessage> = (0..events_n).map(|i| event(i, Load::Pure)).collect();
+    let pure_n = count("BENCH_PURE_EVENTS", 50_000);
+    let pure: Vec<KafkaMessage> = (0..pure_n).map(|i| event(i, Load::Pure)).collect();
     let (base, base_cpu) = baseline(&pure, 1).await;
-    let base_rate = events_n as f64 / base.as_secs_f64();
+    let base_rate = pure_n as f64 / base.as_secs_f64();
     println!(
         "baseline pass-through (consume -> transactional produce x1): {:.2} s, {base_rate:.0} events/s, CPU {:.0} us/event",
         base.as_secs_f64(),
-        base_cpu * 1e6 / events_n as f64
+        base_cpu * 1e6 / pure_n as f64
     );
     let phase = backlog_phase(catalog.clone(), run.clone(), max_in_flight, &pure).await;
     println!(
@@ -455,9 +459,16 @@ async fn main() {
     let mut experiments = Vec::new();
     // The first events warm up the readers (their group joins) and the worker's
     // connections; they are not counted.
+    // Where the overhead goes, from the run's own timestamps (same machine, same clock):
+    // intake = produce -> run started (the broker, the worker's consume, decoding,
+    // routing, scheduling); output = run ended -> command consumed (encoding, the
+    // committer's batch and transaction, the reader's fetch).
+    let mut intakes = Vec::new();
+    let mut outputs = Vec::new();
     for i in 0..WARM_UP + latency_n {
         let message = event(i, Load::Gated);
         let sent = Instant::now();
+        let sent_at = Utc::now();
         producer
             .send(
                 to_record(&topics.flag_changes, &message),
@@ -471,8 +482,10 @@ async fn main() {
             break;
         };
         let elapsed = sent.elapsed().as_secs_f64() * 1000.0;
+        let seen_at = Utc::now();
         // The final record of this run says how long the experiment itself took.
         let mut experiment_ms = 0.0;
+        let mut split = None;
         while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), runs.recv()).await {
             let record = CloudEvent::decode(&from_rdkafka(&m))
                 .ok()
@@ -481,18 +494,27 @@ async fn main() {
                 && record.status != chaosgate::contract::RunStatus::Running
             {
                 experiment_ms = record.duration_seconds.unwrap_or(0.0) * 1000.0;
+                let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                split = record
+                    .ended_at
+                    .map(|ended| (ms(record.started_at - sent_at), ms(seen_at - ended)));
                 break;
             }
         }
         if i >= WARM_UP {
             overheads.push(elapsed - experiment_ms);
             experiments.push(experiment_ms);
+            if let Some((intake, output)) = split {
+                intakes.push(intake);
+                outputs.push(output);
+            }
         }
     }
     worker.shutdown.cancel();
     let _ = worker.task.await;
-    overheads.sort_by(f64::total_cmp);
-    experiments.sort_by(f64::total_cmp);
+    for values in [&mut overheads, &mut experiments, &mut intakes, &mut outputs] {
+        values.sort_by(f64::total_cmp);
+    }
     if !overheads.is_empty() {
         println!(
             "gate overhead (produce -> command consumed, minus experiment time), {} events: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms (goal p99 < 10 ms)",
@@ -505,6 +527,17 @@ async fn main() {
             "  the experiments themselves (their records' duration): p50 {:.1} ms, p99 {:.1} ms",
             percentile(&experiments, 0.5),
             percentile(&experiments, 0.99)
+        );
+    }
+    if !intakes.is_empty() {
+        println!(
+            "  intake (produce -> run started): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms; output (run ended -> command consumed): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+            percentile(&intakes, 0.5),
+            percentile(&intakes, 0.9),
+            percentile(&intakes, 0.99),
+            percentile(&outputs, 0.5),
+            percentile(&outputs, 0.9),
+            percentile(&outputs, 0.99)
         );
     }
     let _ = Producer::flush(&producer, Duration::from_secs(5));
