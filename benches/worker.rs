@@ -114,12 +114,31 @@ async fn create(topics: &[&str]) {
 
 async fn produce(topic: &str, events: &[KafkaMessage]) {
     let producer: FutureProducer = client().set("linger.ms", "5").create().expect("producer");
-    let sends: Vec<_> = events
-        .iter()
-        .map(|m| producer.send(to_record(topic, m), Duration::from_secs(30)))
-        .collect();
-    for send in sends {
-        send.await.expect("produce");
+    // Queued at once (a `send` future would queue only when awaited, one at a time).
+    let mut deliveries = Vec::with_capacity(events.len());
+    for message in events {
+        let mut record = to_record(topic, message);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break deliveries.push(delivery),
+                Err((e, back)) => {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "produce: {e}"
+                    );
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivery").expect("produce");
     }
 }
 
