@@ -342,6 +342,18 @@ impl Phase {
     fn cpu_per_event_us(&self) -> f64 {
         self.cpu * 1e6 / self.commands.max(1) as f64
     }
+
+    /// Two lines: the figures, after `what`, with `goal` after the CPU; CPU by thread.
+    fn print(&self, what: &str, goal: &str) {
+        println!(
+            "{what}: {} commands in {:.2} s, {:.0} events/s, CPU {:.0} us/event{goal}",
+            self.commands,
+            self.took.as_secs_f64(),
+            self.rate(),
+            self.cpu_per_event_us()
+        );
+        println!("  CPU us/event by thread: {}", self.by_thread);
+    }
 }
 
 /// Starts a worker on `backlog` (already in its topic, as the baseline's is) and reads
@@ -441,14 +453,10 @@ async fn main() {
         base_cpu * 1e6 / pure_n as f64
     );
     let phase = backlog_phase(catalog.clone(), run.clone(), max_in_flight, &pure).await;
-    println!(
-        "chaosgate pure Kafka path (no-pipeline enables and disable requests): {} commands in {:.2} s, {:.0} events/s, CPU {:.0} us/event",
-        phase.commands,
-        phase.took.as_secs_f64(),
-        phase.rate(),
-        phase.cpu_per_event_us()
+    phase.print(
+        "chaosgate pure Kafka path (no-pipeline enables and disable requests)",
+        "",
     );
-    println!("  CPU us/event by thread: {}", phase.by_thread);
     println!(
         "pure-path ratio chaosgate / baseline: {:.2} (goal >= 0.8)",
         phase.rate() / base_rate
@@ -457,14 +465,10 @@ async fn main() {
     // 2. CPU per minimal gated event.
     let gated: Vec<KafkaMessage> = (0..events_n).map(|i| event(i, Load::Gated)).collect();
     let phase = backlog_phase(catalog.clone(), run.clone(), max_in_flight, &gated).await;
-    println!(
-        "chaosgate minimal gated events (one 0 s fault, one tcp probe): {} commands in {:.2} s, {:.0} events/s, CPU {:.0} us/event (goal < 150)",
-        phase.commands,
-        phase.took.as_secs_f64(),
-        phase.rate(),
-        phase.cpu_per_event_us()
+    phase.print(
+        "chaosgate minimal gated events (one 0 s fault, one tcp probe)",
+        " (goal < 150)",
     );
-    println!("  CPU us/event by thread: {}", phase.by_thread);
 
     // 3. Gate overhead, one event at a time.
     let worker = start_worker(catalog, run, max_in_flight, &[]).await;
