@@ -307,15 +307,20 @@ async fn start_worker(
     let worker_config = config.clone();
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
-        chaosgate::bus::worker::run(
+        let ran = chaosgate::bus::worker::run(
             worker_config,
             catalog,
             run,
             chaosgate::telemetry::http::Readiness::default(),
             stop,
         )
-        .await
-        .expect("worker");
+        .await;
+        // A worker that cannot run ends the bench at once (a panic in this task would
+        // leave the readers waiting and print figures of nothing).
+        if let Err(error) = ran {
+            eprintln!("the worker stopped: {error} ({error:?})");
+            std::process::exit(1);
+        }
     });
     Worker {
         config,
