@@ -1252,12 +1252,28 @@ async fn the_broker_stopped_and_started_mid_batch_the_worker_recovers_and_finish
     broker.script("stop").await;
     // Runs in flight finish while the broker is away; their commits must wait.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = collector.snapshot().commands.len();
     broker.script("start").await;
+    let restarted = Instant::now();
     println!("broker away for {:?}", stopped.elapsed());
+    // Progress first (the first command after the restart), so a stall fails with the
+    // worker's state while it is stalled, not after every bounded wait has run out.
+    h.wait_for(
+        &collector,
+        "the first command after the restart",
+        PATIENCE,
+        |o| o.commands.len() > before || o.all_commanded(&events),
+    )
+    .await;
+    println!("first command {:?} after the restart", restarted.elapsed());
     h.wait_for(&collector, "a command for each event", PATIENCE * 2, |o| {
         o.all_commanded(&events)
     })
     .await;
+    println!(
+        "every event commanded {:?} after the restart",
+        restarted.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let out = collector.snapshot();
     assert_each_event_counted_once(&out, &events);
@@ -1280,10 +1296,11 @@ async fn the_broker_stopped_and_started_mid_batch_the_worker_recovers_and_finish
     worker.signal(libc::SIGTERM);
     let status = worker.wait_exit(Duration::from_secs(40)).await;
     let took = asked.elapsed();
-    println!("exit {status:?} {took:?} after SIGTERM with the broker away");
+    let exit = status.map_or("still running".to_string(), worker::diagnose::exit_text);
+    println!("{exit} {took:?} after SIGTERM with the broker away");
     assert!(
         status.is_some() && took < Duration::from_secs(15),
-        "no exit within the 10 s grace period with the broker away ({took:?}, {status:?})\n{}",
+        "no exit within the 10 s grace period with the broker away ({took:?}, {exit})\n{}",
         h.log_tails()
     );
     assert_eq!(

@@ -27,6 +27,10 @@ use chaosgate::contract::{
 
 use super::kafka;
 
+/// Process and log diagnostics for failure messages.
+#[path = "diagnose.rs"]
+pub mod diagnose;
+
 /// The five topics of one test.
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -67,8 +71,9 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub partitions: i32,
     producer: FutureProducer,
-    /// Each spawned worker's log and process id, for the state shown with log tails.
-    spawned: std::sync::Mutex<Vec<(PathBuf, u32)>>,
+    /// Each spawned worker's log, process id and process (shared with its [`Worker`]),
+    /// for the state and exit status shown with log tails.
+    spawned: std::sync::Mutex<Vec<(PathBuf, u32, SharedChild)>>,
 }
 
 impl Harness {
@@ -236,11 +241,14 @@ log_filter = "info,chaosgate=debug"
             .stderr(err)
             .spawn()
             .expect("spawn chaosgate run");
+        let pid = child.id();
+        let child = Arc::new(Mutex::new(child));
         if let Ok(mut spawned) = self.spawned.lock() {
-            spawned.push((log.clone(), child.id()));
+            spawned.push((log.clone(), pid, child.clone()));
         }
         Worker {
             child: Some(child),
+            pid,
             log,
         }
     }
@@ -267,54 +275,45 @@ log_filter = "info,chaosgate=debug"
             .collect()
     }
 
-    /// The end of every worker log of this test, for failure messages.
-    /// The last 40 lines of each worker's log, leaving out librdkafka's repeated
-    /// "brokers down" errors (counted, with the time of the last one) so that what the
-    /// worker did around an outage stays in view.
+    /// Why each worker of this test is where it is, for failure messages: for each worker
+    /// log, the process's state (alive with each thread's state and a backtrace, exited
+    /// with its signal or exit code, or gone) and the last
+    /// [`diagnose::TAIL_ENTRIES`] entries of the log, sorted by tracing target:
+    /// chaosgate's lines all shown, runs of librdkafka lines of one facility folded.
     pub fn log_tails(&self) -> String {
         let logs = self.log_files();
         let mut text = String::new();
         for log in logs {
             let content = std::fs::read_to_string(&log).unwrap_or_default();
-            let (noise, lines): (Vec<&str>, Vec<&str>) = content.lines().partition(|line| {
-                line.contains("AllBrokersDown") || line.contains("BrokerTransportFailure")
-            });
-            let start = lines.len().saturating_sub(40);
+            let (tail, librdkafka) = diagnose::folded_tail(&content, diagnose::TAIL_ENTRIES);
             let _ = writeln!(
                 text,
-                "--- {} ({}; last 40 lines; {} broker-down lines left out, the last: {})",
+                "--- {} ({} lines, {librdkafka} from librdkafka; last {} entries, runs of librdkafka lines folded)\n{}",
                 log.display(),
+                content.lines().count(),
+                diagnose::TAIL_ENTRIES,
                 self.process_state(&log),
-                noise.len(),
-                noise.last().map_or("none", |l| l.get(..30).unwrap_or(l))
             );
-            for line in &lines[start..] {
-                let _ = writeln!(text, "{line}");
-            }
+            text.push_str(&tail);
         }
         text
     }
 
-    /// Whether the worker writing `log` still runs, from /proc: a worker that died
-    /// without a word in its log (a signal) shows here.
+    /// The worker process that writes `log`: alive (each thread's state from /proc and a
+    /// gdb backtrace), exited (the signal or exit code), or gone.
     fn process_state(&self, log: &Path) -> String {
-        let pid = self
-            .spawned
-            .lock()
-            .ok()
-            .and_then(|s| s.iter().find(|(l, _)| l == log).map(|(_, pid)| *pid));
-        let Some(pid) = pid else {
+        let spawned = self.spawned.lock().ok().and_then(|s| {
+            s.iter()
+                .find(|(l, _, _)| l == log)
+                .map(|(_, pid, child)| (*pid, child.clone()))
+        });
+        let Some((pid, child)) = spawned else {
             return "process unknown".into();
         };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        match stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next())
-        {
-            Some('Z') => format!("pid {pid} exited, not yet reaped"),
-            Some(state) => format!("pid {pid} alive, state {state}"),
-            None => format!("pid {pid} gone"),
-        }
+        let mut child = child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        diagnose::describe_process(pid, Some(&mut child))
     }
 
     /// Produces a flag change in binary mode, keyed by its flag; returns (partition, offset).
@@ -403,16 +402,26 @@ log_filter = "info,chaosgate=debug"
     }
 }
 
+/// A spawned worker process, shared by its [`Worker`] and the harness (which reads its
+/// exit status for failure messages; `Child` keeps the status once reaped).
+type SharedChild = Arc<Mutex<Child>>;
+
 /// A running `chaosgate run`; SIGKILLed when dropped.
 pub struct Worker {
-    child: Option<Child>,
+    child: Option<SharedChild>,
+    pid: u32,
     pub log: PathBuf,
 }
 
 impl Worker {
     fn pid(&self) -> i32 {
-        let child = self.child.as_ref().expect("worker already reaped");
-        i32::try_from(child.id()).expect("pid")
+        assert!(self.child.is_some(), "worker already reaped");
+        i32::try_from(self.pid).expect("pid")
+    }
+
+    /// The worker's process id.
+    pub fn id(&self) -> u32 {
+        self.pid
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`).
@@ -424,7 +433,10 @@ impl Worker {
 
     /// SIGKILLs the worker and reaps it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.take() {
+            let mut child = child
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -434,8 +446,13 @@ impl Worker {
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            let child = self.child.as_mut()?;
-            if let Ok(Some(status)) = child.try_wait() {
+            let status = self
+                .child
+                .as_ref()?
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .try_wait();
+            if let Ok(Some(status)) = status {
                 self.child = None;
                 return Some(status);
             }
