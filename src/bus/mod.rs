@@ -7,5 +7,7 @@ pub mod kill_switch;
 pub mod offsets;
 pub mod outputs;
 pub mod record;
+pub mod shutdown;
+pub mod startup;
 pub mod transaction;
 pub mod worker;

@@ -100,6 +100,8 @@ pub struct Committer {
     pub consumer: Arc<StreamConsumer<super::worker::WorkerContext>>,
     /// Partitions owned now.
     pub assignment: Assignment,
+    /// Ticked once per pass of the commit loop (`/healthz` watches it).
+    pub heartbeat: crate::telemetry::heartbeat::Heartbeat,
     /// Called with each commit's latency (for metrics and benchmarks).
     pub on_commit: Option<Box<dyn Fn(Duration, usize) + Send>>,
     /// Called when a transaction failed (for metrics and readiness).
@@ -153,6 +155,7 @@ impl Committer {
         let mut failures: u32 = 0;
         let mut delays = retry_delays();
         while !(closed && pending.is_empty()) {
+            self.heartbeat.tick();
             if pending.is_empty() {
                 match completions.recv_timeout(Duration::from_millis(200)) {
                     Ok(c) => pending.push(c),
