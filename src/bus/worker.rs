@@ -81,6 +81,10 @@ pub enum WorkerError {
     /// The transactional committer failed to start.
     #[error(transparent)]
     Commit(#[from] super::transaction::CommitError),
+    /// `worker.max_in_flight` lets more events of one partition be unfinished than its
+    /// offsets metadata can record.
+    #[error(transparent)]
+    Capacity(#[from] super::offsets::CapacityError),
 }
 
 /// A rebalance as the consumer loop learns of it.
@@ -225,6 +229,8 @@ pub async fn run(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    // Eight waiting events per slot: the backlog allowed before partitions pause.
+    super::offsets::check_capacity(config.worker.max_in_flight.max(1), 8)?;
     let client = client_config(&config.kafka);
     let topics = config.kafka.topics.clone();
     ensure_topics(&config, &client, &shutdown).await?;
@@ -275,11 +281,6 @@ pub async fn run(
     let control_task = tokio::spawn(kill_switch::listen(
         client.clone(),
         topics.control.clone(),
-        format!(
-            "{}-control-{}",
-            config.kafka.group_id,
-            uuid::Uuid::new_v4().simple()
-        ),
         kill_switch.clone(),
         stop_control.clone(),
     ));
@@ -295,7 +296,15 @@ pub async fn run(
         config: client
             .clone()
             .set("transactional.id", &transactional_id)
-            .set("transaction.timeout.ms", "60000")
+            // Half of it bounds one transaction attempt (see `bus::producer`).
+            .set(
+                "transaction.timeout.ms",
+                config
+                    .kafka
+                    .properties
+                    .get("transaction.timeout.ms")
+                    .map_or("60000", String::as_str),
+            )
             .set("linger.ms", "0")
             // A transaction begun right after the previous one's commit meets
             // CONCURRENT_TRANSACTIONS until the commit markers are written; retry soon
@@ -311,7 +320,10 @@ pub async fn run(
             .clone(),
         topic: topics.flag_changes.clone(),
         ledger: ledger.clone(),
-        consumer: consumer.clone(),
+        group_metadata: Box::new({
+            let consumer = consumer.clone();
+            move || consumer.group_metadata()
+        }),
         assignment: assignment.clone(),
         on_commit: Some(Box::new({
             let readiness = readiness.clone();
@@ -611,7 +623,8 @@ impl Shared {
             .map(|id| ids::pipeline_execution_id(&change.event_id, id));
         let kill = state.interrupt.child_token();
         if let Some(id) = &execution_id {
-            self.kill_switch.register(id, kill.clone());
+            self.kill_switch
+                .register(id, kill.clone(), change.occurred_at);
         }
         let pending = Pending {
             partition,
