@@ -6,6 +6,7 @@ pub mod flag_queue;
 pub mod kill_switch;
 pub mod offsets;
 pub mod outputs;
+pub mod producer;
 pub mod record;
 pub mod shutdown;
 pub mod startup;

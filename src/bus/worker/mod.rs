@@ -78,6 +78,10 @@ pub enum WorkerError {
     /// The transactional committer failed to start.
     #[error(transparent)]
     Commit(#[from] super::transaction::CommitError),
+    /// `worker.max_in_flight` lets more events of one partition be unfinished than its
+    /// offsets metadata can record.
+    #[error(transparent)]
+    Capacity(#[from] super::offsets::CapacityError),
     /// The operating system refused a thread.
     #[error("cannot start the {name} thread: {source}")]
     Thread {
@@ -96,6 +100,10 @@ pub async fn run(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    super::offsets::check_capacity(
+        config.worker.max_in_flight.max(1),
+        scheduler::BACKLOG_FACTOR,
+    )?;
     let client = client_config(&config.kafka);
     let topics = config.kafka.topics.clone();
     startup::ensure_topics(&config, &client, &shutdown).await?;
@@ -150,11 +158,6 @@ pub async fn run(
     let control_task = tokio::spawn(kill_switch::listen(
         client.clone(),
         topics.control.clone(),
-        format!(
-            "{}-control-{}",
-            config.kafka.group_id,
-            uuid::Uuid::new_v4().simple()
-        ),
         kill_switch.clone(),
         stop_control.clone(),
     ));
@@ -166,7 +169,15 @@ pub async fn run(
         config: client
             .clone()
             .set("transactional.id", &transactional_id)
-            .set("transaction.timeout.ms", "60000")
+            // Half of it bounds one transaction attempt (see `bus::producer`).
+            .set(
+                "transaction.timeout.ms",
+                config
+                    .kafka
+                    .properties
+                    .get("transaction.timeout.ms")
+                    .map_or("60000", String::as_str),
+            )
             .set("linger.ms", "0")
             // A transaction begun right after the previous one's commit meets
             // CONCURRENT_TRANSACTIONS until the commit markers are written; retry soon
@@ -182,7 +193,10 @@ pub async fn run(
             .clone(),
         topic: topics.flag_changes.clone(),
         ledger: ledger.clone(),
-        consumer: consumer.clone(),
+        group_metadata: Box::new({
+            let consumer = consumer.clone();
+            move || consumer.group_metadata()
+        }),
         assignment: assignment.clone(),
         heartbeat: committer_beat.clone(),
         on_commit: Some(Box::new({

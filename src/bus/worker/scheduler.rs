@@ -51,7 +51,7 @@ use super::supervisor::{Panicked, Supervisor};
 
 /// Events waiting (for their flag or a slot) beyond `BACKLOG_FACTOR × max_in_flight`
 /// pause consumption until the backlog halves.
-const BACKLOG_FACTOR: usize = 8;
+pub(super) const BACKLOG_FACTOR: usize = 8;
 
 /// What the scheduler needs from the worker's wiring.
 pub(super) struct Wiring {
@@ -373,7 +373,9 @@ impl Scheduler {
             .as_ref()
             .map(|id| ids::pipeline_execution_id(&change.event_id, id));
         if let Some(id) = &execution_id {
-            self.wiring.kill_switch.register(id, kill.clone());
+            self.wiring
+                .kill_switch
+                .register(id, kill.clone(), change.occurred_at);
         }
         let pending = Pending {
             partition,

@@ -1,0 +1,237 @@
+//! The worker under Kafka's own faults, injected deterministically with librdkafka's mock
+//! cluster: coordinator errors and slow answers on `EndTxn`, the broker down and up
+//! mid-batch, a flag change of about 1 MB to dead-letter. The real `chaosgate run`
+//! process runs against the mock; a `read_committed` reader checks that every event got
+//! exactly one command and every gated step exactly one final record.
+//!
+//! The mock keeps records of aborted transactions visible (see `support/mock_cluster.rs`),
+//! so a batch published twice shows here even when the first copy was aborted: these
+//! checks are stricter than on a real broker.
+
+#[path = "support/kafka.rs"]
+mod kafka;
+#[path = "support/mock_cluster.rs"]
+mod mock_cluster;
+#[path = "support/worker.rs"]
+mod worker;
+
+use std::time::Duration;
+
+use chaosgate::contract::dead_letter::{HEADER_ERROR_CLASS, HEADER_VALUE_TRUNCATED};
+use chaosgate::contract::{ChangeKind, KafkaMessage};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::types::RDKafkaApiKey;
+use rdkafka::types::RDKafkaRespErr;
+
+use mock_cluster::Mock;
+use worker::{
+    Harness, Listener, Outputs, Settings, Topics, change, experiment_yaml, pipeline_yaml,
+};
+
+/// Upper bound for anything a test waits for: generous, so only a bug reaches it.
+const PATIENCE: Duration = Duration::from_secs(90);
+/// The worker's `transaction.timeout.ms` in these tests: one transaction attempt may
+/// take half of it (3 s).
+const TRANSACTION_TIMEOUT_MS: &str = "6000";
+
+/// A mock cluster with the test's topics, a catalog gating flags `gated-*` with a 1 s
+/// experiment, and settings with a short transaction timeout.
+async fn world(name: &str, partitions: i32) -> (Mock, Harness, Listener, Settings) {
+    let mock = Mock::start(1);
+    let topics = Topics::unique(name);
+    mock.create_topics(&topics, partitions);
+    let h = Harness::for_topics(&mock.servers(), name, partitions, topics);
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp-up.yaml",
+        &experiment_yaml("exp-up", "1s", &h.marker("up"), &up.address),
+    );
+    h.catalog_file(
+        "pipe-up.yaml",
+        &pipeline_yaml("gate-up", Some("gated-*"), &["exp-up"]),
+    );
+    let settings = Settings {
+        shutdown_grace: "10s",
+        properties: vec![("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string())],
+        ..Settings::default()
+    };
+    (mock, h, up, settings)
+}
+
+/// Produces `gated` flag changes of gated flags and `free` of flags with no pipeline, each
+/// of its own flag; returns (all event ids, gated event ids).
+async fn produce(h: &Harness, gated: usize, free: usize) -> (Vec<String>, Vec<String>) {
+    let mut all = Vec::new();
+    let mut gated_ids = Vec::new();
+    for i in 0..gated {
+        let event = change(&format!("gated-{i}"), ChangeKind::Enable, None);
+        h.produce_change(&event).await;
+        gated_ids.push(event.event_id.clone());
+        all.push(event.event_id);
+    }
+    for i in 0..free {
+        let event = change(&format!("free-{i}"), ChangeKind::Enable, None);
+        h.produce_change(&event).await;
+        all.push(event.event_id);
+    }
+    (all, gated_ids)
+}
+
+/// Every event exactly one command; every gated event (one step) exactly one final record.
+fn assert_exactly_once(h: &Harness, out: &Outputs, events: &[String], gated: &[String]) {
+    for event in events {
+        assert_eq!(
+            out.commands_for(event).len(),
+            1,
+            "commands for {event}\n{}\n{}",
+            out.describe(),
+            h.log_tails()
+        );
+    }
+    for event in gated {
+        assert_eq!(
+            out.final_runs_for(event).len(),
+            1,
+            "final records for {event}\n{}\n{}",
+            out.describe(),
+            h.log_tails()
+        );
+    }
+    assert!(out.garbage.is_empty(), "{:?}", out.garbage);
+}
+
+/// Waits for a command for each event, then a little longer for any duplicate.
+async fn settle(
+    h: &Harness,
+    collector: &worker::Collector,
+    events: &[String],
+    patience: Duration,
+) -> Outputs {
+    h.wait_for(collector, "a command for each event", patience, |o| {
+        o.all_commanded(events)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    collector.snapshot()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transactions_and_not_coordinator_on_end_txn_publish_each_output_once() {
+    let (mock, h, _up, settings) = world("endtxn-errors", 2).await;
+    mock.cluster().request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+        ],
+    );
+    let collector = h.collect();
+    let _worker = h.spawn("w", &h.config("w", &settings));
+    let (events, gated) = produce(&h, 3, 4).await;
+    let out = settle(&h, &collector, &events, PATIENCE).await;
+    assert_exactly_once(&h, &out, &events, &gated);
+    assert_eq!(h.active_markers(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_slower_than_the_transaction_timeout_is_resumed_not_published_twice() {
+    let (mock, h, _up, settings) = world("endtxn-slow", 2).await;
+    let collector = h.collect();
+    let _worker = h.spawn("w", &h.config("w", &settings));
+    // One event first, so the slow answer meets a commit of real records.
+    let (first, _) = produce(&h, 0, 1).await;
+    settle(&h, &collector, &first, PATIENCE).await;
+    // The coordinator answers the next commits only after 35 s: longer than the
+    // transaction timeout (6 s), and than the 30 s any single call used to wait.
+    mock.slow_requests(1, RDKafkaApiKey::EndTxn as i16, 2, Duration::from_secs(35));
+    let (mut events, gated) = produce(&h, 1, 3).await;
+    events.extend(first);
+    let out = settle(&h, &collector, &events, PATIENCE).await;
+    assert_exactly_once(&h, &out, &events, &gated);
+    let logs = h.logs();
+    assert!(
+        logs.contains("commit outcome unknown; resuming the commit"),
+        "the slow commit was not met as an unknown outcome\n{}",
+        h.log_tails()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_down_and_up_mid_batch_loses_and_doubles_nothing() {
+    let (mock, h, _up, settings) = world("broker-down", 2).await;
+    let collector = h.collect();
+    let _worker = h.spawn("w", &h.config("w", &settings));
+    let (events, gated) = produce(&h, 3, 3).await;
+    h.wait_for(&collector, "runs to start", PATIENCE, |o| {
+        gated.iter().any(|e| !o.runs_for(e).is_empty())
+    })
+    .await;
+    // The runs (1 s) finish while the broker is away: their commits must wait for it.
+    mock.cluster().broker_down(1).expect("broker down");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    mock.cluster().broker_up(1).expect("broker up");
+    let out = settle(&h, &collector, &events, PATIENCE).await;
+    assert_exactly_once(&h, &out, &events, &gated);
+    assert_eq!(h.active_markers(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_megabyte_flag_change_is_dead_lettered_cut_to_fit_and_commits_go_on() {
+    let (_mock, h, _up, settings) = world("big-dead-letter", 1).await;
+    let collector = h.collect();
+    let _worker = h.spawn("w", &h.config("w", &settings));
+    // Under the worker's max_message_bytes (1 MiB), so not "oversized"; not JSON, so
+    // dead-lettered; its dead letter (the original plus headers) is over the producer's
+    // 1,000,000-byte message.max.bytes.
+    let original_len = 1_000_500;
+    let big: FutureProducer = mock_producer(&h.servers);
+    let message = KafkaMessage {
+        key: Some(b"test/test/big".to_vec()),
+        value: Some(vec![b'x'; original_len]),
+        headers: vec![("origin".into(), b"load-test".to_vec())],
+    };
+    big.send(
+        chaosgate::bus::record::to_record(&h.topics.flag_changes, &message),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("produce the big flag change");
+    big.flush(Duration::from_secs(10)).expect("flush");
+    let (events, _) = produce(&h, 0, 2).await;
+    let out = settle(&h, &collector, &events, PATIENCE).await;
+    assert_exactly_once(&h, &out, &events, &[]);
+    assert_eq!(out.dead_letters.len(), 1, "{}", out.describe());
+    let dead = &out.dead_letters[0];
+    let header = |name: &str| {
+        dead.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header(HEADER_ERROR_CLASS).as_deref(), Some("undecodable"));
+    assert_eq!(
+        header(HEADER_VALUE_TRUNCATED),
+        Some(original_len.to_string())
+    );
+    assert_eq!(header("origin").as_deref(), Some("load-test"));
+    let value = dead.value.value.as_ref().expect("value");
+    assert!(
+        value.len() < 1_000_000 && value.len() > 990_000,
+        "value of {} bytes",
+        value.len()
+    );
+    assert_eq!(dead.value.key.as_deref(), Some(&b"test/test/big"[..]));
+}
+
+/// A producer that may send records up to 2 MB (the mock broker has no size limit).
+fn mock_producer(servers: &str) -> FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("message.max.bytes", "2000000")
+        .create()
+        .expect("producer")
+}
