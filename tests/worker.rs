@@ -1474,3 +1474,264 @@ async fn metrics_and_readiness_reflect_a_gated_event() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Writes a config for `instance` with `extra` lines at the top of its `[worker]` table.
+fn config_with_worker_keys(
+    h: &Harness,
+    instance: &str,
+    settings: &Settings,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = h.config(instance, settings);
+    let text = std::fs::read_to_string(&path).expect("config");
+    let text = text.replacen("[worker]\n", &format!("[worker]\n{extra}\n"), 1);
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// Opens a transaction that commits an offset of partition 0 of `topic` for `group`, and
+/// leaves it open: until it ends, the broker answers a `read_committed` offset fetch of
+/// that partition with UNSTABLE_OFFSET_COMMIT. The broker takes such a commit (generation
+/// -1) only while the group is empty, so this retries until it is.
+fn open_offsets_transaction(
+    servers: &str,
+    group: &str,
+    topic: &str,
+) -> rdkafka::producer::BaseProducer {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::Producer;
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("transactional.id", kafka::unique_topic("blocker"))
+        .set("transaction.timeout.ms", "120000")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    let member: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", group)
+        .create()
+        .expect("group member");
+    let metadata = member.group_metadata().expect("group metadata");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(0))
+        .expect("offset");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        producer.begin_transaction().expect("begin transaction");
+        match producer.send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(10)) {
+            Ok(()) => return producer,
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot put offsets in a transaction: {error}"
+                );
+                let _ = producer.abort_transaction(Duration::from_secs(10));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_unreadable_at_assignment_are_retried_and_nothing_runs_twice() {
+    use rdkafka::producer::Producer;
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "unstable", 1).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+    );
+    h.catalog_file(
+        "pipe.yaml",
+        &pipeline_yaml("gate", Some("gated-*"), &["quick"]),
+    );
+    let collector = h.collect();
+    // The offset fetch gives up after 10 s (librdkafka retries UNSTABLE_OFFSET_COMMIT
+    // until its request times out).
+    let settings = Settings {
+        properties: vec![("socket.timeout.ms", "10000".into())],
+        ..Settings::default()
+    };
+    let config = h.config("w", &settings);
+    let mut first = h.spawn("w", &config);
+    let mut done = Vec::new();
+    for flag in ["gated-a", "plain-b", "gated-c"] {
+        let event = change(flag, ChangeKind::Enable, None);
+        h.produce_change(&event).await;
+        done.push(event.event_id);
+    }
+    h.wait_for(&collector, "the first commands", PATIENCE, |o| {
+        o.all_commanded(&done)
+    })
+    .await;
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(PATIENCE).await.is_some_and(|s| s.success()));
+
+    // A transaction holding offsets of the group's partition stays open while the next
+    // worker takes the partition: its offset fetch meets UNSTABLE_OFFSET_COMMIT.
+    let (servers_, group, topic) = (
+        servers.clone(),
+        h.group.clone(),
+        h.topics.flag_changes.clone(),
+    );
+    let blocker =
+        tokio::task::spawn_blocking(move || open_offsets_transaction(&servers_, &group, &topic))
+            .await
+            .expect("blocker");
+    let second = h.spawn("w", &config);
+    let deadline = Instant::now() + PATIENCE;
+    while !second.log_text().contains("cannot read committed offsets") {
+        assert!(
+            Instant::now() < deadline,
+            "the offset fetch never failed\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::task::spawn_blocking(move || blocker.abort_transaction(Duration::from_secs(30)))
+        .await
+        .expect("abort")
+        .expect("abort the blocking transaction");
+    let late = change("gated-late", ChangeKind::Enable, None);
+    h.produce_change(&late).await;
+    h.wait_for(&collector, "the late event's command", PATIENCE, |o| {
+        !o.commands_for(&late.event_id).is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = collector.snapshot();
+    for event in done.iter().chain([&late.event_id]) {
+        assert_eq!(
+            out.commands_for(event).len(),
+            1,
+            "{event} answered more than once (run again from offset 0?): {}\n{}",
+            out.describe(),
+            h.log_tails()
+        );
+    }
+    assert_each_event_counted_once(
+        &out,
+        &[done[0].clone(), done[2].clone(), late.event_id.clone()],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_worker_restarted_takes_its_partitions_back_within_seconds() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "static", 2).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+    );
+    h.catalog_file(
+        "pipe.yaml",
+        &pipeline_yaml("gate", Some("never-*"), &["quick"]),
+    );
+    let collector = h.collect();
+    // Kafka's default session timeout: without static membership the restarted worker
+    // waits for the killed member's session to expire (about 45 s).
+    let settings = Settings {
+        properties: vec![
+            ("session.timeout.ms", "45000".into()),
+            ("heartbeat.interval.ms", "3000".into()),
+        ],
+        ..Settings::default()
+    };
+    let config = h.config("w", &settings);
+    let mut worker = h.spawn("w", &config);
+    let before: Vec<String> = h.produce_rounds(&["p", "q", "r", "s"], 1).await;
+    h.wait_for(&collector, "the first commands", PATIENCE, |o| {
+        o.all_commanded(&before)
+    })
+    .await;
+    worker.kill();
+
+    let restarted = Instant::now();
+    let _worker = h.spawn("w", &config);
+    let after: Vec<String> = h.produce_rounds(&["p", "q", "r", "s"], 1).await;
+    h.wait_for(&collector, "commands after the restart", PATIENCE, |o| {
+        o.all_commanded(&after)
+    })
+    .await;
+    let took = restarted.elapsed();
+    println!("a restarted worker answered on every partition {took:?} after it started");
+    assert!(
+        took < Duration::from_secs(15),
+        "the restarted worker waited {took:?} for its partitions\n{}",
+        h.log_tails()
+    );
+    let out = collector.snapshot();
+    for event in before.iter().chain(&after) {
+        assert_eq!(out.commands_for(event).len(), 1, "{}", out.describe());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_ticks_while_idle_and_liveness_reports_it() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "liveness", 1).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["quick"]));
+    let config =
+        config_with_worker_keys(&h, "w", &Settings::default(), "liveness_timeout = \"20s\"");
+    let worker = h.spawn("w", &config);
+    let address = worker.http_address(PATIENCE).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let http = http.clone();
+        let url = format!("http://{address}{path}");
+        async move {
+            let response = http.get(&url).send().await.expect("endpoint answers");
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    let last_tick = |text: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix("chaosgate_main_loop_last_tick_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    // Ready: partitions assigned and their offsets read.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = get("/readyz").await;
+        if status == 200 {
+            assert!(body.contains("\"stalled\":[]"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {body}\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Idle: no record arrives, yet the loop goes round (and re-polls its consumer).
+    let (_, metrics) = get("/metrics").await;
+    let first = last_tick(&metrics).unwrap_or_else(|| panic!("no loop gauge:\n{metrics}"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, metrics) = get("/metrics").await;
+    let second = last_tick(&metrics).expect("loop gauge");
+    println!(
+        "the idle loop's last tick moved {:.1} s in 3 s",
+        second - first
+    );
+    assert!(
+        second - first >= 1.5,
+        "the idle loop did not go round: {first} -> {second}"
+    );
+    let (status, body) = get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
+}
