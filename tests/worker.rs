@@ -1547,8 +1547,16 @@ async fn committed_offsets_unreadable_at_assignment_are_retried_and_nothing_runs
         &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
     );
     h.catalog_file(
+        "exp-slow.yaml",
+        &experiment_yaml("slow", "6s", &h.marker("slow"), &up.address),
+    );
+    h.catalog_file(
         "pipe.yaml",
         &pipeline_yaml("gate", Some("gated-*"), &["quick"]),
+    );
+    h.catalog_file(
+        "pipe-slow.yaml",
+        &pipeline_yaml("gate-slow", Some("slow-*"), &["slow"]),
     );
     let collector = h.collect();
     // The offset fetch gives up after 10 s (librdkafka retries UNSTABLE_OFFSET_COMMIT
@@ -1559,15 +1567,20 @@ async fn committed_offsets_unreadable_at_assignment_are_retried_and_nothing_runs
     };
     let config = h.config("w", &settings);
     let mut first = h.spawn("w", &config);
+    // The slow event holds the watermark: the other two are done above it, which only
+    // the offsets metadata remembers.
     let mut done = Vec::new();
-    for flag in ["gated-a", "plain-b", "gated-c"] {
+    for flag in ["slow-a", "plain-b", "gated-c"] {
         let event = change(flag, ChangeKind::Enable, None);
         h.produce_change(&event).await;
         done.push(event.event_id);
     }
-    h.wait_for(&collector, "the first commands", PATIENCE, |o| {
-        o.all_commanded(&done)
-    })
+    h.wait_for(
+        &collector,
+        "the quick commands and the slow run",
+        PATIENCE,
+        |o| o.all_commanded(&done[1..]) && !o.runs_for(&done[0]).is_empty(),
+    )
     .await;
     first.signal(libc::SIGTERM);
     assert!(first.wait_exit(PATIENCE).await.is_some_and(|s| s.success()));
@@ -1599,8 +1612,9 @@ async fn committed_offsets_unreadable_at_assignment_are_retried_and_nothing_runs
         .expect("abort the blocking transaction");
     let late = change("gated-late", ChangeKind::Enable, None);
     h.produce_change(&late).await;
-    h.wait_for(&collector, "the late event's command", PATIENCE, |o| {
-        !o.commands_for(&late.event_id).is_empty()
+    let all: Vec<String> = done.iter().chain([&late.event_id]).cloned().collect();
+    h.wait_for(&collector, "every command", PATIENCE, |o| {
+        o.all_commanded(&all)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;

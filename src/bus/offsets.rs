@@ -13,7 +13,12 @@
 //! which records receipts, starts and completions, and the committer, which reads each
 //! partition's watermark and metadata once per transaction.
 //!
-//! Metadata text: `cg2;done=2-4,7;started=5:2,6:1`, offsets relative to the committed
+//! The metadata also names the runs of the last attempt whose `running` record went out
+//! and whose final record did not ([`RunPosition`]s, under `open=`): when the event starts
+//! again as the next attempt, those runs get a final `aborted` record ("superseded"), in
+//! the transaction that commits the new start, so no run stays `running` for good.
+//!
+//! Metadata text: `cg2;done=2-4,7;started=5:2,6:1;open=5:0.0.0+0.1.0`, offsets relative to the committed
 //! offset (the watermark); a range of done offsets spans offsets that hold no record
 //! received and unfinished (transaction markers), so the number of ranges is at most one
 //! more than the partition's unfinished offsets. The older `cg1` text (absolute offsets)
@@ -121,6 +126,34 @@ pub struct PartitionOffsets {
     done: BTreeSet<i64>,
     /// Offsets above the watermark that were started, and how often.
     started: BTreeMap<i64, u32>,
+    /// Runs of an offset's last attempt whose `running` record went out and whose final
+    /// record did not.
+    open: BTreeMap<i64, Vec<RunPosition>>,
+}
+
+/// Where a run sits in its pipeline execution: stage and step (indices in the pipeline),
+/// and the step's retry. With the event and the attempt it names the run id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RunPosition {
+    /// Index of the stage in the pipeline.
+    pub stage: usize,
+    /// Index of the step in its stage.
+    pub step: usize,
+    /// The step's retry (0 for its first run).
+    pub retry: u32,
+}
+
+impl RunPosition {
+    /// `stage.step.retry`, as in the metadata.
+    fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split('.');
+        let position = RunPosition {
+            stage: parts.next()?.parse().ok()?,
+            step: parts.next()?.parse().ok()?,
+            retry: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(position)
+    }
 }
 
 /// What to do with a received record.
@@ -165,9 +198,46 @@ impl PartitionOffsets {
                         offsets.started.insert(offset, count);
                     }
                 }
+            } else if let Some(list) = part.strip_prefix("open=") {
+                for entry in list.split(',').filter(|e| !e.is_empty()) {
+                    if let Some((offset, runs)) = entry.split_once(':')
+                        && let Some(offset) = absolute(offset)
+                        && offset >= offsets.next
+                    {
+                        let runs: Vec<RunPosition> = runs
+                            .split('+')
+                            .filter_map(RunPosition::parse)
+                            .take(64)
+                            .collect();
+                        offsets.open.insert(offset, runs);
+                    }
+                }
             }
         }
         offsets
+    }
+
+    /// A run of `offset`'s current attempt published its `running` record.
+    pub fn opened(&mut self, offset: i64, run: RunPosition) {
+        if self.pending.contains(&offset) {
+            self.open.entry(offset).or_default().push(run);
+        }
+    }
+
+    /// A run of `offset`'s current attempt published its final record.
+    pub fn closed(&mut self, offset: i64, run: RunPosition) {
+        if let Some(runs) = self.open.get_mut(&offset) {
+            runs.retain(|r| *r != run);
+            if runs.is_empty() {
+                self.open.remove(&offset);
+            }
+        }
+    }
+
+    /// The runs of `offset`'s previous attempt left open (cut off before their final
+    /// record): call when it starts again, and give each a final record.
+    pub fn supersede(&mut self, offset: i64) -> Vec<RunPosition> {
+        self.open.remove(&offset).unwrap_or_default()
     }
 
     /// Registers a received record. Skipped: anything below the watermark (done, or
@@ -198,6 +268,7 @@ impl PartitionOffsets {
         if self.pending.remove(&offset) {
             self.done.insert(offset);
             self.started.remove(&offset);
+            self.open.remove(&offset);
             self.prune();
         }
     }
@@ -206,6 +277,7 @@ impl PartitionOffsets {
         let watermark = self.watermark();
         self.done = self.done.split_off(&watermark);
         self.started = self.started.split_off(&watermark);
+        self.open = self.open.split_off(&watermark);
     }
 
     /// The offset to commit: every offset received below it is done.
@@ -248,6 +320,25 @@ impl PartitionOffsets {
                 text.push(',');
             }
             let _ = write!(text, "{}:{count}", offset - base);
+        }
+        let without_open = text.len();
+        if !self.open.is_empty() {
+            text.push_str(";open=");
+            for (i, (offset, runs)) in self.open.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                let _ = write!(text, "{}:", offset - base);
+                for (j, run) in runs.iter().enumerate() {
+                    let separator = if j > 0 { "+" } else { "" };
+                    let _ = write!(text, "{separator}{}.{}.{}", run.stage, run.step, run.retry);
+                }
+            }
+        }
+        // Open runs go first (they would stay `running`), then start counts (an attempt
+        // would repeat); done offsets never (they would run again).
+        if text.len() > MAX_METADATA {
+            text.truncate(without_open);
         }
         if text.len() > MAX_METADATA {
             text.truncate(without_starts);
@@ -310,6 +401,38 @@ mod tests {
         offsets.complete(14);
         assert_eq!(offsets.watermark(), 16);
         assert_eq!(offsets.metadata(), "cg2;done=;started=");
+    }
+
+    #[test]
+    fn open_runs_of_a_cut_off_attempt_come_back_to_be_superseded() {
+        let mut offsets = PartitionOffsets::resume(10, "");
+        offsets.receive(10);
+        offsets.receive(11);
+        assert_eq!(offsets.start(11), 1);
+        let first = RunPosition {
+            stage: 0,
+            step: 0,
+            retry: 0,
+        };
+        let second = RunPosition {
+            stage: 0,
+            step: 1,
+            retry: 2,
+        };
+        offsets.opened(11, first);
+        offsets.opened(11, second);
+        offsets.closed(11, first);
+        let metadata = offsets.metadata();
+        assert_eq!(metadata, "cg2;done=;started=1:1;open=1:0.1.2");
+        let mut resumed = PartitionOffsets::resume(10, &metadata);
+        assert_eq!(resumed.receive(11), Receipt::Process);
+        assert_eq!(resumed.start(11), 2);
+        assert_eq!(resumed.supersede(11), [second]);
+        assert_eq!(resumed.supersede(11), []);
+        resumed.opened(11, first);
+        assert_eq!(resumed.metadata(), "cg2;done=;started=0:2;open=0:0.0.0");
+        resumed.complete(11);
+        assert_eq!(resumed.metadata(), "cg2;done=;started=");
     }
 
     #[test]
