@@ -35,6 +35,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use crate::gate::executor::RunPosition;
+
 /// The metadata version prefix (offsets relative to the committed offset).
 const PREFIX: &str = "cg2";
 /// The earlier prefix (absolute offsets), still read.
@@ -131,29 +133,15 @@ pub struct PartitionOffsets {
     open: BTreeMap<i64, Vec<RunPosition>>,
 }
 
-/// Where a run sits in its pipeline execution: stage and step (indices in the pipeline),
-/// and the step's retry. With the event and the attempt it names the run id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RunPosition {
-    /// Index of the stage in the pipeline.
-    pub stage: usize,
-    /// Index of the step in its stage.
-    pub step: usize,
-    /// The step's retry (0 for its first run).
-    pub retry: u32,
-}
-
-impl RunPosition {
-    /// `stage.step.retry`, as in the metadata.
-    fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.split('.');
-        let position = RunPosition {
-            stage: parts.next()?.parse().ok()?,
-            step: parts.next()?.parse().ok()?,
-            retry: parts.next()?.parse().ok()?,
-        };
-        parts.next().is_none().then_some(position)
-    }
+/// A run position as the metadata writes it: `stage.step.retry`.
+fn parse_position(text: &str) -> Option<RunPosition> {
+    let mut parts = text.split('.');
+    let position = RunPosition {
+        stage: parts.next()?.parse().ok()?,
+        step: parts.next()?.parse().ok()?,
+        retry: parts.next()?.parse().ok()?,
+    };
+    parts.next().is_none().then_some(position)
 }
 
 /// What to do with a received record.
@@ -206,7 +194,7 @@ impl PartitionOffsets {
                     {
                         let runs: Vec<RunPosition> = runs
                             .split('+')
-                            .filter_map(RunPosition::parse)
+                            .filter_map(parse_position)
                             .take(64)
                             .collect();
                         offsets.open.insert(offset, runs);
@@ -224,14 +212,19 @@ impl PartitionOffsets {
         }
     }
 
-    /// A run of `offset`'s current attempt published its final record.
-    pub fn closed(&mut self, offset: i64, run: RunPosition) {
-        if let Some(runs) = self.open.get_mut(&offset) {
-            runs.retain(|r| *r != run);
-            if runs.is_empty() {
-                self.open.remove(&offset);
-            }
+    /// A run of `offset`'s current attempt published its final record; returns whether
+    /// it was open.
+    pub fn closed(&mut self, offset: i64, run: RunPosition) -> bool {
+        let Some(runs) = self.open.get_mut(&offset) else {
+            return false;
+        };
+        let before = runs.len();
+        runs.retain(|r| *r != run);
+        let was_open = runs.len() < before;
+        if runs.is_empty() {
+            self.open.remove(&offset);
         }
+        was_open
     }
 
     /// The runs of `offset`'s previous attempt left open (cut off before their final
