@@ -1786,3 +1786,97 @@ async fn the_loop_ticks_while_idle_and_liveness_reports_it() {
     let (status, body) = get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
 }
+
+/// Events a worker has read and not yet answered, from its `/metrics`.
+async fn unanswered(http: &reqwest::Client, address: &str) -> Option<f64> {
+    let text = http
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    let consumed = text
+        .lines()
+        .find(|l| l.starts_with("chaosgate_events_consumed_total "))
+        .and_then(value)?;
+    let answered: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("chaosgate_events_gated_total{"))
+        .filter_map(value)
+        .sum();
+    Some(consumed - answered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_assigned_during_backpressure_is_paused_too() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "pausemove", 2).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("short", "200ms", &h.marker("short"), &up.address),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["short"]));
+    let collector = h.collect();
+    // One run at a time: more than 8 events waiting pause the partitions.
+    let settings = Settings {
+        max_in_flight: 1,
+        ..Settings::default()
+    };
+    let a = h.spawn("a", &h.config("a", &settings));
+    let mut b = h.spawn("b", &h.config("b", &settings));
+    let deadline = Instant::now() + PATIENCE;
+    while !(a.log_text().contains("partitions assigned")
+        && b.log_text().contains("partitions assigned"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not both assigned\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // b stops; its partition moves to a once b's session times out (static membership),
+    // while a is paused by its own backlog.
+    b.signal(libc::SIGTERM);
+    assert!(b.wait_exit(PATIENCE).await.is_some_and(|s| s.success()));
+    let flags: Vec<String> = (0..25).map(|i| format!("flag-{i}")).collect();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let events = h.produce_rounds(&flags, 4).await;
+    let address = a.http_address(PATIENCE).await;
+    let http = reqwest::Client::new();
+    let mut most = 0.0_f64;
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        if let Some(n) = unanswered(&http, &address).await {
+            most = most.max(n);
+        }
+        if collector.snapshot().all_commanded(&events) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all answered\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = a.log_text();
+    let moved = log.matches("partitions assigned").count();
+    println!(
+        "a read at most {most} events ahead of its answers (backlog limit 8, one running); assignments {moved}"
+    );
+    assert!(moved >= 2, "b's partition never moved to a\n{log}");
+    assert!(log.contains("backpressure: partitions paused"), "{log}");
+    assert!(
+        most <= 20.0,
+        "a read {most} events ahead of its answers: the partition it took over was not paused\n{}",
+        h.log_tails()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_each_event_counted_once(&collector.snapshot(), &events);
+}
