@@ -154,37 +154,48 @@ fn inject_send(topic: &str, headers: &mut Vec<(String, Vec<u8>)>) {
 /// room to spare (record framing and a header's name/length fields).
 const RECORD_OVERHEAD: usize = 512;
 
-/// `output` with its value cut so the whole record fits in `max_bytes` (the producer's
-/// `message.max.bytes`), and a [`HEADER_VALUE_TRUNCATED`] header giving the original
-/// value's length. `None` when it cannot fit even without a value, or was cut already.
-pub fn cut_to_fit(output: &Output, max_bytes: usize) -> Option<Output> {
-    let message = &output.message;
-    if message
-        .headers
-        .iter()
-        .any(|(name, _)| name == HEADER_VALUE_TRUNCATED)
-    {
-        return None;
-    }
-    let original = message.value.as_ref().map_or(0, Vec::len);
-    let length_text = original.to_string().into_bytes();
-    let fixed = message.key.as_ref().map_or(0, Vec::len)
+/// The bytes a record counts against a size limit, with room to spare: key, value,
+/// headers and framing.
+pub fn record_size(message: &KafkaMessage) -> usize {
+    message.key.as_ref().map_or(0, Vec::len)
+        + message.value.as_ref().map_or(0, Vec::len)
         + message
             .headers
             .iter()
             .map(|(name, value)| name.len() + value.len() + 16)
             .sum::<usize>()
-        + HEADER_VALUE_TRUNCATED.len()
-        + length_text.len()
-        + RECORD_OVERHEAD;
+        + RECORD_OVERHEAD
+}
+
+/// `output` with its value cut so the whole record fits in `max_bytes`, and a
+/// [`HEADER_VALUE_TRUNCATED`] header giving the original value's length (kept from an
+/// earlier cut). `None` when cutting the value cannot bring it under `max_bytes` (it is
+/// small already, or the key and headers alone are too large).
+pub fn cut_to_fit(output: &Output, max_bytes: usize) -> Option<Output> {
+    let value_len = output.message.value.as_ref().map_or(0, Vec::len);
+    let original = output
+        .message
+        .headers
+        .iter()
+        .find(|(name, _)| name == HEADER_VALUE_TRUNCATED)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(value_len);
+    let mut message = output.message.clone();
+    message
+        .headers
+        .retain(|(name, _)| name != HEADER_VALUE_TRUNCATED);
+    message.headers.push((
+        HEADER_VALUE_TRUNCATED.to_string(),
+        original.to_string().into_bytes(),
+    ));
+    let fixed = record_size(&message) - value_len;
     let room = max_bytes.checked_sub(fixed)?;
-    let mut message = message.clone();
+    if room >= value_len {
+        return None;
+    }
     if let Some(value) = &mut message.value {
         value.truncate(room);
     }
-    message
-        .headers
-        .push((HEADER_VALUE_TRUNCATED.to_string(), length_text));
     Some(Output {
         topic: output.topic.clone(),
         message,
@@ -235,7 +246,15 @@ mod tests {
                 .iter()
                 .any(|(n, v)| n == HEADER_ERROR_CLASS && v == b"undecodable")
         );
-        assert_eq!(cut_to_fit(&cut, 1_000_000), None, "cut only once");
+        assert_eq!(cut_to_fit(&cut, 1_000_000), None, "it fits already");
+        let again = cut_to_fit(&cut, 100_000).expect("a smaller limit (the broker's)");
+        assert!(record_size(&again.message) <= 100_000);
+        assert!(
+            again
+                .message
+                .headers
+                .contains(&(HEADER_VALUE_TRUNCATED.to_string(), b"1100000".to_vec()))
+        );
     }
 
     #[test]

@@ -22,18 +22,60 @@
 //! left, and the records' delivery is awaited first ([`await_delivery`]) so the flush
 //! finds nothing outstanding.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{
+    DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use super::outputs::Output;
-use super::record::to_base_record;
+use super::record::to_base_record_with;
 
 /// The transactional producer the committer drives.
-pub type TransactionalProducer = ThreadedProducer<DefaultProducerContext>;
+pub type TransactionalProducer = ThreadedProducer<DeliveryWatch>;
+
+/// The transactional producer's context: remembers which records of the current attempt
+/// the producer or the broker refused outright (by their index in the attempt), so one bad
+/// record is singled out instead of failing every attempt of its batch.
+#[derive(Debug, Default)]
+pub struct DeliveryWatch {
+    refused: Mutex<Vec<(usize, KafkaError)>>,
+}
+
+impl DeliveryWatch {
+    fn clear(&self) {
+        if let Ok(mut refused) = self.refused.lock() {
+            refused.clear();
+        }
+    }
+
+    fn first_refused(&self) -> Option<(usize, KafkaError)> {
+        self.refused
+            .lock()
+            .ok()
+            .and_then(|refused| refused.iter().min_by_key(|(i, _)| *i).cloned())
+    }
+}
+
+impl ClientContext for DeliveryWatch {}
+
+impl ProducerContext for DeliveryWatch {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        if let Err((error, _)) = result
+            && is_refusal(error)
+            && let Ok(mut refused) = self.refused.lock()
+        {
+            refused.push((index, error.clone()));
+        }
+    }
+}
 
 /// librdkafka's default `transaction.timeout.ms`.
 const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
@@ -124,7 +166,7 @@ pub enum Attempt {
 /// instance with the same `transactional.id` and ending its open transaction). Blocks up
 /// to 30 s.
 pub fn build(config: &ClientConfig) -> Result<TransactionalProducer, KafkaError> {
-    let producer: TransactionalProducer = config.create()?;
+    let producer: TransactionalProducer = config.create_with_context(DeliveryWatch::default())?;
     producer.init_transactions(INIT_TIMEOUT)?;
     Ok(producer)
 }
@@ -153,6 +195,7 @@ pub fn attempt<'a>(
     group: &ConsumerGroupMetadata,
     deadline: Instant,
 ) -> Attempt {
+    producer.context().clear();
     if let Err(error) = producer.begin_transaction() {
         // Nothing is open when begin fails; an abort is harmless and clears a state error.
         return match recovery(&error) {
@@ -161,7 +204,7 @@ pub fn attempt<'a>(
         };
     }
     for (index, output) in outputs.enumerate() {
-        if let Err(error) = send(producer, output, deadline) {
+        if let Err(error) = send(producer, output, index, deadline) {
             return if is_refusal(&error) {
                 Attempt::Refused {
                     output: index,
@@ -185,7 +228,13 @@ pub fn attempt<'a>(
             };
         }
     }
-    if let Err(error) = await_delivery_until(producer, deadline) {
+    let delivered = await_delivery_until(producer, deadline);
+    // A record the broker refused (too large for its topic, say) fails every attempt of
+    // its batch: single it out.
+    if let Some((output, error)) = producer.context().first_refused() {
+        return Attempt::Refused { output, error };
+    }
+    if let Err(error) = delivered {
         return Attempt::Abort(error);
     }
     commit(producer, deadline)
@@ -251,7 +300,8 @@ fn retrying(
     }
 }
 
-/// Whether the producer refused a record outright: no retry of the same record can work.
+/// Whether the producer or the broker refused a record outright: no retry of the same
+/// record can work.
 fn is_refusal(error: &KafkaError) -> bool {
     matches!(
         error,
@@ -270,12 +320,14 @@ fn is_refusal(error: &KafkaError) -> bool {
 /// rust-rdkafka's flush, finding anything outstanding, polls for a full 100 ms however
 /// soon the reports arrive: every transaction would last at least 100 ms. Waits up to
 /// 30 s.
-pub fn await_delivery(producer: &TransactionalProducer) -> Result<(), KafkaError> {
+pub fn await_delivery(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+) -> Result<(), KafkaError> {
     await_delivery_until(producer, Instant::now() + INIT_TIMEOUT)
 }
 
-fn await_delivery_until(
-    producer: &TransactionalProducer,
+fn await_delivery_until<C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
     deadline: Instant,
 ) -> Result<(), KafkaError> {
     while producer.in_flight_count() > 0 {
@@ -290,10 +342,11 @@ fn await_delivery_until(
 fn send(
     producer: &TransactionalProducer,
     output: &Output,
+    index: usize,
     deadline: Instant,
 ) -> Result<(), KafkaError> {
     loop {
-        match producer.send(to_base_record(&output.topic, &output.message)) {
+        match producer.send(to_base_record_with(&output.topic, &output.message, index)) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                 if Instant::now() < deadline =>

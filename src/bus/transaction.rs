@@ -31,7 +31,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::offsets::{Book, Ledger};
-use super::outputs::{Output, cut_to_fit};
+use super::outputs::{Output, cut_to_fit, record_size};
 use super::producer::{self, Attempt, TransactionalProducer, retry_delays};
 
 pub use super::producer::await_delivery;
@@ -336,24 +336,27 @@ impl Committer {
 }
 
 /// Replaces the refused output (its index in the batch's flattened outputs) by a copy cut
-/// to `limit` bytes; one that cannot be cut to fit, or was cut already, is dropped with an
-/// error (never retried forever).
+/// to fit: under `limit` (the producer's `message.max.bytes`) when it is larger, else to
+/// half its size (the broker refused it: its topic's limit is lower, and unknown here).
+/// One that cutting cannot help is dropped with an error: never retried forever.
 fn refit(pending: &mut [Completion], index: usize, limit: usize) {
-    let Some(slot) = pending
-        .iter_mut()
-        .flat_map(|c| c.outputs.iter_mut())
-        .nth(index)
-    else {
-        return;
-    };
-    match cut_to_fit(slot, limit) {
-        Some(cut) => *slot = cut,
-        None => {
-            tracing::error!(topic = %slot.topic, key = ?slot.message.key.as_deref().map(String::from_utf8_lossy), "a record the producer refuses even when cut; dropped");
-            slot.message.value = None;
-            slot.message.headers.clear();
-            slot.message.key = None;
+    let mut left = index;
+    for completion in pending.iter_mut() {
+        if left >= completion.outputs.len() {
+            left -= completion.outputs.len();
+            continue;
         }
+        let slot = &mut completion.outputs[left];
+        let size = record_size(&slot.message);
+        let target = if size > limit { limit } else { size / 2 };
+        match cut_to_fit(slot, target) {
+            Some(cut) => *slot = cut,
+            None => {
+                tracing::error!(topic = %slot.topic, key = ?slot.message.key.as_deref().map(String::from_utf8_lossy), size, "a record Kafka refuses, which cutting its value cannot fix; dropped");
+                completion.outputs.remove(left);
+            }
+        }
+        return;
     }
 }
 
