@@ -1468,17 +1468,7 @@ async fn metrics_and_readiness_reflect_a_gated_event() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let http = reqwest::Client::new();
-    let get = |path: &str| {
-        let http = http.clone();
-        let url = format!("http://{address}{path}");
-        async move {
-            let response = http.get(&url).send().await.expect("endpoint answers");
-            (
-                response.status().as_u16(),
-                response.text().await.unwrap_or_default(),
-            )
-        }
-    };
+    let get = |path: &'static str| http_get(&http, &address, path);
     assert_eq!(get("/healthz").await.0, 200);
 
     let event = change("any-flag", ChangeKind::Enable, None);
@@ -1738,17 +1728,7 @@ async fn the_loop_ticks_while_idle_and_liveness_reports_it() {
     let worker = h.spawn("w", &config);
     let address = worker.http_address(PATIENCE).await;
     let http = reqwest::Client::new();
-    let get = |path: &str| {
-        let http = http.clone();
-        let url = format!("http://{address}{path}");
-        async move {
-            let response = http.get(&url).send().await.expect("endpoint answers");
-            (
-                response.status().as_u16(),
-                response.text().await.unwrap_or_default(),
-            )
-        }
-    };
+    let get = |path: &'static str| http_get(&http, &address, path);
     let last_tick = |text: &str| -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix("chaosgate_main_loop_last_tick_seconds "))
@@ -1787,16 +1767,22 @@ async fn the_loop_ticks_while_idle_and_liveness_reports_it() {
     assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
 }
 
-/// Events a worker has read and not yet answered, from its `/metrics`.
-async fn unanswered(http: &reqwest::Client, address: &str) -> Option<f64> {
-    let text = http
-        .get(format!("http://{address}/metrics"))
+/// GETs `path` from the worker endpoints at `address`: (status, body).
+async fn http_get(http: &reqwest::Client, address: &str, path: &str) -> (u16, String) {
+    let response = http
+        .get(format!("http://{address}{path}"))
         .send()
         .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+        .expect("endpoint answers");
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap_or_default(),
+    )
+}
+
+/// Events a worker has read and not yet answered, from its `/metrics`.
+async fn unanswered(http: &reqwest::Client, address: &str) -> Option<f64> {
+    let (_, text) = http_get(http, address, "/metrics").await;
     let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
     let consumed = text
         .lines()

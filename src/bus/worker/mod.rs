@@ -25,6 +25,7 @@
 
 mod committed;
 mod rebalance;
+mod run_records;
 mod scheduler;
 mod supervisor;
 

@@ -21,12 +21,8 @@
 //! - **Supervision.** A panicking execution is an interrupted one: its slot and its flag
 //!   are released, it is logged with its ids, and its offset is left uncommitted for the
 //!   next owner of the partition (a restart runs it again as the next attempt).
-//! - **Superseded runs.** The partition's book tracks which runs of an event's current
-//!   attempt published `running` and not yet a final record, committed in the offsets
-//!   metadata with those records. When the event starts again as the next attempt, the
-//!   runs its last attempt left open get a final `aborted` record ("superseded by attempt
-//!   N") in the start mark's transaction. A run cut off by a lost partition publishes no
-//!   final record of its own (its next owner closes it); one cut off by a shutdown does.
+//! - **Superseded runs.** A start mark carries the final records of the runs the
+//!   event's previous attempt left `running` (see [`super::run_records`]).
 //! - **Draining.** Once draining (shutdown), nothing new starts; what ends is committed.
 
 use std::collections::{HashMap, VecDeque};
@@ -39,22 +35,21 @@ use tracing::Instrument;
 
 use crate::bus::flag_queue::FlagQueues;
 use crate::bus::kill_switch::KillSwitch;
-use crate::bus::offsets::{Book, Ledger, Receipt, RunPosition};
+use crate::bus::offsets::{Book, Ledger, Receipt};
 use crate::bus::outputs::{self, Output, Source};
 use crate::bus::transaction::Completion;
 use crate::catalog::Catalog;
 use crate::chaos::runner::RunContext;
 use crate::config::Topics;
 use crate::contract::flag_change::{BadFlagChange, decode_flag_change};
-use crate::contract::{ErrorClass, FlagChange, KafkaMessage, RunRecord, RunStatus, ids};
+use crate::contract::{ErrorClass, FlagChange, KafkaMessage, ids};
 use crate::gate::decision;
-use crate::gate::executor::{
-    Execution, ExecutionContext, RunUpdate, UpdateSink, execute, run_position, superseded_record,
-};
+use crate::gate::executor::{Execution, ExecutionContext, execute};
 use crate::telemetry::{metrics, traces};
 
 use super::committed::Loaded;
 use super::rebalance::{NewPartition, RebalanceEvent};
+use super::run_records::{EventAt, RunRecords};
 use super::supervisor::{Panicked, Supervisor};
 
 /// Events waiting (for their flag or a slot) beyond `BACKLOG_FACTOR × max_in_flight`
@@ -91,6 +86,18 @@ struct Pending {
     execution_id: Option<String>,
     /// Cancelled by an abort request (a child of the partition's interrupt).
     kill: CancellationToken,
+}
+
+impl Pending {
+    fn at(&self) -> EventAt<'_> {
+        EventAt {
+            partition: self.partition,
+            epoch: self.epoch,
+            offset: self.offset,
+            change: &self.change,
+            pipeline: self.pipeline.as_deref(),
+        }
+    }
 }
 
 /// An execution that ended, with its records and command encoded (in its own task,
@@ -133,6 +140,7 @@ pub(super) struct FlowChange {
 /// The consumer loop's state; see the module docs.
 pub(super) struct Scheduler {
     wiring: Wiring,
+    records: RunRecords,
     partitions: HashMap<i32, Partition>,
     queues: FlagQueues<Pending>,
     ready: VecDeque<Pending>,
@@ -143,8 +151,16 @@ pub(super) struct Scheduler {
 
 impl Scheduler {
     pub fn new(wiring: Wiring) -> Self {
+        let records = RunRecords {
+            topics: wiring.topics.clone(),
+            ledger: wiring.ledger.clone(),
+            catalog: wiring.catalog.clone(),
+            kill_switch: wiring.kill_switch.clone(),
+            completions: wiring.completions.clone(),
+        };
         Scheduler {
             wiring,
+            records,
             partitions: HashMap::new(),
             queues: FlagQueues::default(),
             ready: VecDeque::new(),
@@ -469,8 +485,11 @@ impl Scheduler {
                 return;
             };
             let attempt = book.offsets.start(pending.offset);
-            let superseded =
-                self.superseded(&pending, book.offsets.supersede(pending.offset), attempt);
+            let superseded = self.records.superseded(
+                &pending.at(),
+                book.offsets.supersede(pending.offset),
+                attempt,
+            );
             let _ = self.wiring.completions.send(Completion {
                 partition: pending.partition,
                 epoch,
@@ -486,7 +505,7 @@ impl Scheduler {
             attempt,
             kill: pending.kill.clone(),
             interrupt,
-            updates: Some(self.update_sink(&pending, epoch, &start_committed)),
+            updates: Some(self.records.update_sink(&pending.at(), &start_committed)),
             start_committed: Some(start_committed),
         };
         let catalog = self.wiring.catalog.clone();
@@ -557,7 +576,8 @@ impl Scheduler {
             self.complete(pending.partition, pending.epoch, pending.offset, outputs);
         } else {
             tracing::info!(flag = %pending.flag, offset = pending.offset, "interrupted; left for the next owner");
-            self.close_open_runs(&pending, &execution.records);
+            self.records
+                .close_open_runs(&pending.at(), &execution.records);
         }
         drop(entered);
         self.release(&pending.flag);
@@ -613,122 +633,5 @@ impl Scheduler {
             committed: None,
             kept_once_started: None,
         });
-    }
-
-    /// Final `aborted` records for the runs an earlier attempt of `pending`'s event left
-    /// open (see "Superseded runs"), encoded for the start mark of `attempt`.
-    fn superseded(&self, pending: &Pending, open: Vec<RunPosition>, attempt: u32) -> Vec<Output> {
-        let Some(pipeline) = pending
-            .pipeline
-            .as_deref()
-            .and_then(|id| self.wiring.catalog.pipeline(id))
-        else {
-            return Vec::new();
-        };
-        let records: Vec<Output> = open
-            .into_iter()
-            .filter_map(|position| {
-                superseded_record(
-                    &pending.change,
-                    pipeline,
-                    &self.wiring.catalog,
-                    position,
-                    attempt.saturating_sub(1),
-                    attempt,
-                )
-            })
-            .map(|record| outputs::run_record(&self.wiring.topics, &record))
-            .collect();
-        if !records.is_empty() {
-            tracing::info!(flag = %pending.flag, offset = pending.offset, runs = records.len(), previous_attempt = attempt.saturating_sub(1), "runs of the cut-off attempt superseded");
-        }
-        records
-    }
-
-    /// An interrupted execution of a partition still owned (a shutdown): publishes the
-    /// final records of its runs still open (earlier steps of its pipeline, a run cut off
-    /// before its start committed), so none waits for a next attempt to close it.
-    fn close_open_runs(&self, pending: &Pending, records: &[RunRecord]) {
-        let Some(pipeline) = pending
-            .pipeline
-            .as_deref()
-            .and_then(|id| self.wiring.catalog.pipeline(id))
-        else {
-            return;
-        };
-        let mut ledger = self.wiring.ledger.lock();
-        let Some(book) = ledger
-            .get_mut(&pending.partition)
-            .filter(|b| b.epoch == pending.epoch)
-        else {
-            return;
-        };
-        let mut closing = Vec::new();
-        for record in records.iter().filter(|r| r.status != RunStatus::Running) {
-            if let Some(position) = run_position(&pending.change, pipeline, record)
-                && book.offsets.closed(pending.offset, position)
-            {
-                closing.push(outputs::run_record(&self.wiring.topics, record));
-            }
-        }
-        if !closing.is_empty() {
-            let _ = self.wiring.completions.send(Completion {
-                partition: pending.partition,
-                epoch: pending.epoch,
-                outputs: closing,
-                moves_offsets: true,
-                committed: None,
-                kept_once_started: None,
-            });
-        }
-    }
-
-    /// Where an execution's run updates go: to the committer, as records of the
-    /// execution's partition, with the run opened or closed in the partition's book (see
-    /// "Superseded runs"). A `running` record also registers its run with the kill switch.
-    fn update_sink(&self, pending: &Pending, epoch: u64, started: &Arc<AtomicBool>) -> UpdateSink {
-        let topics = self.wiring.topics.clone();
-        let completions = self.wiring.completions.clone();
-        let kill_switch = self.wiring.kill_switch.clone();
-        let ledger = self.wiring.ledger.clone();
-        let catalog = self.wiring.catalog.clone();
-        let started = started.clone();
-        let change = pending.change.clone();
-        let pipeline = pending.pipeline.clone();
-        let (partition, offset) = (pending.partition, pending.offset);
-        UpdateSink::new(move |update: RunUpdate| {
-            let record = &update.record;
-            let running = record.status == RunStatus::Running;
-            if running {
-                kill_switch.register_run(&record.run_id, &record.pipeline_execution_id);
-            }
-            let position = pipeline
-                .as_deref()
-                .and_then(|id| catalog.pipeline(id))
-                .and_then(|pipeline| run_position(&change, pipeline, record));
-            let mut ledger = ledger.lock();
-            let book = ledger.get_mut(&partition).filter(|b| b.epoch == epoch);
-            let moves_offsets = match (book, position) {
-                (Some(book), Some(position)) => {
-                    if running {
-                        book.offsets.opened(offset, position);
-                    } else {
-                        book.offsets.closed(offset, position);
-                    }
-                    true
-                }
-                // Revoked: the partition's next owner closes the run.
-                (None, Some(_)) if !running => return,
-                _ => false,
-            };
-            let _ = completions.send(Completion {
-                partition,
-                epoch,
-                outputs: vec![outputs::run_update(&topics, &update)],
-                moves_offsets,
-                committed: None,
-                kept_once_started: Some(started.clone()),
-            });
-        })
     }
 }
