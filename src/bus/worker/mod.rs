@@ -23,6 +23,7 @@
 //! ([`crate::bus::shutdown`]): interrupt and drain the runs, let the committer commit what
 //! finished, stop the kill switch, leave the group.
 
+mod admission;
 mod committed;
 mod rebalance;
 mod run_records;
@@ -53,8 +54,9 @@ use super::shutdown::Deadline;
 use super::startup::{self, StartupError};
 use super::transaction::{Assignment, Committer, Completion};
 
+use admission::Wiring;
 pub use rebalance::WorkerContext;
-use scheduler::{FlowChange, Scheduler, Wiring};
+use scheduler::{FlowChange, Scheduler};
 
 /// How often the loop goes round when nothing else happens.
 const LOOP_TICK: Duration = Duration::from_secs(1);

@@ -34,71 +34,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::bus::flag_queue::FlagQueues;
-use crate::bus::kill_switch::KillSwitch;
-use crate::bus::offsets::{Book, Ledger, Receipt};
-use crate::bus::outputs::{self, Output, Source};
+use crate::bus::offsets::{Book, Receipt};
+use crate::bus::outputs::{self, Output};
 use crate::bus::transaction::Completion;
-use crate::catalog::Catalog;
-use crate::chaos::runner::RunContext;
-use crate::config::Topics;
-use crate::contract::flag_change::{BadFlagChange, decode_flag_change};
-use crate::contract::{ErrorClass, FlagChange, KafkaMessage, ids};
+use crate::contract::KafkaMessage;
 use crate::gate::decision;
 use crate::gate::executor::{Execution, ExecutionContext, execute};
-use crate::telemetry::{metrics, traces};
+use crate::telemetry::metrics;
 
+use super::admission::{self, Pending, Wiring};
 use super::committed::Loaded;
 use super::rebalance::{NewPartition, RebalanceEvent};
-use super::run_records::{EventAt, RunRecords};
+use super::run_records::RunRecords;
 use super::supervisor::{Panicked, Supervisor};
 
 /// Events waiting (for their flag or a slot) beyond `BACKLOG_FACTOR × max_in_flight`
 /// pause consumption until the backlog halves.
 pub(super) const BACKLOG_FACTOR: usize = 8;
-
-/// What the scheduler needs from the worker's wiring.
-pub(super) struct Wiring {
-    pub topics: Arc<Topics>,
-    pub group: String,
-    pub max_message_bytes: usize,
-    pub max_in_flight: usize,
-    pub catalog: Arc<Catalog>,
-    pub run: RunContext,
-    pub ledger: Ledger,
-    pub kill_switch: KillSwitch,
-    pub completions: std::sync::mpsc::Sender<Completion>,
-}
-
-/// An event read and decoded, waiting for its flag or for a slot.
-#[derive(Debug)]
-struct Pending {
-    partition: i32,
-    epoch: u64,
-    offset: i64,
-    flag: String,
-    change: FlagChange,
-    pipeline: Option<String>,
-    /// The event's `process` span: its trace, and the fields of its log lines.
-    span: tracing::Span,
-    /// The pipeline execution's id, registered with the kill switch from the moment
-    /// the event is read, so an abort also reaches an execution still waiting for its
-    /// flag or for a slot.
-    execution_id: Option<String>,
-    /// Cancelled by an abort request (a child of the partition's interrupt).
-    kill: CancellationToken,
-}
-
-impl Pending {
-    fn at(&self) -> EventAt<'_> {
-        EventAt {
-            partition: self.partition,
-            epoch: self.epoch,
-            offset: self.offset,
-            change: &self.change,
-            pipeline: self.pipeline.as_deref(),
-        }
-    }
-}
 
 /// An execution that ended, with its records and command encoded (in its own task,
 /// not in the consumer loop).
@@ -349,68 +301,13 @@ impl Scheduler {
             );
             return;
         }
-        metrics::event_consumed();
-        let topics = &self.wiring.topics;
-        let span = traces::process_span(
-            &topics.flag_changes,
-            partition,
-            offset,
-            &self.wiring.group,
-            &message.headers,
-        );
-        let entered = span.enter();
-        let catalog = &self.wiring.catalog;
-        let change =
-            decode_flag_change(&message, self.wiring.max_message_bytes).and_then(|(_, change)| {
-                match &change.pipeline_id {
-                    Some(id) if catalog.pipeline(id).is_none() => Err(BadFlagChange {
-                        class: ErrorClass::UnknownPipeline,
-                        message: format!("data.pipeline_id: no pipeline '{id}' in the catalog"),
-                    }),
-                    _ => Ok(change),
-                }
-            });
-        let change = match change {
-            Ok(change) => change,
-            Err(bad) => {
-                tracing::warn!(partition, offset, class = bad.class.as_str(), error = %bad.message, "dead-lettered");
-                metrics::dead_lettered(bad.class);
-                let source = Source {
-                    topic: topics.flag_changes.clone(),
-                    partition,
-                    offset,
-                };
-                let output = outputs::dead_letter(topics, &message, &bad, &source);
-                self.complete(partition, epoch, offset, vec![output]);
+        let pending = match admission::admit(&self.wiring, partition, epoch, offset, &message, kill)
+        {
+            Ok(pending) => pending,
+            Err(dead_letter) => {
+                self.complete(partition, epoch, offset, vec![dead_letter]);
                 return;
             }
-        };
-        let pipeline = match &change.pipeline_id {
-            Some(id) => Some(id.clone()),
-            None => catalog
-                .pipeline_for(&change.project, &change.environment, &change.flag)
-                .map(|p| p.id.clone()),
-        };
-        traces::record_change(&span, &change, pipeline.as_deref());
-        drop(entered);
-        let execution_id = pipeline
-            .as_ref()
-            .map(|id| ids::pipeline_execution_id(&change.event_id, id));
-        if let Some(id) = &execution_id {
-            self.wiring
-                .kill_switch
-                .register(id, kill.clone(), change.occurred_at);
-        }
-        let pending = Pending {
-            partition,
-            epoch,
-            offset,
-            flag: change.flag_key(),
-            change,
-            pipeline,
-            span,
-            execution_id,
-            kill,
         };
         if let Some(pending) = self.queues.admit(&pending.flag.clone(), pending) {
             self.start(pending);
