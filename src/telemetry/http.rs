@@ -316,4 +316,31 @@ mod tests {
         committer.tick();
         assert!(readiness.report().ready);
     }
+
+    #[tokio::test]
+    async fn healthz_answers_503_naming_the_stalled_loop() {
+        let readiness = Readiness::default();
+        readiness.set_liveness_timeout(Duration::from_millis(50));
+        let main_loop = Heartbeat::new("main loop");
+        readiness.watch(main_loop.clone());
+        let stop = CancellationToken::new();
+        let server = serve(([127, 0, 0, 1], 0).into(), readiness.clone(), stop.clone())
+            .await
+            .expect("serve");
+        let url = format!("http://{}/healthz", server.addr);
+        let answer = reqwest::get(&url).await.expect("healthz");
+        assert_eq!(answer.status().as_u16(), 200);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let answer = reqwest::get(&url).await.expect("healthz");
+        assert_eq!(answer.status().as_u16(), 503);
+        let body: serde_json::Value = answer.json().await.expect("json");
+        assert_eq!(body["status"], "stalled");
+        assert_eq!(body["stalled"][0]["name"], "main loop");
+        main_loop.tick();
+        assert_eq!(
+            reqwest::get(&url).await.expect("healthz").status().as_u16(),
+            200
+        );
+        stop.cancel();
+    }
 }
