@@ -1226,6 +1226,8 @@ async fn a_frozen_worker_whose_partition_moved_on_cannot_commit_when_it_wakes() 
     tokio::time::sleep(Duration::from_secs(8)).await;
     let out = collector.snapshot();
     assert_each_event_counted_once(&out, std::slice::from_ref(&event.event_id));
+    // a's cut-off run ends once: b supersedes it, a publishes nothing for it.
+    assert_every_run_ends(&out);
     let passed: Vec<u32> = out
         .final_runs_for(&event.event_id)
         .iter()

@@ -48,9 +48,9 @@ pub const START_MARK_LINGER: Duration = Duration::from_millis(20);
 /// does not set one.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
-/// What the worker hands the committer: a finished event (its outputs and offsets), a
-/// start mark (offsets and metadata carrying a start count, no records), or a run update
-/// (a `running` or `aborted` record, no offsets).
+/// What the worker hands the committer: records to produce for one partition, and with
+/// them that partition's offsets (the transaction commits the watermark and metadata of
+/// every partition it holds a completion of, read from the ledger).
 #[derive(Debug)]
 pub struct Completion {
     /// Partition of the consumed event.
@@ -59,33 +59,42 @@ pub struct Completion {
     pub epoch: u64,
     /// Records to produce.
     pub outputs: Vec<Output>,
-    /// Whether it changed its partition's offsets (a start or a completion, not a run
-    /// update): the transaction then commits that partition's watermark and metadata,
-    /// read from the ledger.
-    pub moves_offsets: bool,
-    /// Set when the transaction holding this completion has committed.
-    pub committed: Option<Arc<AtomicBool>>,
-    /// A run update: still published after its partition is revoked once its run's
-    /// start mark has committed (an `aborted` record, a `running` record of a run that
-    /// ran); dropped with the partition otherwise, since the run will start again under
-    /// the same id.
-    pub kept_once_started: Option<Arc<AtomicBool>>,
+    /// Which of the three it is.
+    pub kind: CompletionKind,
+}
+
+/// The three kinds of [`Completion`].
+#[derive(Debug)]
+pub enum CompletionKind {
+    /// An event answered or dead-lettered: its records and command; its offset is done.
+    Finished,
+    /// An execution started: the metadata carries its start count, and the outputs close
+    /// the runs its previous attempt left open. `committed` is set once it has committed.
+    StartMark {
+        /// Set when the transaction holding the mark has committed.
+        committed: Arc<AtomicBool>,
+    },
+    /// A run's record as it happens (`running`, or the final record of a run cut off),
+    /// the run opened or closed in the book. Still published after its partition is
+    /// revoked once `started` (its attempt's start mark committed) is set; dropped with
+    /// the partition otherwise, since the run will start again under the same id.
+    RunUpdate {
+        /// Set when the start mark of the run's attempt has committed.
+        started: Arc<AtomicBool>,
+    },
 }
 
 impl Completion {
-    /// A start mark (no records) or a run update (no offsets): nothing waits on it, so a
-    /// batch of only these lingers [`START_MARK_LINGER`] for company.
+    /// A start mark or a run update: nothing waits on it, so a batch of only these
+    /// lingers [`START_MARK_LINGER`] for company.
     fn is_lazy(&self) -> bool {
-        self.outputs.is_empty() || !self.moves_offsets
+        !matches!(self.kind, CompletionKind::Finished)
     }
 
     /// Whether the committer still publishes it, given the partitions owned now.
     fn is_current(&self, owned: &HashMap<i32, u64>) -> bool {
         owned.get(&self.partition) == Some(&self.epoch)
-            || self
-                .kept_once_started
-                .as_ref()
-                .is_some_and(|started| started.load(Ordering::Acquire))
+            || matches!(&self.kind, CompletionKind::RunUpdate { started } if started.load(Ordering::Acquire))
     }
 }
 
@@ -204,7 +213,7 @@ impl Committer {
                             on_commit(started.elapsed(), pending.len());
                         }
                         for completion in pending.drain(..) {
-                            if let Some(committed) = completion.committed {
+                            if let CompletionKind::StartMark { committed } = completion.kind {
                                 committed.store(true, Ordering::Release);
                             }
                         }
@@ -314,13 +323,9 @@ impl Committer {
         pending.retain(|c| c.is_current(&owned));
     }
 
-    /// The watermark and metadata of each partition whose offsets moved in `batch`.
+    /// The watermark and metadata of each partition with a completion in `batch`.
     fn offsets(&self, ledger: &HashMap<i32, Book>, batch: &[Completion]) -> TopicPartitionList {
-        let moved: BTreeSet<(i32, u64)> = batch
-            .iter()
-            .filter(|c| c.moves_offsets)
-            .map(|c| (c.partition, c.epoch))
-            .collect();
+        let moved: BTreeSet<(i32, u64)> = batch.iter().map(|c| (c.partition, c.epoch)).collect();
         let mut offsets = TopicPartitionList::new();
         for (partition, epoch) in moved {
             let Some(book) = ledger.get(&partition).filter(|b| b.epoch == epoch) else {
@@ -379,9 +384,7 @@ mod tests {
             partition,
             epoch,
             outputs: Vec::new(),
-            moves_offsets: true,
-            committed: None,
-            kept_once_started: None,
+            kind: CompletionKind::Finished,
         }
     }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::kill_switch::KillSwitch;
 use crate::bus::offsets::Ledger;
 use crate::bus::outputs::{self, Output, Source};
-use crate::bus::transaction::Completion;
+use crate::bus::transaction::{Assignment, Completion};
 use crate::catalog::Catalog;
 use crate::chaos::runner::RunContext;
 use crate::config::Topics;
@@ -32,6 +32,7 @@ pub(super) struct Wiring {
     pub catalog: Arc<Catalog>,
     pub run: RunContext,
     pub ledger: Ledger,
+    pub assignment: Assignment,
     pub kill_switch: KillSwitch,
     pub completions: std::sync::mpsc::Sender<Completion>,
 }

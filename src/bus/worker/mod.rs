@@ -241,6 +241,7 @@ pub async fn run(
         catalog,
         run,
         ledger,
+        assignment,
         kill_switch,
         completions: completions_tx,
     });

@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicBool;
 use crate::bus::kill_switch::KillSwitch;
 use crate::bus::offsets::{Ledger, RunPosition};
 use crate::bus::outputs::{self, Output};
-use crate::bus::transaction::Completion;
+use crate::bus::transaction::{Assignment, Completion, CompletionKind};
 use crate::catalog::Catalog;
 use crate::config::Topics;
 use crate::contract::{FlagChange, RunRecord, RunStatus};
@@ -30,6 +30,9 @@ use crate::gate::executor::{RunUpdate, UpdateSink, run_position, superseded_reco
 #[derive(Clone)]
 pub(super) struct RunRecords {
     pub topics: Arc<Topics>,
+    /// Partitions owned now: the rebalance callback drops a revoked one before it
+    /// interrupts its runs, so a run's `aborted` record always finds it gone.
+    pub assignment: Assignment,
     pub ledger: Ledger,
     pub catalog: Arc<Catalog>,
     pub kill_switch: KillSwitch,
@@ -46,6 +49,14 @@ pub(super) struct EventAt<'a> {
 }
 
 impl RunRecords {
+    /// Whether `partition` is still owned under `epoch` (read before the ledger is
+    /// locked: the committer locks the assignment under the ledger's lock).
+    fn owns(&self, partition: i32, epoch: u64) -> bool {
+        self.assignment
+            .lock()
+            .is_ok_and(|owned| owned.get(&partition) == Some(&epoch))
+    }
+
     /// Final `aborted` records for the runs the attempt before `attempt` left open, encoded
     /// for the new start mark (see "Superseded runs").
     pub fn superseded(
@@ -88,6 +99,9 @@ impl RunRecords {
         let Some(pipeline) = event.pipeline.and_then(|id| self.catalog.pipeline(id)) else {
             return;
         };
+        if !self.owns(event.partition, event.epoch) {
+            return;
+        }
         let mut ledger = self.ledger.lock();
         let Some(book) = ledger
             .get_mut(&event.partition)
@@ -109,9 +123,11 @@ impl RunRecords {
                 partition: event.partition,
                 epoch: event.epoch,
                 outputs: closing,
-                moves_offsets: true,
-                committed: None,
-                kept_once_started: None,
+                // Owned now; dropped if revoked before it commits (the next owner closes
+                // the runs).
+                kind: CompletionKind::RunUpdate {
+                    started: Arc::new(AtomicBool::new(false)),
+                },
             });
         }
     }
@@ -137,28 +153,27 @@ impl RunRecords {
                 .as_deref()
                 .and_then(|id| records.catalog.pipeline(id))
                 .and_then(|pipeline| run_position(&change, pipeline, record));
+            let owned = records.owns(partition, epoch);
             let mut ledger = records.ledger.lock();
-            let book = ledger.get_mut(&partition).filter(|b| b.epoch == epoch);
-            let moves_offsets = match (book, position) {
+            let book = ledger
+                .get_mut(&partition)
+                .filter(|b| owned && b.epoch == epoch);
+            match (book, position) {
+                (Some(book), Some(position)) if running => book.offsets.opened(offset, position),
                 (Some(book), Some(position)) => {
-                    if running {
-                        book.offsets.opened(offset, position);
-                    } else {
-                        book.offsets.closed(offset, position);
-                    }
-                    true
+                    book.offsets.closed(offset, position);
                 }
                 // Revoked: the partition's next owner closes the run.
                 (None, Some(_)) if !running => return,
-                _ => false,
-            };
+                _ => {}
+            }
             let _ = records.completions.send(Completion {
                 partition,
                 epoch,
                 outputs: vec![outputs::run_update(&records.topics, &update)],
-                moves_offsets,
-                committed: None,
-                kept_once_started: Some(started.clone()),
+                kind: CompletionKind::RunUpdate {
+                    started: started.clone(),
+                },
             });
         })
     }

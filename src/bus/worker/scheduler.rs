@@ -36,7 +36,7 @@ use tracing::Instrument;
 use crate::bus::flag_queue::FlagQueues;
 use crate::bus::offsets::{Book, Receipt};
 use crate::bus::outputs::{self, Output};
-use crate::bus::transaction::Completion;
+use crate::bus::transaction::{Completion, CompletionKind};
 use crate::contract::KafkaMessage;
 use crate::gate::decision;
 use crate::gate::executor::{Execution, ExecutionContext, execute};
@@ -105,6 +105,7 @@ impl Scheduler {
     pub fn new(wiring: Wiring) -> Self {
         let records = RunRecords {
             topics: wiring.topics.clone(),
+            assignment: wiring.assignment.clone(),
             ledger: wiring.ledger.clone(),
             catalog: wiring.catalog.clone(),
             kill_switch: wiring.kill_switch.clone(),
@@ -391,10 +392,10 @@ impl Scheduler {
             let _ = self.wiring.completions.send(Completion {
                 partition: pending.partition,
                 epoch,
-                committed: Some(start_committed.clone()),
                 outputs: superseded,
-                moves_offsets: true,
-                kept_once_started: None,
+                kind: CompletionKind::StartMark {
+                    committed: start_committed.clone(),
+                },
             });
             attempt
         };
@@ -527,9 +528,7 @@ impl Scheduler {
             partition,
             epoch,
             outputs,
-            moves_offsets: true,
-            committed: None,
-            kept_once_started: None,
+            kind: CompletionKind::Finished,
         });
     }
 }
@@ -587,6 +586,7 @@ mod tests {
             catalog: Arc::new(catalog),
             run: RunContext::default(),
             ledger: ledger.clone(),
+            assignment: Arc::new(std::sync::Mutex::new(HashMap::from([(0, 1)]))),
             kill_switch: KillSwitch::default(),
             completions,
         });
