@@ -18,7 +18,7 @@ mod worker;
 use std::time::Duration;
 
 use chaosgate::contract::dead_letter::{HEADER_ERROR_CLASS, HEADER_VALUE_TRUNCATED};
-use chaosgate::contract::{ChangeKind, KafkaMessage};
+use chaosgate::contract::{ChangeKind, CommandKind, KafkaMessage, ReasonCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
@@ -319,4 +319,51 @@ async fn a_dead_letter_the_broker_refuses_is_cut_until_it_fits_and_commits_go_on
     assert!(header(HEADER_ERROR_CLASS).is_some());
     let value = dead.value.value.as_ref().expect("value");
     assert!(value.len() < 16_384, "value of {} bytes", value.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborts_sent_while_no_worker_ran_are_honoured_by_the_worker_that_takes_the_event() {
+    let (_mock, h, _up, settings) = world("abort-before", 1).await;
+    let collector = h.collect();
+    // Sent while no worker runs (a restart, a partition moving): an abort of one
+    // execution, and an `all` that reaches only changes that occurred before it.
+    let aborted = change("gated-aborted", ChangeKind::Enable, None);
+    let before_all = change("gated-before-all", ChangeKind::Enable, None);
+    h.produce_abort(serde_json::json!({
+        "scope": "pipeline_execution",
+        "id": chaosgate::contract::ids::pipeline_execution_id(&aborted.event_id, "gate-up"),
+    }))
+    .await;
+    h.produce_abort(serde_json::json!({"scope": "all"})).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after_all = change("gated-after-all", ChangeKind::Enable, None);
+    for event in [&aborted, &before_all, &after_all] {
+        h.produce_change(event).await;
+    }
+    let _worker = h.spawn("w", &h.config("w", &settings));
+    let events: Vec<String> = [&aborted, &before_all, &after_all]
+        .iter()
+        .map(|e| e.event_id.clone())
+        .collect();
+    let out = settle(&h, &collector, &events, PATIENCE).await;
+    for event in [&aborted, &before_all] {
+        let command = out.commands_for(&event.event_id)[0];
+        assert_eq!(
+            (command.command, command.reason_code),
+            (CommandKind::Disable, ReasonCode::Aborted),
+            "{}: {}\n{}",
+            event.flag,
+            command.reason,
+            out.describe()
+        );
+    }
+    let command = out.commands_for(&after_all.event_id)[0];
+    assert_eq!(
+        (command.command, command.reason_code),
+        (CommandKind::Enable, ReasonCode::Passed),
+        "{}\n{}",
+        command.reason,
+        out.describe()
+    );
+    assert_exactly_once(&h, &out, &events, &[after_all.event_id.clone()]);
 }
