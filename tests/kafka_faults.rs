@@ -365,5 +365,5 @@ async fn aborts_sent_while_no_worker_ran_are_honoured_by_the_worker_that_takes_t
         command.reason,
         out.describe()
     );
-    assert_exactly_once(&h, &out, &events, &[after_all.event_id.clone()]);
+    assert_exactly_once(&h, &out, &events, std::slice::from_ref(&after_all.event_id));
 }
