@@ -367,3 +367,53 @@ async fn aborts_sent_while_no_worker_ran_are_honoured_by_the_worker_that_takes_t
     );
     assert_exactly_once(&h, &out, &events, std::slice::from_ref(&after_all.event_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstable_offset_commit_on_offset_fetch_neither_restarts_from_zero_nor_forgets_metadata() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let (mock, h, _up, settings) = world("unstable-offsets", 1).await;
+    let collector = h.collect();
+    let mut events = Vec::new();
+    for i in 0..6 {
+        let event = change(&format!("free-{i}"), ChangeKind::Enable, None);
+        let (partition, offset) = h.produce_change(&event).await;
+        assert_eq!((partition, offset), (0, i), "one partition, offsets from 0");
+        events.push(event.event_id);
+    }
+    // An earlier owner committed: offsets 0-2 done (watermark 3), and 4 done above it.
+    let committer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &h.servers)
+        .set("group.id", &h.group)
+        .create()
+        .expect("committer");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&h.topics.flag_changes, 0, rdkafka::Offset::Offset(3))
+        .expect("offset");
+    offsets
+        .find_partition(&h.topics.flag_changes, 0)
+        .expect("partition")
+        .set_metadata("cg2;done=1;started=");
+    committer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("commit the earlier owner's offsets");
+    drop(committer);
+    // The offset read meets UNSTABLE_OFFSET_COMMIT (an earlier transaction still open)
+    // for a while.
+    mock.cluster().request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT; 20],
+    );
+    let _worker = h.spawn("w", &h.config("w", &settings));
+    let left = vec![events[3].clone(), events[5].clone()];
+    let out = settle(&h, &collector, &left, PATIENCE).await;
+    assert_exactly_once(&h, &out, &left, &[]);
+    for done in [0, 1, 2, 4] {
+        assert!(
+            out.commands_for(&events[done]).is_empty(),
+            "event at offset {done}, done by the earlier owner, ran again\n{}\n{}",
+            out.describe(),
+            h.log_tails()
+        );
+    }
+}
