@@ -417,3 +417,22 @@ async fn unstable_offset_commit_on_offset_fetch_neither_restarts_from_zero_nor_f
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_in_flight_whose_offsets_metadata_cannot_fit_stops_the_worker_with_a_clear_error() {
+    let (_mock, h, _up, mut settings) = world("metadata-bound", 1).await;
+    settings.max_in_flight = 256;
+    let mut worker = h.spawn("w", &h.config("w", &settings));
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    let log = worker.log_text();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the worker ran with a max_in_flight its offsets metadata cannot record ({status:?})\n{log}"
+    );
+    assert!(
+        log.contains("worker.max_in_flight = 256")
+            && log.contains("offset.metadata.max.bytes")
+            && log.contains("set worker.max_in_flight to at most"),
+        "{log}"
+    );
+}
