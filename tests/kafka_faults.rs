@@ -18,7 +18,7 @@ mod worker;
 use std::time::Duration;
 
 use chaosgate::contract::dead_letter::{HEADER_ERROR_CLASS, HEADER_VALUE_TRUNCATED};
-use chaosgate::contract::{ChangeKind, KafkaMessage};
+use chaosgate::contract::{ChangeKind, CommandKind, KafkaMessage, ReasonCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
@@ -167,7 +167,14 @@ async fn the_broker_down_and_up_mid_batch_loses_and_doubles_nothing() {
     // outage is aborted and runs again, which a real broker hides from read_committed
     // readers but the mock does not (its aborted records stay visible): that case is
     // for the real broker's outage test.
-    settings.properties = vec![("transaction.timeout.ms", "20000".to_string())];
+    // The group session outlasts the outage too: the mock does not store offsets
+    // committed in transactions, so partitions assigned again would start from offset 0
+    // and run everything again (a mock artefact; bus-loop's tests cover the rebalance).
+    settings.properties = vec![
+        ("transaction.timeout.ms", "20000".to_string()),
+        ("session.timeout.ms", "30000".to_string()),
+        ("heartbeat.interval.ms", "3000".to_string()),
+    ];
     let collector = h.collect();
     let _worker = h.spawn("w", &h.config("w", &settings));
     let (events, gated) = produce(&h, 3, 3).await;
@@ -319,4 +326,120 @@ async fn a_dead_letter_the_broker_refuses_is_cut_until_it_fits_and_commits_go_on
     assert!(header(HEADER_ERROR_CLASS).is_some());
     let value = dead.value.value.as_ref().expect("value");
     assert!(value.len() < 16_384, "value of {} bytes", value.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborts_sent_while_no_worker_ran_are_honoured_by_the_worker_that_takes_the_event() {
+    let (_mock, h, _up, settings) = world("abort-before", 1).await;
+    let collector = h.collect();
+    // Sent while no worker runs (a restart, a partition moving): an abort of one
+    // execution, and an `all` that reaches only changes that occurred before it.
+    let aborted = change("gated-aborted", ChangeKind::Enable, None);
+    let before_all = change("gated-before-all", ChangeKind::Enable, None);
+    h.produce_abort(serde_json::json!({
+        "scope": "pipeline_execution",
+        "id": chaosgate::contract::ids::pipeline_execution_id(&aborted.event_id, "gate-up"),
+    }))
+    .await;
+    h.produce_abort(serde_json::json!({"scope": "all"})).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after_all = change("gated-after-all", ChangeKind::Enable, None);
+    for event in [&aborted, &before_all, &after_all] {
+        h.produce_change(event).await;
+    }
+    let _worker = h.spawn("w", &h.config("w", &settings));
+    let events: Vec<String> = [&aborted, &before_all, &after_all]
+        .iter()
+        .map(|e| e.event_id.clone())
+        .collect();
+    let out = settle(&h, &collector, &events, PATIENCE).await;
+    for event in [&aborted, &before_all] {
+        let command = out.commands_for(&event.event_id)[0];
+        assert_eq!(
+            (command.command, command.reason_code),
+            (CommandKind::Disable, ReasonCode::Aborted),
+            "{}: {}\n{}",
+            event.flag,
+            command.reason,
+            out.describe()
+        );
+    }
+    let command = out.commands_for(&after_all.event_id)[0];
+    assert_eq!(
+        (command.command, command.reason_code),
+        (CommandKind::Enable, ReasonCode::Passed),
+        "{}\n{}",
+        command.reason,
+        out.describe()
+    );
+    assert_exactly_once(&h, &out, &events, std::slice::from_ref(&after_all.event_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstable_offset_commit_on_offset_fetch_neither_restarts_from_zero_nor_forgets_metadata() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let (mock, h, _up, settings) = world("unstable-offsets", 1).await;
+    let collector = h.collect();
+    let mut events = Vec::new();
+    for i in 0..6 {
+        let event = change(&format!("free-{i}"), ChangeKind::Enable, None);
+        let (partition, offset) = h.produce_change(&event).await;
+        assert_eq!((partition, offset), (0, i), "one partition, offsets from 0");
+        events.push(event.event_id);
+    }
+    // An earlier owner committed: offsets 0-2 done (watermark 3), and 4 done above it.
+    let committer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &h.servers)
+        .set("group.id", &h.group)
+        .create()
+        .expect("committer");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&h.topics.flag_changes, 0, rdkafka::Offset::Offset(3))
+        .expect("offset");
+    offsets
+        .find_partition(&h.topics.flag_changes, 0)
+        .expect("partition")
+        .set_metadata("cg2;done=1;started=");
+    committer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("commit the earlier owner's offsets");
+    drop(committer);
+    // The offset read meets UNSTABLE_OFFSET_COMMIT (an earlier transaction still open)
+    // for a while.
+    mock.cluster().request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT; 20],
+    );
+    let _worker = h.spawn("w", &h.config("w", &settings));
+    let left = vec![events[3].clone(), events[5].clone()];
+    let out = settle(&h, &collector, &left, PATIENCE).await;
+    assert_exactly_once(&h, &out, &left, &[]);
+    for done in [0, 1, 2, 4] {
+        assert!(
+            out.commands_for(&events[done]).is_empty(),
+            "event at offset {done}, done by the earlier owner, ran again\n{}\n{}",
+            out.describe(),
+            h.log_tails()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_in_flight_whose_offsets_metadata_cannot_fit_stops_the_worker_with_a_clear_error() {
+    let (_mock, h, _up, mut settings) = world("metadata-bound", 1).await;
+    settings.max_in_flight = 256;
+    let mut worker = h.spawn("w", &h.config("w", &settings));
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    let log = worker.log_text();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the worker ran with a max_in_flight its offsets metadata cannot record ({status:?})\n{log}"
+    );
+    assert!(
+        log.contains("worker.max_in_flight = 256")
+            && log.contains("offset.metadata.max.bytes")
+            && log.contains("set worker.max_in_flight to at most"),
+        "{log}"
+    );
 }

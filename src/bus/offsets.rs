@@ -268,6 +268,10 @@ impl PartitionOffsets {
 
     fn prune(&mut self) {
         let watermark = self.watermark();
+        // Done offsets read back from metadata can carry the watermark past what was
+        // received: everything below it is done, so `next` moves with it (else those
+        // offsets, pruned from `done`, would count as new when they arrive).
+        self.next = self.next.max(watermark);
         self.done = self.done.split_off(&watermark);
         self.started = self.started.split_off(&watermark);
         self.open = self.open.split_off(&watermark);
@@ -552,6 +556,21 @@ mod tests {
                 .contains("set worker.max_in_flight to at most"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn done_offsets_read_back_stay_done_once_the_watermark_passes_them() {
+        // Committed 3 with 4 done: finishing 3 carries the watermark to 5 before offset 4
+        // is received again.
+        let mut resumed = PartitionOffsets::resume(3, "cg2;done=1;started=");
+        assert_eq!(resumed.receive(3), Receipt::Process);
+        resumed.complete(3);
+        assert_eq!(resumed.watermark(), 5);
+        assert_eq!(resumed.receive(4), Receipt::Skip);
+        assert_eq!(resumed.receive(5), Receipt::Process);
+        assert_eq!(resumed.watermark(), 5);
+        resumed.complete(5);
+        assert_eq!(resumed.watermark(), 6);
     }
 
     #[test]

@@ -96,6 +96,10 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest single blocking call while a commit's outcome is unknown, so the committer
 /// logs and backs off between calls instead of one long wait.
 const IN_DOUBT_CALL: Duration = Duration::from_secs(5);
+/// The longest an abort may take before the producer is rebuilt instead (its successor's
+/// `init_transactions` ends the transaction): an abort answers in milliseconds when the
+/// coordinator is there, and waiting longer only adds a second long wait to the attempt's.
+pub const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the delivery of a transaction's records is checked before its commit.
 const DELIVERY_CHECK: Duration = Duration::from_micros(200);
 /// The pause before a retriable call is made again (librdkafka: "preferably after a
@@ -222,6 +226,9 @@ pub fn attempt<'a>(
             producer.send_offsets_to_transaction(offsets, group, left)
         });
         if let Err(error) = result {
+            if error.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetMetadataTooLarge) {
+                tracing::error!(%error, bound = super::offsets::MAX_METADATA, "the broker refuses offsets metadata within chaosgate's bound: its offset.metadata.max.bytes is below the 4096-byte default; raise it (no retry can fix this)");
+            }
             return match recovery(&error) {
                 Recovery::Rebuild => Attempt::Rebuild(error),
                 _ => Attempt::Abort(error),

@@ -32,7 +32,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::offsets::{Book, Ledger};
 use super::outputs::{Output, cut_to_fit, record_size};
-use super::producer::{self, Attempt, TransactionalProducer, retry_delays};
+use super::producer::{self, ABORT_TIMEOUT, Attempt, TransactionalProducer, retry_delays};
 
 pub use super::producer::await_delivery;
 /// Most completions gathered before a transaction begins (the drain at its start, under
@@ -232,14 +232,14 @@ impl Committer {
                         self.failed(&mut failures);
                         tracing::warn!(%error, "the producer refused a record; cutting it to fit");
                         refit(&mut pending, output, limit);
-                        producer = self.abort_or_rebuild(producer, attempt_timeout);
+                        producer = self.abort_or_rebuild(producer);
                         // The refused record changed: the batch can go again at once.
                         break false;
                     }
                     Attempt::Abort(error) => {
                         self.failed(&mut failures);
                         tracing::warn!(%error, attempt = failures, "transaction failed; aborting and retrying the batch");
-                        producer = self.abort_or_rebuild(producer, attempt_timeout);
+                        producer = self.abort_or_rebuild(producer);
                         break true;
                     }
                     Attempt::Rebuild(error) => {
@@ -264,14 +264,10 @@ impl Committer {
         }
     }
 
-    /// Aborts the open transaction; a producer that cannot abort within the attempt
-    /// timeout is rebuilt (its successor's `init_transactions` aborts it).
-    fn abort_or_rebuild(
-        &self,
-        producer: TransactionalProducer,
-        timeout: Duration,
-    ) -> TransactionalProducer {
-        match producer::abort(&producer, Instant::now() + timeout) {
+    /// Aborts the open transaction; a producer that cannot abort within [`ABORT_TIMEOUT`]
+    /// is rebuilt (its successor's `init_transactions` aborts it).
+    fn abort_or_rebuild(&self, producer: TransactionalProducer) -> TransactionalProducer {
+        match producer::abort(&producer, Instant::now() + ABORT_TIMEOUT) {
             Ok(()) => producer,
             Err(error) => {
                 tracing::warn!(%error, "cannot abort the transaction; rebuilding the producer");
