@@ -5,8 +5,8 @@
 //! - the consumer (cooperative-sticky, static membership by default), whose rebalance
 //!   callback ([`rebalance`]) pauses new partitions until [`committed`] has read their
 //!   offsets metadata;
-//! - the [`scheduler::Scheduler`], which holds every piece of bookkeeping and starts
-//!   executions as supervised tasks;
+//! - the [`scheduler::Scheduler`], which holds every piece of bookkeeping, admits records
+//!   ([`admission`]) and starts executions as supervised tasks ([`supervisor`]);
 //! - the transactional committer ([`crate::bus::transaction`]) on a thread of its own, fed
 //!   over a channel: final records, commands, dead letters, start marks and run updates;
 //! - the kill switch ([`crate::bus::kill_switch`]).
@@ -17,9 +17,9 @@
 //! pass ticks the `main loop` heartbeat behind `/healthz` and the
 //! `chaosgate_main_loop_last_tick_seconds` gauge.
 //!
-//! Rebalances: a revoked partition's in-flight runs are interrupted (faults reverted,
-//! `aborted` records published) and nothing of it is committed; its new owner runs those
-//! events again as the next attempt. Shutdown runs every step against one deadline
+//! Rebalances: a revoked partition's in-flight runs are interrupted (faults reverted) and
+//! nothing of it is committed; its new owner runs those events again as the next attempt
+//! and closes the cut-off runs ([`run_records`]). Shutdown runs every step against one deadline
 //! ([`crate::bus::shutdown`]): interrupt and drain the runs, let the committer commit what
 //! finished, stop the kill switch, leave the group.
 

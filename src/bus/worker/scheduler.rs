@@ -12,12 +12,12 @@
 //!   draining. [`Scheduler::flow`] compares that with what librdkafka was told, per
 //!   partition, so a partition assigned during backpressure is paused too.
 //! - **Start marks.** An execution's start count goes to the committer as a start mark
-//!   (offsets only), so a run cut off by a crash, a shutdown or a rebalance runs again as
-//!   the next attempt with its own run id. The run does not wait for it: a crash before
-//!   the mark commits (the committer's linger plus one transaction) repeats the attempt and
-//!   its run id, and its `running` record, committed with the mark or later, is not
-//!   visible either. So a run interrupted before its mark committed publishes no
-//!   `aborted` record: its id runs again.
+//!   (its offsets, plus the records closing its previous attempt's runs), so a run cut
+//!   off by a crash, a shutdown or a rebalance runs again as the next attempt with its
+//!   own run id. The run does not wait for it: a crash before the mark commits (the
+//!   committer's linger plus one transaction) repeats the attempt and its run id, and its
+//!   `running` record, committed with the mark or later, is not visible either; nothing
+//!   of that attempt is, so nothing of it needs closing.
 //! - **Supervision.** A panicking execution is an interrupted one: its slot and its flag
 //!   are released, it is logged with its ids, and its offset is left uncommitted for the
 //!   next owner of the partition (a restart runs it again as the next attempt).
