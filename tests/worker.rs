@@ -1504,20 +1504,6 @@ async fn metrics_and_readiness_reflect_a_gated_event() {
     }
 }
 
-/// Writes a config for `instance` with `extra` lines at the top of its `[worker]` table.
-fn config_with_worker_keys(
-    h: &Harness,
-    instance: &str,
-    settings: &Settings,
-    extra: &str,
-) -> std::path::PathBuf {
-    let path = h.config(instance, settings);
-    let text = std::fs::read_to_string(&path).expect("config");
-    let text = text.replacen("[worker]\n", &format!("[worker]\n{extra}\n"), 1);
-    std::fs::write(&path, text).expect("config");
-    path
-}
-
 /// Opens a transaction that commits an offset of partition 0 of `topic` for `group`, and
 /// leaves it open: until it ends, the broker answers a `read_committed` offset fetch of
 /// that partition with UNSTABLE_OFFSET_COMMIT. The broker takes such a commit (generation
@@ -1725,8 +1711,7 @@ async fn the_loop_ticks_while_idle_and_liveness_reports_it() {
         &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
     );
     h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["quick"]));
-    let config =
-        config_with_worker_keys(&h, "w", &Settings::default(), "liveness_timeout = \"20s\"");
+    let config = h.config("w", &Settings::default());
     let worker = h.spawn("w", &config);
     let address = worker.http_address(PATIENCE).await;
     let http = reqwest::Client::new();
