@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -124,28 +124,8 @@ pub async fn run(
         rebalance_tx,
         readiness.clone(),
     );
-    let mut consumer_config = client.clone();
-    consumer_config
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set(
-            "statistics.interval.ms",
-            config
-                .kafka
-                .properties
-                .get("statistics.interval.ms")
-                .map_or("15000", String::as_str),
-        )
-        .set("partition.assignment.strategy", "cooperative-sticky");
-    if config.worker.static_membership && !config.kafka.properties.contains_key("group.instance.id")
-    {
-        consumer_config.set("group.instance.id", &transactional_id);
-    }
     let consumer: Arc<StreamConsumer<WorkerContext>> = Arc::new(
-        consumer_config
+        consumer_config(&config, &client, &transactional_id)
             .create_with_context(context)
             .map_err(WorkerError::Client)?,
     );
@@ -169,31 +149,7 @@ pub async fn run(
     let ledger = Ledger::default();
     let committer_beat = Heartbeat::new("committer");
     let committer = Committer {
-        config: client
-            .clone()
-            .set("transactional.id", &transactional_id)
-            // Half of it bounds one transaction attempt (see `bus::producer`).
-            .set(
-                "transaction.timeout.ms",
-                config
-                    .kafka
-                    .properties
-                    .get("transaction.timeout.ms")
-                    .map_or("60000", String::as_str),
-            )
-            .set("linger.ms", "0")
-            // A transaction begun right after the previous one's commit meets
-            // CONCURRENT_TRANSACTIONS until the commit markers are written; retry soon
-            // (the Java client waits 20 ms) rather than after librdkafka's 100 ms.
-            .set(
-                "retry.backoff.ms",
-                config
-                    .kafka
-                    .properties
-                    .get("retry.backoff.ms")
-                    .map_or("5", String::as_str),
-            )
-            .clone(),
+        config: producer_config(&config, &client, &transactional_id),
         topic: topics.flag_changes.clone(),
         ledger: ledger.clone(),
         group_metadata: Box::new({
@@ -287,14 +243,110 @@ pub async fn run(
         apply_flow(&consumer, &topics.flag_changes, &mut scheduler);
     }
 
-    let deadline = Deadline::after(config.worker.shutdown_grace.duration());
+    stop(
+        Deadline::after(config.worker.shutdown_grace.duration()),
+        scheduler,
+        &readiness,
+        Stopping {
+            consumer,
+            topic: topics.flag_changes.clone(),
+            committer: committer_thread,
+            stop_control,
+            control_task,
+        },
+    )
+    .await;
+    readiness.unwatch_all();
+    metrics::clear_consumer_lag();
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// The consumer's settings: chaosgate's group defaults over the client settings, and
+/// static membership (`group.instance.id` = the transactional id) unless switched off or
+/// set in `kafka.properties`.
+fn consumer_config(config: &Config, client: &ClientConfig, transactional_id: &str) -> ClientConfig {
+    let mut consumer = client.clone();
+    consumer
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set(
+            "statistics.interval.ms",
+            property(config, "statistics.interval.ms", "15000"),
+        )
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    if config.worker.static_membership && !config.kafka.properties.contains_key("group.instance.id")
+    {
+        consumer.set("group.instance.id", transactional_id);
+    }
+    consumer
+}
+
+/// The transactional producer's settings. Half of `transaction.timeout.ms` bounds one
+/// transaction attempt (see `bus::producer`). `retry.backoff.ms` is 5 ms: a transaction
+/// begun right after the previous one's commit meets CONCURRENT_TRANSACTIONS until the
+/// commit markers are written, and the Java client retries after 20 ms, not librdkafka's
+/// 100 ms.
+fn producer_config(config: &Config, client: &ClientConfig, transactional_id: &str) -> ClientConfig {
+    let mut producer = client.clone();
+    producer
+        .set("transactional.id", transactional_id)
+        .set(
+            "transaction.timeout.ms",
+            property(config, "transaction.timeout.ms", "60000"),
+        )
+        .set("linger.ms", "0")
+        .set(
+            "retry.backoff.ms",
+            property(config, "retry.backoff.ms", "5"),
+        );
+    producer
+}
+
+/// `kafka.properties[key]`, else `default`.
+fn property<'a>(config: &'a Config, key: &str, default: &'a str) -> &'a str {
+    config
+        .kafka
+        .properties
+        .get(key)
+        .map_or(default, String::as_str)
+}
+
+/// What the stop sequence takes down after the scheduler.
+struct Stopping {
+    consumer: Arc<StreamConsumer<WorkerContext>>,
+    topic: String,
+    committer: std::thread::JoinHandle<()>,
+    stop_control: CancellationToken,
+    control_task: tokio::task::JoinHandle<()>,
+}
+
+/// The graceful stop, every step against `deadline` (see [`crate::bus::shutdown`]):
+/// interrupt and drain the runs, let the committer commit what finished, stop the kill
+/// switch, leave the group.
+async fn stop(
+    deadline: Deadline,
+    mut scheduler: Scheduler,
+    readiness: &Readiness,
+    parts: Stopping,
+) {
+    let Stopping {
+        consumer,
+        topic,
+        committer,
+        stop_control,
+        control_task,
+    } = parts;
     readiness.set_stopping();
     tracing::info!(
         running = scheduler.running(),
         "shutting down: interrupting runs"
     );
     scheduler.drain();
-    apply_flow(&consumer, &topics.flag_changes, &mut scheduler);
+    apply_flow(&consumer, &topic, &mut scheduler);
     while scheduler.running() > 0 {
         match deadline
             .step("drain the runs", scheduler.next_ended())
@@ -312,7 +364,7 @@ pub async fn run(
     // sinks): the committer commits what it holds and ends.
     drop(scheduler);
     let committed = deadline
-        .blocking("join the committer", move || committer_thread.join())
+        .blocking("join the committer", move || committer.join())
         .await;
     if !matches!(committed, Some(Ok(()))) {
         tracing::warn!("the committer did not finish within the grace period");
@@ -325,10 +377,6 @@ pub async fn run(
             drop(consumer);
         })
         .await;
-    readiness.unwatch_all();
-    metrics::clear_consumer_lag();
-    tracing::info!("worker stopped");
-    Ok(())
 }
 
 /// Applies a rebalance; new partitions get their committed offsets read.
