@@ -455,6 +455,9 @@ mod tests {
         assert_eq!(config.kafka.topics.flag_changes, "flag-changes");
         assert_eq!(config.kafka.group_id, "chaosgate");
         assert_eq!(config.worker.max_in_flight, 16);
+        assert_eq!(config.worker.liveness_timeout.duration().as_secs(), 120);
+        assert!(config.worker.static_membership);
+        assert_eq!(config.worker.instance_id, None);
     }
 
     #[test]

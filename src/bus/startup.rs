@@ -216,3 +216,22 @@ fn host_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transactional_id_names_the_instance() {
+        let text = "[kafka]\nbootstrap_servers = \"b:9092\"\ntransactional_id_prefix = \"cg\"\n\
+                    [catalog]\npath = \"c\"\n[worker]\ninstance_id = \"host-2\"\n";
+        let config = Config::parse(text, "c.toml", Vec::new()).expect("config");
+        assert_eq!(transactional_id(&config), "cg-host-2");
+        let explicit = text.replace(
+            "transactional_id_prefix = \"cg\"",
+            "transactional_id = \"mine\"",
+        );
+        let config = Config::parse(&explicit, "c.toml", Vec::new()).expect("config");
+        assert_eq!(transactional_id(&config), "mine");
+    }
+}
