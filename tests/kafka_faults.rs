@@ -450,3 +450,35 @@ async fn a_max_in_flight_whose_offsets_metadata_cannot_fit_stops_the_worker_with
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_producer_is_rebuilt_and_publishes_each_output_once() {
+    // The real broker: fencing needs a coordinator that keeps producer epochs.
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "fenced", 1).await;
+    let _up = gated_catalog(&h).await;
+    let (collector, _worker) = start(&h, &Settings::default());
+    let (mut events, mut gated) = produce(&h, 1, 2).await;
+    settle(&h, &collector, &events, PATIENCE).await;
+    // Another producer with the worker's transactional id (a zombie's successor, say)
+    // bumps the epoch: the worker's next transaction call fails as fenced (fatal).
+    let fencer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("transactional.id", format!("{}-w", h.group))
+        .create()
+        .expect("fencing producer");
+    fencer
+        .init_transactions(Duration::from_secs(30))
+        .expect("fence the worker's producer");
+    drop(fencer);
+    let (more, more_gated) = produce(&h, 1, 3).await;
+    events.extend(more);
+    gated.extend(more_gated);
+    settle_exactly_once(&h, &collector, &events, &gated).await;
+    assert!(
+        h.logs()
+            .contains("transactional producer unusable; rebuilding it"),
+        "the fenced producer was not rebuilt\n{}",
+        h.log_tails()
+    );
+}
