@@ -247,8 +247,9 @@ pub async fn listen(
 ) {
     let consumer: StreamConsumer = match client
         .clone()
-        // Required by librdkafka for a consumer; no group is joined (partitions are
-        // assigned, never subscribed) and nothing is committed.
+        // A label only: no group is joined (partitions are assigned, never subscribed) and
+        // nothing is committed. rust-rdkafka serves a consumer's messages from its
+        // consumer queue only when it has a group id.
         .set("group.id", "chaosgate-control-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
