@@ -482,3 +482,35 @@ async fn a_fenced_producer_is_rebuilt_and_publishes_each_output_once() {
         h.log_tails()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_is_caught_up_only_once_it_knows_every_earlier_abort() {
+    use chaosgate::bus::kill_switch::{self, KillSwitch};
+    use tokio_util::sync::CancellationToken;
+    let (_mock, h, _up, _settings) = world("kill-switch-backlog", 3).await;
+    let executions: Vec<String> = (0..30).map(|i| format!("execution-{i}")).collect();
+    for id in &executions {
+        h.produce_abort(serde_json::json!({"scope": "pipeline_execution", "id": id}))
+            .await;
+    }
+    let kill_switch = KillSwitch::default();
+    let stop = CancellationToken::new();
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", &h.servers);
+    let listener = tokio::spawn(kill_switch::listen(
+        client,
+        h.topics.control.clone(),
+        kill_switch.clone(),
+        stop.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(30), kill_switch.caught_up())
+        .await
+        .expect("caught up within 30 s");
+    for id in &executions {
+        let kill = CancellationToken::new();
+        kill_switch.register(id, kill.clone(), chrono::Utc::now());
+        assert!(kill.is_cancelled(), "{id}: its abort was not known yet");
+    }
+    stop.cancel();
+    listener.await.expect("listener");
+}
