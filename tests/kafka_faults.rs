@@ -41,6 +41,18 @@ async fn world(name: &str, partitions: i32) -> (Mock, Harness, Listener, Setting
     let topics = Topics::unique(name);
     mock.create_topics(&topics, partitions);
     let h = Harness::for_topics(&mock.servers(), name, partitions, topics);
+    let up = gated_catalog(&h).await;
+    let settings = Settings {
+        shutdown_grace: "10s",
+        properties: vec![("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string())],
+        ..Settings::default()
+    };
+    (mock, h, up, settings)
+}
+
+/// A catalog gating flags `gated-*` with a 1 s experiment whose probe watches the
+/// returned listener.
+async fn gated_catalog(h: &Harness) -> Listener {
     let up = Listener::start().await;
     h.catalog_file(
         "exp-up.yaml",
@@ -50,12 +62,7 @@ async fn world(name: &str, partitions: i32) -> (Mock, Harness, Listener, Setting
         "pipe-up.yaml",
         &pipeline_yaml("gate-up", Some("gated-*"), &["exp-up"]),
     );
-    let settings = Settings {
-        shutdown_grace: "10s",
-        properties: vec![("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string())],
-        ..Settings::default()
-    };
-    (mock, h, up, settings)
+    up
 }
 
 /// Produces `gated` flag changes of gated flags and `free` of flags with no pipeline, each
@@ -100,6 +107,18 @@ fn assert_exactly_once(h: &Harness, out: &Outputs, events: &[String], gated: &[S
     assert!(out.garbage.is_empty(), "{:?}", out.garbage);
 }
 
+/// [`settle`], then [`assert_exactly_once`], and no fault left active.
+async fn settle_exactly_once(
+    h: &Harness,
+    collector: &worker::Collector,
+    events: &[String],
+    gated: &[String],
+) {
+    let out = settle(h, collector, events, PATIENCE).await;
+    assert_exactly_once(h, &out, events, gated);
+    assert_eq!(h.active_markers(), Vec::<String>::new());
+}
+
 /// Waits for a command for each event, then a little longer for any duplicate.
 async fn settle(
     h: &Harness,
@@ -115,6 +134,36 @@ async fn settle(
     collector.snapshot()
 }
 
+/// Starts collecting outputs, then the worker.
+fn start(h: &Harness, settings: &Settings) -> (worker::Collector, worker::Worker) {
+    let collector = h.collect();
+    let worker = h.spawn("w", &h.config("w", settings));
+    (collector, worker)
+}
+
+/// A header of a dead letter, as text.
+fn header(dead: &worker::Received<KafkaMessage>, name: &str) -> Option<String> {
+    dead.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
+
+/// One dead letter, its value cut under `max_bytes` from `original_len` bytes, with the
+/// header saying so, its error class and the original's own header kept.
+fn assert_cut_dead_letter(out: &Outputs, original_len: usize, max_bytes: usize) {
+    assert_eq!(out.dead_letters.len(), 1, "{}", out.describe());
+    let dead = &out.dead_letters[0];
+    assert_eq!(
+        header(dead, HEADER_VALUE_TRUNCATED),
+        Some(original_len.to_string())
+    );
+    assert_eq!(header(dead, "origin").as_deref(), Some("load-test"));
+    assert!(header(dead, HEADER_ERROR_CLASS).is_some());
+    let value = dead.value.value.as_ref().map_or(0, Vec::len);
+    assert!(value < max_bytes, "value of {value} bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_transactions_and_not_coordinator_on_end_txn_publish_each_output_once() {
     let (mock, h, _up, settings) = world("endtxn-errors", 2).await;
@@ -128,19 +177,15 @@ async fn concurrent_transactions_and_not_coordinator_on_end_txn_publish_each_out
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
         ],
     );
-    let collector = h.collect();
-    let _worker = h.spawn("w", &h.config("w", &settings));
+    let (collector, _worker) = start(&h, &settings);
     let (events, gated) = produce(&h, 3, 4).await;
-    let out = settle(&h, &collector, &events, PATIENCE).await;
-    assert_exactly_once(&h, &out, &events, &gated);
-    assert_eq!(h.active_markers(), Vec::<String>::new());
+    settle_exactly_once(&h, &collector, &events, &gated).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_slower_than_the_transaction_timeout_is_resumed_not_published_twice() {
     let (mock, h, _up, settings) = world("endtxn-slow", 2).await;
-    let collector = h.collect();
-    let _worker = h.spawn("w", &h.config("w", &settings));
+    let (collector, _worker) = start(&h, &settings);
     // One event first, so the slow answer meets a commit of real records.
     let (first, _) = produce(&h, 0, 1).await;
     settle(&h, &collector, &first, PATIENCE).await;
@@ -175,8 +220,7 @@ async fn the_broker_down_and_up_mid_batch_loses_and_doubles_nothing() {
         ("session.timeout.ms", "30000".to_string()),
         ("heartbeat.interval.ms", "3000".to_string()),
     ];
-    let collector = h.collect();
-    let _worker = h.spawn("w", &h.config("w", &settings));
+    let (collector, _worker) = start(&h, &settings);
     let (events, gated) = produce(&h, 3, 3).await;
     h.wait_for(&collector, "runs to start", PATIENCE, |o| {
         gated.iter().any(|e| !o.runs_for(e).is_empty())
@@ -186,16 +230,13 @@ async fn the_broker_down_and_up_mid_batch_loses_and_doubles_nothing() {
     mock.cluster().broker_down(1).expect("broker down");
     tokio::time::sleep(Duration::from_secs(4)).await;
     mock.cluster().broker_up(1).expect("broker up");
-    let out = settle(&h, &collector, &events, PATIENCE).await;
-    assert_exactly_once(&h, &out, &events, &gated);
-    assert_eq!(h.active_markers(), Vec::<String>::new());
+    settle_exactly_once(&h, &collector, &events, &gated).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_megabyte_flag_change_is_dead_lettered_cut_to_fit_and_commits_go_on() {
     let (_mock, h, _up, settings) = world("big-dead-letter", 1).await;
-    let collector = h.collect();
-    let _worker = h.spawn("w", &h.config("w", &settings));
+    let (collector, _worker) = start(&h, &settings);
     // Under the worker's max_message_bytes (1 MiB), so not "oversized"; not JSON, so
     // dead-lettered; its dead letter (the original plus headers) is over the producer's
     // 1,000,000-byte message.max.bytes.
@@ -217,25 +258,15 @@ async fn a_one_megabyte_flag_change_is_dead_lettered_cut_to_fit_and_commits_go_o
     let (events, _) = produce(&h, 0, 2).await;
     let out = settle(&h, &collector, &events, PATIENCE).await;
     assert_exactly_once(&h, &out, &events, &[]);
-    assert_eq!(out.dead_letters.len(), 1, "{}", out.describe());
+    assert_cut_dead_letter(&out, original_len, 1_000_000);
     let dead = &out.dead_letters[0];
-    let header = |name: &str| {
-        dead.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-    };
-    assert_eq!(header(HEADER_ERROR_CLASS).as_deref(), Some("undecodable"));
     assert_eq!(
-        header(HEADER_VALUE_TRUNCATED),
-        Some(original_len.to_string())
+        header(dead, HEADER_ERROR_CLASS).as_deref(),
+        Some("undecodable")
     );
-    assert_eq!(header("origin").as_deref(), Some("load-test"));
-    let value = dead.value.value.as_ref().expect("value");
     assert!(
-        value.len() < 1_000_000 && value.len() > 990_000,
-        "value of {} bytes",
-        value.len()
+        dead.value.value.as_ref().map_or(0, Vec::len) > 990_000,
+        "cut to no more than needed"
     );
     assert_eq!(dead.value.key.as_deref(), Some(&b"test/test/big"[..]));
 }
@@ -286,17 +317,8 @@ async fn a_dead_letter_the_broker_refuses_is_cut_until_it_fits_and_commits_go_on
     )
     .await;
     let h = Harness::for_topics(&servers, "dlq-limit", 1, topics);
-    let up = Listener::start().await;
-    h.catalog_file(
-        "exp-up.yaml",
-        &experiment_yaml("exp-up", "1s", &h.marker("up"), &up.address),
-    );
-    h.catalog_file(
-        "pipe-up.yaml",
-        &pipeline_yaml("gate-up", Some("gated-*"), &["exp-up"]),
-    );
-    let collector = h.collect();
-    let _worker = h.spawn("w", &h.config("w", &Settings::default()));
+    let _up = gated_catalog(&h).await;
+    let (collector, _worker) = start(&h, &Settings::default());
     let original_len = 60_000;
     h.produce(
         &h.topics.flag_changes,
@@ -310,22 +332,7 @@ async fn a_dead_letter_the_broker_refuses_is_cut_until_it_fits_and_commits_go_on
     let (events, _) = produce(&h, 0, 2).await;
     let out = settle(&h, &collector, &events, PATIENCE).await;
     assert_exactly_once(&h, &out, &events, &[]);
-    assert_eq!(out.dead_letters.len(), 1, "{}", out.describe());
-    let dead = &out.dead_letters[0];
-    let header = |name: &str| {
-        dead.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-    };
-    assert_eq!(
-        header(HEADER_VALUE_TRUNCATED),
-        Some(original_len.to_string())
-    );
-    assert_eq!(header("origin").as_deref(), Some("load-test"));
-    assert!(header(HEADER_ERROR_CLASS).is_some());
-    let value = dead.value.value.as_ref().expect("value");
-    assert!(value.len() < 16_384, "value of {} bytes", value.len());
+    assert_cut_dead_letter(&out, original_len, 16_384);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,4 +449,68 @@ async fn a_max_in_flight_whose_offsets_metadata_cannot_fit_stops_the_worker_with
             && log.contains("set worker.max_in_flight to at most"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_producer_is_rebuilt_and_publishes_each_output_once() {
+    // The real broker: fencing needs a coordinator that keeps producer epochs.
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "fenced", 1).await;
+    let _up = gated_catalog(&h).await;
+    let (collector, _worker) = start(&h, &Settings::default());
+    let (mut events, mut gated) = produce(&h, 1, 2).await;
+    settle(&h, &collector, &events, PATIENCE).await;
+    // Another producer with the worker's transactional id (a zombie's successor, say)
+    // bumps the epoch: the worker's next transaction call fails as fenced (fatal).
+    let fencer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("transactional.id", format!("{}-w", h.group))
+        .create()
+        .expect("fencing producer");
+    fencer
+        .init_transactions(Duration::from_secs(30))
+        .expect("fence the worker's producer");
+    drop(fencer);
+    let (more, more_gated) = produce(&h, 1, 3).await;
+    events.extend(more);
+    gated.extend(more_gated);
+    settle_exactly_once(&h, &collector, &events, &gated).await;
+    assert!(
+        h.logs()
+            .contains("transactional producer unusable; rebuilding it"),
+        "the fenced producer was not rebuilt\n{}",
+        h.log_tails()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_is_caught_up_only_once_it_knows_every_earlier_abort() {
+    use chaosgate::bus::kill_switch::{self, KillSwitch};
+    use tokio_util::sync::CancellationToken;
+    let (_mock, h, _up, _settings) = world("kill-switch-backlog", 3).await;
+    let executions: Vec<String> = (0..30).map(|i| format!("execution-{i}")).collect();
+    for id in &executions {
+        h.produce_abort(serde_json::json!({"scope": "pipeline_execution", "id": id}))
+            .await;
+    }
+    let kill_switch = KillSwitch::default();
+    let stop = CancellationToken::new();
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", &h.servers);
+    let listener = tokio::spawn(kill_switch::listen(
+        client,
+        h.topics.control.clone(),
+        kill_switch.clone(),
+        stop.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(30), kill_switch.caught_up())
+        .await
+        .expect("caught up within 30 s");
+    for id in &executions {
+        let kill = CancellationToken::new();
+        kill_switch.register(id, kill.clone(), chrono::Utc::now());
+        assert!(kill.is_cancelled(), "{id}: its abort was not known yet");
+    }
+    stop.cancel();
+    listener.await.expect("listener");
 }

@@ -20,10 +20,15 @@
 //!   request was sent; changes that occur later are not affected.
 //!
 //! At most [`REMEMBERED`] requests of each kind are kept (the oldest go first).
+//!
+//! [`KillSwitch::caught_up`] resolves once the topic has been read up to where it ended
+//! when the kill switch started (or after [`CATCH_UP_LIMIT`], or when the topic cannot be
+//! read): a worker that waits for it before it takes events knows every abort published
+//! before it started, even for an execution that would finish before the backlog is read.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -37,12 +42,25 @@ use super::record::from_rdkafka;
 
 /// How many remembered requests of each scope are kept.
 pub const REMEMBERED: usize = 100_000;
+/// The longest [`KillSwitch::caught_up`] waits for the backlog to be read (a topic whose
+/// last offsets are transaction markers never shows a record at its end).
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Executions in flight on this worker, by pipeline execution id and by run id, and the
 /// abort requests read so far.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct KillSwitch {
     inner: Arc<Mutex<Registry>>,
+    caught_up: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for KillSwitch {
+    fn default() -> Self {
+        KillSwitch {
+            inner: Arc::default(),
+            caught_up: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +105,17 @@ impl Remembered {
 }
 
 impl KillSwitch {
+    /// Resolves once the control topic's backlog (what it held when [`listen`] started)
+    /// has been read, or [`listen`] gave up or stopped; see the module doc.
+    pub async fn caught_up(&self) {
+        let mut ready = self.caught_up.subscribe();
+        let _ = ready.wait_for(|caught_up| *caught_up).await;
+    }
+
+    fn mark_caught_up(&self) {
+        self.caught_up.send_replace(true);
+    }
+
     /// Registers an execution's kill token, with the time its flag change occurred.
     /// Cancels it at once when an abort read earlier matches it (see the module doc).
     pub fn register(
@@ -178,19 +207,21 @@ impl KillSwitch {
 }
 
 /// Assigns every partition of `topic` from its beginning (no group: nothing is
-/// committed). Waits for the topic's metadata, retrying until `stop` fires.
+/// committed); returns each partition's end offset at that time, for those that hold
+/// records (`None` when it could not assign). Waits for the topic's metadata, retrying
+/// until `stop` fires.
 async fn assign_from_beginning(
     consumer: &StreamConsumer,
     client: &ClientConfig,
     topic: &str,
     stop: &CancellationToken,
-) -> bool {
+) -> Option<HashMap<i32, i64>> {
     let mut failures: u32 = 0;
     loop {
         let partitions = {
             let client = client.clone();
             let topic = topic.to_string();
-            tokio::task::spawn_blocking(move || -> Result<Vec<i32>, String> {
+            tokio::task::spawn_blocking(move || -> Result<HashMap<i32, i64>, String> {
                 let probe: BaseConsumer = client.create().map_err(|e| e.to_string())?;
                 let metadata = probe
                     .fetch_metadata(Some(&topic), Duration::from_secs(5))
@@ -204,22 +235,33 @@ async fn assign_from_beginning(
                 if partitions.is_empty() {
                     return Err(format!("topic {topic} has no partitions (yet)"));
                 }
-                Ok(partitions)
+                let mut ends = HashMap::new();
+                for partition in partitions {
+                    let (low, high) = probe
+                        .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                        .map_err(|e| format!("partition {partition}: {e}"))?;
+                    ends.insert(partition, if high > low { high } else { -1 });
+                }
+                Ok(ends)
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
         };
         match partitions {
-            Ok(partitions) => {
+            Ok(mut ends) => {
                 let mut list = TopicPartitionList::new();
-                for partition in partitions {
-                    let _ = list.add_partition_offset(topic, partition, Offset::Beginning);
+                for partition in ends.keys() {
+                    let _ = list.add_partition_offset(topic, *partition, Offset::Beginning);
                 }
                 match consumer.assign(&list) {
-                    Ok(()) => return true,
+                    Ok(()) => {
+                        // Empty partitions have nothing to catch up on.
+                        ends.retain(|_, end| *end >= 0);
+                        return Some(ends);
+                    }
                     Err(error) => {
                         tracing::error!(%error, %topic, "cannot assign the control topic; the kill switch is off");
-                        return false;
+                        return None;
                     }
                 }
             }
@@ -229,7 +271,7 @@ async fn assign_from_beginning(
                     tracing::warn!(%error, %topic, failures, "cannot read the control topic's partitions yet");
                 }
                 tokio::select! {
-                    () = stop.cancelled() => return false,
+                    () = stop.cancelled() => return None,
                     () = tokio::time::sleep(Duration::from_millis(200) * failures.min(5)) => {}
                 }
             }
@@ -238,17 +280,29 @@ async fn assign_from_beginning(
 }
 
 /// Reads abort requests (the whole topic, then each new one) until `stop` fires and
-/// applies them.
+/// applies them; marks the kill switch caught up (see [`KillSwitch::caught_up`]).
 pub async fn listen(
     client: ClientConfig,
     topic: String,
     kill_switch: KillSwitch,
     stop: CancellationToken,
 ) {
+    read(client, topic, &kill_switch, stop).await;
+    // Never holds a worker back: a kill switch that cannot read has nothing to wait for.
+    kill_switch.mark_caught_up();
+}
+
+async fn read(
+    client: ClientConfig,
+    topic: String,
+    kill_switch: &KillSwitch,
+    stop: CancellationToken,
+) {
     let consumer: StreamConsumer = match client
         .clone()
-        // Required by librdkafka for a consumer; no group is joined (partitions are
-        // assigned, never subscribed) and nothing is committed.
+        // A label only: no group is joined (partitions are assigned, never subscribed) and
+        // nothing is committed. rust-rdkafka serves a consumer's messages from its
+        // consumer queue only when it has a group id.
         .set("group.id", "chaosgate-control-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -260,22 +314,40 @@ pub async fn listen(
             return;
         }
     };
-    if !assign_from_beginning(&consumer, &client, &topic, &stop).await {
+    let Some(mut behind) = assign_from_beginning(&consumer, &client, &topic, &stop).await else {
         return;
-    }
+    };
+    let catch_up_until = Instant::now() + CATCH_UP_LIMIT;
+    let mut caught_up = false;
     // Read failures in a row: while the cluster is away, each poll fails at once; the
     // first is logged, then one in fifty, and polls slow down to one a second.
     let mut failures: u32 = 0;
     loop {
+        if !caught_up && (behind.is_empty() || Instant::now() >= catch_up_until) {
+            if !behind.is_empty() {
+                tracing::warn!(partitions = ?behind.keys().collect::<Vec<_>>(), "the control topic's backlog was not read within {CATCH_UP_LIMIT:?}; going on");
+            }
+            caught_up = true;
+            kill_switch.mark_caught_up();
+        }
+        let tick = catch_up_until.saturating_duration_since(Instant::now());
         let message = tokio::select! {
             () = stop.cancelled() => return,
             message = consumer.recv() => message,
+            () = tokio::time::sleep(tick), if !caught_up => continue,
         };
         let message = match message {
             Ok(message) => {
                 if failures > 0 {
                     tracing::info!(failures, "control topic readable again");
                     failures = 0;
+                }
+                let partition = message.partition();
+                if behind
+                    .get(&partition)
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    behind.remove(&partition);
                 }
                 let sent_at = message
                     .timestamp()
