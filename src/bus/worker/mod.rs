@@ -47,7 +47,7 @@ use crate::telemetry::http::Readiness;
 use crate::telemetry::metrics;
 
 use super::client::client_config;
-use super::kill_switch::{self, KillSwitch};
+use super::kill_switch::{self, CATCH_UP_LIMIT, KillSwitch};
 use super::offsets::Ledger;
 use super::record::from_rdkafka;
 use super::shutdown::Deadline;
@@ -129,13 +129,6 @@ pub async fn run(
             .create_with_context(context)
             .map_err(WorkerError::Client)?,
     );
-    consumer
-        .subscribe(&[&topics.flag_changes])
-        .map_err(|source| WorkerError::Subscribe {
-            topic: topics.flag_changes.clone(),
-            source,
-        })?;
-
     let kill_switch = KillSwitch::default();
     let stop_control = CancellationToken::new();
     let control_task = tokio::spawn(kill_switch::listen(
@@ -144,6 +137,22 @@ pub async fn run(
         kill_switch.clone(),
         stop_control.clone(),
     ));
+    // Every abort published before this start is known before any event is taken.
+    tokio::select! {
+        result = tokio::time::timeout(CATCH_UP_LIMIT + LOOP_TICK, kill_switch.caught_up()) => {
+            if result.is_err() {
+                tracing::warn!("the kill switch did not catch up with the control topic; taking events anyway");
+            }
+        }
+        () = shutdown.cancelled() => {}
+    }
+
+    consumer
+        .subscribe(&[&topics.flag_changes])
+        .map_err(|source| WorkerError::Subscribe {
+            topic: topics.flag_changes.clone(),
+            source,
+        })?;
 
     let (completions_tx, completions_rx) = std::sync::mpsc::channel::<Completion>();
     let ledger = Ledger::default();
