@@ -1621,6 +1621,14 @@ async fn committed_offsets_unreadable_at_assignment_are_retried_and_nothing_runs
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Meanwhile the worker says why it is not ready.
+    let address = second.http_address(PATIENCE).await;
+    let (status, ready) = http_get(&reqwest::Client::new(), &address, "/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready.contains("wait for their committed offsets"),
+        "{ready}"
+    );
     tokio::task::spawn_blocking(move || blocker.abort_transaction(Duration::from_secs(30)))
         .await
         .expect("abort")

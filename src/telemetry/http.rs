@@ -38,6 +38,8 @@ pub struct Readiness {
 #[derive(Debug, Default)]
 struct ReadinessState {
     assigned: AtomicUsize,
+    /// Assigned partitions whose committed offsets are not read yet.
+    loading: AtomicUsize,
     /// The last transaction failed (false before the first one).
     producer_failed: AtomicBool,
     stopping: AtomicBool,
@@ -76,6 +78,9 @@ pub struct ReadinessReport {
     pub ready: bool,
     /// Partitions of the flag-changes topic assigned to this worker.
     pub assigned_partitions: usize,
+    /// Assigned partitions still paused because their committed offsets could not be read
+    /// yet (the read is retried).
+    pub partitions_loading: usize,
     /// Whether the producer works: false after a failed transaction, until one commits.
     pub producer_ok: bool,
     /// Whether the worker is shutting down.
@@ -93,6 +98,11 @@ impl Readiness {
     /// Sets how many flag-changes partitions are assigned now (after each rebalance).
     pub fn set_assigned(&self, partitions: usize) {
         self.state.assigned.store(partitions, Ordering::Relaxed);
+    }
+
+    /// Sets how many assigned partitions wait for their committed offsets.
+    pub fn set_loading(&self, partitions: usize) {
+        self.state.loading.store(partitions, Ordering::Relaxed);
     }
 
     /// Sets whether the producer works: true after a successful transaction commit or
@@ -147,6 +157,7 @@ impl Readiness {
     /// The current state and, when not ready, why.
     pub fn report(&self) -> ReadinessReport {
         let assigned_partitions = self.state.assigned.load(Ordering::Relaxed);
+        let partitions_loading = self.state.loading.load(Ordering::Relaxed);
         let producer_ok = !self.state.producer_failed.load(Ordering::Relaxed);
         let stopping = self.state.stopping.load(Ordering::Relaxed);
         let mut reasons = Vec::new();
@@ -155,6 +166,11 @@ impl Readiness {
         }
         if assigned_partitions == 0 {
             reasons.push("no flag-changes partition assigned".to_string());
+        }
+        if partitions_loading > 0 {
+            reasons.push(format!(
+                "{partitions_loading} partitions wait for their committed offsets (the read is retried)"
+            ));
         }
         if !producer_ok {
             reasons.push("the Kafka producer is not working".to_string());
@@ -173,6 +189,7 @@ impl Readiness {
         ReadinessReport {
             ready: reasons.is_empty(),
             assigned_partitions,
+            partitions_loading,
             producer_ok,
             stopping,
             kafka_brokers_up,
@@ -287,6 +304,12 @@ mod tests {
         );
         readiness.set_producer_ok(true);
         assert!(readiness.report().ready);
+        readiness.set_loading(2);
+        assert_eq!(
+            readiness.report().reasons,
+            vec!["2 partitions wait for their committed offsets (the read is retried)"]
+        );
+        readiness.set_loading(0);
         readiness.set_stopping();
         assert_eq!(readiness.report().reasons, vec!["shutting down"]);
     }

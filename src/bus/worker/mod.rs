@@ -250,6 +250,7 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         apply_flow(&consumer, &topics.flag_changes, &mut scheduler);
+        readiness.set_loading(scheduler.loading());
     }
 
     stop(

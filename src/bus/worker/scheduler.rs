@@ -123,6 +123,11 @@ impl Scheduler {
         }
     }
 
+    /// Owned partitions whose committed offsets are not read yet.
+    pub fn loading(&self) -> usize {
+        self.partitions.values().filter(|p| !p.loaded).count()
+    }
+
     /// Executions running now.
     pub fn running(&self) -> usize {
         self.runs.len()
