@@ -77,7 +77,7 @@ enum Load {
 
 fn event(i: usize, load: Load) -> KafkaMessage {
     let (flag, kind) = match load {
-        Load::Pure if i % 2 == 0 => (format!("free-flag-{i}"), ChangeKind::Enable),
+        Load::Pure if i.is_multiple_of(2) => (format!("free-flag-{i}"), ChangeKind::Enable),
         Load::Pure => (format!("t{}-flag-{i}", i % TARGETS), ChangeKind::Disable),
         Load::Gated => (format!("t{}-flag-{i}", i % TARGETS), ChangeKind::Enable),
     };

@@ -98,8 +98,10 @@ pub struct KafkaConfig {
     /// Prefix of the transactional ids (one per worker instance and partition set).
     #[serde(default = "default_group_id")]
     pub transactional_id_prefix: String,
-    /// Transactional id of this worker instance (default: the prefix and the host name).
-    /// Keep it stable across restarts of one instance and distinct between instances.
+    /// Transactional id of this worker instance (default: the prefix and
+    /// `worker.instance_id`). Keep it stable across restarts of one instance and distinct
+    /// between instances; it is the consumer's `group.instance.id` too (static
+    /// membership).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transactional_id: Option<String>,
     /// Topic names.
@@ -198,12 +200,30 @@ pub struct WorkerConfig {
     /// Flags gated at the same time, at most.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// Time allowed for a graceful shutdown (abort, publish, commit, leave).
+    /// Time allowed for a graceful shutdown, all steps together (interrupt runs, publish
+    /// their records, commit, stop the kill switch, leave the group), broker away included.
     #[serde(default = "default_grace")]
     pub shutdown_grace: Span,
     /// Lease of every injected fault; a fault not renewed in time reverts itself.
     #[serde(default = "default_lease")]
     pub fault_lease: Span,
+    /// How long the consumer loop or the committer may go without a sign of life before
+    /// `/healthz` answers 503 (the loop goes round at least once a second; one commit
+    /// attempt against an absent broker can take about a minute).
+    #[serde(default = "default_liveness_timeout")]
+    pub liveness_timeout: Span,
+    /// This instance's stable id (default: the host name, i.e. the pod name on
+    /// Kubernetes). It names the default `kafka.transactional_id`
+    /// (`<transactional_id_prefix>-<instance_id>`). Keep it stable across restarts of one
+    /// instance and distinct between instances (two replicas on one host need their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Static group membership (KIP-345): the consumer joins with `group.instance.id` =
+    /// the transactional id, so a restarted instance takes its partitions back at once
+    /// instead of after the group's session timeout. A stopped instance's partitions
+    /// then wait `session.timeout.ms` before they move to the others.
+    #[serde(default = "default_static_membership")]
+    pub static_membership: bool,
 }
 
 fn default_max_in_flight() -> usize {
@@ -215,6 +235,12 @@ fn default_grace() -> Span {
 fn default_lease() -> Span {
     Span::from_millis(10_000)
 }
+fn default_liveness_timeout() -> Span {
+    Span::from_millis(120_000)
+}
+fn default_static_membership() -> bool {
+    true
+}
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -222,6 +248,9 @@ impl Default for WorkerConfig {
             max_in_flight: default_max_in_flight(),
             shutdown_grace: default_grace(),
             fault_lease: default_lease(),
+            liveness_timeout: default_liveness_timeout(),
+            instance_id: None,
+            static_membership: default_static_membership(),
         }
     }
 }
@@ -494,6 +523,9 @@ mod tests {
         assert_eq!(config.kafka.topics.flag_changes, "flag-changes");
         assert_eq!(config.kafka.group_id, "chaosgate");
         assert_eq!(config.worker.max_in_flight, 16);
+        assert_eq!(config.worker.liveness_timeout.duration().as_secs(), 120);
+        assert!(config.worker.static_membership);
+        assert_eq!(config.worker.instance_id, None);
         assert_eq!(config.view, ViewConfig::default());
         assert_eq!(config.view.listen.to_string(), "127.0.0.1:9465");
     }

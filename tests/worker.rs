@@ -978,18 +978,25 @@ async fn sigkilled_mid_experiment_again_and_again_each_event_still_counts_once()
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let out = collector.snapshot();
-    assert!(out.garbage.is_empty());
+    // One command and one `passed` run per event; every earlier attempt ends `aborted`.
+    assert_each_event_counted_once(&out, &events);
+    assert_every_run_ends(&out);
     let mut rerun = 0;
+    let mut superseded = 0;
     for event in &events {
-        assert_eq!(out.commands_for(event).len(), 1, "{}", out.describe());
         let finals = out.final_runs_for(event);
-        assert_eq!(
-            finals.len(),
-            1,
-            "one final record per step: {}",
-            out.describe()
-        );
-        assert_eq!(finals[0].status, RunStatus::Passed);
+        superseded += finals
+            .iter()
+            .filter(|r| {
+                r.summary
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("superseded by attempt"))
+            })
+            .count();
+        let passed = finals
+            .iter()
+            .find(|r| r.status == RunStatus::Passed)
+            .expect("a passed run");
         // Every start of the event whose start mark was committed before the kill is its
         // own attempt, with its own run id; a kill within the mark's linger and transaction
         // (about 30 ms) repeats the attempt, and then its `running` record, committed with
@@ -1007,14 +1014,20 @@ async fn sigkilled_mid_experiment_again_and_again_each_event_still_counts_once()
             "attempts of {event} repeat or go backwards: {}",
             out.describe()
         );
-        assert_eq!(Some(&finals[0].attempt), running.last());
-        if finals[0].attempt > 1 {
+        assert_eq!(Some(&passed.attempt), running.last());
+        if passed.attempt > 1 {
             rerun += 1;
         }
     }
     assert!(
         rerun >= 1,
         "some event was cut off and run again: {}",
+        out.describe()
+    );
+    println!("{superseded} runs cut off by a SIGKILL were closed as superseded");
+    assert!(
+        superseded >= 1,
+        "no cut-off run was superseded: {}",
         out.describe()
     );
     let skipped = h.logs().matches("already done by an earlier owner").count();
@@ -1029,6 +1042,30 @@ async fn sigkilled_mid_experiment_again_and_again_each_event_still_counts_once()
         Vec::<String>::new(),
         "faults left active"
     );
+}
+
+/// Checks that no run stays `running`: every run id with a `running` record has exactly
+/// one final record.
+fn assert_every_run_ends(out: &worker::Outputs) {
+    for run in out
+        .runs
+        .iter()
+        .filter(|r| r.value.status == RunStatus::Running)
+    {
+        let finals = out
+            .runs
+            .iter()
+            .filter(|r| r.value.run_id == run.value.run_id && r.value.status != RunStatus::Running)
+            .count();
+        assert_eq!(
+            finals,
+            1,
+            "run {} (attempt {}) has {finals} final records: {}",
+            run.value.run_id,
+            run.value.attempt,
+            out.describe()
+        );
+    }
 }
 
 /// Checks the exactly-once promise over `events`: one command each, and per event and
@@ -1189,6 +1226,8 @@ async fn a_frozen_worker_whose_partition_moved_on_cannot_commit_when_it_wakes() 
     tokio::time::sleep(Duration::from_secs(8)).await;
     let out = collector.snapshot();
     assert_each_event_counted_once(&out, std::slice::from_ref(&event.event_id));
+    // a's cut-off run ends once: b supersedes it, a publishes nothing for it.
+    assert_every_run_ends(&out);
     let passed: Vec<u32> = out
         .final_runs_for(&event.event_id)
         .iter()
@@ -1448,17 +1487,7 @@ async fn metrics_and_readiness_reflect_a_gated_event() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let http = reqwest::Client::new();
-    let get = |path: &str| {
-        let http = http.clone();
-        let url = format!("http://{address}{path}");
-        async move {
-            let response = http.get(&url).send().await.expect("endpoint answers");
-            (
-                response.status().as_u16(),
-                response.text().await.unwrap_or_default(),
-            )
-        }
-    };
+    let get = |path: &'static str| http_get(&http, &address, path);
     assert_eq!(get("/healthz").await.0, 200);
 
     let event = change("any-flag", ChangeKind::Enable, None);
@@ -1490,4 +1519,363 @@ async fn metrics_and_readiness_reflect_a_gated_event() {
         assert!(Instant::now() < deadline, "metrics did not move:\n{text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Opens a transaction that commits an offset of partition 0 of `topic` for `group`, and
+/// leaves it open: until it ends, the broker answers a `read_committed` offset fetch of
+/// that partition with UNSTABLE_OFFSET_COMMIT. The broker takes such a commit (generation
+/// -1) only while the group is empty, so this retries until it is.
+fn open_offsets_transaction(
+    servers: &str,
+    group: &str,
+    topic: &str,
+) -> rdkafka::producer::BaseProducer {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::Producer;
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("transactional.id", kafka::unique_topic("blocker"))
+        .set("transaction.timeout.ms", "120000")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    let member: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", group)
+        .create()
+        .expect("group member");
+    let metadata = member.group_metadata().expect("group metadata");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(0))
+        .expect("offset");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        producer.begin_transaction().expect("begin transaction");
+        match producer.send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(10)) {
+            Ok(()) => return producer,
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot put offsets in a transaction: {error}"
+                );
+                let _ = producer.abort_transaction(Duration::from_secs(10));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_unreadable_at_assignment_are_retried_and_nothing_runs_twice() {
+    use rdkafka::producer::Producer;
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "unstable", 1).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+    );
+    h.catalog_file(
+        "exp-slow.yaml",
+        &experiment_yaml("slow", "6s", &h.marker("slow"), &up.address),
+    );
+    h.catalog_file(
+        "pipe.yaml",
+        &pipeline_yaml("gate", Some("gated-*"), &["quick"]),
+    );
+    h.catalog_file(
+        "pipe-slow.yaml",
+        &pipeline_yaml("gate-slow", Some("slow-*"), &["slow"]),
+    );
+    let collector = h.collect();
+    // The offset fetch gives up after 10 s (librdkafka retries UNSTABLE_OFFSET_COMMIT
+    // until its request times out).
+    let settings = Settings {
+        properties: vec![("socket.timeout.ms", "10000".into())],
+        ..Settings::default()
+    };
+    let config = h.config("w", &settings);
+    let mut first = h.spawn("w", &config);
+    // The slow event holds the watermark: the other two are done above it, which only
+    // the offsets metadata remembers.
+    let mut done = Vec::new();
+    for flag in ["slow-a", "plain-b", "gated-c"] {
+        let event = change(flag, ChangeKind::Enable, None);
+        h.produce_change(&event).await;
+        done.push(event.event_id);
+    }
+    h.wait_for(
+        &collector,
+        "the quick commands and the slow run",
+        PATIENCE,
+        |o| o.all_commanded(&done[1..]) && !o.runs_for(&done[0]).is_empty(),
+    )
+    .await;
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(PATIENCE).await.is_some_and(|s| s.success()));
+
+    // A transaction holding offsets of the group's partition stays open while the next
+    // worker takes the partition: its offset fetch meets UNSTABLE_OFFSET_COMMIT.
+    let (servers_, group, topic) = (
+        servers.clone(),
+        h.group.clone(),
+        h.topics.flag_changes.clone(),
+    );
+    let blocker =
+        tokio::task::spawn_blocking(move || open_offsets_transaction(&servers_, &group, &topic))
+            .await
+            .expect("blocker");
+    let second = h.spawn("w", &config);
+    let deadline = Instant::now() + PATIENCE;
+    while !second.log_text().contains("cannot read committed offsets") {
+        assert!(
+            Instant::now() < deadline,
+            "the offset fetch never failed\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Meanwhile the worker says why it is not ready.
+    let address = second.http_address(PATIENCE).await;
+    let (status, ready) = http_get(&reqwest::Client::new(), &address, "/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready.contains("wait for their committed offsets"),
+        "{ready}"
+    );
+    tokio::task::spawn_blocking(move || blocker.abort_transaction(Duration::from_secs(30)))
+        .await
+        .expect("abort")
+        .expect("abort the blocking transaction");
+    let late = change("gated-late", ChangeKind::Enable, None);
+    h.produce_change(&late).await;
+    let all: Vec<String> = done.iter().chain([&late.event_id]).cloned().collect();
+    h.wait_for(&collector, "every command", PATIENCE, |o| {
+        o.all_commanded(&all)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = collector.snapshot();
+    for event in done.iter().chain([&late.event_id]) {
+        assert_eq!(
+            out.commands_for(event).len(),
+            1,
+            "{event} answered more than once (run again from offset 0?): {}\n{}",
+            out.describe(),
+            h.log_tails()
+        );
+    }
+    assert_each_event_counted_once(
+        &out,
+        &[done[0].clone(), done[2].clone(), late.event_id.clone()],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_worker_restarted_takes_its_partitions_back_within_seconds() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "static", 2).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+    );
+    h.catalog_file(
+        "pipe.yaml",
+        &pipeline_yaml("gate", Some("never-*"), &["quick"]),
+    );
+    let collector = h.collect();
+    // Kafka's default session timeout: without static membership the restarted worker
+    // waits for the killed member's session to expire (about 45 s).
+    let settings = Settings {
+        properties: vec![
+            ("session.timeout.ms", "45000".into()),
+            ("heartbeat.interval.ms", "3000".into()),
+        ],
+        ..Settings::default()
+    };
+    let config = h.config("w", &settings);
+    let mut worker = h.spawn("w", &config);
+    let before: Vec<String> = h.produce_rounds(&["p", "q", "r", "s"], 1).await;
+    h.wait_for(&collector, "the first commands", PATIENCE, |o| {
+        o.all_commanded(&before)
+    })
+    .await;
+    worker.kill();
+
+    let restarted = Instant::now();
+    let _worker = h.spawn("w", &config);
+    let after: Vec<String> = h.produce_rounds(&["p", "q", "r", "s"], 1).await;
+    h.wait_for(&collector, "commands after the restart", PATIENCE, |o| {
+        o.all_commanded(&after)
+    })
+    .await;
+    let took = restarted.elapsed();
+    println!("a restarted worker answered on every partition {took:?} after it started");
+    assert!(
+        took < Duration::from_secs(15),
+        "the restarted worker waited {took:?} for its partitions\n{}",
+        h.log_tails()
+    );
+    let out = collector.snapshot();
+    for event in before.iter().chain(&after) {
+        assert_eq!(out.commands_for(event).len(), 1, "{}", out.describe());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_ticks_while_idle_and_liveness_reports_it() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "liveness", 1).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["quick"]));
+    let config = h.config("w", &Settings::default());
+    let worker = h.spawn("w", &config);
+    let address = worker.http_address(PATIENCE).await;
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| http_get(&http, &address, path);
+    let last_tick = |text: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix("chaosgate_main_loop_last_tick_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    // Ready: partitions assigned and their offsets read.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {body}\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Idle: no record arrives, yet the loop goes round (and re-polls its consumer).
+    let (_, metrics) = get("/metrics").await;
+    let first = last_tick(&metrics).unwrap_or_else(|| panic!("no loop gauge:\n{metrics}"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, metrics) = get("/metrics").await;
+    let second = last_tick(&metrics).expect("loop gauge");
+    println!(
+        "the idle loop's last tick moved {:.1} s in 3 s",
+        second - first
+    );
+    assert!(
+        second - first >= 1.5,
+        "the idle loop did not go round: {first} -> {second}"
+    );
+    let (status, body) = get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
+    let (_, body) = get("/readyz").await;
+    assert!(body.contains("\"stalled\":[]"), "{body}");
+}
+
+/// GETs `path` from the worker endpoints at `address`: (status, body).
+async fn http_get(http: &reqwest::Client, address: &str, path: &str) -> (u16, String) {
+    let response = http
+        .get(format!("http://{address}{path}"))
+        .send()
+        .await
+        .expect("endpoint answers");
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap_or_default(),
+    )
+}
+
+/// Events a worker has read and not yet answered, from its `/metrics`.
+async fn unanswered(http: &reqwest::Client, address: &str) -> Option<f64> {
+    let (_, text) = http_get(http, address, "/metrics").await;
+    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    let consumed = text
+        .lines()
+        .find(|l| l.starts_with("chaosgate_events_consumed_total "))
+        .and_then(value)?;
+    let answered: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("chaosgate_events_gated_total{"))
+        .filter_map(value)
+        .sum();
+    Some(consumed - answered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_assigned_during_backpressure_is_paused_too() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "pausemove", 2).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("short", "200ms", &h.marker("short"), &up.address),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["short"]));
+    let collector = h.collect();
+    // One run at a time: more than 8 events waiting pause the partitions.
+    let settings = Settings {
+        max_in_flight: 1,
+        ..Settings::default()
+    };
+    let a = h.spawn("a", &h.config("a", &settings));
+    let mut b = h.spawn("b", &h.config("b", &settings));
+    let deadline = Instant::now() + PATIENCE;
+    while !(a.log_text().contains("partitions assigned")
+        && b.log_text().contains("partitions assigned"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not both assigned\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // b stops; its partition moves to a once b's session times out (static membership),
+    // while a is paused by its own backlog.
+    b.signal(libc::SIGTERM);
+    assert!(b.wait_exit(PATIENCE).await.is_some_and(|s| s.success()));
+    let flags: Vec<String> = (0..25).map(|i| format!("flag-{i}")).collect();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let events = h.produce_rounds(&flags, 4).await;
+    let address = a.http_address(PATIENCE).await;
+    let http = reqwest::Client::new();
+    let mut most = 0.0_f64;
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        if let Some(n) = unanswered(&http, &address).await {
+            most = most.max(n);
+        }
+        if collector.snapshot().all_commanded(&events) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all answered\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = a.log_text();
+    let moved = log.matches("partitions assigned").count();
+    println!(
+        "a read at most {most} events ahead of its answers (backlog limit 8, one running); assignments {moved}"
+    );
+    assert!(moved >= 2, "b's partition never moved to a\n{log}");
+    assert!(log.contains("backpressure: partitions paused"), "{log}");
+    assert!(
+        most <= 20.0,
+        "a read {most} events ahead of its answers: the partition it took over was not paused\n{}",
+        h.log_tails()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_each_event_counted_once(&collector.snapshot(), &events);
 }

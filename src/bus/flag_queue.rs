@@ -70,11 +70,6 @@ impl<T> FlagQueues<T> {
     pub fn waiting(&self) -> usize {
         self.waiting_count
     }
-
-    /// Flags with an event in progress.
-    pub fn busy(&self) -> usize {
-        self.busy.len()
-    }
 }
 
 #[cfg(test)]

@@ -1,15 +1,38 @@
 //! The kill switch: abort requests read from `chaosgate-control` cancel matching runs.
 //!
-//! Every worker reads the whole control topic (its own consumer group, from the end), so a
-//! request reaches whichever worker runs the experiment. Runs are found by run id or
-//! pipeline execution id; `all` cancels everything in flight on this worker.
+//! Every worker reads the whole control topic, every partition from the beginning (no
+//! consumer group: nothing is committed, and the topic's retention bounds what is read),
+//! so a request reaches whichever worker runs the experiment, including one that takes
+//! an event over after a restart or a rebalance. Runs are found by run id or pipeline
+//! execution id.
+//!
+//! The rule that keeps an abort from being lost: every request read is remembered with
+//! the time it was sent (its Kafka timestamp), and an execution registered later is
+//! checked against them, so an abort published while nobody owned the event (a worker
+//! restarting, a partition moving) stops the execution its new owner starts. What a
+//! remembered request matches:
+//! - `pipeline_execution` `id`: that execution, whenever it registers (ids are derived
+//!   from the event, so every attempt of it has the same one);
+//! - `run` `id`: the execution the run belongs to, when a run with that id registers (a
+//!   run cut off by a takeover runs again as the next attempt under a new run id: abort
+//!   its `pipeline_execution_id`, which every record carries, to reach that one);
+//! - `all`: every execution whose flag change occurred (`occurred_at`) at or before the
+//!   request was sent; changes that occur later are not affected.
+//!
+//! At most [`REMEMBERED`] requests of each kind are kept (the oldest go first).
+//!
+//! [`KillSwitch::caught_up`] resolves once the topic has been read up to where it ended
+//! when the kill switch started (or after [`CATCH_UP_LIMIT`], or when the topic cannot be
+//! read): a worker that waits for it before it takes events knows every abort published
+//! before it started, even for an execution that would finish before the backlog is read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::contract::control::ABORT_REQUEST_TYPE;
@@ -17,29 +40,114 @@ use crate::contract::{AbortRequest, AbortScope, CloudEvent};
 
 use super::record::from_rdkafka;
 
-/// Executions in flight on this worker, by pipeline execution id and by run id.
-#[derive(Debug, Clone, Default)]
+/// How many remembered requests of each scope are kept.
+pub const REMEMBERED: usize = 100_000;
+/// The longest [`KillSwitch::caught_up`] waits for the backlog to be read (a topic whose
+/// last offsets are transaction markers never shows a record at its end).
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Executions in flight on this worker, by pipeline execution id and by run id, and the
+/// abort requests read so far.
+#[derive(Debug, Clone)]
 pub struct KillSwitch {
     inner: Arc<Mutex<Registry>>,
+    caught_up: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for KillSwitch {
+    fn default() -> Self {
+        KillSwitch {
+            inner: Arc::default(),
+            caught_up: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Registry {
-    executions: HashMap<String, CancellationToken>,
+    /// Kill token and the time its flag change occurred, by pipeline execution id.
+    executions: HashMap<String, (CancellationToken, DateTime<Utc>)>,
     runs: HashMap<String, String>,
+    aborted: Aborted,
 }
 
-impl KillSwitch {
-    /// Registers an execution's kill token.
-    pub fn register(&self, execution_id: &str, kill: CancellationToken) {
-        if let Ok(mut registry) = self.inner.lock() {
-            registry.executions.insert(execution_id.to_string(), kill);
+/// Abort requests read so far.
+#[derive(Debug, Default)]
+struct Aborted {
+    executions: Remembered,
+    runs: Remembered,
+    /// Send times of `all` requests; only the latest matters.
+    all: Option<DateTime<Utc>>,
+}
+
+/// Ids in the order they were first read, bounded by [`REMEMBERED`].
+#[derive(Debug, Default)]
+struct Remembered {
+    ids: HashMap<String, DateTime<Utc>>,
+    order: VecDeque<String>,
+}
+
+impl Remembered {
+    fn insert(&mut self, id: &str, sent_at: DateTime<Utc>) {
+        if self.ids.insert(id.to_string(), sent_at).is_none() {
+            self.order.push_back(id.to_string());
+            if self.order.len() > REMEMBERED
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.ids.remove(&oldest);
+            }
         }
     }
 
-    /// Records that `run_id` belongs to `execution_id`.
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains_key(id)
+    }
+}
+
+impl KillSwitch {
+    /// Resolves once the control topic's backlog (what it held when [`listen`] started)
+    /// has been read, or [`listen`] gave up or stopped; see the module doc.
+    pub async fn caught_up(&self) {
+        let mut ready = self.caught_up.subscribe();
+        let _ = ready.wait_for(|caught_up| *caught_up).await;
+    }
+
+    fn mark_caught_up(&self) {
+        self.caught_up.send_replace(true);
+    }
+
+    /// Registers an execution's kill token, with the time its flag change occurred.
+    /// Cancels it at once when an abort read earlier matches it (see the module doc).
+    pub fn register(
+        &self,
+        execution_id: &str,
+        kill: CancellationToken,
+        occurred_at: DateTime<Utc>,
+    ) {
+        if let Ok(mut registry) = self.inner.lock() {
+            let aborted = &registry.aborted;
+            if aborted.executions.contains(execution_id)
+                || aborted.all.is_some_and(|sent| occurred_at <= sent)
+            {
+                tracing::info!(execution_id, "aborted by an earlier abort request");
+                kill.cancel();
+            }
+            registry
+                .executions
+                .insert(execution_id.to_string(), (kill, occurred_at));
+        }
+    }
+
+    /// Records that `run_id` belongs to `execution_id`; cancels the execution when an
+    /// abort read earlier names the run.
     pub fn register_run(&self, run_id: &str, execution_id: &str) {
         if let Ok(mut registry) = self.inner.lock() {
+            if registry.aborted.runs.contains(run_id)
+                && let Some((kill, _)) = registry.executions.get(execution_id)
+            {
+                tracing::info!(run_id, execution_id, "aborted by an earlier abort request");
+                kill.cancel();
+            }
             registry
                 .runs
                 .insert(run_id.to_string(), execution_id.to_string());
@@ -56,19 +164,38 @@ impl KillSwitch {
         }
     }
 
-    /// Cancels what `request` matches; returns how many executions it stopped.
-    pub fn apply(&self, request: &AbortRequest) -> usize {
-        let Ok(registry) = self.inner.lock() else {
+    /// Remembers `request`, sent at `sent_at`, and cancels what it matches now; returns
+    /// how many executions it stopped.
+    pub fn apply(&self, request: &AbortRequest, sent_at: DateTime<Utc>) -> usize {
+        let Ok(mut registry) = self.inner.lock() else {
             return 0;
         };
         let id = request.id.as_deref().unwrap_or_default();
+        match request.scope {
+            AbortScope::All => {
+                registry.aborted.all = registry.aborted.all.max(Some(sent_at));
+            }
+            AbortScope::PipelineExecution => registry.aborted.executions.insert(id, sent_at),
+            AbortScope::Run => registry.aborted.runs.insert(id, sent_at),
+        }
         let matched: Vec<&CancellationToken> = match request.scope {
-            AbortScope::All => registry.executions.values().collect(),
-            AbortScope::PipelineExecution => registry.executions.get(id).into_iter().collect(),
+            AbortScope::All => registry
+                .executions
+                .values()
+                .filter(|(_, occurred_at)| *occurred_at <= sent_at)
+                .map(|(kill, _)| kill)
+                .collect(),
+            AbortScope::PipelineExecution => registry
+                .executions
+                .get(id)
+                .map(|(kill, _)| kill)
+                .into_iter()
+                .collect(),
             AbortScope::Run => registry
                 .runs
                 .get(id)
                 .and_then(|execution| registry.executions.get(execution))
+                .map(|(kill, _)| kill)
                 .into_iter()
                 .collect(),
         };
@@ -79,21 +206,106 @@ impl KillSwitch {
     }
 }
 
-/// Reads abort requests until `stop` fires and applies them.
+/// Assigns every partition of `topic` from its beginning (no group: nothing is
+/// committed); returns each partition's end offset at that time, for those that hold
+/// records (`None` when it could not assign). Waits for the topic's metadata, retrying
+/// until `stop` fires.
+async fn assign_from_beginning(
+    consumer: &StreamConsumer,
+    client: &ClientConfig,
+    topic: &str,
+    stop: &CancellationToken,
+) -> Option<HashMap<i32, i64>> {
+    let mut failures: u32 = 0;
+    loop {
+        let partitions = {
+            let client = client.clone();
+            let topic = topic.to_string();
+            tokio::task::spawn_blocking(move || -> Result<HashMap<i32, i64>, String> {
+                let probe: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+                let metadata = probe
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    .map_err(|e| e.to_string())?;
+                let partitions: Vec<i32> = metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if partitions.is_empty() {
+                    return Err(format!("topic {topic} has no partitions (yet)"));
+                }
+                let mut ends = HashMap::new();
+                for partition in partitions {
+                    let (low, high) = probe
+                        .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                        .map_err(|e| format!("partition {partition}: {e}"))?;
+                    ends.insert(partition, if high > low { high } else { -1 });
+                }
+                Ok(ends)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        };
+        match partitions {
+            Ok(mut ends) => {
+                let mut list = TopicPartitionList::new();
+                for partition in ends.keys() {
+                    let _ = list.add_partition_offset(topic, *partition, Offset::Beginning);
+                }
+                match consumer.assign(&list) {
+                    Ok(()) => {
+                        // Empty partitions have nothing to catch up on.
+                        ends.retain(|_, end| *end >= 0);
+                        return Some(ends);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, %topic, "cannot assign the control topic; the kill switch is off");
+                        return None;
+                    }
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(50) {
+                    tracing::warn!(%error, %topic, failures, "cannot read the control topic's partitions yet");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(200) * failures.min(5)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reads abort requests (the whole topic, then each new one) until `stop` fires and
+/// applies them; marks the kill switch caught up (see [`KillSwitch::caught_up`]).
 pub async fn listen(
     client: ClientConfig,
     topic: String,
-    group_id: String,
     kill_switch: KillSwitch,
+    stop: CancellationToken,
+) {
+    read(client, topic, &kill_switch, stop).await;
+    // Never holds a worker back: a kill switch that cannot read has nothing to wait for.
+    kill_switch.mark_caught_up();
+}
+
+async fn read(
+    client: ClientConfig,
+    topic: String,
+    kill_switch: &KillSwitch,
     stop: CancellationToken,
 ) {
     let consumer: StreamConsumer = match client
         .clone()
-        .set("group.id", &group_id)
-        .set("auto.offset.reset", "latest")
-        // A group of its own per process, reading from the end: committing its offsets
-        // would only leave one stale group per worker start on the cluster.
+        // A label only: no group is joined (partitions are assigned, never subscribed) and
+        // nothing is committed. rust-rdkafka serves a consumer's messages from its
+        // consumer queue only when it has a group id.
+        .set("group.id", "chaosgate-control-reader")
         .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
         .create()
     {
         Ok(consumer) => consumer,
@@ -102,17 +314,27 @@ pub async fn listen(
             return;
         }
     };
-    if let Err(error) = consumer.subscribe(&[&topic]) {
-        tracing::error!(%error, %topic, "cannot subscribe to the control topic; the kill switch is off");
+    let Some(mut behind) = assign_from_beginning(&consumer, &client, &topic, &stop).await else {
         return;
-    }
+    };
+    let catch_up_until = Instant::now() + CATCH_UP_LIMIT;
+    let mut caught_up = false;
     // Read failures in a row: while the cluster is away, each poll fails at once; the
     // first is logged, then one in fifty, and polls slow down to one a second.
     let mut failures: u32 = 0;
     loop {
+        if !caught_up && (behind.is_empty() || Instant::now() >= catch_up_until) {
+            if !behind.is_empty() {
+                tracing::warn!(partitions = ?behind.keys().collect::<Vec<_>>(), "the control topic's backlog was not read within {CATCH_UP_LIMIT:?}; going on");
+            }
+            caught_up = true;
+            kill_switch.mark_caught_up();
+        }
+        let tick = catch_up_until.saturating_duration_since(Instant::now());
         let message = tokio::select! {
             () = stop.cancelled() => return,
             message = consumer.recv() => message,
+            () = tokio::time::sleep(tick), if !caught_up => continue,
         };
         let message = match message {
             Ok(message) => {
@@ -120,7 +342,19 @@ pub async fn listen(
                     tracing::info!(failures, "control topic readable again");
                     failures = 0;
                 }
-                from_rdkafka(&message)
+                let partition = message.partition();
+                if behind
+                    .get(&partition)
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    behind.remove(&partition);
+                }
+                let sent_at = message
+                    .timestamp()
+                    .to_millis()
+                    .and_then(DateTime::<Utc>::from_timestamp_millis)
+                    .unwrap_or_else(Utc::now);
+                (from_rdkafka(&message), sent_at)
             }
             Err(error) => {
                 failures += 1;
@@ -135,6 +369,7 @@ pub async fn listen(
                 continue;
             }
         };
+        let (message, sent_at) = message;
         let request = CloudEvent::decode(&message)
             .map_err(|e| e.to_string())
             .and_then(|event| {
@@ -148,12 +383,84 @@ pub async fn listen(
             });
         match request {
             Ok(request) => {
-                let stopped = kill_switch.apply(&request);
+                let stopped = kill_switch.apply(&request, sent_at);
                 tracing::info!(scope = ?request.scope, id = ?request.id, reason = ?request.reason, stopped, "abort request");
             }
             Err(error) => {
                 tracing::warn!(%error, "ignored a control message that is not an abort request")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(scope: AbortScope, id: Option<&str>) -> AbortRequest {
+        AbortRequest {
+            scope,
+            id: id.map(String::from),
+            reason: None,
+            requested_by: None,
+        }
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_800_000_000 + seconds, 0).expect("time")
+    }
+
+    #[test]
+    fn an_abort_read_before_its_execution_registers_stops_it() {
+        let kill_switch = KillSwitch::default();
+        assert_eq!(
+            kill_switch.apply(
+                &request(AbortScope::PipelineExecution, Some("exec-1")),
+                at(10)
+            ),
+            0
+        );
+        let kill = CancellationToken::new();
+        kill_switch.register("exec-1", kill.clone(), at(0));
+        assert!(
+            kill.is_cancelled(),
+            "the new owner ran an aborted execution"
+        );
+        let other = CancellationToken::new();
+        kill_switch.register("exec-2", other.clone(), at(0));
+        assert!(!other.is_cancelled());
+    }
+
+    #[test]
+    fn a_run_abort_read_before_the_run_registers_stops_its_execution() {
+        let kill_switch = KillSwitch::default();
+        kill_switch.apply(&request(AbortScope::Run, Some("run-1")), at(10));
+        let kill = CancellationToken::new();
+        kill_switch.register("exec-1", kill.clone(), at(20));
+        assert!(!kill.is_cancelled());
+        kill_switch.register_run("run-1", "exec-1");
+        assert!(kill.is_cancelled());
+    }
+
+    #[test]
+    fn all_applies_only_to_changes_that_occurred_before_it_was_sent() {
+        let kill_switch = KillSwitch::default();
+        let running = CancellationToken::new();
+        let later = CancellationToken::new();
+        kill_switch.register("running", running.clone(), at(5));
+        kill_switch.register("later", later.clone(), at(15));
+        assert_eq!(
+            kill_switch.apply(&request(AbortScope::All, None), at(10)),
+            1
+        );
+        assert!(running.is_cancelled());
+        assert!(!later.is_cancelled());
+        // Taken over after the request: older changes stop, newer ones run.
+        let old = CancellationToken::new();
+        kill_switch.register("old", old.clone(), at(9));
+        assert!(old.is_cancelled());
+        let new = CancellationToken::new();
+        kill_switch.register("new", new.clone(), at(11));
+        assert!(!new.is_cancelled());
     }
 }

@@ -2,16 +2,21 @@
 //! Kafka record the contract describes (binary-mode CloudEvents; dead letters keep the
 //! original bytes).
 //!
-//! Each output carries the W3C `traceparent` (and `tracestate`) of a `send <topic>` span,
-//! a child of the current span: build outputs inside the flag-change's `process` span
-//! (or, for a [`RunUpdate`], inside its run's span, which [`run_update`] enters).
+//! Each output carries the W3C `traceparent` (and `tracestate`, only when it is not empty)
+//! of a `send <topic>` span, a child of the current span: build outputs inside the
+//! flag-change's `process` span (or, for a [`RunUpdate`], inside its run's span, which
+//! [`run_update`] enters).
+//!
+//! No output may be larger than the producer accepts: [`cut_to_fit`] cuts a refused
+//! record's value (keeping its key and headers, with a header saying so), so one record
+//! cannot stall every commit.
 
 use chrono::Utc;
 
 use crate::config::Topics;
 use crate::contract::dead_letter::{
     HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
-    HEADER_SOURCE_TOPIC,
+    HEADER_SOURCE_TOPIC, HEADER_VALUE_TRUNCATED,
 };
 use crate::contract::flag_change::BadFlagChange;
 use crate::contract::flag_command::FLAG_COMMAND_TYPE;
@@ -46,7 +51,7 @@ pub fn run_record(topics: &Topics, record: &RunRecord) -> Output {
     };
     let data = serde_json::to_vec(record).unwrap_or_default();
     let mut message = event.to_binary_with_data(data, Some(&record.run_id));
-    traces::inject_send(&topics.runs, &mut message.headers);
+    inject_send(&topics.runs, &mut message.headers);
     Output {
         topic: topics.runs.clone(),
         message,
@@ -76,7 +81,7 @@ pub fn flag_command(topics: &Topics, command: &FlagCommand) -> Output {
     };
     let data = serde_json::to_vec(command).unwrap_or_default();
     let mut message = event.to_binary_with_data(data, Some(&key));
-    traces::inject_send(&topics.commands, &mut message.headers);
+    inject_send(&topics.commands, &mut message.headers);
     Output {
         topic: topics.commands.clone(),
         message,
@@ -128,9 +133,139 @@ pub fn dead_letter(
             Utc::now().to_rfc3339().into_bytes(),
         ),
     ]);
-    traces::inject_send(&topics.dead_letter, &mut message.headers);
+    inject_send(&topics.dead_letter, &mut message.headers);
     Output {
         topic: topics.dead_letter.clone(),
         message,
+    }
+}
+
+/// Writes the trace context of a `send <topic>` span into `headers`, leaving out an empty
+/// `tracestate` (W3C Trace Context: a vendor list that is empty is not sent; the
+/// propagator writes one anyway).
+fn inject_send(topic: &str, headers: &mut Vec<(String, Vec<u8>)>) {
+    traces::inject_send(topic, headers);
+    headers.retain(|(name, value)| {
+        !(name.eq_ignore_ascii_case(traces::TRACESTATE) && value.is_empty())
+    });
+}
+
+/// Bytes librdkafka counts for a record beyond its key, value and header bytes, with
+/// room to spare (record framing and a header's name/length fields).
+const RECORD_OVERHEAD: usize = 512;
+
+/// The bytes a record counts against a size limit, with room to spare: key, value,
+/// headers and framing.
+pub fn record_size(message: &KafkaMessage) -> usize {
+    message.key.as_ref().map_or(0, Vec::len)
+        + message.value.as_ref().map_or(0, Vec::len)
+        + message
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 16)
+            .sum::<usize>()
+        + RECORD_OVERHEAD
+}
+
+/// `output` with its value cut so the whole record fits in `max_bytes`, and a
+/// [`HEADER_VALUE_TRUNCATED`] header giving the original value's length (kept from an
+/// earlier cut). `None` when cutting the value cannot bring it under `max_bytes` (it is
+/// small already, or the key and headers alone are too large).
+pub fn cut_to_fit(output: &Output, max_bytes: usize) -> Option<Output> {
+    let value_len = output.message.value.as_ref().map_or(0, Vec::len);
+    let original = output
+        .message
+        .headers
+        .iter()
+        .find(|(name, _)| name == HEADER_VALUE_TRUNCATED)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(value_len);
+    let mut message = output.message.clone();
+    message
+        .headers
+        .retain(|(name, _)| name != HEADER_VALUE_TRUNCATED);
+    message.headers.push((
+        HEADER_VALUE_TRUNCATED.to_string(),
+        original.to_string().into_bytes(),
+    ));
+    let fixed = record_size(&message) - value_len;
+    let room = max_bytes.checked_sub(fixed)?;
+    if room >= value_len {
+        return None;
+    }
+    if let Some(value) = &mut message.value {
+        value.truncate(room);
+    }
+    Some(Output {
+        topic: output.topic.clone(),
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn big(len: usize) -> Output {
+        Output {
+            topic: "flag-changes-dlq".into(),
+            message: KafkaMessage {
+                key: Some(b"p/e/f".to_vec()),
+                value: Some(vec![b'x'; len]),
+                headers: vec![
+                    (HEADER_ERROR_CLASS.into(), b"undecodable".to_vec()),
+                    (HEADER_ERROR_MESSAGE.into(), b"not JSON".to_vec()),
+                ],
+            },
+        }
+    }
+
+    #[test]
+    fn a_record_cut_to_fit_keeps_key_and_headers_and_says_so() {
+        let cut = cut_to_fit(&big(1_100_000), 1_000_000).expect("fits once cut");
+        let value = cut.message.value.as_ref().expect("value");
+        let size = value.len()
+            + cut.message.key.as_ref().map_or(0, Vec::len)
+            + cut
+                .message
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>();
+        assert!(size < 1_000_000, "{size}");
+        assert!(value.len() > 990_000, "{}", value.len());
+        assert_eq!(cut.message.key.as_deref(), Some(&b"p/e/f"[..]));
+        assert!(
+            cut.message
+                .headers
+                .contains(&(HEADER_VALUE_TRUNCATED.to_string(), b"1100000".to_vec()))
+        );
+        assert!(
+            cut.message
+                .headers
+                .iter()
+                .any(|(n, v)| n == HEADER_ERROR_CLASS && v == b"undecodable")
+        );
+        assert_eq!(cut_to_fit(&cut, 1_000_000), None, "it fits already");
+        let again = cut_to_fit(&cut, 100_000).expect("a smaller limit (the broker's)");
+        assert!(record_size(&again.message) <= 100_000);
+        assert!(
+            again
+                .message
+                .headers
+                .contains(&(HEADER_VALUE_TRUNCATED.to_string(), b"1100000".to_vec()))
+        );
+    }
+
+    #[test]
+    fn outputs_carry_no_empty_tracestate() {
+        let mut headers = vec![("tracestate".to_string(), Vec::new())];
+        inject_send("t", &mut headers);
+        assert!(
+            !headers
+                .iter()
+                .any(|(n, v)| n == "tracestate" && v.is_empty()),
+            "{headers:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, FutureRecord};
+use rdkafka::util::IntoOpaque;
 
 use crate::contract::KafkaMessage;
 
@@ -49,7 +50,17 @@ pub fn to_base_record<'a>(
     topic: &'a str,
     message: &'a KafkaMessage,
 ) -> BaseRecord<'a, Vec<u8>, Vec<u8>> {
-    let mut record = BaseRecord::to(topic).headers(headers_of(message));
+    to_base_record_with(topic, message, ())
+}
+
+/// [`to_base_record`] with a delivery opaque (handed back with the record's delivery
+/// report).
+pub fn to_base_record_with<'a, D: IntoOpaque>(
+    topic: &'a str,
+    message: &'a KafkaMessage,
+    opaque: D,
+) -> BaseRecord<'a, Vec<u8>, Vec<u8>, D> {
+    let mut record = BaseRecord::with_opaque_to(topic, opaque).headers(headers_of(message));
     if let Some(key) = &message.key {
         record = record.key(key);
     }

@@ -9,10 +9,16 @@
 //! completed while the previous transaction was committing. A batch holding only start
 //! marks and run updates waits [`START_MARK_LINGER`] for company, so a short run's start
 //! and end share one transaction. Offsets go through
-//! `send_offsets_to_transaction` with the consumer's current group metadata, so a worker
-//! that lost its partitions in a rebalance is fenced by the broker (KIP-447). Any other
-//! error aborts and retries the batch; a fatal or fenced producer is rebuilt; retries back
-//! off exponentially with jitter.
+//! `send_offsets_to_transaction` with the consumer's group metadata, read under the ledger
+//! lock *before* the batch is checked against the assignment, so a worker that lost a
+//! partition cannot commit it under a newer generation: either the check drops it, or the
+//! broker fences the older generation (KIP-447).
+//!
+//! Errors follow librdkafka's transactional contract ([`super::producer`]): abort and run
+//! the batch again, rebuild the producer, or resume a commit whose outcome is unknown
+//! (never abort it). An output the producer refuses outright (too large) is cut to fit
+//! with a header saying so ([`super::outputs::cut_to_fit`]), so one record cannot stall
+//! every commit. Retries back off exponentially with jitter.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,17 +26,15 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{ConsumerGroupMetadata, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::offsets::{Book, Ledger};
-use super::outputs::Output;
-use super::record::to_base_record;
+use super::outputs::{Output, cut_to_fit, record_size};
+use super::producer::{self, ABORT_TIMEOUT, Attempt, TransactionalProducer, retry_delays};
 
-/// How long one transactional call may block.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub use super::producer::await_delivery;
 /// Most completions gathered before a transaction begins (the drain at its start, under
 /// the ledger lock, may add what arrived meanwhile).
 const MAX_BATCH: usize = 500;
@@ -40,12 +44,13 @@ const MAX_BATCH: usize = 500;
 /// the first one's markers are written). Longer runs, the usual case, commit their start
 /// while they run.
 pub const START_MARK_LINGER: Duration = Duration::from_millis(20);
-/// How often the delivery of a transaction's records is checked before its commit.
-const DELIVERY_CHECK: Duration = Duration::from_micros(200);
+/// librdkafka's default `message.max.bytes`, the producer's limit when the configuration
+/// does not set one.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
-/// What the worker hands the committer: a finished event (its outputs and offsets), a
-/// start mark (offsets and metadata carrying a start count, no records), or a run update
-/// (a `running` or `aborted` record, no offsets).
+/// What the worker hands the committer: records to produce for one partition, and with
+/// them that partition's offsets (the transaction commits the watermark and metadata of
+/// every partition it holds a completion of, read from the ledger).
 #[derive(Debug)]
 pub struct Completion {
     /// Partition of the consumed event.
@@ -54,39 +59,53 @@ pub struct Completion {
     pub epoch: u64,
     /// Records to produce.
     pub outputs: Vec<Output>,
-    /// Whether it changed its partition's offsets (a start or a completion, not a run
-    /// update): the transaction then commits that partition's watermark and metadata,
-    /// read from the ledger.
-    pub moves_offsets: bool,
-    /// Set when the transaction holding this completion has committed.
-    pub committed: Option<Arc<AtomicBool>>,
-    /// A run update: still published after its partition is revoked once its run's
-    /// start mark has committed (an `aborted` record, a `running` record of a run that
-    /// ran); dropped with the partition otherwise, since the run will start again under
-    /// the same id.
-    pub kept_once_started: Option<Arc<AtomicBool>>,
+    /// Which of the three it is.
+    pub kind: CompletionKind,
+}
+
+/// The three kinds of [`Completion`].
+#[derive(Debug)]
+pub enum CompletionKind {
+    /// An event answered or dead-lettered: its records and command; its offset is done.
+    Finished,
+    /// An execution started: the metadata carries its start count, and the outputs close
+    /// the runs its previous attempt left open. `committed` is set once it has committed.
+    StartMark {
+        /// Set when the transaction holding the mark has committed.
+        committed: Arc<AtomicBool>,
+    },
+    /// A run's record as it happens (`running`, or the final record of a run cut off),
+    /// the run opened or closed in the book. Still published after its partition is
+    /// revoked once `started` (its attempt's start mark committed) is set; dropped with
+    /// the partition otherwise, since the run will start again under the same id.
+    RunUpdate {
+        /// Set when the start mark of the run's attempt has committed.
+        started: Arc<AtomicBool>,
+    },
 }
 
 impl Completion {
-    /// A start mark (no records) or a run update (no offsets): nothing waits on it, so a
-    /// batch of only these lingers [`START_MARK_LINGER`] for company.
+    /// A start mark or a run update: nothing waits on it, so a batch of only these
+    /// lingers [`START_MARK_LINGER`] for company.
     fn is_lazy(&self) -> bool {
-        self.outputs.is_empty() || !self.moves_offsets
+        !matches!(self.kind, CompletionKind::Finished)
     }
 
     /// Whether the committer still publishes it, given the partitions owned now.
     fn is_current(&self, owned: &HashMap<i32, u64>) -> bool {
         owned.get(&self.partition) == Some(&self.epoch)
-            || self
-                .kept_once_started
-                .as_ref()
-                .is_some_and(|started| started.load(Ordering::Acquire))
+            || matches!(&self.kind, CompletionKind::RunUpdate { started } if started.load(Ordering::Acquire))
     }
 }
 
 /// Partitions this worker owns now, with their assignment epochs; shared with the
 /// rebalance callback, which updates it before librdkafka moves the partitions.
 pub type Assignment = Arc<Mutex<HashMap<i32, u64>>>;
+
+/// The consumer group's current metadata (member, generation), as
+/// `rdkafka::consumer::Consumer::group_metadata` gives it; `None` while the consumer is
+/// not in the group.
+pub type GroupMetadata = Box<dyn Fn() -> Option<ConsumerGroupMetadata> + Send>;
 
 /// Everything the committer needs.
 pub struct Committer {
@@ -96,17 +115,20 @@ pub struct Committer {
     pub topic: String,
     /// The owned partitions' offsets.
     pub ledger: Ledger,
-    /// The consumer, for its current group metadata.
-    pub consumer: Arc<StreamConsumer<super::worker::WorkerContext>>,
+    /// Reads the consumer's current group metadata (called under the ledger lock, before
+    /// the batch is checked against [`Committer::assignment`]).
+    pub group_metadata: GroupMetadata,
     /// Partitions owned now.
     pub assignment: Assignment,
+    /// Ticked once per pass of the commit loop (`/healthz` watches it).
+    pub heartbeat: crate::telemetry::heartbeat::Heartbeat,
     /// Called with each commit's latency (for metrics and benchmarks).
     pub on_commit: Option<Box<dyn Fn(Duration, usize) + Send>>,
     /// Called when a transaction failed (for metrics and readiness).
     pub on_failure: Option<Box<dyn Fn() + Send>>,
 }
 
-/// Why the committer stopped.
+/// Why the committer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     /// The producer could not be created or initialised (a configuration problem).
@@ -114,33 +136,17 @@ pub enum CommitError {
     Start(KafkaError),
 }
 
-/// The transactional producer the committer drives.
-pub type TransactionalProducer = ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
-
 /// Creates the transactional producer and initialises its transactions (fencing an
 /// earlier instance with the same `transactional.id`). Blocks up to 30 s.
 pub fn start(config: &ClientConfig) -> Result<TransactionalProducer, CommitError> {
-    build(config).map_err(CommitError::Start)
+    producer::build(config).map_err(CommitError::Start)
 }
 
-fn build(config: &ClientConfig) -> Result<TransactionalProducer, KafkaError> {
-    let producer: ThreadedProducer<_> = config.create()?;
-    producer.init_transactions(CALL_TIMEOUT)?;
-    Ok(producer)
-}
-
-fn needs_rebuild(error: &KafkaError) -> bool {
-    match error {
-        KafkaError::Transaction(e) => e.is_fatal(),
-        other => matches!(
-            other.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::Fenced
-                    | RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-            )
-        ),
-    }
+/// A batch ready for its transaction: what survived the assignment check, with the group
+/// metadata read before that check and the offsets read in the same critical section.
+struct Prepared {
+    group: Option<ConsumerGroupMetadata>,
+    offsets: TopicPartitionList,
 }
 
 impl Committer {
@@ -152,7 +158,10 @@ impl Committer {
         let mut closed = false;
         let mut failures: u32 = 0;
         let mut delays = retry_delays();
+        let limit = message_max_bytes(&self.config);
+        let attempt_timeout = producer::attempt_timeout(&self.config);
         while !(closed && pending.is_empty()) {
+            self.heartbeat.tick();
             if pending.is_empty() {
                 match completions.recv_timeout(Duration::from_millis(200)) {
                     Ok(c) => pending.push(c),
@@ -179,64 +188,128 @@ impl Committer {
                     }
                 }
             }
-            let offsets = {
-                let ledger = self.ledger.lock();
-                // Whatever changed the books is in the channel by now (see `Ledger`).
-                loop {
-                    match completions.try_recv() {
-                        Ok(c) => pending.push(c),
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => {
-                            closed = true;
-                            break;
-                        }
-                    }
-                }
-                self.drop_revoked(&mut pending);
-                self.offsets(&ledger, &pending)
-            };
+            let prepared = self.prepare(&mut pending, &completions, &mut closed);
             if pending.is_empty() {
                 continue;
             }
             let started = Instant::now();
-            match self.commit(&producer, &pending, offsets) {
-                Ok(()) => {
-                    if let Some(on_commit) = &self.on_commit {
-                        on_commit(started.elapsed(), pending.len());
-                    }
-                    for completion in pending.drain(..) {
-                        if let Some(committed) = completion.committed {
-                            committed.store(true, Ordering::Release);
+            let mut outcome = match &prepared.group {
+                Some(group) => producer::attempt(
+                    &producer,
+                    pending.iter().flat_map(|c| c.outputs.iter()),
+                    &prepared.offsets,
+                    group,
+                    started + attempt_timeout,
+                ),
+                None => Attempt::Abort(KafkaError::MetadataFetch(
+                    rdkafka::error::RDKafkaErrorCode::UnknownMemberId,
+                )),
+            };
+            let back_off = loop {
+                self.heartbeat.tick();
+                match outcome {
+                    Attempt::Committed => {
+                        if let Some(on_commit) = &self.on_commit {
+                            on_commit(started.elapsed(), pending.len());
                         }
+                        for completion in pending.drain(..) {
+                            if let CompletionKind::StartMark { committed } = completion.kind {
+                                committed.store(true, Ordering::Release);
+                            }
+                        }
+                        failures = 0;
+                        delays = retry_delays();
+                        break false;
                     }
-                    failures = 0;
-                    delays = retry_delays();
-                }
-                Err(error) => {
-                    failures += 1;
-                    if let Some(on_failure) = &self.on_failure {
-                        on_failure();
+                    Attempt::InDoubt(error) => {
+                        // The commit may have landed: only a commit may follow it.
+                        self.failed(&mut failures);
+                        tracing::warn!(%error, attempt = failures, "commit outcome unknown; resuming the commit (never aborting it)");
+                        std::thread::sleep(delays.next().unwrap_or(Duration::from_secs(10)));
+                        outcome = producer::resume_commit(&producer);
                     }
-                    tracing::warn!(%error, attempt = failures, "transaction failed; retrying the batch");
-                    if needs_rebuild(&error) || failures.is_multiple_of(5) {
-                        tracing::warn!("rebuilding the transactional producer");
+                    Attempt::Refused { output, error } => {
+                        self.failed(&mut failures);
+                        tracing::warn!(%error, "the producer refused a record; cutting it to fit");
+                        refit(&mut pending, output, limit);
+                        producer = self.abort_or_rebuild(producer);
+                        // The refused record changed: the batch can go again at once.
+                        break false;
+                    }
+                    Attempt::Abort(error) => {
+                        self.failed(&mut failures);
+                        tracing::warn!(%error, attempt = failures, "transaction failed; aborting and retrying the batch");
+                        producer = self.abort_or_rebuild(producer);
+                        break true;
+                    }
+                    Attempt::Rebuild(error) => {
+                        self.failed(&mut failures);
+                        tracing::warn!(%error, attempt = failures, "transactional producer unusable; rebuilding it and retrying the batch");
                         drop(producer);
-                        producer = rebuild(&self.config);
-                    } else if let Err(abort) = producer.abort_transaction(CALL_TIMEOUT) {
-                        // Any failure inside a transaction leaves it open (a retriable
-                        // error too), and the next begin would fail with "not valid in
-                        // state InTransaction": always abort. With no transaction open the
-                        // abort fails harmlessly; a timed-out abort is retried next time.
-                        tracing::debug!(error = %abort, "aborting the failed transaction");
+                        producer = producer::rebuild(&self.config);
+                        break true;
                     }
-                    std::thread::sleep(delays.next().unwrap_or(Duration::from_secs(10)));
                 }
+            };
+            if back_off {
+                std::thread::sleep(delays.next().unwrap_or(Duration::from_secs(10)));
             }
         }
     }
 
+    fn failed(&self, failures: &mut u32) {
+        *failures += 1;
+        if let Some(on_failure) = &self.on_failure {
+            on_failure();
+        }
+    }
+
+    /// Aborts the open transaction; a producer that cannot abort within [`ABORT_TIMEOUT`]
+    /// is rebuilt (its successor's `init_transactions` aborts it).
+    fn abort_or_rebuild(&self, producer: TransactionalProducer) -> TransactionalProducer {
+        match producer::abort(&producer, Instant::now() + ABORT_TIMEOUT) {
+            Ok(()) => producer,
+            Err(error) => {
+                tracing::warn!(%error, "cannot abort the transaction; rebuilding the producer");
+                drop(producer);
+                producer::rebuild(&self.config)
+            }
+        }
+    }
+
+    /// Under the ledger lock: reads the group metadata, takes what else is in the channel,
+    /// drops completions of partitions no longer owned, and reads the offsets to commit.
+    ///
+    /// The group metadata comes first: read after the assignment check, it could carry the
+    /// generation of a rejoin that followed a revoke, and the broker would accept offsets of
+    /// a partition another member owns now.
+    fn prepare(
+        &self,
+        pending: &mut Vec<Completion>,
+        completions: &Receiver<Completion>,
+        closed: &mut bool,
+    ) -> Prepared {
+        let ledger = self.ledger.lock();
+        let group = (self.group_metadata)();
+        // Whatever changed the books is in the channel by now (see `Ledger`).
+        loop {
+            match completions.try_recv() {
+                Ok(c) => pending.push(c),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    *closed = true;
+                    break;
+                }
+            }
+        }
+        self.drop_revoked(pending);
+        let offsets = self.offsets(&ledger, pending);
+        Prepared { group, offsets }
+    }
+
     /// Drops completions of partitions this worker no longer owns: the new owner runs
-    /// them again.
+    /// them again. A poisoned lock counts as owning nothing (nothing is committed that
+    /// might not be ours).
     fn drop_revoked(&self, pending: &mut Vec<Completion>) {
         let owned = self
             .assignment
@@ -246,13 +319,9 @@ impl Committer {
         pending.retain(|c| c.is_current(&owned));
     }
 
-    /// The watermark and metadata of each partition whose offsets moved in `batch`.
+    /// The watermark and metadata of each partition with a completion in `batch`.
     fn offsets(&self, ledger: &HashMap<i32, Book>, batch: &[Completion]) -> TopicPartitionList {
-        let moved: BTreeSet<(i32, u64)> = batch
-            .iter()
-            .filter(|c| c.moves_offsets)
-            .map(|c| (c.partition, c.epoch))
-            .collect();
+        let moved: BTreeSet<(i32, u64)> = batch.iter().map(|c| (c.partition, c.epoch)).collect();
         let mut offsets = TopicPartitionList::new();
         for (partition, epoch) in moved {
             let Some(book) = ledger.get(&partition).filter(|b| b.epoch == epoch) else {
@@ -265,85 +334,97 @@ impl Committer {
         }
         offsets
     }
+}
 
-    fn commit(
-        &self,
-        producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
-        batch: &[Completion],
-        offsets: TopicPartitionList,
-    ) -> Result<(), KafkaError> {
-        let metadata: ConsumerGroupMetadata =
-            rdkafka::consumer::Consumer::group_metadata(self.consumer.as_ref())
-                .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownMemberId))?;
-        producer.begin_transaction()?;
-        for completion in batch {
-            for output in &completion.outputs {
-                send(producer, output)?;
+/// Replaces the refused output (its index in the batch's flattened outputs) by a copy cut
+/// to fit: under `limit` (the producer's `message.max.bytes`) when it is larger, else to
+/// half its size (the broker refused it: its topic's limit is lower, and unknown here).
+/// One that cutting cannot help is dropped with an error: never retried forever.
+fn refit(pending: &mut [Completion], index: usize, limit: usize) {
+    let mut left = index;
+    for completion in pending.iter_mut() {
+        if left >= completion.outputs.len() {
+            left -= completion.outputs.len();
+            continue;
+        }
+        let slot = &mut completion.outputs[left];
+        let size = record_size(&slot.message);
+        let target = if size > limit { limit } else { size / 2 };
+        match cut_to_fit(slot, target) {
+            Some(cut) => *slot = cut,
+            None => {
+                tracing::error!(topic = %slot.topic, key = ?slot.message.key.as_deref().map(String::from_utf8_lossy), size, "a record Kafka refuses, which cutting its value cannot fix; dropped");
+                completion.outputs.remove(left);
             }
         }
-        producer.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)?;
-        await_delivery(producer)?;
-        producer.commit_transaction(CALL_TIMEOUT)
+        return;
     }
 }
 
-/// Waits until every record of the transaction is acknowledged (the producer's polling
-/// thread serves the delivery reports). `commit_transaction` flushes first, and
-/// rust-rdkafka's flush, finding anything outstanding, polls for a full 100 ms however
-/// soon the reports arrive: every transaction would last at least 100 ms.
-pub fn await_delivery(
-    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
-) -> Result<(), KafkaError> {
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    while producer.in_flight_count() > 0 {
-        if Instant::now() >= deadline {
-            return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
-        }
-        std::thread::sleep(DELIVERY_CHECK);
-    }
-    Ok(())
+/// The producer's `message.max.bytes` from its configuration.
+fn message_max_bytes(config: &ClientConfig) -> usize {
+    config
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
 }
 
-fn send(
-    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
-    output: &Output,
-) -> Result<(), KafkaError> {
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    loop {
-        match producer.send(to_base_record(&output.topic, &output.message)) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                if Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err((error, _)) => return Err(error),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::offsets::PartitionOffsets;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    fn finished(partition: i32, epoch: u64) -> Completion {
+        Completion {
+            partition,
+            epoch,
+            outputs: Vec::new(),
+            kind: CompletionKind::Finished,
         }
     }
-}
 
-fn rebuild(config: &ClientConfig) -> ThreadedProducer<rdkafka::producer::DefaultProducerContext> {
-    let mut delays = retry_delays();
-    let mut failures = 0;
-    loop {
-        match build(config) {
-            Ok(producer) => return producer,
-            Err(error) => {
-                failures += 1;
-                tracing::error!(%error, attempt = failures, "cannot rebuild the transactional producer; retrying");
-                std::thread::sleep(delays.next().unwrap_or(Duration::from_secs(10)));
-            }
-        }
+    #[test]
+    fn group_metadata_is_read_before_the_revoke_check() {
+        let assignment: Assignment = Arc::new(Mutex::new(HashMap::from([(0, 1)])));
+        let ledger = Ledger::default();
+        ledger.lock().insert(
+            0,
+            Book {
+                epoch: 1,
+                offsets: PartitionOffsets::resume(0, ""),
+            },
+        );
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "g")
+            .create()
+            .expect("consumer");
+        let revoke = assignment.clone();
+        let committer = Committer {
+            config: ClientConfig::new(),
+            topic: "t".into(),
+            ledger,
+            // A revoke and a rejoin land just as the metadata is read: it carries the new
+            // generation, under which partition 0 is no longer ours.
+            group_metadata: Box::new(move || {
+                revoke.lock().expect("assignment").remove(&0);
+                consumer.group_metadata()
+            }),
+            assignment,
+            heartbeat: crate::telemetry::heartbeat::Heartbeat::new("committer"),
+            on_commit: None,
+            on_failure: None,
+        };
+        let (_tx, rx) = std::sync::mpsc::channel();
+        let mut pending = vec![finished(0, 1)];
+        let mut closed = false;
+        let prepared = committer.prepare(&mut pending, &rx, &mut closed);
+        assert!(prepared.group.is_some());
+        assert!(
+            pending.is_empty(),
+            "a completion of a partition revoked before the metadata was read survived"
+        );
+        assert_eq!(prepared.offsets.count(), 0);
     }
-}
-
-/// Exponential backoff with jitter, from 100 ms up to 10 s, without end.
-fn retry_delays() -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .without_max_times()
-        .build()
 }

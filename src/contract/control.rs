@@ -33,11 +33,17 @@ pub struct AbortRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AbortScope {
-    /// The run whose `run_id` is `id`.
+    /// The pipeline execution of the run whose `run_id` is `id`, on whichever worker runs
+    /// that run, also if it starts only after the request was sent (the same attempt run
+    /// again after a worker restart). A later attempt has a new run id: use
+    /// `pipeline_execution` to reach it.
     Run,
-    /// Every run of the pipeline execution `id`.
+    /// Every run of the pipeline execution `id`, on whichever worker runs it, also if it
+    /// starts only after the request was sent (a worker restart, a partition moving).
     PipelineExecution,
-    /// Every run in flight.
+    /// Every execution of a flag change that occurred (its `occurred_at`) at or before the
+    /// request was sent (its Kafka timestamp), running now or started later; changes that
+    /// occur after it are not affected.
     All,
 }
 

@@ -14,6 +14,10 @@ pub const HEADER_SOURCE_TOPIC: &str = "chaosgate_source_topic";
 pub const HEADER_SOURCE_PARTITION: &str = "chaosgate_source_partition";
 /// Header holding the source offset (decimal).
 pub const HEADER_SOURCE_OFFSET: &str = "chaosgate_source_offset";
+/// Header present when the record's value was cut to fit the producer's size limit
+/// (`message.max.bytes`): the original value's length in bytes (decimal). The key and
+/// every header are kept; the value is its first bytes, so it may not decode.
+pub const HEADER_VALUE_TRUNCATED: &str = "chaosgate_value_truncated_from";
 
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -35,7 +35,10 @@ pub struct FlagCommand {
     pub reason: String,
     /// Machine-readable reason.
     pub reason_code: ReasonCode,
-    /// Pipeline that gated the change, if any.
+    /// The pipeline that decided the command: the one that ran (`passed`, `failed`,
+    /// `aborted`), or the one whose routes do not gate this kind of change
+    /// (`not_gated`). Absent for `requested` (a `disable` is passed on before any
+    /// pipeline runs) and `no_pipeline`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline_id: Option<String>,
     /// This execution of the pipeline, if any.

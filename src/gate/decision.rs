@@ -182,7 +182,11 @@ pub fn flag_command(
             .flatten(),
         reason,
         reason_code,
-        pipeline_id: pipeline.map(|p| p.id.clone()),
+        // The pipeline that decided: the one that ran, or the one whose routes said the
+        // change is not gated. A requested `disable` is decided by no pipeline.
+        pipeline_id: pipeline
+            .filter(|_| gating != Gating::PassOn(ReasonCode::Requested))
+            .map(|p| p.id.clone()),
         pipeline_execution_id: pipeline
             .filter(|_| gated)
             .map(|p| ids::pipeline_execution_id(&change.event_id, &p.id)),
@@ -266,5 +270,25 @@ mod tests {
         assert_eq!(command.command, CommandKind::Enable);
         assert_eq!(command.reason_code, ReasonCode::NoPipeline);
         assert_eq!(command.command_id, ids::command_id(&change.event_id));
+    }
+
+    #[test]
+    fn a_requested_disable_names_no_pipeline_that_did_not_run() {
+        let pipeline = crate::catalog::pipeline::pipeline_example();
+        let mut change = flag_change_example();
+        change.change.kind = ChangeKind::Disable;
+        let gating = gating(&change, Some(&pipeline));
+        assert_eq!(gating, Gating::PassOn(ReasonCode::Requested));
+        let command = flag_command(
+            &change,
+            Some(&pipeline),
+            gating,
+            &Outcome::Passed,
+            Vec::new(),
+            Utc::now(),
+        );
+        assert_eq!(command.command, CommandKind::Disable);
+        assert_eq!(command.pipeline_id, None);
+        assert_eq!(command.pipeline_execution_id, None);
     }
 }

@@ -86,6 +86,90 @@ pub struct RunUpdate {
     pub span: tracing::Span,
 }
 
+/// Where a run sits in its pipeline execution: stage and step (indices in the pipeline)
+/// and the step's retry. With the event and the attempt it names the run id, so a later
+/// attempt can close a run an earlier one left `running` ([`superseded_record`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RunPosition {
+    /// Index of the stage in the pipeline.
+    pub stage: usize,
+    /// Index of the step in its stage.
+    pub step: usize,
+    /// The step's retry (0 for its first run).
+    pub retry: u32,
+}
+
+/// Where `record`, a run of `pipeline` for `change`, sits; `None` when the pipeline has
+/// no such step (a run of another pipeline).
+pub fn run_position(
+    change: &FlagChange,
+    pipeline: &Pipeline,
+    record: &RunRecord,
+) -> Option<RunPosition> {
+    let stage = pipeline
+        .stages
+        .iter()
+        .position(|s| s.id == record.stage.id)?;
+    let stage_ref = &pipeline.stages[stage];
+    let step = stage_ref
+        .steps
+        .iter()
+        .position(|s| s.id == record.step.id)?;
+    let step_ref = &stage_ref.steps[step];
+    let retries = match &step_ref.failure_strategy {
+        FailureStrategy::Retry { count, .. } => *count,
+        _ => 0,
+    };
+    (0..=retries)
+        .find(|retry| {
+            ids::run_id(
+                &change.event_id,
+                &pipeline.id,
+                &stage_ref.id,
+                &step_ref.id,
+                record.attempt,
+                *retry,
+            ) == record.run_id
+        })
+        .map(|retry| RunPosition { stage, step, retry })
+}
+
+/// The final record of the run at `position` of `attempt`, left `running` when that
+/// attempt was cut off (a crash, a lost partition): `aborted`, "superseded by attempt
+/// `by`". `None` when the pipeline no longer has that step.
+pub fn superseded_record(
+    change: &FlagChange,
+    pipeline: &Pipeline,
+    catalog: &Catalog,
+    position: RunPosition,
+    attempt: u32,
+    by: u32,
+) -> Option<RunRecord> {
+    let stage = pipeline.stages.get(position.stage)?;
+    let step = stage.steps.get(position.step)?;
+    let name = catalog
+        .experiment(&step.experiment)
+        .and_then(|e| e.name.clone())
+        .unwrap_or_else(|| step.experiment.clone());
+    let run_id = ids::run_id(
+        &change.event_id,
+        &pipeline.id,
+        &stage.id,
+        &step.id,
+        attempt,
+        position.retry,
+    );
+    let mut record = base_record(change, pipeline, stage, step, &name, run_id, attempt);
+    let now = Utc::now();
+    record.status = RunStatus::Aborted;
+    record.summary = Some(format!(
+        "superseded by attempt {by}: the run was cut off (worker stopped or partition lost) before it ended"
+    ));
+    record.ended_at = Some(now);
+    record.duration_seconds = Some(0.0);
+    Some(record)
+}
+
 /// What an execution produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Execution {

@@ -1,6 +1,9 @@
 //! The worker's HTTP endpoints on `[http] listen`: `/healthz`, `/readyz`, `/metrics`.
 //!
-//! - `/healthz`: 200 while the process serves requests (liveness).
+//! - `/healthz`: liveness. 200 while every watched loop (the consumer loop, the committer:
+//!   see [`super::heartbeat`]) has ticked within `worker.liveness_timeout`; else 503 with
+//!   the loops that stalled, so Kubernetes restarts a wedged worker. Before the worker
+//!   watches any loop (while it waits for Kafka at start) it answers 200.
 //! - `/readyz`: 200 when the consumer has partitions assigned, reaches a broker, and the
 //!   producer works (its last transaction did not fail; before the first one it is
 //!   taken to work, so an idle worker is ready), else 503 with the reasons as JSON. The worker keeps a
@@ -10,8 +13,9 @@
 //! - `/metrics`: every `chaosgate_*` metric in the Prometheus text exposition.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -22,6 +26,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::heartbeat::Heartbeat;
 use super::metrics;
 
 /// What the worker tells `/readyz`. Cheap to clone; all clones share one state.
@@ -33,18 +38,49 @@ pub struct Readiness {
 #[derive(Debug, Default)]
 struct ReadinessState {
     assigned: AtomicUsize,
+    /// Assigned partitions whose committed offsets are not read yet.
+    loading: AtomicUsize,
     /// The last transaction failed (false before the first one).
     producer_failed: AtomicBool,
     stopping: AtomicBool,
+    liveness: Mutex<Liveness>,
+}
+
+/// The loops `/healthz` watches, and how long each may go without a tick.
+#[derive(Debug)]
+struct Liveness {
+    timeout: Duration,
+    beats: Vec<Heartbeat>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            timeout: Duration::from_secs(120),
+            beats: Vec::new(),
+        }
+    }
+}
+
+/// A watched loop that has not ticked within the liveness timeout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stalled {
+    /// The loop (`main loop`, `committer`).
+    pub name: &'static str,
+    /// Seconds since its last tick.
+    pub seconds_since_tick: f64,
 }
 
 /// The answer of `/readyz`, as JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReadinessReport {
     /// Whether the worker is ready.
     pub ready: bool,
     /// Partitions of the flag-changes topic assigned to this worker.
     pub assigned_partitions: usize,
+    /// Assigned partitions still paused because their committed offsets could not be read
+    /// yet (the read is retried).
+    pub partitions_loading: usize,
     /// Whether the producer works: false after a failed transaction, until one commits.
     pub producer_ok: bool,
     /// Whether the worker is shutting down.
@@ -52,6 +88,8 @@ pub struct ReadinessReport {
     /// Kafka brokers the consumer is connected to (librdkafka statistics); `null`
     /// before the first statistics.
     pub kafka_brokers_up: Option<u64>,
+    /// Watched loops that have not ticked within the liveness timeout.
+    pub stalled: Vec<Stalled>,
     /// Why it is not ready, one sentence each; empty when ready.
     pub reasons: Vec<String>,
 }
@@ -60,6 +98,11 @@ impl Readiness {
     /// Sets how many flag-changes partitions are assigned now (after each rebalance).
     pub fn set_assigned(&self, partitions: usize) {
         self.state.assigned.store(partitions, Ordering::Relaxed);
+    }
+
+    /// Sets how many assigned partitions wait for their committed offsets.
+    pub fn set_loading(&self, partitions: usize) {
+        self.state.loading.store(partitions, Ordering::Relaxed);
     }
 
     /// Sets whether the producer works: true after a successful transaction commit or
@@ -73,9 +116,48 @@ impl Readiness {
         self.state.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Sets how long a watched loop may go without a tick before `/healthz` fails
+    /// (`worker.liveness_timeout`).
+    pub fn set_liveness_timeout(&self, timeout: Duration) {
+        self.liveness().timeout = timeout;
+    }
+
+    /// Watches `beat` from now on (a loop that must keep ticking).
+    pub fn watch(&self, beat: Heartbeat) {
+        self.liveness().beats.push(beat);
+    }
+
+    /// Stops watching every loop (the worker has stopped them).
+    pub fn unwatch_all(&self) {
+        self.liveness().beats.clear();
+    }
+
+    /// Watched loops that have not ticked within the liveness timeout.
+    pub fn stalled(&self) -> Vec<Stalled> {
+        let liveness = self.liveness();
+        liveness
+            .beats
+            .iter()
+            .filter(|beat| beat.age() > liveness.timeout)
+            .map(|beat| Stalled {
+                name: beat.name(),
+                seconds_since_tick: beat.age().as_secs_f64(),
+            })
+            .collect()
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        // Every change is one assignment or push: a poisoned lock still holds a whole state.
+        self.state
+            .liveness
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The current state and, when not ready, why.
     pub fn report(&self) -> ReadinessReport {
         let assigned_partitions = self.state.assigned.load(Ordering::Relaxed);
+        let partitions_loading = self.state.loading.load(Ordering::Relaxed);
         let producer_ok = !self.state.producer_failed.load(Ordering::Relaxed);
         let stopping = self.state.stopping.load(Ordering::Relaxed);
         let mut reasons = Vec::new();
@@ -85,6 +167,11 @@ impl Readiness {
         if assigned_partitions == 0 {
             reasons.push("no flag-changes partition assigned".to_string());
         }
+        if partitions_loading > 0 {
+            reasons.push(format!(
+                "{partitions_loading} partitions wait for their committed offsets (the read is retried)"
+            ));
+        }
         if !producer_ok {
             reasons.push("the Kafka producer is not working".to_string());
         }
@@ -92,12 +179,21 @@ impl Readiness {
         if kafka_brokers_up == Some(0) {
             reasons.push("no Kafka broker reachable".to_string());
         }
+        let stalled = self.stalled();
+        for loop_ in &stalled {
+            reasons.push(format!(
+                "the {} has not ticked for {:.1} s",
+                loop_.name, loop_.seconds_since_tick
+            ));
+        }
         ReadinessReport {
             ready: reasons.is_empty(),
             assigned_partitions,
+            partitions_loading,
             producer_ok,
             stopping,
             kafka_brokers_up,
+            stalled,
             reasons,
         }
     }
@@ -153,8 +249,16 @@ pub async fn serve(
     Ok(HttpServer { addr: bound, task })
 }
 
-async fn healthz() -> Response {
-    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+async fn healthz(State(readiness): State<Readiness>) -> Response {
+    let stalled = readiness.stalled();
+    if stalled.is_empty() {
+        return axum::Json(serde_json::json!({ "status": "ok" })).into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({ "status": "stalled", "stalled": stalled })),
+    )
+        .into_response()
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> Response {
@@ -200,7 +304,66 @@ mod tests {
         );
         readiness.set_producer_ok(true);
         assert!(readiness.report().ready);
+        readiness.set_loading(2);
+        assert_eq!(
+            readiness.report().reasons,
+            vec!["2 partitions wait for their committed offsets (the read is retried)"]
+        );
+        readiness.set_loading(0);
         readiness.set_stopping();
         assert_eq!(readiness.report().reasons, vec!["shutting down"]);
+    }
+
+    #[test]
+    fn a_loop_that_stops_ticking_fails_liveness_and_says_which() {
+        let readiness = Readiness::default();
+        readiness.set_assigned(1);
+        readiness.set_liveness_timeout(Duration::from_millis(50));
+        let main_loop = Heartbeat::new("main loop");
+        let committer = Heartbeat::new("committer");
+        readiness.watch(main_loop.clone());
+        readiness.watch(committer.clone());
+        assert!(readiness.stalled().is_empty());
+        std::thread::sleep(Duration::from_millis(80));
+        main_loop.tick();
+        let stalled = readiness.stalled();
+        assert_eq!(stalled.len(), 1, "{stalled:?}");
+        assert_eq!(stalled[0].name, "committer");
+        let report = readiness.report();
+        assert!(!report.ready);
+        assert!(
+            report.reasons[0].starts_with("the committer has not ticked for"),
+            "{:?}",
+            report.reasons
+        );
+        committer.tick();
+        assert!(readiness.report().ready);
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_503_naming_the_stalled_loop() {
+        let readiness = Readiness::default();
+        readiness.set_liveness_timeout(Duration::from_millis(50));
+        let main_loop = Heartbeat::new("main loop");
+        readiness.watch(main_loop.clone());
+        let stop = CancellationToken::new();
+        let server = serve(([127, 0, 0, 1], 0).into(), readiness.clone(), stop.clone())
+            .await
+            .expect("serve");
+        let url = format!("http://{}/healthz", server.addr);
+        let answer = reqwest::get(&url).await.expect("healthz");
+        assert_eq!(answer.status().as_u16(), 200);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let answer = reqwest::get(&url).await.expect("healthz");
+        assert_eq!(answer.status().as_u16(), 503);
+        let body: serde_json::Value = answer.json().await.expect("json");
+        assert_eq!(body["status"], "stalled");
+        assert_eq!(body["stalled"][0]["name"], "main loop");
+        main_loop.tick();
+        assert_eq!(
+            reqwest::get(&url).await.expect("healthz").status().as_u16(),
+            200
+        );
+        stop.cancel();
     }
 }

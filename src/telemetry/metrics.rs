@@ -105,6 +105,7 @@ struct Metrics {
     commit_failures: Counter,
     consumer_lag: Family<PartitionLabels, Gauge>,
     brokers_up: Gauge,
+    main_loop_last_tick: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Partitions with a lag gauge, per topic, to drop the ones no longer assigned.
     lag_partitions: Mutex<BTreeMap<String, HashSet<String>>>,
 }
@@ -125,6 +126,7 @@ impl Metrics {
             commit_failures: Counter::default(),
             consumer_lag: Family::default(),
             brokers_up: Gauge::default(),
+            main_loop_last_tick: Gauge::default(),
             lag_partitions: Mutex::default(),
             registry: Registry::default(),
         };
@@ -194,6 +196,11 @@ impl Metrics {
             "Kafka brokers the worker's consumer is connected to (from librdkafka statistics)",
             metrics.brokers_up.clone(),
         );
+        metrics.registry.register(
+            "chaosgate_main_loop_last_tick_seconds",
+            "When the worker's consumer loop last went round (Unix seconds); it goes round at least once a second",
+            metrics.main_loop_last_tick.clone(),
+        );
         metrics
     }
 }
@@ -214,6 +221,11 @@ pub fn render() -> Result<String, std::fmt::Error> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &METRICS.registry)?;
     Ok(text)
+}
+
+/// The worker's consumer loop went round; `unix_seconds` is now, since the Unix epoch.
+pub fn main_loop_tick(unix_seconds: f64) {
+    METRICS.main_loop_last_tick.set(unix_seconds);
 }
 
 /// A flag-change record was read (call once per record, before decoding it).

@@ -5,6 +5,7 @@
 //! [`TelemetryGuard`] until the worker has stopped: dropping it flushes the spans still
 //! buffered.
 
+pub mod heartbeat;
 pub mod http;
 pub mod logs;
 pub mod metrics;

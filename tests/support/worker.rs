@@ -41,6 +41,30 @@ pub struct Topics {
     pub control: String,
 }
 
+impl Topics {
+    /// Unique names for test `name`.
+    pub fn unique(name: &str) -> Topics {
+        Topics {
+            flag_changes: kafka::unique_topic(&format!("{name}-changes")),
+            runs: kafka::unique_topic(&format!("{name}-runs")),
+            commands: kafka::unique_topic(&format!("{name}-commands")),
+            dead_letter: kafka::unique_topic(&format!("{name}-dlq")),
+            control: kafka::unique_topic(&format!("{name}-control")),
+        }
+    }
+
+    /// The five names.
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.flag_changes,
+            &self.runs,
+            &self.commands,
+            &self.dead_letter,
+            &self.control,
+        ]
+    }
+}
+
 /// Worker settings a test varies; the rest is fixed.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -79,25 +103,14 @@ pub struct Harness {
 impl Harness {
     /// Unique topics (created with `partitions` partitions) and group for test `name`.
     pub async fn new(servers: &str, name: &str, partitions: i32) -> Harness {
-        let topics = Topics {
-            flag_changes: kafka::unique_topic(&format!("{name}-changes")),
-            runs: kafka::unique_topic(&format!("{name}-runs")),
-            commands: kafka::unique_topic(&format!("{name}-commands")),
-            dead_letter: kafka::unique_topic(&format!("{name}-dlq")),
-            control: kafka::unique_topic(&format!("{name}-control")),
-        };
-        kafka::create_topics(
-            servers,
-            &[
-                &topics.flag_changes,
-                &topics.runs,
-                &topics.commands,
-                &topics.dead_letter,
-                &topics.control,
-            ],
-            partitions,
-        )
-        .await;
+        let topics = Topics::unique(name);
+        kafka::create_topics(servers, &topics.all(), partitions).await;
+        Harness::for_topics(servers, name, partitions, topics)
+    }
+
+    /// A harness for `topics`, which the caller has created (on a mock cluster, say,
+    /// which has no admin API).
+    pub fn for_topics(servers: &str, name: &str, partitions: i32, topics: Topics) -> Harness {
         // WORKER_TEST_KEEP=1 keeps the folder (configs, catalog, worker logs).
         let dir = tempfile::Builder::new()
             .prefix(&format!("chaosgate-{name}-"))

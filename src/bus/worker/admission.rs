@@ -1,0 +1,141 @@
+//! Admission: a consumed record becomes an event waiting for its flag ([`Pending`]), or a
+//! dead letter.
+//!
+//! The rules: bad input never stops the worker (it is dead-lettered with its reason and
+//! its offset moves on); an event naming a pipeline the catalog lacks is bad input; an
+//! event is registered with the kill switch from the moment it is read, so an abort also
+//! reaches an execution still waiting for its flag or for a slot.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::kill_switch::KillSwitch;
+use crate::bus::offsets::Ledger;
+use crate::bus::outputs::{self, Output, Source};
+use crate::bus::transaction::{Assignment, Completion};
+use crate::catalog::Catalog;
+use crate::chaos::runner::RunContext;
+use crate::config::Topics;
+use crate::contract::flag_change::{BadFlagChange, decode_flag_change};
+use crate::contract::{ErrorClass, FlagChange, KafkaMessage, ids};
+use crate::telemetry::{metrics, traces};
+
+use super::run_records::EventAt;
+
+/// What the scheduler needs from the worker's wiring.
+pub(super) struct Wiring {
+    pub topics: Arc<Topics>,
+    pub group: String,
+    pub max_message_bytes: usize,
+    pub max_in_flight: usize,
+    pub catalog: Arc<Catalog>,
+    pub run: RunContext,
+    pub ledger: Ledger,
+    pub assignment: Assignment,
+    pub kill_switch: KillSwitch,
+    pub completions: std::sync::mpsc::Sender<Completion>,
+}
+
+/// An event read and decoded, waiting for its flag or for a slot.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub partition: i32,
+    pub epoch: u64,
+    pub offset: i64,
+    pub flag: String,
+    pub change: FlagChange,
+    pub pipeline: Option<String>,
+    /// The event's `process` span: its trace, and the fields of its log lines.
+    pub span: tracing::Span,
+    /// The pipeline execution's id (registered with the kill switch).
+    pub execution_id: Option<String>,
+    /// Cancelled by an abort request (a child of the partition's interrupt).
+    pub kill: CancellationToken,
+}
+
+impl Pending {
+    /// The event and where it was read, for its run records.
+    pub fn at(&self) -> EventAt<'_> {
+        EventAt {
+            partition: self.partition,
+            epoch: self.epoch,
+            offset: self.offset,
+            change: &self.change,
+            pipeline: self.pipeline.as_deref(),
+        }
+    }
+}
+
+/// Decodes and routes the record at `offset` of `partition` (assignment `epoch`): the
+/// event, or `Err` with its dead letter. `kill` becomes its execution's kill token.
+pub(super) fn admit(
+    wiring: &Wiring,
+    partition: i32,
+    epoch: u64,
+    offset: i64,
+    message: &KafkaMessage,
+    kill: CancellationToken,
+) -> Result<Pending, Output> {
+    metrics::event_consumed();
+    let topics = &wiring.topics;
+    let span = traces::process_span(
+        &topics.flag_changes,
+        partition,
+        offset,
+        &wiring.group,
+        &message.headers,
+    );
+    let entered = span.enter();
+    let catalog = &wiring.catalog;
+    let change =
+        decode_flag_change(message, wiring.max_message_bytes).and_then(|(_, change)| match &change
+            .pipeline_id
+        {
+            Some(id) if catalog.pipeline(id).is_none() => Err(BadFlagChange {
+                class: ErrorClass::UnknownPipeline,
+                message: format!("data.pipeline_id: no pipeline '{id}' in the catalog"),
+            }),
+            _ => Ok(change),
+        });
+    let change = match change {
+        Ok(change) => change,
+        Err(bad) => {
+            tracing::warn!(partition, offset, class = bad.class.as_str(), error = %bad.message, "dead-lettered");
+            metrics::dead_lettered(bad.class);
+            let source = Source {
+                topic: topics.flag_changes.clone(),
+                partition,
+                offset,
+            };
+            return Err(outputs::dead_letter(topics, message, &bad, &source));
+        }
+    };
+    let pipeline = match &change.pipeline_id {
+        Some(id) => Some(id.clone()),
+        None => catalog
+            .pipeline_for(&change.project, &change.environment, &change.flag)
+            .map(|p| p.id.clone()),
+    };
+    traces::record_change(&span, &change, pipeline.as_deref());
+    drop(entered);
+    let execution_id = pipeline
+        .as_ref()
+        .map(|id| ids::pipeline_execution_id(&change.event_id, id));
+    if let Some(id) = &execution_id {
+        wiring
+            .kill_switch
+            .register(id, kill.clone(), change.occurred_at);
+    }
+    Ok(Pending {
+        partition,
+        epoch,
+        offset,
+        flag: change.flag_key(),
+        change,
+        pipeline,
+        span,
+        execution_id,
+        kill,
+    })
+}
