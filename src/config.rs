@@ -135,7 +135,7 @@ fn default_max_message_bytes() -> usize {
     1 << 20
 }
 
-/// Topic names (design.md section 5).
+/// Topic names (README "Contracts").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Topics {

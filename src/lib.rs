@@ -1,6 +1,6 @@
 //! chaosgate: gates feature-flag changes on chaos experiments.
 //!
-//! Modules depend one way (design.md section 4):
+//! Modules depend one way (`docs/architecture.md` is the map):
 //! `contract` <- `catalog` <- `chaos` <- `gate` <- `bus` <- {`view`, the CLI}.
 //! `config` and `schema` sit on top and may use any of them.
 

@@ -1,5 +1,5 @@
 //! The wire contracts (v1): flag-change events in; experiment-run records, flag commands
-//! and dead letters out; all as CloudEvents on Kafka (design.md section 5).
+//! and dead letters out; all as CloudEvents on Kafka (README, "Contracts").
 //!
 //! These types are the public surface. Their JSON Schemas in `schemas/` are generated
 //! from them, and a test fails when the committed schemas are stale.
