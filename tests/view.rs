@@ -9,7 +9,7 @@ mod view;
 #[path = "support/worker.rs"]
 mod worker;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -36,7 +36,7 @@ fn topics(h: &Harness) -> [&str; 5] {
 }
 
 fn check(config: &std::path::Path, pipeline: &str) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_chaosgate"))
+    let out = view::chaosgate_command()
         .args([
             "view",
             "check",
@@ -47,7 +47,6 @@ fn check(config: &std::path::Path, pipeline: &str) -> (i32, String) {
             "--config",
         ])
         .arg(config)
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()
         .expect("run chaosgate view check");

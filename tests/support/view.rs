@@ -271,17 +271,30 @@ pub fn spawn_view(
         .append(true)
         .open(log)
         .expect("view log");
-    std::process::Command::new(env!("CARGO_BIN_EXE_chaosgate"))
+    chaosgate_command()
         .arg("view")
         .args(extra)
         .arg("--config")
         .arg(config)
         .arg("--db")
         .arg(db)
-        .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().expect("view log"))
         .stderr(log)
         .spawn()
         .expect("spawn chaosgate view")
+}
+
+/// The `chaosgate` binary as a command whose configuration is the config file alone: no
+/// `CHAOSGATE_*` override from the caller's shell (`scripts/test.sh` exports
+/// `CHAOSGATE_CACHE`, which the config would reject as an unknown key) and no `RUST_LOG`.
+pub fn chaosgate_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chaosgate"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CHAOSGATE_") {
+            command.env_remove(name);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command
 }
