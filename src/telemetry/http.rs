@@ -355,6 +355,16 @@ mod tests {
         readiness.set_loading(0);
         readiness.set_stopping();
         assert_eq!(readiness.report().reasons, vec!["shutting down"]);
+        readiness.set_consumer_fatal(Some("FencedInstanceId: fenced".into()));
+        assert_eq!(
+            readiness.report().reasons,
+            vec![
+                "shutting down",
+                "the Kafka consumer failed fatally (FencedInstanceId: fenced); a fresh worker is starting"
+            ]
+        );
+        readiness.set_restarted();
+        assert!(readiness.report().ready, "a fresh worker replaced it");
     }
 
     #[test]
