@@ -17,7 +17,8 @@
 //!
 //! `BENCH_PURE_EVENTS` (default 50000, phase 1: long enough that the first transaction,
 //! which the clocks treat differently, does not count), `BENCH_EVENTS` (default 5000,
-//! phase 2), `BENCH_LATENCY_EVENTS` (default 200) and `BENCH_MAX_IN_FLIGHT` (default 256)
+//! phase 2), `BENCH_LATENCY_EVENTS` (default 200) and `BENCH_MAX_IN_FLIGHT` (default 24: the
+//! worker refuses at start a width whose offsets metadata would not fit, 26 at most)
 //! set the sizes.
 
 #[path = "support/cpu.rs"]
@@ -453,7 +454,7 @@ async fn main() {
         proxy: Some(proxies),
         ..RunContext::default()
     };
-    let max_in_flight = count("BENCH_MAX_IN_FLIGHT", 256);
+    let max_in_flight = count("BENCH_MAX_IN_FLIGHT", 24);
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog = Arc::new(catalog(dir.path(), probe_port));
     println!(

@@ -1879,3 +1879,98 @@ async fn a_partition_assigned_during_backpressure_is_paused_too() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_each_event_counted_once(&collector.snapshot(), &events);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_fenced_by_its_own_static_id_is_replaced_and_the_worker_answers_again() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "fenced", 2).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+    );
+    h.catalog_file(
+        "pipe.yaml",
+        &pipeline_yaml("gate", Some("never-*"), &["quick"]),
+    );
+    let collector = h.collect();
+    let config = h.config("w", &Settings::default());
+    let worker = h.spawn("w", &config);
+    let address = worker.http_address(PATIENCE).await;
+    let before: Vec<String> = h.produce_rounds(&["p", "q", "r", "s"], 1).await;
+    h.wait_for(&collector, "the first commands", PATIENCE, |o| {
+        o.all_commanded(&before)
+    })
+    .await;
+
+    // Another member joins with the worker's `group.instance.id`: the broker hands it the
+    // static member and fences the worker's consumer (FENCED_INSTANCE_ID, fatal).
+    let (servers_, group, instance) = (servers.clone(), h.group.clone(), format!("{}-w", h.group));
+    let intruder: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &servers_)
+        .set("group.id", &group)
+        .set("group.instance.id", &instance)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("intruder consumer");
+    let topic = h.topics.flag_changes.clone();
+    intruder.subscribe(&[&topic]).expect("intruder subscribes");
+    let intruder = std::sync::Arc::new(intruder);
+    let polling = intruder.clone();
+    let stop_polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = stop_polling.clone();
+    let poller = std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = polling.poll(Duration::from_millis(100));
+        }
+    });
+
+    // The worker notices, goes unhealthy, and a fresh worker replaces its consumer.
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + PATIENCE;
+    let unhealthy = loop {
+        let (status, body) = http_get(&http, &address, "/healthz").await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never reported the fenced consumer\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("/healthz while fenced: {unhealthy}");
+    assert!(unhealthy.contains("consumer failed"), "{unhealthy}");
+    let (_, ready) = http_get(&http, &address, "/readyz").await;
+    println!("/readyz while fenced: {ready}");
+    stop_polling.store(true, std::sync::atomic::Ordering::Relaxed);
+    poller.join().expect("poller");
+    drop(intruder);
+
+    let fenced_at = Instant::now();
+    let after: Vec<String> = h.produce_rounds(&["p", "q", "r", "s"], 1).await;
+    h.wait_for(&collector, "commands after the fence", PATIENCE, |o| {
+        o.all_commanded(&after)
+    })
+    .await;
+    println!(
+        "the worker answered again {:?} after /healthz reported the fence",
+        fenced_at.elapsed()
+    );
+    assert!(
+        worker.log_text().contains("starting a fresh worker"),
+        "{}",
+        h.log_tails()
+    );
+    let (status, body) = http_get(&http, &address, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
+    let out = collector.snapshot();
+    for event in before.iter().chain(&after) {
+        assert_eq!(out.commands_for(event).len(), 1, "{}", out.describe());
+    }
+}

@@ -25,6 +25,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::telemetry::heartbeat::Heartbeat;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -176,16 +177,27 @@ pub fn build(config: &ClientConfig) -> Result<TransactionalProducer, KafkaError>
 }
 
 /// Builds a producer, retrying with backoff until it works (the cluster may be away).
-pub fn rebuild(config: &ClientConfig) -> TransactionalProducer {
+/// Ticks `heartbeat` before each attempt and through each wait, so a committer that only
+/// waits for the cluster stays live for `/healthz` (one attempt blocks up to 30 s).
+pub fn rebuild(config: &ClientConfig, heartbeat: &Heartbeat) -> TransactionalProducer {
     let mut delays = retry_delays();
     let mut failures = 0;
     loop {
+        heartbeat.tick();
         match build(config) {
             Ok(producer) => return producer,
             Err(error) => {
                 failures += 1;
                 tracing::error!(%error, attempt = failures, "cannot rebuild the transactional producer; retrying");
-                std::thread::sleep(delays.next().unwrap_or(Duration::from_secs(10)));
+                let until = Instant::now() + delays.next().unwrap_or(Duration::from_secs(10));
+                loop {
+                    heartbeat.tick();
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(500)));
+                }
             }
         }
     }

@@ -246,7 +246,7 @@ impl Committer {
                         self.failed(&mut failures);
                         tracing::warn!(%error, attempt = failures, "transactional producer unusable; rebuilding it and retrying the batch");
                         drop(producer);
-                        producer = producer::rebuild(&self.config);
+                        producer = producer::rebuild(&self.config, &self.heartbeat);
                         break true;
                     }
                 }
@@ -272,7 +272,7 @@ impl Committer {
             Err(error) => {
                 tracing::warn!(%error, "cannot abort the transaction; rebuilding the producer");
                 drop(producer);
-                producer::rebuild(&self.config)
+                producer::rebuild(&self.config, &self.heartbeat)
             }
         }
     }

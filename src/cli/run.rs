@@ -8,11 +8,16 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use chaosgate::bus::worker::WorkerError;
 use chaosgate::catalog::Catalog;
 use chaosgate::chaos::proxy::ProxyRegistry;
 use chaosgate::chaos::runner::RunContext;
 use chaosgate::config::Config;
 use chaosgate::telemetry::http::Readiness;
+
+/// How long `chaosgate run` waits before it starts a fresh worker after the consumer
+/// failed fatally (fenced by another member with the same `group.instance.id`).
+const FATAL_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Arguments of `chaosgate run`.
 #[derive(Debug, Args)]
@@ -81,9 +86,28 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             proxy: proxy.clone(),
             ..RunContext::default()
         };
-        let result = chaosgate::bus::worker::run(config, catalog, run, readiness, shutdown)
+        let result = loop {
+            match chaosgate::bus::worker::run(
+                config.clone(),
+                catalog.clone(),
+                run.clone(),
+                readiness.clone(),
+                shutdown.clone(),
+            )
             .await
-            .context("the worker stopped");
+            {
+                Err(error @ WorkerError::ConsumerFatal { .. }) if !shutdown.is_cancelled() => {
+                    // A fatal consumer never consumes again; a fresh worker (new consumer,
+                    // new committer) takes its place. See docs/operations.md.
+                    tracing::error!(%error, backoff_ms = FATAL_BACKOFF.as_millis() as u64, "starting a fresh worker");
+                    tokio::select! {
+                        () = tokio::time::sleep(FATAL_BACKOFF) => {}
+                        () = shutdown.cancelled() => break Ok(()),
+                    }
+                }
+                other => break other.context("the worker stopped"),
+            }
+        };
         if let Some(proxy) = proxy {
             proxy.shutdown().await;
         }

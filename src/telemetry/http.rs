@@ -2,7 +2,8 @@
 //!
 //! - `/healthz`: liveness. 200 while every watched loop (the consumer loop, the committer:
 //!   see [`super::heartbeat`]) has ticked within `worker.liveness_timeout`; else 503 with
-//!   the loops that stalled, so Kubernetes restarts a wedged worker. Before the worker
+//!   the loops that stalled, so Kubernetes restarts a wedged worker; also 503 while the
+//!   consumer has failed fatally (fenced) and a fresh worker has not replaced it. Before the worker
 //!   watches any loop (while it waits for Kafka at start) it answers 200.
 //! - `/readyz`: 200 when the consumer has partitions assigned, reaches a broker, and the
 //!   producer works (its last transaction did not fail; before the first one it is
@@ -43,6 +44,8 @@ struct ReadinessState {
     /// The last transaction failed (false before the first one).
     producer_failed: AtomicBool,
     stopping: AtomicBool,
+    /// Why the consumer failed fatally, until a fresh worker replaces it.
+    consumer_fatal: Mutex<Option<String>>,
     liveness: Mutex<Liveness>,
 }
 
@@ -111,6 +114,34 @@ impl Readiness {
         self.state.producer_failed.store(!ok, Ordering::Relaxed);
     }
 
+    /// Records that the consumer failed fatally (`Some(why)`: librdkafka's
+    /// `rd_kafka_fatal_error()`), or that a fresh one replaced it (`None`). While set,
+    /// `/healthz` answers 503 (the loop still goes round, but consumes nothing) and
+    /// `/readyz` gives the reason.
+    pub fn set_consumer_fatal(&self, why: Option<String>) {
+        *self
+            .state
+            .consumer_fatal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = why;
+    }
+
+    /// Why the consumer failed fatally, if it did and was not replaced yet.
+    pub fn consumer_fatal(&self) -> Option<String> {
+        self.state
+            .consumer_fatal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// A fresh worker took over after a fatal consumer error: clears that error and the
+    /// stopping mark of the worker it replaces.
+    pub fn set_restarted(&self) {
+        self.set_consumer_fatal(None);
+        self.state.stopping.store(false, Ordering::Relaxed);
+    }
+
     /// Marks the worker as shutting down: `/readyz` answers 503 from now on.
     pub fn set_stopping(&self) {
         self.state.stopping.store(true, Ordering::Relaxed);
@@ -174,6 +205,11 @@ impl Readiness {
         }
         if !producer_ok {
             reasons.push("the Kafka producer is not working".to_string());
+        }
+        if let Some(why) = self.consumer_fatal() {
+            reasons.push(format!(
+                "the Kafka consumer failed fatally ({why}); a fresh worker is starting"
+            ));
         }
         let kafka_brokers_up = metrics::kafka_brokers_up();
         if kafka_brokers_up == Some(0) {
@@ -250,6 +286,13 @@ pub async fn serve(
 }
 
 async fn healthz(State(readiness): State<Readiness>) -> Response {
+    if let Some(why) = readiness.consumer_fatal() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "consumer failed", "consumer_fatal": why })),
+        )
+            .into_response();
+    }
     let stalled = readiness.stalled();
     if stalled.is_empty() {
         return axum::Json(serde_json::json!({ "status": "ok" })).into_response();
@@ -312,6 +355,16 @@ mod tests {
         readiness.set_loading(0);
         readiness.set_stopping();
         assert_eq!(readiness.report().reasons, vec!["shutting down"]);
+        readiness.set_consumer_fatal(Some("FencedInstanceId: fenced".into()));
+        assert_eq!(
+            readiness.report().reasons,
+            vec![
+                "shutting down",
+                "the Kafka consumer failed fatally (FencedInstanceId: fenced); a fresh worker is starting"
+            ]
+        );
+        readiness.set_restarted();
+        assert!(readiness.report().ready, "a fresh worker replaced it");
     }
 
     #[test]

@@ -85,6 +85,18 @@ pub enum WorkerError {
     /// offsets metadata can record.
     #[error(transparent)]
     Capacity(#[from] super::offsets::CapacityError),
+    /// The consumer hit a fatal error (librdkafka's `rd_kafka_fatal_error()`, e.g.
+    /// `FENCED_INSTANCE_ID` when another member joined with this worker's
+    /// `group.instance.id`): it will never consume again. The worker stopped gracefully
+    /// (runs interrupted, faults reverted, nothing of the fenced partitions committed);
+    /// the caller starts a fresh worker (`chaosgate run` does, after a short backoff).
+    #[error("the Kafka consumer failed fatally ({code:?}): {reason}")]
+    ConsumerFatal {
+        /// librdkafka's error code.
+        code: rdkafka::types::RDKafkaErrorCode,
+        /// librdkafka's description.
+        reason: String,
+    },
     /// The operating system refused a thread.
     #[error("cannot start the {name} thread: {source}")]
     Thread {
@@ -153,6 +165,8 @@ pub async fn run(
             topic: topics.flag_changes.clone(),
             source,
         })?;
+    // A worker started after a fatal consumer error replaces that consumer.
+    readiness.set_restarted();
 
     let (completions_tx, completions_rx) = std::sync::mpsc::channel::<Completion>();
     let ledger = Ledger::default();
@@ -198,6 +212,7 @@ pub async fn run(
     readiness.watch(main_loop.clone());
     readiness.watch(committer_beat);
 
+    let assignment_view = assignment.clone();
     let mut scheduler = Scheduler::new(Wiring {
         topics: Arc::new(topics.clone()),
         group: config.kafka.group_id.clone(),
@@ -215,6 +230,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     tracing::info!(topic = %topics.flag_changes, group = %config.kafka.group_id, %transactional_id, "worker started");
+    let mut fatal = None;
     loop {
         main_loop.tick();
         metrics::main_loop_tick(unix_seconds());
@@ -243,11 +259,25 @@ pub async fn run(
                 }
                 Err(error) => {
                     tracing::warn!(%error, "consume failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    fatal = consumer.client().fatal_error();
+                    if fatal.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             },
             // A fresh `recv` on every pass polls the queue itself: see the module docs.
-            _ = tick.tick() => {}
+            _ = tick.tick() => fatal = consumer.client().fatal_error(),
+        }
+        if let Some((code, reason)) = &fatal {
+            // A fatal consumer never consumes again: stop, and let the caller start afresh.
+            tracing::error!(?code, %reason, "the consumer failed fatally; stopping this worker so a fresh one can start");
+            readiness.set_consumer_fatal(Some(format!("{code:?}: {reason}")));
+            // Its partitions are no longer ours: nothing of them may be committed.
+            if let Ok(mut owned) = assignment_view.lock() {
+                owned.clear();
+            }
+            readiness.set_assigned(0);
+            break;
         }
         apply_flow(&consumer, &topics.flag_changes, &mut scheduler);
         readiness.set_loading(scheduler.loading());
@@ -269,7 +299,10 @@ pub async fn run(
     readiness.unwatch_all();
     metrics::clear_consumer_lag();
     tracing::info!("worker stopped");
-    Ok(())
+    match fatal {
+        Some((code, reason)) => Err(WorkerError::ConsumerFatal { code, reason }),
+        None => Ok(()),
+    }
 }
 
 /// The consumer's settings: chaosgate's group defaults over the client settings, and
