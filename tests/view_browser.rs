@@ -330,9 +330,26 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
         .await;
     let ticking = "tr[data-status=running] [data-since]";
     let before = browser.text(ticking, PATIENCE).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = browser.text(ticking, PATIENCE).await;
-    assert_ne!(before, after, "a running run's elapsed time ticks");
+    // The page ticks once a second; a loaded machine may run its timer late, so poll for
+    // up to 2.5 s (the run's fault lasts 6 s) for the text to change.
+    let deadline = std::time::Instant::now() + Duration::from_millis(2500);
+    let mut after = Some(before.clone());
+    while after.as_deref() == Some(before.as_str()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = c
+            .execute(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                vec![serde_json::json!(ticking)],
+            )
+            .await
+            .expect("read the elapsed time")
+            .as_str()
+            .map(|t| t.trim().to_string());
+    }
+    assert!(
+        after.as_ref().is_some_and(|a| *a != before),
+        "a running run's elapsed time ticks: {before:?} then {after:?}"
+    );
     browser.screenshot("runs-live-running").await;
     let html = browser
         .wait_html("the run turned passed", PATIENCE, |h| {
