@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use rusqlite::{Connection, Transaction, params};
 use serde::Serialize;
@@ -310,27 +309,6 @@ struct Pending {
     message: KafkaMessage,
 }
 
-fn to_message<M: Message>(message: &M) -> KafkaMessage {
-    let headers = message
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| {
-                    (
-                        h.key.to_string(),
-                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    KafkaMessage {
-        key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec),
-        headers,
-    }
-}
-
 /// The ingest loop's state.
 struct Projection {
     consumer: BaseConsumer,
@@ -386,7 +364,7 @@ impl Projection {
                             partition: message.partition(),
                             offset: message.offset(),
                             timestamp: message.timestamp().to_millis(),
-                            message: to_message(&message),
+                            message: crate::bus::record::from_rdkafka(&message),
                             topic,
                         });
                         window_end.get_or_insert_with(|| Instant::now() + BATCH_WINDOW);

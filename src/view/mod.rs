@@ -9,7 +9,8 @@
 //!
 //! Rule: the view never writes to Kafka and knows nothing of the gate's internals: it
 //! reads the contracts ([`crate::contract`]) with the worker's client settings
-//! ([`crate::bus::client`]).
+//! ([`crate::bus::client`]) and the worker's record conversion
+//! ([`crate::bus::record::from_rdkafka`]).
 
 pub mod audit;
 pub mod decode;
