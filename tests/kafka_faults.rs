@@ -234,6 +234,32 @@ async fn the_broker_down_and_up_mid_batch_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_the_broker_away_ends_within_the_grace_period() {
+    let (mock, h, _up, mut settings) = world("shutdown-broker-away", 2).await;
+    settings.shutdown_grace = "3s";
+    let (collector, mut worker) = start(&h, &settings);
+    let (events, gated) = produce(&h, 2, 2).await;
+    settle_exactly_once(&h, &collector, &events, &gated).await;
+    // Every client of the worker (its consumer, the kill switch's, the producer) has
+    // the broker it knows gone, then the worker is told to stop.
+    mock.cluster().broker_down(1).expect("broker down");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let told = std::time::Instant::now();
+    worker.signal(libc::SIGTERM);
+    // The grace period bounds every step; the process adds its runtime's own 0.5 s and
+    // librdkafka's teardown.
+    let status = worker.wait_exit(Duration::from_secs(12)).await;
+    let took = told.elapsed();
+    assert!(
+        status.is_some(),
+        "the worker did not stop within 12 s of SIGTERM with the broker away (grace 3 s)\n{}",
+        h.log_tails()
+    );
+    mock.cluster().broker_up(1).expect("broker up");
+    eprintln!("stopped {took:?} after SIGTERM, {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_megabyte_flag_change_is_dead_lettered_cut_to_fit_and_commits_go_on() {
     let (_mock, h, _up, settings) = world("big-dead-letter", 1).await;
     let (collector, _worker) = start(&h, &settings);
@@ -435,7 +461,8 @@ async fn unstable_offset_commit_on_offset_fetch_neither_restarts_from_zero_nor_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_max_in_flight_whose_offsets_metadata_cannot_fit_stops_the_worker_with_a_clear_error() {
     let (_mock, h, _up, mut settings) = world("metadata-bound", 1).await;
-    settings.max_in_flight = 256;
+    // One more than the offsets metadata can record (472, `bus::offsets::MAX_PENDING`).
+    settings.max_in_flight = chaosgate::bus::offsets::MAX_PENDING + 1;
     let mut worker = h.spawn("w", &h.config("w", &settings));
     let status = worker.wait_exit(Duration::from_secs(30)).await;
     let log = worker.log_text();
@@ -444,8 +471,10 @@ async fn a_max_in_flight_whose_offsets_metadata_cannot_fit_stops_the_worker_with
         "the worker ran with a max_in_flight its offsets metadata cannot record ({status:?})\n{log}"
     );
     assert!(
-        log.contains("worker.max_in_flight = 256")
-            && log.contains("offset.metadata.max.bytes")
+        log.contains(&format!(
+            "worker.max_in_flight = {}",
+            settings.max_in_flight
+        )) && log.contains("offset.metadata.max.bytes")
             && log.contains("set worker.max_in_flight to at most"),
         "{log}"
     );
