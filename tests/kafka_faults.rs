@@ -236,27 +236,31 @@ async fn the_broker_down_and_up_mid_batch_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_with_the_broker_away_ends_within_the_grace_period() {
     let (mock, h, _up, mut settings) = world("shutdown-broker-away", 2).await;
-    settings.shutdown_grace = "3s";
+    settings.shutdown_grace = "1s";
     let (collector, mut worker) = start(&h, &settings);
     let (events, gated) = produce(&h, 2, 2).await;
     settle_exactly_once(&h, &collector, &events, &gated).await;
-    // Every client of the worker (its consumer, the kill switch's, the producer) has
-    // the broker it knows gone, then the worker is told to stop.
-    mock.cluster().broker_down(1).expect("broker down");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The broker stops answering (every request takes a minute), then the worker is
+    // told to stop: leaving the group, the kill switch's consumer closing, the last
+    // commit all wait on answers that do not come.
+    mock.cluster()
+        .broker_round_trip_time(1, Duration::from_secs(60))
+        .expect("slow broker");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let told = std::time::Instant::now();
     worker.signal(libc::SIGTERM);
-    // The grace period bounds every step; the process adds its runtime's own 0.5 s and
-    // librdkafka's teardown.
-    let status = worker.wait_exit(Duration::from_secs(12)).await;
+    // The grace period bounds every step; the process adds its runtime's own 0.5 s, and
+    // the bound leaves 2 s for a loaded machine. (Before the steps were bounded, closing
+    // the kill switch's consumer and leaving the group took 5 s here.)
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
     let took = told.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM, {status:?}");
     assert!(
-        status.is_some(),
-        "the worker did not stop within 12 s of SIGTERM with the broker away (grace 3 s)\n{}",
+        status.is_some() && took <= Duration::from_millis(3500),
+        "the worker took {took:?} to stop after SIGTERM with the broker not answering \
+         (grace 1 s, exit {status:?})\n{}",
         h.log_tails()
     );
-    mock.cluster().broker_up(1).expect("broker up");
-    eprintln!("stopped {took:?} after SIGTERM, {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

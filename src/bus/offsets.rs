@@ -554,13 +554,10 @@ mod tests {
         assert!(written.starts_with("cg3;"), "{written}");
         let mut again = PartitionOffsets::resume(10, &written);
         for book in [&mut resumed, &mut again] {
-            assert_eq!(book.receive(10), Receipt::Process);
-            assert_eq!(book.receive(11), Receipt::Process);
-            assert_eq!(book.receive(12), Receipt::Skip);
-            assert_eq!(book.receive(13), Receipt::Skip);
-            assert_eq!(book.receive(14), Receipt::Process);
-            assert_eq!(book.receive(15), Receipt::Skip);
-            assert_eq!(book.receive(16), Receipt::Process);
+            let skipped: Vec<i64> = (10..=16)
+                .filter(|offset| book.receive(*offset) == Receipt::Skip)
+                .collect();
+            assert_eq!(skipped, [12, 13, 15]);
             assert_eq!(book.start(11), 3);
             assert_eq!(book.supersede(11).len(), 1);
         }

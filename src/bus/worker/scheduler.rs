@@ -623,8 +623,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_panicking_run_frees_its_slot_and_its_flag_and_keeps_its_offset() {
+    /// A scheduler with one slot, an empty catalog and partition 0 (epoch 1) assigned,
+    /// its offsets not read yet; with its ledger and what it hands the committer.
+    fn one_partition() -> (Scheduler, Ledger, std::sync::mpsc::Receiver<Completion>) {
         let (completions, committed) = std::sync::mpsc::channel();
         let catalog = Catalog::from_parts(Vec::new(), Vec::new()).expect("empty catalog");
         let ledger = Ledger::default();
@@ -645,6 +646,12 @@ mod tests {
             epoch: 1,
             interrupt: CancellationToken::new(),
         }]));
+        (scheduler, ledger, committed)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_run_frees_its_slot_and_its_flag_and_keeps_its_offset() {
+        let (mut scheduler, ledger, committed) = one_partition();
         scheduler.loaded(Loaded {
             partition: 0,
             epoch: 1,
@@ -691,26 +698,7 @@ mod tests {
 
     #[test]
     fn records_of_a_full_book_wait_in_order_until_it_has_room() {
-        let (completions, committed) = std::sync::mpsc::channel();
-        let catalog = Catalog::from_parts(Vec::new(), Vec::new()).expect("empty catalog");
-        let ledger = Ledger::default();
-        let mut scheduler = Scheduler::new(Wiring {
-            topics: Arc::new(Topics::default()),
-            group: "g".into(),
-            max_message_bytes: 1 << 20,
-            max_in_flight: 1,
-            catalog: Arc::new(catalog),
-            run: RunContext::default(),
-            ledger: ledger.clone(),
-            assignment: Arc::new(std::sync::Mutex::new(HashMap::from([(0, 1)]))),
-            kill_switch: KillSwitch::default(),
-            completions,
-        });
-        scheduler.rebalance(&RebalanceEvent::Assigned(vec![NewPartition {
-            partition: 0,
-            epoch: 1,
-            interrupt: CancellationToken::new(),
-        }]));
+        let (mut scheduler, ledger, committed) = one_partition();
         // Every offset its metadata can record is unfinished.
         let mut offsets = PartitionOffsets::default();
         let full = crate::bus::offsets::MAX_PENDING as i64;
