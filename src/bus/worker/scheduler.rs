@@ -264,7 +264,7 @@ impl Scheduler {
 
     /// Lets in the records held for partitions whose books have room again (see "Flow").
     fn admit_held(&mut self) {
-        if self.draining {
+        if self.draining || self.partitions.values().all(|p| p.held.is_empty()) {
             return;
         }
         let ready: Vec<i32> = {
