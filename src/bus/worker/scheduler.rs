@@ -338,6 +338,12 @@ impl Scheduler {
             Some(Some(receipt)) => Some(receipt),
             Some(None) => {
                 // Its book is full: the partition pauses and the record waits (see "Flow").
+                tracing::info!(
+                    partition,
+                    offset,
+                    unfinished = crate::bus::offsets::MAX_PENDING,
+                    "offsets book full: the partition's records wait until its events finish"
+                );
                 state.held.push_back((offset, message));
                 return;
             }
