@@ -17,9 +17,9 @@
 //!
 //! `BENCH_PURE_EVENTS` (default 50000, phase 1: long enough that the first transaction,
 //! which the clocks treat differently, does not count), `BENCH_EVENTS` (default 5000,
-//! phase 2), `BENCH_LATENCY_EVENTS` (default 200) and `BENCH_MAX_IN_FLIGHT` (default 24: the
-//! worker refuses at start a width whose offsets metadata would not fit, 26 at most)
-//! set the sizes.
+//! phase 2), `BENCH_LATENCY_EVENTS` (default 200) and `BENCH_MAX_IN_FLIGHT` (default 256; the
+//! worker refuses at start a width whose offsets metadata could not record it) set the
+//! sizes; `BENCH_PHASES` (`pure,gated,latency`, all by default) picks the phases.
 
 #[path = "support/cpu.rs"]
 mod cpu;
@@ -50,6 +50,12 @@ fn count(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Whether `BENCH_PHASES` (comma-separated: `pure`, `gated`, `latency`; all when unset)
+/// names the phase.
+fn phase_on(name: &str) -> bool {
+    std::env::var("BENCH_PHASES").map_or(true, |phases| phases.split(',').any(|p| p.trim() == name))
 }
 
 fn unique(prefix: &str) -> String {
@@ -454,7 +460,7 @@ async fn main() {
         proxy: Some(proxies),
         ..RunContext::default()
     };
-    let max_in_flight = count("BENCH_MAX_IN_FLIGHT", 24);
+    let max_in_flight = count("BENCH_MAX_IN_FLIGHT", 256);
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog = Arc::new(catalog(dir.path(), probe_port));
     println!(
@@ -465,33 +471,40 @@ async fn main() {
 
     // 1. The pure Kafka path against the pass-through, same events, same run.
     let pure_n = count("BENCH_PURE_EVENTS", 50_000);
-    let pure: Vec<KafkaMessage> = (0..pure_n).map(|i| event(i, Load::Pure)).collect();
-    let (base, base_cpu) = baseline(&pure, 1).await;
-    let base_rate = pure_n as f64 / base.as_secs_f64();
-    println!(
-        "baseline pass-through (consume -> transactional produce x1): {:.2} s, {base_rate:.0} events/s, CPU {:.0} us/event",
-        base.as_secs_f64(),
-        base_cpu * 1e6 / pure_n as f64
-    );
-    let phase = backlog_phase(catalog.clone(), run.clone(), max_in_flight, &pure).await;
-    phase.print(
-        "chaosgate pure Kafka path (no-pipeline enables and disable requests)",
-        "",
-    );
-    println!(
-        "pure-path ratio chaosgate / baseline: {:.2} (goal >= 0.8)",
-        phase.rate() / base_rate
-    );
+    if phase_on("pure") {
+        let pure: Vec<KafkaMessage> = (0..pure_n).map(|i| event(i, Load::Pure)).collect();
+        let (base, base_cpu) = baseline(&pure, 1).await;
+        let base_rate = pure_n as f64 / base.as_secs_f64();
+        println!(
+            "baseline pass-through (consume -> transactional produce x1): {:.2} s, {base_rate:.0} events/s, CPU {:.0} us/event",
+            base.as_secs_f64(),
+            base_cpu * 1e6 / pure_n as f64
+        );
+        let phase = backlog_phase(catalog.clone(), run.clone(), max_in_flight, &pure).await;
+        phase.print(
+            "chaosgate pure Kafka path (no-pipeline enables and disable requests)",
+            "",
+        );
+        println!(
+            "pure-path ratio chaosgate / baseline: {:.2} (goal >= 0.8)",
+            phase.rate() / base_rate
+        );
+    }
 
     // 2. CPU per minimal gated event.
-    let gated: Vec<KafkaMessage> = (0..events_n).map(|i| event(i, Load::Gated)).collect();
-    let phase = backlog_phase(catalog.clone(), run.clone(), max_in_flight, &gated).await;
-    phase.print(
-        "chaosgate minimal gated events (one 0 s fault, one tcp probe)",
-        " (goal < 150)",
-    );
+    if phase_on("gated") {
+        let gated: Vec<KafkaMessage> = (0..events_n).map(|i| event(i, Load::Gated)).collect();
+        let phase = backlog_phase(catalog.clone(), run.clone(), max_in_flight, &gated).await;
+        phase.print(
+            "chaosgate minimal gated events (one 0 s fault, one tcp probe)",
+            " (goal < 150)",
+        );
+    }
 
     // 3. Gate overhead, one event at a time.
+    if !phase_on("latency") {
+        return;
+    }
     let worker = start_worker(catalog, run, max_in_flight, &[]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let topics = worker.config.kafka.topics.clone();

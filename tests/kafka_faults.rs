@@ -234,6 +234,36 @@ async fn the_broker_down_and_up_mid_batch_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_the_broker_away_ends_within_the_grace_period() {
+    let (mock, h, _up, mut settings) = world("shutdown-broker-away", 2).await;
+    settings.shutdown_grace = "1s";
+    let (collector, mut worker) = start(&h, &settings);
+    let (events, gated) = produce(&h, 2, 2).await;
+    settle_exactly_once(&h, &collector, &events, &gated).await;
+    // The broker stops answering (every request takes a minute), then the worker is
+    // told to stop: leaving the group, the kill switch's consumer closing, the last
+    // commit all wait on answers that do not come.
+    mock.cluster()
+        .broker_round_trip_time(1, Duration::from_secs(60))
+        .expect("slow broker");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let told = std::time::Instant::now();
+    worker.signal(libc::SIGTERM);
+    // The grace period bounds every step; the process adds its runtime's own 0.5 s, and
+    // the bound leaves 2 s for a loaded machine. (Before the steps were bounded, closing
+    // the kill switch's consumer and leaving the group took 5 s here.)
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    let took = told.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM, {status:?}");
+    assert!(
+        status.is_some() && took <= Duration::from_millis(3500),
+        "the worker took {took:?} to stop after SIGTERM with the broker not answering \
+         (grace 1 s, exit {status:?})\n{}",
+        h.log_tails()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_megabyte_flag_change_is_dead_lettered_cut_to_fit_and_commits_go_on() {
     let (_mock, h, _up, settings) = world("big-dead-letter", 1).await;
     let (collector, _worker) = start(&h, &settings);
@@ -435,7 +465,8 @@ async fn unstable_offset_commit_on_offset_fetch_neither_restarts_from_zero_nor_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_max_in_flight_whose_offsets_metadata_cannot_fit_stops_the_worker_with_a_clear_error() {
     let (_mock, h, _up, mut settings) = world("metadata-bound", 1).await;
-    settings.max_in_flight = 256;
+    // One more than the offsets metadata can record (472, `bus::offsets::MAX_PENDING`).
+    settings.max_in_flight = chaosgate::bus::offsets::MAX_PENDING + 1;
     let mut worker = h.spawn("w", &h.config("w", &settings));
     let status = worker.wait_exit(Duration::from_secs(30)).await;
     let log = worker.log_text();
@@ -444,8 +475,10 @@ async fn a_max_in_flight_whose_offsets_metadata_cannot_fit_stops_the_worker_with
         "the worker ran with a max_in_flight its offsets metadata cannot record ({status:?})\n{log}"
     );
     assert!(
-        log.contains("worker.max_in_flight = 256")
-            && log.contains("offset.metadata.max.bytes")
+        log.contains(&format!(
+            "worker.max_in_flight = {}",
+            settings.max_in_flight
+        )) && log.contains("offset.metadata.max.bytes")
             && log.contains("set worker.max_in_flight to at most"),
         "{log}"
     );

@@ -515,17 +515,11 @@ async fn each_flag_keeps_its_order_while_flags_run_side_by_side_up_to_the_limit(
     for flag in flags {
         // Commands of one flag share a key, hence a partition: their offsets give the
         // order they were committed in.
-        let mut commands: Vec<_> = out
-            .commands
-            .iter()
-            .filter(|c| c.value.flag == flag)
-            .collect();
-        commands.sort_by_key(|c| (c.partition, c.offset));
-        let order: Vec<&str> = commands
-            .iter()
-            .map(|c| c.value.causation_event_id.as_str())
-            .collect();
-        assert_eq!(order, sequences[flag], "commands of {flag} out of order");
+        assert_eq!(
+            commands_in_order(&out, flag),
+            sequences[flag].iter().collect::<Vec<_>>(),
+            "commands of {flag} out of order"
+        );
         // Runs of one flag never overlap, and follow the produced order.
         let mut last_end = None;
         for event in &sequences[flag] {
@@ -565,16 +559,23 @@ async fn each_flag_keeps_its_order_while_flags_run_side_by_side_up_to_the_limit(
     assert_eq!(h.active_markers(), Vec::<String>::new());
 }
 
+/// A catalog gating every flag (pipeline `gate`) with experiment `id` lasting
+/// `duration`, whose probe watches the returned listener (keep it alive).
+async fn gate_every_flag(h: &Harness, id: &str, duration: &str) -> Listener {
+    let up = Listener::start().await;
+    h.catalog_file(
+        &format!("{id}.yaml"),
+        &experiment_yaml(id, duration, &h.marker(id), &up.address),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &[id]));
+    up
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_pauses_consumption_and_resumes_without_losing_order() {
     let servers = kafka::require_broker();
     let h = Harness::new(&servers, "backlog", 1).await;
-    let up = Listener::start().await;
-    h.catalog_file(
-        "exp.yaml",
-        &experiment_yaml("quick", "50ms", &h.marker("quick"), &up.address),
-    );
-    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["quick"]));
+    let _up = gate_every_flag(&h, "quick", "50ms").await;
     let collector = h.collect();
     // One run at a time: more than 8 waiting events pause the partition.
     let settings = Settings {
@@ -602,17 +603,11 @@ async fn a_backlog_pauses_consumption_and_resumes_without_losing_order() {
     let out = collector.snapshot();
     assert_each_event_counted_once(&out, &all);
     for (flag, sequence) in &sequences {
-        let mut commands: Vec<_> = out
-            .commands
-            .iter()
-            .filter(|c| &c.value.flag == flag)
-            .collect();
-        commands.sort_by_key(|c| (c.partition, c.offset));
-        let order: Vec<&String> = commands
-            .iter()
-            .map(|c| &c.value.causation_event_id)
-            .collect();
-        assert_eq!(order, sequence.iter().collect::<Vec<_>>(), "{flag}");
+        assert_eq!(
+            commands_in_order(&out, flag),
+            sequence.iter().collect::<Vec<_>>(),
+            "{flag}"
+        );
     }
     let log = worker.log_text();
     assert!(
@@ -620,6 +615,43 @@ async fn a_backlog_pauses_consumption_and_resumes_without_losing_order() {
         "backpressure never paused:\n{log}"
     );
     assert!(log.contains("partitions resumed"), "never resumed:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_offsets_book_is_full_waits_and_loses_and_doubles_nothing() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "book-full", 1).await;
+    let _up = gate_every_flag(&h, "slow", "6s").await;
+    // The backlog limit (8 x 64 waiting events) is above what one partition's offsets
+    // metadata can record unfinished (472): the book fills first.
+    let wide = Settings {
+        max_in_flight: 64,
+        ..Settings::default()
+    };
+    let (collector, worker) = (h.collect(), h.spawn("w", &h.config("w", &wide)));
+    // One gated change runs for 6 s; behind it, on the same flag, disable requests (no
+    // experiment each) wait for the flag, unfinished, past the book's bound.
+    let first = change("busy", ChangeKind::Enable, None);
+    h.produce_change(&first).await;
+    let mut sequence = vec![first.event_id.clone()];
+    for _ in 0..chaosgate::bus::offsets::MAX_PENDING + 40 {
+        let event = change("busy", ChangeKind::Disable, None);
+        h.produce_change(&event).await;
+        sequence.push(event.event_id);
+    }
+    let out = commanded_once(&h, &collector, &sequence).await;
+    assert_eq!(out.commands.len(), sequence.len(), "{}", out.describe());
+    assert_eq!(
+        commands_in_order(&out, "busy"),
+        sequence.iter().collect::<Vec<_>>(),
+        "out of order"
+    );
+    let log = worker.log_text();
+    assert!(
+        log.contains("offsets book full"),
+        "the book never filled (the test did not test the bound):\n{}",
+        h.log_tails()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -886,14 +918,8 @@ async fn experiments_longer_than_max_poll_interval_cause_no_rebalance() {
             events.push(event.event_id);
         }
     }
-    h.wait_for(&collector, "a command for each event", PATIENCE, |o| {
-        o.all_commanded(&events)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let out = collector.snapshot();
+    let out = commanded_once(&h, &collector, &events).await;
     for event in &events {
-        assert_eq!(out.commands_for(event).len(), 1, "{}", out.describe());
         let runs = out.runs_for(event);
         let statuses: Vec<(u32, RunStatus)> = runs.iter().map(|r| (r.attempt, r.status)).collect();
         assert_eq!(
@@ -1042,6 +1068,44 @@ async fn sigkilled_mid_experiment_again_and_again_each_event_still_counts_once()
         Vec::<String>::new(),
         "faults left active"
     );
+}
+
+/// The causing event of each command for `flag`, in the order they were written.
+fn commands_in_order<'a>(out: &'a worker::Outputs, flag: &str) -> Vec<&'a String> {
+    let mut commands: Vec<_> = out
+        .commands
+        .iter()
+        .filter(|c| c.value.flag == flag)
+        .collect();
+    commands.sort_by_key(|c| (c.partition, c.offset));
+    commands
+        .iter()
+        .map(|c| &c.value.causation_event_id)
+        .collect()
+}
+
+/// Waits for a command for each of `events`, lets a second pass for duplicates, and
+/// checks each has exactly one.
+async fn commanded_once(
+    h: &Harness,
+    collector: &worker::Collector,
+    events: &[String],
+) -> worker::Outputs {
+    h.wait_for(collector, "a command for each event", PATIENCE, |o| {
+        o.all_commanded(events)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = collector.snapshot();
+    for event in events {
+        assert_eq!(
+            out.commands_for(event).len(),
+            1,
+            "{event}: {}",
+            out.describe()
+        );
+    }
+    out
 }
 
 /// Checks that no run stays `running`: every run id with a `running` record has exactly
@@ -1813,12 +1877,7 @@ async fn unanswered(http: &reqwest::Client, address: &str) -> Option<f64> {
 async fn a_partition_assigned_during_backpressure_is_paused_too() {
     let servers = kafka::require_broker();
     let h = Harness::new(&servers, "pausemove", 2).await;
-    let up = Listener::start().await;
-    h.catalog_file(
-        "exp.yaml",
-        &experiment_yaml("short", "200ms", &h.marker("short"), &up.address),
-    );
-    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["short"]));
+    let _up = gate_every_flag(&h, "short", "200ms").await;
     let collector = h.collect();
     // One run at a time: more than 8 events waiting pause the partitions.
     let settings = Settings {

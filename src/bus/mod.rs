@@ -4,6 +4,7 @@
 pub mod client;
 pub mod flag_queue;
 pub mod kill_switch;
+pub mod offset_metadata;
 pub mod offsets;
 pub mod outputs;
 pub mod producer;

@@ -18,46 +18,29 @@
 //! again as the next attempt, those runs get a final `aborted` record ("superseded"), in
 //! the transaction that commits the new start, so no run stays `running` for good.
 //!
-//! Metadata text: `cg2;done=2-4,7;started=5:2,6:1;open=5:0.0.0+0.1.0`, offsets relative to the committed
-//! offset (the watermark); a range of done offsets spans offsets that hold no record
-//! received and unfinished (transaction markers), so the number of ranges is at most one
-//! more than the partition's unfinished offsets. The older `cg1` text (absolute offsets)
-//! is still read.
-//!
-//! The rule that keeps it under the broker's `offset.metadata.max.bytes` (4096 bytes by
-//! default; a larger text fails every commit with `OFFSET_METADATA_TOO_LARGE`): at most
-//! [`MAX_PENDING`] offsets of one partition are unfinished at once, which the worker's
-//! settings must guarantee ([`check_capacity`] at start), and done offsets are never
-//! dropped from the text (that would run them again); start counts are, when they would
-//! not fit.
+//! The metadata's text and its bound are [`super::offset_metadata`]'s. The rule that
+//! keeps it under the broker's `offset.metadata.max.bytes`: at most [`MAX_PENDING`]
+//! offsets of one partition are unfinished at once and its done offsets run at most
+//! [`MAX_SPAN`] ahead of its watermark; the worker holds a partition's further records
+//! while [`PartitionOffsets::is_full`] says so. Done offsets are never dropped from the
+//! text (that would run them again); start counts are, when they would not fit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use crate::gate::executor::RunPosition;
 
-/// The metadata version prefix (offsets relative to the committed offset).
-const PREFIX: &str = "cg2";
-/// The earlier prefix (absolute offsets), still read.
-const PREFIX_V1: &str = "cg1";
-/// Metadata longer than this drops its start counts (under the broker's 4096 default).
-pub const MAX_METADATA: usize = 3800;
-/// The longest a partition's done offsets may run ahead of its watermark for
-/// [`MAX_PENDING`] to hold: 10^7 offsets (seven digits per relative offset).
-const MAX_AHEAD_DIGITS: usize = 7;
-/// The most unfinished offsets one partition may hold so that its done ranges always fit
-/// in [`MAX_METADATA`]: each range costs at most two relative offsets, a dash and a comma.
-pub const MAX_PENDING: usize =
-    (MAX_METADATA - "cg2;done=;started=".len()) / (2 * MAX_AHEAD_DIGITS + 2) - 1;
+use super::offset_metadata;
+
+pub use super::offset_metadata::{MAX_METADATA, MAX_PENDING, MAX_SPAN};
 
 /// The worker's settings let more offsets of one partition be unfinished at once than its
 /// offsets metadata can record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "worker.max_in_flight = {max_in_flight} lets up to {unfinished} events of one partition be unfinished at once \
-     (running, or waiting while the partition is not yet paused), but the offsets metadata committed with them \
-     (the broker's offset.metadata.max.bytes, 4096 bytes by default) can record at most {MAX_PENDING}: \
+    "worker.max_in_flight = {max_in_flight} lets up to {unfinished} events of one partition run at once, \
+     but the offsets metadata committed with them (the broker's offset.metadata.max.bytes, 4096 bytes by default) \
+     can record at most {MAX_PENDING} unfinished events of one partition: \
      set worker.max_in_flight to at most {most}"
 )]
 pub struct CapacityError {
@@ -69,19 +52,17 @@ pub struct CapacityError {
     pub most: usize,
 }
 
-/// Checks at start that `max_in_flight` running events plus `backlog_per_slot` waiting
-/// events per slot (the backlog the worker allows before it pauses its partitions) fit
-/// in one partition's offsets metadata.
-pub fn check_capacity(max_in_flight: usize, backlog_per_slot: usize) -> Result<(), CapacityError> {
-    let per_slot = 1 + backlog_per_slot;
-    let unfinished = max_in_flight.saturating_mul(per_slot);
-    if unfinished <= MAX_PENDING {
+/// Checks at start that `max_in_flight` running events of one partition fit in its
+/// offsets metadata. Events waiting beyond that are held back from the partition's book
+/// ([`PartitionOffsets::is_full`]), so they never count.
+pub fn check_capacity(max_in_flight: usize) -> Result<(), CapacityError> {
+    if max_in_flight <= MAX_PENDING {
         return Ok(());
     }
     Err(CapacityError {
         max_in_flight,
-        unfinished,
-        most: MAX_PENDING / per_slot,
+        unfinished: max_in_flight,
+        most: MAX_PENDING,
     })
 }
 
@@ -125,7 +106,7 @@ pub struct PartitionOffsets {
     /// Offsets received and not done yet.
     pending: BTreeSet<i64>,
     /// Done offsets above the watermark (from this owner, or read back from metadata).
-    done: BTreeSet<i64>,
+    done: Ranges,
     /// Offsets above the watermark that were started, and how often.
     started: BTreeMap<i64, u32>,
     /// Runs of an offset's last attempt whose `running` record went out and whose final
@@ -133,15 +114,78 @@ pub struct PartitionOffsets {
     open: BTreeMap<i64, Vec<RunPosition>>,
 }
 
-/// A run position as the metadata writes it: `stage.step.retry`.
-fn parse_position(text: &str) -> Option<RunPosition> {
-    let mut parts = text.split('.');
-    let position = RunPosition {
-        stage: parts.next()?.parse().ok()?,
-        step: parts.next()?.parse().ok()?,
-        retry: parts.next()?.parse().ok()?,
-    };
-    parts.next().is_none().then_some(position)
+/// Offsets as disjoint, non-adjacent ranges `start -> end` (`end` exclusive).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Ranges(BTreeMap<i64, i64>);
+
+impl Ranges {
+    /// The end of the range holding `offset`.
+    fn end_of(&self, offset: i64) -> Option<i64> {
+        self.0
+            .range(..=offset)
+            .next_back()
+            .map(|(_, end)| *end)
+            .filter(|end| offset < *end)
+    }
+
+    fn contains(&self, offset: i64) -> bool {
+        self.end_of(offset).is_some()
+    }
+
+    /// Adds `[start, end)`, merging what it touches.
+    fn insert(&mut self, mut start: i64, mut end: i64) {
+        if start >= end {
+            return;
+        }
+        if let Some((&s, &e)) = self.0.range(..=start).next_back()
+            && e >= start
+        {
+            start = s;
+            end = end.max(e);
+            self.0.remove(&s);
+        }
+        while let Some((&s, &e)) = self.0.range(start..=end).next() {
+            end = end.max(e);
+            self.0.remove(&s);
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Drops every offset below `from`.
+    fn prune(&mut self, from: i64) {
+        let mut kept = self.0.split_off(&from);
+        if let Some((_, &end)) = self.0.iter().next_back()
+            && end > from
+        {
+            kept.insert(from, end);
+        }
+        self.0 = kept;
+    }
+
+    /// One past the highest offset held.
+    fn end(&self) -> Option<i64> {
+        self.0.values().next_back().copied()
+    }
+
+    /// How many offsets the ranges hold.
+    fn count(&self) -> i64 {
+        self.0.iter().map(|(start, end)| end - start).sum()
+    }
+
+    /// The ranges that end after `from`.
+    fn after(&self, from: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
+        let first = self
+            .0
+            .range(..=from)
+            .next_back()
+            .filter(|(_, end)| **end > from)
+            .map(|(s, e)| (*s, *e));
+        first.into_iter().chain(
+            self.0
+                .range(from.saturating_add(1)..)
+                .map(|(s, e)| (*s, *e)),
+        )
+    }
 }
 
 /// What to do with a received record.
@@ -154,54 +198,20 @@ pub enum Receipt {
 }
 
 impl PartitionOffsets {
-    /// Bookkeeping resumed from a committed offset and its metadata.
+    /// Bookkeeping resumed from a committed offset and its metadata (any version
+    /// [`super::offset_metadata`] reads).
     pub fn resume(committed: i64, metadata: &str) -> Self {
+        let next = committed.max(0);
+        let mut decoded = offset_metadata::decode(next, metadata);
         let mut offsets = PartitionOffsets {
-            next: committed.max(0),
+            next,
             ..Default::default()
         };
-        let mut parts = metadata.split(';');
-        let base = match parts.next() {
-            Some(PREFIX) => offsets.next,
-            Some(PREFIX_V1) => 0,
-            _ => return offsets,
-        };
-        let absolute = |text: &str| text.parse::<i64>().ok().map(|o| o.saturating_add(base));
-        for part in parts {
-            if let Some(list) = part.strip_prefix("done=") {
-                for range in list.split(',').filter(|r| !r.is_empty()) {
-                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-                    if let (Some(lo), Some(hi)) = (absolute(lo), absolute(hi)) {
-                        offsets
-                            .done
-                            .extend((lo.max(offsets.next)..=hi).take(100_000));
-                    }
-                }
-            } else if let Some(list) = part.strip_prefix("started=") {
-                for entry in list.split(',').filter(|e| !e.is_empty()) {
-                    if let Some((offset, count)) = entry.split_once(':')
-                        && let (Some(offset), Ok(count)) = (absolute(offset), count.parse::<u32>())
-                        && offset >= offsets.next
-                    {
-                        offsets.started.insert(offset, count);
-                    }
-                }
-            } else if let Some(list) = part.strip_prefix("open=") {
-                for entry in list.split(',').filter(|e| !e.is_empty()) {
-                    if let Some((offset, runs)) = entry.split_once(':')
-                        && let Some(offset) = absolute(offset)
-                        && offset >= offsets.next
-                    {
-                        let runs: Vec<RunPosition> = runs
-                            .split('+')
-                            .filter_map(parse_position)
-                            .take(64)
-                            .collect();
-                        offsets.open.insert(offset, runs);
-                    }
-                }
-            }
+        for (start, end) in decoded.done {
+            offsets.done.insert(start.max(next), end);
         }
+        offsets.started = decoded.started.split_off(&next);
+        offsets.open = decoded.open.split_off(&next);
         offsets
     }
 
@@ -233,12 +243,20 @@ impl PartitionOffsets {
         self.open.remove(&offset).unwrap_or_default()
     }
 
+    /// Whether the partition's further records must wait (held by the worker, not
+    /// received here) for its metadata to stay within its bound: [`MAX_PENDING`] offsets
+    /// unfinished, or received offsets [`MAX_SPAN`] ahead of the watermark.
+    pub fn is_full(&self) -> bool {
+        self.pending.len() >= MAX_PENDING
+            || u64::try_from(self.next - self.watermark()).unwrap_or(0) >= MAX_SPAN
+    }
+
     /// Registers a received record. Skipped: anything below the watermark (done, or
     /// below the committed offset), done above it, or already in progress (a record
     /// delivered twice must not run twice).
     pub fn receive(&mut self, offset: i64) -> Receipt {
         let seen = offset < self.watermark()
-            || self.done.contains(&offset)
+            || self.done.contains(offset)
             || self.pending.contains(&offset);
         self.next = self.next.max(offset + 1);
         if seen {
@@ -259,7 +277,7 @@ impl PartitionOffsets {
     /// Marks `offset` done; its start count is no longer needed.
     pub fn complete(&mut self, offset: i64) {
         if self.pending.remove(&offset) {
-            self.done.insert(offset);
+            self.done.insert(offset, offset + 1);
             self.started.remove(&offset);
             self.open.remove(&offset);
             self.prune();
@@ -272,7 +290,7 @@ impl PartitionOffsets {
         // received: everything below it is done, so `next` moves with it (else those
         // offsets, pruned from `done`, would count as new when they arrive).
         self.next = self.next.max(watermark);
-        self.done = self.done.split_off(&watermark);
+        self.done.prune(watermark);
         self.started = self.started.split_off(&watermark);
         self.open = self.open.split_off(&watermark);
     }
@@ -281,15 +299,9 @@ impl PartitionOffsets {
     pub fn watermark(&self) -> i64 {
         match self.pending.first() {
             Some(lowest) => *lowest,
-            None => {
-                // Everything received is done; done offsets read back from metadata may
-                // continue right after it.
-                let mut watermark = self.next;
-                while self.done.contains(&watermark) {
-                    watermark += 1;
-                }
-                watermark
-            }
+            // Everything received is done; done offsets read back from metadata may
+            // continue right after it.
+            None => self.done.end_of(self.next).unwrap_or(self.next),
         }
     }
 
@@ -300,77 +312,34 @@ impl PartitionOffsets {
 
     /// Offsets done above the watermark (a measure of how far the partition runs ahead).
     pub fn done_ahead(&self) -> usize {
-        self.done.len()
+        usize::try_from(self.done.count()).unwrap_or(0)
     }
 
-    /// The metadata to commit with the watermark (see the module doc for its form).
+    /// The metadata to commit with the watermark (see [`super::offset_metadata`]).
+    ///
+    /// Offsets below `next` that are neither pending nor done were never delivered
+    /// (markers, aborted records: a `read_committed` consumer reads in order and never
+    /// past the last stable offset), so they count as done and only pending offsets break
+    /// a done run; at or past `next`, offsets not known done were not received in this
+    /// assignment (an earlier owner may have left them unfinished) and count as not done.
     pub fn metadata(&self) -> String {
         let base = self.watermark();
-        let mut text = String::with_capacity(16 + 12 * (self.done.len() + self.started.len()));
-        text.push_str(PREFIX);
-        text.push_str(";done=");
-        self.write_done(&mut text, base);
-        let without_starts = text.len();
-        text.push_str(";started=");
-        for (i, (offset, count)) in self.started.iter().enumerate() {
-            if i > 0 {
-                text.push(',');
-            }
-            let _ = write!(text, "{}:{count}", offset - base);
-        }
-        let without_open = text.len();
-        if !self.open.is_empty() {
-            text.push_str(";open=");
-            for (i, (offset, runs)) in self.open.iter().enumerate() {
-                if i > 0 {
-                    text.push(',');
-                }
-                let _ = write!(text, "{}:", offset - base);
-                for (j, run) in runs.iter().enumerate() {
-                    let separator = if j > 0 { "+" } else { "" };
-                    let _ = write!(text, "{separator}{}.{}.{}", run.stage, run.step, run.retry);
-                }
+        let end = self.done.end().unwrap_or(base).max(base);
+        let received = self.pending.range(base..end).map(|p| (*p, *p + 1));
+        let mut cursor = self.next.max(base);
+        let unknown = self.done.after(cursor).filter_map(move |(start, stop)| {
+            let gap = (start > cursor).then_some((cursor, start));
+            cursor = cursor.max(stop);
+            gap
+        });
+        let mut runs: Vec<(i64, i64)> = Vec::new();
+        for (start, stop) in received.chain(unknown) {
+            match runs.last_mut() {
+                Some(last) if last.1 == start => last.1 = stop,
+                _ => runs.push((start, stop)),
             }
         }
-        // Open runs go first (they would stay `running`), then start counts (an attempt
-        // would repeat); done offsets never (they would run again).
-        if text.len() > MAX_METADATA {
-            text.truncate(without_open);
-        }
-        if text.len() > MAX_METADATA {
-            text.truncate(without_starts);
-        }
-        text
-    }
-
-    /// Writes the done offsets as ranges relative to `base`: `2-4,7`. A range goes on
-    /// over offsets received past that hold no unfinished record (gaps: transaction
-    /// markers, records of aborted transactions), so only an unfinished offset starts a
-    /// new range.
-    fn write_done(&self, text: &mut String, base: i64) {
-        let mut iter = self.done.iter().copied().peekable();
-        let mut first = true;
-        while let Some(lo) = iter.next() {
-            let mut hi = lo;
-            while let Some(&next) = iter.peek() {
-                // Offsets at or past `self.next` were not received in this assignment yet:
-                // an earlier owner may have left them unfinished.
-                if next > self.next || self.pending.range(hi + 1..next).next().is_some() {
-                    break;
-                }
-                hi = next;
-                iter.next();
-            }
-            if !first {
-                text.push(',');
-            }
-            first = false;
-            let _ = if lo == hi {
-                write!(text, "{}", lo - base)
-            } else {
-                write!(text, "{}-{}", lo - base, hi - base)
-            };
-        }
+        offset_metadata::encode(base, end, runs.into_iter(), &self.started, &self.open)
     }
 }
 
@@ -389,15 +358,15 @@ mod tests {
         offsets.complete(13);
         offsets.complete(15);
         assert_eq!(offsets.watermark(), 10);
-        assert_eq!(offsets.metadata(), "cg2;done=2-3,5;started=0:1,1:1,4:1");
+        assert_eq!(offsets.metadata(), "cg3;r=02211;s=011131");
         offsets.complete(10);
         assert_eq!(offsets.watermark(), 11);
         offsets.complete(11);
         assert_eq!(offsets.watermark(), 14);
-        assert_eq!(offsets.metadata(), "cg2;done=1;started=0:1");
+        assert_eq!(offsets.metadata(), "cg3;r=011;s=01");
         offsets.complete(14);
         assert_eq!(offsets.watermark(), 16);
-        assert_eq!(offsets.metadata(), "cg2;done=;started=");
+        assert_eq!(offsets.metadata(), "cg3;r=;s=");
     }
 
     #[test]
@@ -420,16 +389,16 @@ mod tests {
         offsets.opened(11, second);
         offsets.closed(11, first);
         let metadata = offsets.metadata();
-        assert_eq!(metadata, "cg2;done=;started=1:1;open=1:0.1.2");
+        assert_eq!(metadata, "cg3;r=;s=11;o=1:0.1.2");
         let mut resumed = PartitionOffsets::resume(10, &metadata);
         assert_eq!(resumed.receive(11), Receipt::Process);
         assert_eq!(resumed.start(11), 2);
         assert_eq!(resumed.supersede(11), [second]);
         assert_eq!(resumed.supersede(11), []);
         resumed.opened(11, first);
-        assert_eq!(resumed.metadata(), "cg2;done=;started=0:2;open=0:0.0.0");
+        assert_eq!(resumed.metadata(), "cg3;r=;s=02;o=0:0.0.0");
         resumed.complete(11);
-        assert_eq!(resumed.metadata(), "cg2;done=;started=");
+        assert_eq!(resumed.metadata(), "cg3;r=;s=");
     }
 
     #[test]
@@ -481,7 +450,7 @@ mod tests {
         offsets.complete(2);
         let metadata = offsets.metadata();
         assert!(metadata.len() <= MAX_METADATA);
-        assert_eq!(metadata, "cg2;done=2");
+        assert_eq!(metadata, "cg3;r=021");
     }
 
     #[test]
@@ -495,7 +464,7 @@ mod tests {
             offsets.complete(offset);
         }
         let metadata = offsets.metadata();
-        assert_eq!(metadata, "cg2;done=2-3,7;started=1:1");
+        assert_eq!(metadata, "cg3;r=02231;s=11");
         let mut resumed = PartitionOffsets::resume(offsets.watermark(), &metadata);
         for (offset, receipt) in [
             (1_000_000_001, Receipt::Process),
@@ -518,44 +487,80 @@ mod tests {
         for offset in (2..400).step_by(2) {
             offsets.complete(offset);
         }
-        assert_eq!(offsets.metadata(), "cg2;done=2-398;started=");
+        // One unfinished offset, then one done run of 398 offsets (two digits).
+        assert_eq!(offsets.metadata(), "cg3;r=01Kc;s=");
         // An earlier owner's done offsets past what was received stay apart.
         let resumed = PartitionOffsets::resume(10, "cg2;done=2,5");
-        assert_eq!(resumed.metadata(), "cg2;done=2,5;started=");
+        assert_eq!(resumed.metadata(), "cg3;r=02121;s=");
     }
 
     #[test]
-    fn the_worst_case_metadata_fits_the_broker_limit() {
-        // The watermark's event unfinished, then MAX_PENDING ranges of two done offsets,
-        // each followed by an unfinished one, as far ahead as the bound allows: every
-        // range at its longest.
+    fn a_full_book_of_isolated_unfinished_offsets_fits_the_broker_limit() {
+        // The watermark's event unfinished, then unfinished offsets one by one, each after
+        // a long done run, until the book is full, as far ahead as the bound allows.
         let mut offsets = PartitionOffsets::resume(0, "");
-        let far: i64 = 9_000_000;
+        let step = (MAX_SPAN / MAX_PENDING as u64) as i64 - 1;
         offsets.receive(0);
-        for i in 0..MAX_PENDING as i64 {
-            for offset in far + 3 * i..far + 3 * i + 3 {
-                offsets.receive(offset);
-            }
-            offsets.complete(far + 3 * i);
-            offsets.complete(far + 3 * i + 1);
+        let mut offset = 0;
+        while !offsets.is_full() {
+            offset += step;
+            offsets.receive(offset - 1);
+            offsets.complete(offset - 1);
+            offsets.receive(offset);
         }
-        assert_eq!(offsets.pending(), MAX_PENDING + 1);
+        assert_eq!(offsets.pending(), MAX_PENDING);
         let metadata = offsets.metadata();
         assert!(metadata.len() <= MAX_METADATA, "{}", metadata.len());
         assert!(metadata.len() > MAX_METADATA / 2, "{}", metadata.len());
+        let mut resumed = PartitionOffsets::resume(0, &metadata);
+        for k in [1, 2, MAX_PENDING as i64 - 1] {
+            assert_eq!(resumed.receive(k * step - 1), Receipt::Skip, "{k}");
+            assert_eq!(resumed.receive(k * step), Receipt::Process, "{k}");
+        }
     }
 
     #[test]
-    fn a_max_in_flight_whose_backlog_cannot_be_recorded_is_refused() {
-        assert_eq!(check_capacity(16, 8), Ok(()));
-        let error = check_capacity(256, 8).expect_err("too many");
-        assert!(error.most < 256 && error.most >= 16, "{error}");
+    fn a_book_too_far_ahead_of_its_watermark_is_full() {
+        let mut offsets = PartitionOffsets::resume(0, "");
+        offsets.receive(0);
+        assert!(!offsets.is_full());
+        let far = MAX_SPAN as i64;
+        offsets.receive(far);
+        offsets.complete(far);
+        assert!(offsets.is_full());
+        offsets.complete(0);
+        assert!(!offsets.is_full());
+    }
+
+    #[test]
+    fn a_max_in_flight_whose_runs_cannot_be_recorded_is_refused() {
+        assert_eq!(check_capacity(256), Ok(()));
+        let error = check_capacity(MAX_PENDING + 1).expect_err("too many");
+        assert_eq!(error.most, MAX_PENDING);
         assert!(
             error
                 .to_string()
                 .contains("set worker.max_in_flight to at most"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn what_the_previous_version_committed_is_read_and_kept() {
+        // A worker upgraded mid-stream: the previous version committed offset 10 with
+        // 12-13 and 15 done (an unfinished offset between, and 14 never received).
+        let mut resumed = PartitionOffsets::resume(10, "cg2;done=2-3,5;started=1:2;open=1:0.1.2");
+        let written = resumed.metadata();
+        assert!(written.starts_with("cg3;"), "{written}");
+        let mut again = PartitionOffsets::resume(10, &written);
+        for book in [&mut resumed, &mut again] {
+            let skipped: Vec<i64> = (10..=16)
+                .filter(|offset| book.receive(*offset) == Receipt::Skip)
+                .collect();
+            assert_eq!(skipped, [12, 13, 15]);
+            assert_eq!(book.start(11), 3);
+            assert_eq!(book.supersede(11).len(), 1);
+        }
     }
 
     #[test]

@@ -225,7 +225,9 @@ log_filter = "info,chaosgate=debug"
         path
     }
 
-    /// Starts `chaosgate run --config CONFIG`; its output goes to `INSTANCE-N.log`.
+    /// Starts `chaosgate run --config CONFIG`; its output goes to `INSTANCE-N.log`. The
+    /// binary is this build's, or the one `TEST_CHAOSGATE_BIN` names (to show that a test
+    /// fails on an older build).
     pub fn spawn(&self, instance: &str, config: &Path) -> Worker {
         let mut n = 1;
         let log = loop {
@@ -237,7 +239,9 @@ log_filter = "info,chaosgate=debug"
         };
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
+        let binary = std::env::var_os("TEST_CHAOSGATE_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_chaosgate").into());
+        let mut command = Command::new(binary);
         // Only the config file counts: no CHAOSGATE_* overrides from the caller's shell.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("CHAOSGATE_") {

@@ -115,10 +115,7 @@ pub async fn run(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    super::offsets::check_capacity(
-        config.worker.max_in_flight.max(1),
-        scheduler::BACKLOG_FACTOR,
-    )?;
+    super::offsets::check_capacity(config.worker.max_in_flight.max(1))?;
     let client = client_config(&config.kafka);
     let topics = config.kafka.topics.clone();
     startup::ensure_topics(&config, &client, &shutdown).await?;

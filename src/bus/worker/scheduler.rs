@@ -7,9 +7,12 @@
 //! exceed `max.poll.interval.ms`.
 //!
 //! Rules that keep it right:
-//! - **Flow.** A partition is paused while its offsets are unread, while the backlog
-//!   (events read but not started) is over `8 × max_in_flight` until it halves, and while
-//!   draining. [`Scheduler::flow`] compares that with what librdkafka was told, per
+//! - **Flow.** A partition is paused while its offsets are unread, while its book is
+//!   full (its unfinished events or how far they run ahead reach what its offsets
+//!   metadata can record: `PartitionOffsets::is_full`), while the backlog (events read
+//!   but not started) is over `8 × max_in_flight` until it halves, and while draining.
+//!   Records that arrive while its offsets are unread or its book is full are held, in
+//!   order, and let in once it has room. [`Scheduler::flow`] compares that with what librdkafka was told, per
 //!   partition, so a partition assigned during backpressure is paused too.
 //! - **Start marks.** An execution's start count goes to the committer as a start mark
 //!   (its offsets, plus the records closing its previous attempt's runs), so a run cut
@@ -78,8 +81,9 @@ struct Partition {
     loaded: bool,
     /// Paused at librdkafka (as last told).
     paused: bool,
-    /// Records that arrived before its offsets were read (a fetch ahead of the pause).
-    held: Vec<(i64, KafkaMessage)>,
+    /// Records that arrived before its offsets were read or while its book was full (a
+    /// fetch ahead of the pause), in offset order.
+    held: VecDeque<(i64, KafkaMessage)>,
 }
 
 /// Partitions to pause and to resume at librdkafka.
@@ -160,7 +164,7 @@ impl Scheduler {
                 // The rebalance callback paused it already; the next flow pauses it
                 // again, in case that failed.
                 paused: false,
-                held: Vec::new(),
+                held: VecDeque::new(),
             },
         );
     }
@@ -224,6 +228,7 @@ impl Scheduler {
     /// What to pause and resume now; see "Flow" in the module docs. The caller tells
     /// librdkafka, and [`Scheduler::flow_failed`] when that fails.
     pub fn flow(&mut self) -> FlowChange {
+        self.admit_held();
         let backlog = self.queues.waiting()
             + self.ready.len()
             + self
@@ -241,7 +246,10 @@ impl Scheduler {
         }
         let mut change = FlowChange::default();
         for (id, partition) in &mut self.partitions {
-            let pause = self.draining || self.backpressure || !partition.loaded;
+            let pause = self.draining
+                || self.backpressure
+                || !partition.loaded
+                || !partition.held.is_empty();
             if pause != partition.paused {
                 partition.paused = pause;
                 if pause {
@@ -252,6 +260,34 @@ impl Scheduler {
             }
         }
         change
+    }
+
+    /// Lets in the records held for partitions whose books have room again (see "Flow").
+    fn admit_held(&mut self) {
+        if self.draining || self.partitions.values().all(|p| p.held.is_empty()) {
+            return;
+        }
+        let ready: Vec<i32> = {
+            let ledger = self.wiring.ledger.lock();
+            self.partitions
+                .iter()
+                .filter(|(id, p)| {
+                    p.loaded
+                        && !p.held.is_empty()
+                        && ledger.get(id).is_some_and(|b| !b.offsets.is_full())
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in ready {
+            let Some(partition) = self.partitions.get_mut(&id) else {
+                continue;
+            };
+            // What the book cannot take yet goes back to `held`, in order.
+            for (offset, message) in std::mem::take(&mut partition.held) {
+                self.receive(id, offset, message);
+            }
+        }
     }
 
     /// librdkafka refused `change`: the next [`Scheduler::flow`] tries again.
@@ -288,18 +324,33 @@ impl Scheduler {
             );
             return;
         };
-        if !state.loaded {
-            state.held.push((offset, message));
+        if !state.loaded || !state.held.is_empty() {
+            state.held.push_back((offset, message));
             return;
         }
-        let epoch = state.epoch;
-        let kill = state.interrupt.child_token();
         let receipt = self
             .wiring
             .ledger
             .lock()
             .get_mut(&partition)
-            .map(|book| book.offsets.receive(offset));
+            .map(|book| (!book.offsets.is_full()).then(|| book.offsets.receive(offset)));
+        let receipt = match receipt {
+            Some(Some(receipt)) => Some(receipt),
+            Some(None) => {
+                // Its book is full: the partition pauses and the record waits (see "Flow").
+                tracing::info!(
+                    partition,
+                    offset,
+                    unfinished = crate::bus::offsets::MAX_PENDING,
+                    "offsets book full: the partition's records wait until its events finish"
+                );
+                state.held.push_back((offset, message));
+                return;
+            }
+            None => None,
+        };
+        let epoch = state.epoch;
+        let kill = state.interrupt.child_token();
         if receipt != Some(Receipt::Process) {
             tracing::debug!(
                 partition,
@@ -578,8 +629,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_panicking_run_frees_its_slot_and_its_flag_and_keeps_its_offset() {
+    /// A scheduler with one slot, an empty catalog and partition 0 (epoch 1) assigned,
+    /// its offsets not read yet; with its ledger and what it hands the committer.
+    fn one_partition() -> (Scheduler, Ledger, std::sync::mpsc::Receiver<Completion>) {
         let (completions, committed) = std::sync::mpsc::channel();
         let catalog = Catalog::from_parts(Vec::new(), Vec::new()).expect("empty catalog");
         let ledger = Ledger::default();
@@ -600,6 +652,12 @@ mod tests {
             epoch: 1,
             interrupt: CancellationToken::new(),
         }]));
+        (scheduler, ledger, committed)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_run_frees_its_slot_and_its_flag_and_keeps_its_offset() {
+        let (mut scheduler, ledger, committed) = one_partition();
         scheduler.loaded(Loaded {
             partition: 0,
             epoch: 1,
@@ -642,5 +700,46 @@ mod tests {
             ledger.lock().get(&0).map(|b| b.offsets.watermark()),
             Some(0)
         );
+    }
+
+    #[test]
+    fn records_of_a_full_book_wait_in_order_until_it_has_room() {
+        let (mut scheduler, ledger, committed) = one_partition();
+        // Every offset its metadata can record is unfinished.
+        let mut offsets = PartitionOffsets::default();
+        let full = crate::bus::offsets::MAX_PENDING as i64;
+        for offset in 0..full {
+            offsets.receive(offset);
+        }
+        scheduler.loaded(Loaded {
+            partition: 0,
+            epoch: 1,
+            offsets,
+        });
+        assert!(scheduler.flow().pause.is_empty());
+        // Two more records (bad input, dead-lettered once let in) wait, and the partition
+        // pauses.
+        let bad = || KafkaMessage {
+            key: None,
+            value: Some(b"not a flag change".to_vec()),
+            headers: Vec::new(),
+        };
+        scheduler.receive(0, full, bad());
+        scheduler.receive(0, full + 1, bad());
+        assert_eq!(scheduler.flow().pause, [0]);
+        assert!(committed.try_recv().is_err(), "nothing was let in");
+        // One unfinished offset finishes: the records go in, in order (each is answered at
+        // once, so the next fits too), and the partition resumes.
+        if let Some(book) = ledger.lock().get_mut(&0) {
+            book.offsets.complete(0);
+        }
+        assert_eq!(scheduler.flow().resume, [0]);
+        assert!(committed.try_recv().is_ok(), "offset {full} let in");
+        assert!(committed.try_recv().is_ok(), "offset {} let in", full + 1);
+        let book = ledger
+            .lock()
+            .get_mut(&0)
+            .map(|b| b.offsets.receive(full + 1));
+        assert_eq!(book, Some(Receipt::Skip), "done, in order");
     }
 }
