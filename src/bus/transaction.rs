@@ -75,13 +75,12 @@ pub enum CompletionKind {
         committed: Arc<AtomicBool>,
     },
     /// A run's record as it happens (`running`, or the final record of a run cut off),
-    /// the run opened or closed in the book. Still published after its partition is
-    /// revoked once `started` (its attempt's start mark committed) is set; dropped with
-    /// the partition otherwise, since the run will start again under the same id.
-    RunUpdate {
-        /// Set when the start mark of the run's attempt has committed.
-        started: Arc<AtomicBool>,
-    },
+    /// the run opened or closed in the book. Like the others, dropped when its partition
+    /// is revoked before it commits: a `running` record must commit with the offsets
+    /// metadata that names its run open, since that is how the partition's next owner
+    /// finds the run to close as superseded. Published without it, the run would stay
+    /// `running` for good.
+    RunUpdate,
 }
 
 impl Completion {
@@ -94,7 +93,6 @@ impl Completion {
     /// Whether the committer still publishes it, given the partitions owned now.
     fn is_current(&self, owned: &HashMap<i32, u64>) -> bool {
         owned.get(&self.partition) == Some(&self.epoch)
-            || matches!(&self.kind, CompletionKind::RunUpdate { started } if started.load(Ordering::Acquire))
     }
 }
 
@@ -382,6 +380,33 @@ mod tests {
             outputs: Vec::new(),
             kind: CompletionKind::Finished,
         }
+    }
+
+    #[test]
+    fn a_run_update_of_a_revoked_partition_is_dropped_even_after_its_start_committed() {
+        // Partition 0 was ours under epoch 1 and is now revoked; partition 1 is ours.
+        let committer = Committer {
+            config: ClientConfig::new(),
+            topic: "t".into(),
+            ledger: Ledger::default(),
+            group_metadata: Box::new(|| None),
+            assignment: Arc::new(Mutex::new(HashMap::from([(1, 1)]))),
+            heartbeat: crate::telemetry::heartbeat::Heartbeat::new("committer"),
+            on_commit: None,
+            on_failure: None,
+        };
+        let update = |partition| Completion {
+            partition,
+            epoch: 1,
+            outputs: Vec::new(),
+            kind: CompletionKind::RunUpdate,
+        };
+        let mut pending = vec![update(0), update(1)];
+        committer.drop_revoked(&mut pending);
+        // A `running` record committed without the metadata naming its run open would
+        // leave that run `running` for good: its partition's next owner never learns of it.
+        let kept: Vec<i32> = pending.iter().map(|c| c.partition).collect();
+        assert_eq!(kept, vec![1]);
     }
 
     #[test]

@@ -15,7 +15,6 @@
 //!   runs its execution finished before (earlier steps).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use crate::bus::kill_switch::KillSwitch;
 use crate::bus::offsets::{Ledger, RunPosition};
@@ -125,19 +124,16 @@ impl RunRecords {
                 outputs: closing,
                 // Owned now; dropped if revoked before it commits (the next owner closes
                 // the runs).
-                kind: CompletionKind::RunUpdate {
-                    started: Arc::new(AtomicBool::new(false)),
-                },
+                kind: CompletionKind::RunUpdate,
             });
         }
     }
 
     /// Where an execution's run updates go: to the committer, with the run opened or
     /// closed in the partition's book. A `running` record also registers its run with
-    /// the kill switch. `started` is set once the attempt's start mark has committed.
-    pub fn update_sink(&self, event: &EventAt<'_>, started: &Arc<AtomicBool>) -> UpdateSink {
+    /// the kill switch.
+    pub fn update_sink(&self, event: &EventAt<'_>) -> UpdateSink {
         let records = self.clone();
-        let started = started.clone();
         let change = event.change.clone();
         let pipeline = event.pipeline.map(str::to_string);
         let (partition, epoch, offset) = (event.partition, event.epoch, event.offset);
@@ -163,17 +159,17 @@ impl RunRecords {
                 (Some(book), Some(position)) => {
                     book.offsets.closed(offset, position);
                 }
-                // Revoked: the partition's next owner closes the run.
-                (None, Some(_)) if !running => return,
+                // Revoked: nothing of the partition commits here any more. Its next owner
+                // runs the event again and closes the runs the committed metadata names
+                // open; a `running` record sent now would name a run nobody closes.
+                (None, Some(_)) => return,
                 _ => {}
             }
             let _ = records.completions.send(Completion {
                 partition,
                 epoch,
                 outputs: vec![outputs::run_update(&records.topics, &update)],
-                kind: CompletionKind::RunUpdate {
-                    started: started.clone(),
-                },
+                kind: CompletionKind::RunUpdate,
             });
         })
     }

@@ -460,7 +460,7 @@ impl Scheduler {
             attempt,
             kill: pending.kill.clone(),
             interrupt,
-            updates: Some(self.records.update_sink(&pending.at(), &start_committed)),
+            updates: Some(self.records.update_sink(&pending.at())),
             start_committed: Some(start_committed),
         };
         let catalog = self.wiring.catalog.clone();
