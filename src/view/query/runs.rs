@@ -12,7 +12,7 @@ use crate::contract::{CloudEvent, KafkaMessage, RunRecord, RunStatus};
 use crate::view::model::{
     Direction, KafkaPosition, MAX_PAGE, Page, RunDetail, RunFilter, RunRow, RunSort, StatusCounts,
 };
-use crate::view::store::{SqliteContext, ViewError, from_millis, to_millis};
+use crate::view::store::{SqliteContext, ViewError, from_millis, run_key, to_millis};
 
 /// Columns read by [`run_row`], in its order.
 pub(crate) const RUN_COLUMNS: &str = "run_id, status, attempt, score, expected, margin, \
@@ -286,7 +286,7 @@ pub fn runs(c: &Connection, filter: &RunFilter) -> Result<Page<RunRow>, ViewErro
         // The page's ids first, from an index that carries the sort key (no row is read
         // for the runs that do not make the page), then their rows.
         format!(
-            "SELECT {RUN_COLUMNS}, {key} FROM runs WHERE run_id IN (SELECT run_id FROM runs {} \
+            "SELECT {RUN_COLUMNS}, {key} FROM runs WHERE rowid IN (SELECT rowid FROM runs {} \
              ORDER BY {key} {order}, run_id {order} LIMIT {}) ORDER BY {key} {order}, run_id {order}",
             clauses.where_sql(),
             limit + 1
@@ -326,12 +326,19 @@ pub fn runs(c: &Connection, filter: &RunFilter) -> Result<Page<RunRow>, ViewErro
 
 /// Runs matching `filter` by status, ignoring its statuses (so each count is what
 /// choosing that status would list); the cursor and limit are ignored.
+///
+/// With no filter at all the counts come from `run_status_counts` (kept by triggers on
+/// `runs`), not from a scan of every run.
 pub fn status_counts(c: &Connection, filter: &RunFilter) -> Result<StatusCounts, ViewError> {
     let clauses = filter_clauses(filter, false);
-    let sql = format!(
-        "SELECT status, count(*) FROM runs {} GROUP BY status",
-        clauses.where_sql()
-    );
+    let sql = if clauses.sql.is_empty() {
+        "SELECT status, runs FROM run_status_counts".to_string()
+    } else {
+        format!(
+            "SELECT status, count(*) FROM runs {} GROUP BY status",
+            clauses.where_sql()
+        )
+    };
     let mut statement = c.prepare_cached(&sql).what("prepare status counts")?;
     let mut rows = statement
         .query(params_from_iter(clauses.params.iter()))
@@ -364,10 +371,12 @@ pub(crate) fn select_runs(
 pub fn run(c: &Connection, run_id: &str) -> Result<Option<RunDetail>, ViewError> {
     let mut statement = c
         .prepare_cached(&format!(
-            "SELECT {RUN_COLUMNS}, headers, value FROM runs WHERE run_id = ?"
+            "SELECT {RUN_COLUMNS}, headers, value FROM runs WHERE run_key = ? AND run_id = ?"
         ))
         .what("prepare the run")?;
-    let mut rows = statement.query([run_id]).what("read the run")?;
+    let mut rows = statement
+        .query(rusqlite::params![run_key(run_id), run_id])
+        .what("read the run")?;
     let Some(row) = rows.next().what("read the run")? else {
         return Ok(None);
     };
