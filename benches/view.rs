@@ -528,20 +528,7 @@ async fn time_http(
     n: usize,
     path: impl Fn(usize) -> String,
 ) {
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        let url = format!("http://127.0.0.1:{port}{}", path(i));
-        let started = Instant::now();
-        let response = http.get(&url).send().await.expect("request");
-        assert!(
-            response.status().is_success(),
-            "{url}: {}",
-            response.status()
-        );
-        let body = response.bytes().await.expect("body");
-        samples.push(started.elapsed());
-        assert!(!body.is_empty(), "{url}: empty body");
-    }
+    let samples = view::time_gets(http, n, |i| format!("http://127.0.0.1:{port}{}", path(i))).await;
     println!("  {name:<44} {}", percentiles(samples));
 }
 

@@ -66,8 +66,7 @@ impl<T> SqliteContext<T> for Result<T, rusqlite::Error> {
 /// epoch, UTC. `seq` is the live-update sequence number of a row's last change. The
 /// pipeline and flag indexes carry status and the sort keys, so counts by status and
 /// sorted pages of one pipeline or flag read the index alone; `changes.answered` is kept
-/// by ingest so the audit reads only what is still open; `run_status_counts` is kept by
-/// triggers on `runs`, so the counts of the whole store need no scan.
+/// by ingest so the audit reads only what is still open.
 ///
 /// Ingest cost: an index keyed by a random id (run, execution, command and event ids are
 /// UUIDs) costs a page read and write per row once it outgrows the page cache, so such
@@ -116,23 +115,6 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs (status, started_at DESC, run_id 
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs (experiment_id, started_at DESC, run_id DESC);
 CREATE INDEX IF NOT EXISTS runs_seq ON runs (seq);
 CREATE INDEX IF NOT EXISTS runs_not_reverted ON runs (faults_not_reverted) WHERE faults_not_reverted > 0;
-
-CREATE TABLE IF NOT EXISTS run_status_counts (
-    status TEXT PRIMARY KEY, runs INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS runs_counted_insert AFTER INSERT ON runs BEGIN
-    INSERT INTO run_status_counts (status, runs) VALUES (NEW.status, 1)
-    ON CONFLICT (status) DO UPDATE SET runs = runs + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS runs_counted_update AFTER UPDATE OF status ON runs
-WHEN OLD.status != NEW.status BEGIN
-    UPDATE run_status_counts SET runs = runs - 1 WHERE status = OLD.status;
-    INSERT INTO run_status_counts (status, runs) VALUES (NEW.status, 1)
-    ON CONFLICT (status) DO UPDATE SET runs = runs + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS runs_counted_delete AFTER DELETE ON runs BEGIN
-    UPDATE run_status_counts SET runs = runs - 1 WHERE status = OLD.status;
-END;
 
 CREATE TABLE IF NOT EXISTS executions (
     pipeline_execution_id TEXT PRIMARY KEY,
@@ -222,9 +204,9 @@ CREATE INDEX IF NOT EXISTS problems_at ON problems (at);
 
 /// The version of [`SCHEMA`], kept in the file's `user_version`. A file of another
 /// version is removed at open and rebuilt from the topics (the store is a projection:
-/// the topics are the source of truth). Version 2 keys runs by `run_key` and keeps
-/// `run_status_counts`; files before it have version 0.
-const SCHEMA_VERSION: i64 = 2;
+/// the topics are the source of truth). Version 3 keys runs by `run_key`; files before it
+/// have version 0 (2 was a development version with status-count triggers).
+const SCHEMA_VERSION: i64 = 3;
 
 /// The key a run is indexed by: the 64-bit FNV-1a hash of its id, as SQLite's signed
 /// integer. Two ids with one key are told apart by comparing `run_id`; ingest reports

@@ -321,3 +321,27 @@ pub fn chaosgate_command_of(binary: &std::path::Path) -> std::process::Command {
     command.env_remove("RUST_LOG");
     command
 }
+
+/// Times `n` GET requests of `url(i)` with `http`, each whole (status checked as a
+/// success, body read and not empty), for the view's benches.
+pub async fn time_gets(
+    http: &reqwest::Client,
+    n: usize,
+    url: impl Fn(usize) -> String,
+) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let url = url(i);
+        let started = Instant::now();
+        let response = http.get(&url).send().await.expect("request");
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
+        let body = response.bytes().await.expect("body");
+        samples.push(started.elapsed());
+        assert!(!body.is_empty(), "{url}: empty body");
+    }
+    samples
+}

@@ -21,5 +21,5 @@ pub use live::changes_since;
 pub use overview::overview;
 pub use pipeline::{TREND_RUNS, pipeline};
 pub use problems::problems;
+pub use runs::{filter_is_empty, run, runs, status_counts};
 pub(crate) use runs::{parse_status, select_runs};
-pub use runs::{run, runs, status_counts};

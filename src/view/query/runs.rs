@@ -324,21 +324,22 @@ pub fn runs(c: &Connection, filter: &RunFilter) -> Result<Page<RunRow>, ViewErro
     Ok(Page { items, next })
 }
 
+/// Whether `filter` selects every run (no clause; sort, cursor and limit aside).
+pub fn filter_is_empty(filter: &RunFilter) -> bool {
+    filter_clauses(filter, true).sql.is_empty()
+}
+
 /// Runs matching `filter` by status, ignoring its statuses (so each count is what
 /// choosing that status would list); the cursor and limit are ignored.
 ///
-/// With no filter at all the counts come from `run_status_counts` (kept by triggers on
-/// `runs`), not from a scan of every run.
+/// With no filter at all this reads the whole status index: the runs page keeps that
+/// answer a few seconds (`WebState::all_counts`).
 pub fn status_counts(c: &Connection, filter: &RunFilter) -> Result<StatusCounts, ViewError> {
     let clauses = filter_clauses(filter, false);
-    let sql = if clauses.sql.is_empty() {
-        "SELECT status, runs FROM run_status_counts".to_string()
-    } else {
-        format!(
-            "SELECT status, count(*) FROM runs {} GROUP BY status",
-            clauses.where_sql()
-        )
-    };
+    let sql = format!(
+        "SELECT status, count(*) FROM runs {} GROUP BY status",
+        clauses.where_sql()
+    );
     let mut statement = c.prepare_cached(&sql).what("prepare status counts")?;
     let mut rows = statement
         .query(params_from_iter(clauses.params.iter()))

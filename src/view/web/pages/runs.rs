@@ -31,12 +31,17 @@ pub async fn page(
         cursor: None,
         ..params.filter.clone()
     };
-    let counts = state
-        .query("status_counts", move |c| {
-            query::status_counts(c, &counts_filter)
-        })
-        .await
-        .map_err(store_error)?;
+    let unfiltered = query::filter_is_empty(&counts_filter);
+    let counts = if unfiltered {
+        state.all_counts().await
+    } else {
+        state
+            .query("status_counts", move |c| {
+                query::status_counts(c, &counts_filter)
+            })
+            .await
+    }
+    .map_err(store_error)?;
     let body = html! {
         h1 data-live="runs-head" { "Runs " span.sub { (counts.total) " matching the filter" } }
         (filter_form(&params))
