@@ -466,6 +466,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn run_keys_are_fnv_1a_and_stable() {
+        // FNV-1a 64 reference values: "" is the offset basis, "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(run_key(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
+        assert_eq!(run_key("a"), 0xaf63_dc4c_8601_ec8c_u64 as i64);
+        assert_ne!(
+            run_key("fda1375e-e6d6-55c5-b568-69e603c1490c"),
+            run_key("fda1375e-e6d6-55c5-b568-69e603c1490d")
+        );
+    }
+
+    #[test]
+    fn a_file_of_another_schema_version_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::File(dir.path().join("v.db"));
+        {
+            let c = Connection::open(dir.path().join("v.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE runs (run_id TEXT PRIMARY KEY); INSERT INTO runs VALUES ('old');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&location).unwrap();
+        let (runs, version): (i64, i64) = store
+            .read_blocking(|c| {
+                c.query_row(
+                    "SELECT (SELECT count(*) FROM runs), (SELECT user_version FROM pragma_user_version)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .what("read")
+            })
+            .unwrap();
+        assert_eq!((runs, version), (0, SCHEMA_VERSION));
+    }
+
+    #[test]
     fn a_file_store_is_in_wal_mode_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let location = Location::File(dir.path().join("v.db"));
