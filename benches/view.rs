@@ -6,10 +6,20 @@
 //!    execution are published, then the real `chaosgate view` process reads them into a
 //!    fresh SQLite file; the time until every offset is stored, the records per second,
 //!    and the process's peak RSS (VmHWM) and sampled RSS are reported.
-//! 2. Queries on that file, at the query layer (`chaosgate::view::query`), with the runs
+//! 2. HTTP: the same running view process is asked, over loopback, for `/api/runs` and
+//!    the runs page filtered by pipeline and by flag, an execution's page, a flag's
+//!    ledger page and API: median, p95 and max of `BENCH_VIEW_QUERIES` (default 200)
+//!    requests each, with varied ids (the whole request: query, HTML or JSON, transfer).
+//! 3. Queries on that file, at the query layer (`chaosgate::view::query`), with the runs
 //!    stored: run list filtered by pipeline and by flag (first page and deep pages),
 //!    counts by status, an execution, a flag ledger, the overview and the audit; median,
-//!    p95 and max of `BENCH_VIEW_QUERIES` (default 200) calls each, with varied ids.
+//!    p95 and max of `BENCH_VIEW_QUERIES` calls each, with varied ids.
+//!
+//! For A/B runs: `BENCH_VIEW_TOPICS=NAME` names the topics `NAME-runs`, `NAME-commands`,
+//! ... and publishes only when they hold fewer records than the bench needs (and keeps
+//! them at the end), so runs after the first read the same records;
+//! `BENCH_VIEW_BIN=PATH` runs that `chaosgate` binary as the view (a baseline build);
+//! `BENCH_VIEW_INGEST_ONLY=1` stops after the catch-up.
 
 #[path = "../tests/support/kafka.rs"]
 mod kafka;
@@ -100,26 +110,31 @@ fn time<T>(
     println!("  {name:<44} {}", percentiles(samples));
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let servers = kafka::require_broker();
-    let runs = count("BENCH_VIEW_RUNS", 1_000_000);
-    let queries = count("BENCH_VIEW_QUERIES", 200);
-    let executions = runs / STEPS;
-    let names: Vec<String> = ["runs", "commands", "changes", "dlq", "control"]
-        .iter()
-        .map(|t| kafka::unique_topic(&format!("bench-view-{t}")))
-        .collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    kafka::create_topics(&servers, &refs, 3).await;
-    println!(
-        "view bench: {runs} runs in {executions} executions, load {}",
-        loadavg()
-    );
+/// Records already in `topics` (the sum of their partitions' high watermarks).
+fn stored_records(servers: &str, topics: &[&str]) -> usize {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .expect("consumer");
+    let mut held = 0;
+    for topic in topics {
+        for partition in 0..3 {
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))
+            {
+                held += usize::try_from(high).unwrap_or(0);
+            }
+        }
+    }
+    held
+}
 
-    // Publish.
+/// Publishes `executions` executions to `names` (runs, commands, changes, ...): per
+/// execution a flag-change, `STEPS` final runs and a command.
+fn publish(servers: &str, names: &[String], executions: usize) {
     let produced = Instant::now();
-    let producer = view::producer(&servers);
+    let producer = view::producer(servers);
     let now = Utc::now();
     // 29 days: inside the view's default 30-day retention for the whole bench.
     let span_ms = 29 * 24 * 3600 * 1000_i64;
@@ -177,24 +192,67 @@ async fn main() {
         records as f64 / produce_s,
         loadavg()
     );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let servers = kafka::require_broker();
+    let runs = count("BENCH_VIEW_RUNS", 1_000_000);
+    let queries = count("BENCH_VIEW_QUERIES", 200);
+    let executions = runs / STEPS;
+    let kept_topics = std::env::var("BENCH_VIEW_TOPICS").ok();
+    let names: Vec<String> = ["runs", "commands", "changes", "dlq", "control"]
+        .iter()
+        .map(|t| match &kept_topics {
+            Some(name) => format!("{name}-{t}"),
+            None => kafka::unique_topic(&format!("bench-view-{t}")),
+        })
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    kafka::create_topics(&servers, &refs, 3).await;
+    let binary = std::env::var("BENCH_VIEW_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_chaosgate").into());
+    let ingest_only = std::env::var("BENCH_VIEW_INGEST_ONLY").is_ok_and(|v| v == "1");
+    println!(
+        "view bench: {runs} runs in {executions} executions, view binary {}, load {}",
+        binary.display(),
+        loadavg()
+    );
+
+    let records = executions * (STEPS + 2);
+    let held = stored_records(&servers, &refs);
+    if held >= records {
+        println!(
+            "topics {} hold {held} records: not published again",
+            names[0]
+        );
+    } else {
+        publish(&servers, &names, executions);
+    }
 
     // Catch-up by the real `chaosgate view` process into a fresh file.
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("view.db");
     let config = dir.path().join("view.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     std::fs::write(
         &config,
         format!(
             "[kafka]\nbootstrap_servers = \"{servers}\"\n[kafka.topics]\nruns = \"{}\"\n\
              commands = \"{}\"\nflag_changes = \"{}\"\ndead_letter = \"{}\"\ncontrol = \"{}\"\n\
              [catalog]\npath = \"catalog\"\n[telemetry]\nlog_format = \"text\"\n\
-             [view]\nlisten = \"127.0.0.1:0\"\n",
+             [view]\nlisten = \"127.0.0.1:{port}\"\n",
             names[0], names[1], names[2], names[3], names[4]
         ),
     )
     .expect("config");
     let started = Instant::now();
-    let mut child = view::spawn_view(&config, &db, &dir.path().join("view.log"), &[]);
+    let mut child = view::spawn_view_of(&binary, &config, &db, &dir.path().join("view.log"), &[]);
+
     let pid = child.id();
     let mut rss_samples = Vec::new();
     let applied = || view::applied_offsets(&db);
@@ -238,9 +296,6 @@ async fn main() {
             / 1048576.0
     };
     let (written, read) = (io_mib("write_bytes:"), io_mib("read_bytes:"));
-    // SAFETY: SIGTERM to the child we spawned and have not reaped.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = child.wait();
     rss_samples.sort_unstable();
     let median_rss = rss_samples.get(rss_samples.len() / 2).copied().unwrap_or(0);
     println!(
@@ -259,6 +314,23 @@ async fn main() {
         loadavg()
     );
 
+    let pick = |i: usize| (i * 7919) % executions;
+    if !ingest_only {
+        http_timings(port, queries, executions).await;
+        println!(
+            "view RSS after the HTTP requests: {:.0} MiB, peak {:.0} MiB",
+            status_kb(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
+            status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0
+        );
+    }
+    // SAFETY: SIGTERM to the child we spawned and have not reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    if ingest_only {
+        delete_topics(&servers, &refs, kept_topics.is_some()).await;
+        return;
+    }
+
     // Queries on the stored runs.
     let store = Store::open(&Location::File(db.clone())).expect("open");
     let stored: i64 = store
@@ -274,7 +346,6 @@ async fn main() {
         "queries with {stored} runs stored ({queries} calls each), load {}",
         loadavg()
     );
-    let pick = |i: usize| (i * 7919) % executions;
     time(
         &store,
         "runs ?pipeline_id (first page of 50)",
@@ -434,10 +505,91 @@ async fn main() {
         |c, i| query::changes_since(c, (pick(i) * STEPS) as i64, 100),
     );
     println!("done, load {}", loadavg());
+    delete_topics(&servers, &refs, kept_topics.is_some()).await;
+}
 
+/// Deletes the bench's topics, unless `kept` (named by `BENCH_VIEW_TOPICS`).
+async fn delete_topics(servers: &str, topics: &[&str], kept: bool) {
+    if kept {
+        return;
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &servers)
+        .set("bootstrap.servers", servers)
         .create()
         .expect("admin");
-    let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
+    let _ = admin.delete_topics(topics, &AdminOptions::new()).await;
+}
+
+/// Times `n` requests of `path(i)` to the view on `port`, whole (status, body read).
+async fn time_http(
+    http: &reqwest::Client,
+    port: u16,
+    name: &str,
+    n: usize,
+    path: impl Fn(usize) -> String,
+) {
+    let samples = view::time_gets(http, n, |i| format!("http://127.0.0.1:{port}{}", path(i))).await;
+    println!("  {name:<44} {}", percentiles(samples));
+}
+
+/// The HTTP endpoints the goals name, on the running view process.
+async fn http_timings(port: u16, n: usize, executions: usize) {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client");
+    let pick = |i: usize| (i * 7919) % executions;
+    let flag = |i: usize| {
+        let (p, e, f) = flag_of(pick(i));
+        format!("{p}/{e}/{f}")
+    };
+    let execution = |i: usize| {
+        let e = pick(i);
+        chaosgate::contract::ids::pipeline_execution_id(
+            &format!("bench-{e}"),
+            &format!("pipe-{}", e % PIPELINES),
+        )
+    };
+    println!(
+        "HTTP on the view process ({n} requests each), load {}",
+        loadavg()
+    );
+    let by_pipeline = |i: usize| format!("pipeline_id=pipe-{}", i % PIPELINES);
+    time_http(&http, port, "GET /api/runs?pipeline_id=", n, |i| {
+        format!("/api/runs?{}", by_pipeline(i))
+    })
+    .await;
+    time_http(&http, port, "GET /api/runs?flag=", n, |i| {
+        format!("/api/runs?flag={}", flag(i))
+    })
+    .await;
+    time_http(&http, port, "GET /runs?pipeline_id= (page)", n, |i| {
+        format!("/runs?{}", by_pipeline(i))
+    })
+    .await;
+    time_http(&http, port, "GET /runs?flag= (page)", n, |i| {
+        format!("/runs?flag={}", flag(i))
+    })
+    .await;
+    time_http(&http, port, "GET /runs (page, no filter)", n / 10, |_| {
+        "/runs".to_string()
+    })
+    .await;
+    time_http(&http, port, "GET /executions/{id} (page)", n, |i| {
+        format!("/executions/{}", execution(i))
+    })
+    .await;
+    time_http(&http, port, "GET /api/executions/{id}", n, |i| {
+        format!("/api/executions/{}", execution(i))
+    })
+    .await;
+    time_http(&http, port, "GET /flags/{p}/{e}/{f} (page)", n, |i| {
+        format!("/flags/{}", flag(i))
+    })
+    .await;
+    time_http(&http, port, "GET /api/flags/{p}/{e}/{f}", n, |i| {
+        format!("/api/flags/{}", flag(i))
+    })
+    .await;
 }

@@ -152,20 +152,7 @@ async fn main() {
         ),
     ];
     for (name, path) in &pages {
-        let mut times = Vec::with_capacity(requests);
-        for i in 0..requests {
-            let url = served.at(&path(i));
-            let started = Instant::now();
-            let response = http.get(&url).send().await.expect("request");
-            assert!(
-                response.status().is_success(),
-                "{url}: {}",
-                response.status()
-            );
-            let body = response.bytes().await.expect("body");
-            times.push(started.elapsed());
-            assert!(!body.is_empty());
-        }
+        let times = view::time_gets(&http, requests, |i| served.at(&path(i))).await;
         println!("{name:<24} {}", percentiles(times));
     }
     served.stop().await;

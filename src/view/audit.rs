@@ -8,7 +8,9 @@
 //! 4. a flag-change with no command (nor dead letter) after a delay.
 //!
 //! Rule: a check only reports what has had time to settle (the timeout, the delay), so
-//! the ordinary lag between topics never shows as a finding.
+//! the ordinary lag between topics never shows as a finding. Findings are listed up to
+//! [`LISTED_PER_KIND`] per kind and counted exactly by [`counts`] (a catch-up or a long
+//! outage can leave hundreds of thousands open: a scrape must not hold them all).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use rusqlite::types::Value;
 
 use crate::view::model::{AuditFinding, FindingKind, RunRow};
 use crate::view::query::select_runs;
-use crate::view::store::{SqliteContext, ViewError, to_millis};
+use crate::view::store::{SqliteContext, ViewError, run_key, to_millis};
 
 /// A step named as runs name it: `(pipeline_id, stage_id, step_id)`.
 pub type StepKey = (String, String, String);
@@ -105,6 +107,9 @@ impl AuditSettings {
     }
 }
 
+/// Findings listed per kind, oldest first; [`counts`] gives the whole number.
+pub const LISTED_PER_KIND: usize = 1_000;
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -142,7 +147,11 @@ pub fn findings(
     settings: &AuditSettings,
 ) -> Result<Vec<AuditFinding>, ViewError> {
     let mut findings = Vec::new();
-    for run in running_past_timeout(c, now, settings)? {
+    let listed = i64::try_from(LISTED_PER_KIND).unwrap_or(i64::MAX);
+    for run in running_past_timeout(c, now, settings)?
+        .into_iter()
+        .take(LISTED_PER_KIND)
+    {
         findings.push(AuditFinding {
             kind: FindingKind::RunningPastTimeout,
             message: format!(
@@ -171,12 +180,11 @@ pub fn findings(
                 "SELECT s.command_id, s.run_id, c.pipeline_execution_id, c.causation_event_id \
                  FROM command_steps s JOIN commands c ON c.command_id = s.command_id \
                  WHERE s.found = 0 AND s.issued_at < ? \
-                 AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = s.run_id) \
-                 ORDER BY s.issued_at",
+                 ORDER BY s.issued_at LIMIT ?",
             )
             .what("prepare the missing-run check")?;
         let rows = statement
-            .query_map([settled], |row| {
+            .query_map([settled, listed], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
@@ -185,8 +193,18 @@ pub fn findings(
                 ))
             })
             .what("check commands for missing runs")?;
+        let mut stored = c
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM runs WHERE run_key = ? AND run_id = ?)")
+            .what("prepare the run check")?;
         for row in rows {
             let (command_id, run_id, execution, event_id) = row.what("read a missing run")?;
+            // Ingest removes a step once its run's record arrives; this only guards that.
+            let found: bool = stored
+                .query_row(rusqlite::params![run_key(&run_id), run_id], |r| r.get(0))
+                .what("check a run")?;
+            if found {
+                continue;
+            }
             findings.push(AuditFinding {
                 kind: FindingKind::CommandRunMissing,
                 message: format!(
@@ -206,7 +224,7 @@ pub fn findings(
         c,
         "INDEXED BY runs_not_reverted WHERE faults_not_reverted > 0 AND status != 'running'",
         &[],
-        "started_at, run_id",
+        &format!("started_at, run_id LIMIT {LISTED_PER_KIND}"),
     )?;
     for run in not_reverted {
         findings.push(AuditFinding {
@@ -227,11 +245,11 @@ pub fn findings(
         let mut statement = c
             .prepare_cached(
                 "SELECT event_id, project, environment, flag, occurred_at FROM changes \
-                 WHERE answered = 0 AND occurred_at < ? ORDER BY occurred_at",
+                 WHERE answered = 0 AND occurred_at < ? ORDER BY occurred_at LIMIT ?",
             )
             .what("prepare the unanswered-change check")?;
         let rows = statement
-            .query_map([settled], |row| {
+            .query_map([settled, listed], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
@@ -259,4 +277,41 @@ pub fn findings(
         }
     }
     Ok(findings)
+}
+
+/// How many findings of each kind there are at `now` (in [`FindingKind::ALL`] order),
+/// counted in SQL over the same open rows [`findings`] lists.
+pub fn counts(
+    c: &Connection,
+    now: DateTime<Utc>,
+    settings: &AuditSettings,
+) -> Result<Vec<(FindingKind, u64)>, ViewError> {
+    let settled = to_millis(now) - millis(settings.command_delay);
+    let count = |sql: &str, params: &[i64]| -> Result<u64, ViewError> {
+        let n: i64 = c
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row(rusqlite::params_from_iter(params), |r| r.get(0)))
+            .what("count audit findings")?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    let running = running_past_timeout(c, now, settings)?.len() as u64;
+    let missing = count(
+        "SELECT count(*) FROM command_steps WHERE found = 0 AND issued_at < ?",
+        &[settled],
+    )?;
+    let not_reverted = count(
+        "SELECT count(*) FROM runs INDEXED BY runs_not_reverted \
+         WHERE faults_not_reverted > 0 AND status != 'running'",
+        &[],
+    )?;
+    let unanswered = count(
+        "SELECT count(*) FROM changes WHERE answered = 0 AND occurred_at < ?",
+        &[settled],
+    )?;
+    Ok(vec![
+        (FindingKind::RunningPastTimeout, running),
+        (FindingKind::CommandRunMissing, missing),
+        (FindingKind::FaultNotReverted, not_reverted),
+        (FindingKind::ChangeWithoutCommand, unanswered),
+    ])
 }

@@ -64,10 +64,10 @@ pub fn remove_older(c: &mut Connection, cutoff: DateTime<Utc>) -> Result<Removed
                 tx.prepare_cached("DELETE FROM command_steps WHERE command_id = ?")
                     .and_then(|mut s| s.execute([command_id]))
                     .what("remove command steps")?;
+                tx.prepare_cached("DELETE FROM commands WHERE command_id = ?")
+                    .and_then(|mut s| s.execute([command_id]))
+                    .what("remove commands")?;
             }
-            tx.prepare_cached("DELETE FROM commands WHERE pipeline_execution_id = ?")
-                .and_then(|mut s| s.execute([execution]))
-                .what("remove commands")?;
             tx.prepare_cached("DELETE FROM changes WHERE event_id = ?")
                 .and_then(|mut s| s.execute([event_id]))
                 .what("remove changes")?;
@@ -80,9 +80,10 @@ pub fn remove_older(c: &mut Connection, cutoff: DateTime<Utc>) -> Result<Removed
     }
     let tx = c.transaction().what("begin retention")?;
     for sql in [
-        "DELETE FROM command_steps WHERE issued_at < ?1 AND command_id IN \
-         (SELECT command_id FROM commands WHERE pipeline_execution_id IS NULL)",
-        "DELETE FROM commands WHERE issued_at < ?1 AND pipeline_execution_id IS NULL",
+        "DELETE FROM commands WHERE issued_at < ?1 AND (pipeline_execution_id IS NULL \
+         OR pipeline_execution_id NOT IN (SELECT pipeline_execution_id FROM executions))",
+        "DELETE FROM command_steps WHERE issued_at < ?1 AND command_id NOT IN \
+         (SELECT command_id FROM commands)",
         "DELETE FROM changes WHERE occurred_at < ?1 AND event_id NOT IN \
          (SELECT trigger_event_id FROM executions)",
         "DELETE FROM aborts WHERE at < ?1",

@@ -65,8 +65,17 @@ impl<T> SqliteContext<T> for Result<T, rusqlite::Error> {
 /// The schema, applied at open (idempotent). Times are milliseconds since the Unix
 /// epoch, UTC. `seq` is the live-update sequence number of a row's last change. The
 /// pipeline and flag indexes carry status and the sort keys, so counts by status and
-/// sorted pages of one pipeline or flag read the index alone; `command_steps.found` and
-/// `changes.answered` are kept by ingest so the audit reads only what is still open.
+/// sorted pages of one pipeline or flag read the index alone; `changes.answered` is kept
+/// by ingest so the audit reads only what is still open.
+///
+/// Ingest cost: an index keyed by a random id (run, execution, command and event ids are
+/// UUIDs) costs a page read and write per row once it outgrows the page cache, so such
+/// indexes are kept few and small. A run is found by `run_key` ([`run_key`], 8 bytes,
+/// with `run_id` compared after) rather than by its 36-character id; `command_steps`
+/// holds only the steps of a command whose run has no record yet (a row leaves when its
+/// run's record arrives); runs are found by their trigger event through
+/// `executions_trigger` (one entry per execution, not per run), and an execution's
+/// command through `executions.command_id`.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (
@@ -74,7 +83,8 @@ CREATE TABLE IF NOT EXISTS offsets (
     PRIMARY KEY (topic, partition)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    run_key INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     attempt INTEGER NOT NULL,
     is_final INTEGER NOT NULL,
@@ -96,13 +106,13 @@ CREATE TABLE IF NOT EXISTS runs (
     headers TEXT NOT NULL,
     value TEXT NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS runs_key ON runs (run_key);
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at DESC, run_id DESC, status);
 CREATE INDEX IF NOT EXISTS runs_pipeline ON runs (pipeline_id, started_at DESC, run_id DESC, status, margin, score, duration_seconds);
 CREATE INDEX IF NOT EXISTS runs_execution ON runs (pipeline_execution_id, started_at);
 CREATE INDEX IF NOT EXISTS runs_flag ON runs (flag_project, flag_environment, flag_key, started_at DESC, run_id DESC, status, margin, score, duration_seconds);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, started_at DESC, run_id DESC);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs (experiment_id, started_at DESC, run_id DESC);
-CREATE INDEX IF NOT EXISTS runs_trigger ON runs (trigger_event_id);
 CREATE INDEX IF NOT EXISTS runs_seq ON runs (seq);
 CREATE INDEX IF NOT EXISTS runs_not_reverted ON runs (faults_not_reverted) WHERE faults_not_reverted > 0;
 
@@ -118,6 +128,7 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 CREATE INDEX IF NOT EXISTS executions_pipeline ON executions (pipeline_id, started_at DESC);
 CREATE INDEX IF NOT EXISTS executions_started ON executions (started_at);
+CREATE INDEX IF NOT EXISTS executions_trigger ON executions (trigger_event_id);
 
 CREATE TABLE IF NOT EXISTS commands (
     command_id TEXT PRIMARY KEY,
@@ -130,7 +141,6 @@ CREATE TABLE IF NOT EXISTS commands (
     steps TEXT NOT NULL,
     topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS commands_execution ON commands (pipeline_execution_id);
 CREATE INDEX IF NOT EXISTS commands_causation ON commands (causation_event_id);
 CREATE INDEX IF NOT EXISTS commands_flag ON commands (project, environment, flag, issued_at DESC);
 CREATE INDEX IF NOT EXISTS commands_seq ON commands (seq);
@@ -191,6 +201,24 @@ CREATE TABLE IF NOT EXISTS problems (
 CREATE INDEX IF NOT EXISTS problems_seq ON problems (seq);
 CREATE INDEX IF NOT EXISTS problems_at ON problems (at);
 "#;
+
+/// The version of [`SCHEMA`], kept in the file's `user_version`. A file of another
+/// version is removed at open and rebuilt from the topics (the store is a projection:
+/// the topics are the source of truth). Version 3 keys runs by `run_key`; files before it
+/// have version 0 (2 was a development version with status-count triggers).
+const SCHEMA_VERSION: i64 = 3;
+
+/// The key a run is indexed by: the 64-bit FNV-1a hash of its id, as SQLite's signed
+/// integer. Two ids with one key are told apart by comparing `run_id`; ingest reports
+/// the second as an ingest problem rather than overwrite the first.
+pub fn run_key(run_id: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in run_id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
 
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,11 +283,33 @@ impl Store {
     /// A file store is put in WAL mode with `synchronous=NORMAL` (a power loss may lose
     /// the last transactions, never corrupt the file; ingest then reads them again from
     /// the stored offsets, which are in the same transactions).
+    ///
+    /// A file written with another schema version is removed first (ingest then reads
+    /// the topics again from their earliest offsets).
     pub fn open(location: &Location) -> Result<Store, ViewError> {
         let writer = match location {
             Location::Memory => Connection::open_in_memory().what("open :memory:")?,
             Location::File(path) => {
-                let connection = open_file(path, OpenFlags::default())?;
+                let mut connection = open_file(path, OpenFlags::default())?;
+                let (version, tables): (i64, i64) = connection
+                    .query_row(
+                        "SELECT (SELECT user_version FROM pragma_user_version), \
+                         (SELECT count(*) FROM sqlite_schema WHERE type = 'table')",
+                        [],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .what("read the schema version")?;
+                if tables > 0 && version != SCHEMA_VERSION {
+                    tracing::warn!(
+                        path = %path.display(),
+                        version,
+                        expected = SCHEMA_VERSION,
+                        "view database of another schema version: removed, rebuilt from the topics"
+                    );
+                    drop(connection);
+                    Store::remove(location)?;
+                    connection = open_file(path, OpenFlags::default())?;
+                }
                 connection
                     .pragma_update(None, "journal_mode", "WAL")
                     .what("set WAL mode")?;
@@ -268,6 +318,9 @@ impl Store {
                     .what("set synchronous")?;
                 // Checkpoint every ~40 MiB of WAL (10,000 pages of 4 KiB) rather than
                 // SQLite's 1,000 pages: fewer, larger copies of the pages ingest dirties.
+                // (100,000 pages with the WAL cut back to 64 MiB after each checkpoint
+                // wrote less but cost more CPU at 1 M runs: longer WAL-index searches on
+                // every page read, and the WAL file's blocks allocated again each time.)
                 connection
                     .pragma_update(None, "wal_autocheckpoint", 10_000)
                     .what("set the WAL checkpoint")?;
@@ -280,6 +333,9 @@ impl Store {
             .pragma_update(None, "cache_size", WRITER_CACHE_KIB)
             .what("set the page cache size")?;
         writer.execute_batch(SCHEMA).what("apply the schema")?;
+        writer
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .what("set the schema version")?;
         Ok(Store {
             inner: Arc::new(Inner {
                 location: location.clone(),
@@ -408,6 +464,42 @@ pub fn from_millis(millis: i64) -> chrono::DateTime<chrono::Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_keys_are_fnv_1a_and_stable() {
+        // FNV-1a 64 reference values: "" is the offset basis, "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(run_key(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
+        assert_eq!(run_key("a"), 0xaf63_dc4c_8601_ec8c_u64 as i64);
+        assert_ne!(
+            run_key("fda1375e-e6d6-55c5-b568-69e603c1490c"),
+            run_key("fda1375e-e6d6-55c5-b568-69e603c1490d")
+        );
+    }
+
+    #[test]
+    fn a_file_of_another_schema_version_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::File(dir.path().join("v.db"));
+        {
+            let c = Connection::open(dir.path().join("v.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE runs (run_id TEXT PRIMARY KEY); INSERT INTO runs VALUES ('old');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&location).unwrap();
+        let (runs, version): (i64, i64) = store
+            .read_blocking(|c| {
+                c.query_row(
+                    "SELECT (SELECT count(*) FROM runs), (SELECT user_version FROM pragma_user_version)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .what("read")
+            })
+            .unwrap();
+        assert_eq!((runs, version), (0, SCHEMA_VERSION));
+    }
 
     #[test]
     fn a_file_store_is_in_wal_mode_and_reopens() {

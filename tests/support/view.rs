@@ -266,12 +266,29 @@ pub fn spawn_view(
     log: &std::path::Path,
     extra: &[&str],
 ) -> std::process::Child {
+    spawn_view_of(
+        std::path::Path::new(env!("CARGO_BIN_EXE_chaosgate")),
+        config,
+        db,
+        log,
+        extra,
+    )
+}
+
+/// As [`spawn_view`], with the `chaosgate` binary at `binary`.
+pub fn spawn_view_of(
+    binary: &std::path::Path,
+    config: &std::path::Path,
+    db: &std::path::Path,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("view log");
-    chaosgate_command()
+    chaosgate_command_of(binary)
         .arg("view")
         .args(extra)
         .arg("--config")
@@ -289,7 +306,13 @@ pub fn spawn_view(
 /// `CHAOSGATE_*` override from the caller's shell (`scripts/test.sh` exports
 /// `CHAOSGATE_CACHE`, which the config would reject as an unknown key) and no `RUST_LOG`.
 pub fn chaosgate_command() -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chaosgate"));
+    chaosgate_command_of(std::path::Path::new(env!("CARGO_BIN_EXE_chaosgate")))
+}
+
+/// As [`chaosgate_command`], with the `chaosgate` binary at `binary` (a bench's baseline
+/// build).
+pub fn chaosgate_command_of(binary: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(binary);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("CHAOSGATE_") {
             command.env_remove(name);
@@ -297,4 +320,28 @@ pub fn chaosgate_command() -> std::process::Command {
     }
     command.env_remove("RUST_LOG");
     command
+}
+
+/// Times `n` GET requests of `url(i)` with `http`, each whole (status checked as a
+/// success, body read and not empty), for the view's benches.
+pub async fn time_gets(
+    http: &reqwest::Client,
+    n: usize,
+    url: impl Fn(usize) -> String,
+) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let url = url(i);
+        let started = Instant::now();
+        let response = http.get(&url).send().await.expect("request");
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
+        let body = response.bytes().await.expect("body");
+        samples.push(started.elapsed());
+        assert!(!body.is_empty(), "{url}: empty body");
+    }
+    samples
 }

@@ -6,12 +6,20 @@
 //! [`crate::view::store`]) and returns a bounded number of rows, so its time does not
 //! grow with the history stored.
 
-mod joins;
+mod execution;
+mod ledger;
+mod live;
+mod overview;
+mod pipeline;
+mod problems;
+mod rows;
 mod runs;
 
-pub use joins::{
-    LEDGER_LIMIT, TREND_RUNS, changes_since, execution, flag_ledger, latest_execution, overview,
-    pipeline, problems,
-};
+pub use execution::{execution, latest_execution};
+pub use ledger::{LEDGER_LIMIT, flag_ledger};
+pub use live::changes_since;
+pub use overview::overview;
+pub use pipeline::{TREND_RUNS, pipeline};
+pub use problems::problems;
+pub use runs::{filter_is_empty, run, runs, status_counts};
 pub(crate) use runs::{parse_status, select_runs};
-pub use runs::{run, runs, status_counts};

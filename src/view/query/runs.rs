@@ -12,7 +12,7 @@ use crate::contract::{CloudEvent, KafkaMessage, RunRecord, RunStatus};
 use crate::view::model::{
     Direction, KafkaPosition, MAX_PAGE, Page, RunDetail, RunFilter, RunRow, RunSort, StatusCounts,
 };
-use crate::view::store::{SqliteContext, ViewError, from_millis, to_millis};
+use crate::view::store::{SqliteContext, ViewError, from_millis, run_key, to_millis};
 
 /// Columns read by [`run_row`], in its order.
 pub(crate) const RUN_COLUMNS: &str = "run_id, status, attempt, score, expected, margin, \
@@ -286,7 +286,7 @@ pub fn runs(c: &Connection, filter: &RunFilter) -> Result<Page<RunRow>, ViewErro
         // The page's ids first, from an index that carries the sort key (no row is read
         // for the runs that do not make the page), then their rows.
         format!(
-            "SELECT {RUN_COLUMNS}, {key} FROM runs WHERE run_id IN (SELECT run_id FROM runs {} \
+            "SELECT {RUN_COLUMNS}, {key} FROM runs WHERE rowid IN (SELECT rowid FROM runs {} \
              ORDER BY {key} {order}, run_id {order} LIMIT {}) ORDER BY {key} {order}, run_id {order}",
             clauses.where_sql(),
             limit + 1
@@ -324,8 +324,16 @@ pub fn runs(c: &Connection, filter: &RunFilter) -> Result<Page<RunRow>, ViewErro
     Ok(Page { items, next })
 }
 
+/// Whether `filter` selects every run (no clause; sort, cursor and limit aside).
+pub fn filter_is_empty(filter: &RunFilter) -> bool {
+    filter_clauses(filter, true).sql.is_empty()
+}
+
 /// Runs matching `filter` by status, ignoring its statuses (so each count is what
 /// choosing that status would list); the cursor and limit are ignored.
+///
+/// With no filter at all this reads the whole status index: the runs page keeps that
+/// answer a few seconds (`WebState::all_counts`).
 pub fn status_counts(c: &Connection, filter: &RunFilter) -> Result<StatusCounts, ViewError> {
     let clauses = filter_clauses(filter, false);
     let sql = format!(
@@ -364,10 +372,12 @@ pub(crate) fn select_runs(
 pub fn run(c: &Connection, run_id: &str) -> Result<Option<RunDetail>, ViewError> {
     let mut statement = c
         .prepare_cached(&format!(
-            "SELECT {RUN_COLUMNS}, headers, value FROM runs WHERE run_id = ?"
+            "SELECT {RUN_COLUMNS}, headers, value FROM runs WHERE run_key = ? AND run_id = ?"
         ))
         .what("prepare the run")?;
-    let mut rows = statement.query([run_id]).what("read the run")?;
+    let mut rows = statement
+        .query(rusqlite::params![run_key(run_id), run_id])
+        .what("read the run")?;
     let Some(row) = rows.next().what("read the run")? else {
         return Ok(None);
     };

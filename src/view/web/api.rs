@@ -230,12 +230,26 @@ pub async fn findings(state: &WebState) -> Result<Vec<crate::view::model::AuditF
         .map_err(store_error)
 }
 
-/// `GET /api/audit` → `{"findings": [...], "counts": {kind: n}}`.
+/// The integrity audit's counts per kind now (exact, while [`findings`] lists at most
+/// [`audit::LISTED_PER_KIND`] of each).
+pub async fn finding_counts(
+    state: &WebState,
+) -> Result<Vec<(crate::view::model::FindingKind, u64)>, WebError> {
+    let options = state.options.clone();
+    state
+        .query("audit_counts", move |c| {
+            audit::counts(c, Utc::now(), &options.audit)
+        })
+        .await
+        .map_err(store_error)
+}
+
+/// `GET /api/audit` → `{"findings": [...], "counts": {kind: n}}` (at most
+/// [`audit::LISTED_PER_KIND`] findings of each kind listed; the counts are whole).
 pub async fn audit(State(state): State<WebState>) -> Result<Json<Value>, ApiError> {
     let findings = findings(&state).await?;
     let mut counts = serde_json::Map::new();
-    for kind in crate::view::model::FindingKind::ALL {
-        let n = findings.iter().filter(|f| f.kind == kind).count();
+    for (kind, n) in finding_counts(&state).await? {
         counts.insert(kind.as_str().into(), json!(n));
     }
     Ok(Json(json!({ "findings": findings, "counts": counts })))

@@ -49,7 +49,7 @@ struct KindLabel {
 }
 
 /// Audit findings per kind, as last counted.
-type FindingCounts = Vec<(FindingKind, usize)>;
+type FindingCounts = Vec<(FindingKind, u64)>;
 
 /// Metrics the web layer keeps between scrapes.
 #[derive(Debug)]
@@ -223,11 +223,7 @@ async fn audit_counts(state: &WebState) -> Option<FindingCounts> {
     {
         return Some(counts.clone());
     }
-    let findings = super::api::findings(state).await.ok()?;
-    let counts: FindingCounts = FindingKind::ALL
-        .iter()
-        .map(|kind| (*kind, findings.iter().filter(|f| f.kind == *kind).count()))
-        .collect();
+    let counts: FindingCounts = super::api::finding_counts(state).await.ok()?;
     if let Ok(mut cache) = state.metrics.audit_cache.lock() {
         *cache = Some((std::time::Instant::now(), counts.clone()));
     }

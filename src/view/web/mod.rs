@@ -59,7 +59,24 @@ pub struct WebState {
     pub metrics: Arc<health::WebMetrics>,
     /// Cancelled at shutdown: live streams end.
     pub shutdown: CancellationToken,
+    /// The counts by status of all runs, as last counted (see [`WebState::all_counts`]).
+    all_counts: Arc<std::sync::Mutex<Option<CountedAll>>>,
 }
+
+/// The counts of all runs at one ingest sequence number, and how long they took.
+#[derive(Debug, Clone, Copy)]
+struct CountedAll {
+    seq: u64,
+    at: Instant,
+    took: std::time::Duration,
+    counts: crate::view::model::StatusCounts,
+}
+
+/// Counts of all runs that took longer than this to count are reused for
+/// [`ALL_COUNTS_REUSE`] even while rows arrive (a million runs take about 0.1 s).
+const ALL_COUNTS_SLOW: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long slow counts of all runs are reused.
+const ALL_COUNTS_REUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl WebState {
     /// A state over `store` and `ingest`.
@@ -75,7 +92,42 @@ impl WebState {
             options: Arc::new(options),
             metrics: Arc::new(health::WebMetrics::default()),
             shutdown,
+            all_counts: Arc::new(std::sync::Mutex::new(None)),
         }
+    }
+
+    /// The counts by status of all runs (the unfiltered runs page). Rule: exact while no
+    /// row arrived since they were counted; when counting took over
+    /// [`ALL_COUNTS_SLOW`] (a large store), reused for up to [`ALL_COUNTS_REUSE`] even
+    /// as rows arrive, so a busy page does not read the whole status index per request.
+    pub async fn all_counts(&self) -> Result<crate::view::model::StatusCounts, ViewError> {
+        let seq = self.ingest.seq();
+        let cached = self
+            .all_counts
+            .lock()
+            .ok()
+            .and_then(|cached| *cached)
+            .filter(|c| {
+                c.seq == seq || (c.took > ALL_COUNTS_SLOW && c.at.elapsed() < ALL_COUNTS_REUSE)
+            });
+        if let Some(cached) = cached {
+            return Ok(cached.counts);
+        }
+        let started = Instant::now();
+        let counts = self
+            .query("status_counts", |c| {
+                crate::view::query::status_counts(c, &crate::view::model::RunFilter::default())
+            })
+            .await?;
+        if let Ok(mut cached) = self.all_counts.lock() {
+            *cached = Some(CountedAll {
+                seq,
+                at: Instant::now(),
+                took: started.elapsed(),
+                counts,
+            });
+        }
+        Ok(counts)
     }
 
     /// Runs a read query off the async runtime and records its time under `name`

@@ -55,7 +55,7 @@ fn body(ledger: &FlagLedger) -> Markup {
                         div { b { "Command" } (command(entry.command.as_ref())) }
                     }
                     @if !entry.runs.is_empty() {
-                        div style="margin-top:10px" { b { "Runs" } (super::runs::table(&entry.runs, None)) }
+                        div style="margin-top:10px" { b { "Runs" } (super::runs::table_of_one_flag(&entry.runs)) }
                     } @else {
                         p.muted.small { "No chaos runs for this change (a disable request, no pipeline, or a rejected change)." }
                     }

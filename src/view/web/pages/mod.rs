@@ -18,7 +18,9 @@ use maud::{Markup, html};
 use crate::contract::Verdict;
 use crate::view::model::{KafkaPosition, RunRow};
 
-/// A verdict's wire name.
+/// A verdict's wire name. (`cli::experiment` has the same match as a private
+/// `verdict_text`; both belong in `contract` as `Verdict::as_str`, like `RunStatus`'s,
+/// left for the contract's owner.)
 pub fn verdict(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Passed => "passed",

@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use super::pipeline::strip;
 use crate::view::model::{AuditFinding, Overview};
 use crate::view::web::WebState;
-use crate::view::web::api::{findings, overview_of, range};
+use crate::view::web::api::{finding_counts, findings, overview_of, range};
 use crate::view::web::error::PageError;
 use crate::view::web::layout::{self, Section, badge, score, short_id, when};
 
@@ -27,14 +27,15 @@ pub async fn page(
         .map_or_else(|| "24h".to_string(), |(_, v)| v.into_owned());
     let overview = overview_of(&state, since, until).await?;
     let findings = findings(&state).await?;
+    let total: u64 = finding_counts(&state).await?.iter().map(|(_, n)| n).sum();
     Ok(layout::page(
         "Overview",
         Section::Overview,
-        body(&overview, &findings, &chosen),
+        body(&overview, &findings, total, &chosen),
     ))
 }
 
-fn body(o: &Overview, findings: &[AuditFinding], chosen: &str) -> Markup {
+fn body(o: &Overview, findings: &[AuditFinding], total: u64, chosen: &str) -> Markup {
     let counts = [
         ("running", o.counts.running),
         ("passed", o.counts.passed),
@@ -104,7 +105,7 @@ fn body(o: &Overview, findings: &[AuditFinding], chosen: &str) -> Markup {
                                 @if let Some(e) = &f.pipeline_execution_id { " · " a href={ "/executions/" (e) } { "execution" } }
                             }
                         }
-                        @if findings.len() > 12 { p.small { a href="/api/audit" { "all " (findings.len()) " findings (JSON) →" } } }
+                        @if total > 12 { p.small { a href="/api/audit" { "all " (total) " findings (JSON) →" } } }
                     }
                 }
             }

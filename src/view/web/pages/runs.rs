@@ -31,12 +31,17 @@ pub async fn page(
         cursor: None,
         ..params.filter.clone()
     };
-    let counts = state
-        .query("status_counts", move |c| {
-            query::status_counts(c, &counts_filter)
-        })
-        .await
-        .map_err(store_error)?;
+    let unfiltered = query::filter_is_empty(&counts_filter);
+    let counts = if unfiltered {
+        state.all_counts().await
+    } else {
+        state
+            .query("status_counts", move |c| {
+                query::status_counts(c, &counts_filter)
+            })
+            .await
+    }
+    .map_err(store_error)?;
     let body = html! {
         h1 data-live="runs-head" { "Runs " span.sub { (counts.total) " matching the filter" } }
         (filter_form(&params))
@@ -136,6 +141,16 @@ fn status_chips(params: &RunParams, counts: &StatusCounts) -> Markup {
 
 /// The runs table; with `params`, the sortable headers link to the same filter sorted.
 pub fn table(rows: &[RunRow], params: Option<&RunParams>) -> Markup {
+    table_with(rows, params, true)
+}
+
+/// [`table`] without the flag column, for a page about one flag (its ledger), where
+/// every row names the same flag.
+pub fn table_of_one_flag(rows: &[RunRow]) -> Markup {
+    table_with(rows, None, false)
+}
+
+fn table_with(rows: &[RunRow], params: Option<&RunParams>, flag: bool) -> Markup {
     let sort_header = |label: &str, key: RunSort| -> Markup {
         match params {
             Some(p) => html! {
@@ -151,17 +166,17 @@ pub fn table(rows: &[RunRow], params: Option<&RunParams>) -> Markup {
             thead { tr {
                 th { "Run" } th { "Status" } th { (sort_header("Score / expected", RunSort::Score)) }
                 th.num { (sort_header("Margin", RunSort::Margin)) }
-                th { "Pipeline" } th { "Stage / step" } th { "Flag" } th { "Experiment" } th.num { "Attempt" }
+                th { "Pipeline" } th { "Stage / step" } @if flag { th { "Flag" } } th { "Experiment" } th.num { "Attempt" }
                 th { (sort_header("Started", RunSort::Start)) } th.num { (sort_header("Duration", RunSort::Duration)) }
             } }
             tbody {
-                @for row in rows { (table_row(row)) }
+                @for row in rows { (table_row(row, flag)) }
             }
         }
     }
 }
 
-fn table_row(row: &RunRow) -> Markup {
+fn table_row(row: &RunRow, flag: bool) -> Markup {
     let running = row.status == RunStatus::Running;
     html! {
         tr data-row=(row.run_id) data-status=(row.status.as_str()) {
@@ -172,7 +187,7 @@ fn table_row(row: &RunRow) -> Markup {
             td.nowrap { a href={ "/pipelines/" (super::segment(&row.pipeline_id)) } { (row.pipeline_id) } br;
                  a.small.muted href={ "/executions/" (row.pipeline_execution_id) } { "exec " (short_id(&row.pipeline_execution_id)) } }
             td { (row.stage_name) span.muted { " / " } (row.step_name) }
-            td.nowrap { (flag_link(row)) }
+            @if flag { td.nowrap { (flag_link(row)) } }
             td { span title=(row.experiment_id) { (row.experiment_name) } }
             td.num { (row.attempt) }
             td { (when_stacked(row.started_at)) }

@@ -1,0 +1,263 @@
+//! The Kafka side of ingest: assigns every partition of the view's topics itself (no
+//! consumer group), polls records into batches, hands each batch to the writer, and
+//! tracks catch-up and lag against the brokers' high watermarks.
+//!
+//! Rule: the next offset of a partition advances only from a committed batch (the
+//! writer returns it), so what the reader believes stored is what the store holds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use super::status::{IngestStatus, PartitionLag};
+use super::writer::{Pending, apply_batch};
+use crate::config::KafkaConfig;
+use crate::view::decode::TopicRole;
+use crate::view::store::{Store, ViewError};
+
+/// Records applied per SQLite transaction, at most.
+const MAX_BATCH: usize = 10_000;
+/// How long a batch waits for more records once it has one.
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// How often partitions are looked for again (new topics, added partitions).
+const METADATA_EVERY: Duration = Duration::from_secs(10);
+/// How often lag is measured against the brokers' high watermarks.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+/// Time allowed for a metadata or watermark request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The consumer settings: the worker's client settings, `read_committed`, no group, no
+/// commits (offsets live in the store), a bounded prefetch (view RSS).
+pub(super) fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = crate::bus::client::client_config(kafka);
+    if !kafka.properties.contains_key("queued.max.messages.kbytes") {
+        config.set("queued.max.messages.kbytes", "4096");
+    }
+    config
+        .set("group.id", format!("{}-view", kafka.group_id))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    config
+}
+
+/// The ingest loop's state.
+pub(super) struct Projection {
+    pub(super) consumer: BaseConsumer,
+    pub(super) store: Store,
+    pub(super) status: IngestStatus,
+    pub(super) roles: HashMap<String, TopicRole>,
+    /// Next offset per partition, as committed in the store.
+    pub(super) next: HashMap<(String, i32), i64>,
+    /// Last sequence number used.
+    pub(super) seq: i64,
+    /// Partitions assigned, with the high watermark each had when first assigned.
+    pub(super) assigned: BTreeMap<(String, i32), i64>,
+    /// Partitions still to reach their start high watermark (`None` before the first
+    /// metadata answer).
+    pub(super) targets: Option<BTreeMap<(String, i32), i64>>,
+}
+
+impl Projection {
+    pub(super) fn run(&mut self, stop: &AtomicBool) -> Result<(), ViewError> {
+        let mut last_metadata: Option<Instant> = None;
+        let mut last_lag = Instant::now();
+        let mut errors = 0u64;
+        while !stop.load(Ordering::Acquire) {
+            if last_metadata.is_none_or(|t| t.elapsed() >= METADATA_EVERY) {
+                last_metadata = Some(Instant::now());
+                if let Err(err) = self.assign_new_partitions() {
+                    tracing::warn!(error = %err, "view ingest: cannot read topic metadata yet");
+                }
+            }
+            let mut batch: Vec<Pending> = Vec::new();
+            let mut window_end: Option<Instant> = None;
+            while batch.len() < MAX_BATCH {
+                let timeout = match window_end {
+                    None => Duration::from_millis(100),
+                    Some(end) => end.saturating_duration_since(Instant::now()),
+                };
+                match self.consumer.poll(timeout) {
+                    None => break,
+                    Some(Err(err)) => {
+                        errors += 1;
+                        if errors == 1 || errors.is_multiple_of(50) {
+                            tracing::warn!(error = %err, errors, "view ingest: Kafka error");
+                        }
+                        break;
+                    }
+                    Some(Ok(message)) => {
+                        let topic = message.topic().to_string();
+                        let Some(role) = self.roles.get(&topic).copied() else {
+                            continue;
+                        };
+                        batch.push(Pending {
+                            role,
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            timestamp: message.timestamp().to_millis(),
+                            message: crate::bus::record::from_rdkafka(&message),
+                            topic,
+                        });
+                        window_end.get_or_insert_with(|| Instant::now() + BATCH_WINDOW);
+                    }
+                }
+                if window_end.is_some_and(|end| Instant::now() >= end) {
+                    break;
+                }
+            }
+            if !batch.is_empty() {
+                self.apply(batch)?;
+            }
+            self.check_caught_up();
+            if last_lag.elapsed() >= LAG_EVERY {
+                last_lag = Instant::now();
+                self.measure_lag();
+            }
+        }
+        Ok(())
+    }
+
+    /// Assigns partitions of the view's topics not assigned yet, from their stored
+    /// offsets, and notes their high watermarks (the first time: the catch-up target).
+    fn assign_new_partitions(&mut self) -> Result<(), ViewError> {
+        let mut found: Vec<(String, i32)> = Vec::new();
+        let topics: Vec<String> = self.roles.keys().cloned().collect();
+        for topic in &topics {
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+                .map_err(|e| ViewError::Task(format!("metadata of topic {topic}: {e}")))?;
+            for t in metadata.topics() {
+                if t.error().is_some() {
+                    continue;
+                }
+                for p in t.partitions() {
+                    let key = (t.name().to_string(), p.id());
+                    if !self.assigned.contains_key(&key) {
+                        found.push(key);
+                    }
+                }
+            }
+        }
+        let first = self.targets.is_none();
+        let targets = self.targets.get_or_insert_with(BTreeMap::new);
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in &found {
+            let offset = match self.next.get(&(topic.clone(), *partition)) {
+                Some(next) => Offset::Offset(*next),
+                None => Offset::Beginning,
+            };
+            list.add_partition_offset(topic, *partition, offset)
+                .map_err(|e| ViewError::Task(format!("assign {topic}/{partition}: {e}")))?;
+        }
+        self.consumer
+            .incremental_assign(&list)
+            .map_err(|e| ViewError::Task(format!("assign partitions: {e}")))?;
+        for (topic, partition) in found {
+            let high = self
+                .consumer
+                .fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)
+                .map(|(_, high)| high)
+                .unwrap_or(0);
+            tracing::debug!(topic, partition, high, "view ingest: partition assigned");
+            if first {
+                targets.insert((topic.clone(), partition), high);
+            }
+            self.assigned.insert((topic, partition), high);
+        }
+        Ok(())
+    }
+
+    /// Marks the status caught up once every partition reached its target.
+    fn check_caught_up(&mut self) {
+        if self.status.caught_up() {
+            return;
+        }
+        let Some(targets) = &mut self.targets else {
+            return;
+        };
+        if !targets.is_empty() {
+            let positions = self.consumer.position().ok();
+            let position = |topic: &str, partition: i32| {
+                positions
+                    .as_ref()
+                    .and_then(|p| p.find_partition(topic, partition))
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+                    .unwrap_or(-1)
+            };
+            let next = &self.next;
+            targets.retain(|(topic, partition), high| {
+                let at = next
+                    .get(&(topic.clone(), *partition))
+                    .copied()
+                    .unwrap_or(0)
+                    .max(position(topic, *partition));
+                at < *high
+            });
+        }
+        if targets.is_empty() {
+            tracing::info!(seq = self.seq, "view ingest caught up");
+            self.status.inner.caught_up.store(true, Ordering::Release);
+        }
+    }
+
+    fn measure_lag(&mut self) {
+        let mut lags = Vec::new();
+        for (topic, partition) in self.assigned.keys() {
+            let Ok((_, high)) = self
+                .consumer
+                .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)
+            else {
+                continue;
+            };
+            let next = self
+                .next
+                .get(&(topic.clone(), *partition))
+                .copied()
+                .unwrap_or(0);
+            lags.push(PartitionLag {
+                topic: topic.clone(),
+                partition: *partition,
+                next_offset: next,
+                high_watermark: high,
+                lag: (high - next).max(0),
+            });
+        }
+        if let Ok(mut lag) = self.status.inner.lag.lock() {
+            *lag = lags;
+        }
+    }
+
+    /// Applies a batch and its offsets in one transaction, then publishes its counts
+    /// and last sequence number.
+    fn apply(&mut self, batch: Vec<Pending>) -> Result<(), ViewError> {
+        let mut seq = self.seq;
+        let records = batch.len() as u64;
+        let (rows, problems, offsets) = self
+            .store
+            .write_blocking(|c| apply_batch(c, &batch, &mut seq))?;
+        self.seq = seq;
+        for (key, next) in offsets {
+            self.next.insert(key, next);
+        }
+        let inner = &self.status.inner;
+        inner.records.fetch_add(records, Ordering::Relaxed);
+        inner.rows.fetch_add(rows, Ordering::Relaxed);
+        inner.problems.fetch_add(problems, Ordering::Relaxed);
+        inner.batches.fetch_add(1, Ordering::Relaxed);
+        inner.seq.send_replace(u64::try_from(seq).unwrap_or(0));
+        Ok(())
+    }
+}
