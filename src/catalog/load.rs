@@ -16,7 +16,7 @@ use super::document::Document;
 use super::experiment::Experiment;
 use super::pipeline::Pipeline;
 use super::problem::{FieldPath, Finding, Problem, sort_problems};
-use super::route::RouteMatcher;
+use super::route::RouteTable;
 use super::schema_check::SchemaCheck;
 use super::validate::{self, Entry};
 
@@ -28,7 +28,7 @@ const MAX_DEPTH: usize = 32;
 pub struct Catalog {
     pipelines: BTreeMap<String, Pipeline>,
     experiments: BTreeMap<String, Experiment>,
-    routes: Vec<RouteMatcher>,
+    routes: RouteTable,
     files: usize,
 }
 
@@ -136,9 +136,8 @@ impl Catalog {
     /// At most one can: overlapping routes are refused when the catalog loads.
     pub fn pipeline_for(&self, project: &str, environment: &str, flag: &str) -> Option<&Pipeline> {
         self.routes
-            .iter()
-            .find(|route| route.matches(project, environment, flag))
-            .and_then(|route| self.pipelines.get(&route.pipeline))
+            .pipeline_for(project, environment, flag)
+            .and_then(|id| self.pipelines.get(id))
     }
 
     /// Every pipeline, by id.
@@ -395,15 +394,14 @@ fn check(
     if !typed_ok {
         return None;
     }
-    let mut routes = Vec::new();
-    for pipeline in pipelines.values() {
-        for route in &pipeline.routes {
-            match RouteMatcher::new(&pipeline.id, route) {
-                Ok(matcher) => routes.push(matcher),
-                Err(_) => return None,
-            }
-        }
-    }
+    let every_route = pipelines.values().flat_map(|pipeline| {
+        pipeline
+            .routes
+            .iter()
+            .map(|route| (pipeline.id.as_str(), route))
+    });
+    // A glob that does not compile was reported above (`typed_ok` is false then).
+    let routes = RouteTable::new(every_route).ok()?;
     Some(Catalog {
         pipelines,
         experiments,

@@ -19,40 +19,82 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use globset::{Glob, GlobMatcher};
+use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::pipeline::Route;
 
-/// A route with its flag glob compiled, ready to match flag changes.
-#[derive(Debug, Clone)]
-pub struct RouteMatcher {
-    /// The pipeline the route belongs to.
-    pub pipeline: String,
-    project: Option<String>,
-    environment: Option<String>,
-    flag: Option<GlobMatcher>,
+/// Every route of a catalog, compiled to match flag changes in one pass.
+///
+/// The flag globs are compiled together into one `globset::GlobSet`, which matches the
+/// literal prefixes and suffixes that routes mostly are (`checkout-*`) without running a
+/// regex per route; the routes without a flag glob are checked on their own. Overlapping
+/// routes are refused when the catalog loads, so at most one route takes a change.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Place>,
+    /// The routes' flag globs, compiled together.
+    globs: GlobSet,
+    /// For each glob in `globs`, its route's index in `routes`.
+    globbed: Vec<usize>,
+    /// The routes that set no flag glob.
+    unglobbed: Vec<usize>,
 }
 
-impl RouteMatcher {
-    /// Compiles `route` of pipeline `pipeline`; fails when the flag glob is not valid.
-    pub fn new(pipeline: &str, route: &Route) -> Result<Self, globset::Error> {
-        let flag = match &route.flag {
-            Some(glob) => Some(Glob::new(glob)?.compile_matcher()),
-            None => None,
-        };
-        Ok(RouteMatcher {
-            pipeline: pipeline.to_string(),
-            project: route.project.clone(),
-            environment: route.environment.clone(),
-            flag,
-        })
-    }
+/// A route's pipeline and the exact fields it sets.
+#[derive(Debug, Clone)]
+struct Place {
+    pipeline: String,
+    project: Option<String>,
+    environment: Option<String>,
+}
 
-    /// Whether a change to `flag` in `project`/`environment` takes this route.
-    pub fn matches(&self, project: &str, environment: &str, flag: &str) -> bool {
+impl Place {
+    fn holds(&self, project: &str, environment: &str) -> bool {
         self.project.as_deref().is_none_or(|p| p == project)
             && self.environment.as_deref().is_none_or(|e| e == environment)
-            && self.flag.as_ref().is_none_or(|glob| glob.is_match(flag))
+    }
+}
+
+impl RouteTable {
+    /// Compiles `routes`, each with the id of its pipeline; fails when a flag glob is not
+    /// valid (validation reports that first, with its file and line: see [`check_glob`]).
+    pub fn new<'a>(
+        routes: impl IntoIterator<Item = (&'a str, &'a Route)>,
+    ) -> Result<Self, globset::Error> {
+        let mut table = RouteTable::default();
+        let mut globs = GlobSetBuilder::new();
+        for (pipeline, route) in routes {
+            let index = table.routes.len();
+            table.routes.push(Place {
+                pipeline: pipeline.to_string(),
+                project: route.project.clone(),
+                environment: route.environment.clone(),
+            });
+            match &route.flag {
+                Some(glob) => {
+                    globs.add(Glob::new(glob)?);
+                    table.globbed.push(index);
+                }
+                None => table.unglobbed.push(index),
+            }
+        }
+        table.globs = globs.build()?;
+        Ok(table)
+    }
+
+    /// The pipeline of the route a change to `flag` in `project`/`environment` takes.
+    pub fn pipeline_for(&self, project: &str, environment: &str, flag: &str) -> Option<&str> {
+        let unglobbed = self.unglobbed.iter().copied();
+        let globbed = self
+            .globs
+            .matches(flag)
+            .into_iter()
+            .map(|glob| self.globbed[glob]);
+        unglobbed
+            .chain(globbed)
+            .map(|index| &self.routes[index])
+            .find(|place| place.holds(project, environment))
+            .map(|place| place.pipeline.as_str())
     }
 }
 
@@ -371,18 +413,30 @@ mod tests {
     }
 
     #[test]
-    fn matchers_route_by_project_environment_and_glob() {
-        let matcher = RouteMatcher::new(
-            "demo-checkout",
-            &route(Some("demo"), Some("staging"), Some("checkout-*")),
-        )
+    fn the_table_routes_by_project_environment_and_glob() {
+        let checkout = route(Some("demo"), Some("staging"), Some("checkout-*"));
+        let search = route(Some("demo"), None, Some("search-{a,b}"));
+        let shop = route(Some("shop"), None, None);
+        let table = RouteTable::new([
+            ("demo-checkout", &checkout),
+            ("demo-search", &search),
+            ("shop", &shop),
+        ])
         .unwrap();
-        assert!(matcher.matches("demo", "staging", "checkout-v2"));
-        assert!(!matcher.matches("demo", "staging", "search-v2"));
-        assert!(!matcher.matches("demo", "production", "checkout-v2"));
-        assert!(!matcher.matches("shop", "staging", "checkout-v2"));
-        let any = RouteMatcher::new("all", &route(None, None, None)).unwrap();
-        assert!(any.matches("x", "y", "z"));
+        let find = |p, e, f| table.pipeline_for(p, e, f);
+        assert_eq!(
+            find("demo", "staging", "checkout-v2"),
+            Some("demo-checkout")
+        );
+        assert_eq!(find("demo", "production", "checkout-v2"), None);
+        assert_eq!(find("demo", "production", "search-b"), Some("demo-search"));
+        assert_eq!(find("demo", "staging", "search-c"), None);
+        assert_eq!(find("shop", "any", "checkout-v2"), Some("shop"));
+        assert_eq!(find("other", "staging", "checkout-v2"), None);
+        let any = route(None, None, None);
+        let all = RouteTable::new([("all", &any)]).unwrap();
+        assert_eq!(all.pipeline_for("x", "y", "z"), Some("all"));
+        assert_eq!(RouteTable::default().pipeline_for("x", "y", "z"), None);
         assert!(check_glob("checkout-[").is_err());
         assert!(check_glob("checkout-{a,b}").is_ok());
     }
