@@ -21,10 +21,6 @@
 //! worker refuses at start a width whose offsets metadata could not record it) set the
 //! sizes; `BENCH_PHASES` (`pure,gated,latency`, all by default) picks the phases.
 
-// The worker runs in this process: the same allocator as the `chaosgate` binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[path = "support/cpu.rs"]
 mod cpu;
 use cpu::{cpu_seconds, cpu_seconds_by_thread};

@@ -7,12 +7,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's malloc: the worker allocates and frees small buffers per
-/// record, run and probe across threads, where mimalloc costs less CPU (BENCHMARKS.md,
-/// Worker, session 5).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Gates feature-flag changes on chaos experiments, over Kafka.
 ///
 /// Flag services publish flag-change events; chaosgate runs each pipeline stage's chaos
