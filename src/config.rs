@@ -197,7 +197,9 @@ pub struct CatalogConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Flags gated at the same time, at most.
+    /// Flags gated at the same time, at most. At most 472: the committed offsets metadata
+    /// must name every unfinished event within Kafka's `offset.metadata.max.bytes` (4 KiB
+    /// by default); a larger value is refused at start.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// Time allowed for a graceful shutdown, all steps together (interrupt runs, publish
