@@ -225,12 +225,43 @@ pub async fn run(plan: Plan) -> Report {
     }
     if !report.violations.is_empty() {
         report.diagnostics = format!(
-            "{}\n--- soak broker log (last 30 lines)\n{}\n",
+            "{}\n--- soak broker log (last 30 lines)\n{}\n{}\n",
             h.log_tails(),
-            kafka.broker_tail(30)
+            kafka.broker_tail(30),
+            keep_logs(h.dir.path())
         );
     }
     report
+}
+
+/// Copies the workers' whole logs out of the harness's temporary folder, which goes
+/// when the soak ends (unless `WORKER_TEST_KEEP` is set), so a broken bound can be traced
+/// afterwards; says where they went.
+fn keep_logs(from: &std::path::Path) -> String {
+    let to = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "soak-logs-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S")
+    ));
+    let copied = std::fs::create_dir_all(&to).and_then(|()| {
+        let mut copied = 0;
+        for entry in std::fs::read_dir(from)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "log")
+                && let Some(name) = path.file_name()
+            {
+                std::fs::copy(&path, to.join(name))?;
+                copied += 1;
+            }
+        }
+        Ok(copied)
+    });
+    match copied {
+        Ok(n) => format!("--- {n} whole worker logs kept in {}", to.display()),
+        Err(err) => format!(
+            "--- could not keep the worker logs in {}: {err}",
+            to.display()
+        ),
+    }
 }
 
 /// Sends `plan.events_per_second` flag changes a second, round-robin over the flags
