@@ -13,6 +13,13 @@ const DEFAULTS: &[(&str, &str)] = &[
     // waits for the peer's delayed ACK (40 ms on Linux), which showed as the gate
     // overhead's p99.
     ("socket.nagle.disable", "true"),
+    // librdkafka doubles the wait before reconnecting to a broker after each failed try,
+    // up to `reconnect.backoff.max.ms` (10,000 by default, then -25 % to +50 % jitter:
+    // CONFIGURATION.md), so after a broker restart or a spell of resets the worker could
+    // sit up to 15 s with the broker back and its partitions unfetched (the soak saw 5 s
+    // between the group's assignment and the first fetch). Java clients cap it at 1,000
+    // (KIP-144); so does chaosgate: at most one connection attempt a second per broker.
+    ("reconnect.backoff.max.ms", "1000"),
 ];
 
 /// A client configuration with the bootstrap servers, chaosgate's defaults and every

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -16,8 +17,18 @@ use chaosgate::config::Config;
 use chaosgate::telemetry::http::Readiness;
 
 /// How long `chaosgate run` waits before it starts a fresh worker after the consumer
-/// failed fatally (fenced by another member with the same `group.instance.id`).
-const FATAL_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
+/// failed fatally (fenced by another member with the same `group.instance.id`): 500 ms
+/// after a worker that ran for [`FATAL_CALM`] or more, doubled after each worker that
+/// failed sooner (two replicas sharing an instance id fence each other in turn), up to
+/// 8 s.
+fn fatal_backoff(failed_in_a_row: u32) -> Duration {
+    let doublings = failed_in_a_row.saturating_sub(1).min(4);
+    Duration::from_millis(500) * (1 << doublings)
+}
+
+/// A worker that ran this long before its consumer failed fatally starts the backoff of
+/// [`fatal_backoff`] from its first step again.
+const FATAL_CALM: Duration = Duration::from_secs(60);
 
 /// Arguments of `chaosgate run`.
 #[derive(Debug, Args)]
@@ -86,7 +97,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             proxy: proxy.clone(),
             ..RunContext::default()
         };
+        let mut failed_in_a_row = 0;
         let result = loop {
+            let started = std::time::Instant::now();
             match chaosgate::bus::worker::run(
                 config.clone(),
                 catalog.clone(),
@@ -99,9 +112,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Err(error @ WorkerError::ConsumerFatal { .. }) if !shutdown.is_cancelled() => {
                     // A fatal consumer never consumes again; a fresh worker (new consumer,
                     // new committer) takes its place. See docs/operations.md.
-                    tracing::error!(%error, backoff_ms = FATAL_BACKOFF.as_millis() as u64, "starting a fresh worker");
+                    failed_in_a_row = if started.elapsed() >= FATAL_CALM { 1 } else { failed_in_a_row + 1 };
+                    let backoff = fatal_backoff(failed_in_a_row);
+                    tracing::error!(%error, backoff_ms = backoff.as_millis() as u64, "starting a fresh worker");
                     tokio::select! {
-                        () = tokio::time::sleep(FATAL_BACKOFF) => {}
+                        () = tokio::time::sleep(backoff) => {}
                         () = shutdown.cancelled() => break Ok(()),
                     }
                 }
@@ -112,7 +127,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             proxy.shutdown().await;
         }
         endpoints_stop.cancel();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoints.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoints.task).await;
         result
     });
     // Flushes the spans still buffered, while the runtime still runs.
@@ -120,7 +135,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The worker keeps to its grace period; work still going after it (a commit retrying
     // against an absent broker) must not hold the exit, as dropping the runtime would:
     // what was not committed runs again after a restart.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    runtime.shutdown_timeout(Duration::from_millis(500));
     stopped?;
     Ok(ExitCode::SUCCESS)
 }
@@ -140,4 +155,16 @@ pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fatal_backoff_doubles_from_half_a_second_to_eight() {
+        let waits: Vec<u128> = (1..=7).map(|n| fatal_backoff(n).as_millis()).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        assert_eq!(fatal_backoff(0).as_millis(), 500);
+    }
 }
