@@ -7,13 +7,9 @@
 //! exceed `max.poll.interval.ms`.
 //!
 //! Rules that keep it right:
-//! - **Flow.** A partition is paused while its offsets are unread, while its book is
-//!   full (its unfinished events or how far they run ahead reach what its offsets
-//!   metadata can record: `PartitionOffsets::is_full`), while the backlog (events read
-//!   but not started) is over `8 × max_in_flight` until it halves, and while draining.
-//!   Records that arrive while its offsets are unread or its book is full are held, in
-//!   order, and let in once it has room. [`Scheduler::flow`] compares that with what librdkafka was told, per
-//!   partition, so a partition assigned during backpressure is paused too.
+//! - **Flow.** A partition is paused while it may not take records (offsets unread, book
+//!   full, backlog over its limit, draining); records a fetch delivers meanwhile are held
+//!   in order and let in later. See [`flow`].
 //! - **Start marks.** An execution's start count goes to the committer as a start mark
 //!   (its offsets, plus the records closing its previous attempt's runs), so a run cut
 //!   off by a crash, a shutdown or a rebalance runs again as the next attempt with its
@@ -51,9 +47,8 @@ use super::rebalance::{NewPartition, RebalanceEvent};
 use super::run_records::RunRecords;
 use super::supervisor::{Panicked, Supervisor};
 
-/// Events waiting (for their flag or a slot) beyond `BACKLOG_FACTOR × max_in_flight`
-/// pause consumption until the backlog halves.
-pub(super) const BACKLOG_FACTOR: usize = 8;
+mod flow;
+pub(super) use flow::FlowChange;
 
 /// An execution that ended, with its records and command encoded (in its own task,
 /// not in the consumer loop).
@@ -84,13 +79,6 @@ struct Partition {
     /// Records that arrived before its offsets were read or while its book was full (a
     /// fetch ahead of the pause), in offset order.
     held: VecDeque<(i64, KafkaMessage)>,
-}
-
-/// Partitions to pause and to resume at librdkafka.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct FlowChange {
-    pub pause: Vec<i32>,
-    pub resume: Vec<i32>,
 }
 
 /// The consumer loop's state; see the module docs.
@@ -222,82 +210,6 @@ impl Scheduler {
         );
         for (offset, message) in held {
             self.receive(loaded.partition, offset, message);
-        }
-    }
-
-    /// What to pause and resume now; see "Flow" in the module docs. The caller tells
-    /// librdkafka, and [`Scheduler::flow_failed`] when that fails.
-    pub fn flow(&mut self) -> FlowChange {
-        self.admit_held();
-        let backlog = self.queues.waiting()
-            + self.ready.len()
-            + self
-                .partitions
-                .values()
-                .map(|p| p.held.len())
-                .sum::<usize>();
-        let limit = self.wiring.max_in_flight * BACKLOG_FACTOR;
-        if !self.backpressure && backlog > limit {
-            self.backpressure = true;
-            tracing::info!(backlog, limit, "backpressure: partitions paused");
-        } else if self.backpressure && backlog <= limit / 2 {
-            self.backpressure = false;
-            tracing::info!(backlog, limit, "backpressure: partitions resumed");
-        }
-        let mut change = FlowChange::default();
-        for (id, partition) in &mut self.partitions {
-            let pause = self.draining
-                || self.backpressure
-                || !partition.loaded
-                || !partition.held.is_empty();
-            if pause != partition.paused {
-                partition.paused = pause;
-                if pause {
-                    change.pause.push(*id);
-                } else {
-                    change.resume.push(*id);
-                }
-            }
-        }
-        change
-    }
-
-    /// Lets in the records held for partitions whose books have room again (see "Flow").
-    fn admit_held(&mut self) {
-        if self.draining || self.partitions.values().all(|p| p.held.is_empty()) {
-            return;
-        }
-        let ready: Vec<i32> = {
-            let ledger = self.wiring.ledger.lock();
-            self.partitions
-                .iter()
-                .filter(|(id, p)| {
-                    p.loaded
-                        && !p.held.is_empty()
-                        && ledger.get(id).is_some_and(|b| !b.offsets.is_full())
-                })
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        for id in ready {
-            let Some(partition) = self.partitions.get_mut(&id) else {
-                continue;
-            };
-            // What the book cannot take yet goes back to `held`, in order.
-            for (offset, message) in std::mem::take(&mut partition.held) {
-                self.receive(id, offset, message);
-            }
-        }
-    }
-
-    /// librdkafka refused `change`: the next [`Scheduler::flow`] tries again.
-    pub fn flow_failed(&mut self, change: &FlowChange) {
-        for (ids, paused) in [(&change.pause, false), (&change.resume, true)] {
-            for id in ids {
-                if let Some(partition) = self.partitions.get_mut(id) {
-                    partition.paused = paused;
-                }
-            }
         }
     }
 
@@ -590,156 +502,4 @@ impl Scheduler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bus::kill_switch::KillSwitch;
-    use crate::bus::offsets::{Ledger, PartitionOffsets};
-    use crate::catalog::Catalog;
-    use crate::chaos::runner::RunContext;
-    use crate::config::Topics;
-    use crate::contract::{Change, ChangeKind, FlagChange};
-    use tokio_util::sync::CancellationToken;
-
-    fn pending(offset: i64) -> Pending {
-        let change = FlagChange {
-            event_id: format!("event-{offset}"),
-            occurred_at: chrono::Utc::now(),
-            project: "p".into(),
-            environment: "e".into(),
-            flag: "f".into(),
-            change: Change {
-                kind: ChangeKind::Enable,
-                from: None,
-                to: None,
-            },
-            pipeline_id: None,
-            actor: None,
-            account: None,
-        };
-        Pending {
-            partition: 0,
-            epoch: 1,
-            offset,
-            flag: change.flag_key(),
-            change,
-            pipeline: None,
-            span: tracing::Span::none(),
-            execution_id: None,
-            kill: CancellationToken::new(),
-        }
-    }
-
-    /// A scheduler with one slot, an empty catalog and partition 0 (epoch 1) assigned,
-    /// its offsets not read yet; with its ledger and what it hands the committer.
-    fn one_partition() -> (Scheduler, Ledger, std::sync::mpsc::Receiver<Completion>) {
-        let (completions, committed) = std::sync::mpsc::channel();
-        let catalog = Catalog::from_parts(Vec::new(), Vec::new()).expect("empty catalog");
-        let ledger = Ledger::default();
-        let mut scheduler = Scheduler::new(Wiring {
-            topics: Arc::new(Topics::default()),
-            group: "g".into(),
-            max_message_bytes: 1 << 20,
-            max_in_flight: 1,
-            catalog: Arc::new(catalog),
-            run: RunContext::default(),
-            ledger: ledger.clone(),
-            assignment: Arc::new(std::sync::Mutex::new(HashMap::from([(0, 1)]))),
-            kill_switch: KillSwitch::default(),
-            completions,
-        });
-        scheduler.rebalance(&RebalanceEvent::Assigned(vec![NewPartition {
-            partition: 0,
-            epoch: 1,
-            interrupt: CancellationToken::new(),
-        }]));
-        (scheduler, ledger, committed)
-    }
-
-    #[tokio::test]
-    async fn a_panicking_run_frees_its_slot_and_its_flag_and_keeps_its_offset() {
-        let (mut scheduler, ledger, committed) = one_partition();
-        scheduler.loaded(Loaded {
-            partition: 0,
-            epoch: 1,
-            offsets: PartitionOffsets::default(),
-        });
-        // Offset 0 runs (its flag busy, the one slot taken) and panics; offset 1 of the
-        // same flag waits behind it.
-        for offset in [0, 1] {
-            let book = ledger.lock().get_mut(&0).map(|b| b.offsets.receive(offset));
-            assert_eq!(book, Some(Receipt::Process));
-        }
-        let first = pending(0);
-        assert!(scheduler.queues.admit(&first.flag.clone(), first).is_some());
-        let ticket = Ticket {
-            partition: 0,
-            offset: 0,
-            flag: "p/e/f".into(),
-            execution_id: None,
-            attempt: 1,
-        };
-        scheduler.runs.spawn(ticket, async { panic!("boom") });
-        let second = pending(1);
-        assert!(
-            scheduler
-                .queues
-                .admit(&second.flag.clone(), second)
-                .is_none()
-        );
-
-        match scheduler.next_ended().await {
-            Err(panicked) => scheduler.panicked(panicked),
-            Ok(_) => panic!("the run did not panic"),
-        }
-        assert_eq!(scheduler.running(), 0, "the slot is free");
-        // The flag moved on: offset 1 (not gated) was answered at once.
-        let completion = committed.try_recv().expect("offset 1 answered");
-        assert_eq!(completion.outputs.len(), 1);
-        // Offset 0 stays unfinished: the watermark holds for the next owner.
-        assert_eq!(
-            ledger.lock().get(&0).map(|b| b.offsets.watermark()),
-            Some(0)
-        );
-    }
-
-    #[test]
-    fn records_of_a_full_book_wait_in_order_until_it_has_room() {
-        let (mut scheduler, ledger, committed) = one_partition();
-        // Every offset its metadata can record is unfinished.
-        let mut offsets = PartitionOffsets::default();
-        let full = crate::bus::offsets::MAX_PENDING as i64;
-        for offset in 0..full {
-            offsets.receive(offset);
-        }
-        scheduler.loaded(Loaded {
-            partition: 0,
-            epoch: 1,
-            offsets,
-        });
-        assert!(scheduler.flow().pause.is_empty());
-        // Two more records (bad input, dead-lettered once let in) wait, and the partition
-        // pauses.
-        let bad = || KafkaMessage {
-            key: None,
-            value: Some(b"not a flag change".to_vec()),
-            headers: Vec::new(),
-        };
-        scheduler.receive(0, full, bad());
-        scheduler.receive(0, full + 1, bad());
-        assert_eq!(scheduler.flow().pause, [0]);
-        assert!(committed.try_recv().is_err(), "nothing was let in");
-        // One unfinished offset finishes: the records go in, in order (each is answered at
-        // once, so the next fits too), and the partition resumes.
-        if let Some(book) = ledger.lock().get_mut(&0) {
-            book.offsets.complete(0);
-        }
-        assert_eq!(scheduler.flow().resume, [0]);
-        assert!(committed.try_recv().is_ok(), "offset {full} let in");
-        assert!(committed.try_recv().is_ok(), "offset {} let in", full + 1);
-        let book = ledger
-            .lock()
-            .get_mut(&0)
-            .map(|b| b.offsets.receive(full + 1));
-        assert_eq!(book, Some(Receipt::Skip), "done, in order");
-    }
-}
+mod tests;
