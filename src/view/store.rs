@@ -263,7 +263,7 @@ impl std::fmt::Debug for Store {
 }
 
 /// The writer's page cache, in KiB (as a negative `cache_size`, SQLite's unit for KiB).
-const WRITER_CACHE_KIB: i64 = -48 * 1024;
+const WRITER_CACHE_KIB: i64 = -80 * 1024;
 
 /// Readers kept open between queries; more are opened (and closed after) under load.
 const IDLE_READERS: usize = 4;
