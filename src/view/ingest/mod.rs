@@ -17,11 +17,9 @@
 //!   the row and published through [`IngestStatus::subscribe`] once committed.
 //!
 //! Parts: [`status`] (what ingest has done, read by the web layer), `reader` (the
-//! Kafka side: assignment, batches, catch-up, lag), `align` (which partitions to read
-//! next in a catch-up, so records of one moment are stored together) and `writer` (one
-//! batch, one SQLite transaction).
+//! Kafka side: assignment, batches, catch-up, lag) and `writer` (one batch, one SQLite
+//! transaction).
 
-mod align;
 mod reader;
 pub mod status;
 mod writer;
@@ -36,7 +34,6 @@ use crate::config::KafkaConfig;
 use crate::view::decode::TopicRole;
 use crate::view::store::{SqliteContext, Store, ViewError};
 
-use align::Alignment;
 use reader::{Projection, consumer_config};
 pub use status::{IngestStatus, PartitionLag};
 
@@ -130,8 +127,6 @@ pub fn start(kafka: &KafkaConfig, store: Store) -> Result<Ingest, ViewError> {
         seq,
         assigned: BTreeMap::new(),
         targets: None,
-        alignment: Alignment::default(),
-        read: 0,
         errors: 0,
     };
     let thread = {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use super::align::Alignment;
 use super::status::{IngestStatus, PartitionLag};
 use super::writer::{Batch, Pending};
 use crate::config::KafkaConfig;
@@ -22,7 +21,7 @@ use crate::view::store::{Location, Store, ViewError};
 /// Records applied per SQLite transaction, at most. Records are written as they are
 /// read, so a batch is not held in memory: the bound is what one transaction leaves in
 /// the WAL and how long readers wait to see it.
-const MAX_BATCH: usize = 40_000;
+const MAX_BATCH: usize = 10_000;
 /// A transaction ends when no record came for this long.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// The longest a transaction stays open while the view catches up: larger transactions
@@ -37,8 +36,6 @@ const METADATA_EVERY: Duration = Duration::from_secs(10);
 const LAG_EVERY: Duration = Duration::from_secs(5);
 /// Time allowed for a metadata or watermark request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Records read between two decisions of which partitions to pause ([`Alignment`]).
-const ALIGN_EVERY: usize = 256;
 
 /// The consumer settings: the worker's client settings, `read_committed`, no group, no
 /// commits (offsets live in the store), a bounded prefetch (view RSS).
@@ -72,10 +69,6 @@ pub(super) struct Projection {
     /// Partitions still to reach their start high watermark (`None` before the first
     /// metadata answer).
     pub(super) targets: Option<BTreeMap<(String, i32), i64>>,
-    /// The partitions' reading pace (time-aligned catch-up).
-    pub(super) alignment: Alignment,
-    /// Records read, for [`ALIGN_EVERY`].
-    pub(super) read: usize,
     /// Kafka errors seen (logged now and then).
     pub(super) errors: u64,
 }
@@ -91,7 +84,6 @@ impl Projection {
                     tracing::warn!(error = %err, "view ingest: cannot read topic metadata yet");
                 }
             }
-            self.align();
             // A batch's first record is awaited outside its transaction.
             if let Some(first) = self.next_record(Duration::from_millis(100)) {
                 self.apply_from(first, stop)?;
@@ -127,24 +119,14 @@ impl Projection {
             let Some(role) = self.roles.get(&topic).copied() else {
                 continue;
             };
-            let timestamp = message.timestamp().to_millis();
-            let key = (topic, message.partition());
-            self.alignment
-                .delivered(&key, message.offset(), timestamp, Instant::now());
-            let pending = Pending {
+            return Some(Pending {
                 role,
-                partition: key.1,
+                partition: message.partition(),
                 offset: message.offset(),
-                timestamp,
+                timestamp: message.timestamp().to_millis(),
                 message: crate::bus::record::from_rdkafka(&message),
-                topic: key.0,
-            };
-            drop(message);
-            self.read += 1;
-            if self.read.is_multiple_of(ALIGN_EVERY) {
-                self.align();
-            }
-            return Some(pending);
+                topic,
+            });
         }
     }
 
@@ -191,7 +173,9 @@ impl Projection {
         let inner = &self.status.inner;
         inner.records.fetch_add(applied.records, Ordering::Relaxed);
         inner.rows.fetch_add(applied.rows, Ordering::Relaxed);
-        inner.problems.fetch_add(applied.problems, Ordering::Relaxed);
+        inner
+            .problems
+            .fetch_add(applied.problems, Ordering::Relaxed);
         inner.batches.fetch_add(1, Ordering::Relaxed);
         inner
             .seq
@@ -245,8 +229,6 @@ impl Projection {
                 .map(|(_, high)| high)
                 .unwrap_or(0);
             tracing::debug!(topic, partition, high, "view ingest: partition assigned");
-            self.alignment
-                .high_watermark(&(topic.clone(), partition), high);
             if first {
                 targets.insert((topic.clone(), partition), high);
             }
@@ -305,8 +287,6 @@ impl Projection {
                 .get(&(topic.clone(), *partition))
                 .copied()
                 .unwrap_or(0);
-            self.alignment
-                .high_watermark(&(topic.clone(), *partition), high);
             lags.push(PartitionLag {
                 topic: topic.clone(),
                 partition: *partition,
@@ -319,36 +299,4 @@ impl Projection {
             *lag = lags;
         }
     }
-
-    /// Pauses the partitions read too far ahead of the slowest and resumes the others
-    /// ([`Alignment`]). A refused pause or resume is logged and tried again next time.
-    fn align(&mut self) {
-        let now = Instant::now();
-        let decision = self.alignment.decide(now);
-        for (keys, pause) in [(decision.pause, true), (decision.resume, false)] {
-            if keys.is_empty() {
-                continue;
-            }
-            let mut list = TopicPartitionList::new();
-            for (topic, partition) in &keys {
-                list.add_partition(topic, *partition);
-            }
-            let result = if pause {
-                self.consumer.pause(&list)
-            } else {
-                self.consumer.resume(&list)
-            };
-            tracing::debug!(pause, partitions = ?keys, "view ingest: aligning partitions");
-            match result {
-                Ok(()) => self.alignment.applied(&keys, pause, now),
-                Err(err) => tracing::warn!(
-                    error = %err,
-                    pause,
-                    partitions = ?keys,
-                    "view ingest: cannot pause or resume partitions"
-                ),
-            }
-        }
-    }
-
 }
