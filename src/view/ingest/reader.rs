@@ -1,6 +1,7 @@
 //! The Kafka side of ingest: assigns every partition of the view's topics itself (no
-//! consumer group), polls records into batches, hands each batch to the writer, and
-//! tracks catch-up and lag against the brokers' high watermarks.
+//! consumer group), polls records and hands each to the writer's open transaction as it
+//! is read (no batch is held in memory), ends a transaction at a size or time bound,
+//! and tracks catch-up and lag against the brokers' high watermarks.
 //!
 //! Rule: the next offset of a partition advances only from a committed batch (the
 //! writer returns it), so what the reader believes stored is what the store holds.
@@ -133,16 +134,19 @@ impl Projection {
     /// Writes `first` and the records that follow it in one transaction, with the
     /// partitions' next offsets, then publishes its counts and last sequence number.
     /// The transaction ends when [`MAX_BATCH`] records are written, none came for
-    /// [`BATCH_WINDOW`], it has been open for [`MAX_OPEN_CATCH_UP`] (before the view
-    /// caught up) or [`MAX_OPEN_LIVE`] (after), or ingest is stopped.
+    /// [`BATCH_WINDOW`] (in a memory store: none is waiting), it has been open for
+    /// [`MAX_OPEN_CATCH_UP`] (before the view caught up) or [`MAX_OPEN_LIVE`] (after),
+    /// or ingest is stopped.
     fn apply_from(&mut self, first: Pending, stop: &AtomicBool) -> Result<(), ViewError> {
         let store = self.store.clone();
-        // A memory store's readers share the writer's connection: they wait for the
-        // open transaction, so it stays short there.
-        let open_for = if self.status.caught_up() || self.store.location() == &Location::Memory {
-            MAX_OPEN_LIVE
+        // A memory store's readers share the writer's connection and wait for the open
+        // transaction: there it takes only the records already read, never waits for more.
+        let (open_for, wait) = if self.store.location() == &Location::Memory {
+            (MAX_OPEN_LIVE, Duration::ZERO)
+        } else if self.status.caught_up() {
+            (MAX_OPEN_LIVE, BATCH_WINDOW)
         } else {
-            MAX_OPEN_CATCH_UP
+            (MAX_OPEN_CATCH_UP, BATCH_WINDOW)
         };
         let seq = self.seq;
         let applied = store.write_blocking(|c| {
@@ -154,7 +158,7 @@ impl Projection {
                 && opened.elapsed() < open_for
                 && !stop.load(Ordering::Acquire)
             {
-                match self.next_record(BATCH_WINDOW) {
+                match self.next_record(wait) {
                     Some(pending) => batch.apply(&pending)?,
                     None => break,
                 }
