@@ -127,6 +127,7 @@ pub fn start(kafka: &KafkaConfig, store: Store) -> Result<Ingest, ViewError> {
         seq,
         assigned: BTreeMap::new(),
         targets: None,
+        errors: 0,
     };
     let thread = {
         let stop = stop.clone();

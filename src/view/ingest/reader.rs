@@ -1,6 +1,7 @@
 //! The Kafka side of ingest: assigns every partition of the view's topics itself (no
-//! consumer group), polls records into batches, hands each batch to the writer, and
-//! tracks catch-up and lag against the brokers' high watermarks.
+//! consumer group), polls records and hands each to the writer's open transaction as it
+//! is read (no batch is held in memory), ends a transaction at a size or time bound,
+//! and tracks catch-up and lag against the brokers' high watermarks.
 //!
 //! Rule: the next offset of a partition advances only from a committed batch (the
 //! writer returns it), so what the reader believes stored is what the store holds.
@@ -13,15 +14,23 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::status::{IngestStatus, PartitionLag};
-use super::writer::{Pending, apply_batch};
+use super::writer::{Batch, Pending};
 use crate::config::KafkaConfig;
 use crate::view::decode::TopicRole;
-use crate::view::store::{Store, ViewError};
+use crate::view::store::{Location, Store, ViewError};
 
-/// Records applied per SQLite transaction, at most.
+/// Records applied per SQLite transaction, at most. Records are written as they are
+/// read, so a batch is not held in memory: the bound is what one transaction leaves in
+/// the WAL and how long readers wait to see it.
 const MAX_BATCH: usize = 10_000;
-/// How long a batch waits for more records once it has one.
+/// A transaction ends when no record came for this long.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// The longest a transaction stays open while the view catches up: larger transactions
+/// write each page they dirty (the hot pages of every index) once for more records.
+const MAX_OPEN_CATCH_UP: Duration = Duration::from_secs(5);
+/// The longest a transaction stays open once caught up (live updates wait for it), and
+/// always in a memory store.
+const MAX_OPEN_LIVE: Duration = Duration::from_millis(250);
 /// How often partitions are looked for again (new topics, added partitions).
 const METADATA_EVERY: Duration = Duration::from_secs(10);
 /// How often lag is measured against the brokers' high watermarks.
@@ -61,13 +70,14 @@ pub(super) struct Projection {
     /// Partitions still to reach their start high watermark (`None` before the first
     /// metadata answer).
     pub(super) targets: Option<BTreeMap<(String, i32), i64>>,
+    /// Kafka errors seen (logged now and then).
+    pub(super) errors: u64,
 }
 
 impl Projection {
     pub(super) fn run(&mut self, stop: &AtomicBool) -> Result<(), ViewError> {
         let mut last_metadata: Option<Instant> = None;
         let mut last_lag = Instant::now();
-        let mut errors = 0u64;
         while !stop.load(Ordering::Acquire) {
             if last_metadata.is_none_or(|t| t.elapsed() >= METADATA_EVERY) {
                 last_metadata = Some(Instant::now());
@@ -75,44 +85,9 @@ impl Projection {
                     tracing::warn!(error = %err, "view ingest: cannot read topic metadata yet");
                 }
             }
-            let mut batch: Vec<Pending> = Vec::new();
-            let mut window_end: Option<Instant> = None;
-            while batch.len() < MAX_BATCH {
-                let timeout = match window_end {
-                    None => Duration::from_millis(100),
-                    Some(end) => end.saturating_duration_since(Instant::now()),
-                };
-                match self.consumer.poll(timeout) {
-                    None => break,
-                    Some(Err(err)) => {
-                        errors += 1;
-                        if errors == 1 || errors.is_multiple_of(50) {
-                            tracing::warn!(error = %err, errors, "view ingest: Kafka error");
-                        }
-                        break;
-                    }
-                    Some(Ok(message)) => {
-                        let topic = message.topic().to_string();
-                        let Some(role) = self.roles.get(&topic).copied() else {
-                            continue;
-                        };
-                        batch.push(Pending {
-                            role,
-                            partition: message.partition(),
-                            offset: message.offset(),
-                            timestamp: message.timestamp().to_millis(),
-                            message: crate::bus::record::from_rdkafka(&message),
-                            topic,
-                        });
-                        window_end.get_or_insert_with(|| Instant::now() + BATCH_WINDOW);
-                    }
-                }
-                if window_end.is_some_and(|end| Instant::now() >= end) {
-                    break;
-                }
-            }
-            if !batch.is_empty() {
-                self.apply(batch)?;
+            // A batch's first record is awaited outside its transaction.
+            if let Some(first) = self.next_record(Duration::from_millis(100)) {
+                self.apply_from(first, stop)?;
             }
             self.check_caught_up();
             if last_lag.elapsed() >= LAG_EVERY {
@@ -120,6 +95,95 @@ impl Projection {
                 self.measure_lag();
             }
         }
+        Ok(())
+    }
+
+    /// The next record of a topic the view reads, waiting up to `timeout`: `None` when
+    /// none came (or Kafka reported an error, logged).
+    fn next_record(&mut self, timeout: Duration) -> Option<Pending> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let message = match self
+                .consumer
+                .poll(deadline.saturating_duration_since(Instant::now()))?
+            {
+                Ok(message) => message,
+                Err(err) => {
+                    self.errors += 1;
+                    if self.errors == 1 || self.errors.is_multiple_of(50) {
+                        tracing::warn!(error = %err, errors = self.errors, "view ingest: Kafka error");
+                    }
+                    return None;
+                }
+            };
+            let topic = message.topic().to_string();
+            let Some(role) = self.roles.get(&topic).copied() else {
+                continue;
+            };
+            return Some(Pending {
+                role,
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp: message.timestamp().to_millis(),
+                message: crate::bus::record::from_rdkafka(&message),
+                topic,
+            });
+        }
+    }
+
+    /// Writes `first` and the records that follow it in one transaction, with the
+    /// partitions' next offsets, then publishes its counts and last sequence number.
+    /// The transaction ends when [`MAX_BATCH`] records are written, none came for
+    /// [`BATCH_WINDOW`] (in a memory store: none is waiting), it has been open for
+    /// [`MAX_OPEN_CATCH_UP`] (before the view caught up) or [`MAX_OPEN_LIVE`] (after),
+    /// or ingest is stopped.
+    fn apply_from(&mut self, first: Pending, stop: &AtomicBool) -> Result<(), ViewError> {
+        let store = self.store.clone();
+        // A memory store's readers share the writer's connection and wait for the open
+        // transaction: there it takes only the records already read, never waits for more.
+        let (open_for, wait) = if self.store.location() == &Location::Memory {
+            (MAX_OPEN_LIVE, Duration::ZERO)
+        } else if self.status.caught_up() {
+            (MAX_OPEN_LIVE, BATCH_WINDOW)
+        } else {
+            (MAX_OPEN_CATCH_UP, BATCH_WINDOW)
+        };
+        let seq = self.seq;
+        let applied = store.write_blocking(|c| {
+            let opened = Instant::now();
+            let mut batch = Batch::begin(c, seq)?;
+            batch.apply(&first)?;
+            drop(first);
+            while batch.records() < MAX_BATCH
+                && opened.elapsed() < open_for
+                && !stop.load(Ordering::Acquire)
+            {
+                match self.next_record(wait) {
+                    Some(pending) => batch.apply(&pending)?,
+                    None => break,
+                }
+            }
+            batch.commit()
+        })?;
+        tracing::debug!(
+            records = applied.records,
+            rows = applied.rows,
+            "view ingest: batch committed"
+        );
+        self.seq = applied.seq;
+        for (key, next) in applied.offsets {
+            self.next.insert(key, next);
+        }
+        let inner = &self.status.inner;
+        inner.records.fetch_add(applied.records, Ordering::Relaxed);
+        inner.rows.fetch_add(applied.rows, Ordering::Relaxed);
+        inner
+            .problems
+            .fetch_add(applied.problems, Ordering::Relaxed);
+        inner.batches.fetch_add(1, Ordering::Relaxed);
+        inner
+            .seq
+            .send_replace(u64::try_from(applied.seq).unwrap_or(0));
         Ok(())
     }
 
@@ -238,26 +302,5 @@ impl Projection {
         if let Ok(mut lag) = self.status.inner.lag.lock() {
             *lag = lags;
         }
-    }
-
-    /// Applies a batch and its offsets in one transaction, then publishes its counts
-    /// and last sequence number.
-    fn apply(&mut self, batch: Vec<Pending>) -> Result<(), ViewError> {
-        let mut seq = self.seq;
-        let records = batch.len() as u64;
-        let (rows, problems, offsets) = self
-            .store
-            .write_blocking(|c| apply_batch(c, &batch, &mut seq))?;
-        self.seq = seq;
-        for (key, next) in offsets {
-            self.next.insert(key, next);
-        }
-        let inner = &self.status.inner;
-        inner.records.fetch_add(records, Ordering::Relaxed);
-        inner.rows.fetch_add(rows, Ordering::Relaxed);
-        inner.problems.fetch_add(problems, Ordering::Relaxed);
-        inner.batches.fetch_add(1, Ordering::Relaxed);
-        inner.seq.send_replace(u64::try_from(seq).unwrap_or(0));
-        Ok(())
     }
 }

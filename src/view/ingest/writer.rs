@@ -1,5 +1,6 @@
 //! The writer side of ingest: one batch of records, one SQLite transaction (rows,
-//! ingest problems, the partitions' next offsets and the last sequence number).
+//! ingest problems, the partitions' next offsets and the last sequence number). Records
+//! are written as they are read, inside the open transaction ([`Batch`]).
 //!
 //! Rules: the offsets are in the same transaction as the rows, so a record is applied
 //! once, never twice, never skipped; per `run_id` the record with the highest
@@ -25,70 +26,139 @@ pub(super) struct Pending {
     pub(super) message: KafkaMessage,
 }
 
-/// Writes `batch` in one transaction: rows, problems, next offsets and the last
-/// sequence number. Returns (rows applied, problems, next offsets).
-#[allow(clippy::type_complexity)]
-pub(super) fn apply_batch(
-    c: &mut Connection,
-    batch: &[Pending],
-    seq: &mut i64,
-) -> Result<(u64, u64, HashMap<(String, i32), i64>), ViewError> {
-    let tx = c.transaction().what("begin an ingest transaction")?;
-    let mut rows = 0;
-    let mut problems = 0;
-    let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
-    let now = to_millis(Utc::now());
-    for pending in batch {
+/// One open ingest transaction: records are written as they are read (so a batch is
+/// never held in memory), and the partitions' next offsets and the last sequence number
+/// are written at [`Batch::commit`], in the same transaction.
+pub(super) struct Batch<'c> {
+    tx: Transaction<'c>,
+    seq: i64,
+    now: i64,
+    records: usize,
+    rows: u64,
+    problems: u64,
+    offsets: HashMap<(String, i32), i64>,
+    /// Executions written from run records in this transaction, with the earliest start.
+    started: HashMap<String, i64>,
+}
+
+/// What a committed batch did.
+pub(super) struct Applied {
+    /// Records read.
+    pub(super) records: u64,
+    /// Rows inserted or replaced.
+    pub(super) rows: u64,
+    /// Records stored as ingest problems.
+    pub(super) problems: u64,
+    /// The next offset of each partition the batch read.
+    pub(super) offsets: HashMap<(String, i32), i64>,
+    /// The last sequence number used.
+    pub(super) seq: i64,
+}
+
+impl<'c> Batch<'c> {
+    /// Begins a transaction; rows get sequence numbers after `seq`.
+    pub(super) fn begin(c: &'c mut Connection, seq: i64) -> Result<Batch<'c>, ViewError> {
+        Ok(Batch {
+            tx: c.transaction().what("begin an ingest transaction")?,
+            seq,
+            now: to_millis(Utc::now()),
+            records: 0,
+            rows: 0,
+            problems: 0,
+            offsets: HashMap::new(),
+            started: HashMap::new(),
+        })
+    }
+
+    /// Records written so far.
+    pub(super) fn records(&self) -> usize {
+        self.records
+    }
+
+    /// Writes one record: its row, or an ingest problem.
+    pub(super) fn apply(&mut self, pending: &Pending) -> Result<(), ViewError> {
         let position = (&pending.topic, pending.partition, pending.offset);
         let written = match decode::decode(pending.role, &pending.message) {
-            Ok(decoded) => write_row(&tx, decoded, pending, *seq + 1, now)?,
+            Ok(decoded) => write_row(
+                &self.tx,
+                decoded,
+                pending,
+                self.seq + 1,
+                self.now,
+                &mut self.started,
+            )?,
             Err(reason) => Written::Problem(reason),
         };
         match written {
             Written::Row => {
-                *seq += 1;
-                rows += 1;
+                self.seq += 1;
+                self.rows += 1;
             }
             Written::Unchanged => {}
             Written::Problem(reason) => {
-                *seq += 1;
-                problems += 1;
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO problems (topic, partition, \"offset\", seq, reason, at) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![position.0, position.1, position.2, *seq, reason, now])
-                })
-                .what("store an ingest problem")?;
+                self.seq += 1;
+                self.problems += 1;
+                self.tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO problems (topic, partition, \"offset\", seq, reason, at) \
+                         VALUES (?, ?, ?, ?, ?, ?)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            position.0, position.1, position.2, self.seq, reason, self.now
+                        ])
+                    })
+                    .what("store an ingest problem")?;
             }
         }
-        offsets.insert(
-            (pending.topic.clone(), pending.partition),
-            pending.offset + 1,
-        );
-    }
-    {
-        let mut statement = tx
-            .prepare_cached(
-                "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?) \
-                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-            )
-            .what("prepare offsets")?;
-        for ((topic, partition), next) in &offsets {
-            statement
-                .execute(params![topic, partition, next])
-                .what("store an offset")?;
+        self.records += 1;
+        match self
+            .offsets
+            .get_mut(&(pending.topic.clone(), pending.partition))
+        {
+            Some(next) => *next = pending.offset + 1,
+            None => {
+                self.offsets.insert(
+                    (pending.topic.clone(), pending.partition),
+                    pending.offset + 1,
+                );
+            }
         }
+        Ok(())
     }
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES ('seq', ?) \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [*seq],
-    )
-    .what("store the sequence number")?;
-    tx.commit().what("commit an ingest transaction")?;
-    Ok((rows, problems, offsets))
+
+    /// Writes the next offsets and the last sequence number, and commits.
+    pub(super) fn commit(self) -> Result<Applied, ViewError> {
+        {
+            let mut statement = self
+                .tx
+                .prepare_cached(
+                    "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?) \
+                     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                )
+                .what("prepare offsets")?;
+            for ((topic, partition), next) in &self.offsets {
+                statement
+                    .execute(params![topic, partition, next])
+                    .what("store an offset")?;
+            }
+        }
+        self.tx
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('seq', ?) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [self.seq],
+            )
+            .what("store the sequence number")?;
+        self.tx.commit().what("commit an ingest transaction")?;
+        Ok(Applied {
+            records: self.records as u64,
+            rows: self.rows,
+            problems: self.problems,
+            offsets: self.offsets,
+            seq: self.seq,
+        })
+    }
 }
 
 fn headers_json(message: &KafkaMessage) -> String {
@@ -121,12 +191,17 @@ enum Written {
 }
 
 /// Writes one decoded record with sequence number `seq`.
+///
+/// `started`: the executions this transaction already wrote from a run record, with the
+/// earliest start it gave each; a run of one of them starting no earlier needs no
+/// execution upsert (the four runs of an execution usually come in one transaction).
 fn write_row(
     tx: &Transaction<'_>,
     decoded: Decoded,
     pending: &Pending,
     seq: i64,
     now: i64,
+    started: &mut HashMap<String, i64>,
 ) -> Result<Written, ViewError> {
     let (topic, partition, offset) = (&pending.topic, pending.partition, pending.offset);
     match decoded {
@@ -231,6 +306,18 @@ fn write_row(
                     )));
                 }
             }
+            let run_started = to_millis(r.started_at);
+            if started
+                .get(&r.pipeline_execution_id)
+                .is_some_and(|earliest| *earliest <= run_started)
+            {
+                return Ok(if changed > 0 {
+                    Written::Row
+                } else {
+                    Written::Unchanged
+                });
+            }
+            started.insert(r.pipeline_execution_id.clone(), run_started);
             tx.prepare_cached(
                 "INSERT INTO executions (pipeline_execution_id, pipeline_id, trigger_event_id, \
                  project, environment, flag, status, started_at) \
