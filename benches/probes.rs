@@ -80,6 +80,8 @@ async fn run(probes: usize, secs: u64, url: String) -> Outcome {
             method: "GET".to_string(),
             headers: Default::default(),
             body: None,
+            follow_redirects: false,
+            redirect_any_host: false,
             criteria: HttpCriteria::default(),
         }),
         tcp: None,

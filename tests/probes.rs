@@ -39,8 +39,21 @@ impl Target {
 /// Starts the target on a free loopback port; it stops with the test's runtime.
 async fn start_target() -> Target {
     let flaky_hits = Arc::new(Mutex::new(Vec::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let redirect = |status: StatusCode, location: String| {
+        move || async move { (status, [(axum::http::header::LOCATION, location)], "") }
+    };
     let app = Router::new()
         .route("/ok", get(|| async { "all good" }))
+        .route("/moved", get(redirect(StatusCode::MOVED_PERMANENTLY, "/ok".into())))
+        .route("/to-login", get(redirect(StatusCode::FOUND, "/ok".into())))
+        // The same port under another host name: another host to a redirect policy.
+        .route(
+            "/elsewhere",
+            get(redirect(StatusCode::FOUND, format!("http://localhost:{}/ok", addr.port()))),
+        )
+        .route("/loop", get(redirect(StatusCode::FOUND, "/loop".into())))
         .route(
             "/down",
             get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }),
@@ -85,8 +98,6 @@ async fn start_target() -> Target {
             }),
         )
         .with_state(flaky_hits.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     Target { addr, flaky_hits }
 }
@@ -128,6 +139,8 @@ fn http_probe(url: String, criteria: HttpCriteria) -> Probe {
             method: "GET".to_string(),
             headers: BTreeMap::new(),
             body: None,
+            follow_redirects: false,
+            redirect_any_host: false,
             criteria,
         }),
         ..bare_probe(props(3_000, 100, 1))
@@ -190,6 +203,73 @@ async fn http_status_in_the_default_range_passes_and_outside_fails_with_the_rang
         format!("GET {down_url}: status 503 not in [200-299]")
     );
     assert_eq!(down.attempts, 1);
+}
+
+fn following(mut probe: Probe, any_host: bool) -> Probe {
+    if let Some(http) = probe.http.as_mut() {
+        http.follow_redirects = true;
+        http.redirect_any_host = any_host;
+    }
+    probe
+}
+
+#[tokio::test]
+async fn http_probes_judge_a_redirect_itself_unless_told_to_follow() {
+    let target = start_target().await;
+    let status_301 = HttpCriteria {
+        status: vec![StatusMatch::Code(301)],
+        ..HttpCriteria::default()
+    };
+    let moved = check(&http_probe(target.url("/moved"), status_301)).await;
+    assert!(passed(&moved), "a probe for 301 sees the 301: {moved:?}");
+
+    let login_url = target.url("/to-login");
+    let lost = check(&http_probe(login_url.clone(), HttpCriteria::default())).await;
+    assert_eq!(
+        error_of(&lost),
+        format!(
+            "GET {login_url}: status 302 not in [200-299] \
+             (a redirect to /ok, not followed: see follow_redirects)"
+        )
+    );
+
+    let followed = check(&following(
+        http_probe(login_url, HttpCriteria::default()),
+        false,
+    ))
+    .await;
+    assert!(passed(&followed), "same-host redirect followed: {followed:?}");
+}
+
+#[tokio::test]
+async fn followed_redirects_stay_on_the_host_unless_any_host_is_allowed() {
+    let target = start_target().await;
+    let elsewhere = target.url("/elsewhere");
+    let refused = check(&following(
+        http_probe(elsewhere.clone(), HttpCriteria::default()),
+        false,
+    ))
+    .await;
+    let error = error_of(&refused);
+    assert!(
+        error.contains("redirected to another host (http://localhost:")
+            && error.contains("set redirect_any_host"),
+        "{error}"
+    );
+
+    let any = check(&following(
+        http_probe(elsewhere, HttpCriteria::default()),
+        true,
+    ))
+    .await;
+    assert!(passed(&any), "{any:?}");
+
+    let looping = check(&following(
+        http_probe(target.url("/loop"), HttpCriteria::default()),
+        false,
+    ))
+    .await;
+    assert!(error_of(&looping).contains("more than 10 redirects"), "{looping:?}");
 }
 
 #[tokio::test]

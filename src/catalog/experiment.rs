@@ -558,9 +558,23 @@ pub struct HttpProbe {
     /// Request body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// Follow 3xx redirects (at most 10) and judge the last answer. Default `false`: the
+    /// probe judges the answer of `url` itself, a redirect included (`status: [301]`
+    /// passes on a URL that answers 301; a `302` to a login page fails `200-299`).
+    /// Only redirects to the host and port of `url` are followed unless
+    /// `redirect_any_host` is also `true`; one to another host fails the attempt.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub follow_redirects: bool,
+    /// With `follow_redirects`, also follow redirects to other hosts. Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub redirect_any_host: bool,
     /// What the response must satisfy.
     #[serde(default)]
     pub criteria: HttpCriteria,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn default_method() -> String {
@@ -762,6 +776,8 @@ pub fn experiment_example() -> Experiment {
                 method: default_method(),
                 headers: BTreeMap::new(),
                 body: None,
+                follow_redirects: false,
+                redirect_any_host: false,
                 criteria: HttpCriteria {
                     max_response_ms: Some(300),
                     ..HttpCriteria::default()

@@ -260,6 +260,14 @@ fn check_probe_blocks(probe: &Value, path: &FieldPath, out: &mut Vec<Finding>) {
     if let Some(http) = probe.get("http") {
         let at = path.key("http");
         check_url(http, "url", &at, out);
+        if http.get("redirect_any_host") == Some(&Value::Bool(true))
+            && http.get("follow_redirects") != Some(&Value::Bool(true))
+        {
+            out.push(Finding::new(
+                at.key("redirect_any_host"),
+                "redirect_any_host has no effect without follow_redirects: true",
+            ));
+        }
         if let Some(criteria) = http.get("criteria") {
             let at = at.key("criteria");
             if let Some(pattern) = text(criteria, "body_regex") {
@@ -532,6 +540,21 @@ mod tests {
             .iter()
             .map(|f| format!("{}: {}", f.path, f.message))
             .collect()
+    }
+
+    #[test]
+    fn redirect_any_host_without_follow_redirects_is_refused() {
+        let probe = |http: serde_json::Value| {
+            json!({"kind": "experiment", "id": "x", "faults": [],
+                   "probes": [{"name": "p", "mode": "eot", "http": http}]})
+        };
+        let alone = probe(json!({"url": "http://x/", "redirect_any_host": true}));
+        assert_eq!(
+            messages(&check_experiment(&alone)),
+            ["probes[0].http.redirect_any_host: redirect_any_host has no effect without follow_redirects: true"]
+        );
+        let both = probe(json!({"url": "http://x/", "follow_redirects": true, "redirect_any_host": true}));
+        assert!(messages(&check_experiment(&both)).is_empty());
     }
 
     #[test]

@@ -1,8 +1,15 @@
 //! HTTP probes: one request, judged on its status, its response time and its body.
 //!
-//! Every probe (and the Prometheus probe) goes through ONE shared HTTP client, so ten
-//! thousand experiments share one connection pool instead of building ten thousand. The
-//! client ignores `HTTP_PROXY` and friends: a probe watches the target directly.
+//! Every probe (and the Prometheus probe) goes through one of three shared HTTP clients,
+//! so ten thousand experiments share a connection pool instead of building ten thousand.
+//! The clients ignore `HTTP_PROXY` and friends: a probe watches the target directly.
+//!
+//! A probe judges the answer of the URL it was given: by default no redirect is followed
+//! (a `302` to a login page is a `302`, not the login page's `200`). With
+//! `follow_redirects` it follows at most [`MAX_REDIRECTS`] hops, each to the host and port
+//! of the probe's URL; a hop elsewhere fails the attempt, naming where it led, unless
+//! `redirect_any_host` is set too. A redirect policy is per client in reqwest, hence one
+//! client per [`Redirects`] rule.
 //!
 //! At most [`MAX_IN_FLIGHT`] probe requests are in flight at once, which bounds the open
 //! connections (and so the memory) when thousands of probes fire together; a request
@@ -16,7 +23,8 @@
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::header::{HeaderName, HeaderValue, LOCATION};
+use reqwest::redirect::Policy;
 use reqwest::{Client, Method, Url};
 use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -32,19 +40,76 @@ pub const MAX_IN_FLIGHT: usize = 512;
 
 static IN_FLIGHT: Semaphore = Semaphore::const_new(MAX_IN_FLIGHT);
 
-static CLIENT: LazyLock<Result<Client, String>> = LazyLock::new(|| {
+/// At most this many redirects are followed by a probe with `follow_redirects`.
+pub const MAX_REDIRECTS: usize = 10;
+
+/// Which redirects a probe request follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Redirects {
+    /// None: the answer of the URL itself is judged (the default, and Prometheus's).
+    None,
+    /// Those to the URL's own host and port (`follow_redirects: true`).
+    SameHost,
+    /// All (`follow_redirects: true` with `redirect_any_host: true`).
+    AnyHost,
+}
+
+impl Redirects {
+    fn of(probe: &HttpProbe) -> Self {
+        match (probe.follow_redirects, probe.redirect_any_host) {
+            (false, _) => Redirects::None,
+            (true, false) => Redirects::SameHost,
+            (true, true) => Redirects::AnyHost,
+        }
+    }
+
+    fn policy(self) -> Policy {
+        match self {
+            Redirects::None => Policy::none(),
+            Redirects::AnyHost => Policy::limited(MAX_REDIRECTS),
+            Redirects::SameHost => Policy::custom(|attempt| {
+                let Some(first) = attempt.previous().first() else {
+                    return attempt.follow();
+                };
+                let origin = |url: &Url| (url.host_str().map(str::to_owned), url.port_or_known_default());
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+                } else if origin(attempt.url()) != origin(first) {
+                    let to = shown_url(attempt.url().as_str());
+                    attempt.error(format!(
+                        "redirected to another host ({to}); set redirect_any_host to follow it"
+                    ))
+                } else {
+                    attempt.follow()
+                }
+            }),
+        }
+    }
+}
+
+fn build_client(redirects: Redirects) -> Result<Client, String> {
     Client::builder()
         .no_proxy()
+        .redirect(redirects.policy())
         .pool_max_idle_per_host(MAX_IN_FLIGHT)
         .tcp_nodelay(true)
         .user_agent(concat!("chaosgate-probe/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|err| super::root_reason(&err))
+}
+
+static CLIENTS: LazyLock<[Result<Client, String>; 3]> = LazyLock::new(|| {
+    [Redirects::None, Redirects::SameHost, Redirects::AnyHost].map(build_client)
 });
 
-/// The HTTP client all probes share.
-pub(crate) fn client() -> Result<&'static Client, String> {
-    CLIENT
+/// The shared HTTP client for requests following `redirects`.
+pub(crate) fn client(redirects: Redirects) -> Result<&'static Client, String> {
+    let index = match redirects {
+        Redirects::None => 0,
+        Redirects::SameHost => 1,
+        Redirects::AnyHost => 2,
+    };
+    CLIENTS[index]
         .as_ref()
         .map_err(|reason| format!("the HTTP client could not start: {reason}"))
 }
@@ -96,12 +161,14 @@ pub enum HttpReason {
     #[error("no response within {0} ms")]
     TimedOut(u128),
     /// The status is not among the accepted ones.
-    #[error("status {status} not in [{accepted}]")]
+    #[error("status {status} not in [{accepted}]{}", not_followed(.location))]
     Status {
         /// The response status.
         status: u16,
         /// The accepted codes and ranges, as written in the probe.
         accepted: String,
+        /// For a redirect that was not followed, its `Location` (shortened).
+        location: Option<String>,
     },
     /// The response came, but later than `max_response_ms`.
     #[error("response took {took_ms} ms, more than {max_ms} ms")]
@@ -150,7 +217,7 @@ pub(super) async fn attempt(probe: &HttpProbe) -> Result<(), HttpFailure> {
         url: shown_url(&probe.url),
         reason,
     };
-    let client = client().map_err(|reason| fail(HttpReason::Client(reason)))?;
+    let client = client(Redirects::of(probe)).map_err(|reason| fail(HttpReason::Client(reason)))?;
     let method = Method::from_bytes(probe.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| fail(HttpReason::Method))?;
     let url = Url::parse(&probe.url).map_err(|err| fail(HttpReason::Url(err.to_string())))?;
@@ -173,6 +240,12 @@ pub(super) async fn attempt(probe: &HttpProbe) -> Result<(), HttpFailure> {
         .await
         .map_err(|err| fail(HttpReason::Send(super::root_reason(&err))))?;
     let status = response.status().as_u16();
+    let location = response
+        .status()
+        .is_redirection()
+        .then(|| response.headers().get(LOCATION))
+        .flatten()
+        .map(|value| shorten(&String::from_utf8_lossy(value.as_bytes()), 200));
     let mut body = Vec::new();
     while body.len() < BODY_LIMIT {
         match response.chunk().await {
@@ -185,7 +258,24 @@ pub(super) async fn attempt(probe: &HttpProbe) -> Result<(), HttpFailure> {
         }
     }
     let took = sent.elapsed();
-    judge(&probe.criteria, status, took, &body).map_err(fail)
+    judge(&probe.criteria, status, took, &body).map_err(|reason| match reason {
+        HttpReason::Status {
+            status, accepted, ..
+        } => fail(HttpReason::Status {
+            status,
+            accepted,
+            location,
+        }),
+        other => fail(other),
+    })
+}
+
+/// The note a failed status gets when it is a redirect the probe did not follow.
+fn not_followed(location: &Option<String>) -> String {
+    match location {
+        Some(to) => format!(" (a redirect to {to}, not followed: see follow_redirects)"),
+        None => String::new(),
+    }
 }
 
 /// Whether a response meets `criteria`; the first unmet criterion otherwise.
@@ -203,6 +293,7 @@ fn judge(
         return Err(HttpReason::Status {
             status,
             accepted: accepted_statuses(&criteria.status),
+            location: None,
         });
     }
     if let Some(max_ms) = criteria.max_response_ms

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::compare::{CompareFailure, compare, shorten};
-use super::http::{client, shown_url, turn};
+use super::http::{Redirects, client, shown_url, turn};
 use crate::catalog::experiment::PrometheusProbe;
 
 /// Why a Prometheus probe attempt failed, e.g.
@@ -109,7 +109,7 @@ pub(super) async fn attempt(probe: &PrometheusProbe) -> Result<(), PrometheusFai
         endpoint: shown_url(&probe.endpoint),
         reason,
     };
-    let client = client().map_err(|reason| fail(PrometheusReason::Client(reason)))?;
+    let client = client(Redirects::None).map_err(|reason| fail(PrometheusReason::Client(reason)))?;
     let url = query_url(&probe.endpoint, &probe.query).map_err(fail)?;
     let _turn = turn().await;
     let response = client
