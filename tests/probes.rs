@@ -46,12 +46,18 @@ async fn start_target() -> Target {
     };
     let app = Router::new()
         .route("/ok", get(|| async { "all good" }))
-        .route("/moved", get(redirect(StatusCode::MOVED_PERMANENTLY, "/ok".into())))
+        .route(
+            "/moved",
+            get(redirect(StatusCode::MOVED_PERMANENTLY, "/ok".into())),
+        )
         .route("/to-login", get(redirect(StatusCode::FOUND, "/ok".into())))
         // The same port under another host name: another host to a redirect policy.
         .route(
             "/elsewhere",
-            get(redirect(StatusCode::FOUND, format!("http://localhost:{}/ok", addr.port()))),
+            get(redirect(
+                StatusCode::FOUND,
+                format!("http://localhost:{}/ok", addr.port()),
+            )),
         )
         .route("/loop", get(redirect(StatusCode::FOUND, "/loop".into())))
         .route(
@@ -238,7 +244,10 @@ async fn http_probes_judge_a_redirect_itself_unless_told_to_follow() {
         false,
     ))
     .await;
-    assert!(passed(&followed), "same-host redirect followed: {followed:?}");
+    assert!(
+        passed(&followed),
+        "same-host redirect followed: {followed:?}"
+    );
 }
 
 #[tokio::test]
@@ -269,7 +278,10 @@ async fn followed_redirects_stay_on_the_host_unless_any_host_is_allowed() {
         false,
     ))
     .await;
-    assert!(error_of(&looping).contains("more than 10 redirects"), "{looping:?}");
+    assert!(
+        error_of(&looping).contains("more than 10 redirects"),
+        "{looping:?}"
+    );
 }
 
 #[tokio::test]

@@ -551,9 +551,12 @@ mod tests {
         let alone = probe(json!({"url": "http://x/", "redirect_any_host": true}));
         assert_eq!(
             messages(&check_experiment(&alone)),
-            ["probes[0].http.redirect_any_host: redirect_any_host has no effect without follow_redirects: true"]
+            [
+                "probes[0].http.redirect_any_host: redirect_any_host has no effect without follow_redirects: true"
+            ]
         );
-        let both = probe(json!({"url": "http://x/", "follow_redirects": true, "redirect_any_host": true}));
+        let both =
+            probe(json!({"url": "http://x/", "follow_redirects": true, "redirect_any_host": true}));
         assert!(messages(&check_experiment(&both)).is_empty());
     }
 

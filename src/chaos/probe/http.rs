@@ -71,7 +71,12 @@ impl Redirects {
                 let Some(first) = attempt.previous().first() else {
                     return attempt.follow();
                 };
-                let origin = |url: &Url| (url.host_str().map(str::to_owned), url.port_or_known_default());
+                let origin = |url: &Url| {
+                    (
+                        url.host_str().map(str::to_owned),
+                        url.port_or_known_default(),
+                    )
+                };
                 if attempt.previous().len() > MAX_REDIRECTS {
                     attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
                 } else if origin(attempt.url()) != origin(first) {
@@ -98,9 +103,8 @@ fn build_client(redirects: Redirects) -> Result<Client, String> {
         .map_err(|err| super::root_reason(&err))
 }
 
-static CLIENTS: LazyLock<[Result<Client, String>; 3]> = LazyLock::new(|| {
-    [Redirects::None, Redirects::SameHost, Redirects::AnyHost].map(build_client)
-});
+static CLIENTS: LazyLock<[Result<Client, String>; 3]> =
+    LazyLock::new(|| [Redirects::None, Redirects::SameHost, Redirects::AnyHost].map(build_client));
 
 /// The shared HTTP client for requests following `redirects`.
 pub(crate) fn client(redirects: Redirects) -> Result<&'static Client, String> {

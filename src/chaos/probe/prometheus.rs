@@ -109,7 +109,8 @@ pub(super) async fn attempt(probe: &PrometheusProbe) -> Result<(), PrometheusFai
         endpoint: shown_url(&probe.endpoint),
         reason,
     };
-    let client = client(Redirects::None).map_err(|reason| fail(PrometheusReason::Client(reason)))?;
+    let client =
+        client(Redirects::None).map_err(|reason| fail(PrometheusReason::Client(reason)))?;
     let url = query_url(&probe.endpoint, &probe.query).map_err(fail)?;
     let _turn = turn().await;
     let response = client
