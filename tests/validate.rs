@@ -182,6 +182,37 @@ fn the_base_catalog_of_these_tests_is_valid() {
 }
 
 #[test]
+fn yaml_11_boolean_words_are_text_as_yaml_12_says() {
+    let pipeline = edit(
+        PIPELINE,
+        "  - project: shop\n    environment: production\n    flag: checkout-*",
+        "  - project: on\n    environment: yes\n    flag: no",
+    );
+    let dir = catalog(&[(PIPELINE_FILE, &pipeline), (EXPERIMENT_FILE, EXPERIMENT)]);
+    let (code, lines, stderr) = validate_in(dir.path(), &["."]);
+    assert_eq!(code, 0, "{lines:#?} {stderr}");
+    let catalog = Catalog::load(&[dir.path().to_path_buf()]).unwrap();
+    let routed = catalog
+        .pipeline_for("on", "yes", "no")
+        .map(|p| p.id.as_str());
+    assert_eq!(routed, Some("checkout"));
+}
+
+#[test]
+fn a_yaml_11_boolean_word_in_a_boolean_field_is_named_with_what_to_write() {
+    let pipeline = edit(PIPELINE, "id: checkout\n", "id: checkout\ndry_run: yes\n");
+    expect_problems(
+        &pipeline,
+        EXPERIMENT,
+        &[
+            "pipelines/checkout.yaml:3: dry_run: expected true or false, found text 'yes' \
+             (catalog files are YAML 1.2, where 'yes' is text, not a boolean: write true; \
+             quote it where text is meant)",
+        ],
+    );
+}
+
+#[test]
 fn expected_score_above_100() {
     let pipeline = edit(
         PIPELINE,

@@ -1,8 +1,12 @@
 //! One catalog file read from YAML: its content as JSON (so it can be checked against the
 //! published JSON Schema and walked generically) and the line each field starts on.
 //!
-//! `serde-saphyr` turns the text into a `serde_json::Value` with YAML's scalar rules and
-//! reports syntax errors with their line. The values it produces carry no positions, so the
+//! `serde-saphyr` turns the text into a `serde_json::Value` with YAML 1.2's core schema
+//! and reports syntax errors with their line. Plain scalars mean what YAML 1.2 says: only
+//! `true`/`false` (any case of the first letter, or all capitals) are booleans, so `yes`,
+//! `no`, `on`, `off`, `y` and `n` stay text (YAML 1.1 read them as booleans, and so does
+//! serde-saphyr unless told otherwise: a route `flag: no` would become `false`). A boolean
+//! field given such a word is reported by the schema check, naming the word. The values it produces carry no positions, so the
 //! lines come from a second pass over the same text with its parser (`granit-parser`,
 //! re-exported by serde-saphyr): its events carry spans, and walking them gives the line of
 //! every mapping key and sequence item by field path.
@@ -36,13 +40,16 @@ pub struct SyntaxError {
 impl Document {
     /// Parses one YAML document.
     pub fn parse(text: &str) -> Result<Document, SyntaxError> {
-        let value: Value = serde_saphyr::from_str(text).map_err(|err| SyntaxError {
-            line: err
-                .location()
-                .and_then(|loc| usize::try_from(loc.line()).ok())
-                .filter(|line| *line > 0),
-            message: first_line(&err.without_snippet().to_string()),
-        })?;
+        let value: Value =
+            serde_saphyr::from_str_with_options(text, yaml_core_schema()).map_err(|err| {
+                SyntaxError {
+                    line: err
+                        .location()
+                        .and_then(|loc| usize::try_from(loc.line()).ok())
+                        .filter(|line| *line > 0),
+                    message: first_line(&err.without_snippet().to_string()),
+                }
+            })?;
         Ok(Document {
             value,
             lines: field_lines(text),
@@ -67,6 +74,12 @@ impl Document {
             path = path.parent()?;
         }
     }
+}
+
+/// serde-saphyr's options for YAML 1.2's core schema (section 10.3 of the YAML 1.2.2
+/// specification): strict booleans; octal only as `0o17` (serde-saphyr's default).
+fn yaml_core_schema() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
 }
 
 /// The parser's message on one line, without the location it repeats ("at line 3 column
@@ -176,6 +189,19 @@ fn place_node(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_scalars_follow_yaml_12_core_schema() {
+        let doc = Document::parse(
+            "a: no\nb: on\nc: yes\nd: off\ne: y\nf: N\ng: true\nh: False\ni: 0o17\nk: ~\n",
+        )
+        .unwrap();
+        let expected = serde_json::json!({
+            "a": "no", "b": "on", "c": "yes", "d": "off", "e": "y", "f": "N",
+            "g": true, "h": false, "i": 15, "k": null
+        });
+        assert_eq!(doc.value, expected);
+    }
 
     #[test]
     fn knows_the_line_of_every_field() {

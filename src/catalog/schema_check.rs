@@ -117,9 +117,10 @@ impl SchemaCheck {
             }
             ValidationErrorKind::Type { kind } => {
                 format!(
-                    "expected {}, found {}",
+                    "expected {}, found {}{}",
                     expected_types(kind),
-                    describe(instance)
+                    describe(instance),
+                    yaml_11_boolean_hint(kind, instance)
                 )
             }
             ValidationErrorKind::Pattern { pattern } => pattern_message(pattern, instance),
@@ -388,6 +389,27 @@ fn number(value: &Value) -> String {
         }
         _ => value.to_string(),
     }
+}
+
+/// For a boolean field given one of YAML 1.1's boolean words (text under YAML 1.2's core
+/// schema, which catalog files follow): which word, and what to write instead.
+fn yaml_11_boolean_hint(kind: &TypeKind, instance: &Value) -> String {
+    let wants_boolean = match kind {
+        TypeKind::Single(single) => single.to_string() == "boolean",
+        TypeKind::Multiple(set) => set.iter().any(|t| t.to_string() == "boolean"),
+    };
+    let Some(word) = instance.as_str().filter(|_| wants_boolean) else {
+        return String::new();
+    };
+    let meant = match word.to_ascii_lowercase().as_str() {
+        "yes" | "y" | "on" => "true",
+        "no" | "n" | "off" => "false",
+        _ => return String::new(),
+    };
+    format!(
+        " (catalog files are YAML 1.2, where '{word}' is text, not a boolean: write {meant}; \
+         quote it where text is meant)"
+    )
 }
 
 /// What kind of value this is, for "expected X, found Y".
