@@ -209,6 +209,11 @@ pub struct WorkerConfig {
     /// Lease of every injected fault; a fault not renewed in time reverts itself.
     #[serde(default = "default_lease")]
     pub fault_lease: Span,
+    /// The longest a step's run waits for a target held by another flag's experiment
+    /// (granted first come, first served) before it is `aborted` with that reason and
+    /// nothing injected. A step's `timeout` counts only from when its targets are held.
+    #[serde(default = "default_target_wait")]
+    pub target_wait: Span,
     /// How long the consumer loop or the committer may go without a sign of life before
     /// `/healthz` answers 503 (the loop goes round at least once a second; one commit
     /// attempt against an absent broker can take about a minute).
@@ -237,6 +242,9 @@ fn default_grace() -> Span {
 fn default_lease() -> Span {
     Span::from_millis(10_000)
 }
+fn default_target_wait() -> Span {
+    Span::from_millis(600_000)
+}
 fn default_liveness_timeout() -> Span {
     Span::from_millis(120_000)
 }
@@ -250,6 +258,7 @@ impl Default for WorkerConfig {
             max_in_flight: default_max_in_flight(),
             shutdown_grace: default_grace(),
             fault_lease: default_lease(),
+            target_wait: default_target_wait(),
             liveness_timeout: default_liveness_timeout(),
             instance_id: None,
             static_membership: default_static_membership(),

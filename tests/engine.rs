@@ -10,10 +10,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chaosgate::catalog::experiment::Experiment;
+use chaosgate::catalog::pipeline::Pipeline;
 use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
 use chaosgate::chaos::{ExperimentResult, ProgressEvent, RunContext, TargetLocks, run_experiment};
+use chaosgate::contract::run_record::RunRecord;
 use chaosgate::contract::run_record::{RunStatus, Verdict};
+use chaosgate::contract::{Change, ChangeKind, FlagChange};
+use chaosgate::gate::executor::{ExecutionContext, execute};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use support::{
     ChildGuard, CountingServer, EchoServer, Toxiproxy, echo_round_trip, free_port, process_state,
@@ -1117,5 +1122,127 @@ probes:
         server.hits("/").len(),
         2,
         "only the edge checks reach upstream"
+    );
+}
+
+/// Two flags' pipelines whose steps run experiments on one target (`command:payments`):
+/// flag `a` holds it for 2.5 s, flag `b` for 1 s, each step with a 3 s `timeout`; the
+/// catalog and each flag's change.
+fn two_flags_on_one_target(dir: &Path) -> (chaosgate::catalog::Catalog, [FlagChange; 2]) {
+    let mut pipelines = Vec::new();
+    let mut experiments = Vec::new();
+    for (flag, hold) in [("a", "2500ms"), ("b", "1s")] {
+        experiments.push(experiment(&format!(
+            r#"
+kind: experiment
+id: exp-{flag}
+faults:
+  - name: hold-{flag}
+    weight: 1
+    duration: {hold}
+    command:
+      target: payments
+      inject: {{ argv: ["touch", "{d}/{flag}"] }}
+      revert: {{ argv: ["rm", "{d}/{flag}"] }}
+"#,
+            d = dir.display()
+        )));
+        let pipeline: Pipeline = serde_saphyr::from_str(&format!(
+            r#"
+kind: pipeline
+id: gate-{flag}
+routes: [{{ project: p, environment: e, flag: {flag} }}]
+stages:
+  - id: chaos
+    type: feature_flag
+    steps:
+      - id: hold
+        experiment: exp-{flag}
+        expected_resilience_score: 0
+        timeout: 3s
+"#
+        ))
+        .unwrap();
+        pipelines.push(pipeline);
+    }
+    let change = |flag: &str| FlagChange {
+        event_id: format!("event-{flag}"),
+        occurred_at: chrono::Utc::now(),
+        project: "p".into(),
+        environment: "e".into(),
+        flag: flag.into(),
+        change: Change {
+            kind: ChangeKind::Enable,
+            from: None,
+            to: None,
+        },
+        pipeline_id: None,
+        actor: None,
+        account: None,
+    };
+    let catalog = chaosgate::catalog::Catalog::from_parts(pipelines, experiments).unwrap();
+    (catalog, [change("a"), change("b")])
+}
+
+/// Runs both flags' executions, the second 100 ms after the first, with `target_wait`.
+async fn gate_both(dir: &Path, target_wait: Option<Duration>) -> [RunRecord; 2] {
+    let (catalog, [a, b]) = two_flags_on_one_target(dir);
+    let context = ExecutionContext {
+        run: RunContext {
+            target_wait,
+            ..context()
+        },
+        attempt: 1,
+        kill: CancellationToken::new(),
+        interrupt: CancellationToken::new(),
+        updates: None,
+        start_committed: None,
+    };
+    let run = |change: FlagChange| {
+        let (catalog, context) = (&catalog, &context);
+        async move {
+            let pipeline = catalog.pipeline_for("p", "e", &change.flag);
+            let mut execution = execute(&change, pipeline, catalog, context).await;
+            execution.records.remove(0)
+        }
+    };
+    let (first, second) = tokio::join!(run(a), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        run(b).await
+    });
+    [first, second]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_timeout_counts_from_when_its_targets_are_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let [first, second] = gate_both(dir.path(), None).await;
+    assert_eq!(first.status, RunStatus::Passed, "{:?}", first.summary);
+    // Queued ~2.4 s behind the first flag's experiment, then 1 s of its own: 3.4 s in
+    // all, over the 3 s step timeout, which counts only from the targets' grant.
+    assert_eq!(second.status, RunStatus::Passed, "{:?}", second.summary);
+    assert!(
+        second.waited_for_target_seconds >= 2.0,
+        "waited {}",
+        second.waited_for_target_seconds
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_a_busy_target_has_its_own_bound_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let [first, second] = gate_both(dir.path(), Some(Duration::from_millis(300))).await;
+    assert_eq!(first.status, RunStatus::Passed, "{:?}", first.summary);
+    assert_eq!(second.status, RunStatus::Aborted);
+    let summary = second.summary.clone().unwrap_or_default();
+    assert!(
+        summary.contains("waited 300ms for target command:payments, held by another experiment")
+            && summary.contains("nothing was injected"),
+        "{summary}"
+    );
+    assert!(
+        second.faults.iter().all(|f| f.started_at.is_none()),
+        "{:?}",
+        second.faults
     );
 }

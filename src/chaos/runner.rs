@@ -88,10 +88,21 @@ pub struct RunContext {
     pub progress: Option<UnboundedSender<Progress>>,
     /// Locks that keep two experiments on one target apart.
     pub targets: TargetLocks,
+    /// The longest a run waits for targets held by other experiments (granted first come,
+    /// first served) before it gives up, `aborted`, naming them; nothing is injected then.
+    /// `None`: no bound. Default [`DEFAULT_TARGET_WAIT`].
+    pub target_wait: Option<Duration>,
+    /// Cancelled by the run once it holds its targets (at once when none is busy): a
+    /// step's `timeout` counts from then, so time queued behind another flag's experiment
+    /// is not the experiment's.
+    pub targets_granted: CancellationToken,
     /// Test hook: checks of the probe with this name panic inside their task.
     #[doc(hidden)]
     pub panic_probe: Option<String>,
 }
+
+/// How long a run waits for busy targets by default ([`RunContext::target_wait`]).
+pub const DEFAULT_TARGET_WAIT: Duration = Duration::from_secs(600);
 
 impl Default for RunContext {
     fn default() -> Self {
@@ -101,6 +112,8 @@ impl Default for RunContext {
             cancel: CancellationToken::new(),
             progress: None,
             targets: TargetLocks::shared(),
+            target_wait: Some(DEFAULT_TARGET_WAIT),
+            targets_granted: CancellationToken::new(),
             panic_probe: None,
         }
     }
@@ -212,6 +225,8 @@ pub enum ProgressEvent {
 enum Stop {
     Cancelled,
     TimedOut(Duration),
+    /// Waited this long for these targets, held by other experiments, and gave up.
+    TargetsBusy(Duration, Vec<String>),
     ProbeFailed(String),
     FaultError(String),
 }
@@ -221,6 +236,12 @@ impl Stop {
         match self {
             Stop::Cancelled => "cancelled".to_string(),
             Stop::TimedOut(after) => format!("timed out after {}", crate::catalog::Span(*after)),
+            Stop::TargetsBusy(after, targets) => format!(
+                "waited {} for target {}, held by another experiment (worker.target_wait); \
+                 nothing was injected",
+                crate::catalog::Span(*after),
+                targets.join(", ")
+            ),
             Stop::ProbeFailed(name) => format!("probe '{name}' failed and has stop_on_failure"),
             Stop::FaultError(message) => message.clone(),
         }
@@ -630,14 +651,27 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
         .collect();
     if !busy.is_empty() {
         run.log(format!("waiting for target {}", busy.join(", ")));
-        run.emit(ProgressEvent::WaitingForTargets { targets: busy });
+        run.emit(ProgressEvent::WaitingForTargets {
+            targets: busy.clone(),
+        });
     }
-    let guard = stop.run_until_cancelled(context.targets.lock(&keys)).await;
+    let lock = stop.run_until_cancelled(context.targets.lock(&keys));
+    let guard = match context.target_wait {
+        Some(limit) => match tokio::time::timeout(limit, lock).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                run.stop_with(Stop::TargetsBusy(limit, busy));
+                return finish(experiment, &run, started_at, wait_started.elapsed(), None);
+            }
+        },
+        None => lock.await,
+    };
     let waited = wait_started.elapsed();
     if guard.is_none() {
         run.stop_with(Stop::Cancelled);
         return finish(experiment, &run, started_at, waited, None);
     }
+    context.targets_granted.cancel();
     if waited >= Duration::from_millis(10) {
         run.log(format!("targets free after {:.1}s", waited.as_secs_f64()));
     }
@@ -1062,7 +1096,10 @@ fn finish(
     };
     let ledger = run.ledger();
     let stop = ledger.stop.clone();
-    let aborted = matches!(stop, Some(Stop::Cancelled | Stop::TimedOut(_)));
+    let aborted = matches!(
+        stop,
+        Some(Stop::Cancelled | Stop::TimedOut(_) | Stop::TargetsBusy(..))
+    );
 
     let probes: Vec<ProbeResult> = experiment
         .probes

@@ -138,6 +138,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("  chaos experiments view (in memory) at http://{view_address}/");
     let run = RunContext {
         lease: config.worker.fault_lease.duration(),
+        target_wait: Some(config.worker.target_wait.duration()),
         proxy: Some(proxies.clone()),
         ..RunContext::default()
     };

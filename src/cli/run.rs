@@ -94,6 +94,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         let run = RunContext {
             lease: config.worker.fault_lease.duration(),
+            target_wait: Some(config.worker.target_wait.duration()),
             proxy: proxy.clone(),
             ..RunContext::default()
         };

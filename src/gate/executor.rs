@@ -465,10 +465,15 @@ async fn run_once(
 
         let cancel = context.kill.child_token();
         let timed_out = CancellationToken::new();
+        let targets_granted = CancellationToken::new();
+        // The step's timeout counts from when the run holds its targets: a wait behind
+        // another flag's experiment is bounded by `worker.target_wait`, and named so.
         let timer = step.timeout.map(|timeout| {
             let cancel = cancel.clone();
             let timed_out = timed_out.clone();
+            let granted = targets_granted.clone();
             tokio::spawn(async move {
+                granted.cancelled().await;
                 tokio::time::sleep(timeout.duration()).await;
                 timed_out.cancel();
                 cancel.cancel();
@@ -476,6 +481,7 @@ async fn run_once(
         });
         let run_context = RunContext {
             cancel,
+            targets_granted,
             ..context.run.clone()
         };
         let result = run_experiment(experiment, &run_context).await;

@@ -64,11 +64,16 @@ impl AuditSettings {
     }
 
     /// The settings of `config`: its `[view]` delays and the step timeouts of its
-    /// catalog (none when the catalog cannot be read here: a warning is logged and
-    /// `audit_running_timeout` applies to every step).
+    /// catalog, each plus `worker.target_wait` (a run may wait that long for targets held
+    /// by other experiments before its timeout starts); none when the catalog cannot be
+    /// read here: a warning is logged and `audit_running_timeout` applies to every step.
     pub fn from_config(config: &crate::config::Config) -> AuditSettings {
+        let target_wait = config.worker.target_wait.duration();
         let step_timeouts = match crate::catalog::Catalog::load(&[&config.catalog.path]) {
-            Ok(catalog) => AuditSettings::step_timeouts_of(&catalog),
+            Ok(catalog) => AuditSettings::step_timeouts_of(&catalog)
+                .into_iter()
+                .map(|(step, timeout)| (step, timeout + target_wait))
+                .collect(),
             Err(problems) => {
                 tracing::warn!(
                     catalog = %config.catalog.path.display(),
