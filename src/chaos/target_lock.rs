@@ -101,4 +101,27 @@ mod tests {
             .unwrap();
         assert_eq!(keys, ["proxy:db"]);
     }
+
+    #[tokio::test]
+    async fn waiters_for_a_target_get_it_first_come_first_served() {
+        let locks = TargetLocks::new();
+        let held = locks.lock(&["command:db".into()]).await;
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for waiter in 0..5 {
+            let (locks, order) = (locks.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let _guard = locks.lock(&["command:db".into()]).await;
+                order.lock().unwrap().push(waiter);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }));
+            // Each waiter queues before the next one asks.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(held);
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
+    }
 }
