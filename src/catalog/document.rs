@@ -6,10 +6,11 @@
 //! `true`/`false` (any case of the first letter, or all capitals) are booleans, so `yes`,
 //! `no`, `on`, `off`, `y` and `n` stay text (YAML 1.1 read them as booleans, and so does
 //! serde-saphyr unless told otherwise: a route `flag: no` would become `false`). A boolean
-//! field given such a word is reported by the schema check, naming the word. The values it produces carry no positions, so the
-//! lines come from a second pass over the same text with its parser (`granit-parser`,
-//! re-exported by serde-saphyr): its events carry spans, and walking them gives the line of
-//! every mapping key and sequence item by field path.
+//! field given such a word is reported by the schema check, naming the word. The values
+//! it produces carry no positions, so the lines come from a second pass over the same
+//! text with its parser (`granit-parser`, re-exported by serde-saphyr): its events carry
+//! spans, and walking them gives the line of every mapping key and sequence item by field
+//! path.
 
 use std::collections::HashMap;
 

@@ -660,7 +660,9 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
         Some(limit) => match tokio::time::timeout(limit, lock).await {
             Ok(guard) => guard,
             Err(_) => {
-                run.stop_with(Stop::TargetsBusy(limit, busy));
+                // A target taken between the look and the lock is busy too.
+                let named = if busy.is_empty() { keys } else { busy };
+                run.stop_with(Stop::TargetsBusy(limit, named));
                 return finish(experiment, &run, started_at, wait_started.elapsed(), None);
             }
         },
