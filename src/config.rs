@@ -210,8 +210,9 @@ pub struct WorkerConfig {
     #[serde(default = "default_lease")]
     pub fault_lease: Span,
     /// The longest a step's run waits for a target held by another flag's experiment
-    /// (granted first come, first served) before it is `aborted` with that reason and
-    /// nothing injected. A step's `timeout` counts only from when its targets are held.
+    /// (granted first come, first served; `0s`: never wait) before it is `aborted` with
+    /// that reason and nothing injected (the step's `failure_strategy` then applies). A
+    /// step's `timeout` counts only from when its targets are held.
     #[serde(default = "default_target_wait")]
     pub target_wait: Span,
     /// How long the consumer loop or the committer may go without a sign of life before

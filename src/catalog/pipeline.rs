@@ -149,7 +149,10 @@ pub struct ChaosStep {
     /// What a failure of this step does to the pipeline (default `abort`).
     #[serde(default)]
     pub failure_strategy: FailureStrategy,
-    /// Bound on the step's experiment; exceeded means aborted and failed.
+    /// Bound on the step's experiment, counted from when it holds its targets (a wait
+    /// behind another experiment on the same target is bounded by the worker's
+    /// `target_wait` instead); exceeded means the run is aborted and the step failed (its
+    /// `failure_strategy` then applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Span>,
 }
