@@ -13,9 +13,10 @@ use chaosgate::catalog::experiment::Experiment;
 use chaosgate::catalog::pipeline::Pipeline;
 use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
 use chaosgate::chaos::{ExperimentResult, ProgressEvent, RunContext, TargetLocks, run_experiment};
+use chaosgate::contract::FlagChange;
+use chaosgate::contract::flag_change::flag_change_example;
 use chaosgate::contract::run_record::RunRecord;
 use chaosgate::contract::run_record::{RunStatus, Verdict};
-use chaosgate::contract::{Change, ChangeKind, FlagChange};
 use chaosgate::gate::executor::{ExecutionContext, execute};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -1167,18 +1168,10 @@ stages:
     }
     let change = |flag: &str| FlagChange {
         event_id: format!("event-{flag}"),
-        occurred_at: chrono::Utc::now(),
         project: "p".into(),
         environment: "e".into(),
         flag: flag.into(),
-        change: Change {
-            kind: ChangeKind::Enable,
-            from: None,
-            to: None,
-        },
-        pipeline_id: None,
-        actor: None,
-        account: None,
+        ..flag_change_example()
     };
     let catalog = chaosgate::catalog::Catalog::from_parts(pipelines, experiments).unwrap();
     (catalog, [change("a"), change("b")])

@@ -262,16 +262,7 @@ pub(super) async fn attempt(probe: &HttpProbe) -> Result<(), HttpFailure> {
         }
     }
     let took = sent.elapsed();
-    judge(&probe.criteria, status, took, &body).map_err(|reason| match reason {
-        HttpReason::Status {
-            status, accepted, ..
-        } => fail(HttpReason::Status {
-            status,
-            accepted,
-            location,
-        }),
-        other => fail(other),
-    })
+    judge(&probe.criteria, status, location, took, &body).map_err(fail)
 }
 
 /// The note a failed status gets when it is a redirect the probe did not follow.
@@ -282,10 +273,12 @@ fn not_followed(location: &Option<String>) -> String {
     }
 }
 
-/// Whether a response meets `criteria`; the first unmet criterion otherwise.
+/// Whether a response meets `criteria`; the first unmet criterion otherwise (a status
+/// failure carries `location`, the `Location` of a redirect that was not followed).
 fn judge(
     criteria: &HttpCriteria,
     status: u16,
+    location: Option<String>,
     took: Duration,
     body: &[u8],
 ) -> Result<(), HttpReason> {
@@ -297,7 +290,7 @@ fn judge(
         return Err(HttpReason::Status {
             status,
             accepted: accepted_statuses(&criteria.status),
-            location: None,
+            location,
         });
     }
     if let Some(max_ms) = criteria.max_response_ms

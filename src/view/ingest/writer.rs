@@ -112,18 +112,10 @@ impl<'c> Batch<'c> {
             }
         }
         self.records += 1;
-        match self
-            .offsets
-            .get_mut(&(pending.topic.clone(), pending.partition))
-        {
-            Some(next) => *next = pending.offset + 1,
-            None => {
-                self.offsets.insert(
-                    (pending.topic.clone(), pending.partition),
-                    pending.offset + 1,
-                );
-            }
-        }
+        self.offsets.insert(
+            (pending.topic.clone(), pending.partition),
+            pending.offset + 1,
+        );
         Ok(())
     }
 
