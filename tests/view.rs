@@ -217,6 +217,12 @@ async fn worker_records_appear_joined_and_view_check_answers() {
         .expect("runs");
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].pipeline_execution_id, passing_execution);
+    // Caught up is set right after the transaction that reaches the start watermarks
+    // commits, so a reader may see its rows a moment before: wait for it (bound: hangs).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ingest.status().caught_up() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(ingest.status().caught_up());
     assert_eq!(ingest.status().problems(), 0);
     ingest.stop().await.expect("stop ingest");
