@@ -1,5 +1,5 @@
 //! The HTTP/1.1 fault proxy: `abort`, `delay` and `modify` on the requests an
-//! [`HttpFault`]'s match selects, for its `percentage` of them.
+//! HTTP fault's match selects, for its `percentage` of them.
 //!
 //! Each client connection is served by hyper (keep-alive as the client asks) on one end
 //! of an in-memory pipe; the other end is joined to the client's socket by the same pump
@@ -19,18 +19,17 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::ProxyError;
-use super::registry::TargetState;
-use super::tcp::{Faults, run_pumps};
+use super::pump::run_pumps;
+use super::rule::RuleAction;
+use super::state::{Faults, TargetState};
 use super::toxic::Ending;
-use crate::catalog::experiment::{HttpAction, HttpFault};
 
 /// Buffer of the in-memory pipe between the client's socket and hyper.
 const PIPE_BUFFER: usize = 64 * 1024;
@@ -62,142 +61,18 @@ fn upstream_client() -> UpstreamClient {
 }
 
 /// What every connection of one HTTP target shares.
-pub(crate) struct Shared {
+pub(crate) struct HttpProxyState {
     target: Arc<TargetState>,
     client: UpstreamClient,
 }
 
-impl Shared {
+impl HttpProxyState {
     /// The shared part of an HTTP target.
-    pub fn new(target: Arc<TargetState>) -> Arc<Shared> {
-        Arc::new(Shared {
+    pub fn new(target: Arc<TargetState>) -> Arc<HttpProxyState> {
+        Arc::new(HttpProxyState {
             target,
             client: upstream_client(),
         })
-    }
-}
-
-/// An [`HttpFault`] compiled: parsed method, header names and values, status codes.
-#[derive(Debug)]
-pub(crate) struct HttpRule {
-    method: Option<Method>,
-    path_prefix: Option<String>,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    percentage: f64,
-    action: RuleAction,
-}
-
-#[derive(Debug)]
-enum RuleAction {
-    Abort {
-        status: StatusCode,
-        body: Bytes,
-    },
-    Delay(Duration),
-    Modify {
-        status: Option<StatusCode>,
-        headers: Vec<(HeaderName, HeaderValue)>,
-        body: Option<Bytes>,
-    },
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ProxyError {
-    ProxyError::InvalidFault {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-fn compile_status(field: &str, code: u16) -> Result<StatusCode, ProxyError> {
-    StatusCode::from_u16(code)
-        .ok()
-        .filter(|s| s.as_u16() >= 200)
-        .ok_or_else(|| {
-            invalid(
-                field,
-                format!("{code} is not a final HTTP status (200-999)"),
-            )
-        })
-}
-
-fn compile_headers<'a>(
-    field: &str,
-    headers: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
-    headers
-        .into_iter()
-        .map(|(name, value)| {
-            let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(format!("{field}.{name}"), "not a valid header name"))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| invalid(format!("{field}.{name}"), "not a valid header value"))?;
-            Ok((header, value))
-        })
-        .collect()
-}
-
-impl HttpRule {
-    /// Checks and compiles a fault; errors name the field.
-    pub fn compile(fault: &HttpFault) -> Result<HttpRule, ProxyError> {
-        if !(0.0..=1.0).contains(&fault.percentage) {
-            return Err(invalid(
-                "percentage",
-                format!("{} is not between 0.0 and 1.0", fault.percentage),
-            ));
-        }
-        let method = fault
-            .matches
-            .method
-            .as_deref()
-            .map(|m| {
-                Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| invalid("match.method", format!("'{m}' is not an HTTP method")))
-            })
-            .transpose()?;
-        let headers = compile_headers("match.headers", &fault.matches.headers)?;
-        let action = match &fault.action {
-            HttpAction::Abort { status, body } => RuleAction::Abort {
-                status: compile_status("action.status", *status)?,
-                body: Bytes::from(body.clone().unwrap_or_default()),
-            },
-            HttpAction::Delay { delay } => RuleAction::Delay(delay.duration()),
-            HttpAction::Modify {
-                status,
-                headers,
-                body,
-            } => RuleAction::Modify {
-                status: status
-                    .map(|s| compile_status("action.status", s))
-                    .transpose()?,
-                headers: compile_headers("action.headers", headers)?,
-                body: body.clone().map(Bytes::from),
-            },
-        };
-        Ok(HttpRule {
-            method,
-            path_prefix: fault.matches.path_prefix.clone(),
-            headers,
-            percentage: fault.percentage,
-            action,
-        })
-    }
-
-    /// Whether the request is one this fault selects (before the percentage).
-    fn selects<B>(&self, req: &Request<B>) -> bool {
-        self.method.as_ref().is_none_or(|m| m == req.method())
-            && self
-                .path_prefix
-                .as_deref()
-                .is_none_or(|prefix| req.uri().path().starts_with(prefix))
-            && self
-                .headers
-                .iter()
-                .all(|(name, value)| req.headers().get_all(name).iter().any(|v| v == value))
-    }
-
-    /// The per-request draw against the percentage.
-    fn rolls(&self) -> bool {
-        self.percentage >= 1.0 || rand::random::<f64>() < self.percentage
     }
 }
 
@@ -205,7 +80,7 @@ impl HttpRule {
 /// the pipe and the client's socket.
 pub(crate) async fn serve_connection(
     mut client: TcpStream,
-    shared: Arc<Shared>,
+    shared: Arc<HttpProxyState>,
     faults: Faults,
     seed: u64,
     cancel: CancellationToken,
@@ -248,7 +123,7 @@ pub(crate) async fn serve_connection(
     }
 }
 
-impl Shared {
+impl HttpProxyState {
     /// Applies the matching faults to one request and answers it.
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let set = Arc::clone(&self.target.faults.borrow());
@@ -371,80 +246,5 @@ fn strip_hop_headers(headers: &mut HeaderMap) {
         header::UPGRADE,
     ] {
         headers.remove(name);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::catalog::experiment::HttpMatch;
-
-    fn fault(action: HttpAction, matches: HttpMatch) -> HttpFault {
-        HttpFault {
-            target: "web".into(),
-            proxy: None,
-            action,
-            matches,
-            percentage: 1.0,
-        }
-    }
-
-    #[test]
-    fn rules_select_by_method_path_and_header() {
-        let mut matches = HttpMatch {
-            method: Some("post".into()),
-            path_prefix: Some("/api".into()),
-            ..HttpMatch::default()
-        };
-        matches.headers.insert("X-User".into(), "test".into());
-        let rule = HttpRule::compile(&fault(
-            HttpAction::Abort {
-                status: 503,
-                body: None,
-            },
-            matches,
-        ))
-        .expect("valid fault");
-        let request = |method: &str, path: &str, user: &str| {
-            Request::builder()
-                .method(method)
-                .uri(path)
-                .header("x-user", user)
-                .body(())
-                .expect("request")
-        };
-        assert!(rule.selects(&request("POST", "/api/pay", "test")));
-        assert!(!rule.selects(&request("GET", "/api/pay", "test")));
-        assert!(!rule.selects(&request("POST", "/health", "test")));
-        assert!(!rule.selects(&request("POST", "/api/pay", "other")));
-    }
-
-    #[test]
-    fn bad_values_name_their_field() {
-        let err = HttpRule::compile(&fault(
-            HttpAction::Abort {
-                status: 42,
-                body: None,
-            },
-            HttpMatch::default(),
-        ))
-        .expect_err("status 42");
-        assert!(
-            matches!(err, ProxyError::InvalidFault { ref field, .. } if field == "action.status")
-        );
-        let mut headers = std::collections::BTreeMap::new();
-        headers.insert("bad header".into(), "x".into());
-        let err = HttpRule::compile(&fault(
-            HttpAction::Modify {
-                status: None,
-                headers,
-                body: None,
-            },
-            HttpMatch::default(),
-        ))
-        .expect_err("bad header name");
-        assert!(
-            matches!(err, ProxyError::InvalidFault { ref field, .. } if field == "action.headers.bad header")
-        );
     }
 }
