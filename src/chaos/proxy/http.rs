@@ -6,10 +6,21 @@
 //! as the TCP proxy, so network toxics on an HTTP target act on its bytes too. Requests
 //! go on to the upstream through a pooled keep-alive client. When several faults match
 //! one request, their delays add up, the first `abort` answers, and every `modify`
-//! applies in the order the faults were added. Upgrades (WebSocket) are not proxied.
+//! applies in the order the faults were added.
+//!
+//! The rule that keeps it right: with no fault active the proxy is a faithful HTTP/1.1
+//! intermediary (RFC 9112, RFC 9110 section 7.6). A client that half-closes after its
+//! request still gets the answer; pipelined requests are answered in order; bodies
+//! (chunked or sized, of any length) stream through without being held whole;
+//! `Expect: 100-continue` gets its `100 Continue` once the upstream is asked for the
+//! body; an upgrade (WebSocket) that the upstream accepts with `101` becomes a byte
+//! tunnel; only hop-by-hop headers are dropped.
 
 use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,10 +30,12 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncWrite, DuplexStream, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -87,13 +100,19 @@ pub(crate) async fn serve_connection(
 ) {
     let _ = client.set_nodelay(true);
     let (outer, inner) = tokio::io::duplex(PIPE_BUFFER);
+    let tunnel_cancel = cancel.clone();
     let service = service_fn(move |req| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(shared.handle(req).await) }
+        let cancel = tunnel_cancel.clone();
+        async move { Ok::<_, Infallible>(shared.handle(req, cancel).await) }
     });
+    // half_close: a client that shuts down its write side after a request still wants
+    // the answer (RFC 9112 section 9.6); with_upgrades: a 101 hands the connection over.
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(inner), service);
+        .half_close(true)
+        .serve_connection(TokioIo::new(inner), service)
+        .with_upgrades();
     // Awaiting by value drops the connection (and its end of the pipe) once it is done.
     let connection = async move {
         if let Err(err) = connection.await {
@@ -107,7 +126,7 @@ pub(crate) async fn serve_connection(
             client_read,
             client_write,
             outer_read,
-            outer_write,
+            PipeWriter::new(outer_write),
             faults,
             seed,
             &cancel,
@@ -124,8 +143,13 @@ pub(crate) async fn serve_connection(
 }
 
 impl HttpProxyState {
-    /// Applies the matching faults to one request and answers it.
-    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Applies the matching faults to one request and answers it; an upgrade the
+    /// upstream accepts becomes a tunnel that lives until both sides close or `cancel`.
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        cancel: CancellationToken,
+    ) -> Response<ProxyBody> {
         let set = Arc::clone(&self.target.faults.borrow());
         let mut delay = Duration::ZERO;
         let mut abort = None;
@@ -150,11 +174,17 @@ impl HttpProxyState {
             tokio::time::sleep(delay).await;
         }
         if let Some((status, body)) = abort {
-            let drain = Limited::new(req.into_body(), ABORT_DRAIN_LIMIT).collect();
-            let _ = tokio::time::timeout(ABORT_DRAIN_TIME, drain).await;
+            // A client waiting for `100 Continue` gets the final answer instead and
+            // sends no body (RFC 9110 section 10.1.1); hyper then closes the connection.
+            if !expects_continue(req.headers()) {
+                let drain = Limited::new(req.into_body(), ABORT_DRAIN_LIMIT).collect();
+                let _ = tokio::time::timeout(ABORT_DRAIN_TIME, drain).await;
+            }
             return text_response(status, body);
         }
+        let client_upgrade = upgrade_protocols(req.headers()).map(|_| hyper::upgrade::on(&mut req));
         let mut response = self.forward(req).await;
+        let upstream_upgrade = response.extensions_mut().remove::<OnUpgrade>();
         for (status, headers, body) in modify {
             if let Some(status) = status {
                 *response.status_mut() = *status;
@@ -166,6 +196,21 @@ impl HttpProxyState {
                 response.headers_mut().remove(header::CONTENT_LENGTH);
                 response.headers_mut().remove(header::TRANSFER_ENCODING);
                 *response.body_mut() = full(body.clone());
+            }
+        }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            match (client_upgrade, upstream_upgrade) {
+                (Some(client), Some(upstream)) => {
+                    tokio::spawn(tunnel(client, upstream, cancel));
+                }
+                _ => {
+                    return text_response(
+                        StatusCode::BAD_GATEWAY,
+                        Bytes::from_static(
+                            b"chaosgate proxy: upstream switched protocols without an upgrade asked for\n",
+                        ),
+                    );
+                }
             }
         }
         response
@@ -187,11 +232,22 @@ impl HttpProxyState {
                 );
             }
         };
+        let upgrade = upgrade_protocols(&parts.headers);
         strip_hop_headers(&mut parts.headers);
+        if let Some(protocols) = &upgrade {
+            keep_upgrade(&mut parts.headers, protocols);
+        }
         match self.client.request(Request::from_parts(parts, body)).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
+                let switched = upgrade_protocols(&parts.headers);
                 strip_hop_headers(&mut parts.headers);
+                if let (Some(protocols), true) = (
+                    &switched,
+                    parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some(),
+                ) {
+                    keep_upgrade(&mut parts.headers, protocols);
+                }
                 Response::from_parts(parts, body.map_err(BoxError::from).boxed())
             }
             Err(err) => {
@@ -204,6 +260,115 @@ impl HttpProxyState {
                 )
             }
         }
+    }
+}
+
+/// Joins an upgraded client connection to its upgraded upstream connection, byte for
+/// byte both ways, passing each side's end of stream on (as the TCP proxy does).
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, cancel: CancellationToken) {
+    let joined = async {
+        let (client, upstream) = tokio::try_join!(client, upstream)?;
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        Ok::<_, BoxError>(())
+    };
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        joined = joined => if let Err(err) = joined {
+            tracing::debug!(error = %err, "http proxy upgrade tunnel ended with an error");
+        },
+    }
+}
+
+/// Whether the request waits for `100 Continue` before sending its body.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The `Upgrade` values of a message that asks for (or agrees to) an upgrade: it has an
+/// `Upgrade` header and `Connection` names it (RFC 9110 section 7.8).
+fn upgrade_protocols(headers: &HeaderMap) -> Option<Vec<HeaderValue>> {
+    let named = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let protocols: Vec<HeaderValue> = headers.get_all(header::UPGRADE).iter().cloned().collect();
+    (named && !protocols.is_empty()).then_some(protocols)
+}
+
+/// Puts back the upgrade headers that [`strip_hop_headers`] removed: an upgrade is the
+/// one hop-by-hop exchange the proxy passes on.
+fn keep_upgrade(headers: &mut HeaderMap, protocols: &[HeaderValue]) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    for protocol in protocols {
+        headers.append(header::UPGRADE, protocol.clone());
+    }
+}
+
+/// The proxy's write end of the pipe to hyper. Once hyper has closed the connection
+/// (after `Connection: close`, or a request it refused), what the client still sends
+/// is dropped instead of failing the pump: the pump then still delivers the rest of
+/// hyper's answer to the client.
+struct PipeWriter {
+    inner: WriteHalf<DuplexStream>,
+    closed: bool,
+}
+
+impl PipeWriter {
+    fn new(inner: WriteHalf<DuplexStream>) -> PipeWriter {
+        PipeWriter {
+            inner,
+            closed: false,
+        }
+    }
+
+    fn settle(&mut self, polled: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+        match polled {
+            Poll::Ready(Err(err)) if err.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for PipeWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.closed {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Err(err)) if err.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Poll::Ready(Ok(buf.len()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.closed {
+            return Poll::Ready(Ok(()));
+        }
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.settle(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.closed {
+            return Poll::Ready(Ok(()));
+        }
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.settle(polled)
     }
 }
 
