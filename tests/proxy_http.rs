@@ -57,7 +57,8 @@ fn full(body: impl Into<Bytes>) -> TestBody {
 ///   `transfer-encoding` and `content-length` reported in `x-request-framing`;
 /// - `/chunked`: `one,two,three` in three pieces, no length (chunked on the wire);
 /// - `/n/K`: `K`, after (4 - K) × 100 ms, so a later request is ready sooner;
-/// - `/api/...`: `api`.
+/// - `/api/...`: `api`;
+/// - `/big`: 4 MiB of [`pattern`].
 async fn route(req: Request<Incoming>, hits: Arc<AtomicU64>) -> Response<TestBody> {
     hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
@@ -95,6 +96,9 @@ async fn route(req: Request<Incoming>, hits: Arc<AtomicU64>) -> Response<TestBod
     }
     if path.starts_with("/api/") {
         return Response::new(full("api"));
+    }
+    if path == "/big" {
+        return Response::new(full((0..4 * MIB).map(pattern).collect::<Vec<u8>>()));
     }
     let mut response = Response::new(full("not found"));
     *response.status_mut() = StatusCode::NOT_FOUND;
@@ -483,6 +487,45 @@ async fn connection_close_answers_then_closes() {
         3,
         "/n/3 after the close is not sent"
     );
+    registry.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_answer_arrives_whole_while_the_client_keeps_sending() {
+    let (registry, listen, _) = setup().await;
+    for _ in 0..5 {
+        let stream = connect(listen).await;
+        let (mut read, mut write) = stream.into_split();
+        let request = "GET /big HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
+        write
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        // Bytes after the last request: the proxy's HTTP server is done reading, and
+        // may already be gone, when they reach it; they must not cut its answer short.
+        let sender = tokio::spawn(async move {
+            let junk = vec![b'x'; 64 * 1024];
+            for _ in 0..64 {
+                if write.write_all(&junk).await.is_err() {
+                    break;
+                }
+            }
+            write
+        });
+        let mut data = Vec::new();
+        within("read to the end", read.read_to_end(&mut data))
+            .await
+            .expect("read the answer");
+        let head_end = data
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head")
+            + 4;
+        let body = &data[head_end..];
+        assert_eq!(body.len(), 4 * MIB, "the whole 4 MiB answer arrives");
+        assert!(body.iter().enumerate().all(|(i, b)| *b == pattern(i)));
+        let _ = within("junk sender", sender).await;
+    }
     registry.shutdown().await;
 }
 
