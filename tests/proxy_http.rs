@@ -59,7 +59,8 @@ fn full(body: impl Into<Bytes>) -> TestBody {
 /// - `/chunked`: `one,two,three` in three pieces, no length (chunked on the wire);
 /// - `/n/K`: `K`, after (4 - K) × 100 ms, so a later request is ready sooner;
 /// - `/api/...`: `api`;
-/// - `/big`: 4 MiB of [`pattern`].
+/// - `/big`: 4 MiB of [`pattern`];
+/// - `/trailers`: see [`trailers`].
 async fn route(req: Request<Incoming>, hits: Arc<AtomicU64>) -> Response<TestBody> {
     hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
@@ -104,11 +105,47 @@ async fn route(req: Request<Incoming>, hits: Arc<AtomicU64>) -> Response<TestBod
     if path.starts_with("/api/") {
         return Response::new(full("api"));
     }
+    if path == "/trailers" {
+        return trailers(req).await;
+    }
     if path == "/big" {
         return Response::new(full((0..4 * MIB).map(pattern).collect::<Vec<u8>>()));
     }
     let mut response = Response::new(full("not found"));
     *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+/// `/trailers`: reads the whole request and answers, chunked with a `Trailer` header,
+/// `te=<the request's TE>; x-sent=<its trailer x-sent>` and the trailer `x-checksum: 42`.
+async fn trailers(req: Request<Incoming>) -> Response<TestBody> {
+    let te = req
+        .headers()
+        .get("te")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_string();
+    let collected = req.into_body().collect().await.expect("request body");
+    let sent = collected
+        .trailers()
+        .and_then(|t| t.get("x-sent"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_string();
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("x-checksum", "42".parse().expect("header value"));
+    let frames = [
+        Ok::<_, Infallible>(Frame::data(Bytes::from(format!("te={te}; x-sent={sent}")))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let mut response = Response::new(
+        StreamBody::new(tokio_stream::iter(frames))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    response
+        .headers_mut()
+        .insert("trailer", "x-checksum".parse().expect("header value"));
     response
 }
 
@@ -197,6 +234,8 @@ struct RawResponse {
     /// Header lines, names lower-cased: `name: value`.
     headers: Vec<String>,
     body: Vec<u8>,
+    /// Trailer lines of a chunked body, as sent.
+    trailers: Vec<String>,
 }
 
 impl RawResponse {
@@ -270,6 +309,7 @@ impl RawReader {
             status,
             headers,
             body: Vec::new(),
+            trailers: Vec::new(),
         };
         if status < 200 || status == 204 || status == 304 {
             return response;
@@ -281,7 +321,13 @@ impl RawReader {
                     usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
                         .expect("chunk size");
                 if size == 0 {
-                    while !self.line(stream).await.is_empty() {}
+                    loop {
+                        let line = self.line(stream).await;
+                        if line.is_empty() {
+                            break;
+                        }
+                        response.trailers.push(line.to_ascii_lowercase());
+                    }
                     break;
                 }
                 let data = self.exact(stream, size).await;
@@ -604,6 +650,20 @@ async fn chunked_bodies_pass_through_both_ways() {
     let response = within("chunked response", reader.response(&mut stream)).await;
     assert_eq!(response.header("transfer-encoding"), Some("chunked"));
     assert_eq!(response.text(), "one,two,three");
+
+    // Trailers pass both ways: the request's to the upstream, the answer's (announced
+    // in `Trailer`) to a client that says `TE: trailers`.
+    let request = "POST /trailers HTTP/1.1\r\nhost: test\r\nte: trailers\r\nconnection: te\r\n\
+                   trailer: x-sent\r\ntransfer-encoding: chunked\r\n\r\n\
+                   2\r\nhi\r\n0\r\nx-sent: yes\r\n\r\n";
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request with trailers");
+    let response = within("answer with trailers", reader.response(&mut stream)).await;
+    assert_eq!(response.text(), "te=trailers; x-sent=yes");
+    assert_eq!(response.header("trailer"), Some("x-checksum"));
+    assert_eq!(response.trailers, ["x-checksum: 42"]);
     registry.shutdown().await;
 }
 

@@ -11,10 +11,10 @@
 //! The rule that keeps it right: with no fault active the proxy is a faithful HTTP/1.1
 //! intermediary (RFC 9112, RFC 9110 section 7.6). A client that half-closes after its
 //! request still gets the answer; pipelined requests are answered in order; bodies
-//! (chunked or sized, of any length) stream through without being held whole;
-//! `Expect: 100-continue` gets its `100 Continue` once the upstream is asked for the
-//! body; an upgrade (WebSocket) that the upstream accepts with `101` becomes a byte
-//! tunnel; only hop-by-hop headers are dropped.
+//! (chunked or sized, of any length) stream through without being held whole,
+//! trailers included; `Expect: 100-continue` gets its `100 Continue` once the upstream
+//! is asked for the body; an upgrade (WebSocket) that the upstream accepts with `101`
+//! becomes a byte tunnel; only hop-by-hop headers are dropped.
 
 use std::convert::Infallible;
 use std::io;
@@ -195,6 +195,7 @@ impl HttpProxyState {
             if let Some(body) = body {
                 response.headers_mut().remove(header::CONTENT_LENGTH);
                 response.headers_mut().remove(header::TRANSFER_ENCODING);
+                response.headers_mut().remove(header::TRAILER);
                 *response.body_mut() = full(body.clone());
             }
         }
@@ -233,9 +234,20 @@ impl HttpProxyState {
             }
         };
         let upgrade = upgrade_protocols(&parts.headers);
+        let takes_trailers = accepts_trailers(&parts.headers);
         strip_hop_headers(&mut parts.headers);
         if let Some(protocols) = &upgrade {
             keep_upgrade(&mut parts.headers, protocols);
+        }
+        if takes_trailers {
+            // The proxy passes trailers on, so it may say so for the client (RFC 9110
+            // section 10.1.4; `TE` goes with a `te` connection option).
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+            parts
+                .headers
+                .append(header::CONNECTION, HeaderValue::from_static("te"));
         }
         match self.client.request(Request::from_parts(parts, body)).await {
             Ok(response) => {
@@ -287,6 +299,19 @@ fn expects_continue(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
+/// Whether the client's `TE` says it takes trailers in a chunked answer.
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| {
+            let name = token.split(';').next().unwrap_or_default();
+            name.trim().eq_ignore_ascii_case("trailers")
+        })
+}
+
 /// The `Upgrade` values of a message that asks for (or agrees to) an upgrade: it has an
 /// `Upgrade` header and `Connection` names it (RFC 9110 section 7.8).
 fn upgrade_protocols(headers: &HeaderMap) -> Option<Vec<HeaderValue>> {
@@ -303,7 +328,7 @@ fn upgrade_protocols(headers: &HeaderMap) -> Option<Vec<HeaderValue>> {
 /// Puts back the upgrade headers that [`strip_hop_headers`] removed: an upgrade is the
 /// one hop-by-hop exchange the proxy passes on.
 fn keep_upgrade(headers: &mut HeaderMap, protocols: &[HeaderValue]) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.append(header::CONNECTION, HeaderValue::from_static("upgrade"));
     for protocol in protocols {
         headers.append(header::UPGRADE, protocol.clone());
     }
@@ -390,6 +415,8 @@ fn text_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
 }
 
 /// Removes the headers that describe one hop, not the message (RFC 9110 section 7.6.1).
+/// `Trailer` is not one of them: it names the trailer fields of the message, and
+/// hyper sends trailers only when it is present.
 fn strip_hop_headers(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -406,7 +433,6 @@ fn strip_hop_headers(headers: &mut HeaderMap) {
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
     ] {
