@@ -231,7 +231,7 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 #[derive(Debug)]
 struct RawResponse {
     status: u16,
-    /// Header lines, names lower-cased: `name: value`.
+    /// Header lines as received: `Name: value`.
     headers: Vec<String>,
     body: Vec<u8>,
     /// Trailer lines of a chunked body, as sent.
@@ -239,12 +239,12 @@ struct RawResponse {
 }
 
 impl RawResponse {
+    /// The value of header `name` (any case).
     fn header(&self, name: &str) -> Option<&str> {
-        let prefix = format!("{name}:");
-        self.headers
-            .iter()
-            .find_map(|h| h.strip_prefix(&prefix))
-            .map(str::trim)
+        self.headers.iter().find_map(|h| {
+            let (n, value) = h.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then_some(value.trim())
+        })
     }
 
     fn text(&self) -> String {
@@ -303,7 +303,7 @@ impl RawReader {
                 break;
             }
             let (name, value) = line.split_once(':').expect("header line");
-            headers.push(format!("{}: {}", name.to_ascii_lowercase(), value.trim()));
+            headers.push(format!("{name}: {}", value.trim()));
         }
         let mut response = RawResponse {
             status,
@@ -352,6 +352,62 @@ impl RawReader {
 
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n")
+}
+
+/// A raw upstream that answers each request with its head, as received, for a body,
+/// and a header written in mixed case; it closes after one answer.
+async fn raw_head_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw upstream");
+    let addr = listener.local_addr().expect("raw upstream addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match socket.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Mixed-Case: Yes\r\nConnection: close\r\n\r\n",
+                    head.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.write_all(&head).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_keep_their_case_both_ways() {
+    let (registry, listen) = proxy_to(raw_head_echo().await).await;
+    let mut stream = connect(listen).await;
+    let request = "GET /case HTTP/1.1\r\nHost: test\r\nX-Request-ID: abc\r\nx-lower: 1\r\n\r\n";
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut reader = RawReader::new();
+    let response = within("answer", reader.response(&mut stream)).await;
+    assert!(
+        response.headers.iter().any(|h| h == "X-Mixed-Case: Yes"),
+        "answer headers: {:?}",
+        response.headers
+    );
+    let seen_upstream = response.text();
+    assert!(
+        seen_upstream.contains("\r\nX-Request-ID: abc\r\n")
+            && seen_upstream.contains("\r\nx-lower: 1\r\n"),
+        "the upstream saw: {seen_upstream}"
+    );
+    registry.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------

@@ -14,7 +14,8 @@
 //! (chunked or sized, of any length) stream through without being held whole,
 //! trailers included; `Expect: 100-continue` gets its `100 Continue` once the upstream
 //! is asked for the body; an upgrade (WebSocket) that the upstream accepts with `101`
-//! becomes a byte tunnel; only hop-by-hop headers are dropped.
+//! becomes a byte tunnel; only hop-by-hop headers are dropped, and header names keep
+//! the case they were written in.
 
 use std::convert::Infallible;
 use std::io;
@@ -70,6 +71,7 @@ fn upstream_client() -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))
+        .http1_preserve_header_case(true)
         .build(connector)
 }
 
@@ -107,10 +109,13 @@ pub(crate) async fn serve_connection(
         async move { Ok::<_, Infallible>(shared.handle(req, cancel).await) }
     });
     // half_close: a client that shuts down its write side after a request still wants
-    // the answer (RFC 9112 section 9.6); with_upgrades: a 101 hands the connection over.
+    // the answer (RFC 9112 section 9.6); preserve_header_case: header names go on as
+    // written, both ways (with the client's, set in `upstream_client`); with_upgrades:
+    // a 101 hands the connection over.
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .half_close(true)
+        .preserve_header_case(true)
         .serve_connection(TokioIo::new(inner), service)
         .with_upgrades();
     // Awaiting by value drops the connection (and its end of the pipe) once it is done.
