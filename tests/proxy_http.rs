@@ -638,6 +638,31 @@ async fn connection_close_answer_arrives_whole_while_the_client_keeps_sending() 
     registry.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connection_stays_open_while_idle() {
+    let (registry, listen, hits) = setup().await;
+    let mut stream = connect(listen).await;
+    let mut reader = RawReader::new();
+    stream
+        .write_all(get("/hello").as_bytes())
+        .await
+        .expect("write request");
+    let first = within("first answer", reader.response(&mut stream)).await;
+    assert_eq!(first.text(), "hello");
+    // Longer than hyper's default header read timeout (30 s), which closed idle
+    // keep-alive connections that the upstream (here: hyper without a timer) keeps.
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    stream
+        .write_all(get("/hello").as_bytes())
+        .await
+        .expect("write request after the idle time");
+    let second = within("answer after the idle time", reader.response(&mut stream)).await;
+    assert_eq!(second.text(), "hello");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert_eq!(registry.targets()[0].connections_total, 1);
+    registry.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------
 // Expect: 100-continue
 

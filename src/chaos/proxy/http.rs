@@ -111,9 +111,12 @@ pub(crate) async fn serve_connection(
     // half_close: a client that shuts down its write side after a request still wants
     // the answer (RFC 9112 section 9.6); preserve_header_case: header names go on as
     // written, both ways (with the client's, set in `upstream_client`); with_upgrades:
-    // a 101 hands the connection over.
+    // a 101 hands the connection over; no header read timeout: hyper's (30 s by
+    // default) also closes a keep-alive connection idle that long, which the upstream
+    // may keep, and a client reusing it then fails (the TCP proxy has none either).
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
+        .header_read_timeout(None)
         .half_close(true)
         .preserve_header_case(true)
         .serve_connection(TokioIo::new(inner), service)
