@@ -854,9 +854,12 @@ async fn inject_fault(
     let fault = &run.faults[f];
     let outcome = run
         .stop
-        .run_until_cancelled(
-            fault::inject(fault, setup).instrument(traces::fault_span(&run.span, "inject", fault)),
-        )
+        .run_until_cancelled(fault::inject(fault, setup).instrument(traces::fault_span(
+            &run.span,
+            "inject",
+            &fault.name,
+            fault.kind().map_or("unknown", |k| k.as_str()),
+        )))
         .await;
     match outcome {
         Some(Ok(injected)) => {
@@ -909,7 +912,12 @@ async fn revert_fault(run: &Arc<Run>, active: &ActiveFaults, f: usize) {
         return;
     };
     let fault = &run.faults[f];
-    let span = traces::fault_span(&run.span, "revert", fault);
+    let span = traces::fault_span(
+        &run.span,
+        "revert",
+        &fault.name,
+        fault.kind().map_or("unknown", |k| k.as_str()),
+    );
     let mut outcome = fault::revert(&injected).instrument(span.clone()).await;
     for attempt in 1..REVERT_TRIES {
         if outcome.is_ok() {
@@ -1030,7 +1038,9 @@ async fn isolated_check(run: &Arc<Run>, p: usize) -> Check {
         + Duration::from_secs(5);
     let panics = run.panic_probe.as_deref() == Some(run.probes[p].name.as_str());
     let started = Instant::now();
-    let span = traces::probe_span(&run.span, &run.probes[p]);
+    let probe = &run.probes[p];
+    let probe_type = probe.probe_type().map_or("unknown", |t| t.as_str());
+    let span = traces::probe_span(&run.span, &probe.name, probe_type, probe.mode);
     let task_run = run.clone();
     let mut task = AbortOnDrop(tokio::spawn(async move {
         let probe = &task_run.probes[p];

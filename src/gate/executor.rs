@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::catalog::Catalog;
 use crate::catalog::assertion::AssertionInput;
+use crate::catalog::credentials::credential_fields;
 use crate::catalog::pipeline::{ChaosStep, FailureStrategy, FallbackStrategy, Pipeline, Stage};
 use crate::chaos::runner::{ExperimentResult, RunContext, run_experiment};
 use crate::contract::run_record::{ExperimentRef, FlagRef, StageRef, StepRef};
@@ -492,7 +493,8 @@ async fn run_once(
         let mut secrets = redact::installed()
             .map(|installed| (*installed).clone())
             .unwrap_or_default();
-        secrets.add_experiment(experiment);
+        let fields = credential_fields(experiment);
+        secrets.add_credentials(fields.headers, fields.urls);
         secrets.scrub_run_record(&mut record);
         tracing::info!(
             status = record.status.as_str(),
