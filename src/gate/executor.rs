@@ -190,24 +190,17 @@ pub async fn execute(
     catalog: &Catalog,
     context: &ExecutionContext,
 ) -> Execution {
-    let gating = decision::gating(change, pipeline);
-    let pipeline = match (gating, pipeline) {
-        (Gating::Gate, Some(pipeline)) => pipeline,
-        _ => {
-            let command = decision::flag_command(
-                change,
-                pipeline,
-                gating,
-                &Outcome::Passed,
-                Vec::new(),
-                Utc::now(),
-            );
+    let pipeline = match (decision::pass_on(change, pipeline), pipeline) {
+        (None, Some(pipeline)) => pipeline,
+        // Passed on (which every change without a pipeline is).
+        (command, _) => {
             return Execution {
                 records: Vec::new(),
-                command: Some(command),
+                command,
             };
         }
     };
+    let gating = Gating::Gate;
     let mut records = Vec::new();
     let mut steps = Vec::new();
     let mut outcome = Outcome::Passed;
