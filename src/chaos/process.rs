@@ -9,7 +9,7 @@
 //! pipe. Failure texts name only the program ([`program_name`]), never its arguments,
 //! which may hold secrets.
 //!
-//! Every command chaosgate runs starts through [`start`]: at most [`MAX_RUNNING`] run at
+//! Every command chaosgate runs starts through `start`: at most [`MAX_RUNNING`] run at
 //! once, and each is spawned on a blocking thread, two at a time. Ten thousand
 //! experiments injecting at the same moment then neither run out of file descriptors
 //! (each running command holds its pipes and a pidfd, and every spawn copies the whole
@@ -68,7 +68,7 @@ async fn start(mut command: Command) -> io::Result<(Child, CommandTurn)> {
     Ok((child, turn))
 }
 
-/// The program name used in failure texts: `sh -c` for `shell: true`, else argv[0]
+/// The program name used in failure texts: `sh -c` for `shell: true`, else `argv[0]`
 /// (never the arguments or a script, which may hold secrets).
 pub fn program_name(line: &CommandLine) -> String {
     if line.shell {
