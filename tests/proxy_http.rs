@@ -26,7 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 
 use chaosgate::catalog::Span;
-use chaosgate::catalog::experiment::{HttpAction, HttpFault, HttpMatch};
+use chaosgate::catalog::experiment::{
+    Direction, HttpAction, HttpFault, HttpMatch, NetworkFault, Toxic,
+};
 use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
 
 /// Outer bound on every wait: a bug fails the test instead of hanging it.
@@ -697,6 +699,10 @@ async fn expect_continue_gets_100_before_the_body_is_sent() {
         (response.status, response.text().as_str()),
         (503, "injected")
     );
+    assert!(
+        within("end of stream", reader.at_end(&mut stream)).await,
+        "with the body never sent, the connection closes after the answer"
+    );
     registry.shutdown().await;
 }
 
@@ -995,23 +1001,7 @@ async fn websocket_upstream() -> (SocketAddr, tokio::process::Child) {
 async fn websocket_upgrade_becomes_a_tunnel_both_ways() {
     let (upstream, _child) = websocket_upstream().await;
     let (registry, listen) = proxy_to(upstream).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/websocket.py");
-    let output = within(
-        "websocket client",
-        tokio::process::Command::new("python3")
-            .arg(&script)
-            .args(["talk", &listen.port().to_string()])
-            .output(),
-    )
-    .await
-    .expect("run the websocket client");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "websocket client failed: {stdout} {stderr}"
-    );
-    let seen: serde_json::Value = serde_json::from_str(&stdout).expect("client prints JSON");
+    let (seen, _) = websocket_talk(listen).await;
     assert_eq!(seen["status"], 101, "{seen}");
     assert_eq!(
         seen["accept_ok"], true,
@@ -1031,5 +1021,51 @@ async fn websocket_upgrade_becomes_a_tunnel_both_ways() {
         seen["closed_after"], true,
         "the tunnel ends with the upstream"
     );
+
+    // Network toxics act on the tunnel too: 200 ms on every answer, handshake
+    // included, makes five exchanges take at least a second.
+    let latency = NetworkFault {
+        target: "web".into(),
+        proxy: None,
+        toxic: Toxic::Latency {
+            latency: Span::from_millis(200),
+            jitter: Span::from_millis(0),
+        },
+        direction: Direction::Downstream,
+        toxicity: 1.0,
+    };
+    registry
+        .add_network_fault("web", &latency, LEASE)
+        .expect("latency toxic");
+    let (seen, took) = websocket_talk(listen).await;
+    assert_eq!(seen["echoes"][0], "echo: one", "{seen}");
+    assert!(
+        took >= Duration::from_millis(1000),
+        "five exchanges under 200 ms latency took {took:?}"
+    );
     registry.shutdown().await;
+}
+
+/// Runs the WebSocket client through `listen`: what it saw, and how long it took.
+async fn websocket_talk(listen: SocketAddr) -> (serde_json::Value, Duration) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/websocket.py");
+    let started = Instant::now();
+    let output = within(
+        "websocket client",
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .args(["talk", &listen.port().to_string()])
+            .output(),
+    )
+    .await
+    .expect("run the websocket client");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "websocket client failed: {stdout} {stderr}"
+    );
+    let seen = serde_json::from_str(&stdout).expect("client prints JSON");
+    (seen, took)
 }
