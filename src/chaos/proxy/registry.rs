@@ -4,6 +4,10 @@
 //! active faults through a `watch` channel: open connections see a fault added or
 //! removed on their next chunk, and new connections see the current set. The lease
 //! table (`lease`) is the record of what is active; the reaper removes what expired.
+//!
+//! The rule that keeps it right: the registry sits above the proxy's other modules
+//! (listener, lease, toxic, state, ...) and none of them imports it; what they share
+//! lives in `state`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
