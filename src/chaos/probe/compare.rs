@@ -2,16 +2,34 @@
 //! `comparator` does them: command probes judge their standard output with them and
 //! Prometheus probes their sample value.
 //!
-//! Both sides are read as the comparison's type (`int`, `float` or `string`). Strings
-//! order byte-wise; `contains` and `matches` (a regular expression search, not a full
-//! match) apply to strings only. Regular expressions are compiled once and kept in a
-//! small cache, since the same probe is checked again and again.
+//! Both sides are read as the comparison's type, and compared exactly (the rules users
+//! see are in the README's probe reference):
+//!
+//! - `int`: decimal text whose value is a whole number, of any size: `42`, `+42`, `042`
+//!   (decimal, not octal), `4.2e1` and `42.0` are all 42; `7.5`, `0x2A` and `NaN` are not
+//!   integers. Values compare exactly, never through a float, so 2^53 + 1 is not 2^53.
+//! - `float`: decimal text compared by its exact decimal value (not rounded to a double),
+//!   plus `NaN`, `+Inf` and `-Inf` on the observed side, as Prometheus writes them. NaN
+//!   satisfies only `ne`. The expected value must be finite.
+//! - Numbers ignore whitespace around them (standard output's line end included).
+//! - `string`: byte-wise and case-sensitive. The observed text loses only its trailing
+//!   line ends (`\n`, `\r\n`), as a shell's `$(...)` does; the expected text is used as
+//!   written. `contains` and `matches` (a regular expression search, not a full match)
+//!   apply to strings only.
+//!
+//! [`check_expected`] refuses what no observed value could ever be compared with (an
+//! expected value that does not read as the type, a non-finite float, a bad regular
+//! expression, `contains` on numbers), so validation can refuse it before a run.
+//! Regular expressions are compiled once and kept in a small cache, since the same probe
+//! is checked again and again.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
 use regex::Regex;
 
+use super::number::{Decimal, Float};
 use crate::catalog::experiment::{Comparator, Comparison, ValueType};
 
 /// Why an observed value did not satisfy a comparison.
@@ -61,60 +79,136 @@ pub enum CompareFailure {
     },
 }
 
-/// Checks `observed` (surrounding whitespace ignored) against `comparison`.
+/// Checks `observed` against `comparison`, by the rules of this module's documentation.
 pub fn compare(observed: &str, comparison: &Comparison) -> Result<(), CompareFailure> {
-    let observed = observed.trim();
-    let expected = comparison.value.trim();
-    match comparison.value_type {
-        ValueType::Int => {
-            let want = read_int(expected).ok_or_else(|| CompareFailure::Expected {
-                expected: comparison.value.clone(),
-                kind: "an integer",
-            })?;
+    match Expected::read(comparison)? {
+        Expected::Int(want) => {
+            let observed = observed.trim();
             let got = read_int(observed).ok_or_else(|| CompareFailure::Observed {
                 observed: observed.to_string(),
                 kind: "an integer",
             })?;
-            ordered(got, want, comparison.criteria, "int")
+            let shown = comparison.value.trim();
+            ordered(got.partial_cmp(&want), comparison.criteria, observed, shown)
         }
-        ValueType::Float => {
-            let want = read_float(expected).ok_or_else(|| CompareFailure::Expected {
-                expected: comparison.value.clone(),
-                kind: "a number",
-            })?;
-            let got = read_float(observed).ok_or_else(|| CompareFailure::Observed {
+        Expected::Float(want) => {
+            let observed = observed.trim();
+            let got = Float::parse(observed).ok_or_else(|| CompareFailure::Observed {
                 observed: observed.to_string(),
                 kind: "a number",
             })?;
-            ordered(got, want, comparison.criteria, "float")
+            let shown = comparison.value.trim();
+            ordered(got.partial_cmp(&want), comparison.criteria, observed, shown)
         }
-        ValueType::String => compare_strings(observed, expected, comparison.criteria),
+        Expected::Text(pattern) => {
+            let observed = observed.trim_end_matches(['\n', '\r']);
+            compare_strings(observed, &comparison.value, comparison.criteria, pattern)
+        }
     }
 }
 
-/// An integer, also when written as a float with no fraction (Prometheus writes `"42"`,
-/// but a computed value may come back as `"4.2e1"`).
-fn read_int(text: &str) -> Option<i64> {
-    if let Ok(value) = text.parse::<i64>() {
-        return Some(value);
+/// Whether `comparison`'s expected value can be compared with anything: it reads as the
+/// comparison's type (an `int` a whole number, a `float` a finite number), a `matches`
+/// pattern compiles, and `contains`/`matches` are not used with a number type. The
+/// runner fails every check of such a probe with this same failure; validation calls it
+/// to refuse the probe before a run.
+pub fn check_expected(comparison: &Comparison) -> Result<(), CompareFailure> {
+    Expected::read(comparison).map(|_| ())
+}
+
+/// The expected side of a comparison, read once.
+enum Expected {
+    Int(Decimal),
+    Float(Float),
+    /// A string; the compiled pattern for `matches`.
+    Text(Option<Regex>),
+}
+
+impl Expected {
+    fn read(comparison: &Comparison) -> Result<Expected, CompareFailure> {
+        let number_type = match comparison.value_type {
+            ValueType::Int => Some("int"),
+            ValueType::Float => Some("float"),
+            ValueType::String => None,
+        };
+        if let (Some(value_type), Comparator::Contains | Comparator::Matches) =
+            (number_type, comparison.criteria)
+        {
+            return Err(CompareFailure::NotForNumbers {
+                criteria: comparator_name(comparison.criteria),
+                value_type,
+            });
+        }
+        let expected = comparison.value.trim();
+        let refused = |kind: &'static str| CompareFailure::Expected {
+            expected: comparison.value.clone(),
+            kind,
+        };
+        match comparison.value_type {
+            ValueType::Int => read_int(expected)
+                .map(Expected::Int)
+                .ok_or_else(|| refused("an integer")),
+            ValueType::Float => match Float::parse(expected) {
+                Some(value @ Float::Finite(_)) => Ok(Expected::Float(value)),
+                Some(_) => Err(refused(
+                    "a finite number (NaN and infinities cannot be thresholds)",
+                )),
+                None => Err(refused("a number")),
+            },
+            ValueType::String if comparison.criteria == Comparator::Matches => {
+                let pattern = &comparison.value;
+                regex(pattern)
+                    .map(|compiled| Expected::Text(Some(compiled)))
+                    .map_err(|reason| CompareFailure::BadRegex {
+                        pattern: pattern.clone(),
+                        reason,
+                    })
+            }
+            ValueType::String => Ok(Expected::Text(None)),
+        }
     }
-    let value = text.parse::<f64>().ok()?;
-    // i64::MAX as f64 rounds up to 2^63, which no i64 holds: keep strictly below it.
-    let in_range = value >= i64::MIN as f64 && value < i64::MAX as f64;
-    (value.is_finite() && value.fract() == 0.0 && in_range).then_some(value as i64)
 }
 
-/// A float; `NaN` and `+Inf` as Prometheus writes them read too.
-fn read_float(text: &str) -> Option<f64> {
-    text.parse::<f64>().ok()
+/// An integer: decimal text whose exact value is whole (`42`, `042`, `4.2e1`, `42.0`).
+fn read_int(text: &str) -> Option<Decimal> {
+    Decimal::parse(text).filter(Decimal::is_whole)
 }
 
-/// Compares two numbers; `contains`/`matches` are refused.
-fn ordered<T: PartialOrd + std::fmt::Display>(
-    got: T,
-    want: T,
+/// Judges a number comparison from the order of the two sides (`None`: unordered, as
+/// NaN is); `shown_*` are the values as written, for the failure text.
+fn ordered(
+    order: Option<Ordering>,
     criteria: Comparator,
-    value_type: &'static str,
+    shown_got: &str,
+    shown_want: &str,
+) -> Result<(), CompareFailure> {
+    let holds = match (criteria, order) {
+        (Comparator::Ne, order) => order != Some(Ordering::Equal),
+        (_, None) => false,
+        (Comparator::Eq, Some(order)) => order.is_eq(),
+        (Comparator::Lt, Some(order)) => order.is_lt(),
+        (Comparator::Le, Some(order)) => order.is_le(),
+        (Comparator::Gt, Some(order)) => order.is_gt(),
+        (Comparator::Ge, Some(order)) => order.is_ge(),
+        // Refused when the expected side was read.
+        (Comparator::Contains | Comparator::Matches, Some(_)) => false,
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(CompareFailure::Unmet {
+            observed: shown_got.to_string(),
+            verb: negated(criteria),
+            expected: shown_want.to_string(),
+        })
+    }
+}
+
+fn compare_strings(
+    got: &str,
+    want: &str,
+    criteria: Comparator,
+    pattern: Option<Regex>,
 ) -> Result<(), CompareFailure> {
     let holds = match criteria {
         Comparator::Eq => got == want,
@@ -123,40 +217,8 @@ fn ordered<T: PartialOrd + std::fmt::Display>(
         Comparator::Le => got <= want,
         Comparator::Gt => got > want,
         Comparator::Ge => got >= want,
-        Comparator::Contains | Comparator::Matches => {
-            return Err(CompareFailure::NotForNumbers {
-                criteria: comparator_name(criteria),
-                value_type,
-            });
-        }
-    };
-    if holds {
-        Ok(())
-    } else {
-        Err(CompareFailure::Unmet {
-            observed: got.to_string(),
-            verb: negated(criteria),
-            expected: want.to_string(),
-        })
-    }
-}
-
-fn compare_strings(got: &str, want: &str, criteria: Comparator) -> Result<(), CompareFailure> {
-    let holds = match criteria {
-        Comparator::Eq => got == want,
-        Comparator::Ne => got != want,
-        Comparator::Lt => got < want,
-        Comparator::Le => got <= want,
-        Comparator::Gt => got > want,
-        Comparator::Ge => got >= want,
         Comparator::Contains => got.contains(want),
-        Comparator::Matches => {
-            let pattern = regex(want).map_err(|reason| CompareFailure::BadRegex {
-                pattern: want.to_string(),
-                reason,
-            })?;
-            pattern.is_match(got)
-        }
+        Comparator::Matches => pattern.is_some_and(|pattern| pattern.is_match(got)),
     };
     if holds {
         return Ok(());

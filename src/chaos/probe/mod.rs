@@ -12,6 +12,8 @@
 pub mod command;
 pub mod compare;
 pub mod http;
+pub(crate) mod json;
+pub(crate) mod number;
 pub mod prometheus;
 pub mod tcp;
 
