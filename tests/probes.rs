@@ -79,6 +79,18 @@ async fn start_target() -> Target {
                 }))
             }),
         )
+        // Written as text: serde_json's Value would round the numbers beyond u64.
+        .route(
+            "/exact",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    r#"{"big": 9007199254740993, "max": 9223372036854775807,
+                        "beyond": 18446744073709551616, "half": 12345678901234567.5,
+                        "three": 3, "text": "ok ", "nested": {"items": [3.0, "x", null]}}"#,
+                )
+            }),
+        )
         .route(
             "/echo",
             any(
@@ -433,6 +445,71 @@ async fn http_json_pointer_equals_passes_and_fails_with_what_was_found() {
 }
 
 #[tokio::test]
+async fn http_json_numbers_compare_by_their_exact_value() {
+    let target = start_target().await;
+    let url = target.url("/exact");
+    let pointer = |pointer: &str, equals: serde_json::Value| HttpCriteria {
+        json: Some(JsonPointerMatch {
+            pointer: pointer.to_string(),
+            equals,
+        }),
+        ..HttpCriteria::default()
+    };
+    for (ptr, value) in [
+        ("/big", serde_json::json!(9007199254740993u64)),
+        ("/max", serde_json::json!(i64::MAX)),
+        ("/three", serde_json::json!(3.0)),
+        ("/nested", serde_json::json!({"items": [3, "x", null]})),
+    ] {
+        let result = check(&http_probe(url.clone(), pointer(ptr, value.clone()))).await;
+        assert!(passed(&result), "{ptr} == {value}: {result:?}");
+    }
+    // Each of these is the same f64 as the body's number, and not the same number.
+    for (ptr, value, found) in [
+        (
+            "/big",
+            serde_json::json!(9007199254740992u64),
+            "9007199254740993",
+        ),
+        (
+            "/beyond",
+            serde_json::json!(18446744073709551615u64),
+            "18446744073709551616",
+        ),
+        (
+            "/half",
+            serde_json::json!(12345678901234568u64),
+            "12345678901234567.5",
+        ),
+    ] {
+        let result = check(&http_probe(url.clone(), pointer(ptr, value.clone()))).await;
+        assert_eq!(
+            error_of(&result),
+            format!("GET {url}: JSON at \"{ptr}\" is {found}, expected {value}")
+        );
+    }
+    let result = check(&http_probe(url.clone(), pointer("/text", "ok".into()))).await;
+    assert_eq!(
+        error_of(&result),
+        format!("GET {url}: JSON at \"/text\" is \"ok \", expected \"ok\"")
+    );
+    let result = check(&http_probe(url.clone(), pointer("/three", "3".into()))).await;
+    assert_eq!(
+        error_of(&result),
+        format!("GET {url}: JSON at \"/three\" is 3, expected \"3\"")
+    );
+    let reordered = serde_json::json!({"items": ["x", 3, null]});
+    let result = check(&http_probe(url.clone(), pointer("/nested", reordered))).await;
+    assert_eq!(
+        error_of(&result),
+        format!(
+            "GET {url}: JSON at \"/nested\" is {{\"items\":[3.0,\"x\",null]}}, \
+             expected {{\"items\":[\"x\",3,null]}}"
+        )
+    );
+}
+
+#[tokio::test]
 async fn http_method_headers_and_body_are_sent() {
     let target = start_target().await;
     let mut probe = http_probe(
@@ -670,6 +747,53 @@ async fn command_stdout_int_comparisons() {
 }
 
 #[tokio::test]
+async fn command_stdout_numbers_keep_every_digit() {
+    let echo =
+        |text: &'static str, cmp: Comparison| command_probe(&["echo", text], false, 0, Some(cmp));
+    let cmp = comparison(ValueType::Int, Comparator::Eq, "9007199254740992");
+    let failed = check(&echo("9007199254740993", cmp)).await;
+    assert_eq!(
+        error_of(&failed),
+        "command 'echo': stdout 9007199254740993 is not == 9007199254740992"
+    );
+    for (printed, value_type, criteria, value) in [
+        (
+            "9223372036854775807",
+            ValueType::Int,
+            Comparator::Eq,
+            "9223372036854775807",
+        ),
+        (
+            "18446744073709551616",
+            ValueType::Int,
+            Comparator::Gt,
+            "18446744073709551615",
+        ),
+        ("017", ValueType::Int, Comparator::Eq, "17"),
+        ("5.0", ValueType::Int, Comparator::Eq, "5"),
+        (
+            "0.10000000000000001",
+            ValueType::Float,
+            Comparator::Gt,
+            "0.1",
+        ),
+    ] {
+        let result = check(&echo(printed, comparison(value_type, criteria, value))).await;
+        assert!(
+            passed(&result),
+            "{printed} {criteria:?} {value}: {result:?}"
+        );
+    }
+    let cmp = comparison(ValueType::Float, Comparator::Lt, "NaN");
+    let refused = check(&echo("1", cmp)).await;
+    assert_eq!(
+        error_of(&refused),
+        "command 'echo': stdout the expected value \"NaN\" is not a finite number \
+         (NaN and infinities cannot be thresholds)"
+    );
+}
+
+#[tokio::test]
 async fn command_stdout_float_comparisons() {
     let cmp = comparison(ValueType::Float, Comparator::Le, "0.8");
     assert!(passed(
@@ -702,6 +826,18 @@ async fn command_stdout_string_comparisons() {
             "{criteria:?} {value}: {result:?}"
         );
     }
+    // Only the trailing line ends are dropped: other whitespace is part of the text.
+    let indented = ["printf", "  ready \\r\\n\\n"];
+    let cmp = comparison(ValueType::String, Comparator::Eq, "  ready ");
+    assert!(passed(
+        &check(&command_probe(&indented, false, 0, Some(cmp))).await
+    ));
+    let cmp = comparison(ValueType::String, Comparator::Eq, "ready");
+    let failed = check(&command_probe(&indented, false, 0, Some(cmp))).await;
+    assert_eq!(
+        error_of(&failed),
+        "command 'printf': stdout \"  ready \" is not == \"ready\""
+    );
     let cmp = comparison(ValueType::String, Comparator::Contains, "down");
     let failed = check(&command_probe(&out, false, 0, Some(cmp))).await;
     assert_eq!(
@@ -938,6 +1074,23 @@ async fn prometheus_queries_against_a_real_prometheus() {
     let scalar = comparison(ValueType::Int, Comparator::Eq, "2");
     let result = check(&prometheus_probe(endpoint, "scalar(demo_up) + 1", scalar)).await;
     assert!(passed(&result), "{result:?}");
+
+    // Prometheus's samples are f64, written in full: compared as exact decimals.
+    let beyond_i64 = comparison(ValueType::Int, Comparator::Eq, "100000000000000000000");
+    let result = check(&prometheus_probe(endpoint, "1e20", beyond_i64)).await;
+    assert!(passed(&result), "{result:?}");
+    let sum = comparison(ValueType::Float, Comparator::Eq, "0.3");
+    let failed = check(&prometheus_probe(endpoint, "0.1 + 0.2", sum)).await;
+    assert_eq!(
+        error_of(&failed),
+        format!("query '0.1 + 0.2' at {endpoint}: value 0.30000000000000004 is not == 0.3")
+    );
+    let nan = comparison(ValueType::Float, Comparator::Ge, "0");
+    let failed = check(&prometheus_probe(endpoint, "NaN", nan)).await;
+    assert_eq!(
+        error_of(&failed),
+        format!("query 'NaN' at {endpoint}: value NaN is not >= 0")
+    );
 
     let any = comparison(ValueType::Float, Comparator::Ge, "0");
     let none = check(&prometheus_probe(

@@ -345,6 +345,205 @@ mod tests {
         assert!(matches!(err, CompareFailure::BadRegex { .. }));
     }
 
+    fn holds(observed: &str, value_type: ValueType, criteria: Comparator, value: &str) -> bool {
+        compare(observed, &cmp(value_type, criteria, value)).is_ok()
+    }
+
+    #[test]
+    fn integers_keep_every_digit() {
+        use Comparator::*;
+        // 2^53 + 1 and 2^53 are one f64: they used to compare equal.
+        assert!(!holds(
+            "9007199254740993",
+            ValueType::Int,
+            Eq,
+            "9007199254740992"
+        ));
+        assert!(holds(
+            "9007199254740993",
+            ValueType::Int,
+            Gt,
+            "9007199254740992"
+        ));
+        assert!(holds(
+            "9223372036854775807",
+            ValueType::Int,
+            Eq,
+            "9223372036854775807"
+        ));
+        assert!(holds(
+            "9223372036854775807",
+            ValueType::Int,
+            Lt,
+            "9223372036854775808"
+        ));
+        assert!(holds(
+            "-9223372036854775808",
+            ValueType::Int,
+            Eq,
+            "-9223372036854775808"
+        ));
+        assert!(holds(
+            "18446744073709551616",
+            ValueType::Int,
+            Gt,
+            "18446744073709551615"
+        ));
+        assert!(holds(
+            "9007199254740993.0",
+            ValueType::Int,
+            Ne,
+            "9007199254740992"
+        ));
+        let err = compare(
+            "9007199254740993",
+            &cmp(ValueType::Int, Eq, "9007199254740992"),
+        );
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "9007199254740993 is not == 9007199254740992"
+        );
+    }
+
+    #[test]
+    fn integers_are_decimal_text_of_a_whole_value() {
+        use Comparator::*;
+        for (observed, expected) in [
+            ("017", "17"),
+            ("+5", "5"),
+            ("1e3", "1000"),
+            (" 5 \n", "5"),
+            ("5.0", "5"),
+            ("-0", "0"),
+        ] {
+            assert!(
+                holds(observed, ValueType::Int, Eq, expected),
+                "{observed:?}"
+            );
+        }
+        assert!(!holds("017", ValueType::Int, Eq, "15"), "017 is not octal");
+        for observed in ["0x10", "7.5", "1_000", "NaN", "+Inf", "5 0", ""] {
+            let err = compare(observed, &cmp(ValueType::Int, Eq, "1")).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    CompareFailure::Observed {
+                        kind: "an integer",
+                        ..
+                    }
+                ),
+                "{observed:?}: {err}"
+            );
+        }
+        let err = check_expected(&cmp(ValueType::Int, Eq, "0o17")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the expected value \"0o17\" is not an integer"
+        );
+    }
+
+    #[test]
+    fn floats_compare_as_exact_decimals() {
+        use Comparator::*;
+        assert!(!holds("0.10000000000000001", ValueType::Float, Eq, "0.1"));
+        assert!(holds("0.10000000000000001", ValueType::Float, Gt, "0.1"));
+        assert!(holds("0.1", ValueType::Float, Eq, "1e-1"));
+        assert!(holds(
+            "9007199254740993",
+            ValueType::Float,
+            Gt,
+            "9007199254740992"
+        ));
+        assert!(holds("3", ValueType::Float, Eq, "3.0"));
+        assert!(holds("+Inf", ValueType::Float, Gt, "1e308"));
+        assert!(holds("-Inf", ValueType::Float, Lt, "-1e308"));
+        for criteria in [Eq, Lt, Le, Gt, Ge] {
+            assert!(
+                !holds("NaN", ValueType::Float, criteria, "0"),
+                "{criteria:?}"
+            );
+        }
+        assert!(holds("NaN", ValueType::Float, Ne, "0"));
+    }
+
+    #[test]
+    fn non_finite_expected_floats_are_refused() {
+        for value in ["NaN", "nan", "+Inf", "-Inf", "inf", "Infinity"] {
+            let comparison = cmp(ValueType::Float, Comparator::Ne, value);
+            let err = check_expected(&comparison).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "the expected value {value:?} is not a finite number \
+                     (NaN and infinities cannot be thresholds)"
+                )
+            );
+            assert_eq!(compare("1", &comparison), Err(err));
+        }
+        assert_eq!(
+            check_expected(&cmp(ValueType::Float, Comparator::Lt, "1e400")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn strings_compare_exactly_but_for_the_observed_line_ends() {
+        use Comparator::*;
+        assert!(holds("ok\n", ValueType::String, Eq, "ok"));
+        assert!(holds("ok\r\n\n", ValueType::String, Eq, "ok"));
+        assert!(holds("  ok\n", ValueType::String, Eq, "  ok"));
+        assert!(!holds("  ok\n", ValueType::String, Eq, "ok"));
+        assert!(!holds("ok  \n", ValueType::String, Eq, "ok"));
+        assert!(!holds("ok", ValueType::String, Eq, " ok "));
+        assert!(!holds("OK", ValueType::String, Eq, "ok"));
+        assert!(
+            !holds("e\u{301}", ValueType::String, Eq, "\u{e9}"),
+            "no normalisation"
+        );
+        assert!(
+            holds("10", ValueType::String, Lt, "9"),
+            "byte-wise, not numeric"
+        );
+    }
+
+    #[test]
+    fn check_expected_refuses_what_no_observed_value_could_meet() {
+        let cases = [
+            (
+                cmp(ValueType::Int, Comparator::Eq, "ten"),
+                "is not an integer",
+            ),
+            (
+                cmp(ValueType::Int, Comparator::Eq, "7.5"),
+                "is not an integer",
+            ),
+            (
+                cmp(ValueType::Float, Comparator::Eq, "0,5"),
+                "is not a number",
+            ),
+            (
+                cmp(ValueType::Int, Comparator::Contains, "1"),
+                "compares strings only",
+            ),
+            (
+                cmp(ValueType::String, Comparator::Matches, "("),
+                "not a valid regular",
+            ),
+        ];
+        for (comparison, says) in cases {
+            let err = check_expected(&comparison).unwrap_err().to_string();
+            assert!(err.contains(says), "{comparison:?}: {err}");
+        }
+        for fine in [
+            cmp(ValueType::Int, Comparator::Le, " 017 "),
+            cmp(ValueType::Float, Comparator::Lt, "0.25"),
+            cmp(ValueType::String, Comparator::Matches, "^ok$"),
+            cmp(ValueType::String, Comparator::Eq, ""),
+        ] {
+            assert_eq!(check_expected(&fine), Ok(()), "{fine:?}");
+        }
+    }
+
     #[test]
     fn long_text_is_shortened_on_a_char_boundary() {
         assert_eq!(shorten("héllo", 2), "hé…");
