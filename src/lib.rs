@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod config;
 pub mod contract;
 pub mod gate;
+pub mod os;
 pub mod schema;
 pub mod telemetry;
 pub mod view;

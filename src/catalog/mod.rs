@@ -12,6 +12,7 @@ pub mod load;
 pub mod pipeline;
 pub mod problem;
 pub mod route;
+pub mod rules;
 pub mod schema_check;
 pub mod span;
 pub mod validate;

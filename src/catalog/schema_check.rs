@@ -19,21 +19,10 @@ use super::problem::{FieldPath, Finding};
 use super::span::{SPAN_PATTERN, SpanError};
 
 /// The probe type blocks a probe may have.
-pub const PROBE_TYPES: [&str; 4] = [
-    ProbeType::Http.as_str(),
-    ProbeType::Tcp.as_str(),
-    ProbeType::Command.as_str(),
-    ProbeType::Prometheus.as_str(),
-];
+pub const PROBE_TYPES: [&str; 4] = ProbeType::NAMES;
 
 /// The fault kind blocks a fault may have.
-pub const FAULT_KINDS: [&str; 5] = [
-    FaultKind::Network.as_str(),
-    FaultKind::Http.as_str(),
-    FaultKind::Toxiproxy.as_str(),
-    FaultKind::Process.as_str(),
-    FaultKind::Command.as_str(),
-];
+pub const FAULT_KINDS: [&str; 5] = FaultKind::NAMES;
 
 /// Why the schema checker could not be built (a bug in the generated schemas).
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use chaosgate::bus::worker::WorkerError;
 use chaosgate::catalog::Catalog;
 use chaosgate::chaos::proxy::ProxyRegistry;
-use chaosgate::chaos::runner::RunContext;
+use chaosgate::chaos::run::RunContext;
 use chaosgate::config::Config;
 use chaosgate::telemetry::http::Readiness;
 
@@ -51,7 +51,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         chaosgate::telemetry::init(&config.telemetry).context("cannot set up telemetry")?
     };
     tracing::info!(config = %args.config.display(), "configuration loaded");
-    match chaosgate::chaos::runner::raise_open_files_limit() {
+    match chaosgate::os::raise_open_files_limit() {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
     }

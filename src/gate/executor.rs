@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::catalog::Catalog;
 use crate::catalog::assertion::AssertionInput;
 use crate::catalog::pipeline::{ChaosStep, FailureStrategy, FallbackStrategy, Pipeline, Stage};
-use crate::chaos::runner::{ExperimentResult, RunContext, run_experiment};
+use crate::chaos::run::{ExperimentResult, RunContext, run_experiment};
 use crate::contract::run_record::{ExperimentRef, FlagRef, StageRef, StepRef};
 use crate::contract::{FlagChange, FlagCommand, RunRecord, RunStatus, StepSummary, Verdict, ids};
 use crate::telemetry::{redact, traces};

@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use crate::catalog::experiment::ProbeType;
 use crate::catalog::{Catalog, Experiment};
 use crate::config::Config;
 use crate::contract::RunRecord;
@@ -160,7 +161,7 @@ impl Secrets {
     /// passwords.
     pub fn add_experiment(&mut self, experiment: &Experiment) {
         for probe in &experiment.probes {
-            if let Some(http) = &probe.http {
+            if let ProbeType::Http(http) = &probe.probe_type {
                 for (name, value) in &http.headers {
                     if is_secret_header(name) {
                         self.add(value);
@@ -172,7 +173,7 @@ impl Secrets {
                 }
                 self.add_url(&http.url);
             }
-            if let Some(prometheus) = &probe.prometheus {
+            if let ProbeType::Prometheus(prometheus) = &probe.probe_type {
                 self.add_url(&prometheus.endpoint);
             }
         }

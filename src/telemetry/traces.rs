@@ -353,7 +353,7 @@ pub fn fault_span(
         otel.name = %format!("fault {action} {}", fault.name),
         chaosgate.fault.action = action,
         chaosgate.fault.name = %fault.name,
-        chaosgate.fault.kind = fault.kind().map_or("unknown", |k| k.as_str()),
+        chaosgate.fault.kind = fault.kind.name(),
     )
 }
 
@@ -369,7 +369,7 @@ pub fn probe_span(
         "probe",
         otel.name = %format!("probe {}", probe.name),
         chaosgate.probe.name = %probe.name,
-        "chaosgate.probe.type" = probe.probe_type().map_or("unknown", |t| t.as_str()),
+        "chaosgate.probe.type" = probe.probe_type.name(),
         chaosgate.probe.mode = ?probe.mode,
     )
 }
