@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::contract::schema_of;
+
 use super::document::Document;
 use super::experiment::Experiment;
 use super::pipeline::Pipeline;
@@ -315,7 +317,10 @@ fn check(
     unreadable_experiments: &[String],
     problems: &mut Vec<Problem>,
 ) -> Option<Catalog> {
-    let schemas = match (SchemaCheck::new("pipeline"), SchemaCheck::new("experiment")) {
+    let schemas = match (
+        SchemaCheck::new("pipeline", schema_of::<Pipeline>("pipeline")),
+        SchemaCheck::new("experiment", schema_of::<Experiment>("experiment")),
+    ) {
         (Ok(pipeline), Ok(experiment)) => (pipeline, experiment),
         (Err(err), _) | (_, Err(err)) => {
             problems.push(Problem::file("(chaosgate)", err.to_string()));

@@ -6,6 +6,7 @@
 //! flag changes with [`Catalog::pipeline_for`].
 
 pub mod assertion;
+pub mod credentials;
 pub mod document;
 pub mod experiment;
 pub mod load;

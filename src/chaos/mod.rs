@@ -3,6 +3,7 @@
 
 pub mod fault;
 pub mod probe;
+pub mod process;
 pub mod proxy;
 pub mod run;
 pub mod score;

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use tokio::sync::mpsc;
 
+use chaosgate::catalog::credentials::credential_fields;
 use chaosgate::catalog::experiment::Experiment;
 use chaosgate::catalog::{Catalog, Problem, Span};
 use chaosgate::chaos::proxy::{ProxyRegistry, StandaloneConfig};
@@ -67,7 +68,8 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
     };
     // Probe credentials (an Authorization header, a URL password) never reach the screen.
     let mut secrets = Secrets::default();
-    secrets.add_experiment(&experiment);
+    let fields = credential_fields(&experiment);
+    secrets.add_credentials(fields.headers, fields.urls);
     redact::install(&secrets);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

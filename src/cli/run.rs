@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use chaosgate::bus::worker::WorkerError;
 use chaosgate::catalog::Catalog;
+use chaosgate::catalog::credentials::credential_fields;
 use chaosgate::chaos::proxy::ProxyRegistry;
 use chaosgate::chaos::run::RunContext;
 use chaosgate::config::Config;
@@ -68,7 +69,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     };
-    chaosgate::telemetry::redact::install_for(&config, &catalog);
+    // Secrets of the configuration (Kafka properties, URL passwords, values set from
+    // `CHAOSGATE_*` variables included) and of the catalog (probe credentials).
+    let mut secrets = config.secrets();
+    for experiment in catalog.experiments() {
+        let fields = credential_fields(experiment);
+        secrets.add_credentials(fields.headers, fields.urls);
+    }
+    chaosgate::telemetry::redact::install(&secrets);
     let stopped = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));

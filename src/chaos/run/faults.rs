@@ -130,9 +130,12 @@ pub(super) async fn inject_fault(
     let fault = &run.faults[f];
     let outcome = run
         .stop
-        .run_until_cancelled(
-            fault::inject(fault, setup).instrument(traces::fault_span(&run.span, "inject", fault)),
-        )
+        .run_until_cancelled(fault::inject(fault, setup).instrument(traces::fault_span(
+            &run.span,
+            "inject",
+            &fault.name,
+            fault.kind.name(),
+        )))
         .await;
     match outcome {
         Some(Ok(injected)) => {
@@ -185,7 +188,7 @@ pub(super) async fn revert_fault(run: &Arc<Run>, active: &InjectedFaults, f: usi
         return;
     };
     let fault = &run.faults[f];
-    let span = traces::fault_span(&run.span, "revert", fault);
+    let span = traces::fault_span(&run.span, "revert", &fault.name, fault.kind.name());
     let mut outcome = fault::revert(&injected).instrument(span.clone()).await;
     for attempt in 1..REVERT_TRIES {
         if outcome.is_ok() {

@@ -110,7 +110,8 @@ pub(super) async fn isolated_check(run: &Arc<Run>, p: usize) -> Check {
         + Duration::from_secs(5);
     let panics = run.panic_probe.as_deref() == Some(run.probes[p].name.as_str());
     let started = Instant::now();
-    let span = traces::probe_span(&run.span, &run.probes[p]);
+    let probe = &run.probes[p];
+    let span = traces::probe_span(&run.span, &probe.name, probe.probe_type.name(), probe.mode);
     let task_run = run.clone();
     let mut task = AbortOnDrop(tokio::spawn(async move {
         let probe = &task_run.probes[p];
