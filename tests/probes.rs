@@ -162,6 +162,19 @@ fn http_probe(url: String, criteria: HttpCriteria) -> Probe {
     )
 }
 
+/// An HTTP probe of `url` judging, besides the default statuses, the JSON at `pointer`.
+fn json_probe(url: &str, pointer: &str, equals: serde_json::Value) -> Probe {
+    let json = JsonPointerMatch {
+        pointer: pointer.to_string(),
+        equals,
+    };
+    let criteria = HttpCriteria {
+        json: Some(json),
+        ..HttpCriteria::default()
+    };
+    http_probe(url.to_string(), criteria)
+}
+
 fn tcp_probe(address: String) -> Probe {
     bare_probe(props(2_000, 100, 1), ProbeType::Tcp(TcpProbe { address }))
 }
@@ -399,39 +412,28 @@ async fn http_body_regex_passes_fails_and_reports_a_bad_pattern() {
 async fn http_json_pointer_equals_passes_and_fails_with_what_was_found() {
     let target = start_target().await;
     let url = target.url("/json");
-    let pointer = |pointer: &str, equals: serde_json::Value| HttpCriteria {
-        json: Some(JsonPointerMatch {
-            pointer: pointer.to_string(),
-            equals,
-        }),
-        ..HttpCriteria::default()
-    };
     for (ptr, value) in [
         ("/status", serde_json::json!("up")),
         ("/count", serde_json::json!(3.0)),
         ("/nested", serde_json::json!({"ok": true})),
     ] {
-        let result = check(&http_probe(url.clone(), pointer(ptr, value))).await;
+        let result = check(&json_probe(&url, ptr, value)).await;
         assert!(passed(&result), "{ptr}: {result:?}");
     }
 
-    let unequal = check(&http_probe(url.clone(), pointer("/status", "down".into()))).await;
+    let unequal = check(&json_probe(&url, "/status", "down".into())).await;
     assert_eq!(
         error_of(&unequal),
         format!("GET {url}: JSON at \"/status\" is \"up\", expected \"down\"")
     );
-    let missing = check(&http_probe(url.clone(), pointer("/version", 1.into()))).await;
+    let missing = check(&json_probe(&url, "/version", 1.into())).await;
     assert_eq!(
         error_of(&missing),
         format!("GET {url}: JSON body has nothing at \"/version\"")
     );
 
     let text_url = target.url("/ok");
-    let not_json = check(&http_probe(
-        text_url.clone(),
-        pointer("/status", "up".into()),
-    ))
-    .await;
+    let not_json = check(&json_probe(&text_url, "/status", "up".into())).await;
     assert!(
         error_of(&not_json).starts_with(&format!("GET {text_url}: body is not JSON")),
         "{not_json:?}"
@@ -442,20 +444,13 @@ async fn http_json_pointer_equals_passes_and_fails_with_what_was_found() {
 async fn http_json_numbers_compare_by_their_exact_value() {
     let target = start_target().await;
     let url = target.url("/exact");
-    let pointer = |pointer: &str, equals: serde_json::Value| HttpCriteria {
-        json: Some(JsonPointerMatch {
-            pointer: pointer.to_string(),
-            equals,
-        }),
-        ..HttpCriteria::default()
-    };
     for (ptr, value) in [
         ("/big", serde_json::json!(9007199254740993u64)),
         ("/max", serde_json::json!(i64::MAX)),
         ("/three", serde_json::json!(3.0)),
         ("/nested", serde_json::json!({"items": [3, "x", null]})),
     ] {
-        let result = check(&http_probe(url.clone(), pointer(ptr, value.clone()))).await;
+        let result = check(&json_probe(&url, ptr, value.clone())).await;
         assert!(passed(&result), "{ptr} == {value}: {result:?}");
     }
     // Each of these is the same f64 as the body's number, and not the same number.
@@ -476,24 +471,24 @@ async fn http_json_numbers_compare_by_their_exact_value() {
             "12345678901234567.5",
         ),
     ] {
-        let result = check(&http_probe(url.clone(), pointer(ptr, value.clone()))).await;
+        let result = check(&json_probe(&url, ptr, value.clone())).await;
         assert_eq!(
             error_of(&result),
             format!("GET {url}: JSON at \"{ptr}\" is {found}, expected {value}")
         );
     }
-    let result = check(&http_probe(url.clone(), pointer("/text", "ok".into()))).await;
+    let result = check(&json_probe(&url, "/text", "ok".into())).await;
     assert_eq!(
         error_of(&result),
         format!("GET {url}: JSON at \"/text\" is \"ok \", expected \"ok\"")
     );
-    let result = check(&http_probe(url.clone(), pointer("/three", "3".into()))).await;
+    let result = check(&json_probe(&url, "/three", "3".into())).await;
     assert_eq!(
         error_of(&result),
         format!("GET {url}: JSON at \"/three\" is 3, expected \"3\"")
     );
     let reordered = serde_json::json!({"items": ["x", 3, null]});
-    let result = check(&http_probe(url.clone(), pointer("/nested", reordered))).await;
+    let result = check(&json_probe(&url, "/nested", reordered)).await;
     assert_eq!(
         error_of(&result),
         format!(
@@ -1036,44 +1031,58 @@ async fn prometheus_queries_against_a_real_prometheus() {
         prometheus.log_tail()
     );
 
-    let float_ok = comparison(ValueType::Float, Comparator::Lt, "100");
-    assert!(passed(
-        &check(&prometheus_probe(endpoint, "demo_latency_ms", float_ok)).await
-    ));
-    let float_bad = comparison(ValueType::Float, Comparator::Gt, "100");
-    let failed = check(&prometheus_probe(endpoint, "demo_latency_ms", float_bad)).await;
-    assert_eq!(
-        error_of(&failed),
-        format!("query 'demo_latency_ms' at {endpoint}: value 42 is not > 100")
-    );
-
-    let int_bad = comparison(ValueType::Int, Comparator::Eq, "0");
-    let failed = check(&prometheus_probe(endpoint, "demo_up", int_bad)).await;
-    assert_eq!(
-        error_of(&failed),
-        format!("query 'demo_up' at {endpoint}: value 1 is not == 0")
-    );
-
-    let scalar = comparison(ValueType::Int, Comparator::Eq, "2");
-    let result = check(&prometheus_probe(endpoint, "scalar(demo_up) + 1", scalar)).await;
-    assert!(passed(&result), "{result:?}");
-
-    // Prometheus's samples are f64, written in full: compared as exact decimals.
-    let beyond_i64 = comparison(ValueType::Int, Comparator::Eq, "100000000000000000000");
-    let result = check(&prometheus_probe(endpoint, "1e20", beyond_i64)).await;
-    assert!(passed(&result), "{result:?}");
-    let sum = comparison(ValueType::Float, Comparator::Eq, "0.3");
-    let failed = check(&prometheus_probe(endpoint, "0.1 + 0.2", sum)).await;
-    assert_eq!(
-        error_of(&failed),
-        format!("query '0.1 + 0.2' at {endpoint}: value 0.30000000000000004 is not == 0.3")
-    );
-    let nan = comparison(ValueType::Float, Comparator::Ge, "0");
-    let failed = check(&prometheus_probe(endpoint, "NaN", nan)).await;
-    assert_eq!(
-        error_of(&failed),
-        format!("query 'NaN' at {endpoint}: value NaN is not >= 0")
-    );
+    // Samples are f64 that Prometheus writes in full; they compare as exact decimals.
+    for (query, value_type, criteria, value) in [
+        ("demo_latency_ms", ValueType::Float, Comparator::Lt, "100"),
+        ("scalar(demo_up) + 1", ValueType::Int, Comparator::Eq, "2"),
+        (
+            "1e20",
+            ValueType::Int,
+            Comparator::Eq,
+            "100000000000000000000",
+        ),
+    ] {
+        let cmp = comparison(value_type, criteria, value);
+        let result = check(&prometheus_probe(endpoint, query, cmp)).await;
+        assert!(passed(&result), "{query} {criteria:?} {value}: {result:?}");
+    }
+    for (query, value_type, criteria, value, says) in [
+        (
+            "demo_latency_ms",
+            ValueType::Float,
+            Comparator::Gt,
+            "100",
+            "42 is not > 100",
+        ),
+        (
+            "demo_up",
+            ValueType::Int,
+            Comparator::Eq,
+            "0",
+            "1 is not == 0",
+        ),
+        (
+            "0.1 + 0.2",
+            ValueType::Float,
+            Comparator::Eq,
+            "0.3",
+            "0.30000000000000004 is not == 0.3",
+        ),
+        (
+            "NaN",
+            ValueType::Float,
+            Comparator::Ge,
+            "0",
+            "NaN is not >= 0",
+        ),
+    ] {
+        let cmp = comparison(value_type, criteria, value);
+        let failed = check(&prometheus_probe(endpoint, query, cmp)).await;
+        assert_eq!(
+            error_of(&failed),
+            format!("query '{query}' at {endpoint}: value {says}")
+        );
+    }
 
     let any = comparison(ValueType::Float, Comparator::Ge, "0");
     let none = check(&prometheus_probe(
