@@ -766,7 +766,7 @@ async fn command_stdout_numbers_keep_every_digit() {
     let refused = check(&echo("1", cmp)).await;
     assert_eq!(
         error_of(&refused),
-        "command 'echo': stdout the expected value \"NaN\" is not a finite number \
+        "command 'echo': stdout cannot be compared: the expected value \"NaN\" is not a finite number \
          (NaN and infinities cannot be thresholds)"
     );
 }

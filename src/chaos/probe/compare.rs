@@ -44,7 +44,7 @@ pub enum CompareFailure {
         kind: &'static str,
     },
     /// The expected value in the probe does not read as the comparison's type.
-    #[error("the expected value {expected:?} is not {kind}")]
+    #[error("cannot be compared: the expected value {expected:?} is not {kind}")]
     Expected {
         /// The expected text from the probe.
         expected: String,
@@ -438,7 +438,7 @@ mod tests {
         let err = check_expected(&cmp(ValueType::Int, Eq, "0o17")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the expected value \"0o17\" is not an integer"
+            "cannot be compared: the expected value \"0o17\" is not an integer"
         );
     }
 
@@ -474,7 +474,7 @@ mod tests {
             assert_eq!(
                 err.to_string(),
                 format!(
-                    "the expected value {value:?} is not a finite number \
+                    "cannot be compared: the expected value {value:?} is not a finite number \
                      (NaN and infinities cannot be thresholds)"
                 )
             );
