@@ -199,6 +199,16 @@ mod tests {
     }
 
     #[test]
+    fn a_yaml_number_with_a_leading_zero_equals_its_decimal_value() {
+        // YAML 1.2's core schema reads `017` as the integer 17; serde-saphyr makes it the
+        // float 17.0, which is the same number, so the comparison is unchanged.
+        let document = crate::catalog::document::Document::parse("equals: 017\n").unwrap();
+        let expected = &document.value["equals"];
+        assert!(judge(r#"{"n": 17}"#, "/n", expected.clone()), "{expected}");
+        assert!(!judge(r#"{"n": 15}"#, "/n", expected.clone()), "not octal");
+    }
+
+    #[test]
     fn pointers_follow_rfc_6901() {
         let body = r#"{"a/b": {"m~n": [10, 20]}, "": 1}"#;
         assert!(judge(body, "/a~1b/m~0n/1", json!(20)));
