@@ -13,9 +13,9 @@
 //!   satisfies only `ne`. The expected value must be finite.
 //! - Numbers ignore whitespace around them (standard output's line end included).
 //! - `string`: byte-wise and case-sensitive. The observed text loses only its trailing
-//!   line ends (`\n`, `\r\n`), as a shell's `$(...)` does; the expected text is used as
-//!   written. `contains` and `matches` (a regular expression search, not a full match)
-//!   apply to strings only.
+//!   line-end characters (`\n` and `\r`, so `\r\n` too), much as a shell's `$(...)` drops
+//!   trailing newlines; the expected text is used as written. `contains` and `matches`
+//!   (a regular expression search, not a full match) apply to strings only.
 //!
 //! [`check_expected`] refuses what no observed value could ever be compared with (an
 //! expected value that does not read as the type, a non-finite float, a bad regular
