@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod document;
 pub mod experiment;
 pub mod load;
+pub mod number;
 pub mod pipeline;
 pub mod problem;
 pub mod route;

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::assertion;
+use super::number::{Decimal, Float};
 use super::pipeline::Route;
 use super::problem::{FieldPath, Finding};
 use super::route;
@@ -316,19 +317,23 @@ fn check_comparison(comparison: &Value, path: &FieldPath, out: &mut Vec<Finding>
     } else if criteria == "matches" {
         check_regex(value, &path.key("value"), out);
     }
-    let fits = match value_type {
-        "int" => value.trim().parse::<i64>().is_ok(),
-        "float" => value.trim().parse::<f64>().is_ok(),
-        _ => true,
+    // The same reading as the probe's comparison (`chaos::probe::compare`): exact decimal
+    // values, an int whole, a float finite.
+    let problem = match value_type {
+        "int" if !Decimal::parse(value.trim()).is_some_and(|d| d.is_whole()) => Some(format!(
+            "'{value}' is not an int (decimal text of a whole number)"
+        )),
+        "float" => match Float::parse(value.trim()) {
+            Some(Float::Finite(_)) => None,
+            Some(_) => Some(format!(
+                "'{value}' is not a finite number: nothing equals or orders against it"
+            )),
+            None => Some(format!("'{value}' is not a float")),
+        },
+        _ => None,
     };
-    if !fits {
-        out.push(Finding::new(
-            path.key("value"),
-            format!(
-                "'{value}' is not a{} {value_type}",
-                if value_type == "int" { "n" } else { "" }
-            ),
-        ));
+    if let Some(problem) = problem {
+        out.push(Finding::new(path.key("value"), problem));
     }
 }
 
@@ -508,6 +513,41 @@ mod tests {
             .iter()
             .map(|f| format!("{}: {}", f.path, f.message))
             .collect()
+    }
+
+    #[test]
+    fn expected_values_are_read_as_the_comparison_reads_them() {
+        let expecting = |value_type: &str, value: &str| {
+            let doc = json!({"kind": "experiment", "id": "x", "probes": [{
+                "name": "p", "mode": "sot",
+                "command": {"command": {"argv": ["echo"]},
+                            "stdout": {"type": value_type, "criteria": "eq", "value": value}}}]});
+            messages(&check_experiment_document(&doc))
+        };
+        for fine in [
+            ("int", "99999999999999999999"),
+            ("int", "017"),
+            ("int", "4.2e1"),
+            ("float", "1e400"),
+        ] {
+            assert!(expecting(fine.0, fine.1).is_empty(), "{fine:?}");
+        }
+        assert_eq!(
+            expecting("int", "7.5"),
+            [
+                "probes[0].command.stdout.value: '7.5' is not an int (decimal text of a whole number)"
+            ]
+        );
+        assert_eq!(
+            expecting("float", "NaN"),
+            [
+                "probes[0].command.stdout.value: 'NaN' is not a finite number: nothing equals or orders against it"
+            ]
+        );
+        assert_eq!(
+            expecting("float", "abc"),
+            ["probes[0].command.stdout.value: 'abc' is not a float"]
+        );
     }
 
     #[test]

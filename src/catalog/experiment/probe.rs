@@ -295,7 +295,8 @@ pub struct CommandProbe {
     /// Expected exit code (default 0).
     #[serde(default)]
     pub exit_code: i32,
-    /// Comparison applied to the trimmed standard output.
+    /// Comparison applied to the standard output (numbers ignore surrounding whitespace;
+    /// text drops only its trailing line ends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<Comparison>,
 }

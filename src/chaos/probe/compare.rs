@@ -29,8 +29,8 @@ use std::sync::{LazyLock, Mutex};
 
 use regex::Regex;
 
-use super::number::{Decimal, Float};
 use crate::catalog::experiment::{Comparator, Comparison, ValueType};
+use crate::catalog::number::{Decimal, Float};
 
 /// Why an observed value did not satisfy a comparison.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::number::Decimal;
+use crate::catalog::number::Decimal;
 
 /// The body as raw JSON, checked to be one well-formed JSON value.
 pub(crate) fn parse(body: &[u8]) -> Result<&RawValue, serde_json::Error> {

@@ -8,13 +8,12 @@
 //!
 //! Each probe type lives in its own module: [`http`], [`tcp`], [`command`] and
 //! [`prometheus`]; [`compare`] holds the typed comparisons the last two share, `json` the
-//! HTTP probe's exact JSON equality, and `number` the exact decimal numbers both use.
+//! HTTP probe's exact JSON equality; both read numbers with [`crate::catalog::number`].
 
 pub mod command;
 pub mod compare;
 pub mod http;
 pub(crate) mod json;
-pub(crate) mod number;
 pub mod prometheus;
 pub mod tcp;
 
