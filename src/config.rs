@@ -20,7 +20,7 @@ use crate::telemetry::redact::{self, Secrets};
 pub use crate::telemetry::{LogFormat, TelemetryConfig};
 
 /// Prefix of the environment overrides.
-pub const ENV_PREFIX: &str = "CHAOSGATE_";
+pub(crate) const ENV_PREFIX: &str = "CHAOSGATE_";
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -53,7 +53,7 @@ pub struct Config {
 }
 
 /// The documented example, `deploy/chaosgate.example.toml`, as the schema's example.
-pub fn config_example() -> Config {
+pub(crate) fn config_example() -> Config {
     Config {
         kafka: KafkaConfig {
             bootstrap_servers: "127.0.0.1:19092".into(),
@@ -96,29 +96,29 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     /// Consumer group id.
     #[serde(default = "default_group_id")]
-    pub group_id: String,
+    pub(crate) group_id: String,
     /// Prefix of the transactional ids (one per worker instance and partition set).
     #[serde(default = "default_group_id")]
-    pub transactional_id_prefix: String,
+    pub(crate) transactional_id_prefix: String,
     /// Transactional id of this worker instance (default: the prefix and
     /// `worker.instance_id`). Keep it stable across restarts of one instance and distinct
     /// between instances; it is the consumer's `group.instance.id` too (static
     /// membership).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transactional_id: Option<String>,
+    pub(crate) transactional_id: Option<String>,
     /// Topic names.
     #[serde(default)]
     pub topics: Topics,
     /// Create missing topics at start (with `topic_partitions` partitions); when false a
     /// missing topic stops the worker with a clear error.
     #[serde(default)]
-    pub create_topics: bool,
+    pub(crate) create_topics: bool,
     /// Partitions of topics the worker creates.
     #[serde(default = "default_topic_partitions")]
-    pub topic_partitions: i32,
+    pub(crate) topic_partitions: i32,
     /// Flag-changes bigger than this go to the dead-letter topic.
     #[serde(default = "default_max_message_bytes")]
-    pub max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
     /// Extra librdkafka properties for every client, e.g. `security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`.
     #[serde(default)]
@@ -203,7 +203,7 @@ pub struct WorkerConfig {
     /// must name every unfinished event within Kafka's `offset.metadata.max.bytes` (4 KiB
     /// by default); a larger value is refused at start.
     #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Time allowed for a graceful shutdown, all steps together (interrupt runs, publish
     /// their records, commit, stop the kill switch, leave the group), broker away included.
     #[serde(default = "default_grace")]
@@ -221,19 +221,19 @@ pub struct WorkerConfig {
     /// `/healthz` answers 503 (the loop goes round at least once a second; one commit
     /// attempt against an absent broker can take about a minute).
     #[serde(default = "default_liveness_timeout")]
-    pub liveness_timeout: Span,
+    pub(crate) liveness_timeout: Span,
     /// This instance's stable id (default: the host name, i.e. the pod name on
     /// Kubernetes). It names the default `kafka.transactional_id`
     /// (`<transactional_id_prefix>-<instance_id>`). Keep it stable across restarts of one
     /// instance and distinct between instances (two replicas on one host need their own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_id: Option<String>,
+    pub(crate) instance_id: Option<String>,
     /// Static group membership (KIP-345): the consumer joins with `group.instance.id` =
     /// the transactional id, so a restarted instance takes its partitions back at once
     /// instead of after the group's session timeout. A stopped instance's partitions
     /// then wait `session.timeout.ms` before they move to the others.
     #[serde(default = "default_static_membership")]
-    pub static_membership: bool,
+    pub(crate) static_membership: bool,
 }
 
 fn default_max_in_flight() -> usize {
@@ -327,11 +327,11 @@ pub struct ViewConfig {
     pub trace_url: Option<String>,
     /// The integrity audit reports a flag-change with no command after this long.
     #[serde(default = "default_audit_command_delay")]
-    pub audit_command_delay: Span,
+    pub(crate) audit_command_delay: Span,
     /// The integrity audit's timeout for a `running` run of a step the catalog does not
     /// name (otherwise the step's `timeout`, else its experiment's).
     #[serde(default = "default_audit_running_timeout")]
-    pub audit_running_timeout: Span,
+    pub(crate) audit_running_timeout: Span,
 }
 
 fn default_view_listen() -> SocketAddr {
@@ -461,7 +461,7 @@ impl Config {
 
     /// A copy of the configuration with its secrets masked, for printing: secret Kafka
     /// properties and the OTLP endpoint's password become [`redact::MASK`].
-    pub fn redacted(&self) -> Config {
+    pub(crate) fn redacted(&self) -> Config {
         let mut config = self.clone();
         config.kafka.properties = redact::kafka_properties(&config.kafka.properties);
         if let Some(endpoint) = &config.telemetry.otlp_endpoint {

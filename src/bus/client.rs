@@ -24,7 +24,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 
 /// A client configuration with the bootstrap servers, chaosgate's defaults and every
 /// pass-through property.
-pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+pub(crate) fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (key, value) in DEFAULTS {

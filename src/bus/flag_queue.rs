@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Events waiting for their flag, and the flags that have one in progress.
 #[derive(Debug)]
-pub struct FlagQueues<T> {
+pub(crate) struct FlagQueues<T> {
     busy: HashSet<String>,
     waiting: HashMap<String, VecDeque<T>>,
     waiting_count: usize,
@@ -28,7 +28,7 @@ impl<T> Default for FlagQueues<T> {
 impl<T> FlagQueues<T> {
     /// Takes `event` for `flag`: returns it back when the flag is free (it is now busy),
     /// or queues it behind the flag's earlier events.
-    pub fn admit(&mut self, flag: &str, event: T) -> Option<T> {
+    pub(crate) fn admit(&mut self, flag: &str, event: T) -> Option<T> {
         if self.busy.insert(flag.to_string()) {
             return Some(event);
         }
@@ -41,7 +41,7 @@ impl<T> FlagQueues<T> {
     }
 
     /// The flag's event is done: returns its next event (the flag stays busy), or frees it.
-    pub fn release(&mut self, flag: &str) -> Option<T> {
+    pub(crate) fn release(&mut self, flag: &str) -> Option<T> {
         if let Some(queue) = self.waiting.get_mut(flag)
             && let Some(next) = queue.pop_front()
         {
@@ -57,7 +57,7 @@ impl<T> FlagQueues<T> {
 
     /// Drops every waiting event that `drop` selects (a revoked partition's events).
     /// The flags stay busy until their running event is released.
-    pub fn discard(&mut self, mut drop: impl FnMut(&T) -> bool) {
+    pub(crate) fn discard(&mut self, mut drop: impl FnMut(&T) -> bool) {
         for queue in self.waiting.values_mut() {
             let before = queue.len();
             queue.retain(|event| !drop(event));
@@ -67,7 +67,7 @@ impl<T> FlagQueues<T> {
     }
 
     /// Events waiting behind a busy flag.
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.waiting_count
     }
 }

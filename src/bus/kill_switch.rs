@@ -41,10 +41,10 @@ use crate::contract::{AbortRequest, AbortScope, CloudEvent};
 use super::record::from_rdkafka;
 
 /// How many remembered requests of each scope are kept.
-pub const REMEMBERED: usize = 100_000;
+pub(crate) const REMEMBERED: usize = 100_000;
 /// The longest [`KillSwitch::caught_up`] waits for the backlog to be read (a topic whose
 /// last offsets are transaction markers never shows a record at its end).
-pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Executions in flight on this worker, by pipeline execution id and by run id, and the
 /// abort requests read so far.
@@ -140,7 +140,7 @@ impl KillSwitch {
 
     /// Records that `run_id` belongs to `execution_id`; cancels the execution when an
     /// abort read earlier names the run.
-    pub fn register_run(&self, run_id: &str, execution_id: &str) {
+    pub(crate) fn register_run(&self, run_id: &str, execution_id: &str) {
         if let Ok(mut registry) = self.inner.lock() {
             if registry.aborted.runs.contains(run_id)
                 && let Some((kill, _)) = registry.executions.get(execution_id)
@@ -155,7 +155,7 @@ impl KillSwitch {
     }
 
     /// Forgets a finished execution and its runs.
-    pub fn unregister(&self, execution_id: &str) {
+    pub(crate) fn unregister(&self, execution_id: &str) {
         if let Ok(mut registry) = self.inner.lock() {
             registry.executions.remove(execution_id);
             registry
@@ -166,7 +166,7 @@ impl KillSwitch {
 
     /// Remembers `request`, sent at `sent_at`, and cancels what it matches now; returns
     /// how many executions it stopped.
-    pub fn apply(&self, request: &AbortRequest, sent_at: DateTime<Utc>) -> usize {
+    pub(crate) fn apply(&self, request: &AbortRequest, sent_at: DateTime<Utc>) -> usize {
         let Ok(mut registry) = self.inner.lock() else {
             return 0;
         };

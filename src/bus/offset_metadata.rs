@@ -53,7 +53,7 @@ pub const MAX_PENDING: usize = max_pending();
 /// value at least one character; the characters beyond the first cost the most offsets
 /// the higher they go, so the longest text raises as many values as the span pays for,
 /// one digit at a time.
-pub const fn worst_case_runs(values: u64, span: u64) -> u64 {
+pub(crate) const fn worst_case_runs(values: u64, span: u64) -> u64 {
     let mut length = values;
     let mut budget = span.saturating_sub(values);
     let mut digits = 1;
@@ -89,18 +89,18 @@ const fn max_pending() -> usize {
 
 /// What a partition's metadata says, in absolute offsets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Decoded {
+pub(crate) struct Decoded {
     /// Done ranges `[start, end)`, ascending.
-    pub done: Vec<(i64, i64)>,
+    pub(crate) done: Vec<(i64, i64)>,
     /// Start counts of unfinished offsets.
-    pub started: BTreeMap<i64, u32>,
+    pub(crate) started: BTreeMap<i64, u32>,
     /// Runs of an offset's last attempt left open.
-    pub open: BTreeMap<i64, Vec<RunPosition>>,
+    pub(crate) open: BTreeMap<i64, Vec<RunPosition>>,
 }
 
 /// Reads metadata committed with offset `watermark`; text of no known version, or broken
 /// parts of it, read as nothing.
-pub fn decode(watermark: i64, text: &str) -> Decoded {
+pub(crate) fn decode(watermark: i64, text: &str) -> Decoded {
     let mut parts = text.split(';');
     match parts.next() {
         Some(PREFIX_V3) => decode_v3(watermark, parts),
@@ -203,7 +203,7 @@ fn parse_position(text: &str) -> Option<RunPosition> {
 /// ascending, disjoint ranges `[start, end)` of offsets in `[base, end)` that are not done
 /// (`end` one past the highest done offset, or `base` when none is), then `started` and
 /// `open` (offsets at or above `base`), dropped as the module doc says when too long.
-pub fn encode(
+pub(crate) fn encode(
     base: i64,
     end: i64,
     not_done: impl Iterator<Item = (i64, i64)>,

@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use crate::gate::executor::RunPosition;
+pub(crate) use crate::gate::executor::RunPosition;
 
 use super::offset_metadata;
 
@@ -45,17 +45,17 @@ pub use super::offset_metadata::{MAX_METADATA, MAX_PENDING, MAX_SPAN};
 )]
 pub struct CapacityError {
     /// The configured `worker.max_in_flight`.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Unfinished events one partition may hold with it.
-    pub unfinished: usize,
+    pub(crate) unfinished: usize,
     /// The largest `max_in_flight` that fits.
-    pub most: usize,
+    pub(crate) most: usize,
 }
 
 /// Checks at start that `max_in_flight` running events of one partition fit in its
 /// offsets metadata. Events waiting beyond that are held back from the partition's book
 /// ([`PartitionOffsets::is_full`]), so they never count.
-pub fn check_capacity(max_in_flight: usize) -> Result<(), CapacityError> {
+pub(crate) fn check_capacity(max_in_flight: usize) -> Result<(), CapacityError> {
     if max_in_flight <= MAX_PENDING {
         return Ok(());
     }
@@ -73,21 +73,21 @@ pub fn check_capacity(max_in_flight: usize) -> Result<(), CapacityError> {
 /// channel while it holds the lock. So the offsets and metadata it reads never claim more
 /// than the records it commits with them.
 #[derive(Debug, Clone, Default)]
-pub struct Ledger(Arc<Mutex<HashMap<i32, Book>>>);
+pub(crate) struct Ledger(Arc<Mutex<HashMap<i32, Book>>>);
 
 /// One partition's entry in the [`Ledger`].
 #[derive(Debug)]
-pub struct Book {
+pub(crate) struct Book {
     /// The assignment epoch these offsets belong to.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// The bookkeeping.
-    pub offsets: PartitionOffsets,
+    pub(crate) offsets: PartitionOffsets,
 }
 
 impl Ledger {
     /// Locks the ledger (a poisoned lock still holds consistent books: every change is a
     /// single call on one of them).
-    pub fn lock(&self) -> MutexGuard<'_, HashMap<i32, Book>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<i32, Book>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -100,7 +100,7 @@ impl Ledger {
 /// watermark is the lowest offset received and not done, or the one after the last
 /// received when everything received is done.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PartitionOffsets {
+pub(crate) struct PartitionOffsets {
     /// One past the highest offset received (or the committed offset).
     next: i64,
     /// Offsets received and not done yet.
@@ -190,7 +190,7 @@ impl Ranges {
 
 /// What to do with a received record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Receipt {
+pub(crate) enum Receipt {
     /// Process it.
     Process,
     /// It was done by an earlier owner: skip it.
@@ -200,7 +200,7 @@ pub enum Receipt {
 impl PartitionOffsets {
     /// Bookkeeping resumed from a committed offset and its metadata (any version
     /// [`super::offset_metadata`] reads).
-    pub fn resume(committed: i64, metadata: &str) -> Self {
+    pub(crate) fn resume(committed: i64, metadata: &str) -> Self {
         let next = committed.max(0);
         let mut decoded = offset_metadata::decode(next, metadata);
         let mut offsets = PartitionOffsets {
@@ -216,7 +216,7 @@ impl PartitionOffsets {
     }
 
     /// A run of `offset`'s current attempt published its `running` record.
-    pub fn opened(&mut self, offset: i64, run: RunPosition) {
+    pub(crate) fn opened(&mut self, offset: i64, run: RunPosition) {
         if self.pending.contains(&offset) {
             self.open.entry(offset).or_default().push(run);
         }
@@ -224,7 +224,7 @@ impl PartitionOffsets {
 
     /// A run of `offset`'s current attempt published its final record; returns whether
     /// it was open.
-    pub fn closed(&mut self, offset: i64, run: RunPosition) -> bool {
+    pub(crate) fn closed(&mut self, offset: i64, run: RunPosition) -> bool {
         let Some(runs) = self.open.get_mut(&offset) else {
             return false;
         };
@@ -239,14 +239,14 @@ impl PartitionOffsets {
 
     /// The runs of `offset`'s previous attempt left open (cut off before their final
     /// record): call when it starts again, and give each a final record.
-    pub fn supersede(&mut self, offset: i64) -> Vec<RunPosition> {
+    pub(crate) fn supersede(&mut self, offset: i64) -> Vec<RunPosition> {
         self.open.remove(&offset).unwrap_or_default()
     }
 
     /// Whether the partition's further records must wait (held by the worker, not
     /// received here) for its metadata to stay within its bound: [`MAX_PENDING`] offsets
     /// unfinished, or received offsets [`MAX_SPAN`] ahead of the watermark.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.pending.len() >= MAX_PENDING
             || u64::try_from(self.next - self.watermark()).unwrap_or(0) >= MAX_SPAN
     }
@@ -254,7 +254,7 @@ impl PartitionOffsets {
     /// Registers a received record. Skipped: anything below the watermark (done, or
     /// below the committed offset), done above it, or already in progress (a record
     /// delivered twice must not run twice).
-    pub fn receive(&mut self, offset: i64) -> Receipt {
+    pub(crate) fn receive(&mut self, offset: i64) -> Receipt {
         let seen = offset < self.watermark()
             || self.done.contains(offset)
             || self.pending.contains(&offset);
@@ -275,7 +275,7 @@ impl PartitionOffsets {
     }
 
     /// Marks `offset` done; its start count is no longer needed.
-    pub fn complete(&mut self, offset: i64) {
+    pub(crate) fn complete(&mut self, offset: i64) {
         if self.pending.remove(&offset) {
             self.done.insert(offset, offset + 1);
             self.started.remove(&offset);
@@ -296,7 +296,7 @@ impl PartitionOffsets {
     }
 
     /// The offset to commit: every offset received below it is done.
-    pub fn watermark(&self) -> i64 {
+    pub(crate) fn watermark(&self) -> i64 {
         match self.pending.first() {
             Some(lowest) => *lowest,
             // Everything received is done; done offsets read back from metadata may
@@ -306,12 +306,12 @@ impl PartitionOffsets {
     }
 
     /// Records received and not done yet.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending.len()
     }
 
     /// Offsets done above the watermark (a measure of how far the partition runs ahead).
-    pub fn done_ahead(&self) -> usize {
+    pub(crate) fn done_ahead(&self) -> usize {
         usize::try_from(self.done.count()).unwrap_or(0)
     }
 
@@ -322,7 +322,7 @@ impl PartitionOffsets {
     /// past the last stable offset), so they count as done and only pending offsets break
     /// a done run; at or past `next`, offsets not known done were not received in this
     /// assignment (an earlier owner may have left them unfinished) and count as not done.
-    pub fn metadata(&self) -> String {
+    pub(crate) fn metadata(&self) -> String {
         let base = self.watermark();
         let end = self.done.end().unwrap_or(base).max(base);
         let received = self.pending.range(base..end).map(|p| (*p, *p + 1));

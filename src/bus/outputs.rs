@@ -26,20 +26,20 @@ use crate::gate::executor::RunUpdate;
 use crate::telemetry::traces;
 
 /// CloudEvents `source` of everything chaosgate writes.
-pub const SOURCE: &str = "/chaosgate";
+pub(crate) const SOURCE: &str = "/chaosgate";
 
 /// A record to produce: topic and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Output {
+pub(crate) struct Output {
     /// Destination topic.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Key, value and headers.
-    pub message: KafkaMessage,
+    pub(crate) message: KafkaMessage,
 }
 
 /// A run record, keyed by `run_id`. Its CloudEvent id differs per status, so the
 /// `running` and the final record of one run are two events.
-pub fn run_record(topics: &Topics, record: &RunRecord) -> Output {
+pub(crate) fn run_record(topics: &Topics, record: &RunRecord) -> Output {
     let event = CloudEvent {
         id: format!("{}/{}", record.run_id, record.status.as_str()),
         source: SOURCE.to_string(),
@@ -59,13 +59,13 @@ pub fn run_record(topics: &Topics, record: &RunRecord) -> Output {
 }
 
 /// A run record published as it happens, in its run's trace.
-pub fn run_update(topics: &Topics, update: &RunUpdate) -> Output {
+pub(crate) fn run_update(topics: &Topics, update: &RunUpdate) -> Output {
     let _run = update.span.enter();
     run_record(topics, &update.record)
 }
 
 /// A flag command, keyed by the flag.
-pub fn flag_command(topics: &Topics, command: &FlagCommand) -> Output {
+pub(crate) fn flag_command(topics: &Topics, command: &FlagCommand) -> Output {
     let key = format!(
         "{}/{}/{}",
         command.project, command.environment, command.flag
@@ -90,19 +90,19 @@ pub fn flag_command(topics: &Topics, command: &FlagCommand) -> Output {
 
 /// Where a consumed record came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
+pub(crate) struct Source {
     /// Topic.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Partition.
-    pub partition: i32,
+    pub(crate) partition: i32,
     /// Offset.
-    pub offset: i64,
+    pub(crate) offset: i64,
 }
 
 /// The original record, byte for byte, plus headers naming the error and its source;
 /// its `traceparent` (if any) is replaced by the one of the dead letter's `send` span,
 /// which continues the original's trace.
-pub fn dead_letter(
+pub(crate) fn dead_letter(
     topics: &Topics,
     original: &KafkaMessage,
     bad: &BadFlagChange,
@@ -156,7 +156,7 @@ const RECORD_OVERHEAD: usize = 512;
 
 /// The bytes a record counts against a size limit, with room to spare: key, value,
 /// headers and framing.
-pub fn record_size(message: &KafkaMessage) -> usize {
+pub(crate) fn record_size(message: &KafkaMessage) -> usize {
     message.key.as_ref().map_or(0, Vec::len)
         + message.value.as_ref().map_or(0, Vec::len)
         + message
@@ -171,7 +171,7 @@ pub fn record_size(message: &KafkaMessage) -> usize {
 /// [`HEADER_VALUE_TRUNCATED`] header giving the original value's length (kept from an
 /// earlier cut). `None` when cutting the value cannot bring it under `max_bytes` (it is
 /// small already, or the key and headers alone are too large).
-pub fn cut_to_fit(output: &Output, max_bytes: usize) -> Option<Output> {
+pub(crate) fn cut_to_fit(output: &Output, max_bytes: usize) -> Option<Output> {
     let value_len = output.message.value.as_ref().map_or(0, Vec::len);
     let original = output
         .message

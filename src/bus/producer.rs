@@ -38,7 +38,7 @@ use super::outputs::Output;
 use super::record::to_base_record_with;
 
 /// The transactional producer the committer drives.
-pub type TransactionalProducer = ThreadedProducer<DeliveryWatch>;
+pub(crate) type TransactionalProducer = ThreadedProducer<DeliveryWatch>;
 
 /// The transactional producer's context: remembers which records of the current attempt
 /// the producer or the broker refused outright (by their index in the attempt), so one bad
@@ -85,7 +85,7 @@ const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
 /// `transaction.timeout.ms` (30 s by default), so the coordinator never times out an
 /// attempt that is still within its deadline, and one attempt is one deadline rather than
 /// a 30 s bound on each of its calls.
-pub fn attempt_timeout(config: &ClientConfig) -> Duration {
+pub(crate) fn attempt_timeout(config: &ClientConfig) -> Duration {
     let ms = config
         .get("transaction.timeout.ms")
         .and_then(|v| v.parse::<u64>().ok())
@@ -100,7 +100,7 @@ const IN_DOUBT_CALL: Duration = Duration::from_secs(5);
 /// The longest an abort may take before the producer is rebuilt instead (its successor's
 /// `init_transactions` ends the transaction): an abort answers in milliseconds when the
 /// coordinator is there, and waiting longer only adds a second long wait to the attempt's.
-pub const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the delivery of a transaction's records is checked before its commit.
 const DELIVERY_CHECK: Duration = Duration::from_micros(200);
 /// The pause before a retriable call is made again (librdkafka: "preferably after a
@@ -109,7 +109,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// What librdkafka's transactional error contract says to do after an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovery {
+pub(crate) enum Recovery {
     /// Call the same function again (`rd_kafka_error_is_retriable`).
     Retry,
     /// Abort the transaction, then run the batch again (`rd_kafka_error_txn_requires_abort`).
@@ -122,7 +122,7 @@ pub enum Recovery {
 /// The recovery for an error of a transactional call. Errors that are not transaction
 /// errors come from rust-rdkafka's own flush inside `commit_transaction` (a timed-out
 /// flush is retriable: the commit flushes again) or from our own waits.
-pub fn recovery(error: &KafkaError) -> Recovery {
+pub(crate) fn recovery(error: &KafkaError) -> Recovery {
     match error {
         KafkaError::Transaction(e) if e.is_fatal() => Recovery::Rebuild,
         KafkaError::Transaction(e) if e.txn_requires_abort() => Recovery::Abort,
@@ -145,7 +145,7 @@ pub fn recovery(error: &KafkaError) -> Recovery {
 
 /// How one transaction attempt ended.
 #[derive(Debug)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// Committed: the batch is visible to `read_committed` readers.
     Committed,
     /// Not committed, and the transaction (if one was begun) must be aborted before the
@@ -170,7 +170,7 @@ pub enum Attempt {
 /// Creates a transactional producer and initialises its transactions (fencing an earlier
 /// instance with the same `transactional.id` and ending its open transaction). Blocks up
 /// to 30 s.
-pub fn build(config: &ClientConfig) -> Result<TransactionalProducer, KafkaError> {
+pub(crate) fn build(config: &ClientConfig) -> Result<TransactionalProducer, KafkaError> {
     let producer: TransactionalProducer = config.create_with_context(DeliveryWatch::default())?;
     producer.init_transactions(INIT_TIMEOUT)?;
     Ok(producer)
@@ -179,7 +179,7 @@ pub fn build(config: &ClientConfig) -> Result<TransactionalProducer, KafkaError>
 /// Builds a producer, retrying with backoff until it works (the cluster may be away).
 /// Ticks `heartbeat` before each attempt and through each wait, so a committer that only
 /// waits for the cluster stays live for `/healthz` (one attempt blocks up to 30 s).
-pub fn rebuild(config: &ClientConfig, heartbeat: &Heartbeat) -> TransactionalProducer {
+pub(crate) fn rebuild(config: &ClientConfig, heartbeat: &Heartbeat) -> TransactionalProducer {
     let mut delays = retry_delays();
     let mut failures = 0;
     loop {
@@ -204,7 +204,7 @@ pub fn rebuild(config: &ClientConfig, heartbeat: &Heartbeat) -> TransactionalPro
 }
 
 /// One transaction attempt for `outputs` and `offsets`, all under one `deadline`.
-pub fn attempt<'a>(
+pub(crate) fn attempt<'a>(
     producer: &TransactionalProducer,
     outputs: impl Iterator<Item = &'a Output>,
     offsets: &TopicPartitionList,
@@ -282,13 +282,13 @@ fn commit(producer: &TransactionalProducer, deadline: Instant) -> Attempt {
 
 /// Resumes a commit whose outcome is unknown: one bounded `commit_transaction` call.
 /// `InDoubt` again means "still unknown; call again later".
-pub fn resume_commit(producer: &TransactionalProducer) -> Attempt {
+pub(crate) fn resume_commit(producer: &TransactionalProducer) -> Attempt {
     commit(producer, Instant::now() + IN_DOUBT_CALL)
 }
 
 /// Aborts the open transaction (retrying retriable errors until `deadline`). An error
 /// means the producer must be rebuilt (which ends the transaction in its place).
-pub fn abort(producer: &TransactionalProducer, deadline: Instant) -> Result<(), KafkaError> {
+pub(crate) fn abort(producer: &TransactionalProducer, deadline: Instant) -> Result<(), KafkaError> {
     match retrying(deadline, |left| producer.abort_transaction(left)) {
         Ok(()) => Ok(()),
         // No transaction open (begin failed, or nothing was begun): nothing to abort.
@@ -339,7 +339,7 @@ fn is_refusal(error: &KafkaError) -> bool {
 /// rust-rdkafka's flush, finding anything outstanding, polls for a full 100 ms however
 /// soon the reports arrive: every transaction would last at least 100 ms. Waits up to
 /// 30 s.
-pub fn await_delivery(
+pub(crate) fn await_delivery(
     producer: &ThreadedProducer<DefaultProducerContext>,
 ) -> Result<(), KafkaError> {
     await_delivery_until(producer, Instant::now() + INIT_TIMEOUT)
@@ -378,7 +378,7 @@ fn send(
 }
 
 /// Exponential backoff with jitter, from 100 ms up to 10 s, without end.
-pub fn retry_delays() -> impl Iterator<Item = Duration> {
+pub(crate) fn retry_delays() -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_jitter()

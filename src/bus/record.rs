@@ -32,7 +32,7 @@ pub fn from_rdkafka<M: Message>(message: &M) -> KafkaMessage {
 }
 
 /// The headers of `message` in rdkafka's form.
-pub fn headers_of(message: &KafkaMessage) -> OwnedHeaders {
+pub(crate) fn headers_of(message: &KafkaMessage) -> OwnedHeaders {
     message.headers.iter().fold(
         OwnedHeaders::new_with_capacity(message.headers.len()),
         |acc, (key, value)| {
@@ -46,7 +46,7 @@ pub fn headers_of(message: &KafkaMessage) -> OwnedHeaders {
 
 /// A record for `topic` carrying `message`'s key, value and headers, for a
 /// `ThreadedProducer`.
-pub fn to_base_record<'a>(
+pub(crate) fn to_base_record<'a>(
     topic: &'a str,
     message: &'a KafkaMessage,
 ) -> BaseRecord<'a, Vec<u8>, Vec<u8>> {
@@ -55,7 +55,7 @@ pub fn to_base_record<'a>(
 
 /// [`to_base_record`] with a delivery opaque (handed back with the record's delivery
 /// report).
-pub fn to_base_record_with<'a, D: IntoOpaque>(
+pub(crate) fn to_base_record_with<'a, D: IntoOpaque>(
     topic: &'a str,
     message: &'a KafkaMessage,
     opaque: D,

@@ -11,26 +11,26 @@ use std::time::{Duration, Instant};
 
 /// The moment the grace period ends.
 #[derive(Debug, Clone, Copy)]
-pub struct Deadline {
+pub(crate) struct Deadline {
     at: Instant,
 }
 
 impl Deadline {
     /// A deadline `grace` from now.
-    pub fn after(grace: Duration) -> Self {
+    pub(crate) fn after(grace: Duration) -> Self {
         Deadline {
             at: Instant::now() + grace,
         }
     }
 
     /// Time left (zero once passed).
-    pub fn left(&self) -> Duration {
+    pub(crate) fn left(&self) -> Duration {
         self.at.saturating_duration_since(Instant::now())
     }
 
     /// Runs `work` until it ends or the deadline passes; `None` (and a warning naming
     /// `step`) when it was cut off.
-    pub async fn step<F: Future>(&self, step: &'static str, work: F) -> Option<F::Output> {
+    pub(crate) async fn step<F: Future>(&self, step: &'static str, work: F) -> Option<F::Output> {
         match tokio::time::timeout(self.left(), work).await {
             Ok(output) => Some(output),
             Err(_) => {
@@ -41,7 +41,7 @@ impl Deadline {
     }
 
     /// Runs the blocking `work` on a blocking thread until it ends or the deadline passes.
-    pub async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         step: &'static str,
         work: impl FnOnce() -> T + Send + 'static,

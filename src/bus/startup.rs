@@ -44,7 +44,7 @@ pub enum StartupError {
 
 /// Checks the topics exist, creating them when `kafka.create_topics` is set. Waits for an
 /// unreachable cluster (with backoff) until `shutdown` fires, which ends the wait early.
-pub async fn ensure_topics(
+pub(crate) async fn ensure_topics(
     config: &Config,
     client: &ClientConfig,
     shutdown: &CancellationToken,
@@ -196,7 +196,7 @@ fn is_refusal(error: &KafkaError) -> bool {
 /// `<kafka.transactional_id_prefix>-<instance id>`, the instance id being
 /// `worker.instance_id` or the host name. It is also the consumer's `group.instance.id`
 /// under static membership, so both stay stable across restarts of one instance.
-pub fn transactional_id(config: &Config) -> String {
+pub(crate) fn transactional_id(config: &Config) -> String {
     config.kafka.transactional_id.clone().unwrap_or_else(|| {
         let instance = config.worker.instance_id.clone().unwrap_or_else(host_name);
         format!("{}-{instance}", config.kafka.transactional_id_prefix)

@@ -34,7 +34,7 @@ use super::offsets::{Book, Ledger};
 use super::outputs::{Output, cut_to_fit, record_size};
 use super::producer::{self, ABORT_TIMEOUT, Attempt, TransactionalProducer, retry_delays};
 
-pub use super::producer::await_delivery;
+pub(crate) use super::producer::await_delivery;
 /// Most completions gathered before a transaction begins (the drain at its start, under
 /// the ledger lock, may add what arrived meanwhile).
 const MAX_BATCH: usize = 500;
@@ -43,7 +43,7 @@ const MAX_BATCH: usize = 500;
 /// second transaction right behind the first (which meets CONCURRENT_TRANSACTIONS until
 /// the first one's markers are written). Longer runs, the usual case, commit their start
 /// while they run.
-pub const START_MARK_LINGER: Duration = Duration::from_millis(20);
+pub(crate) const START_MARK_LINGER: Duration = Duration::from_millis(20);
 /// librdkafka's default `message.max.bytes`, the producer's limit when the configuration
 /// does not set one.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
@@ -52,20 +52,20 @@ const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// them that partition's offsets (the transaction commits the watermark and metadata of
 /// every partition it holds a completion of, read from the ledger).
 #[derive(Debug)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// Partition of the consumed event.
-    pub partition: i32,
+    pub(crate) partition: i32,
     /// The partition's assignment epoch when the event was read.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// Records to produce.
-    pub outputs: Vec<Output>,
+    pub(crate) outputs: Vec<Output>,
     /// Which of the three it is.
-    pub kind: CompletionKind,
+    pub(crate) kind: CompletionKind,
 }
 
 /// The three kinds of [`Completion`].
 #[derive(Debug)]
-pub enum CompletionKind {
+pub(crate) enum CompletionKind {
     /// An event answered or dead-lettered: its records and command; its offset is done.
     Finished,
     /// An execution started: the metadata carries its start count, and the outputs close
@@ -98,32 +98,32 @@ impl Completion {
 
 /// Partitions this worker owns now, with their assignment epochs; shared with the
 /// rebalance callback, which updates it before librdkafka moves the partitions.
-pub type Assignment = Arc<Mutex<HashMap<i32, u64>>>;
+pub(crate) type Assignment = Arc<Mutex<HashMap<i32, u64>>>;
 
 /// The consumer group's current metadata (member, generation), as
 /// `rdkafka::consumer::Consumer::group_metadata` gives it; `None` while the consumer is
 /// not in the group.
-pub type GroupMetadata = Box<dyn Fn() -> Option<ConsumerGroupMetadata> + Send>;
+pub(crate) type GroupMetadata = Box<dyn Fn() -> Option<ConsumerGroupMetadata> + Send>;
 
 /// Everything the committer needs.
-pub struct Committer {
+pub(crate) struct Committer {
     /// Producer settings, `transactional.id` included (kept to rebuild the producer).
-    pub config: ClientConfig,
+    pub(crate) config: ClientConfig,
     /// The input topic, whose offsets are committed.
-    pub topic: String,
+    pub(crate) topic: String,
     /// The owned partitions' offsets.
-    pub ledger: Ledger,
+    pub(crate) ledger: Ledger,
     /// Reads the consumer's current group metadata (called under the ledger lock, before
     /// the batch is checked against [`Committer::assignment`]).
-    pub group_metadata: GroupMetadata,
+    pub(crate) group_metadata: GroupMetadata,
     /// Partitions owned now.
-    pub assignment: Assignment,
+    pub(crate) assignment: Assignment,
     /// Ticked once per pass of the commit loop (`/healthz` watches it).
-    pub heartbeat: crate::telemetry::heartbeat::Heartbeat,
+    pub(crate) heartbeat: crate::telemetry::heartbeat::Heartbeat,
     /// Called with each commit's latency (for metrics and benchmarks).
-    pub on_commit: Option<Box<dyn Fn(Duration, usize) + Send>>,
+    pub(crate) on_commit: Option<Box<dyn Fn(Duration, usize) + Send>>,
     /// Called when a transaction failed (for metrics and readiness).
-    pub on_failure: Option<Box<dyn Fn() + Send>>,
+    pub(crate) on_failure: Option<Box<dyn Fn() + Send>>,
 }
 
 /// Why the committer could not start.

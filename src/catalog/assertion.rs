@@ -13,7 +13,7 @@ use cel::objects::Value as CelValue;
 use cel::{Context, ExecutionError, IdedExpr, Program};
 
 /// The variables an assertion can use, with their CEL types.
-pub const ASSERTION_VARIABLES: [(&str, &str); 7] = [
+pub(crate) const ASSERTION_VARIABLES: [(&str, &str); 7] = [
     ("resilience_score", "double"),
     ("expected_resilience_score", "double"),
     ("faults_passed", "int"),
@@ -25,26 +25,26 @@ pub const ASSERTION_VARIABLES: [(&str, &str); 7] = [
 
 /// What an assertion sees of a finished run.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AssertionInput {
+pub(crate) struct AssertionInput {
     /// The run's resilience score, 0-100.
-    pub resilience_score: f64,
+    pub(crate) resilience_score: f64,
     /// The step's expected resilience score, 0-100.
-    pub expected_resilience_score: f64,
+    pub(crate) expected_resilience_score: f64,
     /// Faults whose verdict passed.
-    pub faults_passed: i64,
+    pub(crate) faults_passed: i64,
     /// Faults whose verdict failed.
-    pub faults_failed: i64,
+    pub(crate) faults_failed: i64,
     /// Probes whose verdict passed.
-    pub probes_passed: i64,
+    pub(crate) probes_passed: i64,
     /// Probes whose verdict failed.
-    pub probes_failed: i64,
+    pub(crate) probes_failed: i64,
     /// How long the run took, in seconds.
-    pub duration_seconds: f64,
+    pub(crate) duration_seconds: f64,
 }
 
 /// Why an assertion is not usable, or could not be evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AssertionError {
+pub(crate) enum AssertionError {
     /// The text is not CEL.
     #[error("does not compile: {0}")]
     Syntax(String),
@@ -70,7 +70,7 @@ fn known_names() -> String {
 }
 
 /// Compiles `expression` and checks it names only known variables and gives a boolean.
-pub fn compile(expression: &str) -> Result<Program, AssertionError> {
+pub(crate) fn compile(expression: &str) -> Result<Program, AssertionError> {
     let program = Program::compile(expression).map_err(|errors| {
         let text = errors
             .errors
@@ -116,7 +116,7 @@ pub fn compile(expression: &str) -> Result<Program, AssertionError> {
 }
 
 /// Evaluates a compiled assertion for one run.
-pub fn evaluate(program: &Program, input: &AssertionInput) -> Result<bool, AssertionError> {
+pub(crate) fn evaluate(program: &Program, input: &AssertionInput) -> Result<bool, AssertionError> {
     let mut context = Context::default();
     context.add_variable_from_value("resilience_score", input.resilience_score);
     context.add_variable_from_value("expected_resilience_score", input.expected_resilience_score);

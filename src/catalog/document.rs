@@ -33,9 +33,9 @@ pub struct Document {
 #[error("{message}")]
 pub struct SyntaxError {
     /// 1-based line of the error, when the parser gives one.
-    pub line: Option<usize>,
+    pub(crate) line: Option<usize>,
     /// The parser's message.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl Document {
@@ -58,7 +58,7 @@ impl Document {
     }
 
     /// A document built in code rather than read from a file: it has no lines.
-    pub fn from_value(value: Value) -> Document {
+    pub(crate) fn from_value(value: Value) -> Document {
         Document {
             value,
             lines: HashMap::new(),
@@ -66,7 +66,7 @@ impl Document {
     }
 
     /// The line of `path`, or of its nearest enclosing field the parser saw.
-    pub fn line_of(&self, path: &FieldPath) -> Option<usize> {
+    pub(crate) fn line_of(&self, path: &FieldPath) -> Option<usize> {
         let mut path = path.clone();
         loop {
             if let Some(line) = self.lines.get(&path) {

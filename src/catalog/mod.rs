@@ -5,17 +5,17 @@
 //! field path, message); the gate then looks pipelines and experiments up by id and routes
 //! flag changes with [`Catalog::pipeline_for`].
 
-pub mod assertion;
+pub(crate) mod assertion;
 pub mod credentials;
 pub mod document;
 pub mod experiment;
-pub mod load;
-pub mod number;
+pub(crate) mod load;
+pub(crate) mod number;
 pub mod pipeline;
-pub mod problem;
-pub mod route;
-pub mod rules;
-pub mod schema_check;
+pub(crate) mod problem;
+pub(crate) mod route;
+pub(crate) mod rules;
+pub(crate) mod schema_check;
 pub mod span;
 pub mod validate;
 

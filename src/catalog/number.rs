@@ -12,7 +12,7 @@ use std::cmp::Ordering;
 /// A finite number exactly as its decimal text denotes it: `digits × 10^exponent`,
 /// negated when `negative`. Zero has no digits and is never negative.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decimal {
+pub(crate) struct Decimal {
     negative: bool,
     /// ASCII digits without leading or trailing zeros; empty for zero.
     digits: Vec<u8>,
@@ -24,7 +24,7 @@ impl Decimal {
     /// `017`, `-0.25`, `.5`, `5.`) and an optional exponent (`1e3`, `4.2E-1`); leading
     /// zeros are decimal, never octal. `None` for anything else: empty text, surrounding
     /// whitespace, `0x1F`, `1_000`, `NaN`, `inf`, or an exponent beyond `i64`.
-    pub fn parse(text: &str) -> Option<Decimal> {
+    pub(crate) fn parse(text: &str) -> Option<Decimal> {
         let bytes = text.as_bytes();
         let (negative, rest) = match bytes.split_first() {
             Some((b'-', rest)) => (true, rest),
@@ -66,14 +66,14 @@ impl Decimal {
     }
 
     /// Whether the value is a whole number (an integer of any size).
-    pub fn is_whole(&self) -> bool {
+    pub(crate) fn is_whole(&self) -> bool {
         self.exponent >= 0
     }
 
     /// The exact value of a JSON number as serde_json holds it: an `i64` or `u64` as it
     /// is, an `f64` as the shortest decimal that reads back as the same `f64` (what
     /// Rust and serde_json print for it).
-    pub fn of_json(number: &serde_json::Number) -> Option<Decimal> {
+    pub(crate) fn of_json(number: &serde_json::Number) -> Option<Decimal> {
         Decimal::parse(&number.to_string())
     }
 }
@@ -125,7 +125,7 @@ fn magnitude(a: &Decimal, b: &Decimal) -> Ordering {
 
 /// A value read for a `float` comparison: a finite number, an infinity or NaN.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Float {
+pub(crate) enum Float {
     /// A finite number, exactly.
     Finite(Decimal),
     /// `+Inf` (`negative: false`) or `-Inf`.
@@ -140,7 +140,7 @@ pub enum Float {
 impl Float {
     /// Decimal text as [`Decimal::parse`] reads it, or `NaN`, `Inf`, `Infinity` in any
     /// case with an optional sign (Prometheus writes `NaN`, `+Inf`, `-Inf`).
-    pub fn parse(text: &str) -> Option<Float> {
+    pub(crate) fn parse(text: &str) -> Option<Float> {
         if let Some(value) = Decimal::parse(text) {
             return Some(Float::Finite(value));
         }

@@ -16,25 +16,25 @@ use super::span::Span;
 )]
 pub struct Pipeline {
     /// Must be `pipeline`.
-    pub kind: PipelineKindTag,
+    pub(crate) kind: PipelineKindTag,
     /// Unique id; flag-change events may name it in `pipeline_id`.
     pub id: String,
     /// Human-readable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// What this pipeline protects, in one sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// Which flag changes trigger this pipeline when the event names none.
     #[serde(default)]
-    pub routes: Vec<Route>,
+    pub(crate) routes: Vec<Route>,
     /// Which change kinds are gated (default `enable` and `update`); `disable` is never
     /// delayed, whatever this says.
     #[serde(default = "default_gated_changes")]
-    pub gated_changes: Vec<GatedChange>,
+    pub(crate) gated_changes: Vec<GatedChange>,
     /// What the flag command is when the pipeline fails.
     #[serde(default)]
-    pub on_failure: FailureOutcome,
+    pub(crate) on_failure: FailureOutcome,
     /// Run everything but mark the flag command `dry_run: true`.
     #[serde(default)]
     pub dry_run: bool,
@@ -45,7 +45,7 @@ pub struct Pipeline {
 /// The literal `pipeline`, so a file says what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum PipelineKindTag {
+pub(crate) enum PipelineKindTag {
     /// A pipeline file.
     Pipeline,
 }
@@ -53,7 +53,7 @@ pub enum PipelineKindTag {
 /// Change kinds a pipeline can gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum GatedChange {
+pub(crate) enum GatedChange {
     /// A flag turned on.
     Enable,
     /// A flag's variation or rules changed.
@@ -67,7 +67,7 @@ fn default_gated_changes() -> Vec<GatedChange> {
 /// The flag command emitted when a pipeline fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum FailureOutcome {
+pub(crate) enum FailureOutcome {
     /// `disable` the flag.
     #[default]
     Disable,
@@ -78,16 +78,16 @@ pub enum FailureOutcome {
 /// Which flag changes a pipeline takes: all present fields must match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Route {
+pub(crate) struct Route {
     /// Project, exactly (any when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub project: Option<String>,
+    pub(crate) project: Option<String>,
     /// Environment, exactly (any when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub environment: Option<String>,
+    pub(crate) environment: Option<String>,
     /// Flag key glob, e.g. `checkout-*` (any when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flag: Option<String>,
+    pub(crate) flag: Option<String>,
 }
 
 /// The stage types the seed allows chaos steps in.
@@ -104,7 +104,7 @@ pub enum StageType {
 
 impl StageType {
     /// The type's name as written in files and records.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             StageType::FeatureFlag => "feature_flag",
             StageType::Deploy => "deploy",
@@ -118,10 +118,10 @@ impl StageType {
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     /// Id, unique within the pipeline.
-    pub id: String,
+    pub(crate) id: String,
     /// Human-readable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Stage type.
     #[serde(rename = "type")]
     pub stage_type: StageType,
@@ -134,33 +134,33 @@ pub struct Stage {
 #[serde(deny_unknown_fields)]
 pub struct ChaosStep {
     /// Id, unique within the stage.
-    pub id: String,
+    pub(crate) id: String,
     /// Human-readable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Id of the experiment to run.
     pub experiment: String,
     /// The step passes when the resilience score is at least this (0-100).
     #[schemars(range(min = 0, max = 100))]
-    pub expected_resilience_score: f64,
+    pub(crate) expected_resilience_score: f64,
     /// Optional CEL expression that must also be true, e.g. `probes_failed == 0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assertion: Option<String>,
+    pub(crate) assertion: Option<String>,
     /// What a failure of this step does to the pipeline (default `abort`).
     #[serde(default)]
-    pub failure_strategy: FailureStrategy,
+    pub(crate) failure_strategy: FailureStrategy,
     /// Bound on the step's experiment, counted from when it holds its targets (a wait
     /// behind another experiment on the same target is bounded by the worker's
     /// `target_wait` instead); exceeded means the run is aborted and the step failed (its
     /// `failure_strategy` then applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Span>,
+    pub(crate) timeout: Option<Span>,
 }
 
 /// What a failed step does, as in Harness's step failure strategies.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
-pub enum FailureStrategy {
+pub(crate) enum FailureStrategy {
     /// Stop the pipeline; its outcome is failed.
     #[default]
     Abort,
@@ -184,7 +184,7 @@ pub enum FailureStrategy {
 }
 
 /// The example carried by the schema: a release gate for the checkout flags.
-pub fn pipeline_example() -> Pipeline {
+pub(crate) fn pipeline_example() -> Pipeline {
     Pipeline {
         kind: PipelineKindTag::Pipeline,
         id: "checkout-release".into(),
@@ -228,7 +228,7 @@ fn default_backoff() -> Span {
 /// What a step does once its retries are used up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum FallbackStrategy {
+pub(crate) enum FallbackStrategy {
     /// Stop the pipeline; its outcome is failed.
     #[default]
     Abort,

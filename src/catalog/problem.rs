@@ -22,32 +22,32 @@ pub struct FieldPath(pub Vec<Segment>);
 
 impl FieldPath {
     /// The document itself.
-    pub fn root() -> Self {
+    pub(crate) fn root() -> Self {
         FieldPath(Vec::new())
     }
 
     /// This path extended with a mapping key.
-    pub fn key(&self, key: impl Into<String>) -> Self {
+    pub(crate) fn key(&self, key: impl Into<String>) -> Self {
         let mut segments = self.0.clone();
         segments.push(Segment::Key(key.into()));
         FieldPath(segments)
     }
 
     /// This path extended with a sequence index.
-    pub fn index(&self, index: usize) -> Self {
+    pub(crate) fn index(&self, index: usize) -> Self {
         let mut segments = self.0.clone();
         segments.push(Segment::Index(index));
         FieldPath(segments)
     }
 
     /// The path of the enclosing field, or `None` for the document itself.
-    pub fn parent(&self) -> Option<Self> {
+    pub(crate) fn parent(&self) -> Option<Self> {
         let (_, rest) = self.0.split_last()?;
         Some(FieldPath(rest.to_vec()))
     }
 
     /// The last mapping key of the path, if it ends in one.
-    pub fn last_key(&self) -> Option<&str> {
+    pub(crate) fn last_key(&self) -> Option<&str> {
         match self.0.last() {
             Some(Segment::Key(key)) => Some(key),
             _ => None,
@@ -55,14 +55,14 @@ impl FieldPath {
     }
 
     /// Whether this is the document itself.
-    pub fn is_root(&self) -> bool {
+    pub(crate) fn is_root(&self) -> bool {
         self.0.is_empty()
     }
 }
 
 impl FieldPath {
     /// The value at this path in `value`, if there is one.
-    pub fn lookup<'a>(&self, value: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+    pub(crate) fn lookup<'a>(&self, value: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
         self.0
             .iter()
             .try_fold(value, |value, segment| match segment {
@@ -91,16 +91,16 @@ pub struct Problem {
     /// The file, relative to the catalog folder (or as given when named directly).
     pub file: String,
     /// 1-based line, when known.
-    pub line: Option<usize>,
+    pub(crate) line: Option<usize>,
     /// The field the problem is about; empty for the file as a whole.
-    pub path: FieldPath,
+    pub(crate) path: FieldPath,
     /// What is wrong, in plain words.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl Problem {
     /// A problem about the whole file, without a line.
-    pub fn file(file: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn file(file: impl Into<String>, message: impl Into<String>) -> Self {
         Problem {
             file: file.into(),
             line: None,
@@ -125,18 +125,18 @@ impl fmt::Display for Problem {
 
 /// A problem inside one document, before it is tied to its file and line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
+pub(crate) struct Finding {
     /// The field the problem is about, as displayed.
-    pub path: FieldPath,
+    pub(crate) path: FieldPath,
     /// The field whose line is reported (usually `path`; a key inside it for unknown fields).
-    pub at: FieldPath,
+    pub(crate) at: FieldPath,
     /// What is wrong.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl Finding {
     /// A finding about the field at `path`.
-    pub fn new(path: FieldPath, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: FieldPath, message: impl Into<String>) -> Self {
         Finding {
             at: path.clone(),
             path,
@@ -145,7 +145,7 @@ impl Finding {
     }
 
     /// A finding about `path`, reported on the line of `at`.
-    pub fn at(path: FieldPath, at: FieldPath, message: impl Into<String>) -> Self {
+    pub(crate) fn at(path: FieldPath, at: FieldPath, message: impl Into<String>) -> Self {
         Finding {
             path,
             at,
@@ -156,7 +156,7 @@ impl Finding {
 
 /// Puts problems in reading order: by file, then line (problems without a line first),
 /// keeping the order they were found in otherwise.
-pub fn sort_problems(problems: &mut [Problem]) {
+pub(crate) fn sort_problems(problems: &mut [Problem]) {
     problems.sort_by(|a, b| a.file.cmp(&b.file).then(a.line.cmp(&b.line)));
 }
 

@@ -30,7 +30,7 @@ use super::pipeline::Route;
 /// regex per route; the routes without a flag glob are checked on their own. Overlapping
 /// routes are refused when the catalog loads, so at most one route takes a change.
 #[derive(Debug, Clone, Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Vec<Place>,
     /// The routes' flag globs, compiled together.
     globs: GlobSet,
@@ -58,7 +58,7 @@ impl Place {
 impl RouteTable {
     /// Compiles `routes`, each with the id of its pipeline; fails when a flag glob is not
     /// valid (validation reports that first, with its file and line: see [`check_glob`]).
-    pub fn new<'a>(
+    pub(crate) fn new<'a>(
         routes: impl IntoIterator<Item = (&'a str, &'a Route)>,
     ) -> Result<Self, globset::Error> {
         let mut table = RouteTable::default();
@@ -83,7 +83,7 @@ impl RouteTable {
     }
 
     /// The pipeline of the route a change to `flag` in `project`/`environment` takes.
-    pub fn pipeline_for(&self, project: &str, environment: &str, flag: &str) -> Option<&str> {
+    pub(crate) fn pipeline_for(&self, project: &str, environment: &str, flag: &str) -> Option<&str> {
         let unglobbed = self.unglobbed.iter().copied();
         let globbed = self
             .globs
@@ -99,7 +99,7 @@ impl RouteTable {
 }
 
 /// Checks that a flag glob compiles; the error says why not.
-pub fn check_glob(glob: &str) -> Result<(), String> {
+pub(crate) fn check_glob(glob: &str) -> Result<(), String> {
     Glob::new(glob)
         .map(|_| ())
         .map_err(|err| format!("'{glob}' is not a valid glob: {}", err.kind()))
@@ -107,13 +107,13 @@ pub fn check_glob(glob: &str) -> Result<(), String> {
 
 /// A flag change that two routes would both take.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Overlap {
+pub(crate) struct Overlap {
     /// The project both accept (`None`: any project).
-    pub project: Option<String>,
+    pub(crate) project: Option<String>,
     /// The environment both accept (`None`: any environment).
-    pub environment: Option<String>,
+    pub(crate) environment: Option<String>,
     /// A flag key both accept.
-    pub flag: String,
+    pub(crate) flag: String,
 }
 
 impl std::fmt::Display for Overlap {
@@ -131,7 +131,7 @@ impl std::fmt::Display for Overlap {
 }
 
 /// A flag change both routes would take, if there is one.
-pub fn overlap(a: &Route, b: &Route) -> Option<Overlap> {
+pub(crate) fn overlap(a: &Route, b: &Route) -> Option<Overlap> {
     let project = common_exact(a.project.as_deref(), b.project.as_deref())?;
     let environment = common_exact(b.environment.as_deref(), a.environment.as_deref())?;
     let flag = common_flag(
@@ -155,7 +155,7 @@ fn common_exact(a: Option<&str>, b: Option<&str>) -> Option<Option<String>> {
 }
 
 /// A flag key both globs match, if there is one.
-pub fn common_flag(a: &str, b: &str) -> Option<String> {
+pub(crate) fn common_flag(a: &str, b: &str) -> Option<String> {
     let left = expand(a);
     let right = expand(b);
     left.iter()

@@ -29,10 +29,10 @@ use super::span::Span;
 
 /// The kernel keeps at most this many bytes of a process name in `/proc/PID/comm`
 /// (`TASK_COMM_LEN` is 16, including the terminating NUL; see proc(5)).
-pub const MAX_PROCESS_NAME: usize = 15;
+pub(crate) const MAX_PROCESS_NAME: usize = 15;
 
 /// Every rule `experiment` breaks, each at its field (empty when it can run as written).
-pub fn check_experiment(experiment: &Experiment) -> Vec<Finding> {
+pub(crate) fn check_experiment(experiment: &Experiment) -> Vec<Finding> {
     let mut out = Vec::new();
     let root = FieldPath::root();
     if experiment.faults.is_empty() && experiment.probes.is_empty() {
@@ -62,7 +62,7 @@ pub fn check_experiment(experiment: &Experiment) -> Vec<Finding> {
 }
 
 /// Renders findings as one line, `path: message; ...` (the runner's refusal).
-pub fn describe(findings: &[Finding]) -> String {
+pub(crate) fn describe(findings: &[Finding]) -> String {
     findings
         .iter()
         .map(|f| {

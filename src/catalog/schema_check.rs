@@ -20,23 +20,23 @@ use super::problem::{FieldPath, Finding};
 use super::span::{SPAN_PATTERN, SpanError};
 
 /// The probe type blocks a probe may have.
-pub const PROBE_TYPES: [&str; 4] = ProbeType::NAMES;
+pub(crate) const PROBE_TYPES: [&str; 4] = ProbeType::NAMES;
 
 /// The fault kind blocks a fault may have.
-pub const FAULT_KINDS: [&str; 5] = FaultKind::NAMES;
+pub(crate) const FAULT_KINDS: [&str; 5] = FaultKind::NAMES;
 
 /// Why the schema checker could not be built (a bug in the generated schemas).
 #[derive(Debug, thiserror::Error)]
 #[error("the {name} schema does not compile: {message}")]
-pub struct SchemaError {
+pub(crate) struct SchemaError {
     /// Which schema.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// The compiler's message.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// A compiled schema and the schema document, needed to read branch alternatives.
-pub struct SchemaCheck {
+pub(crate) struct SchemaCheck {
     schema: Value,
     validator: Validator,
 }
@@ -45,7 +45,7 @@ impl SchemaCheck {
     /// Compiles `schema`, a JSON Schema (draft 2020-12) called `name` in errors: the
     /// published one of its type, as [`crate::contract::schema_of`] generates it (the
     /// caller builds it, so this module needs no list of published schemas).
-    pub fn new(name: &'static str, schema: Value) -> Result<Self, SchemaError> {
+    pub(crate) fn new(name: &'static str, schema: Value) -> Result<Self, SchemaError> {
         let validator = jsonschema::draft202012::new(&schema).map_err(|err| SchemaError {
             name,
             message: err.to_string(),
@@ -54,7 +54,7 @@ impl SchemaCheck {
     }
 
     /// Every schema violation in `document`.
-    pub fn check(&self, document: &Value) -> Vec<Finding> {
+    pub(crate) fn check(&self, document: &Value) -> Vec<Finding> {
         let mut findings = Vec::new();
         for error in self.validator.iter_errors(document) {
             self.translate(&error, document, &mut findings);

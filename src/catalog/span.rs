@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The regular expression every duration string must match (also used by the schema).
-pub const SPAN_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+pub(crate) const SPAN_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 
 /// A non-negative duration written as a sequence of `<integer><unit>` parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -23,7 +23,7 @@ pub struct Span(pub Duration);
 #[error("'{text}' is not a duration (write e.g. 200ms, 30s, 5m, 1h or 1m30s)")]
 pub struct SpanError {
     /// The text as written.
-    pub text: String,
+    pub(crate) text: String,
 }
 
 impl Span {

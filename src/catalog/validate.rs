@@ -79,7 +79,7 @@ fn duplicates<'a>(
 }
 
 /// Checks one pipeline document on its own.
-pub fn check_pipeline_document(doc: &Value) -> Vec<Finding> {
+pub(crate) fn check_pipeline_document(doc: &Value) -> Vec<Finding> {
     let mut out = Vec::new();
     let root = FieldPath::root();
     for (i, route) in items(doc, "routes") {
@@ -112,7 +112,7 @@ pub fn check_pipeline_document(doc: &Value) -> Vec<Finding> {
 }
 
 /// Checks one experiment document on its own.
-pub fn check_experiment_document(doc: &Value) -> Vec<Finding> {
+pub(crate) fn check_experiment_document(doc: &Value) -> Vec<Finding> {
     let mut out = Vec::new();
     let root = FieldPath::root();
     let faults = root.key("faults");
@@ -383,24 +383,24 @@ fn check_argv(line: &Value, path: &FieldPath, out: &mut Vec<Finding>) {
 
 /// The facts cross-file checks need from one file.
 #[derive(Debug, Clone, Copy)]
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     /// Index of the file in the load order.
-    pub file: usize,
+    pub(crate) file: usize,
     /// The document.
-    pub doc: &'a Value,
+    pub(crate) doc: &'a Value,
 }
 
 /// A finding from a cross-file check, tied to the file it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CrossFinding {
+pub(crate) struct CrossFinding {
     /// Index of the file in the load order.
-    pub file: usize,
+    pub(crate) file: usize,
     /// The finding.
-    pub finding: Finding,
+    pub(crate) finding: Finding,
 }
 
 /// Reports ids defined in more than one file; `names` gives each file's display name.
-pub fn duplicate_ids(kind: &str, entries: &[Entry<'_>], names: &[String]) -> Vec<CrossFinding> {
+pub(crate) fn duplicate_ids(kind: &str, entries: &[Entry<'_>], names: &[String]) -> Vec<CrossFinding> {
     let mut by_id: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for entry in entries {
         if let Some(id) = text(entry.doc, "id") {
@@ -430,7 +430,7 @@ pub fn duplicate_ids(kind: &str, entries: &[Entry<'_>], names: &[String]) -> Vec
 }
 
 /// Reports steps whose experiment is not in the catalog.
-pub fn unknown_experiments(pipelines: &[Entry<'_>], experiment_ids: &[&str]) -> Vec<CrossFinding> {
+pub(crate) fn unknown_experiments(pipelines: &[Entry<'_>], experiment_ids: &[&str]) -> Vec<CrossFinding> {
     let mut out = Vec::new();
     for entry in pipelines {
         for (i, stage) in items(entry.doc, "stages") {
@@ -460,7 +460,7 @@ pub fn unknown_experiments(pipelines: &[Entry<'_>], experiment_ids: &[&str]) -> 
 
 /// Reports routes of different pipelines that could both take the same flag change. Each
 /// pair is reported once, on the later file (or later pipeline), naming the other.
-pub fn overlapping_routes(pipelines: &[Entry<'_>], names: &[String]) -> Vec<CrossFinding> {
+pub(crate) fn overlapping_routes(pipelines: &[Entry<'_>], names: &[String]) -> Vec<CrossFinding> {
     let mut routes: Vec<(usize, &str, usize, Route)> = Vec::new();
     for entry in pipelines {
         let Some(id) = text(entry.doc, "id") else {

@@ -34,7 +34,7 @@ use crate::catalog::experiment::CommandLine;
 
 /// At most this many commands (fault and probe commands together) run at once; more
 /// wait for their turn.
-pub const MAX_RUNNING: usize = 128;
+pub(crate) const MAX_RUNNING: usize = 128;
 
 static RUNNING: Semaphore = Semaphore::const_new(MAX_RUNNING);
 
@@ -70,7 +70,7 @@ async fn start(mut command: Command) -> io::Result<(Child, CommandTurn)> {
 
 /// The program name used in failure texts: `sh -c` for `shell: true`, else `argv[0]`
 /// (never the arguments or a script, which may hold secrets).
-pub fn program_name(line: &CommandLine) -> String {
+pub(crate) fn program_name(line: &CommandLine) -> String {
     if line.shell {
         return "sh -c".to_string();
     }
@@ -80,7 +80,7 @@ pub fn program_name(line: &CommandLine) -> String {
 /// What [`run`] does once the command itself has exited while something it started
 /// still holds its output open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterExit {
+pub(crate) enum AfterExit {
     /// Read output for 200 ms more, then stop reading and leave whatever still holds it
     /// running: a fault's inject may start a background process its revert stops.
     Grace,
@@ -94,35 +94,35 @@ pub enum AfterExit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunSettings {
     /// Most bytes of standard output kept.
-    pub stdout_limit: usize,
+    pub(crate) stdout_limit: usize,
     /// Most bytes of standard error kept.
-    pub stderr_limit: usize,
+    pub(crate) stderr_limit: usize,
     /// Time the command may run before its group is killed ([`ProcessError::TimedOut`]);
     /// `None` when the caller bounds it by dropping the future.
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     /// What happens after the command exits.
-    pub after_exit: AfterExit,
+    pub(crate) after_exit: AfterExit,
 }
 
 /// A command that ran to its exit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exited {
     /// How it exited.
-    pub status: ExitStatus,
+    pub(crate) status: ExitStatus,
     /// Standard output, at most [`RunSettings::stdout_limit`] bytes.
-    pub stdout: Vec<u8>,
+    pub(crate) stdout: Vec<u8>,
     /// Standard error, at most [`RunSettings::stderr_limit`] bytes.
-    pub stderr: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
 }
 
 impl Exited {
     /// The exit code; `None` when a signal ended it.
-    pub fn code(&self) -> Option<i32> {
+    pub(crate) fn code(&self) -> Option<i32> {
         self.status.code()
     }
 
     /// The signal that ended it, if any.
-    pub fn signal(&self) -> Option<i32> {
+    pub(crate) fn signal(&self) -> Option<i32> {
         self.status.signal()
     }
 }

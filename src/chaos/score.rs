@@ -7,13 +7,13 @@
 //! faults scores the plain share of probes that passed.
 
 /// Rounds to two decimals, as scores are reported.
-pub fn round2(value: f64) -> f64 {
+pub(crate) fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
 /// Share of `passed` among `total` probes, in percent; 100 when there are no probes
 /// (nothing watched the fault, so nothing failed).
-pub fn probe_success_percentage(passed: usize, total: usize) -> f64 {
+pub(crate) fn probe_success_percentage(passed: usize, total: usize) -> f64 {
     if total == 0 {
         return 100.0;
     }
@@ -23,7 +23,7 @@ pub fn probe_success_percentage(passed: usize, total: usize) -> f64 {
 /// sum(weight x probe success %) / sum(weights), rounded to two decimals.
 ///
 /// Takes `(weight, probe success %)` per fault; `None` when there is no weight at all.
-pub fn resilience_score(faults: &[(u8, f64)]) -> Option<f64> {
+pub(crate) fn resilience_score(faults: &[(u8, f64)]) -> Option<f64> {
     let weights: u32 = faults.iter().map(|(w, _)| u32::from(*w)).sum();
     if weights == 0 {
         return None;

@@ -19,14 +19,14 @@ pub struct TargetLocks {
 
 /// Held while an experiment runs; dropping it lets the next experiment on its targets go.
 #[derive(Debug)]
-pub struct TargetGuard {
+pub(crate) struct TargetGuard {
     keys: Vec<String>,
     _held: Vec<OwnedMutexGuard<()>>,
 }
 
 impl TargetGuard {
     /// The target keys held, sorted.
-    pub fn keys(&self) -> &[String] {
+    pub(crate) fn keys(&self) -> &[String] {
         &self.keys
     }
 }
@@ -38,7 +38,7 @@ impl TargetLocks {
     }
 
     /// The process-wide set of locks, shared by every runner in this process.
-    pub fn shared() -> Self {
+    pub(crate) fn shared() -> Self {
         static SHARED: OnceLock<TargetLocks> = OnceLock::new();
         SHARED.get_or_init(TargetLocks::new).clone()
     }
@@ -55,7 +55,7 @@ impl TargetLocks {
     ///
     /// Keys are deduplicated and taken in sorted order. Dropping the returned future while
     /// it waits releases whatever it had taken.
-    pub async fn lock(&self, keys: &[String]) -> TargetGuard {
+    pub(crate) async fn lock(&self, keys: &[String]) -> TargetGuard {
         let mut keys = keys.to_vec();
         keys.sort();
         keys.dedup();
@@ -67,7 +67,7 @@ impl TargetLocks {
     }
 
     /// Whether `key` is held by a running experiment right now.
-    pub fn is_held(&self, key: &str) -> bool {
+    pub(crate) fn is_held(&self, key: &str) -> bool {
         self.lock_for(key).try_lock().is_err()
     }
 }

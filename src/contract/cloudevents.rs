@@ -12,13 +12,13 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
 /// The only CloudEvents version chaosgate reads and writes.
-pub const SPEC_VERSION: &str = "1.0";
+pub(crate) const SPEC_VERSION: &str = "1.0";
 /// `content-type` of a structured-mode event.
-pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+pub(crate) const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// `content-type` of the data chaosgate writes.
-pub const JSON_CONTENT_TYPE: &str = "application/json";
+pub(crate) const JSON_CONTENT_TYPE: &str = "application/json";
 /// The header that carries the content type in the Kafka binding.
-pub const CONTENT_TYPE_HEADER: &str = "content-type";
+pub(crate) const CONTENT_TYPE_HEADER: &str = "content-type";
 
 /// A Kafka record as bytes: what is produced and what was consumed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,7 +100,7 @@ impl CloudEvent {
 
     /// Encodes in binary mode with `data`, JSON already serialised, as the value in place
     /// of [`CloudEvent::data`]: what chaosgate writes serialises straight to bytes.
-    pub fn to_binary_with_data(&self, data: Vec<u8>, key: Option<&str>) -> KafkaMessage {
+    pub(crate) fn to_binary_with_data(&self, data: Vec<u8>, key: Option<&str>) -> KafkaMessage {
         let mut headers: Vec<(String, Vec<u8>)> = vec![
             ("ce_specversion".into(), SPEC_VERSION.into()),
             ("ce_id".into(), self.id.clone().into_bytes()),

@@ -17,16 +17,16 @@ pub const ABORT_REQUEST_TYPE: &str = "dev.chaosgate.control.abort.v1";
 )]
 pub struct AbortRequest {
     /// What to abort.
-    pub scope: AbortScope,
+    pub(crate) scope: AbortScope,
     /// The run id or pipeline execution id (absent for `all`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     /// Why, for the records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Who asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requested_by: Option<String>,
+    pub(crate) requested_by: Option<String>,
 }
 
 /// Which runs an abort request matches.
@@ -48,7 +48,7 @@ pub enum AbortScope {
 }
 
 /// The example carried by the schema and used in tests and docs.
-pub fn abort_request_example() -> AbortRequest {
+pub(crate) fn abort_request_example() -> AbortRequest {
     AbortRequest {
         scope: AbortScope::PipelineExecution,
         id: Some("3f0c1a4e-8b7d-5e2f-a1c3-5d9e7f6b4a20".into()),

@@ -37,7 +37,7 @@ pub enum ErrorClass {
 
 impl ErrorClass {
     /// The class as written in the header.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Undecodable => "undecodable",
             ErrorClass::SchemaViolation => "schema_violation",
@@ -61,24 +61,24 @@ impl ErrorClass {
 )]
 pub struct DeadLetter {
     /// Error class.
-    pub error_class: ErrorClass,
+    pub(crate) error_class: ErrorClass,
     /// Error message, naming the field or attribute at fault.
-    pub error_message: String,
+    pub(crate) error_message: String,
     /// Source topic.
-    pub source_topic: String,
+    pub(crate) source_topic: String,
     /// Source partition.
-    pub source_partition: i32,
+    pub(crate) source_partition: i32,
     /// Source offset.
-    pub source_offset: i64,
+    pub(crate) source_offset: i64,
     /// Original key, as UTF-8 when it is (lossy otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     /// Original headers, name and value (lossy UTF-8).
     #[serde(default)]
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     /// Original value, as UTF-8 when it is (lossy otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
+    pub(crate) value: Option<String>,
 }
 
 /// The example carried by the schema and used in tests and docs.

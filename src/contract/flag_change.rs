@@ -72,7 +72,7 @@ pub enum ChangeKind {
 
 impl ChangeKind {
     /// The kind's name as written on the wire.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             ChangeKind::Enable => "enable",
             ChangeKind::Disable => "disable",
@@ -107,9 +107,9 @@ pub fn flag_change_example() -> FlagChange {
 #[error("{}: {message}", class.as_str())]
 pub struct BadFlagChange {
     /// The dead-letter error class.
-    pub class: super::ErrorClass,
+    pub(crate) class: super::ErrorClass,
     /// What is wrong, naming the attribute or field.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl BadFlagChange {

@@ -4,7 +4,7 @@
 //! These types are the public surface. Their JSON Schemas in `schemas/` are generated
 //! from them, and a test fails when the committed schemas are stale.
 
-pub mod cloudevents;
+pub(crate) mod cloudevents;
 pub mod control;
 pub mod dead_letter;
 pub mod flag_change;
@@ -20,7 +20,7 @@ pub use flag_command::{CommandKind, FlagCommand, ReasonCode, StepSummary};
 pub use run_record::{FaultResult, ProbeResult, RunRecord, RunStatus, Verdict};
 
 /// The JSON Schema (draft 2020-12) of `T`, with the `$id` chaosgate publishes it under.
-pub fn schema_of<T: schemars::JsonSchema>(name: &str) -> serde_json::Value {
+pub(crate) fn schema_of<T: schemars::JsonSchema>(name: &str) -> serde_json::Value {
     let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
     let schema = generator.into_root_schema_for::<T>();
     let mut value = schema.to_value();

@@ -50,7 +50,7 @@ pub struct RunRecord {
     /// record's `traceparent` header (added in v1; absent without tracing and in older
     /// records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
+    pub(crate) trace_id: Option<String>,
     /// Score obtained, 0-100 (absent while running or on error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resilience_score: Option<f64>,
@@ -58,7 +58,7 @@ pub struct RunRecord {
     pub expected_resilience_score: f64,
     /// The step's assertion, if any, and its result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assertion: Option<AssertionResult>,
+    pub(crate) assertion: Option<AssertionResult>,
     /// One entry per fault.
     #[serde(default)]
     pub faults: Vec<FaultResult>,
@@ -66,9 +66,9 @@ pub struct RunRecord {
     #[serde(default)]
     pub probes: Vec<ProbeResult>,
     /// Probes that passed.
-    pub probes_passed: u32,
+    pub(crate) probes_passed: u32,
     /// Probes that failed.
-    pub probes_failed: u32,
+    pub(crate) probes_failed: u32,
     /// When the run started.
     pub started_at: DateTime<Utc>,
     /// When the run ended (absent while running).
@@ -85,7 +85,7 @@ pub struct RunRecord {
     pub summary: Option<String>,
     /// A short human-readable log of the run.
     #[serde(default)]
-    pub log: Vec<String>,
+    pub(crate) log: Vec<String>,
 }
 
 /// Status of a run.
@@ -124,10 +124,10 @@ pub struct StageRef {
     /// Stage id.
     pub id: String,
     /// Stage name.
-    pub name: String,
+    pub(crate) name: String,
     /// `feature_flag`, `deploy` or `custom`.
     #[serde(rename = "type")]
-    pub stage_type: String,
+    pub(crate) stage_type: String,
 }
 
 /// A step, as the record names it.
@@ -147,7 +147,7 @@ pub struct ExperimentRef {
     /// Experiment id.
     pub id: String,
     /// Experiment name.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 /// A flag, as the record names it.
@@ -165,15 +165,15 @@ pub struct FlagRef {
 /// A step's assertion and what it evaluated to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AssertionResult {
+pub(crate) struct AssertionResult {
     /// The CEL expression.
-    pub expression: String,
+    pub(crate) expression: String,
     /// Its value, when it evaluated to a boolean.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<bool>,
+    pub(crate) result: Option<bool>,
     /// Why it could not be evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// Verdict of one fault or probe.

@@ -17,7 +17,7 @@ use crate::contract::{
 
 /// Whether a flag change waits for its pipeline or is passed on at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gating {
+pub(crate) enum Gating {
     /// Run the pipeline, then decide.
     Gate,
     /// Answer at once with this reason (`requested`, `not_gated`, `no_pipeline`).
@@ -25,7 +25,7 @@ pub enum Gating {
 }
 
 /// `disable` is never delayed; other kinds are gated when the pipeline says so.
-pub fn gating(change: &FlagChange, pipeline: Option<&Pipeline>) -> Gating {
+pub(crate) fn gating(change: &FlagChange, pipeline: Option<&Pipeline>) -> Gating {
     if change.change.kind == ChangeKind::Disable {
         return Gating::PassOn(ReasonCode::Requested);
     }
@@ -47,7 +47,7 @@ pub fn gating(change: &FlagChange, pipeline: Option<&Pipeline>) -> Gating {
 /// [`gating`]): `disable` for a requested `disable` (reason `requested`), else `enable`
 /// (`no_pipeline` when `pipeline` is `None`, `not_gated` when it does not gate this change
 /// kind). `None` when `pipeline` gates the change: it must run first.
-pub fn pass_on(change: &FlagChange, pipeline: Option<&Pipeline>) -> Option<FlagCommand> {
+pub(crate) fn pass_on(change: &FlagChange, pipeline: Option<&Pipeline>) -> Option<FlagCommand> {
     match gating(change, pipeline) {
         Gating::Gate => None,
         gating => Some(flag_command(
@@ -62,24 +62,24 @@ pub fn pass_on(change: &FlagChange, pipeline: Option<&Pipeline>) -> Option<FlagC
 }
 
 /// A score as people write it: at most two decimals, no trailing zeros.
-pub fn score_text(score: f64) -> String {
+pub(crate) fn score_text(score: f64) -> String {
     let text = format!("{score:.2}");
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// A step's verdict from its run's score, its expected score and its assertion.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StepVerdict {
+pub(crate) struct StepVerdict {
     /// `passed`, `failed`, or `error` when the assertion could not be evaluated.
-    pub status: RunStatus,
+    pub(crate) status: RunStatus,
     /// One line, e.g. `score 42.86 < expected 80`.
-    pub summary: String,
+    pub(crate) summary: String,
     /// The assertion and its result, when the step has one.
-    pub assertion: Option<AssertionResult>,
+    pub(crate) assertion: Option<AssertionResult>,
 }
 
 /// Judges a completed run: passed iff score >= expected and the assertion (if any) holds.
-pub fn judge_step(step: &ChaosStep, measures: &AssertionInput) -> StepVerdict {
+pub(crate) fn judge_step(step: &ChaosStep, measures: &AssertionInput) -> StepVerdict {
     let score = measures.resilience_score;
     let expected = step.expected_resilience_score;
     let score_ok = score >= expected;
@@ -130,7 +130,7 @@ pub fn judge_step(step: &ChaosStep, measures: &AssertionInput) -> StepVerdict {
 
 /// How a pipeline execution ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Every step passed (or was ignored or marked as success).
     Passed,
     /// A step failed; the reason names it.
@@ -142,7 +142,7 @@ pub enum Outcome {
 /// The one command answering `change`.
 ///
 /// `pipeline` and `execution` are absent for changes passed on at once.
-pub fn flag_command(
+pub(crate) fn flag_command(
     change: &FlagChange,
     pipeline: Option<&Pipeline>,
     gating: Gating,

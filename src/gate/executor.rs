@@ -62,7 +62,7 @@ pub struct UpdateSink(Arc<dyn Fn(RunUpdate) + Send + Sync>);
 
 impl UpdateSink {
     /// A sink calling `publish` with each update.
-    pub fn new(publish: impl Fn(RunUpdate) + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(publish: impl Fn(RunUpdate) + Send + Sync + 'static) -> Self {
         UpdateSink(Arc::new(publish))
     }
 
@@ -80,29 +80,29 @@ impl std::fmt::Debug for UpdateSink {
 /// A run record to publish as it happens, with the span of its run: the record's
 /// `traceparent` header names that span.
 #[derive(Debug, Clone)]
-pub struct RunUpdate {
+pub(crate) struct RunUpdate {
     /// The record (`running`, or `aborted` after an interrupt).
-    pub record: RunRecord,
+    pub(crate) record: RunRecord,
     /// The run's `step` span.
-    pub span: tracing::Span,
+    pub(crate) span: tracing::Span,
 }
 
 /// Where a run sits in its pipeline execution: stage and step (indices in the pipeline)
 /// and the step's retry. With the event and the attempt it names the run id, so a later
 /// attempt can close a run an earlier one left `running` ([`superseded_record`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RunPosition {
+pub(crate) struct RunPosition {
     /// Index of the stage in the pipeline.
-    pub stage: usize,
+    pub(crate) stage: usize,
     /// Index of the step in its stage.
-    pub step: usize,
+    pub(crate) step: usize,
     /// The step's retry (0 for its first run).
-    pub retry: u32,
+    pub(crate) retry: u32,
 }
 
 /// Where `record`, a run of `pipeline` for `change`, sits; `None` when the pipeline has
 /// no such step (a run of another pipeline).
-pub fn run_position(
+pub(crate) fn run_position(
     change: &FlagChange,
     pipeline: &Pipeline,
     record: &RunRecord,
@@ -138,7 +138,7 @@ pub fn run_position(
 /// The final record of the run at `position` of `attempt`, left `running` when that
 /// attempt was cut off (a crash, a lost partition): `aborted`, "superseded by attempt
 /// `by`". `None` when the pipeline no longer has that step.
-pub fn superseded_record(
+pub(crate) fn superseded_record(
     change: &FlagChange,
     pipeline: &Pipeline,
     catalog: &Catalog,
@@ -177,7 +177,7 @@ pub struct Execution {
     /// Final records of every run, in order.
     pub records: Vec<RunRecord>,
     /// The flag command; `None` when the execution was interrupted (not final).
-    pub command: Option<FlagCommand>,
+    pub(crate) command: Option<FlagCommand>,
 }
 
 /// Answers a flag change: runs its pipeline when it is gated, or passes it on at once.

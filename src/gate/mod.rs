@@ -2,5 +2,5 @@
 //! steps and decide the flag command. It knows nothing of Kafka: records go out through a
 //! small sink, and the same gate runs in the worker, the demo and the tests.
 
-pub mod decision;
+pub(crate) mod decision;
 pub mod executor;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// One loop's last sign of life. Cheap to clone; all clones share one tick.
 #[derive(Debug, Clone)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     name: &'static str,
     state: Arc<Beat>,
 }
@@ -26,7 +26,7 @@ struct Beat {
 
 impl Heartbeat {
     /// A heartbeat named `name` (as `/healthz` and `/readyz` show it), ticked now.
-    pub fn new(name: &'static str) -> Self {
+    pub(crate) fn new(name: &'static str) -> Self {
         Heartbeat {
             name,
             state: Arc::new(Beat {
@@ -37,24 +37,24 @@ impl Heartbeat {
     }
 
     /// The name given at creation.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         self.name
     }
 
     /// Records a sign of life now.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let now = u64::try_from(self.state.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.state.last.store(now, Ordering::Relaxed);
     }
 
     /// Time since the last tick.
-    pub fn age(&self) -> Duration {
+    pub(crate) fn age(&self) -> Duration {
         let last = Duration::from_millis(self.state.last.load(Ordering::Relaxed));
         self.state.origin.elapsed().saturating_sub(last)
     }
 
     /// The last tick as seconds since the Unix epoch (for the `_last_tick_seconds` gauges).
-    pub fn last_tick_unix_seconds(&self) -> f64 {
+    pub(crate) fn last_tick_unix_seconds(&self) -> f64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

@@ -67,34 +67,34 @@ impl Default for Liveness {
 
 /// A watched loop that has not ticked within the liveness timeout.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Stalled {
+pub(crate) struct Stalled {
     /// The loop (`main loop`, `committer`).
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Seconds since its last tick.
-    pub seconds_since_tick: f64,
+    pub(crate) seconds_since_tick: f64,
 }
 
 /// The answer of `/readyz`, as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ReadinessReport {
+pub(crate) struct ReadinessReport {
     /// Whether the worker is ready.
-    pub ready: bool,
+    pub(crate) ready: bool,
     /// Partitions of the flag-changes topic assigned to this worker.
-    pub assigned_partitions: usize,
+    pub(crate) assigned_partitions: usize,
     /// Assigned partitions still paused because their committed offsets could not be read
     /// yet (the read is retried).
-    pub partitions_loading: usize,
+    pub(crate) partitions_loading: usize,
     /// Whether the producer works: false after a failed transaction, until one commits.
-    pub producer_ok: bool,
+    pub(crate) producer_ok: bool,
     /// Whether the worker is shutting down.
-    pub stopping: bool,
+    pub(crate) stopping: bool,
     /// Kafka brokers the consumer is connected to (librdkafka statistics); `null`
     /// before the first statistics.
-    pub kafka_brokers_up: Option<u64>,
+    pub(crate) kafka_brokers_up: Option<u64>,
     /// Watched loops that have not ticked within the liveness timeout.
-    pub stalled: Vec<Stalled>,
+    pub(crate) stalled: Vec<Stalled>,
     /// Why it is not ready, one sentence each; empty when ready.
-    pub reasons: Vec<String>,
+    pub(crate) reasons: Vec<String>,
 }
 
 impl Readiness {
@@ -104,7 +104,7 @@ impl Readiness {
     }
 
     /// Sets how many assigned partitions wait for their committed offsets.
-    pub fn set_loading(&self, partitions: usize) {
+    pub(crate) fn set_loading(&self, partitions: usize) {
         self.state.loading.store(partitions, Ordering::Relaxed);
     }
 
@@ -118,7 +118,7 @@ impl Readiness {
     /// `rd_kafka_fatal_error()`), or that a fresh one replaced it (`None`). While set,
     /// `/healthz` answers 503 (the loop still goes round, but consumes nothing) and
     /// `/readyz` gives the reason.
-    pub fn set_consumer_fatal(&self, why: Option<String>) {
+    pub(crate) fn set_consumer_fatal(&self, why: Option<String>) {
         *self
             .state
             .consumer_fatal
@@ -127,7 +127,7 @@ impl Readiness {
     }
 
     /// Why the consumer failed fatally, if it did and was not replaced yet.
-    pub fn consumer_fatal(&self) -> Option<String> {
+    pub(crate) fn consumer_fatal(&self) -> Option<String> {
         self.state
             .consumer_fatal
             .lock()
@@ -137,34 +137,34 @@ impl Readiness {
 
     /// A fresh worker took over after a fatal consumer error: clears that error and the
     /// stopping mark of the worker it replaces.
-    pub fn set_restarted(&self) {
+    pub(crate) fn set_restarted(&self) {
         self.set_consumer_fatal(None);
         self.state.stopping.store(false, Ordering::Relaxed);
     }
 
     /// Marks the worker as shutting down: `/readyz` answers 503 from now on.
-    pub fn set_stopping(&self) {
+    pub(crate) fn set_stopping(&self) {
         self.state.stopping.store(true, Ordering::Relaxed);
     }
 
     /// Sets how long a watched loop may go without a tick before `/healthz` fails
     /// (`worker.liveness_timeout`).
-    pub fn set_liveness_timeout(&self, timeout: Duration) {
+    pub(crate) fn set_liveness_timeout(&self, timeout: Duration) {
         self.liveness().timeout = timeout;
     }
 
     /// Watches `beat` from now on (a loop that must keep ticking).
-    pub fn watch(&self, beat: Heartbeat) {
+    pub(crate) fn watch(&self, beat: Heartbeat) {
         self.liveness().beats.push(beat);
     }
 
     /// Stops watching every loop (the worker has stopped them).
-    pub fn unwatch_all(&self) {
+    pub(crate) fn unwatch_all(&self) {
         self.liveness().beats.clear();
     }
 
     /// Watched loops that have not ticked within the liveness timeout.
-    pub fn stalled(&self) -> Vec<Stalled> {
+    pub(crate) fn stalled(&self) -> Vec<Stalled> {
         let liveness = self.liveness();
         liveness
             .beats
@@ -186,7 +186,7 @@ impl Readiness {
     }
 
     /// The current state and, when not ready, why.
-    pub fn report(&self) -> ReadinessReport {
+    pub(crate) fn report(&self) -> ReadinessReport {
         let assigned_partitions = self.state.assigned.load(Ordering::Relaxed);
         let partitions_loading = self.state.loading.load(Ordering::Relaxed);
         let producer_ok = !self.state.producer_failed.load(Ordering::Relaxed);
@@ -240,9 +240,9 @@ impl Readiness {
 #[error("http.listen: cannot listen on {addr}: {source}")]
 pub struct HttpError {
     /// The configured address.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The socket error.
-    pub source: std::io::Error,
+    pub(crate) source: std::io::Error,
 }
 
 /// The running endpoints.
@@ -255,7 +255,7 @@ pub struct HttpServer {
 }
 
 /// The endpoints as a router, for serving or for embedding in another server.
-pub fn router(readiness: Readiness) -> Router {
+pub(crate) fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -33,7 +33,7 @@ use super::{LogFormat, TelemetryConfig, redact, traces};
 /// Unless the filter names `rdkafka` itself, `rdkafka::client` logs warnings and errors
 /// only: at `info` it prints every client's full statistics each
 /// `statistics.interval.ms` (the worker reads them for metrics; they are not log lines).
-pub fn filter(telemetry: &TelemetryConfig) -> EnvFilter {
+pub(crate) fn filter(telemetry: &TelemetryConfig) -> EnvFilter {
     let mut filter = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| telemetry.log_filter.clone())
@@ -45,7 +45,7 @@ pub fn filter(telemetry: &TelemetryConfig) -> EnvFilter {
 }
 
 /// Whether lines are JSON: as configured, or when stderr is not a terminal.
-pub fn is_json(telemetry: &TelemetryConfig) -> bool {
+pub(crate) fn is_json(telemetry: &TelemetryConfig) -> bool {
     match telemetry.log_format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -55,7 +55,7 @@ pub fn is_json(telemetry: &TelemetryConfig) -> bool {
 
 /// The log layer on stderr, with its own filter, for a subscriber that may carry other
 /// layers (traces).
-pub fn layer<S>(telemetry: &TelemetryConfig) -> Box<dyn Layer<S> + Send + Sync + 'static>
+pub(crate) fn layer<S>(telemetry: &TelemetryConfig) -> Box<dyn Layer<S> + Send + Sync + 'static>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {

@@ -44,7 +44,7 @@ use serde::Deserialize;
 use crate::contract::{CommandKind, ErrorClass, ReasonCode, RunStatus};
 
 /// The `Content-Type` of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Buckets of the resilience score: 0, 10, ..., 100.
 const SCORE_BUCKETS: [f64; 11] = [
@@ -210,21 +210,21 @@ static BROKERS_UP: AtomicI64 = AtomicI64::new(-1);
 
 /// How many Kafka brokers the consumer was connected to at its last statistics
 /// (`statistics.interval.ms`); `None` before the first statistics arrived.
-pub fn kafka_brokers_up() -> Option<u64> {
+pub(crate) fn kafka_brokers_up() -> Option<u64> {
     u64::try_from(BROKERS_UP.load(Ordering::Relaxed)).ok()
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The whole registry in the Prometheus text exposition (ends with `# EOF`).
-pub fn render() -> Result<String, std::fmt::Error> {
+pub(crate) fn render() -> Result<String, std::fmt::Error> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &METRICS.registry)?;
     Ok(text)
 }
 
 /// The worker's consumer loop went round; `unix_seconds` is now, since the Unix epoch.
-pub fn main_loop_tick(unix_seconds: f64) {
+pub(crate) fn main_loop_tick(unix_seconds: f64) {
     METRICS.main_loop_last_tick.set(unix_seconds);
 }
 
@@ -320,7 +320,7 @@ pub fn commit(latency: Duration) {
 }
 
 /// A Kafka transaction failed to commit (it was aborted and will be retried).
-pub fn commit_failed() {
+pub(crate) fn commit_failed() {
     METRICS.commit_failures.inc();
 }
 
@@ -425,7 +425,7 @@ pub fn consumer_statistics(json: &[u8]) -> Result<(), StatisticsError> {
 }
 
 /// Drops every lag gauge (the consumer left the group).
-pub fn clear_consumer_lag() {
+pub(crate) fn clear_consumer_lag() {
     METRICS.consumer_lag.clear();
     if let Ok(mut known) = METRICS.lag_partitions.lock() {
         known.clear();

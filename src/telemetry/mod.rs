@@ -15,7 +15,7 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod redact;
-pub mod settings;
+pub(crate) mod settings;
 pub mod traces;
 
 pub use settings::{LogFormat, TelemetryConfig};
@@ -54,7 +54,7 @@ impl TelemetryGuard {
 
     /// Exports every span still buffered, waiting for the collector (bounded by the
     /// exporter timeout).
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         if let Some(provider) = &self.provider
             && let Err(error) = blocking(|| provider.force_flush())
         {

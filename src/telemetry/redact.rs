@@ -24,7 +24,7 @@ use std::sync::{Arc, RwLock};
 use crate::contract::RunRecord;
 
 /// What a secret value is replaced with.
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 /// Parts of librdkafka property names that mark a secret value, e.g. `sasl.password`,
 /// `ssl.key.password`, `ssl.key.pem`, `sasl.oauthbearer.client.secret`.
@@ -48,21 +48,21 @@ const SECRET_HEADERS: [&str; 7] = [
 const SECRET_HEADER_PARTS: [&str; 3] = ["token", "secret", "password"];
 
 /// Whether the librdkafka property `key` holds a secret.
-pub fn is_secret_property(key: &str) -> bool {
+pub(crate) fn is_secret_property(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     SECRET_PROPERTIES.contains(&key.as_str())
         || SECRET_PROPERTY_PARTS.iter().any(|part| key.contains(part))
 }
 
 /// Whether the HTTP header `name` carries a credential.
-pub fn is_secret_header(name: &str) -> bool {
+pub(crate) fn is_secret_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     SECRET_HEADERS.contains(&name.as_str())
         || SECRET_HEADER_PARTS.iter().any(|part| name.contains(part))
 }
 
 /// The librdkafka properties with every secret value masked.
-pub fn kafka_properties(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub(crate) fn kafka_properties(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     properties
         .iter()
         .map(|(key, value)| {
@@ -77,7 +77,7 @@ pub fn kafka_properties(properties: &BTreeMap<String, String>) -> BTreeMap<Strin
 }
 
 /// HTTP headers (names and values, in order) with every credential masked.
-pub fn headers<N, V>(headers: impl IntoIterator<Item = (N, V)>) -> Vec<(String, String)>
+pub(crate) fn headers<N, V>(headers: impl IntoIterator<Item = (N, V)>) -> Vec<(String, String)>
 where
     N: AsRef<str>,
     V: AsRef<str>,
@@ -96,7 +96,7 @@ where
 }
 
 /// A URL with the password of its user info masked: `http://u:***@host/`.
-pub fn url(url: &str) -> Cow<'_, str> {
+pub(crate) fn url(url: &str) -> Cow<'_, str> {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return Cow::Borrowed(url);
     };
@@ -151,7 +151,7 @@ impl Secrets {
     }
 
     /// Adds one secret value.
-    pub fn add(&mut self, value: &str) {
+    pub(crate) fn add(&mut self, value: &str) {
         if value.len() < MIN_SECRET_LEN || self.values.iter().any(|v| v == value) {
             return;
         }
@@ -160,7 +160,7 @@ impl Secrets {
     }
 
     /// Adds the password of `url`'s user info (`scheme://user:password@host/...`), if any.
-    pub fn add_url(&mut self, url: &str) {
+    pub(crate) fn add_url(&mut self, url: &str) {
         let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else {
             return;
         };
@@ -173,12 +173,12 @@ impl Secrets {
     }
 
     /// Whether no secret is known.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
 
     /// Adds every secret of `other`.
-    pub fn extend(&mut self, other: &Secrets) {
+    pub(crate) fn extend(&mut self, other: &Secrets) {
         for value in &other.values {
             self.add(value);
         }
@@ -186,7 +186,7 @@ impl Secrets {
 
     /// Masks every known secret in the free-text fields of a run record: its summary,
     /// log, fault and probe errors, and assertion error.
-    pub fn scrub_run_record(&self, record: &mut RunRecord) {
+    pub(crate) fn scrub_run_record(&self, record: &mut RunRecord) {
         if self.is_empty() {
             return;
         }

@@ -36,47 +36,47 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Names of the OpenTelemetry semantic-convention attributes chaosgate sets on its
 /// Kafka spans (messaging conventions, Kafka flavour).
-pub mod semconv {
+pub(crate) mod semconv {
     /// `messaging.system`; always [`KAFKA`].
-    pub const MESSAGING_SYSTEM: &str = "messaging.system";
+    pub(crate) const MESSAGING_SYSTEM: &str = "messaging.system";
     /// The value of `messaging.system`.
-    pub const KAFKA: &str = "kafka";
+    pub(crate) const KAFKA: &str = "kafka";
     /// `messaging.destination.name`: the topic.
-    pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
+    pub(crate) const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
     /// `messaging.kafka.destination.partition`: the partition (integer).
-    pub const MESSAGING_KAFKA_DESTINATION_PARTITION: &str = "messaging.kafka.destination.partition";
+    pub(crate) const MESSAGING_KAFKA_DESTINATION_PARTITION: &str = "messaging.kafka.destination.partition";
     /// `messaging.kafka.message.offset`: the record's offset (integer).
-    pub const MESSAGING_KAFKA_MESSAGE_OFFSET: &str = "messaging.kafka.message.offset";
+    pub(crate) const MESSAGING_KAFKA_MESSAGE_OFFSET: &str = "messaging.kafka.message.offset";
     /// `messaging.kafka.message.key`: the record key, when it is text.
-    pub const MESSAGING_KAFKA_MESSAGE_KEY: &str = "messaging.kafka.message.key";
+    pub(crate) const MESSAGING_KAFKA_MESSAGE_KEY: &str = "messaging.kafka.message.key";
     /// `messaging.consumer.group.name`: the consumer group.
-    pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
+    pub(crate) const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
     /// `messaging.operation.name`: [`PROCESS`] or [`SEND`].
-    pub const MESSAGING_OPERATION_NAME: &str = "messaging.operation.name";
+    pub(crate) const MESSAGING_OPERATION_NAME: &str = "messaging.operation.name";
     /// `messaging.operation.type`: [`PROCESS`] or [`SEND`].
-    pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
+    pub(crate) const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
     /// Operation of a consumed record being handled.
-    pub const PROCESS: &str = "process";
+    pub(crate) const PROCESS: &str = "process";
     /// Operation of a record being produced.
-    pub const SEND: &str = "send";
+    pub(crate) const SEND: &str = "send";
 }
 
 /// W3C trace context header carrying trace id, parent span id and flags.
-pub const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACEPARENT: &str = "traceparent";
 /// W3C trace context header carrying vendor state.
-pub const TRACESTATE: &str = "tracestate";
+pub(crate) const TRACESTATE: &str = "tracestate";
 
 /// Target of the spans only traces show (fault inject/revert, probe checks, sends): the
 /// log layer filters them out, so they cost nothing when no exporter is configured.
-pub const SPAN_ONLY_TARGET: &str = "chaosgate::traces";
+pub(crate) const SPAN_ONLY_TARGET: &str = "chaosgate::traces";
 
 /// Whether `metadata` is a span only traces show (see [`SPAN_ONLY_TARGET`]).
-pub fn is_span_only(metadata: &tracing::Metadata<'_>) -> bool {
+pub(crate) fn is_span_only(metadata: &tracing::Metadata<'_>) -> bool {
     metadata.is_span() && metadata.target() == SPAN_ONLY_TARGET
 }
 
 /// Name of the service in exported spans.
-pub const SERVICE_NAME: &str = "chaosgate";
+pub(crate) const SERVICE_NAME: &str = "chaosgate";
 
 /// Why traces could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -128,13 +128,13 @@ pub fn pipeline(endpoint: &str) -> Result<(SdkTracerProvider, SdkTracer), Traces
 }
 
 /// Whether spans and events of `target` go to the exporter: chaosgate's own only.
-pub fn is_exported_target(target: &str) -> bool {
+pub(crate) fn is_exported_target(target: &str) -> bool {
     target == "chaosgate" || target.starts_with("chaosgate::")
 }
 
 /// Whether a span or event goes to the exporter: chaosgate's own, at `INFO` or above
 /// (debug spans stay in the logs), whatever the log filter says.
-pub fn is_exported(metadata: &tracing::Metadata<'_>) -> bool {
+pub(crate) fn is_exported(metadata: &tracing::Metadata<'_>) -> bool {
     is_exported_target(metadata.target()) && *metadata.level() <= tracing::Level::INFO
 }
 
@@ -175,7 +175,7 @@ pub fn extract(headers: &[(String, Vec<u8>)]) -> opentelemetry::Context {
 /// Writes `context`'s span as `traceparent` (and `tracestate` when it has one) into a
 /// record's headers, replacing any there. Nothing is written for a context without a
 /// valid span (no tracing set up).
-pub fn inject_context(context: &opentelemetry::Context, headers: &mut Vec<(String, Vec<u8>)>) {
+pub(crate) fn inject_context(context: &opentelemetry::Context, headers: &mut Vec<(String, Vec<u8>)>) {
     TraceContextPropagator::new().inject_context(context, &mut HeaderWriter(headers));
 }
 
@@ -196,7 +196,7 @@ pub fn inject(span: &tracing::Span, headers: &mut Vec<(String, Vec<u8>)>) {
 
 /// Writes the trace context of a new `send <topic>` span (a child of the current span)
 /// into the headers of a record about to be produced to `topic`.
-pub fn inject_send(topic: &str, headers: &mut Vec<(String, Vec<u8>)>) {
+pub(crate) fn inject_send(topic: &str, headers: &mut Vec<(String, Vec<u8>)>) {
     inject(&send_span(topic), headers);
 }
 
@@ -226,7 +226,7 @@ fn incoming_of_current() -> Option<opentelemetry::Context> {
 }
 
 /// Writes the current span's trace context into a record's headers.
-pub fn inject_current(headers: &mut Vec<(String, Vec<u8>)>) {
+pub(crate) fn inject_current(headers: &mut Vec<(String, Vec<u8>)>) {
     inject(&tracing::Span::current(), headers);
 }
 
@@ -292,7 +292,7 @@ pub fn send_span(topic: &str) -> tracing::Span {
 /// Records what the worker learnt of a consumed flag-change on its [`process_span`], so
 /// every log line inside names it: the flag key (`project/environment/flag`), the event
 /// id, and, when it is gated, the pipeline and the pipeline execution id.
-pub fn record_change(
+pub(crate) fn record_change(
     span: &tracing::Span,
     change: &crate::contract::FlagChange,
     pipeline_id: Option<&str>,
@@ -328,7 +328,7 @@ pub fn stage_span(stage_id: &str, stage_type: &str) -> tracing::Span {
 
 /// The span of one run of a chaos step: `step <id>`, a child of the current span (its
 /// stage), carrying the run id every log line of the run shows.
-pub fn step_span(step_id: &str, experiment_id: &str, run_id: &str, attempt: u32) -> tracing::Span {
+pub(crate) fn step_span(step_id: &str, experiment_id: &str, run_id: &str, attempt: u32) -> tracing::Span {
     tracing::info_span!(
         "step",
         otel.name = %format!("step {step_id}"),
@@ -342,7 +342,7 @@ pub fn step_span(step_id: &str, experiment_id: &str, run_id: &str, attempt: u32)
 /// The span of injecting (`action` = `inject`) or reverting (`revert`) one fault:
 /// `fault inject <name>`, a child of `parent` (the run's step span). `kind` is the
 /// fault's kind as the catalog spells it (`command`, `network`, ...). Traces only.
-pub fn fault_span(
+pub(crate) fn fault_span(
     parent: &tracing::Span,
     action: &'static str,
     name: &str,
@@ -363,7 +363,7 @@ pub fn fault_span(
 /// `probe <name>`, a child of `parent` (the run's step span). `probe_type` is the probe's
 /// type as the catalog spells it (`http`, `tcp`, ...); `mode` its mode, recorded as its
 /// `Debug` text. Traces only.
-pub fn probe_span(
+pub(crate) fn probe_span(
     parent: &tracing::Span,
     name: &str,
     probe_type: &str,
@@ -382,7 +382,7 @@ pub fn probe_span(
 
 /// The span of one attempt of a probe check: `probe attempt`, a child of the current
 /// span (the check's [`probe_span`]). Traces only.
-pub fn probe_attempt_span(attempt: u32) -> tracing::Span {
+pub(crate) fn probe_attempt_span(attempt: u32) -> tracing::Span {
     tracing::info_span!(
         target: SPAN_ONLY_TARGET,
         "probe attempt",
@@ -399,7 +399,7 @@ pub fn record_delivery(span: &tracing::Span, partition: i32, offset: i64) {
 
 /// The trace id of a span as 32 hex digits, for log lines and records (`None` without
 /// tracing).
-pub fn trace_id(span: &tracing::Span) -> Option<String> {
+pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
     let context = span.context();
     let span_context = context.span().span_context().clone();

@@ -24,7 +24,7 @@ use crate::view::query::select_runs;
 use crate::view::store::{SqliteContext, ViewError, run_key, to_millis};
 
 /// A step named as runs name it: `(pipeline_id, stage_id, step_id)`.
-pub type StepKey = (String, String, String);
+pub(crate) type StepKey = (String, String, String);
 
 /// What the audit needs besides the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +51,7 @@ impl Default for AuditSettings {
 
 impl AuditSettings {
     /// The timeout of the step `run` belongs to.
-    pub fn timeout_of(&self, run: &RunRow) -> Duration {
+    pub(crate) fn timeout_of(&self, run: &RunRow) -> Duration {
         let key = (
             run.pipeline_id.clone(),
             run.stage_id.clone(),
@@ -91,7 +91,7 @@ impl AuditSettings {
     }
 
     /// Step timeouts from a catalog: the step's `timeout`, else its experiment's.
-    pub fn step_timeouts_of(catalog: &crate::catalog::Catalog) -> HashMap<StepKey, Duration> {
+    pub(crate) fn step_timeouts_of(catalog: &crate::catalog::Catalog) -> HashMap<StepKey, Duration> {
         let mut timeouts = HashMap::new();
         for pipeline in catalog.pipelines() {
             for stage in &pipeline.stages {
@@ -113,7 +113,7 @@ impl AuditSettings {
 }
 
 /// Findings listed per kind, oldest first; [`counts`] gives the whole number.
-pub const LISTED_PER_KIND: usize = 1_000;
+pub(crate) const LISTED_PER_KIND: usize = 1_000;
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -121,7 +121,7 @@ fn millis(duration: Duration) -> i64 {
 
 /// Runs whose newest record is `running` and that started longer ago than their step's
 /// timeout, oldest first.
-pub fn running_past_timeout(
+pub(crate) fn running_past_timeout(
     c: &Connection,
     now: DateTime<Utc>,
     settings: &AuditSettings,
@@ -286,7 +286,7 @@ pub fn findings(
 
 /// How many findings of each kind there are at `now` (in [`FindingKind::ALL`] order),
 /// counted in SQL over the same open rows [`findings`] lists.
-pub fn counts(
+pub(crate) fn counts(
     c: &Connection,
     now: DateTime<Utc>,
     settings: &AuditSettings,

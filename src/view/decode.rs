@@ -24,7 +24,7 @@ use crate::contract::{
 
 /// What a topic carries, as the view reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TopicRole {
+pub(crate) enum TopicRole {
     /// `chaos-experiment-runs`: run records.
     Runs,
     /// `flag-commands`: flag commands.
@@ -39,31 +39,31 @@ pub enum TopicRole {
 
 /// A run record and what the view derives from its envelope.
 #[derive(Debug, Clone)]
-pub struct DecodedRun {
+pub(crate) struct DecodedRun {
     /// The record.
-    pub record: RunRecord,
+    pub(crate) record: RunRecord,
     /// Its trace id: `trace_id` in the data, else the `traceparent` header's.
-    pub trace_id: Option<String>,
+    pub(crate) trace_id: Option<String>,
 }
 
 /// A dead letter's headers, read.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DecodedDeadLetter {
+pub(crate) struct DecodedDeadLetter {
     /// The original's event id, when its bytes still say it.
-    pub event_id: Option<String>,
+    pub(crate) event_id: Option<String>,
     /// Error class header.
-    pub error_class: String,
+    pub(crate) error_class: String,
     /// Error message header.
-    pub error_message: String,
+    pub(crate) error_message: String,
     /// Source topic, partition and offset headers.
-    pub source: Option<(String, i32, i64)>,
+    pub(crate) source: Option<(String, i32, i64)>,
     /// The original key.
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
 }
 
 /// One record, decoded.
 #[derive(Debug, Clone)]
-pub enum Decoded {
+pub(crate) enum Decoded {
     /// A run record.
     Run(Box<DecodedRun>),
     /// A flag command.
@@ -142,7 +142,7 @@ fn typed_data<T: serde::de::DeserializeOwned>(
 }
 
 /// The trace id of a W3C `traceparent` header value (`00-<trace id>-<span id>-<flags>`).
-pub fn trace_id_of_traceparent(value: &[u8]) -> Option<String> {
+pub(crate) fn trace_id_of_traceparent(value: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(value).ok()?;
     let mut parts = text.split('-');
     let _version = parts.next()?;
@@ -160,7 +160,7 @@ fn header_text(message: &KafkaMessage, name: &str) -> Option<String> {
 }
 
 /// Decodes `message` read from a topic of `role`.
-pub fn decode(role: TopicRole, message: &KafkaMessage) -> Result<Decoded, String> {
+pub(crate) fn decode(role: TopicRole, message: &KafkaMessage) -> Result<Decoded, String> {
     match role {
         TopicRole::Runs => {
             let (record, _): (RunRecord, _) = typed_data(message, RUN_RECORD_TYPE, "run record")?;
@@ -220,12 +220,12 @@ pub fn decode(role: TopicRole, message: &KafkaMessage) -> Result<Decoded, String
 }
 
 /// Whether a status is final (the run ended).
-pub fn is_final(status: RunStatus) -> bool {
+pub(crate) fn is_final(status: RunStatus) -> bool {
     status != RunStatus::Running
 }
 
 /// The name of an abort scope as stored.
-pub fn scope_name(scope: AbortScope) -> &'static str {
+pub(crate) fn scope_name(scope: AbortScope) -> &'static str {
     match scope {
         AbortScope::Run => "run",
         AbortScope::PipelineExecution => "pipeline_execution",

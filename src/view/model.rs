@@ -16,7 +16,7 @@ pub struct KafkaPosition {
     /// Topic.
     pub topic: String,
     /// Partition.
-    pub partition: i32,
+    pub(crate) partition: i32,
     /// Offset of the record.
     pub offset: i64,
 }
@@ -30,11 +30,11 @@ pub struct RunRow {
     /// `running`, `passed`, `failed`, `aborted` or `error`.
     pub status: RunStatus,
     /// 1 for the first try of the execution; higher after a crash or rebalance.
-    pub attempt: u32,
+    pub(crate) attempt: u32,
     /// Resilience score, 0-100 (absent while running or on error).
     pub score: Option<f64>,
     /// Score the step requires.
-    pub expected: f64,
+    pub(crate) expected: f64,
     /// `score - expected` (absent without a score).
     pub margin: Option<f64>,
     /// Pipeline id.
@@ -42,47 +42,47 @@ pub struct RunRow {
     /// Pipeline execution id.
     pub pipeline_execution_id: String,
     /// Stage id.
-    pub stage_id: String,
+    pub(crate) stage_id: String,
     /// Stage name.
-    pub stage_name: String,
+    pub(crate) stage_name: String,
     /// Stage type: `feature_flag`, `deploy` or `custom`.
-    pub stage_type: String,
+    pub(crate) stage_type: String,
     /// Step id.
-    pub step_id: String,
+    pub(crate) step_id: String,
     /// Step name.
-    pub step_name: String,
+    pub(crate) step_name: String,
     /// Flag project.
-    pub flag_project: String,
+    pub(crate) flag_project: String,
     /// Flag environment.
-    pub flag_environment: String,
+    pub(crate) flag_environment: String,
     /// Flag key.
-    pub flag_key: String,
+    pub(crate) flag_key: String,
     /// Experiment id.
-    pub experiment_id: String,
+    pub(crate) experiment_id: String,
     /// Experiment name.
-    pub experiment_name: String,
+    pub(crate) experiment_name: String,
     /// `event_id` of the flag-change that triggered the run.
-    pub trigger_event_id: String,
+    pub(crate) trigger_event_id: String,
     /// When the run started.
-    pub started_at: DateTime<Utc>,
+    pub(crate) started_at: DateTime<Utc>,
     /// When it ended (absent while running).
-    pub ended_at: Option<DateTime<Utc>>,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
     /// Run time in seconds (absent while running).
-    pub duration_seconds: Option<f64>,
+    pub(crate) duration_seconds: Option<f64>,
     /// Probes that passed.
-    pub probes_passed: u32,
+    pub(crate) probes_passed: u32,
     /// Probes that failed.
-    pub probes_failed: u32,
+    pub(crate) probes_failed: u32,
     /// One line: why the run ended as it did.
-    pub summary: Option<String>,
+    pub(crate) summary: Option<String>,
     /// Faults injected and not reverted (0 on a healthy record).
-    pub faults_not_reverted: u32,
+    pub(crate) faults_not_reverted: u32,
     /// W3C trace id (32 hex digits): the record's `trace_id`, else its `traceparent`.
     pub trace_id: Option<String>,
     /// Where the record shown was read.
     pub position: KafkaPosition,
     /// Live-update sequence number of the last change to this row.
-    pub seq: i64,
+    pub(crate) seq: i64,
 }
 
 /// One run in full: its row, the record as decoded, the CloudEvent as received, and the
@@ -97,7 +97,7 @@ pub struct RunDetail {
     pub headers: Vec<(String, String)>,
     /// The record's value as received (the data in binary mode, the whole event in
     /// structured mode), as UTF-8 (lossy).
-    pub value: String,
+    pub(crate) value: String,
     /// The other runs of this step in this execution (earlier attempts and retries), in
     /// start order.
     pub attempts: Vec<RunRow>,
@@ -109,11 +109,11 @@ pub struct ChangeRow {
     /// The change's `event_id`.
     pub event_id: String,
     /// Flag project.
-    pub project: String,
+    pub(crate) project: String,
     /// Flag environment.
-    pub environment: String,
+    pub(crate) environment: String,
     /// Flag key.
-    pub flag: String,
+    pub(crate) flag: String,
     /// `enable`, `disable` or `update`.
     pub kind: String,
     /// Value before (any JSON).
@@ -123,20 +123,20 @@ pub struct ChangeRow {
     /// Who made the change.
     pub actor: Option<String>,
     /// Pipeline the change asked for, if it named one.
-    pub pipeline_id: Option<String>,
+    pub(crate) pipeline_id: Option<String>,
     /// When the change was made.
-    pub occurred_at: DateTime<Utc>,
+    pub(crate) occurred_at: DateTime<Utc>,
     /// Where it was read.
-    pub position: KafkaPosition,
+    pub(crate) position: KafkaPosition,
     /// Live-update sequence number.
-    pub seq: i64,
+    pub(crate) seq: i64,
 }
 
 /// A flag command as read from `flag-commands`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CommandRow {
     /// Command id.
-    pub command_id: String,
+    pub(crate) command_id: String,
     /// `enable`, `disable` or `revert`.
     pub command: String,
     /// Why, for people.
@@ -144,67 +144,67 @@ pub struct CommandRow {
     /// Why, for machines (`passed`, `failed`, `aborted`, `requested`, ...).
     pub reason_code: String,
     /// The command is advice only (dry-run pipeline).
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// When it was issued.
-    pub issued_at: DateTime<Utc>,
+    pub(crate) issued_at: DateTime<Utc>,
     /// Pipeline, if the change was gated.
-    pub pipeline_id: Option<String>,
+    pub(crate) pipeline_id: Option<String>,
     /// Execution, if the change was gated.
-    pub pipeline_execution_id: Option<String>,
+    pub(crate) pipeline_execution_id: Option<String>,
     /// The flag-change it answers.
-    pub causation_event_id: String,
+    pub(crate) causation_event_id: String,
     /// Flag project.
-    pub project: String,
+    pub(crate) project: String,
     /// Flag environment.
-    pub environment: String,
+    pub(crate) environment: String,
     /// Flag key.
-    pub flag: String,
+    pub(crate) flag: String,
     /// Per chaos step: its last run and outcome.
     pub steps: Vec<StepSummary>,
     /// Where it was read.
-    pub position: KafkaPosition,
+    pub(crate) position: KafkaPosition,
     /// Live-update sequence number.
-    pub seq: i64,
+    pub(crate) seq: i64,
 }
 
 /// A kill-switch abort request read from `chaosgate-control`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AbortRow {
+pub(crate) struct AbortRow {
     /// `run`, `pipeline_execution` or `all`.
-    pub scope: String,
+    pub(crate) scope: String,
     /// The run or execution id (absent for `all`).
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     /// Why.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Who asked.
-    pub requested_by: Option<String>,
+    pub(crate) requested_by: Option<String>,
     /// The CloudEvent `time` (else when the view read it).
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
     /// Where it was read.
-    pub position: KafkaPosition,
+    pub(crate) position: KafkaPosition,
     /// Live-update sequence number.
-    pub seq: i64,
+    pub(crate) seq: i64,
 }
 
 /// A dead letter read from `flag-changes-dlq`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeadLetterRow {
+pub(crate) struct DeadLetterRow {
     /// The original event's id (`ce_id`, or `event_id` in its data), when readable.
-    pub event_id: Option<String>,
+    pub(crate) event_id: Option<String>,
     /// Error class (`undecodable`, `schema_violation`, ...).
-    pub error_class: String,
+    pub(crate) error_class: String,
     /// Error message.
-    pub error_message: String,
+    pub(crate) error_message: String,
     /// Where the original was read.
-    pub source: Option<KafkaPosition>,
+    pub(crate) source: Option<KafkaPosition>,
     /// The original key (`project/environment/flag` when well formed).
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     /// The record's timestamp (else when the view read it).
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
     /// Where the dead letter was read.
-    pub position: KafkaPosition,
+    pub(crate) position: KafkaPosition,
     /// Live-update sequence number.
-    pub seq: i64,
+    pub(crate) seq: i64,
 }
 
 /// How a pipeline execution ended, from its flag command.
@@ -233,7 +233,7 @@ impl ExecutionStatus {
     }
 
     /// Parses [`ExecutionStatus::as_str`]; anything else is `Running`.
-    pub fn parse(text: &str) -> ExecutionStatus {
+    pub(crate) fn parse(text: &str) -> ExecutionStatus {
         match text {
             "passed" => ExecutionStatus::Passed,
             "failed" => ExecutionStatus::Failed,
@@ -249,9 +249,9 @@ pub struct ExecutionSummary {
     /// Pipeline execution id.
     pub pipeline_execution_id: String,
     /// Pipeline id.
-    pub pipeline_id: String,
+    pub(crate) pipeline_id: String,
     /// The flag-change that started it.
-    pub trigger_event_id: String,
+    pub(crate) trigger_event_id: String,
     /// Flag project.
     pub project: String,
     /// Flag environment.
@@ -265,7 +265,7 @@ pub struct ExecutionSummary {
     /// When its command was issued.
     pub ended_at: Option<DateTime<Utc>>,
     /// Its command's id, once issued.
-    pub command_id: Option<String>,
+    pub(crate) command_id: Option<String>,
 }
 
 /// One step of an execution with its runs (earlier attempts and retries first; the last
@@ -275,7 +275,7 @@ pub struct StepRuns {
     /// Step id.
     pub step_id: String,
     /// Step name.
-    pub step_name: String,
+    pub(crate) step_name: String,
     /// Its runs in start order.
     pub runs: Vec<RunRow>,
 }
@@ -284,9 +284,9 @@ pub struct StepRuns {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StageRuns {
     /// Stage id.
-    pub stage_id: String,
+    pub(crate) stage_id: String,
     /// Stage name.
-    pub stage_name: String,
+    pub(crate) stage_name: String,
     /// Stage type.
     pub stage_type: String,
     /// Steps in start order.
@@ -306,9 +306,9 @@ pub struct ExecutionDetail {
     pub command: Option<CommandRow>,
     /// Kill-switch aborts naming this execution or one of its runs, or all runs while it
     /// ran.
-    pub aborts: Vec<AbortRow>,
+    pub(crate) aborts: Vec<AbortRow>,
     /// Dead letters of its trigger event.
-    pub dead_letters: Vec<DeadLetterRow>,
+    pub(crate) dead_letters: Vec<DeadLetterRow>,
 }
 
 /// One change of a flag with what the gate did about it.
@@ -323,16 +323,16 @@ pub struct LedgerEntry {
     /// The command that answered it.
     pub command: Option<CommandRow>,
     /// Dead letters of the change.
-    pub dead_letters: Vec<DeadLetterRow>,
+    pub(crate) dead_letters: Vec<DeadLetterRow>,
 }
 
 /// Every change of one flag, newest first: the page that answers "why is this flag off?".
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlagLedger {
     /// Flag project.
-    pub project: String,
+    pub(crate) project: String,
     /// Flag environment.
-    pub environment: String,
+    pub(crate) environment: String,
     /// Flag key.
     pub flag: String,
     /// Newest first (at most [`crate::view::query::LEDGER_LIMIT`]).
@@ -341,53 +341,53 @@ pub struct FlagLedger {
 
 /// One point of a step's margin trend.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MarginPoint {
+pub(crate) struct MarginPoint {
     /// The execution.
-    pub pipeline_execution_id: String,
+    pub(crate) pipeline_execution_id: String,
     /// The run.
-    pub run_id: String,
+    pub(crate) run_id: String,
     /// When it started.
-    pub started_at: DateTime<Utc>,
+    pub(crate) started_at: DateTime<Utc>,
     /// `score - expected` (absent when the run had no score).
-    pub margin: Option<f64>,
+    pub(crate) margin: Option<f64>,
     /// The run's status.
-    pub status: RunStatus,
+    pub(crate) status: RunStatus,
 }
 
 /// One step's history in one pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StepTrend {
+pub(crate) struct StepTrend {
     /// Stage id.
-    pub stage_id: String,
+    pub(crate) stage_id: String,
     /// Step id.
-    pub step_id: String,
+    pub(crate) step_id: String,
     /// Step name.
-    pub step_name: String,
+    pub(crate) step_name: String,
     /// Final runs, oldest first.
-    pub points: Vec<MarginPoint>,
+    pub(crate) points: Vec<MarginPoint>,
     /// Final runs counted.
-    pub runs: u32,
+    pub(crate) runs: u32,
     /// Of which passed.
-    pub passed: u32,
+    pub(crate) passed: u32,
     /// `passed / runs` (0-1; absent without runs).
-    pub pass_rate: Option<f64>,
+    pub(crate) pass_rate: Option<f64>,
     /// Margin of the newest run with a score.
-    pub last_margin: Option<f64>,
+    pub(crate) last_margin: Option<f64>,
 }
 
 /// A pipeline's trends and last executions.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PipelineSummary {
     /// Pipeline id.
-    pub pipeline_id: String,
+    pub(crate) pipeline_id: String,
     /// Per step (in the order they ran), over its last [`crate::view::query::TREND_RUNS`]
     /// final runs.
-    pub steps: Vec<StepTrend>,
+    pub(crate) steps: Vec<StepTrend>,
     /// `(stage_id, step_id)` of the steps closest to their threshold (smallest
     /// `last_margin` first).
-    pub tightest: Vec<(String, String)>,
+    pub(crate) tightest: Vec<(String, String)>,
     /// Newest first.
-    pub executions: Vec<ExecutionSummary>,
+    pub(crate) executions: Vec<ExecutionSummary>,
 }
 
 /// Runs by status.
@@ -400,16 +400,16 @@ pub struct StatusCounts {
     /// Failed.
     pub failed: u64,
     /// Aborted.
-    pub aborted: u64,
+    pub(crate) aborted: u64,
     /// Error.
-    pub error: u64,
+    pub(crate) error: u64,
     /// All of them.
     pub total: u64,
 }
 
 impl StatusCounts {
     /// Adds `n` runs of `status`.
-    pub fn add(&mut self, status: RunStatus, n: u64) {
+    pub(crate) fn add(&mut self, status: RunStatus, n: u64) {
         match status {
             RunStatus::Running => self.running += n,
             RunStatus::Passed => self.passed += n,
@@ -423,36 +423,36 @@ impl StatusCounts {
 
 /// A run that needs a person's look, and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AttentionRow {
+pub(crate) struct AttentionRow {
     /// The run.
-    pub run: RunRow,
+    pub(crate) run: RunRow,
     /// Why, in one sentence.
-    pub why: String,
+    pub(crate) why: String,
 }
 
 /// One pipeline's last executions as statuses, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PipelineStrip {
+pub(crate) struct PipelineStrip {
     /// Pipeline id.
-    pub pipeline_id: String,
+    pub(crate) pipeline_id: String,
     /// Its last 10 executions, newest first.
-    pub executions: Vec<ExecutionSummary>,
+    pub(crate) executions: Vec<ExecutionSummary>,
 }
 
 /// The overview page.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Overview {
     /// Start of the range (inclusive), on runs' `started_at`.
-    pub since: DateTime<Utc>,
+    pub(crate) since: DateTime<Utc>,
     /// End of the range (exclusive).
-    pub until: DateTime<Utc>,
+    pub(crate) until: DateTime<Utc>,
     /// Runs started in the range, by status.
-    pub counts: StatusCounts,
+    pub(crate) counts: StatusCounts,
     /// Failed, error and aborted runs in the range, and runs still `running` past their
     /// step's timeout, newest first.
-    pub needs_attention: Vec<AttentionRow>,
+    pub(crate) needs_attention: Vec<AttentionRow>,
     /// Each pipeline's last 10 executions.
-    pub pipelines: Vec<PipelineStrip>,
+    pub(crate) pipelines: Vec<PipelineStrip>,
 }
 
 /// The four things the integrity audit looks for.
@@ -479,7 +479,7 @@ impl FindingKind {
     ];
 
     /// The kind as written in the API and the metric label.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             FindingKind::RunningPastTimeout => "running_past_timeout",
             FindingKind::CommandRunMissing => "command_run_missing",
@@ -501,7 +501,7 @@ pub struct AuditFinding {
     /// The flag-change concerned, if any.
     pub event_id: Option<String>,
     /// The execution concerned, if known.
-    pub pipeline_execution_id: Option<String>,
+    pub(crate) pipeline_execution_id: Option<String>,
     /// One sentence saying what is wrong.
     pub message: String,
 }
@@ -514,15 +514,15 @@ pub struct IngestProblem {
     /// Why it could not be read.
     pub reason: String,
     /// When the view read it.
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
     /// Live-update sequence number.
-    pub seq: i64,
+    pub(crate) seq: i64,
 }
 
 /// What changed, for live updates (`query::changes_since`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ChangeKindRow {
+pub(crate) enum ChangeKindRow {
     /// A run row was inserted or replaced.
     Run,
     /// A flag command arrived.
@@ -541,15 +541,15 @@ pub enum ChangeKindRow {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChangeEvent {
     /// Sequence number (SSE event id).
-    pub seq: i64,
+    pub(crate) seq: i64,
     /// What kind of row.
-    pub kind: ChangeKindRow,
+    pub(crate) kind: ChangeKindRow,
     /// Its id: run id, command id, event id, or `topic/partition/offset`.
-    pub id: String,
+    pub(crate) id: String,
     /// The execution it belongs to, when known.
-    pub pipeline_execution_id: Option<String>,
+    pub(crate) pipeline_execution_id: Option<String>,
     /// The run row, for `Run` changes.
-    pub run: Option<RunRow>,
+    pub(crate) run: Option<RunRow>,
 }
 
 /// How runs are ordered.
@@ -569,7 +569,7 @@ pub enum RunSort {
 
 impl RunSort {
     /// Parses `start`, `score`, `margin` or `duration`.
-    pub fn parse(text: &str) -> Option<RunSort> {
+    pub(crate) fn parse(text: &str) -> Option<RunSort> {
         match text {
             "start" | "started_at" => Some(RunSort::Start),
             "score" => Some(RunSort::Score),
@@ -580,7 +580,7 @@ impl RunSort {
     }
 
     /// The name [`RunSort::parse`] reads.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             RunSort::Start => "start",
             RunSort::Score => "score",
@@ -651,9 +651,9 @@ impl Default for RunFilter {
 }
 
 /// Runs per page unless asked otherwise.
-pub const DEFAULT_PAGE: usize = 50;
+pub(crate) const DEFAULT_PAGE: usize = 50;
 /// Most runs per page.
-pub const MAX_PAGE: usize = 500;
+pub(crate) const MAX_PAGE: usize = 500;
 
 /// One page of a keyset-paginated list.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -20,18 +20,18 @@ const CHUNK: i64 = 500;
 
 /// What one pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Removed {
+pub(crate) struct Removed {
     /// Executions (with their runs, command and trigger change).
-    pub executions: u64,
+    pub(crate) executions: u64,
     /// Runs.
-    pub runs: u64,
+    pub(crate) runs: u64,
     /// Other rows: commands and changes outside executions, aborts, dead letters,
     /// problems.
-    pub other: u64,
+    pub(crate) other: u64,
 }
 
 /// Removes everything older than `cutoff` (see the module rule), in chunks.
-pub fn remove_older(c: &mut Connection, cutoff: DateTime<Utc>) -> Result<Removed, ViewError> {
+pub(crate) fn remove_older(c: &mut Connection, cutoff: DateTime<Utc>) -> Result<Removed, ViewError> {
     let cutoff = to_millis(cutoff);
     let mut removed = Removed::default();
     loop {

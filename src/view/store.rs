@@ -211,7 +211,7 @@ const SCHEMA_VERSION: i64 = 3;
 /// The key a run is indexed by: the 64-bit FNV-1a hash of its id, as SQLite's signed
 /// integer. Two ids with one key are told apart by comparing `run_id`; ingest reports
 /// the second as an ingest problem rather than overwrite the first.
-pub fn run_key(run_id: &str) -> i64 {
+pub(crate) fn run_key(run_id: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in run_id.bytes() {
         hash ^= u64::from(byte);
@@ -367,7 +367,7 @@ impl Store {
     }
 
     /// Where the store lives.
-    pub fn location(&self) -> &Location {
+    pub(crate) fn location(&self) -> &Location {
         &self.inner.location
     }
 
@@ -437,7 +437,7 @@ impl Store {
 
     /// Runs `f` on the writer connection, here on the calling thread (blocking). `f`
     /// opens its own transaction.
-    pub fn write_blocking<T>(
+    pub(crate) fn write_blocking<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, ViewError>,
     ) -> Result<T, ViewError> {
@@ -445,7 +445,7 @@ impl Store {
     }
 
     /// Runs `f` on the writer connection in a blocking task.
-    pub async fn write<T: Send + 'static>(
+    pub(crate) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, ViewError> + Send + 'static,
     ) -> Result<T, ViewError> {
@@ -454,12 +454,12 @@ impl Store {
 }
 
 /// Milliseconds since the Unix epoch, as stored.
-pub fn to_millis(at: chrono::DateTime<chrono::Utc>) -> i64 {
+pub(crate) fn to_millis(at: chrono::DateTime<chrono::Utc>) -> i64 {
     at.timestamp_millis()
 }
 
 /// A stored time back as a UTC time (the epoch for a value out of range).
-pub fn from_millis(millis: i64) -> chrono::DateTime<chrono::Utc> {
+pub(crate) fn from_millis(millis: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default()
 }
 

@@ -25,38 +25,38 @@ use super::run_records::EventAt;
 
 /// What the scheduler needs from the worker's wiring.
 pub(super) struct Wiring {
-    pub topics: Arc<Topics>,
-    pub group: String,
-    pub max_message_bytes: usize,
-    pub max_in_flight: usize,
-    pub catalog: Arc<Catalog>,
-    pub run: RunContext,
-    pub ledger: Ledger,
-    pub assignment: Assignment,
-    pub kill_switch: KillSwitch,
-    pub completions: std::sync::mpsc::Sender<Completion>,
+    pub(crate) topics: Arc<Topics>,
+    pub(crate) group: String,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) run: RunContext,
+    pub(crate) ledger: Ledger,
+    pub(crate) assignment: Assignment,
+    pub(crate) kill_switch: KillSwitch,
+    pub(crate) completions: std::sync::mpsc::Sender<Completion>,
 }
 
 /// An event read and decoded, waiting for its flag or for a slot.
 #[derive(Debug)]
 pub(super) struct Pending {
-    pub partition: i32,
-    pub epoch: u64,
-    pub offset: i64,
-    pub flag: String,
-    pub change: FlagChange,
-    pub pipeline: Option<String>,
+    pub(crate) partition: i32,
+    pub(crate) epoch: u64,
+    pub(crate) offset: i64,
+    pub(crate) flag: String,
+    pub(crate) change: FlagChange,
+    pub(crate) pipeline: Option<String>,
     /// The event's `process` span: its trace, and the fields of its log lines.
-    pub span: tracing::Span,
+    pub(crate) span: tracing::Span,
     /// The pipeline execution's id (registered with the kill switch).
-    pub execution_id: Option<String>,
+    pub(crate) execution_id: Option<String>,
     /// Cancelled by an abort request (a child of the partition's interrupt).
-    pub kill: CancellationToken,
+    pub(crate) kill: CancellationToken,
 }
 
 impl Pending {
     /// The event and where it was read, for its run records.
-    pub fn at(&self) -> EventAt<'_> {
+    pub(crate) fn at(&self) -> EventAt<'_> {
         EventAt {
             partition: self.partition,
             epoch: self.epoch,

@@ -30,9 +30,9 @@ const MAX_WAIT: Duration = Duration::from_secs(5);
 /// A partition's offsets, read.
 #[derive(Debug)]
 pub(super) struct Loaded {
-    pub partition: i32,
-    pub epoch: u64,
-    pub offsets: PartitionOffsets,
+    pub(crate) partition: i32,
+    pub(crate) epoch: u64,
+    pub(crate) offsets: PartitionOffsets,
 }
 
 /// Reads the committed offsets of `partitions` in a task of its own, sending each on

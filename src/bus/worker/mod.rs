@@ -55,7 +55,7 @@ use super::startup::{self, StartupError};
 use super::transaction::{Assignment, Committer, Completion};
 
 use admission::Wiring;
-pub use rebalance::WorkerContext;
+pub(crate) use rebalance::WorkerContext;
 use scheduler::{FlowChange, Scheduler};
 
 /// How often the loop goes round when nothing else happens.

@@ -26,12 +26,12 @@ use crate::telemetry::metrics;
 /// A partition this worker was just given: paused, its offsets not read yet.
 #[derive(Debug, Clone)]
 pub(super) struct NewPartition {
-    pub partition: i32,
+    pub(crate) partition: i32,
     /// Counts assignments in this process: a partition given back and taken again gets a
     /// new epoch, so nothing of the earlier tenure is committed under the new one.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// Cancelled when the partition is revoked or the worker stops.
-    pub interrupt: CancellationToken,
+    pub(crate) interrupt: CancellationToken,
 }
 
 /// A rebalance as the consumer loop learns of it.
@@ -43,7 +43,7 @@ pub(super) enum RebalanceEvent {
 
 /// The consumer's context: keeps the shared assignment in step with librdkafka's,
 /// interrupts runs of revoked partitions, pauses new ones, and reports statistics.
-pub struct WorkerContext {
+pub(crate) struct WorkerContext {
     topic: String,
     assignment: Assignment,
     epochs: AtomicU64,

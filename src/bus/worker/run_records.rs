@@ -28,23 +28,23 @@ use crate::gate::executor::{RunUpdate, UpdateSink, run_position, superseded_reco
 /// What run records need to reach the committer with their book kept right.
 #[derive(Clone)]
 pub(super) struct RunRecords {
-    pub topics: Arc<Topics>,
+    pub(crate) topics: Arc<Topics>,
     /// Partitions owned now: the rebalance callback drops a revoked one before it
     /// interrupts its runs, so a run's `aborted` record always finds it gone.
-    pub assignment: Assignment,
-    pub ledger: Ledger,
-    pub catalog: Arc<Catalog>,
-    pub kill_switch: KillSwitch,
-    pub completions: std::sync::mpsc::Sender<Completion>,
+    pub(crate) assignment: Assignment,
+    pub(crate) ledger: Ledger,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) kill_switch: KillSwitch,
+    pub(crate) completions: std::sync::mpsc::Sender<Completion>,
 }
 
 /// The event an execution answers, and where it was read.
 pub(super) struct EventAt<'a> {
-    pub partition: i32,
-    pub epoch: u64,
-    pub offset: i64,
-    pub change: &'a FlagChange,
-    pub pipeline: Option<&'a str>,
+    pub(crate) partition: i32,
+    pub(crate) epoch: u64,
+    pub(crate) offset: i64,
+    pub(crate) change: &'a FlagChange,
+    pub(crate) pipeline: Option<&'a str>,
 }
 
 impl RunRecords {
@@ -58,7 +58,7 @@ impl RunRecords {
 
     /// Final `aborted` records for the runs the attempt before `attempt` left open, encoded
     /// for the new start mark (see "Superseded runs").
-    pub fn superseded(
+    pub(crate) fn superseded(
         &self,
         event: &EventAt<'_>,
         open: Vec<RunPosition>,
@@ -94,7 +94,7 @@ impl RunRecords {
 
     /// An execution interrupted while its partition is still owned (a shutdown): publishes
     /// the final records of its runs still open.
-    pub fn close_open_runs(&self, event: &EventAt<'_>, records: &[RunRecord]) {
+    pub(crate) fn close_open_runs(&self, event: &EventAt<'_>, records: &[RunRecord]) {
         let Some(pipeline) = event.pipeline.and_then(|id| self.catalog.pipeline(id)) else {
             return;
         };
@@ -132,7 +132,7 @@ impl RunRecords {
     /// Where an execution's run updates go: to the committer, with the run opened or
     /// closed in the partition's book. A `running` record also registers its run with
     /// the kill switch.
-    pub fn update_sink(&self, event: &EventAt<'_>) -> UpdateSink {
+    pub(crate) fn update_sink(&self, event: &EventAt<'_>) -> UpdateSink {
         let records = self.clone();
         let change = event.change.clone();
         let pipeline = event.pipeline.map(str::to_string);

@@ -11,8 +11,8 @@ use tokio::task::{Id, JoinSet};
 /// A supervised task that panicked (or was cancelled), with its ticket.
 #[derive(Debug)]
 pub(super) struct Panicked<K> {
-    pub ticket: K,
-    pub message: String,
+    pub(crate) ticket: K,
+    pub(crate) message: String,
 }
 
 /// Tasks producing `T`, each with a ticket `K` naming its work.
@@ -22,7 +22,7 @@ pub(super) struct Supervisor<T, K> {
 }
 
 impl<T: Send + 'static, K> Supervisor<T, K> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Supervisor {
             tasks: JoinSet::new(),
             tickets: HashMap::new(),
@@ -30,25 +30,25 @@ impl<T: Send + 'static, K> Supervisor<T, K> {
     }
 
     /// Starts `task` on the runtime; `ticket` comes back if it panics.
-    pub fn spawn(&mut self, ticket: K, task: impl Future<Output = T> + Send + 'static) {
+    pub(crate) fn spawn(&mut self, ticket: K, task: impl Future<Output = T> + Send + 'static) {
         let handle = self.tasks.spawn(task);
         self.tickets.insert(handle.id(), ticket);
     }
 
     /// Tasks not yet joined.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.tasks.len()
     }
 
     /// Stops watching the tasks still running; they run on unjoined.
-    pub fn detach_all(&mut self) {
+    pub(crate) fn detach_all(&mut self) {
         self.tasks.detach_all();
         self.tickets.clear();
     }
 
     /// The next task to end: its output, or its ticket when it panicked. Pending forever
     /// while no task runs (for `select!`).
-    pub async fn next(&mut self) -> Result<T, Panicked<K>> {
+    pub(crate) async fn next(&mut self) -> Result<T, Panicked<K>> {
         loop {
             match self.tasks.join_next_with_id().await {
                 Some(Ok((id, output))) => {

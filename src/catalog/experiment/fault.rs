@@ -16,14 +16,14 @@ use crate::catalog::span::Span;
 #[schemars(with = "file_shape::Fault")]
 pub struct Fault {
     /// Name, unique within the experiment.
-    pub name: String,
+    pub(crate) name: String,
     /// Weight in the resilience score, 1 to 10.
-    pub weight: u8,
+    pub(crate) weight: u8,
     /// How long the fault stays active.
     pub duration: Span,
     /// Names of the probes that judge this fault (default: all probes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probes: Option<Vec<String>>,
+    pub(crate) probes: Option<Vec<String>>,
     /// What the fault does, and to what.
     #[serde(flatten)]
     pub kind: FaultKind,
@@ -50,7 +50,7 @@ impl FaultKind {
     pub const NAMES: [&'static str; 5] = ["network", "http", "toxiproxy", "process", "command"];
 
     /// The kind's name as written in files and records, e.g. `toxiproxy`.
-    pub const fn name(&self) -> &'static str {
+    pub(crate) const fn name(&self) -> &'static str {
         match self {
             FaultKind::Network(_) => "network",
             FaultKind::Http(_) => "http",
@@ -61,7 +61,7 @@ impl FaultKind {
     }
 
     /// Whether the fault lives in one of chaosgate's proxies, which lease it.
-    pub const fn is_proxied(&self) -> bool {
+    pub(crate) const fn is_proxied(&self) -> bool {
         matches!(self, FaultKind::Network(_) | FaultKind::Http(_))
     }
 }
@@ -69,7 +69,7 @@ impl FaultKind {
 impl Fault {
     /// The name of what this fault acts on; two experiments that share one never overlap.
     /// `None` for a command fault without `target`.
-    pub fn target_key(&self) -> Option<String> {
+    pub(crate) fn target_key(&self) -> Option<String> {
         match &self.kind {
             FaultKind::Network(f) => Some(format!("proxy:{}", f.target)),
             FaultKind::Http(f) => Some(format!("proxy:{}", f.target)),
@@ -235,24 +235,24 @@ pub struct HttpFault {
 #[serde(deny_unknown_fields)]
 pub struct ToxiproxyFault {
     /// Toxiproxy API base URL, e.g. `http://127.0.0.1:8474`.
-    pub api: String,
+    pub(crate) api: String,
     /// Name of the existing Toxiproxy proxy.
-    pub proxy: String,
+    pub(crate) proxy: String,
     /// The toxic (`refuse` is not available on Toxiproxy).
-    pub toxic: Toxic,
+    pub(crate) toxic: Toxic,
     /// Which way of the connection is affected.
     #[serde(default)]
-    pub direction: Direction,
+    pub(crate) direction: Direction,
     /// Share of connections affected, 0.0 to 1.0 (default 1.0).
     #[serde(default = "full_toxicity")]
     #[schemars(range(min = 0, max = 1))]
-    pub toxicity: f64,
+    pub(crate) toxicity: f64,
 }
 
 /// What to do to a local process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum ProcessAction {
+pub(crate) enum ProcessAction {
     /// Send `signal` once.
     Kill,
     /// SIGSTOP on inject, SIGCONT on revert.
@@ -264,16 +264,16 @@ pub enum ProcessAction {
 #[serde(deny_unknown_fields)]
 pub struct ProcessFault {
     /// `kill` or `pause`.
-    pub action: ProcessAction,
+    pub(crate) action: ProcessAction,
     /// Path of a file holding the pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_file: Option<String>,
+    pub(crate) pid_file: Option<String>,
     /// Exact process name (as in `/proc/PID/comm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Signal for `kill`, e.g. `SIGTERM` (default) or `SIGKILL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
+    pub(crate) signal: Option<String>,
 }
 
 /// An argument list, run without a shell unless `shell` is set.
@@ -295,10 +295,10 @@ pub struct CommandLine {
 #[serde(deny_unknown_fields)]
 pub struct CommandFault {
     /// Injects the fault; a non-zero exit is a fault error.
-    pub inject: CommandLine,
+    pub(crate) inject: CommandLine,
     /// Reverts it; always run after a successful inject.
-    pub revert: CommandLine,
+    pub(crate) revert: CommandLine,
     /// Name of what the commands act on, so two experiments on it never overlap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
 }

@@ -30,21 +30,21 @@ use super::span::Span;
 )]
 pub struct Experiment {
     /// Must be `experiment`.
-    pub kind: ExperimentKindTag,
+    pub(crate) kind: ExperimentKindTag,
     /// Unique id, referenced by pipeline steps.
     pub id: String,
     /// Human-readable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// What this experiment protects against, in one sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// Whether faults run one after another (default) or all at once.
     #[serde(default)]
-    pub execution: FaultExecution,
+    pub(crate) execution: FaultExecution,
     /// Upper bound for the whole experiment, probes and reverts included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Span>,
+    pub(crate) timeout: Option<Span>,
     /// Faults to inject. May be empty for a probe-only experiment.
     #[serde(default)]
     pub faults: Vec<Fault>,
@@ -56,7 +56,7 @@ pub struct Experiment {
 /// The literal `experiment`, so a file says what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum ExperimentKindTag {
+pub(crate) enum ExperimentKindTag {
     /// An experiment file.
     Experiment,
 }
@@ -64,7 +64,7 @@ pub enum ExperimentKindTag {
 /// How an experiment's faults are scheduled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum FaultExecution {
+pub(crate) enum FaultExecution {
     /// One fault after another; each fault's probes judge that fault alone.
     #[default]
     Serial,
@@ -73,7 +73,7 @@ pub enum FaultExecution {
 }
 
 /// The example carried by the schema: checkout under a slow payments dependency.
-pub fn experiment_example() -> Experiment {
+pub(crate) fn experiment_example() -> Experiment {
     Experiment {
         kind: ExperimentKindTag::Experiment,
         id: "payments-latency".into(),

@@ -47,7 +47,7 @@ impl ProbeType {
     pub const NAMES: [&'static str; 4] = ["http", "tcp", "command", "prometheus"];
 
     /// The type's name as written in files and records, e.g. `http`.
-    pub const fn name(&self) -> &'static str {
+    pub(crate) const fn name(&self) -> &'static str {
         match self {
             ProbeType::Http(_) => "http",
             ProbeType::Tcp(_) => "tcp",
@@ -210,7 +210,7 @@ pub enum StatusMatch {
 
 impl StatusMatch {
     /// Whether `status` is accepted; a malformed range accepts nothing.
-    pub fn accepts(&self, status: u16) -> bool {
+    pub(crate) fn accepts(&self, status: u16) -> bool {
         match self {
             StatusMatch::Code(code) => *code == status,
             StatusMatch::Range(range) => range

@@ -13,17 +13,17 @@ use std::time::Duration;
 use crate::catalog::experiment::CommandLine;
 use crate::chaos::process::{self, AfterExit, ProcessError, RunSettings};
 
-pub use crate::chaos::process::program_name;
+pub(crate) use crate::chaos::process::program_name;
 
 /// Time a command may run when its file sets no `timeout`.
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most bytes of standard output or error kept from one command.
 const OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// Why a command could not run or did not succeed.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     /// The argument list is empty.
     #[error("the command is empty")]
     Empty,
@@ -73,15 +73,15 @@ fn stderr_suffix(stderr: &str) -> String {
 
 /// What a finished command printed and how it exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandOutput {
+pub(crate) struct CommandOutput {
     /// Exit code; `None` when a signal ended it.
-    pub code: Option<i32>,
+    pub(crate) code: Option<i32>,
     /// Signal that ended it, if any.
-    pub signal: Option<i32>,
+    pub(crate) signal: Option<i32>,
     /// Standard output (lossy UTF-8, at most 64 KiB).
-    pub stdout: String,
+    pub(crate) stdout: String,
     /// Standard error (lossy UTF-8, at most 64 KiB).
-    pub stderr: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs `line` to completion (or its timeout) and returns what it printed.
@@ -114,7 +114,7 @@ pub async fn run(line: &CommandLine) -> Result<CommandOutput, CommandError> {
 }
 
 /// Runs `line` and treats anything but exit code 0 as an error.
-pub async fn run_checked(line: &CommandLine) -> Result<CommandOutput, CommandError> {
+pub(crate) async fn run_checked(line: &CommandLine) -> Result<CommandOutput, CommandError> {
     let output = run(line).await?;
     if output.code == Some(0) {
         return Ok(output);

@@ -13,10 +13,10 @@
 //! `Drop` when the runner itself is torn down. Faults in chaosgate's proxies carry a lease
 //! that [`renew`] extends; a fault whose lease runs out reverts itself.
 
-pub mod command;
-pub mod process;
-pub mod proxied;
-pub mod toxiproxy;
+pub(crate) mod command;
+pub(crate) mod process;
+pub(crate) mod proxied;
+pub(crate) mod toxiproxy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use crate::catalog::experiment::{
 
 /// Why a fault could not be injected, renewed or reverted.
 #[derive(Debug, thiserror::Error)]
-pub enum FaultError {
+pub(crate) enum FaultError {
     /// chaosgate's fault proxy refused or could not be reached.
     #[error(transparent)]
     Proxy(#[from] crate::chaos::proxy::ProxyError),
@@ -44,7 +44,7 @@ pub enum FaultError {
 
 /// An injected fault: what revert needs to undo it.
 #[derive(Debug, Clone)]
-pub enum Injected {
+pub(crate) enum Injected {
     /// A network or HTTP fault in chaosgate's proxy (leased).
     Proxy(proxied::ProxyFault),
     /// Toxics created on a Toxiproxy server.
@@ -57,15 +57,15 @@ pub enum Injected {
 
 /// Where faults are applied and for how long a proxy fault lives without renewal.
 #[derive(Debug, Clone)]
-pub struct FaultSetup {
+pub(crate) struct FaultSetup {
     /// The proxy embedded in this process, for faults that name no `proxy` URL.
-    pub proxy: Option<Arc<crate::chaos::proxy::ProxyRegistry>>,
+    pub(crate) proxy: Option<Arc<crate::chaos::proxy::ProxyRegistry>>,
     /// Lease of proxy faults.
-    pub lease: Duration,
+    pub(crate) lease: Duration,
 }
 
 /// A one-line description of what a fault does, e.g. `network latency 200ms on payments`.
-pub fn describe(fault: &Fault) -> String {
+pub(crate) fn describe(fault: &Fault) -> String {
     match &fault.kind {
         FaultKind::Network(f) => format!("network {} on {}", describe_toxic(&f.toxic), f.target),
         FaultKind::Http(f) => {
@@ -110,7 +110,7 @@ fn describe_process(f: &ProcessFault) -> String {
 }
 
 /// Injects `fault`.
-pub async fn inject(fault: &Fault, setup: &FaultSetup) -> Result<Injected, FaultError> {
+pub(crate) async fn inject(fault: &Fault, setup: &FaultSetup) -> Result<Injected, FaultError> {
     let embedded = setup.proxy.as_ref();
     Ok(match &fault.kind {
         FaultKind::Network(f) => {
@@ -134,7 +134,7 @@ pub async fn inject(fault: &Fault, setup: &FaultSetup) -> Result<Injected, Fault
 /// off, because the inject may have half-applied (revert commands should be idempotent).
 /// Toxiproxy toxics are deleted by their known names (a missing one is fine). Process and
 /// proxy injects leave nothing behind when they fail.
-pub fn after_failed_inject(fault: &Fault) -> Option<Injected> {
+pub(crate) fn after_failed_inject(fault: &Fault) -> Option<Injected> {
     match &fault.kind {
         FaultKind::Command(f) => Some(Injected::Command(f.revert.clone())),
         FaultKind::Toxiproxy(f) => Some(Injected::Toxiproxy(toxiproxy::planned(&fault.name, f))),
@@ -143,7 +143,7 @@ pub fn after_failed_inject(fault: &Fault) -> Option<Injected> {
 }
 
 /// Extends the lease of a proxy fault; other faults have no lease.
-pub async fn renew(injected: &Injected, lease: Duration) -> Result<(), FaultError> {
+pub(crate) async fn renew(injected: &Injected, lease: Duration) -> Result<(), FaultError> {
     match injected {
         Injected::Proxy(active) => Ok(proxied::renew(active, lease).await?),
         Injected::Toxiproxy(_) | Injected::Process(_) | Injected::Command(_) => Ok(()),
@@ -151,7 +151,7 @@ pub async fn renew(injected: &Injected, lease: Duration) -> Result<(), FaultErro
 }
 
 /// Whether `injected` carries a lease that must be renewed.
-pub fn has_lease(injected: &Injected) -> bool {
+pub(crate) fn has_lease(injected: &Injected) -> bool {
     match injected {
         Injected::Proxy(_) => true,
         Injected::Toxiproxy(_) | Injected::Process(_) | Injected::Command(_) => false,
@@ -159,7 +159,7 @@ pub fn has_lease(injected: &Injected) -> bool {
 }
 
 /// Reverts an injected fault.
-pub async fn revert(injected: &Injected) -> Result<(), FaultError> {
+pub(crate) async fn revert(injected: &Injected) -> Result<(), FaultError> {
     match injected {
         Injected::Proxy(active) => Ok(proxied::revert(active).await?),
         Injected::Toxiproxy(toxics) => Ok(toxiproxy::revert(toxics).await?),
@@ -176,7 +176,7 @@ pub async fn revert(injected: &Injected) -> Result<(), FaultError> {
 /// In-process undo (SIGCONT, removal from the embedded proxy) happens at once; the rest
 /// is spawned on the current Tokio runtime, or on a short-lived thread with its own
 /// runtime when there is none.
-pub fn revert_detached(injected: Injected) {
+pub(crate) fn revert_detached(injected: Injected) {
     if let Injected::Proxy(active) = &injected
         && proxied::revert_now(active)
     {

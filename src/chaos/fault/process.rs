@@ -10,7 +10,7 @@ use crate::catalog::experiment::{ProcessAction, ProcessFault};
 
 /// Why a process fault could not be applied.
 #[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
+pub(crate) enum ProcessError {
     /// Neither `pid_file` nor `name` is set.
     #[error("a process fault needs a pid_file or a name")]
     NoSelector,
@@ -52,15 +52,15 @@ pub enum ProcessError {
 
 /// Processes a fault acted on, kept so that revert can undo a pause.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Signalled {
+pub(crate) struct Signalled {
     /// What was done.
-    pub action: ProcessAction,
+    pub(crate) action: ProcessAction,
     /// The processes hit.
-    pub pids: Vec<i32>,
+    pub(crate) pids: Vec<i32>,
 }
 
 /// The signal number for a name such as `SIGTERM`, `TERM` or `9`.
-pub fn signal_number(name: &str) -> Result<i32, ProcessError> {
+pub(crate) fn signal_number(name: &str) -> Result<i32, ProcessError> {
     let upper = name.trim().to_ascii_uppercase();
     if let Ok(n) = upper.parse::<i32>() {
         if (1..=64).contains(&n) {
@@ -89,7 +89,7 @@ pub fn signal_number(name: &str) -> Result<i32, ProcessError> {
 }
 
 /// The processes `fault` selects: the pid in its pid file, or every process named `name`.
-pub fn find(fault: &ProcessFault) -> Result<Vec<i32>, ProcessError> {
+pub(crate) fn find(fault: &ProcessFault) -> Result<Vec<i32>, ProcessError> {
     let own = std::process::id();
     let allowed = |pid: i32| pid > 1 && u32::try_from(pid).ok() != Some(own);
     if let Some(path) = &fault.pid_file {
@@ -162,7 +162,7 @@ fn send(pid: i32, signal: i32, gone_ok: bool) -> Result<(), ProcessError> {
 ///
 /// When a signal fails part-way, the processes already paused are resumed before the
 /// error is returned, so a failed inject leaves nothing behind.
-pub fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
+pub(crate) fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
     let signal = match fault.action {
         ProcessAction::Kill => signal_number(fault.signal.as_deref().unwrap_or("SIGTERM"))?,
         ProcessAction::Pause => libc::SIGSTOP,
@@ -185,7 +185,7 @@ pub fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
 }
 
 /// Undoes the fault: SIGCONT to every paused process still running; nothing for `kill`.
-pub fn revert(signalled: &Signalled) -> Result<(), ProcessError> {
+pub(crate) fn revert(signalled: &Signalled) -> Result<(), ProcessError> {
     if signalled.action != ProcessAction::Pause {
         return Ok(());
     }

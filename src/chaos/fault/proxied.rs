@@ -12,15 +12,15 @@ use crate::chaos::proxy::{FaultBackend, FaultId, ProxyError, ProxyRegistry};
 
 /// A fault active in a proxy: where it is and its id there.
 #[derive(Debug, Clone)]
-pub struct ProxyFault {
+pub(crate) struct ProxyFault {
     /// The embedded registry or the standalone proxy's client.
-    pub backend: FaultBackend,
+    pub(crate) backend: FaultBackend,
     /// The fault's id in that proxy.
-    pub id: FaultId,
+    pub(crate) id: FaultId,
 }
 
 /// Adds a network fault to its proxy for `lease`.
-pub async fn inject_network(
+pub(crate) async fn inject_network(
     fault: &NetworkFault,
     embedded: Option<&Arc<ProxyRegistry>>,
     lease: Duration,
@@ -31,7 +31,7 @@ pub async fn inject_network(
 }
 
 /// Adds an HTTP fault to its proxy for `lease`.
-pub async fn inject_http(
+pub(crate) async fn inject_http(
     fault: &HttpFault,
     embedded: Option<&Arc<ProxyRegistry>>,
     lease: Duration,
@@ -42,18 +42,18 @@ pub async fn inject_http(
 }
 
 /// Extends the fault's lease to `lease` from now.
-pub async fn renew(active: &ProxyFault, lease: Duration) -> Result<(), ProxyError> {
+pub(crate) async fn renew(active: &ProxyFault, lease: Duration) -> Result<(), ProxyError> {
     active.backend.renew(active.id, lease).await
 }
 
 /// Removes the fault; one that is already gone (lease expired) counts as removed.
-pub async fn revert(active: &ProxyFault) -> Result<(), ProxyError> {
+pub(crate) async fn revert(active: &ProxyFault) -> Result<(), ProxyError> {
     active.backend.remove(active.id).await.map(drop)
 }
 
 /// Removes the fault at once when it is in the embedded proxy; `false` when it is in a
 /// standalone one (that takes an HTTP call).
-pub fn revert_now(active: &ProxyFault) -> bool {
+pub(crate) fn revert_now(active: &ProxyFault) -> bool {
     match &active.backend {
         FaultBackend::Embedded(registry) => {
             registry.remove(active.id);

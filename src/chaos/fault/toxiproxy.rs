@@ -19,7 +19,7 @@ const API_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a Toxiproxy toxic could not be created or deleted.
 #[derive(Debug, thiserror::Error)]
-pub enum ToxiproxyError {
+pub(crate) enum ToxiproxyError {
     /// The toxic has no Toxiproxy counterpart.
     #[error("toxic '{0}' is not available on Toxiproxy")]
     Unsupported(&'static str),
@@ -52,13 +52,13 @@ pub enum ToxiproxyError {
 
 /// Toxics created on one Toxiproxy proxy, kept so that revert can delete them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Toxics {
+pub(crate) struct Toxics {
     /// API base URL.
-    pub api: String,
+    pub(crate) api: String,
     /// Proxy name.
-    pub proxy: String,
+    pub(crate) proxy: String,
     /// Names of the toxics.
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
 }
 
 fn client() -> Result<&'static reqwest::Client, ToxiproxyError> {
@@ -78,7 +78,7 @@ fn millis(span: crate::catalog::Span) -> u64 {
 }
 
 /// Toxiproxy's type name and attributes for `toxic`.
-pub fn toxic_type(toxic: &Toxic) -> Result<(&'static str, Value), ToxiproxyError> {
+pub(crate) fn toxic_type(toxic: &Toxic) -> Result<(&'static str, Value), ToxiproxyError> {
     Ok(match toxic {
         Toxic::Latency { latency, jitter } => (
             "latency",
@@ -104,7 +104,7 @@ fn streams(direction: Direction) -> &'static [&'static str] {
 }
 
 /// The toxics `fault_name` creates, by name, with their request bodies.
-pub fn toxic_bodies(
+pub(crate) fn toxic_bodies(
     fault_name: &str,
     fault: &ToxiproxyFault,
 ) -> Result<Vec<(String, Value)>, ToxiproxyError> {
@@ -126,7 +126,7 @@ pub fn toxic_bodies(
 }
 
 /// What revert must delete for `fault_name`, known before inject runs.
-pub fn planned(fault_name: &str, fault: &ToxiproxyFault) -> Toxics {
+pub(crate) fn planned(fault_name: &str, fault: &ToxiproxyFault) -> Toxics {
     Toxics {
         api: fault.api.trim_end_matches('/').to_string(),
         proxy: fault.proxy.clone(),
@@ -196,7 +196,7 @@ async fn delete(url: &str) -> Result<(), ToxiproxyError> {
 /// Creates the fault's toxics; a toxic of the same name left by an earlier run is replaced.
 ///
 /// On error, toxics already created are deleted again before the error is returned.
-pub async fn inject(fault_name: &str, fault: &ToxiproxyFault) -> Result<Toxics, ToxiproxyError> {
+pub(crate) async fn inject(fault_name: &str, fault: &ToxiproxyFault) -> Result<Toxics, ToxiproxyError> {
     let mut created = planned(fault_name, fault);
     created.names.clear();
     let url = toxics_url(&created);
@@ -229,7 +229,7 @@ pub async fn inject(fault_name: &str, fault: &ToxiproxyFault) -> Result<Toxics, 
 }
 
 /// Deletes the toxics; one that is already gone counts as deleted.
-pub async fn revert(toxics: &Toxics) -> Result<(), ToxiproxyError> {
+pub(crate) async fn revert(toxics: &Toxics) -> Result<(), ToxiproxyError> {
     let url = toxics_url(toxics);
     let mut first_error = None;
     for name in &toxics.names {

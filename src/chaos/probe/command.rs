@@ -25,16 +25,16 @@ const STDERR_LIMIT: usize = 16 * 1024;
 /// Why a command probe attempt failed, e.g. "command 'check.sh': exited with 1, expected 0".
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("command '{program}': {reason}")]
-pub struct CommandFailure {
+pub(crate) struct CommandFailure {
     /// The program (`sh -c` for shell commands), without its arguments.
-    pub program: String,
+    pub(crate) program: String,
     /// What went wrong.
-    pub reason: CommandReason,
+    pub(crate) reason: CommandReason,
 }
 
 /// What went wrong with a command probe attempt.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum CommandReason {
+pub(crate) enum CommandReason {
     /// `argv` is empty.
     #[error("argv is empty")]
     Empty,
@@ -67,7 +67,7 @@ pub enum CommandReason {
 
 /// The first line of a command's standard error, shown as "; stderr: ..." when not empty.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Stderr(pub String);
+pub(crate) struct Stderr(pub String);
 
 impl std::fmt::Display for Stderr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

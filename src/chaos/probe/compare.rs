@@ -34,7 +34,7 @@ use crate::catalog::number::{Decimal, Float};
 
 /// Why an observed value did not satisfy a comparison.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum CompareFailure {
+pub(crate) enum CompareFailure {
     /// The observed value does not read as the comparison's type.
     #[error("{observed:?} is not {kind}")]
     Observed {
@@ -80,7 +80,7 @@ pub enum CompareFailure {
 }
 
 /// Checks `observed` against `comparison`, by the rules of this module's documentation.
-pub fn compare(observed: &str, comparison: &Comparison) -> Result<(), CompareFailure> {
+pub(crate) fn compare(observed: &str, comparison: &Comparison) -> Result<(), CompareFailure> {
     match Expected::read(comparison)? {
         Expected::Int(want) => {
             let observed = observed.trim();
@@ -112,7 +112,7 @@ pub fn compare(observed: &str, comparison: &Comparison) -> Result<(), CompareFai
 /// pattern compiles, and `contains`/`matches` are not used with a number type. The
 /// runner fails every check of such a probe with this same failure; validation calls it
 /// to refuse the probe before a run.
-pub fn check_expected(comparison: &Comparison) -> Result<(), CompareFailure> {
+pub(crate) fn check_expected(comparison: &Comparison) -> Result<(), CompareFailure> {
     Expected::read(comparison).map(|_| ())
 }
 

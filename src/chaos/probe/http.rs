@@ -32,15 +32,15 @@ use super::compare::{regex, shorten};
 use crate::catalog::experiment::{HttpCriteria, HttpProbe, JsonPointerMatch, StatusMatch};
 
 /// At most this much of a response body is read and judged.
-pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+pub(crate) const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// At most this many probe requests (HTTP and Prometheus) are in flight at once.
-pub const MAX_IN_FLIGHT: usize = 512;
+pub(crate) const MAX_IN_FLIGHT: usize = 512;
 
 static IN_FLIGHT: Semaphore = Semaphore::const_new(MAX_IN_FLIGHT);
 
 /// At most this many redirects are followed by a probe with `follow_redirects`.
-pub const MAX_REDIRECTS: usize = 10;
+pub(crate) const MAX_REDIRECTS: usize = 10;
 
 /// Which redirects a probe request follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,18 +127,18 @@ pub(crate) async fn turn() -> Option<SemaphorePermit<'static>> {
 /// "GET http://127.0.0.1:8080/health: status 503 not in [200-299]".
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{method} {url}: {reason}")]
-pub struct HttpFailure {
+pub(crate) struct HttpFailure {
     /// The request method.
-    pub method: String,
+    pub(crate) method: String,
     /// The URL, with any password masked.
-    pub url: String,
+    pub(crate) url: String,
     /// What went wrong.
-    pub reason: HttpReason,
+    pub(crate) reason: HttpReason,
 }
 
 /// What went wrong with an HTTP probe attempt.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum HttpReason {
+pub(crate) enum HttpReason {
     /// The shared HTTP client could not be built.
     #[error("{0}")]
     Client(String),

@@ -10,12 +10,12 @@
 //! [`prometheus`]; [`compare`] holds the typed comparisons the last two share, `json` the
 //! HTTP probe's exact JSON equality; both read numbers with [`crate::catalog::number`].
 
-pub mod command;
-pub mod compare;
+pub(crate) mod command;
+pub(crate) mod compare;
 pub mod http;
 pub(crate) mod json;
-pub mod prometheus;
-pub mod tcp;
+pub(crate) mod prometheus;
+pub(crate) mod tcp;
 
 use std::io;
 use std::time::{Duration, Instant};

@@ -20,18 +20,18 @@ use crate::catalog::experiment::PrometheusProbe;
 /// "query 'up{job=\"api\"}' at http://127.0.0.1:9090: returned 0 samples, expected exactly 1".
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("query '{query}' at {endpoint}: {reason}")]
-pub struct PrometheusFailure {
+pub(crate) struct PrometheusFailure {
     /// The PromQL query.
-    pub query: String,
+    pub(crate) query: String,
     /// The Prometheus base URL, with any password masked.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// What went wrong.
-    pub reason: PrometheusReason,
+    pub(crate) reason: PrometheusReason,
 }
 
 /// What went wrong with a Prometheus probe attempt.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PrometheusReason {
+pub(crate) enum PrometheusReason {
     /// The shared HTTP client could not be built.
     #[error("{0}")]
     Client(String),

@@ -10,11 +10,11 @@ use crate::catalog::experiment::TcpProbe;
 /// Why a TCP probe attempt failed, e.g. "connect 127.0.0.1:9: connection refused".
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("connect {address}: {reason}")]
-pub struct TcpFailure {
+pub(crate) struct TcpFailure {
     /// The address as the probe names it.
-    pub address: String,
+    pub(crate) address: String,
     /// What went wrong.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// One attempt: connect, then close.

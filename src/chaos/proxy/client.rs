@@ -51,7 +51,7 @@ impl ProxyClient {
     }
 
     /// A client that shares an existing `reqwest` client (its pool and timeouts).
-    pub fn with_http(base_url: &str, http: reqwest::Client) -> Result<ProxyClient, ProxyError> {
+    pub(crate) fn with_http(base_url: &str, http: reqwest::Client) -> Result<ProxyClient, ProxyError> {
         let bad = |message: &str| ProxyError::Remote {
             url: base_url.to_string(),
             status: None,
@@ -65,7 +65,7 @@ impl ProxyClient {
     }
 
     /// The control API's base URL.
-    pub fn base_url(&self) -> &str {
+    pub(crate) fn base_url(&self) -> &str {
         self.base.as_str()
     }
 
@@ -102,7 +102,7 @@ impl ProxyClient {
     }
 
     /// Adds an HTTP fault to the HTTP target `target` for `lease`.
-    pub async fn add_http_fault(
+    pub(crate) async fn add_http_fault(
         &self,
         target: &str,
         fault: &HttpFault,

@@ -34,7 +34,7 @@ use super::settings::ProxyTarget;
 use crate::catalog::experiment::{HttpFault, NetworkFault};
 
 /// The control API address when the file gives none.
-pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:8475";
+pub(crate) const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:8475";
 
 /// The configuration file of `chaosgate proxy` (TOML); `deploy/proxy.example.toml`
 /// documents every setting.
@@ -86,44 +86,44 @@ impl StandaloneConfig {
 /// The body of `POST /targets/{name}/faults`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AddFaultRequest {
+pub(crate) struct AddFaultRequest {
     /// A network toxic (give this or `http`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<NetworkFault>,
+    pub(crate) network: Option<NetworkFault>,
     /// An HTTP fault (give this or `network`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpFault>,
+    pub(crate) http: Option<HttpFault>,
     /// The lease, in milliseconds.
-    pub lease_ms: u64,
+    pub(crate) lease_ms: u64,
 }
 
 /// The body of `PUT /faults/{id}/lease`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LeaseRequest {
+pub(crate) struct LeaseRequest {
     /// The new lease from now, in milliseconds.
-    pub lease_ms: u64,
+    pub(crate) lease_ms: u64,
 }
 
 /// The answer to adding a fault or renewing its lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseAnswer {
+pub(crate) struct LeaseAnswer {
     /// The fault.
-    pub id: FaultId,
+    pub(crate) id: FaultId,
     /// Its lease from now, in milliseconds.
-    pub lease_ms: u64,
+    pub(crate) lease_ms: u64,
 }
 
 /// The JSON error every failed call answers with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// A stable code: `unknown_target`, `unknown_fault`, `invalid_body`, ...
-    pub error: String,
+    pub(crate) error: String,
     /// What went wrong, for people.
-    pub message: String,
+    pub(crate) message: String,
     /// The offending field of the body, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
+    pub(crate) field: Option<String>,
     #[serde(skip)]
     status: u16,
 }
@@ -178,7 +178,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The control API over `registry`.
-pub fn router(registry: Arc<ProxyRegistry>) -> Router {
+pub(crate) fn router(registry: Arc<ProxyRegistry>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/targets", get(list_targets))

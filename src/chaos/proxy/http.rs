@@ -83,7 +83,7 @@ pub(crate) struct HttpProxyState {
 
 impl HttpProxyState {
     /// The shared part of an HTTP target.
-    pub fn new(target: Arc<TargetState>) -> Arc<HttpProxyState> {
+    pub(crate) fn new(target: Arc<TargetState>) -> Arc<HttpProxyState> {
         Arc::new(HttpProxyState {
             target,
             client: upstream_client(),

@@ -66,7 +66,7 @@ impl LeaseTable {
 
     /// Records a fault and adds it to its target's fault set with `attach`, under the
     /// lock, so no renew or reap sees one without the other.
-    pub fn insert(
+    pub(crate) fn insert(
         &self,
         id: FaultId,
         target: Arc<TargetState>,
@@ -87,7 +87,7 @@ impl LeaseTable {
     }
 
     /// Moves the expiry of an active fault; an expired one is removed and refused.
-    pub fn renew(&self, id: FaultId, expires: Instant) -> Result<(), ProxyError> {
+    pub(crate) fn renew(&self, id: FaultId, expires: Instant) -> Result<(), ProxyError> {
         let mut entries = self.lock();
         match entries.get_mut(&id) {
             Some(lease) if lease.expires > Instant::now() => {
@@ -105,7 +105,7 @@ impl LeaseTable {
     }
 
     /// Removes a fault; false when it was not active.
-    pub fn remove(&self, id: FaultId) -> bool {
+    pub(crate) fn remove(&self, id: FaultId) -> bool {
         let mut entries = self.lock();
         match entries.remove(&id) {
             Some(lease) => {
@@ -117,7 +117,7 @@ impl LeaseTable {
     }
 
     /// Removes every fault whose lease has run out; returns their ids.
-    pub fn reap(&self) -> Vec<FaultId> {
+    pub(crate) fn reap(&self) -> Vec<FaultId> {
         let now = Instant::now();
         let mut entries = self.lock();
         let expired: Vec<FaultId> = entries
@@ -134,7 +134,7 @@ impl LeaseTable {
     }
 
     /// Removes every fault.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let mut entries = self.lock();
         for (id, lease) in entries.drain() {
             lease.target.detach(id);
@@ -142,13 +142,13 @@ impl LeaseTable {
     }
 
     /// How many faults have a lease still running.
-    pub fn active_count(&self) -> usize {
+    pub(crate) fn active_count(&self) -> usize {
         let now = Instant::now();
         self.lock().values().filter(|l| l.expires > now).count()
     }
 
     /// The unexpired faults on the target named `name`, oldest id first.
-    pub fn on_target(&self, name: &str) -> Vec<ProxyFaultStatus> {
+    pub(crate) fn on_target(&self, name: &str) -> Vec<ProxyFaultStatus> {
         let now = Instant::now();
         let mut faults: Vec<ProxyFaultStatus> = self
             .lock()

@@ -22,14 +22,14 @@
 //! - [`control`]: the HTTP control API of a standalone proxy, and its config file.
 //! - [`client`]: the control API client, and [`FaultBackend`] (embedded or remote).
 
-pub mod client;
+pub(crate) mod client;
 pub mod control;
 mod error;
 mod http;
 mod lease;
 mod listener;
 mod pump;
-pub mod registry;
+pub(crate) mod registry;
 mod rule;
 mod settings;
 mod state;
@@ -41,7 +41,7 @@ pub use control::StandaloneConfig;
 pub use error::{FaultId, ProxyError};
 pub use registry::ProxyRegistry;
 pub use settings::{ProxyProtocol, ProxyTarget};
-pub use state::{FaultSpec, ProxyFaultStatus, TargetStatus};
+pub(crate) use state::{FaultSpec, ProxyFaultStatus, TargetStatus};
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,7 @@ pub(crate) struct HttpRule {
     path_prefix: Option<String>,
     headers: Vec<(HeaderName, HeaderValue)>,
     percentage: f64,
-    pub action: RuleAction,
+    pub(crate) action: RuleAction,
 }
 
 /// What a selected request gets.
@@ -76,7 +76,7 @@ fn compile_headers<'a>(
 
 impl HttpRule {
     /// Checks and compiles a fault; errors name the field.
-    pub fn compile(fault: &HttpFault) -> Result<HttpRule, ProxyError> {
+    pub(crate) fn compile(fault: &HttpFault) -> Result<HttpRule, ProxyError> {
         if !(0.0..=1.0).contains(&fault.percentage) {
             return Err(invalid(
                 "percentage",
@@ -121,7 +121,7 @@ impl HttpRule {
     }
 
     /// Whether the request is one this fault selects (before the percentage).
-    pub fn selects<B>(&self, req: &Request<B>) -> bool {
+    pub(crate) fn selects<B>(&self, req: &Request<B>) -> bool {
         self.method.as_ref().is_none_or(|m| m == req.method())
             && self
                 .path_prefix
@@ -134,7 +134,7 @@ impl HttpRule {
     }
 
     /// The per-request draw against the percentage.
-    pub fn rolls(&self) -> bool {
+    pub(crate) fn rolls(&self) -> bool {
         self.percentage >= 1.0 || rand::random::<f64>() < self.percentage
     }
 }

@@ -25,7 +25,7 @@ pub(crate) type Faults = watch::Receiver<Arc<FaultSet>>;
 /// A fault as added: network or HTTP. Serialised as `{"network": {..}}` or `{"http": {..}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FaultSpec {
+pub(crate) enum FaultSpec {
     /// A network toxic.
     Network(NetworkFault),
     /// An HTTP fault.
@@ -38,10 +38,10 @@ pub struct ProxyFaultStatus {
     /// Its id.
     pub id: FaultId,
     /// Time left on its lease, in milliseconds.
-    pub expires_in_ms: u64,
+    pub(crate) expires_in_ms: u64,
     /// The fault.
     #[serde(flatten)]
-    pub fault: FaultSpec,
+    pub(crate) fault: FaultSpec,
 }
 
 /// A running target as the control API and the engine see it.
@@ -60,7 +60,7 @@ pub struct TargetStatus {
     /// Connections accepted since start.
     pub connections_total: u64,
     /// Connections open now.
-    pub connections_open: u64,
+    pub(crate) connections_open: u64,
     /// New connections closed at once by a `refuse` toxic.
     pub connections_refused: u64,
 }
@@ -69,29 +69,29 @@ pub struct TargetStatus {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FaultSet {
     /// Network toxics, in the order they were added.
-    pub network: Vec<(FaultId, NetworkFault)>,
+    pub(crate) network: Vec<(FaultId, NetworkFault)>,
     /// HTTP faults, compiled, in the order they were added.
-    pub http: Vec<(FaultId, Arc<HttpRule>)>,
+    pub(crate) http: Vec<(FaultId, Arc<HttpRule>)>,
 }
 
 /// One running target: its settings, its faults and its counters.
 #[derive(Debug)]
 pub(crate) struct TargetState {
     /// The target, with the bound listen address.
-    pub target: ProxyTarget,
+    pub(crate) target: ProxyTarget,
     /// The active faults; connections hold receivers.
-    pub faults: watch::Sender<Arc<FaultSet>>,
+    pub(crate) faults: watch::Sender<Arc<FaultSet>>,
     /// Connections accepted since start.
-    pub connections_total: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
     /// Connections open now.
-    pub connections_open: AtomicU64,
+    pub(crate) connections_open: AtomicU64,
     /// Connections refused by a `refuse` toxic.
-    pub connections_refused: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
 }
 
 impl TargetState {
     /// A target with no fault and no connection yet.
-    pub fn new(target: ProxyTarget) -> TargetState {
+    pub(crate) fn new(target: ProxyTarget) -> TargetState {
         TargetState {
             target,
             faults: watch::Sender::new(Arc::new(FaultSet::default())),
@@ -102,7 +102,7 @@ impl TargetState {
     }
 
     /// Removes fault `id` from the set its connections read.
-    pub fn detach(&self, id: FaultId) {
+    pub(crate) fn detach(&self, id: FaultId) {
         self.faults.send_if_modified(|set| {
             let has =
                 set.network.iter().any(|(f, _)| *f == id) || set.http.iter().any(|(f, _)| *f == id);
@@ -116,7 +116,7 @@ impl TargetState {
     }
 
     /// Its status, with `faults` (the lease table's record of them).
-    pub fn status(&self, faults: Vec<ProxyFaultStatus>) -> TargetStatus {
+    pub(crate) fn status(&self, faults: Vec<ProxyFaultStatus>) -> TargetStatus {
         TargetStatus {
             name: self.target.name.clone(),
             listen: self.target.listen,

@@ -106,9 +106,9 @@ pub(crate) fn refuses(set: &FaultSet, seed: u64) -> bool {
 #[derive(Debug)]
 pub(crate) struct Chunk {
     /// The bytes.
-    pub data: Bytes,
+    pub(crate) data: Bytes,
     /// How many of them are already written.
-    pub pos: usize,
+    pub(crate) pos: usize,
     /// When they were read.
     stamp: Instant,
     /// This chunk's jitter draw, in [-1, 1).
@@ -117,7 +117,7 @@ pub(crate) struct Chunk {
 
 impl Chunk {
     /// A chunk read just now.
-    pub fn new(data: Bytes) -> Chunk {
+    pub(crate) fn new(data: Bytes) -> Chunk {
         Chunk {
             data,
             pos: 0,
@@ -165,7 +165,7 @@ pub(crate) struct FlowToxics {
 
 impl FlowToxics {
     /// No toxic yet, for the connection with `seed`.
-    pub fn new(flow: Flow, seed: u64) -> FlowToxics {
+    pub(crate) fn new(flow: Flow, seed: u64) -> FlowToxics {
         FlowToxics {
             flow,
             seed,
@@ -180,7 +180,7 @@ impl FlowToxics {
     }
 
     /// Recomputes the toxics from the active faults; `limit_data` counts carry over.
-    pub fn update(&mut self, set: &FaultSet) {
+    pub(crate) fn update(&mut self, set: &FaultSet) {
         self.latency = Duration::ZERO;
         self.jitter = Duration::ZERO;
         self.rate = None;
@@ -225,7 +225,7 @@ impl FlowToxics {
     }
 
     /// Whether no toxic touches the chunks (the fast path may copy straight through).
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.latency.is_zero()
             && self.jitter.is_zero()
             && self.rate.is_none()
@@ -234,17 +234,17 @@ impl FlowToxics {
     }
 
     /// Whether data is held (a `timeout` toxic).
-    pub fn blackhole(&self) -> bool {
+    pub(crate) fn blackhole(&self) -> bool {
         self.blackhole
     }
 
     /// How long to hold the end of stream before passing it on (`slow_close`).
-    pub fn slow_close(&self) -> Duration {
+    pub(crate) fn slow_close(&self) -> Duration {
         self.slow_close
     }
 
     /// When and how much of `chunk` to write next.
-    pub fn plan(&self, chunk: &Chunk) -> Plan {
+    pub(crate) fn plan(&self, chunk: &Chunk) -> Plan {
         let mut max = chunk.data.len() - chunk.pos;
         for limit in &self.limits {
             let remaining = limit.bytes.saturating_sub(limit.passed);
@@ -269,7 +269,7 @@ impl FlowToxics {
     }
 
     /// Records `n` bytes written from `started`; true when a `limit_data` toxic is spent.
-    pub fn wrote(&mut self, n: usize, started: Instant) -> bool {
+    pub(crate) fn wrote(&mut self, n: usize, started: Instant) -> bool {
         if let Some(rate) = self.rate {
             // Keep the pace from the planned time when the write is only a little late
             // (timer lateness must not add up); after a real pause, start afresh.
@@ -299,7 +299,7 @@ pub(crate) struct ConnectionTimers {
 
 impl ConnectionTimers {
     /// No timer yet, for the connection with `seed`.
-    pub fn new(seed: u64) -> ConnectionTimers {
+    pub(crate) fn new(seed: u64) -> ConnectionTimers {
         ConnectionTimers {
             seed,
             first_seen: HashMap::new(),
@@ -307,7 +307,7 @@ impl ConnectionTimers {
     }
 
     /// The earliest ending the active faults call for, and when.
-    pub fn next(&mut self, set: &FaultSet, now: Instant) -> Option<(Instant, Ending)> {
+    pub(crate) fn next(&mut self, set: &FaultSet, now: Instant) -> Option<(Instant, Ending)> {
         self.first_seen
             .retain(|id, _| set.network.iter().any(|(active, _)| active == id));
         let mut next: Option<(Instant, Ending)> = None;

@@ -97,7 +97,7 @@ use probes::{check_once, join_all, poll_probe};
 use state::{AbortOnDrop, Run, Stop};
 
 /// Lease of proxy faults when the caller sets none.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// Everything a run needs besides the experiment.
 #[derive(Debug, Clone)]
@@ -127,7 +127,7 @@ pub struct RunContext {
 }
 
 /// How long a run waits for busy targets by default ([`RunContext::target_wait`]).
-pub const DEFAULT_TARGET_WAIT: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_TARGET_WAIT: Duration = Duration::from_secs(600);
 
 impl Default for RunContext {
     fn default() -> Self {

@@ -27,9 +27,9 @@ pub struct ExperimentResult {
     /// Probes whose verdict is `failed`.
     pub probes_failed: u32,
     /// When the run was asked for (before waiting for its targets).
-    pub started_at: DateTime<Utc>,
+    pub(crate) started_at: DateTime<Utc>,
     /// When the last revert was done.
-    pub ended_at: DateTime<Utc>,
+    pub(crate) ended_at: DateTime<Utc>,
     /// From `started_at` to `ended_at`, in seconds.
     pub duration_seconds: f64,
     /// Time spent waiting for another experiment on the same target, in seconds.

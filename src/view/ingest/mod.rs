@@ -21,7 +21,7 @@
 //! transaction).
 
 mod reader;
-pub mod status;
+pub(crate) mod status;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -75,7 +75,7 @@ impl Drop for Ingest {
 }
 
 /// The topics the view reads, from the worker's `[kafka.topics]`.
-pub fn topics_of(kafka: &KafkaConfig) -> Vec<(String, TopicRole)> {
+pub(crate) fn topics_of(kafka: &KafkaConfig) -> Vec<(String, TopicRole)> {
     let t = &kafka.topics;
     let mut topics = vec![
         (t.runs.clone(), TopicRole::Runs),

@@ -15,15 +15,15 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionLag {
     /// Topic.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Partition.
-    pub partition: i32,
+    pub(crate) partition: i32,
     /// The next offset the view will read.
-    pub next_offset: i64,
+    pub(crate) next_offset: i64,
     /// The broker's high watermark when last asked.
-    pub high_watermark: i64,
+    pub(crate) high_watermark: i64,
     /// `high_watermark - next_offset` (at least 0; transaction markers count).
-    pub lag: i64,
+    pub(crate) lag: i64,
 }
 
 pub(super) struct StatusInner {
@@ -60,7 +60,7 @@ impl Default for IngestStatus {
 
 impl IngestStatus {
     /// A status whose last committed sequence number is `seq`.
-    pub fn new(seq: u64) -> IngestStatus {
+    pub(crate) fn new(seq: u64) -> IngestStatus {
         IngestStatus {
             inner: Arc::new(StatusInner {
                 seq: watch::Sender::new(seq),
@@ -76,12 +76,12 @@ impl IngestStatus {
     }
 
     /// The last committed sequence number, updated after each batch commits.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.seq.subscribe()
     }
 
     /// The last committed sequence number now.
-    pub fn seq(&self) -> u64 {
+    pub(crate) fn seq(&self) -> u64 {
         *self.inner.seq.borrow()
     }
 
@@ -97,7 +97,7 @@ impl IngestStatus {
     }
 
     /// Rows inserted or replaced since start.
-    pub fn rows(&self) -> u64 {
+    pub(crate) fn rows(&self) -> u64 {
         self.inner.rows.load(Ordering::Relaxed)
     }
 
@@ -107,12 +107,12 @@ impl IngestStatus {
     }
 
     /// Transactions committed since start.
-    pub fn batches(&self) -> u64 {
+    pub(crate) fn batches(&self) -> u64 {
         self.inner.batches.load(Ordering::Relaxed)
     }
 
     /// Lag per partition, as last measured (every few seconds).
-    pub fn lag(&self) -> Vec<PartitionLag> {
+    pub(crate) fn lag(&self) -> Vec<PartitionLag> {
         self.inner.lag.lock().map(|l| l.clone()).unwrap_or_default()
     }
 

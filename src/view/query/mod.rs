@@ -22,4 +22,4 @@ pub use overview::overview;
 pub use pipeline::{TREND_RUNS, pipeline};
 pub use problems::problems;
 pub use runs::{filter_is_empty, run, runs, status_counts};
-pub(crate) use runs::{parse_status, select_runs};
+pub use runs::{parse_status, select_runs};

@@ -22,7 +22,7 @@ pub(crate) const RUN_COLUMNS: &str = "run_id, status, attempt, score, expected, 
     faults_not_reverted, trace_id, topic, partition, \"offset\", seq";
 
 /// A status as stored (`running`, ...); an unknown text reads as `error`.
-pub(crate) fn parse_status(text: &str) -> RunStatus {
+pub fn parse_status(text: &str) -> RunStatus {
     match text {
         "running" => RunStatus::Running,
         "passed" => RunStatus::Passed,
@@ -354,7 +354,7 @@ pub fn status_counts(c: &Connection, filter: &RunFilter) -> Result<StatusCounts,
 }
 
 /// Runs selected by `where_sql` (with `params`), ordered by `order`.
-pub(crate) fn select_runs(
+pub fn select_runs(
     c: &Connection,
     where_sql: &str,
     params: &[Value],

@@ -31,7 +31,7 @@ use crate::view::query;
 use crate::view::store::ViewError;
 
 /// One page of runs for `filter` (shared by the page, the API and the exports).
-pub async fn run_page(state: &WebState, filter: &RunFilter) -> Result<Page<RunRow>, WebError> {
+pub(crate) async fn run_page(state: &WebState, filter: &RunFilter) -> Result<Page<RunRow>, WebError> {
     let filter = filter.clone();
     state
         .query("runs", move |c| query::runs(c, &filter))
@@ -41,7 +41,7 @@ pub async fn run_page(state: &WebState, filter: &RunFilter) -> Result<Page<RunRo
 
 /// Turns the store's "bad request" (a malformed cursor, a bad glob) into a 400 naming
 /// the parameter.
-pub fn store_error(error: ViewError) -> WebError {
+pub(crate) fn store_error(error: ViewError) -> WebError {
     match error {
         ViewError::BadRequest(message) => {
             let parameter = if message.contains("cursor") {
@@ -71,7 +71,7 @@ pub async fn runs(
 }
 
 /// `GET /api/runs.csv`.
-pub async fn runs_csv(
+pub(crate) async fn runs_csv(
     State(state): State<WebState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -80,7 +80,7 @@ pub async fn runs_csv(
 }
 
 /// `GET /api/runs.ndjson`.
-pub async fn runs_ndjson(
+pub(crate) async fn runs_ndjson(
     State(state): State<WebState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -89,7 +89,7 @@ pub async fn runs_ndjson(
 }
 
 /// The trace link of a run, from the `trace_url` template.
-pub fn trace_link(state: &WebState, trace_id: Option<&str>) -> Option<String> {
+pub(crate) fn trace_link(state: &WebState, trace_id: Option<&str>) -> Option<String> {
     let template = state.options.trace_url.as_deref()?;
     let trace_id = trace_id?;
     Some(template.replace("{trace_id}", trace_id))
@@ -129,7 +129,7 @@ pub async fn execution(
 }
 
 /// `GET /api/flags/{project}/{environment}/{flag}`.
-pub async fn flag(
+pub(crate) async fn flag(
     State(state): State<WebState>,
     Path((project, environment, flag)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -152,7 +152,7 @@ pub async fn pipeline(
 }
 
 /// A pipeline's summary; 404 when the view has no execution of it.
-pub async fn pipeline_summary(
+pub(crate) async fn pipeline_summary(
     state: &WebState,
     id: &str,
 ) -> Result<crate::view::model::PipelineSummary, WebError> {
@@ -170,7 +170,7 @@ pub async fn pipeline_summary(
 }
 
 /// The overview's time range from `?since=` (default 24 h back) and `?until=`.
-pub fn range(
+pub(crate) fn range(
     query: Option<&str>,
 ) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>), WebError> {
     let mut since = Utc::now() - chrono::TimeDelta::hours(24);
@@ -205,7 +205,7 @@ pub async fn overview(
 }
 
 /// The overview of runs started in `[since, until)` (shared by `/` and `/api/overview`).
-pub async fn overview_of(
+pub(crate) async fn overview_of(
     state: &WebState,
     since: chrono::DateTime<Utc>,
     until: chrono::DateTime<Utc>,
@@ -220,7 +220,7 @@ pub async fn overview_of(
 }
 
 /// The integrity audit's findings now (shared by `/`, `/api/audit`).
-pub async fn findings(state: &WebState) -> Result<Vec<crate::view::model::AuditFinding>, WebError> {
+pub(crate) async fn findings(state: &WebState) -> Result<Vec<crate::view::model::AuditFinding>, WebError> {
     let options = state.options.clone();
     state
         .query("audit", move |c| {
@@ -232,7 +232,7 @@ pub async fn findings(state: &WebState) -> Result<Vec<crate::view::model::AuditF
 
 /// The integrity audit's counts per kind now (exact, while [`findings`] lists at most
 /// [`audit::LISTED_PER_KIND`] of each).
-pub async fn finding_counts(
+pub(crate) async fn finding_counts(
     state: &WebState,
 ) -> Result<Vec<(crate::view::model::FindingKind, u64)>, WebError> {
     let options = state.options.clone();
@@ -270,7 +270,7 @@ pub async fn problems(
 }
 
 /// The `cursor` of a problems page (the only parameter it takes).
-pub fn problems_cursor(query: Option<&str>) -> Result<Option<String>, WebError> {
+pub(crate) fn problems_cursor(query: Option<&str>) -> Result<Option<String>, WebError> {
     let mut cursor = None;
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
@@ -288,7 +288,7 @@ pub fn problems_cursor(query: Option<&str>) -> Result<Option<String>, WebError> 
 }
 
 /// Unknown paths: 404 in JSON under `/api/`, a page elsewhere.
-pub async fn not_found(uri: Uri) -> Response {
+pub(crate) async fn not_found(uri: Uri) -> Response {
     let error = WebError::NotFound(format!("no page or endpoint at {}", uri.path()));
     if uri.path().starts_with("/api/") {
         error.json()

@@ -26,18 +26,18 @@ use maud::html;
 use super::layout;
 
 /// The cookie that carries the token for browsers.
-pub const COOKIE: &str = "chaosgate_view_token";
+pub(crate) const COOKIE: &str = "chaosgate_view_token";
 
 /// Paths that need no token.
 const OPEN: [&str; 4] = ["/healthz", "/readyz", "/static/view.css", "/static/view.js"];
 
 /// The token the view expects, if any.
 #[derive(Debug, Clone, Default)]
-pub struct Token(pub Option<Arc<str>>);
+pub(crate) struct Token(pub Option<Arc<str>>);
 
 /// Middleware: lets the request through when no token is configured, the path is open,
 /// or the request carries the token; otherwise 401.
-pub async fn require(State(token): State<Token>, request: Request, next: Next) -> Response {
+pub(crate) async fn require(State(token): State<Token>, request: Request, next: Next) -> Response {
     let Some(expected) = token.0.as_deref() else {
         return next.run(request).await;
     };

@@ -16,7 +16,7 @@ use crate::view::store::ViewError;
 
 /// One failed request.
 #[derive(Debug, thiserror::Error)]
-pub enum WebError {
+pub(crate) enum WebError {
     /// A query or path parameter is malformed.
     #[error("parameter '{parameter}': {message}")]
     BadParameter {
@@ -35,7 +35,7 @@ pub enum WebError {
 
 impl WebError {
     /// A bad-parameter error.
-    pub fn bad(parameter: &'static str, message: impl Into<String>) -> WebError {
+    pub(crate) fn bad(parameter: &'static str, message: impl Into<String>) -> WebError {
         WebError::BadParameter {
             parameter,
             message: message.into(),
@@ -43,7 +43,7 @@ impl WebError {
     }
 
     /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             WebError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             WebError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -52,7 +52,7 @@ impl WebError {
     }
 
     /// The JSON answer.
-    pub fn json(&self) -> Response {
+    pub(crate) fn json(&self) -> Response {
         let parameter = match self {
             WebError::BadParameter { parameter, .. } => Some(*parameter),
             _ => None,
@@ -66,7 +66,7 @@ impl WebError {
     }
 
     /// The HTML answer.
-    pub fn page(&self) -> Response {
+    pub(crate) fn page(&self) -> Response {
         let title = match self {
             WebError::BadParameter { .. } => "Bad request",
             WebError::NotFound(_) => "Not found",
@@ -87,7 +87,7 @@ impl WebError {
 
 /// An error that answers JSON (API routes).
 #[derive(Debug)]
-pub struct ApiError(pub WebError);
+pub(crate) struct ApiError(pub WebError);
 
 impl<E: Into<WebError>> From<E> for ApiError {
     fn from(error: E) -> Self {
@@ -103,7 +103,7 @@ impl IntoResponse for ApiError {
 
 /// An error that answers a page (HTML routes).
 #[derive(Debug)]
-pub struct PageError(pub WebError);
+pub(crate) struct PageError(pub WebError);
 
 impl<E: Into<WebError>> From<E> for PageError {
     fn from(error: E) -> Self {

@@ -25,7 +25,7 @@ use crate::view::model::MAX_PAGE;
 
 /// The two export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// Comma-separated values with a header line.
     Csv,
     /// One JSON object per line.
@@ -34,7 +34,7 @@ pub enum Format {
 
 impl Format {
     /// From `?format=` (`json` is the plain API and returns `None`).
-    pub fn parse(value: &str) -> Result<Option<Format>, WebError> {
+    pub(crate) fn parse(value: &str) -> Result<Option<Format>, WebError> {
         match value {
             "" | "json" => Ok(None),
             "csv" => Ok(Some(Format::Csv)),
@@ -48,7 +48,7 @@ impl Format {
 }
 
 /// The CSV columns: dotted paths into a run row's JSON (as `/api/runs` returns it).
-pub const COLUMNS: [&str; 26] = [
+pub(crate) const COLUMNS: [&str; 26] = [
     "run_id",
     "status",
     "attempt",
@@ -78,14 +78,14 @@ pub const COLUMNS: [&str; 26] = [
 ];
 
 /// The header line.
-pub fn csv_header() -> String {
+pub(crate) fn csv_header() -> String {
     let mut line = COLUMNS.join(",");
     line.push_str("\r\n");
     line
 }
 
 /// One row as a CSV line: each column looked up by its dotted path (missing: empty).
-pub fn csv_line(row: &Value) -> String {
+pub(crate) fn csv_line(row: &Value) -> String {
     let cells: Vec<String> = COLUMNS
         .iter()
         .map(|path| {
@@ -119,7 +119,7 @@ fn csv_cell(value: &Value) -> String {
 }
 
 /// Streams every run matching `params` in `format`.
-pub fn stream(state: WebState, params: RunParams, format: Format) -> Response {
+pub(crate) fn stream(state: WebState, params: RunParams, format: Format) -> Response {
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(4);
     tokio::spawn(async move {
         if format == Format::Csv && tx.send(Ok(csv_header())).await.is_err() {

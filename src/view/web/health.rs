@@ -53,7 +53,7 @@ type FindingCounts = Vec<(FindingKind, u64)>;
 
 /// Metrics the web layer keeps between scrapes.
 #[derive(Debug)]
-pub struct WebMetrics {
+pub(crate) struct WebMetrics {
     query_seconds: Family<QueryLabel, Histogram>,
     /// Last audit result, to answer scrapes that come faster than the audit is worth.
     audit_cache: Mutex<Option<(std::time::Instant, FindingCounts)>>,
@@ -74,7 +74,7 @@ impl Default for WebMetrics {
 
 impl WebMetrics {
     /// Records one query's time.
-    pub fn observe_query(&self, name: &str, took: Duration) {
+    pub(crate) fn observe_query(&self, name: &str, took: Duration) {
         self.query_seconds
             .get_or_create(&QueryLabel {
                 query: name.to_string(),
@@ -84,12 +84,12 @@ impl WebMetrics {
 }
 
 /// `GET /healthz`.
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
 /// `GET /readyz`.
-pub async fn readyz(State(state): State<WebState>) -> Response {
+pub(crate) async fn readyz(State(state): State<WebState>) -> Response {
     let ingest = &state.ingest;
     let failed = ingest.failed();
     let ready = ingest.caught_up() && failed.is_none();
@@ -129,7 +129,7 @@ pub async fn readyz(State(state): State<WebState>) -> Response {
 }
 
 /// `GET /metrics`.
-pub async fn metrics(State(state): State<WebState>) -> Response {
+pub(crate) async fn metrics(State(state): State<WebState>) -> Response {
     let rows = state.query("row_counts", index::row_counts).await;
     let findings = audit_counts(&state).await;
     let mut registry = Registry::with_prefix("chaosgate_view");

@@ -19,7 +19,7 @@ fn sql(what: &str) -> impl Fn(rusqlite::Error) -> ViewError + '_ {
 }
 
 /// Rows per table, for `chaosgate_view_rows{table}`.
-pub fn row_counts(c: &Connection) -> Result<Vec<(String, i64)>, ViewError> {
+pub(crate) fn row_counts(c: &Connection) -> Result<Vec<(String, i64)>, ViewError> {
     let mut out = Vec::new();
     for table in [
         "runs",
@@ -40,25 +40,25 @@ pub fn row_counts(c: &Connection) -> Result<Vec<(String, i64)>, ViewError> {
 
 /// One pipeline in the list.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PipelineItem {
+pub(crate) struct PipelineItem {
     /// Pipeline id.
-    pub pipeline_id: String,
+    pub(crate) pipeline_id: String,
     /// Executions stored.
-    pub executions: i64,
+    pub(crate) executions: i64,
     /// Of which passed.
-    pub passed: i64,
+    pub(crate) passed: i64,
     /// Of which failed or aborted.
-    pub failed: i64,
+    pub(crate) failed: i64,
     /// Still running.
-    pub running: i64,
+    pub(crate) running: i64,
     /// Newest execution's start.
-    pub last_started_at: DateTime<Utc>,
+    pub(crate) last_started_at: DateTime<Utc>,
     /// Newest execution's status.
-    pub last_status: String,
+    pub(crate) last_status: String,
 }
 
 /// Every pipeline with executions, most recently active first (at most 500).
-pub fn pipelines(c: &Connection) -> Result<Vec<PipelineItem>, ViewError> {
+pub(crate) fn pipelines(c: &Connection) -> Result<Vec<PipelineItem>, ViewError> {
     let mut statement = c
         .prepare(
             "SELECT pipeline_id, COUNT(*), SUM(status = 'passed'), SUM(status IN ('failed', 'aborted')),
@@ -85,25 +85,25 @@ pub fn pipelines(c: &Connection) -> Result<Vec<PipelineItem>, ViewError> {
 
 /// One flag in the list, with the last command the gate sent for it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FlagItem {
+pub(crate) struct FlagItem {
     /// Project.
-    pub project: String,
+    pub(crate) project: String,
     /// Environment.
-    pub environment: String,
+    pub(crate) environment: String,
     /// Flag key.
-    pub flag: String,
+    pub(crate) flag: String,
     /// Changes stored.
-    pub changes: i64,
+    pub(crate) changes: i64,
     /// The newest command (`enable`, `disable`, `revert`), if any.
-    pub last_command: Option<String>,
+    pub(crate) last_command: Option<String>,
     /// Its reason code.
-    pub last_reason_code: Option<String>,
+    pub(crate) last_reason_code: Option<String>,
     /// When the newest change or command happened.
-    pub last_at: DateTime<Utc>,
+    pub(crate) last_at: DateTime<Utc>,
 }
 
 /// Every flag with changes or commands, most recently active first (at most 500).
-pub fn flags(c: &Connection) -> Result<Vec<FlagItem>, ViewError> {
+pub(crate) fn flags(c: &Connection) -> Result<Vec<FlagItem>, ViewError> {
     // SQLite: a bare column next to MAX() comes from the row holding the maximum.
     let mut statement = c
         .prepare(

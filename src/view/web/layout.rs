@@ -10,13 +10,13 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 /// The stylesheet, served at `/static/view.css`.
-pub const CSS: &str = include_str!("static/view.css");
+pub(crate) const CSS: &str = include_str!("static/view.css");
 /// The script (live updates, ticking times), served at `/static/view.js`.
-pub const JS: &str = include_str!("static/view.js");
+pub(crate) const JS: &str = include_str!("static/view.js");
 
 /// Which nav entry is highlighted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
+pub(crate) enum Section {
     /// `/`
     Overview,
     /// `/runs` and a run's page.
@@ -30,7 +30,7 @@ pub enum Section {
 }
 
 /// A whole HTML page: `title` in the tab, `body` inside `<main>`.
-pub fn page(title: &str, section: Section, body: Markup) -> Markup {
+pub(crate) fn page(title: &str, section: Section, body: Markup) -> Markup {
     let nav = |href: &str, label: &str, this: Section| {
         html! { a href=(href) class=@if section == this { "active" } { (label) } }
     };
@@ -64,13 +64,13 @@ pub fn page(title: &str, section: Section, body: Markup) -> Markup {
 
 /// A status or verdict as a coloured badge (`passed`, `failed`, `error`, `aborted`,
 /// `running`, `skipped`, `enable`, `disable`).
-pub fn badge(status: &str) -> Markup {
+pub(crate) fn badge(status: &str) -> Markup {
     html! { span class={ "badge " (status) } { (status) } }
 }
 
 /// A time as "5 min ago" (ticking, from `data-at`) with the absolute UTC time beside it
 /// and in the tooltip.
-pub fn when(at: DateTime<Utc>) -> Markup {
+pub(crate) fn when(at: DateTime<Utc>) -> Markup {
     let iso = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     html! {
         span.nowrap title=(iso) {
@@ -82,7 +82,7 @@ pub fn when(at: DateTime<Utc>) -> Markup {
 }
 
 /// [`when`] on two lines (relative above, absolute below), for narrow table cells.
-pub fn when_stacked(at: DateTime<Utc>) -> Markup {
+pub(crate) fn when_stacked(at: DateTime<Utc>) -> Markup {
     let iso = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     html! {
         span.nowrap title=(iso) {
@@ -94,7 +94,7 @@ pub fn when_stacked(at: DateTime<Utc>) -> Markup {
 }
 
 /// An optional time, or a dash.
-pub fn when_opt(at: Option<DateTime<Utc>>) -> Markup {
+pub(crate) fn when_opt(at: Option<DateTime<Utc>>) -> Markup {
     match at {
         Some(at) => when(at),
         None => html! { span.muted { "–" } },
@@ -102,7 +102,7 @@ pub fn when_opt(at: Option<DateTime<Utc>>) -> Markup {
 }
 
 /// "just now", "42 s ago", "5 min ago", "3 h ago", "2 d ago" (same wording as the script).
-pub fn ago(elapsed: chrono::TimeDelta) -> String {
+pub(crate) fn ago(elapsed: chrono::TimeDelta) -> String {
     let s = elapsed.num_seconds().max(0);
     match s {
         0..5 => "just now".into(),
@@ -114,7 +114,7 @@ pub fn ago(elapsed: chrono::TimeDelta) -> String {
 }
 
 /// A duration in seconds as "850 ms", "12.3 s", "4 min 5 s".
-pub fn seconds(value: f64) -> String {
+pub(crate) fn seconds(value: f64) -> String {
     if value < 1.0 {
         format!("{:.0} ms", value * 1000.0)
     } else if value < 60.0 {
@@ -130,7 +130,7 @@ pub fn seconds(value: f64) -> String {
 }
 
 /// A run's duration; a running run's elapsed time ticks in the browser.
-pub fn duration(duration_seconds: Option<f64>, running_since: Option<DateTime<Utc>>) -> Markup {
+pub(crate) fn duration(duration_seconds: Option<f64>, running_since: Option<DateTime<Utc>>) -> Markup {
     match (duration_seconds, running_since) {
         (Some(d), _) => html! { (seconds(d)) },
         (None, Some(since)) => {
@@ -142,7 +142,7 @@ pub fn duration(duration_seconds: Option<f64>, running_since: Option<DateTime<Ut
 }
 
 /// Score against expected: a small bar with the threshold marked, then "72.5 / 80".
-pub fn score(score: Option<f64>, expected: f64) -> Markup {
+pub(crate) fn score(score: Option<f64>, expected: f64) -> Markup {
     let below = score.is_some_and(|s| s < expected);
     html! {
         span.score {
@@ -161,30 +161,30 @@ pub fn score(score: Option<f64>, expected: f64) -> Markup {
 }
 
 /// A score or percentage without trailing zeros: 80, 72.5, 66.67.
-pub fn number(value: f64) -> String {
+pub(crate) fn number(value: f64) -> String {
     let text = format!("{value:.2}");
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// An empty state: a headline and a hint of what would fill it.
-pub fn empty(headline: &str, hint: Markup) -> Markup {
+pub(crate) fn empty(headline: &str, hint: Markup) -> Markup {
     html! { div.empty { b { (headline) } (hint) } }
 }
 
 /// The first 8 characters of an id, the whole id in the tooltip.
-pub fn short_id(id: &str) -> Markup {
+pub(crate) fn short_id(id: &str) -> Markup {
     html! { span.mono title=(id) { (id.get(..8).unwrap_or(id)) } }
 }
 
 /// Pretty-printed JSON in a dark block.
-pub fn raw_json(value: &serde_json::Value) -> Markup {
+pub(crate) fn raw_json(value: &serde_json::Value) -> Markup {
     let text =
         serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("(cannot print: {e})"));
     html! { pre.raw { (text) } }
 }
 
 /// Inline SVG drawn on the server (already escaped by its builder).
-pub fn svg(markup: String) -> Markup {
+pub(crate) fn svg(markup: String) -> Markup {
     PreEscaped(markup)
 }
 

@@ -66,7 +66,7 @@ impl Narrow {
 }
 
 /// `GET /api/stream`.
-pub async fn stream(
+pub(crate) async fn stream(
     State(state): State<WebState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,

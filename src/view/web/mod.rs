@@ -6,17 +6,17 @@
 //! can change what the view holds; and every route is listed once, in [`routes`], which
 //! builds the router and which the OpenAPI test compares with `schemas/view-openapi.yaml`.
 
-pub mod api;
-pub mod auth;
-pub mod error;
-pub mod export;
-pub mod health;
-pub mod index;
-pub mod layout;
-pub mod live;
-pub mod pages;
-pub mod params;
-pub mod svg;
+pub(crate) mod api;
+pub(crate) mod auth;
+pub(crate) mod error;
+pub(crate) mod export;
+pub(crate) mod health;
+pub(crate) mod index;
+pub(crate) mod layout;
+pub(crate) mod live;
+pub(crate) mod pages;
+pub(crate) mod params;
+pub(crate) mod svg;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,15 +50,15 @@ pub struct WebOptions {
 #[derive(Clone)]
 pub struct WebState {
     /// The database ingest fills.
-    pub store: Store,
+    pub(crate) store: Store,
     /// Ingest progress: live-update sequence, catch-up, lag.
-    pub ingest: IngestStatus,
+    pub(crate) ingest: IngestStatus,
     /// Options.
-    pub options: Arc<WebOptions>,
+    pub(crate) options: Arc<WebOptions>,
     /// Metrics of the web layer (query times).
-    pub metrics: Arc<health::WebMetrics>,
+    pub(crate) metrics: Arc<health::WebMetrics>,
     /// Cancelled at shutdown: live streams end.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// The counts by status of all runs, as last counted (see [`WebState::all_counts`]).
     all_counts: Arc<std::sync::Mutex<Option<CountedAll>>>,
 }
@@ -80,7 +80,7 @@ const ALL_COUNTS_REUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl WebState {
     /// A state over `store` and `ingest`.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         ingest: IngestStatus,
         options: WebOptions,
@@ -100,7 +100,7 @@ impl WebState {
     /// row arrived since they were counted; when counting took over
     /// [`ALL_COUNTS_SLOW`] (a large store), reused for up to [`ALL_COUNTS_REUSE`] even
     /// as rows arrive, so a busy page does not read the whole status index per request.
-    pub async fn all_counts(&self) -> Result<crate::view::model::StatusCounts, ViewError> {
+    pub(crate) async fn all_counts(&self) -> Result<crate::view::model::StatusCounts, ViewError> {
         let seq = self.ingest.seq();
         let cached = self
             .all_counts
@@ -132,7 +132,7 @@ impl WebState {
 
     /// Runs a read query off the async runtime and records its time under `name`
     /// (`chaosgate_view_query_seconds{query=name}`).
-    pub async fn query<T: Send + 'static>(
+    pub(crate) async fn query<T: Send + 'static>(
         &self,
         name: &'static str,
         f: impl FnOnce(&Connection) -> Result<T, ViewError> + Send + 'static,
@@ -210,7 +210,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<WebState>)> {
 }
 
 /// The whole application: [`routes`] behind the token check, unknown paths 404.
-pub fn router(state: WebState) -> Router {
+pub(crate) fn router(state: WebState) -> Router {
     let token = auth::Token(state.options.token.as_deref().map(Arc::from));
     let mut router = Router::new();
     for (path, handler) in routes() {

@@ -18,21 +18,21 @@ use crate::contract::RunStatus;
 use crate::view::model::{DEFAULT_PAGE, Direction, MAX_PAGE, RunFilter, RunSort};
 
 /// The statuses a run can have, in display order.
-pub const STATUSES: [&str; 5] = ["running", "passed", "failed", "aborted", "error"];
+pub(crate) const STATUSES: [&str; 5] = ["running", "passed", "failed", "aborted", "error"];
 
 /// A parsed runs filter: the store's [`RunFilter`] plus the raw pairs, for links that
 /// keep the filter.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RunParams {
+pub(crate) struct RunParams {
     /// What the store is asked.
-    pub filter: RunFilter,
+    pub(crate) filter: RunFilter,
     /// The raw query pairs (empty values and `token` left out).
-    pub raw: Vec<(String, String)>,
+    pub(crate) raw: Vec<(String, String)>,
 }
 
 impl RunParams {
     /// Parses a query string (without `?`). `format` and `token` are left to others.
-    pub fn parse(query: Option<&str>) -> Result<RunParams, WebError> {
+    pub(crate) fn parse(query: Option<&str>) -> Result<RunParams, WebError> {
         let pairs: Vec<(String, String)> = query
             .map(|q| {
                 form_urlencoded::parse(q.as_bytes())
@@ -133,7 +133,7 @@ impl RunParams {
 
     /// This filter as a query string with `changes` applied (a `None` value removes the
     /// key); `cursor` is always dropped unless set by `changes`.
-    pub fn link(&self, changes: &[(&str, Option<&str>)]) -> String {
+    pub(crate) fn link(&self, changes: &[(&str, Option<&str>)]) -> String {
         let mut out = form_urlencoded::Serializer::new(String::new());
         for (key, value) in &self.raw {
             if key == "cursor" || changes.iter().any(|(k, _)| k == key) {
@@ -155,7 +155,7 @@ impl RunParams {
     }
 
     /// The value of one raw parameter, for refilling the filter form.
-    pub fn raw_value(&self, key: &str) -> &str {
+    pub(crate) fn raw_value(&self, key: &str) -> &str {
         self.raw
             .iter()
             .find(|(k, _)| k == key)
@@ -164,7 +164,7 @@ impl RunParams {
 }
 
 /// A status by its wire name.
-pub fn status_of(name: &str) -> Option<RunStatus> {
+pub(crate) fn status_of(name: &str) -> Option<RunStatus> {
     [
         RunStatus::Running,
         RunStatus::Passed,
@@ -202,7 +202,7 @@ fn flag_glob(value: &str) -> Result<String, WebError> {
 }
 
 /// RFC 3339, or a duration back from now.
-pub fn time(parameter: &'static str, value: &str) -> Result<DateTime<Utc>, WebError> {
+pub(crate) fn time(parameter: &'static str, value: &str) -> Result<DateTime<Utc>, WebError> {
     if let Ok(at) = DateTime::parse_from_rfc3339(value) {
         return Ok(at.with_timezone(&Utc));
     }

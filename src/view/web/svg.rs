@@ -10,28 +10,28 @@ use maud::{Markup, html};
 
 /// One bar of the fault timeline.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FaultSpan {
+pub(crate) struct FaultSpan {
     /// Fault name.
-    pub name: String,
+    pub(crate) name: String,
     /// When it was injected (none: never injected).
-    pub started_at: Option<DateTime<Utc>>,
+    pub(crate) started_at: Option<DateTime<Utc>>,
     /// When it was reverted (none: still active, or the revert failed).
-    pub ended_at: Option<DateTime<Utc>>,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
     /// Whether the revert was confirmed.
-    pub reverted: bool,
+    pub(crate) reverted: bool,
 }
 
 /// One probe's checking window on the timeline.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProbeSpan {
+pub(crate) struct ProbeSpan {
     /// Probe name.
-    pub name: String,
+    pub(crate) name: String,
     /// When its first check started.
-    pub first_check_at: DateTime<Utc>,
+    pub(crate) first_check_at: DateTime<Utc>,
     /// When its last check ended.
-    pub last_check_at: DateTime<Utc>,
+    pub(crate) last_check_at: DateTime<Utc>,
     /// Whether it passed.
-    pub passed: bool,
+    pub(crate) passed: bool,
 }
 
 const WIDTH: f64 = 640.0;
@@ -41,7 +41,7 @@ const ROW: f64 = 24.0;
 /// The faults of one run (thick bars: inject to revert) and its probes' checking windows
 /// (thin bars, green passed, red failed) on a time axis from `from` to `to` (a running
 /// run: now).
-pub fn timeline(
+pub(crate) fn timeline(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     faults: &[FaultSpan],
@@ -93,17 +93,17 @@ pub fn timeline(
 
 /// One point of a step's trend: an execution's margin (score − expected).
 #[derive(Debug, Clone, PartialEq)]
-pub struct TrendPoint {
+pub(crate) struct TrendPoint {
     /// When the run started.
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
     /// Score − expected (negative: below the threshold).
-    pub margin: f64,
+    pub(crate) margin: f64,
     /// Where the point links (the run's page).
-    pub href: String,
+    pub(crate) href: String,
 }
 
 /// Score − expected across executions, oldest left; the zero line is the threshold.
-pub fn trend(points: &[TrendPoint]) -> Markup {
+pub(crate) fn trend(points: &[TrendPoint]) -> Markup {
     const W: f64 = 560.0;
     const H: f64 = 130.0;
     const PAD: f64 = 30.0;

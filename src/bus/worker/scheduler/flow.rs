@@ -19,14 +19,14 @@ const BACKLOG_FACTOR: usize = 8;
 /// Partitions to pause and to resume at librdkafka.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(in crate::bus::worker) struct FlowChange {
-    pub pause: Vec<i32>,
-    pub resume: Vec<i32>,
+    pub(crate) pause: Vec<i32>,
+    pub(crate) resume: Vec<i32>,
 }
 
 impl Scheduler {
     /// What to pause and resume now; see "Flow" in the module docs. The caller tells
     /// librdkafka, and [`Scheduler::flow_failed`] when that fails.
-    pub fn flow(&mut self) -> FlowChange {
+    pub(crate) fn flow(&mut self) -> FlowChange {
         self.admit_held();
         let backlog = self.queues.waiting()
             + self.ready.len()
@@ -90,7 +90,7 @@ impl Scheduler {
     }
 
     /// librdkafka refused `change`: the next [`Scheduler::flow`] tries again.
-    pub fn flow_failed(&mut self, change: &FlowChange) {
+    pub(crate) fn flow_failed(&mut self, change: &FlowChange) {
         for (ids, paused) in [(&change.pause, false), (&change.resume, true)] {
             for id in ids {
                 if let Some(partition) = self.partitions.get_mut(id) {

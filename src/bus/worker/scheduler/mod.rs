@@ -94,7 +94,7 @@ pub(super) struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(wiring: Wiring) -> Self {
+    pub(crate) fn new(wiring: Wiring) -> Self {
         let records = RunRecords {
             topics: wiring.topics.clone(),
             assignment: wiring.assignment.clone(),
@@ -116,22 +116,22 @@ impl Scheduler {
     }
 
     /// Owned partitions whose committed offsets are not read yet.
-    pub fn loading(&self) -> usize {
+    pub(crate) fn loading(&self) -> usize {
         self.partitions.values().filter(|p| !p.loaded).count()
     }
 
     /// Executions running now.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.runs.len()
     }
 
     /// The next execution to end (pending while none runs).
-    pub async fn next_ended(&mut self) -> Result<Finished, Panicked<Ticket>> {
+    pub(crate) async fn next_ended(&mut self) -> Result<Finished, Panicked<Ticket>> {
         self.runs.next().await
     }
 
     /// Applies a rebalance the callback reported.
-    pub fn rebalance(&mut self, event: &RebalanceEvent) {
+    pub(crate) fn rebalance(&mut self, event: &RebalanceEvent) {
         match event {
             RebalanceEvent::Assigned(new) => {
                 for p in new {
@@ -185,7 +185,7 @@ impl Scheduler {
 
     /// A partition's committed offsets were read: its book goes into the ledger and the
     /// records held meanwhile are handled.
-    pub fn loaded(&mut self, loaded: Loaded) {
+    pub(crate) fn loaded(&mut self, loaded: Loaded) {
         let Some(partition) = self
             .partitions
             .get_mut(&loaded.partition)
@@ -214,7 +214,7 @@ impl Scheduler {
     }
 
     /// Stops starting anything and interrupts every run (shutdown).
-    pub fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         self.draining = true;
         for partition in self.partitions.values() {
             partition.interrupt.cancel();
@@ -222,12 +222,12 @@ impl Scheduler {
     }
 
     /// Lets the runs still going after the grace period run on unwatched.
-    pub fn abandon(&mut self) {
+    pub(crate) fn abandon(&mut self) {
         self.runs.detach_all();
     }
 
     /// Handles one consumed record: hold, skip, dead-letter, or queue for its flag.
-    pub fn receive(&mut self, partition: i32, offset: i64, message: KafkaMessage) {
+    pub(crate) fn receive(&mut self, partition: i32, offset: i64, message: KafkaMessage) {
         let Some(state) = self.partitions.get_mut(&partition) else {
             tracing::debug!(
                 partition,
@@ -412,7 +412,7 @@ impl Scheduler {
     }
 
     /// An execution ended: commit it when final, then let its flag and a slot go.
-    pub fn finish(&mut self, finished: Finished) {
+    pub(crate) fn finish(&mut self, finished: Finished) {
         let Finished {
             pending,
             execution,
@@ -442,7 +442,7 @@ impl Scheduler {
     }
 
     /// An execution task panicked: an interrupted run (see "Supervision").
-    pub fn panicked(&mut self, panicked: Panicked<Ticket>) {
+    pub(crate) fn panicked(&mut self, panicked: Panicked<Ticket>) {
         let Panicked { ticket, message } = panicked;
         tracing::error!(
             partition = ticket.partition,

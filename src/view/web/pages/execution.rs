@@ -18,7 +18,7 @@ use crate::view::web::error::{PageError, WebError};
 use crate::view::web::layout::{self, Section, badge, duration, score, short_id, when, when_opt};
 
 /// `GET /executions/{pipeline_execution_id}`.
-pub async fn page(
+pub(crate) async fn page(
     State(state): State<WebState>,
     Path(id): Path<String>,
 ) -> Result<Markup, PageError> {
@@ -99,7 +99,7 @@ fn body(detail: &ExecutionDetail) -> Markup {
 }
 
 /// A dead-letter table.
-pub fn dead_letters(rows: &[crate::view::model::DeadLetterRow]) -> Markup {
+pub(crate) fn dead_letters(rows: &[crate::view::model::DeadLetterRow]) -> Markup {
     html! {
         table.data {
             thead { tr { th { "At" } th { "Error" } th { "Message" } th { "Source" } th { "Kafka" } } }
@@ -112,7 +112,7 @@ pub fn dead_letters(rows: &[crate::view::model::DeadLetterRow]) -> Markup {
 }
 
 /// A flag change: kind, `from → to`, actor, time.
-pub fn trigger(change: Option<&ChangeRow>, event_id: &str) -> Markup {
+pub(crate) fn trigger(change: Option<&ChangeRow>, event_id: &str) -> Markup {
     match change {
         None => {
             html! { p.muted { "The flag-change " span.mono { (event_id) } " is not on the flag-changes topic (any more)." } }
@@ -132,7 +132,7 @@ pub fn trigger(change: Option<&ChangeRow>, event_id: &str) -> Markup {
 }
 
 /// A flag command: command, reason, steps.
-pub fn command(command: Option<&CommandRow>) -> Markup {
+pub(crate) fn command(command: Option<&CommandRow>) -> Markup {
     match command {
         None => html! { p.muted { "No command yet: the pipeline is still running." } },
         Some(c) => html! {

@@ -20,7 +20,7 @@ use crate::view::web::index;
 use crate::view::web::layout::{self, Section, badge, when};
 
 /// `GET /flags/{project}/{environment}/{flag}`.
-pub async fn page(
+pub(crate) async fn page(
     State(state): State<WebState>,
     Path((project, environment, flag)): Path<(String, String, String)>,
 ) -> Result<Markup, PageError> {
@@ -67,7 +67,7 @@ fn body(ledger: &FlagLedger) -> Markup {
 }
 
 /// `GET /flags`.
-pub async fn index(State(state): State<WebState>) -> Result<Markup, PageError> {
+pub(crate) async fn index(State(state): State<WebState>) -> Result<Markup, PageError> {
     let flags = state
         .query("flags", index::flags)
         .await

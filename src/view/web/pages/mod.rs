@@ -6,7 +6,7 @@
 //! computation of a status or a score), and link every id to its own page.
 
 pub mod execution;
-pub mod flag;
+pub(crate) mod flag;
 pub mod overview;
 pub mod pipeline;
 pub mod problems;
@@ -21,7 +21,7 @@ use crate::view::model::{KafkaPosition, RunRow};
 /// A verdict's wire name. (`cli::experiment` has the same match as a private
 /// `verdict_text`; both belong in `contract` as `Verdict::as_str`, like `RunStatus`'s,
 /// left for the contract's owner.)
-pub fn verdict(verdict: Verdict) -> &'static str {
+pub(crate) fn verdict(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Passed => "passed",
         Verdict::Failed => "failed",
@@ -32,7 +32,7 @@ pub fn verdict(verdict: Verdict) -> &'static str {
 }
 
 /// `/flags/{project}/{environment}/{flag}` for a run's flag.
-pub fn flag_href(project: &str, environment: &str, flag: &str) -> String {
+pub(crate) fn flag_href(project: &str, environment: &str, flag: &str) -> String {
     format!(
         "/flags/{}/{}/{}",
         segment(project),
@@ -42,14 +42,14 @@ pub fn flag_href(project: &str, environment: &str, flag: &str) -> String {
 }
 
 /// One path segment, percent-encoded.
-pub fn segment(text: &str) -> String {
+pub(crate) fn segment(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
 }
 
 /// A run's flag as a link to its ledger.
-pub fn flag_link(row: &RunRow) -> Markup {
+pub(crate) fn flag_link(row: &RunRow) -> Markup {
     html! {
         a.mono href=(flag_href(&row.flag_project, &row.flag_environment, &row.flag_key)) {
             span.muted { (row.flag_project) "/" (row.flag_environment) "/" } (row.flag_key)
@@ -58,6 +58,6 @@ pub fn flag_link(row: &RunRow) -> Markup {
 }
 
 /// `topic / partition / offset`.
-pub fn position(position: &KafkaPosition) -> Markup {
+pub(crate) fn position(position: &KafkaPosition) -> Markup {
     html! { span.mono { (position.topic) " / " (position.partition) " / " (position.offset) } }
 }

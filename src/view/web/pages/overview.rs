@@ -17,7 +17,7 @@ use crate::view::web::error::PageError;
 use crate::view::web::layout::{self, Section, badge, score, short_id, when};
 
 /// `GET /`.
-pub async fn page(
+pub(crate) async fn page(
     State(state): State<WebState>,
     RawQuery(q): RawQuery,
 ) -> Result<Markup, PageError> {

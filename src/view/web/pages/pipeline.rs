@@ -18,7 +18,7 @@ use crate::view::web::layout::{self, Section, badge, short_id, when, when_opt};
 use crate::view::web::svg::{self, TrendPoint};
 
 /// `GET /pipelines/{pipeline_id}`.
-pub async fn page(
+pub(crate) async fn page(
     State(state): State<WebState>,
     Path(id): Path<String>,
 ) -> Result<Markup, PageError> {
@@ -31,7 +31,7 @@ pub async fn page(
 }
 
 /// Executions as coloured squares, newest first, each a link.
-pub fn strip(executions: &[ExecutionSummary]) -> Markup {
+pub(crate) fn strip(executions: &[ExecutionSummary]) -> Markup {
     html! {
         span.strip {
             @for e in executions {
@@ -93,7 +93,7 @@ fn body(s: &PipelineSummary) -> Markup {
 }
 
 /// `GET /pipelines`.
-pub async fn index(State(state): State<WebState>) -> Result<Markup, PageError> {
+pub(crate) async fn index(State(state): State<WebState>) -> Result<Markup, PageError> {
     let pipelines = state
         .query("pipelines", index::pipelines)
         .await

@@ -16,7 +16,7 @@ use crate::view::web::error::PageError;
 use crate::view::web::layout::{self, Section, when};
 
 /// `GET /problems`.
-pub async fn page(
+pub(crate) async fn page(
     State(state): State<WebState>,
     RawQuery(q): RawQuery,
 ) -> Result<Markup, PageError> {

@@ -23,7 +23,7 @@ use crate::view::web::layout::{self, Section, badge, duration, number, short_id,
 use crate::view::web::svg::{self, FaultSpan, ProbeSpan};
 
 /// `GET /runs/{run_id}`.
-pub async fn page(
+pub(crate) async fn page(
     State(state): State<WebState>,
     Path(run_id): Path<String>,
 ) -> Result<Markup, PageError> {

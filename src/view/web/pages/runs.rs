@@ -20,7 +20,7 @@ use crate::view::web::layout::{self, Section, badge, duration, score, short_id, 
 use crate::view::web::params::{RunParams, STATUSES};
 
 /// `GET /runs`.
-pub async fn page(
+pub(crate) async fn page(
     State(state): State<WebState>,
     RawQuery(query): RawQuery,
 ) -> Result<Markup, PageError> {
@@ -140,13 +140,13 @@ fn status_chips(params: &RunParams, counts: &StatusCounts) -> Markup {
 }
 
 /// The runs table; with `params`, the sortable headers link to the same filter sorted.
-pub fn table(rows: &[RunRow], params: Option<&RunParams>) -> Markup {
+pub(crate) fn table(rows: &[RunRow], params: Option<&RunParams>) -> Markup {
     table_with(rows, params, true)
 }
 
 /// [`table`] without the flag column, for a page about one flag (its ledger), where
 /// every row names the same flag.
-pub fn table_of_one_flag(rows: &[RunRow]) -> Markup {
+pub(crate) fn table_of_one_flag(rows: &[RunRow]) -> Markup {
     table_with(rows, None, false)
 }
 
