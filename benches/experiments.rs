@@ -1,6 +1,6 @@
 //! Experiment load figures: many concurrent experiments, each with one `continuous` HTTP
 //! probe checked every second, all against one local target, run through the real runner
-//! (`chaos::runner::run_experiment`). Prints peak RSS, CPU, checks and failures, and the
+//! (`chaos::run::run_experiment`). Prints peak RSS, CPU, checks and failures, and the
 //! probe schedule drift taken from the runner's `ProbeChecked` progress events.
 //!
 //! Each experiment holds one `command` fault (`true` to inject and revert) for the
@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     let experiments: usize = env_number("CHAOSGATE_BENCH_EXPERIMENTS", 10_000);
     let secs: u64 = env_number("CHAOSGATE_BENCH_SECS", 60);
     let spread: f64 = env_number("CHAOSGATE_BENCH_SPREAD_SECS", 1.0);
-    let open_files = chaosgate::chaos::runner::raise_open_files_limit()?;
+    let open_files = chaosgate::os::raise_open_files_limit()?;
     println!(
         "load average at start: {}; open files limit {open_files}",
         load_average()

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaosgate::catalog::Span;
-use chaosgate::catalog::experiment::{HttpCriteria, HttpProbe, Probe, ProbeMode, RunProperties};
+use chaosgate::catalog::experiment::{
+    HttpCriteria, HttpProbe, Probe, ProbeMode, ProbeType, RunProperties,
+};
 use chaosgate::chaos::probe::check;
 
 fn main() -> anyhow::Result<()> {
@@ -75,7 +77,7 @@ async fn run(probes: usize, secs: u64, url: String) -> Outcome {
             attempts: 1,
             ..RunProperties::default()
         },
-        http: Some(HttpProbe {
+        probe_type: ProbeType::Http(HttpProbe {
             url,
             method: "GET".to_string(),
             headers: Default::default(),
@@ -84,9 +86,6 @@ async fn run(probes: usize, secs: u64, url: String) -> Outcome {
             redirect_any_host: false,
             criteria: HttpCriteria::default(),
         }),
-        tcp: None,
-        command: None,
-        prometheus: None,
     });
     let end = Instant::now() + Duration::from_secs(secs);
     let sampler = tokio::spawn(async move {

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use chaosgate::bus::record::{from_rdkafka, to_record};
 use chaosgate::catalog::Catalog;
 use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
-use chaosgate::chaos::runner::RunContext;
+use chaosgate::chaos::run::RunContext;
 use chaosgate::config::Config;
 use chaosgate::contract::flag_change::flag_change_event;
 use chaosgate::contract::{Change, ChangeKind, CloudEvent, FlagChange, KafkaMessage, RunRecord};

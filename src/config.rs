@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::Span;
 use crate::chaos::proxy::ProxyTarget;
+use crate::telemetry::redact::{self, Secrets};
+pub use crate::telemetry::{LogFormat, TelemetryConfig};
 
 /// Prefix of the environment overrides.
 pub const ENV_PREFIX: &str = "CHAOSGATE_";
@@ -289,34 +291,6 @@ impl Default for HttpConfig {
     }
 }
 
-/// Log format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable on a terminal, JSON lines otherwise.
-    #[default]
-    Auto,
-    /// Human-readable.
-    Text,
-    /// JSON lines.
-    Json,
-}
-
-/// Logs and traces.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TelemetryConfig {
-    /// OTLP endpoint for traces, e.g. `http://127.0.0.1:4317`; no traces when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub otlp_endpoint: Option<String>,
-    /// Log format.
-    #[serde(default)]
-    pub log_format: LogFormat,
-    /// Log filter in `RUST_LOG` syntax (default `info`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_filter: Option<String>,
-}
-
 /// Fault proxy targets run inside the worker.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -468,6 +442,33 @@ impl Config {
         Config::deserialize(toml::Value::Table(table))
             .map_err(|e| invalid(origin, e.to_string().trim_end().to_string()))
     }
+
+    /// The secrets of this configuration, for [`redact::install`]: the values of secret
+    /// Kafka properties (see [`redact::is_secret_property`]; set in the file or from a
+    /// `CHAOSGATE_*` variable) and the OTLP endpoint's password.
+    pub fn secrets(&self) -> Secrets {
+        let mut secrets = Secrets::default();
+        for (key, value) in &self.kafka.properties {
+            if redact::is_secret_property(key) {
+                secrets.add(value);
+            }
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            secrets.add_url(endpoint);
+        }
+        secrets
+    }
+
+    /// A copy of the configuration with its secrets masked, for printing: secret Kafka
+    /// properties and the OTLP endpoint's password become [`redact::MASK`].
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        config.kafka.properties = redact::kafka_properties(&config.kafka.properties);
+        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+            config.telemetry.otlp_endpoint = Some(redact::url(endpoint).into_owned());
+        }
+        config
+    }
 }
 
 fn override_path(rest: &str) -> Vec<String> {
@@ -519,6 +520,59 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    const WITH_SECRETS: &str = r#"
+[kafka]
+bootstrap_servers = "broker:9093"
+[kafka.properties]
+"sasl.username" = "chaosgate"
+"sasl.password" = "sasl-pa55word"
+"ssl.key.password" = "key-pa55word"
+"sasl.oauthbearer.client.secret" = "oauth-s3cret"
+"sasl.oauthbearer.config" = "principal=chaosgate extension_token=xyz-token"
+[catalog]
+path = "catalog"
+[telemetry]
+otlp_endpoint = "http://otel:collector-pa55@collector:4317"
+"#;
+
+    const SECRETS: [&str; 5] = [
+        "sasl-pa55word",
+        "key-pa55word",
+        "oauth-s3cret",
+        "xyz-token",
+        "collector-pa55",
+    ];
+
+    #[test]
+    fn the_rendered_config_holds_no_secret() {
+        let config = Config::parse(WITH_SECRETS, "c.toml", env(&[])).unwrap();
+        let text = toml::to_string(&config.redacted()).unwrap();
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "{secret} in\n{text}");
+        }
+        assert!(text.contains("\"sasl.password\" = \"***\""), "{text}");
+        assert!(text.contains("http://otel:***@collector:4317"), "{text}");
+        assert!(text.contains("sasl.username"), "{text}");
+    }
+
+    #[test]
+    fn the_secrets_are_those_of_the_file_and_the_variables() {
+        let config = Config::parse(
+            WITH_SECRETS,
+            "c.toml",
+            env(&[("CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD", "env-pa55word")]),
+        )
+        .unwrap();
+        let scrubbed = config
+            .secrets()
+            .scrub(
+                "refused: env-pa55word key-pa55word oauth-s3cret collector-pa55 \
+                 [principal=chaosgate extension_token=xyz-token] for chaosgate",
+            )
+            .into_owned();
+        assert_eq!(scrubbed, "refused: *** *** *** *** [***] for chaosgate");
     }
 
     #[test]

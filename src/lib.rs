@@ -2,7 +2,11 @@
 //!
 //! Modules depend one way (`docs/architecture.md` is the map):
 //! `contract` <- `catalog` <- `chaos` <- `gate` <- `bus` <- {`view`, the CLI}.
-//! `config` and `schema` sit on top and may use any of them.
+//! `telemetry` is a leaf beside `catalog` (it uses `contract` only), so every module may
+//! report through it. `config` uses `catalog`, `chaos` and `telemetry` (whose settings it
+//! re-exports) and is used by `bus` and `view`; `schema` uses `catalog` and `config` and
+//! only the CLI uses it. `view` uses `bus`'s client settings and record conversion, never
+//! the worker. `tests/layering.rs` checks every `crate::` path against this.
 
 pub mod bus;
 pub mod catalog;
@@ -10,6 +14,7 @@ pub mod chaos;
 pub mod config;
 pub mod contract;
 pub mod gate;
+pub mod os;
 pub mod schema;
 pub mod telemetry;
 pub mod view;

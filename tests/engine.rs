@@ -240,7 +240,7 @@ id: probes-only
 probes:
   - {{ name: up, mode: sot, http: {{ url: "{}" }} }}
   - {{ name: down, mode: continuous, http: {{ url: "{}" }} }}
-  - {{ name: during, mode: on_chaos, tcp: {{ address: "{}" }} }}
+  - {{ name: after, mode: eot, tcp: {{ address: "{}" }} }}
 "#,
         server.url("/up"),
         server.url("/down"),
@@ -252,7 +252,7 @@ probes:
     assert_eq!(
         server.hits("/down").len(),
         1,
-        "polling probes check at least once"
+        "without faults, a continuous probe checks once"
     );
     assert!(
         probe(&result, "down")

@@ -16,7 +16,7 @@ use axum::routing::{any, get};
 use chaosgate::catalog::Span;
 use chaosgate::catalog::experiment::{
     CommandLine, CommandProbe, Comparator, Comparison, HttpCriteria, HttpProbe, JsonPointerMatch,
-    Probe, ProbeMode, PrometheusProbe, RunProperties, StatusMatch, TcpProbe, ValueType,
+    Probe, ProbeMode, ProbeType, PrometheusProbe, RunProperties, StatusMatch, TcpProbe, ValueType,
 };
 use chaosgate::chaos::probe::{Check, check};
 use tokio::net::TcpListener;
@@ -126,21 +126,19 @@ fn props(timeout_ms: u64, interval_ms: u64, attempts: u32) -> RunProperties {
     }
 }
 
-fn bare_probe(run_properties: RunProperties) -> Probe {
+fn bare_probe(run_properties: RunProperties, probe_type: ProbeType) -> Probe {
     Probe {
         name: "watch".to_string(),
         mode: ProbeMode::Continuous,
         run_properties,
-        http: None,
-        tcp: None,
-        command: None,
-        prometheus: None,
+        probe_type,
     }
 }
 
 fn http_probe(url: String, criteria: HttpCriteria) -> Probe {
-    Probe {
-        http: Some(HttpProbe {
+    bare_probe(
+        props(3_000, 100, 1),
+        ProbeType::Http(HttpProbe {
             url,
             method: "GET".to_string(),
             headers: BTreeMap::new(),
@@ -149,20 +147,17 @@ fn http_probe(url: String, criteria: HttpCriteria) -> Probe {
             redirect_any_host: false,
             criteria,
         }),
-        ..bare_probe(props(3_000, 100, 1))
-    }
+    )
 }
 
 fn tcp_probe(address: String) -> Probe {
-    Probe {
-        tcp: Some(TcpProbe { address }),
-        ..bare_probe(props(2_000, 100, 1))
-    }
+    bare_probe(props(2_000, 100, 1), ProbeType::Tcp(TcpProbe { address }))
 }
 
 fn command_probe(argv: &[&str], shell: bool, exit_code: i32, stdout: Option<Comparison>) -> Probe {
-    Probe {
-        command: Some(CommandProbe {
+    bare_probe(
+        props(5_000, 100, 1),
+        ProbeType::Command(CommandProbe {
             command: CommandLine {
                 argv: argv.iter().map(|a| a.to_string()).collect(),
                 shell,
@@ -171,8 +166,7 @@ fn command_probe(argv: &[&str], shell: bool, exit_code: i32, stdout: Option<Comp
             exit_code,
             stdout,
         }),
-        ..bare_probe(props(5_000, 100, 1))
-    }
+    )
 }
 
 fn comparison(value_type: ValueType, criteria: Comparator, value: &str) -> Comparison {
@@ -212,7 +206,7 @@ async fn http_status_in_the_default_range_passes_and_outside_fails_with_the_rang
 }
 
 fn following(mut probe: Probe, any_host: bool) -> Probe {
-    if let Some(http) = probe.http.as_mut() {
+    if let ProbeType::Http(http) = &mut probe.probe_type {
         http.follow_redirects = true;
         http.redirect_any_host = any_host;
     }
@@ -442,7 +436,7 @@ async fn http_method_headers_and_body_are_sent() {
             ..HttpCriteria::default()
         },
     );
-    if let Some(http) = probe.http.as_mut() {
+    if let ProbeType::Http(http) = &mut probe.probe_type {
         http.method = "post".to_string();
         http.headers
             .insert("X-Probe".to_string(), "chaos".to_string());
@@ -534,17 +528,6 @@ async fn a_refused_connection_is_a_failure_not_an_error() {
     let result = check(&probe).await;
     assert_eq!(result.attempts, 3);
     assert_eq!(error_of(&result), format!("GET {url}: connection refused"));
-}
-
-#[tokio::test]
-async fn a_probe_without_a_type_is_not_attempted() {
-    let result = check(&bare_probe(props(1_000, 1_000, 3))).await;
-    assert_eq!(result.attempts, 0);
-    assert!(
-        error_of(&result).contains("no probe type set"),
-        "{result:?}"
-    );
-    assert!(result.took < Duration::from_millis(500));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -756,7 +739,7 @@ async fn a_command_over_its_timeout_is_killed_with_its_children() {
 #[tokio::test]
 async fn a_command_own_timeout_applies_when_shorter() {
     let mut probe = command_probe(&["sleep", "10"], false, 0, None);
-    if let Some(command) = probe.command.as_mut() {
+    if let ProbeType::Command(command) = &mut probe.probe_type {
         command.command.timeout = Some(Span::from_millis(200));
     }
     let result = check(&probe).await;
@@ -887,14 +870,14 @@ async fn start_metrics_target() -> SocketAddr {
 }
 
 fn prometheus_probe(endpoint: &str, query: &str, cmp: Comparison) -> Probe {
-    Probe {
-        prometheus: Some(PrometheusProbe {
+    bare_probe(
+        props(5_000, 500, 1),
+        ProbeType::Prometheus(PrometheusProbe {
             endpoint: endpoint.to_string(),
             query: query.to_string(),
             comparison: cmp,
         }),
-        ..bare_probe(props(5_000, 500, 1))
-    }
+    )
 }
 
 #[tokio::test]

@@ -1107,7 +1107,10 @@ fn fault_proxies(catalog: &chaosgate::catalog::Catalog) -> Vec<(String, String)>
     catalog
         .experiments()
         .flat_map(|e| &e.faults)
-        .filter_map(|f| f.network.as_ref())
+        .filter_map(|f| match &f.kind {
+            chaosgate::catalog::experiment::FaultKind::Network(n) => Some(n),
+            _ => None,
+        })
         .filter_map(|n| Some((n.target.clone(), n.proxy.clone()?)))
         .collect()
 }

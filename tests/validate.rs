@@ -688,3 +688,71 @@ fn a_path_that_does_not_exist_is_an_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_on_chaos_probe_that_cannot_check_while_its_fault_is_active() {
+    let late = edit(
+        EXPERIMENT,
+        "    mode: on_chaos\n",
+        "    mode: on_chaos\n    run_properties:\n      initial_delay: 30s\n",
+    );
+    expect_problems(
+        PIPELINE,
+        &late,
+        &[
+            "experiments/payments-latency.yaml:18: probes[0].run_properties.initial_delay: initial_delay 30s is not below the 30s fault 'payments-slow' is active: an on_chaos probe must check while its faults are active (a check after the revert never counts)",
+        ],
+    );
+    let zero = edit(EXPERIMENT, "    duration: 30s\n", "    duration: 0s\n");
+    assert_eq!(problems(PIPELINE, &zero, &[]).len(), 1);
+}
+
+#[test]
+fn durations_the_runner_needs_above_zero() {
+    let zero = edit(
+        EXPERIMENT,
+        "    mode: on_chaos\n",
+        "    mode: on_chaos\n    run_properties: {timeout: 0s, attempts: 0, polling_interval: 0s}\n",
+    );
+    expect_problems(
+        PIPELINE,
+        &zero,
+        &[
+            "experiments/payments-latency.yaml:17: probes[0].run_properties.timeout: timeout must be above 0s",
+            "experiments/payments-latency.yaml:17: probes[0].run_properties.attempts: attempts must be at least 1",
+            "experiments/payments-latency.yaml:17: probes[0].run_properties.polling_interval: a polling probe's polling_interval must be above 0s",
+        ],
+    );
+}
+
+#[test]
+fn a_process_name_no_process_can_have() {
+    let named = edit(
+        EXPERIMENT,
+        "    network:\n      target: payments\n      toxic:\n        type: latency\n        latency: 200ms\n      toxicity: 1.0\n",
+        "    process:\n      action: pause\n      name: kube-controller-manager\n",
+    );
+    expect_problems(
+        PIPELINE,
+        &named,
+        &[
+            "experiments/payments-latency.yaml:10: faults[0].process.name: 'kube-controller-manager' is 23 bytes, but the kernel keeps 15 in /proc/PID/comm, so no process matches it: write 'kube-controller' or use pid_file",
+        ],
+    );
+}
+
+#[test]
+fn an_expected_value_that_is_not_a_finite_number() {
+    let nan = edit(
+        EXPERIMENT,
+        "    http:\n      url: http://127.0.0.1:8080/health\n      criteria:\n        max_response_ms: 300\n        body_regex: \"ok\"\n",
+        "    command:\n      command: {argv: [echo, '1']}\n      stdout: {type: float, criteria: ge, value: NaN}\n",
+    );
+    expect_problems(
+        PIPELINE,
+        &nan,
+        &[
+            "experiments/payments-latency.yaml:19: probes[0].command.stdout.value: 'NaN' is not a finite number: nothing equals or orders against it",
+        ],
+    );
+}

@@ -12,11 +12,14 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::contract::schema_of;
+
 use super::document::Document;
 use super::experiment::Experiment;
 use super::pipeline::Pipeline;
 use super::problem::{FieldPath, Finding, Problem, sort_problems};
 use super::route::RouteTable;
+use super::rules;
 use super::schema_check::SchemaCheck;
 use super::validate::{self, Entry};
 
@@ -314,7 +317,10 @@ fn check(
     unreadable_experiments: &[String],
     problems: &mut Vec<Problem>,
 ) -> Option<Catalog> {
-    let schemas = match (SchemaCheck::new("pipeline"), SchemaCheck::new("experiment")) {
+    let schemas = match (
+        SchemaCheck::new("pipeline", schema_of::<Pipeline>("pipeline")),
+        SchemaCheck::new("experiment", schema_of::<Experiment>("experiment")),
+    ) {
         (Ok(pipeline), Ok(experiment)) => (pipeline, experiment),
         (Err(err), _) | (_, Err(err)) => {
             problems.push(Problem::file("(chaosgate)", err.to_string()));
@@ -327,14 +333,20 @@ fn check(
     let mut experiments = BTreeMap::new();
     for source in &sources {
         let (schema, local) = match source.kind {
-            Kind::Pipeline => (&schemas.0, validate::check_pipeline(&source.document.value)),
+            Kind::Pipeline => (
+                &schemas.0,
+                validate::check_pipeline_document(&source.document.value),
+            ),
             Kind::Experiment => (
                 &schemas.1,
-                validate::check_experiment(&source.document.value),
+                validate::check_experiment_document(&source.document.value),
             ),
         };
         let shape = schema.check(&source.document.value);
         let shape_ok = shape.is_empty();
+        // A document the JSON-level checks faulted (no kind, several kinds) cannot be read
+        // into its type either; the reason given then is theirs, not serde's.
+        let local_ok = local.is_empty();
         for finding in shape.into_iter().chain(local) {
             problems.push(to_problem(source, finding));
         }
@@ -348,12 +360,17 @@ fn check(
                 pipelines.insert(p.id.clone(), p);
             }),
             Kind::Experiment => typed::<Experiment>(value).map(|e| {
+                for finding in rules::check_experiment(&e) {
+                    problems.push(to_problem(source, finding));
+                }
                 experiments.insert(e.id.clone(), e);
             }),
         };
         if let Err(finding) = result {
             typed_ok = false;
-            problems.push(to_problem(source, finding));
+            if local_ok {
+                problems.push(to_problem(source, finding));
+            }
         }
     }
     let entries = |kind: Kind| -> Vec<Entry<'_>> {

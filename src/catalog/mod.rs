@@ -6,12 +6,14 @@
 //! flag changes with [`Catalog::pipeline_for`].
 
 pub mod assertion;
+pub mod credentials;
 pub mod document;
 pub mod experiment;
 pub mod load;
 pub mod pipeline;
 pub mod problem;
 pub mod route;
+pub mod rules;
 pub mod schema_check;
 pub mod span;
 pub mod validate;

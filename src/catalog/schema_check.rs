@@ -1,8 +1,9 @@
 //! Checks a document against the JSON Schema generated from its Rust type, and says each
 //! violation in the operator's words.
 //!
-//! The schema is the one published in `schemas/`, so editors that use it and `chaosgate
-//! validate` agree. `jsonschema` reports every violation with a JSON-pointer instance path;
+//! The schema is the one published in `schemas/` (the caller generates it from the type
+//! with `contract::schema_of`, as the published files are), so editors that use it and
+//! `chaosgate validate` agree. `jsonschema` reports every violation with a JSON-pointer instance path;
 //! this module turns the path into `stages[1].steps[0].x` form and the message into plain
 //! words ("140 is above 100", "unknown field 'wieght' (did you mean 'weight'?)"). For
 //! `oneOf`/`anyOf` (tagged enums such as toxics, optional blocks) it looks into the branch
@@ -19,21 +20,10 @@ use super::problem::{FieldPath, Finding};
 use super::span::{SPAN_PATTERN, SpanError};
 
 /// The probe type blocks a probe may have.
-pub const PROBE_TYPES: [&str; 4] = [
-    ProbeType::Http.as_str(),
-    ProbeType::Tcp.as_str(),
-    ProbeType::Command.as_str(),
-    ProbeType::Prometheus.as_str(),
-];
+pub const PROBE_TYPES: [&str; 4] = ProbeType::NAMES;
 
 /// The fault kind blocks a fault may have.
-pub const FAULT_KINDS: [&str; 5] = [
-    FaultKind::Network.as_str(),
-    FaultKind::Http.as_str(),
-    FaultKind::Toxiproxy.as_str(),
-    FaultKind::Process.as_str(),
-    FaultKind::Command.as_str(),
-];
+pub const FAULT_KINDS: [&str; 5] = FaultKind::NAMES;
 
 /// Why the schema checker could not be built (a bug in the generated schemas).
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +42,10 @@ pub struct SchemaCheck {
 }
 
 impl SchemaCheck {
-    /// Compiles the published schema called `name` (`pipeline` or `experiment`).
-    pub fn new(name: &'static str) -> Result<Self, SchemaError> {
-        let schema = crate::schema::schema(name).ok_or_else(|| SchemaError {
-            name,
-            message: "no such schema".into(),
-        })?;
+    /// Compiles `schema`, a JSON Schema (draft 2020-12) called `name` in errors: the
+    /// published one of its type, as [`crate::contract::schema_of`] generates it (the
+    /// caller builds it, so this module needs no list of published schemas).
+    pub fn new(name: &'static str, schema: Value) -> Result<Self, SchemaError> {
         let validator = jsonschema::draft202012::new(&schema).map_err(|err| SchemaError {
             name,
             message: err.to_string(),

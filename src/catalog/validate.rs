@@ -78,7 +78,7 @@ fn duplicates<'a>(
 }
 
 /// Checks one pipeline document on its own.
-pub fn check_pipeline(doc: &Value) -> Vec<Finding> {
+pub fn check_pipeline_document(doc: &Value) -> Vec<Finding> {
     let mut out = Vec::new();
     let root = FieldPath::root();
     for (i, route) in items(doc, "routes") {
@@ -111,46 +111,14 @@ pub fn check_pipeline(doc: &Value) -> Vec<Finding> {
 }
 
 /// Checks one experiment document on its own.
-pub fn check_experiment(doc: &Value) -> Vec<Finding> {
+pub fn check_experiment_document(doc: &Value) -> Vec<Finding> {
     let mut out = Vec::new();
     let root = FieldPath::root();
     let faults = root.key("faults");
     let probes = root.key("probes");
-    duplicates(
-        items(doc, "faults"),
-        "name",
-        &faults,
-        "fault name",
-        &mut out,
-    );
-    duplicates(
-        items(doc, "probes"),
-        "name",
-        &probes,
-        "probe name",
-        &mut out,
-    );
-    let probe_names: Vec<&str> = items(doc, "probes")
-        .filter_map(|(_, p)| text(p, "name"))
-        .collect();
     for (i, fault) in items(doc, "faults") {
         let path = faults.index(i);
         FAULT_BLOCKS.check_exactly_one(fault, &path, &mut out);
-        for (k, probe) in items(fault, "probes") {
-            if let Some(probe) = probe.as_str()
-                && !probe_names.contains(&probe)
-            {
-                let known = if probe_names.is_empty() {
-                    "none".to_string()
-                } else {
-                    probe_names.join(", ")
-                };
-                out.push(Finding::new(
-                    path.key("probes").index(k),
-                    format!("unknown probe '{probe}' (probes of this experiment: {known})"),
-                ));
-            }
-        }
         check_fault_blocks(fault, &path, &mut out);
     }
     let has_faults = items(doc, "faults").next().is_some();
@@ -550,14 +518,14 @@ mod tests {
         };
         let alone = probe(json!({"url": "http://x/", "redirect_any_host": true}));
         assert_eq!(
-            messages(&check_experiment(&alone)),
+            messages(&check_experiment_document(&alone)),
             [
                 "probes[0].http.redirect_any_host: redirect_any_host has no effect without follow_redirects: true"
             ]
         );
         let both =
             probe(json!({"url": "http://x/", "follow_redirects": true, "redirect_any_host": true}));
-        assert!(messages(&check_experiment(&both)).is_empty());
+        assert!(messages(&check_experiment_document(&both)).is_empty());
     }
 
     #[test]
@@ -575,11 +543,9 @@ mod tests {
                 {"name": "q", "mode": "eot", "http": {"url": "http://x/", "criteria": {"body_regex": "(unclosed"}}}
             ]
         });
-        let found = messages(&check_experiment(&doc));
+        let found = messages(&check_experiment_document(&doc));
         let expected = [
-            "faults[1].name: duplicate fault name 'a' (also faults[0])",
             "faults[0]: fault 'a' has no kind: set one of network, http, toxiproxy, process, command",
-            "faults[0].probes[0]: unknown probe 'nope' (probes of this experiment: p, q)",
             "faults[1]: fault 'a' sets several kinds (network, toxiproxy): set exactly one",
             "faults[1].toxiproxy.toxic.type: the 'refuse' toxic is not available on Toxiproxy (use reset_peer or timeout, or a network fault)",
             "probes[0]: probe 'p' has no type: set one of http, tcp, command, prometheus",

@@ -3,10 +3,11 @@
 
 pub mod fault;
 pub mod probe;
+pub mod process;
 pub mod proxy;
-pub mod runner;
+pub mod run;
 pub mod score;
 pub mod target_lock;
 
-pub use runner::{ExperimentResult, Progress, ProgressEvent, RunContext, run_experiment};
+pub use run::{ExperimentResult, Progress, ProgressEvent, RunContext, run_experiment};
 pub use target_lock::TargetLocks;

@@ -13,13 +13,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use tokio::sync::mpsc;
 
+use chaosgate::catalog::credentials::credential_fields;
 use chaosgate::catalog::experiment::Experiment;
-use chaosgate::catalog::{Catalog, Span};
+use chaosgate::catalog::{Catalog, Problem, Span};
 use chaosgate::chaos::proxy::{ProxyRegistry, StandaloneConfig};
 use chaosgate::chaos::{ExperimentResult, Progress, ProgressEvent, RunContext, run_experiment};
 use chaosgate::contract::run_record::{RunStatus, Verdict};
@@ -47,10 +48,28 @@ pub struct ExperimentRunArgs {
 
 /// Loads the experiment, runs it, prints the report, and maps the verdict to the exit code.
 pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
-    let experiment = load(&args.path, args.experiment.as_deref())?;
+    let experiment = match load(&args.path, args.experiment.as_deref()) {
+        Ok(experiment) => experiment,
+        Err(Refusal::Problems(_, problems)) if args.json => {
+            // `--json` always answers with a result, even for an experiment that cannot
+            // run: a script reads why from it rather than from standard error.
+            let id = args
+                .experiment
+                .clone()
+                .or_else(|| experiment_id_in(&args.path))
+                .unwrap_or_default();
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            let result = ExperimentResult::refused(&id, &lines);
+            let text = serde_json::to_string_pretty(&result).context("cannot encode the result")?;
+            println!("{text}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(refusal) => return Err(refusal.into()),
+    };
     // Probe credentials (an Authorization header, a URL password) never reach the screen.
     let mut secrets = Secrets::default();
-    secrets.add_experiment(&experiment);
+    let fields = credential_fields(&experiment);
+    secrets.add_credentials(fields.headers, fields.urls);
     redact::install(&secrets);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,21 +108,53 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
     }))
 }
 
+/// Why `experiment run` did not run anything.
+enum Refusal {
+    /// The catalog at this path has problems (as `chaosgate validate` reports them).
+    Problems(PathBuf, Vec<Problem>),
+    /// Anything else (no such file, no such experiment).
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Refusal {
+    fn from(err: anyhow::Error) -> Self {
+        Refusal::Other(err)
+    }
+}
+
+impl From<Refusal> for anyhow::Error {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Other(err) => err,
+            Refusal::Problems(path, problems) => {
+                let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+                anyhow::anyhow!(
+                    "{} has {} problem(s) (see `chaosgate validate`):\n{}",
+                    path.display(),
+                    problems.len(),
+                    lines.join("\n")
+                )
+            }
+        }
+    }
+}
+
+/// The `id` of the experiment file at `path`, read as plainly as possible (for the
+/// result of a file that does not validate).
+fn experiment_id_in(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let document = chaosgate::catalog::document::Document::parse(&text).ok()?;
+    document.value.get("id")?.as_str().map(str::to_string)
+}
+
 /// Loads the catalog at `path` (a file or a folder, fully validated) and picks the
 /// experiment: `id`, or the only one there is.
-fn load(path: &Path, id: Option<&str>) -> anyhow::Result<Experiment> {
+fn load(path: &Path, id: Option<&str>) -> Result<Experiment, Refusal> {
     if !path.exists() {
-        bail!("{}: no such file or folder", path.display());
+        return Err(anyhow::anyhow!("{}: no such file or folder", path.display()).into());
     }
-    let catalog = Catalog::load(&[path]).map_err(|problems| {
-        let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-        anyhow::anyhow!(
-            "{} has {} problem(s) (see `chaosgate validate`):\n{}",
-            path.display(),
-            problems.len(),
-            lines.join("\n")
-        )
-    })?;
+    let catalog =
+        Catalog::load(&[path]).map_err(|problems| Refusal::Problems(path.to_owned(), problems))?;
     let ids: Vec<&str> = catalog.experiments().map(|e| e.id.as_str()).collect();
     let experiment = match id {
         Some(id) => catalog.experiment(id).with_context(|| {
@@ -115,12 +166,15 @@ fn load(path: &Path, id: Option<&str>) -> anyhow::Result<Experiment> {
         })?,
         None => match catalog.experiments().collect::<Vec<_>>().as_slice() {
             [only] => *only,
-            [] => bail!("{} holds no experiment", path.display()),
-            _ => bail!(
-                "{} holds several experiments: pick one with --experiment ({})",
-                path.display(),
-                ids.join(", ")
-            ),
+            [] => return Err(anyhow::anyhow!("{} holds no experiment", path.display()).into()),
+            _ => {
+                return Err(anyhow::anyhow!(
+                    "{} holds several experiments: pick one with --experiment ({})",
+                    path.display(),
+                    ids.join(", ")
+                )
+                .into());
+            }
         },
     };
     Ok(experiment.clone())

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use chaosgate::bus::worker::WorkerError;
 use chaosgate::catalog::Catalog;
+use chaosgate::catalog::credentials::credential_fields;
 use chaosgate::chaos::proxy::ProxyRegistry;
-use chaosgate::chaos::runner::RunContext;
+use chaosgate::chaos::run::RunContext;
 use chaosgate::config::Config;
 use chaosgate::telemetry::http::Readiness;
 
@@ -51,7 +52,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         chaosgate::telemetry::init(&config.telemetry).context("cannot set up telemetry")?
     };
     tracing::info!(config = %args.config.display(), "configuration loaded");
-    match chaosgate::chaos::runner::raise_open_files_limit() {
+    match chaosgate::os::raise_open_files_limit() {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
     }
@@ -68,7 +69,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     };
-    chaosgate::telemetry::redact::install_for(&config, &catalog);
+    // Secrets of the configuration (Kafka properties, URL passwords, values set from
+    // `CHAOSGATE_*` variables included) and of the catalog (probe credentials).
+    let mut secrets = config.secrets();
+    for experiment in catalog.experiments() {
+        let fields = credential_fields(experiment);
+        secrets.add_credentials(fields.headers, fields.urls);
+    }
+    chaosgate::telemetry::redact::install(&secrets);
     let stopped = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));

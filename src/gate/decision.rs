@@ -1,5 +1,9 @@
 //! Decisions: whether a flag change is gated at all, whether a step passed, and the one
 //! flag command a flag change gets, with a reason a person can read in one line.
+//!
+//! A change that is not gated is answered at once by [`pass_on`], the one place that
+//! decides so: the worker's scheduler asks it before giving the change a run slot, and
+//! the pipeline executor before running anything.
 
 use chrono::{DateTime, Utc};
 
@@ -36,6 +40,24 @@ pub fn gating(change: &FlagChange, pipeline: Option<&Pipeline>) -> Gating {
         Gating::Gate
     } else {
         Gating::PassOn(ReasonCode::NotGated)
+    }
+}
+
+/// The command answering `change` at once, issued now, when it is not gated (see
+/// [`gating`]): `disable` for a requested `disable` (reason `requested`), else `enable`
+/// (`no_pipeline` when `pipeline` is `None`, `not_gated` when it does not gate this change
+/// kind). `None` when `pipeline` gates the change: it must run first.
+pub fn pass_on(change: &FlagChange, pipeline: Option<&Pipeline>) -> Option<FlagCommand> {
+    match gating(change, pipeline) {
+        Gating::Gate => None,
+        gating => Some(flag_command(
+            change,
+            pipeline,
+            gating,
+            &Outcome::Passed,
+            Vec::new(),
+            Utc::now(),
+        )),
     }
 }
 
@@ -270,6 +292,34 @@ mod tests {
         assert_eq!(command.command, CommandKind::Enable);
         assert_eq!(command.reason_code, ReasonCode::NoPipeline);
         assert_eq!(command.command_id, ids::command_id(&change.event_id));
+    }
+
+    #[test]
+    fn only_a_gated_change_is_not_passed_on() {
+        let mut pipeline = crate::catalog::pipeline::pipeline_example();
+        let mut change = flag_change_example();
+        change.change.kind = ChangeKind::Enable;
+        assert_eq!(pass_on(&change, Some(&pipeline)), None);
+        change.change.kind = ChangeKind::Update;
+        assert_eq!(pass_on(&change, Some(&pipeline)), None);
+
+        pipeline.gated_changes = vec![GatedChange::Enable];
+        let command = pass_on(&change, Some(&pipeline)).unwrap();
+        assert_eq!(command.command, CommandKind::Enable);
+        assert_eq!(command.reason_code, ReasonCode::NotGated);
+        assert_eq!(command.pipeline_id.as_deref(), Some(pipeline.id.as_str()));
+        assert_eq!(command.pipeline_execution_id, None);
+        assert!(command.steps.is_empty());
+
+        let command = pass_on(&change, None).unwrap();
+        assert_eq!(command.command, CommandKind::Enable);
+        assert_eq!(command.reason_code, ReasonCode::NoPipeline);
+
+        change.change.kind = ChangeKind::Disable;
+        let command = pass_on(&change, Some(&pipeline)).unwrap();
+        assert_eq!(command.command, CommandKind::Disable);
+        assert_eq!(command.reason_code, ReasonCode::Requested);
+        assert_eq!(command.pipeline_id, None);
     }
 
     #[test]

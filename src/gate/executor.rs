@@ -25,8 +25,9 @@ use tracing::Instrument;
 
 use crate::catalog::Catalog;
 use crate::catalog::assertion::AssertionInput;
+use crate::catalog::credentials::credential_fields;
 use crate::catalog::pipeline::{ChaosStep, FailureStrategy, FallbackStrategy, Pipeline, Stage};
-use crate::chaos::runner::{ExperimentResult, RunContext, run_experiment};
+use crate::chaos::run::{ExperimentResult, RunContext, run_experiment};
 use crate::contract::run_record::{ExperimentRef, FlagRef, StageRef, StepRef};
 use crate::contract::{FlagChange, FlagCommand, RunRecord, RunStatus, StepSummary, Verdict, ids};
 use crate::telemetry::{redact, traces};
@@ -189,24 +190,17 @@ pub async fn execute(
     catalog: &Catalog,
     context: &ExecutionContext,
 ) -> Execution {
-    let gating = decision::gating(change, pipeline);
-    let pipeline = match (gating, pipeline) {
-        (Gating::Gate, Some(pipeline)) => pipeline,
-        _ => {
-            let command = decision::flag_command(
-                change,
-                pipeline,
-                gating,
-                &Outcome::Passed,
-                Vec::new(),
-                Utc::now(),
-            );
+    let pipeline = match (decision::pass_on(change, pipeline), pipeline) {
+        (None, Some(pipeline)) => pipeline,
+        // Passed on (which every change without a pipeline is).
+        (command, _) => {
             return Execution {
                 records: Vec::new(),
-                command: Some(command),
+                command,
             };
         }
     };
+    let gating = Gating::Gate;
     let mut records = Vec::new();
     let mut steps = Vec::new();
     let mut outcome = Outcome::Passed;
@@ -492,7 +486,8 @@ async fn run_once(
         let mut secrets = redact::installed()
             .map(|installed| (*installed).clone())
             .unwrap_or_default();
-        secrets.add_experiment(experiment);
+        let fields = credential_fields(experiment);
+        secrets.add_credentials(fields.headers, fields.urls);
         secrets.scrub_run_record(&mut record);
         tracing::info!(
             status = record.status.as_str(),

@@ -26,9 +26,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{LogFormat, TelemetryConfig};
-
-use super::{redact, traces};
+use super::{LogFormat, TelemetryConfig, redact, traces};
 
 /// The log filter: `RUST_LOG` when set, else the configured one, else `info`.
 ///

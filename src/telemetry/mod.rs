@@ -1,6 +1,11 @@
 //! Telemetry beside the pipeline: logs, traces, metrics, the health and metrics HTTP
 //! endpoints, and redaction of secrets.
 //!
+//! Telemetry is a leaf: it uses `contract` and external crates only, so every other
+//! module may report through it. Callers hand it plain names and values (a fault's name
+//! and kind, a header and its value); its own settings ([`TelemetryConfig`]) are defined
+//! here and re-exported by `crate::config`.
+//!
 //! `chaosgate run` calls [`init`] once, inside its tokio runtime, and keeps the returned
 //! [`TelemetryGuard`] until the worker has stopped: dropping it flushes the spans still
 //! buffered.
@@ -10,14 +15,15 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod redact;
+pub mod settings;
 pub mod traces;
+
+pub use settings::{LogFormat, TelemetryConfig};
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-
-use crate::config::TelemetryConfig;
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -1,24 +1,26 @@
 //! Redaction: secrets (SASL and SSL passwords, OAuth client secrets, probe credentials)
 //! never reach logs or records.
 //!
-//! Two tools. By name: [`kafka_properties`], [`headers`] and [`config`] render a
-//! librdkafka property map, an HTTP header list or the whole configuration with every
-//! secret value replaced by [`MASK`], for printing. By value: [`Secrets`] collects the
-//! secret values of a configuration and a catalog once, then [`Secrets::scrub`] masks
-//! them wherever they turn up in free text (an error message, a probe's last error, a
-//! run record's log), since a library error may quote a value it was given.
+//! Two tools. By name: [`kafka_properties`], [`headers`] and [`url`] render a librdkafka
+//! property map, an HTTP header list or a URL with every secret value replaced by
+//! [`MASK`], for printing. By value: [`Secrets`] collects secret values once (those of
+//! the configuration, `crate::config::Config::secrets`, and the probe credentials the
+//! catalog lists, `crate::catalog::credentials`), then [`Secrets::scrub`] masks them
+//! wherever they turn up in free text (an error message, a probe's last error, a run
+//! record's log), since a library error may quote a value it was given.
 //!
 //! The worker [`install`]s the secrets of its configuration and catalog once at start;
 //! from then on every log line is scrubbed on its way to stderr (see [`super::logs`]),
 //! and every run record is scrubbed before it is published ([`Secrets::scrub_run_record`],
 //! called by the pipeline executor).
+//!
+//! Like all of telemetry, this module knows no configuration or catalog type: callers
+//! hand it names and values.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use crate::catalog::{Catalog, Experiment};
-use crate::config::Config;
 use crate::contract::RunRecord;
 
 /// What a secret value is replaced with.
@@ -114,22 +116,6 @@ pub fn url(url: &str) -> Cow<'_, str> {
     ))
 }
 
-/// A copy of the configuration with its secrets masked, for printing.
-pub fn config(config: &Config) -> Config {
-    let mut config = config.clone();
-    config.kafka.properties = kafka_properties(&config.kafka.properties);
-    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
-        config.telemetry.otlp_endpoint = Some(url(endpoint).into_owned());
-    }
-    config
-}
-
-/// The configuration as TOML with its secrets masked (for `--print-config` or a debug
-/// log line at start).
-pub fn config_toml(config_in: &Config) -> Result<String, toml::ser::Error> {
-    toml::to_string(&config(config_in))
-}
-
 /// Secret values known to this process, masked wherever they appear in free text.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
@@ -142,46 +128,25 @@ pub struct Secrets {
 const MIN_SECRET_LEN: usize = 4;
 
 impl Secrets {
-    /// The secrets of a configuration: secret Kafka properties and URL passwords.
-    pub fn of_config(config: &Config) -> Secrets {
-        let mut secrets = Secrets::default();
-        for (key, value) in &config.kafka.properties {
-            if is_secret_property(key) {
-                secrets.add(value);
-            }
-        }
-        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
-            secrets.add_url(endpoint);
-        }
-        secrets
-    }
-
-    /// Adds the credentials of an experiment's probes: secret HTTP headers and URL
-    /// passwords.
-    pub fn add_experiment(&mut self, experiment: &Experiment) {
-        for probe in &experiment.probes {
-            if let Some(http) = &probe.http {
-                for (name, value) in &http.headers {
-                    if is_secret_header(name) {
-                        self.add(value);
-                        // `Bearer abc`: the token alone may be quoted too.
-                        if let Some((_, token)) = value.split_once(' ') {
-                            self.add(token.trim());
-                        }
-                    }
+    /// Adds the credentials among HTTP headers (name, value) and URLs: the value of each
+    /// credential header (see [`is_secret_header`]; of `Bearer abc`, the token alone
+    /// too) and the password of each URL's user info.
+    pub fn add_credentials<'a>(
+        &mut self,
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        urls: impl IntoIterator<Item = &'a str>,
+    ) {
+        for (name, value) in headers {
+            if is_secret_header(name) {
+                self.add(value);
+                // `Bearer abc`: the token alone may be quoted too.
+                if let Some((_, token)) = value.split_once(' ') {
+                    self.add(token.trim());
                 }
-                self.add_url(&http.url);
-            }
-            if let Some(prometheus) = &probe.prometheus {
-                self.add_url(&prometheus.endpoint);
             }
         }
-    }
-
-    /// Adds the credentials of every experiment in the catalog.
-    pub fn add_catalog(&mut self, catalog: &Catalog) {
-        for experiment in catalog.experiments() {
-            self.add_experiment(experiment);
+        for url in urls {
+            self.add_url(url);
         }
     }
 
@@ -194,7 +159,8 @@ impl Secrets {
         self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     }
 
-    fn add_url(&mut self, url: &str) {
+    /// Adds the password of `url`'s user info (`scheme://user:password@host/...`), if any.
+    pub fn add_url(&mut self, url: &str) {
         let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else {
             return;
         };
@@ -271,14 +237,6 @@ pub fn install(secrets: &Secrets) {
     *installed = Some(Arc::new(all));
 }
 
-/// Installs the secrets of a configuration (Kafka properties, URL passwords, values set
-/// from `CHAOSGATE_*` variables included) and of a catalog (probe credentials).
-pub fn install_for(config: &Config, catalog: &Catalog) {
-    let mut secrets = Secrets::of_config(config);
-    secrets.add_catalog(catalog);
-    install(&secrets);
-}
-
 /// The secrets installed in this process, if any.
 pub fn installed() -> Option<Arc<Secrets>> {
     INSTALLED
@@ -291,32 +249,29 @@ pub fn installed() -> Option<Arc<Secrets>> {
 mod tests {
     use super::*;
 
-    const CONFIG: &str = r#"
-[kafka]
-bootstrap_servers = "broker:9093"
-[kafka.properties]
-"security.protocol" = "SASL_SSL"
-"sasl.mechanism" = "SCRAM-SHA-512"
-"sasl.username" = "chaosgate"
-"sasl.password" = "sasl-pa55word"
-"ssl.key.password" = "key-pa55word"
-"sasl.oauthbearer.client.secret" = "oauth-s3cret"
-"sasl.oauthbearer.config" = "principal=chaosgate extension_token=xyz-token"
-"ssl.ca.location" = "/etc/ssl/ca.pem"
-"client.id" = "chaosgate"
-[catalog]
-path = "catalog"
-[telemetry]
-otlp_endpoint = "http://otel:collector-pa55@collector:4317"
-"#;
-
-    fn config_with_secrets() -> Config {
-        Config::parse(CONFIG, "c.toml", Vec::new()).unwrap()
+    fn kafka_properties_with_secrets() -> BTreeMap<String, String> {
+        [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "chaosgate"),
+            ("sasl.password", "sasl-pa55word"),
+            ("ssl.key.password", "key-pa55word"),
+            ("sasl.oauthbearer.client.secret", "oauth-s3cret"),
+            (
+                "sasl.oauthbearer.config",
+                "principal=chaosgate extension_token=xyz-token",
+            ),
+            ("ssl.ca.location", "/etc/ssl/ca.pem"),
+            ("client.id", "chaosgate"),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
     }
 
     #[test]
     fn secret_properties_are_masked_and_others_kept() {
-        let shown = kafka_properties(&config_with_secrets().kafka.properties);
+        let shown = kafka_properties(&kafka_properties_with_secrets());
         for key in [
             "sasl.password",
             "ssl.key.password",
@@ -329,23 +284,6 @@ otlp_endpoint = "http://otel:collector-pa55@collector:4317"
         assert_eq!(shown["security.protocol"], "SASL_SSL");
         assert_eq!(shown["ssl.ca.location"], "/etc/ssl/ca.pem");
         assert_eq!(shown["client.id"], "chaosgate");
-    }
-
-    #[test]
-    fn the_rendered_config_holds_no_secret() {
-        let text = config_toml(&config_with_secrets()).unwrap();
-        for secret in [
-            "sasl-pa55word",
-            "key-pa55word",
-            "oauth-s3cret",
-            "xyz-token",
-            "collector-pa55",
-        ] {
-            assert!(!text.contains(secret), "{secret} in\n{text}");
-        }
-        assert!(text.contains("\"sasl.password\" = \"***\""), "{text}");
-        assert!(text.contains("http://otel:***@collector:4317"), "{text}");
-        assert!(text.contains("sasl.username"), "{text}");
     }
 
     #[test]
@@ -392,29 +330,18 @@ otlp_endpoint = "http://otel:collector-pa55@collector:4317"
 
     #[test]
     fn known_secret_values_are_scrubbed_from_text() {
-        let mut secrets = Secrets::of_config(&config_with_secrets());
-        let experiment: Experiment = serde_saphyr::from_str(
-            r#"
-kind: experiment
-id: payments
-probes:
-  - name: api
-    mode: continuous
-    http:
-      url: https://probe:probe-pa55@payments.internal/health
-      headers:
-        Authorization: Bearer tok-0123456789
-        X-Request-Id: visible-id
-  - name: errors
-    mode: eot
-    prometheus:
-      endpoint: http://prom:prom-pa55@prometheus:9090
-      query: up
-      comparison: {type: int, criteria: ge, value: "1"}
-"#,
-        )
-        .unwrap();
-        secrets.add_experiment(&experiment);
+        let mut secrets = Secrets::default();
+        secrets.add("sasl-pa55word");
+        secrets.add_credentials(
+            [
+                ("Authorization", "Bearer tok-0123456789"),
+                ("X-Request-Id", "visible-id"),
+            ],
+            [
+                "https://probe:probe-pa55@payments.internal/health",
+                "http://prom:prom-pa55@prometheus:9090",
+            ],
+        );
         let line = "SASL authentication failed with sasl-pa55word; probe sent \
                     'Bearer tok-0123456789' to https://probe:probe-pa55@payments.internal, \
                     token tok-0123456789, prometheus prom-pa55, id visible-id";

@@ -340,37 +340,43 @@ pub fn step_span(step_id: &str, experiment_id: &str, run_id: &str, attempt: u32)
 }
 
 /// The span of injecting (`action` = `inject`) or reverting (`revert`) one fault:
-/// `fault inject <name>`, a child of `parent` (the run's step span). Traces only.
+/// `fault inject <name>`, a child of `parent` (the run's step span). `kind` is the
+/// fault's kind as the catalog spells it (`command`, `network`, ...). Traces only.
 pub fn fault_span(
     parent: &tracing::Span,
     action: &'static str,
-    fault: &crate::catalog::experiment::Fault,
+    name: &str,
+    kind: &str,
 ) -> tracing::Span {
     tracing::info_span!(
         target: SPAN_ONLY_TARGET,
         parent: parent,
         "fault",
-        otel.name = %format!("fault {action} {}", fault.name),
+        otel.name = %format!("fault {action} {name}"),
         chaosgate.fault.action = action,
-        chaosgate.fault.name = %fault.name,
-        chaosgate.fault.kind = fault.kind().map_or("unknown", |k| k.as_str()),
+        chaosgate.fault.name = %name,
+        chaosgate.fault.kind = kind,
     )
 }
 
 /// The span of one check of a probe (its attempts, up to the probe's `attempts`):
-/// `probe <name>`, a child of `parent` (the run's step span). Traces only.
+/// `probe <name>`, a child of `parent` (the run's step span). `probe_type` is the probe's
+/// type as the catalog spells it (`http`, `tcp`, ...); `mode` its mode, recorded as its
+/// `Debug` text. Traces only.
 pub fn probe_span(
     parent: &tracing::Span,
-    probe: &crate::catalog::experiment::Probe,
+    name: &str,
+    probe_type: &str,
+    mode: impl std::fmt::Debug,
 ) -> tracing::Span {
     tracing::info_span!(
         target: SPAN_ONLY_TARGET,
         parent: parent,
         "probe",
-        otel.name = %format!("probe {}", probe.name),
-        chaosgate.probe.name = %probe.name,
-        "chaosgate.probe.type" = probe.probe_type().map_or("unknown", |t| t.as_str()),
-        chaosgate.probe.mode = ?probe.mode,
+        otel.name = %format!("probe {name}"),
+        chaosgate.probe.name = %name,
+        "chaosgate.probe.type" = probe_type,
+        chaosgate.probe.mode = ?mode,
     )
 }
 

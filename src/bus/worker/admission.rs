@@ -15,7 +15,7 @@ use crate::bus::offsets::Ledger;
 use crate::bus::outputs::{self, Output, Source};
 use crate::bus::transaction::{Assignment, Completion};
 use crate::catalog::Catalog;
-use crate::chaos::runner::RunContext;
+use crate::chaos::run::RunContext;
 use crate::config::Topics;
 use crate::contract::flag_change::{BadFlagChange, decode_flag_change};
 use crate::contract::{ErrorClass, FlagChange, KafkaMessage, ids};

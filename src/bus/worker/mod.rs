@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
-use crate::chaos::runner::RunContext;
+use crate::chaos::run::RunContext;
 use crate::config::Config;
 use crate::telemetry::heartbeat::Heartbeat;
 use crate::telemetry::http::Readiness;

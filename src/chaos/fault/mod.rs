@@ -1,4 +1,12 @@
-//! Faults: inject and revert, one pair per kind, behind one dispatch.
+//! Faults: one driver per kind (inject, renew, revert; a revert confirms the fault is
+//! gone, or fails), behind one `match` on [`FaultKind`].
+//!
+//! | kind | driver | leased | revert, and its proof |
+//! |---|---|---|---|
+//! | `network`, `http` | [`proxied`] | yes | removed from the proxy by id |
+//! | `toxiproxy` | [`toxiproxy`] | no | toxics deleted by name |
+//! | `process` | [`process`] | no | SIGCONT after a `pause`; a `kill` has nothing to undo |
+//! | `command` | [`command`] | no | the revert command exits 0 |
 //!
 //! [`inject`] returns an [`Injected`] value that holds everything [`revert`] needs, so the
 //! runner can revert from any exit path, and [`revert_detached`] can still do it from a
@@ -7,22 +15,19 @@
 
 pub mod command;
 pub mod process;
-pub mod proxy;
+pub mod proxied;
 pub mod toxiproxy;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::experiment::{
-    CommandLine, Fault, HttpAction, ProcessAction, ProcessFault, Toxic,
+    CommandLine, Fault, FaultKind, HttpAction, ProcessAction, ProcessFault, Toxic,
 };
 
 /// Why a fault could not be injected, renewed or reverted.
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
-    /// The fault does not have exactly one kind block.
-    #[error("fault '{0}' must have exactly one of network, http, toxiproxy, process, command")]
-    NoKind(String),
     /// chaosgate's fault proxy refused or could not be reached.
     #[error(transparent)]
     Proxy(#[from] crate::chaos::proxy::ProxyError),
@@ -41,7 +46,7 @@ pub enum FaultError {
 #[derive(Debug, Clone)]
 pub enum Injected {
     /// A network or HTTP fault in chaosgate's proxy (leased).
-    Proxy(proxy::ProxyFault),
+    Proxy(proxied::ProxyFault),
     /// Toxics created on a Toxiproxy server.
     Toxiproxy(toxiproxy::Toxics),
     /// Processes signalled (a `pause` is undone with SIGCONT).
@@ -59,29 +64,22 @@ pub struct FaultSetup {
     pub lease: Duration,
 }
 
-/// A one-line description of what a fault does, e.g. `network latency 200ms`.
+/// A one-line description of what a fault does, e.g. `network latency 200ms on payments`.
 pub fn describe(fault: &Fault) -> String {
-    if let Some(f) = &fault.network {
-        return format!("network {} on {}", describe_toxic(&f.toxic), f.target);
+    match &fault.kind {
+        FaultKind::Network(f) => format!("network {} on {}", describe_toxic(&f.toxic), f.target),
+        FaultKind::Http(f) => {
+            let action = match &f.action {
+                HttpAction::Abort { status, .. } => format!("abort {status}"),
+                HttpAction::Delay { delay } => format!("delay {delay}"),
+                HttpAction::Modify { .. } => "modify".to_string(),
+            };
+            format!("http {action} on {}", f.target)
+        }
+        FaultKind::Toxiproxy(f) => format!("toxiproxy {} on {}", describe_toxic(&f.toxic), f.proxy),
+        FaultKind::Process(f) => describe_process(f),
+        FaultKind::Command(f) => format!("command {}", command::program_name(&f.inject)),
     }
-    if let Some(f) = &fault.http {
-        let action = match &f.action {
-            HttpAction::Abort { status, .. } => format!("abort {status}"),
-            HttpAction::Delay { delay } => format!("delay {delay}"),
-            HttpAction::Modify { .. } => "modify".to_string(),
-        };
-        return format!("http {action} on {}", f.target);
-    }
-    if let Some(f) = &fault.toxiproxy {
-        return format!("toxiproxy {} on {}", describe_toxic(&f.toxic), f.proxy);
-    }
-    if let Some(f) = &fault.process {
-        return describe_process(f);
-    }
-    if let Some(f) = &fault.command {
-        return format!("command {}", command::program_name(&f.inject));
-    }
-    "no kind".to_string()
 }
 
 fn describe_toxic(toxic: &Toxic) -> String {
@@ -113,26 +111,21 @@ fn describe_process(f: &ProcessFault) -> String {
 
 /// Injects `fault`.
 pub async fn inject(fault: &Fault, setup: &FaultSetup) -> Result<Injected, FaultError> {
-    if fault.kind().is_none() {
-        return Err(FaultError::NoKind(fault.name.clone()));
-    }
-    if fault.network.is_some() || fault.http.is_some() {
-        let active = proxy::inject(fault, setup.proxy.as_ref(), setup.lease).await?;
-        return Ok(Injected::Proxy(active));
-    }
-    if let Some(f) = &fault.toxiproxy {
-        return Ok(Injected::Toxiproxy(
-            toxiproxy::inject(&fault.name, f).await?,
-        ));
-    }
-    if let Some(f) = &fault.process {
-        return Ok(Injected::Process(process::inject(f)?));
-    }
-    if let Some(f) = &fault.command {
-        command::run_checked(&f.inject).await?;
-        return Ok(Injected::Command(f.revert.clone()));
-    }
-    Err(FaultError::NoKind(fault.name.clone()))
+    let embedded = setup.proxy.as_ref();
+    Ok(match &fault.kind {
+        FaultKind::Network(f) => {
+            Injected::Proxy(proxied::inject_network(f, embedded, setup.lease).await?)
+        }
+        FaultKind::Http(f) => {
+            Injected::Proxy(proxied::inject_http(f, embedded, setup.lease).await?)
+        }
+        FaultKind::Toxiproxy(f) => Injected::Toxiproxy(toxiproxy::inject(&fault.name, f).await?),
+        FaultKind::Process(f) => Injected::Process(process::inject(f)?),
+        FaultKind::Command(f) => {
+            command::run_checked(&f.inject).await?;
+            Injected::Command(f.revert.clone())
+        }
+    })
 }
 
 /// What to revert when an inject failed or was interrupted part-way, if anything.
@@ -142,19 +135,17 @@ pub async fn inject(fault: &Fault, setup: &FaultSetup) -> Result<Injected, Fault
 /// Toxiproxy toxics are deleted by their known names (a missing one is fine). Process and
 /// proxy injects leave nothing behind when they fail.
 pub fn after_failed_inject(fault: &Fault) -> Option<Injected> {
-    if let Some(f) = &fault.command {
-        return Some(Injected::Command(f.revert.clone()));
+    match &fault.kind {
+        FaultKind::Command(f) => Some(Injected::Command(f.revert.clone())),
+        FaultKind::Toxiproxy(f) => Some(Injected::Toxiproxy(toxiproxy::planned(&fault.name, f))),
+        FaultKind::Network(_) | FaultKind::Http(_) | FaultKind::Process(_) => None,
     }
-    if let Some(f) = &fault.toxiproxy {
-        return Some(Injected::Toxiproxy(toxiproxy::planned(&fault.name, f)));
-    }
-    None
 }
 
 /// Extends the lease of a proxy fault; other faults have no lease.
 pub async fn renew(injected: &Injected, lease: Duration) -> Result<(), FaultError> {
     match injected {
-        Injected::Proxy(active) => Ok(proxy::renew(active, lease).await?),
+        Injected::Proxy(active) => Ok(proxied::renew(active, lease).await?),
         Injected::Toxiproxy(_) | Injected::Process(_) | Injected::Command(_) => Ok(()),
     }
 }
@@ -170,7 +161,7 @@ pub fn has_lease(injected: &Injected) -> bool {
 /// Reverts an injected fault.
 pub async fn revert(injected: &Injected) -> Result<(), FaultError> {
     match injected {
-        Injected::Proxy(active) => Ok(proxy::revert(active).await?),
+        Injected::Proxy(active) => Ok(proxied::revert(active).await?),
         Injected::Toxiproxy(toxics) => Ok(toxiproxy::revert(toxics).await?),
         Injected::Process(signalled) => Ok(process::revert(signalled)?),
         Injected::Command(line) => {
@@ -187,7 +178,7 @@ pub async fn revert(injected: &Injected) -> Result<(), FaultError> {
 /// runtime when there is none.
 pub fn revert_detached(injected: Injected) {
     if let Injected::Proxy(active) = &injected
-        && proxy::revert_now(active)
+        && proxied::revert_now(active)
     {
         return;
     }

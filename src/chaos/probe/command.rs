@@ -1,21 +1,20 @@
 //! Command probes: run a local command and judge its exit code and, optionally, its
 //! trimmed standard output with a typed comparison.
 //!
-//! `argv` runs without a shell (`sh -c` only with `shell: true`), in a process group of
-//! its own with standard input closed, and waits for its turn with the fault commands
-//! (see [`crate::chaos::fault::command::start`]; the wait counts towards the timeout). When an attempt is cut off, the whole group is
-//! killed, so a shell's children do not outlive it. The command inherits the worker's
-//! environment; failure texts name only the program (never its arguments or
-//! environment, which may hold secrets) plus the first line of its standard error.
+//! The command runs through [`crate::chaos::process`]: without a shell (`sh -c` only
+//! with `shell: true`), in a process group of its own with standard input closed, after
+//! waiting for its turn with the fault commands (the wait counts towards the timeout).
+//! Its output is read until every process holding it has closed it
+//! ([`AfterExit::UntilClosed`]); when an attempt is cut off, the whole group is killed, so
+//! a shell's children do not outlive it. The command inherits the worker's environment;
+//! failure texts name only the program (never its arguments or environment, which may
+//! hold secrets) plus the first line of its standard error.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
-
 use super::compare::{CompareFailure, compare, shorten};
-use crate::catalog::experiment::{CommandLine, CommandProbe};
+use crate::catalog::experiment::CommandProbe;
+use crate::chaos::process::{self, AfterExit, ProcessError, RunSettings, program_name};
 
 /// At most this much of standard output is kept and judged.
 const STDOUT_LIMIT: usize = 1024 * 1024;
@@ -79,51 +78,33 @@ impl std::fmt::Display for Stderr {
     }
 }
 
-/// A started command; dropping it before it finished kills its whole process group.
-struct Running {
-    child: Child,
-    /// The process group (the child's pid), while it may still hold live processes.
-    group: Option<i32>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(group) = self.group.take() {
-            // SAFETY: kill(2) has no memory-safety preconditions. The group id is the pid
-            // of our child, which has not been reaped yet (or has members left), so it
-            // cannot name another process group.
-            unsafe {
-                libc::kill(-group, libc::SIGKILL);
-            }
-        }
-        // `kill_on_drop` then kills (and tokio reaps) the child itself.
-    }
-}
+/// How a probe's command runs: its output kept up to these limits and read to its end;
+/// the caller's attempt timeout bounds it.
+const SETTINGS: RunSettings = RunSettings {
+    stdout_limit: STDOUT_LIMIT,
+    stderr_limit: STDERR_LIMIT,
+    timeout: None,
+    after_exit: AfterExit::UntilClosed,
+};
 
 /// One attempt: run the command, wait for it, judge exit code and output.
 pub(super) async fn attempt(probe: &CommandProbe) -> Result<(), CommandFailure> {
     let fail = |reason: CommandReason| CommandFailure {
-        program: program(&probe.command),
+        program: program_name(&probe.command),
         reason,
     };
-    let command = build(&probe.command).ok_or_else(|| fail(CommandReason::Empty))?;
-    let (child, _turn) = crate::chaos::fault::command::start(command)
+    let exited = process::run(&probe.command, &SETTINGS)
         .await
-        .map_err(|err| fail(CommandReason::Spawn(super::io_reason(&err))))?;
-    let group = child.id().and_then(|pid| i32::try_from(pid).ok());
-    let mut running = Running { child, group };
-    let stdout = running.child.stdout.take();
-    let stderr = running.child.stderr.take();
-    let (status, out, err) = tokio::join!(
-        running.child.wait(),
-        read_capped(stdout, STDOUT_LIMIT),
-        read_capped(stderr, STDERR_LIMIT)
-    );
-    // Finished, and every holder of its output is gone: nothing left to kill.
-    running.group = None;
-    let status = status.map_err(|e| fail(CommandReason::Wait(super::io_reason(&e))))?;
-    let stderr = Stderr(first_line(&err));
-    match status.code() {
+        .map_err(|err| {
+            fail(match err {
+                ProcessError::Empty => CommandReason::Empty,
+                ProcessError::Spawn(err) => CommandReason::Spawn(super::io_reason(&err)),
+                ProcessError::Wait(err) => CommandReason::Wait(super::io_reason(&err)),
+                ProcessError::TimedOut(limit) => CommandReason::TimedOut(limit.as_millis()),
+            })
+        })?;
+    let stderr = Stderr(first_line(&exited.stderr));
+    match exited.code() {
         Some(code) if code == probe.exit_code => {}
         Some(code) => {
             return Err(fail(CommandReason::Exit {
@@ -133,71 +114,17 @@ pub(super) async fn attempt(probe: &CommandProbe) -> Result<(), CommandFailure> 
             }));
         }
         None => {
-            use std::os::unix::process::ExitStatusExt;
             return Err(fail(CommandReason::Signal(
-                status.signal().unwrap_or(0),
+                exited.signal().unwrap_or(0),
                 stderr,
             )));
         }
     }
     if let Some(comparison) = &probe.stdout {
-        let text = String::from_utf8_lossy(&out);
+        let text = String::from_utf8_lossy(&exited.stdout);
         compare(&text, comparison).map_err(|e| fail(CommandReason::Stdout(e)))?;
     }
     Ok(())
-}
-
-/// The command as tokio runs it; `None` when `argv` is empty.
-fn build(line: &CommandLine) -> Option<Command> {
-    let mut command = if line.shell {
-        let mut sh = Command::new("sh");
-        sh.arg("-c").arg(line.argv.join(" "));
-        if line.argv.is_empty() {
-            return None;
-        }
-        sh
-    } else {
-        let (program, args) = line.argv.split_first()?;
-        let mut direct = Command::new(program);
-        direct.args(args);
-        direct
-    };
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    Some(command)
-}
-
-/// The program as failure texts name it.
-fn program(line: &CommandLine) -> String {
-    if line.shell {
-        "sh -c".to_string()
-    } else {
-        line.argv.first().cloned().unwrap_or_default()
-    }
-}
-
-/// Reads a pipe to its end, keeping at most `limit` bytes (the rest is read and dropped,
-/// so the command never blocks on a full pipe).
-async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let Some(mut pipe) = pipe else {
-        return kept;
-    };
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = limit.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-    kept
 }
 
 /// The first non-empty line of `bytes`, shortened.
@@ -214,7 +141,7 @@ fn first_line(bytes: &[u8]) -> String {
 /// The failure of an attempt cut off after `limit`.
 pub(super) fn timed_out(probe: &CommandProbe, limit: Duration) -> CommandFailure {
     CommandFailure {
-        program: program(&probe.command),
+        program: program_name(&probe.command),
         reason: CommandReason::TimedOut(limit.as_millis()),
     }
 }

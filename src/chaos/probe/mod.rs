@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use crate::catalog::experiment::Probe;
+use crate::catalog::experiment::{Probe, ProbeType};
 
 /// The outcome of one check of a probe.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
     /// Whether the last attempt met the probe's criteria.
     pub passed: bool,
-    /// Attempts made (1 when the first passed; 0 when the probe could not be run at all).
+    /// Attempts made (1 when the first passed).
     pub attempts: u32,
     /// Why the last failed attempt failed (a connection error is a failure, not an error).
     pub error: Option<String>,
@@ -37,9 +37,9 @@ pub struct Check {
 
 /// Checks `probe` once, retrying failed attempts as its run properties say.
 ///
-/// `attempts` below 1 counts as 1. Each attempt is cut off after `timeout` (for a command
-/// probe, the command's own `timeout` when that is shorter); a command still running then
-/// is killed together with the processes it started.
+/// `attempts` is at least 1 (validation refuses 0). Each attempt is cut off after
+/// `timeout` (for a command probe, the command's own `timeout` when that is shorter); a
+/// command still running then is killed together with the processes it started.
 pub async fn check(probe: &Probe) -> Check {
     let started = Instant::now();
     let props = &probe.run_properties;
@@ -47,12 +47,12 @@ pub async fn check(probe: &Probe) -> Check {
     let limit = attempt_limit(probe);
     let mut last_error = None;
     for attempt in 1..=attempts {
-        let outcome = match tokio::time::timeout(limit, attempt_once(probe))
+        let outcome = match tokio::time::timeout(limit, attempt_once(&probe.probe_type))
             .instrument(crate::telemetry::traces::probe_attempt_span(attempt))
             .await
         {
             Ok(outcome) => outcome,
-            Err(_) => Err(timed_out(probe, limit)),
+            Err(_) => Err(timed_out(&probe.probe_type, limit)),
         };
         match outcome {
             Ok(()) => {
@@ -63,15 +63,7 @@ pub async fn check(probe: &Probe) -> Check {
                     took: started.elapsed(),
                 };
             }
-            Err(AttemptError::Unrunnable(reason)) => {
-                return Check {
-                    passed: false,
-                    attempts: 0,
-                    error: Some(format!("probe '{}': {reason}", probe.name)),
-                    took: started.elapsed(),
-                };
-            }
-            Err(AttemptError::Failed(reason)) => last_error = Some(reason),
+            Err(reason) => last_error = Some(reason),
         }
         if attempt < attempts {
             tokio::time::sleep(props.interval.duration()).await;
@@ -85,66 +77,46 @@ pub async fn check(probe: &Probe) -> Check {
     }
 }
 
-/// Why one attempt did not pass.
-enum AttemptError {
-    /// The target did not meet the criteria (or could not be reached): worth retrying.
-    Failed(String),
-    /// The probe itself cannot be run (no type block, or more than one): no retry helps.
-    Unrunnable(String),
-}
-
-/// One attempt, unbounded in time (the caller bounds it).
+/// One attempt, unbounded in time (the caller bounds it): `Err` says why the target did
+/// not meet the criteria (or could not be reached).
 ///
 /// Each type's attempt is boxed: the check future then stays small (a few hundred bytes
 /// rather than the largest type's state), which matters with ten thousand probes waiting.
-async fn attempt_once(probe: &Probe) -> Result<(), AttemptError> {
-    let failed = |reason: String| AttemptError::Failed(reason);
-    match (&probe.http, &probe.tcp, &probe.command, &probe.prometheus) {
-        (Some(http), None, None, None) => Box::pin(http::attempt(http))
+async fn attempt_once(probe_type: &ProbeType) -> Result<(), String> {
+    match probe_type {
+        ProbeType::Http(http) => Box::pin(http::attempt(http))
             .await
-            .map_err(|e| failed(e.to_string())),
-        (None, Some(tcp), None, None) => Box::pin(tcp::attempt(tcp))
+            .map_err(|e| e.to_string()),
+        ProbeType::Tcp(tcp) => Box::pin(tcp::attempt(tcp)).await.map_err(|e| e.to_string()),
+        ProbeType::Command(command) => Box::pin(command::attempt(command))
             .await
-            .map_err(|e| failed(e.to_string())),
-        (None, None, Some(command), None) => Box::pin(command::attempt(command))
+            .map_err(|e| e.to_string()),
+        ProbeType::Prometheus(prometheus) => Box::pin(prometheus::attempt(prometheus))
             .await
-            .map_err(|e| failed(e.to_string())),
-        (None, None, None, Some(prometheus)) => Box::pin(prometheus::attempt(prometheus))
-            .await
-            .map_err(|e| failed(e.to_string())),
-        (None, None, None, None) => Err(AttemptError::Unrunnable(
-            "no probe type set (one of http, tcp, command, prometheus)".to_string(),
-        )),
-        _ => Err(AttemptError::Unrunnable(
-            "more than one probe type set (exactly one of http, tcp, command, prometheus)"
-                .to_string(),
-        )),
+            .map_err(|e| e.to_string()),
     }
 }
 
 /// How long one attempt of `probe` may take.
 fn attempt_limit(probe: &Probe) -> Duration {
     let timeout = probe.run_properties.timeout.duration();
-    match probe.command.as_ref().and_then(|c| c.command.timeout) {
-        Some(own) => timeout.min(own.duration()),
-        None => timeout,
+    match &probe.probe_type {
+        ProbeType::Command(c) => c
+            .command
+            .timeout
+            .map_or(timeout, |own| timeout.min(own.duration())),
+        _ => timeout,
     }
 }
 
 /// The failure of an attempt cut off after `limit`, in the probe type's words.
-fn timed_out(probe: &Probe, limit: Duration) -> AttemptError {
-    let reason = if let Some(http) = &probe.http {
-        http::timed_out(http, limit).to_string()
-    } else if let Some(tcp) = &probe.tcp {
-        tcp::timed_out(tcp, limit).to_string()
-    } else if let Some(command) = &probe.command {
-        command::timed_out(command, limit).to_string()
-    } else if let Some(prometheus) = &probe.prometheus {
-        prometheus::timed_out(prometheus, limit).to_string()
-    } else {
-        format!("no result within {} ms", limit.as_millis())
-    };
-    AttemptError::Failed(reason)
+fn timed_out(probe_type: &ProbeType, limit: Duration) -> String {
+    match probe_type {
+        ProbeType::Http(http) => http::timed_out(http, limit).to_string(),
+        ProbeType::Tcp(tcp) => tcp::timed_out(tcp, limit).to_string(),
+        ProbeType::Command(command) => command::timed_out(command, limit).to_string(),
+        ProbeType::Prometheus(prometheus) => prometheus::timed_out(prometheus, limit).to_string(),
+    }
 }
 
 /// A short reason for an I/O error: "connection refused" rather than
@@ -187,12 +159,9 @@ mod tests {
             name: "small".to_string(),
             mode: ProbeMode::Continuous,
             run_properties: RunProperties::default(),
-            http: None,
-            tcp: Some(TcpProbe {
+            probe_type: ProbeType::Tcp(TcpProbe {
                 address: "127.0.0.1:1".to_string(),
             }),
-            command: None,
-            prometheus: None,
         };
         let size = std::mem::size_of_val(&check(&probe));
         assert!(size <= 1024, "a check future takes {size} bytes");

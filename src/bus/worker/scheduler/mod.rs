@@ -296,23 +296,14 @@ impl Scheduler {
                 .pipeline
                 .as_deref()
                 .and_then(|id| catalog.pipeline(id));
-            let gating = decision::gating(&pending.change, pipeline);
-            if gating == decision::Gating::Gate {
+            let Some(command) = decision::pass_on(&pending.change, pipeline) else {
                 if self.runs.len() >= self.wiring.max_in_flight {
                     self.ready.push_back(pending);
                     return;
                 }
                 self.spawn(pending);
                 return;
-            }
-            let command = decision::flag_command(
-                &pending.change,
-                pipeline,
-                gating,
-                &decision::Outcome::Passed,
-                Vec::new(),
-                chrono::Utc::now(),
-            );
+            };
             tracing::info!(flag = %pending.flag, command = command.command.as_str(), reason = %command.reason, "passed on");
             if let Some(id) = &pending.execution_id {
                 self.wiring.kill_switch.unregister(id);

@@ -5,7 +5,7 @@ use super::*;
 use crate::bus::kill_switch::KillSwitch;
 use crate::bus::offsets::{Ledger, PartitionOffsets};
 use crate::catalog::Catalog;
-use crate::chaos::runner::RunContext;
+use crate::chaos::run::RunContext;
 use crate::config::Topics;
 use crate::contract::{Change, ChangeKind, FlagChange};
 use tokio_util::sync::CancellationToken;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::experiment::Fault;
+use crate::catalog::experiment::{HttpFault, NetworkFault};
 use crate::chaos::proxy::{FaultBackend, FaultId, ProxyError, ProxyRegistry};
 
 /// A fault active in a proxy: where it is and its id there.
@@ -19,29 +19,26 @@ pub struct ProxyFault {
     pub id: FaultId,
 }
 
-/// Adds `fault` (a network or HTTP fault) to its proxy for `lease`.
-pub async fn inject(
-    fault: &Fault,
+/// Adds a network fault to its proxy for `lease`.
+pub async fn inject_network(
+    fault: &NetworkFault,
     embedded: Option<&Arc<ProxyRegistry>>,
     lease: Duration,
 ) -> Result<ProxyFault, ProxyError> {
-    if let Some(network) = &fault.network {
-        let backend = FaultBackend::select(network.proxy.as_deref(), embedded)?;
-        let id = backend.add_network_fault(network, lease).await?;
-        return Ok(ProxyFault { backend, id });
-    }
-    if let Some(http) = &fault.http {
-        let backend = FaultBackend::select(http.proxy.as_deref(), embedded)?;
-        let id = backend.add_http_fault(http, lease).await?;
-        return Ok(ProxyFault { backend, id });
-    }
-    Err(ProxyError::InvalidFault {
-        field: "kind".to_string(),
-        message: format!(
-            "fault '{}' is neither a network nor an HTTP fault",
-            fault.name
-        ),
-    })
+    let backend = FaultBackend::select(fault.proxy.as_deref(), embedded)?;
+    let id = backend.add_network_fault(fault, lease).await?;
+    Ok(ProxyFault { backend, id })
+}
+
+/// Adds an HTTP fault to its proxy for `lease`.
+pub async fn inject_http(
+    fault: &HttpFault,
+    embedded: Option<&Arc<ProxyRegistry>>,
+    lease: Duration,
+) -> Result<ProxyFault, ProxyError> {
+    let backend = FaultBackend::select(fault.proxy.as_deref(), embedded)?;
+    let id = backend.add_http_fault(fault, lease).await?;
+    Ok(ProxyFault { backend, id })
 }
 
 /// Extends the fault's lease to `lease` from now.

@@ -1,0 +1,393 @@
+//! The rules a typed experiment must keep for the engine to run it as written: one list,
+//! used by `chaosgate validate` (through [`super::Catalog::load`], with file and line) and
+//! by the runner before it touches anything (`chaos::run`), so whatever the runner would
+//! refuse or reinterpret is a validation error first.
+//!
+//! Each rule names the field it is about. The JSON-level checks in [`super::validate`]
+//! come first and cover what needs no types (exactly one kind block, URLs, regular
+//! expressions, argument lists); these need the typed values (durations, timings against
+//! fault durations, names across the experiment).
+//!
+//! # The rules
+//!
+//! - fault and probe names are unique; a fault's `probes` names probes of the experiment;
+//! - an experiment has faults or probes; its `timeout`, when set, is above 0s;
+//! - a fault's `weight` is 1 to 10;
+//! - a probe's `timeout` is above 0s and `attempts` at least 1; a polling probe's
+//!   (`continuous`, `on_chaos`) `polling_interval` is above 0s;
+//! - an `on_chaos` probe's `initial_delay` is below the time every fault it judges is
+//!   active (its `duration`; for `parallel` execution, the shortest), so it can check
+//!   while they are: a check outside that window never counts as passed;
+//! - a `process` fault's `name` can match `/proc/PID/comm`: at most 15 bytes (the
+//!   kernel's `TASK_COMM_LEN` of 16, with its NUL), no `/`, not empty;
+//! - a comparison's expected `float` value is a finite number (not `NaN` or infinite,
+//!   which no observed value equals or orders against).
+
+use std::collections::HashMap;
+
+use super::experiment::{
+    Comparison, Experiment, FaultExecution, FaultKind, ProbeMode, ProbeType, ValueType,
+};
+use super::problem::{FieldPath, Finding};
+use super::span::Span;
+
+/// The kernel keeps at most this many bytes of a process name in `/proc/PID/comm`
+/// (`TASK_COMM_LEN` is 16, including the terminating NUL; see proc(5)).
+pub const MAX_PROCESS_NAME: usize = 15;
+
+/// Every rule `experiment` breaks, each at its field (empty when it can run as written).
+pub fn check_experiment(experiment: &Experiment) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let root = FieldPath::root();
+    if experiment.faults.is_empty() && experiment.probes.is_empty() {
+        out.push(Finding::new(
+            root.clone(),
+            "the experiment has neither faults nor probes",
+        ));
+    }
+    if let Some(timeout) = experiment.timeout {
+        positive(timeout, &root.key("timeout"), "timeout", &mut out);
+    }
+    unique_names(
+        experiment.faults.iter().map(|f| f.name.as_str()),
+        &root.key("faults"),
+        "fault",
+        &mut out,
+    );
+    unique_names(
+        experiment.probes.iter().map(|p| p.name.as_str()),
+        &root.key("probes"),
+        "probe",
+        &mut out,
+    );
+    check_faults(experiment, &mut out);
+    check_probes(experiment, &mut out);
+    out
+}
+
+/// Renders findings as one line, `path: message; ...` (the runner's refusal).
+pub fn describe(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(|f| {
+            if f.path.is_root() {
+                f.message.clone()
+            } else {
+                format!("{}: {}", f.path, f.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn positive(span: Span, path: &FieldPath, what: &str, out: &mut Vec<Finding>) {
+    if span.duration().is_zero() {
+        out.push(Finding::new(
+            path.clone(),
+            format!("{what} must be above 0s"),
+        ));
+    }
+}
+
+fn unique_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    list: &FieldPath,
+    what: &str,
+    out: &mut Vec<Finding>,
+) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (index, name) in names.enumerate() {
+        if let Some(earlier) = first.get(name) {
+            out.push(Finding::new(
+                list.index(index).key("name"),
+                format!(
+                    "duplicate {what} name '{name}' (also {})",
+                    list.index(*earlier)
+                ),
+            ));
+        } else {
+            first.insert(name, index);
+        }
+    }
+}
+
+fn check_faults(experiment: &Experiment, out: &mut Vec<Finding>) {
+    let faults = FieldPath::root().key("faults");
+    let probe_names: Vec<&str> = experiment.probes.iter().map(|p| p.name.as_str()).collect();
+    for (i, fault) in experiment.faults.iter().enumerate() {
+        let path = faults.index(i);
+        if !(1..=10).contains(&fault.weight) {
+            out.push(Finding::new(
+                path.key("weight"),
+                format!("weight {} is not 1 to 10", fault.weight),
+            ));
+        }
+        for (k, name) in fault.probes.iter().flatten().enumerate() {
+            if !probe_names.contains(&name.as_str()) {
+                let known = if probe_names.is_empty() {
+                    "none".to_string()
+                } else {
+                    probe_names.join(", ")
+                };
+                out.push(Finding::new(
+                    path.key("probes").index(k),
+                    format!("unknown probe '{name}' (probes of this experiment: {known})"),
+                ));
+            }
+        }
+        if let FaultKind::Process(process) = &fault.kind
+            && let Some(name) = &process.name
+            && let Some(problem) = unmatchable_process_name(name)
+        {
+            out.push(Finding::new(path.key("process").key("name"), problem));
+        }
+    }
+}
+
+/// Why no process can ever have `name` in `/proc/PID/comm`, if it cannot.
+fn unmatchable_process_name(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("an empty name matches no process: write the name in /proc/PID/comm".into());
+    }
+    if name.contains('/') {
+        return Some(format!(
+            "'{name}' holds a '/': /proc/PID/comm holds the program's name, not a path"
+        ));
+    }
+    if name.len() > MAX_PROCESS_NAME {
+        let mut cut = MAX_PROCESS_NAME;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return Some(format!(
+            "'{name}' is {} bytes, but the kernel keeps {MAX_PROCESS_NAME} in /proc/PID/comm, \
+             so no process matches it: write '{}' or use pid_file",
+            name.len(),
+            &name[..cut]
+        ));
+    }
+    None
+}
+
+fn check_probes(experiment: &Experiment, out: &mut Vec<Finding>) {
+    let probes = FieldPath::root().key("probes");
+    for (i, probe) in experiment.probes.iter().enumerate() {
+        let path = probes.index(i);
+        let properties = &probe.run_properties;
+        let at = path.key("run_properties");
+        positive(properties.timeout, &at.key("timeout"), "timeout", out);
+        if properties.attempts == 0 {
+            out.push(Finding::new(
+                at.key("attempts"),
+                "attempts must be at least 1",
+            ));
+        }
+        if matches!(probe.mode, ProbeMode::Continuous | ProbeMode::OnChaos) {
+            positive(
+                properties.polling_interval,
+                &at.key("polling_interval"),
+                "a polling probe's polling_interval",
+                out,
+            );
+        }
+        if probe.mode == ProbeMode::OnChaos {
+            check_chaos_window(experiment, i, &path, out);
+        }
+        match &probe.probe_type {
+            ProbeType::Command(command) => {
+                if let Some(stdout) = &command.stdout {
+                    check_expected(stdout, &path.key("command").key("stdout"), out);
+                }
+            }
+            ProbeType::Prometheus(prometheus) => check_expected(
+                &prometheus.comparison,
+                &path.key("prometheus").key("comparison"),
+                out,
+            ),
+            ProbeType::Http(_) | ProbeType::Tcp(_) => {}
+        }
+    }
+}
+
+/// An `on_chaos` probe must be able to check while the faults it judges are active.
+fn check_chaos_window(experiment: &Experiment, p: usize, path: &FieldPath, out: &mut Vec<Finding>) {
+    let probe = &experiment.probes[p];
+    let at = path.key("run_properties").key("initial_delay");
+    let delay = probe.run_properties.initial_delay;
+    let judged = experiment.faults.iter().filter(|f| {
+        f.probes
+            .as_ref()
+            .is_none_or(|names| names.contains(&probe.name))
+    });
+    // Serial: each judged fault is a window of its own. Parallel: the window is while
+    // every fault is active, so the shortest fault of the experiment bounds it.
+    let windows: Vec<(&str, Span)> = match experiment.execution {
+        FaultExecution::Serial => judged.map(|f| (f.name.as_str(), f.duration)).collect(),
+        FaultExecution::Parallel if judged.count() > 0 => experiment
+            .faults
+            .iter()
+            .min_by_key(|f| f.duration.duration())
+            .map(|f| (f.name.as_str(), f.duration))
+            .into_iter()
+            .collect(),
+        FaultExecution::Parallel => Vec::new(),
+    };
+    if experiment.faults.is_empty() {
+        out.push(Finding::new(
+            path.key("mode"),
+            "an on_chaos probe checks while faults are active, but this experiment has no faults",
+        ));
+        return;
+    }
+    for (fault, active) in windows {
+        if delay.duration() >= active.duration() {
+            out.push(Finding::new(
+                at.clone(),
+                format!(
+                    "initial_delay {delay} is not below the {active} fault '{fault}' is active: \
+                     an on_chaos probe must check while its faults are active (a check after \
+                     the revert never counts)"
+                ),
+            ));
+        }
+    }
+}
+
+/// The expected value of a comparison must be one an observed value can meet.
+fn check_expected(comparison: &Comparison, path: &FieldPath, out: &mut Vec<Finding>) {
+    if comparison.value_type == ValueType::Float
+        && let Ok(value) = comparison.value.trim().parse::<f64>()
+        && !value.is_finite()
+    {
+        out.push(Finding::new(
+            path.key("value"),
+            format!(
+                "'{}' is not a finite number: nothing equals or orders against it",
+                comparison.value
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn experiment(yaml: &str) -> Experiment {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn messages(experiment: &Experiment) -> Vec<String> {
+        check_experiment(experiment)
+            .iter()
+            .map(|f| format!("{}: {}", f.path, f.message))
+            .collect()
+    }
+
+    const COMMAND: &str = "command: {inject: {argv: ['true']}, revert: {argv: ['true']}}";
+
+    #[test]
+    fn names_are_unique_and_probe_references_known() {
+        let e = experiment(&format!(
+            "kind: experiment\nid: x\nfaults:\n  - {{name: a, weight: 1, duration: 1s, probes: [nope], {COMMAND}}}\n  - {{name: a, weight: 1, duration: 1s, {COMMAND}}}\nprobes:\n  - {{name: p, mode: eot, tcp: {{address: '127.0.0.1:1'}}}}\n  - {{name: p, mode: sot, tcp: {{address: '127.0.0.1:1'}}}}\n"
+        ));
+        assert_eq!(
+            messages(&e),
+            [
+                "faults[1].name: duplicate fault name 'a' (also faults[0])",
+                "probes[1].name: duplicate probe name 'p' (also probes[0])",
+                "faults[0].probes[0]: unknown probe 'nope' (probes of this experiment: p, p)",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_that_only_work_above_zero_must_be() {
+        let e = experiment(&format!(
+            "kind: experiment\nid: x\ntimeout: 0s\nfaults:\n  - {{name: a, weight: 1, duration: 1s, {COMMAND}}}\nprobes:\n  - name: p\n    mode: continuous\n    run_properties: {{timeout: 0s, attempts: 0, polling_interval: 0s}}\n    tcp: {{address: '127.0.0.1:1'}}\n"
+        ));
+        assert_eq!(
+            messages(&e),
+            [
+                "timeout: timeout must be above 0s",
+                "probes[0].run_properties.timeout: timeout must be above 0s",
+                "probes[0].run_properties.attempts: attempts must be at least 1",
+                "probes[0].run_properties.polling_interval: a polling probe's polling_interval must be above 0s",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_on_chaos_probe_must_be_able_to_check_while_its_faults_are_active() {
+        let probe = |delay: &str| {
+            format!(
+                "probes:\n  - {{name: p, mode: on_chaos, run_properties: {{initial_delay: {delay}}}, tcp: {{address: '127.0.0.1:1'}}}}\n"
+            )
+        };
+        let serial = |delay: &str, duration: &str| {
+            experiment(&format!(
+                "kind: experiment\nid: x\nfaults:\n  - {{name: a, weight: 1, duration: {duration}, {COMMAND}}}\n{}",
+                probe(delay)
+            ))
+        };
+        assert!(messages(&serial("900ms", "1s")).is_empty());
+        let late = "probes[0].run_properties.initial_delay: initial_delay 3s is not below the 1s fault 'a' is active: an on_chaos probe must check while its faults are active (a check after the revert never counts)";
+        assert_eq!(messages(&serial("3s", "1s")), [late]);
+        assert_eq!(messages(&serial("1s", "1s")).len(), 1);
+        // A 0s fault leaves no time to check in.
+        assert_eq!(messages(&serial("0s", "0s")).len(), 1);
+        // Parallel: the window is while every fault is active, so the shortest bounds it.
+        let parallel = experiment(&format!(
+            "kind: experiment\nid: x\nexecution: parallel\nfaults:\n  - {{name: long, weight: 1, duration: 10s, {COMMAND}}}\n  - {{name: short, weight: 1, duration: 2s, {COMMAND}}}\n{}",
+            probe("5s")
+        ));
+        assert_eq!(
+            messages(&parallel),
+            [
+                "probes[0].run_properties.initial_delay: initial_delay 5s is not below the 2s fault 'short' is active: an on_chaos probe must check while its faults are active (a check after the revert never counts)"
+            ]
+        );
+        // A fault that names other probes is not this probe's window.
+        let other = experiment(&format!(
+            "kind: experiment\nid: x\nfaults:\n  - {{name: a, weight: 1, duration: 1s, probes: [q], {COMMAND}}}\n  - {{name: b, weight: 1, duration: 9s, {COMMAND}}}\nprobes:\n  - {{name: p, mode: on_chaos, run_properties: {{initial_delay: 3s}}, tcp: {{address: '127.0.0.1:1'}}}}\n  - {{name: q, mode: eot, tcp: {{address: '127.0.0.1:1'}}}}\n"
+        ));
+        assert!(messages(&other).is_empty(), "{:?}", messages(&other));
+    }
+
+    #[test]
+    fn a_process_name_must_be_one_proc_comm_can_hold() {
+        let named = |name: &str| {
+            experiment(&format!(
+                "kind: experiment\nid: x\nfaults:\n  - {{name: a, weight: 1, duration: 1s, process: {{action: pause, name: '{name}'}}}}\n"
+            ))
+        };
+        assert!(messages(&named("postgres")).is_empty());
+        assert!(messages(&named("exactly15bytes_")).is_empty());
+        assert_eq!(
+            messages(&named("kube-controller-manager")),
+            [
+                "faults[0].process.name: 'kube-controller-manager' is 23 bytes, but the kernel keeps 15 in /proc/PID/comm, so no process matches it: write 'kube-controller' or use pid_file"
+            ]
+        );
+        assert_eq!(messages(&named("/usr/bin/redis")).len(), 1);
+        assert_eq!(messages(&named("")).len(), 1);
+    }
+
+    #[test]
+    fn an_expected_float_is_a_finite_number() {
+        let expecting = |value: &str| {
+            experiment(&format!(
+                "kind: experiment\nid: x\nprobes:\n  - {{name: p, mode: sot, command: {{command: {{argv: [echo, '1']}}, stdout: {{type: float, criteria: eq, value: '{value}'}}}}}}\n"
+            ))
+        };
+        assert!(messages(&expecting("1.5")).is_empty());
+        for bad in ["NaN", "inf", "-infinity"] {
+            assert_eq!(
+                messages(&expecting(bad)),
+                [format!(
+                    "probes[0].command.stdout.value: '{bad}' is not a finite number: nothing equals or orders against it"
+                )]
+            );
+        }
+    }
+}
