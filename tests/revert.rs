@@ -9,25 +9,12 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use chaosgate::catalog::experiment::Experiment;
 use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
-use chaosgate::chaos::{ExperimentResult, ProgressEvent, RunContext, TargetLocks, run_experiment};
+use chaosgate::chaos::{ExperimentResult, ProgressEvent, RunContext, run_experiment};
 use chaosgate::contract::run_record::{FaultResult, RunStatus};
 use tokio::sync::mpsc;
 
-use support::{ChildGuard, EchoServer, Toxiproxy, free_port, process_state};
-
-fn experiment(yaml: &str) -> Experiment {
-    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test experiment: {e}\n{yaml}"))
-}
-
-/// A context with its own target locks, so tests running side by side do not wait.
-fn context() -> RunContext {
-    RunContext {
-        targets: TargetLocks::new(),
-        ..RunContext::default()
-    }
-}
+use support::{ChildGuard, EchoServer, Toxiproxy, context, experiment, free_port, process_state};
 
 fn only_fault(result: &ExperimentResult) -> &FaultResult {
     assert_eq!(result.faults.len(), 1, "{:?}", result.faults);
