@@ -79,6 +79,18 @@ async fn start_target() -> Target {
                 }))
             }),
         )
+        // Written as text: serde_json's Value would round the numbers beyond u64.
+        .route(
+            "/exact",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    r#"{"big": 9007199254740993, "max": 9223372036854775807,
+                        "beyond": 18446744073709551616, "half": 12345678901234567.5,
+                        "three": 3, "text": "ok ", "nested": {"items": [3.0, "x", null]}}"#,
+                )
+            }),
+        )
         .route(
             "/echo",
             any(
@@ -148,6 +160,19 @@ fn http_probe(url: String, criteria: HttpCriteria) -> Probe {
             criteria,
         }),
     )
+}
+
+/// An HTTP probe of `url` judging, besides the default statuses, the JSON at `pointer`.
+fn json_probe(url: &str, pointer: &str, equals: serde_json::Value) -> Probe {
+    let json = JsonPointerMatch {
+        pointer: pointer.to_string(),
+        equals,
+    };
+    let criteria = HttpCriteria {
+        json: Some(json),
+        ..HttpCriteria::default()
+    };
+    http_probe(url.to_string(), criteria)
 }
 
 fn tcp_probe(address: String) -> Probe {
@@ -387,42 +412,89 @@ async fn http_body_regex_passes_fails_and_reports_a_bad_pattern() {
 async fn http_json_pointer_equals_passes_and_fails_with_what_was_found() {
     let target = start_target().await;
     let url = target.url("/json");
-    let pointer = |pointer: &str, equals: serde_json::Value| HttpCriteria {
-        json: Some(JsonPointerMatch {
-            pointer: pointer.to_string(),
-            equals,
-        }),
-        ..HttpCriteria::default()
-    };
     for (ptr, value) in [
         ("/status", serde_json::json!("up")),
         ("/count", serde_json::json!(3.0)),
         ("/nested", serde_json::json!({"ok": true})),
     ] {
-        let result = check(&http_probe(url.clone(), pointer(ptr, value))).await;
+        let result = check(&json_probe(&url, ptr, value)).await;
         assert!(passed(&result), "{ptr}: {result:?}");
     }
 
-    let unequal = check(&http_probe(url.clone(), pointer("/status", "down".into()))).await;
+    let unequal = check(&json_probe(&url, "/status", "down".into())).await;
     assert_eq!(
         error_of(&unequal),
         format!("GET {url}: JSON at \"/status\" is \"up\", expected \"down\"")
     );
-    let missing = check(&http_probe(url.clone(), pointer("/version", 1.into()))).await;
+    let missing = check(&json_probe(&url, "/version", 1.into())).await;
     assert_eq!(
         error_of(&missing),
         format!("GET {url}: JSON body has nothing at \"/version\"")
     );
 
     let text_url = target.url("/ok");
-    let not_json = check(&http_probe(
-        text_url.clone(),
-        pointer("/status", "up".into()),
-    ))
-    .await;
+    let not_json = check(&json_probe(&text_url, "/status", "up".into())).await;
     assert!(
         error_of(&not_json).starts_with(&format!("GET {text_url}: body is not JSON")),
         "{not_json:?}"
+    );
+}
+
+#[tokio::test]
+async fn http_json_numbers_compare_by_their_exact_value() {
+    let target = start_target().await;
+    let url = target.url("/exact");
+    for (ptr, value) in [
+        ("/big", serde_json::json!(9007199254740993u64)),
+        ("/max", serde_json::json!(i64::MAX)),
+        ("/three", serde_json::json!(3.0)),
+        ("/nested", serde_json::json!({"items": [3, "x", null]})),
+    ] {
+        let result = check(&json_probe(&url, ptr, value.clone())).await;
+        assert!(passed(&result), "{ptr} == {value}: {result:?}");
+    }
+    // Each of these is the same f64 as the body's number, and not the same number.
+    for (ptr, value, found) in [
+        (
+            "/big",
+            serde_json::json!(9007199254740992u64),
+            "9007199254740993",
+        ),
+        (
+            "/beyond",
+            serde_json::json!(18446744073709551615u64),
+            "18446744073709551616",
+        ),
+        (
+            "/half",
+            serde_json::json!(12345678901234568u64),
+            "12345678901234567.5",
+        ),
+    ] {
+        let result = check(&json_probe(&url, ptr, value.clone())).await;
+        assert_eq!(
+            error_of(&result),
+            format!("GET {url}: JSON at \"{ptr}\" is {found}, expected {value}")
+        );
+    }
+    let result = check(&json_probe(&url, "/text", "ok".into())).await;
+    assert_eq!(
+        error_of(&result),
+        format!("GET {url}: JSON at \"/text\" is \"ok \", expected \"ok\"")
+    );
+    let result = check(&json_probe(&url, "/three", "3".into())).await;
+    assert_eq!(
+        error_of(&result),
+        format!("GET {url}: JSON at \"/three\" is 3, expected \"3\"")
+    );
+    let reordered = serde_json::json!({"items": ["x", 3, null]});
+    let result = check(&json_probe(&url, "/nested", reordered)).await;
+    assert_eq!(
+        error_of(&result),
+        format!(
+            "GET {url}: JSON at \"/nested\" is {{\"items\":[3.0,\"x\",null]}}, \
+             expected {{\"items\":[\"x\",3,null]}}"
+        )
     );
 }
 
@@ -653,6 +725,53 @@ async fn command_stdout_int_comparisons() {
 }
 
 #[tokio::test]
+async fn command_stdout_numbers_keep_every_digit() {
+    let echo =
+        |text: &'static str, cmp: Comparison| command_probe(&["echo", text], false, 0, Some(cmp));
+    let cmp = comparison(ValueType::Int, Comparator::Eq, "9007199254740992");
+    let failed = check(&echo("9007199254740993", cmp)).await;
+    assert_eq!(
+        error_of(&failed),
+        "command 'echo': stdout 9007199254740993 is not == 9007199254740992"
+    );
+    for (printed, value_type, criteria, value) in [
+        (
+            "9223372036854775807",
+            ValueType::Int,
+            Comparator::Eq,
+            "9223372036854775807",
+        ),
+        (
+            "18446744073709551616",
+            ValueType::Int,
+            Comparator::Gt,
+            "18446744073709551615",
+        ),
+        ("017", ValueType::Int, Comparator::Eq, "17"),
+        ("5.0", ValueType::Int, Comparator::Eq, "5"),
+        (
+            "0.10000000000000001",
+            ValueType::Float,
+            Comparator::Gt,
+            "0.1",
+        ),
+    ] {
+        let result = check(&echo(printed, comparison(value_type, criteria, value))).await;
+        assert!(
+            passed(&result),
+            "{printed} {criteria:?} {value}: {result:?}"
+        );
+    }
+    let cmp = comparison(ValueType::Float, Comparator::Lt, "NaN");
+    let refused = check(&echo("1", cmp)).await;
+    assert_eq!(
+        error_of(&refused),
+        "command 'echo': stdout cannot be compared: the expected value \"NaN\" is not a finite number \
+         (NaN and infinities cannot be thresholds)"
+    );
+}
+
+#[tokio::test]
 async fn command_stdout_float_comparisons() {
     let cmp = comparison(ValueType::Float, Comparator::Le, "0.8");
     assert!(passed(
@@ -685,6 +804,18 @@ async fn command_stdout_string_comparisons() {
             "{criteria:?} {value}: {result:?}"
         );
     }
+    // Only the trailing line ends are dropped: other whitespace is part of the text.
+    let indented = ["printf", "  ready \\r\\n\\n"];
+    let cmp = comparison(ValueType::String, Comparator::Eq, "  ready ");
+    assert!(passed(
+        &check(&command_probe(&indented, false, 0, Some(cmp))).await
+    ));
+    let cmp = comparison(ValueType::String, Comparator::Eq, "ready");
+    let failed = check(&command_probe(&indented, false, 0, Some(cmp))).await;
+    assert_eq!(
+        error_of(&failed),
+        "command 'printf': stdout \"  ready \" is not == \"ready\""
+    );
     let cmp = comparison(ValueType::String, Comparator::Contains, "down");
     let failed = check(&command_probe(&out, false, 0, Some(cmp))).await;
     assert_eq!(
@@ -900,27 +1031,58 @@ async fn prometheus_queries_against_a_real_prometheus() {
         prometheus.log_tail()
     );
 
-    let float_ok = comparison(ValueType::Float, Comparator::Lt, "100");
-    assert!(passed(
-        &check(&prometheus_probe(endpoint, "demo_latency_ms", float_ok)).await
-    ));
-    let float_bad = comparison(ValueType::Float, Comparator::Gt, "100");
-    let failed = check(&prometheus_probe(endpoint, "demo_latency_ms", float_bad)).await;
-    assert_eq!(
-        error_of(&failed),
-        format!("query 'demo_latency_ms' at {endpoint}: value 42 is not > 100")
-    );
-
-    let int_bad = comparison(ValueType::Int, Comparator::Eq, "0");
-    let failed = check(&prometheus_probe(endpoint, "demo_up", int_bad)).await;
-    assert_eq!(
-        error_of(&failed),
-        format!("query 'demo_up' at {endpoint}: value 1 is not == 0")
-    );
-
-    let scalar = comparison(ValueType::Int, Comparator::Eq, "2");
-    let result = check(&prometheus_probe(endpoint, "scalar(demo_up) + 1", scalar)).await;
-    assert!(passed(&result), "{result:?}");
+    // Samples are f64 that Prometheus writes in full; they compare as exact decimals.
+    for (query, value_type, criteria, value) in [
+        ("demo_latency_ms", ValueType::Float, Comparator::Lt, "100"),
+        ("scalar(demo_up) + 1", ValueType::Int, Comparator::Eq, "2"),
+        (
+            "1e20",
+            ValueType::Int,
+            Comparator::Eq,
+            "100000000000000000000",
+        ),
+    ] {
+        let cmp = comparison(value_type, criteria, value);
+        let result = check(&prometheus_probe(endpoint, query, cmp)).await;
+        assert!(passed(&result), "{query} {criteria:?} {value}: {result:?}");
+    }
+    for (query, value_type, criteria, value, says) in [
+        (
+            "demo_latency_ms",
+            ValueType::Float,
+            Comparator::Gt,
+            "100",
+            "42 is not > 100",
+        ),
+        (
+            "demo_up",
+            ValueType::Int,
+            Comparator::Eq,
+            "0",
+            "1 is not == 0",
+        ),
+        (
+            "0.1 + 0.2",
+            ValueType::Float,
+            Comparator::Eq,
+            "0.3",
+            "0.30000000000000004 is not == 0.3",
+        ),
+        (
+            "NaN",
+            ValueType::Float,
+            Comparator::Ge,
+            "0",
+            "NaN is not >= 0",
+        ),
+    ] {
+        let cmp = comparison(value_type, criteria, value);
+        let failed = check(&prometheus_probe(endpoint, query, cmp)).await;
+        assert_eq!(
+            error_of(&failed),
+            format!("query '{query}' at {endpoint}: value {says}")
+        );
+    }
 
     let any = comparison(ValueType::Float, Comparator::Ge, "0");
     let none = check(&prometheus_probe(

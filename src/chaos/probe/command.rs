@@ -1,5 +1,6 @@
 //! Command probes: run a local command and judge its exit code and, optionally, its
-//! trimmed standard output with a typed comparison.
+//! standard output with a typed comparison (numbers ignore surrounding whitespace, text
+//! loses only its trailing line ends: see [`super::compare`]).
 //!
 //! The command runs through [`crate::chaos::process`]: without a shell (`sh -c` only
 //! with `shell: true`), in a process group of its own with standard input closed, after

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderName, HeaderValue, LOCATION};
 use reqwest::redirect::Policy;
 use reqwest::{Client, Method, Url};
-use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::compare::{regex, shorten};
@@ -207,7 +206,7 @@ pub enum HttpReason {
     JsonUnequal {
         /// The pointer from the probe.
         pointer: String,
-        /// The value found, as JSON (shortened).
+        /// The value found, as the body writes it (layout removed, shortened).
         found: String,
         /// The expected value, as JSON (shortened).
         expected: String,
@@ -322,24 +321,19 @@ fn judge(
     Ok(())
 }
 
-/// Whether the JSON body holds `json.equals` at `json.pointer`. Numbers compare by value,
-/// so `3` equals `3.0`.
+/// Whether the JSON body holds `json.equals` at `json.pointer`, compared exactly (see
+/// [`super::json`]: `3` equals `3.0`, `9007199254740993` does not equal
+/// `9007199254740992`).
 fn judge_json(json: &JsonPointerMatch, body: &[u8]) -> Result<(), HttpReason> {
-    let document: Value =
-        serde_json::from_slice(body).map_err(|err| HttpReason::NotJson(err.to_string()))?;
-    let found = document
-        .pointer(&json.pointer)
+    let document = super::json::parse(body).map_err(|err| HttpReason::NotJson(err.to_string()))?;
+    let found = super::json::lookup(document, &json.pointer)
         .ok_or_else(|| HttpReason::NoValueAt(json.pointer.clone()))?;
-    let equal = match (found, &json.equals) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64().is_some() && a.as_f64() == b.as_f64(),
-        (a, b) => a == b,
-    };
-    if equal {
+    if super::json::equals(found, &json.equals) {
         return Ok(());
     }
     Err(HttpReason::JsonUnequal {
         pointer: json.pointer.clone(),
-        found: shorten(&found.to_string(), 200),
+        found: shorten(&super::json::shown(found), 200),
         expected: shorten(&json.equals.to_string(), 200),
     })
 }

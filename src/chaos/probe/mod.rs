@@ -7,11 +7,14 @@
 //! mode, `initial_delay`, `polling_interval`, `stop_on_failure`) is the runner's business.
 //!
 //! Each probe type lives in its own module: [`http`], [`tcp`], [`command`] and
-//! [`prometheus`]; [`compare`] holds the typed comparisons the last two share.
+//! [`prometheus`]; [`compare`] holds the typed comparisons the last two share, `json` the
+//! HTTP probe's exact JSON equality, and `number` the exact decimal numbers both use.
 
 pub mod command;
 pub mod compare;
 pub mod http;
+pub(crate) mod json;
+pub(crate) mod number;
 pub mod prometheus;
 pub mod tcp;
 

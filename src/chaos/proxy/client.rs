@@ -11,7 +11,10 @@ use reqwest::Url;
 use serde::Serialize;
 
 use super::control::{AddFaultRequest, ApiError, LeaseAnswer, LeaseRequest};
-use super::{FaultId, ProxyError, ProxyProtocol, ProxyRegistry, TargetStatus};
+use super::error::{FaultId, ProxyError};
+use super::registry::ProxyRegistry;
+use super::settings::ProxyProtocol;
+use super::state::TargetStatus;
 use crate::catalog::experiment::{HttpFault, NetworkFault};
 
 /// Time allowed for one control API call.

@@ -28,7 +28,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{FaultId, ProxyError, ProxyRegistry, ProxyTarget};
+use super::error::{FaultId, ProxyError};
+use super::registry::ProxyRegistry;
+use super::settings::ProxyTarget;
 use crate::catalog::experiment::{HttpFault, NetworkFault};
 
 /// The control API address when the file gives none.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::registry::{ActiveFault, FaultSet, FaultSpec, ProxyRegistry, TargetState};
-use super::{FaultId, ProxyError};
+use super::error::{FaultId, ProxyError};
+use super::state::{FaultSet, FaultSpec, ProxyFaultStatus, TargetState};
 
 /// How often the reaper looks for expired leases.
 pub(crate) const REAP_EVERY: Duration = Duration::from_millis(50);
@@ -32,6 +32,12 @@ struct Lease {
 #[derive(Default)]
 pub(crate) struct LeaseTable {
     entries: Mutex<HashMap<FaultId, Lease>>,
+}
+
+impl std::fmt::Debug for LeaseTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseTable")
+    }
 }
 
 /// The expiry of a lease taken now, or why the lease is refused.
@@ -142,13 +148,13 @@ impl LeaseTable {
     }
 
     /// The unexpired faults on the target named `name`, oldest id first.
-    pub fn on_target(&self, name: &str) -> Vec<ActiveFault> {
+    pub fn on_target(&self, name: &str) -> Vec<ProxyFaultStatus> {
         let now = Instant::now();
-        let mut faults: Vec<ActiveFault> = self
+        let mut faults: Vec<ProxyFaultStatus> = self
             .lock()
             .iter()
             .filter(|(_, l)| l.target.target.name == name && l.expires > now)
-            .map(|(id, l)| ActiveFault {
+            .map(|(id, l)| ProxyFaultStatus {
                 id: *id,
                 expires_in_ms: u64::try_from((l.expires - now).as_millis()).unwrap_or(u64::MAX),
                 fault: l.fault.clone(),
@@ -159,8 +165,9 @@ impl LeaseTable {
     }
 }
 
-/// Reaps expired leases every [`REAP_EVERY`] until the registry is gone or cancelled.
-pub(crate) async fn reap_every(registry: Weak<ProxyRegistry>, cancel: CancellationToken) {
+/// Reaps expired leases every [`REAP_EVERY`] until the table is gone (its registry
+/// dropped) or `cancel`.
+pub(crate) async fn reap_every(leases: Weak<LeaseTable>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(REAP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -168,10 +175,10 @@ pub(crate) async fn reap_every(registry: Weak<ProxyRegistry>, cancel: Cancellati
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Some(registry) = registry.upgrade() else {
+        let Some(leases) = leases.upgrade() else {
             return;
         };
-        for id in registry.reap() {
+        for id in leases.reap() {
             tracing::info!(fault = %id, "fault lease expired; fault removed");
         }
     }

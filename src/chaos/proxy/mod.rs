@@ -6,156 +6,192 @@
 //! [`ProxyClient`]). Every fault carries a lease: a fault whose runner stops renewing it
 //! is removed by the registry's reaper, so a crashed runner never leaves a fault behind.
 //!
-//! - [`registry`]: the running targets and the faults on them.
-//! - `lease`: the lease table and its reaper.
+//! Modules, each depending only on those listed before it (a test keeps it so):
+//!
+//! - `settings`: a target as configured ([`ProxyTarget`], [`ProxyProtocol`]).
+//! - `error`: [`FaultId`] and [`ProxyError`].
+//! - `rule`: an HTTP fault compiled.
+//! - `state`: a running target and its fault set, shared by the modules below.
 //! - `toxic`: what the network toxics do to one connection.
-//! - `tcp`: the listeners and the byte pump (fast pass-through, toxic path).
+//! - `lease`: the lease table and its reaper.
+//! - `pump`: the byte pump (fast pass-through, toxic path).
+//! - `tcp`: a TCP target's connection.
 //! - `http`: the HTTP/1.1 proxy and its request faults.
+//! - `listener`: a target's listener, which hands each connection to `tcp` or `http`.
+//! - [`registry`]: the running targets and the faults on them.
 //! - [`control`]: the HTTP control API of a standalone proxy, and its config file.
 //! - [`client`]: the control API client, and [`FaultBackend`] (embedded or remote).
 
 pub mod client;
 pub mod control;
+mod error;
 mod http;
 mod lease;
+mod listener;
+mod pump;
 pub mod registry;
+mod rule;
+mod settings;
+mod state;
 mod tcp;
 mod toxic;
 
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::str::FromStr;
-
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
 pub use client::{FaultBackend, ProxyClient};
 pub use control::StandaloneConfig;
-pub use registry::{ActiveFault, FaultSpec, ProxyRegistry, TargetStatus};
+pub use error::{FaultId, ProxyError};
+pub use registry::ProxyRegistry;
+pub use settings::{ProxyProtocol, ProxyTarget};
+pub use state::{FaultSpec, ProxyFaultStatus, TargetStatus};
 
-/// What a proxy listener speaks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ProxyProtocol {
-    /// Raw TCP: network toxics.
-    #[default]
-    Tcp,
-    /// HTTP/1.1: HTTP faults (and network toxics).
-    Http,
-}
+#[cfg(test)]
+mod tests {
+    //! Dependencies inside the proxy point one way: each module imports only the
+    //! modules allowed for it here, all listed before it, so there is no cycle.
 
-impl fmt::Display for ProxyProtocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProxyProtocol::Tcp => "tcp",
-            ProxyProtocol::Http => "http",
-        })
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// Each proxy module, in layer order, with the proxy modules it may import.
+    const LAYERS: &[(&str, &[&str])] = &[
+        ("settings", &[]),
+        ("error", &["settings"]),
+        ("rule", &["error"]),
+        ("state", &["settings", "error", "rule"]),
+        ("toxic", &["error", "state"]),
+        ("lease", &["error", "state"]),
+        ("pump", &["state", "toxic"]),
+        ("tcp", &["state", "toxic", "pump"]),
+        ("http", &["state", "toxic", "rule", "pump"]),
+        ("listener", &["settings", "state", "toxic", "tcp", "http"]),
+        (
+            "registry",
+            &[
+                "settings", "error", "rule", "state", "toxic", "lease", "listener",
+            ],
+        ),
+        ("control", &["settings", "error", "registry"]),
+        (
+            "client",
+            &["settings", "error", "state", "registry", "control"],
+        ),
+    ];
+
+    /// The first path segment of each item a path starting at `rest` names:
+    /// `tcp::x` gives `tcp`, `{a::b, c}` gives `a` and `c`.
+    fn first_segments(rest: &str) -> Vec<String> {
+        let ident = |s: &str| -> String {
+            s.trim_start()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect()
+        };
+        let Some(group) = rest.strip_prefix('{') else {
+            return vec![ident(rest)];
+        };
+        let mut depth = 1;
+        let mut items = Vec::new();
+        let mut item = String::new();
+        for c in group.chars() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 1 => items.push(std::mem::take(&mut item)),
+                _ => {}
+            }
+            if depth == 0 {
+                break;
+            }
+            if depth == 1 && c == ',' {
+                continue;
+            }
+            item.push(c);
+        }
+        items.push(item);
+        items
+            .iter()
+            .map(|i| ident(i))
+            .filter(|i| !i.is_empty())
+            .collect()
     }
-}
 
-/// One proxied target: clients connect to `listen`, traffic goes on to `upstream`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ProxyTarget {
-    /// Name that faults refer to in `target`.
-    pub name: String,
-    /// Address to listen on.
-    #[schemars(with = "String")]
-    pub listen: SocketAddr,
-    /// Address (`host:port`) to forward to.
-    pub upstream: String,
-    /// `tcp` (default) or `http`.
-    #[serde(default)]
-    pub protocol: ProxyProtocol,
-}
-
-/// The id of one active fault in a proxy (embedded or standalone).
-///
-/// Ids start at a random point below 2^52, so an id from before a standalone proxy's
-/// restart is very unlikely to name another runner's fault, and JSON readers that use
-/// doubles read it exactly.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(transparent)]
-pub struct FaultId(pub u64);
-
-impl fmt::Display for FaultId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+    /// The proxy modules (or `mod` for an item of `mod.rs`) a file's non-test code
+    /// names through `super::` or `crate::chaos::proxy::`.
+    fn imports(text: &str) -> BTreeSet<String> {
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let code: String = code
+            .lines()
+            .map(|line| line.split("//").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let modules: BTreeSet<&str> = LAYERS.iter().map(|(m, _)| *m).collect();
+        let mut found = BTreeSet::new();
+        for prefix in ["super::", "crate::chaos::proxy::"] {
+            for (at, _) in code.match_indices(prefix) {
+                if prefix == "super::" && code[..at].ends_with("::") {
+                    continue; // `crate::chaos::proxy::` already counted
+                }
+                for segment in first_segments(&code[at + prefix.len()..]) {
+                    if modules.contains(segment.as_str()) {
+                        found.insert(segment);
+                    } else {
+                        found.insert(format!("mod ({segment})"));
+                    }
+                }
+            }
+        }
+        found
     }
-}
 
-impl FromStr for FaultId {
-    type Err = std::num::ParseIntError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        text.parse().map(FaultId)
+    #[test]
+    fn segments_of_paths_and_groups() {
+        assert_eq!(first_segments("tcp::serve;"), ["tcp"]);
+        assert_eq!(
+            first_segments("{error::{FaultId, ProxyError}, state};"),
+            ["error", "state"]
+        );
+        let text = "use super::state::TargetState;\nuse super::{FaultId, tcp};\n// super::http\n#[cfg(test)]\nuse super::client;";
+        let found: Vec<String> = imports(text).into_iter().collect();
+        assert_eq!(found, ["mod (FaultId)", "state", "tcp"]);
     }
-}
 
-/// Why a proxy operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// A target's listener could not be opened.
-    #[error("proxy target '{target}': cannot listen on {listen}: {source}")]
-    Bind {
-        /// The target's name.
-        target: String,
-        /// The address it asked for.
-        listen: SocketAddr,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// Two targets share a name.
-    #[error("proxy target '{0}' is configured more than once")]
-    DuplicateTarget(String),
-    /// No target has this name.
-    #[error("no proxy target named '{0}'")]
-    UnknownTarget(String),
-    /// The fault is not active: never added, removed, or its lease expired.
-    #[error("no active fault {0} (unknown, removed, or its lease expired)")]
-    UnknownFault(FaultId),
-    /// A fault (or its lease) has a value the proxy cannot apply.
-    #[error("invalid fault: {field}: {message}")]
-    InvalidFault {
-        /// The offending field, e.g. `toxicity` or `action.status`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// An HTTP fault names a target that is not an HTTP proxy.
-    #[error(
-        "proxy target '{target}' speaks {protocol}; HTTP faults need a target with protocol = \"http\""
-    )]
-    WrongProtocol {
-        /// The target's name.
-        target: String,
-        /// What it speaks.
-        protocol: ProxyProtocol,
-    },
-    /// A fault names no standalone proxy and no proxy is embedded in this process.
-    #[error(
-        "the fault names no `proxy` URL and no proxy runs in this process (configure proxy targets, or set `proxy` on the fault)"
-    )]
-    NoEmbeddedProxy,
-    /// A standalone proxy's configuration file cannot be used.
-    #[error("proxy config {path}: {message}")]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with the key named.
-        message: String,
-    },
-    /// A standalone proxy's control API could not be reached or refused the request.
-    #[error("proxy control API {url}: {message}")]
-    Remote {
-        /// The URL called.
-        url: String,
-        /// The HTTP status, when there was an answer.
-        status: Option<u16>,
-        /// What went wrong.
-        message: String,
-    },
+    #[test]
+    fn proxy_modules_depend_one_way() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/chaos/proxy");
+        let mut files = BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).expect("read src/chaos/proxy") {
+            let path = entry.expect("directory entry").path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let stem = path.file_stem().expect("file stem").to_string_lossy();
+                if stem != "mod" {
+                    files.insert(stem.into_owned());
+                }
+            }
+        }
+        let listed: BTreeSet<String> = LAYERS.iter().map(|(m, _)| m.to_string()).collect();
+        assert_eq!(
+            files, listed,
+            "every file in src/chaos/proxy has a place in LAYERS"
+        );
+        let mut problems = Vec::new();
+        for (index, (module, allowed)) in LAYERS.iter().enumerate() {
+            let earlier: Vec<&str> = LAYERS[..index].iter().map(|(m, _)| *m).collect();
+            for dep in *allowed {
+                assert!(
+                    earlier.contains(dep),
+                    "LAYERS lets {module} import {dep}, which is not listed before it"
+                );
+            }
+            let path = dir.join(format!("{module}.rs"));
+            let text = std::fs::read_to_string(&path).expect("read proxy module");
+            for dep in imports(&text) {
+                if !allowed.contains(&dep.as_str()) {
+                    problems.push(format!("{module} imports {dep}"));
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "imports against the proxy's layers (name the module, not a re-export of mod.rs): {problems:?}"
+        );
+    }
 }

@@ -4,132 +4,31 @@
 //! active faults through a `watch` channel: open connections see a fault added or
 //! removed on their next chunk, and new connections see the current set. The lease
 //! table (`lease`) is the record of what is active; the reaper removes what expired.
+//!
+//! The rule that keeps it right: the registry sits above the proxy's other modules
+//! (listener, lease, toxic, state, ...) and none of them imports it; what they share
+//! lives in `state`.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::http::HttpRule;
+use super::error::{FaultId, ProxyError};
 use super::lease::{self, LeaseTable};
-use super::{FaultId, ProxyError, ProxyProtocol, ProxyTarget, tcp, toxic};
+use super::listener;
+use super::rule::HttpRule;
+use super::settings::{ProxyProtocol, ProxyTarget};
+use super::state::{FaultSpec, TargetState, TargetStatus};
+use super::toxic;
 use crate::catalog::experiment::{HttpFault, NetworkFault};
 
 /// How long [`ProxyRegistry::shutdown`] waits for open connections to close.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
-
-/// A fault as added: network or HTTP. Serialised as `{"network": {..}}` or `{"http": {..}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultSpec {
-    /// A network toxic.
-    Network(NetworkFault),
-    /// An HTTP fault.
-    Http(HttpFault),
-}
-
-/// One active fault on a target.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ActiveFault {
-    /// Its id.
-    pub id: FaultId,
-    /// Time left on its lease, in milliseconds.
-    pub expires_in_ms: u64,
-    /// The fault.
-    #[serde(flatten)]
-    pub fault: FaultSpec,
-}
-
-/// A running target as the control API and the engine see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TargetStatus {
-    /// The target's name.
-    pub name: String,
-    /// The address it listens on (the bound port when the config said 0).
-    pub listen: SocketAddr,
-    /// Where traffic goes.
-    pub upstream: String,
-    /// `tcp` or `http`.
-    pub protocol: ProxyProtocol,
-    /// Its active faults.
-    pub faults: Vec<ActiveFault>,
-    /// Connections accepted since start.
-    pub connections_total: u64,
-    /// Connections open now.
-    pub connections_open: u64,
-    /// New connections closed at once by a `refuse` toxic.
-    pub connections_refused: u64,
-}
-
-/// The faults active on one target, as its connections read them.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct FaultSet {
-    /// Network toxics, in the order they were added.
-    pub network: Vec<(FaultId, NetworkFault)>,
-    /// HTTP faults, compiled, in the order they were added.
-    pub http: Vec<(FaultId, Arc<HttpRule>)>,
-}
-
-/// One running target: its settings, its faults and its counters.
-#[derive(Debug)]
-pub(crate) struct TargetState {
-    /// The target, with the bound listen address.
-    pub target: ProxyTarget,
-    /// The active faults; connections hold receivers.
-    pub faults: watch::Sender<Arc<FaultSet>>,
-    /// Connections accepted since start.
-    pub connections_total: AtomicU64,
-    /// Connections open now.
-    pub connections_open: AtomicU64,
-    /// Connections refused by a `refuse` toxic.
-    pub connections_refused: AtomicU64,
-}
-
-impl TargetState {
-    fn new(target: ProxyTarget) -> TargetState {
-        TargetState {
-            target,
-            faults: watch::Sender::new(Arc::new(FaultSet::default())),
-            connections_total: AtomicU64::new(0),
-            connections_open: AtomicU64::new(0),
-            connections_refused: AtomicU64::new(0),
-        }
-    }
-
-    /// Removes fault `id` from the set its connections read.
-    pub fn detach(&self, id: FaultId) {
-        self.faults.send_if_modified(|set| {
-            let has =
-                set.network.iter().any(|(f, _)| *f == id) || set.http.iter().any(|(f, _)| *f == id);
-            if has {
-                let set = Arc::make_mut(set);
-                set.network.retain(|(f, _)| *f != id);
-                set.http.retain(|(f, _)| *f != id);
-            }
-            has
-        });
-    }
-
-    fn status(&self, faults: Vec<ActiveFault>) -> TargetStatus {
-        TargetStatus {
-            name: self.target.name.clone(),
-            listen: self.target.listen,
-            upstream: self.target.upstream.clone(),
-            protocol: self.target.protocol,
-            faults,
-            connections_total: self.connections_total.load(Ordering::Relaxed),
-            connections_open: self.connections_open.load(Ordering::Relaxed),
-            connections_refused: self.connections_refused.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// The running proxy targets and their leased faults. Share it as `Arc<ProxyRegistry>`.
 ///
@@ -138,16 +37,10 @@ impl TargetState {
 #[derive(Debug)]
 pub struct ProxyRegistry {
     targets: Vec<Arc<TargetState>>,
-    leases: LeaseTable,
+    leases: Arc<LeaseTable>,
     next_id: AtomicU64,
     cancel: CancellationToken,
     tasks: TaskTracker,
-}
-
-impl std::fmt::Debug for LeaseTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LeaseTable")
-    }
 }
 
 impl ProxyRegistry {
@@ -188,7 +81,7 @@ impl ProxyRegistry {
                 protocol = %state.target.protocol,
                 "proxy target listening"
             );
-            tasks.spawn(tcp::serve_listener(
+            tasks.spawn(listener::serve_listener(
                 listener,
                 Arc::clone(&state),
                 cancel.clone(),
@@ -198,12 +91,12 @@ impl ProxyRegistry {
         }
         let registry = Arc::new(ProxyRegistry {
             targets: states,
-            leases: LeaseTable::default(),
+            leases: Arc::new(LeaseTable::default()),
             next_id: AtomicU64::new((rand::random::<u64>() >> 12) | 1),
             cancel: cancel.clone(),
             tasks,
         });
-        tokio::spawn(lease::reap_every(Arc::downgrade(&registry), cancel));
+        tokio::spawn(lease::reap_every(Arc::downgrade(&registry.leases), cancel));
         Ok(registry)
     }
 
@@ -300,11 +193,6 @@ impl ProxyRegistry {
         {
             tracing::warn!("proxy connections still open after {SHUTDOWN_WAIT:?}; leaving them");
         }
-    }
-
-    /// Removes expired faults; their ids.
-    pub(crate) fn reap(&self) -> Vec<FaultId> {
-        self.leases.reap()
     }
 
     fn target(&self, name: &str) -> Result<&Arc<TargetState>, ProxyError> {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::registry::FaultSet;
-use super::{FaultId, ProxyError};
+use super::error::{FaultId, ProxyError};
+use super::state::FaultSet;
 use crate::catalog::experiment::{Direction, NetworkFault, Toxic};
 
 /// Largest piece written at once under a bandwidth limit: 1/50 s of data, so the pace
