@@ -17,7 +17,7 @@
 //!   `UseEncodedPath`), so a `/` in a name can never be addressed, even as `%2F`: the
 //!   toxic name writes the fault name's `%` and `/` as `%25` and `%2F` (names without them
 //!   are unchanged), and a proxy whose name holds `/` or is `.`/`..`/empty is refused
-//!   before any call ([`check_proxy_name`]).
+//!   before any call ([`check_proxy_name`](crate::catalog::rules::check_toxiproxy_proxy_name)).
 //! - A DELETE answered 404 proves nothing by itself (a path that does not reach the toxic
 //!   is 404 too). After the DELETEs revert lists the proxy's toxics: none of the fault's
 //!   names may remain. When that list is 404, `GET /proxies` decides: a proxy that is no
@@ -32,6 +32,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::catalog::experiment::{Direction, Toxic, ToxiproxyFault};
+use crate::catalog::rules::check_toxiproxy_proxy_name;
 
 /// Time allowed for one call to the Toxiproxy API.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,7 +54,7 @@ pub enum ToxiproxyError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The proxy's name cannot be addressed in Toxiproxy's API (see [`check_proxy_name`]).
+    /// The proxy's name cannot be addressed in Toxiproxy's API (see [`check_proxy_name`](crate::catalog::rules::check_toxiproxy_proxy_name)).
     #[error("Toxiproxy proxy '{proxy}' cannot be addressed through its API: {reason}")]
     Unaddressable {
         /// The proxy name.
@@ -162,26 +163,6 @@ pub fn toxic_type(toxic: &Toxic) -> Result<(&'static str, Value), ToxiproxyError
     })
 }
 
-/// Whether Toxiproxy's API can address a proxy named `proxy`: `Err` gives why not.
-///
-/// Toxiproxy accepts any proxy name on create, but routes requests on the decoded path, so
-/// a name holding `/` (even sent as `%2F`) never reaches the proxy, and `.`, `..` and the
-/// empty name are removed by path cleaning. Such a proxy has no usable toxics API.
-pub fn check_proxy_name(proxy: &str) -> Result<(), &'static str> {
-    if proxy.is_empty() {
-        return Err("the name is empty");
-    }
-    if proxy == "." || proxy == ".." {
-        return Err("'.' and '..' are removed from URL paths");
-    }
-    if proxy.contains('/') {
-        return Err(
-            "Toxiproxy matches the decoded path, so a '/' in a proxy name cannot be sent; rename the proxy",
-        );
-    }
-    Ok(())
-}
-
 /// The streams a direction covers, as Toxiproxy names them.
 fn streams(direction: Direction) -> &'static [&'static str] {
     match direction {
@@ -227,7 +208,7 @@ pub fn toxic_bodies(
 /// Empty when inject would create nothing: the toxic has no Toxiproxy counterpart, or the
 /// proxy cannot be addressed (inject refuses both before any call).
 pub fn planned(fault_name: &str, fault: &ToxiproxyFault) -> Toxics {
-    let names = match check_proxy_name(&fault.proxy) {
+    let names = match check_toxiproxy_proxy_name(&fault.proxy) {
         Ok(()) => toxic_bodies(fault_name, fault)
             .map(|bodies| bodies.into_iter().map(|(name, _)| name).collect())
             .unwrap_or_default(),
@@ -405,10 +386,10 @@ async fn remaining(toxics: &Toxics) -> Result<Vec<String>, ToxiproxyError> {
 
 /// Creates the fault's toxics; a toxic of the same name left by an earlier run is replaced.
 ///
-/// Refuses a proxy name Toxiproxy cannot address ([`check_proxy_name`]) before any call.
+/// Refuses a proxy name Toxiproxy cannot address ([`check_proxy_name`](crate::catalog::rules::check_toxiproxy_proxy_name)) before any call.
 /// On error, toxics already created are deleted again before the error is returned.
 pub async fn inject(fault_name: &str, fault: &ToxiproxyFault) -> Result<Toxics, ToxiproxyError> {
-    check_proxy_name(&fault.proxy).map_err(|reason| ToxiproxyError::Unaddressable {
+    check_toxiproxy_proxy_name(&fault.proxy).map_err(|reason| ToxiproxyError::Unaddressable {
         proxy: fault.proxy.clone(),
         reason,
     })?;
@@ -591,10 +572,10 @@ mod tests {
 
     #[test]
     fn proxies_toxiproxy_cannot_address_are_refused() {
-        assert!(check_proxy_name("orders-db").is_ok());
-        assert!(check_proxy_name("with space#and?%").is_ok());
+        assert!(check_toxiproxy_proxy_name("orders-db").is_ok());
+        assert!(check_toxiproxy_proxy_name("with space#and?%").is_ok());
         for bad in ["", ".", "..", "db/primary"] {
-            assert!(check_proxy_name(bad).is_err(), "{bad}");
+            assert!(check_toxiproxy_proxy_name(bad).is_err(), "{bad}");
         }
         let fault = ToxiproxyFault {
             api: "http://127.0.0.1:8474".into(),
