@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chaosgate::catalog::experiment::Experiment;
 use chaosgate::catalog::pipeline::Pipeline;
 use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
 use chaosgate::chaos::{ExperimentResult, ProgressEvent, RunContext, TargetLocks, run_experiment};
@@ -22,20 +21,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use support::{
-    ChildGuard, CountingServer, EchoServer, Toxiproxy, echo_round_trip, free_port, process_state,
+    ChildGuard, CountingServer, EchoServer, Toxiproxy, context, echo_round_trip, experiment,
+    free_port, process_state,
 };
-
-fn experiment(yaml: &str) -> Experiment {
-    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test experiment: {e}\n{yaml}"))
-}
-
-/// A context with its own target locks, so tests running side by side do not wait.
-fn context() -> RunContext {
-    RunContext {
-        targets: TargetLocks::new(),
-        ..RunContext::default()
-    }
-}
 
 /// A command fault whose inject creates `file` and whose revert removes it.
 fn file_fault(name: &str, weight: u8, duration: &str, file: &Path) -> String {

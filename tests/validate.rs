@@ -206,7 +206,8 @@ fn a_yaml_11_boolean_word_in_a_boolean_field_is_named_with_what_to_write() {
         EXPERIMENT,
         &[
             "pipelines/checkout.yaml:3: dry_run: expected true or false, found text 'yes' \
-             (catalog files are YAML 1.2, where 'yes' is text, not a boolean: write true)",
+             (catalog files are YAML 1.2, where 'yes' is text, not a boolean: write true; \
+             quote it, \"yes\", where you mean the text)",
         ],
     );
 }

@@ -2,23 +2,16 @@
 //! fault is active, `eot` after every revert. Real command faults (a marker file that
 //! exists exactly while the fault is active) and real command probes that look at it.
 
+#[path = "support/engine.rs"]
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
-use chaosgate::catalog::experiment::Experiment;
-use chaosgate::chaos::{RunContext, TargetLocks, run_experiment};
+use chaosgate::chaos::run_experiment;
 use chaosgate::contract::run_record::{RunStatus, Verdict};
 
-fn experiment(yaml: &str) -> Experiment {
-    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test experiment: {e}\n{yaml}"))
-}
-
-fn context() -> RunContext {
-    RunContext {
-        targets: TargetLocks::new(),
-        ..RunContext::default()
-    }
-}
+use support::{context, experiment};
 
 /// A command fault that creates `file` on inject and removes it on revert.
 fn marker_fault(name: &str, duration: &str, file: &Path) -> String {

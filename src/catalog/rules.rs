@@ -20,6 +20,8 @@
 //!   while they are: a check outside that window never counts as passed;
 //! - a `process` fault's `name` can match `/proc/PID/comm`: at most 15 bytes (the
 //!   kernel's `TASK_COMM_LEN` of 16, with its NUL), no `/`, not empty;
+//! - a `toxiproxy` fault's `proxy` is a name Toxiproxy's API can address (no `/`, not
+//!   `.`, `..` or empty).
 
 use std::collections::HashMap;
 
@@ -131,13 +133,46 @@ fn check_faults(experiment: &Experiment, out: &mut Vec<Finding>) {
                 ));
             }
         }
-        if let FaultKind::Process(process) = &fault.kind
-            && let Some(name) = &process.name
-            && let Some(problem) = unmatchable_process_name(name)
-        {
-            out.push(Finding::new(path.key("process").key("name"), problem));
+        match &fault.kind {
+            FaultKind::Process(process) => {
+                if let Some(problem) = process.name.as_deref().and_then(unmatchable_process_name) {
+                    out.push(Finding::new(path.key("process").key("name"), problem));
+                }
+            }
+            FaultKind::Toxiproxy(toxiproxy) => {
+                if let Err(reason) = check_toxiproxy_proxy_name(&toxiproxy.proxy) {
+                    out.push(Finding::new(
+                        path.key("toxiproxy").key("proxy"),
+                        format!(
+                            "Toxiproxy cannot address proxy '{}': {reason}",
+                            toxiproxy.proxy
+                        ),
+                    ));
+                }
+            }
+            FaultKind::Network(_) | FaultKind::Http(_) | FaultKind::Command(_) => {}
         }
     }
+}
+
+/// Whether Toxiproxy's API can address a proxy named `proxy`: `Err` gives why not.
+///
+/// Toxiproxy accepts any proxy name on create, but routes requests on the decoded path, so
+/// a name holding `/` (even sent as `%2F`) never reaches the proxy, and `.`, `..` and the
+/// empty name are removed by path cleaning. Such a proxy has no usable toxics API.
+pub fn check_toxiproxy_proxy_name(proxy: &str) -> Result<(), &'static str> {
+    if proxy.is_empty() {
+        return Err("the name is empty");
+    }
+    if proxy == "." || proxy == ".." {
+        return Err("'.' and '..' are removed from URL paths");
+    }
+    if proxy.contains('/') {
+        return Err(
+            "Toxiproxy matches the decoded path, so a '/' in a proxy name cannot be sent; rename the proxy",
+        );
+    }
+    Ok(())
 }
 
 /// Why no process can ever have `name` in `/proc/PID/comm`, if it cannot.
@@ -319,6 +354,23 @@ mod tests {
             "kind: experiment\nid: x\nfaults:\n  - {{name: a, weight: 1, duration: 1s, probes: [q], {COMMAND}}}\n  - {{name: b, weight: 1, duration: 9s, {COMMAND}}}\nprobes:\n  - {{name: p, mode: on_chaos, run_properties: {{initial_delay: 3s}}, tcp: {{address: '127.0.0.1:1'}}}}\n  - {{name: q, mode: eot, tcp: {{address: '127.0.0.1:1'}}}}\n"
         ));
         assert!(messages(&other).is_empty(), "{:?}", messages(&other));
+    }
+
+    #[test]
+    fn a_toxiproxy_proxy_name_must_be_one_its_api_can_address() {
+        let named = |proxy: &str| {
+            experiment(&format!(
+                "kind: experiment\nid: x\nfaults:\n  - {{name: a, weight: 1, duration: 1s, toxiproxy: {{api: 'http://127.0.0.1:8474', proxy: '{proxy}', toxic: {{type: timeout}}}}}}\n"
+            ))
+        };
+        assert!(messages(&named("orders db#1?50%")).is_empty());
+        assert_eq!(
+            messages(&named("orders/db")),
+            [
+                "faults[0].toxiproxy.proxy: Toxiproxy cannot address proxy 'orders/db': Toxiproxy matches the decoded path, so a '/' in a proxy name cannot be sent; rename the proxy"
+            ]
+        );
+        assert_eq!(messages(&named("..")).len(), 1);
     }
 
     #[test]

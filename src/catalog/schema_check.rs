@@ -394,7 +394,10 @@ fn yaml_11_boolean_hint(kind: &TypeKind, instance: &Value) -> String {
         "no" | "n" | "off" => "false",
         _ => return String::new(),
     };
-    format!(" (catalog files are YAML 1.2, where '{word}' is text, not a boolean: write {meant})")
+    format!(
+        " (catalog files are YAML 1.2, where '{word}' is text, not a boolean: write {meant}; \
+         quote it, \"{word}\", where you mean the text)"
+    )
 }
 
 /// What kind of value this is, for "expected X, found Y".

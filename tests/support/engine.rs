@@ -11,10 +11,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chaosgate::catalog::experiment::Experiment;
+use chaosgate::chaos::{RunContext, TargetLocks};
 use chrono::{DateTime, Utc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+/// An experiment from YAML; a test's own YAML that does not parse panics.
+pub fn experiment(yaml: &str) -> Experiment {
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test experiment: {e}\n{yaml}"))
+}
+
+/// A context with its own target locks, so tests running side by side do not wait.
+pub fn context() -> RunContext {
+    RunContext {
+        targets: TargetLocks::new(),
+        ..RunContext::default()
+    }
+}
 
 /// Requests seen: path and arrival time.
 type Hits = Arc<Mutex<Vec<(String, DateTime<Utc>)>>>;

@@ -4,9 +4,9 @@
 //! | kind | driver | leased | revert, and its proof |
 //! |---|---|---|---|
 //! | `network`, `http` | [`proxied`] | yes | removed from the proxy by id |
-//! | `toxiproxy` | [`toxiproxy`] | no | toxics deleted by name |
-//! | `process` | [`process`] | no | SIGCONT after a `pause`; a `kill` has nothing to undo |
-//! | `command` | [`command`] | no | the revert command exits 0 |
+//! | `toxiproxy` | [`toxiproxy`] | no | toxics deleted by name, then absent from the proxy's list |
+//! | `process` | [`process`] | no | SIGCONT after a `pause`, then the process no longer stopped; a `kill` has nothing to undo |
+//! | `command` | [`command`] | no | the revert command exits 0 (the operator's proof) |
 //!
 //! [`inject`] returns an [`Injected`] value that holds everything [`revert`] needs, so the
 //! runner can revert from any exit path, and [`revert_detached`] can still do it from a
@@ -132,7 +132,8 @@ pub(crate) async fn inject(fault: &Fault, setup: &FaultSetup) -> Result<Injected
 ///
 /// A command fault's revert command runs even after its inject command failed or was cut
 /// off, because the inject may have half-applied (revert commands should be idempotent).
-/// Toxiproxy toxics are deleted by their known names (a missing one is fine). Process and
+/// Toxiproxy toxics are deleted by their known names (a missing one is fine once the proxy's
+/// list of toxics confirms it). Process and
 /// proxy injects leave nothing behind when they fail.
 pub(crate) fn after_failed_inject(fault: &Fault) -> Option<Injected> {
     match &fault.kind {

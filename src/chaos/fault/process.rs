@@ -1,8 +1,18 @@
 //! `process` faults: a signal to a local process found by pid file or exact name.
 //!
-//! `kill` sends one signal (default SIGTERM) and has nothing to revert. `pause` sends
-//! SIGSTOP on inject and SIGCONT on revert. A name matches `/proc/PID/comm` exactly and
-//! every matching process is hit, as `pkill -x` would; chaosgate itself and pid 1 never are.
+//! `kill` sends one signal (default SIGTERM) and has nothing to revert: a signal cannot be
+//! taken back, and what the process does with it (exit, reload, restart by its
+//! supervisor) is the fault itself. `pause` sends SIGSTOP on inject and SIGCONT on revert.
+//! A name matches `/proc/PID/comm` exactly and every matching process is hit, as
+//! `pkill -x` would; chaosgate itself and pid 1 never are.
+//!
+//! The rule that keeps a revert honest: **a pause's revert is confirmed, not assumed.**
+//! Inject records each process's start time (`/proc/PID/stat` field 22, in clock ticks
+//! since boot); revert sends SIGCONT only to a pid that still has that start time (a
+//! different one means the paused process is gone and the pid recycled: nothing of ours is
+//! left stopped, and a stranger is not signalled), then reads the state again until the
+//! process is no longer stopped (`T`, or `t` when a tracer holds it). A process still
+//! stopped, or whose state cannot be read, is [`ProcessError::NotResumed`] naming the pid.
 
 use std::path::Path;
 
@@ -10,7 +20,7 @@ use crate::catalog::experiment::{ProcessAction, ProcessFault};
 
 /// Why a process fault could not be applied.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ProcessError {
+pub enum ProcessError {
     /// Neither `pid_file` nor `name` is set.
     #[error("a process fault needs a pid_file or a name")]
     NoSelector,
@@ -38,6 +48,22 @@ pub(crate) enum ProcessError {
         "unknown signal '{0}' (use e.g. SIGTERM, SIGKILL, SIGINT, SIGHUP, SIGUSR1 or a number)"
     )]
     UnknownSignal(String),
+    /// A paused process could not be shown running again after SIGCONT.
+    #[error("process {pid} may still be stopped: {reason}")]
+    NotResumed {
+        /// The process.
+        pid: i32,
+        /// What was seen instead.
+        reason: String,
+    },
+    /// `/proc/PID/stat` could not be read or parsed.
+    #[error("cannot read the state of process {pid}: {reason}")]
+    Stat {
+        /// The process.
+        pid: i32,
+        /// Why.
+        reason: String,
+    },
     /// kill(2) failed.
     #[error("cannot send signal {signal} to pid {pid}: {source}")]
     Signal {
@@ -52,15 +78,57 @@ pub(crate) enum ProcessError {
 
 /// Processes a fault acted on, kept so that revert can undo a pause.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Signalled {
+pub struct Signalled {
     /// What was done.
-    pub(crate) action: ProcessAction,
+    pub action: ProcessAction,
     /// The processes hit.
-    pub(crate) pids: Vec<i32>,
+    pub pids: Vec<i32>,
+    /// Their start times, in the order of `pids` (`/proc/PID/stat` field 22, clock ticks
+    /// since boot), which tell a paused process from a later one given the same pid.
+    pub start_times: Vec<u64>,
+}
+
+/// A process's state letter and start time, read from `/proc/PID/stat`.
+///
+/// `Ok(None)` when there is no such process. The state is field 3 (`R`, `S`, `D`, `T`
+/// stopped, `t` tracing stop, `Z`, ...) and the start time field 22, per proc(5); the
+/// command name (field 2) is in parentheses and may hold spaces or `)`, so fields are
+/// counted after its last `)`.
+pub fn stat(pid: i32) -> Result<Option<(char, u64)>, ProcessError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ProcessError::Stat {
+                pid,
+                reason: format!("{path}: {e}"),
+            });
+        }
+    };
+    let bad = || ProcessError::Stat {
+        pid,
+        reason: format!("{path} does not parse: '{}'", text.trim()),
+    };
+    let after_comm = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(bad)?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // fields[0] is field 3 (state), so field 22 (starttime) is fields[19].
+    let state = fields
+        .first()
+        .and_then(|f| f.chars().next())
+        .ok_or_else(bad)?;
+    let start = fields
+        .get(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(bad)?;
+    Ok(Some((state, start)))
 }
 
 /// The signal number for a name such as `SIGTERM`, `TERM` or `9`.
-pub(crate) fn signal_number(name: &str) -> Result<i32, ProcessError> {
+pub fn signal_number(name: &str) -> Result<i32, ProcessError> {
     let upper = name.trim().to_ascii_uppercase();
     if let Ok(n) = upper.parse::<i32>() {
         if (1..=64).contains(&n) {
@@ -89,7 +157,7 @@ pub(crate) fn signal_number(name: &str) -> Result<i32, ProcessError> {
 }
 
 /// The processes `fault` selects: the pid in its pid file, or every process named `name`.
-pub(crate) fn find(fault: &ProcessFault) -> Result<Vec<i32>, ProcessError> {
+pub fn find(fault: &ProcessFault) -> Result<Vec<i32>, ProcessError> {
     let own = std::process::id();
     let allowed = |pid: i32| pid > 1 && u32::try_from(pid).ok() != Some(own);
     if let Some(path) = &fault.pid_file {
@@ -162,12 +230,20 @@ fn send(pid: i32, signal: i32, gone_ok: bool) -> Result<(), ProcessError> {
 ///
 /// When a signal fails part-way, the processes already paused are resumed before the
 /// error is returned, so a failed inject leaves nothing behind.
-pub(crate) fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
+pub fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
     let signal = match fault.action {
         ProcessAction::Kill => signal_number(fault.signal.as_deref().unwrap_or("SIGTERM"))?,
         ProcessAction::Pause => libc::SIGSTOP,
     };
     let pids = find(fault)?;
+    let mut start_times = Vec::with_capacity(pids.len());
+    for pid in &pids {
+        // Read before the signal, so the start time is the signalled process's own.
+        match stat(*pid)? {
+            Some((_, start)) => start_times.push(start),
+            None => return Err(ProcessError::NotFound(format!("with pid {pid}"))),
+        }
+    }
     for (i, pid) in pids.iter().enumerate() {
         if let Err(err) = send(*pid, signal, false) {
             if fault.action == ProcessAction::Pause {
@@ -181,17 +257,71 @@ pub(crate) fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
     Ok(Signalled {
         action: fault.action,
         pids,
+        start_times,
     })
 }
 
-/// Undoes the fault: SIGCONT to every paused process still running; nothing for `kill`.
-pub(crate) fn revert(signalled: &Signalled) -> Result<(), ProcessError> {
+/// How long revert reads a resumed process's state before calling it still stopped.
+const RESUME_CHECKS: u32 = 20;
+const RESUME_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Resumes one paused process and confirms it is no longer stopped.
+///
+/// `Ok` when it runs again, or when it is gone or `pid` now belongs to a process started
+/// at another time than `start` (nothing of ours is left stopped; the stranger is not
+/// signalled). Without a known `start`, any process with that pid is taken as ours.
+fn resume(pid: i32, start: Option<u64>) -> Result<(), ProcessError> {
+    let not_resumed = |err: ProcessError| ProcessError::NotResumed {
+        pid,
+        reason: err.to_string(),
+    };
+    let ours = || -> Result<Option<char>, ProcessError> {
+        Ok(stat(pid)
+            .map_err(not_resumed)?
+            .filter(|(_, s)| start.is_none_or(|start| *s == start))
+            .map(|(state, _)| state))
+    };
+    if ours()?.is_none() {
+        return Ok(());
+    }
+    send(pid, libc::SIGCONT, true)?;
+    let mut state = '?';
+    for check in 0..RESUME_CHECKS {
+        match ours()? {
+            None => return Ok(()),
+            Some(seen) if seen != 'T' && seen != 't' => return Ok(()),
+            Some(seen) => state = seen,
+        }
+        if check + 1 < RESUME_CHECKS {
+            std::thread::sleep(RESUME_CHECK_EVERY);
+        }
+    }
+    let elapsed = RESUME_CHECK_EVERY * (RESUME_CHECKS - 1);
+    Err(ProcessError::NotResumed {
+        pid,
+        reason: format!(
+            "state '{state}' in /proc/{pid}/stat {} ms after SIGCONT{}",
+            elapsed.as_millis(),
+            if state == 't' {
+                " (a tracer holds it)"
+            } else {
+                ""
+            }
+        ),
+    })
+}
+
+/// Undoes the fault and proves it: each paused process is resumed and seen running
+/// (see [`resume`]); nothing for `kill`, whose signal cannot be taken back.
+///
+/// Every process is tried; the first failure is returned, naming its pid.
+pub fn revert(signalled: &Signalled) -> Result<(), ProcessError> {
     if signalled.action != ProcessAction::Pause {
         return Ok(());
     }
     let mut first_error = None;
-    for pid in &signalled.pids {
-        if let Err(err) = send(*pid, libc::SIGCONT, true) {
+    for (i, pid) in signalled.pids.iter().enumerate() {
+        if let Err(err) = resume(*pid, signalled.start_times.get(i).copied()) {
             first_error.get_or_insert(err);
         }
     }
@@ -228,5 +358,133 @@ mod tests {
                 "{pid}"
             );
         }
+    }
+
+    /// A `sleep 30` child, killed and reaped when dropped.
+    struct Sleeper(std::process::Child);
+
+    impl Sleeper {
+        fn start() -> Sleeper {
+            Sleeper(
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap(),
+            )
+        }
+        fn pid(&self) -> i32 {
+            i32::try_from(self.0.id()).unwrap()
+        }
+        fn state(&self) -> char {
+            stat(self.pid()).unwrap().unwrap().0
+        }
+        /// Waits (up to 10 s) for the process to be in `state`: a SIGSTOP takes effect
+        /// when the process is next scheduled, not when kill(2) returns.
+        fn wait_for(&self, state: char) {
+            for _ in 0..1000 {
+                if self.state() == state {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!(
+                "process {} not in state {state}: {}",
+                self.pid(),
+                self.state()
+            );
+        }
+        fn pause_fault(&self, dir: &tempfile::TempDir) -> ProcessFault {
+            let path = dir.path().join("pid");
+            std::fs::write(&path, self.pid().to_string()).unwrap();
+            ProcessFault {
+                action: ProcessAction::Pause,
+                pid_file: Some(path.display().to_string()),
+                name: None,
+                signal: None,
+            }
+        }
+    }
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn stat_reads_state_and_start_time() {
+        let (state, start) = stat(i32::try_from(std::process::id()).unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(state.is_ascii_alphabetic(), "{state}");
+        assert!(start > 0);
+        assert_eq!(stat(i32::MAX).unwrap(), None, "no such process");
+    }
+
+    #[test]
+    fn pause_is_resumed_and_seen_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleeper = Sleeper::start();
+        let paused = inject(&sleeper.pause_fault(&dir)).unwrap();
+        sleeper.wait_for('T');
+        assert_eq!(paused.start_times.len(), 1);
+        revert(&paused).unwrap();
+        let state = sleeper.state();
+        assert!(!matches!(state, 'T' | 't'), "resumed, yet in state {state}");
+    }
+
+    #[test]
+    fn a_recycled_pid_is_not_signalled_and_counts_as_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleeper = Sleeper::start();
+        let mut paused = inject(&sleeper.pause_fault(&dir)).unwrap();
+        sleeper.wait_for('T');
+        // The same pid with another start time: another process, as after pid reuse.
+        paused.start_times[0] += 1;
+        revert(&paused).unwrap();
+        assert_eq!(sleeper.state(), 'T', "the stranger got no SIGCONT");
+        // A process that is gone has nothing left stopped either.
+        paused.start_times[0] -= 1;
+        drop(sleeper);
+        revert(&paused).unwrap();
+    }
+
+    #[test]
+    fn a_process_still_stopped_after_sigcont_is_not_reverted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleeper = Sleeper::start();
+        let pid = sleeper.pid();
+        // A tracer (this thread) holds the process in a tracing stop, where SIGCONT does
+        // not resume it: the revert cannot be confirmed.
+        // SAFETY: ptrace(2) and waitpid(2) on our own child, from this thread only.
+        let attached = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0usize, 0usize) };
+        assert_eq!(
+            attached,
+            0,
+            "ptrace attach: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut status = 0;
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::waitpid(pid, &mut status, libc::__WALL) },
+            pid
+        );
+        let paused = inject(&sleeper.pause_fault(&dir)).unwrap();
+        let err = revert(&paused).unwrap_err();
+        let shown = err.to_string();
+        // SAFETY: as above; detaching lets the process go before it is killed.
+        unsafe {
+            libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize);
+        }
+        assert!(
+            matches!(err, ProcessError::NotResumed { pid: p, .. } if p == pid),
+            "{err:?}"
+        );
+        assert!(
+            shown.contains(&format!("process {pid} may still be stopped: state 't'")),
+            "{shown}"
+        );
     }
 }
