@@ -458,17 +458,6 @@ impl Config {
         }
         secrets
     }
-
-    /// A copy of the configuration with its secrets masked, for printing: secret Kafka
-    /// properties and the OTLP endpoint's password become [`redact::MASK`].
-    pub(crate) fn redacted(&self) -> Config {
-        let mut config = self.clone();
-        config.kafka.properties = redact::kafka_properties(&config.kafka.properties);
-        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
-            config.telemetry.otlp_endpoint = Some(redact::url(endpoint).into_owned());
-        }
-        config
-    }
 }
 
 fn override_path(rest: &str) -> Vec<String> {
@@ -536,26 +525,6 @@ path = "catalog"
 [telemetry]
 otlp_endpoint = "http://otel:collector-pa55@collector:4317"
 "#;
-
-    const SECRETS: [&str; 5] = [
-        "sasl-pa55word",
-        "key-pa55word",
-        "oauth-s3cret",
-        "xyz-token",
-        "collector-pa55",
-    ];
-
-    #[test]
-    fn the_rendered_config_holds_no_secret() {
-        let config = Config::parse(WITH_SECRETS, "c.toml", env(&[])).unwrap();
-        let text = toml::to_string(&config.redacted()).unwrap();
-        for secret in SECRETS {
-            assert!(!text.contains(secret), "{secret} in\n{text}");
-        }
-        assert!(text.contains("\"sasl.password\" = \"***\""), "{text}");
-        assert!(text.contains("http://otel:***@collector:4317"), "{text}");
-        assert!(text.contains("sasl.username"), "{text}");
-    }
 
     #[test]
     fn the_secrets_are_those_of_the_file_and_the_variables() {

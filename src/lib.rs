@@ -8,6 +8,8 @@
 //! only the CLI uses it. `view` uses `bus`'s client settings and record conversion, never
 //! the worker. `tests/layering.rs` checks every `crate::` path against this.
 
+#![warn(unreachable_pub)]
+
 pub mod bus;
 pub mod catalog;
 pub mod chaos;

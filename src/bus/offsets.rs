@@ -167,11 +167,6 @@ impl Ranges {
         self.0.values().next_back().copied()
     }
 
-    /// How many offsets the ranges hold.
-    fn count(&self) -> i64 {
-        self.0.iter().map(|(start, end)| end - start).sum()
-    }
-
     /// The ranges that end after `from`.
     fn after(&self, from: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
         let first = self
@@ -198,6 +193,12 @@ pub(crate) enum Receipt {
 }
 
 impl PartitionOffsets {
+    /// Records received and not done yet.
+    #[cfg(test)]
+    fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Bookkeeping resumed from a committed offset and its metadata (any version
     /// [`super::offset_metadata`] reads).
     pub(crate) fn resume(committed: i64, metadata: &str) -> Self {
@@ -268,7 +269,7 @@ impl PartitionOffsets {
     }
 
     /// Records a start of `offset`'s event and returns its attempt number (1 the first time).
-    pub fn start(&mut self, offset: i64) -> u32 {
+    pub(crate) fn start(&mut self, offset: i64) -> u32 {
         let count = self.started.entry(offset).or_insert(0);
         *count += 1;
         *count
@@ -303,16 +304,6 @@ impl PartitionOffsets {
             // continue right after it.
             None => self.done.end_of(self.next).unwrap_or(self.next),
         }
-    }
-
-    /// Records received and not done yet.
-    pub(crate) fn pending(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Offsets done above the watermark (a measure of how far the partition runs ahead).
-    pub(crate) fn done_ahead(&self) -> usize {
-        usize::try_from(self.done.count()).unwrap_or(0)
     }
 
     /// The metadata to commit with the watermark (see [`super::offset_metadata`]).

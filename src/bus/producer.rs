@@ -29,9 +29,7 @@ use crate::telemetry::heartbeat::Heartbeat;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{
-    DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use super::outputs::Output;
@@ -332,17 +330,6 @@ fn is_refusal(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::MessageBatchTooLarge
         )
     )
-}
-
-/// Waits until every record of the transaction is acknowledged (the producer's polling
-/// thread serves the delivery reports). `commit_transaction` flushes first, and
-/// rust-rdkafka's flush, finding anything outstanding, polls for a full 100 ms however
-/// soon the reports arrive: every transaction would last at least 100 ms. Waits up to
-/// 30 s.
-pub(crate) fn await_delivery(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-) -> Result<(), KafkaError> {
-    await_delivery_until(producer, Instant::now() + INIT_TIMEOUT)
 }
 
 fn await_delivery_until<C: ProducerContext + 'static>(

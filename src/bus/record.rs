@@ -44,15 +44,6 @@ pub(crate) fn headers_of(message: &KafkaMessage) -> OwnedHeaders {
     )
 }
 
-/// A record for `topic` carrying `message`'s key, value and headers, for a
-/// `ThreadedProducer`.
-pub(crate) fn to_base_record<'a>(
-    topic: &'a str,
-    message: &'a KafkaMessage,
-) -> BaseRecord<'a, Vec<u8>, Vec<u8>> {
-    to_base_record_with(topic, message, ())
-}
-
 /// [`to_base_record`] with a delivery opaque (handed back with the record's delivery
 /// report).
 pub(crate) fn to_base_record_with<'a, D: IntoOpaque>(

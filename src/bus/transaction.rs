@@ -34,7 +34,6 @@ use super::offsets::{Book, Ledger};
 use super::outputs::{Output, cut_to_fit, record_size};
 use super::producer::{self, ABORT_TIMEOUT, Attempt, TransactionalProducer, retry_delays};
 
-pub(crate) use super::producer::await_delivery;
 /// Most completions gathered before a transaction begins (the drain at its start, under
 /// the ledger lock, may add what arrived meanwhile).
 const MAX_BATCH: usize = 500;
@@ -151,7 +150,7 @@ impl Committer {
     /// Commits completions from `completions` with `producer` (from [`start`]) until the
     /// channel closes (the worker is stopping) and everything received has been committed
     /// or dropped as revoked.
-    pub fn run(self, mut producer: TransactionalProducer, completions: Receiver<Completion>) {
+    pub(crate) fn run(self, mut producer: TransactionalProducer, completions: Receiver<Completion>) {
         let mut pending: Vec<Completion> = Vec::new();
         let mut closed = false;
         let mut failures: u32 = 0;

@@ -60,17 +60,7 @@ impl FieldPath {
     }
 }
 
-impl FieldPath {
-    /// The value at this path in `value`, if there is one.
-    pub(crate) fn lookup<'a>(&self, value: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
-        self.0
-            .iter()
-            .try_fold(value, |value, segment| match segment {
-                Segment::Key(key) => value.get(key),
-                Segment::Index(index) => value.get(index),
-            })
-    }
-}
+impl FieldPath {}
 
 impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

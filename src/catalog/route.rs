@@ -83,7 +83,12 @@ impl RouteTable {
     }
 
     /// The pipeline of the route a change to `flag` in `project`/`environment` takes.
-    pub(crate) fn pipeline_for(&self, project: &str, environment: &str, flag: &str) -> Option<&str> {
+    pub(crate) fn pipeline_for(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+    ) -> Option<&str> {
         let unglobbed = self.unglobbed.iter().copied();
         let globbed = self
             .globs

@@ -160,7 +160,7 @@ fn check_faults(experiment: &Experiment, out: &mut Vec<Finding>) {
 /// Toxiproxy accepts any proxy name on create, but routes requests on the decoded path, so
 /// a name holding `/` (even sent as `%2F`) never reaches the proxy, and `.`, `..` and the
 /// empty name are removed by path cleaning. Such a proxy has no usable toxics API.
-pub fn check_toxiproxy_proxy_name(proxy: &str) -> Result<(), &'static str> {
+pub(crate) fn check_toxiproxy_proxy_name(proxy: &str) -> Result<(), &'static str> {
     if proxy.is_empty() {
         return Err("the name is empty");
     }

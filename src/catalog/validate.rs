@@ -400,7 +400,11 @@ pub(crate) struct CrossFinding {
 }
 
 /// Reports ids defined in more than one file; `names` gives each file's display name.
-pub(crate) fn duplicate_ids(kind: &str, entries: &[Entry<'_>], names: &[String]) -> Vec<CrossFinding> {
+pub(crate) fn duplicate_ids(
+    kind: &str,
+    entries: &[Entry<'_>],
+    names: &[String],
+) -> Vec<CrossFinding> {
     let mut by_id: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for entry in entries {
         if let Some(id) = text(entry.doc, "id") {
@@ -430,7 +434,10 @@ pub(crate) fn duplicate_ids(kind: &str, entries: &[Entry<'_>], names: &[String])
 }
 
 /// Reports steps whose experiment is not in the catalog.
-pub(crate) fn unknown_experiments(pipelines: &[Entry<'_>], experiment_ids: &[&str]) -> Vec<CrossFinding> {
+pub(crate) fn unknown_experiments(
+    pipelines: &[Entry<'_>],
+    experiment_ids: &[&str],
+) -> Vec<CrossFinding> {
     let mut out = Vec::new();
     for entry in pipelines {
         for (i, stage) in items(entry.doc, "stages") {

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// One loop's last sign of life. Cheap to clone; all clones share one tick.
 #[derive(Debug, Clone)]
@@ -51,14 +51,6 @@ impl Heartbeat {
     pub(crate) fn age(&self) -> Duration {
         let last = Duration::from_millis(self.state.last.load(Ordering::Relaxed));
         self.state.origin.elapsed().saturating_sub(last)
-    }
-
-    /// The last tick as seconds since the Unix epoch (for the `_last_tick_seconds` gauges).
-    pub(crate) fn last_tick_unix_seconds(&self) -> f64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        now.saturating_sub(self.age()).as_secs_f64()
     }
 }
 

@@ -51,16 +51,6 @@ impl TelemetryGuard {
     pub fn traces_enabled(&self) -> bool {
         self.provider.is_some()
     }
-
-    /// Exports every span still buffered, waiting for the collector (bounded by the
-    /// exporter timeout).
-    pub(crate) fn flush(&self) {
-        if let Some(provider) = &self.provider
-            && let Err(error) = blocking(|| provider.force_flush())
-        {
-            tracing::warn!(%error, "cannot flush the trace exporter");
-        }
-    }
 }
 
 impl Drop for TelemetryGuard {

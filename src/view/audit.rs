@@ -91,7 +91,9 @@ impl AuditSettings {
     }
 
     /// Step timeouts from a catalog: the step's `timeout`, else its experiment's.
-    pub(crate) fn step_timeouts_of(catalog: &crate::catalog::Catalog) -> HashMap<StepKey, Duration> {
+    pub(crate) fn step_timeouts_of(
+        catalog: &crate::catalog::Catalog,
+    ) -> HashMap<StepKey, Duration> {
         let mut timeouts = HashMap::new();
         for pipeline in catalog.pipelines() {
             for stage in &pipeline.stages {

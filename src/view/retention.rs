@@ -31,7 +31,10 @@ pub(crate) struct Removed {
 }
 
 /// Removes everything older than `cutoff` (see the module rule), in chunks.
-pub(crate) fn remove_older(c: &mut Connection, cutoff: DateTime<Utc>) -> Result<Removed, ViewError> {
+pub(crate) fn remove_older(
+    c: &mut Connection,
+    cutoff: DateTime<Utc>,
+) -> Result<Removed, ViewError> {
     let cutoff = to_millis(cutoff);
     let mut removed = Removed::default();
     loop {

@@ -85,7 +85,7 @@ pub(crate) struct CommandOutput {
 }
 
 /// Runs `line` to completion (or its timeout) and returns what it printed.
-pub async fn run(line: &CommandLine) -> Result<CommandOutput, CommandError> {
+pub(crate) async fn run(line: &CommandLine) -> Result<CommandOutput, CommandError> {
     let settings = RunSettings {
         stdout_limit: OUTPUT_LIMIT,
         stderr_limit: OUTPUT_LIMIT,

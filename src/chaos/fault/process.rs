@@ -20,7 +20,7 @@ use crate::catalog::experiment::{ProcessAction, ProcessFault};
 
 /// Why a process fault could not be applied.
 #[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
+pub(crate) enum ProcessError {
     /// Neither `pid_file` nor `name` is set.
     #[error("a process fault needs a pid_file or a name")]
     NoSelector,
@@ -78,14 +78,14 @@ pub enum ProcessError {
 
 /// Processes a fault acted on, kept so that revert can undo a pause.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Signalled {
+pub(crate) struct Signalled {
     /// What was done.
-    pub action: ProcessAction,
+    pub(crate) action: ProcessAction,
     /// The processes hit.
-    pub pids: Vec<i32>,
+    pub(crate) pids: Vec<i32>,
     /// Their start times, in the order of `pids` (`/proc/PID/stat` field 22, clock ticks
     /// since boot), which tell a paused process from a later one given the same pid.
-    pub start_times: Vec<u64>,
+    pub(crate) start_times: Vec<u64>,
 }
 
 /// A process's state letter and start time, read from `/proc/PID/stat`.
@@ -94,7 +94,7 @@ pub struct Signalled {
 /// stopped, `t` tracing stop, `Z`, ...) and the start time field 22, per proc(5); the
 /// command name (field 2) is in parentheses and may hold spaces or `)`, so fields are
 /// counted after its last `)`.
-pub fn stat(pid: i32) -> Result<Option<(char, u64)>, ProcessError> {
+pub(crate) fn stat(pid: i32) -> Result<Option<(char, u64)>, ProcessError> {
     let path = format!("/proc/{pid}/stat");
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -128,7 +128,7 @@ pub fn stat(pid: i32) -> Result<Option<(char, u64)>, ProcessError> {
 }
 
 /// The signal number for a name such as `SIGTERM`, `TERM` or `9`.
-pub fn signal_number(name: &str) -> Result<i32, ProcessError> {
+pub(crate) fn signal_number(name: &str) -> Result<i32, ProcessError> {
     let upper = name.trim().to_ascii_uppercase();
     if let Ok(n) = upper.parse::<i32>() {
         if (1..=64).contains(&n) {
@@ -157,7 +157,7 @@ pub fn signal_number(name: &str) -> Result<i32, ProcessError> {
 }
 
 /// The processes `fault` selects: the pid in its pid file, or every process named `name`.
-pub fn find(fault: &ProcessFault) -> Result<Vec<i32>, ProcessError> {
+pub(crate) fn find(fault: &ProcessFault) -> Result<Vec<i32>, ProcessError> {
     let own = std::process::id();
     let allowed = |pid: i32| pid > 1 && u32::try_from(pid).ok() != Some(own);
     if let Some(path) = &fault.pid_file {
@@ -230,7 +230,7 @@ fn send(pid: i32, signal: i32, gone_ok: bool) -> Result<(), ProcessError> {
 ///
 /// When a signal fails part-way, the processes already paused are resumed before the
 /// error is returned, so a failed inject leaves nothing behind.
-pub fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
+pub(crate) fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
     let signal = match fault.action {
         ProcessAction::Kill => signal_number(fault.signal.as_deref().unwrap_or("SIGTERM"))?,
         ProcessAction::Pause => libc::SIGSTOP,
@@ -315,7 +315,7 @@ fn resume(pid: i32, start: Option<u64>) -> Result<(), ProcessError> {
 /// (see [`resume`]); nothing for `kill`, whose signal cannot be taken back.
 ///
 /// Every process is tried; the first failure is returned, naming its pid.
-pub fn revert(signalled: &Signalled) -> Result<(), ProcessError> {
+pub(crate) fn revert(signalled: &Signalled) -> Result<(), ProcessError> {
     if signalled.action != ProcessAction::Pause {
         return Ok(());
     }

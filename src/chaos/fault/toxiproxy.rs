@@ -39,7 +39,7 @@ const API_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a Toxiproxy toxic could not be created, deleted or shown gone.
 #[derive(Debug, thiserror::Error)]
-pub enum ToxiproxyError {
+pub(crate) enum ToxiproxyError {
     /// The toxic has no Toxiproxy counterpart.
     #[error("toxic '{0}' is not available on Toxiproxy")]
     Unsupported(&'static str),
@@ -121,13 +121,13 @@ fn quoted(names: &[String]) -> String {
 
 /// Toxics created on one Toxiproxy proxy, kept so that revert can delete them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Toxics {
+pub(crate) struct Toxics {
     /// API base URL, without a trailing `/`.
-    pub api: String,
+    pub(crate) api: String,
     /// Proxy name.
-    pub proxy: String,
+    pub(crate) proxy: String,
     /// Names of the toxics.
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
 }
 
 fn client() -> Result<&'static reqwest::Client, ToxiproxyError> {
@@ -147,7 +147,7 @@ fn millis(span: crate::catalog::Span) -> u64 {
 }
 
 /// Toxiproxy's type name and attributes for `toxic`.
-pub fn toxic_type(toxic: &Toxic) -> Result<(&'static str, Value), ToxiproxyError> {
+pub(crate) fn toxic_type(toxic: &Toxic) -> Result<(&'static str, Value), ToxiproxyError> {
     Ok(match toxic {
         Toxic::Latency { latency, jitter } => (
             "latency",
@@ -176,13 +176,13 @@ fn streams(direction: Direction) -> &'static [&'static str] {
 /// `chaosgate-{fault_name}-{stream}` with the fault name's `%` written `%25` and `/`
 /// written `%2F` (one to one, so two faults never share a toxic), because Toxiproxy
 /// cannot address a toxic whose name holds `/`.
-pub fn toxic_name(fault_name: &str, stream: &str) -> String {
+pub(crate) fn toxic_name(fault_name: &str, stream: &str) -> String {
     let escaped = fault_name.replace('%', "%25").replace('/', "%2F");
     format!("chaosgate-{escaped}-{stream}")
 }
 
 /// The toxics `fault_name` creates, by name, with their request bodies.
-pub fn toxic_bodies(
+pub(crate) fn toxic_bodies(
     fault_name: &str,
     fault: &ToxiproxyFault,
 ) -> Result<Vec<(String, Value)>, ToxiproxyError> {
@@ -207,7 +207,7 @@ pub fn toxic_bodies(
 ///
 /// Empty when inject would create nothing: the toxic has no Toxiproxy counterpart, or the
 /// proxy cannot be addressed (inject refuses both before any call).
-pub fn planned(fault_name: &str, fault: &ToxiproxyFault) -> Toxics {
+pub(crate) fn planned(fault_name: &str, fault: &ToxiproxyFault) -> Toxics {
     let names = match check_toxiproxy_proxy_name(&fault.proxy) {
         Ok(()) => toxic_bodies(fault_name, fault)
             .map(|bodies| bodies.into_iter().map(|(name, _)| name).collect())
@@ -388,7 +388,10 @@ async fn remaining(toxics: &Toxics) -> Result<Vec<String>, ToxiproxyError> {
 ///
 /// Refuses a proxy name Toxiproxy cannot address ([`check_proxy_name`](crate::catalog::rules::check_toxiproxy_proxy_name)) before any call.
 /// On error, toxics already created are deleted again before the error is returned.
-pub async fn inject(fault_name: &str, fault: &ToxiproxyFault) -> Result<Toxics, ToxiproxyError> {
+pub(crate) async fn inject(
+    fault_name: &str,
+    fault: &ToxiproxyFault,
+) -> Result<Toxics, ToxiproxyError> {
     check_toxiproxy_proxy_name(&fault.proxy).map_err(|reason| ToxiproxyError::Unaddressable {
         proxy: fault.proxy.clone(),
         reason,
@@ -433,7 +436,7 @@ pub async fn inject(fault_name: &str, fault: &ToxiproxyFault) -> Result<Toxics, 
 /// `toxics.names` (or the proxy itself is gone, see [`remaining`]); a DELETE that failed
 /// but whose toxic is gone anyway is fine. Otherwise [`ToxiproxyError::NotReverted`] names
 /// the toxics that are still listed, or all of them when the list could not be read.
-pub async fn revert(toxics: &Toxics) -> Result<(), ToxiproxyError> {
+pub(crate) async fn revert(toxics: &Toxics) -> Result<(), ToxiproxyError> {
     if toxics.names.is_empty() {
         return Ok(());
     }

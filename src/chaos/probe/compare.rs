@@ -17,9 +17,9 @@
 //!   trailing newlines; the expected text is used as written. `contains` and `matches`
 //!   (a regular expression search, not a full match) apply to strings only.
 //!
-//! [`check_expected`] refuses what no observed value could ever be compared with (an
-//! expected value that does not read as the type, a non-finite float, a bad regular
-//! expression, `contains` on numbers), so validation can refuse it before a run.
+//! An expected value that does not read as the comparison's type (a non-finite float, a
+//! bad regular expression, `contains` on numbers) fails every check; `chaosgate validate`
+//! refuses it first, reading numbers the same way (`crate::catalog::number`).
 //! Regular expressions are compiled once and kept in a small cache, since the same probe
 //! is checked again and again.
 
@@ -112,6 +112,7 @@ pub(crate) fn compare(observed: &str, comparison: &Comparison) -> Result<(), Com
 /// pattern compiles, and `contains`/`matches` are not used with a number type. The
 /// runner fails every check of such a probe with this same failure; validation calls it
 /// to refuse the probe before a run.
+#[cfg(test)]
 pub(crate) fn check_expected(comparison: &Comparison) -> Result<(), CompareFailure> {
     Expected::read(comparison).map(|_| ())
 }

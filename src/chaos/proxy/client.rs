@@ -51,7 +51,10 @@ impl ProxyClient {
     }
 
     /// A client that shares an existing `reqwest` client (its pool and timeouts).
-    pub(crate) fn with_http(base_url: &str, http: reqwest::Client) -> Result<ProxyClient, ProxyError> {
+    pub(crate) fn with_http(
+        base_url: &str,
+        http: reqwest::Client,
+    ) -> Result<ProxyClient, ProxyError> {
         let bad = |message: &str| ProxyError::Remote {
             url: base_url.to_string(),
             status: None,
@@ -62,11 +65,6 @@ impl ProxyClient {
             return Err(bad("not an http:// or https:// base URL"));
         }
         Ok(ProxyClient { base, http })
-    }
-
-    /// The control API's base URL.
-    pub(crate) fn base_url(&self) -> &str {
-        self.base.as_str()
     }
 
     /// Checks the proxy answers `GET /healthz`.

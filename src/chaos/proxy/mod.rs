@@ -41,7 +41,6 @@ pub use control::StandaloneConfig;
 pub use error::{FaultId, ProxyError};
 pub use registry::ProxyRegistry;
 pub use settings::{ProxyProtocol, ProxyTarget};
-pub(crate) use state::{FaultSpec, ProxyFaultStatus, TargetStatus};
 
 #[cfg(test)]
 mod tests {

@@ -31,7 +31,10 @@ use crate::view::query;
 use crate::view::store::ViewError;
 
 /// One page of runs for `filter` (shared by the page, the API and the exports).
-pub(crate) async fn run_page(state: &WebState, filter: &RunFilter) -> Result<Page<RunRow>, WebError> {
+pub(crate) async fn run_page(
+    state: &WebState,
+    filter: &RunFilter,
+) -> Result<Page<RunRow>, WebError> {
     let filter = filter.clone();
     state
         .query("runs", move |c| query::runs(c, &filter))
@@ -58,7 +61,7 @@ pub(crate) fn store_error(error: ViewError) -> WebError {
 }
 
 /// `GET /api/runs`.
-pub async fn runs(
+pub(crate) async fn runs(
     State(state): State<WebState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -96,7 +99,7 @@ pub(crate) fn trace_link(state: &WebState, trace_id: Option<&str>) -> Option<Str
 }
 
 /// `GET /api/runs/{run_id}`.
-pub async fn run(
+pub(crate) async fn run(
     State(state): State<WebState>,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -115,7 +118,7 @@ pub async fn run(
 }
 
 /// `GET /api/executions/{pipeline_execution_id}`.
-pub async fn execution(
+pub(crate) async fn execution(
     State(state): State<WebState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -143,7 +146,7 @@ pub(crate) async fn flag(
 }
 
 /// `GET /api/pipelines/{pipeline_id}`.
-pub async fn pipeline(
+pub(crate) async fn pipeline(
     State(state): State<WebState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -195,7 +198,7 @@ pub(crate) fn range(
 }
 
 /// `GET /api/overview?since=&until=`.
-pub async fn overview(
+pub(crate) async fn overview(
     State(state): State<WebState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
@@ -220,7 +223,9 @@ pub(crate) async fn overview_of(
 }
 
 /// The integrity audit's findings now (shared by `/`, `/api/audit`).
-pub(crate) async fn findings(state: &WebState) -> Result<Vec<crate::view::model::AuditFinding>, WebError> {
+pub(crate) async fn findings(
+    state: &WebState,
+) -> Result<Vec<crate::view::model::AuditFinding>, WebError> {
     let options = state.options.clone();
     state
         .query("audit", move |c| {
@@ -246,7 +251,7 @@ pub(crate) async fn finding_counts(
 
 /// `GET /api/audit` → `{"findings": [...], "counts": {kind: n}}` (at most
 /// [`audit::LISTED_PER_KIND`] findings of each kind listed; the counts are whole).
-pub async fn audit(State(state): State<WebState>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn audit(State(state): State<WebState>) -> Result<Json<Value>, ApiError> {
     let findings = findings(&state).await?;
     let mut counts = serde_json::Map::new();
     for (kind, n) in finding_counts(&state).await? {
@@ -257,7 +262,7 @@ pub async fn audit(State(state): State<WebState>) -> Result<Json<Value>, ApiErro
 
 /// `GET /api/problems?cursor=` → `{"problems": [...], "next": "<cursor>" | null}`
 /// (newest first).
-pub async fn problems(
+pub(crate) async fn problems(
     State(state): State<WebState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {

@@ -7,7 +7,7 @@
 //! inject markup.
 
 use chrono::{DateTime, Utc};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 
 /// The stylesheet, served at `/static/view.css`.
 pub(crate) const CSS: &str = include_str!("static/view.css");
@@ -130,7 +130,10 @@ pub(crate) fn seconds(value: f64) -> String {
 }
 
 /// A run's duration; a running run's elapsed time ticks in the browser.
-pub(crate) fn duration(duration_seconds: Option<f64>, running_since: Option<DateTime<Utc>>) -> Markup {
+pub(crate) fn duration(
+    duration_seconds: Option<f64>,
+    running_since: Option<DateTime<Utc>>,
+) -> Markup {
     match (duration_seconds, running_since) {
         (Some(d), _) => html! { (seconds(d)) },
         (None, Some(since)) => {
@@ -181,11 +184,6 @@ pub(crate) fn raw_json(value: &serde_json::Value) -> Markup {
     let text =
         serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("(cannot print: {e})"));
     html! { pre.raw { (text) } }
-}
-
-/// Inline SVG drawn on the server (already escaped by its builder).
-pub(crate) fn svg(markup: String) -> Markup {
-    PreEscaped(markup)
 }
 
 #[cfg(test)]

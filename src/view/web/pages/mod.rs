@@ -5,13 +5,13 @@
 //! The rule that keeps it right: pages show the model's values as they are (no second
 //! computation of a status or a score), and link every id to its own page.
 
-pub mod execution;
+pub(crate) mod execution;
 pub(crate) mod flag;
-pub mod overview;
-pub mod pipeline;
-pub mod problems;
-pub mod run;
-pub mod runs;
+pub(crate) mod overview;
+pub(crate) mod pipeline;
+pub(crate) mod problems;
+pub(crate) mod run;
+pub(crate) mod runs;
 
 use maud::{Markup, html};
 
