@@ -150,7 +150,11 @@ impl Committer {
     /// Commits completions from `completions` with `producer` (from [`start`]) until the
     /// channel closes (the worker is stopping) and everything received has been committed
     /// or dropped as revoked.
-    pub(crate) fn run(self, mut producer: TransactionalProducer, completions: Receiver<Completion>) {
+    pub(crate) fn run(
+        self,
+        mut producer: TransactionalProducer,
+        completions: Receiver<Completion>,
+    ) {
         let mut pending: Vec<Completion> = Vec::new();
         let mut closed = false;
         let mut failures: u32 = 0;

@@ -28,6 +28,9 @@ use chaosgate::telemetry::redact::{self, Secrets};
 
 /// Arguments of `chaosgate experiment run`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Progress goes to standard error; the report (or with --json, the result) to standard output.\n\nExit status: 0 passed, 1 failed, 2 error, aborted or a file that does not validate (with --json, a result with verdict error and the problems is printed then too).\n\nExample: chaosgate experiment run catalog/ --experiment disk-pressure --json"
+)]
 pub struct ExperimentRunArgs {
     /// An experiment file, or a catalog folder with `--experiment`.
     pub path: PathBuf,
