@@ -418,9 +418,11 @@ probes:
 async fn the_experiment_timeout_aborts_and_reverts() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("marker");
+    // The fault fits the timeout (validation refuses one that does not); a continuous
+    // probe whose check hangs keeps the phase from ending until the timeout fires.
     let yaml = format!(
-        "kind: experiment\nid: timeout\ntimeout: 1s\nfaults:{}\nprobes:\n  - {{ name: ok, mode: continuous, command: {{ command: {{ argv: [\"true\"] }} }} }}\n",
-        file_fault("marker", 5, "30s", &marker)
+        "kind: experiment\nid: timeout\ntimeout: 1s\nfaults:{}\nprobes:\n  - {{ name: hangs, mode: continuous, run_properties: {{ timeout: 60s }}, command: {{ command: {{ argv: [sleep, \"30\"] }} }} }}\n",
+        file_fault("marker", 5, "500ms", &marker)
     );
     let started = Instant::now();
     let result = run_experiment(&experiment(&yaml), &context()).await;

@@ -318,7 +318,7 @@ async fn each_bad_event_is_dead_lettered_with_its_reason_and_the_next_one_is_pro
     );
     h.catalog_file(
         "exp.yaml",
-        &experiment_yaml("listener", "100ms", &h.marker("m"), &closed_address()),
+        &experiment_yaml("listener", "400ms", &h.marker("m"), &closed_address()),
     );
     let collector = h.collect();
     let settings = Settings {
@@ -1640,7 +1640,7 @@ async fn committed_offsets_unreadable_at_assignment_are_retried_and_nothing_runs
     let up = Listener::start().await;
     h.catalog_file(
         "exp.yaml",
-        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+        &experiment_yaml("quick", "400ms", &h.marker("quick"), &up.address),
     );
     h.catalog_file(
         "exp-slow.yaml",
@@ -1745,7 +1745,7 @@ async fn a_sigkilled_worker_restarted_takes_its_partitions_back_within_seconds()
     let up = Listener::start().await;
     h.catalog_file(
         "exp.yaml",
-        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+        &experiment_yaml("quick", "400ms", &h.marker("quick"), &up.address),
     );
     h.catalog_file(
         "pipe.yaml",
@@ -1797,7 +1797,7 @@ async fn the_loop_ticks_while_idle_and_liveness_reports_it() {
     let up = Listener::start().await;
     h.catalog_file(
         "exp.yaml",
-        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+        &experiment_yaml("quick", "400ms", &h.marker("quick"), &up.address),
     );
     h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["quick"]));
     let config = h.config("w", &Settings::default());
@@ -1949,7 +1949,7 @@ async fn a_consumer_fenced_by_its_own_static_id_is_replaced_and_the_worker_answe
     let up = Listener::start().await;
     h.catalog_file(
         "exp.yaml",
-        &experiment_yaml("quick", "100ms", &h.marker("quick"), &up.address),
+        &experiment_yaml("quick", "400ms", &h.marker("quick"), &up.address),
     );
     h.catalog_file(
         "pipe.yaml",

@@ -357,6 +357,9 @@ fn check(
         let value = &source.document.value;
         let result = match source.kind {
             Kind::Pipeline => typed::<Pipeline>(value).map(|p| {
+                for finding in rules::check_pipeline(&p) {
+                    problems.push(to_problem(source, finding));
+                }
                 pipelines.insert(p.id.clone(), p);
             }),
             Kind::Experiment => typed::<Experiment>(value).map(|e| {

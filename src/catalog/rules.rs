@@ -11,7 +11,10 @@
 //! # The rules
 //!
 //! - fault and probe names are unique; a fault's `probes` names probes of the experiment;
-//! - an experiment has faults or probes; its `timeout`, when set, is above 0s;
+//! - an experiment has faults or probes; its `timeout`, when set, is above 0s and above
+//!   the time its faults are active (their durations in turn, or the longest in parallel);
+//! - a command's `timeout` (fault inject and revert, command probe), when set, is above 0s;
+//!   so is a pipeline step's ([`check_pipeline`]);
 //! - a fault's `weight` is 1 to 10;
 //! - a probe's `timeout` is above 0s and `attempts` at least 1; a polling probe's
 //!   (`continuous`, `on_chaos`) `polling_interval` is above 0s;
@@ -25,7 +28,8 @@
 
 use std::collections::HashMap;
 
-use super::experiment::{Experiment, FaultExecution, FaultKind, ProbeMode};
+use super::experiment::{Experiment, FaultExecution, FaultKind, ProbeMode, ProbeType};
+use super::pipeline::Pipeline;
 use super::problem::{FieldPath, Finding};
 use super::span::Span;
 
@@ -60,7 +64,52 @@ pub(crate) fn check_experiment(experiment: &Experiment) -> Vec<Finding> {
     );
     check_faults(experiment, &mut out);
     check_probes(experiment, &mut out);
+    check_fits_timeout(experiment, &mut out);
     out
+}
+
+/// Every rule `pipeline` breaks, each at its field: a step's `timeout`, when set, is above
+/// 0s (a step with none to run in would be cut off at once, every time).
+pub(crate) fn check_pipeline(pipeline: &Pipeline) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let stages = FieldPath::root().key("stages");
+    for (i, stage) in pipeline.stages.iter().enumerate() {
+        for (j, step) in stage.steps.iter().enumerate() {
+            if let Some(timeout) = step.timeout {
+                let at = stages.index(i).key("steps").index(j).key("timeout");
+                positive(timeout, &at, "a step's timeout", &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// The experiment's `timeout` must leave its faults the time they are active: else every
+/// run is aborted before its last revert is due.
+fn check_fits_timeout(experiment: &Experiment, out: &mut Vec<Finding>) {
+    let Some(timeout) = experiment.timeout else {
+        return;
+    };
+    let durations = experiment.faults.iter().map(|f| f.duration.duration());
+    let active = match experiment.execution {
+        FaultExecution::Serial => durations.sum(),
+        FaultExecution::Parallel => durations.max().unwrap_or_default(),
+    };
+    // A 0s timeout is reported as such.
+    if !active.is_zero() && !timeout.duration().is_zero() && timeout.duration() <= active {
+        out.push(Finding::new(
+            FieldPath::root().key("timeout"),
+            format!(
+                "timeout {timeout} is not above the {} the faults are active ({}): every run \
+                 would be aborted before its last revert",
+                Span(active),
+                match experiment.execution {
+                    FaultExecution::Serial => "their durations, one after another",
+                    FaultExecution::Parallel => "the longest duration",
+                }
+            ),
+        ));
+    }
 }
 
 /// Renders findings as one line, `path: message; ...` (the runner's refusal).
@@ -134,6 +183,14 @@ fn check_faults(experiment: &Experiment, out: &mut Vec<Finding>) {
             }
         }
         match &fault.kind {
+            FaultKind::Command(command) => {
+                for (part, line) in [("inject", &command.inject), ("revert", &command.revert)] {
+                    if let Some(timeout) = line.timeout {
+                        let at = path.key("command").key(part).key("timeout");
+                        positive(timeout, &at, "a command's timeout", out);
+                    }
+                }
+            }
             FaultKind::Process(process) => {
                 if let Some(problem) = process.name.as_deref().and_then(unmatchable_process_name) {
                     out.push(Finding::new(path.key("process").key("name"), problem));
@@ -150,7 +207,7 @@ fn check_faults(experiment: &Experiment, out: &mut Vec<Finding>) {
                     ));
                 }
             }
-            FaultKind::Network(_) | FaultKind::Http(_) | FaultKind::Command(_) => {}
+            FaultKind::Network(_) | FaultKind::Http(_) => {}
         }
     }
 }
@@ -186,10 +243,14 @@ fn unmatchable_process_name(name: &str) -> Option<String> {
         ));
     }
     if name.len() > MAX_PROCESS_NAME {
-        let mut cut = MAX_PROCESS_NAME;
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
+        if !name.is_char_boundary(MAX_PROCESS_NAME) {
+            return Some(format!(
+                "'{name}' is {} bytes; the kernel keeps {MAX_PROCESS_NAME} in /proc/PID/comm, \
+                 which cuts a character in two, so no name written here can match: use pid_file",
+                name.len()
+            ));
         }
+        let cut = MAX_PROCESS_NAME;
         return Some(format!(
             "'{name}' is {} bytes, but the kernel keeps {MAX_PROCESS_NAME} in /proc/PID/comm, \
              so no process matches it: write '{}' or use pid_file",
@@ -223,6 +284,12 @@ fn check_probes(experiment: &Experiment, out: &mut Vec<Finding>) {
         }
         if probe.mode == ProbeMode::OnChaos {
             check_chaos_window(experiment, i, &path, out);
+        }
+        if let ProbeType::Command(command) = &probe.probe_type
+            && let Some(timeout) = command.command.timeout
+        {
+            let at = path.key("command").key("command").key("timeout");
+            positive(timeout, &at, "a command's timeout", out);
         }
     }
 }
@@ -258,7 +325,24 @@ fn check_chaos_window(experiment: &Experiment, p: usize, path: &FieldPath, out: 
         return;
     }
     for (fault, active) in windows {
-        if delay.duration() >= active.duration() {
+        if active.duration().is_zero() {
+            let f = experiment
+                .faults
+                .iter()
+                .position(|x| x.name == fault)
+                .unwrap_or(0);
+            let finding = Finding::new(
+                FieldPath::root().key("faults").index(f).key("duration"),
+                format!(
+                    "fault '{fault}' is active for 0s, so on_chaos probe '{}' has no time to \
+                     check in: give the fault a duration",
+                    probe.name
+                ),
+            );
+            if !out.contains(&finding) {
+                out.push(finding);
+            }
+        } else if delay.duration() >= active.duration() {
             out.push(Finding::new(
                 at.clone(),
                 format!(
@@ -374,6 +458,55 @@ mod tests {
     }
 
     #[test]
+    fn command_timeouts_and_the_experiment_timeout_leave_time_to_run() {
+        let e = experiment(
+            "kind: experiment\nid: x\ntimeout: 3s\nfaults:\n  - {name: a, weight: 1, duration: 2s, command: {inject: {argv: ['true'], timeout: 0s}, revert: {argv: ['true']}}}\n  - {name: b, weight: 1, duration: 2s, command: {inject: {argv: ['true']}, revert: {argv: ['true'], timeout: 0s}}}\nprobes:\n  - {name: p, mode: eot, command: {command: {argv: ['true'], timeout: 0s}}}\n",
+        );
+        assert_eq!(
+            messages(&e),
+            [
+                "faults[0].command.inject.timeout: a command's timeout must be above 0s",
+                "faults[1].command.revert.timeout: a command's timeout must be above 0s",
+                "probes[0].command.command.timeout: a command's timeout must be above 0s",
+                "timeout: timeout 3s is not above the 4s the faults are active (their durations, one after another): every run would be aborted before its last revert",
+            ]
+        );
+        let parallel = experiment(&format!(
+            "kind: experiment\nid: x\nexecution: parallel\ntimeout: 3s\nfaults:\n  - {{name: a, weight: 1, duration: 2s, {COMMAND}}}\n  - {{name: b, weight: 1, duration: 2s, {COMMAND}}}\n"
+        ));
+        assert!(messages(&parallel).is_empty(), "{:?}", messages(&parallel));
+    }
+
+    #[test]
+    fn a_zero_second_fault_judged_on_chaos_is_named_at_its_duration() {
+        let e = experiment(&format!(
+            "kind: experiment\nid: x\nfaults:\n  - {{name: a, weight: 1, duration: 0s, {COMMAND}}}\nprobes:\n  - {{name: p, mode: on_chaos, tcp: {{address: '127.0.0.1:1'}}}}\n"
+        ));
+        assert_eq!(
+            messages(&e),
+            [
+                "faults[0].duration: fault 'a' is active for 0s, so on_chaos probe 'p' has no time to check in: give the fault a duration"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_step_timeout_must_be_above_zero() {
+        let pipeline: Pipeline = serde_saphyr::from_str(
+            "kind: pipeline\nid: p\nroutes: [{flag: x}]\nstages:\n  - id: s\n    type: feature_flag\n    steps:\n      - {id: a, experiment: e, expected_resilience_score: 80, timeout: 0s}\n",
+        )
+        .unwrap();
+        let found: Vec<String> = check_pipeline(&pipeline)
+            .iter()
+            .map(|f| format!("{}: {}", f.path, f.message))
+            .collect();
+        assert_eq!(
+            found,
+            ["stages[0].steps[0].timeout: a step's timeout must be above 0s"]
+        );
+    }
+
+    #[test]
     fn a_process_name_must_be_one_proc_comm_can_hold() {
         let named = |name: &str| {
             experiment(&format!(
@@ -389,6 +522,11 @@ mod tests {
             ]
         );
         assert_eq!(messages(&named("/usr/bin/redis")).len(), 1);
+        // 18 bytes whose 15th cuts an 'é' in two: no name can match.
+        assert!(
+            messages(&named("ééééééééé"))[0]
+                .ends_with("so no name written here can match: use pid_file")
+        );
         assert_eq!(messages(&named("")).len(), 1);
     }
 }

@@ -93,7 +93,7 @@ use crate::chaos::proxy::ProxyRegistry;
 use crate::chaos::target_lock::TargetLocks;
 use faults::{InjectedFaults, inject_fault, renew_leases, revert_fault};
 use plan::PhasePlan;
-use probes::{check_once, join_all, poll_probe};
+use probes::{Window, check_once, join_all, poll_probe};
 use state::{AbortOnDrop, Run, Stop};
 
 /// Lease of proxy faults when the caller sets none.
@@ -284,7 +284,11 @@ async fn run_phase(
         check_once(run, &with_mode(&[ProbeMode::Continuous]), index).await;
     } else {
         for p in with_mode(&[ProbeMode::Continuous]) {
-            let window = (phase_started, phase_window.clone());
+            let window = Window {
+                opened: phase_started,
+                closes: None,
+                closed: phase_window.clone(),
+            };
             continuous.spawn(poll_probe(run.clone(), p, index, window));
         }
     }
@@ -302,11 +306,17 @@ async fn run_phase(
         }
         if !stop.is_cancelled() {
             let chaos_started = Instant::now();
+            ends.sort();
+            // The window closes when the first fault is due to be reverted.
+            let closes = ends.first().map(|(end, _)| *end);
             for p in with_mode(&[ProbeMode::OnChaos]) {
-                let window = (chaos_started, chaos_window.clone());
+                let window = Window {
+                    opened: chaos_started,
+                    closes,
+                    closed: chaos_window.clone(),
+                };
                 on_chaos.spawn(poll_probe(run.clone(), p, index, window));
             }
-            ends.sort();
             for (i, (end, f)) in ends.into_iter().enumerate() {
                 if stop
                     .run_until_cancelled(tokio::time::sleep_until(end))

@@ -38,41 +38,48 @@ pub(super) async fn join_all(set: &mut JoinSet<()>) {
     while set.join_next().await.is_some() {}
 }
 
+/// A polling probe's window: when it opened, when it is due to close if that is known
+/// (an `on_chaos` window at the first revert), and the token that closes it.
+pub(super) struct Window {
+    pub(super) opened: Instant,
+    pub(super) closes: Option<Instant>,
+    pub(super) closed: CancellationToken,
+}
+
 /// Checks probe `p` every polling interval while `window` is open.
 ///
-/// `window` is when the window opened and the token that closes it: the schedule's ticks
-/// are its opening + `initial_delay` + k intervals, however late this task got to run. A
-/// check starts only while the window is open and counts only when the window is still
-/// open as it ends, passed or failed (else [`Run::record_late`]): for `on_chaos`, a check
-/// that ends after the window closed may have looked at the target during the revert.
-/// A window that closes before the first tick gets no check: the verdict then says the
-/// probe could not check inside it.
-pub(super) async fn poll_probe(
-    run: Arc<Run>,
-    p: usize,
-    phase: usize,
-    window: (Instant, CancellationToken),
-) {
-    let (opened, window) = window;
+/// The schedule's ticks are the window's opening + `initial_delay` + k intervals, however
+/// late this task got to run. A check starts only while the window is open and before it
+/// is due to close (a tick at its end would race the revert), and counts only when the
+/// window is still open as it ends, passed or failed (else [`Run::record_late`]): for
+/// `on_chaos`, a check that ends after the window closed may have looked at the target
+/// during the revert. A window that closes before the first tick gets no check: the
+/// verdict then says the probe could not check inside it.
+pub(super) async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: Window) {
     let properties = &run.probes[p].run_properties;
     let every = properties.polling_interval.duration();
-    let mut tick = opened + properties.initial_delay.duration();
-    let mut open = window
-        .run_until_cancelled(tokio::time::sleep_until(tick))
-        .await
-        .is_some();
+    let mut tick = window.opened + properties.initial_delay.duration();
+    let due = |tick: Instant| window.closes.is_none_or(|closes| tick < closes);
+    let mut open = due(tick)
+        && window
+            .closed
+            .run_until_cancelled(tokio::time::sleep_until(tick))
+            .await
+            .is_some();
     while open && !run.stop.is_cancelled() {
         let check = isolated_check(&run, p).await;
-        if window.is_cancelled() {
+        if window.closed.is_cancelled() {
             run.record_late(p, phase, &check);
             break;
         }
         run.record_check(p, phase, &check, true);
         tick = next_tick(tick, every, Instant::now());
-        open = window
-            .run_until_cancelled(tokio::time::sleep_until(tick))
-            .await
-            .is_some();
+        open = due(tick)
+            && window
+                .closed
+                .run_until_cancelled(tokio::time::sleep_until(tick))
+                .await
+                .is_some();
     }
     let tally = run.tally().probes[p]
         .by_phase
