@@ -757,3 +757,27 @@ fn an_expected_value_that_is_not_a_finite_number() {
         ],
     );
 }
+
+#[test]
+fn a_plain_number_where_text_is_wanted_says_what_to_write() {
+    let bare = edit(EXPERIMENT, "    duration: 30s\n", "    duration: 30\n");
+    expect_problems(
+        PIPELINE,
+        &bare,
+        &[
+            "experiments/payments-latency.yaml:7: faults[0].duration: expected text, found 30 (a duration needs its unit: write e.g. 30s or 30ms)",
+        ],
+    );
+    let unquoted = edit(
+        EXPERIMENT,
+        "    http:\n      url: http://127.0.0.1:8080/health\n      criteria:\n        max_response_ms: 300\n        body_regex: \"ok\"\n",
+        "    command:\n      command: {argv: [echo, '1']}\n      stdout: {type: float, criteria: ge, value: 7.5}\n",
+    );
+    expect_problems(
+        PIPELINE,
+        &unquoted,
+        &[
+            "experiments/payments-latency.yaml:19: probes[0].command.stdout.value: expected text, found 7.5 (quote it to give it as text: \"7.5\")",
+        ],
+    );
+}

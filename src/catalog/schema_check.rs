@@ -104,11 +104,13 @@ impl SchemaCheck {
                 format!("{} must be above {}", show(instance), number(limit))
             }
             ValidationErrorKind::Type { kind } => {
+                let node = self.node(parent_pointer(schema_path));
                 format!(
-                    "expected {}, found {}{}",
+                    "expected {}, found {}{}{}",
                     expected_types(kind),
                     describe(instance),
-                    yaml_11_boolean_hint(kind, instance)
+                    yaml_11_boolean_hint(kind, instance),
+                    number_as_text_hint(kind, instance, node)
                 )
             }
             ValidationErrorKind::Pattern { pattern } => pattern_message(pattern, instance),
@@ -398,6 +400,23 @@ fn yaml_11_boolean_hint(kind: &TypeKind, instance: &Value) -> String {
         " (catalog files are YAML 1.2, where '{word}' is text, not a boolean: write {meant}; \
          quote it, \"{word}\", where you mean the text)"
     )
+}
+
+/// The hint for a plain number where text is wanted: a duration needs its unit, other
+/// text its quotes (YAML reads `7.5` and `3` as numbers).
+fn number_as_text_hint(kind: &TypeKind, instance: &Value, node: Option<&Value>) -> String {
+    let wants_text = match kind {
+        TypeKind::Single(single) => single.to_string() == "string",
+        TypeKind::Multiple(_) => false,
+    };
+    if !wants_text || !instance.is_number() {
+        return String::new();
+    }
+    let text = number(instance);
+    if node.and_then(|n| n.get("pattern")).and_then(Value::as_str) == Some(SPAN_PATTERN) {
+        return format!(" (a duration needs its unit: write e.g. {text}s or {text}ms)");
+    }
+    format!(" (quote it to give it as text: \"{text}\")")
 }
 
 /// What kind of value this is, for "expected X, found Y".

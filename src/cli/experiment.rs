@@ -3,7 +3,8 @@
 //! Progress goes to standard error: on a terminal, colored lines as faults are injected
 //! and reverted and probes are checked, under a status line redrawn in place; otherwise a
 //! plain timestamped line log. The final report (or, with `--json`, the result as JSON)
-//! goes to standard output. Exit status: 0 passed, 1 failed, 2 error or aborted. Ctrl-C
+//! goes to standard output. Exit status: 0 passed, 1 failed, 2 error, aborted or a file
+//! that does not validate (with `--json`, a result saying so is printed then too). Ctrl-C
 //! (SIGINT) or SIGTERM aborts the run; its faults are reverted before the process exits.
 //! A second signal exits at once, leaving proxy faults to their lease.
 
@@ -463,7 +464,14 @@ pub fn report(result: &ExperimentResult, color: bool) -> String {
                 cell(&f.weight.to_string(), 7),
                 paint(v, cell(v, 9)),
                 cell(&format!("{}%", f.probe_success_percentage), 8),
-                cell(if f.reverted { "yes" } else { "no" }, 8),
+                cell(
+                    match (f.started_at, f.reverted) {
+                        (None, _) => "-",
+                        (Some(_), true) => "yes",
+                        (Some(_), false) => "NO",
+                    },
+                    8
+                ),
                 f.error.as_deref().unwrap_or("")
             ));
         }
@@ -476,8 +484,17 @@ pub fn report(result: &ExperimentResult, color: bool) -> String {
             .max()
             .unwrap_or(4)
             .max(5);
+        let errors = result
+            .probes
+            .iter()
+            .filter(|p| p.verdict == Verdict::Error)
+            .count();
+        let errors = match errors {
+            0 => String::new(),
+            n => format!(", {n} error"),
+        };
         out.push_str(&format!(
-            "\nProbes ({} passed, {} failed)\n  {} type        mode        verdict   attempts  last error\n",
+            "\nProbes ({} passed, {} failed{errors})\n  {} type        mode        verdict   attempts  last error\n",
             result.probes_passed,
             result.probes_failed,
             cell("name", width)
