@@ -143,6 +143,12 @@ async fn the_runner_refuses_what_validation_refuses_with_the_same_words() {
         result.summary,
         "error: invalid experiment: probes[0].run_properties.initial_delay: initial_delay 3s is not below the 1s fault 'file' is active: an on_chaos probe must check while its faults are active (a check after the revert never counts)"
     );
+    assert_eq!(
+        result.problems,
+        [
+            "probes[0].run_properties.initial_delay: initial_delay 3s is not below the 1s fault 'file' is active: an on_chaos probe must check while its faults are active (a check after the revert never counts)"
+        ]
+    );
     assert!(!marker.exists(), "nothing may be injected");
     assert!(result.faults.iter().all(|f| f.started_at.is_none()));
 }
@@ -170,5 +176,14 @@ fn experiment_run_json_answers_with_a_result_for_a_file_that_does_not_validate()
     assert!(
         summary.ends_with(":7: probes[0].run_properties.polling_interval: a polling probe's polling_interval must be above 0s"),
         "{summary}"
+    );
+    let problems = result["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .ends_with("zero.yaml:7: probes[0].run_properties.polling_interval: a polling probe's polling_interval must be above 0s"),
+        "{problems:?}"
     );
 }

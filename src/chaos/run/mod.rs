@@ -155,7 +155,13 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
     if !problems.is_empty() {
         let problem = rules::describe(&problems);
         run.log(format!("cannot run: {problem}"));
-        return verdict::result(experiment, &run, started_at, Duration::ZERO, Some(problem));
+        let mut result =
+            verdict::result(experiment, &run, started_at, Duration::ZERO, Some(problem));
+        result.problems = problems
+            .iter()
+            .map(|f| rules::describe(std::slice::from_ref(f)))
+            .collect();
+        return result;
     }
     // Record a cancellation the moment it happens.
     let _watch_cancel = AbortOnDrop(tokio::spawn({

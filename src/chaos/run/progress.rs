@@ -38,6 +38,11 @@ pub struct ExperimentResult {
     pub summary: String,
     /// Short human-readable log, one `HH:MM:SS text` line per event (UTC).
     pub log: Vec<String>,
+    /// Why the experiment could not run at all, one problem per entry (`file:line:
+    /// field: message` as `chaosgate validate` gives them); empty for a run. Left out of
+    /// the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 impl ExperimentResult {
@@ -68,6 +73,7 @@ impl ExperimentResult {
             waited_for_target_seconds: 0.0,
             summary,
             log,
+            problems: problems.to_vec(),
         }
     }
 }

@@ -270,5 +270,6 @@ pub(super) fn result(
         waited_for_target_seconds: score::round2(waited.as_secs_f64()),
         summary,
         log,
+        problems: Vec::new(),
     }
 }
