@@ -200,8 +200,8 @@ pub(super) async fn revert_fault(run: &Arc<Run>, active: &InjectedFaults, f: usi
     active.remove(f);
     let error = outcome.err().map(|e| e.to_string());
     {
-        let mut tally_ = run.tally();
-        let entry = &mut tally_.faults[f];
+        let mut tallies = run.tally();
+        let entry = &mut tallies.faults[f];
         if entry.started_at.is_some() {
             metrics::fault_reverted();
         }

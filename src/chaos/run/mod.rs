@@ -267,10 +267,10 @@ async fn run_phase(
 ) {
     let stop = run.stop.clone();
     {
-        let mut tally_ = run.tally();
-        tally_.phases_started.push(index);
+        let mut tallies = run.tally();
+        tallies.phases_started.push(index);
         for f in &phase.faults {
-            tally_.faults[*f].phase_started = true;
+            tallies.faults[*f].phase_started = true;
         }
     }
     let with_mode = |modes: &[ProbeMode]| -> Vec<usize> {
@@ -354,10 +354,10 @@ async fn run_phase(
     phase_window.cancel();
     stop.run_until_cancelled(join_all(&mut continuous)).await;
     if !stop.is_cancelled() {
-        let mut tally_ = run.tally();
-        tally_.phases_completed.push(index);
+        let mut tallies = run.tally();
+        tallies.phases_completed.push(index);
         for f in &phase.faults {
-            tally_.faults[*f].phase_completed = true;
+            tallies.faults[*f].phase_completed = true;
         }
     }
 }

@@ -155,9 +155,9 @@ impl Run {
     /// Ends the run early for `reason`, unless it is already ending for another.
     pub(super) fn stop_with(&self, reason: Stop) {
         let first = {
-            let mut tally_ = self.tally();
-            if tally_.stop.is_none() {
-                tally_.stop = Some(reason.clone());
+            let mut tallies = self.tally();
+            if tallies.stop.is_none() {
+                tallies.stop = Some(reason.clone());
                 true
             } else {
                 false
@@ -177,8 +177,8 @@ impl Run {
     pub(super) fn record_late(&self, p: usize, phase: usize, check: &Check) {
         let probe = &self.probes[p];
         let first = {
-            let mut tally_ = self.tally();
-            let tally = tally_.probes[p].by_phase.entry(phase).or_default();
+            let mut tallies = self.tally();
+            let tally = tallies.probes[p].by_phase.entry(phase).or_default();
             tally.late += 1;
             tally.late == 1
         };
@@ -201,8 +201,8 @@ impl Run {
     pub(super) fn record_check(&self, p: usize, phase: usize, check: &Check, polling: bool) {
         let probe = &self.probes[p];
         let first_failure = {
-            let mut tally_ = self.tally();
-            let entry = &mut tally_.probes[p];
+            let mut tallies = self.tally();
+            let entry = &mut tallies.probes[p];
             let tally = entry.by_phase.entry(phase).or_default();
             tally.checks += 1;
             let first_failure = !check.passed && tally.failed == 0;

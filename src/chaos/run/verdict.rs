@@ -83,8 +83,8 @@ pub(super) fn result(
     } else {
         plan(experiment)
     };
-    let tally_ = run.tally();
-    let stop = tally_.stop.clone();
+    let tallies = run.tally();
+    let stop = tallies.stop.clone();
     let aborted = matches!(
         stop,
         Some(Stop::Cancelled | Stop::TimedOut(_) | Stop::TargetsBusy(..))
@@ -95,13 +95,13 @@ pub(super) fn result(
         .iter()
         .enumerate()
         .map(|(p, probe)| {
-            let entry = &tally_.probes[p];
-            let outcomes: Vec<PhaseOutcome> = tally_
+            let entry = &tallies.probes[p];
+            let outcomes: Vec<PhaseOutcome> = tallies
                 .phases_started
                 .iter()
                 .filter(|ph| phases[**ph].probes.contains(&p))
                 .map(|ph| {
-                    let completed = tally_.phases_completed.contains(ph);
+                    let completed = tallies.phases_completed.contains(ph);
                     phase_outcome(probe, entry.by_phase.get(ph), completed)
                 })
                 .collect();
@@ -140,7 +140,7 @@ pub(super) fn result(
         .iter()
         .enumerate()
         .map(|(f, fault)| {
-            let entry = &tally_.faults[f];
+            let entry = &tallies.faults[f];
             let phase = phases.iter().position(|ph| ph.faults.contains(&f));
             let judged: Vec<usize> = phase.map(|_| judges(experiment, fault)).unwrap_or_default();
             let passed = judged
@@ -149,8 +149,8 @@ pub(super) fn result(
                     phase.is_some_and(|ph| {
                         phase_outcome(
                             &experiment.probes[**p],
-                            tally_.probes[**p].by_phase.get(&ph),
-                            tally_.phases_completed.contains(&ph),
+                            tallies.probes[**p].by_phase.get(&ph),
+                            tallies.phases_completed.contains(&ph),
                         ) == PhaseOutcome::Passed
                     })
                 })
@@ -250,7 +250,7 @@ pub(super) fn result(
         ),
     };
     let ended_at = Utc::now();
-    let mut log = tally_.log.clone();
+    let mut log = tallies.log.clone();
     log.push(format!("{} end: {summary}", clock(ended_at)));
     ExperimentResult {
         experiment_id: experiment.id.clone(),
