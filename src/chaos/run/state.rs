@@ -44,6 +44,7 @@ impl Stop {
     }
 }
 
+/// One probe's checks in one phase.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct PhaseTally {
     /// Checks counted in the probe's window.
@@ -54,6 +55,7 @@ pub(super) struct PhaseTally {
     pub(super) late: u32,
 }
 
+/// One probe's checks over the run, by phase, and what its result reports.
 #[derive(Debug, Default)]
 pub(super) struct ProbeTally {
     pub(super) by_phase: HashMap<usize, PhaseTally>,
@@ -63,6 +65,7 @@ pub(super) struct ProbeTally {
     pub(super) last_check_at: Option<DateTime<Utc>>,
 }
 
+/// One fault's timeline (injected, reverted, or why not) and its phase's progress.
 #[derive(Debug, Default)]
 pub(super) struct FaultTally {
     pub(super) started_at: Option<DateTime<Utc>>,
@@ -73,6 +76,7 @@ pub(super) struct FaultTally {
     pub(super) phase_completed: bool,
 }
 
+/// Everything a run has counted so far, behind [`Run`]'s one lock.
 #[derive(Debug, Default)]
 pub(super) struct RunTally {
     pub(super) probes: Vec<ProbeTally>,
