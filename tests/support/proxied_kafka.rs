@@ -79,8 +79,19 @@ fn kafka_sh() -> Command {
 }
 
 /// A KRaft cluster id: 16 random bytes in URL-safe base64 without padding (22
-/// characters), as `kafka-storage.sh random-uuid` prints.
+/// characters), as `kafka-storage.sh random-uuid` prints. Like Kafka's own
+/// `Uuid.randomUuid`, it never starts with `-`: `kafka-storage format --cluster-id -x...`
+/// would read the id as an option (about one run in 32 failed that way).
 fn cluster_id() -> String {
+    loop {
+        let id = random_cluster_id();
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn random_cluster_id() -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bytes = uuid::Uuid::new_v4().into_bytes();
     let mut bits: u32 = 0;
