@@ -84,9 +84,11 @@ async fn a_person_filters_runs_opens_one_reads_its_score_and_probes_and_sees_new
             &["listener-up", "listener-down"],
         ),
     );
+    // Long enough that the page can show it running under a loaded CI (a 6s run was once
+    // over before its running record reached the page).
     h.catalog_file(
         "exp-slow.yaml",
-        &experiment_yaml("listener-slow", "6s", &h.marker("slow"), &up.address),
+        &experiment_yaml("listener-slow", "20s", &h.marker("slow"), &up.address),
     );
     h.catalog_file(
         "pipe-slow.yaml",
