@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::Span;
+use crate::catalog::{Span, Unrouted};
 use crate::chaos::proxy::ProxyTarget;
 use crate::telemetry::redact::{self, Secrets};
 pub use crate::telemetry::{LogFormat, TelemetryConfig};
@@ -234,6 +234,13 @@ pub struct WorkerConfig {
     /// then wait `session.timeout.ms` before they move to the others.
     #[serde(default = "default_static_membership")]
     pub(crate) static_membership: bool,
+    /// What a flag change no pipeline's routes take gets: `enable` (the default: chaosgate
+    /// gates only the flags its routes name and stays out of the way of the rest, as
+    /// before this setting existed), `disable` (fail closed: a flag goes on only through a
+    /// pipeline), or `dead_letter` (no command at all; the event goes to the dead-letter
+    /// topic with class `unrouted`). A requested `disable` is always passed on.
+    #[serde(default)]
+    pub(crate) unrouted: Unrouted,
 }
 
 fn default_max_in_flight() -> usize {
@@ -265,6 +272,7 @@ impl Default for WorkerConfig {
             liveness_timeout: default_liveness_timeout(),
             instance_id: None,
             static_membership: default_static_membership(),
+            unrouted: Unrouted::default(),
         }
     }
 }

@@ -1178,6 +1178,7 @@ async fn gate_both(dir: &Path, target_wait: Option<Duration>) -> [RunRecord; 2] 
         attempt: 1,
         kill: CancellationToken::new(),
         interrupt: CancellationToken::new(),
+        unrouted: chaosgate::catalog::Unrouted::Enable,
         updates: None,
         start_committed: None,
     };

@@ -23,4 +23,5 @@ pub use experiment::Experiment;
 pub use load::Catalog;
 pub use pipeline::Pipeline;
 pub use problem::{FieldPath, Problem};
+pub use route::Unrouted;
 pub use span::Span;

@@ -17,7 +17,8 @@ use super::span::Span;
 pub struct Pipeline {
     /// Must be `pipeline`.
     pub(crate) kind: PipelineKindTag,
-    /// Unique id; flag-change events may name it in `pipeline_id`.
+    /// Unique id; a flag-change event may name it in `pipeline_id` when the pipeline's
+    /// routes take the event's flag, or when `allow_explicit` is true.
     pub id: String,
     /// Human-readable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,6 +39,12 @@ pub struct Pipeline {
     /// Run everything but mark the flag command `dry_run: true`.
     #[serde(default)]
     pub dry_run: bool,
+    /// Any flag-change event may select this pipeline by naming it in `pipeline_id`, even
+    /// for a flag its routes do not take (default false: such an event is dead-lettered
+    /// as `pipeline_not_routed`, so a producer cannot pick a pipeline that gates nothing
+    /// and get an immediate `enable`).
+    #[serde(default)]
+    pub allow_explicit: bool,
     /// Stages, run in order.
     pub stages: Vec<Stage>,
 }
@@ -200,6 +207,7 @@ pub(crate) fn pipeline_example() -> Pipeline {
         gated_changes: default_gated_changes(),
         on_failure: FailureOutcome::Disable,
         dry_run: false,
+        allow_explicit: false,
         stages: vec![Stage {
             id: "resilience".into(),
             name: Some("Resilience checks".into()),

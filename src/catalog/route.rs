@@ -20,6 +20,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::pipeline::Route;
 
@@ -100,6 +102,34 @@ impl RouteTable {
             .map(|index| &self.routes[index])
             .find(|place| place.holds(project, environment))
             .map(|place| place.pipeline.as_str())
+    }
+}
+
+/// What a flag change no route takes is answered with: the operator's choice
+/// (`worker.unrouted` in the configuration). A requested `disable` is passed on whatever
+/// this says: turning a flag off is never held back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unrouted {
+    /// Pass the change on at once (`enable`, reason `no_pipeline`): chaosgate gates only
+    /// the flags its routes name, and the flag service keeps working for the rest.
+    #[default]
+    Enable,
+    /// Answer `disable` (reason `no_pipeline`): a flag goes on only through a pipeline.
+    Disable,
+    /// Dead-letter the event (class `unrouted`): no command, the flag service hears
+    /// nothing, and the dead-letter topic shows which flags the routes miss.
+    DeadLetter,
+}
+
+impl Unrouted {
+    /// The choice as written in the configuration.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Unrouted::Enable => "enable",
+            Unrouted::Disable => "disable",
+            Unrouted::DeadLetter => "dead_letter",
+        }
     }
 }
 

@@ -33,6 +33,12 @@ pub enum ErrorClass {
     Oversized,
     /// The event names a `pipeline_id` the catalog does not have.
     UnknownPipeline,
+    /// The event names a `pipeline_id` whose routes do not take its flag, and that
+    /// pipeline does not allow explicit selection (`allow_explicit`).
+    PipelineNotRouted,
+    /// No route takes the event's flag and the worker is configured to dead-letter such
+    /// events (`worker.unrouted = "dead_letter"`).
+    Unrouted,
 }
 
 impl ErrorClass {
@@ -44,6 +50,8 @@ impl ErrorClass {
             ErrorClass::UnknownVersion => "unknown_version",
             ErrorClass::Oversized => "oversized",
             ErrorClass::UnknownPipeline => "unknown_pipeline",
+            ErrorClass::PipelineNotRouted => "pipeline_not_routed",
+            ErrorClass::Unrouted => "unrouted",
         }
     }
 }

@@ -90,7 +90,8 @@ pub enum ReasonCode {
     Aborted,
     /// A `disable` request, passed on at once.
     Requested,
-    /// No pipeline matches the flag; passed on at once.
+    /// No pipeline matches the flag; answered at once with what the operator chose for
+    /// unrouted flags (`worker.unrouted`): `enable` by default, or `disable`.
     NoPipeline,
     /// The pipeline does not gate this change kind; passed on at once.
     NotGated,

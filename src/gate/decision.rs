@@ -3,10 +3,14 @@
 //!
 //! A change that is not gated is answered at once by [`pass_on`], the one place that
 //! decides so: the worker's scheduler asks it before giving the change a run slot, and
-//! the pipeline executor before running anything.
+//! the pipeline executor before running anything. A change no route takes gets what the
+//! operator chose (`worker.unrouted`): `enable`, or `disable` (fail closed); under
+//! `dead_letter` it never gets here in the worker (see [`super::selection`]), and is
+//! answered `disable` if it does.
 
 use chrono::{DateTime, Utc};
 
+use crate::catalog::Unrouted;
 use crate::catalog::assertion::{self, AssertionInput};
 use crate::catalog::pipeline::{ChaosStep, FailureOutcome, GatedChange, Pipeline};
 use crate::contract::ids;
@@ -20,17 +24,28 @@ use crate::contract::{
 pub(crate) enum Gating {
     /// Run the pipeline, then decide.
     Gate,
-    /// Answer at once with this reason (`requested`, `not_gated`, `no_pipeline`).
-    PassOn(ReasonCode),
+    /// Answer at once with this command and reason (`requested`, `not_gated`,
+    /// `no_pipeline`).
+    PassOn(CommandKind, ReasonCode),
 }
 
-/// `disable` is never delayed; other kinds are gated when the pipeline says so.
-pub(crate) fn gating(change: &FlagChange, pipeline: Option<&Pipeline>) -> Gating {
+/// `disable` is never delayed; other kinds are gated when the pipeline says so; with no
+/// pipeline, `unrouted` says what the change gets (`enable`, or `disable` for `disable`
+/// and `dead_letter`).
+pub(crate) fn gating(
+    change: &FlagChange,
+    pipeline: Option<&Pipeline>,
+    unrouted: Unrouted,
+) -> Gating {
     if change.change.kind == ChangeKind::Disable {
-        return Gating::PassOn(ReasonCode::Requested);
+        return Gating::PassOn(CommandKind::Disable, ReasonCode::Requested);
     }
     let Some(pipeline) = pipeline else {
-        return Gating::PassOn(ReasonCode::NoPipeline);
+        let command = match unrouted {
+            Unrouted::Enable => CommandKind::Enable,
+            Unrouted::Disable | Unrouted::DeadLetter => CommandKind::Disable,
+        };
+        return Gating::PassOn(command, ReasonCode::NoPipeline);
     };
     let kind = match change.change.kind {
         ChangeKind::Enable => GatedChange::Enable,
@@ -39,16 +54,21 @@ pub(crate) fn gating(change: &FlagChange, pipeline: Option<&Pipeline>) -> Gating
     if pipeline.gated_changes.contains(&kind) {
         Gating::Gate
     } else {
-        Gating::PassOn(ReasonCode::NotGated)
+        Gating::PassOn(CommandKind::Enable, ReasonCode::NotGated)
     }
 }
 
 /// The command answering `change` at once, issued now, when it is not gated (see
-/// [`gating`]): `disable` for a requested `disable` (reason `requested`), else `enable`
-/// (`no_pipeline` when `pipeline` is `None`, `not_gated` when it does not gate this change
-/// kind). `None` when `pipeline` gates the change: it must run first.
-pub(crate) fn pass_on(change: &FlagChange, pipeline: Option<&Pipeline>) -> Option<FlagCommand> {
-    match gating(change, pipeline) {
+/// [`gating`]): `disable` for a requested `disable` (reason `requested`); `enable`
+/// (`not_gated`) when `pipeline` does not gate this change kind; when `pipeline` is
+/// `None`, reason `no_pipeline` and the command `unrouted` says. `None` when `pipeline`
+/// gates the change: it must run first.
+pub(crate) fn pass_on(
+    change: &FlagChange,
+    pipeline: Option<&Pipeline>,
+    unrouted: Unrouted,
+) -> Option<FlagCommand> {
+    match gating(change, pipeline, unrouted) {
         Gating::Gate => None,
         gating => Some(flag_command(
             change,
@@ -151,16 +171,12 @@ pub(crate) fn flag_command(
     issued_at: DateTime<Utc>,
 ) -> FlagCommand {
     let flag = change.flag_key();
-    let pass_on = match change.change.kind {
-        ChangeKind::Disable => CommandKind::Disable,
-        _ => CommandKind::Enable,
-    };
     let on_failure = |pipeline: Option<&Pipeline>| match pipeline.map(|p| p.on_failure) {
         Some(FailureOutcome::Revert) => CommandKind::Revert,
         _ => CommandKind::Disable,
     };
     let (command, reason_code, reason) = match (gating, outcome) {
-        (Gating::PassOn(code), _) => {
+        (Gating::PassOn(command, code), _) => {
             let reason = match code {
                 ReasonCode::Requested => format!("disable of {flag} requested; passed on at once"),
                 ReasonCode::NotGated => format!(
@@ -168,9 +184,12 @@ pub(crate) fn flag_command(
                     pipeline.map_or("?", |p| p.id.as_str()),
                     change.change.kind.as_str()
                 ),
+                _ if command == CommandKind::Disable => {
+                    format!("no pipeline for {flag}; answered disable at once (worker.unrouted)")
+                }
                 _ => format!("no pipeline for {flag}; passed on at once"),
             };
-            (pass_on, code, reason)
+            (command, code, reason)
         }
         (Gating::Gate, Outcome::Passed) => (
             CommandKind::Enable,
@@ -207,7 +226,7 @@ pub(crate) fn flag_command(
         // The pipeline that decided: the one that ran, or the one whose routes said the
         // change is not gated. A requested `disable` is decided by no pipeline.
         pipeline_id: pipeline
-            .filter(|_| gating != Gating::PassOn(ReasonCode::Requested))
+            .filter(|_| !matches!(gating, Gating::PassOn(_, ReasonCode::Requested)))
             .map(|p| p.id.clone()),
         pipeline_execution_id: pipeline
             .filter(|_| gated)
@@ -275,16 +294,21 @@ mod tests {
     fn disable_is_never_gated_and_unrouted_flags_pass_on() {
         let mut change = flag_change_example();
         change.change.kind = ChangeKind::Disable;
-        assert_eq!(gating(&change, None), Gating::PassOn(ReasonCode::Requested));
+        for unrouted in [Unrouted::Enable, Unrouted::Disable, Unrouted::DeadLetter] {
+            assert_eq!(
+                gating(&change, None, unrouted),
+                Gating::PassOn(CommandKind::Disable, ReasonCode::Requested)
+            );
+        }
         change.change.kind = ChangeKind::Update;
         assert_eq!(
-            gating(&change, None),
-            Gating::PassOn(ReasonCode::NoPipeline)
+            gating(&change, None, Unrouted::Enable),
+            Gating::PassOn(CommandKind::Enable, ReasonCode::NoPipeline)
         );
         let command = flag_command(
             &change,
             None,
-            Gating::PassOn(ReasonCode::NoPipeline),
+            Gating::PassOn(CommandKind::Enable, ReasonCode::NoPipeline),
             &Outcome::Passed,
             Vec::new(),
             Utc::now(),
@@ -299,24 +323,24 @@ mod tests {
         let mut pipeline = crate::catalog::pipeline::pipeline_example();
         let mut change = flag_change_example();
         change.change.kind = ChangeKind::Enable;
-        assert_eq!(pass_on(&change, Some(&pipeline)), None);
+        assert_eq!(pass_on(&change, Some(&pipeline), Unrouted::Enable), None);
         change.change.kind = ChangeKind::Update;
-        assert_eq!(pass_on(&change, Some(&pipeline)), None);
+        assert_eq!(pass_on(&change, Some(&pipeline), Unrouted::Enable), None);
 
         pipeline.gated_changes = vec![GatedChange::Enable];
-        let command = pass_on(&change, Some(&pipeline)).unwrap();
+        let command = pass_on(&change, Some(&pipeline), Unrouted::Enable).unwrap();
         assert_eq!(command.command, CommandKind::Enable);
         assert_eq!(command.reason_code, ReasonCode::NotGated);
         assert_eq!(command.pipeline_id.as_deref(), Some(pipeline.id.as_str()));
         assert_eq!(command.pipeline_execution_id, None);
         assert!(command.steps.is_empty());
 
-        let command = pass_on(&change, None).unwrap();
+        let command = pass_on(&change, None, Unrouted::Enable).unwrap();
         assert_eq!(command.command, CommandKind::Enable);
         assert_eq!(command.reason_code, ReasonCode::NoPipeline);
 
         change.change.kind = ChangeKind::Disable;
-        let command = pass_on(&change, Some(&pipeline)).unwrap();
+        let command = pass_on(&change, Some(&pipeline), Unrouted::Enable).unwrap();
         assert_eq!(command.command, CommandKind::Disable);
         assert_eq!(command.reason_code, ReasonCode::Requested);
         assert_eq!(command.pipeline_id, None);
@@ -327,8 +351,11 @@ mod tests {
         let pipeline = crate::catalog::pipeline::pipeline_example();
         let mut change = flag_change_example();
         change.change.kind = ChangeKind::Disable;
-        let gating = gating(&change, Some(&pipeline));
-        assert_eq!(gating, Gating::PassOn(ReasonCode::Requested));
+        let gating = gating(&change, Some(&pipeline), Unrouted::Disable);
+        assert_eq!(
+            gating,
+            Gating::PassOn(CommandKind::Disable, ReasonCode::Requested)
+        );
         let command = flag_command(
             &change,
             Some(&pipeline),
@@ -340,5 +367,36 @@ mod tests {
         assert_eq!(command.command, CommandKind::Disable);
         assert_eq!(command.pipeline_id, None);
         assert_eq!(command.pipeline_execution_id, None);
+    }
+
+    #[test]
+    fn an_unrouted_change_gets_what_the_operator_chose() {
+        let mut change = flag_change_example();
+        for kind in [ChangeKind::Enable, ChangeKind::Update] {
+            change.change.kind = kind;
+            let command = pass_on(&change, None, Unrouted::Enable).unwrap();
+            assert_eq!(command.command, CommandKind::Enable);
+            assert_eq!(command.reason_code, ReasonCode::NoPipeline);
+            assert_eq!(
+                command.reason,
+                "no pipeline for shop/production/checkout-v2; passed on at once"
+            );
+            for closed in [Unrouted::Disable, Unrouted::DeadLetter] {
+                let command = pass_on(&change, None, closed).unwrap();
+                assert_eq!(command.command, CommandKind::Disable, "{closed:?}");
+                assert_eq!(command.reason_code, ReasonCode::NoPipeline);
+                assert_eq!(
+                    command.reason,
+                    "no pipeline for shop/production/checkout-v2; answered disable at once (worker.unrouted)"
+                );
+                assert_eq!(command.pipeline_id, None);
+                assert_eq!(command.value, None);
+                assert!(!command.dry_run);
+            }
+        }
+        // A routed change is not affected by the choice.
+        let pipeline = crate::catalog::pipeline::pipeline_example();
+        change.change.kind = ChangeKind::Enable;
+        assert_eq!(pass_on(&change, Some(&pipeline), Unrouted::Disable), None);
     }
 }

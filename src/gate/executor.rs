@@ -23,10 +23,10 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::catalog::Catalog;
 use crate::catalog::assertion::AssertionInput;
 use crate::catalog::credentials::credential_fields;
 use crate::catalog::pipeline::{ChaosStep, FailureStrategy, FallbackStrategy, Pipeline, Stage};
+use crate::catalog::{Catalog, Unrouted};
 use crate::chaos::run::{ExperimentResult, RunContext, run_experiment};
 use crate::contract::run_record::{ExperimentRef, FlagRef, StageRef, StepRef};
 use crate::contract::{FlagChange, FlagCommand, RunRecord, RunStatus, StepSummary, Verdict, ids};
@@ -46,6 +46,9 @@ pub struct ExecutionContext {
     pub kill: CancellationToken,
     /// Shutdown or partition revoked.
     pub interrupt: CancellationToken,
+    /// What a change with no pipeline gets (`worker.unrouted`; the worker dead-letters
+    /// such changes itself under `dead_letter`, and they are answered `disable` here).
+    pub unrouted: Unrouted,
     /// Receives each run's `running` record when it starts, and the `aborted` record of a
     /// run cut off by an interrupt.
     pub updates: Option<UpdateSink>,
@@ -190,7 +193,10 @@ pub async fn execute(
     catalog: &Catalog,
     context: &ExecutionContext,
 ) -> Execution {
-    let pipeline = match (decision::pass_on(change, pipeline), pipeline) {
+    let pipeline = match (
+        decision::pass_on(change, pipeline, context.unrouted),
+        pipeline,
+    ) {
         (None, Some(pipeline)) => pipeline,
         // Passed on (which every change without a pipeline is).
         (command, _) => {

@@ -4,3 +4,4 @@
 
 pub(crate) mod decision;
 pub mod executor;
+pub(crate) mod selection;

@@ -770,11 +770,12 @@ probes:
 }
 
 /// A pipeline with one `feature_flag` stage `chaos` whose steps run `experiments` (step id
-/// = experiment id), routed by `flag_glob` (or explicit-only when `None`).
+/// = experiment id), routed by `flag_glob` (or explicit-only when `None`: no routes and
+/// `allow_explicit: true`).
 pub fn pipeline_yaml(id: &str, flag_glob: Option<&str>, experiments: &[&str]) -> String {
     let routes = match flag_glob {
         Some(glob) => format!("routes:\n  - environment: test\n    flag: \"{glob}\"\n"),
-        None => String::new(),
+        None => "allow_explicit: true\n".to_string(),
     };
     let mut steps = String::new();
     for experiment in experiments {

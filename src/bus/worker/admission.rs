@@ -2,7 +2,9 @@
 //! dead letter.
 //!
 //! The rules: bad input never stops the worker (it is dead-lettered with its reason and
-//! its offset moves on); an event naming a pipeline the catalog lacks is bad input; an
+//! its offset moves on); an event naming a pipeline the catalog lacks, or one it may not
+//! select, is bad input, and so is an unrouted one when the operator says so (the rules
+//! are [`crate::gate::selection`]'s); an
 //! event is registered with the kill switch from the moment it is read, so an abort also
 //! reaches an execution still waiting for its flag or for a slot.
 
@@ -14,11 +16,12 @@ use crate::bus::kill_switch::KillSwitch;
 use crate::bus::offsets::Ledger;
 use crate::bus::outputs::{self, Output, Source};
 use crate::bus::transaction::{Assignment, Completion};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Unrouted};
 use crate::chaos::run::RunContext;
 use crate::config::Topics;
-use crate::contract::flag_change::{BadFlagChange, decode_flag_change};
-use crate::contract::{ErrorClass, FlagChange, KafkaMessage, ids};
+use crate::contract::flag_change::decode_flag_change;
+use crate::contract::{FlagChange, KafkaMessage, ids};
+use crate::gate::selection;
 use crate::telemetry::{metrics, traces};
 
 use super::run_records::EventAt;
@@ -30,6 +33,8 @@ pub(super) struct Wiring {
     pub(crate) max_message_bytes: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) catalog: Arc<Catalog>,
+    /// What a change no route takes gets (`worker.unrouted`).
+    pub(crate) unrouted: Unrouted,
     pub(crate) run: RunContext,
     pub(crate) ledger: Ledger,
     pub(crate) assignment: Assignment,
@@ -87,19 +92,13 @@ pub(super) fn admit(
         &message.headers,
     );
     let entered = span.enter();
-    let catalog = &wiring.catalog;
-    let change =
-        decode_flag_change(message, wiring.max_message_bytes).and_then(|(_, change)| match &change
-            .pipeline_id
-        {
-            Some(id) if catalog.pipeline(id).is_none() => Err(BadFlagChange {
-                class: ErrorClass::UnknownPipeline,
-                message: format!("data.pipeline_id: no pipeline '{id}' in the catalog"),
-            }),
-            _ => Ok(change),
-        });
-    let change = match change {
-        Ok(change) => change,
+    let selected = decode_flag_change(message, wiring.max_message_bytes).and_then(|(_, change)| {
+        let pipeline =
+            selection::select(&wiring.catalog, &change, wiring.unrouted)?.map(|p| p.id.clone());
+        Ok((change, pipeline))
+    });
+    let (change, pipeline) = match selected {
+        Ok(selected) => selected,
         Err(bad) => {
             tracing::warn!(partition, offset, class = bad.class.as_str(), error = %bad.message, "dead-lettered");
             metrics::dead_lettered(bad.class);
@@ -110,12 +109,6 @@ pub(super) fn admit(
             };
             return Err(outputs::dead_letter(topics, message, &bad, &source));
         }
-    };
-    let pipeline = match &change.pipeline_id {
-        Some(id) => Some(id.clone()),
-        None => catalog
-            .pipeline_for(&change.project, &change.environment, &change.flag)
-            .map(|p| p.id.clone()),
     };
     traces::record_change(&span, &change, pipeline.as_deref());
     drop(entered);

@@ -216,6 +216,7 @@ pub async fn run(
         max_message_bytes: config.kafka.max_message_bytes,
         max_in_flight: config.worker.max_in_flight.max(1),
         catalog,
+        unrouted: config.worker.unrouted,
         run,
         ledger,
         assignment,

@@ -296,7 +296,8 @@ impl Scheduler {
                 .pipeline
                 .as_deref()
                 .and_then(|id| catalog.pipeline(id));
-            let Some(command) = decision::pass_on(&pending.change, pipeline) else {
+            let Some(command) = decision::pass_on(&pending.change, pipeline, self.wiring.unrouted)
+            else {
                 if self.runs.len() >= self.wiring.max_in_flight {
                     self.ready.push_back(pending);
                     return;
@@ -363,6 +364,7 @@ impl Scheduler {
             attempt,
             kill: pending.kill.clone(),
             interrupt,
+            unrouted: self.wiring.unrouted,
             updates: Some(self.records.update_sink(&pending.at())),
             start_committed: Some(start_committed),
         };

@@ -4,7 +4,7 @@
 use super::*;
 use crate::bus::kill_switch::KillSwitch;
 use crate::bus::offsets::{Ledger, PartitionOffsets};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Unrouted};
 use crate::chaos::run::RunContext;
 use crate::config::Topics;
 use crate::contract::{Change, ChangeKind, FlagChange};
@@ -51,6 +51,7 @@ fn one_partition() -> (Scheduler, Ledger, std::sync::mpsc::Receiver<Completion>)
         max_message_bytes: 1 << 20,
         max_in_flight: 1,
         catalog: Arc::new(catalog),
+        unrouted: Unrouted::Enable,
         run: RunContext::default(),
         ledger: ledger.clone(),
         assignment: Arc::new(std::sync::Mutex::new(HashMap::from([(0, 1)]))),
