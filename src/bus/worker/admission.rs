@@ -132,3 +132,126 @@ pub(super) fn admit(
         kill,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::experiment::experiment_example;
+    use crate::catalog::pipeline::pipeline_example;
+    use crate::contract::ChangeKind;
+    use crate::contract::dead_letter::{HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE};
+    use crate::contract::flag_change::{flag_change_event, flag_change_example};
+
+    /// Wiring whose catalog holds the example pipeline (routes `shop`/`production`/
+    /// `checkout-*`) and `explicit` (no routes; `allow_explicit` as given).
+    fn wiring(unrouted: Unrouted, explicit_allowed: bool) -> Wiring {
+        let mut explicit = pipeline_example();
+        explicit.id = "explicit".into();
+        explicit.routes.clear();
+        explicit.allow_explicit = explicit_allowed;
+        let catalog = match Catalog::from_parts(
+            vec![pipeline_example(), explicit],
+            vec![experiment_example()],
+        ) {
+            Ok(catalog) => catalog,
+            Err(problems) => panic!("{problems:?}"),
+        };
+        Wiring {
+            topics: Arc::new(Topics::default()),
+            group: "g".into(),
+            max_message_bytes: 1 << 20,
+            max_in_flight: 1,
+            catalog: Arc::new(catalog),
+            unrouted,
+            run: RunContext::default(),
+            ledger: Ledger::default(),
+            assignment: Arc::default(),
+            kill_switch: KillSwitch::default(),
+            completions: std::sync::mpsc::channel().0,
+        }
+    }
+
+    /// The example change to `flag`, as the flag service puts it on Kafka.
+    fn message(flag: &str, kind: ChangeKind, pipeline_id: Option<&str>) -> KafkaMessage {
+        let mut change = flag_change_example();
+        change.flag = flag.into();
+        change.change.kind = kind;
+        change.pipeline_id = pipeline_id.map(str::to_string);
+        flag_change_event(&change, "/flag-service/test").to_binary(Some(&change.flag_key()))
+    }
+
+    fn header<'m>(output: &'m Output, name: &str) -> Option<&'m str> {
+        output
+            .message
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// The pipeline the record is admitted with, or its dead letter's class and message.
+    fn admitted(wiring: &Wiring, message: &KafkaMessage) -> Result<Option<String>, String> {
+        match admit(wiring, 0, 1, 7, message, CancellationToken::new()) {
+            Ok(pending) => Ok(pending.pipeline),
+            Err(output) => {
+                assert_eq!(output.topic, wiring.topics.dead_letter);
+                Err(format!(
+                    "{}: {}",
+                    header(&output, HEADER_ERROR_CLASS).unwrap_or("?"),
+                    header(&output, HEADER_ERROR_MESSAGE).unwrap_or("?")
+                ))
+            }
+        }
+    }
+
+    #[test]
+    fn naming_a_pipeline_that_does_not_route_the_flag_is_dead_lettered() {
+        let strict = wiring(Unrouted::Enable, false);
+        let routed = message("checkout-v2", ChangeKind::Enable, Some("checkout-release"));
+        assert_eq!(
+            admitted(&strict, &routed),
+            Ok(Some("checkout-release".into()))
+        );
+        let elsewhere = message("search-v2", ChangeKind::Enable, Some("checkout-release"));
+        assert_eq!(
+            admitted(&strict, &elsewhere),
+            Err(
+                "pipeline_not_routed: data.pipeline_id: pipeline 'checkout-release' does not \
+                 route flag 'shop/production/search-v2' and does not allow explicit selection \
+                 (allow_explicit: false)"
+                    .into()
+            )
+        );
+        let explicit = message("search-v2", ChangeKind::Update, Some("explicit"));
+        assert!(
+            admitted(&strict, &explicit)
+                .is_err_and(|e| e.starts_with("pipeline_not_routed: ") && e.contains("'explicit'"))
+        );
+        let open = wiring(Unrouted::Enable, true);
+        assert_eq!(admitted(&open, &explicit), Ok(Some("explicit".into())));
+    }
+
+    #[test]
+    fn an_unrouted_change_is_dead_lettered_when_the_operator_says_so() {
+        let unrouted = message("search-v2", ChangeKind::Enable, None);
+        for passed_on in [Unrouted::Enable, Unrouted::Disable] {
+            assert_eq!(admitted(&wiring(passed_on, false), &unrouted), Ok(None));
+        }
+        let dead_letter = wiring(Unrouted::DeadLetter, false);
+        assert_eq!(
+            admitted(&dead_letter, &unrouted),
+            Err(
+                "unrouted: no pipeline's routes take flag 'shop/production/search-v2' and \
+                 worker.unrouted is 'dead_letter'"
+                    .into()
+            )
+        );
+        let disable = message("search-v2", ChangeKind::Disable, None);
+        assert_eq!(admitted(&dead_letter, &disable), Ok(None));
+        let routed = message("checkout-v2", ChangeKind::Enable, None);
+        assert_eq!(
+            admitted(&dead_letter, &routed),
+            Ok(Some("checkout-release".into()))
+        );
+    }
+}
