@@ -305,6 +305,81 @@ stages:
     assert_eq!(h.active_markers(), Vec::<String>::new());
 }
 
+/// A named pipeline must route the event's flag (or allow explicit selection), and an
+/// unrouted flag gets what `worker.unrouted` says: here `dead_letter`, then `disable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_named_off_its_routes_and_unrouted_flags_fail_closed_as_configured() {
+    use chaosgate::contract::dead_letter::{HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE};
+
+    let servers = kafka::require_broker();
+    for unrouted in ["dead_letter", "disable"] {
+        let h = Harness::new(&servers, &format!("closed-{unrouted}"), 1).await;
+        let up = Listener::start().await;
+        h.catalog_file(
+            "exp-up.yaml",
+            &experiment_yaml("listener-up", "400ms", &h.marker("up"), &up.address),
+        );
+        h.catalog_file(
+            "pipe-up.yaml",
+            &pipeline_yaml("gate-up", Some("up-*"), &["listener-up"]),
+        );
+        let collector = h.collect();
+        let settings = Settings {
+            unrouted,
+            ..Settings::default()
+        };
+        let _worker = h.spawn("w", &h.config("w", &settings));
+
+        // In order on one partition: a pipeline named off its routes, an unrouted flag, a
+        // requested disable of an unrouted flag, and the routed pipeline named.
+        let off_route = change("elsewhere-a", ChangeKind::Enable, Some("gate-up"));
+        let stray = change("elsewhere-b", ChangeKind::Enable, None);
+        let requested = change("elsewhere-c", ChangeKind::Disable, None);
+        let named = change("up-named", ChangeKind::Enable, Some("gate-up"));
+        for event in [&off_route, &stray, &requested, &named] {
+            h.produce_change(event).await;
+        }
+        let dead_letters = if unrouted == "dead_letter" { 2 } else { 1 };
+        let mut commanded = vec![requested.event_id.clone(), named.event_id.clone()];
+        if unrouted == "disable" {
+            commanded.push(stray.event_id.clone());
+        }
+        let out = h
+            .wait_for(&collector, "dead letters and commands", PATIENCE, |o| {
+                o.dead_letters.len() >= dead_letters && o.all_commanded(&commanded)
+            })
+            .await;
+        assert_eq!(out.dead_letters.len(), dead_letters, "{}", out.describe());
+        let header = |n: usize, name: &str| {
+            String::from_utf8_lossy(out.dead_letters[n].value.header(name).unwrap_or_default())
+                .into_owned()
+        };
+        assert_eq!(header(0, HEADER_ERROR_CLASS), "pipeline_not_routed");
+        assert_eq!(
+            header(0, HEADER_ERROR_MESSAGE),
+            "data.pipeline_id: pipeline 'gate-up' does not route flag 'test/test/elsewhere-a' \
+             and does not allow explicit selection (allow_explicit: false)"
+        );
+        assert!(out.commands_for(&off_route.event_id).is_empty());
+        if unrouted == "dead_letter" {
+            assert_eq!(header(1, HEADER_ERROR_CLASS), "unrouted");
+            assert!(out.commands_for(&stray.event_id).is_empty());
+        } else {
+            let command = out.commands_for(&stray.event_id)[0];
+            assert_eq!(command.command, CommandKind::Disable);
+            assert_eq!(command.reason_code, ReasonCode::NoPipeline);
+        }
+        let command = out.commands_for(&requested.event_id)[0];
+        assert_eq!(command.command, CommandKind::Disable);
+        assert_eq!(command.reason_code, ReasonCode::Requested);
+        let command = out.commands_for(&named.event_id)[0];
+        assert_eq!(command.command, CommandKind::Enable);
+        assert_eq!(command.reason_code, ReasonCode::Passed);
+        assert_eq!(command.pipeline_id.as_deref(), Some("gate-up"));
+        assert_eq!(h.active_markers(), Vec::<String>::new());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_event_is_dead_lettered_with_its_reason_and_the_next_one_is_processed() {
     use chaosgate::contract::KafkaMessage;

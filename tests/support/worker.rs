@@ -74,6 +74,8 @@ pub struct Settings {
     /// librdkafka properties, on top of a short session timeout (so a killed worker's
     /// partitions move on within seconds).
     pub properties: Vec<(&'static str, String)>,
+    /// `worker.unrouted`: `enable` (the default), `disable` or `dead_letter`.
+    pub unrouted: &'static str,
 }
 
 impl Default for Settings {
@@ -83,6 +85,7 @@ impl Default for Settings {
             max_message_bytes: 1 << 20,
             shutdown_grace: "15s",
             properties: Vec::new(),
+            unrouted: "enable",
         }
     }
 }
@@ -209,6 +212,7 @@ path = "catalog"
 max_in_flight = {max_in_flight}
 shutdown_grace = "{grace}"
 fault_lease = "10s"
+unrouted = "{unrouted}"
 
 [http]
 listen = "127.0.0.1:0"
@@ -219,6 +223,7 @@ log_filter = "info,chaosgate=debug"
 "#,
             max_in_flight = settings.max_in_flight,
             grace = settings.shutdown_grace,
+            unrouted = settings.unrouted,
         );
         let path = self.dir.path().join(format!("{instance}.toml"));
         std::fs::write(&path, text).expect("config file");
