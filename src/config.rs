@@ -574,6 +574,36 @@ otlp_endpoint = "http://otel:collector-pa55@collector:4317"
     }
 
     #[test]
+    fn unrouted_is_enable_unless_the_operator_chooses_otherwise() {
+        let config = Config::parse(MINIMAL, "c.toml", env(&[])).unwrap();
+        assert_eq!(config.worker.unrouted, Unrouted::Enable);
+        for (text, unrouted) in [
+            ("disable", Unrouted::Disable),
+            ("dead_letter", Unrouted::DeadLetter),
+        ] {
+            let file = format!("{MINIMAL}[worker]\nunrouted = \"{text}\"\n");
+            let config = Config::parse(&file, "c.toml", env(&[])).unwrap();
+            assert_eq!(config.worker.unrouted, unrouted);
+            assert_eq!(unrouted.as_str(), text);
+            let config = Config::parse(
+                MINIMAL,
+                "c.toml",
+                env(&[("CHAOSGATE_WORKER__UNROUTED", text)]),
+            )
+            .unwrap();
+            assert_eq!(config.worker.unrouted, unrouted);
+        }
+        let file = format!("{MINIMAL}[worker]\nunrouted = \"open\"\n");
+        let error = Config::parse(&file, "c.toml", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("c.toml") && error.contains("unrouted") && error.contains("open"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_view_token_comes_from_the_environment() {
         let config = Config::parse(
             MINIMAL,
