@@ -112,19 +112,13 @@ fn check_fits_timeout(experiment: &Experiment, out: &mut Vec<Finding>) {
     }
 }
 
-/// Renders findings as one line, `path: message; ...` (the runner's refusal).
-pub(crate) fn describe(findings: &[Finding]) -> String {
-    findings
-        .iter()
-        .map(|f| {
-            if f.path.is_root() {
-                f.message.clone()
-            } else {
-                format!("{}: {}", f.path, f.message)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+/// One finding as the runner states it: `path: message` (the message alone at the root).
+pub(crate) fn line(finding: &Finding) -> String {
+    if finding.path.is_root() {
+        finding.message.clone()
+    } else {
+        format!("{}: {}", finding.path, finding.message)
+    }
 }
 
 fn positive(span: Span, path: &FieldPath, what: &str, out: &mut Vec<Finding>) {

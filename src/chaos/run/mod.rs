@@ -153,14 +153,12 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
     let run = Arc::new(Run::new(experiment, context, stop.clone()));
     let problems = rules::check_experiment(experiment);
     if !problems.is_empty() {
-        let problem = rules::describe(&problems);
+        let lines: Vec<String> = problems.iter().map(rules::line).collect();
+        let problem = lines.join("; ");
         run.log(format!("cannot run: {problem}"));
         let mut result =
             verdict::result(experiment, &run, started_at, Duration::ZERO, Some(problem));
-        result.problems = problems
-            .iter()
-            .map(|f| rules::describe(std::slice::from_ref(f)))
-            .collect();
+        result.problems = lines;
         return result;
     }
     // Record a cancellation the moment it happens.

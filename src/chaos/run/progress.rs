@@ -50,7 +50,7 @@ impl ExperimentResult {
     /// nothing checked): verdict `error`, `problems` in its summary and log, one per line.
     pub fn refused(experiment_id: &str, problems: &[String]) -> ExperimentResult {
         let now = Utc::now();
-        let clock = now.format("%H:%M:%S");
+        let clock = super::state::clock(now);
         let summary = format!(
             "error: invalid experiment: {} problem(s): {}",
             problems.len(),
