@@ -43,7 +43,18 @@ pub struct ProxiedKafka {
     /// The proxy's control API.
     pub control: ProxyClient,
     broker: Option<Child>,
-    proxy: Child,
+    proxy: KilledOnDrop,
+}
+
+/// A child process killed and reaped when dropped, so a `start` that panics half-way
+/// (a broker that cannot be formatted) does not leave the proxy running.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn free_port() -> u16 {
@@ -276,14 +287,12 @@ group.initial.rebalance.delay.ms=0
 impl Drop for ProxiedKafka {
     fn drop(&mut self) {
         self.kill_broker();
-        let _ = self.proxy.kill();
-        let _ = self.proxy.wait();
     }
 }
 
 /// Starts `chaosgate proxy` with one TCP target in front of `127.0.0.1:upstream` and
 /// reads the control URL and the listener's address from its first lines.
-fn start_proxy(dir: &Path, upstream: u16) -> (Child, String, String) {
+fn start_proxy(dir: &Path, upstream: u16) -> (KilledOnDrop, String, String) {
     let config = dir.join("proxy.toml");
     std::fs::write(
         &config,
@@ -302,8 +311,9 @@ fn start_proxy(dir: &Path, upstream: u16) -> (Child, String, String) {
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
+        .map(KilledOnDrop)
         .expect("spawn chaosgate proxy");
-    let stdout = proxy.stdout.take().expect("proxy stdout");
+    let stdout = proxy.0.stdout.take().expect("proxy stdout");
     let mut control = None;
     let mut listen = None;
     for line in BufReader::new(stdout).lines() {
