@@ -82,7 +82,7 @@ faults:
     weight: 5
     duration: 200ms
     command:
-      inject: {{ argv: [true] }}
+      inject: {{ argv: ["true"] }}
       revert: {{ argv: [sh, -c, "echo try >> '{}'; echo still here >&2; exit 3"] }}
 "#,
         tries.display()
@@ -495,7 +495,7 @@ faults:
   - name: kill-nothing
     weight: 1
     duration: 100ms
-    process: {{ action: kill, name: no-such-process-chaosgate }}
+    process: {{ action: kill, name: nochaosgate9z }}
 "#,
         marker = marker.display(),
         states = states.display(),
