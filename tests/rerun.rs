@@ -390,7 +390,7 @@ async fn the_next_attempt_after_a_hard_kill_reverts_the_leftover_first_and_says_
         .await;
     assert!(!marker.exists(), "the leftover is gone");
     // One revert of what attempt 1 left, one of attempt 2's own fault.
-    assert_eq!(lines(&reverts), 2);
+    assert_eq!(lines(&reverts), 2, "{}\n{}", out.describe(), h.log_tails());
     let finals = out.final_runs_for(&event.event_id);
     let statuses: Vec<(u32, RunStatus)> = finals.iter().map(|r| (r.attempt, r.status)).collect();
     assert_eq!(

@@ -15,7 +15,9 @@
 //! what the earlier attempt may have left of its experiment's faults before it injects
 //! anything (`previous_attempt_reverts` in its record, and a log line per fault); when
 //! that fails the run ends `error` naming the fault, and the step's next run (a retry)
-//! tries again.
+//! tries again. For this to cover every fault, a run injects nothing before its
+//! attempt's start is durable (`start_committed`): an attempt cut off before that runs
+//! again under the same attempt number, with no cleanup.
 //!
 //! Telemetry: each stage runs in a `stage` span and each run of a step in a `step` span
 //! carrying its `run_id` (children of the caller's span, the worker's `process` span), so
@@ -494,6 +496,12 @@ async fn run_once(
             });
         }
 
+        // Nothing is injected before this attempt's start is durable: a crash before that
+        // runs the event again under the same attempt, which would not know to revert
+        // what this run left (see "Re-runs").
+        if let Some(committed) = &context.start_committed {
+            start_durable(committed, &context.kill).await;
+        }
         let cancel = context.kill.child_token();
         let timed_out = CancellationToken::new();
         let targets_granted = CancellationToken::new();
@@ -550,6 +558,18 @@ async fn run_once(
     }
     .instrument(span)
     .await
+}
+
+/// Returns once `committed` is set (the attempt's start mark committed, usually within
+/// some 30 ms), polled every 5 ms, or when `stop` (the kill switch, which an interrupt
+/// also cancels) fires.
+async fn start_durable(committed: &AtomicBool, stop: &CancellationToken) {
+    while !committed.load(Ordering::Acquire) && !stop.is_cancelled() {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            () = stop.cancelled() => {}
+        }
+    }
 }
 
 /// Fills the record from the experiment's result and the step's verdict.
