@@ -292,6 +292,63 @@ async fn a_worker_stopped_mid_revert_finishes_the_revert_before_it_exits() {
     assert!(!marker.exists(), "the fault is gone");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_while_a_revert_is_retried_retries_on_within_the_grace() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "revert-term-retry", 1).await;
+    let up = Listener::start().await;
+    let marker = h.marker("retried");
+    let ready = h.dir.path().join("ready");
+    let tries = h.dir.path().join("tries");
+    let revert = format!(
+        "echo try >> '{}'; [ -e '{}' ] || exit 1; rm -f '{}'",
+        tries.display(),
+        ready.display(),
+        marker.display()
+    );
+    h.catalog_file(
+        "exp.yaml",
+        &command_experiment(
+            "retried",
+            "300ms",
+            &format!("touch '{}'", marker.display()),
+            &revert,
+            &up.address,
+        ),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["retried"]));
+    let settings = Settings {
+        shutdown_grace: "20s",
+        ..Settings::default()
+    };
+    let config = h.config("w", &settings);
+    let mut worker = h.spawn("w", &config);
+    let event = change("checkout", ChangeKind::Enable, None);
+    h.produce_change(&event).await;
+    let tries_seen = tries.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the first revert try", PATIENCE, || lines(&tries_seen) > 0)
+    })
+    .await
+    .unwrap();
+    // Stopped while the revert fails; it starts to succeed 2 s later.
+    worker.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::write(&ready, "").unwrap();
+    let status = worker
+        .wait_exit(Duration::from_secs(40))
+        .await
+        .unwrap_or_else(|| panic!("still running 40 s after SIGTERM\n{}", h.log_tails()));
+    assert!(status.success(), "exit status {status}\n{}", h.log_tails());
+    assert!(
+        !marker.exists(),
+        "the revert being retried was given up at shutdown ({} tries)\n{}",
+        lines(&tries),
+        h.log_tails()
+    );
+    assert!(lines(&tries) >= 3, "{} tries", lines(&tries));
+}
+
 // ---- point 2: the next attempt reverts what the earlier one left ------------------------
 
 /// Every descendant of `pid` (children, their children, ...), from /proc.
