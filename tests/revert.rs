@@ -16,6 +16,15 @@ use tokio::sync::mpsc;
 
 use support::{ChildGuard, EchoServer, Toxiproxy, context, experiment, free_port, process_state};
 
+/// A context whose fault lease, which bounds a failed revert's retries, is short: the
+/// reverts these tests break never succeed.
+fn short_lease() -> RunContext {
+    RunContext {
+        lease: Duration::from_secs(1),
+        ..context()
+    }
+}
+
 fn only_fault(result: &ExperimentResult) -> &FaultResult {
     assert_eq!(result.faults.len(), 1, "{:?}", result.faults);
     &result.faults[0]
@@ -117,7 +126,7 @@ async fn a_toxiproxy_revert_that_cannot_reach_the_api_is_not_reverted() {
     let echo = EchoServer::start().await;
     toxiproxy.create_proxy("echo", &echo.addr.to_string()).await;
     let yaml = toxiproxy_experiment(&toxiproxy.api, "echo", "slow-echo", "500ms");
-    let run = run_until_injected(&yaml, context()).await;
+    let run = run_until_injected(&yaml, short_lease()).await;
     // The server goes away with the toxics on it: nothing can show them gone.
     drop(toxiproxy);
     let result = run.await.unwrap();
@@ -172,7 +181,7 @@ faults:
     );
     let ctx = RunContext {
         proxy: Some(registry.clone()),
-        ..context()
+        ..short_lease()
     };
     let result = tokio::time::timeout(
         Duration::from_secs(15),
@@ -285,7 +294,7 @@ faults:
 "#,
         pid_file.display()
     );
-    let result = run_experiment(&experiment(&yaml), &context()).await;
+    let result = run_experiment(&experiment(&yaml), &short_lease()).await;
     let state_during = process_state(pid);
     release_tx.send(()).unwrap();
     tracer.join().unwrap();

@@ -86,6 +86,33 @@ pub struct RunRecord {
     /// A short human-readable log of the run.
     #[serde(default)]
     pub(crate) log: Vec<String>,
+    /// What this run reverted, before injecting anything, of what an earlier attempt of
+    /// the same event (cut off by a crash, a shutdown or a lost partition) may have left
+    /// active: one entry per fault of the experiment (added in v1; absent on a first
+    /// attempt and in older records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_attempt_reverts: Vec<PreviousAttemptRevert>,
+}
+
+/// One fault an earlier, interrupted attempt of the run may have left active, and what
+/// this attempt did about it before it injected anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousAttemptRevert {
+    /// Fault name.
+    pub fault: String,
+    /// `network`, `http`, `toxiproxy`, `process` or `command`.
+    pub kind: String,
+    /// The attempt whose leftovers these are (this run's attempt minus one).
+    pub attempt: u32,
+    /// Whether the fault is known gone now (reverted, or nothing of it was left).
+    pub reverted: bool,
+    /// What was done, e.g. `revert command exit 0`, `toxics a, b deleted or absent`,
+    /// `resumed pid 4242`, `no selected process stopped`, `left to its proxy lease`.
+    pub outcome: String,
+    /// Why the revert failed (then nothing was injected: the run ends `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Status of a run.
@@ -321,5 +348,6 @@ pub fn run_record_example() -> RunRecord {
             "09:30:01 inject payments-latency (network latency 200ms)".into(),
             "09:30:31 revert payments-latency".into(),
         ],
+        previous_attempt_reverts: Vec::new(),
     }
 }

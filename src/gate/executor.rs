@@ -10,6 +10,15 @@
 //!
 //! `kill` should be a child of `interrupt`, so an interrupt also stops the run.
 //!
+//! Re-runs: an attempt after the first may follow one that was cut off hard (the worker
+//! and its guards killed) with faults still active. Each step's first run then reverts
+//! what the earlier attempt may have left of its experiment's faults before it injects
+//! anything (`previous_attempt_reverts` in its record, and a log line per fault); when
+//! that fails the run ends `error` naming the fault, and the step's next run (a retry)
+//! tries again. For this to cover every fault, a run injects nothing before its
+//! attempt's start is durable (`start_committed`): an attempt cut off before that runs
+//! again under the same attempt number, with no cleanup.
+//!
 //! Telemetry: each stage runs in a `stage` span and each run of a step in a `step` span
 //! carrying its `run_id` (children of the caller's span, the worker's `process` span), so
 //! traces show the pipeline's shape and every log line of a run names it. Run records
@@ -282,8 +291,26 @@ async fn run_step(
     let place = format!("stage {} / step {}", stage.id, step.id);
     let mut records = Vec::new();
     let mut retry = 0;
+    // A later attempt first reverts what an earlier one may have left, in each step, until
+    // one of the step's runs has done so (see "Re-runs").
+    let mut leftovers_cleared = context.attempt <= 1;
     loop {
-        let record = run_once(change, pipeline, stage, step, catalog, context, retry).await;
+        let previous_attempt = (!leftovers_cleared).then(|| context.attempt - 1);
+        let record = run_once(
+            change,
+            pipeline,
+            stage,
+            step,
+            catalog,
+            context,
+            RunOf {
+                retry,
+                previous_attempt,
+            },
+        )
+        .await;
+        leftovers_cleared |= !record.previous_attempt_reverts.is_empty()
+            && record.previous_attempt_reverts.iter().all(|r| r.reverted);
         let status = record.status;
         let summary = StepSummary {
             stage_id: stage.id.clone(),
@@ -398,7 +425,16 @@ fn base_record(
         waited_for_target_seconds: 0.0,
         summary: None,
         log: Vec::new(),
+        previous_attempt_reverts: Vec::new(),
     }
+}
+
+/// Which run of a step: its retry, and the earlier attempt whose leftovers it reverts
+/// first, if any.
+#[derive(Debug, Clone, Copy)]
+struct RunOf {
+    retry: u32,
+    previous_attempt: Option<u32>,
 }
 
 /// Runs the step's experiment once and returns its final record.
@@ -409,7 +445,10 @@ async fn run_once(
     step: &ChaosStep,
     catalog: &Catalog,
     context: &ExecutionContext,
-    retry: u32,
+    RunOf {
+        retry,
+        previous_attempt,
+    }: RunOf,
 ) -> RunRecord {
     let run_id = ids::run_id(
         &change.event_id,
@@ -463,6 +502,12 @@ async fn run_once(
             });
         }
 
+        // Nothing is injected before this attempt's start is durable: a crash before that
+        // runs the event again under the same attempt, which would not know to revert
+        // what this run left (see "Re-runs").
+        if let Some(committed) = &context.start_committed {
+            start_durable(committed, &context.kill).await;
+        }
         let cancel = context.kill.child_token();
         let timed_out = CancellationToken::new();
         let targets_granted = CancellationToken::new();
@@ -482,6 +527,7 @@ async fn run_once(
         let run_context = RunContext {
             cancel,
             targets_granted,
+            previous_attempt,
             ..context.run.clone()
         };
         let result = run_experiment(experiment, &run_context).await;
@@ -520,6 +566,18 @@ async fn run_once(
     .await
 }
 
+/// Returns once `committed` is set (the attempt's start mark committed, usually within
+/// some 30 ms), polled every 5 ms, or when `stop` (the kill switch, which an interrupt
+/// also cancels) fires.
+async fn start_durable(committed: &AtomicBool, stop: &CancellationToken) {
+    while !committed.load(Ordering::Acquire) && !stop.is_cancelled() {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+}
+
 /// Fills the record from the experiment's result and the step's verdict.
 fn finish_record(
     record: &mut RunRecord,
@@ -539,6 +597,7 @@ fn finish_record(
     record.log.extend(result.log);
     record.faults = result.faults;
     record.probes = result.probes;
+    record.previous_attempt_reverts = result.previous_attempt_reverts;
     let verdict = match (result.verdict, result.resilience_score) {
         (RunStatus::Passed | RunStatus::Failed, Some(score)) => judge_step(
             step,

@@ -19,6 +19,7 @@
 //! | `chaosgate_experiment_duration_seconds` | histogram | `status` | [`run_finished`] |
 //! | `chaosgate_step_duration_seconds` | histogram | `status` | [`step_finished`] |
 //! | `chaosgate_faults_active` | gauge | | [`fault_injected`], [`fault_reverted`] |
+//! | `chaosgate_fault_revert_failures_total` | counter | `kind` | [`fault_revert_failed`] |
 //! | `chaosgate_runs_in_flight` | gauge | | [`run_started`] (a guard) |
 //! | `chaosgate_transaction_commit_seconds` | histogram | | [`commit`] |
 //! | `chaosgate_transaction_failures_total` | counter | | [`commit_failed`] |
@@ -78,6 +79,11 @@ struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabels {
     topic: String,
     partition: String,
@@ -100,6 +106,7 @@ struct Metrics {
     experiment_duration: HistogramFamily<StatusLabel>,
     step_duration: HistogramFamily<StatusLabel>,
     faults_active: Gauge,
+    revert_failures: Family<KindLabel, Counter>,
     runs_in_flight: Gauge,
     commit_latency: Histogram,
     commit_failures: Counter,
@@ -121,6 +128,7 @@ impl Metrics {
             experiment_duration: Family::new_with_constructor(duration_histogram),
             step_duration: Family::new_with_constructor(duration_histogram),
             faults_active: Gauge::default(),
+            revert_failures: Family::default(),
             runs_in_flight: Gauge::default(),
             commit_latency: Histogram::new(COMMIT_BUCKETS),
             commit_failures: Counter::default(),
@@ -170,6 +178,11 @@ impl Metrics {
             "chaosgate_faults_active",
             "Faults injected and not yet reverted",
             metrics.faults_active.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_fault_revert_failures",
+            "Revert tries that failed (each is retried with backoff until the fault's lease), by fault kind",
+            metrics.revert_failures.clone(),
         );
         metrics.registry.register(
             "chaosgate_runs_in_flight",
@@ -291,6 +304,17 @@ pub fn fault_injected() {
 /// A fault was reverted, by the runner or by its lease running out.
 pub fn fault_reverted() {
     METRICS.faults_active.dec();
+}
+
+/// One try to revert a fault of `kind` (`network`, `http`, `toxiproxy`, `process`,
+/// `command`) failed; call once per failed try, the retries included.
+pub fn fault_revert_failed(kind: &str) {
+    METRICS
+        .revert_failures
+        .get_or_create(&KindLabel {
+            kind: kind.to_string(),
+        })
+        .inc();
 }
 
 /// A pipeline execution started; `chaosgate_runs_in_flight` counts it until the guard

@@ -168,6 +168,10 @@ impl Secrets {
         for probe in &mut record.probes {
             probe.last_error.iter_mut().for_each(scrub);
         }
+        for revert in &mut record.previous_attempt_reverts {
+            scrub(&mut revert.outcome);
+            revert.error.iter_mut().for_each(scrub);
+        }
         if let Some(assertion) = &mut record.assertion {
             assertion.error.iter_mut().for_each(scrub);
         }

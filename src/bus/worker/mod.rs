@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
-use crate::chaos::run::RunContext;
+use crate::chaos::run::{RunContext, reverts_in_progress, reverts_settled};
 use crate::config::Config;
 use crate::telemetry::heartbeat::Heartbeat;
 use crate::telemetry::http::Readiness;
@@ -401,6 +401,11 @@ async fn stop(
             }
         }
     }
+    // Reverts still in progress (a revert retried until its lease, one spawned when a run
+    // was torn down) are awaited too, within the same grace: the runtime ending must not
+    // be what cuts them off. Those the grace cuts off are named; their faults go to their
+    // guards and leases, and to the event's next attempt.
+    finish_reverts(&deadline).await;
     // The last sender of completions goes with the scheduler (and with the runs' update
     // sinks): the committer commits what it holds and ends.
     drop(scheduler);
@@ -418,6 +423,26 @@ async fn stop(
             drop(consumer);
         })
         .await;
+}
+
+/// Waits, within `deadline`, for the reverts in progress in this process to end; names
+/// those still going when it passes.
+async fn finish_reverts(deadline: &Deadline) {
+    let reverting = reverts_in_progress();
+    if reverting.is_empty() {
+        return;
+    }
+    tracing::info!(faults = ?reverting, "shutting down: waiting for reverts in progress");
+    if deadline
+        .step("finish the reverts in progress", reverts_settled())
+        .await
+        .is_none()
+    {
+        tracing::error!(
+            faults = ?reverts_in_progress(),
+            "worker.shutdown_grace ended with these reverts in progress; their faults may still be active (a guarded fault is reverted by its guard, a proxy fault ends with its lease, and the event's next attempt reverts what is left)"
+        );
+    }
 }
 
 /// Applies a rebalance; new partitions get their committed offsets read.

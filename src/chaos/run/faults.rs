@@ -1,5 +1,5 @@
 //! Driving a run's faults: inject, renew the leases of proxied ones, revert (a failed
-//! revert is tried [`REVERT_TRIES`] times), and [`InjectedFaults`], the guard that reverts
+//! revert is retried with backoff until the fault's lease: [`super::revert`]), and [`InjectedFaults`], the guard that reverts
 //! whatever is still active when the run is dropped or panics.
 
 use std::sync::{Arc, Mutex, Weak};
@@ -10,13 +10,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::progress::ProgressEvent;
+use super::revert;
 use super::state::{Run, Stop};
 use crate::chaos::fault::{self, FaultError, FaultSetup, Injected};
 use crate::chaos::proxy::ProxyError;
 use crate::telemetry::{metrics, traces};
-
-/// How often a failed revert is tried in all.
-pub(super) const REVERT_TRIES: u32 = 3;
 
 /// Faults injected and not yet reverted. Dropping it reverts them in the background:
 /// the last line of defence when the runner is dropped or panics.
@@ -182,23 +180,49 @@ pub(super) async fn inject_fault(
     }
 }
 
-/// Reverts fault `f` (retrying a failed revert), whatever the run's state.
+/// Reverts fault `f`, whatever the run's state: a failed revert is retried with backoff
+/// until it succeeds or the fault's lease has passed since its first failure (see
+/// [`super::revert`]). When it gives up, the fault is handed over (a proxy fault ends with
+/// its proxy lease, a guarded one is reverted by its guard), the record names it with
+/// `reverted: false` and the error, and the run stops with `error`.
 pub(super) async fn revert_fault(run: &Arc<Run>, active: &InjectedFaults, f: usize) {
     let Some(injected) = active.start_revert(f) else {
         return;
     };
     let fault = &run.faults[f];
-    let span = traces::fault_span(&run.span, "revert", &fault.name, fault.kind.name());
-    let mut outcome = fault::revert(&injected).instrument(span.clone()).await;
-    for attempt in 1..REVERT_TRIES {
-        if outcome.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-        outcome = fault::revert(&injected).instrument(span.clone()).await;
-    }
+    let kind = fault.kind.name();
+    let span = traces::fault_span(&run.span, "revert", &fault.name, kind);
+    let outcome = revert::until_lease(run, &fault.name, kind, &injected, &span).await;
+    // GUARD-JOIN (issue 13 point 1, branch `guard`): on success, tell the fault's guard
+    // it is done before the entry goes, e.g. `if outcome.is_ok() { active.reverted(f) }`.
+    // On give-up the entry (and its guard handle) is dropped without "done": the guard
+    // takes the fault over.
     active.remove(f);
-    let error = outcome.err().map(|e| e.to_string());
+    let error = match &outcome {
+        Ok(1) => {
+            run.log(format!("revert {}", fault.name));
+            None
+        }
+        Ok(tries) => {
+            run.log(format!("revert {} (after {tries} tries)", fault.name));
+            None
+        }
+        Err(gave_up) => {
+            let e = format!(
+                "revert failed {} times over {:.1}s (retried until the fault's lease, {}), last error: {}",
+                gave_up.tries,
+                gave_up.for_how_long.as_secs_f64(),
+                crate::catalog::Span(run.lease),
+                gave_up.error
+            );
+            tracing::error!(parent: &span, fault = %fault.name, kind, error = %e, "revert given up at the fault's lease; the fault may still be active");
+            run.log(format!(
+                "revert {} FAILED: {e}; handed over to its lease or guard",
+                fault.name
+            ));
+            Some(e)
+        }
+    };
     {
         let mut tallies = run.tally();
         let entry = &mut tallies.faults[f];
@@ -208,14 +232,12 @@ pub(super) async fn revert_fault(run: &Arc<Run>, active: &InjectedFaults, f: usi
         entry.ended_at = Some(Utc::now());
         entry.reverted = error.is_none();
         if let Some(e) = &error {
-            entry
-                .error
-                .get_or_insert_with(|| format!("revert failed: {e}"));
+            entry.error = Some(match entry.error.take() {
+                // An inject that failed first: both are part of the story.
+                Some(earlier) => format!("{earlier}; then {e}"),
+                None => e.clone(),
+            });
         }
-    }
-    match &error {
-        None => run.log(format!("revert {}", fault.name)),
-        Some(e) => run.log(format!("revert {} FAILED: {e}", fault.name)),
     }
     run.emit(ProgressEvent::FaultReverted {
         fault: fault.name.clone(),

@@ -35,7 +35,8 @@
 //! The engine's own verdict (the pipeline step compares the score with its expectation
 //! separately) is, in this order:
 //! - `error` when the experiment is invalid, a fault could not be injected or its revert
-//!   not confirmed (the summary names the fault that may still be active);
+//!   not confirmed, or what an earlier attempt may have left could not be reverted (the
+//!   summary names the fault that may still be active);
 //! - `aborted` when the cancellation token fired or the experiment `timeout` ran out;
 //! - `failed` when any probe failed (or a `stop_on_failure` probe stopped the run);
 //! - `error` when a probe had no check inside its window;
@@ -51,8 +52,10 @@
 //! stops within a second: waits, probe checks and injects are cut short, reverts are
 //! not), and when the runner itself is dropped or panics (a guard reverts from `Drop`).
 //! A command fault's revert also runs after its inject failed or was cut off, since the
-//! inject may have half-applied. A failed revert is retried twice. The experiment
-//! `timeout` starts once the targets are locked and bounds injects, probes and waits;
+//! inject may have half-applied. A failed revert is retried with backoff until the fault's
+//! lease has passed since its first failure ([`revert`]). A run that is the next attempt
+//! of an interrupted one first reverts what that attempt may have left ([`leftovers`]).
+//! The experiment `timeout` starts once the targets are locked and bounds injects, probes and waits;
 //! reverts still run after it fired. Proxy faults are leased and their lease renewed
 //! every third of it until they are reverted, so a runner that dies leaves nothing behind.
 
@@ -62,20 +65,25 @@
 //! - [`plan`]: which faults and probes each phase runs;
 //! - [`state`]: the run's shared state (tallies, log, why it stopped) and its progress
 //!   events;
-//! - [`faults`]: inject, lease renewal and revert (with retries), and the guard that
-//!   reverts from `Drop`;
+//! - [`faults`]: inject, lease renewal and revert, and the guard that reverts from `Drop`;
+//! - [`revert`]: one fault's revert, retried with backoff until its lease, and the reverts
+//!   in progress a shutdown waits for;
+//! - [`leftovers`]: what an interrupted earlier attempt may have left, reverted first;
 //! - [`probes`]: checking probes once or on a polling grid, each check in its own task;
 //! - [`verdict`]: the probes', faults' and run's verdicts, the score, the summary;
 //! - [`progress`]: the result and the live progress types callers see.
 
 mod faults;
+mod leftovers;
 mod plan;
 mod probes;
 mod progress;
+mod revert;
 mod state;
 mod verdict;
 
 pub use progress::{ExperimentResult, Progress, ProgressEvent};
+pub use revert::{reverts_in_progress, reverts_settled};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +129,11 @@ pub struct RunContext {
     /// step's `timeout` counts from then, so time queued behind another flag's experiment
     /// is not the experiment's.
     pub targets_granted: CancellationToken,
+    /// The attempt before this one, when an earlier attempt of the same event may have
+    /// left faults active (it was cut off): once the run holds its targets, it reverts
+    /// whatever of its faults that attempt may have left before it injects anything
+    /// (see [`leftovers`]). `None` (the default): a first attempt.
+    pub previous_attempt: Option<u32>,
     /// Test hook: checks of the probe with this name panic inside their task.
     #[doc(hidden)]
     pub panic_probe: Option<String>,
@@ -139,6 +152,7 @@ impl Default for RunContext {
             targets: TargetLocks::shared(),
             target_wait: Some(DEFAULT_TARGET_WAIT),
             targets_granted: CancellationToken::new(),
+            previous_attempt: None,
             panic_probe: None,
         }
     }
@@ -222,6 +236,13 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
     run.emit(ProgressEvent::Started {
         experiment: experiment.id.clone(),
     });
+    if let Some(previous) = context.previous_attempt
+        && !stop.is_cancelled()
+        && !leftovers::revert_leftovers(&run, previous).await
+    {
+        drop(guard);
+        return verdict::result(experiment, &run, started_at, waited, None);
+    }
 
     let active = Arc::new(InjectedFaults::default());
     // Only faults in chaosgate's proxies carry a lease; without one there is nothing to

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::experiment::ProbeMode;
-use crate::contract::run_record::{FaultResult, ProbeResult, RunStatus};
+use crate::contract::run_record::{FaultResult, PreviousAttemptRevert, ProbeResult, RunStatus};
 
 /// The outcome of one experiment, in the shape the experiment-run record needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +43,10 @@ pub struct ExperimentResult {
     /// the JSON when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// What was reverted of an earlier, interrupted attempt's faults before anything was
+    /// injected ([`super::RunContext::previous_attempt`]); left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_attempt_reverts: Vec<PreviousAttemptRevert>,
 }
 
 impl ExperimentResult {
@@ -74,6 +78,7 @@ impl ExperimentResult {
             summary,
             log,
             problems: problems.to_vec(),
+            previous_attempt_reverts: Vec::new(),
         }
     }
 }

@@ -15,6 +15,7 @@ use super::RunContext;
 use super::progress::{Progress, ProgressEvent};
 use crate::catalog::experiment::{Experiment, Fault, Probe, ProbeMode};
 use crate::chaos::probe::Check;
+use crate::contract::run_record::PreviousAttemptRevert;
 
 /// Why a run ended before its schedule did.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +87,9 @@ pub(super) struct RunTally {
     pub(super) phases_started: Vec<usize>,
     /// Phases that ran to their end (not stopped early).
     pub(super) phases_completed: Vec<usize>,
+    /// What was reverted of an earlier attempt's leftovers before anything was injected
+    /// (see [`super::leftovers`]).
+    pub(super) previous_attempt_reverts: Vec<PreviousAttemptRevert>,
 }
 
 /// State shared by the run and its probe tasks.
@@ -96,6 +100,8 @@ pub(super) struct Run {
     pub(super) progress: Option<UnboundedSender<Progress>>,
     pub(super) stop: CancellationToken,
     pub(super) panic_probe: Option<String>,
+    /// The faults' lease ([`RunContext::lease`]): how long a failed revert is retried.
+    pub(super) lease: Duration,
     /// The caller's span (the worker's step span): parent of fault and probe spans.
     pub(super) span: tracing::Span,
 }
@@ -131,6 +137,7 @@ impl Run {
             progress: context.progress.clone(),
             stop,
             panic_probe: context.panic_probe.clone(),
+            lease: context.lease,
             span: tracing::Span::current(),
         }
     }

@@ -201,6 +201,20 @@ pub(super) fn result(
                 format!("fault '{}': {error}", f.name)
             })
         });
+    // Something an earlier attempt may have left is still there: nothing was injected.
+    let leftover = tallies
+        .previous_attempt_reverts
+        .iter()
+        .find(|r| !r.reverted)
+        .map(|r| {
+            format!(
+                "fault '{}' may still be active from attempt {}: {}; nothing was injected",
+                r.fault,
+                r.attempt,
+                r.error.as_deref().unwrap_or(&r.outcome)
+            )
+        });
+    let fault_error = leftover.or(fault_error);
     let unchecked = probes.iter().find(|p| p.verdict == Verdict::Error);
     let verdict = if invalid.is_some() || fault_error.is_some() {
         RunStatus::Error
@@ -271,5 +285,6 @@ pub(super) fn result(
         summary,
         log,
         problems: Vec::new(),
+        previous_attempt_reverts: tallies.previous_attempt_reverts.clone(),
     }
 }
