@@ -83,6 +83,7 @@ pub(crate) fn config_example() -> Config {
                 upstream: "127.0.0.1:8081".into(),
                 protocol: crate::chaos::proxy::ProxyProtocol::Tcp,
             }],
+            ..ProxyConfig::default()
         },
         view: ViewConfig::default(),
     }
@@ -291,13 +292,36 @@ impl Default for HttpConfig {
     }
 }
 
-/// Fault proxy targets run inside the worker.
+/// Fault proxy targets run inside the worker, and how the worker reaches standalone
+/// proxies (the `proxy:` URL of a fault).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// One listener per target.
     #[serde(default)]
     pub targets: Vec<ProxyTarget>,
+    /// Bearer token for standalone proxies' control APIs. Prefer `token_file`, or set
+    /// it with `CHAOSGATE_PROXY__TOKEN`; never on a command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// File holding that token (e.g. a mounted Secret); wins over `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA file trusted (alone) for `https://` proxy URLs; absent: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ProxyConfig {
+    /// The token and CA for standalone proxies; errors name the file or the key.
+    pub fn access(&self) -> Result<crate::chaos::proxy::ProxyAccess, String> {
+        crate::chaos::proxy::ProxyAccess::load(
+            self.token_file.as_deref(),
+            self.token.as_deref(),
+            self.ca_file.as_deref(),
+        )
+        .map_err(|e| format!("proxy: {e}"))
+    }
 }
 
 /// The chaos experiments view (`chaosgate view`).
@@ -455,6 +479,9 @@ impl Config {
         }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             secrets.add_url(endpoint);
+        }
+        if let Some(token) = &self.proxy.token {
+            secrets.add(token);
         }
         secrets
     }

@@ -21,7 +21,8 @@ use chaosgate::catalog::experiment::{
     Direction, HttpAction, HttpFault, HttpMatch, NetworkFault, Toxic,
 };
 use chaosgate::chaos::proxy::{
-    FaultBackend, FaultId, ProxyClient, ProxyError, ProxyProtocol, ProxyRegistry, ProxyTarget,
+    FaultBackend, FaultId, ProxyAccess, ProxyClient, ProxyError, ProxyProtocol, ProxyRegistry,
+    ProxyTarget,
 };
 
 /// Outer bound on every wait: a bug fails the test instead of hanging it.
@@ -1231,7 +1232,13 @@ async fn standalone_proxy_is_driven_through_its_control_api() {
     assert_eq!(targets[1].protocol, ProxyProtocol::Http);
 
     // Through FaultBackend, as the engine will call it.
-    let backend = FaultBackend::select(Some(&proxy.control), None).expect("remote backend");
+    let backend = FaultBackend::select(
+        Some(&proxy.control),
+        None,
+        &ProxyAccess::default(),
+        "tests/proxy",
+    )
+    .expect("remote backend");
     let mut stream = connect(proxy.listen("echo")).await;
     assert!(round_trip(&mut stream).await < Duration::from_millis(50));
     let id = within(
