@@ -387,3 +387,102 @@ async fn experiment_run_passes_the_token_to_a_protected_proxy() {
     assert!(result.summary.contains("401"), "{}", result.summary);
     assert!(result.faults[0].started_at.is_none());
 }
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn yaml_documents(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo(path)).expect("read deploy file");
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn document<'d>(documents: &'d [Value], kind: &str, name: &str) -> &'d Value {
+    documents
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// The file a pod sees at `path` when it mounts the volume holding Secret `secret` (with
+/// one item): `Some(mount path + item path)`.
+fn secret_file_in_pod(pod: &Value, secret: &str) -> Option<String> {
+    let volume = pod["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["secret"]["secretName"] == secret)?;
+    let item = volume["secret"]["items"][0]["path"].as_str()?;
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == volume["name"])?;
+    Some(format!("{}/{item}", mount["mountPath"].as_str()?))
+}
+
+#[test]
+fn kubernetes_and_compose_give_the_token_secret_to_the_proxy_and_the_worker() {
+    // Kubernetes: the proxy on 0.0.0.0 reads its token from the Secret's file, and the
+    // worker's config reads the same Secret's file.
+    let proxy = yaml_documents("deploy/kubernetes/proxy.yaml");
+    let proxy_toml = document(&proxy, "ConfigMap", "payments-proxy")["data"]["proxy.toml"]
+        .as_str()
+        .expect("proxy.toml");
+    let proxy_config = chaosgate::chaos::proxy::StandaloneConfig::parse(proxy_toml).expect("parse");
+    let proxy_pod = &document(&proxy, "Deployment", "payments-proxy")["spec"]["template"]["spec"];
+    let token_file = proxy_config.control.token_file.expect("control.token_file");
+    assert_eq!(
+        secret_file_in_pod(proxy_pod, "chaosgate-proxy-token").as_deref(),
+        token_file.to_str()
+    );
+    let secrets = yaml_documents("deploy/kubernetes/secret.example.yaml");
+    assert!(
+        document(&secrets, "Secret", "chaosgate-proxy-token")["stringData"]["token"].is_string()
+    );
+    let worker = yaml_documents("deploy/kubernetes/deployment.yaml");
+    let worker_pod = &document(&worker, "Deployment", "chaosgate")["spec"]["template"]["spec"];
+    let config_maps = yaml_documents("deploy/kubernetes/configmap.yaml");
+    let worker_toml =
+        document(&config_maps, "ConfigMap", "chaosgate-config")["data"]["chaosgate.toml"]
+            .as_str()
+            .expect("chaosgate.toml");
+    let worker_config: toml::Table = toml::from_str(worker_toml).expect("worker config");
+    assert_eq!(
+        secret_file_in_pod(worker_pod, "chaosgate-proxy-token").as_deref(),
+        worker_config["proxy"]["token_file"].as_str()
+    );
+    // Nothing passes the token as an argument.
+    for pod in [proxy_pod, worker_pod] {
+        let args = pod["containers"][0]["args"].to_string();
+        assert!(!args.contains("token"), "{args}");
+    }
+
+    // Compose: one secret, mounted in both, named by the proxy's config and the worker's
+    // variable.
+    let compose = &yaml_documents("docker-compose.yml")[0];
+    assert!(compose["secrets"]["proxy-token"]["file"].is_string());
+    for service in ["chaosgate", "demo-proxy"] {
+        let listed = &compose["services"][service]["secrets"];
+        assert!(
+            listed
+                .as_array()
+                .is_some_and(|s| s.iter().any(|n| n == "proxy-token")),
+            "{service}: {listed}"
+        );
+    }
+    let proxy_config = chaosgate::chaos::proxy::StandaloneConfig::parse(
+        &std::fs::read_to_string(repo("deploy/compose/proxy.toml")).expect("read"),
+    )
+    .expect("parse");
+    assert_eq!(
+        proxy_config.control.token_file.as_deref(),
+        Some(Path::new("/run/secrets/proxy-token"))
+    );
+    assert_eq!(
+        compose["services"]["chaosgate"]["environment"]["CHAOSGATE_PROXY__TOKEN_FILE"],
+        "/run/secrets/proxy-token"
+    );
+}

@@ -2,6 +2,8 @@
 //! extra environment variables, its printed addresses read, killed (SIGKILL, whole
 //! process group) when dropped.
 
+#![allow(dead_code)] // each test file uses its own part
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -170,7 +172,7 @@ pub fn experiment_file(dir: &Path, id: &str, control: &str, duration: &str) -> P
     std::fs::write(
         &path,
         format!(
-            "kind: experiment\nid: {id}\nfaults:\n  - name: slow\n    duration: {duration}\n    network:\n      target: echo\n      proxy: {control}\n      toxic: {{ type: latency, latency: 100ms }}\nprobes:\n  - {{ name: p, mode: eot, command: {{ command: {{ argv: [\"true\"] }} }} }}\n"
+            "kind: experiment\nid: {id}\nfaults:\n  - name: slow\n    weight: 5\n    duration: {duration}\n    network:\n      target: echo\n      proxy: {control}\n      toxic: {{ type: latency, latency: 100ms }}\nprobes:\n  - {{ name: p, mode: eot, command: {{ command: {{ argv: [\"true\"] }} }} }}\n"
         ),
     )
     .expect("write experiment");
