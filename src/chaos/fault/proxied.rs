@@ -25,9 +25,12 @@ const BUSY_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// Longest pause between two asks for a busy target.
 const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// What [`BusyReport`] calls: `(target, owner)`.
+type OnBusy = dyn Fn(&str, &str) + Send + Sync;
+
 /// Called once when a fault's target is held by another owner: `(target, owner)`.
 #[derive(Clone)]
-pub(crate) struct BusyReport(pub(crate) Arc<dyn Fn(&str, &str) + Send + Sync>);
+pub(crate) struct BusyReport(pub(crate) Arc<OnBusy>);
 
 impl fmt::Debug for BusyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

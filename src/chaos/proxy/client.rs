@@ -282,12 +282,10 @@ fn answer_error(url: &Url, status: u16, text: &str, subject: Subject<'_>) -> Pro
     let Ok(api) = serde_json::from_str::<ApiError>(text) else {
         return remote(format!("HTTP {status}: {}", text.trim()));
     };
-    if let ("target_busy", Some(target), Some(owner)) =
-        (api.error.as_str(), &api.target, &api.owner)
-    {
+    if let ("target_busy", Some(held)) = (api.error.as_str(), &api.held) {
         return ProxyError::TargetBusy {
-            target: target.clone(),
-            owner: owner.clone(),
+            target: held.target.clone(),
+            owner: held.owner.clone(),
         };
     }
     match (api.error.as_str(), subject, api.field) {

@@ -208,14 +208,20 @@ pub(crate) struct ApiError {
     /// The offending field of the body, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) field: Option<String>,
-    /// With `target_busy`: the target asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) target: Option<String>,
-    /// With `target_busy`: the owner holding the target.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) owner: Option<String>,
+    /// With `target_busy`: the target and who holds it.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub(crate) held: Option<Box<HeldTarget>>,
     #[serde(skip)]
     status: u16,
+}
+
+/// A target another owner holds, as a 409 `target_busy` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HeldTarget {
+    /// The target asked for.
+    pub(crate) target: String,
+    /// The owner holding it.
+    pub(crate) owner: String,
 }
 
 impl ApiError {
@@ -224,8 +230,7 @@ impl ApiError {
             error: code.to_string(),
             message: message.into(),
             field: None,
-            target: None,
-            owner: None,
+            held: None,
             status: status.as_u16(),
         }
     }
@@ -258,8 +263,7 @@ impl From<ProxyError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "wrong_protocol", message)
             }
             ProxyError::TargetBusy { target, owner } => ApiError {
-                target: Some(target),
-                owner: Some(owner),
+                held: Some(Box::new(HeldTarget { target, owner })),
                 ..ApiError::new(StatusCode::CONFLICT, "target_busy", message)
             },
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
