@@ -392,20 +392,15 @@ fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn yaml_documents(path: &str) -> Vec<Value> {
+/// The document of `kind` named `name` in the YAML file `path` (of the repository).
+fn deploy_document(path: &str, kind: &str, name: &str) -> Value {
     let text = std::fs::read_to_string(repo(path)).expect("read deploy file");
-    serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .collect()
-}
-
-fn document<'d>(documents: &'d [Value], kind: &str, name: &str) -> &'d Value {
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
     documents
-        .iter()
+        .into_iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
+        .unwrap_or_else(|| panic!("{path}: no {kind} {name}"))
 }
 
 /// The file a pod sees at `path` when it mounts the volume holding Secret `secret` (with
@@ -427,28 +422,46 @@ fn secret_file_in_pod(pod: &Value, secret: &str) -> Option<String> {
 fn kubernetes_and_compose_give_the_token_secret_to_the_proxy_and_the_worker() {
     // Kubernetes: the proxy on 0.0.0.0 reads its token from the Secret's file, and the
     // worker's config reads the same Secret's file.
-    let proxy = yaml_documents("deploy/kubernetes/proxy.yaml");
-    let proxy_toml = document(&proxy, "ConfigMap", "payments-proxy")["data"]["proxy.toml"]
+    let proxy_map = deploy_document(
+        "deploy/kubernetes/proxy.yaml",
+        "ConfigMap",
+        "payments-proxy",
+    );
+    let proxy_toml = proxy_map["data"]["proxy.toml"]
         .as_str()
         .expect("proxy.toml");
     let proxy_config = chaosgate::chaos::proxy::StandaloneConfig::parse(proxy_toml).expect("parse");
-    let proxy_pod = &document(&proxy, "Deployment", "payments-proxy")["spec"]["template"]["spec"];
+    let proxy_deployment = deploy_document(
+        "deploy/kubernetes/proxy.yaml",
+        "Deployment",
+        "payments-proxy",
+    );
+    let proxy_pod = &proxy_deployment["spec"]["template"]["spec"];
     let token_file = proxy_config.control.token_file.expect("control.token_file");
     assert_eq!(
         secret_file_in_pod(proxy_pod, "chaosgate-proxy-token").as_deref(),
         token_file.to_str()
     );
-    let secrets = yaml_documents("deploy/kubernetes/secret.example.yaml");
-    assert!(
-        document(&secrets, "Secret", "chaosgate-proxy-token")["stringData"]["token"].is_string()
+    let secret = deploy_document(
+        "deploy/kubernetes/secret.example.yaml",
+        "Secret",
+        "chaosgate-proxy-token",
     );
-    let worker = yaml_documents("deploy/kubernetes/deployment.yaml");
-    let worker_pod = &document(&worker, "Deployment", "chaosgate")["spec"]["template"]["spec"];
-    let config_maps = yaml_documents("deploy/kubernetes/configmap.yaml");
-    let worker_toml =
-        document(&config_maps, "ConfigMap", "chaosgate-config")["data"]["chaosgate.toml"]
-            .as_str()
-            .expect("chaosgate.toml");
+    assert!(secret["stringData"]["token"].is_string());
+    let worker = deploy_document(
+        "deploy/kubernetes/deployment.yaml",
+        "Deployment",
+        "chaosgate",
+    );
+    let worker_pod = &worker["spec"]["template"]["spec"];
+    let worker_map = deploy_document(
+        "deploy/kubernetes/configmap.yaml",
+        "ConfigMap",
+        "chaosgate-config",
+    );
+    let worker_toml = worker_map["data"]["chaosgate.toml"]
+        .as_str()
+        .expect("chaosgate.toml");
     let worker_config: toml::Table = toml::from_str(worker_toml).expect("worker config");
     assert_eq!(
         secret_file_in_pod(worker_pod, "chaosgate-proxy-token").as_deref(),
@@ -462,7 +475,10 @@ fn kubernetes_and_compose_give_the_token_secret_to_the_proxy_and_the_worker() {
 
     // Compose: one secret, mounted in both, named by the proxy's config and the worker's
     // variable.
-    let compose = &yaml_documents("docker-compose.yml")[0];
+    let compose: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo("docker-compose.yml")).expect("read docker-compose.yml"),
+    )
+    .expect("docker-compose.yml");
     assert!(compose["secrets"]["proxy-token"]["file"].is_string());
     for service in ["chaosgate", "demo-proxy"] {
         let listed = &compose["services"][service]["secrets"];

@@ -38,6 +38,8 @@ pub struct Standalone {
     pub targets: Vec<(String, SocketAddr)>,
     /// The folder holding the config file (and whatever the test put there).
     pub dir: PathBuf,
+    /// That folder, when the proxy owns it (removed when dropped).
+    temp: Option<tempfile::TempDir>,
 }
 
 impl Standalone {
@@ -122,7 +124,16 @@ pub async fn start(dir: &Path, text: &str, env: &[(&str, &str)]) -> Standalone {
         control,
         targets,
         dir: dir.to_path_buf(),
+        temp: None,
     }
+}
+
+/// [`start`] in a new temporary folder that lives as long as the proxy.
+pub async fn start_in_temp(text: &str, env: &[(&str, &str)]) -> Standalone {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut proxy = start(temp.path(), text, env).await;
+    proxy.temp = Some(temp);
+    proxy
 }
 
 /// Runs `chaosgate proxy` with a config that must be refused: its exit status and

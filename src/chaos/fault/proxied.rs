@@ -85,12 +85,7 @@ pub(crate) async fn inject_network(
     ownership: &Ownership,
     lease: Duration,
 ) -> Result<ProxyFault, ProxyError> {
-    let backend = FaultBackend::select(
-        fault.proxy.as_deref(),
-        embedded,
-        &ownership.access,
-        &ownership.owner,
-    )?;
+    let backend = select(fault.proxy.as_deref(), embedded, ownership)?;
     let id = while_busy(ownership, || backend.add_network_fault(fault, lease)).await?;
     Ok(ProxyFault { backend, id })
 }
@@ -102,14 +97,18 @@ pub(crate) async fn inject_http(
     ownership: &Ownership,
     lease: Duration,
 ) -> Result<ProxyFault, ProxyError> {
-    let backend = FaultBackend::select(
-        fault.proxy.as_deref(),
-        embedded,
-        &ownership.access,
-        &ownership.owner,
-    )?;
+    let backend = select(fault.proxy.as_deref(), embedded, ownership)?;
     let id = while_busy(ownership, || backend.add_http_fault(fault, lease)).await?;
     Ok(ProxyFault { backend, id })
+}
+
+/// The standalone proxy at `proxy`, else the embedded one, for the run's owner.
+fn select(
+    proxy: Option<&str>,
+    embedded: Option<&Arc<ProxyRegistry>>,
+    ownership: &Ownership,
+) -> Result<FaultBackend, ProxyError> {
+    FaultBackend::select(proxy, embedded, &ownership.access, &ownership.owner)
 }
 
 /// Calls `add` until it is not refused as [`ProxyError::TargetBusy`], pausing with
