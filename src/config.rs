@@ -593,6 +593,46 @@ otlp_endpoint = "http://otel:collector-pa55@collector:4317"
     }
 
     #[test]
+    fn the_proxy_token_comes_from_the_environment_or_a_file_and_is_masked() {
+        let config = Config::parse(
+            MINIMAL,
+            "c.toml",
+            env(&[("CHAOSGATE_PROXY__TOKEN", "pr0xy-t0ken")]),
+        )
+        .unwrap();
+        let access = config.proxy.access().unwrap();
+        let token = access.token.expect("token from CHAOSGATE_PROXY__TOKEN");
+        assert!(token.matches(b"pr0xy-t0ken"));
+        assert_eq!(
+            config.secrets().scrub("sent pr0xy-t0ken"),
+            format!("sent {}", redact::MASK)
+        );
+        // A file wins over the value; a missing file is named.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "fr0m-file\n").unwrap();
+        let file_var = file.display().to_string();
+        let config = Config::parse(
+            MINIMAL,
+            "c.toml",
+            env(&[
+                ("CHAOSGATE_PROXY__TOKEN", "pr0xy-t0ken"),
+                ("CHAOSGATE_PROXY__TOKEN_FILE", &file_var),
+            ]),
+        )
+        .unwrap();
+        let token = config.proxy.access().unwrap().token.expect("token");
+        assert!(token.matches(b"fr0m-file"));
+        let config = Config::parse(
+            MINIMAL,
+            "c.toml",
+            env(&[("CHAOSGATE_PROXY__TOKEN_FILE", "/nonexistent/token")]),
+        )
+        .unwrap();
+        let err = config.proxy.access().unwrap_err();
+        assert!(err.contains("/nonexistent/token"), "{err}");
+    }
+
     fn the_view_token_comes_from_the_environment() {
         let config = Config::parse(
             MINIMAL,
