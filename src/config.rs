@@ -633,6 +633,7 @@ otlp_endpoint = "http://otel:collector-pa55@collector:4317"
         assert!(err.contains("/nonexistent/token"), "{err}");
     }
 
+    #[test]
     fn the_view_token_comes_from_the_environment() {
         let config = Config::parse(
             MINIMAL,
