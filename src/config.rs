@@ -83,6 +83,7 @@ pub(crate) fn config_example() -> Config {
                 upstream: "127.0.0.1:8081".into(),
                 protocol: crate::chaos::proxy::ProxyProtocol::Tcp,
             }],
+            ..ProxyConfig::default()
         },
         view: ViewConfig::default(),
     }
@@ -299,13 +300,36 @@ impl Default for HttpConfig {
     }
 }
 
-/// Fault proxy targets run inside the worker.
+/// Fault proxy targets run inside the worker, and how the worker reaches standalone
+/// proxies (the `proxy:` URL of a fault).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// One listener per target.
     #[serde(default)]
     pub targets: Vec<ProxyTarget>,
+    /// Bearer token for standalone proxies' control APIs. Prefer `token_file`, or set
+    /// it with `CHAOSGATE_PROXY__TOKEN`; never on a command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// File holding that token (e.g. a mounted Secret); wins over `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA file trusted (alone) for `https://` proxy URLs; absent: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ProxyConfig {
+    /// The token and CA for standalone proxies; errors name the file or the key.
+    pub fn access(&self) -> Result<crate::chaos::proxy::ProxyAccess, String> {
+        crate::chaos::proxy::ProxyAccess::load(
+            self.token_file.as_deref(),
+            self.token.as_deref(),
+            self.ca_file.as_deref(),
+        )
+        .map_err(|e| format!("proxy: {e}"))
+    }
 }
 
 /// The chaos experiments view (`chaosgate view`).
@@ -464,6 +488,9 @@ impl Config {
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             secrets.add_url(endpoint);
         }
+        if let Some(token) = &self.proxy.token {
+            secrets.add(token);
+        }
         secrets
     }
 }
@@ -601,6 +628,47 @@ otlp_endpoint = "http://otel:collector-pa55@collector:4317"
             error.contains("c.toml") && error.contains("unrouted") && error.contains("open"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_proxy_token_comes_from_the_environment_or_a_file_and_is_masked() {
+        let config = Config::parse(
+            MINIMAL,
+            "c.toml",
+            env(&[("CHAOSGATE_PROXY__TOKEN", "pr0xy-t0ken")]),
+        )
+        .unwrap();
+        let access = config.proxy.access().unwrap();
+        let token = access.token.expect("token from CHAOSGATE_PROXY__TOKEN");
+        assert!(token.matches(b"pr0xy-t0ken"));
+        assert_eq!(
+            config.secrets().scrub("sent pr0xy-t0ken"),
+            format!("sent {}", redact::MASK)
+        );
+        // A file wins over the value; a missing file is named.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "fr0m-file\n").unwrap();
+        let file_var = file.display().to_string();
+        let config = Config::parse(
+            MINIMAL,
+            "c.toml",
+            env(&[
+                ("CHAOSGATE_PROXY__TOKEN", "pr0xy-t0ken"),
+                ("CHAOSGATE_PROXY__TOKEN_FILE", &file_var),
+            ]),
+        )
+        .unwrap();
+        let token = config.proxy.access().unwrap().token.expect("token");
+        assert!(token.matches(b"fr0m-file"));
+        let config = Config::parse(
+            MINIMAL,
+            "c.toml",
+            env(&[("CHAOSGATE_PROXY__TOKEN_FILE", "/nonexistent/token")]),
+        )
+        .unwrap();
+        let err = config.proxy.access().unwrap_err();
+        assert!(err.contains("/nonexistent/token"), "{err}");
     }
 
     #[test]

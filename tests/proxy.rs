@@ -21,7 +21,8 @@ use chaosgate::catalog::experiment::{
     Direction, HttpAction, HttpFault, HttpMatch, NetworkFault, Toxic,
 };
 use chaosgate::chaos::proxy::{
-    FaultBackend, FaultId, ProxyClient, ProxyError, ProxyProtocol, ProxyRegistry, ProxyTarget,
+    FaultBackend, FaultId, ProxyAccess, ProxyClient, ProxyError, ProxyProtocol, ProxyRegistry,
+    ProxyTarget,
 };
 
 /// Outer bound on every wait: a bug fails the test instead of hanging it.
@@ -1100,96 +1101,16 @@ async fn network_toxics_apply_to_http_targets() {
 // ---------------------------------------------------------------------------------
 // The standalone `chaosgate proxy` binary
 
-/// A child process killed (SIGKILL, whole process group) when dropped.
-struct Child(tokio::process::Child);
+#[path = "support/standalone_proxy.rs"]
+mod standalone_proxy;
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.id() {
-            // SAFETY: kill(2) has no memory effects; the group is the child's own.
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-            }
-        }
-    }
-}
+use standalone_proxy::{KillOnDrop as Child, Standalone};
 
-struct Standalone {
-    child: Child,
-    control: String,
-    targets: Vec<(String, SocketAddr)>,
-    _dir: tempfile::TempDir,
-}
-
-fn standalone_command(config: &std::path::Path) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chaosgate"));
-    command
-        .arg("proxy")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    command
-}
-
-/// Starts `chaosgate proxy` with `targets` (TOML) and reads the addresses it prints.
+/// Starts `chaosgate proxy` with `targets` (TOML), its control API on a free loopback
+/// port, and reads the addresses it prints.
 async fn standalone(targets: &str) -> Standalone {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
-    std::fs::write(
-        &config,
-        format!("control_listen = \"127.0.0.1:0\"\n{targets}"),
-    )
-    .expect("write config");
-    let mut child = standalone_command(&config)
-        .spawn()
-        .expect("spawn chaosgate proxy");
-    let stdout = child.stdout.take().expect("stdout");
-    let child = Child(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let control = within("control line", lines.next_line())
+    standalone_proxy::start_in_temp(&format!("control_listen = \"127.0.0.1:0\"\n{targets}"), &[])
         .await
-        .expect("read stdout")
-        .expect("a control line");
-    let control = control
-        .strip_prefix("control ")
-        .unwrap_or_else(|| panic!("unexpected first line {control:?}"))
-        .to_string();
-    let count = targets.matches("[[targets]]").count();
-    let mut listed = Vec::new();
-    for _ in 0..count {
-        let line = within("target line", lines.next_line())
-            .await
-            .expect("read stdout")
-            .expect("a target line");
-        // target NAME PROTOCOL LISTEN -> UPSTREAM
-        let words: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(words.first(), Some(&"target"), "{line}");
-        listed.push((
-            words[1].to_string(),
-            words[3].parse().expect("listen address"),
-        ));
-    }
-    Standalone {
-        child,
-        control,
-        targets: listed,
-        _dir: dir,
-    }
-}
-
-impl Standalone {
-    fn listen(&self, name: &str) -> SocketAddr {
-        self.targets
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
-            .expect("target listed")
-    }
 }
 
 /// Raw control API call: status and JSON body.
@@ -1231,7 +1152,13 @@ async fn standalone_proxy_is_driven_through_its_control_api() {
     assert_eq!(targets[1].protocol, ProxyProtocol::Http);
 
     // Through FaultBackend, as the engine will call it.
-    let backend = FaultBackend::select(Some(&proxy.control), None).expect("remote backend");
+    let backend = FaultBackend::select(
+        Some(&proxy.control),
+        None,
+        &ProxyAccess::default(),
+        "tests/proxy",
+    )
+    .expect("remote backend");
     let mut stream = connect(proxy.listen("echo")).await;
     assert!(round_trip(&mut stream).await < Duration::from_millis(50));
     let id = within(
@@ -1436,9 +1363,12 @@ async fn standalone_proxy_rejects_unknown_keys_naming_file_and_key() {
         "control_listen = \"127.0.0.1:0\"\n[[targets]]\nname = \"db\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:1\"\nlatencyy = 5\n",
     )
     .expect("write config");
-    let output = within("bad config run", standalone_command(&config).output())
-        .await
-        .expect("run chaosgate proxy");
+    let output = within(
+        "bad config run",
+        standalone_proxy::command(&config, &[]).output(),
+    )
+    .await
+    .expect("run chaosgate proxy");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "accepted a bad config");
     assert!(stderr.contains("bad.toml"), "file not named: {stderr}");

@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use chaosgate::catalog::credentials::credential_fields;
 use chaosgate::catalog::experiment::Experiment;
 use chaosgate::catalog::{Catalog, Problem, Span};
-use chaosgate::chaos::proxy::{ProxyRegistry, StandaloneConfig};
+use chaosgate::chaos::proxy::access::TOKEN_ENV;
+use chaosgate::chaos::proxy::{ProxyAccess, ProxyRegistry, StandaloneConfig};
 use chaosgate::chaos::{ExperimentResult, Progress, ProgressEvent, RunContext, run_experiment};
 use chaosgate::contract::run_record::{RunStatus, Verdict};
 use chaosgate::telemetry::redact::{self, Secrets};
@@ -48,6 +49,24 @@ pub struct ExperimentRunArgs {
     /// no `proxy` URL (a `chaosgate proxy` config file; its control_listen is not used).
     #[arg(long, value_name = "FILE")]
     pub proxy_config: Option<PathBuf>,
+    /// The longest the run waits for targets other runs hold (in this process, or in a
+    /// standalone proxy) before it gives up, aborted, with nothing injected.
+    #[arg(long, default_value = "10m")]
+    pub target_wait: Span,
+}
+
+/// The token and CA for standalone proxies, from `CHAOSGATE_PROXY__TOKEN_FILE` or
+/// `CHAOSGATE_PROXY__TOKEN`, and `CHAOSGATE_PROXY__CA_FILE` (the worker's `[proxy]` keys
+/// by their variable names); never from an argument.
+fn proxy_access() -> anyhow::Result<ProxyAccess> {
+    let var = |name: &str| std::env::var_os(name).map(PathBuf::from);
+    let token = std::env::var(TOKEN_ENV).ok();
+    ProxyAccess::load(
+        var("CHAOSGATE_PROXY__TOKEN_FILE").as_deref(),
+        token.as_deref(),
+        var("CHAOSGATE_PROXY__CA_FILE").as_deref(),
+    )
+    .map_err(|message| anyhow::anyhow!("{message}"))
 }
 
 /// Loads the experiment, runs it, prints the report, and maps the verdict to the exit code.
@@ -75,6 +94,7 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
     let fields = credential_fields(&experiment);
     secrets.add_credentials(fields.headers, fields.urls);
     redact::install(&secrets);
+    let access = proxy_access()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,7 +112,7 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
                 Some(registry)
             }
         };
-        let result = run_with_display(&experiment, &args, proxy.clone()).await;
+        let result = run_with_display(&experiment, &args, proxy.clone(), access).await;
         if let Some(registry) = proxy {
             registry.shutdown().await;
         }
@@ -189,10 +209,13 @@ async fn run_with_display(
     experiment: &Experiment,
     args: &ExperimentRunArgs,
     proxy: Option<Arc<ProxyRegistry>>,
+    proxy_access: ProxyAccess,
 ) -> ExperimentResult {
     let (sender, receiver) = mpsc::unbounded_channel();
     let context = RunContext {
         proxy,
+        proxy_access,
+        target_wait: Some(args.target_wait.duration()),
         lease: args.lease.duration(),
         progress: Some(sender),
         ..RunContext::default()

@@ -2,8 +2,11 @@
 //!
 //! Runs the targets of its config file and the control API until SIGINT or SIGTERM,
 //! then stops the listeners and drops every fault. Once listening, it prints one line
-//! per address on standard output (`control http://ADDR`, then
+//! per address on standard output (`control http://ADDR` or `control https://ADDR`, then
 //! `target NAME PROTOCOL LISTEN -> UPSTREAM`), so a script or a test can use port 0.
+//!
+//! The control API's token comes from `[control] token_file` or `CHAOSGATE_PROXY__TOKEN`,
+//! never from an argument; without one, it refuses to start on a non-loopback address.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,7 +15,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use chaosgate::chaos::proxy::control;
+use chaosgate::chaos::proxy::access::TOKEN_ENV;
+use chaosgate::chaos::proxy::control::{self, ControlAccess};
 use chaosgate::chaos::proxy::{ProxyRegistry, StandaloneConfig};
 
 /// Arguments of `chaosgate proxy`.
@@ -26,6 +30,10 @@ pub struct ProxyArgs {
 /// Runs the proxy until SIGINT or SIGTERM; exit 0 after a clean stop.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let config = StandaloneConfig::load(&args.config)?;
+    let token_env = std::env::var(TOKEN_ENV).ok();
+    let access = config
+        .control_access(token_env.as_deref())
+        .map_err(|message| anyhow::anyhow!("proxy config {}: {message}", args.config.display()))?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -37,11 +45,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))?;
+    runtime.block_on(serve(config, access))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
+async fn serve(config: StandaloneConfig, access: ControlAccess) -> anyhow::Result<()> {
     // Watch the signals before announcing readiness, so a stop right after is clean.
     let stop = stop_signal().context("cannot watch SIGINT and SIGTERM")?;
     let registry = ProxyRegistry::start(&config.targets)
@@ -53,9 +61,14 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     let control_addr = listener
         .local_addr()
         .context("cannot read the control API address")?;
+    let scheme = if access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "control http://{control_addr}")?;
+        writeln!(out, "control {scheme}://{control_addr}")?;
         for target in registry.targets() {
             writeln!(
                 out,
@@ -65,8 +78,13 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         }
         out.flush()?;
     }
-    tracing::info!(%control_addr, "chaosgate proxy ready");
-    let served = control::serve(listener, std::sync::Arc::clone(&registry), stop).await;
+    tracing::info!(
+        %control_addr,
+        tls = access.tls.is_some(),
+        token = access.token.is_some(),
+        "chaosgate proxy ready"
+    );
+    let served = control::serve(listener, std::sync::Arc::clone(&registry), access, stop).await;
     tracing::info!("stopping: closing listeners and dropping every fault");
     registry.shutdown().await;
     served.context("the control API failed")

@@ -100,7 +100,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     .context("cannot start the fault proxy targets")?,
             )
         };
+        let proxy_access = config
+            .proxy
+            .access()
+            .map_err(|message| anyhow::anyhow!("{message}"))?;
         let run = RunContext {
+            proxy_access,
             lease: config.worker.fault_lease.duration(),
             target_wait: Some(config.worker.target_wait.duration()),
             proxy: proxy.clone(),

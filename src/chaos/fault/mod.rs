@@ -62,6 +62,8 @@ pub(crate) struct FaultSetup {
     pub(crate) proxy: Option<Arc<crate::chaos::proxy::ProxyRegistry>>,
     /// Lease of proxy faults.
     pub(crate) lease: Duration,
+    /// The run's owner id, proxy access and wait for targets other runs hold in a proxy.
+    pub(crate) ownership: proxied::Ownership,
 }
 
 /// A one-line description of what a fault does, e.g. `network latency 200ms on payments`.
@@ -113,11 +115,11 @@ fn describe_process(f: &ProcessFault) -> String {
 pub(crate) async fn inject(fault: &Fault, setup: &FaultSetup) -> Result<Injected, FaultError> {
     let embedded = setup.proxy.as_ref();
     Ok(match &fault.kind {
-        FaultKind::Network(f) => {
-            Injected::Proxy(proxied::inject_network(f, embedded, setup.lease).await?)
-        }
+        FaultKind::Network(f) => Injected::Proxy(
+            proxied::inject_network(f, embedded, &setup.ownership, setup.lease).await?,
+        ),
         FaultKind::Http(f) => {
-            Injected::Proxy(proxied::inject_http(f, embedded, setup.lease).await?)
+            Injected::Proxy(proxied::inject_http(f, embedded, &setup.ownership, setup.lease).await?)
         }
         FaultKind::Toxiproxy(f) => Injected::Toxiproxy(toxiproxy::inject(&fault.name, f).await?),
         FaultKind::Process(f) => Injected::Process(process::inject(f)?),

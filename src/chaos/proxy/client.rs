@@ -2,15 +2,20 @@
 //! fault to the embedded registry or to a standalone proxy with the same operations.
 //!
 //! A catalog fault names a standalone proxy with its `proxy` base URL; without one it
-//! goes to the proxy embedded in the worker.
+//! goes to the proxy embedded in the worker. Calls to a standalone proxy carry the
+//! bearer token of [`ProxyAccess`] and, for `https` URLs, trust its CA file (else the
+//! system's roots). Every fault is added in the name of an owner (the run): a target
+//! held by another owner answers [`ProxyError::TargetBusy`].
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
 use serde::Serialize;
 
-use super::control::{AddFaultRequest, ApiError, LeaseAnswer, LeaseRequest};
+use super::access::{self, BearerToken};
+use super::control::{ANONYMOUS_OWNER, AddFaultRequest, ApiError, LeaseAnswer, LeaseRequest};
 use super::error::{FaultId, ProxyError};
 use super::registry::ProxyRegistry;
 use super::settings::ProxyProtocol;
@@ -20,11 +25,46 @@ use crate::catalog::experiment::{HttpFault, NetworkFault};
 /// Time allowed for one control API call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How this process reaches standalone proxies: the bearer token it presents and the CA
+/// it trusts for `https` proxy URLs. The default: no token, the system's roots.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyAccess {
+    /// Sent as `Authorization: Bearer TOKEN` with every call.
+    pub token: Option<BearerToken>,
+    /// PEM file of the CA (or self-signed certificate) that signs the proxies'
+    /// certificates; only it is trusted then. `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ProxyAccess {
+    /// The token from `token_file` when given, else from the environment variable
+    /// `CHAOSGATE_PROXY__TOKEN` (its value in `token_env`); errors name the file or the
+    /// variable.
+    pub fn load(
+        token_file: Option<&Path>,
+        token_env: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> Result<ProxyAccess, String> {
+        let token = match (token_file, token_env) {
+            (Some(path), _) => Some(BearerToken::read_file(path)?),
+            (None, Some(text)) => {
+                Some(BearerToken::new(text).map_err(|e| format!("{}: {e}", access::TOKEN_ENV))?)
+            }
+            (None, None) => None,
+        };
+        Ok(ProxyAccess {
+            token,
+            ca_file: ca_file.map(Path::to_path_buf),
+        })
+    }
+}
+
 /// A client of one standalone proxy's control API.
 #[derive(Debug, Clone)]
 pub struct ProxyClient {
     base: Url,
     http: reqwest::Client,
+    owner: String,
 }
 
 /// What a call is about, to turn a 404 into the right error.
@@ -37,17 +77,45 @@ enum Subject<'a> {
 
 impl ProxyClient {
     /// A client of the control API at `base_url` (e.g. `http://10.0.0.5:8475`), with a
-    /// 5 s timeout per call.
+    /// 5 s timeout per call, no token, and the system's roots for https.
     pub fn new(base_url: &str) -> Result<ProxyClient, ProxyError> {
-        let http = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
+        ProxyClient::with_access(base_url, &ProxyAccess::default())
+    }
+
+    /// A client of the control API at `base_url` that presents `access`'s token and
+    /// trusts its CA file; errors name the URL (and the CA file when it is unreadable).
+    pub fn with_access(base_url: &str, access: &ProxyAccess) -> Result<ProxyClient, ProxyError> {
+        let failed = |message: String| ProxyError::Remote {
+            url: base_url.to_string(),
+            status: None,
+            message,
+        };
+        let mut builder = reqwest::Client::builder().timeout(CALL_TIMEOUT);
+        if let Some(token) = &access.token {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                token.header_value().map_err(failed)?,
+            );
+            builder = builder.default_headers(headers);
+        }
+        if let Some(path) = &access.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| failed(format!("cannot read the CA file {}: {e}", path.display())))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| failed(format!("CA file {}: {}", path.display(), chain(&e))))?;
+            builder = builder.tls_certs_only(roots);
+        }
+        let http = builder
             .build()
-            .map_err(|e| ProxyError::Remote {
-                url: base_url.to_string(),
-                status: None,
-                message: format!("cannot build an HTTP client: {}", chain(&e)),
-            })?;
+            .map_err(|e| failed(format!("cannot build an HTTP client: {}", chain(&e))))?;
         ProxyClient::with_http(base_url, http)
+    }
+
+    /// This client, adding faults in the name of `owner` (a run) from now on.
+    pub fn owned_by(mut self, owner: &str) -> ProxyClient {
+        self.owner = owner.to_string();
+        self
     }
 
     /// A client that shares an existing `reqwest` client (its pool and timeouts).
@@ -64,7 +132,11 @@ impl ProxyClient {
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(bad("not an http:// or https:// base URL"));
         }
-        Ok(ProxyClient { base, http })
+        Ok(ProxyClient {
+            base,
+            http,
+            owner: ANONYMOUS_OWNER.to_string(),
+        })
     }
 
     /// Checks the proxy answers `GET /healthz`.
@@ -95,6 +167,7 @@ impl ProxyClient {
             network: Some(fault.clone()),
             http: None,
             lease_ms: lease_ms(lease),
+            owner: Some(self.owner.clone()),
         };
         self.add(target, &body).await
     }
@@ -110,6 +183,7 @@ impl ProxyClient {
             network: None,
             http: Some(fault.clone()),
             lease_ms: lease_ms(lease),
+            owner: Some(self.owner.clone()),
         };
         self.add(target, &body).await
     }
@@ -208,6 +282,12 @@ fn answer_error(url: &Url, status: u16, text: &str, subject: Subject<'_>) -> Pro
     let Ok(api) = serde_json::from_str::<ApiError>(text) else {
         return remote(format!("HTTP {status}: {}", text.trim()));
     };
+    if let ("target_busy", Some(held)) = (api.error.as_str(), &api.held) {
+        return ProxyError::TargetBusy {
+            target: held.target.clone(),
+            owner: held.owner.clone(),
+        };
+    }
     match (api.error.as_str(), subject, api.field) {
         ("unknown_target", Subject::Target(target), _) => ProxyError::UnknownTarget(target.into()),
         ("unknown_fault", Subject::Fault(id), _) => ProxyError::UnknownFault(id),
@@ -238,22 +318,29 @@ fn chain(err: &dyn std::error::Error) -> String {
 /// Where a fault goes: the registry embedded in this process, or a standalone proxy.
 #[derive(Debug, Clone)]
 pub enum FaultBackend {
-    /// The proxy running inside this process.
-    Embedded(Arc<ProxyRegistry>),
-    /// A standalone `chaosgate proxy`, through its control API.
+    /// The proxy running inside this process, and the owner faults are added for.
+    Embedded(Arc<ProxyRegistry>, String),
+    /// A standalone `chaosgate proxy`, through its control API (the client names the
+    /// owner).
     Remote(ProxyClient),
 }
 
 impl FaultBackend {
     /// The backend for a fault whose `proxy` URL is `proxy`: that standalone proxy when
-    /// set, else `embedded`.
+    /// set (reached with `access`), else `embedded`; faults are added for `owner`.
     pub fn select(
         proxy: Option<&str>,
         embedded: Option<&Arc<ProxyRegistry>>,
+        access: &ProxyAccess,
+        owner: &str,
     ) -> Result<FaultBackend, ProxyError> {
         match (proxy, embedded) {
-            (Some(url), _) => ProxyClient::new(url).map(FaultBackend::Remote),
-            (None, Some(registry)) => Ok(FaultBackend::Embedded(Arc::clone(registry))),
+            (Some(url), _) => ProxyClient::with_access(url, access)
+                .map(|client| FaultBackend::Remote(client.owned_by(owner))),
+            (None, Some(registry)) => Ok(FaultBackend::Embedded(
+                Arc::clone(registry),
+                owner.to_string(),
+            )),
             (None, None) => Err(ProxyError::NoEmbeddedProxy),
         }
     }
@@ -265,8 +352,8 @@ impl FaultBackend {
         lease: Duration,
     ) -> Result<FaultId, ProxyError> {
         match self {
-            FaultBackend::Embedded(registry) => {
-                registry.add_network_fault(&fault.target, fault, lease)
+            FaultBackend::Embedded(registry, owner) => {
+                registry.add_network_fault_as(&fault.target, owner, fault, lease)
             }
             FaultBackend::Remote(client) => {
                 client.add_network_fault(&fault.target, fault, lease).await
@@ -281,8 +368,8 @@ impl FaultBackend {
         lease: Duration,
     ) -> Result<FaultId, ProxyError> {
         match self {
-            FaultBackend::Embedded(registry) => {
-                registry.add_http_fault(&fault.target, fault, lease)
+            FaultBackend::Embedded(registry, owner) => {
+                registry.add_http_fault_as(&fault.target, owner, fault, lease)
             }
             FaultBackend::Remote(client) => {
                 client.add_http_fault(&fault.target, fault, lease).await
@@ -293,7 +380,7 @@ impl FaultBackend {
     /// Extends a fault's lease.
     pub async fn renew(&self, id: FaultId, lease: Duration) -> Result<(), ProxyError> {
         match self {
-            FaultBackend::Embedded(registry) => registry.renew(id, lease),
+            FaultBackend::Embedded(registry, _) => registry.renew(id, lease),
             FaultBackend::Remote(client) => client.renew(id, lease).await,
         }
     }
@@ -301,7 +388,7 @@ impl FaultBackend {
     /// Removes a fault; false when it was not active.
     pub async fn remove(&self, id: FaultId) -> Result<bool, ProxyError> {
         match self {
-            FaultBackend::Embedded(registry) => Ok(registry.remove(id)),
+            FaultBackend::Embedded(registry, _) => Ok(registry.remove(id)),
             FaultBackend::Remote(client) => client.remove(id).await,
         }
     }

@@ -84,6 +84,14 @@ pub enum ProxyError {
         "the fault names no `proxy` URL and no proxy runs in this process (configure proxy targets, or set `proxy` on the fault)"
     )]
     NoEmbeddedProxy,
+    /// Another owner (run) has faults on this target: one owner at a time.
+    #[error("proxy target '{target}' is busy: another run ({owner}) has faults on it")]
+    TargetBusy {
+        /// The target's name.
+        target: String,
+        /// The owner holding it, as it named itself when it added its faults.
+        owner: String,
+    },
     /// A standalone proxy's configuration file cannot be used.
     #[error("proxy config {path}: {message}")]
     Config {

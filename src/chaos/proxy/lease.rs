@@ -4,6 +4,11 @@
 //! The table is the single record of which faults are active. Adding, renewing, removing
 //! and reaping happen under its lock, and a fault leaves its target's fault set in the
 //! same critical section that removes it from the table.
+//!
+//! Each fault has an owner (the run that added it). A target belongs to the owner of its
+//! unexpired faults: another owner's fault is refused ([`ProxyError::TargetBusy`]) until
+//! the last of them is removed or its lease runs out. The check and the insert happen
+//! under the same lock, so two owners can never both get in.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -13,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::{FaultId, ProxyError};
 use super::state::{FaultSet, FaultSpec, ProxyFaultStatus, TargetState};
+
+/// The owner of faults added without one (older clients, `curl`): they share it.
+pub const ANONYMOUS_OWNER: &str = "anonymous";
 
 /// How often the reaper looks for expired leases.
 pub(crate) const REAP_EVERY: Duration = Duration::from_millis(50);
@@ -24,6 +32,7 @@ pub(crate) const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 /// One active fault and its lease.
 struct Lease {
     target: Arc<TargetState>,
+    owner: String,
     fault: FaultSpec,
     expires: Instant,
 }
@@ -64,26 +73,51 @@ impl LeaseTable {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a fault and adds it to its target's fault set with `attach`, under the
-    /// lock, so no renew or reap sees one without the other.
+    /// Records a fault of `owner` and adds it to its target's fault set with `attach`,
+    /// under the lock, so no renew or reap sees one without the other.
+    ///
+    /// Refused with [`ProxyError::TargetBusy`], nothing added, while another owner has
+    /// an unexpired fault on the same target.
     pub(crate) fn insert(
         &self,
         id: FaultId,
         target: Arc<TargetState>,
+        owner: &str,
         fault: FaultSpec,
         expires: Instant,
         attach: impl FnOnce(&mut FaultSet),
-    ) {
+    ) -> Result<(), ProxyError> {
         let mut entries = self.lock();
+        let now = Instant::now();
+        let holder = entries
+            .values()
+            .find(|l| Arc::ptr_eq(&l.target, &target) && l.expires > now && l.owner != owner);
+        if let Some(holder) = holder {
+            return Err(ProxyError::TargetBusy {
+                target: target.target.name.clone(),
+                owner: holder.owner.clone(),
+            });
+        }
         target.faults.send_modify(|set| attach(Arc::make_mut(set)));
         entries.insert(
             id,
             Lease {
                 target,
+                owner: owner.to_string(),
                 fault,
                 expires,
             },
         );
+        Ok(())
+    }
+
+    /// The owner holding the target named `name`: the owner of its unexpired faults.
+    pub(crate) fn owner_of(&self, name: &str) -> Option<String> {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .find(|l| l.target.target.name == name && l.expires > now)
+            .map(|l| l.owner.clone())
     }
 
     /// Moves the expiry of an active fault; an expired one is removed and refused.

@@ -10,6 +10,7 @@
 //!
 //! - `settings`: a target as configured ([`ProxyTarget`], [`ProxyProtocol`]).
 //! - `error`: [`FaultId`] and [`ProxyError`].
+//! - [`access`]: the control API's bearer token and TLS.
 //! - `rule`: an HTTP fault compiled.
 //! - `state`: a running target and its fault set, shared by the modules below.
 //! - `toxic`: what the network toxics do to one connection.
@@ -22,6 +23,7 @@
 //! - [`control`]: the HTTP control API of a standalone proxy, and its config file.
 //! - [`client`]: the control API client, and [`FaultBackend`] (embedded or remote).
 
+pub mod access;
 pub(crate) mod client;
 pub mod control;
 mod error;
@@ -36,8 +38,9 @@ mod state;
 mod tcp;
 mod toxic;
 
-pub use client::{FaultBackend, ProxyClient};
-pub use control::StandaloneConfig;
+pub use access::BearerToken;
+pub use client::{FaultBackend, ProxyAccess, ProxyClient};
+pub use control::{ANONYMOUS_OWNER, StandaloneConfig};
 pub use error::{FaultId, ProxyError};
 pub use registry::ProxyRegistry;
 pub use settings::{ProxyProtocol, ProxyTarget};
@@ -54,6 +57,7 @@ mod tests {
     const LAYERS: &[(&str, &[&str])] = &[
         ("settings", &[]),
         ("error", &["settings"]),
+        ("access", &[]),
         ("rule", &["error"]),
         ("state", &["settings", "error", "rule"]),
         ("toxic", &["error", "state"]),
@@ -68,10 +72,15 @@ mod tests {
                 "settings", "error", "rule", "state", "toxic", "lease", "listener",
             ],
         ),
-        ("control", &["settings", "error", "registry"]),
+        (
+            "control",
+            &["settings", "error", "access", "lease", "registry"],
+        ),
         (
             "client",
-            &["settings", "error", "state", "registry", "control"],
+            &[
+                "settings", "error", "access", "state", "registry", "control",
+            ],
         ),
     ];
 

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::{FaultId, ProxyError};
-use super::lease::{self, LeaseTable};
+use super::lease::{self, ANONYMOUS_OWNER, LeaseTable};
 use super::listener;
 use super::rule::HttpRule;
 use super::settings::{ProxyProtocol, ProxyTarget};
@@ -104,15 +104,43 @@ impl ProxyRegistry {
     pub fn targets(&self) -> Vec<TargetStatus> {
         self.targets
             .iter()
-            .map(|t| t.status(self.leases.on_target(&t.target.name)))
+            .map(|t| {
+                let name = &t.target.name;
+                t.status(self.leases.owner_of(name), self.leases.on_target(name))
+            })
             .collect()
     }
 
-    /// Adds a network toxic to `target` for `lease`; it applies to open connections
-    /// from their next chunk on, and to new ones.
+    /// Adds a network toxic to `target` for `lease`, as [`ANONYMOUS_OWNER`]; see
+    /// [`Self::add_network_fault_as`].
     pub fn add_network_fault(
         &self,
         target: &str,
+        fault: &NetworkFault,
+        lease: Duration,
+    ) -> Result<FaultId, ProxyError> {
+        self.add_network_fault_as(target, ANONYMOUS_OWNER, fault, lease)
+    }
+
+    /// Adds an HTTP fault to `target` for `lease`, as [`ANONYMOUS_OWNER`]; see
+    /// [`Self::add_http_fault_as`].
+    pub fn add_http_fault(
+        &self,
+        target: &str,
+        fault: &HttpFault,
+        lease: Duration,
+    ) -> Result<FaultId, ProxyError> {
+        self.add_http_fault_as(target, ANONYMOUS_OWNER, fault, lease)
+    }
+
+    /// Adds a network toxic of `owner` to `target` for `lease`; it applies to open
+    /// connections from their next chunk on, and to new ones.
+    ///
+    /// [`ProxyError::TargetBusy`] while another owner has a fault on `target`.
+    pub fn add_network_fault_as(
+        &self,
+        target: &str,
+        owner: &str,
         fault: &NetworkFault,
         lease: Duration,
     ) -> Result<FaultId, ProxyError> {
@@ -124,18 +152,21 @@ impl ProxyRegistry {
         self.leases.insert(
             id,
             Arc::clone(state),
+            owner,
             FaultSpec::Network(fault.clone()),
             expires,
             |set| set.network.push((id, network)),
-        );
-        tracing::info!(fault = %id, target_name = target, toxic = ?fault.toxic, "network fault added");
+        )?;
+        tracing::info!(fault = %id, target_name = target, owner, toxic = ?fault.toxic, "network fault added");
         Ok(id)
     }
 
-    /// Adds an HTTP fault to the HTTP target `target` for `lease`.
-    pub fn add_http_fault(
+    /// Adds an HTTP fault of `owner` to the HTTP target `target` for `lease`;
+    /// [`ProxyError::TargetBusy`] while another owner has a fault on `target`.
+    pub fn add_http_fault_as(
         &self,
         target: &str,
+        owner: &str,
         fault: &HttpFault,
         lease: Duration,
     ) -> Result<FaultId, ProxyError> {
@@ -152,11 +183,12 @@ impl ProxyRegistry {
         self.leases.insert(
             id,
             Arc::clone(state),
+            owner,
             FaultSpec::Http(fault.clone()),
             expires,
             |set| set.http.push((id, rule)),
-        );
-        tracing::info!(fault = %id, target_name = target, action = ?fault.action, "http fault added");
+        )?;
+        tracing::info!(fault = %id, target_name = target, owner, action = ?fault.action, "http fault added");
         Ok(id)
     }
 

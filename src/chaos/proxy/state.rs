@@ -55,6 +55,9 @@ pub struct TargetStatus {
     pub upstream: String,
     /// `tcp` or `http`.
     pub protocol: ProxyProtocol,
+    /// The owner (run) whose faults are on it; no other owner may add one meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Its active faults.
     pub faults: Vec<ProxyFaultStatus>,
     /// Connections accepted since start.
@@ -115,13 +118,18 @@ impl TargetState {
         });
     }
 
-    /// Its status, with `faults` (the lease table's record of them).
-    pub(crate) fn status(&self, faults: Vec<ProxyFaultStatus>) -> TargetStatus {
+    /// Its status, with `faults` and their `owner` (the lease table's record of them).
+    pub(crate) fn status(
+        &self,
+        owner: Option<String>,
+        faults: Vec<ProxyFaultStatus>,
+    ) -> TargetStatus {
         TargetStatus {
             name: self.target.name.clone(),
             listen: self.target.listen,
             upstream: self.target.upstream.clone(),
             protocol: self.target.protocol,
+            owner,
             faults,
             connections_total: self.connections_total.load(Ordering::Relaxed),
             connections_open: self.connections_open.load(Ordering::Relaxed),

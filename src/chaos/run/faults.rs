@@ -153,6 +153,14 @@ pub(super) async fn inject_fault(
             });
             Some(end)
         }
+        Some(Err(FaultError::Proxy(ProxyError::TargetBusy { target, owner }))) => {
+            // Another run held the target in its proxy for all of `target_wait`: the
+            // run is aborted as for a busy in-process target, the fault not in error.
+            let waited = setup.ownership.target_wait.unwrap_or_default();
+            let held = format!("proxy:{target} (held by {owner} in its proxy)");
+            run.stop_with(Stop::TargetsBusy(waited, vec![held]));
+            None
+        }
         Some(Err(err)) => {
             let error = err.to_string();
             run.tally().faults[f].error = Some(error.clone());

@@ -97,7 +97,8 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::experiment::{Experiment, Fault, ProbeMode};
 use crate::catalog::rules;
 use crate::chaos::fault::FaultSetup;
-use crate::chaos::proxy::ProxyRegistry;
+use crate::chaos::fault::proxied::{BusyReport, Ownership, owner_id};
+use crate::chaos::proxy::{ProxyAccess, ProxyRegistry};
 use crate::chaos::target_lock::TargetLocks;
 use faults::{InjectedFaults, inject_fault, renew_leases, revert_fault};
 use plan::PhasePlan;
@@ -113,6 +114,8 @@ pub struct RunContext {
     /// The fault proxy embedded in this process, for network and HTTP faults that name
     /// no standalone `proxy`.
     pub proxy: Option<Arc<ProxyRegistry>>,
+    /// The token and CA with which faults reach standalone proxies.
+    pub proxy_access: ProxyAccess,
     /// Lease of faults in chaosgate's proxies; renewed every third of it.
     pub lease: Duration,
     /// Cancelling it aborts the run within a second (faults reverted, verdict `aborted`).
@@ -146,6 +149,7 @@ impl Default for RunContext {
     fn default() -> Self {
         RunContext {
             proxy: None,
+            proxy_access: ProxyAccess::default(),
             lease: DEFAULT_LEASE,
             cancel: CancellationToken::new(),
             progress: None,
@@ -255,9 +259,28 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
             context.lease,
         )))
     });
+    // A standalone proxy grants a target to one run at a time; a busy one is waited for
+    // within the same `target_wait`, and reported as the target lock's wait is.
+    let on_busy = BusyReport(Arc::new({
+        let run = run.clone();
+        move |target: &str, owner: &str| {
+            run.log(format!(
+                "waiting for target proxy:{target}, held by {owner} in its proxy"
+            ));
+            run.emit(ProgressEvent::WaitingForTargets {
+                targets: vec![format!("proxy:{target}")],
+            });
+        }
+    }));
     let setup = FaultSetup {
         proxy: context.proxy.clone(),
         lease: context.lease,
+        ownership: Ownership {
+            owner: owner_id(&experiment.id),
+            access: context.proxy_access.clone(),
+            target_wait: context.target_wait,
+            on_busy: Some(on_busy),
+        },
     };
     for (index, phase) in plan::plan(experiment).iter().enumerate() {
         if stop.is_cancelled() {
