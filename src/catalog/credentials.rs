@@ -68,11 +68,11 @@ fn command_fields<'a>(line: &'a CommandLine, fields: &mut CredentialFields<'a>) 
         );
     }
     for (name, value) in &line.env {
-        fields.variables.push((name, value.clone()));
+        fields.variables.push((name.as_str(), value.clone()));
     }
     for name in &line.env_from_worker {
         if let Ok(value) = std::env::var(name) {
-            fields.variables.push((name, value));
+            fields.variables.push((name.as_str(), value));
         }
     }
 }

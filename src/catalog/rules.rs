@@ -232,7 +232,7 @@ fn check_environment(line: &CommandLine, at: &FieldPath, out: &mut Vec<Finding>)
                      pass what it needs in env"
                 ),
             ));
-        } else if let Some(first) = seen.insert(name, k) {
+        } else if let Some(first) = seen.insert(name.as_str(), k) {
             out.push(Finding::new(
                 here,
                 format!("'{name}' is named twice (also env_from_worker[{first}])"),
