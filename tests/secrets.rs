@@ -173,7 +173,7 @@ fn a_command_cannot_be_handed_the_workers_configuration() {
     );
     assert_ne!(output.status.code(), Some(0), "{text}");
     assert!(
-        text.contains("greedy.yaml:10: probes[0].command.command.env_from_worker[0]: 'CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD' is a worker configuration variable"),
+        text.contains("greedy.yaml:9: probes[0].command.command.env_from_worker[0]: 'CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD' is a worker configuration variable"),
         "{text}"
     );
 }
@@ -181,16 +181,12 @@ fn a_command_cannot_be_handed_the_workers_configuration() {
 #[test]
 fn url_passwords_and_credential_variables_never_reach_the_output() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("leaky.yaml");
     // Nothing listens on the Toxiproxy port: the inject fails, and its error quotes the
     // URL (the URL library writes the password percent-encoded).
     let port = closed_port();
-    std::fs::write(
-        &file,
-        format!(
-            r#"kind: experiment
-id: leaky
-execution: parallel
+    let toxic = format!(
+        r#"kind: experiment
+id: leaky-url
 faults:
   - name: toxic
     weight: 5
@@ -199,6 +195,16 @@ faults:
       api: "http://chaos:t0x%40pa55@127.0.0.1:{port}"
       proxy: db
       toxic: {{type: latency, latency: 100ms}}
+probes:
+  - name: p
+    mode: eot
+    command: {{command: {{argv: ["true"]}}}}
+"#
+    );
+    // The inject fails and prints the token it was given: its standard error is quoted.
+    let echo = r#"kind: experiment
+id: leaky-env
+faults:
   - name: echo
     weight: 5
     duration: 1s
@@ -206,37 +212,45 @@ faults:
       inject:
         argv: ["echo \"token $API_TOKEN\" >&2; exit 3"]
         shell: true
-        env: {{API_TOKEN: tok-declared-0123}}
-      revert: {{argv: ["true"]}}
+        env: {API_TOKEN: tok-declared-0123}
+      revert: {argv: ["true"]}
 probes:
   - name: p
     mode: eot
-    command: {{command: {{argv: ["true"]}}}}
-"#
+    command: {command: {argv: ["true"]}}
+"#;
+    for (name, yaml, shown) in [
+        (
+            "url.yaml",
+            toxic.as_str(),
+            format!("http://chaos:***@127.0.0.1:{port}"),
         ),
-    )
-    .unwrap();
-    for json in [true, false] {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
-        with_worker_environment(&mut command).args(["experiment", "run"]);
-        if json {
-            command.arg("--json");
-        }
-        let output = command.arg(&file).stdin(Stdio::null()).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            text.contains(&format!("127.0.0.1:{port}")) && text.contains("token ***"),
-            "the Toxiproxy and command failures are reported: {text}"
-        );
-        for secret in ["t0x%40pa55", "t0x@pa55", "tok-declared-0123"] {
-            assert!(
-                !text.contains(secret),
-                "{secret} shown (json {json}):\n{text}"
+        ("env.yaml", echo, "token ***".to_string()),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, yaml).unwrap();
+        for json in [true, false] {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
+            with_worker_environment(&mut command).args(["experiment", "run"]);
+            if json {
+                command.arg("--json");
+            }
+            let output = command.arg(&file).stdin(Stdio::null()).output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
             );
+            assert!(
+                text.contains(&shown),
+                "{name}: the failure is reported: {text}"
+            );
+            for secret in ["t0x%40pa55", "t0x@pa55", "tok-declared-0123"] {
+                assert!(
+                    !text.contains(secret),
+                    "{name}: {secret} shown (json {json}):\n{text}"
+                );
+            }
         }
     }
 }

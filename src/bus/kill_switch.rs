@@ -354,7 +354,8 @@ async fn read(
                     .to_millis()
                     .and_then(DateTime::<Utc>::from_timestamp_millis)
                     .unwrap_or_else(Utc::now);
-                (from_rdkafka(&message), sent_at)
+                let at = (partition, message.offset());
+                (from_rdkafka(&message), sent_at, at)
             }
             Err(error) => {
                 failures += 1;
@@ -369,14 +370,14 @@ async fn read(
                 continue;
             }
         };
-        let (message, sent_at) = message;
+        let (message, sent_at, (partition, offset)) = message;
         match decode_abort_request(&message) {
             Ok(request) => {
                 let stopped = kill_switch.apply(&request, sent_at);
                 tracing::info!(scope = ?request.scope, id = ?request.id, reason = ?request.reason, stopped, "abort request");
             }
             Err(error) => {
-                tracing::warn!(%error, "ignored a control message that is not an abort request")
+                tracing::warn!(%error, %topic, partition, offset, "ignored a control message: not an abort request chaosgate reads")
             }
         }
     }

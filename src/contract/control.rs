@@ -67,13 +67,7 @@ pub enum BadAbortRequest {
 pub fn decode_abort_request(
     message: &super::KafkaMessage,
 ) -> Result<AbortRequest, BadAbortRequest> {
-    let size = message.key.as_ref().map_or(0, Vec::len)
-        + message.value.as_ref().map_or(0, Vec::len)
-        + message
-            .headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>();
+    let size = message.size();
     if size > MAX_CONTROL_MESSAGE_BYTES {
         return Err(BadAbortRequest::Oversized {
             size,

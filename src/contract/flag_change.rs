@@ -193,13 +193,7 @@ pub fn decode_flag_change(
     max_bytes: usize,
 ) -> Result<(super::CloudEvent, FlagChange), BadFlagChange> {
     use super::ErrorClass;
-    let size = message.key.as_ref().map_or(0, Vec::len)
-        + message.value.as_ref().map_or(0, Vec::len)
-        + message
-            .headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>();
+    let size = message.size();
     if size > max_bytes {
         return Err(BadFlagChange::new(
             ErrorClass::Oversized,
