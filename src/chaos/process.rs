@@ -214,7 +214,7 @@ fn build(line: &CommandLine) -> Option<Command> {
 
 /// The worker's variables every command sees (when the worker has them): what a program
 /// needs to be found, to find its files and to speak the operator's language.
-pub(crate) const BASE_VARIABLES: [&str; 3] = ["PATH", "HOME", "LANG"];
+const BASE_VARIABLES: [&str; 3] = ["PATH", "HOME", "LANG"];
 
 /// `PATH` when the worker has none, so `sh` and plain program names are still found.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
