@@ -1,18 +1,20 @@
 //! The flag-change event (v1): what a flag service publishes on `flag-changes`.
 //!
 //! The rule that keeps a flag's name safe to use as a key, a URL path and a log field:
-//! `project`, `environment` and `flag` are each a [key name](KEY_RULE): 1 to
+//! `project`, `environment` and `flag` are each a key name ([`KEY_RULE`]): 1 to
 //! [`MAX_KEY_LEN`] characters from `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
 //! A `/` in one would make the key `project/environment/flag` ambiguous (`a/b` + `c`
 //! and `a` + `b/c` would share it), and a line break or control character could forge a
-//! log line. The flag services chaosgate is built for fit inside it: Unleash accepts
-//! names that `encodeURIComponent` leaves alone, 1 to 100 characters, not `.` or `..`
+//! log line. What the flag services allow: LaunchDarkly keys are letters, digits, `.`,
+//! `_` and `-` (the rule `^[0-9A-Za-z-_.]+$` that
+//! <https://github.com/cashapp/misk/pull/1777> checks for LaunchDarkly, Optimizely,
+//! Unleash and Split keys; a LaunchDarkly project may enforce a stricter convention,
+//! <https://launchdarkly.com/docs/home/flags/new>); Unleash accepts names that
+//! `encodeURIComponent` leaves alone, 1 to 100 characters, not `.` or `..`
 //! (unleash-server 7.4.0, `dist/lib/routes/util.js`, `nameType`), which is this set plus
-//! `~ ! * ' ( )`; LaunchDarkly's flag, project and environment keys are letters, digits,
-//! `.`, `_` and `-` (its key conventions:
-//! <https://launchdarkly.com/docs/home/flags/new>). A name outside the rule is
-//! dead-lettered (`schema_violation`) with the field and the rule, before anything else
-//! reads it.
+//! `~ ! * ' ( )` and a leading `.` or `-`: such Unleash names are refused here. A name
+//! outside the rule is dead-lettered (`schema_violation`) with the field and the rule,
+//! before anything else reads it.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
