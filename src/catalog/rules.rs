@@ -223,7 +223,10 @@ fn check_environment(line: &CommandLine, at: &FieldPath, out: &mut Vec<Finding>)
         let here = at.key("env_from_worker").index(k);
         if let Some(problem) = bad_variable_name(name) {
             out.push(Finding::new(here, problem));
-        } else if name.starts_with(CONFIG_VARIABLE_PREFIX) {
+        } else if name
+            .to_ascii_uppercase()
+            .starts_with(CONFIG_VARIABLE_PREFIX)
+        {
             out.push(Finding::new(
                 here,
                 format!(
