@@ -26,9 +26,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use worker::{Harness, Settings, change, pipeline_yaml};
 
-/// The worker's own credential, passed the way the Kubernetes manifests pass it.
+/// The worker's own credential, passed the way the Kubernetes manifests pass it: the
+/// password of the broker's SASL/PLAIN listener (`deploy/local/kafka.sh`, user
+/// `chaosgate`), which the worker test really logs in with.
 const WORKER_SECRET_VARIABLE: &str = "CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD";
-const WORKER_SECRET: &str = "worker-sasl-pa55word";
+const WORKER_SECRET: &str = "chaosgate-secret";
 /// Some other variable of the worker's environment, named by no experiment.
 const UNRELATED_VARIABLE: &str = "SECRETS_TEST_UNRELATED";
 /// A variable an experiment passes on with `env_from_worker`.
@@ -326,7 +328,15 @@ async fn a_prometheus_answer_without_end_is_cut_at_the_limit() {
 async fn worker_commands_see_only_what_the_experiment_declares_and_a_forged_flag_is_dead_lettered()
 {
     let servers = kafka::require_broker();
-    let h = Harness::new(&servers, "secrets", 1).await;
+    let sasl_servers = std::env::var("KAFKA_SASL_BOOTSTRAP_SERVERS").unwrap_or_else(|_| {
+        panic!(
+            "KAFKA_SASL_BOOTSTRAP_SERVERS is not set: start the broker with a SASL listener \
+             (`eval \"$(KAFKA_SASL_PORT=19094 deploy/local/kafka.sh env)\"`), as scripts/test.sh does"
+        )
+    });
+    // (Not "secrets": the test folder is named after it, and "chaosgate-secrets-..."
+    // would hold the password "chaosgate-secret".)
+    let h = Harness::new(&servers, "clean-env", 1).await;
     let dumps = h.dir.path().join("dumps");
     std::fs::create_dir_all(&dumps).unwrap();
     h.catalog_file("exp.yaml", &env_dump_experiment("env-dump", &dumps));
@@ -334,7 +344,23 @@ async fn worker_commands_see_only_what_the_experiment_declares_and_a_forged_flag
         "pipe.yaml",
         &pipeline_yaml("env-gate", Some("env-*"), &["env-dump"]),
     );
-    let config = h.config("w1", &Settings::default());
+    // The worker logs in over SASL/PLAIN with the password from its environment only: a
+    // command it gates cannot read it.
+    let settings = Settings {
+        properties: vec![
+            ("security.protocol", "SASL_PLAINTEXT".to_string()),
+            ("sasl.mechanism", "PLAIN".to_string()),
+            ("sasl.username", "chaosgate".to_string()),
+        ],
+        ..Settings::default()
+    };
+    let config = h.config("w1", &settings);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("bootstrap_servers = \"{servers}\""),
+        &format!("bootstrap_servers = \"{sasl_servers}\""),
+    );
+    assert!(!text.contains(WORKER_SECRET));
+    std::fs::write(&config, text).unwrap();
     let log = h.dir.path().join("w1-1.log");
     let out = std::fs::File::create(&log).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
