@@ -186,7 +186,7 @@ fn command_probe(argv: &[&str], shell: bool, exit_code: i32, stdout: Option<Comp
             command: CommandLine {
                 argv: argv.iter().map(|a| a.to_string()).collect(),
                 shell,
-                timeout: None,
+                ..CommandLine::default()
             },
             exit_code,
             stdout,

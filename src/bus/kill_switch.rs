@@ -35,8 +35,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::contract::control::ABORT_REQUEST_TYPE;
-use crate::contract::{AbortRequest, AbortScope, CloudEvent};
+use crate::contract::control::decode_abort_request;
+use crate::contract::{AbortRequest, AbortScope};
 
 use super::record::from_rdkafka;
 
@@ -354,7 +354,8 @@ async fn read(
                     .to_millis()
                     .and_then(DateTime::<Utc>::from_timestamp_millis)
                     .unwrap_or_else(Utc::now);
-                (from_rdkafka(&message), sent_at)
+                let at = (partition, message.offset());
+                (from_rdkafka(&message), sent_at, at)
             }
             Err(error) => {
                 failures += 1;
@@ -369,25 +370,14 @@ async fn read(
                 continue;
             }
         };
-        let (message, sent_at) = message;
-        let request = CloudEvent::decode(&message)
-            .map_err(|e| e.to_string())
-            .and_then(|event| {
-                if event.event_type != ABORT_REQUEST_TYPE {
-                    return Err(format!(
-                        "type '{}' is not {ABORT_REQUEST_TYPE}",
-                        event.event_type
-                    ));
-                }
-                serde_json::from_value::<AbortRequest>(event.data).map_err(|e| format!("data: {e}"))
-            });
-        match request {
+        let (message, sent_at, (partition, offset)) = message;
+        match decode_abort_request(&message) {
             Ok(request) => {
                 let stopped = kill_switch.apply(&request, sent_at);
                 tracing::info!(scope = ?request.scope, id = ?request.id, reason = ?request.reason, stopped, "abort request");
             }
             Err(error) => {
-                tracing::warn!(%error, "ignored a control message that is not an abort request")
+                tracing::warn!(%error, %topic, partition, offset, "ignored a control message: not an abort request chaosgate reads")
             }
         }
     }

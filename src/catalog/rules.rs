@@ -23,12 +23,15 @@
 //!   while they are: a check outside that window never counts as passed;
 //! - a `process` fault's `name` can match `/proc/PID/comm`: at most 15 bytes (the
 //!   kernel's `TASK_COMM_LEN` of 16, with its NUL), no `/`, not empty;
+//! - a command's `env` and `env_from_worker` (fault inject and revert, command probe)
+//!   name POSIX variables (`[A-Za-z_][A-Za-z0-9_]*`); `env_from_worker` names each once,
+//!   none that `env` sets, and no `CHAOSGATE_*` variable (the worker's configuration);
 //! - a `toxiproxy` fault's `proxy` is a name Toxiproxy's API can address (no `/`, not
 //!   `.`, `..` or empty).
 
 use std::collections::HashMap;
 
-use super::experiment::{Experiment, FaultExecution, FaultKind, ProbeMode, ProbeType};
+use super::experiment::{CommandLine, Experiment, FaultExecution, FaultKind, ProbeMode, ProbeType};
 use super::pipeline::Pipeline;
 use super::problem::{FieldPath, Finding};
 use super::span::Span;
@@ -179,10 +182,11 @@ fn check_faults(experiment: &Experiment, out: &mut Vec<Finding>) {
         match &fault.kind {
             FaultKind::Command(command) => {
                 for (part, line) in [("inject", &command.inject), ("revert", &command.revert)] {
+                    let at = path.key("command").key(part);
                     if let Some(timeout) = line.timeout {
-                        let at = path.key("command").key(part).key("timeout");
-                        positive(timeout, &at, "a command's timeout", out);
+                        positive(timeout, &at.key("timeout"), "a command's timeout", out);
                     }
+                    check_environment(line, &at, out);
                 }
             }
             FaultKind::Process(process) => {
@@ -204,6 +208,65 @@ fn check_faults(experiment: &Experiment, out: &mut Vec<Finding>) {
             FaultKind::Network(_) | FaultKind::Http(_) => {}
         }
     }
+}
+
+/// A command's `env` and `env_from_worker` name variables a process can have, each once,
+/// and never the worker's own configuration (see `CommandLine`).
+fn check_environment(line: &CommandLine, at: &FieldPath, out: &mut Vec<Finding>) {
+    for name in line.env.keys() {
+        if let Some(problem) = bad_variable_name(name) {
+            out.push(Finding::new(at.key("env").key(name), problem));
+        }
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (k, name) in line.env_from_worker.iter().enumerate() {
+        let here = at.key("env_from_worker").index(k);
+        if let Some(problem) = bad_variable_name(name) {
+            out.push(Finding::new(here, problem));
+        } else if name
+            .to_ascii_uppercase()
+            .starts_with(CONFIG_VARIABLE_PREFIX)
+        {
+            out.push(Finding::new(
+                here,
+                format!(
+                    "'{name}' is a worker configuration variable ({CONFIG_VARIABLE_PREFIX}*), \
+                     which may hold its Kafka credentials: a command never sees those; \
+                     pass what it needs in env"
+                ),
+            ));
+        } else if let Some(first) = seen.insert(name.as_str(), k) {
+            out.push(Finding::new(
+                here,
+                format!("'{name}' is named twice (also env_from_worker[{first}])"),
+            ));
+        } else if line.env.contains_key(name) {
+            out.push(Finding::new(
+                here,
+                format!("'{name}' is also set in env, whose value would win: name it once"),
+            ));
+        }
+    }
+}
+
+/// The prefix of the worker's configuration variables (`crate::config`'s), which no
+/// command may be handed.
+pub(crate) const CONFIG_VARIABLE_PREFIX: &str = "CHAOSGATE_";
+
+/// Why `name` is not a POSIX environment variable name (`[A-Za-z_][A-Za-z0-9_]*`, the
+/// portable names of POSIX.1-2017 Base Definitions 8.1), if it is not.
+fn bad_variable_name(name: &str) -> Option<String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    Some(format!(
+        "'{}' is not a variable name: letters, digits and '_', not starting with a digit",
+        name.escape_debug()
+    ))
 }
 
 /// Whether Toxiproxy's API can address a proxy named `proxy`: `Err` gives why not.
@@ -279,11 +342,12 @@ fn check_probes(experiment: &Experiment, out: &mut Vec<Finding>) {
         if probe.mode == ProbeMode::OnChaos {
             check_chaos_window(experiment, i, &path, out);
         }
-        if let ProbeType::Command(command) = &probe.probe_type
-            && let Some(timeout) = command.command.timeout
-        {
-            let at = path.key("command").key("command").key("timeout");
-            positive(timeout, &at, "a command's timeout", out);
+        if let ProbeType::Command(command) = &probe.probe_type {
+            let at = path.key("command").key("command");
+            if let Some(timeout) = command.command.timeout {
+                positive(timeout, &at.key("timeout"), "a command's timeout", out);
+            }
+            check_environment(&command.command, &at, out);
         }
     }
 }
@@ -449,6 +513,24 @@ mod tests {
             ]
         );
         assert_eq!(messages(&named("..")).len(), 1);
+    }
+
+    #[test]
+    fn command_environments_name_variables_a_process_can_have_once() {
+        let e = experiment(
+            "kind: experiment\nid: x\nfaults:\n  - {name: a, weight: 1, duration: 2s, command: {inject: {argv: ['true'], env: {GOOD_1: v, 1BAD: v, 'A-B': v}}, revert: {argv: ['true'], env: {TOKEN: t}, env_from_worker: [KUBECONFIG, KUBECONFIG, TOKEN, CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD, 'x y']}}}\nprobes:\n  - {name: p, mode: eot, command: {command: {argv: ['env'], env: {_OK: '${HOME}'}, env_from_worker: [HOME, AWS_PROFILE]}}}\n",
+        );
+        assert_eq!(
+            messages(&e),
+            [
+                "faults[0].command.inject.env.1BAD: '1BAD' is not a variable name: letters, digits and '_', not starting with a digit",
+                "faults[0].command.inject.env.A-B: 'A-B' is not a variable name: letters, digits and '_', not starting with a digit",
+                "faults[0].command.revert.env_from_worker[1]: 'KUBECONFIG' is named twice (also env_from_worker[0])",
+                "faults[0].command.revert.env_from_worker[2]: 'TOKEN' is also set in env, whose value would win: name it once",
+                "faults[0].command.revert.env_from_worker[3]: 'CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD' is a worker configuration variable (CHAOSGATE_*), which may hold its Kafka credentials: a command never sees those; pass what it needs in env",
+                "faults[0].command.revert.env_from_worker[4]: 'x y' is not a variable name: letters, digits and '_', not starting with a digit",
+            ]
+        );
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! pipe. Failure texts name only the program ([`program_name`]), never its arguments,
 //! which may hold secrets.
 //!
+//! A command's environment is clean: `PATH`, `HOME` and `LANG` from the worker, the
+//! worker variables its file names in `env_from_worker`, and its own `env`; nothing else
+//! of the worker's environment, where the worker's credentials travel
+//! (`CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD`), reaches it.
+//!
 //! Every command chaosgate runs starts through `start`: at most [`MAX_RUNNING`] run at
 //! once, and each is spawned on a blocking thread, two at a time. Ten thousand
 //! experiments injecting at the same moment then neither run out of file descriptors
@@ -197,6 +202,7 @@ fn build(line: &CommandLine) -> Option<Command> {
         direct.args(args);
         direct
     };
+    clean_environment(&mut command, line, |name| std::env::var_os(name));
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -204,6 +210,37 @@ fn build(line: &CommandLine) -> Option<Command> {
         .process_group(0)
         .kill_on_drop(true);
     Some(command)
+}
+
+/// The worker's variables every command sees (when the worker has them): what a program
+/// needs to be found, to find its files and to speak the operator's language.
+const BASE_VARIABLES: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// `PATH` when the worker has none, so `sh` and plain program names are still found.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Gives `command` the environment `line` declares and nothing of the worker's beyond
+/// [`BASE_VARIABLES`] and `line.env_from_worker` (read through `worker`); `line.env`
+/// wins over both (see `CommandLine`).
+fn clean_environment(
+    command: &mut Command,
+    line: &CommandLine,
+    worker: impl Fn(&str) -> Option<std::ffi::OsString>,
+) {
+    command.env_clear();
+    for name in BASE_VARIABLES
+        .iter()
+        .copied()
+        .chain(line.env_from_worker.iter().map(String::as_str))
+    {
+        if let Some(value) = worker(name) {
+            command.env(name, value);
+        }
+    }
+    if worker("PATH").is_none() {
+        command.env("PATH", DEFAULT_PATH);
+    }
+    command.envs(&line.env);
 }
 
 /// Kills a command's process group when dropped before the command finished.
@@ -292,7 +329,7 @@ mod tests {
         CommandLine {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             shell,
-            timeout: None,
+            ..CommandLine::default()
         }
     }
 
@@ -337,6 +374,53 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ProcessError::Empty), "{err}");
+    }
+
+    #[test]
+    fn a_command_gets_only_what_its_file_declares() {
+        let worker: std::collections::HashMap<&str, &str> = [
+            ("PATH", "/opt/bin:/usr/bin"),
+            ("HOME", "/home/worker"),
+            ("KUBECONFIG", "/etc/kube"),
+            ("CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret"),
+            ("AWS_PROFILE", "ops"),
+        ]
+        .into();
+        let mut declared = line(&["env"], false);
+        declared.env.insert("MODE".into(), "${HOME}".into());
+        declared.env.insert("HOME".into(), "/tmp/probe".into());
+        declared.env_from_worker = vec!["KUBECONFIG".into(), "MISSING".into()];
+        let mut command = Command::new("env");
+        clean_environment(&mut command, &declared, |name| {
+            worker.get(name).map(std::ffi::OsString::from)
+        });
+        let mut got: Vec<(String, String)> = command
+            .as_std()
+            .get_envs()
+            .filter_map(|(n, v)| Some((n.to_str()?.to_owned(), v?.to_str()?.to_owned())))
+            .collect();
+        got.sort();
+        let want: Vec<(String, String)> = [
+            ("HOME", "/tmp/probe"),
+            ("KUBECONFIG", "/etc/kube"),
+            ("MODE", "${HOME}"),
+            ("PATH", "/opt/bin:/usr/bin"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(got, want);
+
+        let mut bare = Command::new("env");
+        clean_environment(&mut bare, &line(&["env"], false), |_| None);
+        let path: Vec<_> = bare.as_std().get_envs().collect();
+        assert_eq!(
+            path,
+            [(
+                std::ffi::OsStr::new("PATH"),
+                Some(std::ffi::OsStr::new(DEFAULT_PATH))
+            )]
+        );
     }
 
     #[tokio::test]

@@ -93,6 +93,7 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
     let mut secrets = Secrets::default();
     let fields = credential_fields(&experiment);
     secrets.add_credentials(fields.headers, fields.urls);
+    secrets.add_variables(fields.variables);
     redact::install(&secrets);
     let access = proxy_access()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

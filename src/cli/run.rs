@@ -75,6 +75,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for experiment in catalog.experiments() {
         let fields = credential_fields(experiment);
         secrets.add_credentials(fields.headers, fields.urls);
+        secrets.add_variables(fields.variables);
     }
     chaosgate::telemetry::redact::install(&secrets);
     let stopped = runtime.block_on(async move {

@@ -32,6 +32,17 @@ pub struct KafkaMessage {
 }
 
 impl KafkaMessage {
+    /// Its size in bytes: key, value, and every header's name and value.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+
     /// The first header with this name (case-insensitive, as the binding says).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers

@@ -1,4 +1,8 @@
 //! The abort request (v1): the kill switch, read from `chaosgate-control`.
+//!
+//! A control message is bounded before it is parsed: key, value and headers together at
+//! most [`MAX_CONTROL_MESSAGE_BYTES`]; a larger one is refused unread
+//! ([`BadAbortRequest::Oversized`]), as is anything that is not an abort request.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -29,6 +33,56 @@ pub struct AbortRequest {
     pub(crate) requested_by: Option<String>,
 }
 
+/// The largest control message read, in bytes: key, value and headers together. An
+/// abort request is a few hundred bytes; 64 KiB leaves room for long reasons and
+/// tracing headers while a flood of large messages cannot make every worker parse them.
+pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Why a message on the control topic is not acted on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAbortRequest {
+    /// Larger than [`MAX_CONTROL_MESSAGE_BYTES`]; not parsed.
+    #[error(
+        "the message is {size} bytes, over the {limit}-byte limit of a control message: not parsed"
+    )]
+    Oversized {
+        /// Key, value and headers together.
+        size: usize,
+        /// [`MAX_CONTROL_MESSAGE_BYTES`].
+        limit: usize,
+    },
+    /// Not a CloudEvent.
+    #[error("{0}")]
+    Undecodable(String),
+    /// A CloudEvent of another type.
+    #[error("type '{0}' is not {ABORT_REQUEST_TYPE}")]
+    OtherType(String),
+    /// Its data is not an abort request.
+    #[error("data: {0}")]
+    Data(String),
+}
+
+/// Decodes one message of the control topic into an abort request, refusing it unread
+/// when it is over [`MAX_CONTROL_MESSAGE_BYTES`].
+pub fn decode_abort_request(
+    message: &super::KafkaMessage,
+) -> Result<AbortRequest, BadAbortRequest> {
+    let size = message.size();
+    if size > MAX_CONTROL_MESSAGE_BYTES {
+        return Err(BadAbortRequest::Oversized {
+            size,
+            limit: MAX_CONTROL_MESSAGE_BYTES,
+        });
+    }
+    let event = super::CloudEvent::decode(message)
+        .map_err(|e| BadAbortRequest::Undecodable(e.to_string()))?;
+    if event.event_type != ABORT_REQUEST_TYPE {
+        return Err(BadAbortRequest::OtherType(event.event_type));
+    }
+    serde_json::from_value::<AbortRequest>(event.data)
+        .map_err(|e| BadAbortRequest::Data(e.to_string()))
+}
+
 /// Which runs an abort request matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -54,5 +108,50 @@ pub(crate) fn abort_request_example() -> AbortRequest {
         id: Some("3f0c1a4e-8b7d-5e2f-a1c3-5d9e7f6b4a20".into()),
         reason: Some("payments incident in progress".into()),
         requested_by: Some("oncall@example.com".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::CloudEvent;
+
+    fn event(data: serde_json::Value) -> CloudEvent {
+        CloudEvent {
+            id: "abort-1".into(),
+            source: "/oncall".into(),
+            event_type: ABORT_REQUEST_TYPE.into(),
+            time: None,
+            subject: None,
+            extensions: Default::default(),
+            data,
+        }
+    }
+
+    #[test]
+    fn an_abort_request_decodes_and_an_oversized_one_is_refused_unread() {
+        let request = abort_request_example();
+        let good = event(serde_json::to_value(&request).unwrap());
+        assert_eq!(decode_abort_request(&good.to_binary(None)), Ok(request));
+
+        let mut huge = abort_request_example();
+        huge.reason = Some("x".repeat(MAX_CONTROL_MESSAGE_BYTES));
+        let message = event(serde_json::to_value(&huge).unwrap()).to_binary(None);
+        let err = decode_abort_request(&message).unwrap_err();
+        assert!(
+            matches!(err, BadAbortRequest::Oversized { size, limit } if size > limit && limit == MAX_CONTROL_MESSAGE_BYTES),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("over the 65536-byte limit"),
+            "{err}"
+        );
+
+        let mut other = good.clone();
+        other.event_type = "dev.chaosgate.flag.change.v1".into();
+        assert!(matches!(
+            decode_abort_request(&other.to_binary(None)),
+            Err(BadAbortRequest::OtherType(_))
+        ));
     }
 }

@@ -1,4 +1,20 @@
 //! The flag-change event (v1): what a flag service publishes on `flag-changes`.
+//!
+//! The rule that keeps a flag's name safe to use as a key, a URL path and a log field:
+//! `project`, `environment` and `flag` are each a key name ([`KEY_RULE`]): 1 to
+//! [`MAX_KEY_LEN`] characters from `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
+//! A `/` in one would make the key `project/environment/flag` ambiguous (`a/b` + `c`
+//! and `a` + `b/c` would share it), and a line break or control character could forge a
+//! log line. What the flag services allow: LaunchDarkly keys are letters, digits, `.`,
+//! `_` and `-` (the rule `^[0-9A-Za-z-_.]+$` that
+//! <https://github.com/cashapp/misk/pull/1777> checks for LaunchDarkly, Optimizely,
+//! Unleash and Split keys; a LaunchDarkly project may enforce a stricter convention,
+//! <https://launchdarkly.com/docs/home/flags/new>); Unleash accepts names that
+//! `encodeURIComponent` leaves alone, 1 to 100 characters, not `.` or `..`
+//! (unleash-server 7.4.0, `dist/lib/routes/util.js`, `nameType`), which is this set plus
+//! `~ ! * ' ( )` and a leading `.` or `-`: such Unleash names are refused here. A name
+//! outside the rule is dead-lettered (`schema_violation`) with the field and the rule,
+//! before anything else reads it.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -19,11 +35,15 @@ pub struct FlagChange {
     pub event_id: String,
     /// When the change was made.
     pub occurred_at: DateTime<Utc>,
-    /// Flag service project.
+    /// Flag service project (a key name: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting
+    /// with `.` or `-`).
+    #[schemars(regex(pattern = KEY_PATTERN), length(min = 1, max = 128))]
     pub project: String,
-    /// Environment, e.g. `production`.
+    /// Environment, e.g. `production` (a key name, as `project`).
+    #[schemars(regex(pattern = KEY_PATTERN), length(min = 1, max = 128))]
     pub environment: String,
-    /// Flag key.
+    /// Flag key (a key name, as `project`).
+    #[schemars(regex(pattern = KEY_PATTERN), length(min = 1, max = 128))]
     pub flag: String,
     /// What changed.
     pub change: Change,
@@ -36,6 +56,45 @@ pub struct FlagChange {
     /// Flag service account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+}
+
+/// The longest `project`, `environment` or `flag`, in characters (Unleash allows 100).
+pub const MAX_KEY_LEN: usize = 128;
+
+/// The key-name rule as a JSON Schema `pattern` (together with `maxLength` 128).
+pub const KEY_PATTERN: &str = r"^[A-Za-z0-9_][A-Za-z0-9._-]*$";
+
+/// The key-name rule in words, as dead-letter reasons state it.
+pub const KEY_RULE: &str = "1 to 128 characters from A-Z a-z 0-9 '.' '_' '-', not starting \
+                            with '.' or '-' (a '/' would make project/environment/flag ambiguous)";
+
+/// Whether `name` keeps the key-name rule (see the module doc).
+pub fn is_key_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.len() <= MAX_KEY_LEN
+}
+
+/// The first of `project`, `environment` and `flag` in `data` (an event's JSON data) that
+/// is text breaking the key-name rule, as `data.FIELD: "VALUE" ...` (the value escaped
+/// as JSON, so it stays one line, and cut to 200 characters). Fields that are missing or
+/// not text are the schema's to report.
+fn bad_key_field(data: &serde_json::Value) -> Option<String> {
+    ["project", "environment", "flag"].iter().find_map(|field| {
+        let value = data.get(field)?.as_str()?;
+        if is_key_name(value) {
+            return None;
+        }
+        let shown: String = value.chars().take(200).collect();
+        let shown = serde_json::Value::String(shown).to_string();
+        let length = value.chars().count();
+        Some(format!(
+            "data.{field}: {shown} ({length} characters) is not a key name: {KEY_RULE}"
+        ))
+    })
 }
 
 impl FlagChange {
@@ -136,13 +195,7 @@ pub fn decode_flag_change(
     max_bytes: usize,
 ) -> Result<(super::CloudEvent, FlagChange), BadFlagChange> {
     use super::ErrorClass;
-    let size = message.key.as_ref().map_or(0, Vec::len)
-        + message.value.as_ref().map_or(0, Vec::len)
-        + message
-            .headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>();
+    let size = message.size();
     if size > max_bytes {
         return Err(BadFlagChange::new(
             ErrorClass::Oversized,
@@ -163,6 +216,9 @@ pub fn decode_flag_change(
                 event.event_type
             ),
         ));
+    }
+    if let Some(problem) = bad_key_field(&event.data) {
+        return Err(BadFlagChange::new(ErrorClass::SchemaViolation, problem));
     }
     let validator = FLAG_CHANGE_VALIDATOR
         .as_ref()
@@ -215,6 +271,50 @@ mod tests {
         for message in [event.to_binary(Some("k")), event.to_structured(Some("k"))] {
             let (_, decoded) = decode_flag_change(&message, 1 << 20).unwrap();
             assert_eq!(decoded, change);
+        }
+    }
+
+    #[test]
+    fn project_environment_and_flag_are_key_names() {
+        for good in ["checkout-v2", "app.name", "_x", "A9", &"f".repeat(128)] {
+            assert!(is_key_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-x",
+            "a/b",
+            "a b",
+            "line\nforged",
+            "tab\t",
+            "é",
+            &"f".repeat(129),
+        ] {
+            assert!(!is_key_name(bad), "{bad:?}");
+        }
+        for field in ["project", "environment", "flag"] {
+            let mut event = flag_change_event(&flag_change_example(), "/flags");
+            event.data[field] = "x\nINFO forged line".into();
+            let err = decode_flag_change(&event.to_binary(None), 1 << 20).unwrap_err();
+            assert_eq!(err.class, ErrorClass::SchemaViolation);
+            assert!(
+                err.message.starts_with(&format!(
+                    "data.{field}: \"x\\nINFO forged line\" (18 characters) is not a key name: 1 to 128"
+                )),
+                "{}",
+                err.message
+            );
+            assert!(!err.message.contains('\n'), "{}", err.message);
+        }
+        // The published schema says the same.
+        let schema = crate::contract::schema_of::<FlagChange>("flag-change");
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut data = serde_json::to_value(flag_change_example()).unwrap();
+        assert!(validator.is_valid(&data));
+        for bad in ["a/b", "-x", "a\nb", &"f".repeat(129)] {
+            data["flag"] = bad.into();
+            assert!(!validator.is_valid(&data), "{bad:?}");
         }
     }
 

@@ -540,6 +540,7 @@ async fn run_once(
             .unwrap_or_default();
         let fields = credential_fields(experiment);
         secrets.add_credentials(fields.headers, fields.urls);
+        secrets.add_variables(fields.variables);
         secrets.scrub_run_record(&mut record);
         tracing::info!(
             status = record.status.as_str(),

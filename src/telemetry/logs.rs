@@ -10,6 +10,11 @@
 //!
 //! Every line goes through [`super::redact::installed`] secrets before it reaches
 //! stderr, whatever produced it (our code, librdkafka, a library error).
+//!
+//! One event, one line: in text lines every field value and message has its line breaks
+//! and other control characters escaped ([`one_line`]: `\n`, `\r`, `\u{1b}`...), so a
+//! value from outside (a flag name, a library error quoting its input) cannot start a
+//! line that looks like another event. JSON lines escape them by JSON's own rules.
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
@@ -139,14 +144,102 @@ impl<V: Visit> Visit for LogFieldsOnly<V> {
     }
 }
 
-/// Text fields as `tracing-subscriber` writes them by default, minus trace-only fields.
+/// `text` with every character that could end or rewrite a terminal line escaped: line
+/// breaks (`\n`, `\r`, U+0085, U+2028, U+2029) and the other control characters (escape
+/// sequences included) but tab, written as Rust escapes (`\n`, `\r`, `\u{1b}`). Borrowed
+/// when there is nothing to escape.
+pub(crate) fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A visitor that hands `V` every value with [`one_line`] applied: text values stay
+/// text (`V` quotes them as it does), formatted values and errors are escaped after
+/// formatting.
+struct OneLine<V>(V);
+
+impl<V: Visit> Visit for OneLine<V> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.record_f64(field, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.record_i64(field, value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.record_u64(field, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.record_bool(field, value);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        // Other text fields are written quoted, with Rust's escapes (`"a\nb"`); the
+        // message is written as it is, so it is escaped here.
+        if field.name() == "message" {
+            self.0.record_str(field, &one_line(value));
+        } else {
+            self.0.record_str(field, value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        // An error with sources is written with them; its text is checked as a whole.
+        let text = error_chain(value);
+        if matches!(one_line(&text), std::borrow::Cow::Borrowed(_)) {
+            self.0.record_error(field, value);
+        } else {
+            self.0
+                .record_debug(field, &format_args!("{}", one_line(&text)));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        self.0
+            .record_debug(field, &format_args!("{}", one_line(&text)));
+    }
+}
+
+/// An error's text and its sources', as one string (for the control-character check).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Text fields as `tracing-subscriber` writes them by default, minus trace-only fields,
+/// each value on one line ([`one_line`]).
 struct TextLogFields;
 
 impl<'w> FormatFields<'w> for TextLogFields {
     fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut visitor = LogFieldsOnly(DefaultVisitor::new(writer, true));
+        let mut visitor = LogFieldsOnly(OneLine(DefaultVisitor::new(writer, true)));
         fields.record(&mut visitor);
-        visitor.0.finish()
+        visitor.0.0.finish()
     }
 
     fn add_fields(
@@ -155,9 +248,10 @@ impl<'w> FormatFields<'w> for TextLogFields {
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
         let is_empty = current.is_empty();
-        let mut visitor = LogFieldsOnly(DefaultVisitor::new(current.as_writer(), is_empty));
+        let mut visitor =
+            LogFieldsOnly(OneLine(DefaultVisitor::new(current.as_writer(), is_empty)));
         fields.record(&mut visitor);
-        visitor.0.finish()
+        visitor.0.0.finish()
     }
 }
 
@@ -311,6 +405,40 @@ mod tests {
         for hidden in ["messaging.", "otel.", "send"] {
             assert!(!text.contains(hidden), "{hidden} in {text}");
         }
+    }
+
+    /// What the text layer writes for the events `emit` logs.
+    fn text_of(emit: impl FnOnce()) -> String {
+        let buffer = Buffer::default();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(buffer.clone())
+            .with_ansi(false)
+            .fmt_fields(TextLogFields);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_value_with_line_breaks_stays_on_its_line() {
+        let forged = "x\n2026-11-30T00:00:00Z  INFO chaosgate: gate opened\r\u{1b}[2K";
+        let error = std::io::Error::other(forged);
+        let text = text_of(|| {
+            let span = tracing::info_span!("process", flag = %forged);
+            let _span = span.enter();
+            tracing::warn!(flag = %forged, quoted = forged, %error, "dead-lettered {forged}");
+        });
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert!(text.ends_with('\n'), "{text}");
+        assert!(!text.contains('\r') && !text.contains('\u{1b}'), "{text}");
+        assert!(
+            text.contains(r"flag=x\n2026-11-30T00:00:00Z  INFO chaosgate: gate opened\r\u{1b}[2K"),
+            "{text}"
+        );
+        assert!(text.contains(r#"quoted="x\n2026"#), "{text}");
+        assert_eq!(one_line("plain\ttext"), "plain\ttext");
+        assert_eq!(one_line("a\u{2028}b\u{85}"), r"a\u{2028}b\u{85}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Redaction: secrets (SASL and SSL passwords, OAuth client secrets, probe credentials)
-//! never reach logs or records.
+//! Redaction: secrets (SASL and SSL passwords, OAuth client secrets, probe credentials,
+//! passwords in Toxiproxy, proxy and probe URLs, credential variables of commands) never
+//! reach logs or records.
 //!
 //! Two tools. By name: [`is_secret_property`] and [`is_secret_header`] know which
 //! librdkafka properties and HTTP headers hold secrets, and [`url`] renders a URL with its
@@ -7,10 +8,14 @@
 //! the configuration, `crate::config::Config::secrets`, and the probe credentials the
 //! catalog lists, `crate::catalog::credentials`), then [`Secrets::scrub`] masks them
 //! wherever they turn up in free text (an error message, a probe's last error, a run
-//! record's log), since a library error may quote a value it was given.
+//! record's log), since a library error may quote a value it was given. A URL library
+//! quotes a password percent-encoded (`p@ss` as `p%40ss`) and a client may decode one
+//! written encoded, so every secret is known in both forms; a command's arguments,
+//! wherever they are quoted, are scrubbed the same way.
 //!
 //! The worker [`install`]s the secrets of its configuration and catalog once at start;
 //! from then on every log line is scrubbed on its way to stderr (see [`super::logs`]),
+//! every span on its way to the trace exporter (see [`super::traces`]),
 //! and every run record is scrubbed before it is published ([`Secrets::scrub_run_record`],
 //! called by the pipeline executor).
 //!
@@ -81,6 +86,68 @@ pub(crate) fn url(url: &str) -> Cow<'_, str> {
     ))
 }
 
+/// Characters a URL library leaves alone in user info: RFC 3986's unreserved ones
+/// (section 2.3). Everything else in a secret may reach a URL percent-encoded.
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+/// `value` percent-encoded (every byte but the unreserved ones), with upper-case hex
+/// (RFC 3986 section 2.1's advice) and lower-case hex; empty when nothing needs encoding.
+fn percent_encoded_forms(value: &str) -> Vec<String> {
+    if value.bytes().all(is_unreserved) {
+        return Vec::new();
+    }
+    let encode = |upper: bool| {
+        let mut out = String::with_capacity(value.len() * 3);
+        for byte in value.bytes() {
+            if is_unreserved(byte) {
+                out.push(char::from(byte));
+            } else if upper {
+                out.push_str(&format!("%{byte:02X}"));
+            } else {
+                out.push_str(&format!("%{byte:02x}"));
+            }
+        }
+        out
+    };
+    let upper = encode(true);
+    let lower = encode(false);
+    if upper == lower {
+        vec![upper]
+    } else {
+        vec![upper, lower]
+    }
+}
+
+/// `text` with its `%XX` escapes decoded, when it has any and the result is UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    if !text.contains('%') {
+        return None;
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .ok()
+        .filter(|decoded| decoded != text)
+}
+
 /// Secret values known to this process, masked wherever they appear in free text.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
@@ -115,8 +182,17 @@ impl Secrets {
         }
     }
 
-    /// Adds one secret value.
+    /// Adds one secret value, and the forms a URL gives it: percent-encoded as a URL
+    /// library writes it into user info (`p@ss` is quoted as `p%40ss`), with upper- and
+    /// lower-case hex digits.
     pub(crate) fn add(&mut self, value: &str) {
+        self.add_exact(value);
+        for encoded in percent_encoded_forms(value) {
+            self.add_exact(&encoded);
+        }
+    }
+
+    fn add_exact(&mut self, value: &str) {
         if value.len() < MIN_SECRET_LEN || self.values.iter().any(|v| v == value) {
             return;
         }
@@ -124,7 +200,9 @@ impl Secrets {
         self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     }
 
-    /// Adds the password of `url`'s user info (`scheme://user:password@host/...`), if any.
+    /// Adds the password of `url`'s user info (`scheme://user:password@host/...`), if any,
+    /// as written and percent-decoded (`p%40ss` is also `p@ss` once a library decoded it),
+    /// each in its percent-encoded forms too (see [`Secrets::add`]).
     pub(crate) fn add_url(&mut self, url: &str) {
         let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else {
             return;
@@ -134,6 +212,23 @@ impl Secrets {
             && let Some((_, password)) = user_info.split_once(':')
         {
             self.add(password);
+            if let Some(decoded) = percent_decoded(password) {
+                self.add(&decoded);
+            }
+        }
+    }
+
+    /// Adds the value of each variable (name, value) whose name marks a credential, as a
+    /// librdkafka property's does ([`is_secret_property`]: `..._PASSWORD`, `..._TOKEN`,
+    /// `..._SECRET`, `..._KEY`): a command's `env`, say.
+    pub fn add_variables<N: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        variables: impl IntoIterator<Item = (N, V)>,
+    ) {
+        for (name, value) in variables {
+            if is_secret_property(name.as_ref()) {
+                self.add(value.as_ref());
+            }
         }
     }
 
@@ -276,6 +371,43 @@ mod tests {
         );
         assert_eq!(url("http://prom:9090/a@b"), "http://prom:9090/a@b");
         assert_eq!(url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn url_passwords_are_scrubbed_raw_and_percent_encoded() {
+        let mut secrets = Secrets::default();
+        secrets.add_url("http://chaos:p%40ss-w0rd@toxiproxy:8474");
+        secrets.add_url("http://ops:plain-pa55@proxy:9000/");
+        secrets.add("sasl/p@ss word");
+        let text = "POST http://chaos:p%40ss-w0rd@toxiproxy:8474/proxies failed; \
+                    decoded p@ss-w0rd; lower p%40ss-w0rd; proxy http://ops:plain-pa55@proxy:9000; \
+                    kafka http://u:sasl%2Fp%40ss%20word@h and sasl%2fp%40ss%20word and sasl/p@ss word";
+        let scrubbed = secrets.scrub(text);
+        for secret in ["p%40ss", "p@ss", "plain-pa55", "sasl"] {
+            assert!(!scrubbed.contains(secret), "{secret} in {scrubbed}");
+        }
+        assert!(
+            scrubbed.contains("http://chaos:***@toxiproxy:8474/proxies"),
+            "{scrubbed}"
+        );
+        assert_eq!(
+            url("http://user:p%40ss@host:1/x"),
+            "http://user:***@host:1/x"
+        );
+        assert_eq!(url("http://user:p@ss@host/x"), "http://user:***@host/x");
+    }
+
+    #[test]
+    fn variables_named_like_credentials_are_secret() {
+        let mut secrets = Secrets::default();
+        secrets.add_variables([
+            ("API_TOKEN", "tok-123456"),
+            ("DB_PASSWORD", "db-pa55"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-s3cret"),
+            ("MODE", "visible-mode"),
+        ]);
+        let scrubbed = secrets.scrub("tok-123456 db-pa55 aws-s3cret visible-mode");
+        assert_eq!(scrubbed, "*** *** *** visible-mode");
     }
 
     #[test]

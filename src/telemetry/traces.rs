@@ -108,12 +108,78 @@ pub fn pipeline(endpoint: &str) -> Result<(SdkTracerProvider, SdkTracer), Traces
         ))
         .build();
     let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_batch_exporter(ScrubbedExporter(exporter))
         .with_resource(resource)
         .build();
     let tracer = provider.tracer(SERVICE_NAME);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     Ok((provider, tracer))
+}
+
+/// An exporter that masks the installed secrets ([`super::redact::installed`]) in every
+/// text of a span (its attributes, its events' names and attributes, its error status)
+/// before `E` sends it: a `tracing` event inside a span becomes a span event, and its
+/// message may quote a library error that quotes a secret.
+#[derive(Debug)]
+struct ScrubbedExporter<E>(E);
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for ScrubbedExporter<E>
+{
+    fn export(
+        &self,
+        mut batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        if let Some(secrets) = super::redact::installed() {
+            for span in &mut batch {
+                scrub_span(&secrets, span);
+            }
+        }
+        self.0.export(batch)
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+/// Masks `secrets` in the texts of `span` (see [`ScrubbedExporter`]).
+fn scrub_span(secrets: &super::redact::Secrets, span: &mut opentelemetry_sdk::trace::SpanData) {
+    use std::borrow::Cow;
+    let scrub_values = |attributes: &mut Vec<opentelemetry::KeyValue>| {
+        for attribute in attributes {
+            if let opentelemetry::Value::String(text) = &attribute.value
+                && let Cow::Owned(clean) = secrets.scrub(text.as_str())
+            {
+                attribute.value = opentelemetry::Value::String(clean.into());
+            }
+        }
+    };
+    scrub_values(&mut span.attributes);
+    for event in &mut span.events.events {
+        if let Cow::Owned(clean) = secrets.scrub(&event.name) {
+            event.name = Cow::Owned(clean);
+        }
+        scrub_values(&mut event.attributes);
+    }
+    if let opentelemetry::trace::Status::Error { description } = &span.status
+        && let Cow::Owned(clean) = secrets.scrub(description)
+    {
+        span.status = opentelemetry::trace::Status::Error {
+            description: Cow::Owned(clean),
+        };
+    }
 }
 
 /// Whether spans and events of `target` go to the exporter: chaosgate's own only.
@@ -403,6 +469,41 @@ pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exported_spans_lose_known_secrets() {
+        let mut secrets = super::super::redact::Secrets::default();
+        secrets.add_url("http://chaos:t0x%40pa55@toxiproxy:8474");
+        let mut events = opentelemetry_sdk::trace::SpanEvents::default();
+        events.events.push(opentelemetry::trace::Event::new(
+            "inject failed: http://chaos:t0x%40pa55@toxiproxy:8474/proxies",
+            std::time::SystemTime::now(),
+            vec![opentelemetry::KeyValue::new("error", "sent t0x@pa55")],
+            0,
+        ));
+        let mut span = opentelemetry_sdk::trace::SpanData {
+            span_context: SpanContext::empty_context(),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: opentelemetry::trace::SpanKind::Internal,
+            name: "fault inject".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: vec![
+                opentelemetry::KeyValue::new("url", "http://chaos:t0x%40pa55@toxiproxy:8474"),
+                opentelemetry::KeyValue::new("attempt", 1),
+            ],
+            dropped_attributes_count: 0,
+            events,
+            links: Default::default(),
+            status: opentelemetry::trace::Status::error("refused t0x%40pa55"),
+            instrumentation_scope: Default::default(),
+        };
+        scrub_span(&secrets, &mut span);
+        let text = format!("{span:?}");
+        assert!(!text.contains("t0x"), "{text}");
+        assert!(text.contains("http://chaos:***@toxiproxy:8474"), "{text}");
+    }
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };

@@ -276,8 +276,18 @@ pub struct ProcessFault {
     pub(crate) signal: Option<String>,
 }
 
-/// An argument list, run without a shell unless `shell` is set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// An argument list, run without a shell unless `shell` is set, in a clean environment.
+///
+/// The command sees only `PATH`, `HOME` and `LANG` (the worker's values, when it has
+/// them), the variables named in `env_from_worker` (the worker's values), and `env`
+/// (literal values, which win over both): never the rest of the worker's environment,
+/// where its own credentials travel (`CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD`).
+/// `env` values are taken as written: `${VAR}` is not expanded, so a catalog file cannot
+/// pull a worker variable in by accident; `env_from_worker` is the one, explicit, way.
+/// Names follow POSIX (`[A-Za-z_][A-Za-z0-9_]*`); `env_from_worker` cannot name a
+/// `CHAOSGATE_*` variable (the worker's configuration) nor a name twice or one `env`
+/// sets (checked by `catalog::rules`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandLine {
     /// Program and arguments; with `shell: true`, one string for `sh -c`.
@@ -288,6 +298,16 @@ pub struct CommandLine {
     /// Kill the command after this long (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Span>,
+    /// Variables the command sees, with literal values (no `${VAR}` expansion); names
+    /// `[A-Za-z_][A-Za-z0-9_]*`. They win over `PATH`, `HOME`, `LANG` and
+    /// `env_from_worker`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Names of the worker's own variables the command also sees (with the worker's
+    /// values; a name the worker does not have is left unset). Never a `CHAOSGATE_*`
+    /// name, never one `env` sets, each name once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from_worker: Vec<String>,
 }
 
 /// Operator-supplied commands that inject and revert a fault.

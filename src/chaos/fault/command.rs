@@ -146,6 +146,7 @@ mod tests {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             shell,
             timeout: timeout_ms.map(Span::from_millis),
+            ..CommandLine::default()
         }
     }
 

@@ -31,7 +31,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::compare::{regex, shorten};
 use crate::catalog::experiment::{HttpCriteria, HttpProbe, JsonPointerMatch, StatusMatch};
 
-/// At most this much of a response body is read and judged.
+/// At most this much of a response body is read and judged; the rest is not read.
 pub(crate) const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// At most this many probe requests (HTTP and Prometheus) are in flight at once.
@@ -249,19 +249,39 @@ pub(super) async fn attempt(probe: &HttpProbe) -> Result<(), HttpFailure> {
         .then(|| response.headers().get(LOCATION))
         .flatten()
         .map(|value| shorten(&String::from_utf8_lossy(value.as_bytes()), 200));
-    let mut body = Vec::new();
-    while body.len() < BODY_LIMIT {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = BODY_LIMIT - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
-            Ok(None) => break,
-            Err(err) => return Err(fail(HttpReason::Body(super::root_reason(&err)))),
-        }
-    }
+    let body = read_body(&mut response, BODY_LIMIT)
+        .await
+        .map_err(|err| fail(HttpReason::Body(super::root_reason(&err))))?
+        .bytes;
     let took = sent.elapsed();
     judge(&probe.criteria, status, location, took, &body).map_err(fail)
+}
+
+/// A response body read up to a limit.
+pub(crate) struct CappedBody {
+    /// At most the limit's bytes, from the start of the body.
+    pub(crate) bytes: Vec<u8>,
+    /// Whether the body went on past the limit (the rest was not read).
+    pub(crate) cut: bool,
+}
+
+/// Reads `response`'s body chunk by chunk, keeping at most `limit` bytes and reading no
+/// further once it has them (the connection is then dropped with the response): a
+/// server that sends without end costs a probe `limit` bytes, never more.
+pub(crate) async fn read_body(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<CappedBody, reqwest::Error> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            return Ok(CappedBody { bytes, cut: true });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(CappedBody { bytes, cut: false })
 }
 
 /// The note a failed status gets when it is a redirect the probe did not follow.

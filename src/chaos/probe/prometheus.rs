@@ -4,7 +4,8 @@
 //!
 //! The query must return exactly one sample: a vector of one series or a scalar. Anything
 //! else (no series, several series, a matrix, an error from Prometheus) fails the attempt
-//! with a text that names the query and what came back.
+//! with a text that names the query and what came back. At most [`ANSWER_LIMIT`] bytes
+//! of an answer are read; a longer one fails the attempt, naming the endpoint and limit.
 
 use std::time::Duration;
 
@@ -13,8 +14,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::compare::{CompareFailure, compare, shorten};
-use super::http::{Redirects, client, shown_url, turn};
+use super::http::{Redirects, client, read_body, shown_url, turn};
 use crate::catalog::experiment::PrometheusProbe;
+
+/// The most bytes of a Prometheus answer read: an instant query of one sample answers
+/// in well under a kilobyte, so an answer this large is a query that matched far too
+/// many series (or not Prometheus), and reading on would only cost memory.
+pub(crate) const ANSWER_LIMIT: usize = 1024 * 1024;
 
 /// Why a Prometheus probe attempt failed, e.g.
 /// "query 'up{job=\"api\"}' at http://127.0.0.1:9090: returned 0 samples, expected exactly 1".
@@ -44,6 +50,12 @@ pub(crate) enum PrometheusReason {
     /// The answer could not be read to the end.
     #[error("reading the answer: {0}")]
     Body(String),
+    /// The answer is longer than [`ANSWER_LIMIT`] (given here); the rest was not read.
+    #[error(
+        "the answer is over the {0}-byte limit (not read further): the query matches too \
+         many series, or this is not Prometheus"
+    )]
+    TooLarge(usize),
     /// The answer is not the Prometheus API's JSON.
     #[error("HTTP {status}, not a Prometheus API answer: {body}")]
     NotPrometheus {
@@ -118,12 +130,15 @@ pub(super) async fn attempt(probe: &PrometheusProbe) -> Result<(), PrometheusFai
         .send()
         .await
         .map_err(|err| fail(PrometheusReason::Send(super::root_reason(&err))))?;
+    let mut response = response;
     let status = response.status().as_u16();
-    let body = response
-        .bytes()
+    let body = read_body(&mut response, ANSWER_LIMIT)
         .await
         .map_err(|err| fail(PrometheusReason::Body(super::root_reason(&err))))?;
-    let value = sample_value(status, &body).map_err(fail)?;
+    if body.cut {
+        return Err(fail(PrometheusReason::TooLarge(ANSWER_LIMIT)));
+    }
+    let value = sample_value(status, &body.bytes).map_err(fail)?;
     compare(&value, &probe.comparison).map_err(|e| fail(PrometheusReason::Compare(e)))
 }
 
