@@ -4,7 +4,8 @@
 //! key path with `__` between levels, e.g. `CHAOSGATE_KAFKA__BOOTSTRAP_SERVERS` or
 //! `CHAOSGATE_KAFKA__PROPERTIES__SASL_PASSWORD` (inside `kafka.properties`, `_` stands for
 //! `.`). Its value is read as a TOML value (`16`, `true`, `["a"]`) when it parses as one,
-//! else as a string. Unknown keys, wrong types and missing required values fail at start
+//! else as a string; values inside `kafka.properties` and of any `token` key are always
+//! strings. Unknown keys, wrong types and missing required values fail at start
 //! with the key and the file (or variable) named.
 
 use std::collections::BTreeMap;
@@ -454,9 +455,11 @@ impl Config {
                 continue;
             }
             let path = override_path(rest);
-            // librdkafka properties are strings, whatever they look like.
+            // librdkafka properties and tokens are strings, whatever they look like (a
+            // token of digits only is still a token, not a number).
             let value = if path.first().is_some_and(|p| p == "kafka")
                 && path.get(1).is_some_and(|p| p == "properties")
+                || path.last().is_some_and(|p| p == "token")
             {
                 toml::Value::String(value)
             } else {
@@ -641,6 +644,23 @@ otlp_endpoint = "http://otel:collector-pa55@collector:4317"
         let access = config.proxy.access().unwrap();
         let token = access.token.expect("token from CHAOSGATE_PROXY__TOKEN");
         assert!(token.matches(b"pr0xy-t0ken"));
+        // A token of digits only stays a token (not read as a TOML number).
+        let numeric = Config::parse(
+            MINIMAL,
+            "c.toml",
+            env(&[("CHAOSGATE_PROXY__TOKEN", "0123456789")]),
+        )
+        .unwrap();
+        let token = numeric
+            .proxy
+            .access()
+            .unwrap()
+            .token
+            .expect("numeric token");
+        assert!(token.matches(b"0123456789"));
+        let view =
+            Config::parse(MINIMAL, "c.toml", env(&[("CHAOSGATE_VIEW__TOKEN", "4711")])).unwrap();
+        assert_eq!(view.view.token.as_deref(), Some("4711"));
         assert_eq!(
             config.secrets().scrub("sent pr0xy-t0ken"),
             format!("sent {}", redact::MASK)
