@@ -41,7 +41,8 @@ pub struct ExperimentRunArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Lease of faults in chaosgate's proxies (renewed while the run goes on).
+    /// Lease of faults in chaosgate's proxies, and how long a fault's guard waits for a
+    /// renewal before it reverts the fault (renewed while the run goes on).
     #[arg(long, default_value = "10s")]
     pub lease: Span,
     /// Run these proxy targets in this process, for network and HTTP faults that name
@@ -92,7 +93,8 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
                 Some(registry)
             }
         };
-        let result = run_with_display(&experiment, &args, proxy.clone()).await;
+        let guard = super::fault_guard::program()?;
+        let result = run_with_display(&experiment, &args, proxy.clone(), Some(guard)).await;
         if let Some(registry) = proxy {
             registry.shutdown().await;
         }
@@ -189,12 +191,14 @@ async fn run_with_display(
     experiment: &Experiment,
     args: &ExperimentRunArgs,
     proxy: Option<Arc<ProxyRegistry>>,
+    guard: Option<std::path::PathBuf>,
 ) -> ExperimentResult {
     let (sender, receiver) = mpsc::unbounded_channel();
     let context = RunContext {
         proxy,
         lease: args.lease.duration(),
         progress: Some(sender),
+        guard,
         ..RunContext::default()
     };
     let cancel = context.cancel.clone();

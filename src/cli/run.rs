@@ -77,6 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         secrets.add_credentials(fields.headers, fields.urls);
     }
     chaosgate::telemetry::redact::install(&secrets);
+    let guard = super::fault_guard::program()?;
     let stopped = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -104,6 +105,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             lease: config.worker.fault_lease.duration(),
             target_wait: Some(config.worker.target_wait.duration()),
             proxy: proxy.clone(),
+            guard: Some(guard.clone()),
             ..RunContext::default()
         };
         let mut failed_in_a_row = 0;

@@ -91,7 +91,7 @@ use crate::catalog::rules;
 use crate::chaos::fault::FaultSetup;
 use crate::chaos::proxy::ProxyRegistry;
 use crate::chaos::target_lock::TargetLocks;
-use faults::{InjectedFaults, inject_fault, renew_leases, revert_fault};
+use faults::{InjectedFaults, inject_fault, needs_renewal, renew_leases, revert_fault};
 use plan::PhasePlan;
 use probes::{Window, check_once, join_all, poll_probe};
 use state::{AbortOnDrop, Run, Stop};
@@ -105,8 +105,14 @@ pub struct RunContext {
     /// The fault proxy embedded in this process, for network and HTTP faults that name
     /// no standalone `proxy`.
     pub proxy: Option<Arc<ProxyRegistry>>,
-    /// Lease of faults in chaosgate's proxies; renewed every third of it.
+    /// Lease of faults in chaosgate's proxies, and how long a fault's guard waits for a
+    /// renewal; renewed every third of it.
     pub lease: Duration,
+    /// The chaosgate binary, started as the guard of each `toxiproxy`, `command` and
+    /// process `pause` fault (`chaosgate fault-guard`), which reverts it if this runner
+    /// dies. Callers set it to `std::env::current_exe()`; `None` (the default) only where
+    /// no guard is possible, such as unit tests: those faults then have no guard.
+    pub guard: Option<std::path::PathBuf>,
     /// Cancelling it aborts the run within a second (faults reverted, verdict `aborted`).
     pub cancel: CancellationToken,
     /// Receives live progress (fault timeline, probe checks) while the run goes on.
@@ -134,6 +140,7 @@ impl Default for RunContext {
         RunContext {
             proxy: None,
             lease: DEFAULT_LEASE,
+            guard: None,
             cancel: CancellationToken::new(),
             progress: None,
             targets: TargetLocks::shared(),
@@ -224,9 +231,14 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
     });
 
     let active = Arc::new(InjectedFaults::default());
-    // Only faults in chaosgate's proxies carry a lease; without one there is nothing to
+    let setup = FaultSetup {
+        proxy: context.proxy.clone(),
+        lease: context.lease,
+        guard: context.guard.clone(),
+    };
+    // Only proxied and guarded faults carry a lease; without one there is nothing to
     // renew (and ten thousand idle renewal loops would wake every few seconds for nothing).
-    let leased = experiment.faults.iter().any(|f| f.kind.is_proxied());
+    let leased = needs_renewal(&experiment.faults, &setup);
     let _renewal = leased.then(|| {
         AbortOnDrop(tokio::spawn(renew_leases(
             Arc::downgrade(&active),
@@ -234,10 +246,6 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
             context.lease,
         )))
     });
-    let setup = FaultSetup {
-        proxy: context.proxy.clone(),
-        lease: context.lease,
-    };
     for (index, phase) in plan::plan(experiment).iter().enumerate() {
         if stop.is_cancelled() {
             break;
