@@ -179,7 +179,9 @@ async fn renew_guards(active: Weak<InjectedFaults>, run: Arc<Run>, every: Durati
         for (index, err) in failed {
             // The guard is gone (it may have reverted the fault early) or stopped reading.
             let name = &run.faults[index].name;
-            let error = format!("its guard could not be renewed ({err}); it reverts the fault");
+            let error = format!(
+                "its guard could not be renewed ({err}): a guard that misses the runner for a lease reverts the fault, so it may have ended early"
+            );
             run.log(format!("fault {name}: {error}"));
             run.tally().faults[index].error.get_or_insert(error);
         }
