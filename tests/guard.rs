@@ -109,10 +109,10 @@ async fn wait_until(
 /// Asserts the fault was gone within the lease plus one second of the SIGKILL, printing
 /// the figure.
 fn assert_gone_in_time(kind: &str, gone: Duration, log: &Path) {
-    println!("{kind}: fault gone {gone:?} after the runner's SIGKILL (lease {LEASE:?})");
+    println!("{kind}: fault gone {gone:?} after the runner's signal (lease {LEASE:?})");
     assert!(
         gone <= LEASE + SLACK,
-        "{kind}: fault gone only {gone:?} after SIGKILL, lease {LEASE:?}\nrunner log:\n{}",
+        "{kind}: fault gone only {gone:?} after the signal, lease {LEASE:?}\nrunner log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
 }
@@ -154,19 +154,49 @@ faults:
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_fault_is_reverted_by_its_guard_after_the_runner_is_sigkilled() {
+/// A `command` fault (its inject creates `marker`, its revert appends a line to `reverts`
+/// and removes it) run by `chaosgate experiment run` in a temp folder.
+struct CommandRun {
+    _dir: tempfile::TempDir,
+    marker: PathBuf,
+    reverts: PathBuf,
+    log: PathBuf,
+    mark: String,
+    runner: ChildGuard,
+}
+
+fn command_run(duration: &str) -> CommandRun {
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("marker");
     let reverts = dir.path().join("reverts");
     let file = write(
         dir.path(),
         "exp.yaml",
-        &command_experiment(&marker, &reverts, "60s"),
+        &command_experiment(&marker, &reverts, duration),
     );
     let log = dir.path().join("runner.log");
     let mark = uuid::Uuid::new_v4().to_string();
     let runner = experiment_run(&file, &log, &mark);
+    CommandRun {
+        _dir: dir,
+        marker,
+        reverts,
+        log,
+        mark,
+        runner,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_fault_is_reverted_by_its_guard_after_the_runner_is_sigkilled() {
+    let CommandRun {
+        _dir,
+        marker,
+        reverts,
+        log,
+        mark,
+        runner,
+    } = command_run("60s");
     wait_until("the inject command ran", PATIENCE, &log, || marker.exists()).await;
 
     let killed = sigkill_group(&runner);
@@ -178,6 +208,36 @@ async fn a_command_fault_is_reverted_by_its_guard_after_the_runner_is_sigkilled(
         "reverted\n",
         "the revert command ran once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_runner_misses_its_renewals_and_the_guard_reverts_within_the_lease() {
+    let CommandRun {
+        _dir,
+        marker,
+        reverts: _,
+        log,
+        mark: _,
+        runner,
+    } = command_run("60s");
+    wait_until("the inject command ran", PATIENCE, &log, || marker.exists()).await;
+
+    // SIGSTOP: the runner lives but renews nothing (as a hung one would).
+    // SAFETY: kill(2) has no memory effects; the group is the runner's own.
+    assert_eq!(unsafe { libc::kill(-runner.pid(), libc::SIGSTOP) }, 0);
+    let stopped = Instant::now();
+    let gone = wait_until("the marker is removed", PATIENCE, &log, || !marker.exists()).await;
+    assert_gone_in_time("command, runner stopped", stopped.elapsed(), &log);
+    assert!(
+        gone >= LEASE / 2,
+        "reverted {gone:?} after the stop: before the lease could have run out"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("no renewal from the runner within the lease"),
+        "{text}"
+    );
+    sigkill_group(&runner);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,17 +340,14 @@ faults:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_normal_run_the_runner_reverts_once_and_its_guard_exits_quietly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = dir.path().join("marker");
-    let reverts = dir.path().join("reverts");
-    let file = write(
-        dir.path(),
-        "exp.yaml",
-        &command_experiment(&marker, &reverts, "1s"),
-    );
-    let log = dir.path().join("runner.log");
-    let mark = uuid::Uuid::new_v4().to_string();
-    let mut runner = experiment_run(&file, &log, &mark);
+    let CommandRun {
+        _dir,
+        marker,
+        reverts,
+        log,
+        mark,
+        mut runner,
+    } = command_run("1s");
     let started = Instant::now();
     let status = loop {
         if let Some(status) = runner.0.try_wait().expect("wait") {

@@ -54,7 +54,9 @@
 //! inject may have half-applied. A failed revert is retried twice. The experiment
 //! `timeout` starts once the targets are locked and bounds injects, probes and waits;
 //! reverts still run after it fired. Proxy faults are leased and their lease renewed
-//! every third of it until they are reverted, so a runner that dies leaves nothing behind.
+//! every third of it until they are reverted; `toxiproxy`, `command` and process `pause`
+//! faults are held by a guard process renewed on the same schedule
+//! ([`crate::chaos::fault`]), so a runner that dies leaves nothing behind.
 
 //!
 //! # Map
