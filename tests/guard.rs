@@ -241,6 +241,36 @@ async fn a_stopped_runner_misses_its_renewals_and_the_guard_reverts_within_the_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_sent_sigterm_reverts_before_it_exits() {
+    let CommandRun {
+        _dir,
+        marker,
+        reverts,
+        log,
+        mark,
+        runner,
+    } = command_run("60s");
+    wait_until("the inject command ran", PATIENCE, &log, || marker.exists()).await;
+    let guards: Vec<i32> = marked(&mark)
+        .into_iter()
+        .filter(|pid| *pid != runner.pid())
+        .collect();
+    assert_eq!(guards.len(), 1, "one guard for one fault: {guards:?}");
+
+    // As a service manager stopping the runner's whole group would.
+    // SAFETY: kill(2) has no memory effects; the pid is this test's runner's guard.
+    assert_eq!(unsafe { libc::kill(guards[0], libc::SIGTERM) }, 0);
+    wait_until("the marker is removed", PATIENCE, &log, || !marker.exists()).await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("the guard was sent SIGTERM"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&reverts).unwrap_or_default(),
+        "reverted\n"
+    );
+    sigkill_group(&runner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn toxiproxy_toxics_are_deleted_by_the_guard_after_the_runner_is_sigkilled() {
     let toxiproxy = Toxiproxy::start().await;
     let echo = EchoServer::start().await;

@@ -16,7 +16,8 @@
 //! The rule that keeps it right: **a guard holds the revert before the fault exists, and
 //! reverts unless told `done`.** On `done` it exits quietly. When its standard input
 //! closes without `done` (the runner exited, was killed, or gave up its own revert), or no
-//! line arrives within the lease (the runner hangs or is stopped), it runs the same
+//! line arrives within the lease (the runner hangs or is stopped), or it is sent SIGTERM,
+//! SIGINT or SIGHUP (a service manager stopping the runner's group), it runs the same
 //! [`revert`](super::revert) as the runner would, retried with backoff for up to
 //! [`GIVE_UP_AFTER`], logging each failure on standard error, then exits. A guard lives
 //! on the runner's host or container: if that dies, the guard dies with it.
@@ -204,17 +205,19 @@ fn set_nonblocking(file: &std::fs::File) -> std::io::Result<()> {
 /// Exit code 0 after `done` or a successful revert; 1 when the revert still failed after
 /// [`GIVE_UP_AFTER`]; 2 when the plan could not be read (nothing was armed then).
 pub fn run_guard() -> ExitCode {
-    let (lines, received) = mpsc::channel();
+    let (heard, received) = mpsc::channel();
     // Reads standard input on its own thread, so the wait for a line can time out; the
     // thread is left blocked in read(2) when the process exits.
+    let lines = heard.clone();
     let reader = std::thread::Builder::new()
         .name("guard-stdin".into())
         .spawn(move || {
             for line in std::io::stdin().lock().lines() {
-                if lines.send(line).is_err() {
+                if lines.send(Heard::Line(line)).is_err() {
                     return;
                 }
             }
+            let _ = lines.send(Heard::Closed);
         });
     if let Err(err) = reader {
         log(&format!(
@@ -222,19 +225,27 @@ pub fn run_guard() -> ExitCode {
         ));
         return ExitCode::from(2);
     }
+    if let Err(err) = watch_signals(heard) {
+        log(&format!("cannot watch SIGTERM, SIGINT and SIGHUP: {err}"));
+        return ExitCode::from(2);
+    }
     let plan: Plan = match received.recv() {
-        Ok(Ok(line)) => match serde_json::from_str(&line) {
+        Ok(Heard::Line(Ok(line))) => match serde_json::from_str(&line) {
             Ok(plan) => plan,
             Err(err) => {
                 log(&format!("the revert plan does not parse: {err}"));
                 return ExitCode::from(2);
             }
         },
-        Ok(Err(err)) => {
+        Ok(Heard::Line(Err(err))) => {
             log(&format!("cannot read the revert plan: {err}"));
             return ExitCode::from(2);
         }
-        Err(_) => {
+        Ok(Heard::Signal(signal)) => {
+            log(&format!("{signal} before a revert plan arrived"));
+            return ExitCode::from(2);
+        }
+        Ok(Heard::Closed) | Err(_) => {
             log("standard input closed before a revert plan arrived");
             return ExitCode::from(2);
         }
@@ -249,14 +260,17 @@ pub fn run_guard() -> ExitCode {
     let lease = Duration::from_millis(plan.lease_ms);
     let why = loop {
         match received.recv_timeout(lease) {
-            Ok(Ok(line)) if line == "done" => return ExitCode::SUCCESS,
-            Ok(Ok(line)) if line == "renew" => continue,
-            Ok(Ok(line)) => log(&format!(
+            Ok(Heard::Line(Ok(line))) if line == "done" => return ExitCode::SUCCESS,
+            Ok(Heard::Line(Ok(line))) if line == "renew" => continue,
+            Ok(Heard::Line(Ok(line))) => log(&format!(
                 "fault '{}': unknown line '{line}' from the runner (ignored)",
                 plan.fault
             )),
-            Ok(Err(err)) => break format!("reading from the runner failed: {err}"),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Ok(Heard::Line(Err(err))) => break format!("reading from the runner failed: {err}"),
+            Ok(Heard::Signal(signal)) => {
+                break format!("the guard was sent {signal} (its host or service is stopping)");
+            }
+            Ok(Heard::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break "the runner closed the pipe without 'done' (it exited, was killed, or gave up its own revert)".to_string();
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -272,6 +286,67 @@ pub fn run_guard() -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// What the guard's main loop hears: a line from the runner, the end of its input, or a
+/// stop signal.
+enum Heard {
+    Line(std::io::Result<String>),
+    Closed,
+    Signal(&'static str),
+}
+
+/// Turns SIGTERM, SIGINT and SIGHUP into [`Heard::Signal`] (on a thread of its own), so a
+/// guard asked to stop (a service manager stopping the runner's whole group) reverts
+/// first; returns once the handlers are in place. Later signals are ignored: the revert
+/// then under way goes on.
+fn watch_signals(heard: mpsc::Sender<Heard>) -> std::io::Result<()> {
+    let (ready, installed) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("guard-signals".into())
+        .spawn(move || {
+            use tokio::signal::unix::{SignalKind, signal};
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    let _ = ready.send(Err(err));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let streams = (|| {
+                    Ok::<_, std::io::Error>((
+                        signal(SignalKind::terminate())?,
+                        signal(SignalKind::interrupt())?,
+                        signal(SignalKind::hangup())?,
+                    ))
+                })();
+                let (mut term, mut int, mut hup) = match streams {
+                    Ok(streams) => streams,
+                    Err(err) => {
+                        let _ = ready.send(Err(err));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(()));
+                loop {
+                    let name = tokio::select! {
+                        _ = term.recv() => "SIGTERM",
+                        _ = int.recv() => "SIGINT",
+                        _ = hup.recv() => "SIGHUP",
+                    };
+                    if heard.send(Heard::Signal(name)).is_err() {
+                        return;
+                    }
+                }
+            });
+        })?;
+    installed
+        .recv()
+        .map_err(|_| std::io::Error::other("the signal thread ended"))?
 }
 
 /// Reverts `plan` with backoff until it succeeds or [`GIVE_UP_AFTER`] has passed.
