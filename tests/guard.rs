@@ -187,24 +187,29 @@ fn command_run(duration: &str) -> CommandRun {
     }
 }
 
+/// A 60 s `command` fault run by `chaosgate experiment run`, once it is injected.
+async fn command_fault_injected() -> CommandRun {
+    let run = command_run("60s");
+    wait_until("the inject command ran", PATIENCE, &run.log, || {
+        run.marker.exists()
+    })
+    .await;
+    run
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_fault_is_reverted_by_its_guard_after_the_runner_is_sigkilled() {
-    let CommandRun {
-        _dir,
-        marker,
-        reverts,
-        log,
-        mark,
-        runner,
-    } = command_run("60s");
-    wait_until("the inject command ran", PATIENCE, &log, || marker.exists()).await;
+    let run = command_fault_injected().await;
 
-    let killed = sigkill_group(&runner);
-    wait_until("the marker is removed", PATIENCE, &log, || !marker.exists()).await;
-    assert_gone_in_time("command", killed.elapsed(), &log);
-    assert_guard_reverted_and_left(&mark, &log).await;
+    let killed = sigkill_group(&run.runner);
+    wait_until("the marker is removed", PATIENCE, &run.log, || {
+        !run.marker.exists()
+    })
+    .await;
+    assert_gone_in_time("command", killed.elapsed(), &run.log);
+    assert_guard_reverted_and_left(&run.mark, &run.log).await;
     assert_eq!(
-        std::fs::read_to_string(&reverts).unwrap_or_default(),
+        std::fs::read_to_string(&run.reverts).unwrap_or_default(),
         "reverted\n",
         "the revert command ran once"
     );
@@ -212,62 +217,52 @@ async fn a_command_fault_is_reverted_by_its_guard_after_the_runner_is_sigkilled(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_runner_misses_its_renewals_and_the_guard_reverts_within_the_lease() {
-    let CommandRun {
-        _dir,
-        marker,
-        reverts: _,
-        log,
-        mark: _,
-        runner,
-    } = command_run("60s");
-    wait_until("the inject command ran", PATIENCE, &log, || marker.exists()).await;
+    let run = command_fault_injected().await;
 
     // SIGSTOP: the runner lives but renews nothing (as a hung one would).
     // SAFETY: kill(2) has no memory effects; the group is the runner's own.
-    assert_eq!(unsafe { libc::kill(-runner.pid(), libc::SIGSTOP) }, 0);
+    assert_eq!(unsafe { libc::kill(-run.runner.pid(), libc::SIGSTOP) }, 0);
     let stopped = Instant::now();
-    let gone = wait_until("the marker is removed", PATIENCE, &log, || !marker.exists()).await;
-    assert_gone_in_time("command, runner stopped", stopped.elapsed(), &log);
+    let gone = wait_until("the marker is removed", PATIENCE, &run.log, || {
+        !run.marker.exists()
+    })
+    .await;
+    assert_gone_in_time("command, runner stopped", stopped.elapsed(), &run.log);
     assert!(
         gone >= LEASE / 2,
         "reverted {gone:?} after the stop: before the lease could have run out"
     );
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = std::fs::read_to_string(&run.log).unwrap_or_default();
     assert!(
         text.contains("no renewal from the runner within the lease"),
         "{text}"
     );
-    sigkill_group(&runner);
+    sigkill_group(&run.runner);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_sent_sigterm_reverts_before_it_exits() {
-    let CommandRun {
-        _dir,
-        marker,
-        reverts,
-        log,
-        mark,
-        runner,
-    } = command_run("60s");
-    wait_until("the inject command ran", PATIENCE, &log, || marker.exists()).await;
-    let guards: Vec<i32> = marked(&mark)
+    let run = command_fault_injected().await;
+    let guards: Vec<i32> = marked(&run.mark)
         .into_iter()
-        .filter(|pid| *pid != runner.pid())
+        .filter(|pid| *pid != run.runner.pid())
         .collect();
     assert_eq!(guards.len(), 1, "one guard for one fault: {guards:?}");
 
     // As a service manager stopping the runner's whole group would.
     // SAFETY: kill(2) has no memory effects; the pid is this test's runner's guard.
     assert_eq!(unsafe { libc::kill(guards[0], libc::SIGTERM) }, 0);
-    wait_until("the marker is removed", PATIENCE, &log, || !marker.exists()).await;
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the marker is removed", PATIENCE, &run.log, || {
+        !run.marker.exists()
+    })
+    .await;
+    let text = std::fs::read_to_string(&run.log).unwrap_or_default();
     assert!(text.contains("the guard was sent SIGTERM"), "{text}");
     assert_eq!(
-        std::fs::read_to_string(&reverts).unwrap_or_default(),
+        std::fs::read_to_string(&run.reverts).unwrap_or_default(),
         "reverted\n"
     );
-    sigkill_group(&runner);
+    sigkill_group(&run.runner);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
