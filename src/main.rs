@@ -40,6 +40,9 @@ enum Command {
     Experiment(ExperimentCommand),
     /// Print the version and the contract versions.
     Version,
+    /// The guard of one injected fault, started by the runner (not for use by hand).
+    #[command(name = "fault-guard", hide = true)]
+    FaultGuard(cli::fault_guard::FaultGuardArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cli::proxy::run(args),
         Command::View(args) => cli::view::run(args),
         Command::Experiment(ExperimentCommand::Run(args)) => cli::experiment::run(args),
+        Command::FaultGuard(args) => cli::fault_guard::run(args),
         Command::Version => {
             println!("chaosgate {}", env!("CARGO_PKG_VERSION"));
             println!(

@@ -612,7 +612,7 @@ faults:
     let locks = TargetLocks::new();
     let ctx = RunContext {
         targets: locks.clone(),
-        ..RunContext::default()
+        ..context()
     };
     let (first, second) = (shared("first"), shared("second"));
     let (a, b) = tokio::join!(run_experiment(&first, &ctx), async {

@@ -9,5 +9,6 @@ pub mod run;
 pub(crate) mod score;
 pub mod target_lock;
 
+pub use fault::guard::{SUBCOMMAND as FAULT_GUARD_SUBCOMMAND, run_guard as run_fault_guard};
 pub use run::{ExperimentResult, Progress, ProgressEvent, RunContext, run_experiment};
 pub use target_lock::TargetLocks;

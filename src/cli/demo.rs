@@ -140,6 +140,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         lease: config.worker.fault_lease.duration(),
         target_wait: Some(config.worker.target_wait.duration()),
         proxy: Some(proxies.clone()),
+        guard: Some(super::fault_guard::program()?),
         ..RunContext::default()
     };
     let worker = tokio::spawn(chaosgate::bus::worker::run(

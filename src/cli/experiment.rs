@@ -42,7 +42,8 @@ pub struct ExperimentRunArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Lease of faults in chaosgate's proxies (renewed while the run goes on).
+    /// Lease of faults in chaosgate's proxies, and how long a fault's guard waits for a
+    /// renewal before it reverts the fault (renewed while the run goes on).
     #[arg(long, default_value = "10s")]
     pub lease: Span,
     /// Run these proxy targets in this process, for network and HTTP faults that name
@@ -113,7 +114,8 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
                 Some(registry)
             }
         };
-        let result = run_with_display(&experiment, &args, proxy.clone(), access).await;
+        let guard = super::fault_guard::program()?;
+        let result = run_with_display(&experiment, &args, proxy.clone(), access, Some(guard)).await;
         if let Some(registry) = proxy {
             registry.shutdown().await;
         }
@@ -211,6 +213,7 @@ async fn run_with_display(
     args: &ExperimentRunArgs,
     proxy: Option<Arc<ProxyRegistry>>,
     proxy_access: ProxyAccess,
+    guard: Option<std::path::PathBuf>,
 ) -> ExperimentResult {
     let (sender, receiver) = mpsc::unbounded_channel();
     let context = RunContext {
@@ -219,6 +222,7 @@ async fn run_with_display(
         target_wait: Some(args.target_wait.duration()),
         lease: args.lease.duration(),
         progress: Some(sender),
+        guard,
         ..RunContext::default()
     };
     let cancel = context.cancel.clone();

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod experiment;
+pub mod fault_guard;
 pub mod proxy;
 pub mod run;
 pub mod schema;

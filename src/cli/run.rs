@@ -78,6 +78,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         secrets.add_variables(fields.variables);
     }
     chaosgate::telemetry::redact::install(&secrets);
+    let guard = super::fault_guard::program()?;
     let stopped = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -110,6 +111,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             lease: config.worker.fault_lease.duration(),
             target_wait: Some(config.worker.target_wait.duration()),
             proxy: proxy.clone(),
+            guard: Some(guard.clone()),
             ..RunContext::default()
         };
         let mut failed_in_a_row = 0;

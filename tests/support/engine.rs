@@ -23,10 +23,12 @@ pub fn experiment(yaml: &str) -> Experiment {
     serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test experiment: {e}\n{yaml}"))
 }
 
-/// A context with its own target locks, so tests running side by side do not wait.
+/// A context with its own target locks, so tests running side by side do not wait, and
+/// the real chaosgate binary as fault guard, as the CLI sets it.
 pub fn context() -> RunContext {
     RunContext {
         targets: TargetLocks::new(),
+        guard: Some(env!("CARGO_BIN_EXE_chaosgate").into()),
         ..RunContext::default()
     }
 }

@@ -3,21 +3,26 @@
 //!
 //! | kind | driver | leased | revert, and its proof |
 //! |---|---|---|---|
-//! | `network`, `http` | [`proxied`] | yes | removed from the proxy by id |
-//! | `toxiproxy` | [`toxiproxy`] | no | toxics deleted by name, then absent from the proxy's list |
-//! | `process` | [`process`] | no | SIGCONT after a `pause`, then the process no longer stopped; a `kill` has nothing to undo |
-//! | `command` | [`command`] | no | the revert command exits 0 (the operator's proof) |
+//! | `network`, `http` | [`proxied`] | yes, by the proxy | removed from the proxy by id |
+//! | `toxiproxy` | [`toxiproxy`] | yes, by its [`guard`] | toxics deleted by name, then absent from the proxy's list |
+//! | `process` | [`process`] | a `pause`: yes, by its [`guard`] | SIGCONT after a `pause`, then the process no longer stopped; a `kill` has nothing to undo |
+//! | `command` | [`command`] | yes, by its [`guard`] | the revert command exits 0 (the operator's proof) |
 //!
 //! [`inject`] returns an [`Injected`] value that holds everything [`revert`] needs, so the
 //! runner can revert from any exit path, and [`revert_detached`] can still do it from a
-//! `Drop` when the runner itself is torn down. Faults in chaosgate's proxies carry a lease
-//! that [`renew`] extends; a fault whose lease runs out reverts itself.
+//! `Drop` when the runner itself is torn down. Every fault with something to undo
+//! reverts itself when its runner dies: faults in chaosgate's proxies carry a lease that
+//! [`renew`] extends (a fault whose lease runs out is dropped by the proxy); the others
+//! are held by a [`guard`] process, armed with [`guarded_revert`]'s plan before the fault
+//! is injected, renewed on the same schedule, that reverts unless the runner says `done`.
 
 pub(crate) mod command;
+pub(crate) mod guard;
 pub(crate) mod process;
 pub(crate) mod proxied;
 pub(crate) mod toxiproxy;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,12 +45,20 @@ pub(crate) enum FaultError {
     /// A Toxiproxy call failed.
     #[error(transparent)]
     Toxiproxy(#[from] toxiproxy::ToxiproxyError),
+    /// The fault's guard could not be armed (the fault was not injected).
+    #[error(transparent)]
+    Guard(#[from] guard::GuardError),
 }
 
 /// An injected fault: what revert needs to undo it.
-#[derive(Debug, Clone)]
+///
+/// A guard receives it as JSON (`{"toxiproxy": {...}}`, `{"process": {...}}`,
+/// `{"command": {...}}`); a proxy fault is never handed to a guard and does not serialize.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Injected {
     /// A network or HTTP fault in chaosgate's proxy (leased).
+    #[serde(skip)]
     Proxy(proxied::ProxyFault),
     /// Toxics created on a Toxiproxy server.
     Toxiproxy(toxiproxy::Toxics),
@@ -55,15 +68,19 @@ pub(crate) enum Injected {
     Command(CommandLine),
 }
 
-/// Where faults are applied and for how long a proxy fault lives without renewal.
+/// Where faults are applied and for how long a fault lives without renewal.
 #[derive(Debug, Clone)]
 pub(crate) struct FaultSetup {
     /// The proxy embedded in this process, for faults that name no `proxy` URL.
     pub(crate) proxy: Option<Arc<crate::chaos::proxy::ProxyRegistry>>,
-    /// Lease of proxy faults.
+    /// Lease of proxy faults, and how long a guard waits for a renewal.
     pub(crate) lease: Duration,
     /// The run's owner id, proxy access and wait for targets other runs hold in a proxy.
     pub(crate) ownership: proxied::Ownership,
+    /// The chaosgate binary, run as each guarded fault's [`guard`]. `None` only where no
+    /// guard is possible (unit tests, whose test binary has no `fault-guard` subcommand):
+    /// faults are then injected without a guard and a runner killed mid-fault leaves them.
+    pub(crate) guard: Option<PathBuf>,
 }
 
 /// A one-line description of what a fault does, e.g. `network latency 200ms on payments`.
@@ -111,8 +128,38 @@ fn describe_process(f: &ProcessFault) -> String {
     }
 }
 
-/// Injects `fault`.
-pub(crate) async fn inject(fault: &Fault, setup: &FaultSetup) -> Result<Injected, FaultError> {
+/// What reverts `fault`, known before it is injected: the plan its [`guard`] holds.
+///
+/// `None` for the kinds no guard holds: proxy faults (leased by their proxy) and a process
+/// `kill` (nothing to undo). For a `pause` it resolves the processes (pids and start
+/// times) now; [`inject`] then stops exactly those.
+pub(crate) fn guarded_revert(fault: &Fault) -> Result<Option<Injected>, FaultError> {
+    Ok(match &fault.kind {
+        FaultKind::Toxiproxy(f) => Some(Injected::Toxiproxy(toxiproxy::planned(&fault.name, f))),
+        FaultKind::Command(f) => Some(Injected::Command(f.revert.clone())),
+        FaultKind::Process(f) if f.action == ProcessAction::Pause => {
+            Some(Injected::Process(process::resolve(f)?))
+        }
+        FaultKind::Process(_) | FaultKind::Network(_) | FaultKind::Http(_) => None,
+    })
+}
+
+/// Whether a fault of this kind is held by a guard ([`guarded_revert`] is `Some`).
+pub(crate) fn is_guarded(kind: &FaultKind) -> bool {
+    match kind {
+        FaultKind::Toxiproxy(_) | FaultKind::Command(_) => true,
+        FaultKind::Process(f) => f.action == ProcessAction::Pause,
+        FaultKind::Network(_) | FaultKind::Http(_) => false,
+    }
+}
+
+/// Injects `fault`. `planned` is what [`guarded_revert`] returned for it: a process
+/// `pause` stops the processes it names (re-resolved when it is `None`).
+pub(crate) async fn inject(
+    fault: &Fault,
+    setup: &FaultSetup,
+    planned: Option<&Injected>,
+) -> Result<Injected, FaultError> {
     let embedded = setup.proxy.as_ref();
     Ok(match &fault.kind {
         FaultKind::Network(f) => Injected::Proxy(
@@ -122,7 +169,10 @@ pub(crate) async fn inject(fault: &Fault, setup: &FaultSetup) -> Result<Injected
             Injected::Proxy(proxied::inject_http(f, embedded, &setup.ownership, setup.lease).await?)
         }
         FaultKind::Toxiproxy(f) => Injected::Toxiproxy(toxiproxy::inject(&fault.name, f).await?),
-        FaultKind::Process(f) => Injected::Process(process::inject(f)?),
+        FaultKind::Process(f) => Injected::Process(match planned {
+            Some(Injected::Process(resolved)) => process::signal(f, resolved)?,
+            _ => process::signal(f, &process::resolve(f)?)?,
+        }),
         FaultKind::Command(f) => {
             command::run_checked(&f.inject).await?;
             Injected::Command(f.revert.clone())

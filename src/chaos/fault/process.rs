@@ -77,7 +77,7 @@ pub(crate) enum ProcessError {
 }
 
 /// Processes a fault acted on, kept so that revert can undo a pause.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Signalled {
     /// What was done.
     pub(crate) action: ProcessAction,
@@ -226,24 +226,47 @@ fn send(pid: i32, signal: i32, gone_ok: bool) -> Result<(), ProcessError> {
     })
 }
 
-/// Applies the fault: one signal for `kill`, SIGSTOP for `pause`.
-///
-/// When a signal fails part-way, the processes already paused are resumed before the
-/// error is returned, so a failed inject leaves nothing behind.
-pub(crate) fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
-    let signal = match fault.action {
-        ProcessAction::Kill => signal_number(fault.signal.as_deref().unwrap_or("SIGTERM"))?,
-        ProcessAction::Pause => libc::SIGSTOP,
-    };
+/// The processes `fault` would hit, with their start times, before any signal: what a
+/// pause's guard holds (see [`crate::chaos::fault::guard`]) and what [`signal`] then hits.
+pub(crate) fn resolve(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
     let pids = find(fault)?;
     let mut start_times = Vec::with_capacity(pids.len());
     for pid in &pids {
-        // Read before the signal, so the start time is the signalled process's own.
         match stat(*pid)? {
             Some((_, start)) => start_times.push(start),
             None => return Err(ProcessError::NotFound(format!("with pid {pid}"))),
         }
     }
+    Ok(Signalled {
+        action: fault.action,
+        pids,
+        start_times,
+    })
+}
+
+/// Applies the fault to the processes [`resolve`] found: one signal for `kill`, SIGSTOP
+/// for `pause`.
+///
+/// Each process must still have the start time it was resolved with (else it is gone, or
+/// its pid was recycled: [`ProcessError::NotFound`], nothing signalled). When a signal
+/// fails part-way, the processes already paused are resumed before the error is returned,
+/// so a failed inject leaves nothing behind.
+pub(crate) fn signal(
+    fault: &ProcessFault,
+    resolved: &Signalled,
+) -> Result<Signalled, ProcessError> {
+    let signal = match fault.action {
+        ProcessAction::Kill => signal_number(fault.signal.as_deref().unwrap_or("SIGTERM"))?,
+        ProcessAction::Pause => libc::SIGSTOP,
+    };
+    for (pid, start) in resolved.pids.iter().zip(&resolved.start_times) {
+        if !matches!(stat(*pid)?, Some((_, now)) if now == *start) {
+            return Err(ProcessError::NotFound(format!(
+                "with pid {pid} (it exited after it was selected)"
+            )));
+        }
+    }
+    let pids = &resolved.pids;
     for (i, pid) in pids.iter().enumerate() {
         if let Err(err) = send(*pid, signal, false) {
             if fault.action == ProcessAction::Pause {
@@ -256,8 +279,8 @@ pub(crate) fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
     }
     Ok(Signalled {
         action: fault.action,
-        pids,
-        start_times,
+        pids: pids.clone(),
+        start_times: resolved.start_times.clone(),
     })
 }
 
@@ -331,6 +354,10 @@ pub(crate) fn revert(signalled: &Signalled) -> Result<(), ProcessError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn inject(fault: &ProcessFault) -> Result<Signalled, ProcessError> {
+        signal(fault, &resolve(fault)?)
+    }
 
     #[test]
     fn signal_names_and_numbers() {

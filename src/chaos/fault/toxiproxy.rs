@@ -5,8 +5,8 @@
 //! proves they are gone (`GET /proxies/{proxy}/toxics` no longer lists them). Toxic names
 //! are derived from the fault name (`chaosgate-{fault}-{stream}`), so a toxic left by a
 //! crashed run is found and replaced by the next one instead of blocking it. Toxiproxy has
-//! no leases: a toxic outlives a runner killed with SIGKILL until the next run or a manual
-//! delete.
+//! no leases: a toxic would outlive a runner killed with SIGKILL, so the runner arms a
+//! [guard](super::guard) with the planned names ([`planned`]) before it creates them.
 //!
 //! The rule that keeps a revert honest: **a revert is confirmed, not assumed.**
 //!
@@ -120,7 +120,7 @@ fn quoted(names: &[String]) -> String {
 }
 
 /// Toxics created on one Toxiproxy proxy, kept so that revert can delete them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Toxics {
     /// API base URL, without a trailing `/`.
     pub(crate) api: String,

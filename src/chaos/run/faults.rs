@@ -1,6 +1,13 @@
-//! Driving a run's faults: inject, renew the leases of proxied ones, revert (a failed
-//! revert is retried with backoff until the fault's lease: [`super::revert`]), and [`InjectedFaults`], the guard that reverts
+//! Driving a run's faults: inject (a guarded kind only once its guard process holds the
+//! revert), renew the leases of proxied ones and the guards of the others, revert (a
+//! failed revert is retried with backoff until the fault's lease: [`super::revert`]), and
+//! [`InjectedFaults`], which reverts
 //! whatever is still active when the run is dropped or panics.
+//!
+//! The rule between the runner and a fault's guard ([`fault::guard`]): the guard is told
+//! `done` only after the runner's own revert succeeded ([`InjectedFaults::reverted`]);
+//! every other way an entry goes (a revert given up, the runner dropped) drops the guard
+//! handle without `done`, and the guard reverts the fault itself.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -12,22 +19,26 @@ use tracing::Instrument;
 use super::progress::ProgressEvent;
 use super::revert;
 use super::state::{Run, Stop};
+use crate::chaos::fault::guard::{self, Guard};
 use crate::chaos::fault::{self, FaultError, FaultSetup, Injected};
 use crate::chaos::proxy::ProxyError;
 use crate::telemetry::{metrics, traces};
 
-/// Faults injected and not yet reverted. Dropping it reverts them in the background:
-/// the last line of defence when the runner is dropped or panics.
+/// Faults injected and not yet reverted, each with its guard when it has one. Dropping it
+/// reverts them in the background (a guarded one by its guard): the last line of defence
+/// when the runner is dropped or panics.
 #[derive(Default)]
 pub(super) struct InjectedFaults {
     faults: Mutex<Vec<InjectedFault>>,
 }
 
-/// One injected fault; `reverting` once its revert has begun (no more lease renewals).
+/// One injected fault; `reverting` once its revert has begun (no more lease renewals;
+/// its guard is still renewed: the runner lives).
 pub(super) struct InjectedFault {
     index: usize,
     injected: Injected,
     reverting: bool,
+    guard: Option<Guard>,
 }
 
 impl InjectedFaults {
@@ -37,12 +48,47 @@ impl InjectedFaults {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(super) fn add(&self, index: usize, injected: Injected) {
+    pub(super) fn add(&self, index: usize, injected: Injected, guard: Option<Guard>) {
         self.list().push(InjectedFault {
             index,
             injected,
             reverting: false,
+            guard,
         });
+    }
+
+    /// The runner's own revert of fault `index` succeeded: tells its guard `done` (it
+    /// exits without reverting) and drops the handle. Call it before [`Self::remove`],
+    /// and only on success: removing an entry without it leaves the revert to its guard.
+    pub(super) fn reverted(&self, index: usize) {
+        let guard = self
+            .list()
+            .iter_mut()
+            .find(|a| a.index == index)
+            .and_then(|a| a.guard.take());
+        if let Some(guard) = guard
+            && let Err(err) = guard.done()
+        {
+            tracing::warn!(error = %err, fault = index,
+                "cannot tell a fault's guard 'done'; it may revert the fault once more");
+        }
+    }
+
+    /// Sends `renew` to every guard; returns the faults whose guard is gone or not
+    /// reading, with the error.
+    fn renew_guards(&self) -> Vec<(usize, std::io::Error)> {
+        let mut failed = Vec::new();
+        for entry in self.list().iter_mut() {
+            let Some(guard) = &entry.guard else {
+                continue;
+            };
+            if let Err(err) = guard.renew() {
+                // A guard that stopped reading is dropped: it reverts once it reads again.
+                entry.guard = None;
+                failed.push((entry.index, err));
+            }
+        }
+        failed
     }
 
     pub(super) fn contains(&self, index: usize) -> bool {
@@ -62,8 +108,21 @@ impl InjectedFaults {
         self.list().iter().any(|a| a.index == index && !a.reverting)
     }
 
+    /// Forgets fault `index`. A guard still held (no [`Self::reverted`]) is dropped
+    /// without `done`, so it reverts the fault itself.
     pub(super) fn remove(&self, index: usize) {
-        self.list().retain(|a| a.index != index);
+        let mut list = self.list();
+        let Some(at) = list.iter().position(|a| a.index == index) else {
+            return;
+        };
+        let entry = list.remove(at);
+        drop(list);
+        if entry.guard.is_some() {
+            tracing::warn!(
+                fault = index,
+                "the runner gave up a fault's revert; its guard takes the revert over"
+            );
+        }
     }
 
     pub(super) fn leased(&self) -> Vec<(usize, Injected)> {
@@ -82,7 +141,15 @@ impl InjectedFaults {
 impl Drop for InjectedFaults {
     fn drop(&mut self) {
         let left = std::mem::take(&mut *self.list());
-        for InjectedFault { injected, .. } in left {
+        for InjectedFault {
+            injected, guard, ..
+        } in left
+        {
+            if guard.is_some() {
+                // Dropping the handle closes its pipe: the guard reverts at once.
+                tracing::warn!("runner dropped with a fault still active; its guard reverts it");
+                continue;
+            }
             tracing::warn!(
                 "runner dropped with a fault still active; reverting it in the background"
             );
@@ -91,8 +158,41 @@ impl Drop for InjectedFaults {
     }
 }
 
+/// Renews, every third of `lease`, the leases of proxied faults and the guards of the
+/// others, until `active` is dropped. The two run side by side, so a slow proxy never
+/// delays a guard's renewal past its lease.
 pub(super) async fn renew_leases(active: Weak<InjectedFaults>, run: Arc<Run>, lease: Duration) {
     let every = (lease / 3).max(Duration::from_millis(50));
+    tokio::join!(
+        renew_proxied(active.clone(), run.clone(), lease, every),
+        renew_guards(active, run, every)
+    );
+}
+
+async fn renew_guards(active: Weak<InjectedFaults>, run: Arc<Run>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(failed) = active.upgrade().map(|a| a.renew_guards()) else {
+            return;
+        };
+        for (index, err) in failed {
+            // The guard is gone (it may have reverted the fault early) or stopped reading.
+            let name = &run.faults[index].name;
+            let error = format!(
+                "its guard could not be renewed ({err}): a guard that misses the runner for a lease reverts the fault, so it may have ended early"
+            );
+            run.log(format!("fault {name}: {error}"));
+            run.tally().faults[index].error.get_or_insert(error);
+        }
+    }
+}
+
+async fn renew_proxied(
+    active: Weak<InjectedFaults>,
+    run: Arc<Run>,
+    lease: Duration,
+    every: Duration,
+) {
     loop {
         tokio::time::sleep(every).await;
         let Some(leased) = active.upgrade().map(|a| a.leased()) else {
@@ -117,8 +217,73 @@ pub(super) async fn renew_leases(active: Weak<InjectedFaults>, run: Arc<Run>, le
     }
 }
 
+/// Whether a run of these faults needs [`renew_leases`]: a proxied fault, or a guarded
+/// one when guards are on.
+pub(super) fn needs_renewal(
+    faults: &[crate::catalog::experiment::Fault],
+    setup: &FaultSetup,
+) -> bool {
+    faults
+        .iter()
+        .any(|f| f.kind.is_proxied() || (setup.guard.is_some() && fault::is_guarded(&f.kind)))
+}
+
+/// Arms fault `fault`'s guard (when its kind has one and guards are on) with the revert
+/// known before the inject; returns that plan and the guard.
+async fn arm_guard(
+    fault: &crate::catalog::experiment::Fault,
+    setup: &FaultSetup,
+) -> Result<(Option<Injected>, Option<Guard>), FaultError> {
+    let planned = fault::guarded_revert(fault)?;
+    let guard = match (&planned, &setup.guard) {
+        (Some(plan), Some(program)) => {
+            Some(guard::arm(program, &fault.name, plan, setup.lease).await?)
+        }
+        _ => None,
+    };
+    Ok((planned, guard))
+}
+
+/// Records that fault `f` could not be injected and stops the run.
+fn inject_failed(run: &Arc<Run>, f: usize, err: &FaultError) {
+    let fault = &run.faults[f];
+    let error = err.to_string();
+    run.tally().faults[f].error = Some(error.clone());
+    run.log(format!("inject {} failed: {error}", fault.name));
+    run.emit(ProgressEvent::FaultFailed {
+        fault: fault.name.clone(),
+        error: error.clone(),
+    });
+    run.stop_with(Stop::FaultError(format!(
+        "fault '{}' could not be injected: {error}",
+        fault.name
+    )));
+}
+
+/// After an inject that failed or was cut off: keeps what may need reverting (with the
+/// guard), or, when it left nothing behind, tells the guard `done`.
+fn keep_cleanup(
+    active: &InjectedFaults,
+    fault: &crate::catalog::experiment::Fault,
+    f: usize,
+    guard: Option<Guard>,
+) {
+    match fault::after_failed_inject(fault) {
+        Some(cleanup) => active.add(f, cleanup, guard),
+        None => {
+            if let Some(guard) = guard
+                && let Err(err) = guard.done()
+            {
+                tracing::warn!(error = %err, fault = %fault.name,
+                    "cannot tell a fault's guard 'done' after a failed inject");
+            }
+        }
+    }
+}
+
 /// Injects fault `f`; returns when it is due to be reverted, or `None` when it could not
-/// be injected or the run stopped meanwhile.
+/// be injected or the run stopped meanwhile. A guarded kind is injected only once its
+/// guard holds the revert: a guard that cannot be armed is an inject error.
 pub(super) async fn inject_fault(
     run: &Arc<Run>,
     active: &InjectedFaults,
@@ -126,21 +291,25 @@ pub(super) async fn inject_fault(
     f: usize,
 ) -> Option<Instant> {
     let fault = &run.faults[f];
+    let (planned, guard) = match arm_guard(fault, setup).await {
+        Ok(armed) => armed,
+        Err(err) => {
+            inject_failed(run, f, &err);
+            return None;
+        }
+    };
     let outcome = run
         .stop
-        .run_until_cancelled(fault::inject(fault, setup).instrument(traces::fault_span(
-            &run.span,
-            "inject",
-            &fault.name,
-            fault.kind.name(),
-        )))
+        .run_until_cancelled(fault::inject(fault, setup, planned.as_ref()).instrument(
+            traces::fault_span(&run.span, "inject", &fault.name, fault.kind.name()),
+        ))
         .await;
     match outcome {
         Some(Ok(injected)) => {
             metrics::fault_injected();
             let now = Utc::now();
             let end = Instant::now() + fault.duration.duration();
-            active.add(f, injected);
+            active.add(f, injected, guard);
             let description = fault::describe(fault);
             run.tally().faults[f].started_at = Some(now);
             run.log(format!("inject {} ({description})", fault.name));
@@ -162,27 +331,13 @@ pub(super) async fn inject_fault(
             None
         }
         Some(Err(err)) => {
-            let error = err.to_string();
-            run.tally().faults[f].error = Some(error.clone());
-            run.log(format!("inject {} failed: {error}", fault.name));
-            run.emit(ProgressEvent::FaultFailed {
-                fault: fault.name.clone(),
-                error: error.clone(),
-            });
-            if let Some(cleanup) = fault::after_failed_inject(fault) {
-                active.add(f, cleanup);
-            }
-            run.stop_with(Stop::FaultError(format!(
-                "fault '{}' could not be injected: {error}",
-                fault.name
-            )));
+            keep_cleanup(active, fault, f, guard);
+            inject_failed(run, f, &err);
             None
         }
         None => {
             // Cut off mid-inject: undo whatever part of it may have happened.
-            if let Some(cleanup) = fault::after_failed_inject(fault) {
-                active.add(f, cleanup);
-            }
+            keep_cleanup(active, fault, f, guard);
             None
         }
     }
@@ -201,10 +356,11 @@ pub(super) async fn revert_fault(run: &Arc<Run>, active: &InjectedFaults, f: usi
     let kind = fault.kind.name();
     let span = traces::fault_span(&run.span, "revert", &fault.name, kind);
     let outcome = revert::until_lease(run, &fault.name, kind, &injected, &span).await;
-    // GUARD-JOIN (issue 13 point 1, branch `guard`): on success, tell the fault's guard
-    // it is done before the entry goes, e.g. `if outcome.is_ok() { active.reverted(f) }`.
-    // On give-up the entry (and its guard handle) is dropped without "done": the guard
-    // takes the fault over.
+    // Told `done` only after the runner's own revert succeeded; on give-up the entry (and
+    // its guard handle) goes without it, and the guard takes the fault over.
+    if outcome.is_ok() {
+        active.reverted(f);
+    }
     active.remove(f);
     let error = match &outcome {
         Ok(1) => {

@@ -57,7 +57,9 @@
 //! of an interrupted one first reverts what that attempt may have left ([`leftovers`]).
 //! The experiment `timeout` starts once the targets are locked and bounds injects, probes and waits;
 //! reverts still run after it fired. Proxy faults are leased and their lease renewed
-//! every third of it until they are reverted, so a runner that dies leaves nothing behind.
+//! every third of it until they are reverted; `toxiproxy`, `command` and process `pause`
+//! faults are held by a guard process renewed on the same schedule
+//! ([`crate::chaos::fault`]), so a runner that dies leaves nothing behind.
 
 //!
 //! # Map
@@ -100,7 +102,7 @@ use crate::chaos::fault::FaultSetup;
 use crate::chaos::fault::proxied::{BusyReport, Ownership, owner_id};
 use crate::chaos::proxy::{ProxyAccess, ProxyRegistry};
 use crate::chaos::target_lock::TargetLocks;
-use faults::{InjectedFaults, inject_fault, renew_leases, revert_fault};
+use faults::{InjectedFaults, inject_fault, needs_renewal, renew_leases, revert_fault};
 use plan::PhasePlan;
 use probes::{Window, check_once, join_all, poll_probe};
 use state::{AbortOnDrop, Run, Stop};
@@ -116,8 +118,14 @@ pub struct RunContext {
     pub proxy: Option<Arc<ProxyRegistry>>,
     /// The token and CA with which faults reach standalone proxies.
     pub proxy_access: ProxyAccess,
-    /// Lease of faults in chaosgate's proxies; renewed every third of it.
+    /// Lease of faults in chaosgate's proxies, and how long a fault's guard waits for a
+    /// renewal; renewed every third of it.
     pub lease: Duration,
+    /// The chaosgate binary, started as the guard of each `toxiproxy`, `command` and
+    /// process `pause` fault (`chaosgate fault-guard`), which reverts it if this runner
+    /// dies. Callers set it to `std::env::current_exe()`; `None` (the default) only where
+    /// no guard is possible, such as unit tests: those faults then have no guard.
+    pub guard: Option<std::path::PathBuf>,
     /// Cancelling it aborts the run within a second (faults reverted, verdict `aborted`).
     pub cancel: CancellationToken,
     /// Receives live progress (fault timeline, probe checks) while the run goes on.
@@ -151,6 +159,7 @@ impl Default for RunContext {
             proxy: None,
             proxy_access: ProxyAccess::default(),
             lease: DEFAULT_LEASE,
+            guard: None,
             cancel: CancellationToken::new(),
             progress: None,
             targets: TargetLocks::shared(),
@@ -249,16 +258,6 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
     }
 
     let active = Arc::new(InjectedFaults::default());
-    // Only faults in chaosgate's proxies carry a lease; without one there is nothing to
-    // renew (and ten thousand idle renewal loops would wake every few seconds for nothing).
-    let leased = experiment.faults.iter().any(|f| f.kind.is_proxied());
-    let _renewal = leased.then(|| {
-        AbortOnDrop(tokio::spawn(renew_leases(
-            Arc::downgrade(&active),
-            run.clone(),
-            context.lease,
-        )))
-    });
     // A standalone proxy grants a target to one run at a time; a busy one is waited for
     // within the same `target_wait`, and reported as the target lock's wait is.
     let on_busy = BusyReport(Arc::new({
@@ -281,7 +280,18 @@ pub async fn run_experiment(experiment: &Experiment, context: &RunContext) -> Ex
             target_wait: context.target_wait,
             on_busy: Some(on_busy),
         },
+        guard: context.guard.clone(),
     };
+    // Only proxied and guarded faults carry a lease; without one there is nothing to
+    // renew (and ten thousand idle renewal loops would wake every few seconds for nothing).
+    let leased = needs_renewal(&experiment.faults, &setup);
+    let _renewal = leased.then(|| {
+        AbortOnDrop(tokio::spawn(renew_leases(
+            Arc::downgrade(&active),
+            run.clone(),
+            context.lease,
+        )))
+    });
     for (index, phase) in plan::plan(experiment).iter().enumerate() {
         if stop.is_cancelled() {
             break;

@@ -1,0 +1,471 @@
+//! Fault guards with the real binary: a runner (`chaosgate experiment run`, or the
+//! `chaosgate run` worker on the real broker) SIGKILLed mid-fault leaves no `toxiproxy`
+//! toxic (real Toxiproxy), `command` fault or paused process behind once its lease has
+//! run out, and on a normal run the guard does nothing: the revert runs once and the
+//! guard is gone.
+//!
+//! Each runner gets an environment variable with a value unique to its test; its guards
+//! inherit it, so `/proc/PID/environ` tells this test's guards from any other's.
+
+#[path = "support/kafka.rs"]
+mod kafka;
+#[path = "support/engine.rs"]
+mod support;
+#[path = "support/worker.rs"]
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaosgate::contract::ChangeKind;
+use support::{ChildGuard, EchoServer, Toxiproxy, process_state};
+use worker::{Harness, Listener, Settings, change, pipeline_yaml};
+
+/// The lease the runners get: the fault must be gone this long after the SIGKILL, plus
+/// one second.
+const LEASE: Duration = Duration::from_secs(2);
+
+/// Slack on top of the lease: the issue's bound (one second).
+const SLACK: Duration = Duration::from_secs(1);
+
+/// Upper bound for a wait that only a bug reaches.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The variable that marks a runner and its guards.
+const MARK: &str = "CHAOSGATE_TEST_GUARD_MARK";
+
+/// `chaosgate experiment run FILE --lease 2s`, in a process group of its own, its
+/// standard error in `stderr`; the group is SIGKILLed when the test ends.
+fn experiment_run(file: &Path, stderr: &Path, mark: &str) -> ChildGuard {
+    use std::os::unix::process::CommandExt;
+    let err = std::fs::File::create(stderr).expect("stderr file");
+    ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_chaosgate"))
+            .args(["experiment", "run"])
+            .arg(file)
+            .args(["--lease", "2s"])
+            .env(MARK, mark)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .expect("spawn chaosgate experiment run"),
+    )
+}
+
+/// SIGKILLs the runner's whole process group (it and anything it started in it).
+fn sigkill_group(runner: &ChildGuard) -> Instant {
+    // SAFETY: kill(2) has no memory effects; the group is the runner's own.
+    assert_eq!(unsafe { libc::kill(-runner.pid(), libc::SIGKILL) }, 0);
+    Instant::now()
+}
+
+/// Processes whose environment holds `MARK=mark` (the runner and its guards).
+fn marked(mark: &str) -> Vec<i32> {
+    let needle = format!("{MARK}={mark}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        // A zombie's environ reads empty: it is not running.
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits until `done()` holds; returns how long it took, or panics after `limit` with
+/// `what` and the runner's log.
+async fn wait_until(
+    what: &str,
+    limit: Duration,
+    log: &Path,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if done() {
+            return started.elapsed();
+        }
+        if started.elapsed() > limit {
+            panic!(
+                "{what}: not within {limit:?}\nrunner log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts the fault was gone within the lease plus one second of the SIGKILL, printing
+/// the figure.
+fn assert_gone_in_time(kind: &str, gone: Duration, log: &Path) {
+    println!("{kind}: fault gone {gone:?} after the runner's signal (lease {LEASE:?})");
+    assert!(
+        gone <= LEASE + SLACK,
+        "{kind}: fault gone only {gone:?} after the signal, lease {LEASE:?}\nrunner log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// After the guard reverted: its log line is in the runner's standard error, and no
+/// process of this test is left.
+async fn assert_guard_reverted_and_left(mark: &str, log: &Path) {
+    wait_until("the guard exits", PATIENCE, log, || marked(mark).is_empty()).await;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        text.contains("chaosgate fault-guard") && text.contains("reverted (attempt 1)"),
+        "no guard revert line in the runner's log:\n{text}"
+    );
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+fn command_experiment(marker: &Path, revert_log: &Path, duration: &str) -> String {
+    format!(
+        r#"kind: experiment
+id: guarded-command
+faults:
+  - name: marker
+    weight: 5
+    duration: {duration}
+    command:
+      inject:
+        argv: [touch, "{marker}"]
+      revert:
+        argv: ["echo reverted >> '{log}' && rm -f '{marker}'"]
+        shell: true
+"#,
+        marker = marker.display(),
+        log = revert_log.display(),
+    )
+}
+
+/// A `command` fault (its inject creates `marker`, its revert appends a line to `reverts`
+/// and removes it) run by `chaosgate experiment run` in a temp folder.
+struct CommandRun {
+    _dir: tempfile::TempDir,
+    marker: PathBuf,
+    reverts: PathBuf,
+    log: PathBuf,
+    mark: String,
+    runner: ChildGuard,
+}
+
+fn command_run(duration: &str) -> CommandRun {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("marker");
+    let reverts = dir.path().join("reverts");
+    let file = write(
+        dir.path(),
+        "exp.yaml",
+        &command_experiment(&marker, &reverts, duration),
+    );
+    let log = dir.path().join("runner.log");
+    let mark = uuid::Uuid::new_v4().to_string();
+    let runner = experiment_run(&file, &log, &mark);
+    CommandRun {
+        _dir: dir,
+        marker,
+        reverts,
+        log,
+        mark,
+        runner,
+    }
+}
+
+/// A 60 s `command` fault run by `chaosgate experiment run`, once it is injected.
+async fn command_fault_injected() -> CommandRun {
+    let run = command_run("60s");
+    wait_until("the inject command ran", PATIENCE, &run.log, || {
+        run.marker.exists()
+    })
+    .await;
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_fault_is_reverted_by_its_guard_after_the_runner_is_sigkilled() {
+    let run = command_fault_injected().await;
+
+    let killed = sigkill_group(&run.runner);
+    wait_until("the marker is removed", PATIENCE, &run.log, || {
+        !run.marker.exists()
+    })
+    .await;
+    assert_gone_in_time("command", killed.elapsed(), &run.log);
+    assert_guard_reverted_and_left(&run.mark, &run.log).await;
+    assert_eq!(
+        std::fs::read_to_string(&run.reverts).unwrap_or_default(),
+        "reverted\n",
+        "the revert command ran once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_runner_misses_its_renewals_and_the_guard_reverts_within_the_lease() {
+    let run = command_fault_injected().await;
+
+    // SIGSTOP: the runner lives but renews nothing (as a hung one would).
+    // SAFETY: kill(2) has no memory effects; the group is the runner's own.
+    assert_eq!(unsafe { libc::kill(-run.runner.pid(), libc::SIGSTOP) }, 0);
+    let stopped = Instant::now();
+    let gone = wait_until("the marker is removed", PATIENCE, &run.log, || {
+        !run.marker.exists()
+    })
+    .await;
+    assert_gone_in_time("command, runner stopped", stopped.elapsed(), &run.log);
+    assert!(
+        gone >= LEASE / 2,
+        "reverted {gone:?} after the stop: before the lease could have run out"
+    );
+    let text = std::fs::read_to_string(&run.log).unwrap_or_default();
+    assert!(
+        text.contains("no renewal from the runner within the lease"),
+        "{text}"
+    );
+    sigkill_group(&run.runner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_sent_sigterm_reverts_before_it_exits() {
+    let run = command_fault_injected().await;
+    let guards: Vec<i32> = marked(&run.mark)
+        .into_iter()
+        .filter(|pid| *pid != run.runner.pid())
+        .collect();
+    assert_eq!(guards.len(), 1, "one guard for one fault: {guards:?}");
+
+    // As a service manager stopping the runner's whole group would.
+    // SAFETY: kill(2) has no memory effects; the pid is this test's runner's guard.
+    assert_eq!(unsafe { libc::kill(guards[0], libc::SIGTERM) }, 0);
+    wait_until("the marker is removed", PATIENCE, &run.log, || {
+        !run.marker.exists()
+    })
+    .await;
+    let text = std::fs::read_to_string(&run.log).unwrap_or_default();
+    assert!(text.contains("the guard was sent SIGTERM"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&run.reverts).unwrap_or_default(),
+        "reverted\n"
+    );
+    sigkill_group(&run.runner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toxiproxy_toxics_are_deleted_by_the_guard_after_the_runner_is_sigkilled() {
+    let toxiproxy = Toxiproxy::start().await;
+    let echo = EchoServer::start().await;
+    toxiproxy.create_proxy("echo", &echo.addr.to_string()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "exp.yaml",
+        &format!(
+            r#"kind: experiment
+id: guarded-toxics
+faults:
+  - name: slow
+    weight: 5
+    duration: 60s
+    toxiproxy:
+      api: "{api}"
+      proxy: echo
+      toxic: {{ type: latency, latency: 200ms }}
+      direction: both
+"#,
+            api = toxiproxy.api
+        ),
+    );
+    let log = dir.path().join("runner.log");
+    let mark = uuid::Uuid::new_v4().to_string();
+    let runner = experiment_run(&file, &log, &mark);
+    let started = Instant::now();
+    loop {
+        if toxiproxy.toxics("echo").await.len() == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "toxics never created\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let killed = sigkill_group(&runner);
+    loop {
+        if toxiproxy.toxics("echo").await.is_empty() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < PATIENCE,
+            "toxics still listed {:?} after SIGKILL\n{}",
+            killed.elapsed(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_gone_in_time("toxiproxy", killed.elapsed(), &log);
+    assert_guard_reverted_and_left(&mark, &log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_process_is_resumed_by_the_guard_after_the_runner_is_sigkilled() {
+    let target = ChildGuard::spawn(Command::new("sleep").arg("300"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = write(dir.path(), "target.pid", &target.pid().to_string());
+    let file = write(
+        dir.path(),
+        "exp.yaml",
+        &format!(
+            r#"kind: experiment
+id: guarded-pause
+faults:
+  - name: freeze
+    weight: 5
+    duration: 60s
+    process:
+      action: pause
+      pid_file: "{}"
+"#,
+            pid_file.display()
+        ),
+    );
+    let log = dir.path().join("runner.log");
+    let mark = uuid::Uuid::new_v4().to_string();
+    let runner = experiment_run(&file, &log, &mark);
+    wait_until("the target is stopped", PATIENCE, &log, || {
+        process_state(target.pid()) == 'T'
+    })
+    .await;
+
+    let killed = sigkill_group(&runner);
+    wait_until("the target runs again", PATIENCE, &log, || {
+        process_state(target.pid()) != 'T'
+    })
+    .await;
+    assert_gone_in_time("process pause", killed.elapsed(), &log);
+    assert_eq!(process_state(target.pid()), 'S', "the target sleeps again");
+    assert_guard_reverted_and_left(&mark, &log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_normal_run_the_runner_reverts_once_and_its_guard_exits_quietly() {
+    let CommandRun {
+        _dir,
+        marker,
+        reverts,
+        log,
+        mark,
+        mut runner,
+    } = command_run("1s");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = runner.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < PATIENCE, "the run did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.code().is_some(),
+        "runner killed by a signal: {status}\n{text}"
+    );
+    assert!(
+        text.contains("revert marker"),
+        "the runner did not revert:\n{text}"
+    );
+    // Long enough for a guard that missed its 'done' to notice (lease) and revert.
+    wait_until("the guard is gone", PATIENCE, &log, || {
+        marked(&mark).is_empty()
+    })
+    .await;
+    tokio::time::sleep(LEASE + SLACK).await;
+    assert!(!marker.exists(), "the fault is still active");
+    assert_eq!(
+        std::fs::read_to_string(&reverts).unwrap_or_default(),
+        "reverted\n",
+        "the revert command ran exactly once\n{text}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !text.contains("chaosgate fault-guard"),
+        "the guard logged on a normal run:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_fault_is_reverted_by_its_guard_after_the_worker_is_sigkilled() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "guard", 1).await;
+    let up = Listener::start().await;
+    let marker = h.marker("long");
+    h.catalog_file(
+        "exp.yaml",
+        &worker::experiment_yaml("long", "60s", &marker, &up.address),
+    );
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["long"]));
+    let config = h.config("w", &Settings::default());
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(text.contains("fault_lease = \"10s\""), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("fault_lease = \"10s\"", "fault_lease = \"2s\""),
+    )
+    .expect("config");
+    let mut worker = h.spawn("w", &config);
+    let event = change("checkout", ChangeKind::Enable, None);
+    h.produce_change(&event).await;
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the fault was not injected\n{}",
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    worker.kill();
+    let killed = Instant::now();
+    while marker.exists() {
+        assert!(
+            killed.elapsed() < PATIENCE,
+            "the marker is still there {:?} after SIGKILL\n{}",
+            killed.elapsed(),
+            h.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gone = killed.elapsed();
+    println!("worker: fault gone {gone:?} after its SIGKILL (lease {LEASE:?})");
+    assert!(
+        gone <= LEASE + SLACK,
+        "fault gone only {gone:?} after the worker's SIGKILL, lease {LEASE:?}\n{}",
+        h.log_tails()
+    );
+    let logs = h.logs();
+    let deadline = Instant::now() + PATIENCE;
+    while !h.logs().contains("reverted (attempt 1)") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        h.logs().contains("chaosgate fault-guard"),
+        "no guard line in the worker's log:\n{logs}"
+    );
+}
