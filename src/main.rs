@@ -53,6 +53,21 @@ enum ExperimentCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A container's first process that injects faults runs the runner as its child, so
+    // a SIGKILLed runner does not take its faults' guards with it.
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Demo(_) | Command::Experiment(_)
+    ) && cli::first_process::is_first_process()
+    {
+        return match cli::first_process::supervise() {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("chaosgate: error: {err:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.command {
         Command::Run(args) => cli::run::run(args),
         Command::Demo(args) => cli::demo::run(args),

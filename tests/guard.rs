@@ -469,3 +469,97 @@ async fn a_command_fault_is_reverted_by_its_guard_after_the_worker_is_sigkilled(
         "no guard line in the worker's log:\n{logs}"
     );
 }
+
+/// The parent pid and command line of `pid`, from `/proc`.
+fn parent_and_cmdline(pid: i32) -> Option<(i32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state, then the parent pid.
+    let parent = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some((parent, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+}
+
+/// In a container the runner is often PID 1, and a PID namespace ends, its other
+/// processes SIGKILLed by the kernel, when PID 1 ends: the fault's guard would die with a
+/// SIGKILLed runner. chaosgate as PID 1 (here in a PID namespace of its own, made by
+/// util-linux's `unshare` as a container runtime makes one) runs the runner as its child
+/// and waits for the guards, so the fault is still reverted, and the namespace then ends
+/// with the runner's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_sigkilled_under_chaosgate_as_pid_1_of_a_container_still_has_its_guard() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("marker");
+    let reverts = dir.path().join("reverts");
+    let file = write(
+        dir.path(),
+        "exp.yaml",
+        &command_experiment(&marker, &reverts, "60s"),
+    );
+    let log = dir.path().join("runner.log");
+    let mark = uuid::Uuid::new_v4().to_string();
+    let mut namespace = ChildGuard(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(env!("CARGO_BIN_EXE_chaosgate"))
+            .args(["experiment", "run"])
+            .arg(&file)
+            .args(["--lease", "2s"])
+            .env(MARK, &mark)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .process_group(0)
+            .spawn()
+            .expect("util-linux's unshare starts a PID namespace (needs root)"),
+    );
+    wait_until("the inject command ran", PATIENCE, &log, || marker.exists()).await;
+    // The runner: a chaosgate `experiment run` whose parent is one too (PID 1).
+    let chaosgate = env!("CARGO_BIN_EXE_chaosgate");
+    let is_runner_command =
+        |cmdline: &str| cmdline.starts_with(chaosgate) && cmdline.contains(" experiment run ");
+    let runner = marked(&mark)
+        .into_iter()
+        .find(|pid| {
+            parent_and_cmdline(*pid).is_some_and(|(parent, cmdline)| {
+                is_runner_command(&cmdline)
+                    && parent_and_cmdline(parent).is_some_and(|(_, c)| is_runner_command(&c))
+            })
+        })
+        .expect("PID 1 runs the runner as its child");
+
+    // SAFETY: kill(2) has no memory effects; the runner is this test's own.
+    assert_eq!(unsafe { libc::kill(runner, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    wait_until("the marker is removed", PATIENCE, &log, || !marker.exists()).await;
+    assert_gone_in_time("command under PID 1", killed.elapsed(), &log);
+    let status = loop {
+        if let Some(status) = namespace.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < PATIENCE,
+            "the namespace did not end after its guard reverted:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGKILL),
+        "the runner's status"
+    );
+    assert_guard_reverted_and_left(&mark, &log).await;
+    assert_eq!(
+        std::fs::read_to_string(&reverts).unwrap_or_default(),
+        "reverted\n",
+        "the revert command ran once"
+    );
+}

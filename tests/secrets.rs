@@ -237,11 +237,26 @@ probes:
             if json {
                 command.arg("--json");
             }
-            let output = command.arg(&file).stdin(Stdio::null()).output().unwrap();
+            // Output to files, and the runner alone waited for: the toxic fault's guard
+            // takes over the revert the runner gave up (the API is gone for good) and
+            // would keep a piped standard error open for its 10 minutes of retries.
+            let mark = uuid::Uuid::new_v4().to_string();
+            let out = dir.path().join(format!("{name}.{json}.out"));
+            let err = dir.path().join(format!("{name}.{json}.err"));
+            let status = command
+                .arg(&file)
+                .env(GUARD_MARK, &mark)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(std::fs::File::create(&err).unwrap())
+                .status()
+                .unwrap();
+            sigkill_marked(&mark);
+            assert!(!status.success(), "{name}: the run fails");
             let text = format!(
                 "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
+                std::fs::read_to_string(&out).unwrap(),
+                std::fs::read_to_string(&err).unwrap()
             );
             assert!(
                 text.contains(&shown),
@@ -253,6 +268,32 @@ probes:
                     "{name}: {secret} shown (json {json}):\n{text}"
                 );
             }
+        }
+    }
+}
+
+/// Marks the processes of one run (the runner and its fault guards) in their environment.
+const GUARD_MARK: &str = "CHAOSGATE_TEST_SECRETS_MARK";
+
+/// SIGKILLs every process whose environment holds `GUARD_MARK=mark` (guards left
+/// retrying a revert that cannot succeed).
+fn sigkill_marked(mark: &str) {
+    let needle = format!("{GUARD_MARK}={mark}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            // SAFETY: kill(2) has no memory effects; the process is this test's own.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }

@@ -20,7 +20,8 @@
 //! SIGINT or SIGHUP (a service manager stopping the runner's group), it runs the same
 //! [`revert`](super::revert) as the runner would, retried with backoff for up to
 //! [`GIVE_UP_AFTER`], logging each failure on standard error, then exits. A guard lives
-//! on the runner's host or container: if that dies, the guard dies with it.
+//! on the runner's host or pod: if that dies, the guard dies with it (a runner that is a
+//! container's PID 1 keeps its guards alive: `cli::first_process` in the binary).
 
 use std::io::{BufRead, Write};
 use std::os::fd::AsRawFd;
