@@ -148,8 +148,10 @@ fn percent_decoded(text: &str) -> Option<String> {
         .filter(|decoded| decoded != text)
 }
 
-/// Secret values known to this process, masked wherever they appear in free text.
-#[derive(Debug, Clone, Default)]
+/// Secret values known to this process, masked wherever they appear in free text. It
+/// serializes (a JSON object holding the values) only to hand them to a fault's guard
+/// process over its private pipe, so the guard's log lines are scrubbed as the runner's.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Secrets {
     /// Longest first, so a secret containing another is masked whole.
     values: Vec<String>,

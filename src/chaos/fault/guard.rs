@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use super::Injected;
+use crate::telemetry::redact::{self, Secrets};
 
 /// The hidden subcommand that runs a guard (`chaosgate fault-guard`).
 pub const SUBCOMMAND: &str = "fault-guard";
@@ -57,6 +58,10 @@ pub(crate) struct Plan {
     pub(crate) lease_ms: u64,
     /// What reverts the fault.
     pub(crate) revert: Injected,
+    /// The secrets the runner scrubs from its output (its configuration's, the
+    /// experiment's credentials): the guard scrubs its own log lines of them.
+    #[serde(default)]
+    pub(crate) secrets: Secrets,
 }
 
 /// Why a guard could not be armed (and so the fault is not injected).
@@ -122,6 +127,9 @@ pub(crate) async fn arm(
         fault: fault.to_string(),
         lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
         revert: revert.clone(),
+        secrets: redact::installed()
+            .map(|installed| (*installed).clone())
+            .unwrap_or_default(),
     };
     let mut line = serde_json::to_string(&plan)?;
     line.push('\n');
@@ -251,6 +259,7 @@ pub fn run_guard() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    redact::install(&plan.secrets);
     {
         let mut out = std::io::stdout().lock();
         if writeln!(out, "armed").and_then(|()| out.flush()).is_err() {
@@ -393,8 +402,13 @@ fn revert_until_done(plan: &Plan, why: &str) -> bool {
     false
 }
 
-/// One line on standard error (the runner's, inherited), marked as the guard's.
+/// One line on standard error (the runner's, inherited), marked as the guard's and
+/// scrubbed of the runner's secrets.
 fn log(line: &str) {
+    let line = match redact::installed() {
+        Some(secrets) => secrets.scrub(line).into_owned(),
+        None => line.to_string(),
+    };
     eprintln!(
         "{} chaosgate fault-guard[{}]: {}",
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
