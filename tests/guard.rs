@@ -1,8 +1,8 @@
-//! Fault guards with the real binary: a runner (`chaosgate experiment run`, or the
-//! `chaosgate run` worker on the real broker) SIGKILLed mid-fault leaves no `toxiproxy`
-//! toxic (real Toxiproxy), `command` fault or paused process behind once its lease has
-//! run out, and on a normal run the guard does nothing: the revert runs once and the
-//! guard is gone.
+//! Fault guards with the real binary: a runner (`chaosgate experiment run`, and the
+//! `chaosgate run` worker on the real broker, each for every guarded kind) SIGKILLed
+//! mid-fault leaves no `toxiproxy` toxic (real Toxiproxy), `command` fault or paused
+//! process behind within its lease plus one second, also when it is a container's PID 1;
+//! and on a normal run the guard does nothing: the revert runs once and the guard is gone.
 //!
 //! Each runner gets an environment variable with a value unique to its test; its guards
 //! inherit it, so `/proc/PID/environ` tells this test's guards from any other's.
@@ -409,17 +409,37 @@ async fn on_a_normal_run_the_runner_reverts_once_and_its_guard_exits_quietly() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_fault_is_reverted_by_its_guard_after_the_worker_is_sigkilled() {
+/// What shows a fault in place: a marker file a command fault creates, the toxics of a
+/// Toxiproxy proxy, or a process in state `T`.
+enum FaultInPlace<'a> {
+    Marker(&'a Path),
+    Toxics(&'a Toxiproxy, &'a str),
+    Paused(i32),
+}
+
+impl FaultInPlace<'_> {
+    async fn active(&self) -> bool {
+        match self {
+            FaultInPlace::Marker(path) => path.exists(),
+            FaultInPlace::Toxics(toxiproxy, proxy) => !toxiproxy.toxics(proxy).await.is_empty(),
+            FaultInPlace::Paused(pid) => process_state(*pid) == 'T',
+        }
+    }
+}
+
+/// A real `chaosgate run` worker (broker from the environment, `fault_lease = "2s"`) runs
+/// `experiment` (id `exp`) for a flag change; once `fault` is in place the worker is
+/// SIGKILLed, and the fault must be gone within the lease plus one second, reverted by
+/// its guard.
+async fn the_guard_reverts_after_the_worker_is_sigkilled(
+    kind: &str,
+    experiment: &str,
+    fault: FaultInPlace<'_>,
+) {
     let servers = kafka::require_broker();
     let h = Harness::new(&servers, "guard", 1).await;
-    let up = Listener::start().await;
-    let marker = h.marker("long");
-    h.catalog_file(
-        "exp.yaml",
-        &worker::experiment_yaml("long", "60s", &marker, &up.address),
-    );
-    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["long"]));
+    h.catalog_file("exp.yaml", experiment);
+    h.catalog_file("pipe.yaml", &pipeline_yaml("gate", Some("*"), &["exp"]));
     let config = h.config("w", &Settings::default());
     let text = std::fs::read_to_string(&config).expect("config");
     assert!(text.contains("fault_lease = \"10s\""), "{text}");
@@ -432,10 +452,10 @@ async fn a_command_fault_is_reverted_by_its_guard_after_the_worker_is_sigkilled(
     let event = change("checkout", ChangeKind::Enable, None);
     h.produce_change(&event).await;
     let started = Instant::now();
-    while !marker.exists() {
+    while !fault.active().await {
         assert!(
             started.elapsed() < Duration::from_secs(90),
-            "the fault was not injected\n{}",
+            "{kind}: the fault was not injected\n{}",
             h.log_tails()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -443,31 +463,99 @@ async fn a_command_fault_is_reverted_by_its_guard_after_the_worker_is_sigkilled(
 
     worker.kill();
     let killed = Instant::now();
-    while marker.exists() {
+    while fault.active().await {
         assert!(
             killed.elapsed() < PATIENCE,
-            "the marker is still there {:?} after SIGKILL\n{}",
+            "{kind}: the fault is still in place {:?} after SIGKILL\n{}",
             killed.elapsed(),
             h.log_tails()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let gone = killed.elapsed();
-    println!("worker: fault gone {gone:?} after its SIGKILL (lease {LEASE:?})");
+    println!("worker, {kind}: fault gone {gone:?} after its SIGKILL (lease {LEASE:?})");
     assert!(
         gone <= LEASE + SLACK,
-        "fault gone only {gone:?} after the worker's SIGKILL, lease {LEASE:?}\n{}",
+        "{kind}: fault gone only {gone:?} after the worker's SIGKILL, lease {LEASE:?}\n{}",
         h.log_tails()
     );
-    let logs = h.logs();
     let deadline = Instant::now() + PATIENCE;
     while !h.logs().contains("reverted (attempt 1)") && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let logs = h.logs();
     assert!(
-        h.logs().contains("chaosgate fault-guard"),
-        "no guard line in the worker's log:\n{logs}"
+        logs.contains("chaosgate fault-guard") && logs.contains("reverted (attempt 1)"),
+        "{kind}: no guard revert line in the worker's log:\n{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_fault_is_reverted_by_its_guard_after_the_worker_is_sigkilled() {
+    let up = Listener::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("marker");
+    the_guard_reverts_after_the_worker_is_sigkilled(
+        "command",
+        &worker::experiment_yaml("exp", "60s", &marker, &up.address),
+        FaultInPlace::Marker(&marker),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toxiproxy_toxics_are_deleted_by_the_guard_after_the_worker_is_sigkilled() {
+    let toxiproxy = Toxiproxy::start().await;
+    let echo = EchoServer::start().await;
+    toxiproxy.create_proxy("echo", &echo.addr.to_string()).await;
+    let experiment = format!(
+        r#"kind: experiment
+id: exp
+faults:
+  - name: slow
+    weight: 5
+    duration: 60s
+    toxiproxy:
+      api: "{api}"
+      proxy: echo
+      toxic: {{ type: latency, latency: 200ms }}
+      direction: both
+"#,
+        api = toxiproxy.api
+    );
+    the_guard_reverts_after_the_worker_is_sigkilled(
+        "toxiproxy",
+        &experiment,
+        FaultInPlace::Toxics(&toxiproxy, "echo"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_process_is_resumed_by_the_guard_after_the_worker_is_sigkilled() {
+    let target = ChildGuard::spawn(Command::new("sleep").arg("300"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = write(dir.path(), "target.pid", &target.pid().to_string());
+    let experiment = format!(
+        r#"kind: experiment
+id: exp
+faults:
+  - name: freeze
+    weight: 5
+    duration: 60s
+    process:
+      action: pause
+      pid_file: "{}"
+"#,
+        pid_file.display()
+    );
+    the_guard_reverts_after_the_worker_is_sigkilled(
+        "process pause",
+        &experiment,
+        FaultInPlace::Paused(target.pid()),
+    )
+    .await;
+    assert_eq!(process_state(target.pid()), 'S', "the target sleeps again");
 }
 
 /// The parent pid and command line of `pid`, from `/proc`.
