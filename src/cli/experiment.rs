@@ -31,7 +31,7 @@ use chaosgate::telemetry::redact::{self, Secrets};
 /// Arguments of `chaosgate experiment run`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Progress goes to standard error; the report (or with --json, the result) to standard output.\n\nExit status: 0 passed, 1 failed, 2 error, aborted or a file that does not validate (with --json, a result with verdict error and the problems is printed then too).\n\nExample: chaosgate experiment run catalog/ --experiment disk-pressure --json"
+    after_help = "Progress goes to standard error; the report (or with --json, the result) to standard output.\n\nExit status: 0 passed, 1 failed, 2 error, aborted or a file that does not validate (with --json, a result with verdict error and the problems is printed then too).\n\nStandalone proxies whose control API asks for a token: CHAOSGATE_PROXY__TOKEN_FILE=FILE (or CHAOSGATE_PROXY__TOKEN), and CHAOSGATE_PROXY__CA_FILE=PEM for an https proxy with a private CA; never on the command line.\n\nCommands (command faults and probes) see only PATH, HOME, LANG, the experiment's `env` and the variables it names in `env_from_worker`. A runner killed mid-fault leaves its toxiproxy, command and process pause faults to their guard processes, which revert them at once.\n\nExample: chaosgate experiment run catalog/ --experiment disk-pressure --json"
 )]
 pub struct ExperimentRunArgs {
     /// An experiment file, or a catalog folder with `--experiment`.

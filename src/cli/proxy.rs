@@ -21,6 +21,9 @@ use chaosgate::chaos::proxy::{ProxyRegistry, StandaloneConfig};
 
 /// Arguments of `chaosgate proxy`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "The control API asks for a bearer token when one is set: [control] token_file in the config (a mounted Secret), else the CHAOSGATE_PROXY__TOKEN variable; never on the command line. On a non-loopback control_listen (0.0.0.0 included) the proxy refuses to start without one. [control] tls_cert and tls_key (PEM) serve https. GET /healthz needs no token.\n\nExample: CHAOSGATE_PROXY__TOKEN=$(cat token) chaosgate proxy --config deploy/proxy.example.toml"
+)]
 pub struct ProxyArgs {
     /// Proxy configuration file (TOML): targets and the control API address.
     #[arg(long, short)]
