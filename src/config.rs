@@ -474,8 +474,19 @@ impl Config {
         } else {
             format!("{origin} (with overrides {})", applied.join(", "))
         };
-        Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| invalid(origin, e.to_string().trim_end().to_string()))
+        let config = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| invalid(origin.clone(), e.to_string().trim_end().to_string()))?;
+        let lease = config.worker.fault_lease;
+        if lease.duration() < crate::chaos::run::MIN_LEASE {
+            return Err(invalid(
+                origin,
+                format!(
+                    "worker.fault_lease = \"{lease}\" is shorter than the least lease, {}: faults would revert themselves before their first renewal",
+                    Span(crate::chaos::run::MIN_LEASE)
+                ),
+            ));
+        }
+        Ok(config)
     }
 
     /// The secrets of this configuration, for [`redact::install`]: the values of secret
@@ -631,6 +642,20 @@ otlp_endpoint = "http://otel:collector-pa55@collector:4317"
             error.contains("c.toml") && error.contains("unrouted") && error.contains("open"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_fault_lease_shorter_than_the_least_is_refused_naming_the_key() {
+        let file = format!("{MINIMAL}[worker]\nfault_lease = \"100ms\"\n");
+        let error = Config::parse(&file, "c.toml", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("c.toml") && error.contains("worker.fault_lease = \"100ms\""),
+            "{error}"
+        );
+        let file = format!("{MINIMAL}[worker]\nfault_lease = \"500ms\"\n");
+        assert!(Config::parse(&file, "c.toml", env(&[])).is_ok());
     }
 
     #[test]

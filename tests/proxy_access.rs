@@ -466,10 +466,18 @@ fn kubernetes_and_compose_give_the_token_secret_to_the_proxy_and_the_worker() {
         secret_file_in_pod(worker_pod, "chaosgate-proxy-token").as_deref(),
         worker_config["proxy"]["token_file"].as_str()
     );
-    // Nothing passes the token as an argument.
+    // Nothing passes the token as an argument, and the non-root user can read the
+    // Secret's file: it is mounted 0440 (root-owned), so the pod's fsGroup must be the
+    // user's group (without it the proxy and the worker stop at start, "Permission
+    // denied").
     for pod in [proxy_pod, worker_pod] {
         let args = pod["containers"][0]["args"].to_string();
         assert!(!args.contains("token"), "{args}");
+        let security = &pod["securityContext"];
+        assert!(
+            security["fsGroup"].is_number() && security["fsGroup"] == security["runAsGroup"],
+            "fsGroup must be the runAsGroup for a 0440 Secret: {security}"
+        );
     }
 
     // Compose: one secret, mounted in both, named by the proxy's config and the worker's

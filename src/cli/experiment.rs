@@ -31,7 +31,7 @@ use chaosgate::telemetry::redact::{self, Secrets};
 /// Arguments of `chaosgate experiment run`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Progress goes to standard error; the report (or with --json, the result) to standard output.\n\nExit status: 0 passed, 1 failed, 2 error, aborted or a file that does not validate (with --json, a result with verdict error and the problems is printed then too).\n\nStandalone proxies whose control API asks for a token: CHAOSGATE_PROXY__TOKEN_FILE=FILE (or CHAOSGATE_PROXY__TOKEN), and CHAOSGATE_PROXY__CA_FILE=PEM for an https proxy with a private CA; never on the command line.\n\nCommands (command faults and probes) see only PATH, HOME, LANG, the experiment's `env` and the variables it names in `env_from_worker`. A runner killed mid-fault leaves its toxiproxy, command and process pause faults to their guard processes, which revert them at once.\n\nExample: chaosgate experiment run catalog/ --experiment disk-pressure --json"
+    after_help = "Progress goes to standard error; the report (or with --json, the result) to standard output.\n\nExit status: 0 passed, 1 failed, 2 error, aborted or a file that does not validate (with --json, a result with verdict error and the problems is printed then too).\n\nStandalone proxies whose control API asks for a token: CHAOSGATE_PROXY__TOKEN_FILE=FILE (or CHAOSGATE_PROXY__TOKEN), and CHAOSGATE_PROXY__CA_FILE=PEM for an https proxy with a private CA; never on the command line.\n\nCommands (command faults and probes) see only PATH, HOME, LANG, the experiment's `env` and the variables it names in `env_from_worker`. A runner killed mid-fault leaves its toxiproxy, command and process pause faults to their guard processes, which revert them at once.\n\nExample: chaosgate experiment run deploy/examples --experiment disk-pressure --json"
 )]
 pub struct ExperimentRunArgs {
     /// An experiment file, or a catalog folder with `--experiment`.
@@ -72,6 +72,13 @@ fn proxy_access() -> anyhow::Result<ProxyAccess> {
 
 /// Loads the experiment, runs it, prints the report, and maps the verdict to the exit code.
 pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
+    if args.lease.duration() < chaosgate::chaos::run::MIN_LEASE {
+        anyhow::bail!(
+            "--lease {} is shorter than the least lease, {}: faults would revert themselves before their first renewal",
+            args.lease,
+            Span(chaosgate::chaos::run::MIN_LEASE)
+        );
+    }
     let experiment = match load(&args.path, args.experiment.as_deref()) {
         Ok(experiment) => experiment,
         Err(Refusal::Problems(_, problems)) if args.json => {
@@ -95,8 +102,11 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
     let fields = credential_fields(&experiment);
     secrets.add_credentials(fields.headers, fields.urls);
     secrets.add_variables(fields.variables);
-    redact::install(&secrets);
     let access = proxy_access()?;
+    if let Some(token) = &access.token {
+        token.mask_in(&mut secrets);
+    }
+    redact::install(&secrets);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -106,6 +106,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .proxy
             .access()
             .map_err(|message| anyhow::anyhow!("{message}"))?;
+        // A token read from `[proxy] token_file` is masked too (the configuration's own
+        // secrets only know an inline `[proxy] token`).
+        if let Some(token) = &proxy_access.token {
+            let mut secrets = chaosgate::telemetry::redact::Secrets::default();
+            token.mask_in(&mut secrets);
+            chaosgate::telemetry::redact::install(&secrets);
+        }
         let run = RunContext {
             proxy_access,
             lease: config.worker.fault_lease.duration(),

@@ -76,6 +76,12 @@ impl BearerToken {
         self.0.as_bytes().ct_eq(presented).into()
     }
 
+    /// Adds this token to `secrets`, so it is masked wherever it would be logged or
+    /// recorded (it may come from a file, which the configuration's secrets do not see).
+    pub fn mask_in(&self, secrets: &mut crate::telemetry::redact::Secrets) {
+        secrets.add(&self.0);
+    }
+
     /// The `Authorization` header value a client sends.
     pub(crate) fn header_value(&self) -> Result<HeaderValue, String> {
         let mut value = HeaderValue::from_str(&format!("Bearer {}", self.0))
@@ -121,11 +127,11 @@ pub(crate) async fn require_token(
         Some(presented) if token.matches(presented) => next.run(request).await,
         Some(_) => unauthorized(
             "Bearer realm=\"chaosgate-proxy\", error=\"invalid_token\"",
-            "the bearer token is not the one this proxy was given",
+            "the bearer token is not the one this proxy was given (workers: [proxy] token_file; experiment run: CHAOSGATE_PROXY__TOKEN_FILE or CHAOSGATE_PROXY__TOKEN)",
         ),
         None => unauthorized(
             "Bearer realm=\"chaosgate-proxy\"",
-            "this proxy's control API needs `Authorization: Bearer TOKEN`",
+            "this proxy's control API needs `Authorization: Bearer TOKEN` (workers: [proxy] token_file; experiment run: CHAOSGATE_PROXY__TOKEN_FILE or CHAOSGATE_PROXY__TOKEN)",
         ),
     }
 }

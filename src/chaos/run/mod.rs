@@ -110,6 +110,12 @@ use state::{AbortOnDrop, Run, Stop};
 /// Lease of proxy faults when the caller sets none.
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
+/// The shortest lease a worker (`worker.fault_lease`) or `experiment run --lease` takes:
+/// leases are renewed every third of themselves, and a shorter one would let a fault
+/// revert itself (its guard giving up on the runner) before its first renewal arrives on
+/// a loaded machine.
+pub const MIN_LEASE: Duration = Duration::from_millis(500);
+
 /// Everything a run needs besides the experiment.
 #[derive(Debug, Clone)]
 pub struct RunContext {

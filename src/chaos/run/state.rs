@@ -34,7 +34,7 @@ impl Stop {
             Stop::Cancelled => "cancelled".to_string(),
             Stop::TimedOut(after) => format!("timed out after {}", crate::catalog::Span(*after)),
             Stop::TargetsBusy(after, targets) => format!(
-                "waited {} for target {}, held by another experiment (worker.target_wait); \
+                "waited {} for target {}, held by another experiment (worker.target_wait, or --target-wait of experiment run); \
                  nothing was injected",
                 crate::catalog::Span(*after),
                 targets.join(", ")
