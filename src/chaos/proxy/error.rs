@@ -81,7 +81,7 @@ pub enum ProxyError {
     },
     /// A fault names no standalone proxy and no proxy is embedded in this process.
     #[error(
-        "the fault names no `proxy` URL and no proxy runs in this process (configure proxy targets, or set `proxy` on the fault)"
+        "the fault names no `proxy` URL and no proxy runs in this process (give the worker `[[proxy.targets]]` or `experiment run --proxy-config FILE`, or set `proxy` on the fault)"
     )]
     NoEmbeddedProxy,
     /// Another owner (run) has faults on this target: one owner at a time.
