@@ -134,6 +134,41 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// Experiment `id`: a 60 s latency toxic on both streams of Toxiproxy proxy `echo`.
+fn toxiproxy_experiment(id: &str, api: &str) -> String {
+    format!(
+        r#"kind: experiment
+id: {id}
+faults:
+  - name: slow
+    weight: 5
+    duration: 60s
+    toxiproxy:
+      api: "{api}"
+      proxy: echo
+      toxic: {{ type: latency, latency: 200ms }}
+      direction: both
+"#
+    )
+}
+
+/// Experiment `id`: a 60 s `pause` of the process whose pid is in `pid_file`.
+fn pause_experiment(id: &str, pid_file: &Path) -> String {
+    format!(
+        r#"kind: experiment
+id: {id}
+faults:
+  - name: freeze
+    weight: 5
+    duration: 60s
+    process:
+      action: pause
+      pid_file: "{}"
+"#,
+        pid_file.display()
+    )
+}
+
 fn command_experiment(marker: &Path, revert_log: &Path, duration: &str) -> String {
     format!(
         r#"kind: experiment
@@ -274,21 +309,7 @@ async fn toxiproxy_toxics_are_deleted_by_the_guard_after_the_runner_is_sigkilled
     let file = write(
         dir.path(),
         "exp.yaml",
-        &format!(
-            r#"kind: experiment
-id: guarded-toxics
-faults:
-  - name: slow
-    weight: 5
-    duration: 60s
-    toxiproxy:
-      api: "{api}"
-      proxy: echo
-      toxic: {{ type: latency, latency: 200ms }}
-      direction: both
-"#,
-            api = toxiproxy.api
-        ),
+        &toxiproxy_experiment("guarded-toxics", &toxiproxy.api),
     );
     let log = dir.path().join("runner.log");
     let mark = uuid::Uuid::new_v4().to_string();
@@ -331,19 +352,7 @@ async fn a_paused_process_is_resumed_by_the_guard_after_the_runner_is_sigkilled(
     let file = write(
         dir.path(),
         "exp.yaml",
-        &format!(
-            r#"kind: experiment
-id: guarded-pause
-faults:
-  - name: freeze
-    weight: 5
-    duration: 60s
-    process:
-      action: pause
-      pid_file: "{}"
-"#,
-            pid_file.display()
-        ),
+        &pause_experiment("guarded-pause", &pid_file),
     );
     let log = dir.path().join("runner.log");
     let mark = uuid::Uuid::new_v4().to_string();
@@ -508,21 +517,7 @@ async fn toxiproxy_toxics_are_deleted_by_the_guard_after_the_worker_is_sigkilled
     let toxiproxy = Toxiproxy::start().await;
     let echo = EchoServer::start().await;
     toxiproxy.create_proxy("echo", &echo.addr.to_string()).await;
-    let experiment = format!(
-        r#"kind: experiment
-id: exp
-faults:
-  - name: slow
-    weight: 5
-    duration: 60s
-    toxiproxy:
-      api: "{api}"
-      proxy: echo
-      toxic: {{ type: latency, latency: 200ms }}
-      direction: both
-"#,
-        api = toxiproxy.api
-    );
+    let experiment = toxiproxy_experiment("exp", &toxiproxy.api);
     the_guard_reverts_after_the_worker_is_sigkilled(
         "toxiproxy",
         &experiment,
@@ -536,19 +531,7 @@ async fn a_paused_process_is_resumed_by_the_guard_after_the_worker_is_sigkilled(
     let target = ChildGuard::spawn(Command::new("sleep").arg("300"));
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_file = write(dir.path(), "target.pid", &target.pid().to_string());
-    let experiment = format!(
-        r#"kind: experiment
-id: exp
-faults:
-  - name: freeze
-    weight: 5
-    duration: 60s
-    process:
-      action: pause
-      pid_file: "{}"
-"#,
-        pid_file.display()
-    );
+    let experiment = pause_experiment("exp", &pid_file);
     the_guard_reverts_after_the_worker_is_sigkilled(
         "process pause",
         &experiment,
