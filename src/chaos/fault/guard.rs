@@ -413,6 +413,6 @@ fn log(line: &str) {
         "{} chaosgate fault-guard[{}]: {}",
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         std::process::id(),
-        line.replace('\n', "\\n")
+        crate::telemetry::logs::one_line(&line)
     );
 }

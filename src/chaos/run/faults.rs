@@ -5,7 +5,7 @@
 //! whatever is still active when the run is dropped or panics.
 //!
 //! The rule between the runner and a fault's guard ([`fault::guard`]): the guard is told
-//! `done` only after the runner's own revert succeeded ([`InjectedFaults::reverted`]);
+//! `done` only after the runner's own revert succeeded ([`InjectedFaults::finish`]);
 //! every other way an entry goes (a revert given up, the runner dropped) drops the guard
 //! handle without `done`, and the guard reverts the fault itself.
 
@@ -57,23 +57,6 @@ impl InjectedFaults {
         });
     }
 
-    /// The runner's own revert of fault `index` succeeded: tells its guard `done` (it
-    /// exits without reverting) and drops the handle. Call it before [`Self::remove`],
-    /// and only on success: removing an entry without it leaves the revert to its guard.
-    pub(super) fn reverted(&self, index: usize) {
-        let guard = self
-            .list()
-            .iter_mut()
-            .find(|a| a.index == index)
-            .and_then(|a| a.guard.take());
-        if let Some(guard) = guard
-            && let Err(err) = guard.done()
-        {
-            tracing::warn!(error = %err, fault = index,
-                "cannot tell a fault's guard 'done'; it may revert the fault once more");
-        }
-    }
-
     /// Sends `renew` to every guard; returns the faults whose guard is gone or not
     /// reading, with the error.
     fn renew_guards(&self) -> Vec<(usize, std::io::Error)> {
@@ -108,20 +91,27 @@ impl InjectedFaults {
         self.list().iter().any(|a| a.index == index && !a.reverting)
     }
 
-    /// Forgets fault `index`. A guard still held (no [`Self::reverted`]) is dropped
-    /// without `done`, so it reverts the fault itself.
-    pub(super) fn remove(&self, index: usize) {
+    /// Forgets fault `index` once its revert ended. When the runner's own revert
+    /// succeeded (`reverted`), its guard is told `done` and exits without reverting;
+    /// otherwise the guard is dropped without it and takes the revert over.
+    pub(super) fn finish(&self, index: usize, reverted: bool) {
         let mut list = self.list();
         let Some(at) = list.iter().position(|a| a.index == index) else {
             return;
         };
         let entry = list.remove(at);
         drop(list);
-        if entry.guard.is_some() {
+        let Some(guard) = entry.guard else {
+            return;
+        };
+        if !reverted {
             tracing::warn!(
                 fault = index,
                 "the runner gave up a fault's revert; its guard takes the revert over"
             );
+        } else if let Err(err) = guard.done() {
+            tracing::warn!(error = %err, fault = index,
+                "cannot tell a fault's guard 'done'; it may revert the fault once more");
         }
     }
 
@@ -356,12 +346,9 @@ pub(super) async fn revert_fault(run: &Arc<Run>, active: &InjectedFaults, f: usi
     let kind = fault.kind.name();
     let span = traces::fault_span(&run.span, "revert", &fault.name, kind);
     let outcome = revert::until_lease(run, &fault.name, kind, &injected, &span).await;
-    // Told `done` only after the runner's own revert succeeded; on give-up the entry (and
-    // its guard handle) goes without it, and the guard takes the fault over.
-    if outcome.is_ok() {
-        active.reverted(f);
-    }
-    active.remove(f);
+    // The guard is told `done` only after the runner's own revert succeeded; on give-up
+    // it takes the fault over.
+    active.finish(f, outcome.is_ok());
     let error = match &outcome {
         Ok(1) => {
             run.log(format!("revert {}", fault.name));
