@@ -14,6 +14,7 @@ pub mod bus;
 pub mod catalog;
 pub mod chaos;
 pub mod config;
+pub mod connect;
 pub mod contract;
 pub mod gate;
 pub mod os;

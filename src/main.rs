@@ -38,6 +38,9 @@ enum Command {
     /// Work with experiments on this machine.
     #[command(subcommand)]
     Experiment(ExperimentCommand),
+    /// Bridges to flag services: their changes in, chaosgate's flag commands out.
+    #[command(subcommand)]
+    Connect(cli::connect::ConnectCommand),
     /// Print the version and the contract versions.
     Version,
     /// The guard of one injected fault, started by the runner (not for use by hand).
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::View(args) => cli::view::run(args),
         Command::Experiment(ExperimentCommand::Run(args)) => cli::experiment::run(args),
         Command::FaultGuard(args) => cli::fault_guard::run(args),
+        Command::Connect(command) => cli::connect::run(command),
         Command::Version => {
             println!("chaosgate {}", env!("CARGO_PKG_VERSION"));
             println!(

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// Each top-level module of the library and the modules it may use, lowest first:
 ///
 /// ```text
-/// contract ◄─ catalog ◄─ chaos ◄─ gate ◄─ bus ◄─ view
+/// contract ◄─ catalog ◄─ chaos ◄─ gate ◄─ bus ◄─ view, connect
 ///     ▲                    ▲                ▲
 ///     └─── telemetry ◄─────┴── config ◄─────┘   schema uses catalog, chaos, config
 /// ```
@@ -42,6 +42,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "view",
+        &[
+            "contract",
+            "catalog",
+            "chaos",
+            "gate",
+            "bus",
+            "telemetry",
+            "config",
+        ],
+    ),
+    (
+        "connect",
         &[
             "contract",
             "catalog",

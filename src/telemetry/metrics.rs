@@ -25,6 +25,8 @@
 //! | `chaosgate_transaction_failures_total` | counter | | [`commit_failed`] |
 //! | `chaosgate_consumer_lag` | gauge | `topic`, `partition` | [`consumer_statistics`] |
 //! | `chaosgate_kafka_brokers_up` | gauge | | [`consumer_statistics`] |
+//! | `chaosgate_unleash_webhooks_total` | counter | `outcome` | [`unleash_webhook`] |
+//! | `chaosgate_unleash_commands_total` | counter | `outcome` | [`unleash_command`] |
 //!
 //! The brokers-up count also feeds readiness ([`kafka_brokers_up`]): a worker whose
 //! consumer reaches no broker is not ready.
@@ -84,6 +86,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabels {
     topic: String,
     partition: String,
@@ -113,6 +120,8 @@ struct Metrics {
     consumer_lag: Family<PartitionLabels, Gauge>,
     brokers_up: Gauge,
     main_loop_last_tick: Gauge<f64, std::sync::atomic::AtomicU64>,
+    unleash_webhooks: Family<OutcomeLabel, Counter>,
+    unleash_commands: Family<OutcomeLabel, Counter>,
     /// Partitions with a lag gauge, per topic, to drop the ones no longer assigned.
     lag_partitions: Mutex<BTreeMap<String, HashSet<String>>>,
 }
@@ -135,6 +144,8 @@ impl Metrics {
             consumer_lag: Family::default(),
             brokers_up: Gauge::default(),
             main_loop_last_tick: Gauge::default(),
+            unleash_webhooks: Family::default(),
+            unleash_commands: Family::default(),
             lag_partitions: Mutex::default(),
             registry: Registry::default(),
         };
@@ -183,6 +194,16 @@ impl Metrics {
             "chaosgate_fault_revert_failures",
             "Revert tries that failed (each is retried with backoff until the fault's lease), by fault kind",
             metrics.revert_failures.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_unleash_webhooks",
+            "Unleash webhook requests, by outcome (produced, duplicate, own_change, ignored, unauthorized, rejected, failed)",
+            metrics.unleash_webhooks.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_unleash_commands",
+            "Flag commands handled by the Unleash bridge, by outcome (applied, dry_run, stale, retried, failed)",
+            metrics.unleash_commands.clone(),
         );
         metrics.registry.register(
             "chaosgate_runs_in_flight",
@@ -313,6 +334,29 @@ pub fn fault_revert_failed(kind: &str) {
         .revert_failures
         .get_or_create(&KindLabel {
             kind: kind.to_string(),
+        })
+        .inc();
+}
+
+/// The Unleash webhook endpoint answered one request with `outcome` (`produced`,
+/// `duplicate`, `own_change`, `ignored`, `unauthorized`, `rejected`, `failed`).
+pub fn unleash_webhook(outcome: &'static str) {
+    METRICS
+        .unleash_webhooks
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
+/// The Unleash bridge handled one flag command, or one try of it, with `outcome`
+/// (`applied`, `dry_run`, `stale`, `retried` per failed transient try, `failed` when it
+/// failed for good).
+pub fn unleash_command(outcome: &'static str) {
+    METRICS
+        .unleash_commands
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
         })
         .inc();
 }

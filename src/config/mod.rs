@@ -20,6 +20,9 @@ use crate::chaos::proxy::ProxyTarget;
 use crate::telemetry::redact::{self, Secrets};
 pub use crate::telemetry::{LogFormat, TelemetryConfig};
 
+mod unleash;
+pub use unleash::{UnleashCommandsConfig, UnleashConfig, UnleashWebhookConfig};
+
 /// Prefix of the environment overrides.
 pub(crate) const ENV_PREFIX: &str = "CHAOSGATE_";
 
@@ -51,6 +54,9 @@ pub struct Config {
     /// The chaos experiments view (`chaosgate view`).
     #[serde(default)]
     pub view: ViewConfig,
+    /// The Unleash bridges (`chaosgate connect unleash`); absent when Unleash is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unleash: Option<UnleashConfig>,
 }
 
 /// The documented example, `deploy/chaosgate.example.toml`, as the schema's example.
@@ -87,6 +93,7 @@ pub(crate) fn config_example() -> Config {
             ..ProxyConfig::default()
         },
         view: ViewConfig::default(),
+        unleash: None,
     }
 }
 
@@ -504,6 +511,15 @@ impl Config {
         }
         if let Some(token) = &self.proxy.token {
             secrets.add(token);
+        }
+        if let Some(unleash) = &self.unleash {
+            for token in [unleash.api_token(), unleash.webhook_token()]
+                .into_iter()
+                .flatten()
+            {
+                secrets.add(&token);
+            }
+            secrets.add_url(&unleash.url);
         }
         secrets
     }

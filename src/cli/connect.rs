@@ -1,0 +1,72 @@
+//! `chaosgate connect unleash`: the bridges between a flag service and chaosgate's
+//! topics, in their own process beside the worker.
+//!
+//! Rule: the process holds no state of its own; what it has not acknowledged (a webhook
+//! answered 2xx, a command's offset committed) is delivered again after a restart.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use chaosgate::config::Config;
+
+/// Subcommands of `chaosgate connect`.
+#[derive(Debug, Subcommand)]
+pub enum ConnectCommand {
+    /// Unleash both ways: its webhook integration in (flag changes to `flag-changes`),
+    /// its Admin API out (flag commands applied). Configured by the [unleash] section.
+    #[command(after_help = UNLEASH_HELP)]
+    Unleash(UnleashArgs),
+}
+
+const UNLEASH_HELP: &str = "In Unleash, create a Webhook integration: URL http://HOST:9466/unleash/webhook, \
+Authorization the value of [unleash.webhook] token_file (or CHAOSGATE_UNLEASH__WEBHOOK__TOKEN), events \
+feature-environment-enabled, feature-environment-disabled, feature-strategy-add, feature-strategy-update and \
+feature-strategy-remove. The Admin API token ([unleash] token_file or CHAOSGATE_UNLEASH__TOKEN) needs the right \
+to turn the gated flags on and off; set [unleash] actor to the createdBy Unleash records for it (loop guard).\n\n\
+GET /healthz on the webhook address answers 200 while the bridges run.\n\n\
+Example: chaosgate connect unleash --config deploy/unleash.example.toml";
+
+/// Arguments of `chaosgate connect unleash`.
+#[derive(Debug, Args)]
+pub struct UnleashArgs {
+    /// Configuration file (TOML), the worker's: its [kafka] and [unleash] sections count.
+    #[arg(long, short, env = "CHAOSGATE_CONFIG", default_value_os_t = crate::default_config())]
+    pub config: PathBuf,
+}
+
+/// Runs a `chaosgate connect` subcommand.
+pub fn run(command: ConnectCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ConnectCommand::Unleash(args) => unleash(args),
+    }
+}
+
+fn unleash(args: UnleashArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config, std::env::vars())
+        .with_context(|| "the configuration is not usable")?;
+    chaosgate::connect::unleash::section(&config)
+        .with_context(|| format!("{}", args.config.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let telemetry = {
+        let _inside = runtime.enter();
+        chaosgate::telemetry::redact::install(&config.secrets());
+        chaosgate::telemetry::init(&config.telemetry).context("cannot set up telemetry")?
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::cli::run::stop_on_signal(shutdown.clone()));
+        chaosgate::connect::unleash::run(&config, shutdown).await
+    });
+    drop(telemetry);
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result.context("the Unleash bridges stopped")?;
+    Ok(ExitCode::SUCCESS)
+}

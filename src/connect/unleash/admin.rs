@@ -1,0 +1,237 @@
+//! The Unleash Admin API calls chaosgate makes: turn a flag on or off in one environment,
+//! and read whether it is on.
+//!
+//! Endpoints (Unleash 7, <https://docs.getunleash.io/reference/api/unleash>):
+//! `POST /api/admin/projects/{project}/features/{flag}/environments/{environment}/on`
+//! and `.../off` (`toggleFeatureEnvironmentOn`/`Off`), and
+//! `GET /api/admin/projects/{project}/features/{flag}` (`getFeature`, whose
+//! `environments[].enabled` says the state). Requests carry the token as
+//! `Authorization: <token>`, raw, as Unleash expects for admin tokens and personal
+//! access tokens.
+//!
+//! The rule that keeps callers right: every failure is classified once, here
+//! ([`AdminError`]): what may succeed if tried again (no connection, a timeout, 5xx, 408,
+//! 429 with its `Retry-After`) is [`AdminError::Transient`]; what will not (401, 403, 404,
+//! any other 4xx) is [`AdminError::Permanent`].
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+
+/// A client of one Unleash server's Admin API.
+#[derive(Clone)]
+pub struct AdminApi {
+    base: Url,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an Admin API call did not succeed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdminError {
+    /// May succeed later: the server was not reached, timed out, answered 5xx, 408 or 429.
+    #[error("{reason}")]
+    Transient {
+        /// What happened, with the URL.
+        reason: String,
+        /// The server's `Retry-After` (429, 503), when it gave one.
+        retry_after: Option<Duration>,
+    },
+    /// Will not succeed if tried again: 401, 403, 404 or another 4xx.
+    #[error("{reason}")]
+    Permanent {
+        /// The HTTP status.
+        status: u16,
+        /// What happened: method, URL, status and the start of Unleash's answer.
+        reason: String,
+    },
+}
+
+impl AdminApi {
+    /// A client of the server at `url` (e.g. `http://unleash:4242`), with `token` and a
+    /// per-request `timeout`. Errors: `url` is not an http(s) URL.
+    pub fn new(url: &str, token: String, timeout: Duration) -> Result<AdminApi, String> {
+        let base = Url::parse(url).map_err(|e| format!("unleash.url {url:?}: {e}"))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(format!("unleash.url {url:?}: not an http(s) URL"));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| format!("unleash: HTTP client: {e}"))?;
+        Ok(AdminApi { base, token, http })
+    }
+
+    /// Turns `flag` on (`on`) or off in `environment` of `project`. Unleash answers 200
+    /// whether or not the state changed.
+    pub async fn set_enabled(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        on: bool,
+    ) -> Result<(), AdminError> {
+        let url = self.url(&[
+            "api",
+            "admin",
+            "projects",
+            project,
+            "features",
+            flag,
+            "environments",
+            environment,
+            if on { "on" } else { "off" },
+        ]);
+        let request = self
+            .http
+            .post(url.clone())
+            .header("authorization", &self.token);
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport("POST", &url, &e))?;
+        check("POST", &url, response).await.map(drop)
+    }
+
+    /// Whether `flag` is on in `environment` of `project`; `None` when the flag has no
+    /// such environment.
+    pub async fn is_enabled(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+    ) -> Result<Option<bool>, AdminError> {
+        let url = self.url(&["api", "admin", "projects", project, "features", flag]);
+        let response = self
+            .http
+            .get(url.clone())
+            .header("authorization", &self.token)
+            .send()
+            .await
+            .map_err(|e| transport("GET", &url, &e))?;
+        let body = check("GET", &url, response).await?;
+        let feature: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| AdminError::Transient {
+                reason: format!("GET {url}: the answer is not JSON: {e}"),
+                retry_after: None,
+            })?;
+        let state = feature
+            .get("environments")
+            .and_then(|e| e.as_array())
+            .and_then(|envs| {
+                envs.iter()
+                    .find(|env| env.get("name").and_then(|n| n.as_str()) == Some(environment))
+            })
+            .and_then(|env| env.get("enabled"))
+            .and_then(|e| e.as_bool());
+        Ok(state)
+    }
+
+    /// The base URL with `segments` appended, each percent-encoded as one path segment.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+}
+
+fn transport(method: &str, url: &Url, error: &reqwest::Error) -> AdminError {
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "failed"
+    };
+    AdminError::Transient {
+        reason: format!("{method} {url}: {what}: {error}"),
+        retry_after: None,
+    }
+}
+
+/// The body of a 2xx answer, or the classified error.
+async fn check(method: &str, url: &Url, response: reqwest::Response) -> Result<String, AdminError> {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok(body);
+    }
+    let shown: String = body.chars().take(300).collect();
+    let reason = format!("{method} {url}: {status}: {}", shown.trim());
+    if status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+    {
+        Err(AdminError::Transient {
+            reason,
+            retry_after,
+        })
+    } else {
+        Err(AdminError::Permanent {
+            status: status.as_u16(),
+            reason,
+        })
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 section 10.2.3); a date in
+/// the past is no wait.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_and_as_a_date() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn path_segments_are_encoded_and_the_base_path_kept() {
+        let api =
+            AdminApi::new("http://u:4242/unleash/", "t".into(), Duration::from_secs(1)).unwrap();
+        let url = api.url(&["api", "admin", "projects", "a b", "features", "x/y"]);
+        assert_eq!(
+            url.as_str(),
+            "http://u:4242/unleash/api/admin/projects/a%20b/features/x%2Fy"
+        );
+        assert!(AdminApi::new("ftp://u", "t".into(), Duration::from_secs(1)).is_err());
+        let secret = AdminApi::new(
+            "http://u:4242",
+            "s3cret-t0ken".into(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(!format!("{secret:?}").contains("s3cret"));
+    }
+}
