@@ -180,3 +180,148 @@ async fn a_stopped_server_is_unreachable_and_keeps_the_flag_state_when_started_a
         "the flag's state survives the outage"
     );
 }
+
+// --- The files a user starts from: the example config and docker-compose.yml ----------
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn the_unleash_example_config_is_a_valid_worker_and_bridge_config() {
+    use chaosgate::config::Config;
+
+    let path = repo("deploy/unleash.example.toml");
+    let secrets = vec![
+        (
+            "CHAOSGATE_UNLEASH__TOKEN".to_string(),
+            "user:pat".to_string(),
+        ),
+        (
+            "CHAOSGATE_UNLEASH__WEBHOOK__TOKEN".to_string(),
+            "webhook-secret".to_string(),
+        ),
+    ];
+    let config = Config::load(&path, secrets).unwrap_or_else(|e| panic!("{e}"));
+    let unleash = chaosgate::connect::unleash::section(&config).expect("an [unleash] section");
+    assert_eq!(
+        unleash.url, "http://127.0.0.1:14242",
+        "deploy/local/unleash.sh's"
+    );
+    assert_eq!(unleash.actor, "chaosgate");
+    assert!(!unleash.hold_while_gating);
+    assert_eq!(unleash.api_token().unwrap(), "user:pat");
+    assert_eq!(unleash.webhook_token().unwrap(), "webhook-secret");
+    assert_eq!(unleash.webhook.listen.port(), 9466);
+    assert_eq!(unleash.commands.group_id, "chaosgate-unleash");
+    chaosgate::catalog::Catalog::load(std::slice::from_ref(&config.catalog.path))
+        .unwrap_or_else(|problems| panic!("{problems:#?}"));
+
+    // No secret in the file: starting without one names the variable to set.
+    let bare = Config::load(&path, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let unleash = chaosgate::connect::unleash::section(&bare).expect("an [unleash] section");
+    let missing = unleash.api_token().expect_err("no token in the example");
+    assert!(missing.contains("CHAOSGATE_UNLEASH__TOKEN"), "{missing}");
+}
+
+#[test]
+fn compose_wires_unleash_its_setup_and_the_bridges_together() {
+    use chaosgate::config::Config;
+
+    let compose: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo("docker-compose.yml")).expect("read docker-compose.yml"),
+    )
+    .expect("docker-compose.yml");
+    let services = &compose["services"];
+    let env = |service: &str, key: &str| -> String {
+        services[service]["environment"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{service} has no {key}"))
+            .to_string()
+    };
+
+    // The bridges: the image config plus the service's overrides.
+    let connect = &services["chaosgate-connect"];
+    assert_eq!(connect["command"][0], "connect");
+    assert_eq!(connect["command"][1], "unleash");
+    let overrides: Vec<(String, String)> = connect["environment"]
+        .as_object()
+        .expect("chaosgate-connect's environment")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("a string").to_string()))
+        .collect();
+    let config = Config::parse(
+        &std::fs::read_to_string(repo("deploy/container/chaosgate.toml")).expect("read"),
+        "image config",
+        overrides,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let unleash = chaosgate::connect::unleash::section(&config).expect("an [unleash] section");
+    assert_eq!(
+        config.kafka.bootstrap_servers,
+        env("chaosgate", "CHAOSGATE_KAFKA__BOOTSTRAP_SERVERS")
+    );
+    assert_eq!(unleash.url, env("unleash-setup", "UNLEASH"));
+    assert_eq!(unleash.actor, "chaosgate", "the user unleash-setup creates");
+    assert_eq!(
+        unleash.token_file.as_deref(),
+        Some(std::path::Path::new(&env("unleash-setup", "TOKEN_FILE")))
+    );
+    assert_eq!(
+        unleash.webhook.token_file.as_deref(),
+        Some(std::path::Path::new(&env(
+            "unleash-setup",
+            "WEBHOOK_TOKEN_FILE"
+        )))
+    );
+    assert_eq!(
+        env("unleash-setup", "WEBHOOK_URL"),
+        format!(
+            "http://chaosgate-connect:{}/unleash/webhook",
+            unleash.webhook.listen.port()
+        )
+    );
+    for service in ["chaosgate-connect", "unleash-setup"] {
+        assert_eq!(
+            services[service]["secrets"][0], "unleash-webhook-token",
+            "{service}"
+        );
+    }
+    let secret_file = compose["secrets"]["unleash-webhook-token"]["file"]
+        .as_str()
+        .expect("the unleash-webhook-token secret");
+    let secret = std::fs::read_to_string(repo(secret_file)).expect("read the webhook secret");
+    assert!(!secret.trim().is_empty());
+
+    // Unleash: the token setup uses is the seeded one, on the compose PostgreSQL.
+    assert_eq!(
+        env("unleash", "INIT_ADMIN_API_TOKENS"),
+        env("unleash-setup", "UNLEASH_ADMIN_TOKEN")
+    );
+    assert!(env("unleash", "DATABASE_URL").contains(&format!(
+        "{}:{}@postgres:5432/{}",
+        env("postgres", "POSTGRES_USER"),
+        env("postgres", "POSTGRES_PASSWORD"),
+        env("postgres", "POSTGRES_DB")
+    )));
+    assert!(
+        std::path::Path::new(
+            services["unleash-setup"]["volumes"][0]
+                .as_str()
+                .and_then(|v| v.split(':').next())
+                .map(repo)
+                .expect("the setup script mount")
+                .as_path()
+        )
+        .is_file()
+    );
+
+    // The worker gates the flag setup creates, as chaosgate-connect keys it.
+    let catalog = chaosgate::catalog::Catalog::load(&[repo("deploy/compose/catalog")])
+        .unwrap_or_else(|problems| panic!("{problems:#?}"));
+    assert!(
+        catalog
+            .pipeline_for("default", "production", &env("unleash-setup", "FLAG"))
+            .is_some()
+    );
+}
