@@ -1,0 +1,625 @@
+//! The Unleash webhook endpoint of `chaosgate connect unleash`, as Unleash's webhook
+//! integration uses it: the real binary, the real broker, bodies shaped as Unleash 7.5
+//! posts them (the real one seen on this machine, varied field by field), answers read
+//! over HTTP and flag changes read back from the topic.
+//!
+//! Every wait has a deadline and fails with the bridge's log, so a bug fails a test
+//! instead of hanging it.
+
+#[path = "support/kafka.rs"]
+mod kafka;
+#[path = "support/worker.rs"]
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message};
+use serde_json::{Value, json};
+
+use chaosgate::bus::record::from_rdkafka;
+use chaosgate::contract::flag_change::{FLAG_CHANGE_TYPE, decode_flag_change};
+use chaosgate::contract::{ChangeKind, CloudEvent, FlagChange};
+
+use worker::{closed_address, experiment_yaml, pipeline_yaml};
+
+/// Upper bound for anything a test waits for: generous, so only a bug reaches it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The webhook secret every bridge here is configured with.
+const SECRET: &str = "hook-s3cret";
+
+/// What a test varies in the bridge's configuration.
+struct Setup<'a> {
+    servers: &'a str,
+    flag_changes: &'a str,
+    /// `[unleash] url` (the Admin API; a closed port when nothing should reach it).
+    unleash_url: String,
+    hold_while_gating: bool,
+    /// Catalog files (name, YAML).
+    catalog: Vec<(String, String)>,
+}
+
+/// A running `chaosgate connect unleash`, killed when dropped.
+struct Bridge {
+    child: Child,
+    log: PathBuf,
+    url: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Bridge {
+    /// Writes the config and catalog into a temp folder, starts the binary and waits for
+    /// `GET /healthz`.
+    async fn start(setup: &Setup<'_>) -> Bridge {
+        let dir = tempfile::Builder::new()
+            .prefix("chaosgate-unleash-webhook-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("catalog")).expect("catalog dir");
+        for (name, yaml) in &setup.catalog {
+            std::fs::write(dir.path().join("catalog").join(name), yaml).expect("catalog file");
+        }
+        let listen = closed_address();
+        let commands = kafka::unique_topic("unleash-webhook-commands");
+        let config = format!(
+            r#"[kafka]
+bootstrap_servers = "{servers}"
+group_id = "{group}"
+
+[kafka.topics]
+flag_changes = "{changes}"
+commands = "{commands}"
+
+[catalog]
+path = "catalog"
+
+[telemetry]
+log_format = "text"
+log_filter = "info,chaosgate=debug"
+
+[unleash]
+url = "{unleash_url}"
+token = "admin-api-token"
+actor = "chaosgate"
+instance = "test-unleash"
+hold_while_gating = {hold}
+request_timeout = "3s"
+
+[unleash.webhook]
+listen = "{listen}"
+token = "{SECRET}"
+
+[unleash.commands]
+group_id = "{group}-commands"
+"#,
+            servers = setup.servers,
+            group = kafka::unique_topic("unleash-webhook"),
+            changes = setup.flag_changes,
+            unleash_url = setup.unleash_url,
+            hold = setup.hold_while_gating,
+        );
+        let config_path = dir.path().join("chaosgate.toml");
+        std::fs::write(&config_path, config).expect("config file");
+        let log = dir.path().join("bridge.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CHAOSGATE_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .args(["connect", "unleash", "--config"])
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn chaosgate connect unleash");
+        let mut bridge = Bridge {
+            child,
+            log,
+            url: format!("http://{listen}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(Some(status)) = bridge.child.try_wait() {
+                panic!("the bridge exited ({status}):\n{}", bridge.log_text());
+            }
+            if let Ok(response) = bridge
+                .http
+                .get(format!("{}/healthz", bridge.url))
+                .send()
+                .await
+            {
+                assert_eq!(response.status(), 200, "{}", bridge.log_text());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bridge does not answer /healthz:\n{}",
+                bridge.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bridge
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Posts `body` to the webhook with `authorization` (none when `None`): the status and
+    /// the JSON answer.
+    async fn post_raw(&self, authorization: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/unleash/webhook", self.url))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.expect("POST /unleash/webhook");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("answer body");
+        let answer = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("the answer {text:?} is not JSON ({e})"));
+        (status, answer)
+    }
+
+    /// Posts `event` as Unleash does, with the secret.
+    async fn post(&self, event: &Value) -> (u16, Value) {
+        self.post_raw(Some(SECRET), event.to_string().into_bytes())
+            .await
+    }
+
+    /// The value of `chaosgate_unleash_webhooks_total{outcome}` (0 when absent).
+    async fn outcome_count(&self, outcome: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let prefix = format!("chaosgate_unleash_webhooks_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An Unleash event as Unleash 7.5.1 posted it here (`feature-environment-enabled` of
+/// `checkout-v2` by `admin`), with `type`, `id`, `featureName` and `environment` set.
+fn unleash_event(event_type: &str, id: u64, flag: &str, environment: &str) -> Value {
+    json!({
+        "id": id,
+        "type": event_type,
+        "createdBy": "admin",
+        "createdAt": "2026-11-30T08:23:32.086Z",
+        "createdByUserId": -42,
+        "data": null,
+        "preData": null,
+        "tags": [],
+        "featureName": flag,
+        "project": "default",
+        "environment": environment,
+        "groupType": "transaction",
+        "groupId": "01M8NRTMZQGSGK45ADEB6169F3"
+    })
+}
+
+/// The flag-change event id the bridge derives for Unleash event `id`.
+fn event_id(id: u64) -> String {
+    format!("unleash:test-unleash:{id}")
+}
+
+/// One record read back from the flag-change topic.
+struct Read {
+    key: String,
+    event: CloudEvent,
+    change: FlagChange,
+}
+
+/// Reads `topic` from the start until a flag change with `last_event_id` arrives; every
+/// record before it, decoded as the worker decodes them.
+async fn read_until(servers: &str, topic: &str, last_event_id: &str) -> Vec<Read> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", kafka::unique_topic("unleash-webhook-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + PATIENCE;
+    let mut read = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(message)) => message,
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => panic!(
+                "no flag change {last_event_id} on {topic} within {PATIENCE:?}; read: {:?}",
+                read.iter()
+                    .map(|r: &Read| r.change.event_id.clone())
+                    .collect::<Vec<_>>()
+            ),
+        };
+        let key = String::from_utf8(message.key().expect("a key").to_vec()).expect("UTF-8 key");
+        let (event, change) = decode_flag_change(&from_rdkafka(&message), 1 << 20)
+            .unwrap_or_else(|e| panic!("record at offset {}: {e}", message.offset()));
+        let last = change.event_id == last_event_id;
+        read.push(Read { key, event, change });
+        if last {
+            return read;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unleash_events_become_one_flag_change_each_and_bad_ones_get_a_reason() {
+    let servers = kafka::require_broker();
+    let topic = kafka::unique_topic("unleash-webhook-changes");
+    // One partition, so the records read back are in the order they were acknowledged.
+    kafka::create_topics(&servers, &[&topic], 1).await;
+    let bridge = Bridge::start(&Setup {
+        servers: &servers,
+        flag_changes: &topic,
+        unleash_url: format!("http://{}", closed_address()),
+        hold_while_gating: false,
+        catalog: Vec::new(),
+    })
+    .await;
+    let log = || bridge.log_text();
+
+    // Turned on, turned off, a strategy changed.
+    let enabled = unleash_event(
+        "feature-environment-enabled",
+        101,
+        "checkout-v2",
+        "production",
+    );
+    let (status, answer) = bridge.post(&enabled).await;
+    assert_eq!(status, 200, "{answer}\n{}", log());
+    assert_eq!(answer["outcome"], "produced", "{answer}");
+    assert_eq!(answer["event_id"], event_id(101), "{answer}");
+    assert_eq!(answer["topic"], topic.as_str(), "{answer}");
+    let disabled = unleash_event(
+        "feature-environment-disabled",
+        102,
+        "checkout-v2",
+        "production",
+    );
+    assert_eq!(bridge.post(&disabled).await.0, 200, "{}", log());
+    let old = json!({"id": "6b2c", "name": "flexibleRollout", "parameters": {"rollout": "10", "stickiness": "default", "groupId": "checkout-v2"}, "constraints": [], "segments": []});
+    let new = json!({"id": "6b2c", "name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "default", "groupId": "checkout-v2"}, "constraints": [{"contextName": "userId", "operator": "IN", "values": ["7"]}], "segments": []});
+    let mut update = unleash_event("feature-strategy-update", 103, "checkout-v2", "development");
+    update["preData"] = old.clone();
+    update["data"] = new.clone();
+    assert_eq!(bridge.post(&update).await.0, 200, "{}", log());
+
+    // The same event again: answered 200, nothing new.
+    let (status, answer) = bridge.post(&enabled).await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (200, &json!("duplicate")),
+        "{answer}"
+    );
+    // Two deliveries of one new event at once: one flag change.
+    let twice = unleash_event(
+        "feature-environment-enabled",
+        104,
+        "search-v2",
+        "production",
+    );
+    let (a, b) = tokio::join!(bridge.post(&twice), bridge.post(&twice));
+    let mut outcomes = [a.1["outcome"].clone(), b.1["outcome"].clone()];
+    outcomes.sort_by_key(|o| o.to_string());
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    assert_eq!(outcomes, [json!("duplicate"), json!("produced")]);
+
+    // chaosgate's own change coming back: 200, no flag change.
+    let mut own = unleash_event(
+        "feature-environment-disabled",
+        105,
+        "checkout-v2",
+        "production",
+    );
+    own["createdBy"] = "chaosgate".into();
+    let (status, answer) = bridge.post(&own).await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (200, &json!("own_change")),
+        "{answer}"
+    );
+    assert!(
+        log().contains("chaosgate's own change came back from Unleash"),
+        "{}",
+        log()
+    );
+
+    // No secret, a wrong one: 401 with the reason, nothing produced.
+    let body = unleash_event(
+        "feature-environment-enabled",
+        106,
+        "checkout-v2",
+        "production",
+    );
+    for authorization in [None, Some("wrong"), Some("Bearer wrong")] {
+        let (status, answer) = bridge
+            .post_raw(authorization, body.to_string().into_bytes())
+            .await;
+        assert_eq!(status, 401, "{authorization:?}: {answer}");
+        assert_eq!(answer["outcome"], "unauthorized");
+        assert!(answer["error"].as_str().is_some(), "{answer}");
+    }
+
+    // Malformed or unknown: 4xx with the reason naming the field.
+    let (status, answer) = bridge
+        .post_raw(Some(SECRET), b"<xml>not json</xml>".to_vec())
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the body is not JSON")),
+        "{answer}"
+    );
+    let mut no_flag = body.clone();
+    no_flag.as_object_mut().map(|o| o.remove("featureName"));
+    let (status, answer) = bridge.post(&no_flag).await;
+    assert_eq!(
+        (status, &answer["error"]),
+        (422, &json!("featureName: missing"))
+    );
+    let mut wrong_type = body.clone();
+    wrong_type["id"] = "106".into();
+    let (status, answer) = bridge.post(&wrong_type).await;
+    assert_eq!(
+        (status, &answer["error"]),
+        (422, &json!("id: text, expected a whole number, 0 or more"))
+    );
+    let bad_name = unleash_event("feature-environment-enabled", 107, "new~flag", "production");
+    let (status, answer) = bridge.post(&bad_name).await;
+    assert_eq!(status, 422, "{answer}");
+    let error = answer["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("featureName: \"new~flag\" (8 characters) is not a key name")
+            && error.contains("Unleash also allows ~ ! * ' ( )"),
+        "{error}"
+    );
+    let unknown = unleash_event("feature-created", 108, "checkout-v2", "production");
+    let (status, answer) = bridge.post(&unknown).await;
+    assert_eq!((status, &answer["outcome"]), (422, &json!("ignored")));
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("type: \"feature-created\" is not an event type")),
+        "{answer}"
+    );
+    let (status, answer) = bridge.post_raw(Some(SECRET), vec![b' '; 300 * 1024]).await;
+    assert_eq!(status, 413, "{answer}");
+    for reason in [
+        "featureName: missing",
+        "is not an event type chaosgate maps",
+    ] {
+        assert!(
+            log().contains(reason),
+            "no log line with {reason:?}:\n{}",
+            log()
+        );
+    }
+
+    // The last one, with `Bearer <secret>` (also accepted), marks the end of the topic.
+    let mut add = unleash_event("feature-strategy-add", 109, "checkout-v2", "development");
+    add.as_object_mut().map(|o| o.remove("preData"));
+    add["data"] = new.clone();
+    let (status, answer) = bridge
+        .post_raw(
+            Some(&format!("Bearer {SECRET}")),
+            add.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}\n{}", log());
+
+    let read = read_until(&servers, &topic, &event_id(109)).await;
+    let ids: Vec<&str> = read.iter().map(|r| r.change.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            event_id(101),
+            event_id(102),
+            event_id(103),
+            event_id(104),
+            event_id(109)
+        ],
+        "one flag change per Unleash event, none for duplicates, own changes or refusals"
+    );
+    let expected = [
+        (
+            "default/production/checkout-v2",
+            ChangeKind::Enable,
+            Some(json!(false)),
+            Some(json!(true)),
+        ),
+        (
+            "default/production/checkout-v2",
+            ChangeKind::Disable,
+            Some(json!(true)),
+            Some(json!(false)),
+        ),
+        (
+            "default/development/checkout-v2",
+            ChangeKind::Update,
+            Some(old),
+            Some(new.clone()),
+        ),
+        (
+            "default/production/search-v2",
+            ChangeKind::Enable,
+            Some(json!(false)),
+            Some(json!(true)),
+        ),
+        (
+            "default/development/checkout-v2",
+            ChangeKind::Update,
+            None,
+            Some(new),
+        ),
+    ];
+    for (record, (key, kind, from, to)) in read.iter().zip(expected) {
+        assert_eq!(record.key, key);
+        assert_eq!(record.change.flag_key(), key);
+        assert_eq!(record.change.change.kind, kind, "{key}");
+        assert_eq!(record.change.change.from, from, "{key}");
+        assert_eq!(record.change.change.to, to, "{key}");
+        assert_eq!(record.change.actor.as_deref(), Some("admin"));
+        assert_eq!(
+            record.change.occurred_at.to_rfc3339(),
+            "2026-11-30T08:23:32.086+00:00"
+        );
+        assert_eq!(record.change.pipeline_id, None);
+        assert_eq!(record.event.event_type, FLAG_CHANGE_TYPE);
+        assert_eq!(record.event.id, record.change.event_id);
+        assert_eq!(
+            record.event.source,
+            "/chaosgate/connect/unleash/test-unleash"
+        );
+        assert_eq!(record.event.subject.as_deref(), Some(key));
+    }
+
+    for (outcome, count) in [
+        ("produced", 5),
+        ("duplicate", 2),
+        ("own_change", 1),
+        ("unauthorized", 3),
+        ("rejected", 5),
+        ("ignored", 1),
+        ("failed", 0),
+    ] {
+        assert_eq!(
+            bridge.outcome_count(outcome).await,
+            count,
+            "outcome {outcome}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_kafka_the_webhook_answers_503_and_not_2xx() {
+    kafka::require_broker();
+    let servers = closed_address();
+    let bridge = Bridge::start(&Setup {
+        servers: &servers,
+        flag_changes: "flag-changes",
+        unleash_url: format!("http://{}", closed_address()),
+        hold_while_gating: false,
+        catalog: Vec::new(),
+    })
+    .await;
+    let started = Instant::now();
+    let event = unleash_event(
+        "feature-environment-enabled",
+        201,
+        "checkout-v2",
+        "production",
+    );
+    let (status, answer) = bridge.post(&event).await;
+    assert_eq!(status, 503, "{answer}\n{}", bridge.log_text());
+    assert_eq!(answer["outcome"], "failed");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("Kafka did not take the flag change")),
+        "{answer}"
+    );
+    // Within the 10 s Unleash waits for an answer (the delivery timeout is 8 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(bridge.outcome_count("failed").await, 1);
+    assert!(
+        bridge
+            .log_text()
+            .contains("the flag change did not reach Kafka"),
+        "{}",
+        bridge.log_text()
+    );
+}
+
+/// A catalog whose pipeline `gate` routes every flag `checkout-*` of environment `test`
+/// and gates `enable` (the default `gated_changes`).
+fn gating_catalog(dir_hint: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "experiment.yaml".into(),
+            experiment_yaml("blip", "1s", &dir_hint.join("marker"), &closed_address()),
+        ),
+        (
+            "pipeline.yaml".into(),
+            pipeline_yaml("gate", Some("checkout-*"), &["blip"]),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_cannot_be_set_answers_503_and_produces_nothing() {
+    let servers = kafka::require_broker();
+    let topic = kafka::unique_topic("unleash-webhook-hold");
+    kafka::create_topics(&servers, &[&topic], 1).await;
+    let bridge = Bridge::start(&Setup {
+        servers: &servers,
+        flag_changes: &topic,
+        // The Admin API is not there: the hold cannot be set.
+        unleash_url: format!("http://{}", closed_address()),
+        hold_while_gating: true,
+        catalog: gating_catalog(&std::env::temp_dir()),
+    })
+    .await;
+    let gated = unleash_event("feature-environment-enabled", 301, "checkout-v2", "test");
+    let (status, answer) = bridge.post(&gated).await;
+    assert_eq!(status, 503, "{answer}\n{}", bridge.log_text());
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("cannot hold the flag off while it is gated")),
+        "{answer}"
+    );
+    // Not held (so produced at once): an enable no pipeline routes, and a disable.
+    let unrouted = unleash_event("feature-environment-enabled", 302, "search-v2", "test");
+    assert_eq!(bridge.post(&unrouted).await.0, 200, "{}", bridge.log_text());
+    let disable = unleash_event("feature-environment-disabled", 303, "checkout-v2", "test");
+    assert_eq!(bridge.post(&disable).await.0, 200, "{}", bridge.log_text());
+    let read = read_until(&servers, &topic, &event_id(303)).await;
+    let ids: Vec<&str> = read.iter().map(|r| r.change.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [event_id(302), event_id(303)],
+        "no flag change for 301"
+    );
+}
