@@ -8,6 +8,8 @@
 
 #[path = "support/kafka.rs"]
 mod kafka;
+#[path = "support/unleash.rs"]
+mod unleash;
 #[path = "support/worker.rs"]
 mod worker;
 
@@ -23,6 +25,7 @@ use chaosgate::bus::record::from_rdkafka;
 use chaosgate::contract::flag_change::{FLAG_CHANGE_TYPE, decode_flag_change};
 use chaosgate::contract::{ChangeKind, CloudEvent, FlagChange};
 
+use unleash::{CHAOSGATE, HUMAN, UnleashServer};
 use worker::{closed_address, experiment_yaml, pipeline_yaml};
 
 /// Upper bound for anything a test waits for: generous, so only a bug reaches it.
@@ -37,6 +40,8 @@ struct Setup<'a> {
     flag_changes: &'a str,
     /// `[unleash] url` (the Admin API; a closed port when nothing should reach it).
     unleash_url: String,
+    /// `[unleash] token`.
+    unleash_token: String,
     hold_while_gating: bool,
     /// Catalog files (name, YAML).
     catalog: Vec<(String, String)>,
@@ -83,7 +88,7 @@ log_filter = "info,chaosgate=debug"
 
 [unleash]
 url = "{unleash_url}"
-token = "admin-api-token"
+token = "{unleash_token}"
 actor = "chaosgate"
 instance = "test-unleash"
 hold_while_gating = {hold}
@@ -100,6 +105,7 @@ group_id = "{group}-commands"
             group = kafka::unique_topic("unleash-webhook"),
             changes = setup.flag_changes,
             unleash_url = setup.unleash_url,
+            unleash_token = setup.unleash_token,
             hold = setup.hold_while_gating,
         );
         let config_path = dir.path().join("chaosgate.toml");
@@ -289,6 +295,7 @@ async fn unleash_events_become_one_flag_change_each_and_bad_ones_get_a_reason() 
         servers: &servers,
         flag_changes: &topic,
         unleash_url: format!("http://{}", closed_address()),
+        unleash_token: "admin-api-token".into(),
         hold_while_gating: false,
         catalog: Vec::new(),
     })
@@ -536,6 +543,7 @@ async fn without_kafka_the_webhook_answers_503_and_not_2xx() {
         servers: &servers,
         flag_changes: "flag-changes",
         unleash_url: format!("http://{}", closed_address()),
+        unleash_token: "admin-api-token".into(),
         hold_while_gating: false,
         catalog: Vec::new(),
     })
@@ -597,6 +605,7 @@ async fn a_hold_that_cannot_be_set_answers_503_and_produces_nothing() {
         flag_changes: &topic,
         // The Admin API is not there: the hold cannot be set.
         unleash_url: format!("http://{}", closed_address()),
+        unleash_token: "admin-api-token".into(),
         hold_while_gating: true,
         catalog: gating_catalog(&std::env::temp_dir()),
     })
@@ -621,5 +630,282 @@ async fn a_hold_that_cannot_be_set_answers_503_and_produces_nothing() {
         ids,
         [event_id(302), event_id(303)],
         "no flag change for 301"
+    );
+}
+
+/// Unleash's event of `event_type` for `flag` in `environment` by `actor`, newest first
+/// (polled: chaosgate's own changes happen after a webhook): its id.
+async fn unleash_event_id(
+    server: &UnleashServer,
+    event_type: &str,
+    flag: &str,
+    environment: &str,
+    actor: &str,
+) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let events = server.events().await;
+        let found = events.iter().find(|e| {
+            e["type"] == event_type
+                && e["featureName"] == flag
+                && e["environment"] == environment
+                && e["createdBy"] == actor
+        });
+        if let Some(event) = found {
+            return event["id"].as_u64().expect("a numeric event id");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {event_type} of {flag} in {environment} by {actor} in Unleash's events: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until Unleash has recorded its webhook delivery of event `id` to integration
+/// `addon`; the delivery's `state` (`success`, `failed`) and details.
+async fn delivery_of(server: &UnleashServer, addon: i64, id: u64) -> (String, String) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let deliveries = server.webhook_deliveries(addon).await;
+        if let Some(delivery) = deliveries.iter().find(|d| d["event"]["id"] == id) {
+            return (
+                delivery["state"].as_str().unwrap_or_default().to_string(),
+                delivery["stateDetails"].to_string(),
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Unleash did not deliver event {id}: {deliveries:?}\n{}",
+            server.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A bridge for `server` with its chaosgate token, and Unleash's webhook integration
+/// pointing at it (Unleash restarted so it takes effect): the bridge and the integration.
+async fn bridge_for(
+    server: &UnleashServer,
+    servers: &str,
+    topic: &str,
+    hold_while_gating: bool,
+    catalog: Vec<(String, String)>,
+) -> (Bridge, i64) {
+    let bridge = Bridge::start(&Setup {
+        servers,
+        flag_changes: topic,
+        unleash_url: server.url().to_string(),
+        unleash_token: server.chaosgate_token().await,
+        hold_while_gating,
+        catalog,
+    })
+    .await;
+    let addon = server
+        .add_webhook(&format!("{}/unleash/webhook", bridge.url), SECRET)
+        .await;
+    (bridge, addon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_turned_on_in_unleash_reaches_flag_changes_once_and_chaosgates_own_change_not() {
+    let servers = kafka::require_broker();
+    let topic = kafka::unique_topic("unleash-webhook-real");
+    kafka::create_topics(&servers, &[&topic], 1).await;
+    let server = UnleashServer::new().await;
+    server.create_flag("default", "checkout-v2").await;
+    let (bridge, addon) = bridge_for(&server, &servers, &topic, false, Vec::new()).await;
+
+    // The human turns it on; chaosgate (its token) turns it off.
+    server
+        .set_enabled("default", "production", "checkout-v2", true)
+        .await;
+    let on = unleash_event_id(
+        &server,
+        "feature-environment-enabled",
+        "checkout-v2",
+        "production",
+        HUMAN,
+    )
+    .await;
+    let token = server.chaosgate_token().await;
+    let (status, _) = server
+        .request(
+            reqwest::Method::POST,
+            "/api/admin/projects/default/features/checkout-v2/environments/production/off",
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let own = unleash_event_id(
+        &server,
+        "feature-environment-disabled",
+        "checkout-v2",
+        "production",
+        CHAOSGATE,
+    )
+    .await;
+    for id in [on, own] {
+        let (state, details) = delivery_of(&server, addon, id).await;
+        assert_eq!(
+            state,
+            "success",
+            "event {id}: {details}\n{}",
+            bridge.log_text()
+        );
+    }
+    // Then the human turns it on in development: the last record to read.
+    server
+        .set_enabled("default", "development", "checkout-v2", true)
+        .await;
+    let last = unleash_event_id(
+        &server,
+        "feature-environment-enabled",
+        "checkout-v2",
+        "development",
+        HUMAN,
+    )
+    .await;
+
+    let read = read_until(&servers, &topic, &event_id(last)).await;
+    let switches: Vec<(&str, ChangeKind, &str)> = read
+        .iter()
+        .filter(|r| r.change.change.kind != ChangeKind::Update)
+        .map(|r| {
+            (
+                r.change.event_id.as_str(),
+                r.change.change.kind,
+                r.change.actor.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        switches,
+        [
+            (event_id(on).as_str(), ChangeKind::Enable, HUMAN),
+            (event_id(last).as_str(), ChangeKind::Enable, HUMAN),
+        ],
+        "the human's enables once each, chaosgate's own disable ({}) not at all",
+        event_id(own)
+    );
+    let first = read
+        .iter()
+        .find(|r| r.change.event_id == event_id(on))
+        .expect("the enable");
+    assert_eq!(first.key, "default/production/checkout-v2");
+    // Turning on a flag with no strategy adds Unleash's default one in the same
+    // transaction: a strategy event, mapped as an update of that environment.
+    assert!(
+        read.iter()
+            .any(|r| r.change.change.kind == ChangeKind::Update
+                && r.key == "default/production/checkout-v2"
+                && r.change
+                    .change
+                    .to
+                    .as_ref()
+                    .is_some_and(|s| s["name"] == "flexibleRollout")),
+        "no strategy update read: {:?}",
+        read.iter()
+            .map(|r| (&r.key, r.change.change.kind))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(bridge.outcome_count("own_change").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_while_gating_turns_a_gated_enable_off_in_unleash_before_it_is_produced() {
+    let servers = kafka::require_broker();
+    let topic = kafka::unique_topic("unleash-webhook-held");
+    kafka::create_topics(&servers, &[&topic], 1).await;
+    let server = UnleashServer::new().await;
+    server.create_flag("default", "checkout-v2").await;
+    // Pipeline `gate` routes checkout-* of production and gates enable (the default).
+    let catalog = vec![
+        (
+            "experiment.yaml".into(),
+            experiment_yaml("blip", "1s", &std::env::temp_dir().join("unused-marker"), &closed_address()),
+        ),
+        (
+            "pipeline.yaml".into(),
+            "kind: pipeline\nid: gate\nroutes:\n  - project: default\n    environment: production\n    flag: \"checkout-*\"\nstages:\n  - id: chaos\n    type: feature_flag\n    steps:\n      - id: blip\n        experiment: blip\n        expected_resilience_score: 80\n".into(),
+        ),
+    ];
+    let (bridge, addon) = bridge_for(&server, &servers, &topic, true, catalog).await;
+
+    server
+        .set_enabled("default", "production", "checkout-v2", true)
+        .await;
+    let on = unleash_event_id(
+        &server,
+        "feature-environment-enabled",
+        "checkout-v2",
+        "production",
+        HUMAN,
+    )
+    .await;
+    let read = read_until(&servers, &topic, &event_id(on)).await;
+    assert_eq!(
+        read.last().map(|r| r.change.change.kind),
+        Some(ChangeKind::Enable)
+    );
+    // Held off before it was produced: off in Unleash now, by chaosgate.
+    assert!(
+        !server
+            .is_enabled("default", "production", "checkout-v2")
+            .await,
+        "the flag is on while its gate runs:\n{}",
+        bridge.log_text()
+    );
+    let off = unleash_event_id(
+        &server,
+        "feature-environment-disabled",
+        "checkout-v2",
+        "production",
+        CHAOSGATE,
+    )
+    .await;
+    assert!(
+        off > on,
+        "the hold ({off}) comes after the human's enable ({on})"
+    );
+    assert_eq!(delivery_of(&server, addon, on).await.0, "success");
+    // The hold's own echo is dropped by the loop guard.
+    let (state, details) = delivery_of(&server, addon, off).await;
+    assert_eq!(state, "success", "{details}");
+    // An enable no pipeline routes (development) is not held: the last record to read.
+    server
+        .set_enabled("default", "development", "checkout-v2", true)
+        .await;
+    let last = unleash_event_id(
+        &server,
+        "feature-environment-enabled",
+        "checkout-v2",
+        "development",
+        HUMAN,
+    )
+    .await;
+    let read = read_until(&servers, &topic, &event_id(last)).await;
+    assert!(
+        !read.iter().any(|r| r.change.event_id == event_id(off)),
+        "the hold's echo became a flag change"
+    );
+    assert!(
+        server
+            .is_enabled("default", "development", "checkout-v2")
+            .await
+    );
+    assert!(
+        !server
+            .is_enabled("default", "production", "checkout-v2")
+            .await
+    );
+    assert_eq!(bridge.outcome_count("own_change").await, 1);
+    assert!(
+        bridge
+            .log_text()
+            .contains("flag held off in Unleash while its gate runs"),
+        "{}",
+        bridge.log_text()
     );
 }

@@ -65,7 +65,7 @@ use crate::catalog::{Catalog, Unrouted};
 use crate::config::{Config, UnleashConfig};
 use crate::contract::{ChangeKind, FlagChange};
 use crate::gate::decision::{Gating, gating};
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, traces};
 
 /// The path Unleash's webhook integration posts to.
 pub const PATH: &str = "/unleash/webhook";
@@ -371,7 +371,17 @@ fn is_held(catalog: &Catalog, change: &FlagChange) -> bool {
 async fn produce(endpoint: &Endpoint, change: &FlagChange) -> Result<(i32, i64), String> {
     let event = crate::contract::flag_change::flag_change_event(change, &endpoint.source);
     let key = change.flag_key();
-    let message = event.to_binary(Some(&key));
+    let mut message = event.to_binary(Some(&key));
+    {
+        // The trace context of a `send` span, as the worker's outputs carry, so the
+        // worker's `process` span of this change continues the webhook's trace.
+        let _webhook =
+            tracing::info_span!("unleash webhook", event_id = %change.event_id).entered();
+        traces::inject_send(&endpoint.topic, &mut message.headers);
+    }
+    message.headers.retain(|(name, value)| {
+        !(name.eq_ignore_ascii_case(traces::TRACESTATE) && value.is_empty())
+    });
     let record = crate::bus::record::to_record(&endpoint.topic, &message);
     endpoint
         .producer
