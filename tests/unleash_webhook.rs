@@ -13,7 +13,7 @@ mod unleash;
 #[path = "support/worker.rs"]
 mod worker;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use chaosgate::contract::flag_change::{FLAG_CHANGE_TYPE, decode_flag_change};
 use chaosgate::contract::{ChangeKind, CloudEvent, FlagChange};
 
 use unleash::{CHAOSGATE, HUMAN, UnleashServer};
-use worker::{closed_address, experiment_yaml, pipeline_yaml};
+use worker::{closed_address, experiment_yaml};
 
 /// Upper bound for anything a test waits for: generous, so only a bug reaches it.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -580,17 +580,22 @@ async fn without_kafka_the_webhook_answers_503_and_not_2xx() {
     );
 }
 
-/// A catalog whose pipeline `gate` routes every flag `checkout-*` of environment `test`
-/// and gates `enable` (the default `gated_changes`).
-fn gating_catalog(dir_hint: &Path) -> Vec<(String, String)> {
+/// A catalog whose pipeline `gate` routes flags `checkout-*` of `environment` and gates
+/// `enable` (the default `gated_changes`); its experiment never runs here.
+fn gating_catalog(environment: &str) -> Vec<(String, String)> {
+    let marker = std::env::temp_dir().join("chaosgate-unleash-webhook-unused-marker");
     vec![
         (
             "experiment.yaml".into(),
-            experiment_yaml("blip", "1s", &dir_hint.join("marker"), &closed_address()),
+            experiment_yaml("blip", "1s", &marker, &closed_address()),
         ),
         (
             "pipeline.yaml".into(),
-            pipeline_yaml("gate", Some("checkout-*"), &["blip"]),
+            format!(
+                "kind: pipeline\nid: gate\nroutes:\n  - environment: {environment}\n    flag: \"checkout-*\"\n\
+                 stages:\n  - id: chaos\n    type: feature_flag\n    steps:\n      - id: blip\n\
+                 \x20       experiment: blip\n        expected_resilience_score: 80\n"
+            ),
         ),
     ]
 }
@@ -607,7 +612,7 @@ async fn a_hold_that_cannot_be_set_answers_503_and_produces_nothing() {
         unleash_url: format!("http://{}", closed_address()),
         unleash_token: "admin-api-token".into(),
         hold_while_gating: true,
-        catalog: gating_catalog(&std::env::temp_dir()),
+        catalog: gating_catalog("test"),
     })
     .await;
     let gated = unleash_event("feature-environment-enabled", 301, "checkout-v2", "test");
@@ -633,21 +638,42 @@ async fn a_hold_that_cannot_be_set_answers_503_and_produces_nothing() {
     );
 }
 
-/// Unleash's event of `event_type` for `flag` in `environment` by `actor`, newest first
-/// (polled: chaosgate's own changes happen after a webhook): its id.
-async fn unleash_event_id(
-    server: &UnleashServer,
-    event_type: &str,
-    flag: &str,
-    environment: &str,
-    actor: &str,
-) -> u64 {
+/// Turns flag `checkout-v2` of project `default` on or off in `environment` as `actor`
+/// ([`HUMAN`]: the admin token; [`CHAOSGATE`]: its personal access token), and returns
+/// the id of the event Unleash recorded for it.
+async fn switch(server: &UnleashServer, environment: &str, on: bool, actor: &str) -> u64 {
+    if actor == HUMAN {
+        server
+            .set_enabled("default", environment, "checkout-v2", on)
+            .await;
+    } else {
+        let path = format!(
+            "/api/admin/projects/default/features/checkout-v2/environments/{environment}/{}",
+            if on { "on" } else { "off" }
+        );
+        let token = server.chaosgate_token().await;
+        let (status, body) = server
+            .request(reqwest::Method::POST, &path, &token, None)
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    event_by(server, on, environment, actor).await
+}
+
+/// The id of Unleash's newest event turning `checkout-v2` on (`on`) or off in
+/// `environment` by `actor`, polled (chaosgate's own changes follow a webhook).
+async fn event_by(server: &UnleashServer, on: bool, environment: &str, actor: &str) -> u64 {
+    let event_type = if on {
+        "feature-environment-enabled"
+    } else {
+        "feature-environment-disabled"
+    };
     let deadline = Instant::now() + PATIENCE;
     loop {
         let events = server.events().await;
         let found = events.iter().find(|e| {
             e["type"] == event_type
-                && e["featureName"] == flag
+                && e["featureName"] == "checkout-v2"
                 && e["environment"] == environment
                 && e["createdBy"] == actor
         });
@@ -656,7 +682,7 @@ async fn unleash_event_id(
         }
         assert!(
             Instant::now() < deadline,
-            "no {event_type} of {flag} in {environment} by {actor} in Unleash's events: {events:?}"
+            "no {event_type} of checkout-v2 in {environment} by {actor} in Unleash's events: {events:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -717,56 +743,15 @@ async fn a_flag_turned_on_in_unleash_reaches_flag_changes_once_and_chaosgates_ow
     let (bridge, addon) = bridge_for(&server, &servers, &topic, false, Vec::new()).await;
 
     // The human turns it on; chaosgate (its token) turns it off.
-    server
-        .set_enabled("default", "production", "checkout-v2", true)
-        .await;
-    let on = unleash_event_id(
-        &server,
-        "feature-environment-enabled",
-        "checkout-v2",
-        "production",
-        HUMAN,
-    )
-    .await;
-    let token = server.chaosgate_token().await;
-    let (status, _) = server
-        .request(
-            reqwest::Method::POST,
-            "/api/admin/projects/default/features/checkout-v2/environments/production/off",
-            &token,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    let own = unleash_event_id(
-        &server,
-        "feature-environment-disabled",
-        "checkout-v2",
-        "production",
-        CHAOSGATE,
-    )
-    .await;
+    let on = switch(&server, "production", true, HUMAN).await;
+    let own = switch(&server, "production", false, CHAOSGATE).await;
     for id in [on, own] {
         let (state, details) = delivery_of(&server, addon, id).await;
-        assert_eq!(
-            state,
-            "success",
-            "event {id}: {details}\n{}",
-            bridge.log_text()
-        );
+        let log = bridge.log_text();
+        assert_eq!(state, "success", "event {id}: {details}\n{log}");
     }
     // Then the human turns it on in development: the last record to read.
-    server
-        .set_enabled("default", "development", "checkout-v2", true)
-        .await;
-    let last = unleash_event_id(
-        &server,
-        "feature-environment-enabled",
-        "checkout-v2",
-        "development",
-        HUMAN,
-    )
-    .await;
+    let last = switch(&server, "development", true, HUMAN).await;
 
     let read = read_until(&servers, &topic, &event_id(last)).await;
     let switches: Vec<(&str, ChangeKind, &str)> = read
@@ -796,15 +781,17 @@ async fn a_flag_turned_on_in_unleash_reaches_flag_changes_once_and_chaosgates_ow
     assert_eq!(first.key, "default/production/checkout-v2");
     // Turning on a flag with no strategy adds Unleash's default one in the same
     // transaction: a strategy event, mapped as an update of that environment.
+    let default_strategy = |r: &&Read| {
+        r.change.change.kind == ChangeKind::Update
+            && r.key == "default/production/checkout-v2"
+            && r.change
+                .change
+                .to
+                .as_ref()
+                .is_some_and(|s| s["name"] == "flexibleRollout")
+    };
     assert!(
-        read.iter()
-            .any(|r| r.change.change.kind == ChangeKind::Update
-                && r.key == "default/production/checkout-v2"
-                && r.change
-                    .change
-                    .to
-                    .as_ref()
-                    .is_some_and(|s| s["name"] == "flexibleRollout")),
+        read.iter().any(|r| default_strategy(&r)),
         "no strategy update read: {:?}",
         read.iter()
             .map(|r| (&r.key, r.change.change.kind))
@@ -820,30 +807,10 @@ async fn hold_while_gating_turns_a_gated_enable_off_in_unleash_before_it_is_prod
     kafka::create_topics(&servers, &[&topic], 1).await;
     let server = UnleashServer::new().await;
     server.create_flag("default", "checkout-v2").await;
-    // Pipeline `gate` routes checkout-* of production and gates enable (the default).
-    let catalog = vec![
-        (
-            "experiment.yaml".into(),
-            experiment_yaml("blip", "1s", &std::env::temp_dir().join("unused-marker"), &closed_address()),
-        ),
-        (
-            "pipeline.yaml".into(),
-            "kind: pipeline\nid: gate\nroutes:\n  - project: default\n    environment: production\n    flag: \"checkout-*\"\nstages:\n  - id: chaos\n    type: feature_flag\n    steps:\n      - id: blip\n        experiment: blip\n        expected_resilience_score: 80\n".into(),
-        ),
-    ];
+    let catalog = gating_catalog("production");
     let (bridge, addon) = bridge_for(&server, &servers, &topic, true, catalog).await;
 
-    server
-        .set_enabled("default", "production", "checkout-v2", true)
-        .await;
-    let on = unleash_event_id(
-        &server,
-        "feature-environment-enabled",
-        "checkout-v2",
-        "production",
-        HUMAN,
-    )
-    .await;
+    let on = switch(&server, "production", true, HUMAN).await;
     let read = read_until(&servers, &topic, &event_id(on)).await;
     assert_eq!(
         read.last().map(|r| r.change.change.kind),
@@ -857,14 +824,7 @@ async fn hold_while_gating_turns_a_gated_enable_off_in_unleash_before_it_is_prod
         "the flag is on while its gate runs:\n{}",
         bridge.log_text()
     );
-    let off = unleash_event_id(
-        &server,
-        "feature-environment-disabled",
-        "checkout-v2",
-        "production",
-        CHAOSGATE,
-    )
-    .await;
+    let off = event_by(&server, false, "production", CHAOSGATE).await;
     assert!(
         off > on,
         "the hold ({off}) comes after the human's enable ({on})"
@@ -874,17 +834,7 @@ async fn hold_while_gating_turns_a_gated_enable_off_in_unleash_before_it_is_prod
     let (state, details) = delivery_of(&server, addon, off).await;
     assert_eq!(state, "success", "{details}");
     // An enable no pipeline routes (development) is not held: the last record to read.
-    server
-        .set_enabled("default", "development", "checkout-v2", true)
-        .await;
-    let last = unleash_event_id(
-        &server,
-        "feature-environment-enabled",
-        "checkout-v2",
-        "development",
-        HUMAN,
-    )
-    .await;
+    let last = switch(&server, "development", true, HUMAN).await;
     let read = read_until(&servers, &topic, &event_id(last)).await;
     assert!(
         !read.iter().any(|r| r.change.event_id == event_id(off)),
