@@ -47,6 +47,30 @@ struct Setup<'a> {
     catalog: Vec<(String, String)>,
 }
 
+impl<'a> Setup<'a> {
+    /// A bridge producing to `flag_changes` whose Admin API is not there (a closed port),
+    /// without `hold_while_gating` and with an empty catalog.
+    fn without_admin_api(servers: &'a str, flag_changes: &'a str) -> Setup<'a> {
+        Setup {
+            servers,
+            flag_changes,
+            unleash_url: format!("http://{}", closed_address()),
+            unleash_token: "admin-api-token".into(),
+            hold_while_gating: false,
+            catalog: Vec::new(),
+        }
+    }
+}
+
+/// The broker and a new flag-change topic of one partition (so records read back are in
+/// the order they were acknowledged).
+async fn broker_and_topic(name: &str) -> (String, String) {
+    let servers = kafka::require_broker();
+    let topic = kafka::unique_topic(name);
+    kafka::create_topics(&servers, &[&topic], 1).await;
+    (servers, topic)
+}
+
 /// A running `chaosgate connect unleash`, killed when dropped.
 struct Bridge {
     child: Child,
@@ -287,19 +311,8 @@ async fn read_until(servers: &str, topic: &str, last_event_id: &str) -> Vec<Read
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unleash_events_become_one_flag_change_each_and_bad_ones_get_a_reason() {
-    let servers = kafka::require_broker();
-    let topic = kafka::unique_topic("unleash-webhook-changes");
-    // One partition, so the records read back are in the order they were acknowledged.
-    kafka::create_topics(&servers, &[&topic], 1).await;
-    let bridge = Bridge::start(&Setup {
-        servers: &servers,
-        flag_changes: &topic,
-        unleash_url: format!("http://{}", closed_address()),
-        unleash_token: "admin-api-token".into(),
-        hold_while_gating: false,
-        catalog: Vec::new(),
-    })
-    .await;
+    let (servers, topic) = broker_and_topic("unleash-webhook-changes").await;
+    let bridge = Bridge::start(&Setup::without_admin_api(&servers, &topic)).await;
     let log = || bridge.log_text();
 
     // Turned on, turned off, a strategy changed.
@@ -539,15 +552,7 @@ async fn unleash_events_become_one_flag_change_each_and_bad_ones_get_a_reason() 
 async fn without_kafka_the_webhook_answers_503_and_not_2xx() {
     kafka::require_broker();
     let servers = closed_address();
-    let bridge = Bridge::start(&Setup {
-        servers: &servers,
-        flag_changes: "flag-changes",
-        unleash_url: format!("http://{}", closed_address()),
-        unleash_token: "admin-api-token".into(),
-        hold_while_gating: false,
-        catalog: Vec::new(),
-    })
-    .await;
+    let bridge = Bridge::start(&Setup::without_admin_api(&servers, "flag-changes")).await;
     let started = Instant::now();
     let event = unleash_event(
         "feature-environment-enabled",
@@ -602,17 +607,12 @@ fn gating_catalog(environment: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_that_cannot_be_set_answers_503_and_produces_nothing() {
-    let servers = kafka::require_broker();
-    let topic = kafka::unique_topic("unleash-webhook-hold");
-    kafka::create_topics(&servers, &[&topic], 1).await;
+    let (servers, topic) = broker_and_topic("unleash-webhook-hold").await;
+    // The Admin API is not there: the hold cannot be set.
     let bridge = Bridge::start(&Setup {
-        servers: &servers,
-        flag_changes: &topic,
-        // The Admin API is not there: the hold cannot be set.
-        unleash_url: format!("http://{}", closed_address()),
-        unleash_token: "admin-api-token".into(),
         hold_while_gating: true,
         catalog: gating_catalog("test"),
+        ..Setup::without_admin_api(&servers, &topic)
     })
     .await;
     let gated = unleash_event("feature-environment-enabled", 301, "checkout-v2", "test");
@@ -735,9 +735,7 @@ async fn bridge_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flag_turned_on_in_unleash_reaches_flag_changes_once_and_chaosgates_own_change_not() {
-    let servers = kafka::require_broker();
-    let topic = kafka::unique_topic("unleash-webhook-real");
-    kafka::create_topics(&servers, &[&topic], 1).await;
+    let (servers, topic) = broker_and_topic("unleash-webhook-real").await;
     let server = UnleashServer::new().await;
     server.create_flag("default", "checkout-v2").await;
     let (bridge, addon) = bridge_for(&server, &servers, &topic, false, Vec::new()).await;
@@ -802,9 +800,7 @@ async fn a_flag_turned_on_in_unleash_reaches_flag_changes_once_and_chaosgates_ow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_while_gating_turns_a_gated_enable_off_in_unleash_before_it_is_produced() {
-    let servers = kafka::require_broker();
-    let topic = kafka::unique_topic("unleash-webhook-held");
-    kafka::create_topics(&servers, &[&topic], 1).await;
+    let (servers, topic) = broker_and_topic("unleash-webhook-held").await;
     let server = UnleashServer::new().await;
     server.create_flag("default", "checkout-v2").await;
     let catalog = gating_catalog("production");
