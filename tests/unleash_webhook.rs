@@ -855,3 +855,38 @@ async fn hold_while_gating_turns_a_gated_enable_off_in_unleash_before_it_is_prod
         bridge.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_flag_whose_change_kafka_does_not_take_stays_off_and_unleash_sees_a_failure() {
+    kafka::require_broker();
+    let server = UnleashServer::new().await;
+    server.create_flag("default", "checkout-v2").await;
+    // No broker at all: the hold is set, the produce then fails.
+    let (bridge, addon) = bridge_for(
+        &server,
+        &closed_address(),
+        "flag-changes",
+        true,
+        gating_catalog("production"),
+    )
+    .await;
+    let on = switch(&server, "production", true, HUMAN).await;
+    let (state, details) = delivery_of(&server, addon, on).await;
+    assert_eq!(state, "failed", "{details}\n{}", bridge.log_text());
+    // Unleash 7.5.1 records any non-2xx answer as "failed with status code: undefined"
+    // (ky throws an HTTPError, whose status `addons/addon.js` reads from `e.code`).
+    assert!(details.contains("Webhook request failed"), "{details}");
+    assert!(
+        !server
+            .is_enabled("default", "production", "checkout-v2")
+            .await,
+        "held off"
+    );
+    let log = bridge.log_text();
+    assert!(
+        log.contains("the flag is held OFF in Unleash but its flag change did not reach Kafka"),
+        "{log}"
+    );
+    // The enable, and the default strategy Unleash added with it (an update, not held).
+    assert_eq!(bridge.outcome_count("failed").await, 2);
+}

@@ -22,9 +22,11 @@
 //! | 413 | `{"outcome":"rejected","error"}` | `rejected` | the body is over [`MAX_BODY_BYTES`] |
 //! | 422 | `{"outcome":"rejected","error"}` | `rejected` | a field missing, of the wrong type, or a name chaosgate refuses; `error` names the field |
 //! | 422 | `{"outcome":"ignored","error"}` | `ignored` | an event type chaosgate does not map |
-//! | 503 | `{"outcome":"failed","error"}` | `failed` | Kafka did not take the event within [`DELIVERY_TIMEOUT`], or the hold could not be set |
+//! | 503 | `{"outcome":"failed","error","held_off"}` | `failed` | Kafka did not take the event within [`DELIVERY_TIMEOUT`] (`held_off`: the flag was held off first, see below) |
+//! | 503 | `{"outcome":"failed","error"}` | `failed` | the hold could not be set (nothing produced) |
 //!
-//! Every answer but 2xx is logged with its reason. Unleash posts each event once (no
+//! The body is read as JSON whatever its `Content-Type`. Every answer but 2xx is logged
+//! with its reason. Unleash posts each event once (no
 //! retry of a POST) and records a non-2xx answer as a failed delivery in the
 //! integration's event log; it waits 10 s for an answer, hence [`DELIVERY_TIMEOUT`].
 //!
@@ -37,7 +39,10 @@
 //! produced; chaosgate turns it on again when the gate answers `enable`. The off's own
 //! echo carries chaosgate's actor and is dropped by the loop guard. The catalog is read
 //! once, at start. An unrouted or ungated `enable`, a `disable` and an `update` are never
-//! held.
+//! held. When the hold cannot be set, nothing is produced (503). When the hold is set but
+//! Kafka then does not take the flag change, the flag stays off with no gate to turn it
+//! on: the answer is 503 with `held_off: true` and an error log line says to turn it on
+//! again in Unleash once Kafka is back (a new change, gated).
 //!
 //! The rule that keeps it right: a 2xx means Kafka has the flag change (or had it
 //! already, or there is none to have); every other answer means it may not, and says so.
