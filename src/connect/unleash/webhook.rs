@@ -26,9 +26,11 @@
 //! | 503 | `{"outcome":"failed","error"}` | `failed` | the hold could not be set (nothing produced) |
 //!
 //! The body is read as JSON whatever its `Content-Type`. Every answer but 2xx is logged
-//! with its reason. Unleash posts each event once (no
-//! retry of a POST) and records a non-2xx answer as a failed delivery in the
-//! integration's event log; it waits 10 s for an answer, hence [`DELIVERY_TIMEOUT`].
+//! with its reason. Unleash posts each event once (ky does not retry a POST), waits 10 s
+//! for the answer (hence [`DELIVERY_TIMEOUT`]), and records any non-2xx answer as a
+//! failed delivery in the integration's event log (`GET /api/admin/addons/{id}/events`;
+//! 7.5.1 writes "Webhook request failed with status code: undefined" whatever the
+//! status): such an event is not in Kafka unless posted again.
 //!
 //! Redelivery: the same Unleash event yields one flag change while its id is among the
 //! last [`RECENT_IDS`] this process has seen (lost on restart: [`super::recent`]).
@@ -38,11 +40,13 @@
 //! `gated_changes`), is turned off through the Admin API *before* the flag change is
 //! produced; chaosgate turns it on again when the gate answers `enable`. The off's own
 //! echo carries chaosgate's actor and is dropped by the loop guard. The catalog is read
-//! once, at start. An unrouted or ungated `enable`, a `disable` and an `update` are never
-//! held. When the hold cannot be set, nothing is produced (503). When the hold is set but
-//! Kafka then does not take the flag change, the flag stays off with no gate to turn it
-//! on: the answer is 503 with `held_off: true` and an error log line says to turn it on
-//! again in Unleash once Kafka is back (a new change, gated).
+//! once, at start: give the bridge the worker's configuration file, so both read the
+//! same catalog. Never held: an unrouted or ungated `enable`, one a `dry_run` pipeline
+//! gates (its `enable` command is not applied), a `disable`, an `update`. When the hold
+//! cannot be set, nothing is produced (503). When the hold is set but Kafka then does not
+//! take the flag change, the flag stays off with no gate to turn it on: the answer is 503
+//! with `held_off: true`, and an error log line says to turn it on again in Unleash once
+//! Kafka is back (a new change, gated).
 //!
 //! The rule that keeps it right: a 2xx means Kafka has the flag change (or had it
 //! already, or there is none to have); every other answer means it may not, and says so.
@@ -359,7 +363,8 @@ async fn hold(endpoint: &Endpoint, change: &FlagChange) -> Result<bool, String> 
 }
 
 /// Whether `change` is an `enable` a pipeline of `catalog` routes and gates: what
-/// `hold_while_gating` holds off.
+/// `hold_while_gating` holds off. Not under a `dry_run` pipeline: its `enable` command is
+/// not applied, so a held flag would stay off.
 fn is_held(catalog: &Catalog, change: &FlagChange) -> bool {
     if change.change.kind != ChangeKind::Enable {
         return false;
@@ -368,7 +373,7 @@ fn is_held(catalog: &Catalog, change: &FlagChange) -> bool {
     else {
         return false;
     };
-    gating(change, Some(pipeline), Unrouted::Enable) == Gating::Gate
+    !pipeline.dry_run && gating(change, Some(pipeline), Unrouted::Enable) == Gating::Gate
 }
 
 /// Produces `change` as a binary-mode CloudEvent keyed by its flag, waiting for the
@@ -447,6 +452,11 @@ mod tests {
         let mut unrouted = flag_change_example();
         unrouted.flag = "search-v2".into();
         assert!(!is_held(&catalog, &unrouted), "no route takes it");
+        let mut dry_run = pipeline_example();
+        dry_run.dry_run = true;
+        let catalog = Catalog::from_parts(vec![dry_run], vec![experiment.clone()])
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        assert!(!is_held(&catalog, &flag_change_example()), "a dry run");
         let mut updates_only = pipeline_example();
         updates_only.gated_changes = vec![crate::catalog::pipeline::GatedChange::Update];
         let catalog = Catalog::from_parts(vec![updates_only], vec![experiment])
