@@ -12,6 +12,8 @@
 
 pub mod admin;
 pub mod commands;
+pub mod event;
+pub mod recent;
 pub mod webhook;
 
 use tokio_util::sync::CancellationToken;
