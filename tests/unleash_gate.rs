@@ -71,7 +71,12 @@ impl Loop {
             .map_or_else(closed_address, |l| l.address.clone());
         harness.catalog_file(
             "experiment.yaml",
-            &experiment_yaml("checkout-experiment", duration, &harness.marker("m"), &target),
+            &experiment_yaml(
+                "checkout-experiment",
+                duration,
+                &harness.marker("m"),
+                &target,
+            ),
         );
         harness.catalog_file(
             "pipeline.yaml",
@@ -262,7 +267,9 @@ async fn a_failing_gate_turns_the_flag_off_in_unleash_with_one_disable_and_the_e
     let l = Loop::start("unleash-fail", false, "1s", false).await;
     let flag = "checkout-v2";
     l.unleash.create_flag(PROJECT, flag).await;
-    l.unleash.set_enabled(PROJECT, ENVIRONMENT, flag, true).await;
+    l.unleash
+        .set_enabled(PROJECT, ENVIRONMENT, flag, true)
+        .await;
 
     let commands = commands_settled(&l, flag).await;
     assert_eq!(commands.len(), 1, "one command: {commands:?}\n{}", l.logs());
@@ -281,9 +288,11 @@ async fn a_failing_gate_turns_the_flag_off_in_unleash_with_one_disable_and_the_e
     // Unleash's own log shows chaosgate's disable, made with chaosgate's token.
     let events = l.unleash.events().await;
     assert!(
-        events.iter().any(|e| e["type"] == "feature-environment-disabled"
-            && e["featureName"] == flag
-            && e["createdBy"] == unleash::CHAOSGATE),
+        events
+            .iter()
+            .any(|e| e["type"] == "feature-environment-disabled"
+                && e["featureName"] == flag
+                && e["createdBy"] == unleash::CHAOSGATE),
         "no disable by chaosgate in Unleash's event log: {events:?}"
     );
     assert!(!l.is_on(flag).await, "the flag is back on\n{}", l.logs());
@@ -294,7 +303,9 @@ async fn a_passing_gate_leaves_the_flag_on() {
     let l = Loop::start("unleash-pass", true, "1s", false).await;
     let flag = "checkout-v3";
     l.unleash.create_flag(PROJECT, flag).await;
-    l.unleash.set_enabled(PROJECT, ENVIRONMENT, flag, true).await;
+    l.unleash
+        .set_enabled(PROJECT, ENVIRONMENT, flag, true)
+        .await;
 
     let commands = commands_settled(&l, flag).await;
     assert_eq!(commands.len(), 1, "one command: {commands:?}\n{}", l.logs());
@@ -312,7 +323,9 @@ async fn with_hold_while_gating_the_flag_is_off_while_its_gate_runs_and_on_after
     let flag = "checkout-v4";
     l.unleash.create_flag(PROJECT, flag).await;
     let collector = l.harness.collect();
-    l.unleash.set_enabled(PROJECT, ENVIRONMENT, flag, true).await;
+    l.unleash
+        .set_enabled(PROJECT, ENVIRONMENT, flag, true)
+        .await;
     let turned_on = Instant::now();
 
     // Off, seen through Unleash's API, while no command has been issued yet.

@@ -197,7 +197,7 @@ impl Metrics {
         );
         metrics.registry.register(
             "chaosgate_unleash_webhooks",
-            "Unleash webhook requests, by outcome (produced, duplicate, own_change, ignored, unauthorized, rejected, failed)",
+            "Unleash webhook requests, by outcome (produced, duplicate, own_change, part_of_toggle, ignored, unauthorized, rejected, failed)",
             metrics.unleash_webhooks.clone(),
         );
         metrics.registry.register(
@@ -339,7 +339,8 @@ pub fn fault_revert_failed(kind: &str) {
 }
 
 /// The Unleash webhook endpoint answered one request with `outcome` (`produced`,
-/// `duplicate`, `own_change`, `ignored`, `unauthorized`, `rejected`, `failed`).
+/// `duplicate`, `own_change`, `part_of_toggle`, `ignored`, `unauthorized`, `rejected`,
+/// `failed`).
 pub fn unleash_webhook(outcome: &'static str) {
     METRICS
         .unleash_webhooks

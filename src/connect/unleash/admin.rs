@@ -5,7 +5,8 @@
 //! `POST /api/admin/projects/{project}/features/{flag}/environments/{environment}/on`
 //! and `.../off` (`toggleFeatureEnvironmentOn`/`Off`), and
 //! `GET /api/admin/projects/{project}/features/{flag}` (`getFeature`, whose
-//! `environments[].enabled` says the state). Requests carry the token as
+//! `environments[].enabled` says the state), and `GET /api/admin/search/events`
+//! (`searchEvents`, the events of one transaction group). Requests carry the token as
 //! `Authorization: <token>`, raw, as Unleash expects for admin tokens and personal
 //! access tokens.
 //!
@@ -134,6 +135,36 @@ impl AdminApi {
             .and_then(|env| env.get("enabled"))
             .and_then(|e| e.as_bool());
         Ok(state)
+    }
+
+    /// The events of transaction group `group_id` (at most 100), as
+    /// `GET /api/admin/search/events?groupId=IS:<group_id>` lists them (`events[]`).
+    pub async fn events_in_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<serde_json::Value>, AdminError> {
+        let mut url = self.url(&["api", "admin", "search", "events"]);
+        url.query_pairs_mut()
+            .append_pair("groupId", &format!("IS:{group_id}"))
+            .append_pair("limit", "100");
+        let response = self
+            .http
+            .get(url.clone())
+            .header("authorization", &self.token)
+            .send()
+            .await
+            .map_err(|e| transport("GET", &url, &e))?;
+        let body = check("GET", &url, response).await?;
+        let answer: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| AdminError::Transient {
+                reason: format!("GET {url}: the answer is not JSON: {e}"),
+                retry_after: None,
+            })?;
+        Ok(answer
+            .get("events")
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// The base URL with `segments` appended, each percent-encoded as one path segment.

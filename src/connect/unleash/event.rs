@@ -160,6 +160,41 @@ pub fn flag_change(body: &[u8], instance: &str) -> Result<FlagChange, Refusal> {
     })
 }
 
+/// The transaction group of a strategy event (`feature-strategy-add`, `-update`,
+/// `-remove`) in `body`: its `groupId` when `groupType` is `transaction`. `None` for
+/// other events, or when Unleash wrote no group.
+///
+/// Why: the first time a flag is turned on in an environment with no strategy, Unleash
+/// adds its default strategy in the same transaction and reports both events
+/// (`feature-strategy-add`, then `feature-environment-enabled`, one `groupId`). One click
+/// must be one gated change, so the strategy event of such a group is not gated on its
+/// own ([`is_part_of_toggle`]).
+pub fn strategy_group(body: &[u8]) -> Option<String> {
+    let event: Value = serde_json::from_slice(body).ok()?;
+    let event_type = event.get("type")?.as_str()?;
+    if !event_type.starts_with("feature-strategy-")
+        || event.get("groupType").and_then(Value::as_str) != Some("transaction")
+    {
+        return None;
+    }
+    let group = event.get("groupId")?.as_str()?;
+    (!group.is_empty()).then(|| group.to_string())
+}
+
+/// Whether `events` (the events of one transaction group, as Unleash's
+/// `GET /api/admin/search/events` lists them) turn `change`'s flag on or off in its
+/// environment: then `change`, a strategy event of that group, is part of that toggle.
+pub fn is_part_of_toggle(events: &[Value], change: &FlagChange) -> bool {
+    events.iter().any(|event| {
+        matches!(
+            event.get("type").and_then(Value::as_str),
+            Some("feature-environment-enabled" | "feature-environment-disabled")
+        ) && event.get("featureName").and_then(Value::as_str) == Some(change.flag.as_str())
+            && event.get("environment").and_then(Value::as_str) == Some(change.environment.as_str())
+            && event.get("project").and_then(Value::as_str) == Some(change.project.as_str())
+    })
+}
+
 /// The flag change's `event_id` for Unleash event `id` of server `instance`:
 /// `unleash:<instance>:<id>`.
 pub fn event_id(instance: &str, id: u64) -> String {
@@ -434,5 +469,39 @@ mod tests {
         .unwrap_err();
         assert_eq!(refusal, Refusal::Invalid("type: missing".into()));
         assert_eq!((refusal.status(), refusal.outcome()), (422, "rejected"));
+    }
+
+    #[test]
+    fn a_strategy_event_made_with_a_toggle_is_part_of_it() {
+        // As Unleash 7.5.1 wrote them here for one click that turned a flag with no
+        // strategy on: the default strategy, then the toggle, one transaction group.
+        let strategy = body(|e| {
+            e.insert("id".into(), json!(8));
+            e.insert("type".into(), json!("feature-strategy-add"));
+            e.insert(
+                "data".into(),
+                json!({"id": "436f", "name": "flexibleRollout"}),
+            );
+        });
+        let group = strategy_group(&strategy).unwrap();
+        assert_eq!(group, "01M8NRTMZQGSGK45ADEB6169F3");
+        assert_eq!(
+            strategy_group(ENABLED.as_bytes()),
+            None,
+            "not a strategy event"
+        );
+        let change = flag_change(&strategy, "u:4242").unwrap();
+        let toggle: Value = serde_json::from_str(ENABLED).unwrap();
+        assert!(is_part_of_toggle(std::slice::from_ref(&toggle), &change));
+        let mut elsewhere = toggle.clone();
+        elsewhere["environment"] = json!("development");
+        assert!(!is_part_of_toggle(&[elsewhere], &change));
+        let strategy_only: Value = serde_json::from_slice(&strategy).unwrap();
+        assert!(!is_part_of_toggle(&[strategy_only], &change));
+        let ungrouped = body(|e| {
+            e.insert("type".into(), json!("feature-strategy-update"));
+            e.remove("groupType");
+        });
+        assert_eq!(strategy_group(&ungrouped), None);
     }
 }

@@ -17,6 +17,7 @@
 //! | 200 | `{"outcome":"produced","event_id","topic","partition","offset"}` | `produced` | Kafka has the flag change (`acks=all`, idempotent producer) |
 //! | 200 | `{"outcome":"duplicate","event_id"}` | `duplicate` | this Unleash event was produced already |
 //! | 200 | `{"outcome":"own_change","event_id"}` | `own_change` | `createdBy` is `[unleash] actor`: chaosgate's own change coming back (the loop guard) |
+//! | 200 | `{"outcome":"part_of_toggle","event_id"}` | `part_of_toggle` | a strategy event of the transaction that turned the flag on or off (Unleash adds a default strategy when a flag is first turned on): that toggle is the change gated |
 //! | 400 | `{"outcome":"rejected","error"}` | `rejected` | the body is not a JSON object |
 //! | 401 | `{"outcome":"unauthorized","error"}` | `unauthorized` | `Authorization` missing or wrong |
 //! | 413 | `{"outcome":"rejected","error"}` | `rejected` | the body is over [`MAX_BODY_BYTES`] |
@@ -100,6 +101,8 @@ struct Endpoint {
     topic: String,
     producer: FutureProducer,
     recent: RecentEvents,
+    /// The Admin API, to tell a strategy event that is part of a toggle.
+    admin: AdminApi,
     /// With `hold_while_gating`: the Admin API and the catalog that says what is gated.
     hold: Option<(AdminApi, Catalog)>,
 }
@@ -124,7 +127,7 @@ pub async fn serve(
                 shown.join("; ")
             ))
         })?;
-        Some((admin, catalog))
+        Some((admin.clone(), catalog))
     } else {
         None
     };
@@ -137,6 +140,7 @@ pub async fn serve(
         topic: config.kafka.topics.flag_changes.clone(),
         producer: producer(config)?,
         recent: RecentEvents::new(RECENT_IDS),
+        admin,
         hold,
     });
     let addr = unleash.webhook.listen;
@@ -251,6 +255,32 @@ async fn webhook(
             "duplicate",
             json!({ "outcome": "duplicate", "event_id": event_id }),
         );
+    }
+    if let Some(group) = event::strategy_group(&body) {
+        match endpoint.admin.events_in_group(&group).await {
+            Ok(events) if event::is_part_of_toggle(&events, &change) => {
+                *claim = true;
+                tracing::info!(
+                    event_id = %event_id,
+                    flag = %key,
+                    group = %group,
+                    "strategy change made with turning the flag on or off: that change is the one gated"
+                );
+                return answer(
+                    StatusCode::OK,
+                    "part_of_toggle",
+                    json!({ "outcome": "part_of_toggle", "event_id": event_id }),
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
+                event_id = %event_id,
+                flag = %key,
+                group = %group,
+                error = %error,
+                "cannot read the strategy change's transaction group from Unleash: it is gated on its own"
+            ),
+        }
     }
     let held = match hold(&endpoint, &change).await {
         Ok(held) => held,
