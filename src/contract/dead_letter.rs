@@ -1,5 +1,6 @@
-//! The dead-letter envelope: a bad flag-change keeps its original bytes and headers and
-//! gains headers that say what was wrong and where it came from.
+//! The dead-letter envelope: a bad flag-change (or a flag command a bridge could not
+//! apply) keeps its original bytes and headers and gains headers that say what was wrong
+//! and where it came from.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -25,7 +26,8 @@ pub const HEADER_VALUE_TRUNCATED: &str = "chaosgate_value_truncated_from";
 pub enum ErrorClass {
     /// Not a CloudEvent, or not JSON.
     Undecodable,
-    /// The data does not match the flag-change schema.
+    /// The data does not match the flag-change schema (the flag-command schema, for a
+    /// record a bridge read from the commands topic).
     SchemaViolation,
     /// `ce_specversion` or the event `type` is not one chaosgate reads.
     UnknownVersion,
@@ -39,6 +41,11 @@ pub enum ErrorClass {
     /// No route takes the event's flag and the worker is configured to dead-letter such
     /// events (`worker.unrouted = "dead_letter"`).
     Unrouted,
+    /// A flag command a flag-service bridge could not apply, and will not apply if tried
+    /// again: the flag service refused it for good (401, 403, 404 of the flag, another
+    /// 4xx), or it asks for something the bridge cannot do (a `revert` to a value it
+    /// cannot put back). The record is the original flag command.
+    CommandNotApplied,
 }
 
 impl ErrorClass {
@@ -52,6 +59,7 @@ impl ErrorClass {
             ErrorClass::UnknownPipeline => "unknown_pipeline",
             ErrorClass::PipelineNotRouted => "pipeline_not_routed",
             ErrorClass::Unrouted => "unrouted",
+            ErrorClass::CommandNotApplied => "command_not_applied",
         }
     }
 }

@@ -11,7 +11,11 @@
 //! (the loop guard), so a change is gated once.
 
 pub mod admin;
+mod apply;
 pub mod commands;
+pub mod order;
+pub mod progress;
+pub mod record;
 pub mod webhook;
 
 use tokio_util::sync::CancellationToken;
