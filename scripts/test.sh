@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: checks and installs what the tests need
 # (Rust components, JDK 17+, Maven, Toxiproxy, Prometheus, the OpenTelemetry
-# Collector, Chromium and chromedriver), starts a real Kafka broker
-# (KRaft, official jars) unless KAFKA_BOOTSTRAP_SERVERS points at one, then runs
+# Collector, Chromium and chromedriver, Node.js 20+ and PostgreSQL 15), starts a real
+# Kafka broker (KRaft, official jars) unless KAFKA_BOOTSTRAP_SERVERS points at one, a
+# real Unleash with its PostgreSQL unless UNLEASH_PG_URL points at one, then runs
 # cargo fmt --check, cargo clippy -D warnings and cargo test.
 #
 # Caches live outside the clone in $CHAOSGATE_CACHE (default ~/.cache/chaosgate):
-# the cargo target dir, the Kafka jars, the Go tools. Warm runs are fast.
+# the cargo target dir, the Kafka jars, the Go tools, the unleash-server npm install.
+# Warm runs are fast.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -86,6 +88,21 @@ fi
 export CHROMIUM_BIN=${CHROMIUM_BIN:-$(command -v chromium)}
 export CHROMEDRIVER_BIN=${CHROMEDRIVER_BIN:-$(command -v chromedriver)}
 
+# --- Node.js, PostgreSQL 15 and curl, for Unleash (Debian packages) -----------------------
+# tests/support/unleash.rs starts one Unleash per test on the PostgreSQL that
+# deploy/local/unleash.sh runs; the Unleash tests fail (never skip) without them.
+if [ -z "${UNLEASH_PG_URL:-}" ] || [ -z "${UNLEASH_SERVER_JS:-}" ]; then
+  if ! have node || ! have npm; then
+    say "installing Node.js and npm (Debian packages; Unleash 7.5 needs Node.js 20 or newer)"
+    apt_install nodejs npm
+  fi
+  if [ ! -x /usr/lib/postgresql/15/bin/initdb ] && [ -z "${UNLEASH_PG_BIN:-}" ]; then
+    say "installing PostgreSQL 15 (Debian package)"
+    apt_install postgresql-15 postgresql-client-15
+  fi
+  have curl || { say "installing curl"; apt_install curl; }
+fi
+
 # --- Kafka -------------------------------------------------------------------------------
 started_kafka=0
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
@@ -97,17 +114,33 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   started_kafka=1
   eval "$(KAFKA_SASL_PORT=$sasl_port deploy/local/kafka.sh env)"
 fi
+
+started_unleash=0
 cleanup() {
+  if [ "$started_unleash" = 1 ] && [ "${KEEP_UNLEASH:-0}" != 1 ]; then
+    deploy/local/unleash.sh stop || true
+  fi
   if [ "$started_kafka" = 1 ] && [ "${KEEP_KAFKA:-0}" != 1 ]; then
     deploy/local/kafka.sh stop || true
   fi
 }
 trap cleanup EXIT
 
+# --- Unleash and its PostgreSQL --------------------------------------------------------------
+# The script's PostgreSQL holds one database per Unleash test; UNLEASH_SERVER_JS is the
+# server each test starts on its own port. UNLEASH_URL/UNLEASH_ADMIN_TOKEN name the
+# script's own Unleash, for poking by hand. KEEP_UNLEASH=1 leaves both running.
+if [ -z "${UNLEASH_PG_URL:-}" ] || [ -z "${UNLEASH_SERVER_JS:-}" ]; then
+  say "starting the local Unleash and its PostgreSQL"
+  started_unleash=1
+  deploy/local/unleash.sh start
+  eval "$(deploy/local/unleash.sh env)"
+fi
+
 # --- The checks ---------------------------------------------------------------------------
 say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
-say "cargo test (Kafka at $KAFKA_BOOTSTRAP_SERVERS)"
+say "cargo test (Kafka at $KAFKA_BOOTSTRAP_SERVERS, Unleash PostgreSQL at $UNLEASH_PG_URL)"
 cargo test --no-fail-fast
