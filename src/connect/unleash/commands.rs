@@ -68,7 +68,8 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// and how it ended.
 struct Done {
     at: Position,
-    flag_key: Option<String>,
+    /// The flag's key and the command's id.
+    command: Option<(String, String)>,
     outcome: Outcome,
 }
 
@@ -220,7 +221,7 @@ impl Bridge {
                     let outcome = report(&shared, &original, at, &why).await;
                     Done {
                         at,
-                        flag_key: None,
+                        command: None,
                         outcome,
                     }
                 });
@@ -282,7 +283,7 @@ impl Bridge {
             let outcome = apply(&shared, &ticket, &token).await;
             Done {
                 at: ticket.at,
-                flag_key: Some(ticket.flag_key()),
+                command: Some((ticket.flag_key(), ticket.command.command_id.clone())),
                 outcome,
             }
         });
@@ -292,7 +293,7 @@ impl Bridge {
     fn done(&mut self, done: Done) {
         self.supersede.remove(&done.at);
         let stopping = self.shared.shutdown.is_cancelled();
-        let Some(flag_key) = done.flag_key else {
+        let Some((flag_key, command_id)) = done.command else {
             if done.outcome != Outcome::Cancelled {
                 self.progress.finished(done.at);
             }
@@ -304,6 +305,7 @@ impl Bridge {
             Outcome::Cancelled if stopping => {}
             Outcome::Cancelled => {
                 tracing::info!(
+                    %command_id,
                     flag = %flag_key,
                     partition = done.at.partition,
                     offset = done.at.offset,

@@ -1,0 +1,471 @@
+//! The command side of `chaosgate connect unleash` against a real Unleash server and the
+//! real broker: flag commands produced as the worker writes them (binary CloudEvents
+//! keyed `project/environment/flag`) are applied through Unleash's Admin API and read
+//! back through it; a dry run is not applied; a late, older `enable` does not undo a
+//! newer `disable`; a command due while Unleash is down is applied once it is back; a
+//! flag Unleash does not have (404) and a bad token (401) end as dead letters of class
+//! `command_not_applied` without holding up other flags.
+//!
+//! Each test runs the real binary (`chaosgate connect unleash --config FILE`) with its
+//! own topics, consumer group and Unleash server (`tests/support/unleash.rs`).
+
+#[path = "support/kafka.rs"]
+mod kafka;
+#[path = "support/unleash.rs"]
+mod unleash;
+#[path = "support/worker.rs"]
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use chaosgate::contract::flag_command::{FLAG_COMMAND_TYPE, flag_command_example};
+use chaosgate::contract::{CloudEvent, CommandKind, FlagCommand, KafkaMessage, ReasonCode};
+use unleash::UnleashServer;
+use worker::{Harness, Settings};
+
+/// Outer bound on any wait (only catches hangs; the machine is shared).
+const WAIT: Duration = Duration::from_secs(90);
+const PROJECT: &str = "default";
+const ENV: &str = "production";
+
+/// One test's bridge: topics, Unleash, the running `chaosgate connect unleash`.
+struct Bridge {
+    harness: Harness,
+    unleash: UnleashServer,
+    process: Option<Child>,
+    log: PathBuf,
+}
+
+impl Bridge {
+    /// Topics (1 partition), a fresh Unleash with `flags` created (off), and the bridge
+    /// started with chaosgate's personal access token, or `token` when given; returns
+    /// once the bridge reads the commands topic.
+    async fn start(name: &str, flags: &[&str], token: Option<&str>) -> Bridge {
+        let servers = kafka::require_broker();
+        let harness = Harness::new(&servers, name, 1).await;
+        let unleash = UnleashServer::new().await;
+        for flag in flags {
+            unleash.create_flag(PROJECT, flag).await;
+        }
+        let token = match token {
+            Some(token) => token.to_string(),
+            None => unleash.chaosgate_token().await,
+        };
+        let config = harness.config("bridge", &Settings::default());
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push_str(&format!(
+            r#"
+[unleash]
+url = "{url}"
+token = "{token}"
+request_timeout = "3s"
+
+[unleash.webhook]
+listen = "127.0.0.1:0"
+token = "webhook-secret"
+
+[unleash.commands]
+group_id = "{group}-unleash"
+max_backoff = "1s"
+"#,
+            url = unleash.url(),
+            group = harness.group,
+        ));
+        std::fs::write(&config, text).expect("config");
+        let log = harness.dir.path().join("bridge.log");
+        let process = spawn(&config, &log);
+        let mut bridge = Bridge {
+            harness,
+            unleash,
+            process: Some(process),
+            log,
+        };
+        bridge.wait_until_reading().await;
+        bridge
+    }
+
+    /// The bridge's log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails with the bridge's and Unleash's logs.
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "{what}\n--- bridge log ---\n{}\n--- unleash log ---\n{}",
+            self.log(),
+            self.unleash.log_tail(40)
+        )
+    }
+
+    /// A new group starts at the end of the topic, so commands count only once the
+    /// bridge has its position: a dry-run probe is produced until the bridge logs it.
+    async fn wait_until_reading(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(process) = &mut self.process
+                && let Ok(Some(status)) = process.try_wait()
+            {
+                self.fail(&format!("the bridge exited: {status}"));
+            }
+            let mut probe = command("probe", CommandKind::Enable, Utc::now());
+            probe.dry_run = true;
+            self.produce(&probe).await;
+            let seen = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < seen {
+                if self.logged(&probe.command_id, "not applied: dry run") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if Instant::now() > deadline {
+                self.fail("the bridge never read a command");
+            }
+        }
+    }
+
+    /// Produces `command` as the worker writes it; returns (partition, offset) and the
+    /// record.
+    async fn produce(&self, command: &FlagCommand) -> ((i32, i64), KafkaMessage) {
+        let message = encode(command);
+        let at = self
+            .harness
+            .produce(&self.harness.topics.commands, &message)
+            .await;
+        (at, message)
+    }
+
+    /// Whether a log line names `command_id` and says `what`.
+    fn logged(&self, command_id: &str, what: &str) -> bool {
+        self.log()
+            .lines()
+            .any(|line| line.contains(command_id) && line.contains(what))
+    }
+
+    /// Waits until a log line names `command_id` and says `what`.
+    async fn wait_logged(&self, command_id: &str, what: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.logged(command_id, what) {
+            if Instant::now() > deadline {
+                self.fail(&format!("no log line '{what}' for command {command_id}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until Unleash says `flag` is `on` in production.
+    async fn wait_state(&self, flag: &str, on: bool) {
+        let deadline = Instant::now() + WAIT;
+        while self.unleash.is_enabled(PROJECT, ENV, flag).await != on {
+            if Instant::now() > deadline {
+                self.fail(&format!(
+                    "{flag} never became {}",
+                    if on { "on" } else { "off" }
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+/// Starts `chaosgate connect unleash --config CONFIG`, output to `log`; only the config
+/// file counts (no `CHAOSGATE_*` from the caller's shell).
+fn spawn(config: &Path, log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CHAOSGATE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(["connect", "unleash", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn chaosgate connect unleash")
+}
+
+/// A flag command for `flag` in production of the default project, as the worker issues
+/// one, with a fresh id.
+fn command(flag: &str, kind: CommandKind, issued_at: DateTime<Utc>) -> FlagCommand {
+    FlagCommand {
+        command_id: uuid::Uuid::new_v4().to_string(),
+        command: kind,
+        project: PROJECT.into(),
+        environment: ENV.into(),
+        flag: flag.into(),
+        reason_code: ReasonCode::Failed,
+        issued_at,
+        ..flag_command_example()
+    }
+}
+
+/// The record the worker writes for `command` (binary CloudEvent, keyed by the flag).
+fn encode(command: &FlagCommand) -> KafkaMessage {
+    let key = format!(
+        "{}/{}/{}",
+        command.project, command.environment, command.flag
+    );
+    CloudEvent {
+        id: command.command_id.clone(),
+        source: "/chaosgate".into(),
+        event_type: FLAG_COMMAND_TYPE.into(),
+        time: Some(command.issued_at),
+        subject: Some(key.clone()),
+        extensions: Default::default(),
+        data: serde_json::to_value(command).expect("command as JSON"),
+    }
+    .to_binary(Some(&key))
+}
+
+/// The first header `name` of `message`, as text.
+fn header(message: &KafkaMessage, name: &str) -> String {
+    message
+        .header(name)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn enable_and_disable_are_applied_and_a_dry_run_is_not() {
+    let bridge = Bridge::start(
+        "unleash-apply",
+        &["checkout-v2", "search-v3", "banner"],
+        None,
+    )
+    .await;
+    bridge
+        .unleash
+        .set_enabled(PROJECT, ENV, "search-v3", true)
+        .await;
+
+    let mut dry = command("banner", CommandKind::Enable, Utc::now());
+    dry.dry_run = true;
+    bridge.produce(&dry).await;
+    let enable = command("checkout-v2", CommandKind::Enable, Utc::now());
+    bridge.produce(&enable).await;
+    let disable = command("search-v3", CommandKind::Disable, Utc::now());
+    bridge.produce(&disable).await;
+
+    bridge.wait_state("checkout-v2", true).await;
+    bridge.wait_state("search-v3", false).await;
+    bridge.wait_logged(&enable.command_id, "applied").await;
+    bridge.wait_logged(&disable.command_id, "applied").await;
+    // Read before the two applied ones on the same partition: handled already.
+    assert!(
+        bridge.logged(&dry.command_id, "not applied: dry run"),
+        "{}",
+        bridge.log()
+    );
+    assert!(
+        !bridge.unleash.is_enabled(PROJECT, ENV, "banner").await,
+        "a dry run is not applied"
+    );
+    assert!(
+        !bridge
+            .unleash
+            .is_enabled(PROJECT, "development", "checkout-v2")
+            .await,
+        "only the command's environment"
+    );
+}
+
+#[tokio::test]
+async fn an_older_enable_after_a_newer_disable_is_skipped_and_the_flag_stays_off() {
+    let bridge = Bridge::start("unleash-stale", &["checkout-v2", "marker"], None).await;
+    bridge
+        .unleash
+        .set_enabled(PROJECT, ENV, "checkout-v2", true)
+        .await;
+    let now = Utc::now();
+    let disable = command("checkout-v2", CommandKind::Disable, now);
+    let late_enable = command(
+        "checkout-v2",
+        CommandKind::Enable,
+        now - chrono::Duration::seconds(30),
+    );
+    bridge.produce(&disable).await;
+    bridge.produce(&late_enable).await;
+    bridge.wait_state("checkout-v2", false).await;
+    bridge
+        .wait_logged(&late_enable.command_id, "skipped: stale")
+        .await;
+    // A later command of another flag applied: everything before it was handled.
+    let marker = command("marker", CommandKind::Enable, Utc::now());
+    bridge.produce(&marker).await;
+    bridge.wait_state("marker", true).await;
+    assert!(
+        !bridge.unleash.is_enabled(PROJECT, ENV, "checkout-v2").await,
+        "the late enable undid the newer disable:\n{}",
+        bridge.log()
+    );
+    assert!(
+        !bridge.logged(&late_enable.command_id, "applied"),
+        "{}",
+        bridge.log()
+    );
+}
+
+#[tokio::test]
+async fn a_command_due_while_unleash_is_down_is_applied_once_it_is_back() {
+    let bridge = Bridge::start("unleash-outage", &["checkout-v2", "search-v3"], None).await;
+    bridge
+        .unleash
+        .set_enabled(PROJECT, ENV, "search-v3", true)
+        .await;
+    bridge.unleash.stop().await;
+
+    let enable = command("checkout-v2", CommandKind::Enable, Utc::now());
+    bridge.produce(&enable).await;
+    // While it retries, a newer command for the same flag supersedes it.
+    let first = command("search-v3", CommandKind::Enable, Utc::now());
+    bridge.produce(&first).await;
+    bridge
+        .wait_logged(&first.command_id, "not applied yet; trying again")
+        .await;
+    let newer = command("search-v3", CommandKind::Disable, Utc::now());
+    bridge.produce(&newer).await;
+    bridge
+        .wait_logged(&first.command_id, "skipped: stale (superseded")
+        .await;
+    // A few tries while Unleash is down.
+    let deadline = Instant::now() + WAIT;
+    while bridge
+        .log()
+        .lines()
+        .filter(|l| l.contains(&enable.command_id) && l.contains("trying again"))
+        .count()
+        < 3
+    {
+        if Instant::now() > deadline {
+            bridge.fail("fewer than 3 tries while Unleash was down");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    bridge.unleash.start().await;
+    bridge.wait_state("checkout-v2", true).await;
+    bridge.wait_state("search-v3", false).await;
+    bridge.wait_logged(&enable.command_id, "applied").await;
+    bridge.wait_logged(&newer.command_id, "applied").await;
+}
+
+#[tokio::test]
+async fn a_flag_unleash_does_not_have_is_dead_lettered_and_other_flags_still_apply() {
+    let bridge = Bridge::start("unleash-404", &["checkout-v2"], None).await;
+    let collector = bridge.harness.collect();
+    let missing = command("no-such-flag", CommandKind::Disable, Utc::now());
+    let ((partition, offset), original) = bridge.produce(&missing).await;
+    let garbage = KafkaMessage {
+        key: Some(b"default/production/checkout-v2".to_vec()),
+        value: Some(b"not a command".to_vec()),
+        headers: Vec::new(),
+    };
+    let (_, garbage_offset) = bridge
+        .harness
+        .produce(&bridge.harness.topics.commands, &garbage)
+        .await;
+    let enable = command("checkout-v2", CommandKind::Enable, Utc::now());
+    bridge.produce(&enable).await;
+    bridge.wait_state("checkout-v2", true).await;
+
+    let outputs = bridge
+        .harness
+        .wait_for(&collector, "two dead letters", WAIT, |o| {
+            o.dead_letters.len() >= 2
+        })
+        .await;
+    let letter = outputs
+        .dead_letters
+        .iter()
+        .find(|l| header(&l.value, "chaosgate_source_offset") == offset.to_string())
+        .unwrap_or_else(|| bridge.fail(&format!("no dead letter of offset {offset}")));
+    let letter = &letter.value;
+    assert_eq!(
+        header(letter, "chaosgate_error_class"),
+        "command_not_applied"
+    );
+    assert!(
+        header(letter, "chaosgate_error_message").contains("404"),
+        "{}",
+        header(letter, "chaosgate_error_message")
+    );
+    assert_eq!(
+        header(letter, "chaosgate_source_topic"),
+        bridge.harness.topics.commands
+    );
+    assert_eq!(
+        header(letter, "chaosgate_source_partition"),
+        partition.to_string()
+    );
+    assert_eq!(letter.key, original.key);
+    assert_eq!(letter.value, original.value, "the original bytes");
+    assert_eq!(header(letter, "ce_id"), missing.command_id);
+
+    let bad = outputs
+        .dead_letters
+        .iter()
+        .find(|l| header(&l.value, "chaosgate_source_offset") == garbage_offset.to_string())
+        .unwrap_or_else(|| bridge.fail("no dead letter of the record that is not a command"));
+    assert_eq!(header(&bad.value, "chaosgate_error_class"), "undecodable");
+    assert_eq!(bad.value.value, garbage.value);
+    assert!(
+        bridge.logged(&missing.command_id, "not applied; reporting it"),
+        "an error line: {}",
+        bridge.log()
+    );
+}
+
+#[tokio::test]
+async fn a_bad_token_is_dead_lettered() {
+    let bridge = Bridge::start(
+        "unleash-401",
+        &["checkout-v2"],
+        Some("user:not-a-real-token"),
+    )
+    .await;
+    let collector = bridge.harness.collect();
+    let enable = command("checkout-v2", CommandKind::Enable, Utc::now());
+    let (_, original) = bridge.produce(&enable).await;
+    let outputs = bridge
+        .harness
+        .wait_for(&collector, "a dead letter", WAIT, |o| {
+            !o.dead_letters.is_empty()
+        })
+        .await;
+    let letter = &outputs.dead_letters[0].value;
+    assert_eq!(
+        header(letter, "chaosgate_error_class"),
+        "command_not_applied"
+    );
+    assert!(
+        header(letter, "chaosgate_error_message").contains("401"),
+        "{}",
+        header(letter, "chaosgate_error_message")
+    );
+    assert_eq!(letter.value, original.value);
+    assert!(!bridge.unleash.is_enabled(PROJECT, ENV, "checkout-v2").await);
+    assert!(
+        !bridge.logged(&enable.command_id, "trying again"),
+        "a 401 is not tried again: {}",
+        bridge.log()
+    );
+}
