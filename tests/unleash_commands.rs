@@ -27,6 +27,9 @@ use chaosgate::contract::{CloudEvent, CommandKind, FlagCommand, KafkaMessage, Re
 use unleash::UnleashServer;
 use worker::{Harness, Settings};
 
+/// The bridge's log line of an applied command (its message, after the target), apart
+/// from "not applied ..." lines.
+const APPLIED: &str = ": applied ";
 /// Outer bound on any wait (only catches hangs; the machine is shared).
 const WAIT: Duration = Duration::from_secs(90);
 const PROJECT: &str = "default";
@@ -37,6 +40,8 @@ struct Bridge {
     harness: Harness,
     unleash: UnleashServer,
     process: Option<Child>,
+    config: PathBuf,
+    /// The running process's log.
     log: PathBuf,
 }
 
@@ -82,13 +87,43 @@ max_backoff = "1s"
             harness,
             unleash,
             process: Some(process),
+            config,
             log,
         };
         bridge.wait_until_reading().await;
         bridge
     }
 
-    /// The bridge's log so far.
+    /// SIGTERMs the bridge and waits for it to exit; returns its status.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut process = self.process.take().expect("a running bridge");
+        let pid = i32::try_from(process.id()).expect("pid");
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = process.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = process.kill();
+                self.fail("the bridge did not stop on SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts the bridge again with the same config (same group), logging to a new file.
+    fn respawn(&mut self) {
+        assert!(self.process.is_none(), "terminate first");
+        let n = std::fs::read_dir(self.harness.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        self.log = self.harness.dir.path().join(format!("bridge-{n}.log"));
+        self.process = Some(spawn(&self.config, &self.log));
+    }
+
+    /// The running bridge's log so far.
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -267,8 +302,8 @@ async fn enable_and_disable_are_applied_and_a_dry_run_is_not() {
 
     bridge.wait_state("checkout-v2", true).await;
     bridge.wait_state("search-v3", false).await;
-    bridge.wait_logged(&enable.command_id, "applied").await;
-    bridge.wait_logged(&disable.command_id, "applied").await;
+    bridge.wait_logged(&enable.command_id, APPLIED).await;
+    bridge.wait_logged(&disable.command_id, APPLIED).await;
     // Read before the two applied ones on the same partition: handled already.
     assert!(
         bridge.logged(&dry.command_id, "not applied: dry run"),
@@ -318,7 +353,7 @@ async fn an_older_enable_after_a_newer_disable_is_skipped_and_the_flag_stays_off
         bridge.log()
     );
     assert!(
-        !bridge.logged(&late_enable.command_id, "applied"),
+        !bridge.logged(&late_enable.command_id, APPLIED),
         "{}",
         bridge.log()
     );
@@ -364,8 +399,8 @@ async fn a_command_due_while_unleash_is_down_is_applied_once_it_is_back() {
     bridge.unleash.start().await;
     bridge.wait_state("checkout-v2", true).await;
     bridge.wait_state("search-v3", false).await;
-    bridge.wait_logged(&enable.command_id, "applied").await;
-    bridge.wait_logged(&newer.command_id, "applied").await;
+    bridge.wait_logged(&enable.command_id, APPLIED).await;
+    bridge.wait_logged(&newer.command_id, APPLIED).await;
 }
 
 #[tokio::test]
@@ -468,4 +503,147 @@ async fn a_bad_token_is_dead_lettered() {
         "a 401 is not tried again: {}",
         bridge.log()
     );
+}
+
+/// The strategies of `flag` in production: (id, rollout parameter).
+async fn strategies(unleash: &UnleashServer, flag: &str) -> Vec<(String, String)> {
+    let (status, body) = unleash
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/admin/projects/{PROJECT}/features/{flag}/environments/{ENV}/strategies"),
+            unleash.admin_token(),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status}: {body}");
+    body.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or_default().to_string(),
+                s["parameters"]["rollout"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_revert_puts_an_updated_or_removed_strategy_back() {
+    let bridge = Bridge::start("unleash-strategy", &["checkout-v2"], None).await;
+    let strategies_path =
+        format!("/api/admin/projects/{PROJECT}/features/checkout-v2/environments/{ENV}/strategies");
+    let token = bridge.unleash.admin_token().to_string();
+    let rollout = |percent: &str| {
+        serde_json::json!({
+            "name": "flexibleRollout",
+            "parameters": {"rollout": percent, "stickiness": "default", "groupId": "checkout-v2"},
+            "constraints": []
+        })
+    };
+    // The human adds a 25 % rollout, then turns it up to 75 %.
+    let (status, old) = bridge
+        .unleash
+        .request(
+            reqwest::Method::POST,
+            &strategies_path,
+            &token,
+            Some(rollout("25")),
+        )
+        .await;
+    assert!(status.is_success(), "{status}: {old}");
+    let id = old["id"].as_str().expect("strategy id").to_string();
+    let (status, body) = bridge
+        .unleash
+        .request(
+            reqwest::Method::PUT,
+            &format!("{strategies_path}/{id}"),
+            &token,
+            Some(rollout("75")),
+        )
+        .await;
+    assert!(status.is_success(), "{status}: {body}");
+
+    // The gate fails: revert to the change's `from` (Unleash's preData, the old strategy).
+    let mut revert = command("checkout-v2", CommandKind::Revert, Utc::now());
+    revert.value = Some(old.clone());
+    bridge.produce(&revert).await;
+    bridge.wait_logged(&revert.command_id, APPLIED).await;
+    assert_eq!(
+        strategies(&bridge.unleash, "checkout-v2").await,
+        vec![(id.clone(), "25".to_string())],
+        "the same strategy, back at 25 %"
+    );
+
+    // The human removes it; the revert adds it again, once even if delivered twice.
+    let (status, body) = bridge
+        .unleash
+        .request(
+            reqwest::Method::DELETE,
+            &format!("{strategies_path}/{id}"),
+            &token,
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status}: {body}");
+    assert!(strategies(&bridge.unleash, "checkout-v2").await.is_empty());
+    let mut revert = command("checkout-v2", CommandKind::Revert, Utc::now());
+    revert.value = Some(old.clone());
+    bridge.produce(&revert).await;
+    bridge.wait_logged(&revert.command_id, APPLIED).await;
+    // The same revert again (as when delivered again after a restart), with a new
+    // command id so the log tells the two apart.
+    let mut again = revert.clone();
+    again.command_id = uuid::Uuid::new_v4().to_string();
+    again.issued_at = Utc::now();
+    bridge.produce(&again).await;
+    bridge.wait_logged(&again.command_id, APPLIED).await;
+    let back = strategies(&bridge.unleash, "checkout-v2").await;
+    assert_eq!(back.len(), 1, "added once: {back:?}");
+    assert_eq!(back[0].1, "25");
+
+    // A revert of an added strategy has no `from`: reported, not applied.
+    let collector = bridge.harness.collect();
+    let revert_add = command("checkout-v2", CommandKind::Revert, Utc::now());
+    bridge.produce(&revert_add).await;
+    let outputs = bridge
+        .harness
+        .wait_for(&collector, "a dead letter", WAIT, |o| {
+            !o.dead_letters.is_empty()
+        })
+        .await;
+    let letter = &outputs.dead_letters[0].value;
+    assert_eq!(
+        header(letter, "chaosgate_error_class"),
+        "command_not_applied"
+    );
+    assert_eq!(header(letter, "ce_id"), revert_add.command_id);
+    assert_eq!(strategies(&bridge.unleash, "checkout-v2").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_command_cut_off_by_shutdown_is_delivered_again() {
+    let mut bridge = Bridge::start("unleash-shutdown", &["checkout-v2"], None).await;
+    bridge.unleash.stop().await;
+    let enable = command("checkout-v2", CommandKind::Enable, Utc::now());
+    bridge.produce(&enable).await;
+    bridge.wait_logged(&enable.command_id, "trying again").await;
+
+    let status = bridge.terminate().await;
+    assert!(status.success(), "{status}\n{}", bridge.log());
+    assert!(
+        bridge.log().contains("stopped applying flag commands"),
+        "{}",
+        bridge.log()
+    );
+    assert!(!bridge.logged(&enable.command_id, APPLIED));
+
+    // Its offset was not committed past it: the next bridge of the group gets it again.
+    bridge.unleash.start().await;
+    bridge.respawn();
+    bridge.wait_state("checkout-v2", true).await;
+    bridge.wait_logged(&enable.command_id, APPLIED).await;
 }

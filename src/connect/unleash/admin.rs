@@ -136,6 +136,30 @@ impl AdminApi {
         Ok(state)
     }
 
+    /// Sends `method` to the Admin API path `segments` (each percent-encoded as one
+    /// segment) with `body` as JSON, and returns the body of a 2xx answer, or the
+    /// classified error. For the calls without a method of their own (strategies).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        body: Option<&serde_json::Value>,
+    ) -> Result<String, AdminError> {
+        let url = self.url(segments);
+        let mut request = self
+            .http
+            .request(method.clone(), url.clone())
+            .header("authorization", &self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport(method.as_str(), &url, &e))?;
+        check(method.as_str(), &url, response).await
+    }
+
     /// The base URL with `segments` appended, each percent-encoded as one path segment.
     fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();

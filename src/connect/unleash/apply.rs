@@ -16,10 +16,11 @@ use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::order::{Position, Ticket};
-use super::record::{self, NotApplied};
+use super::record::{self, NotApplied, Wanted};
+use super::strategy;
 use super::{AdminApi, AdminError};
 use crate::bus::record::to_record;
-use crate::contract::KafkaMessage;
+use crate::contract::{FlagCommand, KafkaMessage};
 use crate::telemetry::metrics;
 
 /// The first wait after a failed try.
@@ -57,8 +58,8 @@ pub(super) async fn apply(
 ) -> Outcome {
     let command = &ticket.command;
     let flag = ticket.flag_key();
-    let on = match record::wanted_state(command) {
-        Ok(on) => on,
+    let wanted = match record::wanted(command) {
+        Ok(wanted) => wanted,
         Err(why) => {
             log_failed(ticket, &why);
             return report(shared, &ticket.original, ticket.at, &why).await;
@@ -71,7 +72,7 @@ pub(super) async fn apply(
         let result = tokio::select! {
             biased;
             () = supersede.cancelled() => return Outcome::Cancelled,
-            result = shared.admin.set_enabled(&command.project, &command.environment, &command.flag, on) => result,
+            result = put(&shared.admin, command, &wanted) => result,
         };
         match result {
             Ok(()) => {
@@ -79,7 +80,7 @@ pub(super) async fn apply(
                     command_id = %command.command_id,
                     %flag,
                     command = command.command.as_str(),
-                    on,
+                    state = %shown(&wanted),
                     tries,
                     "applied"
                 );
@@ -113,6 +114,26 @@ pub(super) async fn apply(
                 return report(shared, &ticket.original, ticket.at, &why).await;
             }
         }
+    }
+}
+
+/// Makes Unleash what `wanted` says, for `command`'s flag and environment.
+async fn put(admin: &AdminApi, command: &FlagCommand, wanted: &Wanted) -> Result<(), AdminError> {
+    let (project, environment, flag) = (&command.project, &command.environment, &command.flag);
+    match wanted {
+        Wanted::Enabled(on) => admin.set_enabled(project, environment, flag, *on).await,
+        Wanted::Strategy { id, body } => {
+            strategy::put_back(admin, project, environment, flag, id, body).await
+        }
+    }
+}
+
+/// `wanted` in a log line: `on`, `off` or `strategy <id>`.
+fn shown(wanted: &Wanted) -> String {
+    match wanted {
+        Wanted::Enabled(true) => "on".into(),
+        Wanted::Enabled(false) => "off".into(),
+        Wanted::Strategy { id, .. } => format!("strategy {id}"),
     }
 }
 

@@ -5,7 +5,9 @@
 //! (v1 CloudEvent) and:
 //!
 //! - `enable` turns the flag on in the command's environment, `disable` off, `revert`
-//!   puts back the change's `from` when it is an on/off state ([`record::wanted_state`]);
+//!   puts back the change's `from` ([`record::wanted`]): an on/off state, or the old
+//!   activation strategy of a strategy update or removal ([`super::strategy`]); a
+//!   `revert` of an added strategy (no `from`) is reported, not applied;
 //! - `dry_run: true`: logged ("not applied: dry run"), not applied;
 //! - a command older than one already taken for its flag is skipped as stale
 //!   ([`order`] states the rule);

@@ -16,6 +16,7 @@ pub mod commands;
 pub mod order;
 pub mod progress;
 pub mod record;
+pub mod strategy;
 pub mod webhook;
 
 use tokio_util::sync::CancellationToken;

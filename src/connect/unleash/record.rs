@@ -11,10 +11,12 @@ use crate::contract::dead_letter::{
     HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TOPIC,
 };
+use crate::contract::flag_change::KEY_RULE;
 use crate::contract::flag_change::is_key_name;
 use crate::contract::flag_command::FLAG_COMMAND_TYPE;
-use crate::contract::{CloudEvent, CloudEventError, CommandKind, ErrorClass, FlagCommand};
-use crate::contract::{KafkaMessage, flag_change::KEY_RULE};
+use crate::contract::{
+    CloudEvent, CloudEventError, CommandKind, ErrorClass, FlagCommand, KafkaMessage,
+};
 
 use super::order::Position;
 
@@ -77,36 +79,55 @@ pub fn decode_command(message: &KafkaMessage) -> Result<FlagCommand, NotApplied>
     Ok(command)
 }
 
-/// The state `command` asks for in Unleash: the flag on (`true`) or off (`false`) in
-/// its environment.
+/// What a command asks of Unleash, in its environment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wanted {
+    /// The flag on (`true`) or off.
+    Enabled(bool),
+    /// An old activation strategy back: its `id` and the configuration to put back
+    /// ([`super::strategy`]).
+    Strategy {
+        /// The strategy's id when the change was made.
+        id: String,
+        /// Its configuration as a request body.
+        body: serde_json::Value,
+    },
+}
+
+/// What `command` asks of Unleash.
 ///
 /// `enable` is on, `disable` off; `revert` puts back the change's `from`
-/// ([`FlagCommand::value`]) when it is an on/off state: `true`/`false` or
-/// `{"enabled": bool}`. Errors ([`ErrorClass::CommandNotApplied`]): a `revert` without
-/// a value, or to anything else (a strategy, from an `update`), which this bridge does
-/// not put back.
-pub fn wanted_state(command: &FlagCommand) -> Result<bool, NotApplied> {
+/// ([`FlagCommand::value`]): an on/off state (`true`/`false` or `{"enabled": bool}`),
+/// or an Unleash strategy (an object with `id` and `name`, from a strategy `update` or
+/// removal). Errors ([`ErrorClass::CommandNotApplied`]): a `revert` without a value (the
+/// change added a strategy, which had no `from`) or to anything else.
+pub fn wanted(command: &FlagCommand) -> Result<Wanted, NotApplied> {
     match command.command {
-        CommandKind::Enable => Ok(true),
-        CommandKind::Disable => Ok(false),
+        CommandKind::Enable => Ok(Wanted::Enabled(true)),
+        CommandKind::Disable => Ok(Wanted::Enabled(false)),
         CommandKind::Revert => {
             let value = command.value.as_ref();
             let state = value.and_then(|v| {
                 v.as_bool()
                     .or_else(|| v.get("enabled").and_then(serde_json::Value::as_bool))
             });
-            state.ok_or_else(|| {
-                let shown = value.map_or("nothing".to_string(), |v| {
-                    v.to_string().chars().take(200).collect()
-                });
-                NotApplied::new(
-                    ErrorClass::CommandNotApplied,
-                    format!(
-                        "revert to {shown}: the Unleash bridge puts back only an on/off state \
-                         (true, false or {{\"enabled\": bool}}), not a strategy; put it back by hand"
-                    ),
-                )
-            })
+            if let Some(on) = state {
+                return Ok(Wanted::Enabled(on));
+            }
+            if let Some((id, body)) = value.and_then(super::strategy::parse) {
+                return Ok(Wanted::Strategy { id, body });
+            }
+            let shown = value.map_or("nothing".to_string(), |v| {
+                v.to_string().chars().take(200).collect()
+            });
+            Err(NotApplied::new(
+                ErrorClass::CommandNotApplied,
+                format!(
+                    "revert to {shown}: the Unleash bridge puts back an on/off state (true, false \
+                     or {{\"enabled\": bool}}) or a strategy (with its id and name); a revert \
+                     without a value (of an added strategy) must be done by hand"
+                ),
+            ))
         }
     }
 }
@@ -215,11 +236,11 @@ mod tests {
     }
 
     #[test]
-    fn revert_puts_back_an_on_off_state_only() {
+    fn revert_puts_back_an_on_off_state_or_a_strategy() {
         let mut command = flag_command_example();
-        assert_eq!(wanted_state(&command), Ok(false));
+        assert_eq!(wanted(&command), Ok(Wanted::Enabled(false)));
         command.command = CommandKind::Enable;
-        assert_eq!(wanted_state(&command), Ok(true));
+        assert_eq!(wanted(&command), Ok(Wanted::Enabled(true)));
         command.command = CommandKind::Revert;
         for (value, state) in [
             (json!(true), true),
@@ -227,19 +248,21 @@ mod tests {
             (json!({"enabled": true}), true),
         ] {
             command.value = Some(value);
-            assert_eq!(wanted_state(&command), Ok(state));
+            assert_eq!(wanted(&command), Ok(Wanted::Enabled(state)));
         }
+        command.value =
+            Some(json!({"id": "s-1", "name": "flexibleRollout", "parameters": {"rollout": "50"}}));
+        assert!(
+            matches!(wanted(&command), Ok(Wanted::Strategy { id, .. }) if id == "s-1"),
+            "{:?}",
+            wanted(&command)
+        );
         command.value = Some(json!({"name": "flexibleRollout", "parameters": {"rollout": "50"}}));
-        let err = wanted_state(&command).unwrap_err();
+        let err = wanted(&command).unwrap_err();
         assert_eq!(err.class, ErrorClass::CommandNotApplied);
         assert!(err.message.contains("flexibleRollout"), "{err}");
         command.value = None;
-        assert!(
-            wanted_state(&command)
-                .unwrap_err()
-                .message
-                .contains("nothing")
-        );
+        assert!(wanted(&command).unwrap_err().message.contains("nothing"));
     }
 
     #[test]
