@@ -192,6 +192,39 @@ max_backoff = "1s"
         }
     }
 
+    /// Waits for the dead letter of `command` (the one whose `ce_id` is its id), checks
+    /// it is of class `command_not_applied` and keeps the original record, and returns it.
+    async fn dead_letter_of(
+        &self,
+        collector: &worker::Collector,
+        command: &FlagCommand,
+    ) -> KafkaMessage {
+        let id = &command.command_id;
+        let is_it = |l: &worker::Received<KafkaMessage>| header(&l.value, "ce_id") == *id;
+        let outputs = self
+            .harness
+            .wait_for(collector, &format!("the dead letter of {id}"), WAIT, |o| {
+                o.dead_letters.iter().any(is_it)
+            })
+            .await;
+        let letter = outputs
+            .dead_letters
+            .into_iter()
+            .find(is_it)
+            .expect("seen")
+            .value;
+        assert_eq!(
+            header(&letter, "chaosgate_error_class"),
+            "command_not_applied"
+        );
+        assert_eq!(letter.value, encode(command).value, "the original bytes");
+        assert_eq!(
+            header(&letter, "chaosgate_source_topic"),
+            self.harness.topics.commands
+        );
+        letter
+    }
+
     /// Waits until Unleash says `flag` is `on` in production.
     async fn wait_state(&self, flag: &str, on: bool) {
         let deadline = Instant::now() + WAIT;
@@ -422,39 +455,31 @@ async fn a_flag_unleash_does_not_have_is_dead_lettered_and_other_flags_still_app
     bridge.produce(&enable).await;
     bridge.wait_state("checkout-v2", true).await;
 
-    let outputs = bridge
-        .harness
-        .wait_for(&collector, "two dead letters", WAIT, |o| {
-            o.dead_letters.len() >= 2
-        })
-        .await;
-    let letter = outputs
-        .dead_letters
-        .iter()
-        .find(|l| header(&l.value, "chaosgate_source_offset") == offset.to_string())
-        .unwrap_or_else(|| bridge.fail(&format!("no dead letter of offset {offset}")));
-    let letter = &letter.value;
-    assert_eq!(
-        header(letter, "chaosgate_error_class"),
-        "command_not_applied"
-    );
+    let letter = bridge.dead_letter_of(&collector, &missing).await;
     assert!(
-        header(letter, "chaosgate_error_message").contains("404"),
+        header(&letter, "chaosgate_error_message").contains("404"),
         "{}",
-        header(letter, "chaosgate_error_message")
+        header(&letter, "chaosgate_error_message")
     );
     assert_eq!(
-        header(letter, "chaosgate_source_topic"),
-        bridge.harness.topics.commands
-    );
-    assert_eq!(
-        header(letter, "chaosgate_source_partition"),
+        header(&letter, "chaosgate_source_partition"),
         partition.to_string()
     );
+    assert_eq!(
+        header(&letter, "chaosgate_source_offset"),
+        offset.to_string()
+    );
     assert_eq!(letter.key, original.key);
-    assert_eq!(letter.value, original.value, "the original bytes");
-    assert_eq!(header(letter, "ce_id"), missing.command_id);
 
+    let outputs = bridge
+        .harness
+        .wait_for(
+            &collector,
+            "the dead letter of the record that is not a command",
+            WAIT,
+            |o| o.dead_letters.len() >= 2,
+        )
+        .await;
     let bad = outputs
         .dead_letters
         .iter()
@@ -479,24 +504,13 @@ async fn a_bad_token_is_dead_lettered() {
     .await;
     let collector = bridge.harness.collect();
     let enable = command("checkout-v2", CommandKind::Enable, Utc::now());
-    let (_, original) = bridge.produce(&enable).await;
-    let outputs = bridge
-        .harness
-        .wait_for(&collector, "a dead letter", WAIT, |o| {
-            !o.dead_letters.is_empty()
-        })
-        .await;
-    let letter = &outputs.dead_letters[0].value;
-    assert_eq!(
-        header(letter, "chaosgate_error_class"),
-        "command_not_applied"
-    );
+    bridge.produce(&enable).await;
+    let letter = bridge.dead_letter_of(&collector, &enable).await;
     assert!(
-        header(letter, "chaosgate_error_message").contains("401"),
+        header(&letter, "chaosgate_error_message").contains("401"),
         "{}",
-        header(letter, "chaosgate_error_message")
+        header(&letter, "chaosgate_error_message")
     );
-    assert_eq!(letter.value, original.value);
     assert!(!bridge.unleash.is_enabled(PROJECT, ENV, "checkout-v2").await);
     assert!(
         !bridge.logged(&enable.command_id, "trying again"),
@@ -609,18 +623,7 @@ async fn a_revert_puts_an_updated_or_removed_strategy_back() {
     let collector = bridge.harness.collect();
     let revert_add = command("checkout-v2", CommandKind::Revert, Utc::now());
     bridge.produce(&revert_add).await;
-    let outputs = bridge
-        .harness
-        .wait_for(&collector, "a dead letter", WAIT, |o| {
-            !o.dead_letters.is_empty()
-        })
-        .await;
-    let letter = &outputs.dead_letters[0].value;
-    assert_eq!(
-        header(letter, "chaosgate_error_class"),
-        "command_not_applied"
-    );
-    assert_eq!(header(letter, "ce_id"), revert_add.command_id);
+    bridge.dead_letter_of(&collector, &revert_add).await;
     assert_eq!(strategies(&bridge.unleash, "checkout-v2").await.len(), 1);
 }
 

@@ -80,26 +80,15 @@ impl AdminApi {
         flag: &str,
         on: bool,
     ) -> Result<(), AdminError> {
-        let url = self.url(&[
-            "api",
-            "admin",
-            "projects",
-            project,
-            "features",
-            flag,
-            "environments",
-            environment,
-            if on { "on" } else { "off" },
-        ]);
-        let request = self
-            .http
-            .post(url.clone())
-            .header("authorization", &self.token);
-        let response = request
-            .send()
+        let path = environment_path(project, environment, flag);
+        let segments: Vec<&str> = path
+            .iter()
+            .copied()
+            .chain([if on { "on" } else { "off" }])
+            .collect();
+        self.send(reqwest::Method::POST, &segments, None)
             .await
-            .map_err(|e| transport("POST", &url, &e))?;
-        check("POST", &url, response).await.map(drop)
+            .map(drop)
     }
 
     /// Whether `flag` is on in `environment` of `project`; `None` when the flag has no
@@ -168,6 +157,25 @@ impl AdminApi {
         }
         url
     }
+}
+
+/// The path segments of `flag` in `environment` of `project`:
+/// `api/admin/projects/{project}/features/{flag}/environments/{environment}`.
+pub(super) fn environment_path<'a>(
+    project: &'a str,
+    environment: &'a str,
+    flag: &'a str,
+) -> [&'a str; 8] {
+    [
+        "api",
+        "admin",
+        "projects",
+        project,
+        "features",
+        flag,
+        "environments",
+        environment,
+    ]
 }
 
 fn transport(method: &str, url: &Url, error: &reqwest::Error) -> AdminError {

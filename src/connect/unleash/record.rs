@@ -7,10 +7,7 @@
 
 use chrono::Utc;
 
-use crate::contract::dead_letter::{
-    HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
-    HEADER_SOURCE_TOPIC,
-};
+use crate::contract::dead_letter;
 use crate::contract::flag_change::KEY_RULE;
 use crate::contract::flag_change::is_key_name;
 use crate::contract::flag_command::FLAG_COMMAND_TYPE;
@@ -144,30 +141,14 @@ pub fn dead_letter(
     at: Position,
 ) -> KafkaMessage {
     let mut message = original.clone();
-    let text: String = why.message.chars().take(2000).collect();
-    message.headers.extend([
-        (
-            HEADER_ERROR_CLASS.to_string(),
-            why.class.as_str().as_bytes().to_vec(),
-        ),
-        (HEADER_ERROR_MESSAGE.to_string(), text.into_bytes()),
-        (
-            HEADER_SOURCE_TOPIC.to_string(),
-            source_topic.as_bytes().to_vec(),
-        ),
-        (
-            HEADER_SOURCE_PARTITION.to_string(),
-            at.partition.to_string().into_bytes(),
-        ),
-        (
-            HEADER_SOURCE_OFFSET.to_string(),
-            at.offset.to_string().into_bytes(),
-        ),
-        (
-            "chaosgate_dead_lettered_at".to_string(),
-            Utc::now().to_rfc3339().into_bytes(),
-        ),
-    ]);
+    message.headers.extend(dead_letter::headers(
+        why.class,
+        &why.message,
+        source_topic,
+        at.partition,
+        at.offset,
+        Utc::now(),
+    ));
     message
 }
 
@@ -183,6 +164,9 @@ pub fn refused(status: u16, reason: &str) -> NotApplied {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::dead_letter::{
+        HEADER_ERROR_CLASS, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+    };
     use crate::contract::flag_command::flag_command_example;
     use serde_json::json;
 

@@ -15,6 +15,7 @@
 use reqwest::Method;
 use serde_json::{Map, Value};
 
+use super::admin::environment_path;
 use super::{AdminApi, AdminError};
 
 /// The fields of a strategy Unleash takes back in `PUT` and `POST`
@@ -53,17 +54,10 @@ pub async fn put_back(
     id: &str,
     body: &Value,
 ) -> Result<(), AdminError> {
-    let path = [
-        "api",
-        "admin",
-        "projects",
-        project,
-        "features",
-        flag,
-        "environments",
-        environment,
-        "strategies",
-    ];
+    let path: Vec<&str> = environment_path(project, environment, flag)
+        .into_iter()
+        .chain(["strategies"])
+        .collect();
     let with_id: Vec<&str> = path.iter().copied().chain([id]).collect();
     match admin.send(Method::PUT, &with_id, Some(body)).await {
         Err(AdminError::Permanent { status: 404, .. }) => {}
