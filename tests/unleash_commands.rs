@@ -1,10 +1,12 @@
 //! The command side of `chaosgate connect unleash` against a real Unleash server and the
 //! real broker: flag commands produced as the worker writes them (binary CloudEvents
 //! keyed `project/environment/flag`) are applied through Unleash's Admin API and read
-//! back through it; a dry run is not applied; a late, older `enable` does not undo a
-//! newer `disable`; a command due while Unleash is down is applied once it is back; a
-//! flag Unleash does not have (404) and a bad token (401) end as dead letters of class
-//! `command_not_applied` without holding up other flags.
+//! back through it; a dry run is not applied, nor a command of an aborted transaction
+//! (`read_committed`); a late, older `enable` does not undo a newer `disable`; a command
+//! due while Unleash is down is applied once it is back, and one cut off by shutdown is
+//! delivered again; a 429 waits for its `Retry-After`; a revert puts an updated or
+//! removed strategy back; a flag Unleash does not have (404) and a bad token (401) end
+//! as dead letters of class `command_not_applied` without holding up other flags.
 //!
 //! Each test runs the real binary (`chaosgate connect unleash --config FILE`) with its
 //! own topics, consumer group and Unleash server (`tests/support/unleash.rs`).
@@ -50,9 +52,20 @@ impl Bridge {
     /// started with chaosgate's personal access token, or `token` when given; returns
     /// once the bridge reads the commands topic.
     async fn start(name: &str, flags: &[&str], token: Option<&str>) -> Bridge {
+        Bridge::start_via(name, UnleashServer::new().await, flags, token, None).await
+    }
+
+    /// As [`Bridge::start`] with `unleash`, and the bridge sent to `url` in place of
+    /// Unleash's own (a front that answers some requests itself).
+    async fn start_via(
+        name: &str,
+        unleash: UnleashServer,
+        flags: &[&str],
+        token: Option<&str>,
+        url: Option<String>,
+    ) -> Bridge {
         let servers = kafka::require_broker();
         let harness = Harness::new(&servers, name, 1).await;
-        let unleash = UnleashServer::new().await;
         for flag in flags {
             unleash.create_flag(PROJECT, flag).await;
         }
@@ -77,7 +90,7 @@ token = "webhook-secret"
 group_id = "{group}-unleash"
 max_backoff = "1s"
 "#,
-            url = unleash.url(),
+            url = url.as_deref().unwrap_or(unleash.url()),
             group = harness.group,
         ));
         std::fs::write(&config, text).expect("config");
@@ -649,4 +662,147 @@ async fn a_command_cut_off_by_shutdown_is_delivered_again() {
     bridge.respawn();
     bridge.wait_state("checkout-v2", true).await;
     bridge.wait_logged(&enable.command_id, APPLIED).await;
+}
+
+#[tokio::test]
+async fn a_command_in_an_aborted_transaction_is_not_applied() {
+    use rdkafka::producer::{FutureProducer, Producer};
+    let bridge = Bridge::start("unleash-aborted", &["checkout-v2", "marker"], None).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bridge.harness.servers)
+        .set("transactional.id", uuid::Uuid::new_v4().to_string())
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    producer.begin_transaction().expect("begin");
+    let aborted = command("checkout-v2", CommandKind::Enable, Utc::now());
+    let message = encode(&aborted);
+    producer
+        .send(
+            chaosgate::bus::record::to_record(&bridge.harness.topics.commands, &message),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce in the transaction");
+    producer
+        .abort_transaction(Duration::from_secs(30))
+        .expect("abort");
+
+    let marker = command("marker", CommandKind::Enable, Utc::now());
+    bridge.produce(&marker).await;
+    bridge.wait_state("marker", true).await;
+    assert!(
+        !bridge.unleash.is_enabled(PROJECT, ENV, "checkout-v2").await,
+        "an aborted command was applied:\n{}",
+        bridge.log()
+    );
+    assert!(
+        !bridge.log().contains(&aborted.command_id),
+        "{}",
+        bridge.log()
+    );
+}
+
+/// A front of Unleash that answers the first Admin API request 429 with `Retry-After:
+/// 3`, the second 503, and passes the others on to Unleash.
+async fn flaky_front(upstream: String) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let seen = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (seen, client, upstream) = (seen.clone(), client.clone(), upstream.clone());
+        async move {
+            match seen.fetch_add(1, Ordering::SeqCst) {
+                0 => {
+                    return (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "3")],
+                        "slow down",
+                    )
+                        .into_response();
+                }
+                1 => return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response(),
+                _ => {}
+            }
+            let mut request = client.request(method, format!("{upstream}{uri}"));
+            for name in ["authorization", "content-type"] {
+                if let Some(value) = headers.get(name) {
+                    request = request.header(name, value.as_bytes());
+                }
+            }
+            let answer = request.body(body).send().await.expect("Unleash answers");
+            let status = StatusCode::from_u16(answer.status().as_u16()).expect("status");
+            (status, answer.bytes().await.unwrap_or_default()).into_response()
+        }
+    };
+    let app = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the front");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{address}")
+}
+
+/// The time at the start of a log line (`2026-11-30T08:44:01.094043Z ...`).
+fn logged_at(line: &str) -> DateTime<Utc> {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    DateTime::parse_from_rfc3339(stamp)
+        .unwrap_or_else(|e| panic!("no time at the start of {line:?}: {e}"))
+        .with_timezone(&Utc)
+}
+
+#[tokio::test]
+async fn a_429_is_tried_again_after_its_retry_after_and_a_503_after_a_backoff() {
+    let unleash = UnleashServer::new().await;
+    let front = flaky_front(unleash.url().to_string()).await;
+    let bridge =
+        Bridge::start_via("unleash-429", unleash, &["checkout-v2"], None, Some(front)).await;
+    let enable = command("checkout-v2", CommandKind::Enable, Utc::now());
+    bridge.produce(&enable).await;
+    bridge.wait_state("checkout-v2", true).await;
+    bridge.wait_logged(&enable.command_id, APPLIED).await;
+
+    let log = bridge.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&enable.command_id))
+        .collect();
+    let tries: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("trying again"))
+        .collect();
+    assert_eq!(tries.len(), 2, "a 429 and a 503:\n{log}");
+    assert!(
+        tries[0].contains("429") && tries[0].contains("retry_in=3s"),
+        "{}",
+        tries[0]
+    );
+    assert!(tries[1].contains("503"), "{}", tries[1]);
+    let applied = lines
+        .iter()
+        .find(|l| l.contains(APPLIED))
+        .expect("applied line");
+    assert!(applied.contains("tries=3"), "{applied}");
+    let waited = logged_at(tries[1]) - logged_at(tries[0]);
+    assert!(
+        waited >= chrono::Duration::milliseconds(2900),
+        "the 429's Retry-After (3 s, over max_backoff 1 s) was not honoured: {waited}"
+    );
+    let backoff = logged_at(applied) - logged_at(tries[1]);
+    assert!(
+        backoff <= chrono::Duration::seconds(10),
+        "after the 503: at most max_backoff (1 s) plus the request: {backoff}"
+    );
 }
