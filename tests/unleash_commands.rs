@@ -806,3 +806,38 @@ async fn a_429_is_tried_again_after_its_retry_after_and_a_503_after_a_backoff() 
         "after the 503: at most max_backoff (1 s) plus the request: {backoff}"
     );
 }
+
+#[tokio::test]
+async fn a_late_enable_after_a_restart_is_still_skipped() {
+    let mut bridge = Bridge::start("unleash-restart-stale", &["checkout-v2"], None).await;
+    bridge
+        .unleash
+        .set_enabled(PROJECT, ENV, "checkout-v2", true)
+        .await;
+    let now = Utc::now();
+    let disable = command("checkout-v2", CommandKind::Disable, now);
+    bridge.produce(&disable).await;
+    bridge.wait_logged(&disable.command_id, APPLIED).await;
+    bridge.wait_state("checkout-v2", false).await;
+    let status = bridge.terminate().await;
+    assert!(status.success(), "{status}\n{}", bridge.log());
+
+    // A new process of the group: the disable is behind the committed offset, not
+    // delivered again; the commit's memory still knows its issued_at.
+    bridge.respawn();
+    let late_enable = command(
+        "checkout-v2",
+        CommandKind::Enable,
+        now - chrono::Duration::seconds(30),
+    );
+    bridge.produce(&late_enable).await;
+    bridge
+        .wait_logged(&late_enable.command_id, "skipped: stale")
+        .await;
+    assert!(
+        !bridge.logged(&disable.command_id, APPLIED),
+        "the disable was delivered again: {}",
+        bridge.log()
+    );
+    assert!(!bridge.unleash.is_enabled(PROJECT, ENV, "checkout-v2").await);
+}

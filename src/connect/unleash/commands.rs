@@ -32,6 +32,9 @@
 //! or its group was deleted) are not applied. Once the group has committed offsets, a
 //! bridge that was down resumes where it stopped.
 //!
+//! Each commit also carries the stale rule's memory of its partition ([`memory`]), read
+//! back when the partition's first record arrives, so the rule holds across restarts.
+//!
 //! The rule that keeps commands from being lost: a partition's offset is committed only
 //! up to its first command not yet finished ([`progress`]); a command cut off by
 //! shutdown, a crash or a rebalance is delivered again (applying on/off twice is
@@ -43,11 +46,13 @@ use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
+use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{Outcome, Shared, apply, report};
+use super::memory;
 use super::order::{self, Lanes, Position, Ticket};
 use super::progress::{Progress, Seen};
 use super::record;
@@ -63,6 +68,8 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Every this many commit ticks, every assigned partition's point is committed again,
 /// moved or not (an asynchronous commit that failed is repeated).
 const RECOMMIT_EVERY: u64 = 10;
+/// How long reading a partition's committed offset (its memory) may take.
+const RECALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the bridge waits at shutdown for its cancelled commands to return.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
@@ -95,7 +102,7 @@ pub async fn run(
     let topics = &config.kafka.topics;
     let group = &unleash.commands.group_id;
     let client = client_config(&config.kafka);
-    let consumer: StreamConsumer = client
+    let consumer: Arc<StreamConsumer> = client
         .clone()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -104,6 +111,7 @@ pub async fn run(
         .set("auto.offset.reset", "latest")
         .set("isolation.level", "read_committed")
         .create()
+        .map(Arc::new)
         .map_err(|e| UnleashError::Kafka(format!("consumer of {}: {e}", topics.commands)))?;
     consumer
         .subscribe(&[topics.commands.as_str()])
@@ -143,7 +151,12 @@ pub async fn run(
             received = consumer.recv() => match received {
                 Ok(message) => {
                     let at = Position { partition: message.partition(), offset: message.offset() };
-                    bridge.read(at, from_rdkafka(&message));
+                    let original = from_rdkafka(&message);
+                    drop(message);
+                    if !bridge.progress.knows(at.partition) {
+                        bridge.recall(&consumer, at.partition).await;
+                    }
+                    bridge.read(at, original);
                 }
                 Err(error) => {
                     tracing::warn!(%error, topic = %topics.commands, "consume failed; retrying");
@@ -194,6 +207,47 @@ struct Bridge {
 }
 
 impl Bridge {
+    /// Seeds the stale rule's memory from what `partition`'s committed offset remembers
+    /// ([`memory`]); a failure to read it is logged and the partition goes on without.
+    async fn recall(&mut self, consumer: &Arc<StreamConsumer>, partition: i32) {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.shared.commands_topic, partition);
+        let reader = consumer.clone();
+        // rdkafka panics on metadata that is not UTF-8 (another writer's): read inside the
+        // blocking task, whose panic is an error here.
+        let read = tokio::task::spawn_blocking(move || {
+            reader
+                .committed_offsets(list, Timeout::After(RECALL_TIMEOUT))
+                .map(|list| {
+                    list.elements()
+                        .first()
+                        .map(|e| e.metadata().to_string())
+                        .unwrap_or_default()
+                })
+        })
+        .await;
+        let text = match read {
+            Ok(Ok(text)) => text,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, partition, "cannot read the committed offset's memory; the stale rule starts without it");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, partition, "cannot read the committed offset's memory; the stale rule starts without it");
+                return;
+            }
+        };
+        let remembered = memory::decode(&text);
+        for (flag_key, issued_at) in &remembered {
+            self.lanes.remember(flag_key, partition, *issued_at);
+        }
+        tracing::debug!(
+            partition,
+            flags = remembered.len(),
+            "stale rule memory read from the committed offset"
+        );
+    }
+
     /// A record was read at `at`.
     fn read(&mut self, at: Position, original: KafkaMessage) {
         match self.progress.read(at) {
@@ -352,12 +406,14 @@ impl Bridge {
         }
         let mut list = TopicPartitionList::new();
         for (partition, offset) in &points {
-            if let Err(error) = list.add_partition_offset(
-                &self.shared.commands_topic,
-                *partition,
-                Offset::Offset(*offset),
-            ) {
+            let topic = &self.shared.commands_topic;
+            if let Err(error) =
+                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            {
                 tracing::warn!(%error, partition, offset, "cannot commit this offset");
+            }
+            if let Some(mut element) = list.find_partition(topic, *partition) {
+                element.set_metadata(memory::encode(&self.lanes.newest_on(*partition)));
             }
         }
         match consumer.commit(&list, mode) {

@@ -13,6 +13,7 @@
 pub mod admin;
 mod apply;
 pub mod commands;
+pub mod memory;
 pub mod order;
 pub mod progress;
 pub mod record;

@@ -13,8 +13,10 @@
 //! cancelled and counted stale, and the newer one runs next. At most one command per flag
 //! waits: a newer arrival supersedes a waiting one too.
 //!
-//! The memory of what was taken lives in this process: after a restart, the order is
-//! rebuilt from the commands delivered again (those after the committed offsets).
+//! The memory of what was taken survives a restart or a rebalance: each partition's
+//! committed offset carries the newest `issued_at` of the flags read from it
+//! ([`super::memory`]), and the commands after the committed offset are delivered again,
+//! so the order is rebuilt from both.
 
 use std::collections::HashMap;
 
@@ -89,6 +91,8 @@ pub struct Lanes {
 struct Lane {
     /// `issued_at` of the newest command taken.
     newest: Option<DateTime<Utc>>,
+    /// The partition its commands were read from (one per flag: the key decides it).
+    partition: Option<i32>,
     /// The command being applied, and whether a newer one superseded it.
     running: Option<(Position, bool)>,
     /// The command that runs once the running one returns.
@@ -109,6 +113,7 @@ impl Lanes {
             };
         }
         lane.newest = Some(ticket.command.issued_at);
+        lane.partition = Some(ticket.at.partition);
         match &mut lane.running {
             None => {
                 lane.running = Some((ticket.at, false));
@@ -142,6 +147,29 @@ impl Lanes {
         let start = lane.waiting.take();
         lane.running = start.as_ref().map(|t| (t.at, false));
         Finished { superseded, start }
+    }
+
+    /// Remembers that a command for `flag_key` issued at `issued_at` was taken before
+    /// (from a commit's memory of `partition`): later arrivals older than it are stale.
+    /// A newer command already taken is kept.
+    pub fn remember(&mut self, flag_key: &str, partition: i32, issued_at: DateTime<Utc>) {
+        let lane = self.lanes.entry(flag_key.to_string()).or_default();
+        if lane.newest.is_none_or(|newest| newest < issued_at) {
+            lane.newest = Some(issued_at);
+        }
+        lane.partition.get_or_insert(partition);
+    }
+
+    /// The newest `issued_at` taken for each flag read from `partition`, newest first.
+    pub fn newest_on(&self, partition: i32) -> Vec<(&str, DateTime<Utc>)> {
+        let mut newest: Vec<(&str, DateTime<Utc>)> = self
+            .lanes
+            .iter()
+            .filter(|(_, lane)| lane.partition == Some(partition))
+            .filter_map(|(key, lane)| Some((key.as_str(), lane.newest?)))
+            .collect();
+        newest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        newest
     }
 
     /// Commands running or waiting, all flags together.
@@ -240,6 +268,36 @@ mod tests {
         assert_eq!(arrival.stale, Some(older));
         assert_eq!(arrival.cancel_running, None);
         assert!(!lanes.finished("shop/production/f", at(1)).superseded);
+    }
+
+    #[test]
+    fn a_remembered_command_makes_older_ones_stale_and_is_listed_per_partition() {
+        let mut lanes = Lanes::default();
+        let remembered = ticket(0, "f", CommandKind::Disable, 20).command.issued_at;
+        lanes.remember("shop/production/f", 0, remembered);
+        let older = ticket(5, "f", CommandKind::Enable, 10);
+        assert_eq!(lanes.arrive(older.clone()).stale, Some(older));
+        let same = ticket(6, "f", CommandKind::Disable, 20);
+        assert_eq!(lanes.arrive(same.clone()).start, Some(same), "equal: taken");
+        let other = ticket(7, "g", CommandKind::Enable, 30);
+        lanes.arrive(other);
+        assert_eq!(
+            lanes.newest_on(0),
+            vec![
+                (
+                    "shop/production/g",
+                    ticket(0, "g", CommandKind::Enable, 30).command.issued_at
+                ),
+                ("shop/production/f", remembered),
+            ]
+        );
+        assert!(lanes.newest_on(1).is_empty());
+        lanes.remember("shop/production/g", 0, remembered);
+        assert_eq!(
+            lanes.newest_on(0)[0].0,
+            "shop/production/g",
+            "a newer one is kept"
+        );
     }
 
     #[test]

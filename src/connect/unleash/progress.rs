@@ -91,6 +91,11 @@ impl Progress {
         }
     }
 
+    /// Whether a record of `partition` was read before.
+    pub fn knows(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
     /// Records read and not finished, all partitions together.
     pub fn pending(&self) -> usize {
         self.partitions.values().map(|p| p.pending.len()).sum()
@@ -126,7 +131,9 @@ mod tests {
     #[test]
     fn partitions_are_apart_and_a_record_read_again_is_recognised() {
         let mut progress = Progress::default();
+        assert!(!progress.knows(0));
         progress.read(at(0, 5));
+        assert!(progress.knows(0));
         progress.read(at(1, 7));
         progress.finished(at(1, 7));
         assert_eq!(progress.to_commit(false), vec![(0, 5), (1, 8)]);
