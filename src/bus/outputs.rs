@@ -14,10 +14,7 @@
 use chrono::Utc;
 
 use crate::config::Topics;
-use crate::contract::dead_letter::{
-    HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
-    HEADER_SOURCE_TOPIC, HEADER_VALUE_TRUNCATED,
-};
+use crate::contract::dead_letter::{self, HEADER_VALUE_TRUNCATED};
 use crate::contract::flag_change::BadFlagChange;
 use crate::contract::flag_command::FLAG_COMMAND_TYPE;
 use crate::contract::run_record::RUN_RECORD_TYPE;
@@ -109,30 +106,14 @@ pub(crate) fn dead_letter(
     source: &Source,
 ) -> Output {
     let mut message = original.clone();
-    let message_text: String = bad.message.chars().take(2000).collect();
-    message.headers.extend([
-        (
-            HEADER_ERROR_CLASS.to_string(),
-            bad.class.as_str().as_bytes().to_vec(),
-        ),
-        (HEADER_ERROR_MESSAGE.to_string(), message_text.into_bytes()),
-        (
-            HEADER_SOURCE_TOPIC.to_string(),
-            source.topic.clone().into_bytes(),
-        ),
-        (
-            HEADER_SOURCE_PARTITION.to_string(),
-            source.partition.to_string().into_bytes(),
-        ),
-        (
-            HEADER_SOURCE_OFFSET.to_string(),
-            source.offset.to_string().into_bytes(),
-        ),
-        (
-            "chaosgate_dead_lettered_at".to_string(),
-            Utc::now().to_rfc3339().into_bytes(),
-        ),
-    ]);
+    message.headers.extend(dead_letter::headers(
+        bad.class,
+        &bad.message,
+        &source.topic,
+        source.partition,
+        source.offset,
+        Utc::now(),
+    ));
     inject_send(&topics.dead_letter, &mut message.headers);
     Output {
         topic: topics.dead_letter.clone(),
@@ -205,6 +186,7 @@ pub(crate) fn cut_to_fit(output: &Output, max_bytes: usize) -> Option<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::dead_letter::{HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE};
 
     fn big(len: usize) -> Output {
         Output {

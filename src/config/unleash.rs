@@ -79,10 +79,14 @@ pub struct UnleashWebhookConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnleashCommandsConfig {
-    /// Consumer group (its own, apart from the worker's).
+    /// Consumer group (its own, apart from the worker's). A new group starts at the end
+    /// of the commands topic (commands written before its first start are not applied);
+    /// afterwards it resumes from its committed offsets.
     #[serde(default = "default_commands_group")]
     pub group_id: String,
-    /// Longest wait between two tries of a command that failed transiently.
+    /// Longest wait between two tries of a command that failed transiently (waits grow
+    /// exponentially from 250 ms, with jitter), unless Unleash's `Retry-After` asks for
+    /// longer.
     #[serde(default = "default_max_backoff")]
     pub max_backoff: Span,
 }

@@ -1,5 +1,6 @@
-//! The dead-letter envelope: a bad flag-change keeps its original bytes and headers and
-//! gains headers that say what was wrong and where it came from.
+//! The dead-letter envelope: a bad flag-change (or a flag command a bridge could not
+//! apply) keeps its original bytes and headers and gains headers that say what was wrong
+//! and where it came from.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,13 +20,45 @@ pub const HEADER_SOURCE_OFFSET: &str = "chaosgate_source_offset";
 /// every header are kept; the value is its first bytes, so it may not decode.
 pub const HEADER_VALUE_TRUNCATED: &str = "chaosgate_value_truncated_from";
 
+/// Header holding when the record was dead-lettered (RFC 3339).
+pub const HEADER_DEAD_LETTERED_AT: &str = "chaosgate_dead_lettered_at";
+/// The error message header holds at most this many characters of the message.
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 2000;
+
+/// The headers a dead letter adds to the original record's (which it keeps byte for
+/// byte): the error `class`, the `message` (its first [`MAX_ERROR_MESSAGE_CHARS`]
+/// characters), where the original was read (`source_topic`, `partition`, `offset`,
+/// both numbers in decimal) and when it was dead-lettered (`at`).
+pub fn headers(
+    class: ErrorClass,
+    message: &str,
+    source_topic: &str,
+    partition: i32,
+    offset: i64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, Vec<u8>)> {
+    let message: String = message.chars().take(MAX_ERROR_MESSAGE_CHARS).collect();
+    [
+        (HEADER_ERROR_CLASS, class.as_str().to_string()),
+        (HEADER_ERROR_MESSAGE, message),
+        (HEADER_SOURCE_TOPIC, source_topic.to_string()),
+        (HEADER_SOURCE_PARTITION, partition.to_string()),
+        (HEADER_SOURCE_OFFSET, offset.to_string()),
+        (HEADER_DEAD_LETTERED_AT, at.to_rfc3339()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.into_bytes()))
+    .collect()
+}
+
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     /// Not a CloudEvent, or not JSON.
     Undecodable,
-    /// The data does not match the flag-change schema.
+    /// The data does not match the flag-change schema (the flag-command schema, for a
+    /// record a bridge read from the commands topic).
     SchemaViolation,
     /// `ce_specversion` or the event `type` is not one chaosgate reads.
     UnknownVersion,
@@ -39,6 +72,11 @@ pub enum ErrorClass {
     /// No route takes the event's flag and the worker is configured to dead-letter such
     /// events (`worker.unrouted = "dead_letter"`).
     Unrouted,
+    /// A flag command a flag-service bridge could not apply, and will not apply if tried
+    /// again: the flag service refused it for good (401, 403, 404 of the flag, another
+    /// 4xx), or it asks for something the bridge cannot do (a `revert` to a value it
+    /// cannot put back). The record is the original flag command.
+    CommandNotApplied,
 }
 
 impl ErrorClass {
@@ -52,6 +90,7 @@ impl ErrorClass {
             ErrorClass::UnknownPipeline => "unknown_pipeline",
             ErrorClass::PipelineNotRouted => "pipeline_not_routed",
             ErrorClass::Unrouted => "unrouted",
+            ErrorClass::CommandNotApplied => "command_not_applied",
         }
     }
 }
@@ -64,7 +103,7 @@ impl ErrorClass {
 #[serde(deny_unknown_fields)]
 #[schemars(
     title = "DeadLetter",
-    description = "A dead-lettered flag-change: the original bytes and headers, plus headers naming the error and the source.",
+    description = "A dead-lettered record: a flag-change the worker could not process, or a flag command a flag-service bridge could not read or apply; the original bytes and headers, plus headers naming the error and the source.",
     example = dead_letter_example()
 )]
 pub struct DeadLetter {

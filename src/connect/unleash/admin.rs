@@ -81,26 +81,15 @@ impl AdminApi {
         flag: &str,
         on: bool,
     ) -> Result<(), AdminError> {
-        let url = self.url(&[
-            "api",
-            "admin",
-            "projects",
-            project,
-            "features",
-            flag,
-            "environments",
-            environment,
-            if on { "on" } else { "off" },
-        ]);
-        let request = self
-            .http
-            .post(url.clone())
-            .header("authorization", &self.token);
-        let response = request
-            .send()
+        let path = environment_path(project, environment, flag);
+        let segments: Vec<&str> = path
+            .iter()
+            .copied()
+            .chain([if on { "on" } else { "off" }])
+            .collect();
+        self.send(reqwest::Method::POST, &segments, None)
             .await
-            .map_err(|e| transport("POST", &url, &e))?;
-        check("POST", &url, response).await.map(drop)
+            .map(drop)
     }
 
     /// Whether `flag` is on in `environment` of `project`; `None` when the flag has no
@@ -167,6 +156,30 @@ impl AdminApi {
             .unwrap_or_default())
     }
 
+    /// Sends `method` to the Admin API path `segments` (each percent-encoded as one
+    /// segment) with `body` as JSON, and returns the body of a 2xx answer, or the
+    /// classified error. For the calls without a method of their own (strategies).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        body: Option<&serde_json::Value>,
+    ) -> Result<String, AdminError> {
+        let url = self.url(segments);
+        let mut request = self
+            .http
+            .request(method.clone(), url.clone())
+            .header("authorization", &self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport(method.as_str(), &url, &e))?;
+        check(method.as_str(), &url, response).await
+    }
+
     /// The base URL with `segments` appended, each percent-encoded as one path segment.
     fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
@@ -175,6 +188,25 @@ impl AdminApi {
         }
         url
     }
+}
+
+/// The path segments of `flag` in `environment` of `project`:
+/// `api/admin/projects/{project}/features/{flag}/environments/{environment}`.
+pub(super) fn environment_path<'a>(
+    project: &'a str,
+    environment: &'a str,
+    flag: &'a str,
+) -> [&'a str; 8] {
+    [
+        "api",
+        "admin",
+        "projects",
+        project,
+        "features",
+        flag,
+        "environments",
+        environment,
+    ]
 }
 
 fn transport(method: &str, url: &Url, error: &reqwest::Error) -> AdminError {

@@ -11,9 +11,15 @@
 //! (the loop guard), so a change is gated once.
 
 pub mod admin;
+mod apply;
 pub mod commands;
 pub mod event;
+pub mod memory;
+pub mod order;
+pub mod progress;
 pub mod recent;
+pub mod record;
+pub mod strategy;
 pub mod webhook;
 
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,237 @@
+//! Applying one flag command to Unleash: tries, waits between them, and the report of a
+//! command that will not be applied.
+//!
+//! The rule: a command ends applied, reported (error log line, `failed` count, dead
+//! letter written) or cancelled, never dropped. Transient failures are tried again with
+//! exponential backoff (factor 2, from 250 ms) with jitter, each wait at most
+//! `[unleash.commands] max_backoff`, unless Unleash's `Retry-After` asks for longer; a
+//! command stops trying only when a newer one for its flag supersedes it or the bridge
+//! stops. Permanent failures are not tried again.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rdkafka::producer::FutureProducer;
+use rdkafka::util::Timeout;
+use tokio_util::sync::CancellationToken;
+
+use super::order::{Position, Ticket};
+use super::record::{self, NotApplied, Wanted};
+use super::strategy;
+use super::{AdminApi, AdminError};
+use crate::bus::record::to_record;
+use crate::contract::{FlagCommand, KafkaMessage};
+use crate::telemetry::metrics;
+
+/// The first wait after a failed try.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// How long one dead letter may wait for the broker before it is tried again.
+const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the tasks applying commands share.
+pub(super) struct Shared {
+    pub(super) admin: AdminApi,
+    pub(super) producer: FutureProducer,
+    pub(super) commands_topic: String,
+    pub(super) dead_letter_topic: String,
+    pub(super) max_backoff: Duration,
+    pub(super) shutdown: CancellationToken,
+}
+
+/// How a task applying or reporting a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Applied to Unleash.
+    Applied,
+    /// Reported: logged, counted and dead-lettered.
+    Reported,
+    /// Stopped before it finished: superseded, or the bridge is stopping.
+    Cancelled,
+}
+
+/// Applies one command until it is applied, reported, superseded (`supersede`) or the
+/// bridge stops.
+pub(super) async fn apply(
+    shared: &Shared,
+    ticket: &Ticket,
+    supersede: &CancellationToken,
+) -> Outcome {
+    let command = &ticket.command;
+    let flag = ticket.flag_key();
+    let wanted = match record::wanted(command) {
+        Ok(wanted) => wanted,
+        Err(why) => {
+            log_failed(ticket, &why);
+            return report(shared, &ticket.original, ticket.at, &why).await;
+        }
+    };
+    let mut delays = backoff(shared.max_backoff);
+    let mut tries: u32 = 0;
+    loop {
+        tries += 1;
+        let result = tokio::select! {
+            biased;
+            () = supersede.cancelled() => return Outcome::Cancelled,
+            result = put(&shared.admin, command, &wanted) => result,
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    command_id = %command.command_id,
+                    %flag,
+                    command = command.command.as_str(),
+                    state = %shown(&wanted),
+                    tries,
+                    "applied"
+                );
+                metrics::unleash_command("applied");
+                return Outcome::Applied;
+            }
+            Err(AdminError::Transient {
+                reason,
+                retry_after,
+            }) => {
+                let wait = next_wait(&mut delays, shared.max_backoff, retry_after);
+                tracing::warn!(
+                    command_id = %command.command_id,
+                    %flag,
+                    command = command.command.as_str(),
+                    tries,
+                    retry_in = ?wait,
+                    error = %reason,
+                    "not applied yet; trying again"
+                );
+                metrics::unleash_command("retried");
+                tokio::select! {
+                    biased;
+                    () = supersede.cancelled() => return Outcome::Cancelled,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(AdminError::Permanent { status, reason }) => {
+                let why = record::refused(status, &reason);
+                log_failed(ticket, &why);
+                return report(shared, &ticket.original, ticket.at, &why).await;
+            }
+        }
+    }
+}
+
+/// Makes Unleash what `wanted` says, for `command`'s flag and environment.
+async fn put(admin: &AdminApi, command: &FlagCommand, wanted: &Wanted) -> Result<(), AdminError> {
+    let (project, environment, flag) = (&command.project, &command.environment, &command.flag);
+    match wanted {
+        Wanted::Enabled(on) => admin.set_enabled(project, environment, flag, *on).await,
+        Wanted::Strategy { id, body } => {
+            strategy::put_back(admin, project, environment, flag, id, body).await
+        }
+    }
+}
+
+/// `wanted` in a log line: `on`, `off` or `strategy <id>`.
+fn shown(wanted: &Wanted) -> String {
+    match wanted {
+        Wanted::Enabled(true) => "on".into(),
+        Wanted::Enabled(false) => "off".into(),
+        Wanted::Strategy { id, .. } => format!("strategy {id}"),
+    }
+}
+
+/// The error line and the `failed` count of a command that will not be applied.
+fn log_failed(ticket: &Ticket, why: &NotApplied) {
+    tracing::error!(
+        command_id = %ticket.command.command_id,
+        flag = %ticket.flag_key(),
+        command = ticket.command.command.as_str(),
+        partition = ticket.at.partition,
+        offset = ticket.at.offset,
+        error = %why,
+        "not applied; reporting it on the dead-letter topic"
+    );
+    metrics::unleash_command("failed");
+}
+
+/// Writes the dead letter of the record at `at`, trying again until the broker has it
+/// or the bridge stops (then [`Outcome::Cancelled`]: the record comes again).
+pub(super) async fn report(
+    shared: &Shared,
+    original: &KafkaMessage,
+    at: Position,
+    why: &NotApplied,
+) -> Outcome {
+    let letter = record::dead_letter(original, why, &shared.commands_topic, at);
+    let mut delays = backoff(shared.max_backoff);
+    loop {
+        let sent = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return Outcome::Cancelled,
+            sent = shared.producer.send(
+                to_record(&shared.dead_letter_topic, &letter),
+                Timeout::After(DEAD_LETTER_TIMEOUT),
+            ) => sent,
+        };
+        match sent {
+            Ok(_) => return Outcome::Reported,
+            Err((error, _)) => {
+                let wait = next_wait(&mut delays, shared.max_backoff, None);
+                tracing::warn!(
+                    %error,
+                    topic = %shared.dead_letter_topic,
+                    partition = at.partition,
+                    offset = at.offset,
+                    retry_in = ?wait,
+                    "cannot write the dead letter yet; trying again"
+                );
+                tokio::select! {
+                    biased;
+                    () = shared.shutdown.cancelled() => return Outcome::Cancelled,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Exponential delays (factor 2) from [`FIRST_BACKOFF`] with jitter, without end.
+fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(FIRST_BACKOFF.min(max))
+        .with_max_delay(max)
+        .without_max_times()
+        .build()
+}
+
+/// The wait before the next try: the next backoff delay, at most `max`, or
+/// `retry_after` when the server asked for longer.
+fn next_wait(
+    delays: &mut impl Iterator<Item = Duration>,
+    max: Duration,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let delay = delays.next().unwrap_or(max).min(max);
+    retry_after.map_or(delay, |asked| asked.max(delay))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_grow_to_the_cap_with_jitter_and_honour_retry_after() {
+        let max = Duration::from_secs(2);
+        let mut delays = backoff(max);
+        let waits: Vec<Duration> = (0..12).map(|_| next_wait(&mut delays, max, None)).collect();
+        assert!(waits.iter().all(|w| *w <= max), "{waits:?}");
+        assert!(waits[0] >= FIRST_BACKOFF, "{waits:?}");
+        assert!(waits[11] >= Duration::from_secs(1), "grows: {waits:?}");
+        let distinct: std::collections::HashSet<_> = waits[..4].iter().collect();
+        assert!(distinct.len() > 1, "jitter: {waits:?}");
+        assert_eq!(
+            next_wait(&mut delays, max, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        let mut fresh = backoff(max);
+        assert!(next_wait(&mut fresh, max, Some(Duration::ZERO)) >= FIRST_BACKOFF);
+    }
+}
