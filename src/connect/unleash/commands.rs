@@ -36,7 +36,7 @@
 //! back when the partition's first record arrives, so the rule holds across restarts.
 //!
 //! The rule that keeps commands from being lost: a partition's offset is committed only
-//! up to its first command not yet finished ([`progress`]); a command cut off by
+//! up to its first command not yet finished ([`super::progress`]); a command cut off by
 //! shutdown, a crash or a rebalance is delivered again (applying on/off twice is
 //! harmless). Commits are made at most once a second, and once more at shutdown.
 
@@ -146,11 +146,13 @@ pub async fn run(
     let mut commits = tokio::time::interval(COMMIT_INTERVAL);
     commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
+    let mut failures: u32 = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             received = consumer.recv() => match received {
                 Ok(message) => {
+                    failures = 0;
                     let at = Position { partition: message.partition(), offset: message.offset() };
                     let original = from_rdkafka(&message);
                     drop(message);
@@ -160,8 +162,11 @@ pub async fn run(
                     bridge.read(at, original);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, topic = %topics.commands, "consume failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Doubling from 200 ms to 5 s: a missing topic is not a log flood.
+                    let wait = Duration::from_millis(200).saturating_mul(1 << failures.min(5)).min(Duration::from_secs(5));
+                    failures += 1;
+                    tracing::warn!(%error, topic = %topics.commands, failures, retry_in = ?wait, "consume failed; retrying");
+                    tokio::time::sleep(wait).await;
                 }
             },
             Some(joined) = bridge.tasks.join_next_with_id(), if !bridge.tasks.is_empty() => {
