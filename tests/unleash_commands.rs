@@ -238,6 +238,17 @@ max_backoff = "1s"
         letter
     }
 
+    /// Applies an `enable` of flag `marker` (which the test created), so every command
+    /// read before it on the partition has been handled, then checks `flag` is off.
+    async fn assert_off_after_a_marker(&self, flag: &str, otherwise: &str) {
+        let marker = command("marker", CommandKind::Enable, Utc::now());
+        self.produce(&marker).await;
+        self.wait_state("marker", true).await;
+        if self.unleash.is_enabled(PROJECT, ENV, flag).await {
+            self.fail(otherwise);
+        }
+    }
+
     /// Waits until Unleash says `flag` is `on` in production.
     async fn wait_state(&self, flag: &str, on: bool) {
         let deadline = Instant::now() + WAIT;
@@ -389,15 +400,9 @@ async fn an_older_enable_after_a_newer_disable_is_skipped_and_the_flag_stays_off
     bridge
         .wait_logged(&late_enable.command_id, "skipped: stale")
         .await;
-    // A later command of another flag applied: everything before it was handled.
-    let marker = command("marker", CommandKind::Enable, Utc::now());
-    bridge.produce(&marker).await;
-    bridge.wait_state("marker", true).await;
-    assert!(
-        !bridge.unleash.is_enabled(PROJECT, ENV, "checkout-v2").await,
-        "the late enable undid the newer disable:\n{}",
-        bridge.log()
-    );
+    bridge
+        .assert_off_after_a_marker("checkout-v2", "the late enable undid the newer disable")
+        .await;
     assert!(
         !bridge.logged(&late_enable.command_id, APPLIED),
         "{}",
@@ -691,14 +696,9 @@ async fn a_command_in_an_aborted_transaction_is_not_applied() {
         .abort_transaction(Duration::from_secs(30))
         .expect("abort");
 
-    let marker = command("marker", CommandKind::Enable, Utc::now());
-    bridge.produce(&marker).await;
-    bridge.wait_state("marker", true).await;
-    assert!(
-        !bridge.unleash.is_enabled(PROJECT, ENV, "checkout-v2").await,
-        "an aborted command was applied:\n{}",
-        bridge.log()
-    );
+    bridge
+        .assert_off_after_a_marker("checkout-v2", "an aborted command was applied")
+        .await;
     assert!(
         !bridge.log().contains(&aborted.command_id),
         "{}",

@@ -347,6 +347,25 @@ impl UnleashServer {
             })),
         )
         .await;
+        // Under load Unleash sometimes answers the token request 401 right after the
+        // login (its session not stored yet): log in and ask again, a few times.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.login_and_create_token().await {
+                Ok(secret) => return secret,
+                Err(why) if tries < 5 => {
+                    eprintln!("chaosgate's PAT, try {tries}: {why}; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+    }
+
+    /// Logs in as user chaosgate and creates its PAT; `Err` when Unleash answered the
+    /// token request 401 (a session it did not know yet).
+    async fn login_and_create_token(&self) -> Result<String, String> {
         let login = self
             .http
             .post(format!("{}/auth/simple/login", self.url))
@@ -378,14 +397,17 @@ impl UnleashServer {
             .expect("create chaosgate's token");
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(format!("creating the PAT answered {status}: {body}"));
+        }
         assert!(
             status.is_success(),
             "creating the PAT answered {status}: {body}"
         );
-        body["secret"]
+        Ok(body["secret"]
             .as_str()
             .unwrap_or_else(|| panic!("no secret in {body}"))
-            .to_string()
+            .to_string())
     }
 
     /// Creates flag `name` (type release, no strategies) in `project`, as the human.

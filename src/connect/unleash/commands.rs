@@ -36,7 +36,7 @@
 //! back when the partition's first record arrives, so the rule holds across restarts.
 //!
 //! The rule that keeps commands from being lost: a partition's offset is committed only
-//! up to its first command not yet finished ([`progress`]); a command cut off by
+//! up to its first command not yet finished ([`super::progress`]); a command cut off by
 //! shutdown, a crash or a rebalance is delivered again (applying on/off twice is
 //! harmless). Commits are made at most once a second, and once more at shutdown.
 
@@ -140,16 +140,19 @@ pub async fn run(
         lanes: Lanes::default(),
         progress: Progress::default(),
         tasks: JoinSet::new(),
+        task_of: HashMap::new(),
         supersede: HashMap::new(),
     };
     let mut commits = tokio::time::interval(COMMIT_INTERVAL);
     commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
+    let mut failures: u32 = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             received = consumer.recv() => match received {
                 Ok(message) => {
+                    failures = 0;
                     let at = Position { partition: message.partition(), offset: message.offset() };
                     let original = from_rdkafka(&message);
                     drop(message);
@@ -159,14 +162,15 @@ pub async fn run(
                     bridge.read(at, original);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, topic = %topics.commands, "consume failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Doubling from 200 ms to 5 s: a missing topic is not a log flood.
+                    let wait = Duration::from_millis(200).saturating_mul(1 << failures.min(5)).min(Duration::from_secs(5));
+                    failures += 1;
+                    tracing::warn!(%error, topic = %topics.commands, failures, retry_in = ?wait, "consume failed; retrying");
+                    tokio::time::sleep(wait).await;
                 }
             },
-            Some(joined) = bridge.tasks.join_next(), if !bridge.tasks.is_empty() => {
-                if let Ok(done) = joined {
-                    bridge.done(done);
-                }
+            Some(joined) = bridge.tasks.join_next_with_id(), if !bridge.tasks.is_empty() => {
+                bridge.joined(joined);
             }
             _ = commits.tick() => {
                 ticks += 1;
@@ -177,10 +181,8 @@ pub async fn run(
     // Every task watches `shutdown`: they return at once, unfinished ones as cancelled
     // (not committed, so delivered again).
     let drain = async {
-        while let Some(joined) = bridge.tasks.join_next().await {
-            if let Ok(done) = joined {
-                bridge.done(done);
-            }
+        while let Some(joined) = bridge.tasks.join_next_with_id().await {
+            bridge.joined(joined);
         }
     };
     if tokio::time::timeout(SHUTDOWN_WAIT, drain).await.is_err() {
@@ -202,6 +204,8 @@ struct Bridge {
     lanes: Lanes,
     progress: Progress,
     tasks: JoinSet<Done>,
+    /// What each task has: its record and, for a command, its flag.
+    task_of: HashMap<tokio::task::Id, (Position, Option<String>)>,
     /// The token that supersedes each running command.
     supersede: HashMap<Position, CancellationToken>,
 }
@@ -273,7 +277,7 @@ impl Bridge {
                 );
                 metrics::unleash_command("failed");
                 let shared = self.shared.clone();
-                self.tasks.spawn(async move {
+                let task = self.tasks.spawn(async move {
                     let outcome = report(&shared, &original, at, &why).await;
                     Done {
                         at,
@@ -281,6 +285,7 @@ impl Bridge {
                         outcome,
                     }
                 });
+                self.task_of.insert(task.id(), (at, None));
                 return;
             }
         };
@@ -335,7 +340,8 @@ impl Bridge {
         let token = self.shared.shutdown.child_token();
         self.supersede.insert(ticket.at, token.clone());
         let shared = self.shared.clone();
-        self.tasks.spawn(async move {
+        let (at, flag_key) = (ticket.at, ticket.flag_key());
+        let task = self.tasks.spawn(async move {
             let outcome = apply(&shared, &ticket, &token).await;
             Done {
                 at: ticket.at,
@@ -343,6 +349,32 @@ impl Bridge {
                 outcome,
             }
         });
+        self.task_of.insert(task.id(), (at, Some(flag_key)));
+    }
+
+    /// A task ended: returned, or (a bug) panicked. A panicked task's record stays
+    /// unfinished, so its offset is not committed and it is delivered again after a
+    /// restart; its flag's next command goes on.
+    fn joined(&mut self, joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        match joined {
+            Ok((id, done)) => {
+                self.task_of.remove(&id);
+                self.done(done);
+            }
+            Err(error) => {
+                let Some((at, flag_key)) = self.task_of.remove(&error.id()) else {
+                    return;
+                };
+                tracing::error!(%error, partition = at.partition, offset = at.offset, "applying a command failed unexpectedly; it is delivered again after a restart");
+                self.supersede.remove(&at);
+                if let Some(flag_key) = flag_key
+                    && let Some(next) = self.lanes.finished(&flag_key, at).start
+                    && !self.shared.shutdown.is_cancelled()
+                {
+                    self.start(next);
+                }
+            }
+        }
     }
 
     /// A task returned.

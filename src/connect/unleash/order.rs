@@ -13,10 +13,12 @@
 //! cancelled and counted stale, and the newer one runs next. At most one command per flag
 //! waits: a newer arrival supersedes a waiting one too.
 //!
-//! The memory of what was taken survives a restart or a rebalance: each partition's
-//! committed offset carries the newest `issued_at` of the flags read from it
-//! ([`super::memory`]), and the commands after the committed offset are delivered again,
-//! so the order is rebuilt from both.
+//! The memory of what was taken survives a restart, and a partition moving to another
+//! bridge of the group: each partition's committed offset carries the newest `issued_at`
+//! of the flags read from it ([`super::memory`]), read when the process sees the
+//! partition's first record, and the commands after the committed offset are delivered
+//! again, so the order is rebuilt from both. (A partition that comes back to a process
+//! that had it before keeps that process's memory.)
 
 use std::collections::HashMap;
 
