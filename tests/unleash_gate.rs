@@ -356,3 +356,46 @@ async fn with_hold_while_gating_the_flag_is_off_while_its_gate_runs_and_on_after
         "the hold's off and chaosgate's on are not gated: {changes:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_strategy_change_is_confirmed_and_does_not_turn_an_off_flag_on() {
+    let l = Loop::start("unleash-update", true, "1s", false).await;
+    let flag = "checkout-v5";
+    l.unleash.create_flag(PROJECT, flag).await;
+    // The person adds a strategy in production while the flag is off there.
+    let (status, strategy) = l
+        .unleash
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/admin/projects/{PROJECT}/features/{flag}/environments/{ENVIRONMENT}/strategies"),
+            l.unleash.admin_token(),
+            Some(serde_json::json!({"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "default", "groupId": flag}})),
+        )
+        .await;
+    assert!(status.is_success(), "{status}: {strategy}");
+
+    let commands = commands_settled(&l, flag).await;
+    assert_eq!(commands.len(), 1, "one command: {commands:?}\n{}", l.logs());
+    assert_eq!(commands[0].command, CommandKind::Enable, "{}", l.logs());
+    let changes = flag_changes(&l.harness.servers, &l.harness.topics.flag_changes, flag).await;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(
+        changes[0].change.kind,
+        chaosgate::contract::ChangeKind::Update
+    );
+    // Wait for the bridge to have handled the command, then read the flag back: the
+    // enable confirmed the strategy change; it did not turn the flag on.
+    let deadline = Instant::now() + PATIENCE;
+    while !std::fs::read_to_string(&l.bridge.log)
+        .unwrap_or_default()
+        .contains("confirmed: the gated strategy change is live")
+    {
+        assert!(Instant::now() < deadline, "no confirmation\n{}", l.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !l.is_on(flag).await,
+        "the enable turned the flag on\n{}",
+        l.logs()
+    );
+}

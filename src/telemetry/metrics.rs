@@ -202,7 +202,7 @@ impl Metrics {
         );
         metrics.registry.register(
             "chaosgate_unleash_commands",
-            "Flag commands handled by the Unleash bridge, by outcome (applied, dry_run, stale, retried, failed)",
+            "Flag commands handled by the Unleash bridge, by outcome (applied, confirmed, dry_run, stale, retried, failed)",
             metrics.unleash_commands.clone(),
         );
         metrics.registry.register(
@@ -351,8 +351,8 @@ pub fn unleash_webhook(outcome: &'static str) {
 }
 
 /// The Unleash bridge handled one flag command, or one try of it, with `outcome`
-/// (`applied`, `dry_run`, `stale`, `retried` per failed transient try, `failed` when it
-/// failed for good).
+/// (`applied`, `confirmed` for an `enable` of a strategy change already live, `dry_run`,
+/// `stale`, `retried` per failed transient try, `failed` when it failed for good).
 pub fn unleash_command(outcome: &'static str) {
     METRICS
         .unleash_commands

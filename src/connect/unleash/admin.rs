@@ -6,7 +6,7 @@
 //! and `.../off` (`toggleFeatureEnvironmentOn`/`Off`), and
 //! `GET /api/admin/projects/{project}/features/{flag}` (`getFeature`, whose
 //! `environments[].enabled` says the state), and `GET /api/admin/search/events`
-//! (`searchEvents`, the events of one transaction group). Requests carry the token as
+//! (`searchEvents`: the events of one transaction group, the type of one event). Requests carry the token as
 //! `Authorization: <token>`, raw, as Unleash expects for admin tokens and personal
 //! access tokens.
 //!
@@ -126,15 +126,36 @@ impl AdminApi {
         Ok(state)
     }
 
+    /// The `type` of Unleash event `id` (e.g. `feature-strategy-update`), as
+    /// `GET /api/admin/search/events?id=IS:<id>` lists it; `None` when there is none.
+    pub async fn event_type(&self, id: u64) -> Result<Option<String>, AdminError> {
+        let events = self.search_events("id", &id.to_string()).await?;
+        Ok(events
+            .iter()
+            .find(|e| e.get("id").and_then(|i| i.as_u64()) == Some(id))
+            .and_then(|e| e.get("type"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string))
+    }
+
     /// The events of transaction group `group_id` (at most 100), as
     /// `GET /api/admin/search/events?groupId=IS:<group_id>` lists them (`events[]`).
     pub async fn events_in_group(
         &self,
         group_id: &str,
     ) -> Result<Vec<serde_json::Value>, AdminError> {
+        self.search_events("groupId", group_id).await
+    }
+
+    /// `GET /api/admin/search/events?<field>=IS:<value>&limit=100`: the `events[]`.
+    async fn search_events(
+        &self,
+        field: &str,
+        value: &str,
+    ) -> Result<Vec<serde_json::Value>, AdminError> {
         let mut url = self.url(&["api", "admin", "search", "events"]);
         url.query_pairs_mut()
-            .append_pair("groupId", &format!("IS:{group_id}"))
+            .append_pair(field, &format!("IS:{value}"))
             .append_pair("limit", "100");
         let response = self
             .http

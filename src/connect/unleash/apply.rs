@@ -15,12 +15,13 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
+use super::event;
 use super::order::{Position, Ticket};
 use super::record::{self, NotApplied, Wanted};
 use super::strategy;
 use super::{AdminApi, AdminError};
 use crate::bus::record::to_record;
-use crate::contract::{FlagCommand, KafkaMessage};
+use crate::contract::{CommandKind, FlagCommand, KafkaMessage};
 use crate::telemetry::metrics;
 
 /// The first wait after a failed try.
@@ -31,6 +32,8 @@ const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the tasks applying commands share.
 pub(super) struct Shared {
     pub(super) admin: AdminApi,
+    /// This Unleash server's name in event ids ([`super::event::event_id`]).
+    pub(super) instance: String,
     pub(super) producer: FutureProducer,
     pub(super) commands_topic: String,
     pub(super) dead_letter_topic: String,
@@ -72,10 +75,20 @@ pub(super) async fn apply(
         let result = tokio::select! {
             biased;
             () = supersede.cancelled() => return Outcome::Cancelled,
-            result = put(&shared.admin, command, &wanted) => result,
+            result = put(shared, command, &wanted) => result,
         };
         match result {
-            Ok(()) => {
+            Ok(Put::Confirmed) => {
+                tracing::info!(
+                    command_id = %command.command_id,
+                    %flag,
+                    causation_event_id = %command.causation_event_id,
+                    "confirmed: the gated strategy change is live in Unleash already; nothing to apply"
+                );
+                metrics::unleash_command("confirmed");
+                return Outcome::Applied;
+            }
+            Ok(Put::Applied) => {
                 tracing::info!(
                     command_id = %command.command_id,
                     %flag,
@@ -117,15 +130,45 @@ pub(super) async fn apply(
     }
 }
 
+/// What [`put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Put {
+    /// Unleash was changed (or already was) as the command wants.
+    Applied,
+    /// An `enable` of a gated strategy change: that change is live in Unleash already,
+    /// and the flag's on/off state is not the gate's to touch.
+    Confirmed,
+}
+
 /// Makes Unleash what `wanted` says, for `command`'s flag and environment.
-async fn put(admin: &AdminApi, command: &FlagCommand, wanted: &Wanted) -> Result<(), AdminError> {
+///
+/// An `enable` answers the change it was gated for. With Unleash the change is live when
+/// it is reported, so for a flag turned on, `enable` turns it on (a no-op, or the end of
+/// `hold_while_gating`); for a strategy added, updated or removed it is a confirmation,
+/// and turning the flag on would be a change nobody made. The command does not carry the
+/// change's kind, so the kind is read from Unleash's event log when the causation event
+/// is one of this server's (`unleash:<instance>:<id>`).
+async fn put(shared: &Shared, command: &FlagCommand, wanted: &Wanted) -> Result<Put, AdminError> {
+    let admin = &shared.admin;
     let (project, environment, flag) = (&command.project, &command.environment, &command.flag);
     match wanted {
-        Wanted::Enabled(on) => admin.set_enabled(project, environment, flag, *on).await,
+        Wanted::Enabled(true) if command.command == CommandKind::Enable => {
+            if let Some(id) = event::unleash_event(&command.causation_event_id, &shared.instance)
+                && admin
+                    .event_type(id)
+                    .await?
+                    .is_some_and(|t| t.starts_with("feature-strategy-"))
+            {
+                return Ok(Put::Confirmed);
+            }
+            admin.set_enabled(project, environment, flag, true).await?;
+        }
+        Wanted::Enabled(on) => admin.set_enabled(project, environment, flag, *on).await?,
         Wanted::Strategy { id, body } => {
-            strategy::put_back(admin, project, environment, flag, id, body).await
+            strategy::put_back(admin, project, environment, flag, id, body).await?;
         }
     }
+    Ok(Put::Applied)
 }
 
 /// `wanted` in a log line: `on`, `off` or `strategy <id>`.

@@ -124,6 +124,7 @@ pub async fn run(
         .map_err(|e| UnleashError::Kafka(format!("producer of {}: {e}", topics.dead_letter)))?;
     let shared = Arc::new(Shared {
         admin,
+        instance: unleash.instance_name(),
         producer,
         commands_topic: topics.commands.clone(),
         dead_letter_topic: topics.dead_letter.clone(),

@@ -201,6 +201,17 @@ pub fn event_id(instance: &str, id: u64) -> String {
     format!("unleash:{instance}:{id}")
 }
 
+/// The Unleash event id in `event_id` when it is one of server `instance`'s
+/// ([`event_id`]'s `unleash:<instance>:<id>`), else `None` (a change from elsewhere).
+pub fn unleash_event(event_id: &str, instance: &str) -> Option<u64> {
+    event_id
+        .strip_prefix("unleash:")?
+        .strip_prefix(instance)?
+        .strip_prefix(':')?
+        .parse()
+        .ok()
+}
+
 /// Whether `change` was made by chaosgate itself (its `actor` is `own_actor`, the
 /// `createdBy` Unleash records for chaosgate's token): the loop guard.
 pub fn is_own(change: &FlagChange, own_actor: &str) -> bool {
@@ -503,5 +514,17 @@ mod tests {
             e.remove("groupType");
         });
         assert_eq!(strategy_group(&ungrouped), None);
+    }
+
+    #[test]
+    fn an_event_id_of_this_server_gives_unleash_s_id_back() {
+        let id = event_id("unleash:4242", 13);
+        assert_eq!(unleash_event(&id, "unleash:4242"), Some(13));
+        assert_eq!(unleash_event(&id, "unleash"), None, "another server");
+        assert_eq!(unleash_event("0b6f3f0e-4d5c", "unleash:4242"), None);
+        assert_eq!(
+            unleash_event("unleash:unleash:4242:x", "unleash:4242"),
+            None
+        );
     }
 }
