@@ -113,6 +113,14 @@ impl Loop {
         )
     }
 
+    /// A person creates `flag` and turns it on in production through Unleash's API.
+    async fn person_turns_on(&self, flag: &str) {
+        self.unleash.create_flag(PROJECT, flag).await;
+        self.unleash
+            .set_enabled(PROJECT, ENVIRONMENT, flag, true)
+            .await;
+    }
+
     async fn is_on(&self, flag: &str) -> bool {
         self.unleash.is_enabled(PROJECT, ENVIRONMENT, flag).await
     }
@@ -266,10 +274,7 @@ async fn commands_settled(l: &Loop, flag: &str) -> Vec<chaosgate::contract::Flag
 async fn a_failing_gate_turns_the_flag_off_in_unleash_with_one_disable_and_the_echo_not_gated() {
     let l = Loop::start("unleash-fail", false, "1s", false).await;
     let flag = "checkout-v2";
-    l.unleash.create_flag(PROJECT, flag).await;
-    l.unleash
-        .set_enabled(PROJECT, ENVIRONMENT, flag, true)
-        .await;
+    l.person_turns_on(flag).await;
 
     let commands = commands_settled(&l, flag).await;
     assert_eq!(commands.len(), 1, "one command: {commands:?}\n{}", l.logs());
@@ -302,10 +307,7 @@ async fn a_failing_gate_turns_the_flag_off_in_unleash_with_one_disable_and_the_e
 async fn a_passing_gate_leaves_the_flag_on() {
     let l = Loop::start("unleash-pass", true, "1s", false).await;
     let flag = "checkout-v3";
-    l.unleash.create_flag(PROJECT, flag).await;
-    l.unleash
-        .set_enabled(PROJECT, ENVIRONMENT, flag, true)
-        .await;
+    l.person_turns_on(flag).await;
 
     let commands = commands_settled(&l, flag).await;
     assert_eq!(commands.len(), 1, "one command: {commands:?}\n{}", l.logs());

@@ -101,19 +101,7 @@ impl AdminApi {
         flag: &str,
     ) -> Result<Option<bool>, AdminError> {
         let url = self.url(&["api", "admin", "projects", project, "features", flag]);
-        let response = self
-            .http
-            .get(url.clone())
-            .header("authorization", &self.token)
-            .send()
-            .await
-            .map_err(|e| transport("GET", &url, &e))?;
-        let body = check("GET", &url, response).await?;
-        let feature: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| AdminError::Transient {
-                reason: format!("GET {url}: the answer is not JSON: {e}"),
-                retry_after: None,
-            })?;
+        let feature = self.get_json(url).await?;
         let state = feature
             .get("environments")
             .and_then(|e| e.as_array())
@@ -157,19 +145,7 @@ impl AdminApi {
         url.query_pairs_mut()
             .append_pair(field, &format!("IS:{value}"))
             .append_pair("limit", "100");
-        let response = self
-            .http
-            .get(url.clone())
-            .header("authorization", &self.token)
-            .send()
-            .await
-            .map_err(|e| transport("GET", &url, &e))?;
-        let body = check("GET", &url, response).await?;
-        let answer: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| AdminError::Transient {
-                reason: format!("GET {url}: the answer is not JSON: {e}"),
-                retry_after: None,
-            })?;
+        let answer = self.get_json(url).await?;
         Ok(answer
             .get("events")
             .and_then(|e| e.as_array())
@@ -199,6 +175,23 @@ impl AdminApi {
             .await
             .map_err(|e| transport(method.as_str(), &url, &e))?;
         check(method.as_str(), &url, response).await
+    }
+
+    /// `GET url` and its JSON answer; an answer that is not JSON is transient (a proxy's
+    /// error page, a server starting).
+    async fn get_json(&self, url: Url) -> Result<serde_json::Value, AdminError> {
+        let response = self
+            .http
+            .get(url.clone())
+            .header("authorization", &self.token)
+            .send()
+            .await
+            .map_err(|e| transport("GET", &url, &e))?;
+        let body = check("GET", &url, response).await?;
+        serde_json::from_str(&body).map_err(|e| AdminError::Transient {
+            reason: format!("GET {url}: the answer is not JSON: {e}"),
+            retry_after: None,
+        })
     }
 
     /// The base URL with `segments` appended, each percent-encoded as one path segment.
