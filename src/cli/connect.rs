@@ -28,7 +28,8 @@ Authorization the value of [unleash.webhook] token_file (or CHAOSGATE_UNLEASH__W
 feature-environment-enabled, feature-environment-disabled, feature-strategy-add, feature-strategy-update and \
 feature-strategy-remove. The Admin API token ([unleash] token_file or CHAOSGATE_UNLEASH__TOKEN) needs the right \
 to turn the gated flags on and off; set [unleash] actor to the createdBy Unleash records for it (loop guard).\n\n\
-GET /healthz on the webhook address answers 200 while the bridges run.\n\n\
+GET /healthz (200 while the bridges run) and GET /metrics are served on the webhook address. \
+With [unleash] hold_while_gating = true, a gated enable is turned off at once and on again only when its gate passes.\n\n\
 Example: chaosgate connect unleash --config deploy/unleash.example.toml";
 
 /// Arguments of `chaosgate connect unleash`.
