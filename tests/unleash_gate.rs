@@ -87,7 +87,15 @@ impl Loop {
         let config = harness.config("worker", &Settings::default());
         let webhook = closed_address();
         let token = unleash.chaosgate_token().await;
-        append_unleash_section(&config, &unleash, &token, &webhook, hold_while_gating, name);
+        append_unleash_section(
+            &config,
+            &unleash,
+            &token,
+            &webhook,
+            hold_while_gating,
+            name,
+            unleash::CHAOSGATE,
+        );
         let worker = harness.spawn("worker", &config);
         let bridge = spawn_bridge(&config, harness.dir.path());
         wait_healthy(&bridge, &webhook).await;
@@ -147,6 +155,7 @@ fn append_unleash_section(
     webhook: &str,
     hold: bool,
     name: &str,
+    actor: &str,
 ) {
     let mut text = std::fs::read_to_string(config).expect("worker config");
     text.push_str(&format!(
@@ -167,7 +176,6 @@ group_id = "{group}"
 max_backoff = "2s"
 "#,
         url = unleash.url(),
-        actor = unleash::CHAOSGATE,
         group = kafka::unique_topic(&format!("{name}-bridge")),
     ));
     std::fs::write(config, text).expect("config with [unleash]");
@@ -399,5 +407,45 @@ async fn a_passed_strategy_change_is_confirmed_and_does_not_turn_an_off_flag_on(
         !l.is_on(flag).await,
         "the enable turned the flag on\n{}",
         l.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_actor_stops_the_bridges_at_start_naming_the_right_one() {
+    let servers = kafka::require_broker();
+    let unleash = UnleashServer::new().await;
+    let harness = Harness::new(&servers, "unleash-actor", 1).await;
+    let config = harness.config("worker", &Settings::default());
+    let token = unleash.chaosgate_token().await;
+    let webhook = closed_address();
+    append_unleash_section(
+        &config,
+        &unleash,
+        &token,
+        &webhook,
+        true,
+        "unleash-actor",
+        "Chaos Gate",
+    );
+    let mut bridge = spawn_bridge(&config, harness.dir.path());
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = bridge.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bridges started with a wrong actor"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(&bridge.log).unwrap_or_default();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains(&format!(
+            "unleash.actor = \"Chaos Gate\", but Unleash records the changes made with unleash.token as \"{}\"",
+            unleash::CHAOSGATE
+        )) && log.contains(&format!("set unleash.actor = \"{}\"", unleash::CHAOSGATE)),
+        "{log}"
     );
 }

@@ -3,7 +3,8 @@
 # the unleash-setup service (curlimages/curl) once Unleash is healthy. Unleash cannot
 # be configured this way by its own environment, so this does it through its API:
 #
-#   1. the user `chaosgate` (Admin root role) and its personal access token, written to
+#   1. the user `chaosgate` (Editor root role: it may turn flags on and off and edit
+#      their strategies, and no more) and its personal access token, written to
 #      $TOKEN_FILE for chaosgate-connect ([unleash] token_file). chaosgate does not use
 #      the admin token: Unleash records changes made with an INIT_ADMIN_API_TOKENS token
 #      as createdBy "admin", the same as the UI's default user `admin`, so with
@@ -49,7 +50,7 @@ if grep -q '"username":"chaosgate"' "$WORK/body"; then
   say "user chaosgate exists"
 else
   status=$(call POST /api/admin/user-admin \
-    "{\"username\":\"chaosgate\",\"rootRole\":1,\"password\":\"$CHAOSGATE_PASSWORD\",\"sendEmail\":false}")
+    "{\"username\":\"chaosgate\",\"rootRole\":2,\"password\":\"$CHAOSGATE_PASSWORD\",\"sendEmail\":false}")
   case "$status" in 2*) say "created user chaosgate" ;; *) die "creating user chaosgate: HTTP $status $(cat "$WORK/body")" ;; esac
 fi
 status=$(curl -s -o "$WORK/body" -w '%{http_code}' -c "$WORK/cookies" -X POST \

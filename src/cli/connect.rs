@@ -26,8 +26,10 @@ pub enum ConnectCommand {
 const UNLEASH_HELP: &str = "In Unleash, create a Webhook integration: URL http://HOST:9466/unleash/webhook, \
 Authorization the value of [unleash.webhook] token_file (or CHAOSGATE_UNLEASH__WEBHOOK__TOKEN), events \
 feature-environment-enabled, feature-environment-disabled, feature-strategy-add, feature-strategy-update and \
-feature-strategy-remove. The Admin API token ([unleash] token_file or CHAOSGATE_UNLEASH__TOKEN) needs the right \
-to turn the gated flags on and off; set [unleash] actor to the createdBy Unleash records for it (loop guard).\n\n\
+feature-strategy-remove. The Admin API token ([unleash] token_file or CHAOSGATE_UNLEASH__TOKEN): a personal \
+access token of a user of chaosgate's own (root role Editor), not an INIT_ADMIN_API_TOKENS admin token, whose \
+changes Unleash records as \"admin\" like the UI's default user. [unleash] actor (default \"chaosgate\") must be \
+the createdBy Unleash records for that user (its email, else its username): the loop guard. It is checked at start.\n\n\
 GET /healthz (200 while the bridges run) and GET /metrics are served on the webhook address. \
 With [unleash] hold_while_gating = true, a gated enable is turned off at once and on again only when its gate passes.\n\n\
 Example: chaosgate connect unleash --config deploy/unleash.example.toml";

@@ -31,7 +31,7 @@ pub struct UnleashConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
     /// The `createdBy` Unleash writes on changes made with `token`: the user's email, or
-    /// its name when it has none, for a personal access token; the token's name for an
+    /// its username when it has none, for a personal access token; the token's name for an
     /// admin token. Webhook events with this actor are chaosgate's own `enable` and
     /// `disable` coming back, and are not gated again (the loop guard).
     #[serde(default = "default_actor")]

@@ -6,7 +6,8 @@
 //! and `.../off` (`toggleFeatureEnvironmentOn`/`Off`), and
 //! `GET /api/admin/projects/{project}/features/{flag}` (`getFeature`, whose
 //! `environments[].enabled` says the state), and `GET /api/admin/search/events`
-//! (`searchEvents`: the events of one transaction group, the type of one event). Requests carry the token as
+//! (`searchEvents`: the events of one transaction group, the type of one event), and
+//! `GET /api/admin/user` (whom the token acts as). Requests carry the token as
 //! `Authorization: <token>`, raw, as Unleash expects for admin tokens and personal
 //! access tokens.
 //!
@@ -112,6 +113,21 @@ impl AdminApi {
             .and_then(|env| env.get("enabled"))
             .and_then(|e| e.as_bool());
         Ok(state)
+    }
+
+    /// The `createdBy` Unleash writes for this token's changes: `GET /api/admin/user`'s
+    /// `user.email` when it has one, else `user.username` (the name of an admin token).
+    /// `None` when the answer names neither.
+    pub async fn token_actor(&self) -> Result<Option<String>, AdminError> {
+        let answer = self.get_json(self.url(&["api", "admin", "user"])).await?;
+        let user = answer.get("user");
+        let field = |name: &str| {
+            user.and_then(|u| u.get(name))
+                .and_then(|v| v.as_str())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        Ok(field("email").or_else(|| field("username")))
     }
 
     /// The `type` of Unleash event `id` (e.g. `feature-strategy-update`), as
