@@ -706,8 +706,9 @@ async fn a_command_in_an_aborted_transaction_is_not_applied() {
     );
 }
 
-/// A front of Unleash that answers the first Admin API request 429 with `Retry-After:
-/// 3`, the second 503, and passes the others on to Unleash.
+/// A front of Unleash that answers the first `POST` (a command being applied) 429 with
+/// `Retry-After: 3`, the second 503, and passes every other request on to Unleash (the
+/// bridges' check of the token's actor at start included).
 async fn flaky_front(upstream: String) -> String {
     use axum::body::Bytes;
     use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -720,7 +721,12 @@ async fn flaky_front(upstream: String) -> String {
     let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
         let (seen, client, upstream) = (seen.clone(), client.clone(), upstream.clone());
         async move {
-            match seen.fetch_add(1, Ordering::SeqCst) {
+            let posts = if method == Method::POST {
+                seen.fetch_add(1, Ordering::SeqCst)
+            } else {
+                usize::MAX
+            };
+            match posts {
                 0 => {
                     return (
                         StatusCode::TOO_MANY_REQUESTS,
