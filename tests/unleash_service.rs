@@ -325,3 +325,24 @@ fn compose_wires_unleash_its_setup_and_the_bridges_together() {
             .is_some()
     );
 }
+
+#[test]
+fn the_local_try_it_catalog_gates_safe_and_risky_flags_of_unleash_s_default_project() {
+    // README, "Connect Unleash", "Try it": safe-* pass, risky-* fail.
+    let catalog = chaosgate::catalog::Catalog::load(&[repo("deploy/local/unleash-catalog")])
+        .unwrap_or_else(|problems| panic!("{problems:#?}"));
+    let pipeline = |flag: &str| {
+        catalog
+            .pipeline_for("default", "production", flag)
+            .map(|p| p.id.clone())
+    };
+    assert_eq!(
+        pipeline("safe-checkout").as_deref(),
+        Some("unleash-try-safe")
+    );
+    assert_eq!(
+        pipeline("risky-checkout").as_deref(),
+        Some("unleash-try-risky")
+    );
+    assert_eq!(pipeline("other"), None);
+}
