@@ -220,6 +220,10 @@ faults:
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The guard confirms its DELETE by listing the toxics through the same front: keep
+    // the front up a moment, or the guard finds it gone and retries for its 10 minutes
+    // (writing into the test run's output all the while).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     registry.shutdown().await;
 }
 
