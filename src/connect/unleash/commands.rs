@@ -4,7 +4,9 @@
 //! (`[unleash.commands] group_id`, default `chaosgate-unleash`), reads each flag command
 //! (v1 CloudEvent) and:
 //!
-//! - `enable` turns the flag on in the command's environment, `disable` off, `revert`
+//! - `enable` turns the flag on in the command's environment, or, when it answers a
+//!   strategy change, confirms it (the change is live already; [`super::apply`]);
+//!   `disable` turns it off, `revert`
 //!   puts back the change's `from` ([`record::wanted`]): an on/off state, or the old
 //!   activation strategy of a strategy update or removal ([`super::strategy`]); a
 //!   `revert` of an added strategy (no `from`) is reported, not applied;
@@ -24,7 +26,7 @@
 //!   records that are not flag commands). They never hold up other flags.
 //!
 //! Outcomes count in `chaosgate_unleash_commands_total{outcome}`: `applied`,
-//! `dry_run`, `stale`, `retried` (per failed try), `failed`.
+//! `confirmed`, `dry_run`, `stale`, `retried` (per failed try), `failed`.
 //!
 //! Where a new group starts: at the end of each partition (`auto.offset.reset =
 //! latest`): the bridge must not replay the topic's history of commands into Unleash.
