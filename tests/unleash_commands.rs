@@ -18,8 +18,8 @@ mod unleash;
 #[path = "support/worker.rs"]
 mod worker;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -95,7 +95,7 @@ max_backoff = "1s"
         ));
         std::fs::write(&config, text).expect("config");
         let log = harness.dir.path().join("bridge.log");
-        let process = spawn(&config, &log);
+        let process = unleash::spawn_bridges(&config, harness.dir.path(), &log);
         let mut bridge = Bridge {
             harness,
             unleash,
@@ -133,7 +133,11 @@ max_backoff = "1s"
             .map(|d| d.count())
             .unwrap_or(0);
         self.log = self.harness.dir.path().join(format!("bridge-{n}.log"));
-        self.process = Some(spawn(&self.config, &self.log));
+        self.process = Some(unleash::spawn_bridges(
+            &self.config,
+            self.harness.dir.path(),
+            &self.log,
+        ));
     }
 
     /// The running bridge's log so far.
@@ -271,28 +275,6 @@ impl Drop for Bridge {
             let _ = process.wait();
         }
     }
-}
-
-/// Starts `chaosgate connect unleash --config CONFIG`, output to `log`; only the config
-/// file counts (no `CHAOSGATE_*` from the caller's shell).
-fn spawn(config: &Path, log: &Path) -> Child {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("CHAOSGATE_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .args(["connect", "unleash", "--config"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn chaosgate connect unleash")
 }
 
 /// A flag command for `flag` in production of the default project, as the worker issues

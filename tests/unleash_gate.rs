@@ -13,7 +13,7 @@ mod unleash;
 mod worker;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use chaosgate::contract::{CloudEvent, CommandKind, FlagChange, ReasonCode, RunStatus};
@@ -183,24 +183,7 @@ max_backoff = "2s"
 
 fn spawn_bridge(config: &Path, dir: &Path) -> Bridge {
     let log = dir.join("bridge.log");
-    let out = std::fs::File::create(&log).expect("bridge log");
-    let err = out.try_clone().expect("bridge log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("CHAOSGATE_") {
-            command.env_remove(name);
-        }
-    }
-    let child = command
-        .args(["connect", "unleash", "--config"])
-        .arg(config)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn chaosgate connect unleash");
+    let child = unleash::spawn_bridges(config, dir, &log);
     Bridge { child, log }
 }
 

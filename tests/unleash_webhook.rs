@@ -14,7 +14,7 @@ mod unleash;
 mod worker;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -135,23 +135,7 @@ group_id = "{group}-commands"
         let config_path = dir.path().join("chaosgate.toml");
         std::fs::write(&config_path, config).expect("config file");
         let log = dir.path().join("bridge.log");
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CHAOSGATE_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .args(["connect", "unleash", "--config"])
-            .arg(&config_path)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn chaosgate connect unleash");
+        let child = unleash::spawn_bridges(&config_path, dir.path(), &log);
         let mut bridge = Bridge {
             child,
             log,

@@ -15,18 +15,41 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// Starts `chaosgate connect unleash --config CONFIG` (this build's binary) in `dir`, its
+/// output to `log`, without the test's own `CHAOSGATE_*` and `RUST_LOG` variables.
+pub fn spawn_bridges(config: &Path, dir: &Path, log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("bridge log file");
+    let err = out.try_clone().expect("bridge log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CHAOSGATE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(["connect", "unleash", "--config"])
+        .arg(config)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn chaosgate connect unleash")
+}
+
 /// `createdBy` of changes made with [`UnleashServer::admin_token`] (Unleash names tokens
 /// seeded by `INIT_ADMIN_API_TOKENS` `admin`).
 pub const HUMAN: &str = "admin";
-/// `createdBy` of changes made with [`UnleashServer::chaosgate_token`] (the user's name:
-/// it has no email).
+/// `createdBy` of changes made with [`UnleashServer::chaosgate_token`] (the user's
+/// username: it has no email).
 pub const CHAOSGATE: &str = "chaosgate";
 /// The events Unleash's webhook integration sends to chaosgate (issue 14).
 pub const WEBHOOK_EVENTS: [&str; 5] = [

@@ -5,7 +5,7 @@
 //! (v1 CloudEvent) and:
 //!
 //! - `enable` turns the flag on in the command's environment, or, when it answers a
-//!   strategy change, confirms it (the change is live already; [`super::apply`]);
+//!   strategy change, confirms it (the change is live already: see `apply.rs`);
 //!   `disable` turns it off, `revert`
 //!   puts back the change's `from` ([`record::wanted`]): an on/off state, or the old
 //!   activation strategy of a strategy update or removal ([`super::strategy`]); a
