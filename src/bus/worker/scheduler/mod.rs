@@ -370,7 +370,13 @@ impl Scheduler {
         };
         let catalog = self.wiring.catalog.clone();
         let topics = self.wiring.topics.clone();
-        tracing::info!(flag = %pending.flag, pipeline = ?pending.pipeline, attempt, offset = pending.offset, "gating");
+        tracing::info!(
+            flag = %pending.flag,
+            pipeline = pending.pipeline.as_deref().unwrap_or("none"),
+            attempt,
+            offset = pending.offset,
+            "gating"
+        );
         let ticket = Ticket {
             partition: pending.partition,
             offset: pending.offset,
