@@ -20,7 +20,7 @@ use crate::contract::flag_command::FLAG_COMMAND_TYPE;
 use crate::contract::run_record::RUN_RECORD_TYPE;
 use crate::contract::{CloudEvent, FlagCommand, KafkaMessage, RunRecord};
 use crate::gate::executor::RunUpdate;
-use crate::telemetry::traces;
+use crate::telemetry::traces::inject_send;
 
 /// CloudEvents `source` of everything chaosgate writes.
 pub(crate) const SOURCE: &str = "/chaosgate";
@@ -119,16 +119,6 @@ pub(crate) fn dead_letter(
         topic: topics.dead_letter.clone(),
         message,
     }
-}
-
-/// Writes the trace context of a `send <topic>` span into `headers`, leaving out an empty
-/// `tracestate` (W3C Trace Context: a vendor list that is empty is not sent; the
-/// propagator writes one anyway).
-fn inject_send(topic: &str, headers: &mut Vec<(String, Vec<u8>)>) {
-    traces::inject_send(topic, headers);
-    headers.retain(|(name, value)| {
-        !(name.eq_ignore_ascii_case(traces::TRACESTATE) && value.is_empty())
-    });
 }
 
 /// Bytes librdkafka counts for a record beyond its key, value and header bytes, with

@@ -314,7 +314,9 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     (status, axum::Json(report)).into_response()
 }
 
-async fn metrics_text() -> Response {
+/// `GET /metrics`: every `chaosgate_*` metric in the Prometheus text exposition; also
+/// served by the Unleash bridges.
+pub(crate) async fn metrics_text() -> Response {
     match metrics::render() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(_) => (

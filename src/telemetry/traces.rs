@@ -253,9 +253,12 @@ pub fn inject(span: &tracing::Span, headers: &mut Vec<(String, Vec<u8>)>) {
 }
 
 /// Writes the trace context of a new `send <topic>` span (a child of the current span)
-/// into the headers of a record about to be produced to `topic`.
+/// into the headers of a record about to be produced to `topic`, leaving out an empty
+/// `tracestate` (W3C Trace Context: a vendor list that is empty is not sent; the
+/// propagator writes one anyway).
 pub(crate) fn inject_send(topic: &str, headers: &mut Vec<(String, Vec<u8>)>) {
     inject(&send_span(topic), headers);
+    headers.retain(|(name, value)| !(name.eq_ignore_ascii_case(TRACESTATE) && value.is_empty()));
 }
 
 /// The trace context a flag-change arrived with, kept on its `process` span for

@@ -153,7 +153,7 @@ pub async fn serve(
     let app = Router::new()
         .route(PATH, post(webhook))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(crate::telemetry::http::metrics_text))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(endpoint.clone());
     tracing::info!(
@@ -419,9 +419,6 @@ async fn produce(endpoint: &Endpoint, change: &FlagChange) -> Result<(i32, i64),
             tracing::info_span!("unleash webhook", event_id = %change.event_id).entered();
         traces::inject_send(&endpoint.topic, &mut message.headers);
     }
-    message.headers.retain(|(name, value)| {
-        !(name.eq_ignore_ascii_case(traces::TRACESTATE) && value.is_empty())
-    });
     let record = crate::bus::record::to_record(&endpoint.topic, &message);
     endpoint
         .producer
@@ -433,13 +430,6 @@ async fn produce(endpoint: &Endpoint, change: &FlagChange) -> Result<(i32, i64),
 
 async fn healthz() -> Response {
     (StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response()
-}
-
-async fn metrics_text() -> Response {
-    match metrics::render() {
-        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
 }
 
 #[cfg(test)]
