@@ -1,11 +1,9 @@
 //! The Unleash Admin API calls chaosgate makes: turn a flag on or off in one environment,
-//! and read whether it is on.
+//! put strategies back, read events of its log and whom its token acts as.
 //!
 //! Endpoints (Unleash 7, <https://docs.getunleash.io/reference/api/unleash>):
 //! `POST /api/admin/projects/{project}/features/{flag}/environments/{environment}/on`
-//! and `.../off` (`toggleFeatureEnvironmentOn`/`Off`), and
-//! `GET /api/admin/projects/{project}/features/{flag}` (`getFeature`, whose
-//! `environments[].enabled` says the state), and `GET /api/admin/search/events`
+//! and `.../off` (`toggleFeatureEnvironmentOn`/`Off`), `GET /api/admin/search/events`
 //! (`searchEvents`: the events of one transaction group, the type of one event), and
 //! `GET /api/admin/user` (whom the token acts as). Requests carry the token as
 //! `Authorization: <token>`, raw, as Unleash expects for admin tokens and personal
@@ -91,28 +89,6 @@ impl AdminApi {
         self.send(reqwest::Method::POST, &segments, None)
             .await
             .map(drop)
-    }
-
-    /// Whether `flag` is on in `environment` of `project`; `None` when the flag has no
-    /// such environment.
-    pub async fn is_enabled(
-        &self,
-        project: &str,
-        environment: &str,
-        flag: &str,
-    ) -> Result<Option<bool>, AdminError> {
-        let url = self.url(&["api", "admin", "projects", project, "features", flag]);
-        let feature = self.get_json(url).await?;
-        let state = feature
-            .get("environments")
-            .and_then(|e| e.as_array())
-            .and_then(|envs| {
-                envs.iter()
-                    .find(|env| env.get("name").and_then(|n| n.as_str()) == Some(environment))
-            })
-            .and_then(|env| env.get("enabled"))
-            .and_then(|e| e.as_bool());
-        Ok(state)
     }
 
     /// The `createdBy` Unleash writes for this token's changes: `GET /api/admin/user`'s
