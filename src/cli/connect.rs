@@ -54,10 +54,7 @@ fn unleash(args: UnleashArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| "the configuration is not usable")?;
     chaosgate::connect::unleash::section(&config)
         .with_context(|| format!("{}", args.config.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::cli::runtime()?;
     let telemetry = {
         let _inside = runtime.enter();
         chaosgate::telemetry::redact::install(&config.secrets());

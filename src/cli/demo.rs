@@ -60,10 +60,7 @@ const PROXY: &str = "127.0.0.1:18080";
 
 /// Runs the demo; exit 0 when both flag changes got their expected command.
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::cli::runtime()?;
     runtime.block_on(demo(args))
 }
 

@@ -107,10 +107,7 @@ pub fn run(args: ExperimentRunArgs) -> anyhow::Result<ExitCode> {
         token.mask_in(&mut secrets);
     }
     redact::install(&secrets);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::cli::runtime()?;
     let result = runtime.block_on(async {
         let proxy = match &args.proxy_config {
             None => None,

@@ -11,3 +11,13 @@ pub mod run;
 pub mod schema;
 pub mod validate;
 pub mod view;
+
+/// The multi-threaded tokio runtime every long-running subcommand runs on (all drivers
+/// enabled); the error says it could not start.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

@@ -44,10 +44,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::cli::runtime()?;
     runtime.block_on(serve(config, access))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -43,10 +43,7 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| "the configuration is not usable")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::cli::runtime()?;
     let telemetry = {
         let _inside = runtime.enter();
         chaosgate::telemetry::init(&config.telemetry).context("cannot set up telemetry")?

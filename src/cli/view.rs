@@ -86,13 +86,6 @@ pub fn run(args: ViewArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 /// Bounds glibc's malloc to two arenas (its default is eight per core): the view's
 /// threads (ingest, runtime workers, blocking query threads, librdkafka's) otherwise
 /// each grow an arena of their own, and the view's RSS goal is 200 MB. Must run before
@@ -109,7 +102,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     bound_malloc_arenas();
     let config = Config::load(&args.config, std::env::vars())
         .with_context(|| "the configuration is not usable")?;
-    let runtime = runtime()?;
+    let runtime = crate::cli::runtime()?;
     let telemetry = {
         let _inside = runtime.enter();
         chaosgate::telemetry::init(&config.telemetry).context("cannot set up telemetry")?
@@ -202,7 +195,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let since = args.since.map(|d| {
         chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
     });
-    let runtime = runtime()?;
+    let runtime = crate::cli::runtime()?;
     let pipeline = args.pipeline.clone();
     let latest = runtime.block_on(async {
         let store = match &args.db {
