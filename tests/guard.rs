@@ -65,22 +65,7 @@ fn sigkill_group(runner: &ChildGuard) -> Instant {
 
 /// Processes whose environment holds `MARK=mark` (the runner and its guards).
 fn marked(mark: &str) -> Vec<i32> {
-    let needle = format!("{MARK}={mark}");
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        // A zombie's environ reads empty: it is not running.
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        if environ
-            .split(|b| *b == 0)
-            .any(|var| var == needle.as_bytes())
-        {
-            pids.push(pid);
-        }
-    }
-    pids
+    worker::pids_with_env(MARK, mark)
 }
 
 /// Waits until `done()` holds; returns how long it took, or panics after `limit` with

@@ -278,23 +278,9 @@ const GUARD_MARK: &str = "CHAOSGATE_TEST_SECRETS_MARK";
 /// SIGKILLs every process whose environment holds `GUARD_MARK=mark` (guards left
 /// retrying a revert that cannot succeed).
 fn sigkill_marked(mark: &str) {
-    let needle = format!("{GUARD_MARK}={mark}");
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        if environ
-            .split(|b| *b == 0)
-            .any(|var| var == needle.as_bytes())
-        {
-            // SAFETY: kill(2) has no memory effects; the process is this test's own.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+    for pid in worker::pids_with_env(GUARD_MARK, mark) {
+        // SAFETY: kill(2) has no memory effects; the process is this test's own.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 

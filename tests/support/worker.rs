@@ -812,3 +812,24 @@ pub fn change(flag: &str, kind: ChangeKind, pipeline_id: Option<&str>) -> FlagCh
         account: None,
     }
 }
+
+/// The processes whose environment holds `name=value` (a mark a test sets on the
+/// processes it starts, inherited by their children). A zombie's environ reads empty, so
+/// only running processes are listed.
+pub fn pids_with_env(name: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{name}={value}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
