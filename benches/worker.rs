@@ -102,6 +102,7 @@ fn event(i: usize, load: Load) -> KafkaMessage {
         pipeline_id: None,
         actor: None,
         account: None,
+        value_format: None,
     };
     flag_change_event(&change, "/bench").to_binary(Some(&change.flag_key()))
 }

@@ -16,6 +16,7 @@ pub mod chaos;
 pub mod config;
 pub mod connect;
 pub mod contract;
+pub mod flagd;
 pub mod gate;
 pub mod os;
 pub mod schema;

@@ -6,13 +6,16 @@ use serde_json::Value;
 
 use crate::catalog::{Experiment, Pipeline};
 use crate::config::Config;
-use crate::contract::{AbortRequest, DeadLetter, FlagChange, FlagCommand, RunRecord, schema_of};
+use crate::contract::{
+    AbortRequest, ApprovedFlag, DeadLetter, FlagChange, FlagCommand, RunRecord, schema_of,
+};
 
 /// Names of every published schema, in the order `chaosgate schema` lists them.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "flag-change",
     "experiment-run",
     "flag-command",
+    "approved-flag",
     "dead-letter",
     "abort-request",
     "pipeline",
@@ -26,6 +29,7 @@ pub fn schema(name: &str) -> Option<Value> {
         "flag-change" => schema_of::<FlagChange>(name),
         "experiment-run" => schema_of::<RunRecord>(name),
         "flag-command" => schema_of::<FlagCommand>(name),
+        "approved-flag" => schema_of::<ApprovedFlag>(name),
         "dead-letter" => schema_of::<DeadLetter>(name),
         "abort-request" => schema_of::<AbortRequest>(name),
         "pipeline" => schema_of::<Pipeline>(name),

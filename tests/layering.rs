@@ -20,12 +20,14 @@ use std::path::{Path, PathBuf};
 ///
 /// `telemetry` is a leaf beside `catalog`: everything may report through it, and it
 /// knows no configuration or catalog type. `os` (this process's operating-system limits)
-/// is a leaf used only by the binary and benches.
+/// is a leaf used only by the binary and benches. `flagd` (flagd flag definitions and the
+/// approval rule) is a leaf beside `catalog`, used by `bus` and `connect`.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("os", &[]),
     ("contract", &[]),
     ("catalog", &["contract"]),
     ("telemetry", &["contract"]),
+    ("flagd", &["contract"]),
     ("chaos", &["contract", "catalog", "telemetry"]),
     ("gate", &["contract", "catalog", "chaos", "telemetry"]),
     ("config", &["contract", "catalog", "chaos", "telemetry"]),
@@ -33,6 +35,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "bus",
         &[
             "contract",
+            "flagd",
             "catalog",
             "chaos",
             "gate",
@@ -56,6 +59,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "connect",
         &[
             "contract",
+            "flagd",
             "catalog",
             "chaos",
             "gate",

@@ -1,6 +1,6 @@
-//! What the worker writes: run records, flag commands and dead letters, each as the
-//! Kafka record the contract describes (binary-mode CloudEvents; dead letters keep the
-//! original bytes).
+//! What the worker writes: run records, flag commands, approved flagd definitions and
+//! dead letters, each as the Kafka record the contract describes (binary-mode
+//! CloudEvents; dead letters keep the original bytes).
 //!
 //! Each output carries the W3C `traceparent` (and `tracestate`, only when it is not empty)
 //! of a `send <topic>` span, a child of the current span: build outputs inside the
@@ -14,11 +14,12 @@
 use chrono::Utc;
 
 use crate::config::Topics;
+use crate::contract::approved_flag::APPROVED_FLAG_TYPE;
 use crate::contract::dead_letter::{self, HEADER_VALUE_TRUNCATED};
 use crate::contract::flag_change::BadFlagChange;
 use crate::contract::flag_command::FLAG_COMMAND_TYPE;
 use crate::contract::run_record::RUN_RECORD_TYPE;
-use crate::contract::{CloudEvent, FlagCommand, KafkaMessage, RunRecord};
+use crate::contract::{ApprovedFlag, CloudEvent, FlagChange, FlagCommand, KafkaMessage, RunRecord};
 use crate::gate::executor::RunUpdate;
 use crate::telemetry::traces::inject_send;
 
@@ -81,6 +82,39 @@ pub(crate) fn flag_command(topics: &Topics, command: &FlagCommand) -> Output {
     inject_send(&topics.commands, &mut message.headers);
     Output {
         topic: topics.commands.clone(),
+        message,
+    }
+}
+
+/// The records that answer `change`: its flag command, and, when the change's values are
+/// flagd definitions, the definition the command approves (same transaction, same
+/// trace; [`crate::flagd::approval`]).
+pub(crate) fn answer(topics: &Topics, change: &FlagChange, command: &FlagCommand) -> Vec<Output> {
+    let mut outputs = vec![flag_command(topics, command)];
+    if let Some(approved) = crate::flagd::approval::approved(change, command) {
+        outputs.push(approved_flag(topics, &approved));
+    }
+    outputs
+}
+
+/// An approved flagd definition, keyed by the flag (the topic is compacted: the newest
+/// record of a key is the flag's approved definition). Its CloudEvent id is the command's.
+pub(crate) fn approved_flag(topics: &Topics, approved: &ApprovedFlag) -> Output {
+    let key = approved.flag_key();
+    let event = CloudEvent {
+        id: approved.command_id.clone(),
+        source: SOURCE.to_string(),
+        event_type: APPROVED_FLAG_TYPE.to_string(),
+        time: Some(approved.approved_at),
+        subject: Some(key.clone()),
+        extensions: Default::default(),
+        data: serde_json::Value::Null,
+    };
+    let data = serde_json::to_vec(approved).unwrap_or_default();
+    let mut message = event.to_binary_with_data(data, Some(&key));
+    inject_send(&topics.approved_flags, &mut message.headers);
+    Output {
+        topic: topics.approved_flags.clone(),
         message,
     }
 }

@@ -56,6 +56,7 @@ pub(crate) async fn ensure_topics(
         topics.commands.as_str(),
         topics.dead_letter.as_str(),
         topics.control.as_str(),
+        topics.approved_flags.as_str(),
     ];
     let servers = config.kafka.bootstrap_servers.clone();
     let probe: BaseConsumer<RefusalWatch> = client
@@ -123,11 +124,17 @@ pub(crate) async fn ensure_topics(
     let new: Vec<rdkafka::admin::NewTopic> = missing
         .iter()
         .map(|t| {
-            rdkafka::admin::NewTopic::new(
+            let topic = rdkafka::admin::NewTopic::new(
                 t,
                 config.kafka.topic_partitions,
                 rdkafka::admin::TopicReplication::Fixed(-1),
-            )
+            );
+            // The newest approved definition of each flag is kept for ever.
+            if *t == topics.approved_flags {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
         })
         .collect();
     let results = admin

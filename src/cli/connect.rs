@@ -1,5 +1,5 @@
-//! `chaosgate connect unleash`: the bridges between a flag service and chaosgate's
-//! topics, in their own process beside the worker.
+//! `chaosgate connect unleash` and `chaosgate connect flagd`: the bridges between a flag
+//! service and chaosgate's topics, in their own process beside the worker.
 //!
 //! Rule: the process holds no state of its own; what it has not acknowledged (a webhook
 //! answered 2xx, a command's offset committed) is delivered again after a restart.
@@ -21,6 +21,28 @@ pub enum ConnectCommand {
     /// its Admin API out (flag commands applied). Configured by the [unleash] section.
     #[command(after_help = UNLEASH_HELP)]
     Unleash(UnleashArgs),
+    /// OpenFeature flagd: a folder of proposed flag definitions in (each change gated),
+    /// the approved configuration out to flagd and the OpenFeature SDKs. Configured by
+    /// the [flagd] section.
+    #[command(after_help = FLAGD_HELP)]
+    Flagd(FlagdArgs),
+}
+
+const FLAGD_HELP: &str = "Proposed flags: *.json files in flagd's format under [flagd] proposed (each change of a \
+flag becomes one flag change on the flag-changes topic, gated by the worker). Served, only once a command \
+approved it: the gRPC sync service flagd.sync.v1.FlagSyncService on [flagd] sync_listen (default 0.0.0.0:8015; \
+flagd: --uri grpc://HOST:8015; an SDK's flagd provider in in-process mode: host HOST, port 8015), \
+GET /flags.json on [flagd] http_listen (default 0.0.0.0:8016; with ETag and If-None-Match; also /healthz and \
+/metrics), and [flagd] file when set. A selector \"PROJECT/ENVIRONMENT\" picks another set than [flagd] \
+project and environment.\n\n\
+Example: chaosgate connect flagd --config deploy/flagd.example.toml";
+
+/// Arguments of `chaosgate connect flagd`.
+#[derive(Debug, Args)]
+pub struct FlagdArgs {
+    /// Configuration file (TOML), the worker's: its [kafka] and [flagd] sections count.
+    #[arg(long, short, env = "CHAOSGATE_CONFIG", default_value_os_t = crate::default_config())]
+    pub config: PathBuf,
 }
 
 const UNLEASH_HELP: &str = "In Unleash, create a Webhook integration: URL http://HOST:9466/unleash/webhook, \
@@ -46,6 +68,7 @@ pub struct UnleashArgs {
 pub fn run(command: ConnectCommand) -> anyhow::Result<ExitCode> {
     match command {
         ConnectCommand::Unleash(args) => unleash(args),
+        ConnectCommand::Flagd(args) => flagd(args),
     }
 }
 
@@ -68,5 +91,27 @@ fn unleash(args: UnleashArgs) -> anyhow::Result<ExitCode> {
     drop(telemetry);
     runtime.shutdown_timeout(Duration::from_millis(500));
     result.context("the Unleash bridges stopped")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn flagd(args: FlagdArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config, std::env::vars())
+        .with_context(|| "the configuration is not usable")?;
+    chaosgate::connect::flagd::section(&config)
+        .with_context(|| format!("{}", args.config.display()))?;
+    let runtime = crate::cli::runtime()?;
+    let telemetry = {
+        let _inside = runtime.enter();
+        chaosgate::telemetry::redact::install(&config.secrets());
+        chaosgate::telemetry::init(&config.telemetry).context("cannot set up telemetry")?
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::cli::run::stop_on_signal(shutdown.clone()));
+        chaosgate::connect::flagd::run(&config, shutdown).await
+    });
+    drop(telemetry);
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result.context("the flagd bridge stopped")?;
     Ok(ExitCode::SUCCESS)
 }

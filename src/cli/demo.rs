@@ -334,6 +334,7 @@ fn change(flag: &str, what: &str) -> (FlagChange, String) {
             pipeline_id: None,
             actor: Some("demo@chaosgate".into()),
             account: None,
+            value_format: None,
         },
         what.to_string(),
     )

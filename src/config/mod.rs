@@ -20,7 +20,9 @@ use crate::chaos::proxy::ProxyTarget;
 use crate::telemetry::redact::{self, Secrets};
 pub use crate::telemetry::{LogFormat, TelemetryConfig};
 
+mod flagd;
 mod unleash;
+pub use flagd::FlagdConfig;
 pub use unleash::{UnleashCommandsConfig, UnleashConfig, UnleashWebhookConfig};
 
 /// Prefix of the environment overrides.
@@ -57,6 +59,10 @@ pub struct Config {
     /// The Unleash bridges (`chaosgate connect unleash`); absent when Unleash is not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unleash: Option<UnleashConfig>,
+    /// The flagd bridge (`chaosgate connect flagd`): chaosgate as a gated OpenFeature
+    /// flag source; absent when not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagd: Option<FlagdConfig>,
 }
 
 /// The documented example, `deploy/chaosgate.example.toml`, as the schema's example.
@@ -94,6 +100,7 @@ pub(crate) fn config_example() -> Config {
         },
         view: ViewConfig::default(),
         unleash: None,
+        flagd: None,
     }
 }
 
@@ -165,6 +172,12 @@ pub struct Topics {
     /// Abort requests (kill switch), consumed.
     #[serde(default = "topic_control")]
     pub control: String,
+    /// Approved flagd definitions, produced (for changes whose values are flagd
+    /// definitions, in the command's transaction) and read by `chaosgate connect flagd`.
+    /// Create it compacted (`cleanup.policy=compact`): the newest record of each flag is
+    /// the approved configuration.
+    #[serde(default = "topic_approved_flags")]
+    pub approved_flags: String,
 }
 
 fn topic_flag_changes() -> String {
@@ -182,6 +195,9 @@ fn topic_dead_letter() -> String {
 fn topic_control() -> String {
     "chaosgate-control".into()
 }
+fn topic_approved_flags() -> String {
+    "approved-flags".into()
+}
 
 impl Default for Topics {
     fn default() -> Self {
@@ -191,6 +207,7 @@ impl Default for Topics {
             commands: topic_commands(),
             dead_letter: topic_dead_letter(),
             control: topic_control(),
+            approved_flags: topic_approved_flags(),
         }
     }
 }
@@ -440,6 +457,16 @@ impl Config {
             && let Some(dir) = path.parent()
         {
             config.catalog.path = dir.join(&config.catalog.path);
+        }
+        if let (Some(flagd), Some(dir)) = (config.flagd.as_mut(), path.parent()) {
+            for path in [flagd.proposed.as_mut(), flagd.file.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if path.is_relative() {
+                    *path = dir.join(&*path);
+                }
+            }
         }
         Ok(config)
     }

@@ -6,4 +6,5 @@
 //! bridges reuse `bus`'s Kafka client settings, never the worker's internals: they run
 //! in their own process (`chaosgate connect ...`), beside the worker.
 
+pub mod flagd;
 pub mod unleash;

@@ -56,6 +56,22 @@ pub struct FlagChange {
     /// Flag service account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// What `change.from` and `change.to` hold, when chaosgate itself serves the approved
+    /// flag: `flagd` for OpenFeature flagd flag definitions (`chaosgate connect flagd`),
+    /// whose approved version the worker publishes on the approved-flags topic in the
+    /// same transaction as the command. Absent for values only the flag service reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_format: Option<ValueFormat>,
+}
+
+/// What a flag change's `from` and `to` hold (see [`FlagChange::value_format`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    /// A flagd flag definition (`state`, `variants`, `defaultVariant`, `targeting`,
+    /// `metadata`), as in flagd's flag schema <https://flagd.dev/schema/v0/flags.json>;
+    /// `$ref`s to shared evaluators are already inlined.
+    Flagd,
 }
 
 /// The longest `project`, `environment` or `flag`, in characters (Unleash allows 100).
@@ -158,6 +174,7 @@ pub fn flag_change_example() -> FlagChange {
         pipeline_id: None,
         actor: Some("alice@example.com".into()),
         account: None,
+        value_format: None,
     }
 }
 

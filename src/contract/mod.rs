@@ -1,9 +1,10 @@
-//! The wire contracts (v1): flag-change events in; experiment-run records, flag commands
-//! and dead letters out; all as CloudEvents on Kafka (README, "Contracts").
+//! The wire contracts (v1): flag-change events in; experiment-run records, flag commands,
+//! dead letters and approved flagd definitions out; all as CloudEvents on Kafka (README, "Contracts").
 //!
 //! These types are the public surface. Their JSON Schemas in `schemas/` are generated
 //! from them, and a test fails when the committed schemas are stale.
 
+pub mod approved_flag;
 pub(crate) mod cloudevents;
 pub mod control;
 pub mod dead_letter;
@@ -12,10 +13,11 @@ pub mod flag_command;
 pub mod ids;
 pub mod run_record;
 
+pub use approved_flag::ApprovedFlag;
 pub use cloudevents::{CloudEvent, CloudEventError, KafkaMessage};
 pub use control::{AbortRequest, AbortScope};
 pub use dead_letter::{DeadLetter, ErrorClass};
-pub use flag_change::{Change, ChangeKind, FlagChange};
+pub use flag_change::{Change, ChangeKind, FlagChange, ValueFormat};
 pub use flag_command::{CommandKind, FlagCommand, ReasonCode, StepSummary};
 pub use run_record::{FaultResult, ProbeResult, RunRecord, RunStatus, Verdict};
 

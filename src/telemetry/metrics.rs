@@ -27,6 +27,9 @@
 //! | `chaosgate_kafka_brokers_up` | gauge | | [`consumer_statistics`] |
 //! | `chaosgate_unleash_webhooks_total` | counter | `outcome` | [`unleash_webhook`] |
 //! | `chaosgate_unleash_commands_total` | counter | `outcome` | [`unleash_command`] |
+//! | `chaosgate_flagd_proposals_total` | counter | `outcome` | [`flagd_proposal`] |
+//! | `chaosgate_flagd_approved_records_total` | counter | | [`flagd_approved_record`] |
+//! | `chaosgate_flagd_sync_streams` | gauge | | [`flagd_sync_stream`] (a guard) |
 //!
 //! The brokers-up count also feeds readiness ([`kafka_brokers_up`]): a worker whose
 //! consumer reaches no broker is not ready.
@@ -122,6 +125,9 @@ struct Metrics {
     main_loop_last_tick: Gauge<f64, std::sync::atomic::AtomicU64>,
     unleash_webhooks: Family<OutcomeLabel, Counter>,
     unleash_commands: Family<OutcomeLabel, Counter>,
+    flagd_proposals: Family<OutcomeLabel, Counter>,
+    flagd_approved_records: Counter,
+    flagd_sync_streams: Gauge,
     /// Partitions with a lag gauge, per topic, to drop the ones no longer assigned.
     lag_partitions: Mutex<BTreeMap<String, HashSet<String>>>,
 }
@@ -146,6 +152,9 @@ impl Metrics {
             main_loop_last_tick: Gauge::default(),
             unleash_webhooks: Family::default(),
             unleash_commands: Family::default(),
+            flagd_proposals: Family::default(),
+            flagd_approved_records: Counter::default(),
+            flagd_sync_streams: Gauge::default(),
             lag_partitions: Mutex::default(),
             registry: Registry::default(),
         };
@@ -204,6 +213,21 @@ impl Metrics {
             "chaosgate_unleash_commands",
             "Flag commands handled by the Unleash bridge, by outcome (applied, confirmed, dry_run, stale, retried, failed)",
             metrics.unleash_commands.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_flagd_proposals",
+            "Proposed flagd definitions handled by the flagd bridge, by outcome (produced, unchanged, invalid, failed)",
+            metrics.flagd_proposals.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_flagd_approved_records",
+            "Approved-flag records read by the flagd bridge",
+            metrics.flagd_approved_records.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_flagd_sync_streams",
+            "Open flagd.sync.v1 SyncFlags streams",
+            metrics.flagd_sync_streams.clone(),
         );
         metrics.registry.register(
             "chaosgate_runs_in_flight",
@@ -360,6 +384,42 @@ pub fn unleash_command(outcome: &'static str) {
             outcome: outcome.to_string(),
         })
         .inc();
+}
+
+/// The flagd bridge handled one proposed flag definition with `outcome` (`produced`: a
+/// flag change is on `flag-changes`; `unchanged`: already proposed or decided; `invalid`:
+/// its file was refused; `failed`: Kafka did not take it, tried again on the next scan).
+pub fn flagd_proposal(outcome: &'static str) {
+    METRICS
+        .flagd_proposals
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
+/// The flagd bridge read one approved-flag record.
+pub fn flagd_approved_record() {
+    METRICS.flagd_approved_records.inc();
+}
+
+/// A `SyncFlags` stream opened; `chaosgate_flagd_sync_streams` counts it until the guard
+/// is dropped.
+pub fn flagd_sync_stream() -> OpenSyncStream {
+    METRICS.flagd_sync_streams.inc();
+    OpenSyncStream { _private: () }
+}
+
+/// Counts one open `SyncFlags` stream while it lives (see [`flagd_sync_stream`]).
+#[derive(Debug)]
+pub struct OpenSyncStream {
+    _private: (),
+}
+
+impl Drop for OpenSyncStream {
+    fn drop(&mut self) {
+        METRICS.flagd_sync_streams.dec();
+    }
 }
 
 /// A pipeline execution started; `chaosgate_runs_in_flight` counts it until the guard

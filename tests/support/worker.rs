@@ -31,7 +31,7 @@ use super::kafka;
 #[path = "diagnose.rs"]
 pub mod diagnose;
 
-/// The five topics of one test.
+/// The six topics of one test.
 #[derive(Debug, Clone)]
 pub struct Topics {
     pub flag_changes: String,
@@ -39,6 +39,7 @@ pub struct Topics {
     pub commands: String,
     pub dead_letter: String,
     pub control: String,
+    pub approved_flags: String,
 }
 
 impl Topics {
@@ -50,17 +51,19 @@ impl Topics {
             commands: kafka::unique_topic(&format!("{name}-commands")),
             dead_letter: kafka::unique_topic(&format!("{name}-dlq")),
             control: kafka::unique_topic(&format!("{name}-control")),
+            approved_flags: kafka::unique_topic(&format!("{name}-approved")),
         }
     }
 
-    /// The five names.
-    pub fn all(&self) -> [&str; 5] {
+    /// The six names.
+    pub fn all(&self) -> [&str; 6] {
         [
             &self.flag_changes,
             &self.runs,
             &self.commands,
             &self.dead_letter,
             &self.control,
+            &self.approved_flags,
         ]
     }
 }
@@ -185,6 +188,7 @@ runs = "{runs}"
 commands = "{commands}"
 dead_letter = "{dlq}"
 control = "{control}"
+approved_flags = "{approved}"
 
 [kafka.properties]
 "client.id" = "chaosgate-test-{instance}"
@@ -198,6 +202,7 @@ control = "{control}"
             commands = self.topics.commands,
             dlq = self.topics.dead_letter,
             control = self.topics.control,
+            approved = self.topics.approved_flags,
         );
         for (key, value) in properties {
             let _ = writeln!(text, "\"{key}\" = \"{value}\"");
@@ -810,6 +815,7 @@ pub fn change(flag: &str, kind: ChangeKind, pipeline_id: Option<&str>) -> FlagCh
         pipeline_id: pipeline_id.map(str::to_string),
         actor: Some("tester@example.com".into()),
         account: None,
+        value_format: None,
     }
 }
 

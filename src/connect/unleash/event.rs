@@ -157,6 +157,7 @@ pub fn flag_change(body: &[u8], instance: &str) -> Result<FlagChange, Refusal> {
         pipeline_id: None,
         actor: Some(actor.to_string()),
         account: None,
+        value_format: None,
     })
 }
 

@@ -310,13 +310,8 @@ impl Scheduler {
                 self.wiring.kill_switch.unregister(id);
             }
             metrics::event_gated(command.command, command.reason_code);
-            let output = outputs::flag_command(&self.wiring.topics, &command);
-            self.complete(
-                pending.partition,
-                pending.epoch,
-                pending.offset,
-                vec![output],
-            );
+            let answer = outputs::answer(&self.wiring.topics, &pending.change, &command);
+            self.complete(pending.partition, pending.epoch, pending.offset, answer);
             next = self.queues.release(&pending.flag);
         }
     }
@@ -407,7 +402,7 @@ impl Scheduler {
                         .iter()
                         .map(|record| outputs::run_record(&topics, record)),
                 );
-                encoded.push(outputs::flag_command(&topics, command));
+                encoded.extend(outputs::answer(&topics, &pending.change, command));
             }
             Finished {
                 pending,

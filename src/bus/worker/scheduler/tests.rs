@@ -25,6 +25,7 @@ fn pending(offset: i64) -> Pending {
         pipeline_id: None,
         actor: None,
         account: None,
+        value_format: None,
     };
     Pending {
         partition: 0,

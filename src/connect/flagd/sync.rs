@@ -1,0 +1,21 @@
+//! flagd's gRPC sync service (`flagd.sync.v1.FlagSyncService`).
+//!
+//! OWNER: helper "flagd-serve".
+
+use std::net::SocketAddr;
+
+use tokio_util::sync::CancellationToken;
+
+use super::FlagdError;
+use super::approved::{ApprovedWatch, Selection};
+
+/// Serves `SyncFlags`, `FetchAllFlags` and `GetMetadata` on `listen` until `shutdown`.
+pub async fn serve(
+    _listen: SocketAddr,
+    _approved: ApprovedWatch,
+    _default: Selection,
+    shutdown: CancellationToken,
+) -> Result<(), FlagdError> {
+    shutdown.cancelled().await;
+    Ok(())
+}
