@@ -1,0 +1,102 @@
+//! OpenFeature flagd gated end to end: the worker writes the definition a command
+//! approves in the command's own transaction, and `chaosgate connect flagd` serves only
+//! approved definitions to the real OpenFeature flagd provider.
+
+#[path = "support/flagd.rs"]
+mod flagd;
+#[path = "support/kafka.rs"]
+mod kafka;
+#[path = "support/worker.rs"]
+mod worker;
+
+use std::time::Duration;
+
+use chaosgate::contract::{ChangeKind, CommandKind, ReasonCode};
+
+use flagd::{approved_records, boolean_flag, flagd_change};
+use worker::{Harness, Listener, Settings, closed_address, experiment_yaml, pipeline_yaml};
+
+/// Upper bound for anything a test waits for: generous, so only a bug reaches it.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_writes_what_each_command_approves_in_the_commands_transaction() {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, "flagd-worker", 1).await;
+    let listener = Listener::start().await;
+    harness.catalog_file(
+        "pass.yaml",
+        &experiment_yaml("passes", "1s", &harness.marker("p"), &listener.address),
+    );
+    harness.catalog_file(
+        "fail.yaml",
+        &experiment_yaml("fails", "1s", &harness.marker("f"), &closed_address()),
+    );
+    harness.catalog_file(
+        "safe.yaml",
+        &pipeline_yaml("safe-gate", Some("safe-*"), &["passes"]),
+    );
+    harness.catalog_file(
+        "risky.yaml",
+        &pipeline_yaml("risky-gate", Some("risky-*"), &["fails"]),
+    );
+    let config = harness.config("worker", &Settings::default());
+    let _worker = harness.spawn("worker", &config);
+    let collector = harness.collect();
+
+    let on = boolean_flag("ENABLED", "on");
+    let safe = flagd_change("safe-one", ChangeKind::Enable, None, on.clone());
+    let risky = flagd_change("risky-one", ChangeKind::Enable, None, on.clone());
+    let updated = boolean_flag("ENABLED", "off");
+    let risky_update = flagd_change("risky-two", ChangeKind::Update, Some(on.clone()), updated);
+    // A change whose values are not flagd definitions: a command, nothing approved.
+    let plain = worker::change("safe-plain", ChangeKind::Enable, None);
+    for change in [&safe, &risky, &risky_update, &plain] {
+        harness.produce_change(change).await;
+    }
+    let outputs = harness
+        .wait_for(&collector, "four commands", PATIENCE, |o| {
+            o.commands.len() >= 4
+        })
+        .await;
+
+    let approved = approved_records(&servers, &harness.topics.approved_flags);
+    assert_eq!(
+        approved.len(),
+        3,
+        "one approved record per flagd change, none for the plain one: {approved:#?}"
+    );
+    for record in &approved {
+        let commands = outputs.commands_for(&record.causation_event_id);
+        assert_eq!(commands.len(), 1, "{record:?}");
+        assert_eq!(record.command_id, commands[0].command_id);
+        assert_eq!(record.command, commands[0].command);
+    }
+    let of = |flag: &str| approved.iter().find(|a| a.flag == flag).expect(flag);
+
+    let safe_record = of("safe-one");
+    assert_eq!(safe_record.command, CommandKind::Enable);
+    assert_eq!(safe_record.reason_code, ReasonCode::Passed);
+    assert_eq!(
+        safe_record.definition, on,
+        "a passed enable serves the proposal"
+    );
+
+    let risky_record = of("risky-one");
+    assert_eq!(risky_record.command, CommandKind::Disable);
+    assert_eq!(risky_record.reason_code, ReasonCode::Failed);
+    assert_eq!(
+        risky_record.definition,
+        boolean_flag("DISABLED", "on"),
+        "a failed enable of a new flag serves it DISABLED"
+    );
+    assert_eq!(risky_record.proposed.as_ref(), Some(&on));
+
+    let update_record = of("risky-two");
+    assert_eq!(update_record.command, CommandKind::Disable);
+    assert_eq!(
+        update_record.definition,
+        boolean_flag("DISABLED", "on"),
+        "a failed update turns the flag served before off, not the proposal on"
+    );
+}
