@@ -97,6 +97,7 @@ fn asyncapi_describes_every_topic_and_schema() {
         &topics.commands,
         &topics.dead_letter,
         &topics.control,
+        &topics.approved_flags,
     ] {
         assert!(
             addresses.contains(&topic.as_str()),
