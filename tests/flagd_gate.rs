@@ -100,3 +100,40 @@ async fn the_worker_writes_what_each_command_approves_in_the_commands_transactio
         "a failed update turns the flag served before off, not the proposal on"
     );
 }
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn the_flagd_example_config_is_a_valid_worker_and_bridge_config() {
+    use chaosgate::config::Config;
+
+    let path = repo("deploy/flagd.example.toml");
+    let config = Config::load(&path, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let section = chaosgate::connect::flagd::section(&config).expect("a [flagd] section");
+    assert_eq!(
+        (section.project.as_str(), section.environment.as_str()),
+        ("shop", "production")
+    );
+    assert_eq!(
+        section.proposed.as_deref(),
+        Some(repo("deploy/examples/flags").as_path())
+    );
+    assert_eq!(section.sync_listen.port(), 8015);
+    assert_eq!(config.kafka.topics.approved_flags, "approved-flags");
+    let catalog = chaosgate::catalog::Catalog::load(std::slice::from_ref(&config.catalog.path))
+        .unwrap_or_else(|problems| panic!("{problems:#?}"));
+    // The example flags the catalog gates are in the example folder.
+    let flags = std::fs::read_to_string(repo("deploy/examples/flags/shop.json")).expect("flags");
+    for (flag, pipeline) in [
+        ("search-v2", "flagd-try-search"),
+        ("checkout-v2", "flagd-try-checkout"),
+    ] {
+        assert!(flags.contains(&format!("\"{flag}\"")), "{flag}");
+        let routed = catalog
+            .pipeline_for("shop", "production", flag)
+            .map(|p| p.id.as_str());
+        assert_eq!(routed, Some(pipeline), "the example catalog routes {flag}");
+    }
+}
