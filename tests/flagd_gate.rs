@@ -137,3 +137,61 @@ fn the_flagd_example_config_is_a_valid_worker_and_bridge_config() {
         assert_eq!(routed, Some(pipeline), "the example catalog routes {flag}");
     }
 }
+
+#[test]
+fn compose_serves_the_example_flags_gated_by_the_compose_pipeline() {
+    use chaosgate::config::Config;
+
+    let compose: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo("docker-compose.yml")).expect("read docker-compose.yml"),
+    )
+    .expect("docker-compose.yml");
+    let service = &compose["services"]["chaosgate-flagd"];
+    assert_eq!(service["command"][0], "connect");
+    assert_eq!(service["command"][1], "flagd");
+    let overrides: Vec<(String, String)> = service["environment"]
+        .as_object()
+        .expect("chaosgate-flagd's environment")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("a string").to_string()))
+        .collect();
+    let config = Config::parse(
+        &std::fs::read_to_string(repo("deploy/container/chaosgate.toml")).expect("read"),
+        "image config",
+        overrides,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let section = chaosgate::connect::flagd::section(&config).expect("a [flagd] section");
+    // The proposed folder is the example folder, mounted.
+    let mount = format!(
+        "./deploy/examples/flags:{}:ro",
+        section.proposed.as_deref().expect("proposed").display()
+    );
+    assert!(
+        service["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v.as_str() == Some(mount.as_str())),
+        "{mount} is not mounted: {:?}",
+        service["volumes"]
+    );
+    // The compose worker's catalog gates every flag of that project and environment.
+    let catalog = chaosgate::catalog::Catalog::load(&[repo("deploy/compose/catalog")])
+        .unwrap_or_else(|problems| panic!("{problems:#?}"));
+    let routed = catalog
+        .pipeline_for(&section.project, &section.environment, "checkout-v2")
+        .map(|p| p.id.as_str());
+    assert_eq!(routed, Some("compose-demo"));
+    for port in [section.sync_listen.port(), section.http_listen.port()] {
+        let published = format!("127.0.0.1:{port}:{port}");
+        assert!(
+            service["ports"]
+                .as_array()
+                .expect("ports")
+                .iter()
+                .any(|p| p.as_str() == Some(published.as_str())),
+            "port {port} is not published"
+        );
+    }
+}
