@@ -9,11 +9,17 @@ mod kafka;
 #[path = "support/worker.rs"]
 mod worker;
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use chaosgate::contract::{ChangeKind, CommandKind, ReasonCode};
+use chaosgate::contract::{ChangeKind, CommandKind, FlagCommand, ReasonCode};
+use open_feature::EvaluationContext;
+use serde_json::json;
 
-use flagd::{approved_records, boolean_flag, flagd_change};
+use flagd::{
+    FlagdBridge, append_flagd_section, approved_records, boolean_flag, evaluate, flag_changes,
+    flagd_change, provider, served, wait_healthy,
+};
 use worker::{Harness, Listener, Settings, closed_address, experiment_yaml, pipeline_yaml};
 
 /// Upper bound for anything a test waits for: generous, so only a bug reaches it.
@@ -194,4 +200,434 @@ fn compose_serves_the_example_flags_gated_by_the_compose_pipeline() {
             "port {port} is not published"
         );
     }
+}
+
+/// One test's world: the broker, the worker with `safe-*` flags passing their gate and
+/// `risky-*` failing theirs (each gate a `gate`-long experiment), and
+/// `chaosgate connect flagd` proposing from a folder and serving what is approved.
+struct Loop {
+    harness: Harness,
+    _worker: worker::Worker,
+    bridge: FlagdBridge,
+    proposed: PathBuf,
+    sync: String,
+    http: String,
+    _target: Listener,
+}
+
+impl Loop {
+    async fn start(name: &str, gate: &str) -> Loop {
+        let servers = kafka::require_broker();
+        let harness = Harness::new(&servers, name, 1).await;
+        let target = Listener::start().await;
+        harness.catalog_file(
+            "pass.yaml",
+            &experiment_yaml("passes", gate, &harness.marker("p"), &target.address),
+        );
+        harness.catalog_file(
+            "fail.yaml",
+            &experiment_yaml("fails", gate, &harness.marker("f"), &closed_address()),
+        );
+        harness.catalog_file(
+            "safe.yaml",
+            &pipeline_yaml("safe-gate", Some("safe-*"), &["passes"]),
+        );
+        harness.catalog_file(
+            "risky.yaml",
+            &pipeline_yaml("risky-gate", Some("risky-*"), &["fails"]),
+        );
+        let config = harness.config("worker", &Settings::default());
+        let proposed = harness.dir.path().join("proposed");
+        std::fs::create_dir_all(&proposed).expect("proposed folder");
+        let (sync, http) = (closed_address(), closed_address());
+        append_flagd_section(&config, Some(&proposed), &sync, &http);
+        let worker = harness.spawn("worker", &config);
+        let bridge = FlagdBridge::spawn(&config, harness.dir.path());
+        wait_healthy(&http, &bridge).await;
+        Loop {
+            harness,
+            _worker: worker,
+            bridge,
+            proposed,
+            sync,
+            http,
+            _target: target,
+        }
+    }
+
+    /// Writes `file` in the proposed folder with these flags, whole (renamed into place,
+    /// as a git checkout does).
+    fn propose(&self, file: &str, flags: serde_json::Value) {
+        self.write(file, &json!({ "flags": flags }).to_string());
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        let temporary = self.harness.dir.path().join(format!(".{file}.new"));
+        std::fs::write(&temporary, text).expect("write proposal");
+        std::fs::rename(&temporary, self.proposed.join(file)).expect("rename proposal");
+    }
+
+    fn logs(&self) -> String {
+        format!("{}\n{}", self.harness.log_tails(), self.bridge.logs())
+    }
+
+    /// The commands for `flag` the collector saw so far, oldest first.
+    fn commands(collector: &worker::Collector, flag: &str) -> Vec<FlagCommand> {
+        let mut commands: Vec<FlagCommand> = collector
+            .snapshot()
+            .commands
+            .iter()
+            .filter(|c| c.value.flag == flag)
+            .map(|c| c.value.clone())
+            .collect();
+        commands.sort_by_key(|c| c.issued_at);
+        commands
+    }
+
+    /// Waits until `flag` has `count` commands.
+    async fn wait_commands(
+        &self,
+        collector: &worker::Collector,
+        flag: &str,
+        count: usize,
+    ) -> Vec<FlagCommand> {
+        self.harness
+            .wait_for(
+                collector,
+                &format!("{count} command(s) for {flag}"),
+                PATIENCE,
+                |o| o.commands.iter().filter(|c| c.value.flag == flag).count() >= count,
+            )
+            .await;
+        Loop::commands(collector, flag)
+    }
+
+    /// Waits until `GET /flags.json` serves `flag` with `state` (`None`: not at all).
+    async fn wait_served(&self, flag: &str, state: Option<&str>) -> (String, serde_json::Value) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (etag, document) = served(&self.http).await;
+            if document["flags"][flag]["state"].as_str() == state {
+                return (etag, document);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{flag} is not served {state:?}: {document}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One evaluation of a flag by the provider, and when it was made.
+struct Sample {
+    at: chrono::DateTime<chrono::Utc>,
+    value: Option<bool>,
+}
+
+/// Evaluates `flag` every 10 ms until `done` holds for the samples so far (or the
+/// patience runs out).
+async fn sample_until(
+    provider: &open_feature_flagd::FlagdProvider,
+    flag: &str,
+    context: &EvaluationContext,
+    done: impl Fn(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut samples = Vec::new();
+    while !done(&samples) && Instant::now() < deadline {
+        let value = evaluate(provider, flag, context).await;
+        samples.push(Sample {
+            at: chrono::Utc::now(),
+            value,
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    samples
+}
+
+fn staff() -> EvaluationContext {
+    EvaluationContext::default().with_custom_field("email", "ada@example.com")
+}
+
+fn customer() -> EvaluationContext {
+    EvaluationContext::default().with_custom_field("email", "bob@customer.test")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_whose_gate_fails_never_evaluates_on_and_is_served_disabled() {
+    let l = Loop::start("flagd-fail", "2s").await;
+    let provider = provider(&l.sync).await;
+    let collector = l.harness.collect();
+    let flag = "risky-checkout";
+    let before = evaluate(&provider, flag, &customer()).await;
+    assert_eq!(before, None, "not served before it is proposed");
+
+    l.propose("shop.json", json!({ flag: boolean_flag("ENABLED", "on") }));
+    // Before the gate, while it runs (2 s) and for 3 s after its command.
+    let samples = sample_until(&provider, flag, &customer(), |samples| {
+        Loop::commands(&collector, flag).first().is_some_and(|c| {
+            samples
+                .last()
+                .is_some_and(|s| s.at > c.issued_at + chrono::Duration::seconds(3))
+        })
+    })
+    .await;
+    let on: Vec<_> = samples
+        .iter()
+        .filter(|s| s.value == Some(true))
+        .map(|s| s.at)
+        .collect();
+    assert!(on.is_empty(), "evaluated on at {on:?}\n{}", l.logs());
+
+    let commands = Loop::commands(&collector, flag);
+    assert_eq!(commands.len(), 1, "{commands:?}\n{}", l.logs());
+    assert_eq!(
+        (commands[0].command, commands[0].reason_code),
+        (CommandKind::Disable, ReasonCode::Failed)
+    );
+    let (_, document) = l.wait_served(flag, Some("DISABLED")).await;
+    assert_eq!(
+        document["flags"][flag]["defaultVariant"], "on",
+        "{document}"
+    );
+    assert_eq!(
+        evaluate(&provider, flag, &customer()).await,
+        None,
+        "a DISABLED flag resolves to the code's default"
+    );
+    // One proposal, one change: the refused proposal is not proposed again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let changes = flag_changes(&l.harness.servers, &l.harness.topics.flag_changes);
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    assert_eq!(changes[0].change.kind, ChangeKind::Enable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_whose_gate_passes_evaluates_on_only_after_its_enable_within_a_second() {
+    let l = Loop::start("flagd-pass", "2s").await;
+    let provider = provider(&l.sync).await;
+    let collector = l.harness.collect();
+    let flag = "safe-search";
+
+    l.propose("shop.json", json!({ flag: boolean_flag("ENABLED", "on") }));
+    let samples = sample_until(&provider, flag, &customer(), |samples| {
+        samples.last().is_some_and(|s| s.value == Some(true))
+    })
+    .await;
+    let commands = l.wait_commands(&collector, flag, 1).await;
+    assert_eq!(
+        (commands[0].command, commands[0].reason_code),
+        (CommandKind::Enable, ReasonCode::Passed)
+    );
+    let enable = commands[0].issued_at;
+    let first_on = samples
+        .iter()
+        .find(|s| s.value == Some(true))
+        .map(|s| s.at)
+        .unwrap_or_else(|| panic!("never evaluated on\n{}", l.logs()));
+    assert!(
+        first_on > enable,
+        "on at {first_on}, before the enable at {enable}"
+    );
+    let delay = (first_on - enable).to_std().expect("positive");
+    println!("first evaluated on {delay:?} after the enable was issued");
+    assert!(
+        delay <= Duration::from_secs(1),
+        "on {delay:?} after the enable\n{}",
+        l.logs()
+    );
+    let (_, document) = l.wait_served(flag, Some("ENABLED")).await;
+    assert_eq!(document["flags"][flag], boolean_flag("ENABLED", "on"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targeting_update_takes_effect_only_after_its_gate() {
+    let l = Loop::start("flagd-update", "2s").await;
+    let provider = provider(&l.sync).await;
+    let collector = l.harness.collect();
+    let flag = "safe-banner";
+    l.propose("shop.json", json!({ flag: boolean_flag("ENABLED", "on") }));
+    l.wait_commands(&collector, flag, 1).await;
+    l.wait_served(flag, Some("ENABLED")).await;
+    sample_until(&provider, flag, &customer(), |s| {
+        s.last().is_some_and(|s| s.value == Some(true))
+    })
+    .await;
+
+    // Only staff keep it: off by default, on for @example.com, through a shared evaluator.
+    let mut narrowed = boolean_flag("ENABLED", "off");
+    narrowed["targeting"] = json!({ "if": [{ "$ref": "staff" }, "on", null] });
+    l.write(
+        "shop.json",
+        &json!({
+            "flags": { flag: narrowed },
+            "$evaluators": { "staff": { "ends_with": [{ "var": "email" }, "@example.com"] } }
+        })
+        .to_string(),
+    );
+    let samples = sample_until(&provider, flag, &customer(), |s| {
+        s.last().is_some_and(|s| s.value == Some(false))
+    })
+    .await;
+    let commands = l.wait_commands(&collector, flag, 2).await;
+    assert_eq!(commands[1].command, CommandKind::Enable, "{commands:?}");
+    let applied = commands[1].issued_at;
+    let first_off = samples
+        .iter()
+        .find(|s| s.value == Some(false))
+        .map(|s| s.at)
+        .unwrap_or_else(|| panic!("the update never took effect\n{}", l.logs()));
+    assert!(
+        first_off > applied,
+        "the update took effect at {first_off}, before its enable at {applied}"
+    );
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s.at < applied)
+            .all(|s| s.value == Some(true)),
+        "the old definition was not served until the enable"
+    );
+    assert_eq!(
+        evaluate(&provider, flag, &staff()).await,
+        Some(true),
+        "staff keep it"
+    );
+
+    let changes = flag_changes(&l.harness.servers, &l.harness.topics.flag_changes);
+    assert_eq!(changes.len(), 2, "{changes:#?}");
+    let update = &changes[1];
+    assert_eq!(update.change.kind, ChangeKind::Update);
+    assert_eq!(
+        update.change.from.as_ref(),
+        Some(&boolean_flag("ENABLED", "on"))
+    );
+    assert_eq!(
+        update
+            .change
+            .to
+            .as_ref()
+            .and_then(|to| to["targeting"]["if"][0].get("ends_with")),
+        Some(&json!([{ "var": "email" }, "@example.com"])),
+        "the shared evaluator is inlined in the proposal: {update:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_bridge_serves_the_same_configuration_and_the_provider_reconnects() {
+    let mut l = Loop::start("flagd-restart", "1s").await;
+    let provider = provider(&l.sync).await;
+    let collector = l.harness.collect();
+    l.propose(
+        "shop.json",
+        json!({ "safe-one": boolean_flag("ENABLED", "on"), "risky-one": boolean_flag("ENABLED", "on") }),
+    );
+    l.wait_commands(&collector, "safe-one", 1).await;
+    l.wait_commands(&collector, "risky-one", 1).await;
+    l.wait_served("risky-one", Some("DISABLED")).await;
+    let (etag, document) = l.wait_served("safe-one", Some("ENABLED")).await;
+    sample_until(&provider, "safe-one", &customer(), |s| {
+        s.last().is_some_and(|s| s.value == Some(true))
+    })
+    .await;
+
+    l.bridge.restart();
+    // The provider keeps what it had while chaosgate is away.
+    assert_eq!(
+        evaluate(&provider, "safe-one", &customer()).await,
+        Some(true)
+    );
+    wait_healthy(&l.http, &l.bridge).await;
+    let (etag_after, document_after) = served(&l.http).await;
+    assert_eq!(
+        document_after, document,
+        "the restarted bridge serves the same configuration"
+    );
+    assert_eq!(etag_after, etag);
+
+    // The provider reads the new process: a change approved after the restart reaches it.
+    l.propose(
+        "shop.json",
+        json!({
+            "safe-one": boolean_flag("ENABLED", "on"),
+            "risky-one": boolean_flag("ENABLED", "on"),
+            "safe-two": boolean_flag("ENABLED", "on")
+        }),
+    );
+    let samples = sample_until(&provider, "safe-two", &customer(), |s| {
+        s.last().is_some_and(|s| s.value == Some(true))
+    })
+    .await;
+    assert_eq!(
+        samples.last().and_then(|s| s.value),
+        Some(true),
+        "the provider did not reconnect\n{}",
+        l.logs()
+    );
+    assert_eq!(evaluate(&provider, "risky-one", &customer()).await, None);
+    // Nothing was proposed twice across the restart.
+    let changes = flag_changes(&l.harness.servers, &l.harness.topics.flag_changes);
+    assert_eq!(changes.len(), 3, "{changes:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_proposed_file_is_reported_and_nothing_served_changes() {
+    let l = Loop::start("flagd-malformed", "1s").await;
+    let provider = provider(&l.sync).await;
+    let collector = l.harness.collect();
+    let flag = "safe-five";
+    l.propose("shop.json", json!({ flag: boolean_flag("ENABLED", "on") }));
+    l.wait_commands(&collector, flag, 1).await;
+    let (etag, document) = l.wait_served(flag, Some("ENABLED")).await;
+
+    let broken = [
+        (
+            "not JSON",
+            "{\n  \"flags\": {\n    \"safe-five\": {\"state\": \"DISABLED\",\n",
+        ),
+        (
+            "a state flagd does not know",
+            "{\n  \"flags\": {\n    \"safe-five\": {\n      \"state\": \"MAYBE\",\n      \"variants\": {\"on\": true, \"off\": false},\n      \"defaultVariant\": \"on\"\n    }\n  }\n}\n",
+        ),
+        (
+            "a defaultVariant naming no variant",
+            "{\n  \"flags\": {\n    \"safe-five\": {\n      \"state\": \"DISABLED\",\n      \"variants\": {\"on\": true, \"off\": false},\n      \"defaultVariant\": \"maybe\"\n    }\n  }\n}\n",
+        ),
+    ];
+    for (what, text) in broken {
+        let lines_before = std::fs::read_to_string(&l.bridge.log)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        l.write("shop.json", text);
+        // Ten scans.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let log = std::fs::read_to_string(&l.bridge.log).unwrap_or_default();
+        let reported: Vec<&str> = log
+            .lines()
+            .skip(lines_before)
+            .filter(|line| line.contains("shop.json") && line.contains("line"))
+            .collect();
+        assert!(
+            !reported.is_empty(),
+            "{what}: not reported with its file and line\n{}",
+            l.logs()
+        );
+        let (etag_now, document_now) = served(&l.http).await;
+        assert_eq!(document_now, document, "{what}: what is served changed");
+        assert_eq!(etag_now, etag);
+        assert_eq!(
+            evaluate(&provider, flag, &customer()).await,
+            Some(true),
+            "{what}"
+        );
+    }
+    let changes = flag_changes(&l.harness.servers, &l.harness.topics.flag_changes);
+    assert_eq!(
+        changes.len(),
+        1,
+        "a broken file proposes nothing: {changes:#?}"
+    );
 }

@@ -33,12 +33,34 @@ pub fn flagd_change(
     change
 }
 
-/// Every approved-flag record on `topic` (all partitions), `read_committed`, in offset
-/// order per partition, read up to the end as it stands now.
+/// Every approved-flag record on `topic`, in offset order per partition.
 pub fn approved_records(servers: &str, topic: &str) -> Vec<ApprovedFlag> {
+    events(servers, topic)
+        .into_iter()
+        .map(|event| {
+            assert_eq!(
+                event.event_type,
+                chaosgate::contract::approved_flag::APPROVED_FLAG_TYPE
+            );
+            serde_json::from_value(event.data).expect("an approved flag")
+        })
+        .collect()
+}
+
+/// Every flag change on `topic`, in offset order per partition.
+pub fn flag_changes(servers: &str, topic: &str) -> Vec<FlagChange> {
+    events(servers, topic)
+        .into_iter()
+        .map(|event| serde_json::from_value(event.data).expect("a flag change"))
+        .collect()
+}
+
+/// Every CloudEvent on `topic` (all partitions), `read_committed`, read up to the end as
+/// it stands now.
+fn events(servers: &str, topic: &str) -> Vec<CloudEvent> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
-        .set("group.id", super::kafka::unique_topic("approved-reader"))
+        .set("group.id", super::kafka::unique_topic("flagd-reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .create()
@@ -46,53 +68,210 @@ pub fn approved_records(servers: &str, topic: &str) -> Vec<ApprovedFlag> {
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
-    let partitions: Vec<i32> = metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
     let mut assignment = TopicPartitionList::new();
     let mut ends = Vec::new();
-    for partition in &partitions {
+    for partition in metadata.topics()[0].partitions() {
         assignment
-            .add_partition_offset(topic, *partition, Offset::Beginning)
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
             .expect("assignment");
         let (_, high) = consumer
-            .fetch_watermarks(topic, *partition, Duration::from_secs(10))
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
             .expect("watermarks");
-        ends.push((*partition, high));
+        ends.push((partition.id(), high));
     }
     consumer.assign(&assignment).expect("assign");
-    let mut records = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = ends.iter().all(|(partition, high)| {
-            let position = consumer
+    let read_to = |partition: i32, high: i64| {
+        high == 0
+            || consumer
                 .position()
                 .ok()
                 .and_then(|list| {
-                    list.find_partition(topic, *partition)
+                    list.find_partition(topic, partition)
                         .and_then(|p| p.offset().to_raw())
                 })
-                .unwrap_or(0);
-            position >= *high || *high == 0
-        });
-        if done {
-            return records;
-        }
+                .is_some_and(|position| position >= high)
+    };
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ends
+        .iter()
+        .all(|(partition, high)| read_to(*partition, *high))
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "approved-flags not read to its end within 60 s"
+            "{topic} not read to its end within 60 s"
         );
         if let Some(message) = consumer.poll(Duration::from_millis(200)) {
             let message = message.expect("a record");
             let record = chaosgate::bus::record::from_rdkafka(&message);
-            let event = CloudEvent::decode(&record).expect("a CloudEvent");
-            assert_eq!(
-                event.event_type,
-                chaosgate::contract::approved_flag::APPROVED_FLAG_TYPE
-            );
-            records.push(serde_json::from_value(event.data).expect("an approved flag"));
+            events.push(CloudEvent::decode(&record).expect("a CloudEvent"));
         }
+    }
+    events
+}
+
+/// A running `chaosgate connect flagd`, SIGKILLed when dropped.
+pub struct FlagdBridge {
+    child: std::process::Child,
+    config: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    /// The log of the current process (one file per start).
+    pub log: std::path::PathBuf,
+    starts: usize,
+}
+
+impl FlagdBridge {
+    /// Starts `chaosgate connect flagd --config CONFIG` in `dir`, logging to a file there.
+    pub fn spawn(config: &std::path::Path, dir: &std::path::Path) -> FlagdBridge {
+        let (child, log) = spawn_process(config, dir, 1);
+        FlagdBridge {
+            child,
+            config: config.to_path_buf(),
+            dir: dir.to_path_buf(),
+            log,
+            starts: 1,
+        }
+    }
+
+    /// SIGKILLs the process and starts another with the same config.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.starts += 1;
+        let (child, log) = spawn_process(&self.config, &self.dir, self.starts);
+        self.child = child;
+        self.log = log;
+    }
+
+    /// Every log this bridge wrote, for failure messages.
+    pub fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                let path = self.dir.join(format!("flagd-bridge-{n}.log"));
+                format!(
+                    "--- flagd bridge, start {n}\n{}",
+                    std::fs::read_to_string(path).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for FlagdBridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_process(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    start: usize,
+) -> (std::process::Child, std::path::PathBuf) {
+    use std::process::{Command, Stdio};
+    let log = dir.join(format!("flagd-bridge-{start}.log"));
+    let out = std::fs::File::create(&log).expect("bridge log file");
+    let err = out.try_clone().expect("bridge log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CHAOSGATE_") {
+            command.env_remove(name);
+        }
+    }
+    let child = command
+        .args(["connect", "flagd", "--config"])
+        .arg(config)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn chaosgate connect flagd");
+    (child, log)
+}
+
+/// Appends a `[flagd]` section to the worker config at `config`: project and environment
+/// `test`, the proposed folder, a fast scan, and the two addresses.
+pub fn append_flagd_section(
+    config: &std::path::Path,
+    proposed: Option<&std::path::Path>,
+    sync: &str,
+    http: &str,
+) {
+    let mut text = std::fs::read_to_string(config).expect("worker config");
+    text.push_str(&format!(
+        "\n[flagd]\nproject = \"test\"\nenvironment = \"test\"\nscan_interval = \"200ms\"\nsync_listen = \"{sync}\"\nhttp_listen = \"{http}\"\n"
+    ));
+    if let Some(folder) = proposed {
+        text.push_str(&format!("proposed = \"{}\"\n", folder.display()));
+    }
+    std::fs::write(config, text).expect("config with [flagd]");
+}
+
+/// The real OpenFeature flagd provider, in-process mode, reading chaosgate's sync
+/// service at `sync` (`host:port`); no cache, short reconnect backoff.
+pub async fn provider(sync: &str) -> open_feature_flagd::FlagdProvider {
+    let (host, port) = sync.rsplit_once(':').expect("host:port");
+    open_feature_flagd::FlagdProvider::new(open_feature_flagd::FlagdOptions {
+        host: host.to_string(),
+        port: port.parse().expect("port"),
+        resolver_type: open_feature_flagd::ResolverType::InProcess,
+        cache_settings: None,
+        retry_backoff_ms: 100,
+        retry_backoff_max_ms: 500,
+        ..Default::default()
+    })
+    .await
+    .expect("the flagd provider connects to chaosgate's sync service")
+}
+
+/// What the provider evaluates boolean `flag` to for `context`: `Some(value)` when it
+/// resolved it, `None` when it did not (not served, or `DISABLED`: the SDK then gives
+/// the code's default).
+pub async fn evaluate(
+    provider: &open_feature_flagd::FlagdProvider,
+    flag: &str,
+    context: &open_feature::EvaluationContext,
+) -> Option<bool> {
+    use open_feature::provider::FeatureProvider;
+    provider
+        .resolve_bool_value(flag, context)
+        .await
+        .ok()
+        .map(|details| details.value)
+}
+
+/// `GET http://HTTP/flags.json`: the ETag and the document.
+pub async fn served(http: &str) -> (String, serde_json::Value) {
+    let response = reqwest::get(format!("http://{http}/flags.json"))
+        .await
+        .expect("GET /flags.json");
+    assert!(response.status().is_success(), "{}", response.status());
+    let etag = response
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (etag, response.json().await.expect("JSON"))
+}
+
+/// Waits until `GET http://HTTP/healthz` answers 2xx.
+pub async fn wait_healthy(http: &str, bridge: &FlagdBridge) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(response) = reqwest::get(format!("http://{http}/healthz")).await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flagd bridge does not answer /healthz:\n{}",
+            bridge.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
