@@ -191,7 +191,9 @@ pub async fn run(
             "/chaosgate/connect/flagd/{}/{}",
             set.project, set.environment
         ),
-        producer: producer(config)?,
+        producer: crate::connect::flag_change_producer(&config.kafka, DELIVERY_TIMEOUT).map_err(
+            |e| FlagdError::Kafka(format!("cannot create the flag-change producer: {e}")),
+        )?,
         pending: Pending::default(),
         last_good: HashMap::new(),
         reported: HashMap::new(),
@@ -320,24 +322,6 @@ impl Proposer {
             .map(|delivery| (delivery.partition, delivery.offset))
             .map_err(|(error, _)| format!("{} ({error})", self.topic))
     }
-}
-
-/// The idempotent producer of flag changes: `enable.idempotence=true`, `acks=all`.
-fn producer(config: &Config) -> Result<FutureProducer, FlagdError> {
-    let mut client = crate::bus::client::client_config(&config.kafka);
-    if client.get("message.timeout.ms").is_none() {
-        client.set(
-            "message.timeout.ms",
-            DELIVERY_TIMEOUT.as_millis().to_string(),
-        );
-    }
-    client
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "0");
-    client
-        .create()
-        .map_err(|e| FlagdError::Kafka(format!("cannot create the flag-change producer: {e}")))
 }
 
 #[cfg(test)]
