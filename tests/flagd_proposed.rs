@@ -392,3 +392,60 @@ async fn malformed_files_are_reported_with_file_and_line_and_produce_nothing() {
     .unwrap();
     changes.exactly(2, &mut bridge).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_kafka_refuses_is_tried_again_on_the_next_scan() {
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+    };
+    use rdkafka::client::DefaultClientContext;
+
+    let servers = kafka::require_broker();
+    let topic = kafka::unique_topic("flagd-proposed-refusing");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .create()
+        .expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // The broker refuses records above 2000 bytes on this topic.
+    let small =
+        NewTopic::new(&topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "2000");
+    for result in admin
+        .create_topics([&small], &options)
+        .await
+        .expect("create")
+    {
+        result.expect("topic created");
+    }
+    let mut bridge = Bridge::start(&servers, &topic);
+    let mut changes = Changes::new(&servers, &topic);
+    let mut big = flag("ENABLED", "on");
+    big["metadata"] = json!({ "description": "x".repeat(4000) });
+    bridge.propose("big.json", &flag_file(&[("big", big)]));
+    bridge.propose(
+        "small.json",
+        &flag_file(&[("small", flag("ENABLED", "on"))]),
+    );
+    bridge
+        .wait_for_log("Kafka did not take the flag change; trying again on the next scan")
+        .await;
+    let read = changes.exactly(1, &mut bridge).await;
+    assert_eq!(
+        read[0].1.flag, "small",
+        "the refused change holds up no other"
+    );
+
+    // The broker takes it once allowed: nothing was lost.
+    let allow =
+        AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "1048588");
+    for result in admin
+        .alter_configs([&allow], &options)
+        .await
+        .expect("alter")
+    {
+        result.expect("topic config altered");
+    }
+    let read = changes.exactly(2, &mut bridge).await;
+    assert_eq!(read[1].1.flag, "big");
+    assert_eq!(read[1].1.change.kind, ChangeKind::Enable);
+}
