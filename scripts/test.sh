@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: checks and installs what the tests need
-# (Rust components, JDK 17+, Maven, Toxiproxy, Prometheus, the OpenTelemetry
+# (Rust components, protoc, JDK 17+, Maven, Toxiproxy, Prometheus, the OpenTelemetry
 # Collector, Chromium and chromedriver, Node.js 20+ and PostgreSQL 15), starts a real
 # Kafka broker (KRaft, official jars) unless KAFKA_BOOTSTRAP_SERVERS points at one, a
 # real Unleash with its PostgreSQL unless UNLEASH_PG_URL points at one, then runs
@@ -48,6 +48,15 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
     apt_install openjdk-17-jdk-headless
   fi
   have mvn || { say "installing Maven"; apt_install maven; }
+fi
+
+# --- protoc, for the dev-dependency open-feature-flagd (Debian packages) ----------------
+# chaosgate's own build.rs needs no protoc (protox), but open-feature-flagd's build.rs
+# runs prost-build, which does: protobuf-compiler ships protoc, libprotobuf-dev the
+# google/protobuf/*.proto it imports (only a Recommends of the compiler).
+if [ -z "${PROTOC:-}" ] && { ! have protoc || [ ! -f /usr/include/google/protobuf/struct.proto ]; }; then
+  say "installing protobuf-compiler and libprotobuf-dev (Debian packages; tests/flagd_serve.rs's provider needs protoc to build)"
+  apt_install protobuf-compiler libprotobuf-dev
 fi
 
 # --- Test tools: Toxiproxy (Go module proxy) and Prometheus (Debian) ------------------

@@ -21,13 +21,14 @@ use std::path::{Path, PathBuf};
 /// `telemetry` is a leaf beside `catalog`: everything may report through it, and it
 /// knows no configuration or catalog type. `os` (this process's operating-system limits)
 /// is a leaf used only by the binary and benches. `flagd` (flagd flag definitions and the
-/// approval rule) is a leaf beside `catalog`, used by `bus` and `connect`.
+/// approval rule) uses `catalog` (its field lines and readable schema messages) and is used by `bus` and
+/// `connect`.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("os", &[]),
     ("contract", &[]),
     ("catalog", &["contract"]),
     ("telemetry", &["contract"]),
-    ("flagd", &["contract"]),
+    ("flagd", &["contract", "catalog"]),
     ("chaos", &["contract", "catalog", "telemetry"]),
     ("gate", &["contract", "catalog", "chaos", "telemetry"]),
     ("config", &["contract", "catalog", "chaos", "telemetry"]),

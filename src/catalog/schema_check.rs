@@ -53,6 +53,13 @@ impl SchemaCheck {
         Ok(SchemaCheck { schema, validator })
     }
 
+    /// Wraps a validator built elsewhere (another draft, or with a registry of the
+    /// schemas it references, as flagd's flag schema needs) so its violations read the
+    /// same way; `schema` is the document it was built from.
+    pub(crate) fn from_validator(schema: Value, validator: Validator) -> Self {
+        SchemaCheck { schema, validator }
+    }
+
     /// Every schema violation in `document`.
     pub(crate) fn check(&self, document: &Value) -> Vec<Finding> {
         let mut findings = Vec::new();
@@ -207,6 +214,25 @@ impl SchemaCheck {
                 self.translate(error, document, out);
             }
             return;
+        }
+        // Several fit: the problems every one of them has are real whichever was meant
+        // (flagd's flag is one of four variant types, each with the same `state` enum).
+        if let [first, rest @ ..] = fitting.as_slice() {
+            let findings = |errors: &Vec<ValidationError<'static>>| {
+                let mut findings = Vec::new();
+                for error in errors {
+                    self.translate(error, document, &mut findings);
+                }
+                findings
+            };
+            let others: Vec<Vec<Finding>> = rest.iter().map(|errors| findings(errors)).collect();
+            let shared: Vec<Finding> = findings(first)
+                .into_iter()
+                .filter(|finding| others.iter().all(|other| other.contains(finding)))
+                .collect();
+            if !shared.is_empty() {
+                return out.extend(shared);
+            }
         }
         let mut expected: Vec<String> = context
             .iter()

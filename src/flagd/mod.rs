@@ -9,3 +9,4 @@
 //! transaction) and the flagd bridge (which proposes and serves them) share it.
 
 pub mod approval;
+pub mod definition;

@@ -16,8 +16,10 @@
 //! never approved is not served at all.
 
 pub mod approved;
+pub mod change;
 pub mod file;
 pub mod http;
+pub mod memory;
 pub mod proposed;
 pub mod sync;
 

@@ -172,19 +172,7 @@ pub async fn serve(
 /// The idempotent producer of flag changes: `enable.idempotence=true`, `acks=all`, and
 /// [`DELIVERY_TIMEOUT`] unless the operator's properties set `message.timeout.ms`.
 fn producer(config: &Config) -> Result<FutureProducer, UnleashError> {
-    let mut client = crate::bus::client::client_config(&config.kafka);
-    if client.get("message.timeout.ms").is_none() {
-        client.set(
-            "message.timeout.ms",
-            DELIVERY_TIMEOUT.as_millis().to_string(),
-        );
-    }
-    client
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "0");
-    client
-        .create()
+    crate::connect::flag_change_producer(&config.kafka, DELIVERY_TIMEOUT)
         .map_err(|e| UnleashError::Kafka(format!("cannot create the flag-change producer: {e}")))
 }
 

@@ -1,0 +1,451 @@
+//! The proposed folder of `chaosgate connect flagd`, as a user runs it: the real binary
+//! watching a folder of flagd flag files, the real broker, flag changes read back from
+//! the topic as the worker decodes them, problems read from the bridge's log.
+//!
+//! The approved store the bridge reads is not written here, so every flag is new to it
+//! (`from` absent); what a served or decided definition changes is
+//! `connect::flagd::change`'s unit tests. Every wait has a deadline and fails with the
+//! bridge's log.
+
+#[path = "support/kafka.rs"]
+mod kafka;
+#[path = "support/worker.rs"]
+mod worker;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+
+use chaosgate::bus::record::from_rdkafka;
+use chaosgate::contract::flag_change::decode_flag_change;
+use chaosgate::contract::{ChangeKind, FlagChange, ValueFormat};
+
+/// Upper bound for anything a test waits for: generous, so only a bug reaches it.
+const PATIENCE: Duration = Duration::from_secs(60);
+/// How long a test watches for a record that must not come: many scans.
+const QUIET: Duration = Duration::from_secs(3);
+
+/// A running `chaosgate connect flagd` with its folder, killed when dropped.
+struct Bridge {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    log: PathBuf,
+    starts: usize,
+}
+
+impl Bridge {
+    /// Writes a config proposing `shop`/`prod` from `dir/proposed` every 100 ms, with
+    /// `flag_changes` and unique other topics (created by the bridge), and starts it.
+    fn start(servers: &str, flag_changes: &str) -> Bridge {
+        let dir = tempfile::Builder::new()
+            .prefix("chaosgate-flagd-proposed-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("proposed")).expect("proposed dir");
+        std::fs::create_dir_all(dir.path().join("catalog")).expect("catalog dir");
+        let topic = |name: &str| kafka::unique_topic(&format!("flagd-proposed-{name}"));
+        let config = format!(
+            r#"[kafka]
+bootstrap_servers = "{servers}"
+create_topics = true
+
+[kafka.topics]
+flag_changes = "{flag_changes}"
+runs = "{runs}"
+commands = "{commands}"
+dead_letter = "{dead_letter}"
+control = "{control}"
+approved_flags = "{approved}"
+
+[catalog]
+path = "catalog"
+
+[telemetry]
+log_format = "text"
+log_filter = "info"
+
+[flagd]
+project = "shop"
+environment = "prod"
+proposed = "proposed"
+scan_interval = "100ms"
+sync_listen = "{sync}"
+http_listen = "{http}"
+"#,
+            runs = topic("runs"),
+            commands = topic("commands"),
+            dead_letter = topic("dlq"),
+            control = topic("control"),
+            approved = topic("approved"),
+            sync = worker::closed_address(),
+            http = worker::closed_address(),
+        );
+        let config_path = dir.path().join("chaosgate.toml");
+        std::fs::write(&config_path, config).expect("config file");
+        let mut bridge = Bridge {
+            child: None,
+            log: dir.path().join("bridge-0.log"),
+            config: config_path,
+            dir,
+            starts: 0,
+        };
+        bridge.spawn();
+        bridge
+    }
+
+    fn spawn(&mut self) {
+        self.log = self.dir.path().join(format!("bridge-{}.log", self.starts));
+        self.starts += 1;
+        let out = std::fs::File::create(&self.log).expect("bridge log file");
+        let err = out.try_clone().expect("bridge log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CHAOSGATE_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .args(["connect", "flagd", "--config"])
+            .arg(&self.config)
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn chaosgate connect flagd");
+        self.child = Some(child);
+    }
+
+    /// Kills the bridge and starts it again (a new log).
+    fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
+    fn folder(&self) -> PathBuf {
+        self.dir.path().join("proposed")
+    }
+
+    /// Writes `text` as `name` in the folder, atomically (a rename), as a checkout does.
+    fn propose(&self, name: &str, text: &str) {
+        let temporary = self.folder().join(format!(".{name}.tmp"));
+        std::fs::write(&temporary, text).expect("proposed file");
+        std::fs::rename(&temporary, self.folder().join(name)).expect("rename proposed file");
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails with the log when the bridge has exited.
+    fn assert_running(&mut self) {
+        if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+            panic!("the bridge exited ({status}):\n{}", self.log_text());
+        }
+    }
+
+    /// Waits until the log holds `text`.
+    async fn wait_for_log(&mut self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log_text().contains(text) {
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads `topic` (one partition) from the start.
+struct Changes {
+    consumer: BaseConsumer,
+    read: Vec<(String, FlagChange)>,
+}
+
+impl Changes {
+    fn new(servers: &str, topic: &str) -> Changes {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", servers)
+            .set("group.id", kafka::unique_topic("flagd-proposed-reader"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .expect("consumer");
+        let mut partitions = TopicPartitionList::new();
+        partitions
+            .add_partition_offset(topic, 0, Offset::Beginning)
+            .expect("partition");
+        consumer.assign(&partitions).expect("assign");
+        Changes {
+            consumer,
+            read: Vec::new(),
+        }
+    }
+
+    /// Reads what arrives for `window`.
+    fn poll_for(&mut self, window: Duration) {
+        let end = Instant::now() + window;
+        while Instant::now() < end {
+            if let Some(result) = self.consumer.poll(Duration::from_millis(100)) {
+                let message = result.expect("read flag-changes");
+                let key = message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default();
+                let (event, change) = decode_flag_change(&from_rdkafka(&message), 1 << 20)
+                    .expect("a flag change the worker reads");
+                assert_eq!(event.id, change.event_id);
+                self.read.push((key, change));
+            }
+        }
+    }
+
+    /// Reads until `count` changes in all were read (failing with `bridge`'s log after
+    /// [`PATIENCE`]), then [`QUIET`] more, and asserts no more came.
+    async fn exactly(&mut self, count: usize, bridge: &mut Bridge) -> &[(String, FlagChange)] {
+        let deadline = Instant::now() + PATIENCE;
+        while self.read.len() < count {
+            bridge.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} flag changes read: {:#?}\n{}",
+                self.read.len(),
+                self.read,
+                bridge.log_text()
+            );
+            self.poll_for(Duration::from_millis(200));
+            tokio::task::yield_now().await;
+        }
+        self.poll_for(QUIET);
+        assert_eq!(
+            self.read.len(),
+            count,
+            "more flag changes than proposed: {:#?}\n{}",
+            self.read,
+            bridge.log_text()
+        );
+        &self.read
+    }
+}
+
+fn flag(state: &str, default: &str) -> Value {
+    json!({"state": state, "variants": {"on": true, "off": false}, "defaultVariant": default})
+}
+
+fn flag_file(flags: &[(&str, Value)]) -> String {
+    let flags: serde_json::Map<String, Value> = flags
+        .iter()
+        .map(|(key, definition)| (key.to_string(), definition.clone()))
+        .collect();
+    serde_json::to_string_pretty(&json!({ "flags": flags })).expect("JSON")
+}
+
+async fn broker_and_topic() -> (String, String) {
+    let servers = kafka::require_broker();
+    let topic = kafka::unique_topic("flagd-proposed-changes");
+    kafka::create_topics(&servers, &[&topic], 1).await;
+    (servers, topic)
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_proposal_becomes_one_change_and_a_rescan_or_restart_adds_none() {
+    let (servers, topic) = broker_and_topic().await;
+    let mut bridge = Bridge::start(&servers, &topic);
+    let mut changes = Changes::new(&servers, &topic);
+    let targeting = json!({
+        "$evaluators": { "staff": { "ends_with": [ { "var": "email" }, "@example.com" ] } },
+        "flags": {
+            "new-checkout": {
+                "state": "ENABLED",
+                "variants": { "on": true, "off": false },
+                "defaultVariant": "off",
+                "targeting": { "if": [ { "$ref": "staff" }, "on", "off" ] }
+            }
+        }
+    });
+    bridge.propose(
+        "checkout.json",
+        &serde_json::to_string_pretty(&targeting).unwrap(),
+    );
+    bridge.propose(
+        "search.json",
+        &flag_file(&[("search-v2", flag("DISABLED", "on"))]),
+    );
+    let read = changes.exactly(2, &mut bridge).await.to_vec();
+    let by_flag = |name: &str| {
+        read.iter()
+            .find(|(_, c)| c.flag == name)
+            .unwrap_or_else(|| panic!("no change of {name}: {read:#?}"))
+            .clone()
+    };
+    let (key, enable) = by_flag("new-checkout");
+    assert_eq!(key, "shop/prod/new-checkout");
+    assert_eq!(
+        (enable.project.as_str(), enable.environment.as_str()),
+        ("shop", "prod")
+    );
+    assert_eq!(enable.change.kind, ChangeKind::Enable);
+    assert_eq!(enable.change.from, None, "never approved");
+    assert_eq!(enable.value_format, Some(ValueFormat::Flagd));
+    assert!(enable.event_id.starts_with("flagd:"), "{}", enable.event_id);
+    // The `$ref` is inlined: the definition stands alone.
+    assert_eq!(
+        enable.change.to.as_ref().unwrap()["targeting"],
+        json!({ "if": [ { "ends_with": [ { "var": "email" }, "@example.com" ] }, "on", "off" ] })
+    );
+    let (_, disable) = by_flag("search-v2");
+    assert_eq!(
+        disable.change.kind,
+        ChangeKind::Disable,
+        "a new flag proposed off"
+    );
+    assert_eq!(disable.change.to, Some(flag("DISABLED", "on")));
+
+    // Rewritten with its keys in another order: the same definition, nothing new.
+    let reordered = r#"{"flags": {"search-v2": {"defaultVariant": "on", "variants": {"off": false, "on": true}, "state": "DISABLED"}}}"#;
+    bridge.propose("search.json", reordered);
+    changes.exactly(2, &mut bridge).await;
+
+    // A restart recalls what is on the topic unanswered: nothing again.
+    bridge.restart();
+    bridge.wait_for_log("recalled the flagd proposals").await;
+    assert!(
+        bridge.log_text().contains("unanswered=2"),
+        "{}",
+        bridge.log_text()
+    );
+    changes.exactly(2, &mut bridge).await;
+
+    // The restarted bridge still proposes what changes.
+    bridge.propose(
+        "search.json",
+        &flag_file(&[("search-v2", flag("ENABLED", "on"))]),
+    );
+    let read = changes.exactly(3, &mut bridge).await;
+    let (_, third) = &read[2];
+    assert_eq!(third.flag, "search-v2");
+    assert_eq!(third.change.kind, ChangeKind::Enable);
+    assert_ne!(third.event_id, disable.event_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_files_are_reported_with_file_and_line_and_produce_nothing() {
+    let (servers, topic) = broker_and_topic().await;
+    let mut bridge = Bridge::start(&servers, &topic);
+    let mut changes = Changes::new(&servers, &topic);
+    bridge.propose("broken.json", "{\n  \"flags\": {\n    \"a\": {,\n  }\n}\n");
+    let mut state = flag_file(&[("b", flag("ENABLED", "on"))]);
+    state = state.replace("\"ENABLED\"", "\"ON\"");
+    bridge.propose("schema.json", &state);
+    bridge.propose(
+        "default.json",
+        &flag_file(&[("c", flag("ENABLED", "maybe"))]),
+    );
+    bridge.propose("good.json", &flag_file(&[("d", flag("ENABLED", "on"))]));
+    bridge.wait_for_log("broken.json:3: not JSON").await;
+    bridge.wait_for_log("schema.json:4: flags.b.state").await;
+    bridge
+        .wait_for_log("default.json:9: flags.c.defaultVariant: unknown variant 'maybe'")
+        .await;
+    let read = changes.exactly(1, &mut bridge).await;
+    assert_eq!(read[0].1.flag, "d", "only the good file's flag");
+    // Reported once per content, not on every scan.
+    let log = bridge.log_text();
+    assert_eq!(count(&log, "broken.json:3: not JSON"), 1, "{log}");
+    assert_eq!(count(&log, "unknown variant 'maybe'"), 1, "{log}");
+    // A file that reads again proposes its flags.
+    bridge.propose("default.json", &flag_file(&[("c", flag("ENABLED", "on"))]));
+    let read = changes.exactly(2, &mut bridge).await;
+    assert_eq!(read[1].1.flag, "c");
+    // Files the folder does not read: hidden ones and subfolders.
+    bridge.propose(".draft.json", &flag_file(&[("e", flag("ENABLED", "on"))]));
+    std::fs::create_dir(bridge.folder().join("drafts")).unwrap();
+    std::fs::write(
+        bridge.folder().join("drafts/f.json"),
+        flag_file(&[("f", flag("ENABLED", "on"))]),
+    )
+    .unwrap();
+    changes.exactly(2, &mut bridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_kafka_refuses_is_tried_again_on_the_next_scan() {
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+    };
+    use rdkafka::client::DefaultClientContext;
+
+    let servers = kafka::require_broker();
+    let topic = kafka::unique_topic("flagd-proposed-refusing");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .create()
+        .expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // The broker refuses records above 2000 bytes on this topic.
+    let small =
+        NewTopic::new(&topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "2000");
+    for result in admin
+        .create_topics([&small], &options)
+        .await
+        .expect("create")
+    {
+        result.expect("topic created");
+    }
+    let mut bridge = Bridge::start(&servers, &topic);
+    let mut changes = Changes::new(&servers, &topic);
+    let mut big = flag("ENABLED", "on");
+    big["metadata"] = json!({ "description": "x".repeat(4000) });
+    bridge.propose("big.json", &flag_file(&[("big", big)]));
+    bridge.propose(
+        "small.json",
+        &flag_file(&[("small", flag("ENABLED", "on"))]),
+    );
+    bridge
+        .wait_for_log("Kafka did not take the flag change; trying again on the next scan")
+        .await;
+    let read = changes.exactly(1, &mut bridge).await;
+    assert_eq!(
+        read[0].1.flag, "small",
+        "the refused change holds up no other"
+    );
+
+    // The broker takes it once allowed: nothing was lost.
+    let allow =
+        AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "1048588");
+    for result in admin
+        .alter_configs([&allow], &options)
+        .await
+        .expect("alter")
+    {
+        result.expect("topic config altered");
+    }
+    let read = changes.exactly(2, &mut bridge).await;
+    assert_eq!(read[1].1.flag, "big");
+    assert_eq!(read[1].1.change.kind, ChangeKind::Enable);
+}
