@@ -88,7 +88,9 @@ enum Produce {
     Aborted,
 }
 
-async fn produce(servers: &str, topic: &str, how: Produce, records: &[KafkaMessage]) {
+/// Produces `records` on `topic`; returns when the last one was acknowledged (`Plain`)
+/// or the transaction's commit or abort returned.
+async fn produce(servers: &str, topic: &str, how: Produce, records: &[KafkaMessage]) -> Instant {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", servers)
@@ -115,6 +117,7 @@ async fn produce(servers: &str, topic: &str, how: Produce, records: &[KafkaMessa
         Produce::Committed => producer.commit_transaction(WAIT).expect("commit"),
         Produce::Aborted => producer.abort_transaction(WAIT).expect("abort"),
     }
+    Instant::now()
 }
 
 fn free_port() -> u16 {
@@ -400,36 +403,40 @@ async fn a_new_approved_record_reaches_the_provider_within_a_second() {
         "never approved: not served"
     );
 
-    // A new flag (plain producer) and a change (transaction): each within a second.
-    produce(
+    // A new flag (plain producer) and a change (transaction): each within a second of
+    // its acknowledgment or commit.
+    let acked = produce(
         &servers,
         &topic,
         Produce::Plain,
         &[approved_record("new-banner", definition("ENABLED", "two"))],
     )
     .await;
-    let took = wait_evaluates(&provider, "new-banner", Some("two")).await;
+    wait_evaluates(&provider, "new-banner", Some("two")).await;
+    let took = acked.elapsed();
     println!("new flag reached the provider in {took:?}");
     assert!(took < Duration::from_secs(1), "new flag took {took:?}");
-    produce(
+    let committed = produce(
         &servers,
         &topic,
         Produce::Committed,
         &[approved_record("checkout", definition("ENABLED", "three"))],
     )
     .await;
-    let took = wait_evaluates(&provider, "checkout", Some("three")).await;
+    wait_evaluates(&provider, "checkout", Some("three")).await;
+    let took = committed.elapsed();
     println!("changed flag reached the provider in {took:?}");
     assert!(took < Duration::from_secs(1), "change took {took:?}");
     // Disabled: the provider treats it as absent, and the document shows it DISABLED.
-    produce(
+    let acked = produce(
         &servers,
         &topic,
         Produce::Plain,
         &[approved_record("checkout", definition("DISABLED", "three"))],
     )
     .await;
-    let took = wait_evaluates(&provider, "checkout", None).await;
+    wait_evaluates(&provider, "checkout", None).await;
+    let took = acked.elapsed();
     assert!(took < Duration::from_secs(1), "disable took {took:?}");
     assert_eq!(
         bridge.served("checkout").await,
