@@ -608,7 +608,12 @@ async fn a_malformed_proposed_file_is_reported_and_nothing_served_changes() {
         let reported: Vec<&str> = log
             .lines()
             .skip(lines_before)
-            .filter(|line| line.contains("shop.json") && line.contains("line"))
+            .filter(|line| {
+                // `shop.json:LINE: problem`
+                line.split("shop.json:")
+                    .nth(1)
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
             .collect();
         assert!(
             !reported.is_empty(),
