@@ -120,6 +120,11 @@ async fn produce(servers: &str, topic: &str, how: Produce, records: &[KafkaMessa
     Instant::now()
 }
 
+/// Produces one approved definition of `flag` (see [`produce`]).
+async fn put(servers: &str, topic: &str, how: Produce, flag: &str, definition: Value) -> Instant {
+    produce(servers, topic, how, &[approved_record(flag, definition)]).await
+}
+
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("address").port()
@@ -379,11 +384,12 @@ async fn setup(prefix: &str, partitions: i32) -> (String, String, tempfile::Temp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_approved_record_reaches_the_provider_within_a_second() {
     let (servers, topic, dir) = setup("flagd-serve-latency", 2).await;
-    produce(
+    put(
         &servers,
         &topic,
         Produce::Committed,
-        &[approved_record("checkout", definition("ENABLED", "one"))],
+        "checkout",
+        definition("ENABLED", "one"),
     )
     .await;
     let bridge = Bridge::start(&servers, &topic, dir.path()).await;
@@ -403,41 +409,38 @@ async fn a_new_approved_record_reaches_the_provider_within_a_second() {
         "never approved: not served"
     );
 
-    // A new flag (plain producer) and a change (transaction): each within a second of
-    // its acknowledgment or commit.
-    let acked = produce(
-        &servers,
-        &topic,
-        Produce::Plain,
-        &[approved_record("new-banner", definition("ENABLED", "two"))],
-    )
-    .await;
-    wait_evaluates(&provider, "new-banner", Some("two")).await;
-    let took = acked.elapsed();
-    println!("new flag reached the provider in {took:?}");
-    assert!(took < Duration::from_secs(1), "new flag took {took:?}");
-    let committed = produce(
-        &servers,
-        &topic,
-        Produce::Committed,
-        &[approved_record("checkout", definition("ENABLED", "three"))],
-    )
-    .await;
-    wait_evaluates(&provider, "checkout", Some("three")).await;
-    let took = committed.elapsed();
-    println!("changed flag reached the provider in {took:?}");
-    assert!(took < Duration::from_secs(1), "change took {took:?}");
-    // Disabled: the provider treats it as absent, and the document shows it DISABLED.
-    let acked = produce(
-        &servers,
-        &topic,
-        Produce::Plain,
-        &[approved_record("checkout", definition("DISABLED", "three"))],
-    )
-    .await;
-    wait_evaluates(&provider, "checkout", None).await;
-    let took = acked.elapsed();
-    assert!(took < Duration::from_secs(1), "disable took {took:?}");
+    // A new flag (plain producer), a change (transaction), a disable (the provider then
+    // treats the flag as absent): each within a second of its acknowledgment or commit.
+    for (how, flag, approved, evaluates) in [
+        (
+            Produce::Plain,
+            "new-banner",
+            definition("ENABLED", "two"),
+            Some("two"),
+        ),
+        (
+            Produce::Committed,
+            "checkout",
+            definition("ENABLED", "three"),
+            Some("three"),
+        ),
+        (
+            Produce::Plain,
+            "checkout",
+            definition("DISABLED", "three"),
+            None,
+        ),
+    ] {
+        let acked = put(&servers, &topic, how, flag, approved.clone()).await;
+        wait_evaluates(&provider, flag, evaluates).await;
+        let took = acked.elapsed();
+        println!("{flag} {approved} reached the provider in {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{flag} {approved} took {took:?}"
+        );
+    }
+    // The document shows the disabled flag as DISABLED.
     assert_eq!(
         bridge.served("checkout").await,
         Some(definition("DISABLED", "three"))
@@ -448,21 +451,26 @@ async fn a_new_approved_record_reaches_the_provider_within_a_second() {
 async fn aborted_undecodable_and_unservable_records_are_never_served() {
     let (servers, topic, dir) = setup("flagd-serve-refused", 1).await;
     let good = definition("ENABLED", "one");
-    produce(
+    put(
         &servers,
         &topic,
         Produce::Committed,
-        &[approved_record("checkout", good.clone())],
+        "checkout",
+        good.clone(),
     )
     .await;
+    // "two", only ever in aborted transactions.
+    let abort_two = || {
+        put(
+            &servers,
+            &topic,
+            Produce::Aborted,
+            "checkout",
+            definition("ENABLED", "two"),
+        )
+    };
     // An aborted transaction last on the topic: the bridge still reads to the end.
-    produce(
-        &servers,
-        &topic,
-        Produce::Aborted,
-        &[approved_record("checkout", definition("ENABLED", "two"))],
-    )
-    .await;
+    abort_two().await;
     let bridge = Bridge::start(&servers, &topic, dir.path()).await;
     assert_eq!(bridge.served("checkout").await, Some(good.clone()));
     let provider = bridge.provider(None).await;
@@ -487,13 +495,7 @@ async fn aborted_undecodable_and_unservable_records_are_never_served() {
             }
         }
     });
-    produce(
-        &servers,
-        &topic,
-        Produce::Aborted,
-        &[approved_record("checkout", definition("ENABLED", "two"))],
-    )
-    .await;
+    abort_two().await;
     let mut undecodable = approved_record("checkout", definition("ENABLED", "three"));
     undecodable.value = Some(b"{\"project\": not json".to_vec());
     let mut null_default = definition("ENABLED", "three");
@@ -649,11 +651,12 @@ async fn http_serves_etags_and_the_file_and_the_sync_service_its_selectors() {
     assert_eq!(evaluate(&staging, "checkout").await, None);
 
     // A change: a new tag, the old one no longer matches, the file follows.
-    produce(
+    put(
         &servers,
         &topic,
         Produce::Plain,
-        &[approved_record("checkout", definition("ENABLED", "two"))],
+        "checkout",
+        definition("ENABLED", "two"),
     )
     .await;
     bridge
@@ -737,11 +740,12 @@ async fn replicas_serve_identical_documents_and_a_restarted_bridge_the_same_conf
     );
     println!("bridge stopped in {took:?} with a provider connected");
     // While it is down: a change, which the restarted bridge must read.
-    produce(
+    put(
         &servers,
         &topic,
         Produce::Committed,
-        &[approved_record("b", definition("ENABLED", "three"))],
+        "b",
+        definition("ENABLED", "three"),
     )
     .await;
     b.wait_served("b", &definition("ENABLED", "three")).await;
@@ -761,11 +765,12 @@ async fn replicas_serve_identical_documents_and_a_restarted_bridge_the_same_conf
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_open_sync_streams_exits_promptly() {
     let (servers, topic, dir) = setup("flagd-serve-shutdown", 1).await;
-    produce(
+    put(
         &servers,
         &topic,
         Produce::Plain,
-        &[approved_record("checkout", definition("ENABLED", "one"))],
+        "checkout",
+        definition("ENABLED", "one"),
     )
     .await;
     let mut bridge = Bridge::start(&servers, &topic, dir.path()).await;

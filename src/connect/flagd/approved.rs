@@ -429,20 +429,18 @@ impl Reader {
             return;
         };
         if !targets.is_empty() {
-            let positions = self.consumer.position().ok();
-            let next = &self.next;
-            let topic = &self.topic;
-            targets.retain(|partition, high| {
-                let position = positions
-                    .as_ref()
-                    .and_then(|p| p.find_partition(topic, *partition))
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    })
-                    .unwrap_or(-1);
-                next.get(partition).copied().unwrap_or(0).max(position) < *high
-            });
+            // Where the consumer stands: past the last record read, and past control
+            // records and aborted transactions, which are never handed out.
+            let mut at: HashMap<i32, i64> = self.next.clone();
+            if let Ok(positions) = self.consumer.position() {
+                for element in positions.elements_for_topic(&self.topic) {
+                    if let Offset::Offset(offset) = element.offset() {
+                        let entry = at.entry(element.partition()).or_insert(offset);
+                        *entry = (*entry).max(offset);
+                    }
+                }
+            }
+            targets.retain(|partition, high| at.get(partition).is_none_or(|at| at < high));
         }
         if targets.is_empty()
             && let Some(caught_up) = self.caught_up.take()
