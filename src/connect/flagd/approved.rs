@@ -357,8 +357,11 @@ impl Reader {
         crate::telemetry::metrics::flagd_approved_record();
         match decode(record) {
             Ok((set, flag, approved)) => {
-                self.sender
+                let key = format!("{set}/{flag}");
+                let changed = self
+                    .sender
                     .send_if_modified(|current| Arc::make_mut(current).apply(set, flag, approved));
+                tracing::debug!(topic = %self.topic, partition, offset, key, changed, "approved-flag record read");
             }
             Err(problem) => tracing::warn!(
                 topic = %self.topic, partition, offset, problem = %problem,
