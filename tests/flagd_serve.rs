@@ -822,3 +822,61 @@ async fn shutdown_with_open_sync_streams_exits_promptly() {
         Some("one")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_later_and_partitions_added_later_are_read() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    let servers = kafka::require_broker();
+    let topic = kafka::unique_topic("flagd-serve-later");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // No topic yet: nothing approved, served at once.
+    let bridge = Bridge::start(&servers, &topic, dir.path()).await;
+    assert_eq!(bridge.get("", None).await.3, r#"{"flags":{}}"#);
+    kafka::create_topics(&servers, &[&topic], 1).await;
+    put(
+        &servers,
+        &topic,
+        Produce::Plain,
+        "first",
+        definition("ENABLED", "one"),
+    )
+    .await;
+    // The reader looks for partitions every 10 s.
+    bridge
+        .wait_served("first", &definition("ENABLED", "one"))
+        .await;
+
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .create()
+        .expect("admin client");
+    let added = admin
+        .create_partitions(
+            &[NewPartitions::new(&topic, 3)],
+            &AdminOptions::new().operation_timeout(Some(WAIT)),
+        )
+        .await
+        .expect("create partitions");
+    assert!(added.iter().all(Result::is_ok), "{added:?}");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .create()
+        .expect("producer");
+    for (partition, flag) in [(1, "on-one"), (2, "on-two")] {
+        let record = approved_record(flag, definition("ENABLED", "two"));
+        producer
+            .send(
+                chaosgate::bus::record::to_record(&topic, &record).partition(partition),
+                WAIT,
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce on a new partition");
+    }
+    bridge
+        .wait_served("on-one", &definition("ENABLED", "two"))
+        .await;
+    bridge
+        .wait_served("on-two", &definition("ENABLED", "two"))
+        .await;
+}
