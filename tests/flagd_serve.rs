@@ -880,3 +880,62 @@ async fn a_topic_created_later_and_partitions_added_later_are_read() {
         .wait_served("on-two", &definition("ENABLED", "two"))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_keeps_the_configuration_served_and_reading_resumes() {
+    // A broker of this test's own: stopping it disturbs no other test.
+    let broker = kafka::OwnBroker::start().await;
+    let servers = broker.servers();
+    let topic = kafka::unique_topic("flagd-serve-outage");
+    kafka::create_topics(&servers, &[&topic], 1).await;
+    put(
+        &servers,
+        &topic,
+        Produce::Plain,
+        "checkout",
+        definition("ENABLED", "one"),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bridge = Bridge::start(&servers, &topic, dir.path()).await;
+    let provider = bridge.provider(None).await;
+    assert_eq!(
+        evaluate(&provider, "checkout").await.as_deref(),
+        Some("one")
+    );
+    let (_, etag, _, body) = bridge.get("", None).await;
+
+    broker.script("stop").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Still healthy, still serving the same document, over HTTP and to the provider.
+    let health = reqwest::get(format!("{}/healthz", bridge.http))
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    assert_eq!(bridge.get("", None).await.1, etag);
+    assert_eq!(bridge.get("", None).await.3, body);
+    assert_eq!(
+        evaluate(&provider, "checkout").await.as_deref(),
+        Some("one")
+    );
+    let late = bridge.provider(None).await;
+    assert_eq!(
+        evaluate(&late, "checkout").await.as_deref(),
+        Some("one"),
+        "a provider connecting during the outage"
+    );
+
+    broker.script("start").await;
+    put(
+        &servers,
+        &topic,
+        Produce::Plain,
+        "checkout",
+        definition("ENABLED", "two"),
+    )
+    .await;
+    bridge
+        .wait_served("checkout", &definition("ENABLED", "two"))
+        .await;
+    wait_evaluates(&provider, "checkout", Some("two")).await;
+}
