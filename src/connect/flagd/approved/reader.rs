@@ -41,8 +41,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// and is looked up again every 10 s, as are partitions added later (read from their
 /// beginning).
 ///
+/// "The end" is each partition's high watermark at start; with `read_committed` the
+/// reader cannot pass a transaction still open there, so a start waits for such a
+/// transaction to commit or abort (at most the producer's `transaction.timeout.ms`).
+///
 /// Errors: [`FlagdError::Kafka`] when the consumer cannot be created (a bad librdkafka
-/// property in `[kafka.properties]`).
+/// property in `[kafka.properties]`), or its thread cannot start or ends before reading
+/// to the end.
 pub async fn follow(
     config: &Config,
     shutdown: CancellationToken,
@@ -68,7 +73,11 @@ pub async fn follow(
         .spawn(move || reader.run(&stop))
         .map_err(|e| FlagdError::Kafka(format!("cannot start the approved-flags reader: {e}")))?;
     tokio::select! {
-        _ = on_caught_up => {}
+        caught_up = on_caught_up => if caught_up.is_err() && !shutdown.is_cancelled() {
+            return Err(FlagdError::Kafka(
+                "the approved-flags reader stopped before reading its topic to the end".into(),
+            ));
+        },
         () = shutdown.cancelled() => {}
     }
     Ok(receiver)
