@@ -143,7 +143,13 @@ impl Reader {
                 }
                 Some(Err(err)) => {
                     self.kafka_error(&err.to_string());
-                    std::thread::sleep(self.backoff());
+                    // In slices, so shutdown is noticed within a poll's time.
+                    let until = Instant::now() + self.backoff();
+                    while !stop.is_cancelled() && Instant::now() < until {
+                        std::thread::sleep(
+                            POLL.min(until.saturating_duration_since(Instant::now())),
+                        );
+                    }
                 }
             }
             self.check_caught_up();
