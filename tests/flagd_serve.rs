@@ -779,7 +779,7 @@ async fn shutdown_with_open_sync_streams_exits_promptly() {
         evaluate(&provider, "checkout").await.as_deref(),
         Some("one")
     );
-    // A second, raw stream that nobody reads from after its first message.
+    // A second, raw stream: its set's document at once, then only that set's changes.
     let mut client = bridge.sync_client().await;
     let mut stream = client
         .sync_flags(SyncFlagsRequest {
@@ -798,6 +798,28 @@ async fn shutdown_with_open_sync_streams_exits_promptly() {
         serde_json::from_str::<Value>(&first.flag_configuration).expect("JSON"),
         json!({"flags": {"checkout": definition("ENABLED", "one")}})
     );
+    let other_set = approved_record_in("web", "staging", "search", definition("ENABLED", "one"));
+    produce(&servers, &topic, Produce::Plain, &[other_set]).await;
+    put(
+        &servers,
+        &topic,
+        Produce::Plain,
+        "checkout",
+        definition("ENABLED", "two"),
+    )
+    .await;
+    let next = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("a second message")
+        .expect("the stream is open")
+        .expect("a message");
+    assert_eq!(
+        serde_json::from_str::<Value>(&next.flag_configuration).expect("JSON"),
+        json!({"flags": {"checkout": definition("ENABLED", "two")}}),
+        "another set's change is not sent"
+    );
+    wait_evaluates(&provider, "checkout", Some("two")).await;
+    // Then nobody reads the stream any more.
     let (status, took) = bridge.stop().await;
     assert!(
         status.success(),
@@ -819,7 +841,7 @@ async fn shutdown_with_open_sync_streams_exits_promptly() {
     // The provider keeps the last configuration while the source is down.
     assert_eq!(
         evaluate(&provider, "checkout").await.as_deref(),
-        Some("one")
+        Some("two")
     );
 }
 
