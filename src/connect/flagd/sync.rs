@@ -2,7 +2,7 @@
 //! v0.6.4, vendored in `proto/`): the source flagd (`--uri grpc://HOST:PORT`) and the
 //! OpenFeature SDKs' flagd providers in in-process mode read.
 //!
-//! - `SyncFlags`: sends the selected set's document ([`Approved::document`]) at once
+//! - `SyncFlags`: sends the selected set's document ([`super::approved::Approved::document`]) at once
 //!   (providers give up after 5 s without a first message; an empty set is
 //!   `{"flags":{}}`), then again on every change of THAT set, each message a full
 //!   replacement. The stream ends when the client goes or the bridge shuts down.
