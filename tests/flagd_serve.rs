@@ -8,6 +8,8 @@
 //! Bounds are generous (they catch hangs), except the "within a second" for a
 //! new approved record to reach the provider.
 
+#[path = "support/connect.rs"]
+mod connect;
 #[path = "support/flagd.rs"]
 mod flagd;
 #[path = "support/kafka.rs"]

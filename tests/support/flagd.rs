@@ -7,7 +7,7 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use chaosgate::contract::approved_flag::{APPROVED_FLAG_TYPE, approved_flag_example};
@@ -20,6 +20,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, Producer};
 use serde_json::{Value, json};
 
+use super::connect::spawn_connect;
 use super::kafka;
 
 pub const PROJECT: &str = "shop";
@@ -207,24 +208,7 @@ file = "served/flags.json"
 
     /// Starts the process (again, same ports) and waits for `/healthz`.
     pub async fn spawn(&mut self) {
-        let out = std::fs::File::create(&self.log).expect("bridge log");
-        let err = out.try_clone().expect("bridge log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CHAOSGATE_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .args(["connect", "flagd", "--config"])
-            .arg(&self.config)
-            .current_dir(&self.dir)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn chaosgate connect flagd");
+        let child = spawn_connect("flagd", &self.config, &self.dir, &self.log);
         self.child = Some(child);
         let started = Instant::now();
         let client = reqwest::Client::new();
