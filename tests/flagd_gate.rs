@@ -2,8 +2,12 @@
 //! approves in the command's own transaction, and `chaosgate connect flagd` serves only
 //! approved definitions to the real OpenFeature flagd provider.
 
+#[path = "support/connect.rs"]
+mod connect;
 #[path = "support/flagd.rs"]
 mod flagd;
+#[path = "support/flagd_loop.rs"]
+mod flagd_loop;
 #[path = "support/kafka.rs"]
 mod kafka;
 #[path = "support/worker.rs"]
@@ -16,7 +20,7 @@ use chaosgate::contract::{ChangeKind, CommandKind, FlagCommand, ReasonCode};
 use open_feature::EvaluationContext;
 use serde_json::json;
 
-use flagd::{
+use flagd_loop::{
     FlagdBridge, append_flagd_section, approved_records, boolean_flag, evaluate, flag_changes,
     flagd_change, provider, served, wait_healthy,
 };

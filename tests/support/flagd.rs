@@ -1,277 +1,401 @@
-//! flagd for the tests: flag definitions in flagd's format, flagd-format flag changes, and
-//! the approved-flags topic read back.
+//! `chaosgate connect flagd` for tests: approved-flag records produced as the worker
+//! writes them (binary-mode CloudEvents keyed `project/environment/flag`, transactionally
+//! or not), the real binary started on free ports with a config of the test's own
+//! ([`Bridge`]), and the real OpenFeature consumer of its sync service: flagd's Rust
+//! provider in in-process mode, without a cache ([`Bridge::provider`]).
 
-#![allow(dead_code)]
+#![allow(dead_code)] // each test file uses its own part
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
-use chaosgate::contract::{ApprovedFlag, ChangeKind, CloudEvent, FlagChange, ValueFormat};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use chaosgate::contract::approved_flag::{APPROVED_FLAG_TYPE, approved_flag_example};
+use chaosgate::contract::{CloudEvent, KafkaMessage};
+use open_feature::EvaluationContext;
+use open_feature::provider::FeatureProvider;
+use open_feature_flagd::flagd::sync::v1::flag_sync_service_client::FlagSyncServiceClient;
+use open_feature_flagd::{FlagdOptions, FlagdProvider, ResolverType};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, Producer};
+use serde_json::{Value, json};
 
-/// A boolean flagd flag with variants `on` (true) and `off` (false).
-pub fn boolean_flag(state: &str, default_variant: &str) -> serde_json::Value {
-    serde_json::json!({
+use super::connect::spawn_connect;
+use super::kafka;
+
+pub const PROJECT: &str = "shop";
+pub const ENVIRONMENT: &str = "prod";
+/// Outer bound on a bridge's start (reading the topic to its end included).
+pub const START: Duration = Duration::from_secs(60);
+/// Outer bound on anything else awaited.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A flag definition with string variants `one`, `two`, `three`, serving `default`.
+pub fn definition(state: &str, default: &str) -> Value {
+    json!({
         "state": state,
-        "variants": { "on": true, "off": false },
-        "defaultVariant": default_variant
+        "variants": { "one": "one", "two": "two", "three": "three" },
+        "defaultVariant": default
     })
 }
 
-/// A flag change of `flag` in project `test`, environment `test`, whose values are flagd
-/// definitions.
-pub fn flagd_change(
+/// [`definition`] `ENABLED`.
+pub fn enabled(default: &str) -> Value {
+    definition("ENABLED", default)
+}
+
+/// An approved-flag record of `flag` in `PROJECT/ENVIRONMENT`, as the worker writes it
+/// (binary-mode CloudEvent, keyed `project/environment/flag`).
+pub fn approved_record(flag: &str, definition: Value) -> KafkaMessage {
+    approved_record_in(PROJECT, ENVIRONMENT, flag, definition)
+}
+
+pub fn approved_record_in(
+    project: &str,
+    environment: &str,
     flag: &str,
-    kind: ChangeKind,
-    from: Option<serde_json::Value>,
-    to: serde_json::Value,
-) -> FlagChange {
-    let mut change = super::worker::change(flag, kind, None);
-    change.change.from = from;
-    change.change.to = Some(to);
-    change.value_format = Some(ValueFormat::Flagd);
-    change
+    definition: Value,
+) -> KafkaMessage {
+    let mut approved = approved_flag_example();
+    approved.project = project.into();
+    approved.environment = environment.into();
+    approved.flag = flag.into();
+    approved.definition = definition.clone();
+    approved.proposed = Some(definition);
+    approved.command_id = uuid::Uuid::new_v4().to_string();
+    approved.approved_at = chrono::Utc::now();
+    let key = approved.flag_key();
+    CloudEvent {
+        id: approved.command_id.clone(),
+        source: "/chaosgate/test".into(),
+        event_type: APPROVED_FLAG_TYPE.into(),
+        time: Some(approved.approved_at),
+        subject: Some(key.clone()),
+        extensions: Default::default(),
+        data: serde_json::to_value(&approved).expect("approved flag as JSON"),
+    }
+    .to_binary(Some(&key))
 }
 
-/// Every approved-flag record on `topic`, in offset order per partition.
-pub fn approved_records(servers: &str, topic: &str) -> Vec<ApprovedFlag> {
-    events(servers, topic)
-        .into_iter()
-        .map(|event| {
-            assert_eq!(
-                event.event_type,
-                chaosgate::contract::approved_flag::APPROVED_FLAG_TYPE
-            );
-            serde_json::from_value(event.data).expect("an approved flag")
-        })
-        .collect()
+/// How records are produced.
+#[derive(Clone, Copy)]
+pub enum Produce {
+    /// Idempotent producer, no transaction.
+    Plain,
+    /// In a transaction that commits.
+    Committed,
+    /// In a transaction that aborts.
+    Aborted,
 }
 
-/// Every flag change on `topic`, in offset order per partition.
-pub fn flag_changes(servers: &str, topic: &str) -> Vec<FlagChange> {
-    events(servers, topic)
-        .into_iter()
-        .map(|event| serde_json::from_value(event.data).expect("a flag change"))
-        .collect()
-}
-
-/// Every CloudEvent on `topic` (all partitions), `read_committed`, read up to the end as
-/// it stands now.
-fn events(servers: &str, topic: &str) -> Vec<CloudEvent> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// Produces `records` on `topic`; returns when the last one was acknowledged (`Plain`)
+/// or the transaction's commit or abort returned.
+pub async fn produce(
+    servers: &str,
+    topic: &str,
+    how: Produce,
+    records: &[KafkaMessage],
+) -> Instant {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", servers)
-        .set("group.id", super::kafka::unique_topic("flagd-reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for partition in metadata.topics()[0].partitions() {
-        assignment
-            .add_partition_offset(topic, partition.id(), Offset::Beginning)
-            .expect("assignment");
-        let (_, high) = consumer
-            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-            .expect("watermarks");
-        ends.push((partition.id(), high));
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0");
+    let transactional = !matches!(how, Produce::Plain);
+    if transactional {
+        config.set("transactional.id", uuid::Uuid::new_v4().to_string());
     }
-    consumer.assign(&assignment).expect("assign");
-    let read_to = |partition: i32, high: i64| {
-        high == 0
-            || consumer
-                .position()
-                .ok()
-                .and_then(|list| {
-                    list.find_partition(topic, partition)
-                        .and_then(|p| p.offset().to_raw())
-                })
-                .is_some_and(|position| position >= high)
-    };
-    let mut events = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !ends
-        .iter()
-        .all(|(partition, high)| read_to(*partition, *high))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{topic} not read to its end within 60 s"
-        );
-        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-            let message = message.expect("a record");
-            let record = chaosgate::bus::record::from_rdkafka(&message);
-            events.push(CloudEvent::decode(&record).expect("a CloudEvent"));
-        }
+    let producer: FutureProducer = config.create().expect("producer");
+    if transactional {
+        producer.init_transactions(WAIT).expect("init transactions");
+        producer.begin_transaction().expect("begin");
     }
-    events
+    for record in records {
+        producer
+            .send(chaosgate::bus::record::to_record(topic, record), WAIT)
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce an approved-flag record");
+    }
+    match how {
+        Produce::Plain => {}
+        Produce::Committed => producer.commit_transaction(WAIT).expect("commit"),
+        Produce::Aborted => producer.abort_transaction(WAIT).expect("abort"),
+    }
+    Instant::now()
 }
 
-/// A running `chaosgate connect flagd`, SIGKILLed when dropped.
-pub struct FlagdBridge {
-    child: std::process::Child,
-    config: std::path::PathBuf,
-    dir: std::path::PathBuf,
-    /// The log of the current process (one file per start).
-    pub log: std::path::PathBuf,
-    starts: usize,
+/// Produces one approved definition of `flag` (see [`produce`]).
+pub async fn put(
+    servers: &str,
+    topic: &str,
+    how: Produce,
+    flag: &str,
+    definition: Value,
+) -> Instant {
+    produce(servers, topic, how, &[approved_record(flag, definition)]).await
 }
 
-impl FlagdBridge {
-    /// Starts `chaosgate connect flagd --config CONFIG` in `dir`, logging to a file there.
-    pub fn spawn(config: &std::path::Path, dir: &std::path::Path) -> FlagdBridge {
-        let (child, log) = spawn_process(config, dir, 1);
-        FlagdBridge {
-            child,
-            config: config.to_path_buf(),
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+/// One `chaosgate connect flagd` process, killed when dropped.
+pub struct Bridge {
+    pub child: Option<Child>,
+    pub servers: String,
+    pub topic: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub sync_port: u16,
+    pub http: String,
+    pub file: PathBuf,
+}
+
+impl Bridge {
+    /// A bridge reading `topic` with its own ports, in `dir`, started and healthy.
+    pub async fn start(servers: &str, topic: &str, dir: &Path) -> Bridge {
+        let sync_port = free_port();
+        let http_port = free_port();
+        let file = dir.join("served/flags.json");
+        std::fs::create_dir_all(dir.join("served")).expect("served dir");
+        std::fs::create_dir_all(dir.join("catalog")).expect("catalog dir");
+        let config = dir.join("chaosgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[kafka]
+bootstrap_servers = "{servers}"
+group_id = "{group}"
+
+[kafka.topics]
+approved_flags = "{topic}"
+
+[catalog]
+path = "catalog"
+
+[telemetry]
+log_format = "text"
+log_filter = "info,chaosgate=debug"
+
+[flagd]
+project = "{PROJECT}"
+environment = "{ENVIRONMENT}"
+sync_listen = "127.0.0.1:{sync_port}"
+http_listen = "127.0.0.1:{http_port}"
+file = "served/flags.json"
+"#,
+                group = kafka::unique_topic("flagd-serve"),
+            ),
+        )
+        .expect("config file");
+        let mut bridge = Bridge {
+            child: None,
+            servers: servers.to_string(),
+            topic: topic.to_string(),
             dir: dir.to_path_buf(),
-            log,
-            starts: 1,
+            log: dir.join(format!("bridge-{sync_port}.log")),
+            config,
+            sync_port,
+            http: format!("http://127.0.0.1:{http_port}"),
+            file,
+        };
+        bridge.spawn().await;
+        bridge
+    }
+
+    /// Starts the process (again, same ports) and waits for `/healthz`.
+    pub async fn spawn(&mut self) {
+        let child = spawn_connect("flagd", &self.config, &self.dir, &self.log);
+        self.child = Some(child);
+        let started = Instant::now();
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("{}/healthz", self.http)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("the bridge exited at start ({status}):\n{}", self.log());
+            }
+            assert!(
+                started.elapsed() < START,
+                "the bridge was not healthy within {START:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// SIGKILLs the process and starts another with the same config.
-    pub fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.starts += 1;
-        let (child, log) = spawn_process(&self.config, &self.dir, self.starts);
-        self.child = child;
-        self.log = log;
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Every log this bridge wrote, for failure messages.
-    pub fn logs(&self) -> String {
-        (1..=self.starts)
-            .map(|n| {
-                let path = self.dir.join(format!("flagd-bridge-{n}.log"));
-                format!(
-                    "--- flagd bridge, start {n}\n{}",
-                    std::fs::read_to_string(path).unwrap_or_default()
-                )
-            })
-            .collect()
+    /// SIGTERM, then the exit status and how long it took (killed after `WAIT`).
+    pub async fn stop(&mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("a running bridge");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let asked = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the bridge") {
+                return (status, asked.elapsed());
+            }
+            if asked.elapsed() > WAIT {
+                let _ = child.kill();
+                let status = child.wait().expect("wait for the bridge");
+                return (status, asked.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `GET /flags.json` (with `query`, and `If-None-Match` when given): status, ETag,
+    /// content type, body.
+    pub async fn get(
+        &self,
+        query: &str,
+        if_none_match: Option<&str>,
+    ) -> (u16, String, String, String) {
+        let mut request = reqwest::Client::new().get(format!("{}/flags.json{query}", self.http));
+        if let Some(tag) = if_none_match {
+            request = request.header("If-None-Match", tag);
+        }
+        let response = request.send().await.expect("GET /flags.json");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (status, etag, content_type) = (
+            response.status().as_u16(),
+            header("etag"),
+            header("content-type"),
+        );
+        (
+            status,
+            etag,
+            content_type,
+            response.text().await.expect("body"),
+        )
+    }
+
+    /// The default set's served definition of `flag` (`None`: not served).
+    pub async fn served(&self, flag: &str) -> Option<Value> {
+        let (status, _, _, body) = self.get("", None).await;
+        assert_eq!(status, 200, "{body}");
+        let document: Value = serde_json::from_str(&body).expect("a JSON document");
+        document["flags"].get(flag).cloned()
+    }
+
+    /// Produces `definition` of `flag` on the bridge's topic and waits until it is served.
+    pub async fn approve(&self, how: Produce, flag: &str, definition: Value) {
+        put(&self.servers, &self.topic, how, flag, definition.clone()).await;
+        self.wait_served(flag, &definition).await;
+    }
+
+    /// Waits until `GET /flags.json` serves `definition` for `flag`.
+    pub async fn wait_served(&self, flag: &str, definition: &Value) {
+        let started = Instant::now();
+        while self.served(flag).await.as_ref() != Some(definition) {
+            assert!(
+                started.elapsed() < WAIT,
+                "{flag} not served as {definition} within {WAIT:?}; served {:?}\n{}",
+                self.served(flag).await,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// flagd's provider, in-process, reading this bridge's sync service.
+    pub async fn provider(&self, selector: Option<&str>) -> FlagdProvider {
+        provider_at(self.sync_port, selector)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
+    }
+
+    pub async fn sync_client(&self) -> FlagSyncServiceClient<tonic::transport::Channel> {
+        FlagSyncServiceClient::connect(format!("http://127.0.0.1:{}", self.sync_port))
+            .await
+            .expect("connect to the sync service")
     }
 }
 
-impl Drop for FlagdBridge {
+impl Drop for Bridge {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_process(
-    config: &std::path::Path,
-    dir: &std::path::Path,
-    start: usize,
-) -> (std::process::Child, std::path::PathBuf) {
-    use std::process::{Command, Stdio};
-    let log = dir.join(format!("flagd-bridge-{start}.log"));
-    let out = std::fs::File::create(&log).expect("bridge log file");
-    let err = out.try_clone().expect("bridge log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("CHAOSGATE_") {
-            command.env_remove(name);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
-    let child = command
-        .args(["connect", "flagd", "--config"])
-        .arg(config)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn chaosgate connect flagd");
-    (child, log)
 }
 
-/// Appends a `[flagd]` section to the worker config at `config`: project and environment
-/// `test`, the proposed folder, a fast scan, and the two addresses.
-pub fn append_flagd_section(
-    config: &std::path::Path,
-    proposed: Option<&std::path::Path>,
-    sync: &str,
-    http: &str,
-) {
-    let mut text = std::fs::read_to_string(config).expect("worker config");
-    text.push_str(&format!(
-        "\n[flagd]\nproject = \"test\"\nenvironment = \"test\"\nscan_interval = \"200ms\"\nsync_listen = \"{sync}\"\nhttp_listen = \"{http}\"\n"
-    ));
-    if let Some(folder) = proposed {
-        text.push_str(&format!("proposed = \"{}\"\n", folder.display()));
-    }
-    std::fs::write(config, text).expect("config with [flagd]");
-}
-
-/// The real OpenFeature flagd provider, in-process mode, reading chaosgate's sync
-/// service at `sync` (`host:port`); no cache, short reconnect backoff.
-pub async fn provider(sync: &str) -> open_feature_flagd::FlagdProvider {
-    let (host, port) = sync.rsplit_once(':').expect("host:port");
-    open_feature_flagd::FlagdProvider::new(open_feature_flagd::FlagdOptions {
-        host: host.to_string(),
-        port: port.parse().expect("port"),
-        resolver_type: open_feature_flagd::ResolverType::InProcess,
+/// flagd's Rust provider, in-process, reading the sync service on loopback `port`
+/// (`selector` sent as given), without a cache and with a short reconnect backoff; or why
+/// it could not start.
+pub async fn provider_at(port: u16, selector: Option<&str>) -> Result<FlagdProvider, String> {
+    FlagdProvider::new(FlagdOptions {
+        host: "127.0.0.1".into(),
+        port,
+        target_uri: None,
+        socket_path: None,
+        resolver_type: ResolverType::InProcess,
+        selector: selector.map(str::to_string),
         cache_settings: None,
         retry_backoff_ms: 100,
         retry_backoff_max_ms: 500,
         ..Default::default()
     })
     .await
-    .expect("the flagd provider connects to chaosgate's sync service")
+    .map_err(|e| format!("the flagd provider could not start: {e:?}"))
 }
 
-/// What the provider evaluates boolean `flag` to for `context`: `Some(value)` when it
-/// resolved it, `None` when it did not (not served, or `DISABLED`: the SDK then gives
-/// the code's default).
-pub async fn evaluate(
-    provider: &open_feature_flagd::FlagdProvider,
-    flag: &str,
-    context: &open_feature::EvaluationContext,
-) -> Option<bool> {
-    use open_feature::provider::FeatureProvider;
+/// The provider's value of string flag `flag` (`None`: not found, disabled or an error).
+pub async fn evaluate(provider: &FlagdProvider, flag: &str) -> Option<String> {
     provider
-        .resolve_bool_value(flag, context)
+        .resolve_string_value(flag, &EvaluationContext::default())
         .await
         .ok()
-        .map(|details| details.value)
+        .map(|d| d.value)
 }
 
-/// `GET http://HTTP/flags.json`: the ETag and the document.
-pub async fn served(http: &str) -> (String, serde_json::Value) {
-    let response = reqwest::get(format!("http://{http}/flags.json"))
-        .await
-        .expect("GET /flags.json");
-    assert!(response.status().is_success(), "{}", response.status());
-    let etag = response
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    (etag, response.json().await.expect("JSON"))
-}
-
-/// Waits until `GET http://HTTP/healthz` answers 2xx.
-pub async fn wait_healthy(http: &str, bridge: &FlagdBridge) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+/// Waits until the provider evaluates `flag` to `value`; returns how long it took.
+pub async fn wait_evaluates(provider: &FlagdProvider, flag: &str, value: Option<&str>) -> Duration {
+    let started = Instant::now();
     loop {
-        if let Ok(response) = reqwest::get(format!("http://{http}/healthz")).await
-            && response.status().is_success()
-        {
-            return;
+        let got = evaluate(provider, flag).await;
+        if got.as_deref() == value {
+            return started.elapsed();
         }
         assert!(
-            std::time::Instant::now() < deadline,
-            "the flagd bridge does not answer /healthz:\n{}",
-            bridge.logs()
+            started.elapsed() < WAIT,
+            "the provider evaluates {flag} to {got:?}, not {value:?}, after {WAIT:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The broker (required), a new topic of `partitions` named after `prefix`, and a
+/// folder for one test's bridges.
+pub async fn setup(prefix: &str, partitions: i32) -> (String, String, tempfile::TempDir) {
+    let servers = kafka::require_broker();
+    let topic = kafka::unique_topic(prefix);
+    kafka::create_topics(&servers, &[&topic], partitions).await;
+    let dir = tempfile::Builder::new()
+        .prefix("chaosgate-flagd-serve-")
+        .tempdir()
+        .expect("temp dir");
+    (servers, topic, dir)
 }

@@ -17,31 +17,20 @@
 //! (`{"flags": {...}}`, keys sorted at every level) with a version (its strong ETag),
 //! so equal configurations give equal bytes and equal ETags on every replica.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod reader;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Map, Value};
-use tokio::sync::{oneshot, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
 
-use super::FlagdError;
-use crate::config::{Config, FlagdConfig, KafkaConfig};
+pub use reader::follow;
+
+use crate::config::FlagdConfig;
 use crate::contract::approved_flag::APPROVED_FLAG_TYPE;
 use crate::contract::flag_change::{KEY_RULE, is_key_name};
 use crate::contract::{ApprovedFlag, CloudEvent, KafkaMessage};
-
-/// How long one poll waits for a record (also how soon shutdown is noticed).
-const POLL: Duration = Duration::from_millis(100);
-/// How often the topic's partitions are looked up again (partitions added later).
-const METADATA_EVERY: Duration = Duration::from_secs(10);
-/// Time allowed for a metadata or watermark request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first and the longest wait after a Kafka error (doubling in between).
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// One flag set: a project and an environment.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -227,232 +216,6 @@ fn has_ref(value: &Value) -> bool {
 /// Follows the approved configuration: every replica sees the same sequence. The sender
 /// lives as long as the reader follows the topic (`has_changed()` errs once it stopped).
 pub type ApprovedWatch = watch::Receiver<Arc<Approved>>;
-
-/// Reads the approved-flags topic to its end (as it stood at the call), then keeps
-/// following it in a thread until `shutdown`; returns once caught up (or when `shutdown`
-/// fires first, with what was read). The watch gets a new value only when a record
-/// changed the configuration.
-///
-/// Kafka errors (broker down, metadata) are logged and retried with backoff
-/// (0.1 s doubling to 5 s), never fatal. A topic that does not exist yet counts as empty
-/// and is looked up again every 10 s, as are partitions added later (read from their
-/// beginning).
-///
-/// Errors: [`FlagdError::Kafka`] when the consumer cannot be created (a bad librdkafka
-/// property in `[kafka.properties]`).
-pub async fn follow(
-    config: &Config,
-    shutdown: CancellationToken,
-) -> Result<ApprovedWatch, FlagdError> {
-    let consumer: BaseConsumer = consumer_config(&config.kafka)
-        .create()
-        .map_err(|e| FlagdError::Kafka(format!("cannot create the approved-flags reader: {e}")))?;
-    let (sender, receiver) = watch::channel(Arc::new(Approved::default()));
-    let (caught_up, on_caught_up) = oneshot::channel();
-    let mut reader = Reader {
-        consumer,
-        topic: config.kafka.topics.approved_flags.clone(),
-        sender,
-        assigned: BTreeSet::new(),
-        targets: None,
-        next: HashMap::new(),
-        caught_up: Some(caught_up),
-        errors: 0,
-    };
-    let stop = shutdown.clone();
-    std::thread::Builder::new()
-        .name("flagd-approved".into())
-        .spawn(move || reader.run(&stop))
-        .map_err(|e| FlagdError::Kafka(format!("cannot start the approved-flags reader: {e}")))?;
-    tokio::select! {
-        _ = on_caught_up => {}
-        () = shutdown.cancelled() => {}
-    }
-    Ok(receiver)
-}
-
-/// The reader's settings: the worker's client settings, `read_committed`, no commits,
-/// from the beginning. librdkafka refuses `assign` without a `group.id`
-/// (`_UNKNOWN_GROUP`), so one is set (`GROUP_ID-flagd`), but the reader never subscribes
-/// or commits: no group is joined, every replica reads every partition.
-fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut config = crate::bus::client::client_config(kafka);
-    config
-        .set("group.id", format!("{}-flagd", kafka.group_id))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
-    config
-}
-
-/// The reading thread's state.
-struct Reader {
-    consumer: BaseConsumer,
-    topic: String,
-    sender: watch::Sender<Arc<Approved>>,
-    assigned: BTreeSet<i32>,
-    /// Partitions still to reach the high watermark they had at start (`None` before
-    /// the first metadata answer).
-    targets: Option<BTreeMap<i32, i64>>,
-    /// Next offset per partition, from the records read.
-    next: HashMap<i32, i64>,
-    /// Told once caught up.
-    caught_up: Option<oneshot::Sender<()>>,
-    /// Consecutive Kafka errors (backoff and log rate).
-    errors: u32,
-}
-
-impl Reader {
-    fn run(&mut self, stop: &CancellationToken) {
-        let mut last_metadata: Option<Instant> = None;
-        while !stop.is_cancelled() {
-            let due = match last_metadata {
-                None => true,
-                Some(t) if self.targets.is_none() => t.elapsed() >= self.backoff(),
-                Some(t) => t.elapsed() >= METADATA_EVERY,
-            };
-            if due {
-                last_metadata = Some(Instant::now());
-                if let Err(problem) = self.assign_new_partitions() {
-                    self.kafka_error(&problem);
-                }
-            }
-            match self.consumer.poll(POLL) {
-                None => {}
-                Some(Ok(message)) => {
-                    self.errors = 0;
-                    let (partition, offset) = (message.partition(), message.offset());
-                    self.next.insert(partition, offset + 1);
-                    let record = crate::bus::record::from_rdkafka(&message);
-                    drop(message);
-                    self.read(partition, offset, &record);
-                }
-                Some(Err(err)) => {
-                    self.kafka_error(&err.to_string());
-                    std::thread::sleep(self.backoff());
-                }
-            }
-            self.check_caught_up();
-        }
-        tracing::debug!(topic = %self.topic, "approved-flags reader stopped");
-    }
-
-    fn backoff(&self) -> Duration {
-        let doubled = BACKOFF_FIRST.saturating_mul(1 << self.errors.min(10));
-        doubled.min(BACKOFF_MAX)
-    }
-
-    fn kafka_error(&mut self, problem: &str) {
-        self.errors = self.errors.saturating_add(1);
-        if self.errors == 1 || self.errors.is_multiple_of(20) {
-            tracing::warn!(topic = %self.topic, errors = self.errors, error = %problem,
-                "approved-flags reader: Kafka error, retrying");
-        }
-    }
-
-    /// Applies one record at `partition`/`offset`, or logs why it is skipped.
-    fn read(&mut self, partition: i32, offset: i64, record: &KafkaMessage) {
-        crate::telemetry::metrics::flagd_approved_record();
-        match decode(record) {
-            Ok((set, flag, approved)) => {
-                self.sender
-                    .send_if_modified(|current| Arc::make_mut(current).apply(set, flag, approved));
-            }
-            Err(problem) => tracing::warn!(
-                topic = %self.topic, partition, offset, problem = %problem,
-                "approved-flag record skipped: the flag keeps its previous definition"
-            ),
-        }
-    }
-
-    /// Assigns partitions of the topic not assigned yet, from their beginning; the first
-    /// time, notes each one's high watermark as the catch-up target.
-    fn assign_new_partitions(&mut self) -> Result<(), String> {
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), REQUEST_TIMEOUT)
-            .map_err(|e| format!("metadata of topic {}: {e}", self.topic))?;
-        let mut found = Vec::new();
-        for topic in metadata.topics() {
-            if let Some(err) = topic.error() {
-                tracing::debug!(topic = %self.topic, error = ?err, "approved-flags topic not readable yet");
-                continue;
-            }
-            found.extend(
-                topic
-                    .partitions()
-                    .iter()
-                    .map(|p| p.id())
-                    .filter(|id| !self.assigned.contains(id)),
-            );
-        }
-        let first = self.targets.is_none();
-        let mut targets = BTreeMap::new();
-        if !found.is_empty() {
-            let mut list = TopicPartitionList::new();
-            for partition in &found {
-                list.add_partition_offset(&self.topic, *partition, Offset::Beginning)
-                    .map_err(|e| format!("assign {}/{partition}: {e}", self.topic))?;
-            }
-            if first {
-                for partition in &found {
-                    let (low, high) = self
-                        .consumer
-                        .fetch_watermarks(&self.topic, *partition, REQUEST_TIMEOUT)
-                        .map_err(|e| format!("watermarks of {}/{partition}: {e}", self.topic))?;
-                    if high > low {
-                        targets.insert(*partition, high);
-                    }
-                }
-            }
-            self.consumer
-                .incremental_assign(&list)
-                .map_err(|e| format!("assign partitions of {}: {e}", self.topic))?;
-            tracing::debug!(topic = %self.topic, partitions = ?found, "approved-flags partitions assigned");
-            self.assigned.extend(found);
-        }
-        self.errors = 0;
-        if first {
-            self.targets = Some(targets);
-        }
-        Ok(())
-    }
-
-    /// Tells [`follow`] once every partition reached the high watermark it had at start.
-    fn check_caught_up(&mut self) {
-        if self.caught_up.is_none() {
-            return;
-        }
-        let Some(targets) = &mut self.targets else {
-            return;
-        };
-        if !targets.is_empty() {
-            let positions = self.consumer.position().ok();
-            let next = &self.next;
-            let topic = &self.topic;
-            targets.retain(|partition, high| {
-                let position = positions
-                    .as_ref()
-                    .and_then(|p| p.find_partition(topic, *partition))
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    })
-                    .unwrap_or(-1);
-                next.get(partition).copied().unwrap_or(0).max(position) < *high
-            });
-        }
-        if targets.is_empty()
-            && let Some(caught_up) = self.caught_up.take()
-        {
-            let flags: usize = self.sender.borrow().sets.values().map(BTreeMap::len).sum();
-            tracing::info!(topic = %self.topic, flags, "approved configuration read to the end of its topic");
-            let _ = caught_up.send(());
-        }
-    }
-}
 
 /// One record's set, flag and approved definition (`None`: a tombstone), or why it
 /// cannot be applied.

@@ -46,16 +46,7 @@ pub async fn serve(
     default: Selection,
     shutdown: CancellationToken,
 ) -> Result<(), FlagdError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| FlagdError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| FlagdError::Listen {
-        addr: listen,
-        source,
-    })?;
+    let (listener, bound) = super::bind(listen).await?;
     tracing::info!(addr = %bound, path = PATH, default = %default, "serving the approved flagd configuration over HTTP");
     let app = Router::new()
         .route(PATH, get(flags))

@@ -50,6 +50,22 @@ pub enum FlagdError {
     Serve(String),
 }
 
+/// Binds `listen` for one of the endpoints: the listener and the address it got (the
+/// port chosen when `listen`'s is 0), or [`FlagdError::Listen`].
+async fn bind(
+    listen: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), FlagdError> {
+    let failed = |source| FlagdError::Listen {
+        addr: listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
+}
+
 /// The `[flagd]` section of `config`, checked, or [`FlagdError::Config`] naming the key.
 pub fn section(config: &Config) -> Result<&FlagdConfig, FlagdError> {
     let flagd = config.flagd.as_ref().ok_or_else(|| {

@@ -2,7 +2,7 @@
 //! v0.6.4, vendored in `proto/`): the source flagd (`--uri grpc://HOST:PORT`) and the
 //! OpenFeature SDKs' flagd providers in in-process mode read.
 //!
-//! - `SyncFlags`: sends the selected set's document ([`Approved::document`]) at once
+//! - `SyncFlags`: sends the selected set's document ([`super::approved::Approved::document`]) at once
 //!   (providers give up after 5 s without a first message; an empty set is
 //!   `{"flags":{}}`), then again on every change of THAT set, each message a full
 //!   replacement. The stream ends when the client goes or the bridge shuts down.
@@ -56,16 +56,7 @@ pub async fn serve(
     default: Selection,
     shutdown: CancellationToken,
 ) -> Result<(), FlagdError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| FlagdError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| FlagdError::Listen {
-        addr: listen,
-        source,
-    })?;
+    let (listener, bound) = super::bind(listen).await?;
     tracing::info!(addr = %bound, default = %default, "serving flagd.sync.v1.FlagSyncService");
     let service = SyncService {
         approved,
