@@ -2,9 +2,8 @@
 //! watching a folder of flagd flag files, the real broker, flag changes read back from
 //! the topic as the worker decodes them, problems read from the bridge's log.
 //!
-//! The approved store the bridge reads is not written here, so every flag is new to it
-//! (`from` absent); what a served or decided definition changes is
-//! `connect::flagd::change`'s unit tests. Every wait has a deadline and fails with the
+//! Served and decided definitions are approved-flag records the tests write on the
+//! approved topic themselves, as the worker does in a command's transaction. Every wait has a deadline and fails with the
 //! bridge's log.
 
 #[path = "support/kafka.rs"]
@@ -21,8 +20,9 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 use chaosgate::bus::record::from_rdkafka;
+use chaosgate::contract::approved_flag::{APPROVED_FLAG_TYPE, approved_flag_example};
 use chaosgate::contract::flag_change::decode_flag_change;
-use chaosgate::contract::{ChangeKind, FlagChange, ValueFormat};
+use chaosgate::contract::{ApprovedFlag, ChangeKind, CloudEvent, FlagChange, ValueFormat};
 
 /// Upper bound for anything a test waits for: generous, so only a bug reaches it.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -36,12 +36,20 @@ struct Bridge {
     config: PathBuf,
     log: PathBuf,
     starts: usize,
+    /// `kafka.topics.approved_flags`, created by the bridge unless the test did first.
+    approved_topic: String,
 }
 
 impl Bridge {
     /// Writes a config proposing `shop`/`prod` from `dir/proposed` every 100 ms, with
     /// `flag_changes` and unique other topics (created by the bridge), and starts it.
     fn start(servers: &str, flag_changes: &str) -> Bridge {
+        let approved = kafka::unique_topic("flagd-proposed-approved");
+        Bridge::start_with(servers, flag_changes, &approved)
+    }
+
+    /// [`Bridge::start`] reading the approved configuration from `approved`.
+    fn start_with(servers: &str, flag_changes: &str, approved: &str) -> Bridge {
         let dir = tempfile::Builder::new()
             .prefix("chaosgate-flagd-proposed-")
             .tempdir()
@@ -81,7 +89,6 @@ http_listen = "{http}"
             commands = topic("commands"),
             dead_letter = topic("dlq"),
             control = topic("control"),
-            approved = topic("approved"),
             sync = worker::closed_address(),
             http = worker::closed_address(),
         );
@@ -93,6 +100,7 @@ http_listen = "{http}"
             config: config_path,
             dir,
             starts: 0,
+            approved_topic: approved.to_string(),
         };
         bridge.spawn();
         bridge
@@ -448,4 +456,136 @@ async fn a_change_kafka_refuses_is_tried_again_on_the_next_scan() {
     let read = changes.exactly(2, &mut bridge).await;
     assert_eq!(read[1].1.flag, "big");
     assert_eq!(read[1].1.change.kind, ChangeKind::Enable);
+}
+
+/// Writes `record` on `topic` as the worker does: a binary-mode approved-flag CloudEvent
+/// keyed `project/environment/flag`.
+async fn approve(servers: &str, topic: &str, record: &ApprovedFlag) {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .expect("producer");
+    let key = record.flag_key();
+    let event = CloudEvent {
+        id: record.command_id.clone(),
+        source: "/test".into(),
+        event_type: APPROVED_FLAG_TYPE.into(),
+        time: Some(record.approved_at),
+        subject: Some(key.clone()),
+        extensions: Default::default(),
+        data: serde_json::to_value(record).expect("record JSON"),
+    };
+    let message = event.to_binary(Some(&key));
+    producer
+        .send(
+            chaosgate::bus::record::to_record(topic, &message),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("approved record produced");
+}
+
+/// An approved record of `flag` in `shop`/`prod` serving `definition`.
+fn served(flag: &str, definition: Value, proposed: Option<Value>) -> ApprovedFlag {
+    ApprovedFlag {
+        project: "shop".into(),
+        environment: "prod".into(),
+        flag: flag.into(),
+        definition,
+        proposed,
+        causation_event_id: format!("test:{flag}"),
+        ..approved_flag_example()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_against_what_is_served_and_nothing_for_what_was_decided() {
+    let (servers, topic) = broker_and_topic().await;
+    let approved = kafka::unique_topic("flagd-proposed-approved");
+    kafka::create_topics(&servers, &[&approved], 1).await;
+    let on = flag("ENABLED", "on");
+    let off = flag("DISABLED", "on");
+    let retarget = flag("ENABLED", "off");
+    for record in [
+        served("retarget", on.clone(), None),
+        served("switch-off", on.clone(), None),
+        served("switch-on", off.clone(), None),
+        // A failed gate: served off, the proposal it decided is still in the folder.
+        served("decided", off.clone(), Some(on.clone())),
+        served("same", on.clone(), None),
+        served("gone", on.clone(), None),
+        served("kept", on.clone(), None),
+    ] {
+        approve(&servers, &approved, &record).await;
+    }
+    let mut bridge = Bridge::start_with(&servers, &topic, &approved);
+    let mut changes = Changes::new(&servers, &topic);
+    bridge.propose(
+        "flags.json",
+        &flag_file(&[
+            ("retarget", retarget.clone()),
+            ("switch-off", off.clone()),
+            ("switch-on", on.clone()),
+            ("decided", on.clone()),
+            ("same", on.clone()),
+        ]),
+    );
+    bridge.propose("kept.json", &flag_file(&[("kept", on.clone())]));
+    let read = changes.exactly(4, &mut bridge).await.to_vec();
+    let by_flag = |name: &str| {
+        read.iter()
+            .map(|(_, c)| c)
+            .find(|c| c.flag == name)
+            .unwrap_or_else(|| panic!("no change of {name}: {read:#?}"))
+            .clone()
+    };
+    let update = by_flag("retarget");
+    assert_eq!(update.change.kind, ChangeKind::Update);
+    assert_eq!(update.change.from, Some(on.clone()));
+    assert_eq!(update.change.to, Some(retarget.clone()));
+    let disable = by_flag("switch-off");
+    assert_eq!(disable.change.kind, ChangeKind::Disable);
+    assert_eq!(disable.change.from, Some(on.clone()));
+    let enable = by_flag("switch-on");
+    assert_eq!(enable.change.kind, ChangeKind::Enable);
+    assert_eq!(enable.change.from, Some(off.clone()));
+    // Gone from the folder while served on: disabled, as served.
+    let removed = by_flag("gone");
+    assert_eq!(removed.change.kind, ChangeKind::Disable);
+    assert_eq!(removed.change.from, Some(on.clone()));
+    assert_eq!(removed.change.to, Some(off.clone()));
+
+    // A file that breaks: its flag is not treated as removed.
+    bridge.propose("kept.json", "{ \"flags\": ");
+    bridge.wait_for_log("kept.json:1: not JSON").await;
+    changes.exactly(4, &mut bridge).await;
+
+    // The gate of the update fails: served stays off-ish, the proposal is decided and
+    // not proposed again.
+    approve(
+        &servers,
+        &approved,
+        &ApprovedFlag {
+            causation_event_id: update.event_id.clone(),
+            ..served("retarget", flag("DISABLED", "on"), Some(retarget.clone()))
+        },
+    )
+    .await;
+    changes.exactly(4, &mut bridge).await;
+    // The flag proposed anew is a change again, from what is served now.
+    bridge.propose(
+        "flags.json",
+        &flag_file(&[
+            ("retarget", flag("ENABLED", "on")),
+            ("switch-off", off.clone()),
+            ("switch-on", on.clone()),
+            ("decided", on.clone()),
+            ("same", on.clone()),
+        ]),
+    );
+    let read = changes.exactly(5, &mut bridge).await;
+    let again = &read[4].1;
+    assert_eq!(again.flag, "retarget");
+    assert_eq!(again.change.kind, ChangeKind::Enable);
+    assert_eq!(again.change.from, Some(flag("DISABLED", "on")));
 }
