@@ -271,11 +271,14 @@ pub async fn follow(
     Ok(receiver)
 }
 
-/// The reader's settings: the worker's client settings, `read_committed`, no group, no
-/// commits, from the beginning.
+/// The reader's settings: the worker's client settings, `read_committed`, no commits,
+/// from the beginning. librdkafka refuses `assign` without a `group.id`
+/// (`_UNKNOWN_GROUP`), so one is set (`GROUP_ID-flagd`), but the reader never subscribes
+/// or commits: no group is joined, every replica reads every partition.
 fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = crate::bus::client::client_config(kafka);
     config
+        .set("group.id", format!("{}-flagd", kafka.group_id))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
