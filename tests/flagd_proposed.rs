@@ -36,8 +36,6 @@ struct Bridge {
     config: PathBuf,
     log: PathBuf,
     starts: usize,
-    /// `kafka.topics.approved_flags`, created by the bridge unless the test did first.
-    approved_topic: String,
 }
 
 impl Bridge {
@@ -48,7 +46,8 @@ impl Bridge {
         Bridge::start_with(servers, flag_changes, &approved)
     }
 
-    /// [`Bridge::start`] reading the approved configuration from `approved`.
+    /// [`Bridge::start`] reading the approved configuration from `approved` (created by
+    /// the bridge unless the test did first).
     fn start_with(servers: &str, flag_changes: &str, approved: &str) -> Bridge {
         let dir = tempfile::Builder::new()
             .prefix("chaosgate-flagd-proposed-")
@@ -100,7 +99,6 @@ http_listen = "{http}"
             config: config_path,
             dir,
             starts: 0,
-            approved_topic: approved.to_string(),
         };
         bridge.spawn();
         bridge
