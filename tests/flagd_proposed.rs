@@ -36,6 +36,8 @@ struct Bridge {
     config: PathBuf,
     log: PathBuf,
     starts: usize,
+    /// `[flagd] http_listen`, where `/metrics` is.
+    http: String,
 }
 
 impl Bridge {
@@ -56,6 +58,7 @@ impl Bridge {
         std::fs::create_dir_all(dir.path().join("proposed")).expect("proposed dir");
         std::fs::create_dir_all(dir.path().join("catalog")).expect("catalog dir");
         let topic = |name: &str| kafka::unique_topic(&format!("flagd-proposed-{name}"));
+        let http = worker::closed_address();
         let config = format!(
             r#"[kafka]
 bootstrap_servers = "{servers}"
@@ -89,11 +92,11 @@ http_listen = "{http}"
             dead_letter = topic("dlq"),
             control = topic("control"),
             sync = worker::closed_address(),
-            http = worker::closed_address(),
         );
         let config_path = dir.path().join("chaosgate.toml");
         std::fs::write(&config_path, config).expect("config file");
         let mut bridge = Bridge {
+            http,
             child: None,
             log: dir.path().join("bridge-0.log"),
             config: config_path,
@@ -150,6 +153,20 @@ http_listen = "{http}"
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of `chaosgate_flagd_proposals_total{outcome}` (0 when absent).
+    async fn outcome_count(&self, outcome: &str) -> u64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let prefix = format!("chaosgate_flagd_proposals_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
     }
 
     /// Fails with the log when the bridge has exited.
@@ -384,6 +401,11 @@ async fn malformed_files_are_reported_with_file_and_line_and_produce_nothing() {
     let log = bridge.log_text();
     assert_eq!(count(&log, "broken.json:3: not JSON"), 1, "{log}");
     assert_eq!(count(&log, "unknown variant 'maybe'"), 1, "{log}");
+    assert_eq!(
+        bridge.outcome_count("invalid").await,
+        3,
+        "one per file refused"
+    );
     // A file that reads again proposes its flags.
     bridge.propose("default.json", &flag_file(&[("c", flag("ENABLED", "on"))]));
     let read = changes.exactly(2, &mut bridge).await;
