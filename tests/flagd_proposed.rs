@@ -6,13 +6,15 @@
 //! approved topic themselves, as the worker does in a command's transaction. Every wait has a deadline and fails with the
 //! bridge's log.
 
+#[path = "support/connect.rs"]
+mod connect;
 #[path = "support/kafka.rs"]
 mod kafka;
 #[path = "support/worker.rs"]
 mod worker;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -110,24 +112,7 @@ http_listen = "{http}"
     fn spawn(&mut self) {
         self.log = self.dir.path().join(format!("bridge-{}.log", self.starts));
         self.starts += 1;
-        let out = std::fs::File::create(&self.log).expect("bridge log file");
-        let err = out.try_clone().expect("bridge log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CHAOSGATE_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .args(["connect", "flagd", "--config"])
-            .arg(&self.config)
-            .current_dir(self.dir.path())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn chaosgate connect flagd");
+        let child = connect::spawn_connect("flagd", &self.config, self.dir.path(), &self.log);
         self.child = Some(child);
     }
 
