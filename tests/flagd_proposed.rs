@@ -154,6 +154,20 @@ http_listen = "{http}"
             .map_or(0, |n| n.trim().parse().expect("a count"))
     }
 
+    /// The flags `GET /flags.json` serves (the approved configuration), by key.
+    async fn served_flags(&self) -> serde_json::Map<String, Value> {
+        let document: Value = reqwest::get(format!("http://{}/flags.json", self.http))
+            .await
+            .expect("GET /flags.json")
+            .json()
+            .await
+            .expect("flags.json is JSON");
+        document["flags"]
+            .as_object()
+            .expect("a flags object")
+            .clone()
+    }
+
     /// Fails with the log when the bridge has exited.
     fn assert_running(&mut self) {
         if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -326,6 +340,8 @@ async fn each_proposal_becomes_one_change_and_a_rescan_or_restart_adds_none() {
         enable.change.to.as_ref().unwrap()["targeting"],
         json!({ "if": [ { "ends_with": [ { "var": "email" }, "@example.com" ] }, "on", "off" ] })
     );
+    // Proposed is not approved: nothing is served until a command approves it.
+    assert_eq!(bridge.served_flags().await, serde_json::Map::new());
     let (_, disable) = by_flag("search-v2");
     assert_eq!(
         disable.change.kind,
@@ -559,6 +575,15 @@ async fn changes_against_what_is_served_and_nothing_for_what_was_decided() {
     assert_eq!(removed.change.kind, ChangeKind::Disable);
     assert_eq!(removed.change.from, Some(on.clone()));
     assert_eq!(removed.change.to, Some(off.clone()));
+
+    // Proposed is not approved: what is served is still what the records approved.
+    let served_now = bridge.served_flags().await;
+    assert_eq!(served_now["retarget"], on, "{served_now:#?}");
+    assert_eq!(
+        served_now["switch-on"]["state"], "DISABLED",
+        "{served_now:#?}"
+    );
+    assert_eq!(served_now["gone"]["state"], "ENABLED", "{served_now:#?}");
 
     // A file that breaks: its flag is not treated as removed.
     bridge.propose("kept.json", "{ \"flags\": ");
