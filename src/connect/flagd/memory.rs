@@ -105,12 +105,7 @@ pub fn recall(config: &Config, set: &Selection) -> Result<Pending, String> {
     let metadata = consumer
         .fetch_metadata(Some(topic), RECALL_TIMEOUT)
         .map_err(|e| format!("cannot read the partitions of {topic}: {e}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = crate::bus::client::partitions_of(&metadata, topic);
     let mut pending = Pending::default();
     if partitions.is_empty() {
         return Ok(pending);
