@@ -2,18 +2,19 @@
 //! watching a folder of flagd flag files, the real broker, flag changes read back from
 //! the topic as the worker decodes them, problems read from the bridge's log.
 //!
-//! The approved store the bridge reads is not written here, so every flag is new to it
-//! (`from` absent); what a served or decided definition changes is
-//! `connect::flagd::change`'s unit tests. Every wait has a deadline and fails with the
+//! Served and decided definitions are approved-flag records the tests write on the
+//! approved topic themselves, as the worker does in a command's transaction. Every wait has a deadline and fails with the
 //! bridge's log.
 
+#[path = "support/connect.rs"]
+mod connect;
 #[path = "support/kafka.rs"]
 mod kafka;
 #[path = "support/worker.rs"]
 mod worker;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -21,8 +22,9 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 use chaosgate::bus::record::from_rdkafka;
+use chaosgate::contract::approved_flag::{APPROVED_FLAG_TYPE, approved_flag_example};
 use chaosgate::contract::flag_change::decode_flag_change;
-use chaosgate::contract::{ChangeKind, FlagChange, ValueFormat};
+use chaosgate::contract::{ApprovedFlag, ChangeKind, CloudEvent, FlagChange, ValueFormat};
 
 /// Upper bound for anything a test waits for: generous, so only a bug reaches it.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -36,12 +38,21 @@ struct Bridge {
     config: PathBuf,
     log: PathBuf,
     starts: usize,
+    /// `[flagd] http_listen`, where `/metrics` is.
+    http: String,
 }
 
 impl Bridge {
     /// Writes a config proposing `shop`/`prod` from `dir/proposed` every 100 ms, with
     /// `flag_changes` and unique other topics (created by the bridge), and starts it.
     fn start(servers: &str, flag_changes: &str) -> Bridge {
+        let approved = kafka::unique_topic("flagd-proposed-approved");
+        Bridge::start_with(servers, flag_changes, &approved)
+    }
+
+    /// [`Bridge::start`] reading the approved configuration from `approved` (created by
+    /// the bridge unless the test did first).
+    fn start_with(servers: &str, flag_changes: &str, approved: &str) -> Bridge {
         let dir = tempfile::Builder::new()
             .prefix("chaosgate-flagd-proposed-")
             .tempdir()
@@ -49,6 +60,7 @@ impl Bridge {
         std::fs::create_dir_all(dir.path().join("proposed")).expect("proposed dir");
         std::fs::create_dir_all(dir.path().join("catalog")).expect("catalog dir");
         let topic = |name: &str| kafka::unique_topic(&format!("flagd-proposed-{name}"));
+        let http = worker::closed_address();
         let config = format!(
             r#"[kafka]
 bootstrap_servers = "{servers}"
@@ -81,13 +93,12 @@ http_listen = "{http}"
             commands = topic("commands"),
             dead_letter = topic("dlq"),
             control = topic("control"),
-            approved = topic("approved"),
             sync = worker::closed_address(),
-            http = worker::closed_address(),
         );
         let config_path = dir.path().join("chaosgate.toml");
         std::fs::write(&config_path, config).expect("config file");
         let mut bridge = Bridge {
+            http,
             child: None,
             log: dir.path().join("bridge-0.log"),
             config: config_path,
@@ -101,24 +112,7 @@ http_listen = "{http}"
     fn spawn(&mut self) {
         self.log = self.dir.path().join(format!("bridge-{}.log", self.starts));
         self.starts += 1;
-        let out = std::fs::File::create(&self.log).expect("bridge log file");
-        let err = out.try_clone().expect("bridge log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CHAOSGATE_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .args(["connect", "flagd", "--config"])
-            .arg(&self.config)
-            .current_dir(self.dir.path())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn chaosgate connect flagd");
+        let child = connect::spawn_connect("flagd", &self.config, self.dir.path(), &self.log);
         self.child = Some(child);
     }
 
@@ -144,6 +138,34 @@ http_listen = "{http}"
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of `chaosgate_flagd_proposals_total{outcome}` (0 when absent).
+    async fn outcome_count(&self, outcome: &str) -> u64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let prefix = format!("chaosgate_flagd_proposals_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    }
+
+    /// The flags `GET /flags.json` serves (the approved configuration), by key.
+    async fn served_flags(&self) -> serde_json::Map<String, Value> {
+        let document: Value = reqwest::get(format!("http://{}/flags.json", self.http))
+            .await
+            .expect("GET /flags.json")
+            .json()
+            .await
+            .expect("flags.json is JSON");
+        document["flags"]
+            .as_object()
+            .expect("a flags object")
+            .clone()
     }
 
     /// Fails with the log when the bridge has exited.
@@ -318,6 +340,8 @@ async fn each_proposal_becomes_one_change_and_a_rescan_or_restart_adds_none() {
         enable.change.to.as_ref().unwrap()["targeting"],
         json!({ "if": [ { "ends_with": [ { "var": "email" }, "@example.com" ] }, "on", "off" ] })
     );
+    // Proposed is not approved: nothing is served until a command approves it.
+    assert_eq!(bridge.served_flags().await, serde_json::Map::new());
     let (_, disable) = by_flag("search-v2");
     assert_eq!(
         disable.change.kind,
@@ -378,6 +402,11 @@ async fn malformed_files_are_reported_with_file_and_line_and_produce_nothing() {
     let log = bridge.log_text();
     assert_eq!(count(&log, "broken.json:3: not JSON"), 1, "{log}");
     assert_eq!(count(&log, "unknown variant 'maybe'"), 1, "{log}");
+    assert_eq!(
+        bridge.outcome_count("invalid").await,
+        3,
+        "one per file refused"
+    );
     // A file that reads again proposes its flags.
     bridge.propose("default.json", &flag_file(&[("c", flag("ENABLED", "on"))]));
     let read = changes.exactly(2, &mut bridge).await;
@@ -448,4 +477,145 @@ async fn a_change_kafka_refuses_is_tried_again_on_the_next_scan() {
     let read = changes.exactly(2, &mut bridge).await;
     assert_eq!(read[1].1.flag, "big");
     assert_eq!(read[1].1.change.kind, ChangeKind::Enable);
+}
+
+/// Writes `record` on `topic` as the worker does: a binary-mode approved-flag CloudEvent
+/// keyed `project/environment/flag`.
+async fn approve(servers: &str, topic: &str, record: &ApprovedFlag) {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .expect("producer");
+    let key = record.flag_key();
+    let event = CloudEvent {
+        id: record.command_id.clone(),
+        source: "/test".into(),
+        event_type: APPROVED_FLAG_TYPE.into(),
+        time: Some(record.approved_at),
+        subject: Some(key.clone()),
+        extensions: Default::default(),
+        data: serde_json::to_value(record).expect("record JSON"),
+    };
+    let message = event.to_binary(Some(&key));
+    producer
+        .send(
+            chaosgate::bus::record::to_record(topic, &message),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("approved record produced");
+}
+
+/// An approved record of `flag` in `shop`/`prod` serving `definition`.
+fn served(flag: &str, definition: Value, proposed: Option<Value>) -> ApprovedFlag {
+    ApprovedFlag {
+        project: "shop".into(),
+        environment: "prod".into(),
+        flag: flag.into(),
+        definition,
+        proposed,
+        causation_event_id: format!("test:{flag}"),
+        ..approved_flag_example()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_against_what_is_served_and_nothing_for_what_was_decided() {
+    let (servers, topic) = broker_and_topic().await;
+    let approved = kafka::unique_topic("flagd-proposed-approved");
+    kafka::create_topics(&servers, &[&approved], 1).await;
+    let on = flag("ENABLED", "on");
+    let off = flag("DISABLED", "on");
+    let retarget = flag("ENABLED", "off");
+    for record in [
+        served("retarget", on.clone(), None),
+        served("switch-off", on.clone(), None),
+        served("switch-on", off.clone(), None),
+        // A failed gate: served off, the proposal it decided is still in the folder.
+        served("decided", off.clone(), Some(on.clone())),
+        served("same", on.clone(), None),
+        served("gone", on.clone(), None),
+        served("kept", on.clone(), None),
+    ] {
+        approve(&servers, &approved, &record).await;
+    }
+    let mut bridge = Bridge::start_with(&servers, &topic, &approved);
+    let mut changes = Changes::new(&servers, &topic);
+    bridge.propose(
+        "flags.json",
+        &flag_file(&[
+            ("retarget", retarget.clone()),
+            ("switch-off", off.clone()),
+            ("switch-on", on.clone()),
+            ("decided", on.clone()),
+            ("same", on.clone()),
+        ]),
+    );
+    bridge.propose("kept.json", &flag_file(&[("kept", on.clone())]));
+    let read = changes.exactly(4, &mut bridge).await.to_vec();
+    let by_flag = |name: &str| {
+        read.iter()
+            .map(|(_, c)| c)
+            .find(|c| c.flag == name)
+            .unwrap_or_else(|| panic!("no change of {name}: {read:#?}"))
+            .clone()
+    };
+    let update = by_flag("retarget");
+    assert_eq!(update.change.kind, ChangeKind::Update);
+    assert_eq!(update.change.from, Some(on.clone()));
+    assert_eq!(update.change.to, Some(retarget.clone()));
+    let disable = by_flag("switch-off");
+    assert_eq!(disable.change.kind, ChangeKind::Disable);
+    assert_eq!(disable.change.from, Some(on.clone()));
+    let enable = by_flag("switch-on");
+    assert_eq!(enable.change.kind, ChangeKind::Enable);
+    assert_eq!(enable.change.from, Some(off.clone()));
+    // Gone from the folder while served on: disabled, as served.
+    let removed = by_flag("gone");
+    assert_eq!(removed.change.kind, ChangeKind::Disable);
+    assert_eq!(removed.change.from, Some(on.clone()));
+    assert_eq!(removed.change.to, Some(off.clone()));
+
+    // Proposed is not approved: what is served is still what the records approved.
+    let served_now = bridge.served_flags().await;
+    assert_eq!(served_now["retarget"], on, "{served_now:#?}");
+    assert_eq!(
+        served_now["switch-on"]["state"], "DISABLED",
+        "{served_now:#?}"
+    );
+    assert_eq!(served_now["gone"]["state"], "ENABLED", "{served_now:#?}");
+
+    // A file that breaks: its flag is not treated as removed.
+    bridge.propose("kept.json", "{ \"flags\": ");
+    bridge.wait_for_log("kept.json:1: not JSON").await;
+    changes.exactly(4, &mut bridge).await;
+
+    // The gate of the update fails: served stays off-ish, the proposal is decided and
+    // not proposed again.
+    approve(
+        &servers,
+        &approved,
+        &ApprovedFlag {
+            causation_event_id: update.event_id.clone(),
+            ..served("retarget", flag("DISABLED", "on"), Some(retarget.clone()))
+        },
+    )
+    .await;
+    changes.exactly(4, &mut bridge).await;
+    // The flag proposed anew is a change again, from what is served now.
+    bridge.propose(
+        "flags.json",
+        &flag_file(&[
+            ("retarget", flag("ENABLED", "on")),
+            ("switch-off", off.clone()),
+            ("switch-on", on.clone()),
+            ("decided", on.clone()),
+            ("same", on.clone()),
+        ]),
+    );
+    let read = changes.exactly(5, &mut bridge).await;
+    let again = &read[4].1;
+    assert_eq!(again.flag, "retarget");
+    assert_eq!(again.change.kind, ChangeKind::Enable);
+    assert_eq!(again.change.from, Some(flag("DISABLED", "on")));
 }

@@ -35,3 +35,14 @@ pub(crate) fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     }
     config
 }
+
+/// The partition ids `metadata` gives for `topic`: none when the topic is absent or the
+/// broker reported an error for it (e.g. not created yet).
+pub(crate) fn partitions_of(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
+    metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
+}

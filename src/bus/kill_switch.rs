@@ -226,12 +226,7 @@ async fn assign_from_beginning(
                 let metadata = probe
                     .fetch_metadata(Some(&topic), Duration::from_secs(5))
                     .map_err(|e| e.to_string())?;
-                let partitions: Vec<i32> = metadata
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name() == topic && t.error().is_none())
-                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                    .collect();
+                let partitions = crate::bus::client::partitions_of(&metadata, &topic);
                 if partitions.is_empty() {
                     return Err(format!("topic {topic} has no partitions (yet)"));
                 }

@@ -42,6 +42,10 @@ pub const TARGETING_SCHEMA: &str = include_str!("../../schemas/flagd/targeting.j
 const FLAGS_URI: &str = "https://flagd.dev/schema/v0/flags.json";
 const TARGETING_URI: &str = "https://flagd.dev/schema/v0/targeting.json";
 
+/// What a flag that fits none of the schema's forms is told: the forms differ only in
+/// the type of their variants.
+const VARIANT_FORMS: &str = " (flagd's flag schema: its variants must be all true/false, all numbers, all text or all objects)";
+
 /// The flags one file defines: flag key to its definition (`state`, `variants`,
 /// `defaultVariant`, and `targeting`/`metadata` when set), `$ref`s inlined.
 pub type Definitions = BTreeMap<String, Value>;
@@ -91,9 +95,15 @@ pub fn read(file: &str, text: &str) -> Result<Definitions, Vec<Problem>> {
     if !findings.is_empty() {
         return Err(findings
             .into_iter()
-            .map(|finding| Problem {
-                line: lines.line_of(&finding.at),
-                ..at(finding.path, finding.message)
+            .map(|finding| {
+                let mut message = finding.message;
+                if finding.path.0.len() == 2 && message.ends_with("any of the accepted forms") {
+                    message.push_str(VARIANT_FORMS);
+                }
+                Problem {
+                    line: lines.line_of(&finding.at),
+                    ..at(finding.path, message)
+                }
             })
             .collect());
     }
@@ -311,16 +321,14 @@ mod tests {
   }
 }"#;
         let problems = problems(text);
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.starts_with("f.json:4: flags.new-checkout.state: ") && p.contains("ON")),
-            "{problems:?}"
+        assert_eq!(
+            problems,
+            ["f.json:4: flags.new-checkout.state: unknown state 'ON' (allowed: ENABLED, DISABLED)"]
         );
     }
 
     #[test]
-    fn mixed_variants_read_as_the_branch_that_fits() {
+    fn mixed_variants_are_named_as_the_problem() {
         let text = r#"{
   "flags": {
     "mixed": {
@@ -331,12 +339,12 @@ mod tests {
   }
 }"#;
         let problems = problems(text);
+        assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
-            problems.iter().all(|p| p.starts_with("f.json:")),
-            "{problems:?}"
-        );
-        assert!(
-            !problems.is_empty() && problems.iter().all(|p| !p.contains("any of the schemas")),
+            problems[0].starts_with("f.json:3: flags.mixed: ")
+                && problems[0].ends_with(
+                    "variants must be all true/false, all numbers, all text or all objects)"
+                ),
             "{problems:?}"
         );
     }

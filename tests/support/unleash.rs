@@ -22,27 +22,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "connect.rs"]
+mod connect;
+
 /// Starts `chaosgate connect unleash --config CONFIG` (this build's binary) in `dir`, its
 /// output to `log`, without the test's own `CHAOSGATE_*` and `RUST_LOG` variables.
 pub fn spawn_bridges(config: &Path, dir: &Path, log: &Path) -> Child {
-    let out = std::fs::File::create(log).expect("bridge log file");
-    let err = out.try_clone().expect("bridge log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chaosgate"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("CHAOSGATE_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .args(["connect", "unleash", "--config"])
-        .arg(config)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn chaosgate connect unleash")
+    connect::spawn_connect("unleash", config, dir, log)
 }
 
 /// `createdBy` of changes made with [`UnleashServer::admin_token`] (Unleash names tokens

@@ -15,6 +15,9 @@
 //! gives, to the end as it stood), and this set's flagd proposals are remembered in order.
 //! A proposal older than the window and still unanswered is produced once more after a
 //! restart; the worker's ids derive from `event_id`, so it reruns the same execution.
+//! A change that is never answered (the worker dead-lettered it) stays remembered until
+//! a restart past the window: its proposal is not produced again meanwhile; changing the
+//! proposal makes a new change.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,7 +33,8 @@ use crate::contract::ValueFormat;
 /// How far back [`recall`] reads `flag-changes`: one day.
 pub const RECALL_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The longest [`recall`] waits for the broker before it starts without memory.
+/// The longest [`recall`] waits for the broker, or for the next record, before it gives
+/// up and the folder starts without memory.
 const RECALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Unanswered proposal ids, per flag key (the flag's name in the set), oldest first.
@@ -87,7 +91,11 @@ pub fn recall(config: &Config, set: &Selection) -> Result<Pending, String> {
     let topic = config.kafka.topics.flag_changes.as_str();
     let mut client = crate::bus::client::client_config(&config.kafka);
     client
-        .set("group.id", "chaosgate-connect-flagd-recall")
+        // librdkafka's `assign` needs a group id; this reader never joins or commits.
+        .set(
+            "group.id",
+            format!("{}-flagd-recall", config.kafka.group_id),
+        )
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
@@ -97,12 +105,7 @@ pub fn recall(config: &Config, set: &Selection) -> Result<Pending, String> {
     let metadata = consumer
         .fetch_metadata(Some(topic), RECALL_TIMEOUT)
         .map_err(|e| format!("cannot read the partitions of {topic}: {e}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = crate::bus::client::partitions_of(&metadata, topic);
     let mut pending = Pending::default();
     if partitions.is_empty() {
         return Ok(pending);
@@ -122,14 +125,18 @@ pub fn recall(config: &Config, set: &Selection) -> Result<Pending, String> {
         .assign(&start)
         .map_err(|e| format!("cannot read {topic}: {e}"))?;
     let mut open: std::collections::HashSet<i32> = partitions.into_iter().collect();
-    let deadline = std::time::Instant::now() + RECALL_TIMEOUT;
+    let mut progress = std::time::Instant::now();
     while !open.is_empty() {
-        if std::time::Instant::now() > deadline {
+        if progress.elapsed() > RECALL_TIMEOUT {
             return Err(format!(
-                "{topic}: partitions {open:?} not read to their end within {RECALL_TIMEOUT:?}"
+                "{topic}: partitions {open:?} not read to their end: nothing read for {RECALL_TIMEOUT:?}"
             ));
         }
-        match consumer.poll(Duration::from_millis(500)) {
+        let polled = consumer.poll(Duration::from_millis(500));
+        if polled.is_some() {
+            progress = std::time::Instant::now();
+        }
+        match polled {
             None => {}
             Some(Err(KafkaError::PartitionEOF(partition))) => {
                 open.remove(&partition);

@@ -65,14 +65,19 @@ pub struct Scan {
     pub by_file: BTreeMap<String, Definitions>,
 }
 
-/// Reads the top-level `*.json` files of `folder` (not hidden files, not subfolders), in
-/// name order. Errors: the folder itself cannot be listed.
-pub fn scan(folder: &Path) -> Result<Scan, String> {
+/// What each file read to last time, by name, with the content it was read from: a file
+/// whose content did not change is not checked again.
+pub type ReadCache = HashMap<String, (String, Result<Definitions, Vec<Problem>>)>;
+
+/// Reads the top-level `*.json` files of `folder` (not hidden files, not subfolders;
+/// symbolic links to files are followed), in name order, checking only the files whose
+/// content changed since `cache` saw them. Errors: the folder itself cannot be listed.
+pub fn scan(folder: &Path, cache: &mut ReadCache) -> Result<Scan, String> {
     let entries = std::fs::read_dir(folder)
         .map_err(|e| format!("cannot list the proposed folder {}: {e}", folder.display()))?;
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
-        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|entry| entry.path().is_file())
         .filter_map(|entry| entry.file_name().into_string().ok())
         .filter(|name| !name.starts_with('.') && name.ends_with(".json"))
         .collect();
@@ -88,7 +93,15 @@ pub fn scan(folder: &Path) -> Result<Scan, String> {
                 continue;
             }
         };
-        let read = definition::read(&name, &text).and_then(|flags| {
+        let read = match cache.get(&name) {
+            Some((seen, read)) if *seen == text => read.clone(),
+            _ => {
+                let read = definition::read(&name, &text);
+                cache.insert(name.clone(), (text.clone(), read.clone()));
+                read
+            }
+        };
+        let read = read.and_then(|flags| {
             let twice: Vec<Problem> = flags
                 .keys()
                 .filter_map(|flag| {
@@ -120,6 +133,7 @@ pub fn scan(folder: &Path) -> Result<Scan, String> {
             }
         }
     }
+    cache.retain(|name, _| scan.by_file.contains_key(name) || scan.failed.contains_key(name));
     Ok(scan)
 }
 
@@ -168,6 +182,8 @@ struct Proposer {
     last_good: HashMap<String, Definitions>,
     /// Each failed file's content as last reported, so it is logged once per content.
     reported: HashMap<String, String>,
+    /// What each file read to, by content.
+    reads: ReadCache,
 }
 
 /// Reads `folder` every `[flagd] scan_interval` and proposes each changed flag, until
@@ -197,6 +213,7 @@ pub async fn run(
         pending: Pending::default(),
         last_good: HashMap::new(),
         reported: HashMap::new(),
+        reads: ReadCache::new(),
         set,
     };
     let recall_config = config.clone();
@@ -231,7 +248,7 @@ pub async fn run(
 
 impl Proposer {
     async fn scan_once(&mut self, folder: &Path, approved: &Approved) {
-        let scan = match scan(folder) {
+        let scan = match scan(folder, &mut self.reads) {
             Ok(scan) => scan,
             Err(error) => {
                 tracing::error!(%error, "proposed flags not read");
@@ -366,7 +383,7 @@ mod tests {
         write(dir.path(), "notes.txt", &["txt"]);
         std::fs::create_dir(dir.path().join("sub.json")).unwrap();
         write(&dir.path().join("sub.json"), "b.json", &["b"]);
-        let scan = scan(dir.path()).unwrap();
+        let scan = scan(dir.path(), &mut ReadCache::new()).unwrap();
         assert_eq!(scan.flags.keys().collect::<Vec<_>>(), ["a"]);
         assert!(scan.failed.is_empty());
     }
@@ -376,7 +393,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a.json", &["x"]);
         write(dir.path(), "b.json", &["x", "y"]);
-        let scan = scan(dir.path()).unwrap();
+        let scan = scan(dir.path(), &mut ReadCache::new()).unwrap();
         assert_eq!(scan.flags.keys().collect::<Vec<_>>(), ["x"]);
         let (_, problems) = &scan.failed["b.json"];
         assert_eq!(
@@ -395,7 +412,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a.json", &["kept"]);
         std::fs::write(dir.path().join("b.json"), "{ not json").unwrap();
-        let first = scan(dir.path()).unwrap();
+        let first = scan(dir.path(), &mut ReadCache::new()).unwrap();
         // b.json never read well: nothing is treated as removed.
         let none = targets(&first, &HashMap::new(), &approved, &set);
         assert_eq!(none.keys().collect::<Vec<_>>(), ["kept"]);
