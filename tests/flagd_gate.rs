@@ -29,18 +29,18 @@ use worker::{Harness, Listener, Settings, closed_address, experiment_yaml, pipel
 /// Upper bound for anything a test waits for: generous, so only a bug reaches it.
 const PATIENCE: Duration = Duration::from_secs(90);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_worker_writes_what_each_command_approves_in_the_commands_transaction() {
-    let servers = kafka::require_broker();
-    let harness = Harness::new(&servers, "flagd-worker", 1).await;
-    let listener = Listener::start().await;
+/// The catalog of every test here: flags `safe-*` (environment `test`) pass their gate,
+/// `risky-*` fail theirs, each gate a `gate`-long experiment probing the returned
+/// listener (or a closed port).
+async fn safe_and_risky_gates(harness: &Harness, gate: &str) -> Listener {
+    let target = Listener::start().await;
     harness.catalog_file(
         "pass.yaml",
-        &experiment_yaml("passes", "1s", &harness.marker("p"), &listener.address),
+        &experiment_yaml("passes", gate, &harness.marker("p"), &target.address),
     );
     harness.catalog_file(
         "fail.yaml",
-        &experiment_yaml("fails", "1s", &harness.marker("f"), &closed_address()),
+        &experiment_yaml("fails", gate, &harness.marker("f"), &closed_address()),
     );
     harness.catalog_file(
         "safe.yaml",
@@ -50,6 +50,14 @@ async fn the_worker_writes_what_each_command_approves_in_the_commands_transactio
         "risky.yaml",
         &pipeline_yaml("risky-gate", Some("risky-*"), &["fails"]),
     );
+    target
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_writes_what_each_command_approves_in_the_commands_transaction() {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, "flagd-worker", 1).await;
+    let _target = safe_and_risky_gates(&harness, "1s").await;
     let config = harness.config("worker", &Settings::default());
     let _worker = harness.spawn("worker", &config);
     let collector = harness.collect();
@@ -223,23 +231,7 @@ impl Loop {
     async fn start(name: &str, gate: &str) -> Loop {
         let servers = kafka::require_broker();
         let harness = Harness::new(&servers, name, 1).await;
-        let target = Listener::start().await;
-        harness.catalog_file(
-            "pass.yaml",
-            &experiment_yaml("passes", gate, &harness.marker("p"), &target.address),
-        );
-        harness.catalog_file(
-            "fail.yaml",
-            &experiment_yaml("fails", gate, &harness.marker("f"), &closed_address()),
-        );
-        harness.catalog_file(
-            "safe.yaml",
-            &pipeline_yaml("safe-gate", Some("safe-*"), &["passes"]),
-        );
-        harness.catalog_file(
-            "risky.yaml",
-            &pipeline_yaml("risky-gate", Some("risky-*"), &["fails"]),
-        );
+        let target = safe_and_risky_gates(&harness, gate).await;
         let config = harness.config("worker", &Settings::default());
         let proposed = harness.dir.path().join("proposed");
         std::fs::create_dir_all(&proposed).expect("proposed folder");

@@ -4,7 +4,7 @@
 //! Rule: the process holds no state of its own; what it has not acknowledged (a webhook
 //! answered 2xx, a command's offset committed) is delivered again after a restart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -73,32 +73,44 @@ pub fn run(command: ConnectCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn unleash(args: UnleashArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config, std::env::vars())
-        .with_context(|| "the configuration is not usable")?;
-    chaosgate::connect::unleash::section(&config)
-        .with_context(|| format!("{}", args.config.display()))?;
-    let runtime = crate::cli::runtime()?;
-    let telemetry = {
-        let _inside = runtime.enter();
-        chaosgate::telemetry::redact::install(&config.secrets());
-        chaosgate::telemetry::init(&config.telemetry).context("cannot set up telemetry")?
-    };
-    let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(crate::cli::run::stop_on_signal(shutdown.clone()));
-        chaosgate::connect::unleash::run(&config, shutdown).await
-    });
-    drop(telemetry);
-    runtime.shutdown_timeout(Duration::from_millis(500));
-    result.context("the Unleash bridges stopped")?;
-    Ok(ExitCode::SUCCESS)
+    let config = load(&args.config, |config| {
+        chaosgate::connect::unleash::section(config).map(|_| ())
+    })?;
+    serve(
+        &config,
+        "the Unleash bridges",
+        |config, shutdown| async move { chaosgate::connect::unleash::run(&config, shutdown).await },
+    )
 }
 
 fn flagd(args: FlagdArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config, std::env::vars())
-        .with_context(|| "the configuration is not usable")?;
-    chaosgate::connect::flagd::section(&config)
-        .with_context(|| format!("{}", args.config.display()))?;
+    let config = load(&args.config, |config| {
+        chaosgate::connect::flagd::section(config).map(|_| ())
+    })?;
+    serve(&config, "the flagd bridge", |config, shutdown| async move {
+        chaosgate::connect::flagd::run(&config, shutdown).await
+    })
+}
+
+/// The configuration at `path`, with its bridge's section checked by `section` (errors
+/// name the file).
+fn load<E>(path: &Path, section: impl FnOnce(&Config) -> Result<(), E>) -> anyhow::Result<Config>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let config =
+        Config::load(path, std::env::vars()).with_context(|| "the configuration is not usable")?;
+    section(&config).with_context(|| format!("{}", path.display()))?;
+    Ok(config)
+}
+
+/// Runs a bridge (`run`) with telemetry and secret masking set up, until SIGTERM/SIGINT.
+fn serve<F, Fut, E>(config: &Config, what: &'static str, run: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let runtime = crate::cli::runtime()?;
     let telemetry = {
         let _inside = runtime.enter();
@@ -108,10 +120,10 @@ fn flagd(args: FlagdArgs) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(crate::cli::run::stop_on_signal(shutdown.clone()));
-        chaosgate::connect::flagd::run(&config, shutdown).await
+        run(config.clone(), shutdown).await
     });
     drop(telemetry);
     runtime.shutdown_timeout(Duration::from_millis(500));
-    result.context("the flagd bridge stopped")?;
+    result.with_context(|| format!("{what} stopped"))?;
     Ok(ExitCode::SUCCESS)
 }

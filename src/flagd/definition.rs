@@ -248,6 +248,54 @@ pub fn canonical_text(value: &Value) -> String {
     canonical(value).to_string()
 }
 
+/// Whether flagd's providers accept `definition` as one flag; `Err` names what they would
+/// reject. Rules (flags.json's `flag` and flagd-evaluation-engine 0.1's `FeatureFlag`,
+/// which parses every flag of a payload and drops the WHOLE payload on one failure): an
+/// object; `state` `ENABLED` or `DISABLED`; `variants` a non-empty object; a string
+/// `defaultVariant` naming one of them (the schema allows null, the Rust provider does
+/// not); `metadata`, when present, an object; no `{"$ref": NAME}` in `targeting` (the
+/// served document has no `$evaluators`: definitions come self-contained).
+pub fn servable(definition: &Value) -> Result<(), String> {
+    let Some(flag) = definition.as_object() else {
+        return Err("definition is not a JSON object".into());
+    };
+    match flag.get("state").and_then(Value::as_str) {
+        Some("ENABLED" | "DISABLED") => {}
+        _ => return Err("state is not \"ENABLED\" or \"DISABLED\"".into()),
+    }
+    let Some(variants) = flag.get("variants").and_then(Value::as_object) else {
+        return Err("variants is missing or not an object".into());
+    };
+    if variants.is_empty() {
+        return Err("variants is empty".into());
+    }
+    match flag.get("defaultVariant") {
+        Some(Value::String(name)) if variants.contains_key(name) => {}
+        Some(Value::String(name)) => {
+            return Err(format!("defaultVariant {name:?} names no variant"));
+        }
+        _ => return Err("defaultVariant is missing or not a string".into()),
+    }
+    if flag.get("metadata").is_some_and(|m| !m.is_object()) {
+        return Err("metadata is not an object".into());
+    }
+    if flag.get("targeting").is_some_and(has_ref) {
+        return Err("targeting has a $ref to an evaluator (definitions must inline them)".into());
+    }
+    Ok(())
+}
+
+fn has_ref(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => {
+            (map.len() == 1 && map.get("$ref").is_some_and(Value::is_string))
+                || map.values().any(has_ref)
+        }
+        Value::Array(items) => items.iter().any(has_ref),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -216,7 +216,7 @@ impl Metrics {
         );
         metrics.registry.register(
             "chaosgate_flagd_proposals",
-            "Proposed flagd definitions handled by the flagd bridge, by outcome (produced, unchanged, invalid, failed)",
+            "Proposed flagd definitions handled by the flagd bridge, by outcome (produced, invalid, failed)",
             metrics.flagd_proposals.clone(),
         );
         metrics.registry.register(
@@ -387,8 +387,9 @@ pub fn unleash_command(outcome: &'static str) {
 }
 
 /// The flagd bridge handled one proposed flag definition with `outcome` (`produced`: a
-/// flag change is on `flag-changes`; `unchanged`: already proposed or decided; `invalid`:
-/// its file was refused; `failed`: Kafka did not take it, tried again on the next scan).
+/// flag change is on `flag-changes`; `invalid`: its file was refused; `failed`: Kafka did
+/// not take it, tried again on the next scan). Proposals already served, decided or on the
+/// topic are not counted.
 pub fn flagd_proposal(outcome: &'static str) {
     METRICS
         .flagd_proposals

@@ -9,7 +9,7 @@
 //!
 //! Rule: only a servable definition is ever held. A record that does not decode (not an
 //! approved-flag CloudEvent, a key that is not its `project/environment/flag`) or whose
-//! `definition` flagd's providers would reject ([`servable`]) is logged with its
+//! `definition` flagd's providers would reject ([`crate::flagd::definition::servable`]) is logged with its
 //! topic/partition/offset and skipped; the flag keeps its previous definition. A record
 //! with no value (a tombstone, as compaction uses) removes its key's flag.
 //!
@@ -31,6 +31,7 @@ use crate::config::FlagdConfig;
 use crate::contract::approved_flag::APPROVED_FLAG_TYPE;
 use crate::contract::flag_change::{KEY_RULE, is_key_name};
 use crate::contract::{ApprovedFlag, CloudEvent, KafkaMessage};
+use crate::flagd::definition::{canonical, servable};
 
 /// One flag set: a project and an environment.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -110,7 +111,7 @@ impl Approved {
     pub fn document(&self, set: &Selection) -> Document {
         let mut flags = Map::new();
         for (key, record) in self.sets.get(set).into_iter().flatten() {
-            flags.insert(key.clone(), sorted(&record.definition));
+            flags.insert(key.clone(), canonical(&record.definition));
         }
         let mut root = Map::new();
         root.insert("flags".into(), Value::Object(flags));
@@ -145,71 +146,6 @@ impl Approved {
                 removed
             }
         }
-    }
-}
-
-/// `value` with the keys of every object sorted (serde_json keeps insertion order here).
-fn sorted(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            Value::Object(
-                keys.into_iter()
-                    .map(|k| (k.clone(), sorted(&map[k])))
-                    .collect(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-        other => other.clone(),
-    }
-}
-
-/// Whether flagd's providers accept `definition` as one flag; `Err` names what they would
-/// reject. Rules (flags.json's `flag` and flagd-evaluation-engine 0.1's `FeatureFlag`,
-/// which parses every flag of a payload and drops the WHOLE payload on one failure): an
-/// object; `state` `ENABLED` or `DISABLED`; `variants` a non-empty object; a string
-/// `defaultVariant` naming one of them (the schema allows null, the Rust provider does
-/// not); `metadata`, when present, an object; no `{"$ref": NAME}` in `targeting` (the
-/// served document has no `$evaluators`: definitions come self-contained).
-pub fn servable(definition: &Value) -> Result<(), String> {
-    let Some(flag) = definition.as_object() else {
-        return Err("definition is not a JSON object".into());
-    };
-    match flag.get("state").and_then(Value::as_str) {
-        Some("ENABLED" | "DISABLED") => {}
-        _ => return Err("state is not \"ENABLED\" or \"DISABLED\"".into()),
-    }
-    let Some(variants) = flag.get("variants").and_then(Value::as_object) else {
-        return Err("variants is missing or not an object".into());
-    };
-    if variants.is_empty() {
-        return Err("variants is empty".into());
-    }
-    match flag.get("defaultVariant") {
-        Some(Value::String(name)) if variants.contains_key(name) => {}
-        Some(Value::String(name)) => {
-            return Err(format!("defaultVariant {name:?} names no variant"));
-        }
-        _ => return Err("defaultVariant is missing or not a string".into()),
-    }
-    if flag.get("metadata").is_some_and(|m| !m.is_object()) {
-        return Err("metadata is not an object".into());
-    }
-    if flag.get("targeting").is_some_and(has_ref) {
-        return Err("targeting has a $ref to an evaluator (definitions must inline them)".into());
-    }
-    Ok(())
-}
-
-fn has_ref(value: &Value) -> bool {
-    match value {
-        Value::Object(map) => {
-            (map.len() == 1 && map.get("$ref").is_some_and(Value::is_string))
-                || map.values().any(has_ref)
-        }
-        Value::Array(items) => items.iter().any(has_ref),
-        _ => false,
     }
 }
 

@@ -19,10 +19,10 @@
 //!   once per content of the file, and proposes nothing; its flags are not treated as
 //!   removed (the last good read of the file stands for them; after a restart with a
 //!   broken file, no flag is treated as removed until it reads again);
-//! - metric `chaosgate_flagd_proposals_total{outcome}`: `produced`, `unchanged` (already
-//!   on the topic unanswered, served or decided), `invalid` (a file refused, counted once
-//!   per content), `failed` (Kafka did not take it: tried again on the next scan, nothing
-//!   is lost since the folder still holds it).
+//! - metric `chaosgate_flagd_proposals_total{outcome}`: `produced`, `invalid` (a file
+//!   refused, counted once per content), `failed` (Kafka did not take it: tried again on
+//!   the next scan, nothing is lost since the folder still holds it); a proposal already
+//!   on the topic unanswered, served or decided is not counted.
 //!
 //! The rule that keeps it right: an id is remembered as produced only once Kafka has it
 //! ([`super::memory`]), and recalled from the topic after a restart, so a change is
@@ -264,12 +264,11 @@ impl Proposer {
         self.pending.settle(approved, &self.set);
         for (flag, to) in targets {
             let key = format!("{}/{}/{flag}", self.set.project, self.set.environment);
+            // Nothing to propose: served, decided, or already on the topic unanswered.
             let Some(proposal) = propose(&key, &to, approved.flag(&self.set, &flag)) else {
-                metrics::flagd_proposal("unchanged");
                 continue;
             };
             if self.pending.contains(&flag, &proposal.event_id) {
-                metrics::flagd_proposal("unchanged");
                 continue;
             }
             match self.produce(&flag, &proposal).await {

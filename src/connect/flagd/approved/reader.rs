@@ -195,20 +195,11 @@ impl Reader {
             .consumer
             .fetch_metadata(Some(&self.topic), REQUEST_TIMEOUT)
             .map_err(|e| format!("metadata of topic {}: {e}", self.topic))?;
-        let mut found = Vec::new();
-        for topic in metadata.topics() {
-            if let Some(err) = topic.error() {
-                tracing::debug!(topic = %self.topic, error = ?err, "approved-flags topic not readable yet");
-                continue;
-            }
-            found.extend(
-                topic
-                    .partitions()
-                    .iter()
-                    .map(|p| p.id())
-                    .filter(|id| !self.assigned.contains(id)),
-            );
-        }
+        // A topic not there yet (or not readable) has no partitions: it counts as empty.
+        let found: Vec<i32> = crate::bus::client::partitions_of(&metadata, &self.topic)
+            .into_iter()
+            .filter(|id| !self.assigned.contains(id))
+            .collect();
         let first = self.targets.is_none();
         let mut targets = BTreeMap::new();
         if !found.is_empty() {
