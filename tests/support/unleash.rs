@@ -37,7 +37,7 @@ pub const HUMAN: &str = "admin";
 /// `createdBy` of changes made with [`UnleashServer::chaosgate_token`] (the user's
 /// username: it has no email).
 pub const CHAOSGATE: &str = "chaosgate";
-/// The events Unleash's webhook integration sends to chaosgate (issue 14).
+/// The events Unleash's webhook integration sends to chaosgate (README, "Connect Unleash").
 pub const WEBHOOK_EVENTS: [&str; 5] = [
     "feature-environment-enabled",
     "feature-environment-disabled",

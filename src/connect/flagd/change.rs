@@ -1,15 +1,15 @@
 //! Which flag change a proposed definition makes, if any: the pure decision behind the
 //! proposed folder ([`super::proposed`]).
 //!
-//! The rule (issue 15, "proposed in, approved out"): `from` is the definition served now
-//! (the newest approved-flag record's `definition`, none when never approved) and `to`
-//! is the proposal. Nothing is proposed when `to` equals what is served, or equals the
-//! last proposal a command decided (the record's `proposed`: a failed gate is not asked
-//! again on every scan). The kind: `enable` when `to` is `ENABLED` and `from` is absent
-//! or `DISABLED`; `disable` when `to` is `DISABLED` and `from` is `ENABLED`, or a new flag
-//! is proposed `DISABLED`; `update` otherwise. Definitions are compared in their
-//! canonical form ([`crate::flagd::definition::canonical`]), so the order of keys in a
-//! file never makes a change.
+//! The rule: `from` is the definition served now (the newest approved-flag record's
+//! `definition`, none when never approved) and `to` is the proposal. Nothing is proposed
+//! when `to` equals what is served, or equals the last proposal a command decided (the
+//! record's `proposed`: a failed gate is not asked again on every scan). The kind:
+//! `enable` when `to` is `ENABLED` and `from` is absent or `DISABLED`; `disable` when
+//! `to` is `DISABLED` and `from` is `ENABLED`, or a new flag is proposed `DISABLED`;
+//! `update` otherwise. Definitions are compared in their canonical form
+//! ([`crate::flagd::definition::canonical`]), so the order of keys in a file never makes
+//! a change.
 //!
 //! The `event_id` is `flagd:` and a UUIDv5 of `project/environment/flag`, `from` and `to`
 //! (canonical), so a rescan or a restart derives the same id for the same change.
