@@ -10,7 +10,7 @@
 //! - out ([`approved`]): every replica reads that compacted topic to its end and follows
 //!   it, and serves the newest approved definition of each flag: flagd's gRPC sync
 //!   service ([`sync`]), `GET /flags.json` with `ETag`s ([`http`]), and an optional file
-//!   written atomically ([`file`]).
+//!   written atomically ([`mod@file`]).
 //!
 //! Rule: a definition is served only once a command approved it; a flag proposed and
 //! never approved is not served at all.
