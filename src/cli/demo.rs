@@ -125,6 +125,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         &topics.commands,
         &topics.dead_letter,
         &topics.control,
+        &topics.approved_flags,
     ] {
         cluster
             .create_topic(topic, 3, 1)
