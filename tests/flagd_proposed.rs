@@ -86,6 +86,7 @@ project = "shop"
 environment = "prod"
 proposed = "proposed"
 scan_interval = "100ms"
+removal_grace = "1s"
 sync_listen = "{sync}"
 http_listen = "{http}"
 "#,

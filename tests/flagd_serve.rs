@@ -459,12 +459,28 @@ async fn a_topic_created_later_and_partitions_added_later_are_read() {
     let servers = kafka::require_broker();
     let topic = kafka::unique_topic("flagd-serve-later");
     let dir = tempfile::tempdir().expect("temp dir");
-    // No topic yet: nothing approved, served at once.
-    let bridge = Bridge::start(&servers, &topic, dir.path()).await;
-    assert_eq!(bridge.get("", None).await.3, r#"{"flags":{}}"#);
+    // No topic yet: nothing is served (an empty configuration would turn every flag
+    // off in its readers), and the log says what is missing.
+    let mut bridge = Bridge::configure(&servers, &topic, dir.path());
+    bridge.launch();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = reqwest::get(format!("{}/flags.json", bridge.http)).await;
+    assert!(
+        refused.is_err(),
+        "served before its topic exists: {refused:?}\n{}",
+        bridge.log()
+    );
+    assert!(
+        bridge
+            .log()
+            .contains(&format!("topic {topic} does not exist")),
+        "{}",
+        bridge.log()
+    );
     kafka::create_topics(&servers, &[&topic], 1).await;
+    bridge.wait_healthy().await;
+    assert_eq!(bridge.get("", None).await.3, r#"{"flags":{}}"#);
     put(&servers, &topic, Produce::Plain, "first", enabled("one")).await;
-    // The reader looks for partitions every 10 s.
     bridge.wait_served("first", &enabled("one")).await;
 
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()

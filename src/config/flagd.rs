@@ -31,6 +31,11 @@ pub struct FlagdConfig {
     /// How often the folder is read again.
     #[serde(default = "default_scan_interval")]
     pub scan_interval: Span,
+    /// How long a flag served `ENABLED` must be gone from the folder before its removal
+    /// is proposed (as a `disable`, which is never gated): a checkout or a sync that
+    /// rewrites files, or a file moved away for a moment, does not turn flags off.
+    #[serde(default = "default_removal_grace")]
+    pub removal_grace: Span,
     /// Address of the gRPC sync service (`flagd.sync.v1.FlagSyncService`), the source
     /// flagd (`--uri grpc://HOST:PORT`) and in-process providers read. Default port 8015,
     /// the one flagd's in-process providers use.
@@ -52,6 +57,9 @@ pub struct FlagdConfig {
 fn default_scan_interval() -> Span {
     Span::from_millis(1_000)
 }
+fn default_removal_grace() -> Span {
+    Span::from_millis(30_000)
+}
 fn default_sync_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8015))
 }
@@ -69,6 +77,7 @@ mod tests {
         assert_eq!(c.sync_listen.port(), 8015);
         assert_eq!(c.http_listen.port(), 8016);
         assert_eq!(c.scan_interval, Span::from_millis(1_000));
+        assert_eq!(c.removal_grace, Span::from_millis(30_000));
         assert!(c.proposed.is_none() && c.file.is_none());
     }
 }

@@ -157,6 +157,13 @@ pub struct Bridge {
 impl Bridge {
     /// A bridge reading `topic` with its own ports, in `dir`, started and healthy.
     pub async fn start(servers: &str, topic: &str, dir: &Path) -> Bridge {
+        let mut bridge = Bridge::configure(servers, topic, dir);
+        bridge.spawn().await;
+        bridge
+    }
+
+    /// A bridge reading `topic` with its own ports and config file in `dir`, not started.
+    pub fn configure(servers: &str, topic: &str, dir: &Path) -> Bridge {
         let sync_port = free_port();
         let http_port = free_port();
         let file = dir.join("served/flags.json");
@@ -191,7 +198,7 @@ file = "served/flags.json"
             ),
         )
         .expect("config file");
-        let mut bridge = Bridge {
+        Bridge {
             child: None,
             servers: servers.to_string(),
             topic: topic.to_string(),
@@ -201,15 +208,23 @@ file = "served/flags.json"
             sync_port,
             http: format!("http://127.0.0.1:{http_port}"),
             file,
-        };
-        bridge.spawn().await;
-        bridge
+        }
     }
 
     /// Starts the process (again, same ports) and waits for `/healthz`.
     pub async fn spawn(&mut self) {
+        self.launch();
+        self.wait_healthy().await;
+    }
+
+    /// Starts the process (again, same ports) without waiting for it.
+    pub fn launch(&mut self) {
         let child = spawn_connect("flagd", &self.config, &self.dir, &self.log);
         self.child = Some(child);
+    }
+
+    /// Waits for `/healthz` (the bridge serves once it read its topic to the end).
+    pub async fn wait_healthy(&mut self) {
         let started = Instant::now();
         let client = reqwest::Client::new();
         loop {

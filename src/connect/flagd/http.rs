@@ -46,7 +46,7 @@ pub async fn serve(
     default: Selection,
     shutdown: CancellationToken,
 ) -> Result<(), FlagdError> {
-    let (listener, bound) = super::bind(listen).await?;
+    let (listener, bound) = super::bind("flagd.http_listen", listen).await?;
     tracing::info!(addr = %bound, path = PATH, default = %default, "serving the approved flagd configuration over HTTP");
     let app = Router::new()
         .route(PATH, get(flags))
@@ -56,9 +56,10 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-        .map_err(|source| FlagdError::Listen {
+        .map_err(|error| FlagdError::Listen {
+            key: "flagd.http_listen",
             addr: listen,
-            source,
+            error,
         })
 }
 

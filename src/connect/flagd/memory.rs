@@ -99,8 +99,8 @@ pub fn recall(config: &Config, set: &Selection) -> Result<Pending, String> {
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = client
-        .create()
+    let consumer: BaseConsumer<EndsQuietly> = client
+        .create_with_context(EndsQuietly)
         .map_err(|e| format!("cannot create a consumer of {topic}: {e}"))?;
     let metadata = consumer
         .fetch_metadata(Some(topic), RECALL_TIMEOUT)
@@ -161,6 +161,21 @@ pub fn recall(config: &Config, set: &Selection) -> Result<Pending, String> {
     }
     Ok(pending)
 }
+
+/// The recall's consumer context: librdkafka also reports each end of partition (which
+/// the recall asks for, to know where the topic ends) as a global error, which
+/// rust-rdkafka's default context logs at `error`; these are left out, the rest logged.
+struct EndsQuietly;
+
+impl rdkafka::ClientContext for EndsQuietly {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(target: "librdkafka", %error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndsQuietly {}
 
 #[cfg(test)]
 mod tests {

@@ -38,26 +38,31 @@ pub enum FlagdError {
     #[error("Kafka: {0}")]
     Kafka(String),
     /// An endpoint could not listen.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({key}): {error}")]
     Listen {
+        /// The configuration key of the address, e.g. `flagd.sync_listen`.
+        key: &'static str,
         /// The address.
         addr: std::net::SocketAddr,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a separate source: said once).
+        error: std::io::Error,
     },
     /// A served endpoint failed while running.
     #[error("{0}")]
     Serve(String),
 }
 
-/// Binds `listen` for one of the endpoints: the listener and the address it got (the
-/// port chosen when `listen`'s is 0), or [`FlagdError::Listen`].
+/// Binds `listen` (the value of configuration key `key`) for one of the endpoints: the
+/// listener and the address it got (the port chosen when `listen`'s is 0), or
+/// [`FlagdError::Listen`].
 async fn bind(
+    key: &'static str,
     listen: std::net::SocketAddr,
 ) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), FlagdError> {
-    let failed = |source| FlagdError::Listen {
+    let failed = |error| FlagdError::Listen {
+        key,
         addr: listen,
-        source,
+        error,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -96,11 +101,39 @@ pub fn section(config: &Config) -> Result<&FlagdConfig, FlagdError> {
 /// topic first, then serves it and, when `[flagd] proposed` is set, watches the folder.
 /// Each part ends the others when it stops for good.
 ///
-/// Errors: [`FlagdError::Config`] (the section), [`FlagdError::Kafka`],
+/// Errors: [`FlagdError::Config`] (the section, or a proposed folder that is not there
+/// at start), [`FlagdError::Kafka`],
 /// [`FlagdError::Listen`] (an address in use), [`FlagdError::Serve`].
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), FlagdError> {
     let flagd = section(config)?;
+    if let Some(folder) = &flagd.proposed {
+        // Later, a folder gone for a moment (a checkout) is logged and waited for.
+        match std::fs::metadata(folder) {
+            Ok(found) if found.is_dir() => {}
+            Ok(_) => {
+                return Err(FlagdError::Config(format!(
+                    "flagd.proposed = {}: not a folder",
+                    folder.display()
+                )));
+            }
+            Err(error) => {
+                return Err(FlagdError::Config(format!(
+                    "flagd.proposed = {}: {error}",
+                    folder.display()
+                )));
+            }
+        }
+    }
     let stop_all = shutdown.child_token();
+    // A proposing replica needs the topics (the recall reads flag-changes); with
+    // `kafka.create_topics` any replica creates them (approved-flags compacted). A
+    // serving-only replica otherwise waits for approved-flags to exist.
+    if flagd.proposed.is_some() || config.kafka.create_topics {
+        let client = crate::bus::client::client_config(&config.kafka);
+        crate::bus::startup::ensure_topics(config, &client, &shutdown)
+            .await
+            .map_err(|e| FlagdError::Kafka(e.to_string()))?;
+    }
     let approved = approved::follow(config, stop_all.clone()).await?;
     let served = approved::Selection::of(flagd);
     let guarded = |result: Result<(), FlagdError>| {

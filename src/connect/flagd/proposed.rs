@@ -11,11 +11,12 @@
 //!   `project/environment/flag`, idempotent producer with `acks=all`, `value_format =
 //!   flagd`, `from` the served definition, `to` the proposal with its `$ref`s inlined),
 //!   logged `proposed a flag change` with its `event_id`;
-//! - a flag that is served `ENABLED` and no longer in any file is proposed as a `disable`
-//!   whose `to` is the served definition with `state` `DISABLED`;
+//! - a flag that is served `ENABLED` and has been in no file for `[flagd] removal_grace`
+//!   (default 30 s, so a checkout rewriting files turns nothing off) is proposed as a
+//!   `disable` whose `to` is the served definition with `state` `DISABLED`;
 //! - a file that does not read (JSON syntax, flagd's schema, the consumers' checks of
-//!   [`crate::flagd::definition`], or a flag key already defined in an earlier file, by
-//!   name order) is logged at `error`, one line per problem (`file:line: field: problem`),
+//!   [`crate::flagd::definition`], or a flag key another file defines too: then neither
+//!   file counts) is logged at `error`, one line per problem (`file:line: field: problem`),
 //!   once per content of the file, and proposes nothing; its flags are not treated as
 //!   removed (the last good read of the file stands for them; after a restart with a
 //!   broken file, no flag is treated as removed until it reads again);
@@ -82,14 +83,14 @@ pub fn scan(folder: &Path, cache: &mut ReadCache) -> Result<Scan, String> {
         .filter(|name| !name.starts_with('.') && name.ends_with(".json"))
         .collect();
     names.sort();
-    let mut scan = Scan::default();
-    let mut owner: HashMap<String, String> = HashMap::new();
+    let mut reads = Vec::new();
+    let mut failed = BTreeMap::new();
     for name in names {
         let text = match std::fs::read_to_string(folder.join(&name)) {
             Ok(text) => text,
             Err(e) => {
                 let problem = Problem::file(name.clone(), format!("cannot read: {e}"));
-                scan.failed.insert(name, (e.to_string(), vec![problem]));
+                failed.insert(name, (e.to_string(), vec![problem]));
                 continue;
             }
         };
@@ -101,14 +102,38 @@ pub fn scan(folder: &Path, cache: &mut ReadCache) -> Result<Scan, String> {
                 read
             }
         };
+        reads.push((name, text, read));
+    }
+    // A flag two files define is ambiguous: neither file counts until one drops it.
+    let mut owners: HashMap<String, Vec<String>> = HashMap::new();
+    for (name, _, read) in &reads {
+        for flag in read.iter().flat_map(|flags| flags.keys()) {
+            owners.entry(flag.clone()).or_default().push(name.clone());
+        }
+    }
+    let mut scan = Scan {
+        failed,
+        ..Scan::default()
+    };
+    for (name, text, read) in reads {
         let read = read.and_then(|flags| {
             let twice: Vec<Problem> = flags
                 .keys()
                 .filter_map(|flag| {
-                    owner.get(flag).map(|first| {
+                    let others: Vec<&str> = owners
+                        .get(flag)
+                        .into_iter()
+                        .flatten()
+                        .filter(|other| **other != name)
+                        .map(String::as_str)
+                        .collect();
+                    (!others.is_empty()).then(|| {
                         Problem::file(
                             name.clone(),
-                            format!("flag '{flag}' is already defined in {first}"),
+                            format!(
+                                "flag '{flag}' is also defined in {}: neither file is proposed until one of them drops it",
+                                others.join(", ")
+                            ),
                         )
                     })
                 })
@@ -121,9 +146,6 @@ pub fn scan(folder: &Path, cache: &mut ReadCache) -> Result<Scan, String> {
         });
         match read {
             Ok(flags) => {
-                for flag in flags.keys() {
-                    owner.insert(flag.clone(), name.clone());
-                }
                 scan.flags
                     .extend(flags.iter().map(|(k, v)| (k.clone(), v.clone())));
                 scan.by_file.insert(name, flags);
@@ -172,6 +194,26 @@ pub fn targets(
     targets
 }
 
+/// Keeps a removal (a target for a flag no file holds) out of `targets` until the flag
+/// has been gone for `grace` (since its entry in `gone_since`, made now if new); forgets
+/// flags that came back or are no longer to remove.
+pub fn hold_removals(
+    gone_since: &mut HashMap<String, std::time::Instant>,
+    grace: Duration,
+    now: std::time::Instant,
+    scan: &Scan,
+    targets: &mut BTreeMap<String, Value>,
+) {
+    gone_since.retain(|flag, _| !scan.flags.contains_key(flag) && targets.contains_key(flag));
+    targets.retain(|flag, _| {
+        if scan.flags.contains_key(flag) {
+            return true;
+        }
+        let since = *gone_since.entry(flag.clone()).or_insert(now);
+        now.duration_since(since) >= grace
+    });
+}
+
 /// The folder side's state between scans.
 struct Proposer {
     set: Selection,
@@ -184,6 +226,11 @@ struct Proposer {
     reported: HashMap<String, String>,
     /// What each file read to, by content.
     reads: ReadCache,
+    /// `[flagd] removal_grace`.
+    removal_grace: Duration,
+    /// Flags served and gone from the folder, since when (their removal waits for
+    /// `removal_grace`).
+    gone_since: HashMap<String, std::time::Instant>,
 }
 
 /// Reads `folder` every `[flagd] scan_interval` and proposes each changed flag, until
@@ -196,11 +243,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), FlagdError> {
     let set = Selection::of(flagd);
-    // The topics exist, or are created with `kafka.create_topics`, before the recall.
-    let client = crate::bus::client::client_config(&config.kafka);
-    crate::bus::startup::ensure_topics(config, &client, &shutdown)
-        .await
-        .map_err(|e| FlagdError::Kafka(e.to_string()))?;
     let mut proposer = Proposer {
         topic: config.kafka.topics.flag_changes.clone(),
         source: format!(
@@ -214,12 +256,15 @@ pub async fn run(
         last_good: HashMap::new(),
         reported: HashMap::new(),
         reads: ReadCache::new(),
+        removal_grace: flagd.removal_grace.duration(),
+        gone_since: HashMap::new(),
         set,
     };
     let recall_config = config.clone();
     let recall_set = proposer.set.clone();
     match tokio::task::spawn_blocking(move || memory::recall(&recall_config, &recall_set)).await {
-        Ok(Ok(pending)) => {
+        Ok(Ok(mut pending)) => {
+            pending.settle(&approved.borrow(), &proposer.set);
             tracing::info!(
                 unanswered = pending.len(),
                 topic = %proposer.topic,
@@ -256,7 +301,14 @@ impl Proposer {
             }
         };
         self.report(&scan);
-        let targets = targets(&scan, &self.last_good, approved, &self.set);
+        let mut targets = targets(&scan, &self.last_good, approved, &self.set);
+        hold_removals(
+            &mut self.gone_since,
+            self.removal_grace,
+            std::time::Instant::now(),
+            &scan,
+            &mut targets,
+        );
         self.last_good
             .extend(scan.by_file.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.last_good
@@ -388,17 +440,73 @@ mod tests {
     }
 
     #[test]
-    fn a_flag_defined_twice_fails_the_later_file() {
+    fn a_flag_two_files_define_counts_in_neither() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a.json", &["x"]);
         write(dir.path(), "b.json", &["x", "y"]);
+        write(dir.path(), "c.json", &["z"]);
         let scan = scan(dir.path(), &mut ReadCache::new()).unwrap();
-        assert_eq!(scan.flags.keys().collect::<Vec<_>>(), ["x"]);
-        let (_, problems) = &scan.failed["b.json"];
+        assert_eq!(scan.flags.keys().collect::<Vec<_>>(), ["z"]);
+        let problem = |file: &str| scan.failed[file].1[0].to_string();
         assert_eq!(
-            problems[0].to_string(),
-            "b.json: flag 'x' is already defined in a.json"
+            problem("a.json"),
+            "a.json: flag 'x' is also defined in b.json: neither file is proposed until one of them drops it"
         );
+        assert_eq!(
+            problem("b.json"),
+            "b.json: flag 'x' is also defined in a.json: neither file is proposed until one of them drops it"
+        );
+    }
+
+    #[test]
+    fn a_removal_waits_for_the_grace_and_a_flag_back_in_time_is_not_removed() {
+        let grace = Duration::from_secs(30);
+        let start = std::time::Instant::now();
+        let mut gone = HashMap::new();
+        let scan = Scan::default();
+        let removal =
+            || BTreeMap::from([("gone".to_string(), serde_json::json!({"state": "DISABLED"}))]);
+        let mut targets = removal();
+        hold_removals(&mut gone, grace, start, &scan, &mut targets);
+        assert!(targets.is_empty(), "removed at once");
+        let mut targets = removal();
+        hold_removals(
+            &mut gone,
+            grace,
+            start + Duration::from_secs(29),
+            &scan,
+            &mut targets,
+        );
+        assert!(targets.is_empty(), "removed before the grace");
+        let mut targets = removal();
+        hold_removals(&mut gone, grace, start + grace, &scan, &mut targets);
+        assert_eq!(targets, removal(), "held past the grace");
+
+        // Back before the grace: the clock starts again when it goes next time.
+        let mut gone = HashMap::new();
+        let mut targets = removal();
+        hold_removals(&mut gone, grace, start, &scan, &mut targets);
+        let mut back = Scan::default();
+        back.flags
+            .insert("gone".into(), serde_json::json!({"state": "ENABLED"}));
+        let mut targets = BTreeMap::new();
+        hold_removals(
+            &mut gone,
+            grace,
+            start + Duration::from_secs(10),
+            &back,
+            &mut targets,
+        );
+        assert!(gone.is_empty());
+        let mut targets = removal();
+        hold_removals(
+            &mut gone,
+            grace,
+            start + Duration::from_secs(31),
+            &scan,
+            &mut targets,
+        );
+        assert!(targets.is_empty(), "the first absence still counted");
     }
 
     #[test]

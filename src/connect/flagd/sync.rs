@@ -56,7 +56,7 @@ pub async fn serve(
     default: Selection,
     shutdown: CancellationToken,
 ) -> Result<(), FlagdError> {
-    let (listener, bound) = super::bind(listen).await?;
+    let (listener, bound) = super::bind("flagd.sync_listen", listen).await?;
     tracing::info!(addr = %bound, default = %default, "serving flagd.sync.v1.FlagSyncService");
     let service = SyncService {
         approved,

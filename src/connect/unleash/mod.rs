@@ -37,12 +37,12 @@ pub enum UnleashError {
     #[error("Kafka: {0}")]
     Kafka(String),
     /// The webhook endpoint could not listen.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (unleash.webhook.listen): {error}")]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a separate source: said once).
+        error: std::io::Error,
     },
 }
 

@@ -146,10 +146,10 @@ pub async fn serve(
     let addr = unleash.webhook.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| UnleashError::Listen { addr, source })?;
+        .map_err(|error| UnleashError::Listen { addr, error })?;
     let bound = listener
         .local_addr()
-        .map_err(|source| UnleashError::Listen { addr, source })?;
+        .map_err(|error| UnleashError::Listen { addr, error })?;
     let app = Router::new()
         .route(PATH, post(webhook))
         .route("/healthz", get(healthz))
@@ -166,7 +166,7 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-        .map_err(|source| UnleashError::Listen { addr, source })
+        .map_err(|error| UnleashError::Listen { addr, error })
 }
 
 /// The idempotent producer of flag changes: `enable.idempotence=true`, `acks=all`, and

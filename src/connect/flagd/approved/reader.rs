@@ -37,9 +37,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// changed the configuration.
 ///
 /// Kafka errors (broker down, metadata) are logged and retried with backoff
-/// (0.1 s doubling to 5 s), never fatal. A topic that does not exist yet counts as empty
-/// and is looked up again every 10 s, as are partitions added later (read from their
-/// beginning).
+/// (0.1 s doubling to 5 s), never fatal. A topic that does not exist yet is waited for
+/// the same way (logged with what to do): nothing is served before it exists, since an
+/// empty configuration would turn every flag off in flagd and the providers. Partitions
+/// added later are found within 10 s (read from their beginning).
 ///
 /// "The end" is each partition's high watermark at start; with `read_committed` the
 /// reader cannot pass a transaction still open there, so a start waits for such a
@@ -201,6 +202,16 @@ impl Reader {
             .filter(|id| !self.assigned.contains(id))
             .collect();
         let first = self.targets.is_none();
+        if first && found.is_empty() {
+            // Serving `{"flags":{}}` now would make every flagd and provider drop every
+            // flag: a missing topic is a deployment not finished, or a typo.
+            return Err(format!(
+                "topic {} does not exist (or has no partitions): nothing is served until it \
+                 does; the worker creates it with kafka.create_topics = true, or create it \
+                 compacted (cleanup.policy=compact)",
+                self.topic
+            ));
+        }
         let mut targets = BTreeMap::new();
         if !found.is_empty() {
             let mut list = TopicPartitionList::new();
