@@ -551,6 +551,9 @@ async fn a_broker_outage_keeps_the_configuration_served_and_reading_resumes() {
         "a provider connecting during the outage"
     );
 
+    // Long enough for librdkafka to queue hundreds of error events: the reader once
+    // waited after each of them, and missed records written after the brokers were back.
+    tokio::time::sleep(Duration::from_secs(45)).await;
     broker.script("start").await;
     bridge
         .approve(Produce::Plain, "checkout", enabled("two"))

@@ -4,8 +4,10 @@
 //! and keeps applying records to the watch until shutdown.
 //!
 //! Rule: the reader never gives up on Kafka: every error is logged (with the topic, and
-//! the partition and offset of a record) and retried with backoff, so a replica keeps
-//! serving the last configuration it read while the brokers are away.
+//! the partition and offset of a record); metadata requests are retried with backoff,
+//! and polling goes on without a pause while librdkafka reconnects, so a replica keeps
+//! serving the last configuration it read while the brokers are away, and reads on as
+//! soon as they are back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -36,8 +38,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// fires first, with what was read). The watch gets a new value only when a record
 /// changed the configuration.
 ///
-/// Kafka errors (broker down, metadata) are logged and retried with backoff
-/// (0.1 s doubling to 5 s), never fatal. A topic that does not exist yet is waited for
+/// Kafka errors are never fatal: a failed metadata request is retried with backoff (0.1 s
+/// doubling to 5 s); error events (a broker down) are logged and the reader goes on
+/// polling while librdkafka reconnects. A topic that does not exist yet is waited for
 /// the same way (logged with what to do): nothing is served before it exists, since an
 /// empty configuration would turn every flag off in flagd and the providers. Partitions
 /// added later are found within 10 s (read from their beginning).
@@ -142,16 +145,12 @@ impl Reader {
                     drop(message);
                     self.read(partition, offset, &record);
                 }
-                Some(Err(err)) => {
-                    self.kafka_error(&err.to_string());
-                    // In slices, so shutdown is noticed within a poll's time.
-                    let until = Instant::now() + self.backoff();
-                    while !stop.is_cancelled() && Instant::now() < until {
-                        std::thread::sleep(
-                            POLL.min(until.saturating_duration_since(Instant::now())),
-                        );
-                    }
-                }
+                // An error event (a broker down, a transport failure): librdkafka
+                // reconnects by itself. No sleep here: the events queued during an
+                // outage are drained at once, or a long outage would leave hundreds of
+                // them, each followed by a wait, between the reader and the records
+                // written after the brokers came back.
+                Some(Err(err)) => self.kafka_error(&err.to_string()),
             }
             self.check_caught_up();
         }
