@@ -35,25 +35,46 @@ pub(crate) struct Output {
     pub(crate) message: KafkaMessage,
 }
 
-/// A run record, keyed by `run_id`. Its CloudEvent id differs per status, so the
-/// `running` and the final record of one run are two events.
-pub(crate) fn run_record(topics: &Topics, record: &RunRecord) -> Output {
+/// One of chaosgate's own records: a binary-mode CloudEvent (`source` [`SOURCE`], subject
+/// and Kafka key `key`) whose data is `data` as JSON, carrying the `send` span's trace
+/// context, bound for `topic`.
+fn own_record(
+    topic: &str,
+    id: String,
+    event_type: &str,
+    time: chrono::DateTime<Utc>,
+    key: &str,
+    data: &impl serde::Serialize,
+) -> Output {
     let event = CloudEvent {
-        id: format!("{}/{}", record.run_id, record.status.as_str()),
+        id,
         source: SOURCE.to_string(),
-        event_type: RUN_RECORD_TYPE.to_string(),
-        time: Some(record.ended_at.unwrap_or(record.started_at)),
-        subject: Some(record.run_id.clone()),
+        event_type: event_type.to_string(),
+        time: Some(time),
+        subject: Some(key.to_string()),
         extensions: Default::default(),
         data: serde_json::Value::Null,
     };
-    let data = serde_json::to_vec(record).unwrap_or_default();
-    let mut message = event.to_binary_with_data(data, Some(&record.run_id));
-    inject_send(&topics.runs, &mut message.headers);
+    let data = serde_json::to_vec(data).unwrap_or_default();
+    let mut message = event.to_binary_with_data(data, Some(key));
+    inject_send(topic, &mut message.headers);
     Output {
-        topic: topics.runs.clone(),
+        topic: topic.to_string(),
         message,
     }
+}
+
+/// A run record, keyed by `run_id`. Its CloudEvent id differs per status, so the
+/// `running` and the final record of one run are two events.
+pub(crate) fn run_record(topics: &Topics, record: &RunRecord) -> Output {
+    own_record(
+        &topics.runs,
+        format!("{}/{}", record.run_id, record.status.as_str()),
+        RUN_RECORD_TYPE,
+        record.ended_at.unwrap_or(record.started_at),
+        &record.run_id,
+        record,
+    )
 }
 
 /// A run record published as it happens, in its run's trace.
@@ -68,22 +89,14 @@ pub(crate) fn flag_command(topics: &Topics, command: &FlagCommand) -> Output {
         "{}/{}/{}",
         command.project, command.environment, command.flag
     );
-    let event = CloudEvent {
-        id: command.command_id.clone(),
-        source: SOURCE.to_string(),
-        event_type: FLAG_COMMAND_TYPE.to_string(),
-        time: Some(command.issued_at),
-        subject: Some(key.clone()),
-        extensions: Default::default(),
-        data: serde_json::Value::Null,
-    };
-    let data = serde_json::to_vec(command).unwrap_or_default();
-    let mut message = event.to_binary_with_data(data, Some(&key));
-    inject_send(&topics.commands, &mut message.headers);
-    Output {
-        topic: topics.commands.clone(),
-        message,
-    }
+    own_record(
+        &topics.commands,
+        command.command_id.clone(),
+        FLAG_COMMAND_TYPE,
+        command.issued_at,
+        &key,
+        command,
+    )
 }
 
 /// The records that answer `change`: its flag command, and, when the change's values are
@@ -100,23 +113,14 @@ pub(crate) fn answer(topics: &Topics, change: &FlagChange, command: &FlagCommand
 /// An approved flagd definition, keyed by the flag (the topic is compacted: the newest
 /// record of a key is the flag's approved definition). Its CloudEvent id is the command's.
 pub(crate) fn approved_flag(topics: &Topics, approved: &ApprovedFlag) -> Output {
-    let key = approved.flag_key();
-    let event = CloudEvent {
-        id: approved.command_id.clone(),
-        source: SOURCE.to_string(),
-        event_type: APPROVED_FLAG_TYPE.to_string(),
-        time: Some(approved.approved_at),
-        subject: Some(key.clone()),
-        extensions: Default::default(),
-        data: serde_json::Value::Null,
-    };
-    let data = serde_json::to_vec(approved).unwrap_or_default();
-    let mut message = event.to_binary_with_data(data, Some(&key));
-    inject_send(&topics.approved_flags, &mut message.headers);
-    Output {
-        topic: topics.approved_flags.clone(),
-        message,
-    }
+    own_record(
+        &topics.approved_flags,
+        approved.command_id.clone(),
+        APPROVED_FLAG_TYPE,
+        approved.approved_at,
+        &approved.flag_key(),
+        approved,
+    )
 }
 
 /// Where a consumed record came from.
