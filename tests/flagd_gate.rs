@@ -2,6 +2,8 @@
 //! approves in the command's own transaction, and `chaosgate connect flagd` serves only
 //! approved definitions to the real OpenFeature flagd provider.
 
+#[path = "support/compose.rs"]
+mod compose;
 #[path = "support/connect.rs"]
 mod connect;
 #[path = "support/flagd.rs"]
@@ -13,6 +15,7 @@ mod kafka;
 #[path = "support/worker.rs"]
 mod worker;
 
+use compose::repo;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -119,10 +122,6 @@ async fn the_worker_writes_what_each_command_approves_in_the_commands_transactio
     );
 }
 
-fn repo(path: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 #[test]
 fn the_flagd_example_config_is_a_valid_worker_and_bridge_config() {
     use chaosgate::config::Config;
@@ -158,27 +157,11 @@ fn the_flagd_example_config_is_a_valid_worker_and_bridge_config() {
 
 #[test]
 fn compose_serves_the_example_flags_gated_by_the_compose_pipeline() {
-    use chaosgate::config::Config;
-
-    let compose: serde_json::Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(repo("docker-compose.yml")).expect("read docker-compose.yml"),
-    )
-    .expect("docker-compose.yml");
+    let compose = compose::compose();
     let service = &compose["services"]["chaosgate-flagd"];
     assert_eq!(service["command"][0], "connect");
     assert_eq!(service["command"][1], "flagd");
-    let overrides: Vec<(String, String)> = service["environment"]
-        .as_object()
-        .expect("chaosgate-flagd's environment")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().expect("a string").to_string()))
-        .collect();
-    let config = Config::parse(
-        &std::fs::read_to_string(repo("deploy/container/chaosgate.toml")).expect("read"),
-        "image config",
-        overrides,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let config = compose::service_config(&compose, "chaosgate-flagd");
     let section = chaosgate::connect::flagd::section(&config).expect("a [flagd] section");
     // The proposed folder is the example folder, mounted.
     let mount = format!(

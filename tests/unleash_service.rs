@@ -3,9 +3,12 @@
 //! `createdBy`, a webhook integration that delivers at once with its secret header, an
 //! outage that keeps the flag's state; and `deploy/unleash.example.toml` is a valid config.
 
+#[path = "support/compose.rs"]
+mod compose;
 #[path = "support/unleash.rs"]
 mod unleash;
 
+use compose::repo;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -183,10 +186,6 @@ async fn a_stopped_server_is_unreachable_and_keeps_the_flag_state_when_started_a
 
 // --- The files a user starts from: the example config and docker-compose.yml ----------
 
-fn repo(path: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 #[test]
 fn the_unleash_example_config_is_a_valid_worker_and_bridge_config() {
     use chaosgate::config::Config;
@@ -226,12 +225,7 @@ fn the_unleash_example_config_is_a_valid_worker_and_bridge_config() {
 
 #[test]
 fn compose_wires_unleash_its_setup_and_the_bridges_together() {
-    use chaosgate::config::Config;
-
-    let compose: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(repo("docker-compose.yml")).expect("read docker-compose.yml"),
-    )
-    .expect("docker-compose.yml");
+    let compose = compose::compose();
     let services = &compose["services"];
     let env = |service: &str, key: &str| -> String {
         services[service]["environment"][key]
@@ -244,18 +238,7 @@ fn compose_wires_unleash_its_setup_and_the_bridges_together() {
     let connect = &services["chaosgate-connect"];
     assert_eq!(connect["command"][0], "connect");
     assert_eq!(connect["command"][1], "unleash");
-    let overrides: Vec<(String, String)> = connect["environment"]
-        .as_object()
-        .expect("chaosgate-connect's environment")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().expect("a string").to_string()))
-        .collect();
-    let config = Config::parse(
-        &std::fs::read_to_string(repo("deploy/container/chaosgate.toml")).expect("read"),
-        "image config",
-        overrides,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let config = compose::service_config(&compose, "chaosgate-connect");
     let unleash = chaosgate::connect::unleash::section(&config).expect("an [unleash] section");
     assert_eq!(
         config.kafka.bootstrap_servers,
