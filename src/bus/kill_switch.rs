@@ -35,8 +35,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::contract::control::decode_abort_request;
-use crate::contract::{AbortRequest, AbortScope};
+use crate::contract::control::{ControlRequest, decode_control_request};
+use crate::contract::{AbortRequest, AbortScope, ApprovalRequest};
 
 use super::record::from_rdkafka;
 
@@ -52,6 +52,8 @@ pub(crate) const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 pub struct KillSwitch {
     inner: Arc<Mutex<Registry>>,
     caught_up: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Counts approval requests read, so parked executions wake to look for theirs.
+    answered: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for KillSwitch {
@@ -59,6 +61,7 @@ impl Default for KillSwitch {
         KillSwitch {
             inner: Arc::default(),
             caught_up: Arc::new(tokio::sync::watch::Sender::new(false)),
+            answered: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 }
@@ -69,6 +72,15 @@ struct Registry {
     executions: HashMap<String, (CancellationToken, DateTime<Utc>)>,
     runs: HashMap<String, String>,
     aborted: Aborted,
+    answers: Answers,
+}
+
+/// Approval requests read so far, by pipeline execution id, in the order read; bounded
+/// by [`REMEMBERED`] executions.
+#[derive(Debug, Default)]
+struct Answers {
+    by_execution: HashMap<String, Vec<(ApprovalRequest, DateTime<Utc>)>>,
+    order: VecDeque<String>,
 }
 
 /// Abort requests read so far.
@@ -162,6 +174,65 @@ impl KillSwitch {
                 .runs
                 .retain(|_, execution| execution != execution_id);
         }
+    }
+
+    /// Remembers an approval request sent at `sent_at`, for the execution it names to
+    /// find with [`KillSwitch::answer_for`] (now, or after a restart or rebalance).
+    pub(crate) fn answer(&self, request: ApprovalRequest, sent_at: DateTime<Utc>) {
+        tracing::info!(
+            execution_id = %request.pipeline_execution_id,
+            decision = ?request.decision,
+            step = request.step.as_deref().unwrap_or("any"),
+            requested_by = request.requested_by.as_deref().unwrap_or("unknown"),
+            "approval request read"
+        );
+        if let Ok(mut registry) = self.inner.lock() {
+            let answers = &mut registry.answers;
+            let id = request.pipeline_execution_id.clone();
+            let known = answers.by_execution.contains_key(&id);
+            answers
+                .by_execution
+                .entry(id.clone())
+                .or_default()
+                .push((request, sent_at));
+            if !known {
+                answers.order.push_back(id);
+                if answers.order.len() > REMEMBERED
+                    && let Some(oldest) = answers.order.pop_front()
+                {
+                    answers.by_execution.remove(&oldest);
+                }
+            }
+        }
+        self.answered.send_modify(|count| *count += 1);
+    }
+
+    /// The first approval request for `execution_id` that answers a hold at `place`
+    /// (`stage-id/step-id`) begun at `since`: sent at or after `since`, naming that step
+    /// or none. Later requests, and requests sent before the hold began, never count.
+    #[allow(dead_code)] // used by the scheduler's parked executions (next commit)
+    pub(crate) fn answer_for(
+        &self,
+        execution_id: &str,
+        place: &str,
+        since: DateTime<Utc>,
+    ) -> Option<(ApprovalRequest, DateTime<Utc>)> {
+        let registry = self.inner.lock().ok()?;
+        registry
+            .answers
+            .by_execution
+            .get(execution_id)?
+            .iter()
+            .find(|(request, sent_at)| {
+                *sent_at >= since && request.step.as_deref().is_none_or(|step| step == place)
+            })
+            .cloned()
+    }
+
+    /// Changes each time an approval request is read.
+    #[allow(dead_code)] // used by the scheduler's parked executions (next commit)
+    pub(crate) fn answers(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.answered.subscribe()
     }
 
     /// Remembers `request`, sent at `sent_at`, and cancels what it matches now; returns
@@ -366,13 +437,14 @@ async fn read(
             }
         };
         let (message, sent_at, (partition, offset)) = message;
-        match decode_abort_request(&message) {
-            Ok(request) => {
+        match decode_control_request(&message) {
+            Ok(ControlRequest::Abort(request)) => {
                 let stopped = kill_switch.apply(&request, sent_at);
                 tracing::info!(scope = ?request.scope, id = ?request.id, reason = ?request.reason, stopped, "abort request");
             }
+            Ok(ControlRequest::Approval(request)) => kill_switch.answer(request, sent_at),
             Err(error) => {
-                tracing::warn!(%error, %topic, partition, offset, "ignored a control message: not an abort request chaosgate reads")
+                tracing::warn!(%error, %topic, partition, offset, "ignored a control message: not a control request chaosgate reads")
             }
         }
     }

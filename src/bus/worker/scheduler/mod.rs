@@ -362,6 +362,7 @@ impl Scheduler {
             unrouted: self.wiring.unrouted,
             updates: Some(self.records.update_sink(&pending.at())),
             start_committed: Some(start_committed),
+            resume: None,
         };
         let catalog = self.wiring.catalog.clone();
         let topics = self.wiring.topics.clone();
@@ -392,6 +393,7 @@ impl Scheduler {
                 Execution {
                     records: Vec::new(),
                     command: None,
+                    parked: None,
                 }
             };
             let mut encoded: Vec<Output> = Vec::new();
