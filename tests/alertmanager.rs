@@ -1,0 +1,754 @@
+//! `chaosgate connect alertmanager` as Prometheus Alertmanager uses it: the real binary,
+//! the real broker, the real worker, over real HTTP; bodies as Alertmanager 0.25 posts
+//! them (`tests/fixtures/alertmanager-v4.json`, captured from it) and, in one test, the
+//! real Alertmanager (`prometheus-alertmanager`, which `scripts/test.sh` installs; that
+//! test FAILS without it).
+//!
+//! Every wait has a deadline and fails with the logs, so a bug fails a test instead of
+//! hanging it.
+
+#[path = "support/connect.rs"]
+mod connect;
+#[path = "support/kafka.rs"]
+mod kafka;
+#[path = "support/worker.rs"]
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+
+use chaosgate::bus::record::from_rdkafka;
+use chaosgate::contract::{ChangeKind, CloudEvent, CommandKind, FlagChange, ReasonCode};
+
+use worker::{Harness, Settings, closed_address, experiment_yaml, pipeline_yaml};
+
+/// Upper bound for anything a test waits for: generous, so only a bug reaches it.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// The token every receiver here is configured with.
+const TOKEN: &str = "am-s3cr3t-token";
+
+/// The flag the rule of every test turns off. The captured alert's labels and its
+/// `chaosgate_flags` annotation name `shop/production/checkout-v2`: flags come from the
+/// configuration, never from the alert.
+const FLAG: &str = "test/test/checkout-v2";
+
+/// The captured notification (Alertmanager 0.25.0, one firing `CheckoutErrors` alert).
+fn captured() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alertmanager-v4.json");
+    let text = std::fs::read_to_string(&path).expect("the captured notification");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+/// The `[alertmanager]` section of every test: listen on `listen`, the token from
+/// `token_file` (when given), one rule for page-severity `CheckoutErrors` turning
+/// [`FLAG`] off.
+fn alertmanager_section(listen: &str, token_file: Option<&Path>) -> String {
+    let token = token_file.map_or(String::new(), |file| {
+        format!("token_file = \"{}\"\n", file.display())
+    });
+    format!(
+        r#"
+[alertmanager]
+listen = "{listen}"
+{token}project = "test"
+environment = "test"
+
+[[alertmanager.rules]]
+match = {{ alertname = "CheckoutErrors", severity = "page" }}
+flags = ["test/checkout-v2"]
+"#
+    )
+}
+
+/// A running `chaosgate connect alertmanager`, killed when dropped.
+struct Receiver {
+    child: Child,
+    log: PathBuf,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Receiver {
+    /// Starts the binary on `config` (in `dir`, its log `alertmanager-receiver-N.log`
+    /// there) and waits for `GET /healthz` on `listen`.
+    async fn start(config: &Path, dir: &Path, listen: &str) -> Receiver {
+        let mut n = 1;
+        let log = loop {
+            let path = dir.join(format!("alertmanager-receiver-{n}.log"));
+            if !path.exists() {
+                break path;
+            }
+            n += 1;
+        };
+        let child = connect::spawn_connect("alertmanager", config, dir, &log);
+        let mut receiver = Receiver {
+            child,
+            log,
+            url: format!("http://{listen}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
+        };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(Some(status)) = receiver.child.try_wait() {
+                panic!("the receiver exited ({status}):\n{}", receiver.log_text());
+            }
+            if let Ok(response) = receiver
+                .http
+                .get(format!("{}/healthz", receiver.url))
+                .send()
+                .await
+            {
+                assert_eq!(response.status(), 200, "{}", receiver.log_text());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the receiver does not answer /healthz:\n{}",
+                receiver.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        receiver
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Posts `body` to the webhook with `authorization` (none when `None`): the status
+    /// and the JSON answer.
+    async fn post_raw(&self, authorization: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/alertmanager/webhook", self.url))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.expect("POST /alertmanager/webhook");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("answer body");
+        let answer = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "the answer {text:?} is not JSON ({e}):\n{}",
+                self.log_text()
+            )
+        });
+        (status, answer)
+    }
+
+    /// Posts `notification` as Alertmanager does, with the token as a Bearer token.
+    async fn post(&self, notification: &Value) -> (u16, Value) {
+        self.post_raw(
+            Some(&format!("Bearer {TOKEN}")),
+            notification.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// The value of `chaosgate_alertmanager_alerts_total{outcome}` (0 when absent).
+    async fn outcome_count(&self, outcome: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let prefix = format!("chaosgate_alertmanager_alerts_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every flag change on `topic` now (all partitions, `read_committed`, up to the end as
+/// it stands), with its Kafka key.
+fn flag_changes(servers: &str, topic: &str) -> Vec<(String, FlagChange)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", kafka::unique_topic("alertmanager-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut assignment = TopicPartitionList::new();
+    let mut left = 0;
+    for partition in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        if high > low {
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                .expect("assignment");
+            left += high - low;
+        }
+    }
+    let mut changes = Vec::new();
+    if left == 0 {
+        return changes;
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + PATIENCE;
+    while left > 0 {
+        assert!(Instant::now() < deadline, "cannot read {topic} to its end");
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message.expect("a record");
+        left -= 1;
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        let event = CloudEvent::decode(&from_rdkafka(&message)).expect("a CloudEvent");
+        changes.push((
+            key,
+            serde_json::from_value(event.data).expect("a flag change"),
+        ));
+    }
+    changes
+}
+
+/// The worker with a pipeline that gates `checkout-*` in environment `test` (with an
+/// experiment that would fail), so a `disable` that were gated would show a run.
+async fn worker_world(name: &str) -> (Harness, worker::Worker, worker::Collector) {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, name, 1).await;
+    harness.catalog_file(
+        "fails.yaml",
+        &experiment_yaml("fails", "1s", &harness.marker("f"), &closed_address()),
+    );
+    harness.catalog_file(
+        "gate.yaml",
+        &pipeline_yaml("checkout-gate", Some("checkout-*"), &["fails"]),
+    );
+    let config = harness.config("worker", &Settings::default());
+    let worker = harness.spawn("worker", &config);
+    let collector = harness.collect();
+    (harness, worker, collector)
+}
+
+/// The worker's config with an `[alertmanager]` section on `listen` and the token in a
+/// file: the receiver's config.
+fn receiver_config(harness: &Harness, listen: &str) -> (PathBuf, PathBuf) {
+    let token_file = harness.dir.path().join("alertmanager-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let worker_config = harness.config("receiver", &Settings::default());
+    let mut text = std::fs::read_to_string(&worker_config).expect("config");
+    text.push_str(&alertmanager_section(listen, Some(&token_file)));
+    let config = harness.dir.path().join("alertmanager.toml");
+    std::fs::write(&config, text).expect("receiver config");
+    (config, token_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_alertmanager_alert_turns_the_flag_off_once() {
+    let (harness, _worker, collector) = worker_world("am-captured").await;
+    let listen = closed_address();
+    let (config, _) = receiver_config(&harness, &listen);
+    let receiver = Receiver::start(&config, harness.dir.path(), &listen).await;
+
+    let (status, answer) = receiver.post(&captured()).await;
+    assert_eq!(status, 200, "{answer}\n{}", receiver.log_text());
+    assert_eq!(answer["outcome"], "produced", "{answer}");
+    let change = &answer["alerts"][0]["changes"][0];
+    assert_eq!(change["flag"], FLAG, "{answer}");
+    let event_id = change["event_id"].as_str().expect("event_id").to_string();
+
+    let outputs = harness
+        .wait_for(&collector, "the disable command", PATIENCE, |o| {
+            !o.commands_for(&event_id).is_empty()
+        })
+        .await;
+    let command = outputs.commands_for(&event_id)[0].clone();
+    assert_eq!(command.command, CommandKind::Disable);
+    assert_eq!(
+        (
+            command.project.as_str(),
+            command.environment.as_str(),
+            command.flag.as_str()
+        ),
+        ("test", "test", "checkout-v2")
+    );
+    assert_eq!(
+        command.reason_code,
+        ReasonCode::Requested,
+        "passed on at once"
+    );
+    assert_eq!(command.pipeline_id, None, "no pipeline decided it");
+    assert!(
+        outputs.runs_for(&event_id).is_empty(),
+        "a requested disable runs no experiment: {}",
+        outputs.describe()
+    );
+    let on_topic = flag_changes(&harness.servers, &harness.topics.flag_changes);
+    assert_eq!(on_topic.len(), 1, "{on_topic:#?}");
+    let (key, produced) = &on_topic[0];
+    assert_eq!(key, FLAG);
+    assert_eq!(produced.event_id, event_id);
+    assert_eq!(produced.change.kind, ChangeKind::Disable);
+    assert_eq!(
+        produced.actor.as_deref(),
+        Some("alertmanager:chaosgate/CheckoutErrors")
+    );
+
+    // The same notification again (Alertmanager's retry or repeat): nothing new.
+    let (status, answer) = receiver.post(&captured()).await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (200, &json!("duplicate")),
+        "{answer}"
+    );
+    assert_eq!(receiver.outcome_count("produced").await, 1);
+    assert_eq!(receiver.outcome_count("duplicate").await, 1);
+
+    // After a restart the receiver has forgotten it: produced again, with the same event
+    // id, which the worker answers with the same command id.
+    drop(receiver);
+    let receiver = Receiver::start(&config, harness.dir.path(), &listen).await;
+    let (status, answer) = receiver.post(&captured()).await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (200, &json!("produced")),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["alerts"][0]["changes"][0]["event_id"],
+        event_id.as_str()
+    );
+    let outputs = harness
+        .wait_for(&collector, "the second answer", PATIENCE, |o| {
+            o.commands_for(&event_id).len() >= 2
+        })
+        .await;
+    let on_topic = flag_changes(&harness.servers, &harness.topics.flag_changes);
+    assert_eq!(on_topic.len(), 2, "{on_topic:#?}");
+    assert!(
+        on_topic.iter().all(|(_, c)| c.event_id == event_id),
+        "one distinct event id: {on_topic:#?}"
+    );
+    let commands = outputs.commands_for(&event_id);
+    assert!(
+        commands.iter().all(|c| c.command_id == command.command_id),
+        "one distinct command id: {}",
+        outputs.describe()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_resolved_and_unmatched_alerts_produce_nothing() {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, "am-refusals", 1).await;
+    let listen = closed_address();
+    let (config, _) = receiver_config(&harness, &listen);
+    let receiver = Receiver::start(&config, harness.dir.path(), &listen).await;
+    let body = captured().to_string().into_bytes();
+
+    for (authorization, what) in [
+        (None, "no Authorization"),
+        (Some("Bearer wrong-token".to_string()), "a wrong token"),
+        (Some(TOKEN.to_string()), "the token without a scheme"),
+        (
+            Some(basic("alertmanager", "wrong-token")),
+            "a wrong password",
+        ),
+    ] {
+        let (status, answer) = receiver
+            .post_raw(authorization.as_deref(), body.clone())
+            .await;
+        assert_eq!(status, 401, "{what}: {answer}");
+        assert_eq!(answer["outcome"], "unauthorized", "{what}: {answer}");
+    }
+
+    let mut resolved = captured();
+    resolved["status"] = json!("resolved");
+    resolved["alerts"][0]["status"] = json!("resolved");
+    resolved["alerts"][0]["endsAt"] = json!("2026-11-30T12:40:19.107181749Z");
+    let (status, answer) = receiver.post(&resolved).await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (200, &json!("ignored")),
+        "{answer}"
+    );
+    assert_eq!(answer["alerts"][0]["outcome"], "resolved", "{answer}");
+
+    let mut unmatched = captured();
+    unmatched["alerts"][0]["labels"]["severity"] = json!("warning");
+    let (status, answer) = receiver.post(&unmatched).await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (200, &json!("ignored")),
+        "{answer}"
+    );
+    assert_eq!(answer["alerts"][0]["outcome"], "unmatched", "{answer}");
+
+    let mut malformed = captured();
+    malformed["alerts"][0]
+        .as_object_mut()
+        .expect("an alert")
+        .remove("fingerprint");
+    let (status, answer) = receiver.post(&malformed).await;
+    assert_eq!(status, 400, "{answer}");
+    let error = answer["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("alerts[0]") && error.contains("fingerprint"),
+        "{error}"
+    );
+    let mut bad_time = captured();
+    bad_time["alerts"][0]["startsAt"] = json!("half past twelve");
+    let (status, answer) = receiver.post(&bad_time).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("alerts[0].startsAt:")),
+        "{answer}"
+    );
+    let (status, answer) = receiver
+        .post_raw(Some(&format!("Bearer {TOKEN}")), b"[1, 2".to_vec())
+        .await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (400, &json!("rejected")),
+        "{answer}"
+    );
+
+    assert!(
+        flag_changes(&harness.servers, &harness.topics.flag_changes).is_empty(),
+        "nothing produced:\n{}",
+        receiver.log_text()
+    );
+    // Basic auth with the token as password works, and its change is the only one.
+    let (status, answer) = receiver
+        .post_raw(Some(&basic("alertmanager", TOKEN)), body)
+        .await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (200, &json!("produced")),
+        "{answer}"
+    );
+    let on_topic = flag_changes(&harness.servers, &harness.topics.flag_changes);
+    assert_eq!(on_topic.len(), 1, "{on_topic:#?}");
+    for (outcome, count) in [
+        ("unauthorized", 4),
+        ("resolved", 1),
+        ("unmatched", 1),
+        ("rejected", 3),
+        ("produced", 1),
+    ] {
+        assert_eq!(receiver.outcome_count(outcome).await, count, "{outcome}");
+    }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {credentials}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_unavailable_is_a_503_so_alertmanager_retries() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = closed_address();
+    let config = dir.path().join("alertmanager.toml");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token file");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[kafka]
+bootstrap_servers = "{closed}"
+
+[kafka.properties]
+"message.timeout.ms" = "1500"
+
+[catalog]
+path = "catalog"
+
+[telemetry]
+log_format = "text"
+{section}"#,
+            closed = closed_address(),
+            section = alertmanager_section(&listen, Some(&token_file)),
+        ),
+    )
+    .expect("config");
+    let receiver = Receiver::start(&config, dir.path(), &listen).await;
+    let (status, answer) = receiver.post(&captured()).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["outcome"], "failed", "{answer}");
+    assert_eq!(answer["alerts"][0]["changes"][0]["outcome"], "failed");
+    // Not remembered as produced: the retry tries again (and fails again here).
+    let (status, answer) = receiver.post(&captured()).await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (503, &json!("failed")),
+        "{answer}"
+    );
+}
+
+#[test]
+fn the_receiver_refuses_to_start_without_a_token_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("alertmanager.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\n\n[catalog]\npath = \"catalog\"\n{}",
+            kafka::bootstrap(),
+            alertmanager_section(&closed_address(), None)
+        ),
+    )
+    .expect("config");
+    let log = dir.path().join("receiver.log");
+    let mut child = connect::spawn_connect("alertmanager", &config, dir.path(), &log);
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the receiver started without a token");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("alertmanager.token_file") && text.contains("CHAOSGATE_ALERTMANAGER__TOKEN"),
+        "{text}"
+    );
+}
+
+/// A real Prometheus Alertmanager of one test: its own config, data folder and port, no
+/// gossip cluster; killed when dropped.
+struct Alertmanager {
+    child: Child,
+    log: PathBuf,
+    url: String,
+}
+
+/// The Alertmanager binary: `ALERTMANAGER_BIN`, else `prometheus-alertmanager` (the
+/// Debian package's name) or `alertmanager` on `PATH`. Panics when there is none.
+fn alertmanager_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ALERTMANAGER_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    for name in ["prometheus-alertmanager", "alertmanager"] {
+        if let Some(path) = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|candidate| candidate.is_file())
+        }) {
+            return path;
+        }
+    }
+    panic!(
+        "no Prometheus Alertmanager: install it (apt-get install prometheus-alertmanager; \
+         scripts/test.sh does) or set ALERTMANAGER_BIN"
+    );
+}
+
+impl Alertmanager {
+    /// Starts Alertmanager in `dir` routing every alert, grouped by `alertname`, to a
+    /// webhook at `webhook_url` with the token in `token_file`; waits until it is ready.
+    async fn start(dir: &Path, webhook_url: &str, token_file: &Path) -> Alertmanager {
+        let config = dir.join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"route:
+  receiver: chaosgate
+  group_by: ['alertname']
+  group_wait: 1s
+  group_interval: 2s
+  repeat_interval: 1h
+receivers:
+  - name: chaosgate
+    webhook_configs:
+      - url: {webhook_url}
+        send_resolved: true
+        http_config:
+          authorization:
+            type: Bearer
+            credentials_file: {token}
+"#,
+                token = token_file.display()
+            ),
+        )
+        .expect("alertmanager.yml");
+        let listen = closed_address();
+        let log = dir.join("alertmanager.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(alertmanager_binary())
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address={listen}"))
+            .arg("--cluster.listen-address=")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn Alertmanager");
+        let mut alertmanager = Alertmanager {
+            child,
+            log,
+            url: format!("http://{listen}"),
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(Some(status)) = alertmanager.child.try_wait() {
+                panic!(
+                    "Alertmanager exited ({status}):\n{}",
+                    alertmanager.log_text()
+                );
+            }
+            if let Ok(response) = http
+                .get(format!("{}/-/ready", alertmanager.url))
+                .send()
+                .await
+                && response.status() == 200
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Alertmanager is not ready:\n{}",
+                alertmanager.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        alertmanager
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Pushes `alerts` as Prometheus does (`POST /api/v2/alerts`).
+    async fn push(&self, alerts: &Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/v2/alerts", self.url))
+            .json(alerts)
+            .send()
+            .await
+            .expect("POST /api/v2/alerts");
+        assert_eq!(
+            response.status(),
+            200,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alertmanager_alert_turns_the_flag_off() {
+    let (harness, _worker, collector) = worker_world("am-real").await;
+    let listen = closed_address();
+    let (config, token_file) = receiver_config(&harness, &listen);
+    let receiver = Receiver::start(&config, harness.dir.path(), &listen).await;
+    let alertmanager = Alertmanager::start(
+        harness.dir.path(),
+        &format!("{}/alertmanager/webhook", receiver.url),
+        &token_file,
+    )
+    .await;
+    let started = chrono::Utc::now();
+    let alert = |ends_at: Option<chrono::DateTime<chrono::Utc>>| {
+        let mut alert = json!({
+            "labels": {"alertname": "CheckoutErrors", "severity": "page", "service": "checkout"},
+            "annotations": {"summary": "checkout error rate 7%"},
+            "startsAt": started.to_rfc3339(),
+            "generatorURL": "http://prometheus.test/graph",
+        });
+        if let Some(at) = ends_at {
+            alert["endsAt"] = json!(at.to_rfc3339());
+        }
+        json!([alert])
+    };
+    alertmanager.push(&alert(None)).await;
+
+    let outputs = harness
+        .wait_for(&collector, "a disable command", PATIENCE, |o| {
+            !o.commands.is_empty()
+        })
+        .await;
+    let command = &outputs.commands[0].value;
+    assert_eq!(
+        command.command,
+        CommandKind::Disable,
+        "{}",
+        outputs.describe()
+    );
+    assert_eq!(
+        format!(
+            "{}/{}/{}",
+            command.project, command.environment, command.flag
+        ),
+        FLAG
+    );
+    assert_eq!(command.reason_code, ReasonCode::Requested);
+    let on_topic = flag_changes(&harness.servers, &harness.topics.flag_changes);
+    assert_eq!(on_topic.len(), 1, "{on_topic:#?}");
+    assert_eq!(on_topic[0].1.event_id, command.causation_event_id);
+    assert_eq!(
+        on_topic[0].1.actor.as_deref(),
+        Some("alertmanager:chaosgate/CheckoutErrors")
+    );
+
+    // Resolved: Alertmanager tells the receiver, which turns nothing back on.
+    alertmanager.push(&alert(Some(chrono::Utc::now()))).await;
+    let deadline = Instant::now() + PATIENCE;
+    while receiver.outcome_count("resolved").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "Alertmanager did not send the resolved alert:\n{}\n{}",
+            alertmanager.log_text(),
+            receiver.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        flag_changes(&harness.servers, &harness.topics.flag_changes).len(),
+        1,
+        "a resolved alert produces nothing"
+    );
+    assert!(
+        !alertmanager.log_text().contains("Notify for alerts failed"),
+        "{}",
+        alertmanager.log_text()
+    );
+}
