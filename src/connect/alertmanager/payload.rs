@@ -74,6 +74,22 @@ impl Alert {
 /// Errors name the field and what is wrong, e.g. `alerts[0].startsAt: premature end of
 /// input` or `alerts[1]: missing field `fingerprint``.
 pub fn parse(body: &[u8]) -> Result<Notification, String> {
+    // serde reads a struct from an array too (field by position), which would report a
+    // JSON array, e.g. Prometheus's own alert list posted here, as a wrong `[0]`.
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(b'[') => {
+            return Err(
+                "the body is a JSON array, not an Alertmanager webhook notification (an object with \"alerts\"): is something other than Alertmanager's webhook posting here?"
+                    .into(),
+            );
+        }
+        _ => {
+            return Err(
+                "the body is not a JSON object (an Alertmanager webhook notification)".into(),
+            );
+        }
+    }
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
@@ -142,6 +158,10 @@ mod tests {
         let err = parse(br#"{"receiver":"x"}"#).unwrap_err();
         assert!(err.contains("alerts"), "{err}");
         let err = parse(b"not json").unwrap_err();
+        assert!(err.contains("not a JSON object"), "{err}");
+        let err = parse(b" [1, 2").unwrap_err();
+        assert!(err.contains("a JSON array"), "{err}");
+        let err = parse(b"{\"alerts\": [").unwrap_err();
         assert!(
             err.contains("not an Alertmanager webhook notification"),
             "{err}"
