@@ -162,9 +162,6 @@ mod tests {
         let err = parse(b" [1, 2").unwrap_err();
         assert!(err.contains("a JSON array"), "{err}");
         let err = parse(b"{\"alerts\": [").unwrap_err();
-        assert!(
-            err.contains("not an Alertmanager webhook notification"),
-            "{err}"
-        );
+        assert!(err.starts_with("alerts: EOF"), "{err}");
     }
 }
