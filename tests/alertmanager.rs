@@ -47,7 +47,8 @@ fn captured() -> Value {
 
 /// The `[alertmanager]` section of every test: listen on `listen`, the token from
 /// `token_file` (when given), one rule for page-severity `CheckoutErrors` turning
-/// [`FLAG`] off.
+/// [`FLAG`] off, one for any warning turning off the `search-*` flag its `flag` label
+/// names.
 fn alertmanager_section(listen: &str, token_file: Option<&Path>) -> String {
     let token = token_file.map_or(String::new(), |file| {
         format!("token_file = \"{}\"\n", file.display())
@@ -62,6 +63,11 @@ environment = "test"
 [[alertmanager.rules]]
 match = {{ alertname = "CheckoutErrors", severity = "page" }}
 flags = ["test/checkout-v2"]
+
+[[alertmanager.rules]]
+match = {{ severity = "warning" }}
+flags_from_label = "flag"
+allowed = ["test/test/search-*"]
 "#
     )
 }
@@ -394,7 +400,7 @@ async fn refused_resolved_and_unmatched_alerts_produce_nothing() {
     assert_eq!(answer["alerts"][0]["outcome"], "resolved", "{answer}");
 
     let mut unmatched = captured();
-    unmatched["alerts"][0]["labels"]["severity"] = json!("warning");
+    unmatched["alerts"][0]["labels"]["severity"] = json!("info");
     let (status, answer) = receiver.post(&unmatched).await;
     assert_eq!(
         (status, &answer["outcome"]),
@@ -402,6 +408,15 @@ async fn refused_resolved_and_unmatched_alerts_produce_nothing() {
         "{answer}"
     );
     assert_eq!(answer["alerts"][0]["outcome"], "unmatched", "{answer}");
+
+    // A warning's `flag` label names checkout-v2, which its rule does not allow.
+    let (status, answer) = receiver.post(&warning("checkout-v2")).await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (200, &json!("ignored")),
+        "{answer}"
+    );
+    assert_eq!(answer["alerts"][0]["outcome"], "not_allowed", "{answer}");
 
     let mut malformed = captured();
     malformed["alerts"][0]
@@ -439,26 +454,47 @@ async fn refused_resolved_and_unmatched_alerts_produce_nothing() {
         "nothing produced:\n{}",
         receiver.log_text()
     );
-    // Basic auth with the token as password works, and its change is the only one.
+    // Basic auth with the token as password works. A notification of the captured alert
+    // and of a warning naming an allowed flag: their two changes are the only ones.
+    let mut both = captured();
+    let search = warning("search-v2")["alerts"][0].clone();
+    both["alerts"].as_array_mut().expect("alerts").push(search);
     let (status, answer) = receiver
-        .post_raw(Some(&basic("alertmanager", TOKEN)), body)
+        .post_raw(
+            Some(&basic("alertmanager", TOKEN)),
+            both.to_string().into_bytes(),
+        )
         .await;
     assert_eq!(
         (status, &answer["outcome"]),
         (200, &json!("produced")),
         "{answer}"
     );
-    let on_topic = flag_changes(&harness.servers, &harness.topics.flag_changes);
-    assert_eq!(on_topic.len(), 1, "{on_topic:#?}");
+    let mut keys: Vec<String> = flag_changes(&harness.servers, &harness.topics.flag_changes)
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, [FLAG, "test/test/search-v2"]);
     for (outcome, count) in [
         ("unauthorized", 4),
         ("resolved", 1),
         ("unmatched", 1),
+        ("not_allowed", 1),
         ("rejected", 3),
-        ("produced", 1),
+        ("produced", 2),
     ] {
         assert_eq!(receiver.outcome_count(outcome).await, count, "{outcome}");
     }
+}
+
+/// A notification of one firing `SlowSearch` warning whose `flag` label is `flag`.
+fn warning(flag: &str) -> Value {
+    let mut notification = captured();
+    let alert = &mut notification["alerts"][0];
+    alert["labels"] = json!({"alertname": "SlowSearch", "severity": "warning", "flag": flag});
+    alert["fingerprint"] = json!("5e4c9d0b7a6f1e23");
+    notification
 }
 
 fn basic(user: &str, password: &str) -> String {

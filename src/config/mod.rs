@@ -23,7 +23,9 @@ pub use crate::telemetry::{LogFormat, TelemetryConfig};
 mod alertmanager;
 mod flagd;
 mod unleash;
-pub use alertmanager::{AlertRule, AlertmanagerConfig, FlagRef, Rule as AlertmanagerRule};
+pub use alertmanager::{
+    AlertRule, AlertmanagerConfig, FlagRef, LabelFlag, Rule as AlertmanagerRule,
+};
 pub use flagd::FlagdConfig;
 pub use unleash::{UnleashCommandsConfig, UnleashConfig, UnleashWebhookConfig};
 

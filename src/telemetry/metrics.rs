@@ -214,7 +214,7 @@ impl Metrics {
         );
         metrics.registry.register(
             "chaosgate_alertmanager_alerts",
-            "Alerts the Alertmanager webhook received, by outcome (produced, duplicate, resolved, unmatched, failed; unauthorized and rejected count refused requests)",
+            "Alerts the Alertmanager webhook received, by outcome (produced, duplicate, resolved, unmatched, not_allowed, failed; unauthorized and rejected count refused requests)",
             metrics.alertmanager_alerts.clone(),
         );
         metrics.registry.register(
@@ -384,7 +384,8 @@ pub fn unleash_webhook(outcome: &'static str) {
 
 /// The Alertmanager webhook handled one alert with `outcome` (`produced`: its `disable`
 /// flag changes are in Kafka; `duplicate`: they were already; `resolved`, `unmatched`:
-/// nothing to do; `failed`: Kafka did not take one), or refused one request
+/// nothing to do; `not_allowed`: its rule takes the flag from a label, which names none
+/// the rule allows; `failed`: Kafka did not take one), or refused one request
 /// (`unauthorized`, `rejected`), its alerts unread.
 pub fn alertmanager_alert(outcome: &'static str) {
     METRICS

@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | 200 | `produced` | Kafka has every flag change the notification asks for (`acks=all`, idempotent producer); `changes` lists each with its partition and offset |
 //! | 200 | `duplicate` | every one was produced already (Alertmanager repeats a notification) |
-//! | 200 | `ignored` | no firing alert a rule matches (resolved or unmatched alerts only) |
+//! | 200 | `ignored` | no firing alert turns a flag off (resolved or unmatched alerts, or a label naming a flag the rule does not allow) |
 //! | 400 | `rejected` | the body is not a notification; `error` names the field |
 //! | 401 | `unauthorized` | `Authorization` missing or not the token |
 //! | 413 | `rejected` | the body is over [`MAX_BODY_BYTES`] |
@@ -208,8 +208,22 @@ async fn webhook(
                 verdicts.push("unmatched");
             }
             Verdict::Disable(rule) => {
+                let (flags, refused) = mapping::flags(alert, rule);
+                if let Some(why) = refused {
+                    tracing::warn!(
+                        alertname = alert.name(),
+                        fingerprint = %alert.fingerprint,
+                        rule = rule.index,
+                        reason = %why,
+                        "the flag an alert's label names is not turned off"
+                    );
+                }
+                if flags.is_empty() {
+                    verdicts.push("not_allowed");
+                    continue;
+                }
                 verdicts.push("disable");
-                for flag in &rule.flags {
+                for flag in &flags {
                     let change = mapping::flag_change(&notification.receiver, alert, flag);
                     planned.entry(change.event_id.clone()).or_insert(Planned {
                         change,

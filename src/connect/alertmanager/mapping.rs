@@ -3,7 +3,8 @@
 //!
 //! The rules that keep it right:
 //! - the first rule whose labels the alert carries (all of them, equal) decides; the
-//!   flags come from that rule, never from the alert;
+//!   flags come from that rule, or from a label of the alert the rule names, and then
+//!   only within the rule's `allowed` globs ([`flags`]);
 //! - only an alert whose own `status` is `firing` acts; a resolved one does nothing
 //!   (turning the flag on again is a person's decision, gated like any `enable`);
 //! - the flag change's `event_id` is a function of the alert's `fingerprint`, its
@@ -23,7 +24,7 @@ use crate::contract::{Change, ChangeKind, FlagChange};
 pub const SOURCE: &str = "/chaosgate/connect/alertmanager";
 
 /// What one alert of a notification comes to.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Verdict<'a> {
     /// A firing alert `rule` matches: turn its flags off.
     Disable(&'a AlertmanagerRule),
@@ -46,6 +47,25 @@ pub fn verdict<'a>(alert: &Alert, rules: &'a [AlertmanagerRule]) -> Verdict<'a> 
                 .all(|(name, value)| alert.labels.get(name) == Some(value))
         })
         .map_or(Verdict::Unmatched, Verdict::Disable)
+}
+
+/// The flags firing `alert` turns off under `rule`: the rule's `flags`, then the flag
+/// its `flags_from_label` label names, when the rule allows it; and why the label's flag
+/// is not among them, when the rule has `flags_from_label` and it is not.
+pub fn flags(alert: &Alert, rule: &AlertmanagerRule) -> (Vec<FlagRef>, Option<String>) {
+    let mut flags = rule.flags.clone();
+    let Some(from_label) = &rule.from_label else {
+        return (flags, None);
+    };
+    match from_label.flag(&alert.labels) {
+        Ok(flag) => {
+            if !flags.contains(&flag) {
+                flags.push(flag);
+            }
+            (flags, None)
+        }
+        Err(why) => (flags, Some(why)),
+    }
 }
 
 /// `alertmanager:` + UUIDv5 (in a namespace of chaosgate's Alertmanager receiver) of the
@@ -143,6 +163,14 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             flags: flags.iter().map(|f| flag(f)).collect(),
+            from_label: None,
+        }
+    }
+
+    fn decided_by(verdict: Verdict<'_>) -> Option<usize> {
+        match verdict {
+            Verdict::Disable(rule) => Some(rule.index),
+            _ => None,
         }
     }
 
@@ -161,17 +189,64 @@ mod tests {
             AlertStatus::Firing,
             &[("alertname", "CheckoutErrors"), ("severity", "page")],
         );
-        assert_eq!(verdict(&page, &rules), Verdict::Disable(&rules[0]));
+        assert_eq!(decided_by(verdict(&page, &rules)), Some(0));
         let warn = alert(
             AlertStatus::Firing,
             &[("alertname", "CheckoutErrors"), ("severity", "warning")],
         );
-        assert_eq!(verdict(&warn, &rules), Verdict::Disable(&rules[1]));
+        assert_eq!(decided_by(verdict(&warn, &rules)), Some(1));
         let other = alert(AlertStatus::Firing, &[("alertname", "Other")]);
-        assert_eq!(verdict(&other, &rules), Verdict::Disable(&rules[2]));
-        assert_eq!(verdict(&other, &rules[..2]), Verdict::Unmatched);
+        assert_eq!(decided_by(verdict(&other, &rules)), Some(2));
+        assert!(matches!(verdict(&other, &rules[..2]), Verdict::Unmatched));
         let resolved = alert(AlertStatus::Resolved, &[("alertname", "CheckoutErrors")]);
-        assert_eq!(verdict(&resolved, &rules), Verdict::Resolved);
+        assert!(matches!(verdict(&resolved, &rules), Verdict::Resolved));
+    }
+
+    #[test]
+    fn a_label_names_a_flag_only_within_the_allowed_globs() {
+        let section: crate::config::AlertmanagerConfig = toml::from_str(
+            r#"
+token = "t"
+project = "shop"
+environment = "production"
+[[rules]]
+match = { severity = "page" }
+flags = ["always"]
+flags_from_label = "flag"
+allowed = ["shop/production/checkout-*", "shop/staging/*"]
+"#,
+        )
+        .unwrap();
+        let rules = section.resolved_rules().unwrap();
+        let names = |labels: &[(&str, &str)]| {
+            let (flags, refused) = flags(&alert(AlertStatus::Firing, labels), &rules[0]);
+            let keys: Vec<String> = flags.iter().map(FlagRef::key).collect();
+            (keys, refused)
+        };
+        let (keys, refused) = names(&[("severity", "page"), ("flag", "checkout-v2")]);
+        assert_eq!(
+            keys,
+            ["shop/production/always", "shop/production/checkout-v2"]
+        );
+        assert_eq!(refused, None);
+        let (keys, _) = names(&[("flag", "staging/search-v2")]);
+        assert_eq!(keys[1], "shop/staging/search-v2");
+        for (label, why) in [
+            ("search-v2", "no allowed glob"),
+            (
+                "shop/production/checkout-v2/x",
+                "not \"project/environment/flag\"",
+            ),
+            ("other/production/checkout-v2", "no allowed glob"),
+            ("bad name", "not a key name"),
+        ] {
+            let (keys, refused) = names(&[("flag", label)]);
+            assert_eq!(keys, ["shop/production/always"], "{label}");
+            let refused = refused.unwrap_or_default();
+            assert!(refused.contains(why), "{label}: {refused}");
+        }
+        let (_, refused) = names(&[("severity", "page")]);
+        assert!(refused.unwrap_or_default().contains("no label \"flag\""));
     }
 
     #[test]
