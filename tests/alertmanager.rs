@@ -788,3 +788,81 @@ async fn a_real_alertmanager_alert_turns_the_flag_off() {
         alertmanager.log_text()
     );
 }
+
+/// A file of the repository.
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn the_example_config_is_a_valid_receiver_config() {
+    use chaosgate::config::Config;
+
+    let path = repo("deploy/alertmanager.example.toml");
+    let env = [(
+        "CHAOSGATE_ALERTMANAGER__TOKEN".to_string(),
+        "from-the-environment".to_string(),
+    )];
+    let config = Config::load(&path, env).unwrap_or_else(|e| panic!("{e}"));
+    let section =
+        chaosgate::connect::alertmanager::section(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(section.listen.port(), 8017);
+    assert_eq!(
+        section.token().as_deref(),
+        Ok("from-the-environment"),
+        "the token from CHAOSGATE_ALERTMANAGER__TOKEN"
+    );
+    let rules = section.resolved_rules().expect("rules");
+    let keys: Vec<String> = rules[0].flags.iter().map(|f| f.key()).collect();
+    assert_eq!(
+        keys,
+        [
+            "shop/production/checkout-v2",
+            "shop/production/one-click-buy"
+        ]
+    );
+    assert!(rules[2].from_label.is_some());
+    assert!(
+        config
+            .secrets()
+            .scrub("token from-the-environment")
+            .contains("token ***"),
+        "the token is masked in logs"
+    );
+    // Without a token the receiver refuses the section, naming the key.
+    let config = Config::load(&path, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let error = chaosgate::connect::alertmanager::section(&config)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("alertmanager.token_file"), "{error}");
+}
+
+#[test]
+fn the_example_alertmanager_config_passes_amtool_and_posts_to_the_receiver() {
+    let path = repo("deploy/alertmanager/alertmanager.yml");
+    let amtool = std::env::var_os("AMTOOL_BIN")
+        .filter(|b| !b.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| alertmanager_binary().parent().map(|dir| dir.join("amtool")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no amtool beside Alertmanager: install prometheus-alertmanager or set AMTOOL_BIN"
+            )
+        });
+    let output = Command::new(&amtool)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("run amtool");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&path).expect("alertmanager.yml");
+    let url = format!(":8017{}", chaosgate::connect::alertmanager::endpoint::PATH);
+    assert!(text.contains(&url), "the webhook posts to {url}");
+}
