@@ -448,6 +448,20 @@ async fn refused_resolved_and_unmatched_alerts_produce_nothing() {
         (400, &json!("rejected")),
         "{answer}"
     );
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("a JSON array")),
+        "{answer}"
+    );
+    let mut huge = captured();
+    huge["alerts"][0]["annotations"]["description"] = json!("x".repeat(1100 * 1024));
+    let (status, answer) = receiver.post(&huge).await;
+    assert_eq!(
+        (status, &answer["outcome"]),
+        (413, &json!("rejected")),
+        "{answer}"
+    );
 
     assert!(
         flag_changes(&harness.servers, &harness.topics.flag_changes).is_empty(),
@@ -481,7 +495,7 @@ async fn refused_resolved_and_unmatched_alerts_produce_nothing() {
         ("resolved", 1),
         ("unmatched", 1),
         ("not_allowed", 1),
-        ("rejected", 3),
+        ("rejected", 4),
         ("produced", 2),
     ] {
         assert_eq!(receiver.outcome_count(outcome).await, count, "{outcome}");
