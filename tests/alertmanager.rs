@@ -7,6 +7,8 @@
 //! Every wait has a deadline and fails with the logs, so a bug fails a test instead of
 //! hanging it.
 
+#[path = "support/alertmanager.rs"]
+mod alertmanager;
 #[path = "support/connect.rs"]
 mod connect;
 #[path = "support/kafka.rs"]
@@ -15,20 +17,15 @@ mod kafka;
 mod worker;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-use chaosgate::bus::record::from_rdkafka;
-use chaosgate::contract::{ChangeKind, CloudEvent, CommandKind, FlagChange, ReasonCode};
+use chaosgate::contract::{ChangeKind, CommandKind, ReasonCode};
 
+use alertmanager::{Alertmanager, PATIENCE, Receiver, alertmanager_binary, flag_changes};
 use worker::{Harness, Settings, closed_address, experiment_yaml, pipeline_yaml};
-
-/// Upper bound for anything a test waits for: generous, so only a bug reaches it.
-const PATIENCE: Duration = Duration::from_secs(90);
 
 /// The token every receiver here is configured with.
 const TOKEN: &str = "am-s3cr3t-token";
@@ -72,170 +69,6 @@ allowed = ["test/test/search-*"]
     )
 }
 
-/// A running `chaosgate connect alertmanager`, killed when dropped.
-struct Receiver {
-    child: Child,
-    log: PathBuf,
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Receiver {
-    /// Starts the binary on `config` (in `dir`, its log `alertmanager-receiver-N.log`
-    /// there) and waits for `GET /healthz` on `listen`.
-    async fn start(config: &Path, dir: &Path, listen: &str) -> Receiver {
-        let mut n = 1;
-        let log = loop {
-            let path = dir.join(format!("alertmanager-receiver-{n}.log"));
-            if !path.exists() {
-                break path;
-            }
-            n += 1;
-        };
-        let child = connect::spawn_connect("alertmanager", config, dir, &log);
-        let mut receiver = Receiver {
-            child,
-            log,
-            url: format!("http://{listen}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("HTTP client"),
-        };
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(Some(status)) = receiver.child.try_wait() {
-                panic!("the receiver exited ({status}):\n{}", receiver.log_text());
-            }
-            if let Ok(response) = receiver
-                .http
-                .get(format!("{}/healthz", receiver.url))
-                .send()
-                .await
-            {
-                assert_eq!(response.status(), 200, "{}", receiver.log_text());
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the receiver does not answer /healthz:\n{}",
-                receiver.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        receiver
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Posts `body` to the webhook with `authorization` (none when `None`): the status
-    /// and the JSON answer.
-    async fn post_raw(&self, authorization: Option<&str>, body: Vec<u8>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .post(format!("{}/alertmanager/webhook", self.url))
-            .header("content-type", "application/json")
-            .body(body);
-        if let Some(value) = authorization {
-            request = request.header("authorization", value);
-        }
-        let response = request.send().await.expect("POST /alertmanager/webhook");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("answer body");
-        let answer = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!(
-                "the answer {text:?} is not JSON ({e}):\n{}",
-                self.log_text()
-            )
-        });
-        (status, answer)
-    }
-
-    /// Posts `notification` as Alertmanager does, with the token as a Bearer token.
-    async fn post(&self, notification: &Value) -> (u16, Value) {
-        self.post_raw(
-            Some(&format!("Bearer {TOKEN}")),
-            notification.to_string().into_bytes(),
-        )
-        .await
-    }
-
-    /// The value of `chaosgate_alertmanager_alerts_total{outcome}` (0 when absent).
-    async fn outcome_count(&self, outcome: &str) -> u64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        let prefix = format!("chaosgate_alertmanager_alerts_total{{outcome=\"{outcome}\"}} ");
-        text.lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .map_or(0, |n| n.trim().parse().expect("a count"))
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Every flag change on `topic` now (all partitions, `read_committed`, up to the end as
-/// it stands), with its Kafka key.
-fn flag_changes(servers: &str, topic: &str) -> Vec<(String, FlagChange)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set("group.id", kafka::unique_topic("alertmanager-reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut assignment = TopicPartitionList::new();
-    let mut left = 0;
-    for partition in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-            .expect("watermarks");
-        if high > low {
-            assignment
-                .add_partition_offset(topic, partition.id(), Offset::Beginning)
-                .expect("assignment");
-            left += high - low;
-        }
-    }
-    let mut changes = Vec::new();
-    if left == 0 {
-        return changes;
-    }
-    consumer.assign(&assignment).expect("assign");
-    let deadline = Instant::now() + PATIENCE;
-    while left > 0 {
-        assert!(Instant::now() < deadline, "cannot read {topic} to its end");
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message.expect("a record");
-        left -= 1;
-        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        let event = CloudEvent::decode(&from_rdkafka(&message)).expect("a CloudEvent");
-        changes.push((
-            key,
-            serde_json::from_value(event.data).expect("a flag change"),
-        ));
-    }
-    changes
-}
-
 /// The worker with a pipeline that gates `checkout-*` in environment `test` (with an
 /// experiment that would fail), so a `disable` that were gated would show a run.
 async fn worker_world(name: &str) -> (Harness, worker::Worker, worker::Collector) {
@@ -273,7 +106,7 @@ async fn a_captured_alertmanager_alert_turns_the_flag_off_once() {
     let (harness, _worker, collector) = worker_world("am-captured").await;
     let listen = closed_address();
     let (config, _) = receiver_config(&harness, &listen);
-    let receiver = Receiver::start(&config, harness.dir.path(), &listen).await;
+    let receiver = Receiver::start(&config, harness.dir.path(), &listen, TOKEN).await;
 
     let (status, answer) = receiver.post(&captured()).await;
     assert_eq!(status, 200, "{answer}\n{}", receiver.log_text());
@@ -332,7 +165,7 @@ async fn a_captured_alertmanager_alert_turns_the_flag_off_once() {
     // After a restart the receiver has forgotten it: produced again, with the same event
     // id, which the worker answers with the same command id.
     drop(receiver);
-    let receiver = Receiver::start(&config, harness.dir.path(), &listen).await;
+    let receiver = Receiver::start(&config, harness.dir.path(), &listen, TOKEN).await;
     let (status, answer) = receiver.post(&captured()).await;
     assert_eq!(
         (status, &answer["outcome"]),
@@ -368,7 +201,7 @@ async fn refused_resolved_and_unmatched_alerts_produce_nothing() {
     let harness = Harness::new(&servers, "am-refusals", 1).await;
     let listen = closed_address();
     let (config, _) = receiver_config(&harness, &listen);
-    let receiver = Receiver::start(&config, harness.dir.path(), &listen).await;
+    let receiver = Receiver::start(&config, harness.dir.path(), &listen, TOKEN).await;
     let body = captured().to_string().into_bytes();
 
     for (authorization, what) in [
@@ -545,7 +378,7 @@ log_format = "text"
         ),
     )
     .expect("config");
-    let receiver = Receiver::start(&config, dir.path(), &listen).await;
+    let receiver = Receiver::start(&config, dir.path(), &listen, TOKEN).await;
     let (status, answer) = receiver.post(&captured()).await;
     assert_eq!(status, 503, "{answer}");
     assert_eq!(answer["outcome"], "failed", "{answer}");
@@ -593,143 +426,12 @@ fn the_receiver_refuses_to_start_without_a_token_naming_the_key() {
     );
 }
 
-/// A real Prometheus Alertmanager of one test: its own config, data folder and port, no
-/// gossip cluster; killed when dropped.
-struct Alertmanager {
-    child: Child,
-    log: PathBuf,
-    url: String,
-}
-
-/// The Alertmanager binary: `ALERTMANAGER_BIN`, else `prometheus-alertmanager` (the
-/// Debian package's name) or `alertmanager` on `PATH`. Panics when there is none.
-fn alertmanager_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("ALERTMANAGER_BIN").filter(|b| !b.is_empty()) {
-        return PathBuf::from(bin);
-    }
-    for name in ["prometheus-alertmanager", "alertmanager"] {
-        if let Some(path) = std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(name))
-                .find(|candidate| candidate.is_file())
-        }) {
-            return path;
-        }
-    }
-    panic!(
-        "no Prometheus Alertmanager: install it (apt-get install prometheus-alertmanager; \
-         scripts/test.sh does) or set ALERTMANAGER_BIN"
-    );
-}
-
-impl Alertmanager {
-    /// Starts Alertmanager in `dir` routing every alert, grouped by `alertname`, to a
-    /// webhook at `webhook_url` with the token in `token_file`; waits until it is ready.
-    async fn start(dir: &Path, webhook_url: &str, token_file: &Path) -> Alertmanager {
-        let config = dir.join("alertmanager.yml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"route:
-  receiver: chaosgate
-  group_by: ['alertname']
-  group_wait: 1s
-  group_interval: 2s
-  repeat_interval: 1h
-receivers:
-  - name: chaosgate
-    webhook_configs:
-      - url: {webhook_url}
-        send_resolved: true
-        http_config:
-          authorization:
-            type: Bearer
-            credentials_file: {token}
-"#,
-                token = token_file.display()
-            ),
-        )
-        .expect("alertmanager.yml");
-        let listen = closed_address();
-        let log = dir.join("alertmanager.log");
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(alertmanager_binary())
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.join("am-data").display()))
-            .arg(format!("--web.listen-address={listen}"))
-            .arg("--cluster.listen-address=")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn Alertmanager");
-        let mut alertmanager = Alertmanager {
-            child,
-            log,
-            url: format!("http://{listen}"),
-        };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(Some(status)) = alertmanager.child.try_wait() {
-                panic!(
-                    "Alertmanager exited ({status}):\n{}",
-                    alertmanager.log_text()
-                );
-            }
-            if let Ok(response) = http
-                .get(format!("{}/-/ready", alertmanager.url))
-                .send()
-                .await
-                && response.status() == 200
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Alertmanager is not ready:\n{}",
-                alertmanager.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        alertmanager
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Pushes `alerts` as Prometheus does (`POST /api/v2/alerts`).
-    async fn push(&self, alerts: &Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}/api/v2/alerts", self.url))
-            .json(alerts)
-            .send()
-            .await
-            .expect("POST /api/v2/alerts");
-        assert_eq!(
-            response.status(),
-            200,
-            "{}",
-            response.text().await.unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_alertmanager_alert_turns_the_flag_off() {
     let (harness, _worker, collector) = worker_world("am-real").await;
     let listen = closed_address();
     let (config, token_file) = receiver_config(&harness, &listen);
-    let receiver = Receiver::start(&config, harness.dir.path(), &listen).await;
+    let receiver = Receiver::start(&config, harness.dir.path(), &listen, TOKEN).await;
     let alertmanager = Alertmanager::start(
         harness.dir.path(),
         &format!("{}/alertmanager/webhook", receiver.url),
