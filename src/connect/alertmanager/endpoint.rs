@@ -144,6 +144,37 @@ fn refuse(status: StatusCode, outcome: &'static str, error: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// What became of one alert of a notification (the `outcome` label of
+/// `chaosgate_alertmanager_alerts_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AlertOutcome {
+    /// Kafka has all its flag changes, at least one produced now.
+    Produced,
+    /// All its flag changes were produced already.
+    Duplicate,
+    /// Resolved: nothing to do.
+    Resolved,
+    /// Firing, but no rule matches.
+    Unmatched,
+    /// Its rule takes the flag from a label, which names none the rule allows.
+    NotAllowed,
+    /// Kafka did not take one of its flag changes.
+    Failed,
+}
+
+impl AlertOutcome {
+    const fn as_str(self) -> &'static str {
+        match self {
+            AlertOutcome::Produced => "produced",
+            AlertOutcome::Duplicate => "duplicate",
+            AlertOutcome::Resolved => "resolved",
+            AlertOutcome::Unmatched => "unmatched",
+            AlertOutcome::NotAllowed => "not_allowed",
+            AlertOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// One flag change a notification asks for, and what became of it.
 struct Planned {
     change: FlagChange,
@@ -191,13 +222,14 @@ async fn webhook(
         );
     }
     let alerts = &notification.alerts;
-    // Per alert: its verdict; the changes, keyed by event id (sorted: claims are taken in
-    // one order, so two deliveries of overlapping notifications cannot wait on each other).
-    let mut verdicts: Vec<&'static str> = Vec::with_capacity(alerts.len());
+    // Per alert: its outcome when no flag change decides it; the changes, keyed by event
+    // id (sorted: claims are taken in one order, so two deliveries of overlapping
+    // notifications cannot wait on each other).
+    let mut verdicts: Vec<Option<AlertOutcome>> = Vec::with_capacity(alerts.len());
     let mut planned: BTreeMap<String, Planned> = BTreeMap::new();
     for (index, alert) in alerts.iter().enumerate() {
         match mapping::verdict(alert, &endpoint.rules) {
-            Verdict::Resolved => verdicts.push("resolved"),
+            Verdict::Resolved => verdicts.push(Some(AlertOutcome::Resolved)),
             Verdict::Unmatched => {
                 tracing::info!(
                     alertname = alert.name(),
@@ -205,7 +237,7 @@ async fn webhook(
                     labels = ?alert.labels,
                     "firing alert matches no alertmanager.rules: no flag turned off"
                 );
-                verdicts.push("unmatched");
+                verdicts.push(Some(AlertOutcome::Unmatched));
             }
             Verdict::Disable(rule) => {
                 let (flags, refused) = mapping::flags(alert, rule);
@@ -219,10 +251,10 @@ async fn webhook(
                     );
                 }
                 if flags.is_empty() {
-                    verdicts.push("not_allowed");
+                    verdicts.push(Some(AlertOutcome::NotAllowed));
                     continue;
                 }
-                verdicts.push("disable");
+                verdicts.push(None);
                 for flag in &flags {
                     let change = mapping::flag_change(&notification.receiver, alert, flag);
                     planned.entry(change.event_id.clone()).or_insert(Planned {
@@ -321,36 +353,35 @@ async fn produce(endpoint: &Endpoint, alerts: &[Alert], fresh: Vec<&mut Planned>
 fn answer(
     endpoint: &Endpoint,
     alerts: &[Alert],
-    verdicts: &[&'static str],
+    verdicts: &[Option<AlertOutcome>],
     planned: &BTreeMap<String, Planned>,
 ) -> Response {
     let mut reports = Vec::with_capacity(alerts.len());
     let (mut produced, mut failed, mut duplicate) = (false, false, false);
     for (index, (alert, verdict)) in alerts.iter().zip(verdicts).enumerate() {
         let changes: Vec<&Planned> = planned.values().filter(|p| p.alert == index).collect();
-        let outcome = if *verdict != "disable" {
-            *verdict
-        } else if changes.iter().any(|p| p.outcome.is_err()) {
-            "failed"
-        } else if changes.iter().any(|p| matches!(p.outcome, Ok(Some(_)))) {
-            "produced"
-        } else {
-            "duplicate"
+        let outcome = match verdict {
+            Some(outcome) => *outcome,
+            None if changes.iter().any(|p| p.outcome.is_err()) => AlertOutcome::Failed,
+            None if changes.iter().any(|p| matches!(p.outcome, Ok(Some(_)))) => {
+                AlertOutcome::Produced
+            }
+            None => AlertOutcome::Duplicate,
         };
         match outcome {
-            "failed" => failed = true,
-            "produced" => produced = true,
-            "duplicate" => duplicate = true,
+            AlertOutcome::Failed => failed = true,
+            AlertOutcome::Produced => produced = true,
+            AlertOutcome::Duplicate => duplicate = true,
             _ => {}
         }
-        if outcome == "duplicate" {
+        if outcome == AlertOutcome::Duplicate {
             tracing::info!(
                 alertname = alert.name(),
                 fingerprint = %alert.fingerprint,
                 "alert delivered again: its flag changes were produced already"
             );
         }
-        metrics::alertmanager_alert(outcome);
+        metrics::alertmanager_alert(outcome.as_str());
         let changes: Vec<Value> = changes
             .iter()
             .map(|p| {
@@ -377,7 +408,7 @@ fn answer(
         reports.push(json!({
             "alertname": alert.name(),
             "fingerprint": alert.fingerprint,
-            "outcome": outcome,
+            "outcome": outcome.as_str(),
             "changes": changes,
         }));
     }
