@@ -30,6 +30,7 @@
 //! | `chaosgate_flagd_proposals_total` | counter | `outcome` | [`flagd_proposal`] |
 //! | `chaosgate_flagd_approved_records_total` | counter | | [`flagd_approved_record`] |
 //! | `chaosgate_flagd_sync_streams` | gauge | | [`flagd_sync_stream`] (a guard) |
+//! | `chaosgate_alertmanager_alerts_total` | counter | `outcome` | [`alertmanager_alert`] |
 //!
 //! The brokers-up count also feeds readiness ([`kafka_brokers_up`]): a worker whose
 //! consumer reaches no broker is not ready.
@@ -128,6 +129,7 @@ struct Metrics {
     flagd_proposals: Family<OutcomeLabel, Counter>,
     flagd_approved_records: Counter,
     flagd_sync_streams: Gauge,
+    alertmanager_alerts: Family<OutcomeLabel, Counter>,
     /// Partitions with a lag gauge, per topic, to drop the ones no longer assigned.
     lag_partitions: Mutex<BTreeMap<String, HashSet<String>>>,
 }
@@ -155,6 +157,7 @@ impl Metrics {
             flagd_proposals: Family::default(),
             flagd_approved_records: Counter::default(),
             flagd_sync_streams: Gauge::default(),
+            alertmanager_alerts: Family::default(),
             lag_partitions: Mutex::default(),
             registry: Registry::default(),
         };
@@ -208,6 +211,11 @@ impl Metrics {
             "chaosgate_unleash_webhooks",
             "Unleash webhook requests, by outcome (produced, duplicate, own_change, part_of_toggle, ignored, unauthorized, rejected, failed)",
             metrics.unleash_webhooks.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_alertmanager_alerts",
+            "Alerts the Alertmanager webhook received, by outcome (produced, duplicate, resolved, unmatched, not_allowed, failed; unauthorized and rejected count refused requests)",
+            metrics.alertmanager_alerts.clone(),
         );
         metrics.registry.register(
             "chaosgate_unleash_commands",
@@ -368,6 +376,20 @@ pub fn fault_revert_failed(kind: &str) {
 pub fn unleash_webhook(outcome: &'static str) {
     METRICS
         .unleash_webhooks
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
+/// The Alertmanager webhook handled one alert with `outcome` (`produced`: its `disable`
+/// flag changes are in Kafka; `duplicate`: they were already; `resolved`, `unmatched`:
+/// nothing to do; `not_allowed`: its rule takes the flag from a label, which names none
+/// the rule allows; `failed`: Kafka did not take one), or refused one request
+/// (`unauthorized`, `rejected`), its alerts unread.
+pub fn alertmanager_alert(outcome: &'static str) {
+    METRICS
+        .alertmanager_alerts
         .get_or_create(&OutcomeLabel {
             outcome: outcome.to_string(),
         })
