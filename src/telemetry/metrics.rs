@@ -31,6 +31,8 @@
 //! | `chaosgate_flagd_approved_records_total` | counter | | [`flagd_approved_record`] |
 //! | `chaosgate_flagd_sync_streams` | gauge | | [`flagd_sync_stream`] (a guard) |
 //! | `chaosgate_alertmanager_alerts_total` | counter | `outcome` | [`alertmanager_alert`] |
+//! | `chaosgate_holds_total` | counter | `kind`, `status` | [`hold`] |
+//! | `chaosgate_guards_total` | counter | `status` | [`guard`] |
 //!
 //! The brokers-up count also feeds readiness ([`kafka_brokers_up`]): a worker whose
 //! consumer reaches no broker is not ready.
@@ -77,6 +79,12 @@ struct ClassLabel {
 struct GatedLabels {
     command: String,
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HoldLabels {
+    kind: String,
+    status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +138,8 @@ struct Metrics {
     flagd_approved_records: Counter,
     flagd_sync_streams: Gauge,
     alertmanager_alerts: Family<OutcomeLabel, Counter>,
+    holds: Family<HoldLabels, Counter>,
+    guards: Family<StatusLabel, Counter>,
     /// Partitions with a lag gauge, per topic, to drop the ones no longer assigned.
     lag_partitions: Mutex<BTreeMap<String, HashSet<String>>>,
 }
@@ -158,6 +168,8 @@ impl Metrics {
             flagd_approved_records: Counter::default(),
             flagd_sync_streams: Gauge::default(),
             alertmanager_alerts: Family::default(),
+            holds: Family::default(),
+            guards: Family::default(),
             lag_partitions: Mutex::default(),
             registry: Registry::default(),
         };
@@ -171,6 +183,16 @@ impl Metrics {
             "chaosgate_events_dead_lettered",
             "Flag-change records sent to the dead-letter topic, by error class",
             metrics.dead_lettered.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_holds",
+            "Pipeline holds (approval, wait, freeze) begun (status waiting) and ended, by kind and status",
+            metrics.holds.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_guards",
+            "Guards started (status watching) and ended, by status",
+            metrics.guards.clone(),
         );
         metrics.registry.register(
             "chaosgate_events_gated",
@@ -417,6 +439,28 @@ pub fn flagd_proposal(outcome: &'static str) {
         .flagd_proposals
         .get_or_create(&OutcomeLabel {
             outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
+/// A hold of `kind` (`approval`, `wait`, `freeze`) began (`waiting`) or ended with
+/// `status`, as its record says.
+pub fn hold(kind: &'static str, status: &'static str) {
+    METRICS
+        .holds
+        .get_or_create(&HoldLabels {
+            kind: kind.to_string(),
+            status: status.to_string(),
+        })
+        .inc();
+}
+
+/// A guard began (`watching`) or ended with `status`, as its record says.
+pub fn guard(status: &'static str) {
+    METRICS
+        .guards
+        .get_or_create(&StatusLabel {
+            status: status.to_string(),
         })
         .inc();
 }
