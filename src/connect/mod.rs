@@ -7,6 +7,8 @@
 //! in their own process (`chaosgate connect ...`), beside the worker.
 
 pub mod flagd;
+pub mod notify;
+pub(crate) mod retry;
 pub mod unleash;
 
 /// The idempotent producer of flag changes a bridge publishes: the worker's client

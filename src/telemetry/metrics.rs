@@ -30,6 +30,7 @@
 //! | `chaosgate_flagd_proposals_total` | counter | `outcome` | [`flagd_proposal`] |
 //! | `chaosgate_flagd_approved_records_total` | counter | | [`flagd_approved_record`] |
 //! | `chaosgate_flagd_sync_streams` | gauge | | [`flagd_sync_stream`] (a guard) |
+//! | `chaosgate_notifications_total` | counter | `receiver`, `event`, `outcome` | [`notification`] |
 //!
 //! The brokers-up count also feeds readiness ([`kafka_brokers_up`]): a worker whose
 //! consumer reaches no broker is not ready.
@@ -99,6 +100,13 @@ struct PartitionLabels {
     partition: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    receiver: String,
+    event: String,
+    outcome: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -128,6 +136,7 @@ struct Metrics {
     flagd_proposals: Family<OutcomeLabel, Counter>,
     flagd_approved_records: Counter,
     flagd_sync_streams: Gauge,
+    notifications: Family<NotificationLabels, Counter>,
     /// Partitions with a lag gauge, per topic, to drop the ones no longer assigned.
     lag_partitions: Mutex<BTreeMap<String, HashSet<String>>>,
 }
@@ -153,6 +162,7 @@ impl Metrics {
             unleash_webhooks: Family::default(),
             unleash_commands: Family::default(),
             flagd_proposals: Family::default(),
+            notifications: Family::default(),
             flagd_approved_records: Counter::default(),
             flagd_sync_streams: Gauge::default(),
             lag_partitions: Mutex::default(),
@@ -213,6 +223,11 @@ impl Metrics {
             "chaosgate_unleash_commands",
             "Flag commands handled by the Unleash bridge, by outcome (applied, confirmed, dry_run, stale, retried, failed)",
             metrics.unleash_commands.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_notifications",
+            "Notifications sent by the notifier, by receiver, event and outcome (delivered, retried per failed try, given_up)",
+            metrics.notifications.clone(),
         );
         metrics.registry.register(
             "chaosgate_flagd_proposals",
@@ -381,6 +396,21 @@ pub fn unleash_command(outcome: &'static str) {
     METRICS
         .unleash_commands
         .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
+/// The notifier's receiver `receiver` (its configured name) had one notification of
+/// `event` (`command_issued`, ...) end or be tried again: `outcome` is `delivered`,
+/// `retried` (one failed try, tried again) or `given_up` (refused for good, or still
+/// failing after the receiver's `max_elapsed`).
+pub fn notification(receiver: &str, event: &str, outcome: &'static str) {
+    METRICS
+        .notifications
+        .get_or_create(&NotificationLabels {
+            receiver: receiver.to_string(),
+            event: event.to_string(),
             outcome: outcome.to_string(),
         })
         .inc();
