@@ -53,6 +53,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
     }
+    // The receivers' URL and secret files are read now: a missing one stops the start,
+    // naming its key.
+    let notify = chaosgate::connect::notify::setups(&config)
+        .context("the notifications ([notify]) cannot start")?;
     let catalog = match Catalog::load(&[&config.catalog.path]) {
         Ok(catalog) => Arc::new(catalog),
         Err(problems) => {
@@ -75,10 +79,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         secrets.add_variables(fields.variables);
     }
     chaosgate::telemetry::redact::install(&secrets);
-    // The receivers' URL and secret files are read now: a missing one stops the start,
-    // naming its key.
-    let notify = chaosgate::connect::notify::setups(&config)
-        .context("the notifications ([notify]) cannot start")?;
     let guard = super::fault_guard::program()?;
     let stopped = runtime.block_on(async move {
         let shutdown = CancellationToken::new();

@@ -1,0 +1,544 @@
+//! Notifications end to end: the real `chaosgate run` on the real broker, with a
+//! `[notify]` section, POSTing to real HTTP receivers (axum servers in this test) that
+//! record every request and answer what the test tells them.
+
+#[path = "support/kafka.rs"]
+mod kafka;
+#[path = "support/worker.rs"]
+mod worker;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use chaosgate::config::EventKind;
+use chaosgate::connect::notify::event::key;
+use chaosgate::contract::{ChangeKind, FlagCommand};
+use serde_json::Value;
+
+use worker::{Harness, Received, Settings, closed_address, experiment_yaml, pipeline_yaml};
+
+/// Upper bound for anything a test waits for: generous, so only a bug reaches it.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A catalog with one failing gate, for flags `risky-*` (environment `test`): other
+/// flags are unrouted, answered `enable` (or their `disable`) at once.
+fn risky_gate(harness: &Harness) {
+    harness.catalog_file(
+        "fail.yaml",
+        &experiment_yaml("fails", "1s", &harness.marker("f"), &closed_address()),
+    );
+    harness.catalog_file(
+        "risky.yaml",
+        &pipeline_yaml("risky-gate", Some("risky-*"), &["fails"]),
+    );
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+struct Request {
+    headers: HeaderMap,
+    body: Vec<u8>,
+    at: Instant,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    requests: Vec<Request>,
+    /// Statuses to answer, in order; 200 once they run out.
+    answers: VecDeque<u16>,
+}
+
+/// A real HTTP receiver on loopback.
+struct Receiver {
+    url: String,
+    seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Serves on a free port, answering `answers` then 200.
+    async fn start(answers: &[u16]) -> Receiver {
+        Receiver::start_on("127.0.0.1:0", answers).await
+    }
+
+    async fn start_on(address: &str, answers: &[u16]) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .expect("bind receiver");
+        let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+        let seen = Arc::new(Mutex::new(Seen {
+            requests: Vec::new(),
+            answers: answers.iter().copied().collect(),
+        }));
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(record))
+            .with_state(seen.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { url, seen, task }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.seen.lock().expect("lock").requests.clone()
+    }
+
+    /// Waits until `done` holds for the requests so far, or fails showing them.
+    async fn wait_for(
+        &self,
+        harness: &Harness,
+        what: &str,
+        done: impl Fn(&[Request]) -> bool,
+    ) -> Vec<Request> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let requests = self.requests();
+            if done(&requests) {
+                return requests;
+            }
+            if Instant::now() >= deadline {
+                let bodies: Vec<String> = requests
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                    .collect();
+                panic!(
+                    "waited {PATIENCE:?} for {what}; the receiver got {bodies:#?}\n{}",
+                    harness.log_tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn record(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, &'static str) {
+    let mut seen = seen.lock().expect("lock");
+    seen.requests.push(Request {
+        headers,
+        body: body.to_vec(),
+        at: Instant::now(),
+    });
+    let status = seen.answers.pop_front().unwrap_or(200);
+    (StatusCode::from_u16(status).expect("status"), "ok")
+}
+
+/// `config` with `section` (a `[notify]` TOML section) appended.
+fn with_notify(config: &Path, section: &str) -> PathBuf {
+    let mut text = std::fs::read_to_string(config).expect("config");
+    text.push('\n');
+    text.push_str(section);
+    std::fs::write(config, text).expect("config");
+    config.to_path_buf()
+}
+
+/// The bodies of `requests` whose CloudEvent type is that of `event`.
+fn of_event(requests: &[Request], event: EventKind) -> Vec<Request> {
+    let wanted = format!("dev.chaosgate.notification.{}.v1", event.as_str());
+    requests
+        .iter()
+        .filter(|r| r.json()["type"] == wanted.as_str())
+        .cloned()
+        .collect()
+}
+
+/// The `ce_id` of a record read back.
+fn ce_id<T>(received: &Received<T>) -> String {
+    received
+        .headers
+        .iter()
+        .find(|(name, _)| name == "ce_id")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .expect("ce_id header")
+}
+
+/// Checks the headers every notification carries: the quoted `Idempotency-Key` and
+/// `webhook-id` are the CloudEvent's id, the timestamp is of the try, and the signature
+/// is the Standard Webhooks HMAC of `secret`.
+fn check_headers(request: &Request, secret: &[u8]) {
+    let id = request.header("webhook-id");
+    assert_eq!(request.header("idempotency-key"), format!("\"{id}\""));
+    assert_eq!(request.json()["id"], id.as_str());
+    assert_eq!(
+        request.header("content-type"),
+        "application/cloudevents+json"
+    );
+    let timestamp = request.header("webhook-timestamp");
+    let sent: i64 = timestamp.parse().expect("a unix timestamp");
+    assert!(
+        (chrono::Utc::now().timestamp() - sent).abs() < 120,
+        "webhook-timestamp {sent}"
+    );
+    let signing = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    let mut signed = format!("{id}.{timestamp}.").into_bytes();
+    signed.extend_from_slice(&request.body);
+    let tag = aws_lc_rs::hmac::sign(&signing, &signed);
+    assert_eq!(
+        request.header("webhook-signature"),
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+        )
+    );
+}
+
+/// The value of one sample of `metric` with `labels` in a Prometheus text `page`.
+fn sample(page: &str, metric: &str, labels: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(&format!("{metric}{{")) && labels.split(',').all(|p| l.contains(p)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn metrics_page(address: &str) -> String {
+    reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_gate_is_told_to_a_webhook_with_its_facts_and_to_slack_with_a_link() {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, "notify-facts", 1).await;
+    risky_gate(&harness);
+    let hooks = Receiver::start(&[]).await;
+    let chat = Receiver::start(&[]).await;
+    let secret_file = harness.dir.path().join("hooks.secret");
+    std::fs::write(&secret_file, "whsec_c2VjcmV0LWZvci10ZXN0cw==\n").expect("secret");
+    let url_file = harness.dir.path().join("chat.url");
+    std::fs::write(&url_file, format!("{}\n", chat.url)).expect("url file");
+    let config = with_notify(
+        &harness.config("worker", &Settings::default()),
+        &format!(
+            r#"[notify]
+view_url = "http://view.example/chaos/"
+
+[[notify.receivers]]
+name = "hooks"
+kind = "webhook"
+url = "{hooks}"
+events = ["command_issued", "step_failed"]
+secret_file = "{secret}"
+
+[[notify.receivers]]
+name = "chat"
+kind = "slack"
+url_file = "{url_file}"
+events = ["step_failed"]
+"#,
+            hooks = hooks.url,
+            secret = secret_file.display(),
+            url_file = url_file.display(),
+        ),
+    );
+    let _worker = harness.spawn("worker", &config);
+    let collector = harness.collect();
+    let change = worker::change("risky-one", ChangeKind::Enable, None);
+    harness.produce_change(&change).await;
+    let outputs = harness
+        .wait_for(&collector, "the command", PATIENCE, |o| {
+            !o.commands_for(&change.event_id).is_empty()
+                && o.final_runs_for(&change.event_id).len() == 1
+        })
+        .await;
+    let received: &Received<FlagCommand> = outputs
+        .commands
+        .iter()
+        .find(|c| c.value.causation_event_id == change.event_id)
+        .expect("command");
+    let command = &received.value;
+    let run = outputs.final_runs_for(&change.event_id)[0].clone();
+    let run_ce_id = ce_id(
+        outputs
+            .runs
+            .iter()
+            .find(|r| r.value.run_id == run.run_id && r.value.status == run.status)
+            .expect("final run record"),
+    );
+    let execution = command.pipeline_execution_id.clone().expect("an execution");
+    let link = format!("http://view.example/chaos/executions/{execution}");
+
+    let requests = hooks
+        .wait_for(&harness, "command_issued and step_failed", |r| {
+            !of_event(r, EventKind::CommandIssued).is_empty()
+                && !of_event(r, EventKind::StepFailed).is_empty()
+        })
+        .await;
+    let secret = b"secret-for-tests";
+    let issued = &of_event(&requests, EventKind::CommandIssued)[0];
+    check_headers(issued, secret);
+    assert_eq!(
+        issued.header("webhook-id"),
+        key("hooks", EventKind::CommandIssued, &ce_id(received)),
+        "the key is derived from the command record's CloudEvent id"
+    );
+    let body = issued.json();
+    assert_eq!(body["specversion"], "1.0");
+    assert_eq!(body["subject"], "test/test/risky-one");
+    let data = &body["data"];
+    assert_eq!(data["event"], "command_issued");
+    assert_eq!(data["flag"]["key"], "risky-one");
+    assert_eq!(data["pipeline_id"], "risky-gate");
+    assert_eq!(data["pipeline_execution_id"], execution.as_str());
+    assert_eq!(data["command"], command.command.as_str());
+    assert_eq!(data["command_id"], command.command_id.as_str());
+    assert_eq!(data["reason"], command.reason.as_str());
+    assert_eq!(data["link"], link.as_str());
+
+    let failed = &of_event(&requests, EventKind::StepFailed)[0];
+    check_headers(failed, secret);
+    assert_eq!(
+        failed.header("webhook-id"),
+        key("hooks", EventKind::StepFailed, &run_ce_id)
+    );
+    let data = &failed.json()["data"];
+    assert_eq!(data["step"], "fails");
+    assert_eq!(data["stage"], "chaos");
+    assert_eq!(data["status"], run.status.as_str());
+    assert_eq!(data["run_id"], run.run_id.as_str());
+    assert_eq!(data["link"], link.as_str());
+
+    let said = chat
+        .wait_for(&harness, "the Slack message", |r| !r.is_empty())
+        .await;
+    let message = said[0].json();
+    let text = message["text"].as_str().expect("text");
+    assert!(
+        text.contains("step `fails`") && text.contains("`test/test/risky-one`"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "<{link}|Open the execution in the chaos experiments view>"
+        )),
+        "{text}"
+    );
+    assert_eq!(said[0].header("content-type"), "application/json");
+    // Filtered: no command_issued to the chat, and nothing twice to anyone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(chat.requests().len(), 1, "chat wants step_failed only");
+    assert_eq!(hooks.requests().len(), 2, "one request per event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_failing_twice_gets_three_tries_with_one_key_and_a_refusal_is_given_up() {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, "notify-retry", 1).await;
+    risky_gate(&harness);
+    let flaky = Receiver::start(&[500, 500]).await;
+    let gone = Receiver::start(&[410]).await;
+    let config = with_notify(
+        &harness.config("worker", &Settings::default()),
+        &format!(
+            r#"[[notify.receivers]]
+name = "flaky"
+kind = "webhook"
+url = "{flaky}"
+
+[[notify.receivers]]
+name = "gone"
+kind = "webhook"
+url = "{gone}"
+events = ["command_issued"]
+"#,
+            flaky = flaky.url,
+            gone = gone.url,
+        ),
+    );
+    let worker = harness.spawn("worker", &config);
+    // No pipeline routes this flag: the worker answers `enable` at once.
+    let change = worker::change("plain-one", ChangeKind::Enable, None);
+    harness.produce_change(&change).await;
+    let tries = flaky
+        .wait_for(&harness, "three tries", |r| r.len() >= 3)
+        .await;
+    let ids: Vec<String> = tries.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "one key: {ids:?}");
+    assert!(
+        tries.iter().all(|r| r.body == tries[0].body),
+        "the same body on every try"
+    );
+    assert!(
+        tries[2].at - tries[0].at >= Duration::from_secs(2),
+        "backoff between the tries: {:?}",
+        tries[2].at - tries[0].at
+    );
+    gone.wait_for(&harness, "one try", |r| !r.is_empty()).await;
+    let address = worker.http_address(PATIENCE).await;
+    let deadline = Instant::now() + PATIENCE;
+    let page = loop {
+        let page = metrics_page(&address).await;
+        let given_up = sample(
+            &page,
+            "chaosgate_notifications_total",
+            "receiver=\"gone\",event=\"command_issued\",outcome=\"given_up\"",
+        );
+        let delivered = sample(
+            &page,
+            "chaosgate_notifications_total",
+            "receiver=\"flaky\",event=\"command_issued\",outcome=\"delivered\"",
+        );
+        if given_up.is_some() && delivered.is_some() {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "no counts yet:\n{page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let count = |labels: &str| sample(&page, "chaosgate_notifications_total", labels);
+    assert_eq!(
+        count("receiver=\"flaky\",event=\"command_issued\",outcome=\"delivered\""),
+        Some(1.0)
+    );
+    assert_eq!(
+        count("receiver=\"flaky\",event=\"command_issued\",outcome=\"retried\""),
+        Some(2.0)
+    );
+    assert_eq!(
+        count("receiver=\"gone\",event=\"command_issued\",outcome=\"given_up\""),
+        Some(1.0)
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(flaky.requests().len(), 3, "delivered: not sent again");
+    assert_eq!(gone.requests().len(), 1, "410: given up at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_down_does_not_delay_the_command_and_is_told_once_it_is_up() {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, "notify-down", 1).await;
+    risky_gate(&harness);
+    let up = Receiver::start(&[]).await;
+    let down_address = closed_address();
+    let config = with_notify(
+        &harness.config("worker", &Settings::default()),
+        &format!(
+            r#"[[notify.receivers]]
+name = "up"
+kind = "webhook"
+url = "{up}"
+
+[[notify.receivers]]
+name = "down"
+kind = "slack"
+url = "http://{down_address}/hook"
+"#,
+            up = up.url,
+        ),
+    );
+    let _worker = harness.spawn("worker", &config);
+    let collector = harness.collect();
+    let change = worker::change("plain-two", ChangeKind::Disable, None);
+    let sent = Instant::now();
+    harness.produce_change(&change).await;
+    harness
+        .wait_for(&collector, "the command", Duration::from_secs(30), |o| {
+            !o.commands_for(&change.event_id).is_empty()
+        })
+        .await;
+    let command_after = sent.elapsed();
+    up.wait_for(&harness, "the notification", |r| !r.is_empty())
+        .await;
+    // Let the down receiver fail a few tries before it comes up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let down = Receiver::start_on(&down_address, &[]).await;
+    let told = down
+        .wait_for(&harness, "the notification after it came up", |r| {
+            !r.is_empty()
+        })
+        .await;
+    let text = told[0].json()["text"].as_str().expect("text").to_string();
+    assert!(
+        text.contains("issued `disable`") && text.contains("`test/test/plain-two`"),
+        "{text}"
+    );
+    assert!(
+        harness
+            .logs()
+            .contains("notification not delivered yet; trying again"),
+        "the down receiver was tried and failed first"
+    );
+    assert!(
+        !harness.logs().contains(&down_address),
+        "the receiver's URL is a secret, never logged"
+    );
+    eprintln!("the command came {command_after:?} after the change");
+}
+
+#[test]
+fn a_bad_notify_section_stops_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("catalog")).expect("catalog");
+    for (name, yaml) in [
+        (
+            "e.yaml",
+            experiment_yaml("e", "1s", &dir.path().join("m"), &closed_address()),
+        ),
+        ("p.yaml", pipeline_yaml("p", Some("p-*"), &["e"])),
+    ] {
+        std::fs::write(dir.path().join("catalog").join(name), yaml).expect("catalog file");
+    }
+    let base = "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n\n[catalog]\npath = \"catalog\"\n\n";
+    let cases = [
+        (
+            "[[notify.receivers]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"http://h/a\"\n\n\
+             [[notify.receivers]]\nname = \"b\"\nkind = \"slack\"\nurl = \"ftp://s3cret-host/x\"\n",
+            "notify.receivers[1].url: not an http(s) URL",
+        ),
+        (
+            "[[notify.receivers]]\nname = \"a\"\nkind = \"webhook\"\nurl_file = \"missing-url\"\n",
+            "notify.receivers[0].url_file",
+        ),
+        (
+            "[[notify.receivers]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"http://h/a\"\nevents = [\"step_failed\", \"lunch_ready\"]\n",
+            "lunch_ready",
+        ),
+    ];
+    for (section, expected) in cases {
+        let config = dir.path().join("c.toml");
+        std::fs::write(&config, format!("{base}{section}")).expect("config");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chaosgate"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run chaosgate");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in:\n{stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "the URL is a secret:\n{stderr}");
+    }
+}
