@@ -542,3 +542,21 @@ fn a_bad_notify_section_stops_the_start_naming_the_key() {
         assert!(!stderr.contains("s3cret"), "the URL is a secret:\n{stderr}");
     }
 }
+
+#[test]
+fn the_notify_example_is_a_valid_config() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/notify.example.toml");
+    let config =
+        chaosgate::config::Config::load(&path, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let notify = config.notify.expect("a [notify] section");
+    let names: Vec<&str> = notify.receivers.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["ops-webhook", "chat"]);
+    assert_eq!(notify.receivers[0].events, EventKind::ALL.to_vec());
+    assert!(
+        notify.receivers[1]
+            .url_file
+            .as_ref()
+            .is_some_and(|p| p.starts_with(path.parent().unwrap())),
+        "url_file is relative to the config file"
+    );
+}

@@ -221,15 +221,19 @@ fn run_ended(run: &RunRecord) -> Vec<Facts> {
     };
     let mut told = Vec::new();
     if matches!(run.status, RunStatus::Failed | RunStatus::Error) {
-        let summary = run.summary.clone().unwrap_or_default();
-        let reason = format!(
-            "step {} of stage {} {}{}{}",
-            run.step.id,
-            run.stage.id,
-            run.status.as_str(),
-            if summary.is_empty() { "" } else { ": " },
-            summary
-        );
+        // The run's own one-line summary ("score 0 < expected 80"), else what failed.
+        let reason = run
+            .summary
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| {
+                format!(
+                    "step {} of stage {} {}",
+                    run.step.id,
+                    run.stage.id,
+                    run.status.as_str()
+                )
+            });
         told.push(about(EventKind::StepFailed, reason));
     }
     let mut left: Vec<String> = run
