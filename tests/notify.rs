@@ -560,3 +560,63 @@ fn the_notify_example_is_a_valid_config() {
         "url_file is relative to the config file"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_left_behind_is_told_to_the_receiver_that_wants_only_that() {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, "notify-fault", 1).await;
+    // The revert fails: the fault stays (its marker file is left).
+    let marker = harness.marker("stuck");
+    let experiment = experiment_yaml("sticks", "1s", &marker, &closed_address()).replace(
+        &format!("argv: [rm, -f, \"{}\"]", marker.display()),
+        "argv: [\"false\"]",
+    );
+    assert!(experiment.contains("[\"false\"]"), "{experiment}");
+    harness.catalog_file("stuck.yaml", &experiment);
+    harness.catalog_file(
+        "sticky.yaml",
+        &pipeline_yaml("sticky-gate", Some("sticky-*"), &["sticks"]),
+    );
+    let faults = Receiver::start(&[]).await;
+    let config = with_notify(
+        &harness.config("worker", &Settings::default()),
+        &format!(
+            r#"[notify]
+view_url = "http://view.example"
+
+[[notify.receivers]]
+name = "faults"
+kind = "webhook"
+url = "{url}"
+events = ["fault_not_reverted"]
+"#,
+            url = faults.url,
+        ),
+    );
+    let _worker = harness.spawn("worker", &config);
+    let collector = harness.collect();
+    let change = worker::change("sticky-one", ChangeKind::Enable, None);
+    harness.produce_change(&change).await;
+    harness
+        .wait_for(&collector, "the command", PATIENCE, |o| {
+            !o.commands_for(&change.event_id).is_empty()
+        })
+        .await;
+    let told = faults
+        .wait_for(&harness, "fault_not_reverted", |r| !r.is_empty())
+        .await;
+    let body = told[0].json();
+    assert_eq!(
+        body["type"], "dev.chaosgate.notification.fault_not_reverted.v1",
+        "{body}"
+    );
+    assert_eq!(body["data"]["faults"], serde_json::json!(["marker"]));
+    assert_eq!(body["data"]["step"], "sticks");
+    assert!(marker.exists(), "the fault was indeed left behind");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        faults.requests().len(),
+        1,
+        "only fault_not_reverted: not the command, not the failed step"
+    );
+}
