@@ -159,6 +159,12 @@ fn with_notify(config: &Path, section: &str) -> PathBuf {
     config.to_path_buf()
 }
 
+/// Starts `chaosgate run` with the harness's config plus `section` (`[notify]` TOML).
+fn spawn_notifying(harness: &Harness, section: &str) -> worker::Worker {
+    let config = with_notify(&harness.config("worker", &Settings::default()), section);
+    harness.spawn("worker", &config)
+}
+
 /// The bodies of `requests` whose CloudEvent type is that of `event`.
 fn of_event(requests: &[Request], event: EventKind) -> Vec<Request> {
     let wanted = format!("dev.chaosgate.notification.{}.v1", event.as_str());
@@ -237,8 +243,8 @@ async fn a_failed_gate_is_told_to_a_webhook_with_its_facts_and_to_slack_with_a_l
     std::fs::write(&secret_file, "whsec_c2VjcmV0LWZvci10ZXN0cw==\n").expect("secret");
     let url_file = harness.dir.path().join("chat.url");
     std::fs::write(&url_file, format!("{}\n", chat.url)).expect("url file");
-    let config = with_notify(
-        &harness.config("worker", &Settings::default()),
+    let _worker = spawn_notifying(
+        &harness,
         &format!(
             r#"[notify]
 view_url = "http://view.example/chaos/"
@@ -261,7 +267,6 @@ events = ["step_failed"]
             url_file = url_file.display(),
         ),
     );
-    let _worker = harness.spawn("worker", &config);
     let collector = harness.collect();
     let change = worker::change("risky-one", ChangeKind::Enable, None);
     harness.produce_change(&change).await;
@@ -357,8 +362,8 @@ async fn a_receiver_failing_twice_gets_three_tries_with_one_key_and_a_refusal_is
     risky_gate(&harness);
     let flaky = Receiver::start(&[500, 500]).await;
     let gone = Receiver::start(&[410]).await;
-    let config = with_notify(
-        &harness.config("worker", &Settings::default()),
+    let worker = spawn_notifying(
+        &harness,
         &format!(
             r#"[[notify.receivers]]
 name = "flaky"
@@ -375,7 +380,6 @@ events = ["command_issued"]
             gone = gone.url,
         ),
     );
-    let worker = harness.spawn("worker", &config);
     // No pipeline routes this flag: the worker answers `enable` at once.
     let change = worker::change("plain-one", ChangeKind::Enable, None);
     harness.produce_change(&change).await;
@@ -439,8 +443,8 @@ async fn a_receiver_that_is_down_does_not_delay_the_command_and_is_told_once_it_
     risky_gate(&harness);
     let up = Receiver::start(&[]).await;
     let down_address = closed_address();
-    let config = with_notify(
-        &harness.config("worker", &Settings::default()),
+    let _worker = spawn_notifying(
+        &harness,
         &format!(
             r#"[[notify.receivers]]
 name = "up"
@@ -455,7 +459,6 @@ url = "http://{down_address}/hook"
             up = up.url,
         ),
     );
-    let _worker = harness.spawn("worker", &config);
     let collector = harness.collect();
     let change = worker::change("plain-two", ChangeKind::Disable, None);
     let sent = Instant::now();
@@ -578,8 +581,8 @@ async fn a_fault_left_behind_is_told_to_the_receiver_that_wants_only_that() {
         &pipeline_yaml("sticky-gate", Some("sticky-*"), &["sticks"]),
     );
     let faults = Receiver::start(&[]).await;
-    let config = with_notify(
-        &harness.config("worker", &Settings::default()),
+    let _worker = spawn_notifying(
+        &harness,
         &format!(
             r#"[notify]
 view_url = "http://view.example"
@@ -593,7 +596,6 @@ events = ["fault_not_reverted"]
             url = faults.url,
         ),
     );
-    let _worker = harness.spawn("worker", &config);
     let collector = harness.collect();
     let change = worker::change("sticky-one", ChangeKind::Enable, None);
     harness.produce_change(&change).await;

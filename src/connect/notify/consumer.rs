@@ -7,7 +7,8 @@
 //! ([`crate::connect::unleash::progress`], one per topic); a record cut off by shutdown,
 //! a crash or a rebalance is delivered again, with the same idempotency key. A receiver
 //! that fails only lags its own group: the worker never waits for it. At most
-//! [`MAX_IN_FLIGHT`] records are being delivered at once; while that many are, the
+//! [`MAX_IN_FLIGHT`] records (one for a Slack-compatible receiver) are being delivered
+//! at once; while that many are, the
 //! consumer reads no further (its `max.poll.interval.ms` is librdkafka's longest, a day,
 //! so a receiver that is down does not make it leave its group).
 //!
@@ -58,6 +59,9 @@ pub struct Setup {
     pub events: Vec<EventKind>,
     /// `notify.view_url`.
     pub view_url: Option<String>,
+    /// Records delivered at once: [`MAX_IN_FLIGHT`], or 1 for a Slack-compatible
+    /// receiver.
+    pub max_in_flight: usize,
 }
 
 /// A record's place: topic, partition, offset.
@@ -110,7 +114,7 @@ pub async fn run(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            received = consumer.recv(), if state.tasks.len() < MAX_IN_FLIGHT => match received {
+            received = consumer.recv(), if state.tasks.len() < state.setup.max_in_flight => match received {
                 Ok(message) => {
                     failures = 0;
                     let topic = message.topic().to_string();

@@ -13,6 +13,9 @@
 //! followed; 4xx: 400, 401, 403, 404, 410...) will not heal by trying again and is given
 //! up at once. Given up means an error log line and the `given_up` count; the record's
 //! offset then moves on. The URL, a secret, is never in a log line or an error.
+//!
+//! A Slack-compatible receiver is sent one message at a time, at most one a second
+//! ([`SLACK_SPACING`]), which keeps to Slack's rate limit and the order of events.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,9 @@ use crate::telemetry::metrics;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between two tries (unless `Retry-After` asks for longer).
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A Slack-compatible receiver gets at most one message per this (Slack: "no more than
+/// one message per second" per incoming webhook; its consumer delivers one at a time).
+pub const SLACK_SPACING: Duration = Duration::from_secs(1);
 /// How much of a refusing answer's body is logged.
 const SHOWN_BODY: usize = 200;
 
@@ -116,6 +122,12 @@ pub async fn deliver(
             Ok(()) => {
                 tracing::info!(receiver = %receiver.name, event, %flag, %key, tries, "notification delivered");
                 metrics::notification(&receiver.name, event, "delivered");
+                if receiver.kind == ReceiverKind::Slack {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(SLACK_SPACING) => {}
+                    }
+                }
                 return Delivery::Delivered;
             }
             Err(Failure::Permanent(why)) => {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ReceiverKind};
 use deliver::Receiver;
 
 /// Why the notifier could not start or had to stop.
@@ -60,6 +60,10 @@ pub fn setups(config: &Config) -> Result<Vec<consumer::Setup>, NotifyError> {
             }),
             events: receiver.events.clone(),
             view_url: notify.view_url.clone(),
+            max_in_flight: match receiver.kind {
+                ReceiverKind::Webhook => consumer::MAX_IN_FLIGHT,
+                ReceiverKind::Slack => 1,
+            },
         });
     }
     Ok(setups)
