@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("chaosgate {}", env!("CARGO_PKG_VERSION"));
             println!(
-                "contracts: flag-change v1, experiment-run v1, flag-command v1, approved-flag v1, abort-request v1, CloudEvents 1.0 (Kafka binding)"
+                "contracts: flag-change v1, experiment-run v1, flag-command v1, pipeline-hold v1, guard-run v1, approved-flag v1, flag-state v1, abort-request v1, approval-request v1, CloudEvents 1.0 (Kafka binding)"
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -7,17 +7,22 @@ use serde_json::Value;
 use crate::catalog::{Experiment, Pipeline};
 use crate::config::Config;
 use crate::contract::{
-    AbortRequest, ApprovedFlag, DeadLetter, FlagChange, FlagCommand, RunRecord, schema_of,
+    AbortRequest, ApprovalRequest, ApprovedFlag, DeadLetter, FlagChange, FlagCommand, FlagState,
+    GuardRecord, HoldRecord, RunRecord, schema_of,
 };
 
 /// Names of every published schema, in the order `chaosgate schema` lists them.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 13] = [
     "flag-change",
     "experiment-run",
+    "pipeline-hold",
+    "guard-run",
     "flag-command",
     "approved-flag",
+    "flag-state",
     "dead-letter",
     "abort-request",
+    "approval-request",
     "pipeline",
     "experiment",
     "config",
@@ -30,6 +35,10 @@ pub fn schema(name: &str) -> Option<Value> {
         "experiment-run" => schema_of::<RunRecord>(name),
         "flag-command" => schema_of::<FlagCommand>(name),
         "approved-flag" => schema_of::<ApprovedFlag>(name),
+        "pipeline-hold" => schema_of::<HoldRecord>(name),
+        "guard-run" => schema_of::<GuardRecord>(name),
+        "flag-state" => schema_of::<FlagState>(name),
+        "approval-request" => schema_of::<ApprovalRequest>(name),
         "dead-letter" => schema_of::<DeadLetter>(name),
         "abort-request" => schema_of::<AbortRequest>(name),
         "pipeline" => schema_of::<Pipeline>(name),

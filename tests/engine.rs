@@ -1181,6 +1181,7 @@ async fn gate_both(dir: &Path, target_wait: Option<Duration>) -> [RunRecord; 2] 
         unrouted: chaosgate::catalog::Unrouted::Enable,
         updates: None,
         start_committed: None,
+        resume: None,
     };
     let run = |change: FlagChange| {
         let (catalog, context) = (&catalog, &context);

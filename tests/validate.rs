@@ -163,7 +163,10 @@ fn the_example_catalog_routes_the_demo_flags() {
     let demo = catalog.experiment("demo-payments-latency").unwrap();
     assert_eq!(demo.faults[0].duration.duration().as_secs(), 3);
     assert!(
-        catalog.pipeline("demo-search").unwrap().stages[0].steps[0].experiment
+        catalog.pipeline("demo-search").unwrap().stages[0].steps[0]
+            .chaos()
+            .unwrap()
+            .experiment
             == "demo-search-blip"
     );
 }

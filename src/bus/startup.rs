@@ -57,6 +57,7 @@ pub(crate) async fn ensure_topics(
         topics.dead_letter.as_str(),
         topics.control.as_str(),
         topics.approved_flags.as_str(),
+        topics.flag_state.as_str(),
     ];
     let servers = config.kafka.bootstrap_servers.clone();
     let probe: BaseConsumer<RefusalWatch> = client
@@ -129,8 +130,8 @@ pub(crate) async fn ensure_topics(
                 config.kafka.topic_partitions,
                 rdkafka::admin::TopicReplication::Fixed(-1),
             );
-            // The newest approved definition of each flag is kept for ever.
-            if *t == topics.approved_flags {
+            // The newest approved definition and state of each flag are kept for ever.
+            if *t == topics.approved_flags || *t == topics.flag_state {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic

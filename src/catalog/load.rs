@@ -461,7 +461,7 @@ fn to_problem(source: &Source, finding: Finding) -> Problem {
 mod tests {
     use super::*;
     use crate::catalog::experiment::experiment_example;
-    use crate::catalog::pipeline::pipeline_example;
+    use crate::catalog::pipeline::{Step, pipeline_example};
 
     #[test]
     fn builds_a_catalog_from_typed_values() {
@@ -476,8 +476,11 @@ mod tests {
     #[test]
     fn typed_values_get_the_same_checks() {
         let mut pipeline = pipeline_example();
-        pipeline.stages[0].steps[0].experiment = "nope".into();
-        pipeline.stages[0].steps[0].expected_resilience_score = 120.0;
+        let Step::Chaos(step) = &mut pipeline.stages[0].steps[0] else {
+            panic!("the example's first step is a chaos step");
+        };
+        step.experiment = "nope".into();
+        step.expected_resilience_score = 120.0;
         let problems = Catalog::from_parts(vec![pipeline], vec![experiment_example()]).unwrap_err();
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(

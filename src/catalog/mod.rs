@@ -9,6 +9,8 @@ pub(crate) mod assertion;
 pub mod credentials;
 pub mod document;
 pub mod experiment;
+pub mod freeze;
+pub mod guard;
 pub(crate) mod load;
 pub(crate) mod number;
 pub mod pipeline;

@@ -1,9 +1,12 @@
-//! Pipelines as the operator writes them: which flag changes they gate, and the stages of
-//! chaos steps that decide whether a change goes out.
+//! Pipelines as the operator writes them: which flag changes they gate, the stages of
+//! steps that decide whether a change goes out (chaos steps, approvals, waits), the freeze
+//! windows that hold changes, and the guard that keeps watching after an `enable`.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::freeze::FreezeWindow;
+use super::guard::Guard;
 use super::span::Span;
 
 /// A pipeline: routing, ordered stages of chaos steps, and the outcome policy.
@@ -45,6 +48,13 @@ pub struct Pipeline {
     /// and get an immediate `enable`).
     #[serde(default)]
     pub allow_explicit: bool,
+    /// Times when gated changes are held until the window ends (a `disable` never is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze_windows: Vec<FreezeWindow>,
+    /// Probes kept watching the flag for a while after the pipeline's `enable`; a failure
+    /// issues the `on_failure` command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
     /// Stages, run in order.
     pub stages: Vec<Stage>,
 }
@@ -74,7 +84,7 @@ fn default_gated_changes() -> Vec<GatedChange> {
 /// The flag command emitted when a pipeline fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum FailureOutcome {
+pub enum FailureOutcome {
     /// `disable` the flag.
     #[default]
     Disable,
@@ -120,7 +130,7 @@ impl StageType {
     }
 }
 
-/// A stage: ordered chaos steps.
+/// A stage: ordered steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
@@ -132,8 +142,97 @@ pub struct Stage {
     /// Stage type.
     #[serde(rename = "type")]
     pub stage_type: StageType,
-    /// Chaos steps, run in order.
-    pub steps: Vec<ChaosStep>,
+    /// Steps, run in order.
+    pub steps: Vec<Step>,
+}
+
+/// One step of a stage; which one is told by its block: `experiment` (a chaos step),
+/// `approval` or `wait`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Step {
+    /// Runs an experiment and judges it.
+    Chaos(ChaosStep),
+    /// Waits for a person's approve or reject request.
+    Approval(ApprovalStep),
+    /// Holds the pipeline for a time (a bake time).
+    Wait(WaitStep),
+}
+
+impl Step {
+    /// The step's id, unique within its stage.
+    pub fn id(&self) -> &str {
+        match self {
+            Step::Chaos(step) => &step.id,
+            Step::Approval(step) => &step.id,
+            Step::Wait(step) => &step.id,
+        }
+    }
+
+    /// The step's name, its id when it has none.
+    pub fn name(&self) -> &str {
+        let name = match self {
+            Step::Chaos(step) => &step.name,
+            Step::Approval(step) => &step.name,
+            Step::Wait(step) => &step.name,
+        };
+        name.as_deref().unwrap_or(self.id())
+    }
+
+    /// The chaos step, when this is one.
+    pub fn chaos(&self) -> Option<&ChaosStep> {
+        match self {
+            Step::Chaos(step) => Some(step),
+            _ => None,
+        }
+    }
+}
+
+/// A step waiting for a person: an approve or reject request on `chaosgate-control`
+/// naming the execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalStep {
+    /// Id, unique within the stage.
+    pub(crate) id: String,
+    /// Human-readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<String>,
+    /// What is asked, and of whom.
+    pub approval: Approval,
+    /// What a reject or a timeout does to the pipeline (default `abort`; `retry` is
+    /// refused: ask again with a new change).
+    #[serde(default)]
+    pub(crate) failure_strategy: FailureStrategy,
+}
+
+/// The `approval` block of an approval step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// What the approver is asked, shown in the hold record and notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// How long to wait for an answer (default 24h); then the step fails.
+    #[serde(default = "default_approval_timeout")]
+    pub timeout: Span,
+}
+
+fn default_approval_timeout() -> Span {
+    Span::from_millis(24 * 3600 * 1000)
+}
+
+/// A step that holds the pipeline for a time, e.g. a bake time between stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitStep {
+    /// Id, unique within the stage.
+    pub(crate) id: String,
+    /// Human-readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<String>,
+    /// How long to wait.
+    pub wait: Span,
 }
 
 /// A chaos step: one experiment and the bar it must clear.
@@ -208,11 +307,13 @@ pub(crate) fn pipeline_example() -> Pipeline {
         on_failure: FailureOutcome::Disable,
         dry_run: false,
         allow_explicit: false,
+        freeze_windows: Vec::new(),
+        guard: None,
         stages: vec![Stage {
             id: "resilience".into(),
             name: Some("Resilience checks".into()),
             stage_type: StageType::FeatureFlag,
-            steps: vec![ChaosStep {
+            steps: vec![Step::Chaos(ChaosStep {
                 id: "payments-latency".into(),
                 name: Some("Payments 200 ms slower".into()),
                 experiment: "payments-latency".into(),
@@ -224,7 +325,7 @@ pub(crate) fn pipeline_example() -> Pipeline {
                     fallback: FallbackStrategy::Abort,
                 },
                 timeout: Some(Span::from_millis(120_000)),
-            }],
+            })],
         }],
     }
 }

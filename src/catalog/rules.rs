@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 
 use super::experiment::{CommandLine, Experiment, FaultExecution, FaultKind, ProbeMode, ProbeType};
-use super::pipeline::Pipeline;
+use super::pipeline::{FailureStrategy, Pipeline, Step};
 use super::problem::{FieldPath, Finding};
 use super::span::Span;
 
@@ -78,10 +78,46 @@ pub(crate) fn check_pipeline(pipeline: &Pipeline) -> Vec<Finding> {
     let stages = FieldPath::root().key("stages");
     for (i, stage) in pipeline.stages.iter().enumerate() {
         for (j, step) in stage.steps.iter().enumerate() {
-            if let Some(timeout) = step.timeout {
-                let at = stages.index(i).key("steps").index(j).key("timeout");
-                positive(timeout, &at, "a step's timeout", &mut out);
+            let at = stages.index(i).key("steps").index(j);
+            match step {
+                Step::Chaos(step) => {
+                    if let Some(timeout) = step.timeout {
+                        positive(timeout, &at.key("timeout"), "a step's timeout", &mut out);
+                    }
+                }
+                Step::Approval(step) => {
+                    let timeout = at.key("approval").key("timeout");
+                    positive(
+                        step.approval.timeout,
+                        &timeout,
+                        "an approval's timeout",
+                        &mut out,
+                    );
+                    if matches!(step.failure_strategy, FailureStrategy::Retry { .. }) {
+                        out.push(Finding::new(
+                            at.key("failure_strategy"),
+                            "an approval step cannot retry: a reject or timeout is final for \
+                             this change (use abort, ignore or mark_as_success)",
+                        ));
+                    }
+                }
+                Step::Wait(step) => positive(step.wait, &at.key("wait"), "a wait", &mut out),
             }
+        }
+    }
+    if let Some(guard) = &pipeline.guard {
+        let at = FieldPath::root().key("guard");
+        positive(
+            guard.duration,
+            &at.key("duration"),
+            "a guard's duration",
+            &mut out,
+        );
+        if guard.probes.is_empty() {
+            out.push(Finding::new(
+                at.key("probes"),
+                "a guard needs at least one probe to watch",
+            ));
         }
     }
     out

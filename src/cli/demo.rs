@@ -126,6 +126,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         &topics.dead_letter,
         &topics.control,
         &topics.approved_flags,
+        &topics.flag_state,
     ] {
         cluster
             .create_topic(topic, 3, 1)

@@ -185,6 +185,11 @@ pub struct Topics {
     /// the approved configuration.
     #[serde(default = "topic_approved_flags")]
     pub approved_flags: String,
+    /// What the worker owes each flag (a parked pipeline execution, a guard), produced in
+    /// the transactions that change it and read whole by every worker. Create it
+    /// compacted (`cleanup.policy=compact`): the newest record of each flag is its state.
+    #[serde(default = "topic_flag_state")]
+    pub flag_state: String,
 }
 
 fn topic_flag_changes() -> String {
@@ -205,6 +210,9 @@ fn topic_control() -> String {
 fn topic_approved_flags() -> String {
     "approved-flags".into()
 }
+fn topic_flag_state() -> String {
+    "chaosgate-flag-state".into()
+}
 
 impl Default for Topics {
     fn default() -> Self {
@@ -215,6 +223,7 @@ impl Default for Topics {
             dead_letter: topic_dead_letter(),
             control: topic_control(),
             approved_flags: topic_approved_flags(),
+            flag_state: topic_flag_state(),
         }
     }
 }

@@ -1,8 +1,9 @@
-//! The abort request (v1): the kill switch, read from `chaosgate-control`.
+//! Control requests (v1), read from `chaosgate-control`: the abort request (the kill
+//! switch) and the approval request (an answer to a pipeline's `approval` step).
 //!
 //! A control message is bounded before it is parsed: key, value and headers together at
 //! most [`MAX_CONTROL_MESSAGE_BYTES`]; a larger one is refused unread
-//! ([`BadAbortRequest::Oversized`]), as is anything that is not an abort request.
+//! ([`BadControlRequest::Oversized`]), as is anything that is not a control request.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -38,9 +39,73 @@ pub struct AbortRequest {
 /// tracing headers while a flood of large messages cannot make every worker parse them.
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// CloudEvents `type` of an approval request.
+pub const APPROVAL_REQUEST_TYPE: &str = "dev.chaosgate.control.approval.v1";
+
+/// Approves or rejects a pipeline execution waiting at an `approval` step.
+///
+/// Acted on only by the execution it names, and only while that execution waits at an
+/// approval step (at the named `step`, when given) that began at or before the request
+/// was sent (its Kafka timestamp); the first such request decides. Any other request is
+/// logged and ignored. `requested_by` is what the sender says: who may approve is who may
+/// write the control topic (Kafka ACLs), as for abort requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "ApprovalRequest",
+    description = "An approval request (v1), the data of a CloudEvent on the chaosgate-control topic.",
+    example = approval_request_example()
+)]
+pub struct ApprovalRequest {
+    /// `approve` (the pipeline goes on) or `reject` (the step fails).
+    pub decision: ApprovalDecision,
+    /// The execution waiting (`pipeline_execution_id` of its records).
+    pub pipeline_execution_id: String,
+    /// `stage-id/step-id` of the approval step; when given it must be the step the
+    /// execution waits at, so a late answer to one approval cannot open the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Who decided (recorded as `decided_by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Why, for the records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// The answer an approval request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalDecision {
+    /// Go on with the pipeline.
+    Approve,
+    /// Fail the approval step.
+    Reject,
+}
+
+/// The example carried by the schema and used in tests and docs.
+pub fn approval_request_example() -> ApprovalRequest {
+    ApprovalRequest {
+        decision: ApprovalDecision::Approve,
+        pipeline_execution_id: "3f0c1a4e-8b7d-5e2f-a1c3-5d9e7f6b4a20".into(),
+        step: Some("canary/oncall-ok".into()),
+        requested_by: Some("oncall@example.com".into()),
+        comment: Some("dashboards look fine after the canary".into()),
+    }
+}
+
+/// One request read from the control topic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlRequest {
+    /// The kill switch.
+    Abort(AbortRequest),
+    /// An answer to an approval step.
+    Approval(ApprovalRequest),
+}
+
 /// Why a message on the control topic is not acted on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BadAbortRequest {
+pub enum BadControlRequest {
     /// Larger than [`MAX_CONTROL_MESSAGE_BYTES`]; not parsed.
     #[error(
         "the message is {size} bytes, over the {limit}-byte limit of a control message: not parsed"
@@ -55,32 +120,37 @@ pub enum BadAbortRequest {
     #[error("{0}")]
     Undecodable(String),
     /// A CloudEvent of another type.
-    #[error("type '{0}' is not {ABORT_REQUEST_TYPE}")]
+    #[error("type '{0}' is neither {ABORT_REQUEST_TYPE} nor {APPROVAL_REQUEST_TYPE}")]
     OtherType(String),
-    /// Its data is not an abort request.
+    /// Its data is not a request of its type.
     #[error("data: {0}")]
     Data(String),
 }
 
-/// Decodes one message of the control topic into an abort request, refusing it unread
-/// when it is over [`MAX_CONTROL_MESSAGE_BYTES`].
-pub fn decode_abort_request(
+/// Decodes one message of the control topic, refusing it unread when it is over
+/// [`MAX_CONTROL_MESSAGE_BYTES`].
+pub fn decode_control_request(
     message: &super::KafkaMessage,
-) -> Result<AbortRequest, BadAbortRequest> {
+) -> Result<ControlRequest, BadControlRequest> {
     let size = message.size();
     if size > MAX_CONTROL_MESSAGE_BYTES {
-        return Err(BadAbortRequest::Oversized {
+        return Err(BadControlRequest::Oversized {
             size,
             limit: MAX_CONTROL_MESSAGE_BYTES,
         });
     }
     let event = super::CloudEvent::decode(message)
-        .map_err(|e| BadAbortRequest::Undecodable(e.to_string()))?;
-    if event.event_type != ABORT_REQUEST_TYPE {
-        return Err(BadAbortRequest::OtherType(event.event_type));
+        .map_err(|e| BadControlRequest::Undecodable(e.to_string()))?;
+    let data = |e: serde_json::Error| BadControlRequest::Data(e.to_string());
+    match event.event_type.as_str() {
+        ABORT_REQUEST_TYPE => serde_json::from_value(event.data)
+            .map(ControlRequest::Abort)
+            .map_err(data),
+        APPROVAL_REQUEST_TYPE => serde_json::from_value(event.data)
+            .map(ControlRequest::Approval)
+            .map_err(data),
+        _ => Err(BadControlRequest::OtherType(event.event_type)),
     }
-    serde_json::from_value::<AbortRequest>(event.data)
-        .map_err(|e| BadAbortRequest::Data(e.to_string()))
 }
 
 /// Which runs an abort request matches.
@@ -132,14 +202,17 @@ mod tests {
     fn an_abort_request_decodes_and_an_oversized_one_is_refused_unread() {
         let request = abort_request_example();
         let good = event(serde_json::to_value(&request).unwrap());
-        assert_eq!(decode_abort_request(&good.to_binary(None)), Ok(request));
+        assert_eq!(
+            decode_control_request(&good.to_binary(None)),
+            Ok(ControlRequest::Abort(request))
+        );
 
         let mut huge = abort_request_example();
         huge.reason = Some("x".repeat(MAX_CONTROL_MESSAGE_BYTES));
         let message = event(serde_json::to_value(&huge).unwrap()).to_binary(None);
-        let err = decode_abort_request(&message).unwrap_err();
+        let err = decode_control_request(&message).unwrap_err();
         assert!(
-            matches!(err, BadAbortRequest::Oversized { size, limit } if size > limit && limit == MAX_CONTROL_MESSAGE_BYTES),
+            matches!(err, BadControlRequest::Oversized { size, limit } if size > limit && limit == MAX_CONTROL_MESSAGE_BYTES),
             "{err}"
         );
         assert!(
@@ -150,8 +223,26 @@ mod tests {
         let mut other = good.clone();
         other.event_type = "dev.chaosgate.flag.change.v1".into();
         assert!(matches!(
-            decode_abort_request(&other.to_binary(None)),
-            Err(BadAbortRequest::OtherType(_))
+            decode_control_request(&other.to_binary(None)),
+            Err(BadControlRequest::OtherType(_))
         ));
+    }
+
+    #[test]
+    fn an_approval_request_decodes_and_unknown_fields_are_refused() {
+        let request = approval_request_example();
+        let mut good = event(serde_json::to_value(&request).unwrap());
+        good.event_type = APPROVAL_REQUEST_TYPE.into();
+        assert_eq!(
+            decode_control_request(&good.to_binary(None)),
+            Ok(ControlRequest::Approval(request))
+        );
+        let mut bad = good.clone();
+        bad.data["approved"] = true.into();
+        let err = decode_control_request(&bad.to_binary(None)).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `approved`"),
+            "{err}"
+        );
     }
 }

@@ -95,6 +95,10 @@ pub enum ReasonCode {
     NoPipeline,
     /// The pipeline does not gate this change kind; passed on at once.
     NotGated,
+    /// The pipeline's guard saw a probe fail after the `enable` (a guard's command, not
+    /// the answer to a flag-change: `causation_event_id` is the change the `enable`
+    /// answered).
+    GuardFired,
 }
 
 /// One chaos step's outcome, in the command.

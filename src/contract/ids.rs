@@ -42,6 +42,23 @@ pub fn command_id(event_id: &str) -> String {
     derive(&["command", event_id])
 }
 
+/// Id of a hold of an execution: `place` is `stage-id/step-id` of an approval or wait
+/// step, or `freeze`.
+pub fn hold_id(pipeline_execution_id: &str, place: &str) -> String {
+    derive(&["hold", pipeline_execution_id, place])
+}
+
+/// Id of the guard that follows the `enable` command `enable_command_id`.
+pub fn guard_id(enable_command_id: &str) -> String {
+    derive(&["guard", enable_command_id])
+}
+
+/// Id of the command a guard issues when it fires, for the flag-change `event_id` whose
+/// `enable` it guards.
+pub fn guard_command_id(event_id: &str) -> String {
+    derive(&["guard-command", event_id])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,9 @@ use tracing::Instrument;
 
 use crate::catalog::assertion::AssertionInput;
 use crate::catalog::credentials::credential_fields;
-use crate::catalog::pipeline::{ChaosStep, FailureStrategy, FallbackStrategy, Pipeline, Stage};
+use crate::catalog::pipeline::{
+    ChaosStep, FailureStrategy, FallbackStrategy, Pipeline, Stage, Step,
+};
 use crate::catalog::{Catalog, Unrouted};
 use crate::chaos::run::{ExperimentResult, RunContext, run_experiment};
 use crate::contract::run_record::{ExperimentRef, FlagRef, StageRef, StepRef};
@@ -42,6 +44,7 @@ use crate::contract::{FlagChange, FlagCommand, RunRecord, RunStatus, StepSummary
 use crate::telemetry::{redact, traces};
 
 use super::decision::{self, Gating, Outcome, StepVerdict, judge_step};
+use super::hold::{self, Parked, Resume};
 
 /// What an execution needs besides the flag change and its pipeline.
 #[derive(Debug, Clone)]
@@ -65,6 +68,9 @@ pub struct ExecutionContext {
     /// run interrupted before that runs again under the same attempt and run id, so no
     /// `aborted` record is published for it (its id must not end twice). `None`: durable.
     pub start_committed: Option<Arc<AtomicBool>>,
+    /// Go on with a parked execution whose hold ended (see [`super::hold`]); `None` runs
+    /// the pipeline from its start.
+    pub resume: Option<Resume>,
 }
 
 /// Where run records go as they happen (the worker hands them to its committer). Called
@@ -127,8 +133,8 @@ pub(crate) fn run_position(
     let step = stage_ref
         .steps
         .iter()
-        .position(|s| s.id == record.step.id)?;
-    let step_ref = &stage_ref.steps[step];
+        .position(|s| s.id() == record.step.id)?;
+    let step_ref = stage_ref.steps[step].chaos()?;
     let retries = match &step_ref.failure_strategy {
         FailureStrategy::Retry { count, .. } => *count,
         _ => 0,
@@ -159,7 +165,7 @@ pub(crate) fn superseded_record(
     by: u32,
 ) -> Option<RunRecord> {
     let stage = pipeline.stages.get(position.stage)?;
-    let step = stage.steps.get(position.step)?;
+    let step = stage.steps.get(position.step)?.chaos()?;
     let name = catalog
         .experiment(&step.experiment)
         .and_then(|e| e.name.clone())
@@ -188,8 +194,11 @@ pub(crate) fn superseded_record(
 pub struct Execution {
     /// Final records of every run, in order.
     pub records: Vec<RunRecord>,
-    /// The flag command; `None` when the execution was interrupted (not final).
+    /// The flag command; `None` when the execution was interrupted (not final) or parked.
     pub(crate) command: Option<FlagCommand>,
+    /// Where the execution stopped to wait (an approval or wait step, a freeze window);
+    /// the worker resumes it when the hold ends.
+    pub parked: Option<Parked>,
 }
 
 /// Answers a flag change: runs its pipeline when it is gated, or passes it on at once.
@@ -212,41 +221,76 @@ pub async fn execute(
             return Execution {
                 records: Vec::new(),
                 command,
+                parked: None,
             };
         }
     };
     let gating = Gating::Gate;
     let mut records = Vec::new();
-    let mut steps = Vec::new();
-    let mut outcome = Outcome::Passed;
+    let interrupted = |records| Execution {
+        records,
+        command: None,
+        parked: None,
+    };
     if context.interrupt.is_cancelled() {
-        return Execution {
-            records,
-            command: None,
-        };
+        return interrupted(records);
     }
+    let now = Utc::now();
+    let (start, mut steps, mut outcome) = match &context.resume {
+        Some(resume) => {
+            let point = hold::resume_point(pipeline, resume);
+            (
+                point.start,
+                point.steps,
+                point.stop.unwrap_or(Outcome::Passed),
+            )
+        }
+        None => ((0, 0), Vec::new(), Outcome::Passed),
+    };
     if context.kill.is_cancelled() {
-        // Aborted while it waited for its flag or a slot: nothing runs.
+        // Aborted while it waited for its flag, a slot or a hold: nothing runs.
         let outcome = Outcome::Aborted("aborted by the kill switch before it started".into());
-        let command =
-            decision::flag_command(change, Some(pipeline), gating, &outcome, steps, Utc::now());
+        let command = decision::flag_command(change, Some(pipeline), gating, &outcome, steps, now);
         return Execution {
             records,
             command: Some(command),
+            parked: None,
         };
     }
-    'stages: for stage in &pipeline.stages {
+    if context.resume.is_none()
+        && let Some(hold) = hold::freeze_hold(change, pipeline, now)
+    {
+        return Execution {
+            records,
+            command: None,
+            parked: Some(Parked { hold, steps }),
+        };
+    }
+    'stages: for (stage_index, stage) in pipeline.stages.iter().enumerate() {
         let stage_span = traces::stage_span(&stage.id, stage.stage_type.as_str());
-        for step in &stage.steps {
+        for (step_index, step) in stage.steps.iter().enumerate() {
+            if (stage_index, step_index) < start
+                || matches!(outcome, Outcome::Failed(_) | Outcome::Aborted(_))
+            {
+                continue;
+            }
+            let step = match step {
+                Step::Chaos(step) => step,
+                Step::Approval(_) | Step::Wait(_) => {
+                    let hold = hold::step_hold(change, pipeline, stage, step, Utc::now());
+                    return Execution {
+                        records,
+                        command: None,
+                        parked: hold.map(|hold| Parked { hold, steps }),
+                    };
+                }
+            };
             let result = run_step(change, pipeline, stage, step, catalog, context)
                 .instrument(stage_span.clone())
                 .await;
             records.extend(result.records);
             if context.interrupt.is_cancelled() {
-                return Execution {
-                    records,
-                    command: None,
-                };
+                return interrupted(records);
             }
             steps.push(result.summary);
             if let Some(stop) = result.stop {
@@ -260,6 +304,7 @@ pub async fn execute(
     Execution {
         records,
         command: Some(command),
+        parked: None,
     }
 }
 

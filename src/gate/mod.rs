@@ -4,4 +4,6 @@
 
 pub(crate) mod decision;
 pub mod executor;
+pub mod guard;
+pub mod hold;
 pub(crate) mod selection;

@@ -600,6 +600,7 @@ fn reason_name(reason: ReasonCode) -> &'static str {
         ReasonCode::Requested => "requested",
         ReasonCode::NoPipeline => "no_pipeline",
         ReasonCode::NotGated => "not_gated",
+        ReasonCode::GuardFired => "guard_fired",
     }
 }
 

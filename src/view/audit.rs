@@ -97,7 +97,7 @@ impl AuditSettings {
         let mut timeouts = HashMap::new();
         for pipeline in catalog.pipelines() {
             for stage in &pipeline.stages {
-                for step in &stage.steps {
+                for step in stage.steps.iter().filter_map(|s| s.chaos()) {
                     let timeout = step
                         .timeout
                         .or_else(|| catalog.experiment(&step.experiment).and_then(|e| e.timeout));
