@@ -20,18 +20,17 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::EventKind;
 use crate::contract::flag_command::FLAG_COMMAND_TYPE;
-use crate::contract::run_record::RUN_RECORD_TYPE;
-use crate::contract::{CloudEvent, FlagCommand, KafkaMessage, RunRecord, RunStatus};
-
-/// CloudEvent type of a guard record (`contract::guard_record`).
-pub const GUARD_RECORD_TYPE: &str = "dev.chaosgate.guard.run.v1";
-/// CloudEvent type of a hold record (`contract::hold_record`).
-pub const HOLD_RECORD_TYPE: &str = "dev.chaosgate.pipeline.hold.v1";
+use crate::contract::guard_record::GUARD_RECORD_TYPE;
+use crate::contract::hold_record::HOLD_RECORD_TYPE;
+use crate::contract::run_record::{FlagRef, RUN_RECORD_TYPE};
+use crate::contract::{
+    CloudEvent, FlagCommand, GuardRecord, GuardStatus, HoldKind, HoldRecord, HoldStatus,
+    KafkaMessage, RunRecord, RunStatus,
+};
 
 /// The namespace of notification keys: UUIDv5 of the URL namespace and
 /// `https://chaosgate.dev/notifications`.
@@ -137,8 +136,16 @@ pub fn notifications(message: &KafkaMessage, view_url: Option<&str>) -> Vec<Noti
         RUN_RECORD_TYPE => serde_json::from_value::<RunRecord>(event.data.clone())
             .map(|r| run_ended(&r))
             .unwrap_or_default(),
-        GUARD_RECORD_TYPE => guard_fired(&event.data).into_iter().collect(),
-        HOLD_RECORD_TYPE => approval_needed(&event.data).into_iter().collect(),
+        GUARD_RECORD_TYPE => serde_json::from_value::<GuardRecord>(event.data.clone())
+            .ok()
+            .and_then(|g| guard_fired(&g))
+            .into_iter()
+            .collect(),
+        HOLD_RECORD_TYPE => serde_json::from_value::<HoldRecord>(event.data.clone())
+            .ok()
+            .and_then(|h| approval_needed(&h))
+            .into_iter()
+            .collect(),
         _ => Vec::new(),
     };
     facts
@@ -262,82 +269,57 @@ fn run_ended(run: &RunRecord) -> Vec<Facts> {
     told
 }
 
-/// A string field of `data`.
-fn text(data: &Value, field: &str) -> Option<String> {
-    data.get(field).and_then(Value::as_str).map(str::to_string)
-}
-
-/// The flag of a guard or hold record: a `{project, environment, key}` object, or a
-/// `project/environment/key` string.
-fn flag_of(data: &Value) -> Option<FlagFacts> {
-    match data.get("flag")? {
-        Value::String(path) => {
-            let mut parts = path.splitn(3, '/');
-            let (project, environment, key) = (parts.next()?, parts.next()?, parts.next()?);
-            Some(FlagFacts {
-                project: project.into(),
-                environment: environment.into(),
-                key: key.into(),
-            })
-        }
-        object => Some(FlagFacts {
-            project: text(object, "project")?,
-            environment: text(object, "environment")?,
-            key: text(object, "key").or_else(|| text(object, "flag"))?,
-        }),
+fn flag_facts(flag: &FlagRef) -> FlagFacts {
+    FlagFacts {
+        project: flag.project.clone(),
+        environment: flag.environment.clone(),
+        key: flag.key.clone(),
     }
 }
 
-/// The stage and step of a hold record: `stage`/`step` strings or `{id}` objects.
-fn id_of(data: &Value, field: &str) -> Option<String> {
-    match data.get(field)? {
-        Value::String(id) => Some(id.clone()),
-        object => text(object, "id"),
-    }
-}
-
-fn guard_fired(data: &Value) -> Option<Facts> {
-    if text(data, "status")?.as_str() != "fired" {
+fn guard_fired(guard: &GuardRecord) -> Option<Facts> {
+    if guard.status != GuardStatus::Fired {
         return None;
     }
-    let flag = flag_of(data)?;
-    let guard = text(data, "guard_id").unwrap_or_default();
-    let reason = text(data, "reason").unwrap_or_else(|| format!("guard {guard} fired"));
+    let reason = guard
+        .reason
+        .clone()
+        .unwrap_or_else(|| format!("guard {} fired", guard.guard_id));
     Some(Facts {
-        pipeline_id: text(data, "pipeline_id"),
-        pipeline_execution_id: text(data, "pipeline_execution_id"),
-        command_id: text(data, "command_id"),
-        status: Some("fired".into()),
-        ..facts(EventKind::GuardFired, flag, reason)
+        pipeline_id: Some(guard.pipeline_id.clone()),
+        pipeline_execution_id: Some(guard.pipeline_execution_id.clone()),
+        command: Some(guard.on_failure.as_str().into()),
+        command_id: guard.command_id.clone(),
+        status: Some(guard.status.as_str().into()),
+        ..facts(EventKind::GuardFired, flag_facts(&guard.flag), reason)
     })
 }
 
-fn approval_needed(data: &Value) -> Option<Facts> {
-    if text(data, "kind")?.as_str() != "approval" || text(data, "status")?.as_str() != "waiting" {
+fn approval_needed(hold: &HoldRecord) -> Option<Facts> {
+    if hold.kind != HoldKind::Approval || hold.status != HoldStatus::Waiting {
         return None;
     }
-    let flag = flag_of(data)?;
-    let stage = id_of(data, "stage");
-    let step = id_of(data, "step");
-    let mut reason = format!(
-        "approval needed{}",
-        step.as_deref()
-            .map(|s| format!(" at step {s}"))
-            .unwrap_or_default()
-    );
-    if let Some(why) = text(data, "reason") {
-        reason = format!("{reason}: {why}");
+    let step = hold.step.as_ref().map(|s| s.id.clone());
+    let mut reason = match &step {
+        Some(step) => format!("approval needed at step {step}"),
+        None => "approval needed".to_string(),
+    };
+    if !hold.reason.is_empty() {
+        reason = format!("{reason}: {}", hold.reason);
     }
-    if let Some(until) = text(data, "until") {
-        reason = format!("{reason} (until {until})");
+    if let Some(until) = hold.until {
+        reason = format!(
+            "{reason} (until {})",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
     }
     Some(Facts {
-        pipeline_id: text(data, "pipeline_id"),
-        pipeline_execution_id: text(data, "pipeline_execution_id"),
-        stage,
+        pipeline_id: Some(hold.pipeline_id.clone()),
+        pipeline_execution_id: Some(hold.pipeline_execution_id.clone()),
+        stage: hold.stage.as_ref().map(|s| s.id.clone()),
         step,
-        status: Some("waiting".into()),
-        ..facts(EventKind::ApprovalNeeded, flag, reason)
+        status: Some(hold.status.as_str().into()),
+        ..facts(EventKind::ApprovalNeeded, flag_facts(&hold.flag), reason)
     })
 }
 
@@ -345,9 +327,11 @@ fn approval_needed(data: &Value) -> Option<Facts> {
 mod tests {
     use super::*;
     use crate::contract::flag_command::flag_command_example;
+    use crate::contract::guard_record::guard_record_example;
+    use crate::contract::hold_record::hold_record_example;
     use crate::contract::run_record::run_record_example;
 
-    fn record(event_type: &str, id: &str, data: Value) -> KafkaMessage {
+    fn record(event_type: &str, id: &str, data: serde_json::Value) -> KafkaMessage {
         CloudEvent {
             id: id.into(),
             source: "/chaosgate".into(),
@@ -414,20 +398,38 @@ mod tests {
 
     #[test]
     fn guards_fired_and_approvals_waiting_are_told_other_types_are_not() {
-        let guard = serde_json::json!({"status": "fired", "guard_id": "g", "reason": "guard checkout-errors failed",
-            "flag": {"project": "shop", "environment": "production", "key": "checkout"},
-            "pipeline_id": "p", "pipeline_execution_id": "e", "command_id": "c"});
-        let told = notifications(&record(GUARD_RECORD_TYPE, "g-1", guard), None);
+        let mut guard = guard_record_example();
+        guard.status = GuardStatus::Fired;
+        guard.reason = Some("guard checkout-errors failed".into());
+        let data = serde_json::to_value(&guard).unwrap();
+        let told = notifications(&record(GUARD_RECORD_TYPE, "g-1", data), None);
         assert_eq!(told[0].kind, EventKind::GuardFired);
-        assert_eq!(told[0].facts.flag.path(), "shop/production/checkout");
-        let hold = serde_json::json!({"kind": "approval", "status": "waiting", "step": "ask",
-            "flag": {"project": "shop", "environment": "production", "key": "checkout"}});
-        let told = notifications(&record(HOLD_RECORD_TYPE, "h-1", hold.clone()), None);
+        assert_eq!(told[0].facts.reason, "guard checkout-errors failed");
+        assert_eq!(
+            told[0].facts.command.as_deref(),
+            Some(guard.on_failure.as_str())
+        );
+        guard.status = GuardStatus::Expired;
+        let data = serde_json::to_value(&guard).unwrap();
+        assert!(notifications(&record(GUARD_RECORD_TYPE, "g-2", data), None).is_empty());
+
+        let mut hold = hold_record_example();
+        hold.kind = HoldKind::Approval;
+        hold.status = HoldStatus::Waiting;
+        let data = serde_json::to_value(&hold).unwrap();
+        let told = notifications(&record(HOLD_RECORD_TYPE, "h-1", data), None);
         assert_eq!(told[0].kind, EventKind::ApprovalNeeded);
-        let mut approved = hold;
-        approved["status"] = "approved".into();
-        assert!(notifications(&record(HOLD_RECORD_TYPE, "h-2", approved), None).is_empty());
-        assert!(notifications(&record("dev.example.other.v1", "x", Value::Null), None).is_empty());
+        assert_eq!(told[0].facts.flag.key, hold.flag.key);
+        hold.status = HoldStatus::Approved;
+        let data = serde_json::to_value(&hold).unwrap();
+        assert!(notifications(&record(HOLD_RECORD_TYPE, "h-2", data), None).is_empty());
+        hold.status = HoldStatus::Waiting;
+        hold.kind = HoldKind::Wait;
+        let data = serde_json::to_value(&hold).unwrap();
+        assert!(notifications(&record(HOLD_RECORD_TYPE, "h-3", data), None).is_empty());
+
+        let other = serde_json::Value::Null;
+        assert!(notifications(&record("dev.example.other.v1", "x", other), None).is_empty());
         assert!(notifications(&KafkaMessage::default(), None).is_empty());
     }
 }
