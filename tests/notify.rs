@@ -17,7 +17,8 @@ use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use chaosgate::config::EventKind;
 use chaosgate::connect::notify::event::key;
-use chaosgate::contract::{ChangeKind, FlagCommand};
+use chaosgate::contract::guard_record::{GUARD_RECORD_TYPE, guard_record_example};
+use chaosgate::contract::{ChangeKind, CloudEvent, FlagCommand, ids};
 use serde_json::Value;
 
 use worker::{Harness, Received, Settings, closed_address, experiment_yaml, pipeline_yaml};
@@ -620,5 +621,86 @@ events = ["fault_not_reverted"]
         faults.requests().len(),
         1,
         "only fault_not_reverted: not the command, not the failed step"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_step_waiting_and_a_guard_that_fired_are_told() {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, "notify-holds", 1).await;
+    let up = worker::Listener::start().await;
+    harness.catalog_file(
+        "quick.yaml",
+        &experiment_yaml("quick", "300ms", &harness.marker("q"), &up.address),
+    );
+    harness.catalog_file(
+        "approve.yaml",
+        "kind: pipeline\nid: approve\nroutes:\n  - environment: test\n    flag: \"appr-*\"\nstages:\n  - id: canary\n    type: feature_flag\n    steps:\n      - id: quick\n        experiment: quick\n        expected_resilience_score: 80\n      - id: oncall-ok\n        approval:\n          message: check the canary dashboards\n          timeout: 5m\n",
+    );
+    let hooks = Receiver::start(&[]).await;
+    let _worker = spawn_notifying(
+        &harness,
+        &format!(
+            r#"[[notify.receivers]]
+name = "oncall"
+kind = "webhook"
+url = "{url}"
+events = ["approval_needed", "guard_fired"]
+"#,
+            url = hooks.url,
+        ),
+    );
+    let change = worker::change("appr-one", ChangeKind::Enable, None);
+    harness.produce_change(&change).await;
+    let told = hooks
+        .wait_for(&harness, "approval_needed", |r| {
+            !of_event(r, EventKind::ApprovalNeeded).is_empty()
+        })
+        .await;
+    let data = &of_event(&told, EventKind::ApprovalNeeded)[0].json()["data"];
+    assert_eq!(data["step"], "oncall-ok");
+    assert_eq!(data["stage"], "canary");
+    assert_eq!(data["status"], "waiting");
+    assert_eq!(
+        data["pipeline_execution_id"],
+        ids::pipeline_execution_id(&change.event_id, "approve").as_str()
+    );
+    assert!(
+        data["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("check the canary dashboards")),
+        "{data}"
+    );
+
+    // A guard record as the worker writes it when a guard fires.
+    let guard = guard_record_example();
+    let record = CloudEvent {
+        id: uuid::Uuid::new_v4().to_string(),
+        source: "/chaosgate".into(),
+        event_type: GUARD_RECORD_TYPE.into(),
+        time: Some(chrono::Utc::now()),
+        subject: Some(guard.pipeline_execution_id.clone()),
+        extensions: Default::default(),
+        data: serde_json::to_value(&guard).expect("guard record"),
+    }
+    .to_binary(Some(&guard.pipeline_execution_id));
+    harness.produce(&harness.topics.runs, &record).await;
+    let told = hooks
+        .wait_for(&harness, "guard_fired", |r| {
+            !of_event(r, EventKind::GuardFired).is_empty()
+        })
+        .await;
+    let fired = of_event(&told, EventKind::GuardFired)[0].json();
+    assert_eq!(fired["subject"], "shop/production/checkout-v2");
+    assert_eq!(fired["data"]["command"], "disable");
+    assert_eq!(
+        fired["data"]["reason"],
+        guard.reason.as_deref().expect("a reason")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        hooks.requests().len(),
+        2,
+        "no command_issued or step events for this receiver"
     );
 }
