@@ -98,6 +98,11 @@ impl Receiver {
         Receiver { url, seen, task }
     }
 
+    /// From now on, answers 200.
+    fn answer_ok(&self) {
+        self.seen.lock().expect("lock").answers.clear();
+    }
+
     fn requests(&self) -> Vec<Request> {
         self.seen.lock().expect("lock").requests.clone()
     }
@@ -703,4 +708,45 @@ events = ["approval_needed", "guard_fired"]
         2,
         "no command_issued or step events for this receiver"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_cut_off_by_a_sigkill_is_sent_again_with_the_same_key() {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, "notify-kill", 1).await;
+    risky_gate(&harness);
+    let failing = Receiver::start(&[503; 1000]).await;
+    let section = format!(
+        r#"[[notify.receivers]]
+name = "later"
+kind = "webhook"
+url = "{url}"
+events = ["command_issued"]
+"#,
+        url = failing.url,
+    );
+    let mut first = spawn_notifying(&harness, &section);
+    let change = worker::change("plain-three", ChangeKind::Enable, None);
+    harness.produce_change(&change).await;
+    let tried = failing
+        .wait_for(&harness, "two failed tries", |r| r.len() >= 2)
+        .await;
+    let key = tried[0].header("webhook-id");
+    first.kill();
+    first.wait_exit(PATIENCE).await;
+    failing.answer_ok();
+    let before = failing.requests().len();
+    let _second = harness.spawn("worker", &harness.dir.path().join("worker.toml"));
+    let told = failing
+        .wait_for(&harness, "the notification after the restart", |r| {
+            r.len() > before
+        })
+        .await;
+    assert_eq!(told[before].header("webhook-id"), key, "the same key");
+    assert_eq!(told[before].body, tried[0].body, "the same body");
+    let ours = told
+        .iter()
+        .filter(|r| r.header("webhook-id") == key)
+        .count();
+    assert_eq!(ours, told.len(), "only that one notification: {ours}");
 }
