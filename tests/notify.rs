@@ -145,7 +145,7 @@ async fn record(
     State(seen): State<Arc<Mutex<Seen>>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> (StatusCode, &'static str) {
+) -> (StatusCode, [(&'static str, &'static str); 1], &'static str) {
     let mut seen = seen.lock().expect("lock");
     seen.requests.push(Request {
         headers,
@@ -153,7 +153,13 @@ async fn record(
         at: Instant::now(),
     });
     let status = seen.answers.pop_front().unwrap_or(200);
-    (StatusCode::from_u16(status).expect("status"), "ok")
+    // A 429 asks for 4 s (longer than the notifier's first backoff).
+    let retry_after = if status == 429 { "4" } else { "0" };
+    (
+        StatusCode::from_u16(status).expect("status"),
+        [("retry-after", retry_after)],
+        "ok",
+    )
 }
 
 /// `config` with `section` (a `[notify]` TOML section) appended.
@@ -749,4 +755,64 @@ events = ["command_issued"]
         .filter(|r| r.header("webhook-id") == key)
         .count();
     assert_eq!(ours, told.len(), "only that one notification: {ours}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_waits_for_its_retry_after_and_one_failing_past_max_elapsed_is_given_up() {
+    let servers = kafka::require_broker();
+    let harness = Harness::new(&servers, "notify-limits", 1).await;
+    risky_gate(&harness);
+    let limited = Receiver::start(&[429]).await;
+    let tired = Receiver::start(&[503; 1000]).await;
+    let worker = spawn_notifying(
+        &harness,
+        &format!(
+            r#"[[notify.receivers]]
+name = "limited"
+kind = "slack"
+url = "{limited}"
+
+[[notify.receivers]]
+name = "tired"
+kind = "webhook"
+url = "{tired}"
+max_elapsed = "3s"
+"#,
+            limited = limited.url,
+            tired = tired.url,
+        ),
+    );
+    let first = worker::change("plain-four", ChangeKind::Enable, None);
+    harness.produce_change(&first).await;
+    let tries = limited
+        .wait_for(&harness, "a 429 and a second try", |r| r.len() >= 2)
+        .await;
+    assert!(
+        tries[1].at - tries[0].at >= Duration::from_secs(4),
+        "the second try waited for Retry-After: 4 s, not {:?}",
+        tries[1].at - tries[0].at
+    );
+    let address = worker.http_address(PATIENCE).await;
+    let given_up = "receiver=\"tired\",event=\"command_issued\",outcome=\"given_up\"";
+    let deadline = Instant::now() + PATIENCE;
+    while sample(
+        &metrics_page(&address).await,
+        "chaosgate_notifications_total",
+        given_up,
+    )
+    .is_none()
+    {
+        assert!(Instant::now() < deadline, "{}", harness.log_tails());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first_key = tired.requests()[0].header("webhook-id");
+    assert!(tired.requests().len() >= 2, "tried again before giving up");
+    // Given up, the receiver's next notification goes on.
+    let second = worker::change("plain-five", ChangeKind::Enable, None);
+    harness.produce_change(&second).await;
+    tired
+        .wait_for(&harness, "the next notification", |r| {
+            r.iter().any(|r| r.header("webhook-id") != first_key)
+        })
+        .await;
 }
