@@ -20,9 +20,13 @@ use crate::chaos::proxy::ProxyTarget;
 use crate::telemetry::redact::{self, Secrets};
 pub use crate::telemetry::{LogFormat, TelemetryConfig};
 
+mod alertmanager;
 mod flagd;
 mod notify;
 mod unleash;
+pub use alertmanager::{
+    AlertRule, AlertmanagerConfig, FlagRef, LabelFlag, Rule as AlertmanagerRule,
+};
 pub use flagd::FlagdConfig;
 pub use notify::{EventKind, NotifyConfig, ReceiverConfig, ReceiverKind};
 pub use unleash::{UnleashCommandsConfig, UnleashConfig, UnleashWebhookConfig};
@@ -69,6 +73,10 @@ pub struct Config {
     /// sent by `chaosgate run`; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<NotifyConfig>,
+    /// The Alertmanager receiver (`chaosgate connect alertmanager`): firing alerts turn
+    /// configured flags off; absent when not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<AlertmanagerConfig>,
 }
 
 /// The documented example, `deploy/chaosgate.example.toml`, as the schema's example.
@@ -108,6 +116,7 @@ pub(crate) fn config_example() -> Config {
         unleash: None,
         flagd: None,
         notify: None,
+        alertmanager: None,
     }
 }
 
@@ -586,6 +595,9 @@ impl Config {
                     secrets.add(url.as_str());
                 }
             }
+        }
+        if let Some(Ok(token)) = self.alertmanager.as_ref().map(AlertmanagerConfig::token) {
+            secrets.add(&token);
         }
         secrets
     }

@@ -31,6 +31,7 @@
 //! | `chaosgate_flagd_approved_records_total` | counter | | [`flagd_approved_record`] |
 //! | `chaosgate_flagd_sync_streams` | gauge | | [`flagd_sync_stream`] (a guard) |
 //! | `chaosgate_notifications_total` | counter | `receiver`, `event`, `outcome` | [`notification`] |
+//! | `chaosgate_alertmanager_alerts_total` | counter | `outcome` | [`alertmanager_alert`] |
 //!
 //! The brokers-up count also feeds readiness ([`kafka_brokers_up`]): a worker whose
 //! consumer reaches no broker is not ready.
@@ -137,6 +138,7 @@ struct Metrics {
     flagd_approved_records: Counter,
     flagd_sync_streams: Gauge,
     notifications: Family<NotificationLabels, Counter>,
+    alertmanager_alerts: Family<OutcomeLabel, Counter>,
     /// Partitions with a lag gauge, per topic, to drop the ones no longer assigned.
     lag_partitions: Mutex<BTreeMap<String, HashSet<String>>>,
 }
@@ -165,6 +167,7 @@ impl Metrics {
             notifications: Family::default(),
             flagd_approved_records: Counter::default(),
             flagd_sync_streams: Gauge::default(),
+            alertmanager_alerts: Family::default(),
             lag_partitions: Mutex::default(),
             registry: Registry::default(),
         };
@@ -218,6 +221,11 @@ impl Metrics {
             "chaosgate_unleash_webhooks",
             "Unleash webhook requests, by outcome (produced, duplicate, own_change, part_of_toggle, ignored, unauthorized, rejected, failed)",
             metrics.unleash_webhooks.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_alertmanager_alerts",
+            "Alerts the Alertmanager webhook received, by outcome (produced, duplicate, resolved, unmatched, not_allowed, failed; unauthorized and rejected count refused requests)",
+            metrics.alertmanager_alerts.clone(),
         );
         metrics.registry.register(
             "chaosgate_unleash_commands",
@@ -383,6 +391,20 @@ pub fn fault_revert_failed(kind: &str) {
 pub fn unleash_webhook(outcome: &'static str) {
     METRICS
         .unleash_webhooks
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
+/// The Alertmanager webhook handled one alert with `outcome` (`produced`: its `disable`
+/// flag changes are in Kafka; `duplicate`: they were already; `resolved`, `unmatched`:
+/// nothing to do; `not_allowed`: its rule takes the flag from a label, which names none
+/// the rule allows; `failed`: Kafka did not take one), or refused one request
+/// (`unauthorized`, `rejected`), its alerts unread.
+pub fn alertmanager_alert(outcome: &'static str) {
+    METRICS
+        .alertmanager_alerts
         .get_or_create(&OutcomeLabel {
             outcome: outcome.to_string(),
         })
