@@ -53,6 +53,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
     }
+    // The receivers' URL and secret files are read now: a missing one stops the start,
+    // naming its key.
+    let notify = chaosgate::connect::notify::setups(&config)
+        .context("the notifications ([notify]) cannot start")?;
     let catalog = match Catalog::load(&[&config.catalog.path]) {
         Ok(catalog) => Arc::new(catalog),
         Err(problems) => {
@@ -118,6 +122,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             guard: Some(guard.clone()),
             ..RunContext::default()
         };
+        // Notifications run beside the worker, apart from its transactions, in consumer
+        // groups of their own: a receiver that fails never slows the gate.
+        let notifier = (!notify.is_empty()).then(|| {
+            tokio::spawn(chaosgate::connect::notify::run(
+                Arc::new(config.clone()),
+                notify,
+                shutdown.clone(),
+            ))
+        });
         let mut failed_in_a_row = 0;
         let result = loop {
             let started = std::time::Instant::now();
@@ -146,6 +159,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         if let Some(proxy) = proxy {
             proxy.shutdown().await;
+        }
+        if let Some(notifier) = notifier {
+            // Stopped by `shutdown` too (or the worker failed: stop it now); what it did
+            // not deliver is not committed and is sent again after a restart.
+            shutdown.cancel();
+            if let Ok(Ok(Err(error))) = tokio::time::timeout(Duration::from_secs(10), notifier).await {
+                tracing::error!(%error, "notifications stopped");
+            }
         }
         endpoints_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoints.task).await;

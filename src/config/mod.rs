@@ -22,11 +22,13 @@ pub use crate::telemetry::{LogFormat, TelemetryConfig};
 
 mod alertmanager;
 mod flagd;
+mod notify;
 mod unleash;
 pub use alertmanager::{
     AlertRule, AlertmanagerConfig, FlagRef, LabelFlag, Rule as AlertmanagerRule,
 };
 pub use flagd::FlagdConfig;
+pub use notify::{EventKind, NotifyConfig, ReceiverConfig, ReceiverKind};
 pub use unleash::{UnleashCommandsConfig, UnleashConfig, UnleashWebhookConfig};
 
 /// Prefix of the environment overrides.
@@ -67,6 +69,10 @@ pub struct Config {
     /// flag source; absent when not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flagd: Option<FlagdConfig>,
+    /// Notifications of the gate's events to webhooks and Slack-compatible receivers,
+    /// sent by `chaosgate run`; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifyConfig>,
     /// The Alertmanager receiver (`chaosgate connect alertmanager`): firing alerts turn
     /// configured flags off; absent when not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +115,7 @@ pub(crate) fn config_example() -> Config {
         view: ViewConfig::default(),
         unleash: None,
         flagd: None,
+        notify: None,
         alertmanager: None,
     }
 }
@@ -486,6 +493,18 @@ impl Config {
                 }
             }
         }
+        if let (Some(notify), Some(dir)) = (config.notify.as_mut(), path.parent()) {
+            for receiver in &mut notify.receivers {
+                for path in [receiver.url_file.as_mut(), receiver.secret_file.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if path.is_relative() {
+                        *path = dir.join(&*path);
+                    }
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -538,6 +557,9 @@ impl Config {
                 ),
             ));
         }
+        if let Some(notify) = &config.notify {
+            notify.check().map_err(|message| invalid(origin, message))?;
+        }
         Ok(config)
     }
 
@@ -565,6 +587,14 @@ impl Config {
                 secrets.add(&token);
             }
             secrets.add_url(&unleash.url);
+        }
+        if let Some(notify) = &self.notify {
+            for (index, receiver) in notify.receivers.iter().enumerate() {
+                if let Ok(url) = receiver.url(index) {
+                    // The whole URL is the credential (a Slack incoming webhook's is).
+                    secrets.add(url.as_str());
+                }
+            }
         }
         if let Some(Ok(token)) = self.alertmanager.as_ref().map(AlertmanagerConfig::token) {
             secrets.add(&token);

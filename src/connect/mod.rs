@@ -8,6 +8,8 @@
 
 pub mod alertmanager;
 pub mod flagd;
+pub mod notify;
+pub(crate) mod retry;
 pub mod unleash;
 
 /// The idempotent producer of flag changes a bridge publishes: the worker's client

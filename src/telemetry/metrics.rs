@@ -30,6 +30,7 @@
 //! | `chaosgate_flagd_proposals_total` | counter | `outcome` | [`flagd_proposal`] |
 //! | `chaosgate_flagd_approved_records_total` | counter | | [`flagd_approved_record`] |
 //! | `chaosgate_flagd_sync_streams` | gauge | | [`flagd_sync_stream`] (a guard) |
+//! | `chaosgate_notifications_total` | counter | `receiver`, `event`, `outcome` | [`notification`] |
 //! | `chaosgate_alertmanager_alerts_total` | counter | `outcome` | [`alertmanager_alert`] |
 //! | `chaosgate_holds_total` | counter | `kind`, `status` | [`hold`] |
 //! | `chaosgate_guards_total` | counter | `status` | [`guard`] |
@@ -108,6 +109,13 @@ struct PartitionLabels {
     partition: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    receiver: String,
+    event: String,
+    outcome: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -137,6 +145,7 @@ struct Metrics {
     flagd_proposals: Family<OutcomeLabel, Counter>,
     flagd_approved_records: Counter,
     flagd_sync_streams: Gauge,
+    notifications: Family<NotificationLabels, Counter>,
     alertmanager_alerts: Family<OutcomeLabel, Counter>,
     holds: Family<HoldLabels, Counter>,
     guards: Family<StatusLabel, Counter>,
@@ -165,6 +174,7 @@ impl Metrics {
             unleash_webhooks: Family::default(),
             unleash_commands: Family::default(),
             flagd_proposals: Family::default(),
+            notifications: Family::default(),
             flagd_approved_records: Counter::default(),
             flagd_sync_streams: Gauge::default(),
             alertmanager_alerts: Family::default(),
@@ -243,6 +253,11 @@ impl Metrics {
             "chaosgate_unleash_commands",
             "Flag commands handled by the Unleash bridge, by outcome (applied, confirmed, dry_run, stale, retried, failed)",
             metrics.unleash_commands.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_notifications",
+            "Notifications sent by the notifier, by receiver, event and outcome (delivered, retried per failed try, given_up)",
+            metrics.notifications.clone(),
         );
         metrics.registry.register(
             "chaosgate_flagd_proposals",
@@ -425,6 +440,21 @@ pub fn unleash_command(outcome: &'static str) {
     METRICS
         .unleash_commands
         .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
+/// The notifier's receiver `receiver` (its configured name) had one notification of
+/// `event` (`command_issued`, ...) end or be tried again: `outcome` is `delivered`,
+/// `retried` (one failed try, tried again) or `given_up` (refused for good, or still
+/// failing after the receiver's `max_elapsed`).
+pub fn notification(receiver: &str, event: &str, outcome: &'static str) {
+    METRICS
+        .notifications
+        .get_or_create(&NotificationLabels {
+            receiver: receiver.to_string(),
+            event: event.to_string(),
             outcome: outcome.to_string(),
         })
         .inc();

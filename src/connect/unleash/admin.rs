@@ -232,11 +232,7 @@ fn transport(method: &str, url: &Url, error: &reqwest::Error) -> AdminError {
 /// The body of a 2xx answer, or the classified error.
 async fn check(method: &str, url: &Url, response: reqwest::Response) -> Result<String, AdminError> {
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+    let retry_after = crate::connect::retry::retry_after_of(&response);
     let body = response.text().await.unwrap_or_default();
     if status.is_success() {
         return Ok(body);
@@ -259,31 +255,9 @@ async fn check(method: &str, url: &Url, response: reqwest::Response) -> Result<S
     }
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 section 10.2.3); a date in
-/// the past is no wait.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_in_seconds_and_as_a_date() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-    }
 
     #[test]
     fn path_segments_are_encoded_and_the_base_path_kept() {

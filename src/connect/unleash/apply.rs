@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::producer::FutureProducer;
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +20,7 @@ use super::record::{self, NotApplied, Wanted};
 use super::strategy;
 use super::{AdminApi, AdminError};
 use crate::bus::record::to_record;
+use crate::connect::retry::next_wait;
 use crate::contract::{CommandKind, FlagCommand, KafkaMessage};
 use crate::telemetry::metrics;
 
@@ -235,46 +235,8 @@ pub(super) async fn report(
     }
 }
 
-/// Exponential delays (factor 2) from [`FIRST_BACKOFF`] with jitter, without end.
+/// Exponential delays from [`FIRST_BACKOFF`] up to `max`, with jitter
+/// ([`crate::connect::retry::backoff`]).
 fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(FIRST_BACKOFF.min(max))
-        .with_max_delay(max)
-        .without_max_times()
-        .build()
-}
-
-/// The wait before the next try: the next backoff delay, at most `max`, or
-/// `retry_after` when the server asked for longer.
-fn next_wait(
-    delays: &mut impl Iterator<Item = Duration>,
-    max: Duration,
-    retry_after: Option<Duration>,
-) -> Duration {
-    let delay = delays.next().unwrap_or(max).min(max);
-    retry_after.map_or(delay, |asked| asked.max(delay))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waits_grow_to_the_cap_with_jitter_and_honour_retry_after() {
-        let max = Duration::from_secs(2);
-        let mut delays = backoff(max);
-        let waits: Vec<Duration> = (0..12).map(|_| next_wait(&mut delays, max, None)).collect();
-        assert!(waits.iter().all(|w| *w <= max), "{waits:?}");
-        assert!(waits[0] >= FIRST_BACKOFF, "{waits:?}");
-        assert!(waits[11] >= Duration::from_secs(1), "grows: {waits:?}");
-        let distinct: std::collections::HashSet<_> = waits[..4].iter().collect();
-        assert!(distinct.len() > 1, "jitter: {waits:?}");
-        assert_eq!(
-            next_wait(&mut delays, max, Some(Duration::from_secs(7))),
-            Duration::from_secs(7)
-        );
-        let mut fresh = backoff(max);
-        assert!(next_wait(&mut fresh, max, Some(Duration::ZERO)) >= FIRST_BACKOFF);
-    }
+    crate::connect::retry::backoff(FIRST_BACKOFF, max)
 }
