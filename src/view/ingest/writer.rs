@@ -5,13 +5,15 @@
 //! Rules: the offsets are in the same transaction as the rows, so a record is applied
 //! once, never twice, never skipped; per `run_id` the record with the highest
 //! `(attempt, final over running, offset)` wins; a record that does not decode becomes
-//! an ingest problem, never an error.
+//! an ingest problem, never an error. Hold, guard and approval rows are written by
+//! [`super::holds`].
 
 use std::collections::HashMap;
 
 use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::holds;
 use crate::contract::{CommandKind, KafkaMessage, ReasonCode};
 use crate::view::decode::{self, Decoded, TopicRole};
 use crate::view::store::{SqliteContext, ViewError, run_key, to_millis};
@@ -428,8 +430,10 @@ fn write_row(
                  from_value, to_value, actor, pipeline_id, occurred_at, answered, topic, \
                  partition, \"offset\") \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                 EXISTS (SELECT 1 FROM commands WHERE causation_event_id = ?1) \
-                 OR EXISTS (SELECT 1 FROM dead_letters WHERE event_id = ?1), ?12, ?13, ?14)",
+                 CASE WHEN EXISTS (SELECT 1 FROM commands WHERE causation_event_id = ?1) \
+                 OR EXISTS (SELECT 1 FROM dead_letters WHERE event_id = ?1) THEN 1 \
+                 WHEN EXISTS (SELECT 1 FROM holds WHERE trigger_event_id = ?1 AND is_final = 0) \
+                 THEN 2 ELSE 0 END, ?12, ?13, ?14)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -505,6 +509,34 @@ fn write_row(
                 ])
             })
             .what("store an abort request")?;
+            Ok(Written::Row)
+        }
+        Decoded::Hold(hold) => {
+            let changed = holds::write_hold(tx, &hold, (topic, partition, offset), seq)?;
+            Ok(if changed {
+                Written::Row
+            } else {
+                Written::Unchanged
+            })
+        }
+        Decoded::Guard(guard) => {
+            let changed = holds::write_guard(tx, &guard, (topic, partition, offset), seq)?;
+            Ok(if changed {
+                Written::Row
+            } else {
+                Written::Unchanged
+            })
+        }
+        Decoded::Approval(approval, time) => {
+            let request = holds::ApprovalAt {
+                decision: approval.decision,
+                pipeline_execution_id: &approval.pipeline_execution_id,
+                step: approval.step.as_deref(),
+                requested_by: approval.requested_by.as_deref(),
+                comment: approval.comment.as_deref(),
+                at_millis: time.map(to_millis).or(pending.timestamp).unwrap_or(now),
+            };
+            holds::write_approval(tx, &request, (topic, partition, offset), seq)?;
             Ok(Written::Row)
         }
     }
