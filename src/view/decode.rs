@@ -324,6 +324,60 @@ mod tests {
     }
 
     #[test]
+    fn hold_guard_and_approval_records_decode_beside_run_records_and_aborts() {
+        use crate::contract::control::approval_request_example;
+        use crate::contract::guard_record::guard_record_example;
+        use crate::contract::hold_record::hold_record_example;
+        let typed = |event_type: &str, data: Value| CloudEvent {
+            event_type: event_type.into(),
+            ..run_event(data)
+        };
+        let hold = typed(
+            HOLD_RECORD_TYPE,
+            serde_json::to_value(hold_record_example()).unwrap(),
+        );
+        for message in [hold.to_binary(Some("e")), hold.to_structured(None)] {
+            let Ok(Decoded::Hold(decoded)) = decode(TopicRole::Runs, &message) else {
+                panic!("not a hold");
+            };
+            assert_eq!(*decoded, hold_record_example());
+        }
+        let guard = typed(
+            GUARD_RECORD_TYPE,
+            serde_json::to_value(guard_record_example()).unwrap(),
+        );
+        assert!(matches!(
+            decode(TopicRole::Runs, &guard.to_binary(Some("e"))),
+            Ok(Decoded::Guard(g)) if g.guard_id == guard_record_example().guard_id
+        ));
+        let approval = typed(
+            APPROVAL_REQUEST_TYPE,
+            serde_json::to_value(approval_request_example()).unwrap(),
+        );
+        assert!(matches!(
+            decode(TopicRole::Control, &approval.to_binary(None)),
+            Ok(Decoded::Approval(a, _)) if a.pipeline_execution_id == approval_request_example().pipeline_execution_id
+        ));
+        // A hold on the control topic, or a hold with a bad field, is a problem named.
+        assert!(
+            decode(TopicRole::Control, &hold.to_binary(None))
+                .unwrap_err()
+                .contains(HOLD_RECORD_TYPE)
+        );
+        let mut bad = serde_json::to_value(hold_record_example()).unwrap();
+        bad["status"] = "paused".into();
+        let err = decode(
+            TopicRole::Runs,
+            &typed(HOLD_RECORD_TYPE, bad).to_binary(None),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("hold record data") && err.contains("status"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_records_name_what_is_wrong() {
         let mut data = serde_json::to_value(run_record_example()).unwrap();
         data["attempt"] = "two".into();

@@ -39,8 +39,11 @@ fn body(detail: &ExecutionDetail) -> Markup {
             div.crumbs { a href="/pipelines" { "Pipelines" } " › " a href={ "/pipelines/" (super::segment(&e.pipeline_id)) } { (e.pipeline_id) } }
             div.header-row {
                 h1 { "Execution " span.mono { (e.pipeline_execution_id) } }
-                (badge(e.status.as_str()))
-                @if let Some(kind) = &e.waiting { span.badge.waiting #waiting-badge { "waiting: " (kind) } }
+                // A waiting execution has no command yet ("running"); it runs nothing.
+                @match &e.waiting {
+                    Some(kind) => span.badge.waiting #waiting-badge { "waiting: " (kind) },
+                    None => (badge(e.status.as_str())),
+                }
             }
             p.muted {
                 "Pipeline " a href={ "/pipelines/" (super::segment(&e.pipeline_id)) } { (e.pipeline_id) }
@@ -51,7 +54,12 @@ fn body(detail: &ExecutionDetail) -> Markup {
             }
             div.grid.cols-2 {
                 div.panel { h2 style="margin-top:0" { "Trigger" } (trigger(detail.trigger.as_ref(), &e.trigger_event_id)) }
-                div.panel { h2 style="margin-top:0" { "Flag command" } (command(detail.command.as_ref())) }
+                div.panel { h2 style="margin-top:0" { "Flag command" }
+                    @match (&detail.command, &e.waiting) {
+                        (None, Some(kind)) => p.muted { "No command yet: the execution waits (" (kind) "), holding no Kafka resource; the command comes once the hold ends." },
+                        _ => (command(detail.command.as_ref())),
+                    }
+                }
             }
             @if let Some(freeze) = detail.holds.iter().find(|h| h.kind == "freeze") {
                 (freeze_note(freeze))
@@ -59,7 +67,11 @@ fn body(detail: &ExecutionDetail) -> Markup {
             h2 { "Stages and steps" }
             @let stages = stage_items(detail);
             @if stages.is_empty() {
-                (layout::empty("No runs", html! { "This execution ran no chaos step (yet)." }))
+                @if e.waiting.as_deref() == Some("freeze") {
+                    (layout::empty("No runs yet", html! { "A freeze window holds the change: the pipeline runs from its first stage once the window ends." }))
+                } @else {
+                    (layout::empty("No runs", html! { "This execution ran no chaos step (yet)." }))
+                }
             }
             @for (stage, items) in &stages {
                 div.panel style="margin-bottom:12px" {

@@ -13,9 +13,9 @@ use maud::{Markup, html};
 use super::{flag_href, position, verdict};
 use crate::contract::control::APPROVAL_REQUEST_TYPE;
 use crate::view::model::{ApprovalRow, GuardRow, HoldRow};
-use crate::view::web::layout::{self, badge, short_id, when, when_opt};
+use crate::view::web::layout::{self, badge, short_id, when, when_opt, when_stacked};
 
-/// Time left until `until`, e.g. `in 3 h 12 min`, or `overdue` once past.
+/// Time left until `until`, e.g. `in 3 h 12 min`, or `due now` once past.
 fn left(until: chrono::DateTime<Utc>) -> String {
     let s = (until - Utc::now()).num_seconds();
     if s <= 0 {
@@ -41,7 +41,21 @@ pub(crate) fn approve_request(hold: &HoldRow) -> String {
     }
     data["requested_by"] = "you@example.com".into();
     data["comment"] = "why you approve".into();
-    data.to_string()
+    serde_json::to_string_pretty(&data).unwrap_or_else(|_| data.to_string())
+}
+
+/// When a hold or guard ends by itself: the UTC time, and how long until then while it
+/// is still open.
+fn until_cell(until: Option<chrono::DateTime<Utc>>, open: bool) -> Markup {
+    html! {
+        @match until {
+            Some(u) => {
+                span.nowrap title=(u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)) { (u.format("%Y-%m-%d %H:%M")) " UTC" }
+                @if open { br; span.small.muted { (left(u)) } }
+            }
+            None => span.muted { "–" },
+        }
+    }
 }
 
 /// An execution's holds in the order they began, and the approve or reject requests that
@@ -56,10 +70,10 @@ pub(crate) fn execution_holds(holds: &[HoldRow], approvals: &[ApprovalRow]) -> M
                     td { span class={ "kind " (h.kind) } { (h.kind) } }
                     td.nowrap { (h.place()) }
                     td { (badge(&h.status)) }
-                    td { (when(h.since)) }
-                    td { (when_opt(h.until)) @if let (Some(u), "waiting") = (h.until, h.status.as_str()) { br; span.small.muted { (left(u)) } } }
+                    td { (when_stacked(h.since)) }
+                    td { (until_cell(h.until, h.status == "waiting")) }
                     td { (when_opt(h.ended_at)) }
-                    td.small { (h.reason) }
+                    td.small.why { (h.reason) }
                     td { @match &h.decided_by { Some(who) => { (who) @if let Some(at) = h.decided_at { br; span.small.muted { (at.format("%Y-%m-%d %H:%M:%S")) } } }, None => span.muted { "–" } } }
                     td.small { (h.comment.as_deref().unwrap_or("–")) }
                 } } }
@@ -75,7 +89,7 @@ pub(crate) fn execution_holds(holds: &[HoldRow], approvals: &[ApprovalRow]) -> M
                 thead { tr { th { "Sent" } th { "Decision" } th { "Step" } th { "By" } th { "Comment" } th { "Kafka" } } }
                 tbody { @for a in approvals { tr {
                     td { (when(a.at)) }
-                    td { (badge(if a.decision == "approve" { "approved" } else { "rejected" })) }
+                    td { span class={ "badge " (if a.decision == "approve" { "approved" } else { "rejected" }) } { (a.decision) } }
                     td.mono { (a.step.as_deref().unwrap_or("any")) }
                     td { (a.requested_by.as_deref().unwrap_or("–")) }
                     td.small { (a.comment.as_deref().unwrap_or("–")) }
@@ -117,7 +131,7 @@ pub(crate) fn execution_guards(guards: &[GuardRow]) -> Markup {
                 @if let Some(reason) = &g.reason { p { (reason) } }
                 table.kv {
                     tr { th { "Started" } td { (when(g.started_at)) } }
-                    tr { th { "Deadline" } td { (when(g.deadline)) @if g.status == "watching" { " " span.small.muted { "(" (left(g.deadline)) ")" } } } }
+                    tr { th { "Deadline" } td { (until_cell(Some(g.deadline), g.status == "watching")) } }
                     tr { th { "Ended" } td { (when_opt(g.ended_at)) } }
                     @if let Some(command) = &g.command_id {
                         tr { th { "Command issued" } td { span.mono #guard-command { (command) } " " (badge(&g.on_failure)) " · " a href=(flag_href(&g.project, &g.environment, &g.flag)) { "the flag's ledger" } } }
@@ -162,9 +176,9 @@ pub(crate) fn waiting_list(holds: &[HoldRow], with_pipeline: bool) -> Markup {
                     @if with_pipeline { td { a href={ "/pipelines/" (super::segment(&h.pipeline_id)) } { (h.pipeline_id) } } }
                     td { a.mono href=(flag_href(&h.project, &h.environment, &h.flag)) { span.muted { (h.project) "/" (h.environment) "/" } (h.flag) } br; span.small.muted { (h.change_kind) } }
                     td { a.mono href={ "/executions/" (h.pipeline_execution_id) } { (h.pipeline_execution_id) } }
-                    td { (when(h.since)) }
-                    td.nowrap { @match h.until { Some(u) => { (u.format("%Y-%m-%d %H:%M")) " UTC" br; span.small.muted { (left(u)) } }, None => span.muted { "–" } } }
-                    td.small { (h.reason) }
+                    td { (when_stacked(h.since)) }
+                    td.nowrap { (until_cell(h.until, true)) }
+                    td.small.why { (h.reason) }
                 } } }
             }
         }
@@ -183,7 +197,7 @@ pub(crate) fn watching_list(guards: &[GuardRow]) -> Markup {
                     td { a.mono href=(flag_href(&g.project, &g.environment, &g.flag)) { (g.project) "/" (g.environment) "/" (g.flag) } }
                     td { a href={ "/pipelines/" (super::segment(&g.pipeline_id)) } { (g.pipeline_id) } }
                     td { a href={ "/executions/" (g.pipeline_execution_id) } { (short_id(&g.pipeline_execution_id)) } }
-                    td { (g.deadline.format("%Y-%m-%d %H:%M")) " UTC " span.small.muted { (left(g.deadline)) } }
+                    td { (until_cell(Some(g.deadline), true)) }
                     td { (badge(&g.on_failure)) }
                 } } }
             }

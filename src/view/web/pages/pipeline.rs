@@ -88,7 +88,7 @@ fn body(s: &PipelineSummary) -> Markup {
                     thead { tr { th { "Execution" } th { "Status" } th { "Flag" } th { "Started" } th { "Decided" } } }
                     tbody { @for e in &s.executions { tr data-row=(e.pipeline_execution_id) {
                         td { a href={ "/executions/" (e.pipeline_execution_id) } { (short_id(&e.pipeline_execution_id)) } }
-                        td { (badge(e.status.as_str())) @if let Some(kind) = &e.waiting { " " span.badge.waiting { "waiting: " (kind) } } }
+                        td { @match &e.waiting { Some(kind) => span.badge.waiting { "waiting: " (kind) }, None => (badge(e.status.as_str())) } }
                         td { a.mono href=(super::flag_href(&e.project, &e.environment, &e.flag)) { (e.project) "/" (e.environment) "/" (e.flag) } }
                         td { (when(e.started_at)) } td { (when_opt(e.ended_at)) }
                     } } }
