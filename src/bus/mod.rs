@@ -2,7 +2,10 @@
 //! the worker) ordering, offsets, transactions and the dead-letter topic.
 
 pub(crate) mod client;
+pub mod control_request;
 pub(crate) mod flag_queue;
+pub(crate) mod flag_state;
+pub(crate) mod follow;
 pub mod kill_switch;
 pub(crate) mod offset_metadata;
 pub mod offsets;

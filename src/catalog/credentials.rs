@@ -10,7 +10,7 @@
 //! redaction never needs to know the catalog's types.
 
 use super::Experiment;
-use super::experiment::{CommandLine, FaultKind, ProbeType};
+use super::experiment::{CommandLine, FaultKind, Probe, ProbeType};
 
 /// The fields of an experiment that may hold a credential, in catalog order.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -42,19 +42,25 @@ pub fn credential_fields(experiment: &Experiment) -> CredentialFields<'_> {
         }
     }
     for probe in &experiment.probes {
-        match &probe.probe_type {
-            ProbeType::Http(http) => {
-                for (name, value) in &http.headers {
-                    fields.headers.push((name, value));
-                }
-                fields.urls.push(&http.url);
-            }
-            ProbeType::Prometheus(prometheus) => fields.urls.push(&prometheus.endpoint),
-            ProbeType::Command(command) => command_fields(&command.command, &mut fields),
-            ProbeType::Tcp(_) => {}
-        }
+        probe_fields(probe, &mut fields);
     }
     fields
+}
+
+/// Adds the fields of `probe` that may hold a credential (an experiment's probe or a
+/// pipeline guard's).
+pub fn probe_fields<'a>(probe: &'a Probe, fields: &mut CredentialFields<'a>) {
+    match &probe.probe_type {
+        ProbeType::Http(http) => {
+            for (name, value) in &http.headers {
+                fields.headers.push((name, value));
+            }
+            fields.urls.push(&http.url);
+        }
+        ProbeType::Prometheus(prometheus) => fields.urls.push(&prometheus.endpoint),
+        ProbeType::Command(command) => command_fields(&command.command, fields),
+        ProbeType::Tcp(_) => {}
+    }
 }
 
 /// A command's URL-like words (in any argument, a `sh -c` script included) and its

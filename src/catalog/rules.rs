@@ -31,7 +31,9 @@
 
 use std::collections::HashMap;
 
-use super::experiment::{CommandLine, Experiment, FaultExecution, FaultKind, ProbeMode, ProbeType};
+use super::experiment::{
+    CommandLine, Experiment, FaultExecution, FaultKind, Probe, ProbeMode, ProbeType,
+};
 use super::pipeline::{FailureStrategy, Pipeline, Step};
 use super::problem::{FieldPath, Finding};
 use super::span::Span;
@@ -120,6 +122,7 @@ pub(crate) fn check_pipeline(pipeline: &Pipeline) -> Vec<Finding> {
                 "a guard needs at least one probe to watch",
             ));
         }
+        out.extend(super::guard::check(guard));
     }
     out
 }
@@ -170,7 +173,7 @@ fn positive(span: Span, path: &FieldPath, what: &str, out: &mut Vec<Finding>) {
     }
 }
 
-fn unique_names<'a>(
+pub(crate) fn unique_names<'a>(
     names: impl Iterator<Item = &'a str>,
     list: &FieldPath,
     what: &str,
@@ -359,33 +362,39 @@ fn check_probes(experiment: &Experiment, out: &mut Vec<Finding>) {
     let probes = FieldPath::root().key("probes");
     for (i, probe) in experiment.probes.iter().enumerate() {
         let path = probes.index(i);
-        let properties = &probe.run_properties;
-        let at = path.key("run_properties");
-        positive(properties.timeout, &at.key("timeout"), "timeout", out);
-        if properties.attempts == 0 {
-            out.push(Finding::new(
-                at.key("attempts"),
-                "attempts must be at least 1",
-            ));
-        }
-        if matches!(probe.mode, ProbeMode::Continuous | ProbeMode::OnChaos) {
-            positive(
-                properties.polling_interval,
-                &at.key("polling_interval"),
-                "a polling probe's polling_interval",
-                out,
-            );
-        }
+        check_probe(probe, &path, out);
         if probe.mode == ProbeMode::OnChaos {
             check_chaos_window(experiment, i, &path, out);
         }
-        if let ProbeType::Command(command) = &probe.probe_type {
-            let at = path.key("command").key("command");
-            if let Some(timeout) = command.command.timeout {
-                positive(timeout, &at.key("timeout"), "a command's timeout", out);
-            }
-            check_environment(&command.command, &at, out);
+    }
+}
+
+/// The rules one probe keeps on its own (at `path`): its run properties and its command;
+/// an experiment's probes and a pipeline guard's (`catalog::guard`) alike.
+pub(crate) fn check_probe(probe: &Probe, path: &FieldPath, out: &mut Vec<Finding>) {
+    let properties = &probe.run_properties;
+    let at = path.key("run_properties");
+    positive(properties.timeout, &at.key("timeout"), "timeout", out);
+    if properties.attempts == 0 {
+        out.push(Finding::new(
+            at.key("attempts"),
+            "attempts must be at least 1",
+        ));
+    }
+    if matches!(probe.mode, ProbeMode::Continuous | ProbeMode::OnChaos) {
+        positive(
+            properties.polling_interval,
+            &at.key("polling_interval"),
+            "a polling probe's polling_interval",
+            out,
+        );
+    }
+    if let ProbeType::Command(command) = &probe.probe_type {
+        let at = path.key("command").key("command");
+        if let Some(timeout) = command.command.timeout {
+            positive(timeout, &at.key("timeout"), "a command's timeout", out);
         }
+        check_environment(&command.command, &at, out);
     }
 }
 

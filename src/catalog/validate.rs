@@ -92,6 +92,17 @@ pub(crate) fn check_pipeline_document(doc: &Value) -> Vec<Finding> {
             ));
         }
     }
+    // Guard probes are experiment probes: exactly one type block, and its contents.
+    let guard_probes = root.key("guard").key("probes");
+    for (i, probe) in doc
+        .get("guard")
+        .into_iter()
+        .flat_map(|g| items(g, "probes"))
+    {
+        let path = guard_probes.index(i);
+        PROBE_BLOCKS.check_exactly_one(probe, &path, &mut out);
+        check_probe_blocks(probe, &path, &mut out);
+    }
     let stages = root.key("stages");
     duplicates(items(doc, "stages"), "id", &stages, "stage id", &mut out);
     for (i, stage) in items(doc, "stages") {

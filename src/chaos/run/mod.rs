@@ -85,6 +85,8 @@ mod state;
 mod verdict;
 
 pub use progress::{ExperimentResult, Progress, ProgressEvent};
+// A pipeline guard's probes keep the experiments' polling grid (`gate::guard`).
+pub(crate) use probes::next_tick;
 pub use revert::{reverts_in_progress, reverts_settled};
 
 use std::sync::Arc;

@@ -100,7 +100,7 @@ pub(super) async fn poll_probe(run: Arc<Run>, p: usize, phase: usize, window: Wi
 /// Normally the next one. A tick already past is still checked, at once, unless the
 /// tick after it is due too: ticks a whole interval late are dropped, not made up for,
 /// and the schedule keeps its start-to-start grid (a slow check never shifts it).
-pub(super) fn next_tick(last: Instant, every: Duration, now: Instant) -> Instant {
+pub(crate) fn next_tick(last: Instant, every: Duration, now: Instant) -> Instant {
     let next = last + every;
     if next + every > now || every.is_zero() {
         return next;
