@@ -100,17 +100,36 @@ pub(crate) fn execution_holds(holds: &[HoldRow], approvals: &[ApprovalRow]) -> M
     }
 }
 
-/// How to answer a waiting approval: the execution id and the request's data.
+/// The `chaosgate approve` command line that answers `hold` (`reject` takes the same).
+pub(crate) fn approve_command(hold: &HoldRow) -> String {
+    let step = match (&hold.stage_id, &hold.step_id) {
+        (Some(stage), Some(step)) => format!(" --step {stage}/{step}"),
+        _ => String::new(),
+    };
+    format!(
+        "chaosgate approve {}{step} --comment \"why you approve\"",
+        hold.pipeline_execution_id
+    )
+}
+
+/// How to answer a waiting approval: the execution id, the command line, and the
+/// request's data for those who write it to Kafka themselves.
 fn approve_hint(hold: &HoldRow) -> Markup {
+    let command = approve_command(hold);
     let request = approve_request(hold);
     html! {
         div.panel.ask #approve-hint {
             b { "Waiting for a person" }
             p.small {
-                "To answer, send a CloudEvent of type " code { (APPROVAL_REQUEST_TYPE) } " on the control topic ("
-                code { "chaosgate-control" } " by default) naming execution "
+                "Approve or reject execution "
                 code.copyable data-copy=(hold.pipeline_execution_id) { (hold.pipeline_execution_id) }
-                "; " code { "decision" } " is " code { "approve" } " or " code { "reject" } "."
+                " with the worker's configuration (click to copy; " code { "chaosgate reject" } " takes the same arguments):"
+            }
+            pre.raw.request #approve-command data-copy=(command) { (command) }
+            p.small {
+                "Or write the request yourself: a CloudEvent of type " code { (APPROVAL_REQUEST_TYPE) }
+                " on the control topic (" code { "chaosgate-control" } " by default) with this data ("
+                code { "decision" } " " code { "approve" } " or " code { "reject" } "):"
             }
             pre.raw.request data-copy=(request) { (request) }
         }

@@ -1,0 +1,158 @@
+//! Holds in the view from the real path: the real worker (`chaosgate run`) parks a change
+//! at an `approval` step on the real broker, the real view ingest shows it waiting (on
+//! the overview's list, with the execution id), an operator answers with the real
+//! `chaosgate approve`, and the view then shows the hold approved (who, comment) and the
+//! `enable` the worker issued.
+
+#[path = "support/kafka.rs"]
+mod kafka;
+#[path = "support/view.rs"]
+mod view;
+#[path = "support/web.rs"]
+mod web;
+#[path = "support/worker.rs"]
+mod worker;
+
+use std::time::Duration;
+
+use chaosgate::contract::{ChangeKind, ids};
+use chaosgate::view::web::WebOptions;
+use chaosgate::view::{Location, query};
+
+use worker::{Harness, Listener, Settings, change, experiment_yaml};
+
+const PATIENCE: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_shows_a_worker_waiting_for_approval_then_the_approval_and_the_enable() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "view-hold-worker", 1).await;
+    let up = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("quick", "300ms", &h.marker("quick"), &up.address),
+    );
+    h.catalog_file(
+        "pipeline.yaml",
+        "kind: pipeline\nid: view-approve\nroutes:\n  - environment: test\n    flag: \"vappr-*\"\nstages:\n  - id: canary\n    type: feature_flag\n    steps:\n      - id: quick\n        experiment: quick\n        expected_resilience_score: 80\n      - id: oncall-ok\n        approval:\n          message: check the canary dashboards\n          timeout: 10m\n",
+    );
+    let _worker = h.spawn("w1", &h.config("w1", &Settings::default()));
+    let event = change("vappr-1", ChangeKind::Enable, None);
+    h.produce_change(&event).await;
+    let execution = ids::pipeline_execution_id(&event.event_id, "view-approve");
+
+    let t = &h.topics;
+    let kafka = view::kafka_config(
+        &servers,
+        [
+            &t.runs,
+            &t.commands,
+            &t.flag_changes,
+            &t.dead_letter,
+            &t.control,
+        ],
+    );
+    let (store, ingest) = view::start(&kafka, &Location::Memory);
+    let served = web::Served::start(store.clone(), ingest.status(), WebOptions::default()).await;
+    let http = web::client();
+
+    // Waiting: the execution says so, and the overview lists it with its id.
+    let id = execution.clone();
+    let waiting = view::wait_for(
+        &store,
+        "the execution waiting for approval",
+        PATIENCE,
+        move |c| {
+            Ok(query::execution(c, &id)?
+                .filter(|d| d.execution.waiting.as_deref() == Some("approval")))
+        },
+    )
+    .await;
+    assert!(waiting.command.is_none());
+    assert_eq!(waiting.holds.len(), 1);
+    assert_eq!(waiting.holds[0].status, "waiting");
+    assert!(
+        waiting.holds[0]
+            .reason
+            .contains("check the canary dashboards")
+    );
+    assert_eq!(waiting.stages.len(), 1, "the chaos step before it ran");
+    let overview: serde_json::Value = http
+        .get(served.at("/api/overview"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        overview["waiting"][0]["pipeline_execution_id"],
+        execution.as_str(),
+        "{overview}"
+    );
+    let page = http
+        .get(served.at(&format!("/executions/{execution}")))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    let command_line = format!("chaosgate approve {execution} --step canary/oncall-ok");
+    assert!(page.contains(&command_line), "the page says how to approve");
+
+    // The operator approves with the command line the page gives.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_chaosgate"))
+        .args(["approve", &execution, "--step", "canary/oncall-ok"])
+        .args([
+            "--by",
+            "oncall@example.com",
+            "--comment",
+            "dashboards look fine",
+        ])
+        .arg("--config")
+        .arg(h.config("cli", &Settings::default()))
+        .output()
+        .expect("chaosgate approve");
+    assert!(
+        cli.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&cli.stdout),
+        String::from_utf8_lossy(&cli.stderr)
+    );
+
+    let id = execution.clone();
+    let done = view::wait_for(&store, "the approval and the enable", PATIENCE, move |c| {
+        Ok(query::execution(c, &id)?.filter(|d| d.command.is_some()))
+    })
+    .await;
+    assert_eq!(done.execution.waiting, None);
+    assert_eq!(done.holds.len(), 1, "{:?}", done.holds);
+    assert_eq!(done.holds[0].status, "approved");
+    assert_eq!(
+        done.holds[0].decided_by.as_deref(),
+        Some("oncall@example.com")
+    );
+    assert_eq!(
+        done.holds[0].comment.as_deref(),
+        Some("dashboards look fine")
+    );
+    assert_eq!(done.approvals.len(), 1, "the request, as sent");
+    assert_eq!(done.approvals[0].decision, "approve");
+    assert_eq!(
+        done.command.as_ref().map(|c| c.command.as_str()),
+        Some("enable")
+    );
+    let overview: serde_json::Value = http
+        .get(served.at("/api/overview"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(overview["waiting"], serde_json::json!([]), "{overview}");
+
+    served.stop().await;
+    ingest.stop().await.expect("ingest stops");
+}
