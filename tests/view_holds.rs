@@ -40,19 +40,6 @@ use web::{Served, client};
 const PATIENCE: Duration = Duration::from_secs(90);
 const PIPELINE: &str = "holds-checkout";
 
-/// Five fresh topics (runs, commands, changes, dead letters, control) on the broker.
-async fn topics(servers: &str, name: &str) -> [String; 5] {
-    let names = ["runs", "commands", "changes", "dlq", "control"]
-        .map(|t| kafka::unique_topic(&format!("{name}-{t}")));
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    kafka::create_topics(servers, &refs, 2).await;
-    names
-}
-
-fn refs(topics: &[String; 5]) -> [&str; 5] {
-    [&topics[0], &topics[1], &topics[2], &topics[3], &topics[4]]
-}
-
 fn event(event_type: &str, id: String, data: &impl serde::Serialize) -> CloudEvent {
     CloudEvent {
         id,
@@ -311,7 +298,38 @@ fn publish(producer: &rdkafka::producer::BaseProducer, topics: &[String; 5]) -> 
     }
 }
 
-async fn json(response: reqwest::Response) -> (StatusCode, Value) {
+/// The scenario published on fresh topics `name`, ingested into a store, served.
+struct Setup {
+    s: Scenario,
+    store: chaosgate::view::Store,
+    ingest: chaosgate::view::Ingest,
+    served: Served,
+}
+
+async fn setup(name: &str) -> Setup {
+    let servers = kafka::require_broker();
+    let topics = view::topics(&servers, name).await;
+    let producer = view::producer(&servers);
+    let s = publish(&producer, &topics);
+    let kafka = view::kafka_config(&servers, view::refs(&topics));
+    let (store, ingest) = view::start(&kafka, &Location::Memory);
+    assert!(
+        ingest.status().wait_caught_up(PATIENCE).await,
+        "ingest caught up: {:?}",
+        ingest.status().failed()
+    );
+    let served = Served::start(store.clone(), ingest.status(), WebOptions::default()).await;
+    Setup {
+        s,
+        store,
+        ingest,
+        served,
+    }
+}
+
+/// `GET url` as JSON, with its status.
+async fn json(http: &reqwest::Client, url: String) -> (StatusCode, Value) {
+    let response = http.get(&url).send().await.expect("get");
     let status = response.status();
     let text = response.text().await.expect("body");
     let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
@@ -326,18 +344,12 @@ async fn html(http: &reqwest::Client, url: String) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_and_guards_appear_in_the_api_and_pages_and_a_final_status_stays_final() {
-    let servers = kafka::require_broker();
-    let topics = topics(&servers, "view-holds").await;
-    let producer = view::producer(&servers);
-    let s = publish(&producer, &topics);
-
-    let kafka = view::kafka_config(&servers, refs(&topics));
-    let (store, ingest) = view::start(&kafka, &Location::Memory);
-    assert!(
-        ingest.status().wait_caught_up(PATIENCE).await,
-        "ingest caught up: {:?}",
-        ingest.status().failed()
-    );
+    let Setup {
+        s,
+        store,
+        ingest,
+        served,
+    } = setup("view-holds").await;
     // Nothing was refused: the new types are read, not listed as problems.
     let problems = store
         .read(|c| query::problems(c, None))
@@ -345,18 +357,11 @@ async fn holds_and_guards_appear_in_the_api_and_pages_and_a_final_status_stays_f
         .expect("problems");
     assert!(problems.items.is_empty(), "{problems:?}");
 
-    let served = Served::start(store.clone(), ingest.status(), WebOptions::default()).await;
     let http = client();
 
     // The approval that waits: its execution says so, with the hold and the request.
     let e1 = &s.approval.pipeline_execution_id;
-    let (status, detail) = json(
-        http.get(served.at(&format!("/api/executions/{e1}")))
-            .send()
-            .await
-            .expect("get"),
-    )
-    .await;
+    let (status, detail) = json(&http, served.at(&format!("/api/executions/{e1}"))).await;
     assert_eq!(status, StatusCode::OK, "{detail}");
     assert_eq!(detail["execution"]["waiting"], "approval", "{detail}");
     assert_eq!(detail["execution"]["status"], "running", "{detail}");
@@ -391,13 +396,7 @@ async fn holds_and_guards_appear_in_the_api_and_pages_and_a_final_status_stays_f
     }
 
     // The overview and the pipeline's page list what waits, oldest first, with the ids.
-    let (_, overview) = json(
-        http.get(served.at("/api/overview"))
-            .send()
-            .await
-            .expect("get"),
-    )
-    .await;
+    let (_, overview) = json(&http, served.at("/api/overview")).await;
     let waiting: Vec<(&str, &str)> = overview["waiting"]
         .as_array()
         .expect("waiting")
@@ -427,13 +426,7 @@ async fn holds_and_guards_appear_in_the_api_and_pages_and_a_final_status_stays_f
         "with the full execution id"
     );
     assert!(front.contains("freeze window weekend"));
-    let (_, pipeline) = json(
-        http.get(served.at(&format!("/api/pipelines/{PIPELINE}")))
-            .send()
-            .await
-            .expect("get"),
-    )
-    .await;
+    let (_, pipeline) = json(&http, served.at(&format!("/api/pipelines/{PIPELINE}"))).await;
     assert_eq!(
         pipeline["waiting"].as_array().map(Vec::len),
         Some(2),
@@ -455,13 +448,7 @@ async fn holds_and_guards_appear_in_the_api_and_pages_and_a_final_status_stays_f
 
     // The freeze: an execution without runs, known by its hold.
     let e2 = &s.freeze.pipeline_execution_id;
-    let (_, frozen) = json(
-        http.get(served.at(&format!("/api/executions/{e2}")))
-            .send()
-            .await
-            .expect("get"),
-    )
-    .await;
+    let (_, frozen) = json(&http, served.at(&format!("/api/executions/{e2}"))).await;
     assert_eq!(frozen["execution"]["waiting"], "freeze", "{frozen}");
     assert_eq!(frozen["holds"][0]["window"], "weekend", "{frozen}");
     assert_eq!(frozen["stages"].as_array().map(Vec::len), Some(0));
@@ -471,13 +458,7 @@ async fn holds_and_guards_appear_in_the_api_and_pages_and_a_final_status_stays_f
 
     // The approved hold stays approved although a stale waiting copy came after it.
     let e3 = &s.approved.pipeline_execution_id;
-    let (_, done) = json(
-        http.get(served.at(&format!("/api/executions/{e3}")))
-            .send()
-            .await
-            .expect("get"),
-    )
-    .await;
+    let (_, done) = json(&http, served.at(&format!("/api/executions/{e3}"))).await;
     assert_eq!(done["holds"].as_array().map(Vec::len), Some(1), "{done}");
     assert_eq!(done["holds"][0]["status"], "approved", "{done}");
     assert_eq!(done["holds"][0]["decided_by"], "oncall@example.com");
@@ -495,13 +476,7 @@ async fn holds_and_guards_appear_in_the_api_and_pages_and_a_final_status_stays_f
 
     // The guard: fired, its probes, its reason and the command it issued.
     let e4 = &s.guard.pipeline_execution_id;
-    let (_, guarded) = json(
-        http.get(served.at(&format!("/api/executions/{e4}")))
-            .send()
-            .await
-            .expect("get"),
-    )
-    .await;
+    let (_, guarded) = json(&http, served.at(&format!("/api/executions/{e4}"))).await;
     let guards = guarded["guards"].as_array().expect("guards");
     assert_eq!(guards.len(), 1, "{guarded}");
     assert_eq!(guards[0]["status"], "fired");
@@ -533,7 +508,7 @@ async fn holds_and_guards_appear_in_the_api_and_pages_and_a_final_status_stays_f
     );
 
     // The audit does not count a held change as unanswered.
-    let (_, audit) = json(http.get(served.at("/api/audit")).send().await.expect("get")).await;
+    let (_, audit) = json(&http, served.at("/api/audit")).await;
     let text = audit.to_string();
     assert!(!text.contains(&s.approval.trigger_event_id), "{audit}");
     assert!(!text.contains(&s.freeze.trigger_event_id), "{audit}");
@@ -544,18 +519,12 @@ async fn holds_and_guards_appear_in_the_api_and_pages_and_a_final_status_stays_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_sees_what_waits_and_the_fired_guard_in_chromium() {
-    let servers = kafka::require_broker();
-    let topics = topics(&servers, "view-holds-browser").await;
-    let producer = view::producer(&servers);
-    let s = publish(&producer, &topics);
-    let kafka = view::kafka_config(&servers, refs(&topics));
-    let (store, ingest) = view::start(&kafka, &Location::Memory);
-    assert!(
-        ingest.status().wait_caught_up(PATIENCE).await,
-        "ingest caught up: {:?}",
-        ingest.status().failed()
-    );
-    let served = Served::start(store.clone(), ingest.status(), WebOptions::default()).await;
+    let Setup {
+        s,
+        store: _store,
+        ingest,
+        served,
+    } = setup("view-holds-browser").await;
     let browser = browser::Browser::start().await;
 
     browser.client.goto(&served.at("/")).await.expect("open /");

@@ -79,25 +79,14 @@ pub(super) fn write_hold(
         return Ok(false);
     }
     // A freeze holds a change before any run: the hold alone makes the execution known.
-    tx.prepare_cached(
-        "INSERT INTO executions (pipeline_execution_id, pipeline_id, trigger_event_id, \
-         project, environment, flag, status, started_at) \
-         VALUES (?, ?, ?, ?, ?, ?, 'running', ?) \
-         ON CONFLICT (pipeline_execution_id) DO UPDATE \
-         SET started_at = min(started_at, excluded.started_at)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            hold.pipeline_execution_id,
-            hold.pipeline_id,
-            hold.trigger_event_id,
-            hold.flag.project,
-            hold.flag.environment,
-            hold.flag.key,
-            to_millis(hold.since),
-        ])
-    })
-    .what("upsert an execution of a hold")?;
+    super::writer::upsert_execution(
+        tx,
+        &hold.pipeline_execution_id,
+        &hold.pipeline_id,
+        &hold.trigger_event_id,
+        &hold.flag,
+        to_millis(hold.since),
+    )?;
     tx.prepare_cached(
         "UPDATE executions SET waiting = (SELECT kind FROM holds \
          WHERE pipeline_execution_id = ?1 AND is_final = 0 ORDER BY since DESC LIMIT 1) \

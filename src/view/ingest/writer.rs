@@ -14,6 +14,7 @@ use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::holds;
+use crate::contract::run_record::FlagRef;
 use crate::contract::{CommandKind, KafkaMessage, ReasonCode};
 use crate::view::decode::{self, Decoded, TopicRole};
 use crate::view::store::{SqliteContext, ViewError, run_key, to_millis};
@@ -174,6 +175,38 @@ fn execution_status(reason: ReasonCode, command: CommandKind) -> &'static str {
     }
 }
 
+/// Makes execution `id` known (`running` until its command), or moves its start earlier
+/// to `started` (ms) when this record began before what was stored.
+pub(super) fn upsert_execution(
+    tx: &Transaction<'_>,
+    id: &str,
+    pipeline_id: &str,
+    trigger_event_id: &str,
+    flag: &FlagRef,
+    started: i64,
+) -> Result<(), ViewError> {
+    tx.prepare_cached(
+        "INSERT INTO executions (pipeline_execution_id, pipeline_id, trigger_event_id, \
+         project, environment, flag, status, started_at) \
+         VALUES (?, ?, ?, ?, ?, ?, 'running', ?) \
+         ON CONFLICT (pipeline_execution_id) DO UPDATE \
+         SET started_at = min(started_at, excluded.started_at)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            pipeline_id,
+            trigger_event_id,
+            flag.project,
+            flag.environment,
+            flag.key,
+            started,
+        ])
+    })
+    .what("upsert an execution")?;
+    Ok(())
+}
+
 /// What writing one record did.
 enum Written {
     /// A row was inserted or replaced.
@@ -312,25 +345,14 @@ fn write_row(
                 });
             }
             started.insert(r.pipeline_execution_id.clone(), run_started);
-            tx.prepare_cached(
-                "INSERT INTO executions (pipeline_execution_id, pipeline_id, trigger_event_id, \
-                 project, environment, flag, status, started_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, 'running', ?) \
-                 ON CONFLICT (pipeline_execution_id) DO UPDATE \
-                 SET started_at = min(started_at, excluded.started_at)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    r.pipeline_execution_id,
-                    r.pipeline_id,
-                    r.trigger_event_id,
-                    r.flag.project,
-                    r.flag.environment,
-                    r.flag.key,
-                    to_millis(r.started_at),
-                ])
-            })
-            .what("upsert an execution")?;
+            upsert_execution(
+                tx,
+                &r.pipeline_execution_id,
+                &r.pipeline_id,
+                &r.trigger_event_id,
+                &r.flag,
+                run_started,
+            )?;
             Ok(if changed > 0 {
                 Written::Row
             } else {
