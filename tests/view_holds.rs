@@ -281,11 +281,11 @@ fn publish(producer: &rdkafka::producer::BaseProducer, topics: &[String; 5]) -> 
     let mut disable = enable.clone();
     disable.command_id = guard_command_id.clone();
     disable.command = CommandKind::Disable;
-    disable.reason_code = ReasonCode::Failed;
+    // As the worker writes it: the same execution and change as the enable.
+    disable.reason_code = ReasonCode::GuardFired;
     disable.reason = fired.reason.clone().unwrap_or_default();
     disable.issued_at = ago(34);
-    disable.pipeline_execution_id = None;
-    disable.pipeline_id = None;
+    disable.steps = Vec::new();
     view::send(producer, &topics[1], &view::command_message(&disable));
 
     view::flush(producer);
@@ -488,6 +488,22 @@ async fn holds_and_guards_appear_in_the_api_and_pages_and_a_final_status_stays_f
     assert_eq!(
         guarded["execution"]["status"], "passed",
         "the enable stays its command"
+    );
+    assert_eq!(guarded["command"]["command"], "enable", "{guarded}");
+    assert_eq!(guards[0]["command"]["command"], "disable", "{guarded}");
+    assert_eq!(
+        guards[0]["command"]["reason_code"], "guard_fired",
+        "{guarded}"
+    );
+    // The flag's ledger: the enable answered the change, then the guard's disable.
+    let (_, ledger) = json(&http, served.at("/api/flags/shop/production/payments-v3")).await;
+    assert_eq!(
+        ledger["entries"][0]["command"]["command"], "enable",
+        "{ledger}"
+    );
+    assert_eq!(
+        ledger["entries"][0]["guard_command"]["command"], "disable",
+        "{ledger}"
     );
     let guard_page = html(&http, served.at(&format!("/executions/{e4}"))).await;
     for expected in [

@@ -156,3 +156,132 @@ async fn the_view_shows_a_worker_waiting_for_approval_then_the_approval_and_the_
     served.stop().await;
     ingest.stop().await.expect("ingest stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_shows_a_worker_guard_watching_then_fired_with_its_disable() {
+    let servers = kafka::require_broker();
+    let h = Harness::new(&servers, "view-guard-worker", 1).await;
+    let up = Listener::start().await;
+    let backend = Listener::start().await;
+    h.catalog_file(
+        "exp.yaml",
+        &experiment_yaml("quick", "300ms", &h.marker("quick"), &up.address),
+    );
+    h.catalog_file(
+        "pipeline.yaml",
+        &format!(
+            "kind: pipeline\nid: view-guard\nroutes:\n  - environment: test\n    flag: \"vguard-*\"\n\
+             guard:\n  duration: 10m\n  probes:\n    - name: backend-up\n      \
+             run_properties: {{polling_interval: 300ms, attempts: 2, interval: 200ms, timeout: 2s}}\n      \
+             tcp: {{address: '{}'}}\n\
+             stages:\n  - id: canary\n    type: feature_flag\n    steps:\n      - id: quick\n        \
+             experiment: quick\n        expected_resilience_score: 80\n",
+            backend.address
+        ),
+    );
+    let _worker = h.spawn("w1", &h.config("w1", &Settings::default()));
+    let event = change("vguard-1", ChangeKind::Enable, None);
+    h.produce_change(&event).await;
+    let execution = ids::pipeline_execution_id(&event.event_id, "view-guard");
+
+    let t = &h.topics;
+    let kafka = view::kafka_config(
+        &servers,
+        [
+            &t.runs,
+            &t.commands,
+            &t.flag_changes,
+            &t.dead_letter,
+            &t.control,
+        ],
+    );
+    let (store, ingest) = view::start(&kafka, &Location::Memory);
+
+    // The enable, and its guard watching: on the overview's list too.
+    let id = execution.clone();
+    let watching = view::wait_for(
+        &store,
+        "the enable and its guard watching",
+        PATIENCE,
+        move |c| {
+            Ok(query::execution(c, &id)?
+                .filter(|d| d.command.is_some() && d.guards.iter().any(|g| g.status == "watching")))
+        },
+    )
+    .await;
+    assert_eq!(
+        watching.command.as_ref().map(|c| c.command.as_str()),
+        Some("enable")
+    );
+    let overview = store
+        .read(|c| {
+            query::overview(
+                c,
+                chrono::Utc::now() - chrono::Duration::hours(1),
+                chrono::Utc::now() + chrono::Duration::minutes(1),
+                &Default::default(),
+            )
+        })
+        .await
+        .expect("overview");
+    assert_eq!(overview.watching.len(), 1, "{:?}", overview.watching);
+    assert_eq!(overview.watching[0].pipeline_execution_id, execution);
+
+    // The backend goes away: the guard fires a disable, and the view shows it.
+    drop(backend);
+    let id = execution.clone();
+    let fired = view::wait_for(
+        &store,
+        "the guard fired and its disable",
+        PATIENCE,
+        move |c| {
+            Ok(query::execution(c, &id)?.filter(|d| {
+                d.guards
+                    .iter()
+                    .any(|g| g.status == "fired" && g.command.is_some())
+            }))
+        },
+    )
+    .await;
+    assert_eq!(fired.guards.len(), 1, "{:?}", fired.guards);
+    let guard = &fired.guards[0];
+    let disable = guard.command.as_ref().expect("the guard's command");
+    assert_eq!(disable.command, "disable");
+    assert_eq!(disable.reason_code, "guard_fired");
+    assert_eq!(
+        guard.command_id.as_deref(),
+        Some(disable.command_id.as_str())
+    );
+    assert!(
+        guard
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("backend-up")),
+        "{:?}",
+        guard.reason
+    );
+    assert!(
+        guard.probes.iter().any(|p| p.name == "backend-up"),
+        "{:?}",
+        guard.probes
+    );
+    assert_eq!(
+        fired.command.as_ref().map(|c| c.command.as_str()),
+        Some("enable"),
+        "the execution's own command is still its enable"
+    );
+
+    let served = web::Served::start(store.clone(), ingest.status(), WebOptions::default()).await;
+    let page = web::client()
+        .get(served.at(&format!("/executions/{execution}")))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    assert!(page.contains("id=\"guard\""));
+    assert!(page.contains(&disable.command_id));
+    served.stop().await;
+    ingest.stop().await.expect("ingest stops");
+}

@@ -140,7 +140,7 @@ pub struct ChangeRow {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CommandRow {
     /// Command id.
-    pub(crate) command_id: String,
+    pub command_id: String,
     /// `enable`, `disable` or `revert`.
     pub command: String,
     /// Why, for people.
@@ -334,6 +334,8 @@ pub struct LedgerEntry {
     pub runs: Vec<RunRow>,
     /// The command that answered it.
     pub command: Option<CommandRow>,
+    /// The command a guard issued later for it (after its `enable`), if one fired.
+    pub guard_command: Option<CommandRow>,
     /// Dead letters of the change.
     pub(crate) dead_letters: Vec<DeadLetterRow>,
 }

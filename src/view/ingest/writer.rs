@@ -415,9 +415,13 @@ fn write_row(
                         .what("store a command step")?;
                 }
             }
-            if let (Some(execution), Some(pipeline)) =
-                (&command.pipeline_execution_id, &command.pipeline_id)
-            {
+            // A guard's command follows the execution's own (the enable it guards): the
+            // guard row names it; the execution keeps its command.
+            if let (Some(execution), Some(pipeline), false) = (
+                &command.pipeline_execution_id,
+                &command.pipeline_id,
+                command.reason_code == ReasonCode::GuardFired,
+            ) {
                 tx.prepare_cached(
                     "INSERT INTO executions (pipeline_execution_id, pipeline_id, trigger_event_id, \
                      project, environment, flag, status, started_at, ended_at, command_id) \

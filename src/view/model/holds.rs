@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::KafkaPosition;
+use super::{CommandRow, KafkaPosition};
 use crate::contract::ProbeResult;
 
 /// One hold of a pipeline execution: the newest record of its `hold_id`.
@@ -109,6 +109,8 @@ pub struct GuardRow {
     pub reason: Option<String>,
     /// `command_id` of the command it issued (`fired` only).
     pub command_id: Option<String>,
+    /// That command as read from `flag-commands` (absent until the view has read it).
+    pub command: Option<CommandRow>,
     /// Where the record shown was read.
     pub position: KafkaPosition,
     /// Live-update sequence number.

@@ -9,6 +9,7 @@
 use rusqlite::types::Value;
 use rusqlite::{Connection, Row, params_from_iter};
 
+use super::rows::commands_where;
 use super::runs::position_at;
 use crate::view::model::{ApprovalRow, GuardRow, HoldRow};
 use crate::view::store::{SqliteContext, ViewError, from_millis};
@@ -73,6 +74,7 @@ fn guard_row(row: &Row<'_>) -> rusqlite::Result<GuardRow> {
         probes: serde_json::from_str(&probes).unwrap_or_default(),
         reason: row.get(13)?,
         command_id: row.get(14)?,
+        command: None,
         position: position_at(row, 15)?,
         seq: row.get(18)?,
     })
@@ -117,9 +119,10 @@ pub(crate) fn holds_of(c: &Connection, execution: &str) -> Result<Vec<HoldRow>, 
     )
 }
 
-/// The guards of one execution, in the order they started.
+/// The guards of one execution, in the order they started, each with the command it
+/// issued.
 pub(crate) fn guards_of(c: &Connection, execution: &str) -> Result<Vec<GuardRow>, ViewError> {
-    select(
+    let mut guards = select(
         c,
         &format!(
             "SELECT {GUARD_COLUMNS} FROM guards WHERE pipeline_execution_id = ? \
@@ -128,7 +131,15 @@ pub(crate) fn guards_of(c: &Connection, execution: &str) -> Result<Vec<GuardRow>
         &[Value::Text(execution.to_string())],
         guard_row,
         "read an execution's guards",
-    )
+    )?;
+    for guard in &mut guards {
+        if let Some(id) = &guard.command_id {
+            guard.command = commands_where(c, "WHERE command_id = ?", &[Value::Text(id.clone())])?
+                .into_iter()
+                .next();
+        }
+    }
+    Ok(guards)
 }
 
 /// The approve and reject requests naming one execution, in the order they were sent.

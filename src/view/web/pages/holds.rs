@@ -154,6 +154,13 @@ pub(crate) fn execution_guards(guards: &[GuardRow]) -> Markup {
                     tr { th { "Ended" } td { (when_opt(g.ended_at)) } }
                     @if let Some(command) = &g.command_id {
                         tr { th { "Command issued" } td { span.mono #guard-command { (command) } " " (badge(&g.on_failure)) " · " a href=(flag_href(&g.project, &g.environment, &g.flag)) { "the flag's ledger" } } }
+                        @match &g.command {
+                            Some(c) => {
+                                tr { th { "Issued" } td { (when(c.issued_at)) " " span.muted.small { (c.reason_code) } } }
+                                tr { th { "Its Kafka record" } td { (position(&c.position)) } }
+                            }
+                            None => tr { th { "" } td.small.muted { "not on flag-commands (yet)" } },
+                        }
                     }
                     tr { th { "Guard id" } td.mono { (g.guard_id) } }
                     tr { th { "Kafka" } td { (position(&g.position)) } }
