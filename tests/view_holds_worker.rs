@@ -17,30 +17,45 @@ use std::time::Duration;
 
 use chaosgate::contract::{ChangeKind, ids};
 use chaosgate::view::web::WebOptions;
-use chaosgate::view::{Location, query};
+use chaosgate::view::{Ingest, Location, Store, query};
 
 use worker::{Harness, Listener, Settings, change, experiment_yaml};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_view_shows_a_worker_waiting_for_approval_then_the_approval_and_the_enable() {
+/// `GET url` as JSON.
+async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+    http.get(&url)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: not JSON ({e})"))
+}
+
+/// A worker (`chaosgate run`) on fresh topics `name` with the `quick` experiment and
+/// `pipeline` (pipeline `id`), one change of `flag` produced, and the view ingesting the
+/// worker's topics. Returns the harness (the worker lives as long as it), the
+/// execution id, the store and ingest, and the probe listener to keep.
+async fn worker_and_view(
+    name: &str,
+    id: &str,
+    flag: &str,
+    pipeline: &str,
+) -> (Harness, String, Store, Ingest, Listener, worker::Worker) {
     let servers = kafka::require_broker();
-    let h = Harness::new(&servers, "view-hold-worker", 1).await;
+    let h = Harness::new(&servers, name, 1).await;
     let up = Listener::start().await;
     h.catalog_file(
         "exp.yaml",
         &experiment_yaml("quick", "300ms", &h.marker("quick"), &up.address),
     );
-    h.catalog_file(
-        "pipeline.yaml",
-        "kind: pipeline\nid: view-approve\nroutes:\n  - environment: test\n    flag: \"vappr-*\"\nstages:\n  - id: canary\n    type: feature_flag\n    steps:\n      - id: quick\n        experiment: quick\n        expected_resilience_score: 80\n      - id: oncall-ok\n        approval:\n          message: check the canary dashboards\n          timeout: 10m\n",
-    );
-    let _worker = h.spawn("w1", &h.config("w1", &Settings::default()));
-    let event = change("vappr-1", ChangeKind::Enable, None);
+    h.catalog_file("pipeline.yaml", pipeline);
+    let running = h.spawn("w1", &h.config("w1", &Settings::default()));
+    let event = change(flag, ChangeKind::Enable, None);
     h.produce_change(&event).await;
-    let execution = ids::pipeline_execution_id(&event.event_id, "view-approve");
-
+    let execution = ids::pipeline_execution_id(&event.event_id, id);
     let t = &h.topics;
     let kafka = view::kafka_config(
         &servers,
@@ -53,6 +68,18 @@ async fn the_view_shows_a_worker_waiting_for_approval_then_the_approval_and_the_
         ],
     );
     let (store, ingest) = view::start(&kafka, &Location::Memory);
+    (h, execution, store, ingest, up, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_shows_a_worker_waiting_for_approval_then_the_approval_and_the_enable() {
+    let (h, execution, store, ingest, _up, _worker) = worker_and_view(
+        "view-hold-worker",
+        "view-approve",
+        "vappr-1",
+        "kind: pipeline\nid: view-approve\nroutes:\n  - environment: test\n    flag: \"vappr-*\"\nstages:\n  - id: canary\n    type: feature_flag\n    steps:\n      - id: quick\n        experiment: quick\n        expected_resilience_score: 80\n      - id: oncall-ok\n        approval:\n          message: check the canary dashboards\n          timeout: 10m\n",
+    )
+    .await;
     let served = web::Served::start(store.clone(), ingest.status(), WebOptions::default()).await;
     let http = web::client();
 
@@ -77,14 +104,7 @@ async fn the_view_shows_a_worker_waiting_for_approval_then_the_approval_and_the_
             .contains("check the canary dashboards")
     );
     assert_eq!(waiting.stages.len(), 1, "the chaos step before it ran");
-    let overview: serde_json::Value = http
-        .get(served.at("/api/overview"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let overview = get_json(&http, served.at("/api/overview")).await;
     assert_eq!(
         overview["waiting"][0]["pipeline_execution_id"],
         execution.as_str(),
@@ -143,14 +163,7 @@ async fn the_view_shows_a_worker_waiting_for_approval_then_the_approval_and_the_
         done.command.as_ref().map(|c| c.command.as_str()),
         Some("enable")
     );
-    let overview: serde_json::Value = http
-        .get(served.at("/api/overview"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let overview = get_json(&http, served.at("/api/overview")).await;
     assert_eq!(overview["waiting"], serde_json::json!([]), "{overview}");
 
     served.stop().await;
@@ -159,43 +172,18 @@ async fn the_view_shows_a_worker_waiting_for_approval_then_the_approval_and_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_view_shows_a_worker_guard_watching_then_fired_with_its_disable() {
-    let servers = kafka::require_broker();
-    let h = Harness::new(&servers, "view-guard-worker", 1).await;
-    let up = Listener::start().await;
     let backend = Listener::start().await;
-    h.catalog_file(
-        "exp.yaml",
-        &experiment_yaml("quick", "300ms", &h.marker("quick"), &up.address),
+    let pipeline = format!(
+        "kind: pipeline\nid: view-guard\nroutes:\n  - environment: test\n    flag: \"vguard-*\"\n\
+         guard:\n  duration: 10m\n  probes:\n    - name: backend-up\n      \
+         run_properties: {{polling_interval: 300ms, attempts: 2, interval: 200ms, timeout: 2s}}\n      \
+         tcp: {{address: '{}'}}\n\
+         stages:\n  - id: canary\n    type: feature_flag\n    steps:\n      - id: quick\n        \
+         experiment: quick\n        expected_resilience_score: 80\n",
+        backend.address
     );
-    h.catalog_file(
-        "pipeline.yaml",
-        &format!(
-            "kind: pipeline\nid: view-guard\nroutes:\n  - environment: test\n    flag: \"vguard-*\"\n\
-             guard:\n  duration: 10m\n  probes:\n    - name: backend-up\n      \
-             run_properties: {{polling_interval: 300ms, attempts: 2, interval: 200ms, timeout: 2s}}\n      \
-             tcp: {{address: '{}'}}\n\
-             stages:\n  - id: canary\n    type: feature_flag\n    steps:\n      - id: quick\n        \
-             experiment: quick\n        expected_resilience_score: 80\n",
-            backend.address
-        ),
-    );
-    let _worker = h.spawn("w1", &h.config("w1", &Settings::default()));
-    let event = change("vguard-1", ChangeKind::Enable, None);
-    h.produce_change(&event).await;
-    let execution = ids::pipeline_execution_id(&event.event_id, "view-guard");
-
-    let t = &h.topics;
-    let kafka = view::kafka_config(
-        &servers,
-        [
-            &t.runs,
-            &t.commands,
-            &t.flag_changes,
-            &t.dead_letter,
-            &t.control,
-        ],
-    );
-    let (store, ingest) = view::start(&kafka, &Location::Memory);
+    let (_h, execution, store, ingest, _up, _worker) =
+        worker_and_view("view-guard-worker", "view-guard", "vguard-1", &pipeline).await;
 
     // The enable, and its guard watching: on the overview's list too.
     let id = execution.clone();
