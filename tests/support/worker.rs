@@ -390,28 +390,22 @@ log_filter = "info,chaosgate=debug"
 
     /// Produces an approval request on the control topic.
     pub async fn produce_approval(&self, data: serde_json::Value) {
-        let event = CloudEvent {
-            id: uuid::Uuid::new_v4().to_string(),
-            source: "/test/oncall".to_string(),
-            event_type: chaosgate::contract::control::APPROVAL_REQUEST_TYPE.to_string(),
-            time: Some(chrono::Utc::now()),
-            subject: None,
-            extensions: Default::default(),
-            data,
-        };
-        self.produce(&self.topics.control, &event.to_binary(None))
+        self.produce_control(chaosgate::contract::control::APPROVAL_REQUEST_TYPE, data)
             .await;
-        self.producer
-            .flush(Duration::from_secs(10))
-            .expect("flush approval request");
     }
 
     /// Produces an abort request on the control topic.
     pub async fn produce_abort(&self, data: serde_json::Value) {
+        self.produce_control(chaosgate::contract::control::ABORT_REQUEST_TYPE, data)
+            .await;
+    }
+
+    /// Produces a control request of `event_type` on the control topic, flushed.
+    async fn produce_control(&self, event_type: &str, data: serde_json::Value) {
         let event = CloudEvent {
             id: uuid::Uuid::new_v4().to_string(),
             source: "/test/oncall".to_string(),
-            event_type: chaosgate::contract::control::ABORT_REQUEST_TYPE.to_string(),
+            event_type: event_type.to_string(),
             time: Some(chrono::Utc::now()),
             subject: None,
             extensions: Default::default(),
@@ -421,7 +415,7 @@ log_filter = "info,chaosgate=debug"
             .await;
         self.producer
             .flush(Duration::from_secs(10))
-            .expect("flush abort request");
+            .expect("flush control request");
     }
 
     /// Starts collecting runs, commands and dead letters with a `read_committed` consumer.

@@ -121,24 +121,15 @@ impl Owed {
         let OwedState::Waiting(waiting) = &state.owed else {
             return;
         };
-        let flag = state.flag_key();
-        let stop = CancellationToken::new();
         let hold = waiting.hold.clone();
-        let events = self.events_tx.clone();
         let kill_switch = kill_switch.clone();
-        let task_stop = stop.clone();
-        tokio::spawn(async move {
-            let ended = tokio::select! {
-                ended = hold_end(&hold, &kill_switch, &kill) => ended,
-                () = task_stop.cancelled() => return,
-            };
-            let _ = events.send(OwedEvent::HoldEnded {
+        self.keep(state, epoch, move |flag, _stop| async move {
+            let ended = hold_end(&hold, &kill_switch, &kill).await;
+            Some(OwedEvent::HoldEnded {
                 flag,
                 hold: Box::new(ended),
-            });
+            })
         });
-        self.entries
-            .insert(state.flag_key(), Entry { state, epoch, stop });
     }
 
     /// Watches `state`'s guard with `guard`'s probes until it fires, expires, or `kill`
@@ -154,27 +145,48 @@ impl Owed {
         let OwedState::Guarding(guarding) = &state.owed else {
             return;
         };
-        let flag = state.flag_key();
-        let stop = CancellationToken::new();
         let record = guarding.guard.clone();
-        let events = self.events_tx.clone();
-        let task_stop = stop.clone();
-        tokio::spawn(async move {
+        self.keep(state, epoch, move |flag, stop| async move {
             let ended = tokio::select! {
-                watch = watch(&guard, record.started_at, record.deadline, &run, &task_stop) => {
+                watch = watch(&guard, record.started_at, record.deadline, &run, &stop) => {
                     if watch.stopped {
-                        return;
+                        return None;
                     }
                     Some(watch)
                 }
                 () = kill.cancelled() => None,
-                () = task_stop.cancelled() => return,
             };
-            let _ = events.send(OwedEvent::GuardEnded {
+            Some(OwedEvent::GuardEnded {
                 flag,
                 guard_id: record.guard_id,
                 watch: ended,
-            });
+            })
+        });
+    }
+
+    /// Keeps `state` with its task, made by `task` from the flag's key and the entry's
+    /// stop token; the task's event (if any) goes to the loop unless the entry was
+    /// stopped first.
+    fn keep<F>(
+        &mut self,
+        state: FlagState,
+        epoch: u64,
+        task: impl FnOnce(String, CancellationToken) -> F,
+    ) where
+        F: std::future::Future<Output = Option<OwedEvent>> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let events = self.events_tx.clone();
+        let run = task(state.flag_key(), stop.clone());
+        let task_stop = stop.clone();
+        tokio::spawn(async move {
+            let event = tokio::select! {
+                event = run => event,
+                () = task_stop.cancelled() => return,
+            };
+            if let Some(event) = event {
+                let _ = events.send(event);
+            }
         });
         self.entries
             .insert(state.flag_key(), Entry { state, epoch, stop });
