@@ -125,7 +125,7 @@ fn bad_windows_are_named_by_file_line_and_field() {
             "{file}:12: freeze_windows[1].time_zone: unknown time zone 'Europe/Berln' (write an IANA name such as Europe/Berlin or UTC)"
         ),
         format!(
-            "{file}:14: freeze_windows[2].start: '*/5 * * * *' with duration 5m is always active (each start comes before the last one's window ends): it would hold every gated change forever"
+            "{file}:14: freeze_windows[2].start: '*/5 * * * *' with duration 5m is always active (each start comes before the last one's window ends, for over 366 days or 10000 starts): it would hold every gated change forever"
         ),
         format!(
             "{file}:18: freeze_windows[3].duration: a freeze window's duration must be above 0s"

@@ -25,19 +25,6 @@ use web::{Served, client};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
-/// Five fresh topics (runs, commands, changes, dead letters, control) on the broker.
-async fn topics(servers: &str, name: &str) -> [String; 5] {
-    let names = ["runs", "commands", "changes", "dlq", "control"]
-        .map(|t| kafka::unique_topic(&format!("{name}-{t}")));
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    kafka::create_topics(servers, &refs, 2).await;
-    names
-}
-
-fn refs(topics: &[String; 5]) -> [&str; 5] {
-    [&topics[0], &topics[1], &topics[2], &topics[3], &topics[4]]
-}
-
 /// Publishes one gated execution: the change, a final run per `(pipeline, status)`
 /// and the command. Returns the run records.
 fn publish_execution(
@@ -72,7 +59,7 @@ async fn json(response: reqwest::Response) -> (StatusCode, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_pages_exports_metrics_and_errors_show_what_was_ingested() {
     let servers = kafka::require_broker();
-    let topics = topics(&servers, "web-api").await;
+    let topics = view::topics(&servers, "web-api").await;
     let producer = view::producer(&servers);
     let passed = publish_execution(&producer, &topics, "web-pay", RunStatus::Passed);
     let failed = publish_execution(&producer, &topics, "web-pay", RunStatus::Failed);
@@ -86,7 +73,7 @@ async fn api_pages_exports_metrics_and_errors_show_what_was_ingested() {
     view::send(&producer, &topics[0], &garbage);
     view::flush(&producer);
 
-    let kafka = view::kafka_config(&servers, refs(&topics));
+    let kafka = view::kafka_config(&servers, view::refs(&topics));
     let (store, ingest) = view::start(&kafka, &Location::Memory);
     assert!(
         ingest.status().wait_caught_up(PATIENCE).await,
@@ -579,7 +566,7 @@ async fn a_token_guards_every_route_but_health_and_a_browser_gets_a_cookie() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_503_until_ingest_caught_up_then_200() {
     let servers = kafka::require_broker();
-    let topics = topics(&servers, "web-ready").await;
+    let topics = view::topics(&servers, "web-ready").await;
     let store = Store::open(&Location::Memory).expect("store");
     // Before ingest has reached the high watermarks: not ready, and why.
     let before = Served::start(
@@ -618,7 +605,7 @@ async fn readyz_answers_503_until_ingest_caught_up_then_200() {
         publish_execution(&producer, &topics, "web-ready", RunStatus::Passed);
     }
     view::flush(&producer);
-    let kafka = view::kafka_config(&servers, refs(&topics));
+    let kafka = view::kafka_config(&servers, view::refs(&topics));
     let ingest = chaosgate::view::ingest::start(&kafka, store.clone()).expect("ingest");
     let served = Served::start(store.clone(), ingest.status(), WebOptions::default()).await;
     let http = client();
@@ -706,8 +693,8 @@ async fn changes(response: &mut reqwest::Response, n: usize) -> Vec<(i64, Value)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_stream_sends_each_change_and_resumes_after_last_event_id() {
     let servers = kafka::require_broker();
-    let topics = topics(&servers, "web-live").await;
-    let kafka = view::kafka_config(&servers, refs(&topics));
+    let topics = view::topics(&servers, "web-live").await;
+    let kafka = view::kafka_config(&servers, view::refs(&topics));
     let (store, ingest) = view::start(&kafka, &Location::Memory);
     assert!(ingest.status().wait_caught_up(PATIENCE).await);
     let served = Served::start(store, ingest.status(), WebOptions::default()).await;

@@ -187,7 +187,8 @@ pub(crate) fn check(windows: &[FreezeWindow]) -> Vec<Finding> {
                 at.key("start"),
                 format!(
                     "'{}' with duration {} is always active (each start comes before the \
-                     last one's window ends): it would hold every gated change forever",
+                     last one's window ends, for over {MAX_SPAN_DAYS} days or {MAX_LINKS} \
+                     starts): it would hold every gated change forever",
                     window.start, window.duration
                 ),
             ));
@@ -614,8 +615,8 @@ mod tests {
                 "freeze_windows[2].name: duplicate freeze window name 'a' (also freeze_windows[0])",
                 "freeze_windows[2].time_zone: unknown time zone 'Europe/Berln' (write an IANA name such as Europe/Berlin or UTC)",
                 "freeze_windows[3].duration: a freeze window's duration must be above 0s",
-                "freeze_windows[4].start: '*/5 * * * *' with duration 5m is always active (each start comes before the last one's window ends): it would hold every gated change forever",
-                "freeze_windows[5].start: '0 0 * * *' with duration 24h is always active (each start comes before the last one's window ends): it would hold every gated change forever",
+                "freeze_windows[4].start: '*/5 * * * *' with duration 5m is always active (each start comes before the last one's window ends, for over 366 days or 10000 starts): it would hold every gated change forever",
+                "freeze_windows[5].start: '0 0 * * *' with duration 24h is always active (each start comes before the last one's window ends, for over 366 days or 10000 starts): it would hold every gated change forever",
                 "freeze_windows[6].start: '0 0 30 2 *' never starts (no such date in the coming years)",
                 "freeze_windows[7].start: '0 18 * * FRI *' has 6 fields, a freeze window's start has 5 (minute hour day-of-month month day-of-week, e.g. '0 18 * * FRI')",
             ]

@@ -9,23 +9,25 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::contract::control::ABORT_REQUEST_TYPE;
+use crate::contract::control::{ABORT_REQUEST_TYPE, APPROVAL_REQUEST_TYPE};
 use crate::contract::dead_letter::{
     HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TOPIC,
 };
 use crate::contract::flag_change::decode_flag_change;
 use crate::contract::flag_command::FLAG_COMMAND_TYPE;
+use crate::contract::guard_record::GUARD_RECORD_TYPE;
+use crate::contract::hold_record::HOLD_RECORD_TYPE;
 use crate::contract::run_record::RUN_RECORD_TYPE;
 use crate::contract::{
-    AbortRequest, AbortScope, CloudEvent, FlagChange, FlagCommand, KafkaMessage, RunRecord,
-    RunStatus,
+    AbortRequest, AbortScope, ApprovalRequest, CloudEvent, FlagChange, FlagCommand, GuardRecord,
+    GuardStatus, HoldRecord, HoldStatus, KafkaMessage, RunRecord, RunStatus,
 };
 
 /// What a topic carries, as the view reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum TopicRole {
-    /// `chaos-experiment-runs`: run records.
+    /// `chaos-experiment-runs`: run records, hold records and guard records.
     Runs,
     /// `flag-commands`: flag commands.
     Commands,
@@ -33,7 +35,7 @@ pub(crate) enum TopicRole {
     Changes,
     /// `flag-changes-dlq`: dead letters.
     DeadLetters,
-    /// `chaosgate-control`: abort requests.
+    /// `chaosgate-control`: abort and approval requests.
     Control,
 }
 
@@ -74,6 +76,12 @@ pub(crate) enum Decoded {
     DeadLetter(Box<DecodedDeadLetter>),
     /// An abort request, with the event's time.
     Abort(Box<AbortRequest>, Option<DateTime<Utc>>),
+    /// A hold record (an execution waiting for an approval, a wait or a freeze window).
+    Hold(Box<HoldRecord>),
+    /// A guard record (a guard watching a flag after its `enable`).
+    Guard(Box<GuardRecord>),
+    /// An approve or reject request, with the event's time.
+    Approval(Box<ApprovalRequest>, Option<DateTime<Utc>>),
 }
 
 /// A record any size passes: the worker's limit is for its input, not for the view.
@@ -153,6 +161,21 @@ pub(crate) fn trace_id_of_traceparent(value: &[u8]) -> Option<String> {
     .then(|| trace.to_ascii_lowercase())
 }
 
+/// The CloudEvents `type` of `message`: the `ce_type` header in binary mode, the `type`
+/// attribute in structured mode; `None` when neither says (the decoder then names why).
+fn event_type(message: &KafkaMessage) -> Option<String> {
+    if let Some(value) = message.header("ce_type") {
+        return Some(String::from_utf8_lossy(value).into_owned());
+    }
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(rename = "type")]
+        event_type: String,
+    }
+    let envelope: Envelope = serde_json::from_slice(message.value.as_deref()?).ok()?;
+    Some(envelope.event_type)
+}
+
 fn header_text(message: &KafkaMessage, name: &str) -> Option<String> {
     message
         .header(name)
@@ -161,7 +184,24 @@ fn header_text(message: &KafkaMessage, name: &str) -> Option<String> {
 
 /// Decodes `message` read from a topic of `role`.
 pub(crate) fn decode(role: TopicRole, message: &KafkaMessage) -> Result<Decoded, String> {
+    // The runs and control topics carry several types; the others one each.
+    let ty = match role {
+        TopicRole::Runs | TopicRole::Control => event_type(message),
+        _ => None,
+    };
     match role {
+        TopicRole::Runs if ty.as_deref() == Some(HOLD_RECORD_TYPE) => {
+            let (hold, _) = typed_data(message, HOLD_RECORD_TYPE, "hold record")?;
+            Ok(Decoded::Hold(Box::new(hold)))
+        }
+        TopicRole::Runs if ty.as_deref() == Some(GUARD_RECORD_TYPE) => {
+            let (guard, _) = typed_data(message, GUARD_RECORD_TYPE, "guard record")?;
+            Ok(Decoded::Guard(Box::new(guard)))
+        }
+        TopicRole::Control if ty.as_deref() == Some(APPROVAL_REQUEST_TYPE) => {
+            let (approval, time) = typed_data(message, APPROVAL_REQUEST_TYPE, "approval request")?;
+            Ok(Decoded::Approval(Box::new(approval), time))
+        }
         TopicRole::Runs => {
             let (record, _): (RunRecord, _) = typed_data(message, RUN_RECORD_TYPE, "run record")?;
             let trace_id = record.trace_id.clone().or_else(|| {
@@ -224,6 +264,16 @@ pub(crate) fn is_final(status: RunStatus) -> bool {
     status != RunStatus::Running
 }
 
+/// Whether a hold status is final (the hold ended).
+pub(crate) fn hold_is_final(status: HoldStatus) -> bool {
+    status != HoldStatus::Waiting
+}
+
+/// Whether a guard status is final (the guard ended).
+pub(crate) fn guard_is_final(status: GuardStatus) -> bool {
+    status != GuardStatus::Watching
+}
+
 /// The name of an abort scope as stored.
 pub(crate) fn scope_name(scope: AbortScope) -> &'static str {
     match scope {
@@ -271,6 +321,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn hold_guard_and_approval_records_decode_beside_run_records_and_aborts() {
+        use crate::contract::control::approval_request_example;
+        use crate::contract::guard_record::guard_record_example;
+        use crate::contract::hold_record::hold_record_example;
+        let typed = |event_type: &str, data: Value| CloudEvent {
+            event_type: event_type.into(),
+            ..run_event(data)
+        };
+        let hold = typed(
+            HOLD_RECORD_TYPE,
+            serde_json::to_value(hold_record_example()).unwrap(),
+        );
+        for message in [hold.to_binary(Some("e")), hold.to_structured(None)] {
+            let Ok(Decoded::Hold(decoded)) = decode(TopicRole::Runs, &message) else {
+                panic!("not a hold");
+            };
+            assert_eq!(*decoded, hold_record_example());
+        }
+        let guard = typed(
+            GUARD_RECORD_TYPE,
+            serde_json::to_value(guard_record_example()).unwrap(),
+        );
+        assert!(matches!(
+            decode(TopicRole::Runs, &guard.to_binary(Some("e"))),
+            Ok(Decoded::Guard(g)) if g.guard_id == guard_record_example().guard_id
+        ));
+        let approval = typed(
+            APPROVAL_REQUEST_TYPE,
+            serde_json::to_value(approval_request_example()).unwrap(),
+        );
+        assert!(matches!(
+            decode(TopicRole::Control, &approval.to_binary(None)),
+            Ok(Decoded::Approval(a, _)) if a.pipeline_execution_id == approval_request_example().pipeline_execution_id
+        ));
+        // A hold on the control topic, or a hold with a bad field, is a problem named.
+        assert!(
+            decode(TopicRole::Control, &hold.to_binary(None))
+                .unwrap_err()
+                .contains(HOLD_RECORD_TYPE)
+        );
+        let mut bad = serde_json::to_value(hold_record_example()).unwrap();
+        bad["status"] = "paused".into();
+        let err = decode(
+            TopicRole::Runs,
+            &typed(HOLD_RECORD_TYPE, bad).to_binary(None),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("hold record data") && err.contains("status"),
+            "{err}"
+        );
     }
 
     #[test]

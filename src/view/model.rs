@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::{RunRecord, RunStatus, StepSummary};
 
+mod holds;
+
+pub use holds::{ApprovalRow, GuardRow, HoldRow};
+
 /// Where a record sits on Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KafkaPosition {
@@ -136,7 +140,7 @@ pub struct ChangeRow {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CommandRow {
     /// Command id.
-    pub(crate) command_id: String,
+    pub command_id: String,
     /// `enable`, `disable` or `revert`.
     pub command: String,
     /// Why, for people.
@@ -266,6 +270,8 @@ pub struct ExecutionSummary {
     pub ended_at: Option<DateTime<Utc>>,
     /// Its command's id, once issued.
     pub(crate) command_id: Option<String>,
+    /// The kind of hold it waits in now (`approval`, `wait`, `freeze`), if any.
+    pub waiting: Option<String>,
 }
 
 /// One step of an execution with its runs (earlier attempts and retries first; the last
@@ -309,6 +315,12 @@ pub struct ExecutionDetail {
     pub(crate) aborts: Vec<AbortRow>,
     /// Dead letters of its trigger event.
     pub(crate) dead_letters: Vec<DeadLetterRow>,
+    /// Its holds (approval, wait, freeze window), in the order they began.
+    pub holds: Vec<HoldRow>,
+    /// The guards after its `enable` (one, or none), in the order they started.
+    pub guards: Vec<GuardRow>,
+    /// Approve and reject requests naming it, in the order they were sent.
+    pub approvals: Vec<ApprovalRow>,
 }
 
 /// One change of a flag with what the gate did about it.
@@ -322,6 +334,8 @@ pub struct LedgerEntry {
     pub runs: Vec<RunRow>,
     /// The command that answered it.
     pub command: Option<CommandRow>,
+    /// The command a guard issued later for it (after its `enable`), if one fired.
+    pub guard_command: Option<CommandRow>,
     /// Dead letters of the change.
     pub(crate) dead_letters: Vec<DeadLetterRow>,
 }
@@ -388,6 +402,8 @@ pub struct PipelineSummary {
     pub(crate) tightest: Vec<(String, String)>,
     /// Newest first.
     pub(crate) executions: Vec<ExecutionSummary>,
+    /// Its holds still waiting, oldest first.
+    pub waiting: Vec<HoldRow>,
 }
 
 /// Runs by status.
@@ -453,6 +469,10 @@ pub struct Overview {
     pub(crate) needs_attention: Vec<AttentionRow>,
     /// Each pipeline's last 10 executions.
     pub(crate) pipelines: Vec<PipelineStrip>,
+    /// Holds still waiting (any pipeline), oldest first: what waits for a person now.
+    pub waiting: Vec<HoldRow>,
+    /// Guards still watching, soonest deadline first.
+    pub watching: Vec<GuardRow>,
 }
 
 /// The four things the integrity audit looks for.
@@ -535,6 +555,12 @@ pub(crate) enum ChangeKindRow {
     DeadLetter,
     /// A record could not be read.
     Problem,
+    /// A hold row was inserted or replaced.
+    Hold,
+    /// A guard row was inserted or replaced.
+    Guard,
+    /// An approve or reject request arrived.
+    Approval,
 }
 
 /// One live update: which row changed, at which sequence number.
@@ -548,6 +574,9 @@ pub struct ChangeEvent {
     pub(crate) id: String,
     /// The execution it belongs to, when known.
     pub(crate) pipeline_execution_id: Option<String>,
+    /// The pipeline it belongs to, for `Hold` and `Guard` changes (a run's is in `run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pipeline_id: Option<String>,
     /// The run row, for `Run` changes.
     pub(crate) run: Option<RunRow>,
 }

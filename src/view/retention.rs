@@ -2,7 +2,8 @@
 //! background, a bounded chunk per transaction so ingest never waits long.
 //!
 //! Rule: an execution goes as a whole (its runs, its command and the command's steps, its
-//! trigger change), judged by its last activity (the command's time, else its start);
+//! trigger change, its holds, guards and approval requests), judged by its last activity
+//! (the command's time, else its start), never while a hold of it still waits;
 //! rows that belong to no execution (ungated changes and their commands, aborts, dead
 //! letters, ingest problems) go by their own time. The topics stay the source of truth:
 //! `--rebuild` reads back whatever Kafka still holds.
@@ -43,7 +44,8 @@ pub(crate) fn remove_older(
             let mut statement = tx
                 .prepare_cached(
                     "SELECT pipeline_execution_id, trigger_event_id, command_id FROM executions \
-                     WHERE started_at < ?1 AND IFNULL(ended_at, started_at) < ?1 LIMIT ?2",
+                     WHERE started_at < ?1 AND IFNULL(ended_at, started_at) < ?1 \
+                     AND waiting IS NULL LIMIT ?2",
                 )
                 .what("prepare retention")?;
             let rows = statement
@@ -74,6 +76,16 @@ pub(crate) fn remove_older(
             tx.prepare_cached("DELETE FROM changes WHERE event_id = ?")
                 .and_then(|mut s| s.execute([event_id]))
                 .what("remove changes")?;
+            for sql in [
+                "DELETE FROM holds WHERE pipeline_execution_id = ?",
+                "DELETE FROM guards WHERE pipeline_execution_id = ?",
+                "DELETE FROM approvals WHERE pipeline_execution_id = ?",
+            ] {
+                removed.other += tx
+                    .prepare_cached(sql)
+                    .and_then(|mut s| s.execute([execution]))
+                    .what("remove holds and guards")? as u64;
+            }
             tx.prepare_cached("DELETE FROM executions WHERE pipeline_execution_id = ?")
                 .and_then(|mut s| s.execute([execution]))
                 .what("remove executions")?;
@@ -90,6 +102,8 @@ pub(crate) fn remove_older(
         "DELETE FROM changes WHERE occurred_at < ?1 AND event_id NOT IN \
          (SELECT trigger_event_id FROM executions)",
         "DELETE FROM aborts WHERE at < ?1",
+        "DELETE FROM approvals WHERE at < ?1 AND pipeline_execution_id NOT IN \
+         (SELECT pipeline_execution_id FROM executions)",
         "DELETE FROM dead_letters WHERE at < ?1",
         "DELETE FROM problems WHERE at < ?1",
     ] {

@@ -124,7 +124,8 @@ CREATE TABLE IF NOT EXISTS executions (
     status TEXT NOT NULL,
     started_at INTEGER NOT NULL,
     ended_at INTEGER,
-    command_id TEXT
+    command_id TEXT,
+    waiting TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_pipeline ON executions (pipeline_id, started_at DESC);
 CREATE INDEX IF NOT EXISTS executions_started ON executions (started_at);
@@ -192,6 +193,52 @@ CREATE INDEX IF NOT EXISTS dead_letters_key ON dead_letters (key);
 CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters (at);
 CREATE INDEX IF NOT EXISTS dead_letters_seq ON dead_letters (seq);
 
+CREATE TABLE IF NOT EXISTS holds (
+    hold_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    is_final INTEGER NOT NULL,
+    kind TEXT NOT NULL, status TEXT NOT NULL,
+    pipeline_id TEXT NOT NULL, pipeline_execution_id TEXT NOT NULL,
+    stage_id TEXT, stage_name TEXT, step_id TEXT, step_name TEXT,
+    project TEXT NOT NULL, environment TEXT NOT NULL, flag TEXT NOT NULL,
+    trigger_event_id TEXT NOT NULL, change_kind TEXT NOT NULL,
+    since INTEGER NOT NULL, until INTEGER, ended_at INTEGER,
+    reason TEXT NOT NULL, window_name TEXT,
+    decided_by TEXT, decided_at INTEGER, comment TEXT,
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS holds_execution ON holds (pipeline_execution_id, since);
+CREATE INDEX IF NOT EXISTS holds_waiting ON holds (since DESC) WHERE is_final = 0;
+CREATE INDEX IF NOT EXISTS holds_seq ON holds (seq);
+CREATE INDEX IF NOT EXISTS holds_trigger ON holds (trigger_event_id) WHERE is_final = 0;
+
+CREATE TABLE IF NOT EXISTS guards (
+    guard_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    is_final INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    pipeline_id TEXT NOT NULL, pipeline_execution_id TEXT NOT NULL,
+    project TEXT NOT NULL, environment TEXT NOT NULL, flag TEXT NOT NULL,
+    trigger_event_id TEXT NOT NULL, enable_command_id TEXT NOT NULL, on_failure TEXT NOT NULL,
+    started_at INTEGER NOT NULL, deadline INTEGER NOT NULL, ended_at INTEGER,
+    probes TEXT NOT NULL, reason TEXT, command_id TEXT,
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS guards_execution ON guards (pipeline_execution_id, started_at);
+CREATE INDEX IF NOT EXISTS guards_watching ON guards (deadline) WHERE is_final = 0;
+CREATE INDEX IF NOT EXISTS guards_seq ON guards (seq);
+
+CREATE TABLE IF NOT EXISTS approvals (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    decision TEXT NOT NULL, pipeline_execution_id TEXT NOT NULL, step TEXT,
+    requested_by TEXT, comment TEXT,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")
+);
+CREATE INDEX IF NOT EXISTS approvals_execution ON approvals (pipeline_execution_id);
+CREATE INDEX IF NOT EXISTS approvals_at ON approvals (at);
+
 CREATE TABLE IF NOT EXISTS problems (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -205,8 +252,9 @@ CREATE INDEX IF NOT EXISTS problems_at ON problems (at);
 /// The version of [`SCHEMA`], kept in the file's `user_version`. A file of another
 /// version is removed at open and rebuilt from the topics (the store is a projection:
 /// the topics are the source of truth). Version 3 keys runs by `run_key`; files before it
-/// have version 0 (2 was a development version with status-count triggers).
-const SCHEMA_VERSION: i64 = 3;
+/// have version 0 (2 was a development version with status-count triggers). Version 4
+/// adds hold, guard and approval-request rows and `executions.waiting`.
+const SCHEMA_VERSION: i64 = 4;
 
 /// The key a run is indexed by: the 64-bit FNV-1a hash of its id, as SQLite's signed
 /// integer. Two ids with one key are told apart by comparing `run_id`; ingest reports

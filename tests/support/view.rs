@@ -35,6 +35,21 @@ pub fn kafka_config(servers: &str, topics: [&str; 5]) -> KafkaConfig {
     config
 }
 
+/// Five fresh topics (runs, commands, changes, dead letters, control) on the broker,
+/// named after `name`, with 2 partitions each.
+pub async fn topics(servers: &str, name: &str) -> [String; 5] {
+    let names = ["runs", "commands", "changes", "dlq", "control"]
+        .map(|t| crate::kafka::unique_topic(&format!("{name}-{t}")));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    crate::kafka::create_topics(servers, &refs, 2).await;
+    names
+}
+
+/// `topics` as the `&str`s [`kafka_config`] takes.
+pub fn refs(topics: &[String; 5]) -> [&str; 5] {
+    [&topics[0], &topics[1], &topics[2], &topics[3], &topics[4]]
+}
+
 /// A store at `location` and ingest into it from `kafka`.
 pub fn start(kafka: &KafkaConfig, location: &Location) -> (Store, Ingest) {
     let store = Store::open(location).expect("open store");

@@ -20,6 +20,7 @@
 //! Kafka side: assignment, batches, catch-up, lag) and `writer` (one batch, one SQLite
 //! transaction).
 
+mod holds;
 mod reader;
 pub(crate) mod status;
 mod writer;

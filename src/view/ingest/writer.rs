@@ -5,13 +5,16 @@
 //! Rules: the offsets are in the same transaction as the rows, so a record is applied
 //! once, never twice, never skipped; per `run_id` the record with the highest
 //! `(attempt, final over running, offset)` wins; a record that does not decode becomes
-//! an ingest problem, never an error.
+//! an ingest problem, never an error. Hold, guard and approval rows are written by
+//! [`super::holds`].
 
 use std::collections::HashMap;
 
 use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::holds;
+use crate::contract::run_record::FlagRef;
 use crate::contract::{CommandKind, KafkaMessage, ReasonCode};
 use crate::view::decode::{self, Decoded, TopicRole};
 use crate::view::store::{SqliteContext, ViewError, run_key, to_millis};
@@ -172,6 +175,38 @@ fn execution_status(reason: ReasonCode, command: CommandKind) -> &'static str {
     }
 }
 
+/// Makes execution `id` known (`running` until its command), or moves its start earlier
+/// to `started` (ms) when this record began before what was stored.
+pub(super) fn upsert_execution(
+    tx: &Transaction<'_>,
+    id: &str,
+    pipeline_id: &str,
+    trigger_event_id: &str,
+    flag: &FlagRef,
+    started: i64,
+) -> Result<(), ViewError> {
+    tx.prepare_cached(
+        "INSERT INTO executions (pipeline_execution_id, pipeline_id, trigger_event_id, \
+         project, environment, flag, status, started_at) \
+         VALUES (?, ?, ?, ?, ?, ?, 'running', ?) \
+         ON CONFLICT (pipeline_execution_id) DO UPDATE \
+         SET started_at = min(started_at, excluded.started_at)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            pipeline_id,
+            trigger_event_id,
+            flag.project,
+            flag.environment,
+            flag.key,
+            started,
+        ])
+    })
+    .what("upsert an execution")?;
+    Ok(())
+}
+
 /// What writing one record did.
 enum Written {
     /// A row was inserted or replaced.
@@ -310,25 +345,14 @@ fn write_row(
                 });
             }
             started.insert(r.pipeline_execution_id.clone(), run_started);
-            tx.prepare_cached(
-                "INSERT INTO executions (pipeline_execution_id, pipeline_id, trigger_event_id, \
-                 project, environment, flag, status, started_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, 'running', ?) \
-                 ON CONFLICT (pipeline_execution_id) DO UPDATE \
-                 SET started_at = min(started_at, excluded.started_at)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    r.pipeline_execution_id,
-                    r.pipeline_id,
-                    r.trigger_event_id,
-                    r.flag.project,
-                    r.flag.environment,
-                    r.flag.key,
-                    to_millis(r.started_at),
-                ])
-            })
-            .what("upsert an execution")?;
+            upsert_execution(
+                tx,
+                &r.pipeline_execution_id,
+                &r.pipeline_id,
+                &r.trigger_event_id,
+                &r.flag,
+                run_started,
+            )?;
             Ok(if changed > 0 {
                 Written::Row
             } else {
@@ -391,9 +415,13 @@ fn write_row(
                         .what("store a command step")?;
                 }
             }
-            if let (Some(execution), Some(pipeline)) =
-                (&command.pipeline_execution_id, &command.pipeline_id)
-            {
+            // A guard's command follows the execution's own (the enable it guards): the
+            // guard row names it; the execution keeps its command.
+            if let (Some(execution), Some(pipeline), false) = (
+                &command.pipeline_execution_id,
+                &command.pipeline_id,
+                command.reason_code == ReasonCode::GuardFired,
+            ) {
                 tx.prepare_cached(
                     "INSERT INTO executions (pipeline_execution_id, pipeline_id, trigger_event_id, \
                      project, environment, flag, status, started_at, ended_at, command_id) \
@@ -428,8 +456,10 @@ fn write_row(
                  from_value, to_value, actor, pipeline_id, occurred_at, answered, topic, \
                  partition, \"offset\") \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                 EXISTS (SELECT 1 FROM commands WHERE causation_event_id = ?1) \
-                 OR EXISTS (SELECT 1 FROM dead_letters WHERE event_id = ?1), ?12, ?13, ?14)",
+                 CASE WHEN EXISTS (SELECT 1 FROM commands WHERE causation_event_id = ?1) \
+                 OR EXISTS (SELECT 1 FROM dead_letters WHERE event_id = ?1) THEN 1 \
+                 WHEN EXISTS (SELECT 1 FROM holds WHERE trigger_event_id = ?1 AND is_final = 0) \
+                 THEN 2 ELSE 0 END, ?12, ?13, ?14)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -505,6 +535,34 @@ fn write_row(
                 ])
             })
             .what("store an abort request")?;
+            Ok(Written::Row)
+        }
+        Decoded::Hold(hold) => {
+            let changed = holds::write_hold(tx, &hold, (topic, partition, offset), seq)?;
+            Ok(if changed {
+                Written::Row
+            } else {
+                Written::Unchanged
+            })
+        }
+        Decoded::Guard(guard) => {
+            let changed = holds::write_guard(tx, &guard, (topic, partition, offset), seq)?;
+            Ok(if changed {
+                Written::Row
+            } else {
+                Written::Unchanged
+            })
+        }
+        Decoded::Approval(approval, time) => {
+            let request = holds::ApprovalAt {
+                decision: approval.decision,
+                pipeline_execution_id: &approval.pipeline_execution_id,
+                step: approval.step.as_deref(),
+                requested_by: approval.requested_by.as_deref(),
+                comment: approval.comment.as_deref(),
+                at_millis: time.map(to_millis).or(pending.timestamp).unwrap_or(now),
+            };
+            holds::write_approval(tx, &request, (topic, partition, offset), seq)?;
             Ok(Written::Row)
         }
     }

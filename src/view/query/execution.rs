@@ -1,5 +1,6 @@
 //! One pipeline execution: trigger → stages → steps → runs → command, with the aborts
-//! and dead letters that concern it; and the latest finished execution of a pipeline
+//! and dead letters that concern it, its holds, its guard and the approval requests
+//! naming it; and the latest finished execution of a pipeline
 //! (for `chaosgate view check`).
 //!
 //! Rule: joins go by the ids the contracts carry (`pipeline_execution_id`,
@@ -119,6 +120,9 @@ pub fn execution(
         command,
         aborts,
         dead_letters,
+        holds: super::holds::holds_of(c, pipeline_execution_id)?,
+        guards: super::holds::guards_of(c, pipeline_execution_id)?,
+        approvals: super::holds::approvals_of(c, pipeline_execution_id)?,
     }))
 }
 

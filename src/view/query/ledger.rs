@@ -63,12 +63,13 @@ pub fn flag_ledger(
             change: Some(change),
             runs: Vec::new(),
             command: None,
+            guard_command: None,
             dead_letters: Vec::new(),
         });
     }
     for command in commands {
-        match by_event.get(&command.causation_event_id) {
-            Some(&i) => entries[i].command = Some(command),
+        let i = match by_event.get(&command.causation_event_id) {
+            Some(&i) => i,
             None => {
                 by_event.insert(command.causation_event_id.clone(), entries.len());
                 order.push((command.issued_at, entries.len()));
@@ -76,10 +77,18 @@ pub fn flag_ledger(
                     event_id: command.causation_event_id.clone(),
                     change: None,
                     runs: Vec::new(),
-                    command: Some(command),
+                    command: None,
+                    guard_command: None,
                     dead_letters: Vec::new(),
                 });
+                entries.len() - 1
             }
+        };
+        // A guard's command comes after the change's own (the enable it guarded).
+        if command.reason_code == "guard_fired" {
+            entries[i].guard_command = Some(command);
+        } else {
+            entries[i].command = Some(command);
         }
     }
     for entry in &mut entries {

@@ -33,35 +33,51 @@ pub fn changes_since(
                 kind: ChangeKindRow::Run,
                 id: run.run_id.clone(),
                 pipeline_execution_id: Some(run.pipeline_execution_id.clone()),
+                pipeline_id: None,
                 run: Some(run),
             });
         }
     }
-    let others: [(&str, ChangeKindRow); 5] = [
+    let others: [(&str, ChangeKindRow); 8] = [
         (
-            "SELECT seq, command_id, pipeline_execution_id FROM commands WHERE seq > ?1 \
+            "SELECT seq, command_id, pipeline_execution_id, NULL FROM commands WHERE seq > ?1 \
              ORDER BY seq LIMIT ?2",
             ChangeKindRow::Command,
         ),
         (
-            "SELECT seq, event_id, NULL FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, event_id, NULL, NULL FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             ChangeKindRow::FlagChange,
         ),
         (
             "SELECT seq, topic || '/' || partition || '/' || \"offset\", \
-             CASE WHEN scope = 'pipeline_execution' THEN id END FROM aborts WHERE seq > ?1 \
+             CASE WHEN scope = 'pipeline_execution' THEN id END, NULL FROM aborts WHERE seq > ?1 \
              ORDER BY seq LIMIT ?2",
             ChangeKindRow::Abort,
         ),
         (
-            "SELECT seq, topic || '/' || partition || '/' || \"offset\", NULL FROM dead_letters \
+            "SELECT seq, topic || '/' || partition || '/' || \"offset\", NULL, NULL FROM dead_letters \
              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             ChangeKindRow::DeadLetter,
         ),
         (
-            "SELECT seq, topic || '/' || partition || '/' || \"offset\", NULL FROM problems \
+            "SELECT seq, topic || '/' || partition || '/' || \"offset\", NULL, NULL FROM problems \
              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             ChangeKindRow::Problem,
+        ),
+        (
+            "SELECT seq, hold_id, pipeline_execution_id, pipeline_id FROM holds WHERE seq > ?1 \
+             ORDER BY seq LIMIT ?2",
+            ChangeKindRow::Hold,
+        ),
+        (
+            "SELECT seq, guard_id, pipeline_execution_id, pipeline_id FROM guards WHERE seq > ?1 \
+             ORDER BY seq LIMIT ?2",
+            ChangeKindRow::Guard,
+        ),
+        (
+            "SELECT seq, topic || '/' || partition || '/' || \"offset\", pipeline_execution_id, \
+             NULL FROM approvals WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            ChangeKindRow::Approval,
         ),
     ];
     for (sql, kind) in others {
@@ -73,6 +89,7 @@ pub fn changes_since(
                     kind,
                     id: row.get(1)?,
                     pipeline_execution_id: row.get(2)?,
+                    pipeline_id: row.get(3)?,
                     run: None,
                 })
             })

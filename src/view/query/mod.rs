@@ -7,6 +7,7 @@
 //! grow with the history stored.
 
 mod execution;
+mod holds;
 mod ledger;
 mod live;
 mod overview;
@@ -16,6 +17,7 @@ mod rows;
 mod runs;
 
 pub use execution::{execution, latest_execution};
+pub use holds::{WAITING_LIMIT, waiting, watching};
 pub use ledger::{LEDGER_LIMIT, flag_ledger};
 pub use live::changes_since;
 pub use overview::overview;

@@ -1,5 +1,6 @@
-//! The overview: counts by status for a time range, what needs attention, and each
-//! pipeline's latest executions as a status strip.
+//! The overview: counts by status for a time range, what needs attention, what waits
+//! (holds) and watches (guards) now, and each pipeline's latest executions as a status
+//! strip.
 //!
 //! Rule: every list is bounded (attention rows, strip length), and runs `running` past
 //! their step's timeout come from the audit's own check, so the two never disagree.
@@ -88,5 +89,7 @@ pub fn overview(
         counts,
         needs_attention,
         pipelines: strips,
+        waiting: super::waiting(c, None)?,
+        watching: super::watching(c)?,
     })
 }

@@ -98,5 +98,6 @@ pub fn pipeline(c: &Connection, pipeline_id: &str) -> Result<PipelineSummary, Vi
             .map(|(_, stage, step)| (stage, step))
             .collect(),
         executions: executions_of(c, pipeline_id, 20)?,
+        waiting: super::waiting(c, Some(pipeline_id))?,
     })
 }

@@ -16,7 +16,7 @@ use crate::view::model::{
 use crate::view::store::{SqliteContext, ViewError, from_millis};
 
 pub(super) const EXECUTION_COLUMNS: &str = "pipeline_execution_id, pipeline_id, trigger_event_id, project, \
-    environment, flag, status, started_at, ended_at, command_id";
+    environment, flag, status, started_at, ended_at, command_id, waiting";
 
 pub(super) fn execution_row(row: &Row<'_>) -> rusqlite::Result<ExecutionSummary> {
     let status: String = row.get(6)?;
@@ -31,6 +31,7 @@ pub(super) fn execution_row(row: &Row<'_>) -> rusqlite::Result<ExecutionSummary>
         started_at: from_millis(row.get(7)?),
         ended_at: row.get::<_, Option<i64>>(8)?.map(from_millis),
         command_id: row.get(9)?,
+        waiting: row.get(10)?,
     })
 }
 

@@ -29,6 +29,9 @@ pub(crate) fn row_counts(c: &Connection) -> Result<Vec<(String, i64)>, ViewError
         "aborts",
         "dead_letters",
         "problems",
+        "holds",
+        "guards",
+        "approvals",
     ] {
         let n: i64 = c
             .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))

@@ -54,6 +54,7 @@ impl Narrow {
             return false;
         }
         if let Some(pipeline) = &self.pipeline_id
+            && change.pipeline_id.as_ref() != Some(pipeline)
             && change
                 .run
                 .as_ref()

@@ -35,7 +35,10 @@ pub(crate) async fn page(
 }
 
 fn body(ledger: &FlagLedger) -> Markup {
-    let current = ledger.entries.iter().find_map(|e| e.command.as_ref());
+    let current = ledger
+        .entries
+        .iter()
+        .find_map(|e| e.guard_command.as_ref().or(e.command.as_ref()));
     html! {
         div.crumbs { a href="/flags" { "Flags" } " › " (ledger.project) " › " (ledger.environment) }
         div.header-row {
@@ -53,6 +56,12 @@ fn body(ledger: &FlagLedger) -> Markup {
                     div.grid.cols-2 {
                         div { b { "Change" } (trigger(entry.change.as_ref(), &entry.event_id)) }
                         div { b { "Command" } (command(entry.command.as_ref())) }
+                    }
+                    @if let Some(g) = &entry.guard_command {
+                        div.panel.guard style="margin-top:10px" {
+                            b { "Then its guard fired " } (badge(&g.command)) " " span.muted.small { (g.reason_code) " · " (when(g.issued_at)) }
+                            p style="margin-bottom:0" { (g.reason) }
+                        }
                     }
                     @if !entry.runs.is_empty() {
                         div style="margin-top:10px" { b { "Runs" } (super::runs::table_of_one_flag(&entry.runs)) }

@@ -7,6 +7,7 @@
 
 pub(crate) mod execution;
 pub(crate) mod flag;
+pub(crate) mod holds;
 pub(crate) mod overview;
 pub(crate) mod pipeline;
 pub(crate) mod problems;

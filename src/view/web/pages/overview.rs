@@ -1,6 +1,8 @@
 //! The overview, `/`: runs by status for a time range (`?since=`, default 24 h; each
 //! count links to the runs table with that filter), what needs attention (failed, error
-//! and aborted runs, and runs `running` past their step's timeout), each pipeline's
+//! and aborted runs, and runs `running` past their step's timeout), what waits now (holds
+//! of approvals, wait steps and freeze windows, with the execution id an approve request
+//! names) and which guards watch, each pipeline's
 //! last 10 executions as a status strip, and the integrity audit's findings.
 //!
 //! The rule that keeps it right: the counts and lists are the overview query's; the
@@ -9,6 +11,7 @@
 use axum::extract::{RawQuery, State};
 use maud::{Markup, html};
 
+use super::holds;
 use super::pipeline::strip;
 use crate::view::model::{AuditFinding, Overview};
 use crate::view::web::WebState;
@@ -76,6 +79,16 @@ fn body(o: &Overview, findings: &[AuditFinding], total: u64, chosen: &str) -> Ma
                         }
                         @if o.needs_attention.len() > 20 { p.small { a href={ "/runs?status=failed,error,aborted&since=" (chosen) } { "all " (o.needs_attention.len()) " →" } } }
                     }
+            }
+            div #waiting-now {
+                h2 { "Waiting now " @if !o.waiting.is_empty() { span.badge.waiting #waiting-count { (o.waiting.len()) } } }
+                (holds::waiting_list(&o.waiting, true))
+            }
+            @if !o.watching.is_empty() {
+                div #watching-now {
+                    h2 { "Guards watching " span.badge.watching { (o.watching.len()) } }
+                    (holds::watching_list(&o.watching))
+                }
             }
             div.grid.cols-2 {
                 div {

@@ -1,5 +1,5 @@
-//! A pipeline's page, `/pipelines/{pipeline_id}`: its last executions as a status strip
-//! and a table, and per step the trend of score − expected across executions (an
+//! A pipeline's page, `/pipelines/{pipeline_id}`: what of it waits now (approvals, waits,
+//! freeze windows), its last executions as a status strip and a table, and per step the trend of score − expected across executions (an
 //! inline SVG drawn on the server), the pass rate, and the steps closest to their
 //! threshold. `/pipelines` lists the pipelines.
 //!
@@ -9,6 +9,7 @@
 use axum::extract::{Path, State};
 use maud::{Markup, html};
 
+use super::holds;
 use crate::view::model::{ExecutionSummary, PipelineSummary};
 use crate::view::web::WebState;
 use crate::view::web::api::{pipeline_summary, store_error};
@@ -35,8 +36,9 @@ pub(crate) fn strip(executions: &[ExecutionSummary]) -> Markup {
     html! {
         span.strip {
             @for e in executions {
-                a class=(e.status.as_str()) href={ "/executions/" (e.pipeline_execution_id) }
-                  title={ (e.status.as_str()) " · " (e.project) "/" (e.environment) "/" (e.flag) " · " (e.started_at.format("%Y-%m-%d %H:%M:%S")) } {}
+                @let status = if e.waiting.is_some() { "waiting" } else { e.status.as_str() };
+                a class=(status) href={ "/executions/" (e.pipeline_execution_id) }
+                  title={ (status) @if let Some(kind) = &e.waiting { " (" (kind) ")" } " · " (e.project) "/" (e.environment) "/" (e.flag) " · " (e.started_at.format("%Y-%m-%d %H:%M:%S")) } {}
             }
         }
     }
@@ -48,6 +50,10 @@ fn body(s: &PipelineSummary) -> Markup {
         div.header-row { h1 { "Pipeline " (s.pipeline_id) } (strip(&s.executions.iter().take(10).cloned().collect::<Vec<_>>())) }
         p.muted { a href={ "/runs?pipeline_id=" (super::segment(&s.pipeline_id)) } { "All its runs in the table" } }
         div data-live="pipeline" data-stream={ "/api/stream?pipeline_id=" (super::segment(&s.pipeline_id)) } {
+            @if !s.waiting.is_empty() {
+                h2 { "Waiting now " span.badge.waiting { (s.waiting.len()) } }
+                (holds::waiting_list(&s.waiting, false))
+            }
             @if !s.tightest.is_empty() {
                 h2 { "Closest to threshold" }
                 div.chips {
@@ -82,7 +88,7 @@ fn body(s: &PipelineSummary) -> Markup {
                     thead { tr { th { "Execution" } th { "Status" } th { "Flag" } th { "Started" } th { "Decided" } } }
                     tbody { @for e in &s.executions { tr data-row=(e.pipeline_execution_id) {
                         td { a href={ "/executions/" (e.pipeline_execution_id) } { (short_id(&e.pipeline_execution_id)) } }
-                        td { (badge(e.status.as_str())) }
+                        td { @match &e.waiting { Some(kind) => span.badge.waiting { "waiting: " (kind) }, None => (badge(e.status.as_str())) } }
                         td { a.mono href=(super::flag_href(&e.project, &e.environment, &e.flag)) { (e.project) "/" (e.environment) "/" (e.flag) } }
                         td { (when(e.started_at)) } td { (when_opt(e.ended_at)) }
                     } } }

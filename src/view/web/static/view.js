@@ -2,6 +2,7 @@
 // - Subscribes to /api/stream (server-sent events; the browser resends Last-Event-ID on
 //   reconnect, so nothing is missed). On each change it re-fetches this page and swaps
 //   the parts marked data-live, keeping scroll position and the filter form.
+// - Copies an execution id or an approve request on click ([data-copy]).
 // - Ticks the elapsed time of running runs ([data-since]) and relative times ([data-at]).
 (function () {
   "use strict";
@@ -37,6 +38,16 @@
   }
   setInterval(tick, 1000);
   tick();
+
+  // Click on an execution id or an approve request ([data-copy]) copies it.
+  document.addEventListener("click", function (e) {
+    var el = e.target.closest ? e.target.closest("[data-copy]") : null;
+    if (!el || !navigator.clipboard) return;
+    navigator.clipboard.writeText(el.getAttribute("data-copy")).then(function () {
+      el.classList.add("copied");
+      setTimeout(function () { el.classList.remove("copied"); }, 900);
+    }, function () {});
+  });
 
   var pending = false;
   function refresh() {
