@@ -28,17 +28,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::contract::control::{ControlRequest, decode_control_request};
 use crate::contract::{AbortRequest, AbortScope, ApprovalRequest};
 
-use super::record::from_rdkafka;
+use super::follow::Follower;
 
 /// How many remembered requests of each scope are kept.
 pub(crate) const REMEMBERED: usize = 100_000;
@@ -54,6 +53,9 @@ pub struct KillSwitch {
     caught_up: Arc<tokio::sync::watch::Sender<bool>>,
     /// Counts approval requests read, so parked executions wake to look for theirs.
     answered: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Where the executions waiting for approval are known, to say why a request is
+    /// ignored.
+    waiting: Arc<Mutex<Option<super::flag_state::FlagStates>>>,
 }
 
 impl Default for KillSwitch {
@@ -62,6 +64,7 @@ impl Default for KillSwitch {
             inner: Arc::default(),
             caught_up: Arc::new(tokio::sync::watch::Sender::new(false)),
             answered: Arc::new(tokio::sync::watch::Sender::new(0)),
+            waiting: Arc::default(),
         }
     }
 }
@@ -176,16 +179,39 @@ impl KillSwitch {
         }
     }
 
+    /// Lets [`KillSwitch::answer`] tell, from the flag-state topic, whether a request's
+    /// execution waits for it.
+    pub(crate) fn know_waiting(&self, states: super::flag_state::FlagStates) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            *waiting = Some(states);
+        }
+    }
+
     /// Remembers an approval request sent at `sent_at`, for the execution it names to
-    /// find with [`KillSwitch::answer_for`] (now, or after a restart or rebalance).
+    /// find with [`KillSwitch::answer_for`] (now, or after a restart or rebalance). A
+    /// request for an execution the flag-state topic does not show waiting at an approval
+    /// step (or at the step it names) is logged as ignored; it is still remembered, but
+    /// never answers a hold that begins after it was sent.
     pub(crate) fn answer(&self, request: ApprovalRequest, sent_at: DateTime<Utc>) {
-        tracing::info!(
-            execution_id = %request.pipeline_execution_id,
-            decision = ?request.decision,
-            step = request.step.as_deref().unwrap_or("any"),
-            requested_by = request.requested_by.as_deref().unwrap_or("unknown"),
-            "approval request read"
-        );
+        let states = self.waiting.lock().ok().and_then(|w| w.clone());
+        let waits_at = states
+            .as_ref()
+            .map(|s| s.waiting_for_approval(&request.pipeline_execution_id));
+        let execution_id = &request.pipeline_execution_id;
+        let decision = request.decision;
+        let step = request.step.as_deref().unwrap_or("any");
+        let requested_by = request.requested_by.as_deref().unwrap_or("unknown");
+        match waits_at {
+            Some(None) => {
+                tracing::info!(%execution_id, ?decision, step, requested_by, "approval request ignored: the execution is not waiting at an approval step")
+            }
+            Some(Some(place)) if request.step.as_deref().is_some_and(|s| s != place) => {
+                tracing::info!(%execution_id, ?decision, step, waits_at = %place, requested_by, "approval request ignored: the execution waits at another step")
+            }
+            _ => {
+                tracing::info!(%execution_id, ?decision, step, requested_by, "approval request read")
+            }
+        }
         if let Ok(mut registry) = self.inner.lock() {
             let answers = &mut registry.answers;
             let id = request.pipeline_execution_id.clone();
@@ -210,7 +236,6 @@ impl KillSwitch {
     /// The first approval request for `execution_id` that answers a hold at `place`
     /// (`stage-id/step-id`) begun at `since`: sent at or after `since`, naming that step
     /// or none. Later requests, and requests sent before the hold began, never count.
-    #[allow(dead_code)] // used by the scheduler's parked executions (next commit)
     pub(crate) fn answer_for(
         &self,
         execution_id: &str,
@@ -230,7 +255,6 @@ impl KillSwitch {
     }
 
     /// Changes each time an approval request is read.
-    #[allow(dead_code)] // used by the scheduler's parked executions (next commit)
     pub(crate) fn answers(&self) -> tokio::sync::watch::Receiver<u64> {
         self.answered.subscribe()
     }
@@ -277,75 +301,7 @@ impl KillSwitch {
     }
 }
 
-/// Assigns every partition of `topic` from its beginning (no group: nothing is
-/// committed); returns each partition's end offset at that time, for those that hold
-/// records (`None` when it could not assign). Waits for the topic's metadata, retrying
-/// until `stop` fires.
-async fn assign_from_beginning(
-    consumer: &StreamConsumer,
-    client: &ClientConfig,
-    topic: &str,
-    stop: &CancellationToken,
-) -> Option<HashMap<i32, i64>> {
-    let mut failures: u32 = 0;
-    loop {
-        let partitions = {
-            let client = client.clone();
-            let topic = topic.to_string();
-            tokio::task::spawn_blocking(move || -> Result<HashMap<i32, i64>, String> {
-                let probe: BaseConsumer = client.create().map_err(|e| e.to_string())?;
-                let metadata = probe
-                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                    .map_err(|e| e.to_string())?;
-                let partitions = crate::bus::client::partitions_of(&metadata, &topic);
-                if partitions.is_empty() {
-                    return Err(format!("topic {topic} has no partitions (yet)"));
-                }
-                let mut ends = HashMap::new();
-                for partition in partitions {
-                    let (low, high) = probe
-                        .fetch_watermarks(&topic, partition, Duration::from_secs(5))
-                        .map_err(|e| format!("partition {partition}: {e}"))?;
-                    ends.insert(partition, if high > low { high } else { -1 });
-                }
-                Ok(ends)
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
-        };
-        match partitions {
-            Ok(mut ends) => {
-                let mut list = TopicPartitionList::new();
-                for partition in ends.keys() {
-                    let _ = list.add_partition_offset(topic, *partition, Offset::Beginning);
-                }
-                match consumer.assign(&list) {
-                    Ok(()) => {
-                        // Empty partitions have nothing to catch up on.
-                        ends.retain(|_, end| *end >= 0);
-                        return Some(ends);
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, %topic, "cannot assign the control topic; the kill switch is off");
-                        return None;
-                    }
-                }
-            }
-            Err(error) => {
-                failures += 1;
-                if failures == 1 || failures.is_multiple_of(50) {
-                    tracing::warn!(%error, %topic, failures, "cannot read the control topic's partitions yet");
-                }
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(Duration::from_millis(200) * failures.min(5)) => {}
-                }
-            }
-        }
-    }
-}
-
-/// Reads abort requests (the whole topic, then each new one) until `stop` fires and
+/// Reads control requests (the whole topic, then each new one) until `stop` fires and
 /// applies them; marks the kill switch caught up (see [`KillSwitch::caught_up`]).
 pub async fn listen(
     client: ClientConfig,
@@ -353,101 +309,31 @@ pub async fn listen(
     kill_switch: KillSwitch,
     stop: CancellationToken,
 ) {
-    read(client, topic, &kill_switch, stop).await;
+    let reader = Follower {
+        client,
+        topic: topic.clone(),
+        label: "chaosgate-control-reader",
+        catch_up_limit: CATCH_UP_LIMIT,
+    };
+    let caught_up = || kill_switch.mark_caught_up();
+    reader
+        .follow(&stop, caught_up, |read| {
+            match decode_control_request(&read.message) {
+                Ok(ControlRequest::Abort(request)) => {
+                    let stopped = kill_switch.apply(&request, read.sent_at);
+                    tracing::info!(scope = ?request.scope, id = ?request.id, reason = ?request.reason, stopped, "abort request");
+                }
+                Ok(ControlRequest::Approval(request)) => {
+                    kill_switch.answer(request, read.sent_at)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %topic, partition = read.partition, offset = read.offset, "ignored a control message: not a control request chaosgate reads")
+                }
+            }
+        })
+        .await;
     // Never holds a worker back: a kill switch that cannot read has nothing to wait for.
     kill_switch.mark_caught_up();
-}
-
-async fn read(
-    client: ClientConfig,
-    topic: String,
-    kill_switch: &KillSwitch,
-    stop: CancellationToken,
-) {
-    let consumer: StreamConsumer = match client
-        .clone()
-        // A label only: no group is joined (partitions are assigned, never subscribed) and
-        // nothing is committed. rust-rdkafka serves a consumer's messages from its
-        // consumer queue only when it has a group id.
-        .set("group.id", "chaosgate-control-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .create()
-    {
-        Ok(consumer) => consumer,
-        Err(error) => {
-            tracing::error!(%error, "cannot create the control consumer; the kill switch is off");
-            return;
-        }
-    };
-    let Some(mut behind) = assign_from_beginning(&consumer, &client, &topic, &stop).await else {
-        return;
-    };
-    let catch_up_until = Instant::now() + CATCH_UP_LIMIT;
-    let mut caught_up = false;
-    // Read failures in a row: while the cluster is away, each poll fails at once; the
-    // first is logged, then one in fifty, and polls slow down to one a second.
-    let mut failures: u32 = 0;
-    loop {
-        if !caught_up && (behind.is_empty() || Instant::now() >= catch_up_until) {
-            if !behind.is_empty() {
-                tracing::warn!(partitions = ?behind.keys().collect::<Vec<_>>(), "the control topic's backlog was not read within {CATCH_UP_LIMIT:?}; going on");
-            }
-            caught_up = true;
-            kill_switch.mark_caught_up();
-        }
-        let tick = catch_up_until.saturating_duration_since(Instant::now());
-        let message = tokio::select! {
-            () = stop.cancelled() => return,
-            message = consumer.recv() => message,
-            () = tokio::time::sleep(tick), if !caught_up => continue,
-        };
-        let message = match message {
-            Ok(message) => {
-                if failures > 0 {
-                    tracing::info!(failures, "control topic readable again");
-                    failures = 0;
-                }
-                let partition = message.partition();
-                if behind
-                    .get(&partition)
-                    .is_some_and(|end| message.offset() + 1 >= *end)
-                {
-                    behind.remove(&partition);
-                }
-                let sent_at = message
-                    .timestamp()
-                    .to_millis()
-                    .and_then(DateTime::<Utc>::from_timestamp_millis)
-                    .unwrap_or_else(Utc::now);
-                let at = (partition, message.offset());
-                (from_rdkafka(&message), sent_at, at)
-            }
-            Err(error) => {
-                failures += 1;
-                if failures == 1 || failures.is_multiple_of(50) {
-                    tracing::warn!(%error, failures, "control topic read failed");
-                }
-                let wait = Duration::from_millis(200) * failures.min(5);
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(wait) => {}
-                }
-                continue;
-            }
-        };
-        let (message, sent_at, (partition, offset)) = message;
-        match decode_control_request(&message) {
-            Ok(ControlRequest::Abort(request)) => {
-                let stopped = kill_switch.apply(&request, sent_at);
-                tracing::info!(scope = ?request.scope, id = ?request.id, reason = ?request.reason, stopped, "abort request");
-            }
-            Ok(ControlRequest::Approval(request)) => kill_switch.answer(request, sent_at),
-            Err(error) => {
-                tracing::warn!(%error, %topic, partition, offset, "ignored a control message: not a control request chaosgate reads")
-            }
-        }
-    }
 }
 
 #[cfg(test)]

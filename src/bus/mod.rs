@@ -3,6 +3,8 @@
 
 pub(crate) mod client;
 pub(crate) mod flag_queue;
+pub(crate) mod flag_state;
+pub(crate) mod follow;
 pub mod kill_switch;
 pub(crate) mod offset_metadata;
 pub mod offsets;

@@ -1,5 +1,5 @@
-//! What the worker writes: run records, flag commands, approved flagd definitions and
-//! dead letters, each as the Kafka record the contract describes (binary-mode
+//! What the worker writes: run, hold and guard records, flag commands, approved flagd
+//! definitions, flag-state records and dead letters, each as the Kafka record the contract describes (binary-mode
 //! CloudEvents; dead letters keep the original bytes).
 //!
 //! Each output carries the W3C `traceparent` (and `tracestate`, only when it is not empty)
@@ -18,8 +18,14 @@ use crate::contract::approved_flag::APPROVED_FLAG_TYPE;
 use crate::contract::dead_letter::{self, HEADER_VALUE_TRUNCATED};
 use crate::contract::flag_change::BadFlagChange;
 use crate::contract::flag_command::FLAG_COMMAND_TYPE;
+use crate::contract::flag_state::FLAG_STATE_TYPE;
+use crate::contract::guard_record::GUARD_RECORD_TYPE;
+use crate::contract::hold_record::HOLD_RECORD_TYPE;
 use crate::contract::run_record::RUN_RECORD_TYPE;
-use crate::contract::{ApprovedFlag, CloudEvent, FlagChange, FlagCommand, KafkaMessage, RunRecord};
+use crate::contract::{
+    ApprovedFlag, CloudEvent, FlagChange, FlagCommand, FlagState, GuardRecord, HoldRecord,
+    KafkaMessage, RunRecord,
+};
 use crate::gate::executor::RunUpdate;
 use crate::telemetry::traces::inject_send;
 
@@ -74,6 +80,45 @@ pub(crate) fn run_record(topics: &Topics, record: &RunRecord) -> Output {
         record.ended_at.unwrap_or(record.started_at),
         &record.run_id,
         record,
+    )
+}
+
+/// A hold record, keyed by its execution id (with the execution's run records). Its
+/// CloudEvent id differs per status.
+pub(crate) fn hold_record(topics: &Topics, record: &HoldRecord) -> Output {
+    own_record(
+        &topics.runs,
+        format!("{}/{}", record.hold_id, record.status.as_str()),
+        HOLD_RECORD_TYPE,
+        record.ended_at.unwrap_or(record.since),
+        &record.pipeline_execution_id,
+        record,
+    )
+}
+
+/// A guard record, keyed by the execution id of the `enable` it guards. Its CloudEvent id
+/// differs per status.
+pub(crate) fn guard_record(topics: &Topics, record: &GuardRecord) -> Output {
+    own_record(
+        &topics.runs,
+        format!("{}/{}", record.guard_id, record.status.as_str()),
+        GUARD_RECORD_TYPE,
+        record.ended_at.unwrap_or(record.started_at),
+        &record.pipeline_execution_id,
+        record,
+    )
+}
+
+/// A flag-state record, keyed by the flag (the topic is compacted: the newest record of a
+/// key is what the flag is owed).
+pub(crate) fn flag_state(topics: &Topics, state: &FlagState) -> Output {
+    own_record(
+        &topics.flag_state,
+        uuid::Uuid::new_v4().to_string(),
+        FLAG_STATE_TYPE,
+        state.updated_at,
+        &state.flag_key(),
+        state,
     )
 }
 

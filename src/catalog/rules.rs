@@ -107,6 +107,7 @@ pub(crate) fn check_pipeline(pipeline: &Pipeline) -> Vec<Finding> {
             }
         }
     }
+    out.extend(super::freeze::check(&pipeline.freeze_windows));
     if let Some(guard) = &pipeline.guard {
         let at = FieldPath::root().key("guard");
         positive(

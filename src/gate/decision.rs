@@ -159,6 +159,43 @@ pub(crate) enum Outcome {
     Aborted(String),
 }
 
+/// The command a guard issues when it fires: the guarded pipeline's failure command
+/// (`on_failure`) for the flag whose `enable` answered `change`, with its own id.
+pub(crate) fn guard_command(
+    change: &FlagChange,
+    guard: &crate::contract::GuardRecord,
+    reason: String,
+    issued_at: DateTime<Utc>,
+) -> FlagCommand {
+    let command = guard.on_failure;
+    FlagCommand {
+        command_id: ids::guard_command_id(&change.event_id),
+        command,
+        project: change.project.clone(),
+        environment: change.environment.clone(),
+        flag: change.flag.clone(),
+        value: (command == CommandKind::Revert)
+            .then(|| change.change.from.clone())
+            .flatten(),
+        reason,
+        reason_code: ReasonCode::GuardFired,
+        pipeline_id: Some(guard.pipeline_id.clone()),
+        pipeline_execution_id: Some(guard.pipeline_execution_id.clone()),
+        causation_event_id: change.event_id.clone(),
+        steps: Vec::new(),
+        dry_run: false,
+        issued_at,
+    }
+}
+
+/// The failure command of `pipeline` (`disable`, or `revert` per `on_failure`).
+pub(crate) fn failure_command(pipeline: Option<&Pipeline>) -> CommandKind {
+    match pipeline.map(|p| p.on_failure) {
+        Some(FailureOutcome::Revert) => CommandKind::Revert,
+        _ => CommandKind::Disable,
+    }
+}
+
 /// The one command answering `change`.
 ///
 /// `pipeline` and `execution` are absent for changes passed on at once.
@@ -171,10 +208,7 @@ pub(crate) fn flag_command(
     issued_at: DateTime<Utc>,
 ) -> FlagCommand {
     let flag = change.flag_key();
-    let on_failure = |pipeline: Option<&Pipeline>| match pipeline.map(|p| p.on_failure) {
-        Some(FailureOutcome::Revert) => CommandKind::Revert,
-        _ => CommandKind::Disable,
-    };
+    let on_failure = failure_command;
     let (command, reason_code, reason) = match (gating, outcome) {
         (Gating::PassOn(command, code), _) => {
             let reason = match code {

@@ -21,8 +21,11 @@ use tokio::task::JoinHandle;
 
 use chaosgate::bus::record::{from_rdkafka, to_record};
 use chaosgate::contract::flag_change::flag_change_event;
+use chaosgate::contract::guard_record::GUARD_RECORD_TYPE;
+use chaosgate::contract::hold_record::HOLD_RECORD_TYPE;
 use chaosgate::contract::{
-    Change, ChangeKind, CloudEvent, FlagChange, FlagCommand, KafkaMessage, RunRecord, RunStatus,
+    Change, ChangeKind, CloudEvent, FlagChange, FlagCommand, GuardRecord, HoldRecord, KafkaMessage,
+    RunRecord, RunStatus,
 };
 
 use super::kafka;
@@ -31,7 +34,7 @@ use super::kafka;
 #[path = "diagnose.rs"]
 pub mod diagnose;
 
-/// The six topics of one test.
+/// The seven topics of one test.
 #[derive(Debug, Clone)]
 pub struct Topics {
     pub flag_changes: String,
@@ -40,6 +43,7 @@ pub struct Topics {
     pub dead_letter: String,
     pub control: String,
     pub approved_flags: String,
+    pub flag_state: String,
 }
 
 impl Topics {
@@ -52,11 +56,12 @@ impl Topics {
             dead_letter: kafka::unique_topic(&format!("{name}-dlq")),
             control: kafka::unique_topic(&format!("{name}-control")),
             approved_flags: kafka::unique_topic(&format!("{name}-approved")),
+            flag_state: kafka::unique_topic(&format!("{name}-state")),
         }
     }
 
-    /// The six names.
-    pub fn all(&self) -> [&str; 6] {
+    /// The seven names.
+    pub fn all(&self) -> [&str; 7] {
         [
             &self.flag_changes,
             &self.runs,
@@ -64,6 +69,7 @@ impl Topics {
             &self.dead_letter,
             &self.control,
             &self.approved_flags,
+            &self.flag_state,
         ]
     }
 }
@@ -189,6 +195,7 @@ commands = "{commands}"
 dead_letter = "{dlq}"
 control = "{control}"
 approved_flags = "{approved}"
+flag_state = "{flag_state}"
 
 [kafka.properties]
 "client.id" = "chaosgate-test-{instance}"
@@ -203,6 +210,7 @@ approved_flags = "{approved}"
             dlq = self.topics.dead_letter,
             control = self.topics.control,
             approved = self.topics.approved_flags,
+            flag_state = self.topics.flag_state,
         );
         for (key, value) in properties {
             let _ = writeln!(text, "\"{key}\" = \"{value}\"");
@@ -380,6 +388,24 @@ log_filter = "info,chaosgate=debug"
         (delivered.partition, delivered.offset)
     }
 
+    /// Produces an approval request on the control topic.
+    pub async fn produce_approval(&self, data: serde_json::Value) {
+        let event = CloudEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            source: "/test/oncall".to_string(),
+            event_type: chaosgate::contract::control::APPROVAL_REQUEST_TYPE.to_string(),
+            time: Some(chrono::Utc::now()),
+            subject: None,
+            extensions: Default::default(),
+            data,
+        };
+        self.produce(&self.topics.control, &event.to_binary(None))
+            .await;
+        self.producer
+            .flush(Duration::from_secs(10))
+            .expect("flush approval request");
+    }
+
     /// Produces an abort request on the control topic.
     pub async fn produce_abort(&self, data: serde_json::Value) {
         let event = CloudEvent {
@@ -539,6 +565,8 @@ pub struct Received<T> {
 #[derive(Debug, Clone, Default)]
 pub struct Outputs {
     pub runs: Vec<Received<RunRecord>>,
+    pub holds: Vec<Received<HoldRecord>>,
+    pub guards: Vec<Received<GuardRecord>>,
     pub commands: Vec<Received<FlagCommand>>,
     pub dead_letters: Vec<Received<KafkaMessage>>,
     /// Records on the run or command topics that did not decode (always a bug).
@@ -668,8 +696,42 @@ impl Collector {
                     });
                     continue;
                 }
-                let data = CloudEvent::decode(&record).map(|event| event.data);
-                if topic == topics.runs {
+                let event = CloudEvent::decode(&record);
+                let event_type = event
+                    .as_ref()
+                    .map(|e| e.event_type.clone())
+                    .unwrap_or_default();
+                let data = event.map(|event| event.data);
+                let decode = |data: Result<serde_json::Value, _>| {
+                    data.map_err(|e: chaosgate::contract::CloudEventError| e.to_string())
+                };
+                if topic == topics.runs && event_type == HOLD_RECORD_TYPE {
+                    match decode(data).and_then(|d| {
+                        serde_json::from_value::<HoldRecord>(d).map_err(|e| e.to_string())
+                    }) {
+                        Ok(value) => outputs.holds.push(Received {
+                            partition,
+                            offset,
+                            seen,
+                            headers: record.headers.clone(),
+                            value,
+                        }),
+                        Err(e) => outputs.garbage.push(format!("{topic}@{offset}: {e}")),
+                    }
+                } else if topic == topics.runs && event_type == GUARD_RECORD_TYPE {
+                    match decode(data).and_then(|d| {
+                        serde_json::from_value::<GuardRecord>(d).map_err(|e| e.to_string())
+                    }) {
+                        Ok(value) => outputs.guards.push(Received {
+                            partition,
+                            offset,
+                            seen,
+                            headers: record.headers.clone(),
+                            value,
+                        }),
+                        Err(e) => outputs.garbage.push(format!("{topic}@{offset}: {e}")),
+                    }
+                } else if topic == topics.runs {
                     match data.map_err(|e| e.to_string()).and_then(|d| {
                         serde_json::from_value::<RunRecord>(d).map_err(|e| e.to_string())
                     }) {

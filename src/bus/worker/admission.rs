@@ -39,6 +39,10 @@ pub(super) struct Wiring {
     pub(crate) ledger: Ledger,
     pub(crate) assignment: Assignment,
     pub(crate) kill_switch: KillSwitch,
+    /// What the flags are owed, as the flag-state topic says.
+    pub(crate) states: crate::bus::flag_state::FlagStates,
+    /// Where holds and guards that end by themselves say so.
+    pub(crate) owed_events: tokio::sync::mpsc::UnboundedSender<super::scheduler::OwedEvent>,
     pub(crate) completions: std::sync::mpsc::Sender<Completion>,
 }
 
@@ -57,6 +61,19 @@ pub(super) struct Pending {
     pub(crate) execution_id: Option<String>,
     /// Cancelled by an abort request (a child of the partition's interrupt).
     pub(crate) kill: CancellationToken,
+    /// A parked execution going on after its hold ended: its event's offset is done
+    /// already, and it runs as `attempt` from where it stopped.
+    pub(crate) resume: Option<Resuming>,
+}
+
+/// A parked execution to run on.
+#[derive(Debug)]
+pub(super) struct Resuming {
+    /// The hold as it ended, and the steps done before it.
+    pub(crate) resume: crate::gate::hold::Resume,
+    /// The attempt it runs as (one more than the attempt that parked, so a run cut off
+    /// now is cleaned up by the next one).
+    pub(crate) attempt: u32,
 }
 
 impl Pending {
@@ -130,6 +147,7 @@ pub(super) fn admit(
         span,
         execution_id,
         kill,
+        resume: None,
     })
 }
 
@@ -167,6 +185,11 @@ mod tests {
             ledger: Ledger::default(),
             assignment: Arc::default(),
             kill_switch: KillSwitch::default(),
+            states: crate::bus::flag_state::FlagStates::new(
+                rdkafka::ClientConfig::new(),
+                "chaosgate-flag-state".into(),
+            ),
+            owed_events: tokio::sync::mpsc::unbounded_channel().0,
             completions: std::sync::mpsc::channel().0,
         }
     }

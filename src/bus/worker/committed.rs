@@ -18,7 +18,9 @@ use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use crate::bus::flag_state::FlagStates;
 use crate::bus::offsets::PartitionOffsets;
+use crate::contract::FlagState;
 
 use super::rebalance::NewPartition;
 
@@ -27,21 +29,28 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits between failed reads: from 100 ms, doubling, up to this.
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
-/// A partition's offsets, read.
+/// A partition's offsets, read, with what its flags are owed.
 #[derive(Debug)]
 pub(super) struct Loaded {
     pub(crate) partition: i32,
     pub(crate) epoch: u64,
     pub(crate) offsets: PartitionOffsets,
+    /// The flag-state records of the partition's flags that owe something, read after the
+    /// offsets (see [`crate::bus::flag_state`]).
+    pub(crate) owed: Vec<FlagState>,
+    /// The partition's end offset (high watermark) after the offsets were read.
+    pub(crate) end: i64,
 }
 
-/// Reads the committed offsets of `partitions` in a task of its own, sending each on
-/// `loaded` once read; gives up on a partition when its interrupt fires.
+/// Reads the committed offsets of `partitions` in a task of its own, then (once `states`
+/// has read the flag-state topic up to its end of that time) what their flags are owed,
+/// sending each on `loaded`; gives up on a partition when its interrupt fires.
 pub(super) fn spawn_read<C: ConsumerContext + 'static>(
     consumer: Arc<StreamConsumer<C>>,
     topic: String,
     partitions: Vec<NewPartition>,
     loaded: mpsc::UnboundedSender<Loaded>,
+    states: FlagStates,
 ) {
     tokio::spawn(async move {
         let started = Instant::now();
@@ -64,6 +73,7 @@ pub(super) fn spawn_read<C: ConsumerContext + 'static>(
             let error = match read {
                 Ok(Ok(committed)) => {
                     let mut problem = None;
+                    let mut read = Vec::new();
                     waiting.retain(|p| {
                         let Some(element) = committed.find_partition(&topic, p.partition) else {
                             problem =
@@ -81,13 +91,22 @@ pub(super) fn spawn_read<C: ConsumerContext + 'static>(
                             // Nothing committed yet for this group.
                             _ => PartitionOffsets::default(),
                         };
-                        let _ = loaded.send(Loaded {
-                            partition: p.partition,
-                            epoch: p.epoch,
-                            offsets,
-                        });
+                        read.push((p.partition, p.epoch, offsets));
                         false
                     });
+                    if !read.is_empty() {
+                        states.read_up_to_now().await;
+                        let ends = end_offsets(&consumer, &topic, &read).await;
+                        for (partition, epoch, offsets) in read {
+                            let _ = loaded.send(Loaded {
+                                partition,
+                                epoch,
+                                offsets,
+                                owed: states.owed_in(partition),
+                                end: ends.get(&partition).copied().unwrap_or(0),
+                            });
+                        }
+                    }
                     match problem {
                         None => {
                             if failures > 0 {
@@ -116,4 +135,32 @@ pub(super) fn spawn_read<C: ConsumerContext + 'static>(
             wait = (wait * 2).min(MAX_WAIT);
         }
     });
+}
+
+/// The end offsets (high watermarks) of the partitions just read; a partition whose end
+/// cannot be read gets none (its owed states are then taken over after the wait bound).
+async fn end_offsets<C: ConsumerContext + 'static>(
+    consumer: &Arc<StreamConsumer<C>>,
+    topic: &str,
+    read: &[(i32, u64, PartitionOffsets)],
+) -> std::collections::HashMap<i32, i64> {
+    let consumer = consumer.clone();
+    let topic = topic.to_string();
+    let partitions: Vec<i32> = read.iter().map(|(p, _, _)| *p).collect();
+    tokio::task::spawn_blocking(move || {
+        partitions
+            .into_iter()
+            .map(|partition| {
+                match consumer.fetch_watermarks(&topic, partition, READ_TIMEOUT) {
+                    Ok((_, high)) => (partition, high),
+                    Err(error) => {
+                        tracing::warn!(%error, %topic, partition, "cannot read the partition's end offset");
+                        (partition, i64::MAX)
+                    }
+                }
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }

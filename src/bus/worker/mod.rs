@@ -47,6 +47,7 @@ use crate::telemetry::http::Readiness;
 use crate::telemetry::metrics;
 
 use super::client::client_config;
+use super::flag_state::{self, FlagStates};
 use super::kill_switch::{self, CATCH_UP_LIMIT, KillSwitch};
 use super::offsets::Ledger;
 use super::record::from_rdkafka;
@@ -146,11 +147,23 @@ pub async fn run(
         kill_switch.clone(),
         stop_control.clone(),
     ));
-    // Every abort published before this start is known before any event is taken.
+    let states = FlagStates::new(client.clone(), topics.flag_state.clone());
+    let states_task = tokio::spawn(flag_state::listen(states.clone(), stop_control.clone()));
+    kill_switch.know_waiting(states.clone());
+    // Every abort and approval published before this start is known before any event is
+    // taken, and so is what every flag is owed.
     tokio::select! {
         result = tokio::time::timeout(CATCH_UP_LIMIT + LOOP_TICK, kill_switch.caught_up()) => {
             if result.is_err() {
                 tracing::warn!("the kill switch did not catch up with the control topic; taking events anyway");
+            }
+        }
+        () = shutdown.cancelled() => {}
+    }
+    tokio::select! {
+        result = tokio::time::timeout(flag_state::CATCH_UP_LIMIT + LOOP_TICK, states.caught_up()) => {
+            if result.is_err() {
+                tracing::warn!("the flag-state reader did not catch up with its topic; taking events anyway");
             }
         }
         () = shutdown.cancelled() => {}
@@ -210,6 +223,7 @@ pub async fn run(
     readiness.watch(committer_beat);
 
     let assignment_view = assignment.clone();
+    let (owed_tx, mut owed_rx) = mpsc::unbounded_channel();
     let mut scheduler = Scheduler::new(Wiring {
         topics: Arc::new(topics.clone()),
         group: config.kafka.group_id.clone(),
@@ -221,6 +235,8 @@ pub async fn run(
         ledger,
         assignment,
         kill_switch,
+        states,
+        owed_events: owed_tx,
         completions: completions_tx,
     });
     let (loaded_tx, mut loaded_rx) = mpsc::unbounded_channel();
@@ -243,6 +259,7 @@ pub async fn run(
                 Ok(finished) => scheduler.finish(finished),
                 Err(panicked) => scheduler.panicked(panicked),
             },
+            Some(event) = owed_rx.recv() => scheduler.owed_event(event),
             message = consumer.recv() => match message {
                 Ok(message) => {
                     // The callback reports a rebalance before the records it lets in.
@@ -264,7 +281,10 @@ pub async fn run(
                 }
             },
             // A fresh `recv` on every pass polls the queue itself: see the module docs.
-            _ = tick.tick() => fatal = consumer.client().fatal_error(),
+            _ = tick.tick() => {
+                fatal = consumer.client().fatal_error();
+                scheduler.adopt_due();
+            }
         }
         if let Some((code, reason)) = &fatal {
             // A fatal consumer never consumes again: stop, and let the caller start afresh.
@@ -291,6 +311,7 @@ pub async fn run(
             committer: committer_thread,
             stop_control,
             control_task,
+            states_task,
         },
     )
     .await;
@@ -363,6 +384,7 @@ struct Stopping {
     committer: std::thread::JoinHandle<()>,
     stop_control: CancellationToken,
     control_task: tokio::task::JoinHandle<()>,
+    states_task: tokio::task::JoinHandle<()>,
 }
 
 /// The graceful stop, every step against `deadline` (see [`crate::bus::shutdown`]):
@@ -380,6 +402,7 @@ async fn stop(
         committer,
         stop_control,
         control_task,
+        states_task,
     } = parts;
     readiness.set_stopping();
     tracing::info!(
@@ -417,6 +440,9 @@ async fn stop(
     }
     stop_control.cancel();
     deadline.step("stop the kill switch", control_task).await;
+    deadline
+        .step("stop the flag-state reader", states_task)
+        .await;
     deadline
         .blocking("leave the group", move || {
             consumer.unsubscribe();
@@ -457,7 +483,14 @@ fn on_rebalance(
     if let rebalance::RebalanceEvent::Assigned(new) = event
         && !new.is_empty()
     {
-        committed::spawn_read(consumer.clone(), topic.to_string(), new, loaded.clone());
+        let states = scheduler.flag_states();
+        committed::spawn_read(
+            consumer.clone(),
+            topic.to_string(),
+            new,
+            loaded.clone(),
+            states,
+        );
     }
 }
 

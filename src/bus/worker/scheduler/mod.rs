@@ -23,6 +23,12 @@
 //! - **Superseded runs.** A start mark carries the final records of the runs the
 //!   event's previous attempt left `running` (see [`super::run_records`]).
 //! - **Draining.** Once draining (shutdown), nothing new starts; what ends is committed.
+//! - **Owed.** An execution that parks at a hold commits its `waiting` state with its
+//!   offset and waits in a cheap task; a passed `enable` with a guard commits its
+//!   `guarding` state with the command and is watched by one. A newer change of the flag
+//!   ends either first; a partition's new owner takes them over from the flag-state
+//!   topic once it has read the partition up to where it ended at assignment, so a newer
+//!   change written meanwhile is always seen first. See [`owed`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -41,21 +47,24 @@ use crate::gate::decision;
 use crate::gate::executor::{Execution, ExecutionContext, execute};
 use crate::telemetry::metrics;
 
-use super::admission::{self, Pending, Wiring};
+use super::admission::{self, Pending, Resuming, Wiring};
 use super::committed::Loaded;
 use super::rebalance::{NewPartition, RebalanceEvent};
 use super::run_records::RunRecords;
 use super::supervisor::{Panicked, Supervisor};
 
 mod flow;
+mod owed;
+mod resume;
 pub(super) use flow::FlowChange;
+pub(crate) use owed::OwedEvent;
 
 /// An execution that ended, with its records and command encoded (in its own task,
 /// not in the consumer loop).
 pub(super) struct Finished {
     pending: Pending,
     execution: Execution,
-    outputs: Vec<Output>,
+    outputs: resume::Encoded,
 }
 
 /// What names a running execution, kept by the supervisor in case it panics.
@@ -79,7 +88,21 @@ struct Partition {
     /// Records that arrived before its offsets were read or while its book was full (a
     /// fetch ahead of the pause), in offset order.
     held: VecDeque<(i64, KafkaMessage)>,
+    /// What its flags were owed when it was assigned, taken over once it has been read up
+    /// to `adopt_at` (or after [`ADOPT_LIMIT`]).
+    adopt: Vec<crate::contract::FlagState>,
+    /// The partition's end offset when its committed offsets were read.
+    adopt_at: i64,
+    /// When its committed offsets were read.
+    loaded_at: std::time::Instant,
+    /// The next offset to receive.
+    next: i64,
 }
+
+/// The longest an assigned partition's owed states wait for the partition to be read up
+/// to where it ended at assignment (a partition ending in transaction markers never
+/// shows a record at its end).
+const ADOPT_LIMIT: Duration = Duration::from_secs(10);
 
 /// The consumer loop's state; see the module docs.
 pub(super) struct Scheduler {
@@ -89,12 +112,14 @@ pub(super) struct Scheduler {
     queues: FlagQueues<Pending>,
     ready: VecDeque<Pending>,
     runs: Supervisor<Finished, Ticket>,
+    owed: owed::Owed,
     backpressure: bool,
     draining: bool,
 }
 
 impl Scheduler {
     pub(crate) fn new(wiring: Wiring) -> Self {
+        let owed = owed::Owed::new(wiring.owed_events.clone());
         let records = RunRecords {
             topics: wiring.topics.clone(),
             assignment: wiring.assignment.clone(),
@@ -110,6 +135,7 @@ impl Scheduler {
             queues: FlagQueues::default(),
             ready: VecDeque::new(),
             runs: Supervisor::new(),
+            owed,
             backpressure: false,
             draining: false,
         }
@@ -128,6 +154,11 @@ impl Scheduler {
     /// The next execution to end (pending while none runs).
     pub(crate) async fn next_ended(&mut self) -> Result<Finished, Panicked<Ticket>> {
         self.runs.next().await
+    }
+
+    /// The flag-state reader, for partitions being loaded.
+    pub(crate) fn flag_states(&self) -> crate::bus::flag_state::FlagStates {
+        self.wiring.states.clone()
     }
 
     /// Applies a rebalance the callback reported.
@@ -153,6 +184,10 @@ impl Scheduler {
                 // again, in case that failed.
                 paused: false,
                 held: VecDeque::new(),
+                adopt: Vec::new(),
+                adopt_at: 0,
+                loaded_at: std::time::Instant::now(),
+                next: 0,
             },
         );
     }
@@ -160,6 +195,7 @@ impl Scheduler {
     fn revoked(&mut self, partition: i32) {
         self.wiring.ledger.lock().remove(&partition);
         self.partitions.remove(&partition);
+        self.owed.forget(Some(partition));
         let kill_switch = &self.wiring.kill_switch;
         let forget = |pending: &Pending| {
             if let Some(id) = &pending.execution_id {
@@ -194,6 +230,9 @@ impl Scheduler {
             return;
         };
         partition.loaded = true;
+        partition.adopt = loaded.owed;
+        partition.adopt_at = loaded.end;
+        partition.loaded_at = std::time::Instant::now();
         let held = std::mem::take(&mut partition.held);
         tracing::debug!(
             partition = loaded.partition,
@@ -211,6 +250,7 @@ impl Scheduler {
         for (offset, message) in held {
             self.receive(loaded.partition, offset, message);
         }
+        self.adopt_due();
     }
 
     /// Stops starting anything and interrupts every run (shutdown).
@@ -219,6 +259,7 @@ impl Scheduler {
         for partition in self.partitions.values() {
             partition.interrupt.cancel();
         }
+        self.owed.forget(None);
     }
 
     /// Lets the runs still going after the grace period run on unwatched.
@@ -240,6 +281,7 @@ impl Scheduler {
             state.held.push_back((offset, message));
             return;
         }
+        state.next = state.next.max(offset + 1);
         let receipt = self
             .wiring
             .ledger
@@ -279,6 +321,8 @@ impl Scheduler {
                 return;
             }
         };
+        self.supersede(partition, epoch, &pending.flag, &pending.change.event_id);
+        self.adopt_due();
         if let Some(pending) = self.queues.admit(&pending.flag.clone(), pending) {
             self.start(pending);
         }
@@ -296,8 +340,14 @@ impl Scheduler {
                 .pipeline
                 .as_deref()
                 .and_then(|id| catalog.pipeline(id));
-            let Some(command) = decision::pass_on(&pending.change, pipeline, self.wiring.unrouted)
-            else {
+            // A resumed execution was gated when it parked; it goes on whatever the catalog
+            // says of its change kind now.
+            let pass = if pending.resume.is_some() {
+                None
+            } else {
+                decision::pass_on(&pending.change, pipeline, self.wiring.unrouted)
+            };
+            let Some(command) = pass else {
                 if self.runs.len() >= self.wiring.max_in_flight {
                     self.ready.push_back(pending);
                     return;
@@ -329,7 +379,19 @@ impl Scheduler {
         let span = pending.span.clone();
         let _entered = span.enter();
         let start_committed = Arc::new(AtomicBool::new(false));
-        let attempt = {
+        let attempt = if let Some(resuming) = &pending.resume {
+            // Its offset is done: the start mark is the hold's end and the new attempt in
+            // the flag's state, so a crash from here on resumes it as the next attempt.
+            let _ = self.wiring.completions.send(Completion {
+                partition: pending.partition,
+                epoch,
+                outputs: resume::start_outputs(&self.wiring.topics, &pending, resuming),
+                kind: CompletionKind::StartMark {
+                    committed: start_committed.clone(),
+                },
+            });
+            resuming.attempt
+        } else {
             let mut ledger = self.wiring.ledger.lock();
             let Some(book) = ledger.get_mut(&pending.partition) else {
                 // Not reached: a partition's book and its entry change together.
@@ -354,15 +416,20 @@ impl Scheduler {
             });
             attempt
         };
+        let resume = pending.resume.as_ref().map(|r| r.resume.clone());
         let context = ExecutionContext {
             run: self.wiring.run.clone(),
             attempt,
             kill: pending.kill.clone(),
             interrupt,
             unrouted: self.wiring.unrouted,
-            updates: Some(self.records.update_sink(&pending.at())),
+            // A resumed execution's offset is done: its book has no open runs to name, so
+            // its runs publish only their final records, with its end.
+            updates: resume
+                .is_none()
+                .then(|| self.records.update_sink(&pending.at())),
             start_committed: Some(start_committed),
-            resume: None,
+            resume,
         };
         let catalog = self.wiring.catalog.clone();
         let topics = self.wiring.topics.clone();
@@ -396,16 +463,7 @@ impl Scheduler {
                     parked: None,
                 }
             };
-            let mut encoded: Vec<Output> = Vec::new();
-            if let Some(command) = &execution.command {
-                encoded.extend(
-                    execution
-                        .records
-                        .iter()
-                        .map(|record| outputs::run_record(&topics, record)),
-                );
-                encoded.extend(outputs::answer(&topics, &pending.change, command));
-            }
+            let encoded = resume::execution_outputs(&topics, pipeline, &pending, attempt, &execution);
             Finished {
                 pending,
                 execution,
@@ -427,16 +485,30 @@ impl Scheduler {
             self.wiring.kill_switch.unregister(id);
         }
         let entered = pending.span.enter();
-        if let Some(command) = &execution.command {
-            tracing::info!(flag = %pending.flag, command = command.command.as_str(), reason = %command.reason, "gated");
-            metrics::event_gated(command.command, command.reason_code);
-            for record in &execution.records {
-                let duration =
-                    Duration::from_secs_f64(record.duration_seconds.unwrap_or(0.0).max(0.0));
-                metrics::run_finished(record.status, record.resilience_score, duration);
-                metrics::step_finished(record.status, duration);
+        for record in &execution.records {
+            let duration = Duration::from_secs_f64(record.duration_seconds.unwrap_or(0.0).max(0.0));
+            metrics::run_finished(record.status, record.resilience_score, duration);
+            metrics::step_finished(record.status, duration);
+        }
+        if execution.command.is_some() || execution.parked.is_some() {
+            if let Some(command) = &execution.command {
+                tracing::info!(flag = %pending.flag, command = command.command.as_str(), reason = %command.reason, "gated");
+                metrics::event_gated(command.command, command.reason_code);
             }
-            self.complete(pending.partition, pending.epoch, pending.offset, outputs);
+            if let Some(parked) = &execution.parked {
+                tracing::info!(flag = %pending.flag, hold = parked.hold.kind.as_str(), reason = %parked.hold.reason, "parked");
+            }
+            let resume::Encoded { outputs, owed } = outputs;
+            if pending.resume.is_some() {
+                self.update(pending.partition, pending.epoch, outputs);
+            } else {
+                self.complete(pending.partition, pending.epoch, pending.offset, outputs);
+            }
+            if let Some(owed) = owed {
+                self.owe(owed, pending.epoch, pending.kill.clone());
+            }
+        } else if pending.resume.is_some() {
+            tracing::info!(flag = %pending.flag, "resumed execution interrupted; its flag's state resumes it under the partition's next owner");
         } else {
             tracing::info!(flag = %pending.flag, offset = pending.offset, "interrupted; left for the next owner");
             self.records
@@ -478,6 +550,21 @@ impl Scheduler {
             };
             self.spawn(next);
         }
+    }
+
+    /// Hands outputs that end nothing in the partition's book (a hold or guard ending, a
+    /// resumed execution's end) to the committer, with the partition's offsets (fenced).
+    fn update(&self, partition: i32, epoch: u64, outputs: Vec<Output>) {
+        let ledger = self.wiring.ledger.lock();
+        if ledger.get(&partition).is_none_or(|b| b.epoch != epoch) {
+            return;
+        }
+        let _ = self.wiring.completions.send(Completion {
+            partition,
+            epoch,
+            outputs,
+            kind: CompletionKind::RunUpdate,
+        });
     }
 
     /// Marks an offset done and hands its outputs and the partition's offsets to the

@@ -2,6 +2,7 @@
 //! with an empty catalog and no broker.
 
 use super::*;
+use crate::bus::flag_state::FlagStates;
 use crate::bus::kill_switch::KillSwitch;
 use crate::bus::offsets::{Ledger, PartitionOffsets};
 use crate::catalog::{Catalog, Unrouted};
@@ -37,6 +38,7 @@ fn pending(offset: i64) -> Pending {
         span: tracing::Span::none(),
         execution_id: None,
         kill: CancellationToken::new(),
+        resume: None,
     }
 }
 
@@ -57,6 +59,8 @@ fn one_partition() -> (Scheduler, Ledger, std::sync::mpsc::Receiver<Completion>)
         ledger: ledger.clone(),
         assignment: Arc::new(std::sync::Mutex::new(HashMap::from([(0, 1)]))),
         kill_switch: KillSwitch::default(),
+        states: FlagStates::new(rdkafka::ClientConfig::new(), "chaosgate-flag-state".into()),
+        owed_events: tokio::sync::mpsc::unbounded_channel().0,
         completions,
     });
     scheduler.rebalance(&RebalanceEvent::Assigned(vec![NewPartition {
@@ -74,6 +78,8 @@ async fn a_panicking_run_frees_its_slot_and_its_flag_and_keeps_its_offset() {
         partition: 0,
         epoch: 1,
         offsets: PartitionOffsets::default(),
+        owed: Vec::new(),
+        end: 0,
     });
     // Offset 0 runs (its flag busy, the one slot taken) and panics; offset 1 of the
     // same flag waits behind it.
@@ -127,6 +133,8 @@ fn records_of_a_full_book_wait_in_order_until_it_has_room() {
         partition: 0,
         epoch: 1,
         offsets,
+        owed: Vec::new(),
+        end: 0,
     });
     assert!(scheduler.flow().pause.is_empty());
     // Two more records (bad input, dead-lettered once let in) wait, and the partition
