@@ -6,19 +6,20 @@
 //! Guards are read from YAML as an operator writes them (no `mode`: guard probes are
 //! always `continuous`).
 
+#[path = "support/health.rs"]
+mod health;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::get;
 use chaosgate::catalog::experiment::ProbeMode;
 use chaosgate::catalog::guard::Guard;
@@ -30,53 +31,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use health::start_health_target;
+
 /// Upper bound for anything a test waits for: generous, so only a hang reaches it.
 const PATIENCE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------
 // Targets
-
-/// What the HTTP target answers: 503 while `failing`, or for the next `fail_next`
-/// requests; 200 otherwise. `answers` holds every status it gave, in order.
-#[derive(Default)]
-struct Health {
-    failing: AtomicBool,
-    fail_next: AtomicU32,
-    answers: Mutex<Vec<u16>>,
-}
-
-impl Health {
-    fn answers(&self) -> Vec<u16> {
-        self.answers.lock().unwrap().clone()
-    }
-}
-
-/// An HTTP target serving `GET /health` as `health` says; it stops with the test.
-async fn start_health_target() -> (SocketAddr, Arc<Health>) {
-    let health = Arc::new(Health::default());
-    let app = Router::new()
-        .route(
-            "/health",
-            get(|State(health): State<Arc<Health>>| async move {
-                let blip = health
-                    .fail_next
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-                let status = if blip || health.failing.load(Ordering::SeqCst) {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::OK
-                };
-                health.answers.lock().unwrap().push(status.as_u16());
-                (status, "")
-            }),
-        )
-        .with_state(health.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, health)
-}
 
 /// A metrics endpoint exposing `checkout_error_rate` with the value in `rate` (text).
 async fn start_error_rate_target(rate: Arc<Mutex<String>>) -> SocketAddr {
