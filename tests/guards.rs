@@ -22,7 +22,7 @@ use chaosgate::contract::{
 };
 
 use health::{Health, start_health_target};
-use worker::{Harness, Listener, Outputs, Settings, change, experiment_yaml};
+use worker::{Collector, Harness, Listener, Outputs, Settings, change, experiment_yaml};
 
 /// Upper bound for anything a test waits for: generous, so only a bug reaches it.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -70,6 +70,22 @@ fn guards_of<'a>(outputs: &'a Outputs, event: &FlagChange) -> Vec<&'a GuardRecor
         .map(|g| &g.value)
         .filter(|g| g.trigger_event_id == event.event_id)
         .collect()
+}
+
+/// Waits for the `enable` answering `event` and its guard's `watching` record.
+async fn enabled_and_watching(h: &Harness, collector: &Collector, event: &FlagChange) -> Outputs {
+    h.wait_for(
+        collector,
+        "the enable and a watching guard",
+        PATIENCE,
+        |o| {
+            !o.commands_for(&event.event_id).is_empty()
+                && guards_of(o, event)
+                    .iter()
+                    .any(|g| g.status == GuardStatus::Watching)
+        },
+    )
+    .await
 }
 
 /// The guard's end record (any status but `watching`), if any.
@@ -133,19 +149,7 @@ async fn a_guard_fires_once_when_its_target_starts_failing_after_the_enable() {
     let event = change("gfire-1", ChangeKind::Enable, None);
     h.produce_change(&event).await;
 
-    let watching = h
-        .wait_for(
-            &collector,
-            "the enable and a watching guard",
-            PATIENCE,
-            |o| {
-                !o.commands_for(&event.event_id).is_empty()
-                    && guards_of(o, &event)
-                        .iter()
-                        .any(|g| g.status == GuardStatus::Watching)
-            },
-        )
-        .await;
+    let watching = enabled_and_watching(&h, &collector, &event).await;
     assert_eq!(
         watching.commands_for(&event.event_id)[0].command,
         CommandKind::Enable
@@ -213,12 +217,7 @@ async fn a_newer_change_of_the_flag_ends_the_guard_without_a_command() {
     let _worker = h.spawn("w1", &h.config("w1", &Settings::default()));
     let event = change("gsup-1", ChangeKind::Enable, None);
     h.produce_change(&event).await;
-    h.wait_for(&collector, "a watching guard", PATIENCE, |o| {
-        guards_of(o, &event)
-            .iter()
-            .any(|g| g.status == GuardStatus::Watching)
-    })
-    .await;
+    enabled_and_watching(&h, &collector, &event).await;
 
     let newer = change("gsup-1", ChangeKind::Disable, None);
     h.produce_change(&newer).await;
@@ -258,18 +257,7 @@ async fn a_guard_resumed_after_a_worker_sigkill_issues_exactly_one_command() {
     let mut first = h.spawn("w1", &h.config("w1", &Settings::default()));
     let event = change("gkill-1", ChangeKind::Enable, None);
     h.produce_change(&event).await;
-    h.wait_for(
-        &collector,
-        "the enable and a watching guard",
-        PATIENCE,
-        |o| {
-            !o.commands_for(&event.event_id).is_empty()
-                && guards_of(o, &event)
-                    .iter()
-                    .any(|g| g.status == GuardStatus::Watching)
-        },
-    )
-    .await;
+    enabled_and_watching(&h, &collector, &event).await;
     first.kill();
     // The target fails while no worker runs: the next owner resumes the guard and fires.
     health.failing.store(true, Ordering::SeqCst);
