@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: checks and installs what the tests need
-# (Rust components, protoc, JDK 17+, Maven, Toxiproxy, Prometheus, the OpenTelemetry
-# Collector, Chromium and chromedriver, Node.js 20+ and PostgreSQL 15), starts a real
-# Kafka broker (KRaft, official jars) unless KAFKA_BOOTSTRAP_SERVERS points at one, a
-# real Unleash with its PostgreSQL unless UNLEASH_PG_URL points at one, then runs
-# cargo fmt --check, cargo clippy -D warnings and cargo test.
+# (Rust components, protoc, JDK 17+, Maven, Toxiproxy, Prometheus and its Alertmanager,
+# the OpenTelemetry Collector, Chromium and chromedriver, Node.js 20+ and PostgreSQL 15),
+# starts a real Kafka broker (KRaft, official jars) unless KAFKA_BOOTSTRAP_SERVERS points
+# at one, a real Unleash with its PostgreSQL unless UNLEASH_PG_URL points at one, then
+# runs cargo fmt --check, cargo clippy -D warnings and cargo test.
 #
 # Caches live outside the clone in $CHAOSGATE_CACHE (default ~/.cache/chaosgate):
 # the cargo target dir, the Kafka jars, the Go tools, the unleash-server npm install.
@@ -77,6 +77,14 @@ if ! have prometheus; then
   apt_install prometheus
 fi
 export PROMETHEUS_BIN=${PROMETHEUS_BIN:-$(command -v prometheus)}
+# Prometheus Alertmanager: tests/alertmanager.rs runs the real one against
+# `chaosgate connect alertmanager` (it fails, never skips, without it). The Debian
+# package's postinst starts no daemon where policy-rc.d forbids it; the test starts its own.
+if [ -z "${ALERTMANAGER_BIN:-}" ] && ! have prometheus-alertmanager; then
+  say "installing Prometheus Alertmanager (Debian package)"
+  apt_install --no-install-recommends prometheus-alertmanager
+fi
+export ALERTMANAGER_BIN=${ALERTMANAGER_BIN:-$(command -v prometheus-alertmanager)}
 # The OpenTelemetry Collector (OTLP receiver, file exporter) for the trace tests, built
 # from the Go module proxy once (minutes cold, nothing warm).
 if [ -z "${OTELCOL_BIN:-}" ]; then

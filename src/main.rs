@@ -27,8 +27,9 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Check catalog folders or files (pipelines and experiments); report every problem.
     Validate(cli::validate::ValidateArgs),
-    /// Print a JSON Schema (flag-change, experiment-run, flag-command, dead-letter,
-    /// abort-request, pipeline, experiment, config), or list them.
+    /// Print a JSON Schema (flag-change, experiment-run, pipeline-hold, guard-run,
+    /// flag-command, approved-flag, flag-state, dead-letter, abort-request,
+    /// approval-request, pipeline, experiment, config), or list them.
     Schema(cli::schema::SchemaArgs),
     /// Run a standalone fault proxy beside a target, with an HTTP control API.
     Proxy(cli::proxy::ProxyArgs),
@@ -41,6 +42,12 @@ enum Command {
     /// Bridges to flag services: their changes in, chaosgate's flag commands out.
     #[command(subcommand)]
     Connect(cli::connect::ConnectCommand),
+    /// Approve a pipeline execution waiting at an `approval` step (sends an approval
+    /// request on the control topic).
+    Approve(cli::approve::ApprovalArgs),
+    /// Reject a pipeline execution waiting at an `approval` step: the step fails and its
+    /// failure strategy applies.
+    Reject(cli::approve::ApprovalArgs),
     /// Print the version and the contract versions.
     Version,
     /// The guard of one injected fault, started by the runner (not for use by hand).
@@ -81,6 +88,12 @@ fn main() -> ExitCode {
         Command::Experiment(ExperimentCommand::Run(args)) => cli::experiment::run(args),
         Command::FaultGuard(args) => cli::fault_guard::run(args),
         Command::Connect(command) => cli::connect::run(command),
+        Command::Approve(args) => {
+            cli::approve::run(chaosgate::contract::ApprovalDecision::Approve, args)
+        }
+        Command::Reject(args) => {
+            cli::approve::run(chaosgate::contract::ApprovalDecision::Reject, args)
+        }
         Command::Version => {
             println!("chaosgate {}", env!("CARGO_PKG_VERSION"));
             println!(

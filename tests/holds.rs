@@ -96,14 +96,30 @@ async fn an_approved_execution_goes_on_and_its_records_say_who_approved() {
     // The chaos step before the approval ran once.
     assert_eq!(seen.final_runs_for(&event.event_id).len(), 1);
 
-    h.produce_approval(json!({
-        "decision": "approve",
-        "pipeline_execution_id": execution,
-        "step": "canary/oncall-ok",
-        "requested_by": "oncall@example.com",
-        "comment": "dashboards look fine"
-    }))
-    .await;
+    // As an operator would: `chaosgate approve`.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_chaosgate"))
+        .args([
+            "approve",
+            &execution,
+            "--step",
+            "canary/oncall-ok",
+            "--by",
+            "oncall@example.com",
+        ])
+        .args(["--comment", "dashboards look fine", "--config"])
+        .arg(h.config("cli", &Settings::default()))
+        .output()
+        .expect("chaosgate approve");
+    let said = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(
+        said.contains(&format!("approve request for execution {execution} sent")),
+        "{said}"
+    );
     let done = h
         .wait_for(&collector, "the enable after the approval", PATIENCE, |o| {
             !o.commands_for(&event.event_id).is_empty()

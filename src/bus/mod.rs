@@ -2,6 +2,7 @@
 //! the worker) ordering, offsets, transactions and the dead-letter topic.
 
 pub(crate) mod client;
+pub mod control_request;
 pub(crate) mod flag_queue;
 pub(crate) mod flag_state;
 pub(crate) mod follow;

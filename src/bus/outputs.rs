@@ -86,6 +86,7 @@ pub(crate) fn run_record(topics: &Topics, record: &RunRecord) -> Output {
 /// A hold record, keyed by its execution id (with the execution's run records). Its
 /// CloudEvent id differs per status.
 pub(crate) fn hold_record(topics: &Topics, record: &HoldRecord) -> Output {
+    crate::telemetry::metrics::hold(record.kind.as_str(), record.status.as_str());
     own_record(
         &topics.runs,
         format!("{}/{}", record.hold_id, record.status.as_str()),
@@ -99,6 +100,7 @@ pub(crate) fn hold_record(topics: &Topics, record: &HoldRecord) -> Output {
 /// A guard record, keyed by the execution id of the `enable` it guards. Its CloudEvent id
 /// differs per status.
 pub(crate) fn guard_record(topics: &Topics, record: &GuardRecord) -> Output {
+    crate::telemetry::metrics::guard(record.status.as_str());
     own_record(
         &topics.runs,
         format!("{}/{}", record.guard_id, record.status.as_str()),

@@ -198,6 +198,52 @@ impl SchemaCheck {
                 }
             }
         }
+        // Mappings told apart by a key only one of them requires (a step's `experiment`,
+        // `approval` or `wait`): the key present says which was meant.
+        if let Some(keys) = self.distinguishing_keys(branches)
+            && let Some(object) = instance.as_object()
+        {
+            let mut meant: Vec<usize> = (0..keys.len())
+                .filter(|&i| object.contains_key(&keys[i]))
+                .collect();
+            if meant.is_empty() {
+                // No telling key: a field only one of them knows says it.
+                let known = self.properties_of(branches);
+                meant = (0..known.len())
+                    .filter(|&i| {
+                        object.keys().any(|key| {
+                            known[i].contains(key)
+                                && known
+                                    .iter()
+                                    .enumerate()
+                                    .all(|(j, other)| j == i || !other.contains(key))
+                        })
+                    })
+                    .collect();
+            }
+            if let [index] = meant.as_slice() {
+                for error in context.get(*index).map(Vec::as_slice).unwrap_or_default() {
+                    self.translate(error, document, out);
+                }
+                return;
+            }
+            let names = keys
+                .iter()
+                .map(|k| format!("'{k}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let message = if meant.is_empty() {
+                let has = object
+                    .keys()
+                    .map(|k| format!("'{k}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("needs one of the fields {names}, which says what it is (it has {has})")
+            } else {
+                format!("has more than one of the fields {names}; keep one")
+            };
+            return out.push(Finding::new(path.clone(), message));
+        }
         // Other alternatives (optional blocks, a code or a range): keep the branches whose
         // type fits the value; when one is left, its errors are the real problems.
         let fitting: Vec<&Vec<ValidationError<'static>>> = context
@@ -260,6 +306,61 @@ impl SchemaCheck {
             )
         };
         out.push(Finding::new(path.clone(), message));
+    }
+
+    /// The property names each alternative knows, in branch order.
+    fn properties_of(&self, branches: &[Value]) -> Vec<Vec<String>> {
+        branches
+            .iter()
+            .map(|branch| {
+                let node = match branch.get("$ref").and_then(Value::as_str) {
+                    Some(reference) => self.node(reference.trim_start_matches('#')),
+                    None => Some(branch),
+                };
+                node.and_then(|n| n.get("properties"))
+                    .and_then(Value::as_object)
+                    .map(|p| p.keys().cloned().collect())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// For alternatives that are all mappings, each requiring a key no other one
+    /// requires: those keys, in branch order.
+    fn distinguishing_keys(&self, branches: &[Value]) -> Option<Vec<String>> {
+        let required: Vec<Vec<String>> = branches
+            .iter()
+            .map(|branch| {
+                let node = match branch.get("$ref").and_then(Value::as_str) {
+                    Some(reference) => self.node(reference.trim_start_matches('#'))?,
+                    None => branch,
+                };
+                let keys = node.get("required")?.as_array()?;
+                Some(
+                    keys.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect(),
+                )
+            })
+            .collect::<Option<_>>()?;
+        if required.len() < 2 {
+            return None;
+        }
+        required
+            .iter()
+            .enumerate()
+            .map(|(i, keys)| {
+                keys.iter()
+                    .find(|key| {
+                        required
+                            .iter()
+                            .enumerate()
+                            .all(|(j, other)| j == i || !other.contains(key))
+                    })
+                    .cloned()
+            })
+            .collect()
     }
 
     /// The schema node at a JSON pointer into the schema document.

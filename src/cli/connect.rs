@@ -1,4 +1,5 @@
-//! `chaosgate connect unleash` and `chaosgate connect flagd`: the bridges between a flag
+//! `chaosgate connect unleash`, `chaosgate connect flagd` and `chaosgate connect
+//! alertmanager`: the bridges between a flag
 //! service and chaosgate's topics, in their own process beside the worker.
 //!
 //! Rule: the process holds no state of its own; what it has not acknowledged (a webhook
@@ -26,6 +27,23 @@ pub enum ConnectCommand {
     /// the [flagd] section.
     #[command(after_help = FLAGD_HELP)]
     Flagd(FlagdArgs),
+    /// Prometheus Alertmanager in: its webhook's firing alerts, matched by the rules of
+    /// the [alertmanager] section, turn the rules' flags off at once (a requested
+    /// disable on the flag-changes topic). Configured by the [alertmanager] section.
+    #[command(after_help = ALERTMANAGER_HELP)]
+    Alertmanager(AlertmanagerArgs),
+}
+
+const ALERTMANAGER_HELP: &str = "In Alertmanager, route the alerts to a receiver with a webhook: url http://HOST:8017/alertmanager/webhook and http_config.authorization.credentials_file holding the token of [alertmanager] token_file (or CHAOSGATE_ALERTMANAGER__TOKEN). Each firing alert the first matching [[alertmanager.rules]] match (label equality) turns that rule's flags off; resolved and unmatched alerts do nothing. GET /healthz and GET /metrics are served on the same address. See docs/alertmanager.md.\n\n\
+Example: chaosgate connect alertmanager --config deploy/alertmanager.example.toml";
+
+/// Arguments of `chaosgate connect alertmanager`.
+#[derive(Debug, Args)]
+pub struct AlertmanagerArgs {
+    /// Configuration file (TOML), the worker's: its [kafka] and [alertmanager] sections
+    /// count.
+    #[arg(long, short, env = "CHAOSGATE_CONFIG", default_value_os_t = crate::default_config())]
+    pub config: PathBuf,
 }
 
 const FLAGD_HELP: &str = "Proposed flags: *.json files in flagd's format under [flagd] proposed (each change of a \
@@ -69,7 +87,19 @@ pub fn run(command: ConnectCommand) -> anyhow::Result<ExitCode> {
     match command {
         ConnectCommand::Unleash(args) => unleash(args),
         ConnectCommand::Flagd(args) => flagd(args),
+        ConnectCommand::Alertmanager(args) => alertmanager(args),
     }
+}
+
+fn alertmanager(args: AlertmanagerArgs) -> anyhow::Result<ExitCode> {
+    let config = load(&args.config, |config| {
+        chaosgate::connect::alertmanager::section(config).map(|_| ())
+    })?;
+    serve(
+        &config,
+        "the Alertmanager receiver",
+        |config, shutdown| async move { chaosgate::connect::alertmanager::run(&config, shutdown).await },
+    )
 }
 
 fn unleash(args: UnleashArgs) -> anyhow::Result<ExitCode> {

@@ -28,8 +28,10 @@ use chaosgate::chaos::proxy::{ProxyProtocol, ProxyRegistry, ProxyTarget};
 use chaosgate::chaos::run::RunContext;
 use chaosgate::config::Config;
 use chaosgate::contract::flag_change::flag_change_event;
+use chaosgate::contract::guard_record::GUARD_RECORD_TYPE;
 use chaosgate::contract::{
-    Change, ChangeKind, CloudEvent, FlagChange, FlagCommand, RunRecord, RunStatus,
+    Change, ChangeKind, CloudEvent, FlagChange, FlagCommand, GuardRecord, GuardStatus, RunRecord,
+    RunStatus,
 };
 use chaosgate::view::audit::AuditSettings;
 use chaosgate::view::model::RunFilter;
@@ -195,7 +197,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!();
 
     let mut commands: Vec<FlagCommand> = Vec::new();
-    while commands.len() < changes.len() {
+    // The passing pipeline has a guard: the demo also waits for it to end.
+    let mut guard_ended = false;
+    while commands.len() < changes.len() || !guard_ended {
         let left = deadline.saturating_duration_since(Instant::now());
         let message = match tokio::time::timeout(left, consumer.recv()).await {
             Ok(Ok(message)) => from_rdkafka(&message),
@@ -210,6 +214,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         };
         if let Ok(record) = serde_json::from_value::<RunRecord>(event.data.clone()) {
             print_record(&record);
+        } else if event.event_type == GUARD_RECORD_TYPE
+            && let Ok(guard) = serde_json::from_value::<GuardRecord>(event.data.clone())
+        {
+            print_guard(&guard);
+            guard_ended |= guard.status != GuardStatus::Watching;
         } else if let Ok(command) = serde_json::from_value::<FlagCommand>(event.data) {
             print_command(&command);
             commands.push(command);
@@ -250,7 +259,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     });
     if ok {
         println!(
-            "\ndemo complete: search-v2 enabled (its pipeline passed), checkout-v2 disabled (its pipeline failed)."
+            "\ndemo complete: search-v2 enabled (its pipeline passed, and its guard held), checkout-v2 disabled (its pipeline failed)."
         );
         Ok(ExitCode::SUCCESS)
     } else {
@@ -394,6 +403,26 @@ fn print_record(record: &RunRecord) {
                 .unwrap_or_default()
         );
     }
+}
+
+fn print_guard(guard: &GuardRecord) {
+    let flag = format!(
+        "{}/{}/{}",
+        guard.flag.project, guard.flag.environment, guard.flag.key
+    );
+    if guard.status == GuardStatus::Watching {
+        let seconds = (guard.deadline - guard.started_at).num_seconds();
+        println!(
+            "  guard of pipeline {} watching {flag} for {seconds} s after its enable",
+            guard.pipeline_id
+        );
+        return;
+    }
+    println!(
+        "  guard {}: {}",
+        guard.status.as_str().to_uppercase(),
+        guard.reason.as_deref().unwrap_or_default()
+    );
 }
 
 fn print_command(command: &FlagCommand) {

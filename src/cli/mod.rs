@@ -1,6 +1,7 @@
 //! One module per subcommand; each turns parsed arguments into an exit code. Besides,
 //! `first_process`: how a command that injects faults behaves as a container's PID 1.
 
+pub mod approve;
 pub mod connect;
 pub mod demo;
 pub mod experiment;

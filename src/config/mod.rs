@@ -20,8 +20,12 @@ use crate::chaos::proxy::ProxyTarget;
 use crate::telemetry::redact::{self, Secrets};
 pub use crate::telemetry::{LogFormat, TelemetryConfig};
 
+mod alertmanager;
 mod flagd;
 mod unleash;
+pub use alertmanager::{
+    AlertRule, AlertmanagerConfig, FlagRef, LabelFlag, Rule as AlertmanagerRule,
+};
 pub use flagd::FlagdConfig;
 pub use unleash::{UnleashCommandsConfig, UnleashConfig, UnleashWebhookConfig};
 
@@ -63,6 +67,10 @@ pub struct Config {
     /// flag source; absent when not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flagd: Option<FlagdConfig>,
+    /// The Alertmanager receiver (`chaosgate connect alertmanager`): firing alerts turn
+    /// configured flags off; absent when not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<AlertmanagerConfig>,
 }
 
 /// The documented example, `deploy/chaosgate.example.toml`, as the schema's example.
@@ -101,6 +109,7 @@ pub(crate) fn config_example() -> Config {
         view: ViewConfig::default(),
         unleash: None,
         flagd: None,
+        alertmanager: None,
     }
 }
 
@@ -556,6 +565,9 @@ impl Config {
                 secrets.add(&token);
             }
             secrets.add_url(&unleash.url);
+        }
+        if let Some(Ok(token)) = self.alertmanager.as_ref().map(AlertmanagerConfig::token) {
+            secrets.add(&token);
         }
         secrets
     }

@@ -160,7 +160,13 @@ impl UnleashConfig {
     }
 }
 
-fn secret(section: &str, file: Option<&Path>, value: Option<&str>) -> Result<String, String> {
+/// A secret of `section`: `file`'s content (trimmed) or `value`; errors name the key,
+/// the file, or the `CHAOSGATE_...__TOKEN` variable to set.
+pub(super) fn secret(
+    section: &str,
+    file: Option<&Path>,
+    value: Option<&str>,
+) -> Result<String, String> {
     let text = match (file, value) {
         (Some(path), _) => std::fs::read_to_string(path)
             .map_err(|e| format!("{section}.token_file {}: {e}", path.display()))?,

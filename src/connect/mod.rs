@@ -6,6 +6,7 @@
 //! bridges reuse `bus`'s Kafka client settings, never the worker's internals: they run
 //! in their own process (`chaosgate connect ...`), beside the worker.
 
+pub mod alertmanager;
 pub mod flagd;
 pub mod unleash;
 

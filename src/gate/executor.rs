@@ -257,7 +257,13 @@ pub async fn execute(
             parked: None,
         };
     }
-    if context.resume.is_none()
+    // A change is held by the freeze windows when it first runs, and again when a freeze
+    // hold ends (a window may have begun meanwhile, or the hold ended at its bound).
+    let from_freeze = context
+        .resume
+        .as_ref()
+        .is_some_and(|r| r.hold.kind == crate::contract::HoldKind::Freeze);
+    if (context.resume.is_none() || from_freeze)
         && let Some(hold) = hold::freeze_hold(change, pipeline, now)
     {
         return Execution {

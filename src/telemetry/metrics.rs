@@ -30,6 +30,9 @@
 //! | `chaosgate_flagd_proposals_total` | counter | `outcome` | [`flagd_proposal`] |
 //! | `chaosgate_flagd_approved_records_total` | counter | | [`flagd_approved_record`] |
 //! | `chaosgate_flagd_sync_streams` | gauge | | [`flagd_sync_stream`] (a guard) |
+//! | `chaosgate_alertmanager_alerts_total` | counter | `outcome` | [`alertmanager_alert`] |
+//! | `chaosgate_holds_total` | counter | `kind`, `status` | [`hold`] |
+//! | `chaosgate_guards_total` | counter | `status` | [`guard`] |
 //!
 //! The brokers-up count also feeds readiness ([`kafka_brokers_up`]): a worker whose
 //! consumer reaches no broker is not ready.
@@ -76,6 +79,12 @@ struct ClassLabel {
 struct GatedLabels {
     command: String,
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HoldLabels {
+    kind: String,
+    status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,6 +137,9 @@ struct Metrics {
     flagd_proposals: Family<OutcomeLabel, Counter>,
     flagd_approved_records: Counter,
     flagd_sync_streams: Gauge,
+    alertmanager_alerts: Family<OutcomeLabel, Counter>,
+    holds: Family<HoldLabels, Counter>,
+    guards: Family<StatusLabel, Counter>,
     /// Partitions with a lag gauge, per topic, to drop the ones no longer assigned.
     lag_partitions: Mutex<BTreeMap<String, HashSet<String>>>,
 }
@@ -155,6 +167,9 @@ impl Metrics {
             flagd_proposals: Family::default(),
             flagd_approved_records: Counter::default(),
             flagd_sync_streams: Gauge::default(),
+            alertmanager_alerts: Family::default(),
+            holds: Family::default(),
+            guards: Family::default(),
             lag_partitions: Mutex::default(),
             registry: Registry::default(),
         };
@@ -168,6 +183,16 @@ impl Metrics {
             "chaosgate_events_dead_lettered",
             "Flag-change records sent to the dead-letter topic, by error class",
             metrics.dead_lettered.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_holds",
+            "Pipeline holds (approval, wait, freeze) begun (status waiting) and ended, by kind and status",
+            metrics.holds.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_guards",
+            "Guards started (status watching) and ended, by status",
+            metrics.guards.clone(),
         );
         metrics.registry.register(
             "chaosgate_events_gated",
@@ -208,6 +233,11 @@ impl Metrics {
             "chaosgate_unleash_webhooks",
             "Unleash webhook requests, by outcome (produced, duplicate, own_change, part_of_toggle, ignored, unauthorized, rejected, failed)",
             metrics.unleash_webhooks.clone(),
+        );
+        metrics.registry.register(
+            "chaosgate_alertmanager_alerts",
+            "Alerts the Alertmanager webhook received, by outcome (produced, duplicate, resolved, unmatched, not_allowed, failed; unauthorized and rejected count refused requests)",
+            metrics.alertmanager_alerts.clone(),
         );
         metrics.registry.register(
             "chaosgate_unleash_commands",
@@ -374,6 +404,20 @@ pub fn unleash_webhook(outcome: &'static str) {
         .inc();
 }
 
+/// The Alertmanager webhook handled one alert with `outcome` (`produced`: its `disable`
+/// flag changes are in Kafka; `duplicate`: they were already; `resolved`, `unmatched`:
+/// nothing to do; `not_allowed`: its rule takes the flag from a label, which names none
+/// the rule allows; `failed`: Kafka did not take one), or refused one request
+/// (`unauthorized`, `rejected`), its alerts unread.
+pub fn alertmanager_alert(outcome: &'static str) {
+    METRICS
+        .alertmanager_alerts
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
 /// The Unleash bridge handled one flag command, or one try of it, with `outcome`
 /// (`applied`, `confirmed` for an `enable` of a strategy change already live, `dry_run`,
 /// `stale`, `retried` per failed transient try, `failed` when it failed for good).
@@ -395,6 +439,28 @@ pub fn flagd_proposal(outcome: &'static str) {
         .flagd_proposals
         .get_or_create(&OutcomeLabel {
             outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
+/// A hold of `kind` (`approval`, `wait`, `freeze`) began (`waiting`) or ended with
+/// `status`, as its record says.
+pub fn hold(kind: &'static str, status: &'static str) {
+    METRICS
+        .holds
+        .get_or_create(&HoldLabels {
+            kind: kind.to_string(),
+            status: status.to_string(),
+        })
+        .inc();
+}
+
+/// A guard began (`watching`) or ended with `status`, as its record says.
+pub fn guard(status: &'static str) {
+    METRICS
+        .guards
+        .get_or_create(&StatusLabel {
+            status: status.to_string(),
         })
         .inc();
 }
