@@ -10,10 +10,10 @@
 mod health;
 #[path = "support/prometheus.rs"]
 mod prometheus;
+#[path = "support/validate.rs"]
+mod validate;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -397,30 +397,12 @@ fn pipeline(guard: &str) -> String {
     )
 }
 
-/// `chaosgate validate .` on a catalog of these two files: exit code and stdout lines.
+/// `chaosgate validate .` on a catalog of `pipeline` and [`EXPERIMENT`].
 fn validate(pipeline: &str) -> (i32, Vec<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    };
-    write("pipelines/checkout.yaml", pipeline);
-    write("experiments/payments-latency.yaml", EXPERIMENT);
-    run_validate(dir.path())
-}
-
-fn run_validate(dir: &Path) -> (i32, Vec<String>) {
-    let output = Command::new(env!("CARGO_BIN_EXE_chaosgate"))
-        .args(["validate", "."])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        stdout.lines().map(str::to_string).collect(),
-    )
+    validate::validate_files(&[
+        ("pipelines/checkout.yaml", pipeline),
+        ("experiments/payments-latency.yaml", EXPERIMENT),
+    ])
 }
 
 #[test]
