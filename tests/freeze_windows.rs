@@ -3,10 +3,8 @@
 //! active or a duplicate name gets one line per problem naming the file, the line and the
 //! field; good windows pass.
 
-use std::path::Path;
-use std::process::Command;
-
-use tempfile::TempDir;
+#[path = "support/validate.rs"]
+mod validate;
 
 const EXPERIMENT: &str = "\
 kind: experiment
@@ -45,29 +43,10 @@ freeze_windows:
 /// Runs `chaosgate validate .` on a catalog of the pipeline and the experiment; returns
 /// the exit code and the output lines.
 fn validate(pipeline: &str) -> (i32, Vec<String>) {
-    let dir: TempDir = tempfile::tempdir().unwrap();
-    for (name, text) in [
+    validate::validate_files(&[
         ("pipelines/checkout.yaml", pipeline),
         ("experiments/payments-latency.yaml", EXPERIMENT),
-    ] {
-        let path = dir.path().join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    run_in(dir.path())
-}
-
-fn run_in(cwd: &Path) -> (i32, Vec<String>) {
-    let output = Command::new(env!("CARGO_BIN_EXE_chaosgate"))
-        .args(["validate", "."])
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        stdout.lines().map(str::to_string).collect(),
-    )
+    ])
 }
 
 #[test]

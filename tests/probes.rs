@@ -2,10 +2,11 @@
 //! 503, slow, JSON, flaky routes), TCP listeners, real commands, and a real Prometheus
 //! (Debian package `prometheus`) scraping a metrics endpoint the test starts.
 
+#[path = "support/prometheus.rs"]
+mod prometheus;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use chaosgate::catalog::experiment::{
     Probe, ProbeMode, ProbeType, PrometheusProbe, RunProperties, StatusMatch, TcpProbe, ValueType,
 };
 use chaosgate::chaos::probe::{Check, check};
+use prometheus::start_prometheus;
 use tokio::net::TcpListener;
 
 // ---------------------------------------------------------------------------------------
@@ -882,106 +884,6 @@ async fn a_command_own_timeout_applies_when_shorter() {
 
 // ---------------------------------------------------------------------------------------
 // Prometheus: a real server scraping a target this test starts
-
-/// A Prometheus process; killed and reaped on drop.
-struct PrometheusServer {
-    child: Child,
-    url: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for PrometheusServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl PrometheusServer {
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-const PROMETHEUS_INSTALL: &str = "Prometheus is needed for this test and was not found: \
-    install it with `apt-get update && apt-get install -y --no-install-recommends prometheus` \
-    (Debian package), or set PROMETHEUS_BIN to a prometheus binary";
-
-/// The prometheus binary: `PROMETHEUS_BIN`, else the first `prometheus` on PATH.
-fn prometheus_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("PROMETHEUS_BIN") {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "PROMETHEUS_BIN={} is not a file. {PROMETHEUS_INSTALL}",
-            bin.display()
-        );
-        return bin;
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("prometheus"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{PROMETHEUS_INSTALL}"))
-}
-
-/// Starts Prometheus on a free loopback port, scraping `target` every second, and waits
-/// until it is ready.
-async fn start_prometheus(target: SocketAddr) -> PrometheusServer {
-    let binary = prometheus_binary();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: demo\n    static_configs:\n      \
-             - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let port = closed_port();
-    let log = dir.path().join("prometheus.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let child = std::process::Command::new(&binary)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap_or_else(|err| panic!("starting {}: {err}. {PROMETHEUS_INSTALL}", binary.display()));
-    let server = PrometheusServer {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        log,
-        _dir: dir,
-    };
-    let ready = format!("{}/-/ready", server.url);
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = client.get(&ready).send().await
-            && response.status().is_success()
-        {
-            return server;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus ({}) not ready within 60 s; its log:\n{}",
-            binary.display(),
-            server.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// Starts the scraped target: `demo_up 1` and `demo_latency_ms 42`.
 async fn start_metrics_target() -> SocketAddr {

@@ -41,9 +41,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::credentials::{CredentialFields, probe_fields};
-use super::experiment::{
-    CommandProbe, HttpProbe, Probe, ProbeMode, ProbeType, PrometheusProbe, RunProperties, TcpProbe,
-};
+use super::experiment::file_shape::ProbeTypeBlocks;
+use super::experiment::{Probe, ProbeMode, ProbeType, RunProperties};
 use super::problem::{FieldPath, Finding};
 use super::rules;
 use super::span::Span;
@@ -60,7 +59,7 @@ pub struct Guard {
     /// after `run_properties.attempts` failed attempts in a row. Read with `mode`
     /// `continuous`.
     #[serde(deserialize_with = "guard_probes")]
-    #[schemars(with = "Vec<GuardProbeShape>")]
+    #[schemars(with = "Vec<GuardProbe>")]
     pub probes: Vec<Probe>,
 }
 
@@ -74,29 +73,17 @@ enum GuardProbeMode {
     Continuous,
 }
 
-/// One guard probe as read: a probe whose `mode` may be left out and is `continuous`;
-/// read into [`Probe`].
-#[derive(Deserialize)]
+/// One guard probe as written: a probe whose `mode` may be left out and is `continuous`;
+/// read into [`Probe`]. Its schema shows each type block as an optional field, as
+/// `experiment::file_shape` does for experiment probes (`chaosgate validate` reports none
+/// or several).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    rename = "GuardProbe",
+    description = "One guard probe: exactly one of the type blocks must be set."
+)]
 struct GuardProbe {
-    name: String,
-    #[serde(default)]
-    mode: GuardProbeMode,
-    #[serde(default)]
-    run_properties: RunProperties,
-    #[serde(flatten)]
-    probe_type: ProbeType,
-}
-
-// The schema's shape of a guard probe, as `experiment::file_shape` shows experiment
-// probes: each type block an optional field (`chaosgate validate` reports none or
-// several). Nothing reads data into it.
-/// One guard probe: exactly one of the type blocks must be set.
-#[derive(JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "GuardProbe")]
-#[allow(dead_code)]
-struct GuardProbeShape {
     /// Name, unique within the guard; guard records and the reason name it.
     name: String,
     /// When the probe runs: `continuous` (the default and only value), from the `enable`
@@ -108,18 +95,9 @@ struct GuardProbeShape {
     /// first check; `stop_on_failure` changes nothing (every failure ends a guard).
     #[serde(default)]
     run_properties: RunProperties,
-    /// An HTTP request and what its response must look like.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    http: Option<HttpProbe>,
-    /// A TCP connect.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    tcp: Option<TcpProbe>,
-    /// A local command and what its exit code and output must be.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    command: Option<CommandProbe>,
-    /// An instant PromQL query compared with a threshold.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    prometheus: Option<PrometheusProbe>,
+    #[serde(flatten)]
+    #[schemars(with = "ProbeTypeBlocks")]
+    probe_type: ProbeType,
 }
 
 /// Reads guard probes, `mode` defaulting to (and only ever) `continuous`.

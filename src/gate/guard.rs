@@ -183,7 +183,6 @@ async fn probe_loop(
         let check = probe::check(probe).await;
         tallies.lock().unwrap_or_else(PoisonError::into_inner)[p].record(&check);
         if !check.passed {
-            tracing::debug!(probe = %probe.name, error = ?check.error, "guard probe failed");
             return check;
         }
         tick = next_tick(tick, every, Instant::now());

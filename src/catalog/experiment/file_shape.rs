@@ -62,6 +62,13 @@ pub(super) struct Probe {
     /// Timing and retry settings.
     #[serde(default)]
     run_properties: RunProperties,
+    #[serde(flatten)]
+    types: ProbeTypeBlocks,
+}
+
+/// A probe's type blocks, of which exactly one must be set (experiment and guard probes).
+#[derive(JsonSchema)]
+pub(crate) struct ProbeTypeBlocks {
     /// An HTTP request and what its response must look like.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     http: Option<HttpProbe>,

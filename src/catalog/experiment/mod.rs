@@ -7,7 +7,7 @@
 //! never from an event.
 
 mod fault;
-mod file_shape;
+pub(crate) mod file_shape;
 mod probe;
 
 pub use fault::*;
