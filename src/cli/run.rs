@@ -71,10 +71,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     // Secrets of the configuration (Kafka properties, URL passwords, values set from
-    // `CHAOSGATE_*` variables included) and of the catalog (probe credentials).
+    // `CHAOSGATE_*` variables included) and of the catalog (experiment and guard probe
+    // credentials).
     let mut secrets = config.secrets();
     for experiment in catalog.experiments() {
         let fields = credential_fields(experiment);
+        secrets.add_credentials(fields.headers, fields.urls);
+        secrets.add_variables(fields.variables);
+    }
+    for guard in catalog.pipelines().filter_map(|p| p.guard.as_ref()) {
+        let fields = chaosgate::catalog::guard::credential_fields(guard);
         secrets.add_credentials(fields.headers, fields.urls);
         secrets.add_variables(fields.variables);
     }
