@@ -233,6 +233,9 @@ impl Scheduler {
         partition.adopt = loaded.owed;
         partition.adopt_at = loaded.end;
         partition.loaded_at = std::time::Instant::now();
+        // Read up to its committed offset already: a partition with nothing after it takes
+        // its owed states over at once.
+        partition.next = loaded.offsets.watermark();
         let held = std::mem::take(&mut partition.held);
         tracing::debug!(
             partition = loaded.partition,
