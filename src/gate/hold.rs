@@ -187,7 +187,10 @@ pub(crate) fn resume_point(pipeline: &Pipeline, resume: &Resume) -> ResumePoint 
         _ => &FailureStrategy::Abort,
     };
     let reason = format!("{place}: {}", hold.reason);
+    let ended_by_us = matches!(hold.status, HoldStatus::Aborted | HoldStatus::Superseded);
     let (stop, note) = match strategy {
+        // The kill switch ends the pipeline whatever the step's failure strategy.
+        _ if ended_by_us => (Some(Outcome::Aborted(reason)), None),
         FailureStrategy::Ignore
         | FailureStrategy::Retry {
             fallback: FallbackStrategy::Ignore,
@@ -198,9 +201,6 @@ pub(crate) fn resume_point(pipeline: &Pipeline, resume: &Resume) -> ResumePoint 
             fallback: FallbackStrategy::MarkAsSuccess,
             ..
         } => (None, Some("marked as success")),
-        _ if hold.status == HoldStatus::Aborted || hold.status == HoldStatus::Superseded => {
-            (Some(Outcome::Aborted(reason)), None)
-        }
         _ => (Some(Outcome::Failed(reason)), None),
     };
     if let Some(note) = note {
@@ -249,5 +249,85 @@ fn base(
         decided_by: None,
         decided_at: None,
         comment: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::pipeline::{Approval, ApprovalStep, pipeline_example};
+    use crate::catalog::span::Span;
+    use crate::contract::flag_change::flag_change_example;
+
+    /// The example pipeline with an approval step `ok` (failure strategy `strategy`) after
+    /// its chaos step, and the hold it makes.
+    fn approval(strategy: FailureStrategy) -> (Pipeline, HoldRecord) {
+        let mut pipeline = pipeline_example();
+        pipeline.stages[0].steps.push(Step::Approval(ApprovalStep {
+            id: "ok".into(),
+            name: None,
+            approval: Approval {
+                message: Some("look at the dashboards".into()),
+                timeout: Span::from_millis(60_000),
+            },
+            failure_strategy: strategy,
+        }));
+        let stage = &pipeline.stages[0];
+        let hold = step_hold(
+            &flag_change_example(),
+            &pipeline,
+            stage,
+            &stage.steps[1],
+            Utc::now(),
+        )
+        .expect("an approval step holds");
+        (pipeline, hold)
+    }
+
+    fn resumed(pipeline: &Pipeline, hold: &HoldRecord, status: HoldStatus) -> ResumePoint {
+        let resume = Resume {
+            hold: ended(hold, status, Utc::now(), "as the test says".into()),
+            steps: Vec::new(),
+        };
+        resume_point(pipeline, &resume)
+    }
+
+    #[test]
+    fn an_approved_hold_goes_on_after_its_step_and_a_rejected_one_follows_the_strategy() {
+        let (pipeline, hold) = approval(FailureStrategy::Abort);
+        assert_eq!(hold.kind, HoldKind::Approval);
+        assert!(
+            hold.reason.contains("look at the dashboards"),
+            "{}",
+            hold.reason
+        );
+        let approved = resumed(&pipeline, &hold, HoldStatus::Approved);
+        assert_eq!(approved.start, (0, 2));
+        assert!(approved.stop.is_none());
+        assert_eq!(approved.steps[0].status, RunStatus::Passed);
+        let rejected = resumed(&pipeline, &hold, HoldStatus::Rejected);
+        assert!(matches!(rejected.stop, Some(Outcome::Failed(_))));
+        assert_eq!(rejected.steps[0].status, RunStatus::Failed);
+
+        let (pipeline, hold) = approval(FailureStrategy::Ignore);
+        let ignored = resumed(&pipeline, &hold, HoldStatus::TimedOut);
+        assert!(ignored.stop.is_none());
+        assert!(ignored.steps[0].summary.ends_with("(failure ignored)"));
+        // The kill switch ends the pipeline whatever the strategy.
+        let aborted = resumed(&pipeline, &hold, HoldStatus::Aborted);
+        assert!(matches!(aborted.stop, Some(Outcome::Aborted(_))));
+    }
+
+    #[test]
+    fn a_hold_whose_step_left_the_pipeline_aborts_it() {
+        let (mut pipeline, hold) = approval(FailureStrategy::Abort);
+        pipeline.stages[0].steps.pop();
+        let point = resumed(&pipeline, &hold, HoldStatus::Approved);
+        match point.stop {
+            Some(Outcome::Aborted(reason)) => {
+                assert!(reason.contains("no longer in pipeline"), "{reason}")
+            }
+            other => panic!("expected an abort, got {other:?}"),
+        }
     }
 }
