@@ -522,7 +522,9 @@ impl Config {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if rest == "CONFIG" {
+            // Not settings: the config file's path (`--config`), and the cache folder of
+            // chaosgate's own scripts (`scripts/test.sh`, `deploy/local/*.sh` export it).
+            if rest == "CONFIG" || rest == "CACHE" {
                 continue;
             }
             let path = override_path(rest);
@@ -706,6 +708,24 @@ otlp_endpoint = "http://otel:collector-pa55@collector:4317"
         assert_eq!(config.worker.instance_id, None);
         assert_eq!(config.view, ViewConfig::default());
         assert_eq!(config.view.listen.to_string(), "127.0.0.1:9465");
+    }
+
+    #[test]
+    fn the_scripts_cache_folder_and_the_config_path_are_not_overrides() {
+        let config = Config::parse(
+            MINIMAL,
+            "c.toml",
+            env(&[
+                ("CHAOSGATE_CACHE", "/root/.cache/chaosgate"),
+                ("CHAOSGATE_CONFIG", "c.toml"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.group_id, "chaosgate");
+        let error = Config::parse(MINIMAL, "c.toml", env(&[("CHAOSGATE_CACHES", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("CHAOSGATE_CACHES") || error.contains("caches"), "{error}");
     }
 
     #[test]
