@@ -138,6 +138,11 @@ impl FlagStates {
         self.caught_up.send_replace(true);
     }
 
+    /// Whether the topic's backlog at start has been read (see [`FlagStates::caught_up`]).
+    pub(crate) fn is_caught_up(&self) -> bool {
+        *self.caught_up.borrow()
+    }
+
     fn insert(&self, state: Option<FlagState>, key: Option<String>, partition: i32, offset: i64) {
         if let Ok(mut read) = self.inner.lock() {
             match (state, key) {
@@ -163,6 +168,7 @@ pub(crate) async fn listen(states: FlagStates, stop: CancellationToken) {
         topic: states.topic.clone(),
         label: "chaosgate-flag-state-reader",
         catch_up_limit: CATCH_UP_LIMIT,
+        transactional: true,
     };
     let topic = states.topic.clone();
     reader

@@ -34,6 +34,9 @@ pub(crate) struct Follower {
     pub(crate) label: &'static str,
     /// The longest the backlog is waited for before `caught_up` is called anyway.
     pub(crate) catch_up_limit: Duration,
+    /// Every record of the topic is written in a transaction, so each partition ends
+    /// with a commit marker no consumer sees: its last record is at end offset - 2.
+    pub(crate) transactional: bool,
 }
 
 /// One record read, with where it was and when it was sent.
@@ -106,9 +109,10 @@ impl Follower {
                         failures = 0;
                     }
                     let partition = message.partition();
+                    let marker = i64::from(self.transactional);
                     if behind
                         .get(&partition)
-                        .is_some_and(|end| message.offset() + 1 >= *end)
+                        .is_some_and(|end| message.offset() + 1 + marker >= *end)
                     {
                         behind.remove(&partition);
                     }

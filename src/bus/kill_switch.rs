@@ -193,14 +193,22 @@ impl KillSwitch {
     /// step (or at the step it names) is logged as ignored; it is still remembered, but
     /// never answers a hold that begins after it was sent.
     pub(crate) fn answer(&self, request: ApprovalRequest, sent_at: DateTime<Utc>) {
-        let states = self.waiting.lock().ok().and_then(|w| w.clone());
+        // Judged only once both topics' backlogs are read: a request read before (one sent
+        // while no worker ran, or long ago) is remembered, and counts or not when its
+        // execution's hold is taken over.
+        let states = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|w| w.clone())
+            .filter(|s| s.is_caught_up() && *self.caught_up.borrow());
         let waits_at = states
             .as_ref()
             .map(|s| s.waiting_for_approval(&request.pipeline_execution_id));
         let execution_id = &request.pipeline_execution_id;
         let decision = request.decision;
         let step = request.step.as_deref().unwrap_or("any");
-        let requested_by = request.requested_by.as_deref().unwrap_or("unknown");
+        let requested_by = request.requested_by.as_deref().unwrap_or("(unset)");
         match waits_at {
             Some(None) => {
                 tracing::info!(%execution_id, ?decision, step, requested_by, "approval request ignored: the execution is not waiting at an approval step")
@@ -208,9 +216,16 @@ impl KillSwitch {
             Some(Some(place)) if request.step.as_deref().is_some_and(|s| s != place) => {
                 tracing::info!(%execution_id, ?decision, step, waits_at = %place, requested_by, "approval request ignored: the execution waits at another step")
             }
-            _ => {
+            Some(Some(_)) => {
                 tracing::info!(%execution_id, ?decision, step, requested_by, "approval request read")
             }
+            None => tracing::debug!(
+                %execution_id,
+                ?decision,
+                step,
+                requested_by,
+                "approval request read (remembered; judged when its execution's hold is taken over)"
+            ),
         }
         if let Ok(mut registry) = self.inner.lock() {
             let answers = &mut registry.answers;
@@ -314,6 +329,7 @@ pub async fn listen(
         topic: topic.clone(),
         label: "chaosgate-control-reader",
         catch_up_limit: CATCH_UP_LIMIT,
+        transactional: false,
     };
     let caught_up = || kill_switch.mark_caught_up();
     reader

@@ -108,7 +108,9 @@ pub fn flag_state_example() -> FlagState {
     hold.decided_by = None;
     hold.decided_at = None;
     hold.comment = None;
-    hold.reason = "waiting for an approve or reject request naming this execution until 2026-11-27T13:30:00Z: check the canary dashboards".into();
+    hold.reason =
+        "waiting for an approve or reject request naming this execution: check the canary dashboards"
+            .into();
     FlagState {
         project: change.project.clone(),
         environment: change.environment.clone(),

@@ -65,7 +65,9 @@ pub struct HoldRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
     /// Why it waits, or how it ended, in one line, e.g. `held by freeze window "weekend"
-    /// (0 18 * * FRI, 63h, Europe/Berlin) until 2026-11-30T08:00:00Z`.
+    /// (every Friday at 18:00 Europe/Berlin, for 63h) until 2026-11-30T08:00:00Z` or
+    /// `waiting for an approve or reject request naming this execution: check the
+    /// dashboards` (`until` says until when).
     pub reason: String,
     /// The freeze window's name (freeze holds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -76,19 +76,13 @@ pub(crate) fn step_hold(
                 .as_deref()
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default();
-            let reason = format!(
-                "waiting for an approve or reject request naming this execution until {}{asked}",
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
+            let reason =
+                format!("waiting for an approve or reject request naming this execution{asked}");
             (HoldKind::Approval, until, reason)
         }
         Step::Wait(wait) => {
             let until = now + wait.wait.duration();
-            let reason = format!(
-                "waiting {} (bake time) until {}",
-                wait.wait,
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
+            let reason = format!("waiting {} (bake time)", wait.wait);
             (HoldKind::Wait, until, reason)
         }
     };

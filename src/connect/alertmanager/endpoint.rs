@@ -448,7 +448,7 @@ fn authorized(headers: &HeaderMap, token: &str) -> Result<(), &'static str> {
         return if matches(bearer) {
             Ok(())
         } else {
-            Err("the Bearer token is not alertmanager.token")
+            Err("the Bearer token is not the configured one (alertmanager.token or token_file)")
         };
     }
     if let Some(basic) = presented.strip_prefix(b"Basic ") {
@@ -463,7 +463,7 @@ fn authorized(headers: &HeaderMap, token: &str) -> Result<(), &'static str> {
         return if matches(password) {
             Ok(())
         } else {
-            Err("the Basic password is not alertmanager.token")
+            Err("the Basic password is not the configured token (alertmanager.token or token_file)")
         };
     }
     Err("the Authorization header is neither Bearer nor Basic")

@@ -77,6 +77,12 @@ pub async fn run(
     setups: Vec<consumer::Setup>,
     shutdown: CancellationToken,
 ) -> Result<(), NotifyError> {
+    // The worker creates missing topics at start (`kafka.create_topics`); the consumers
+    // subscribe once the topics exist, rather than log that they do not yet.
+    let client = crate::bus::client::client_config(&config.kafka);
+    crate::bus::startup::ensure_topics(&config, &client, &shutdown)
+        .await
+        .map_err(|error| NotifyError::Kafka(error.to_string()))?;
     let mut tasks = tokio::task::JoinSet::new();
     for setup in setups {
         let (config, shutdown) = (config.clone(), shutdown.clone());

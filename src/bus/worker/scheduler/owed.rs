@@ -225,7 +225,7 @@ async fn hold_end(
             let who = request
                 .requested_by
                 .clone()
-                .unwrap_or_else(|| "someone".into());
+                .unwrap_or_else(|| "an approver who gave no name (requested_by unset)".into());
             let comment = request
                 .comment
                 .as_deref()
