@@ -725,7 +725,10 @@ otlp_endpoint = "http://otel:collector-pa55@collector:4317"
         let error = Config::parse(MINIMAL, "c.toml", env(&[("CHAOSGATE_CACHES", "x")]))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("CHAOSGATE_CACHES") || error.contains("caches"), "{error}");
+        assert!(
+            error.contains("CHAOSGATE_CACHES") || error.contains("caches"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -44,6 +44,12 @@ fn body(detail: &ExecutionDetail) -> Markup {
                     Some(kind) => span.badge.waiting #waiting-badge { "waiting: " (kind) },
                     None => (badge(e.status.as_str())),
                 }
+                // The pipeline passed, but its guard took the change back afterwards.
+                @for guard in detail.guards.iter().filter(|g| g.status == "fired") {
+                    a.badge.failed #guard-fired-badge href="#guard" title=(guard.reason.as_deref().unwrap_or_default()) {
+                        "guard fired: " (guard.on_failure)
+                    }
+                }
             }
             p.muted {
                 "Pipeline " a href={ "/pipelines/" (super::segment(&e.pipeline_id)) } { (e.pipeline_id) }
