@@ -96,7 +96,25 @@ async fn an_approved_execution_goes_on_and_its_records_say_who_approved() {
     // The chaos step before the approval ran once.
     assert_eq!(seen.final_runs_for(&event.event_id).len(), 1);
 
-    // As an operator would: `chaosgate approve`.
+    // As an operator would: `chaosgate approve`. A wrong id or step sends nothing.
+    let cli_config = h.config("cli", &Settings::default());
+    let refused = |id: &str, step: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chaosgate"))
+            .args(["approve", id, "--step", step, "--config"])
+            .arg(&cli_config)
+            .output()
+            .expect("chaosgate approve");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stray = uuid::Uuid::new_v4().to_string();
+    let said = refused(&stray, "canary/oncall-ok");
+    assert!(
+        said.contains("is not waiting at an approval step") && said.contains("nothing sent"),
+        "{said}"
+    );
+    let said = refused(&execution, "canary/other");
+    assert!(said.contains("waits at step canary/oncall-ok"), "{said}");
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_chaosgate"))
         .args([
             "approve",

@@ -38,6 +38,30 @@ pub enum SendError {
     },
 }
 
+/// Where the flag-state topic says execution `execution_id` waits for approval:
+/// `Some(Some("stage-id/step-id"))`, `Some(None)` when it does not, `None` when the topic
+/// could not be read within [`super::flag_state::CATCH_UP_LIMIT`].
+pub async fn waiting_for_approval(
+    kafka: &KafkaConfig,
+    flag_state_topic: &str,
+    execution_id: &str,
+) -> Option<Option<String>> {
+    let states = super::flag_state::FlagStates::new(
+        super::client::client_config(kafka),
+        flag_state_topic.to_string(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let reader = tokio::spawn(super::flag_state::listen(states.clone(), stop.clone()));
+    let limit = super::flag_state::CATCH_UP_LIMIT + Duration::from_secs(1);
+    let read = tokio::time::timeout(limit, states.caught_up())
+        .await
+        .is_ok()
+        && states.read_all();
+    stop.cancel();
+    let _ = reader.await;
+    read.then(|| states.waiting_for_approval(execution_id))
+}
+
 /// Sends `request` on the control topic `topic`; returns its (partition, offset).
 pub async fn send_approval(
     kafka: &KafkaConfig,

@@ -30,6 +30,8 @@ pub(crate) const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 pub(crate) struct FlagStates {
     inner: Arc<Mutex<Read>>,
     caught_up: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Set when the backlog was read whole (not just waited for).
+    read_whole: Arc<std::sync::atomic::AtomicBool>,
     client: ClientConfig,
     topic: String,
 }
@@ -47,6 +49,7 @@ impl FlagStates {
         FlagStates {
             inner: Arc::default(),
             caught_up: Arc::new(tokio::sync::watch::Sender::new(false)),
+            read_whole: Arc::default(),
             client,
             topic,
         }
@@ -138,6 +141,12 @@ impl FlagStates {
         self.caught_up.send_replace(true);
     }
 
+    /// Whether every partition of the topic was read to its end at start (not merely
+    /// waited for: [`FlagStates::caught_up`] also resolves when the topic cannot be read).
+    pub(crate) fn read_all(&self) -> bool {
+        self.read_whole.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether the topic's backlog at start has been read (see [`FlagStates::caught_up`]).
     pub(crate) fn is_caught_up(&self) -> bool {
         *self.caught_up.borrow()
@@ -172,7 +181,15 @@ pub(crate) async fn listen(states: FlagStates, stop: CancellationToken) {
     };
     let topic = states.topic.clone();
     reader
-        .follow(&stop, || states.mark_caught_up(), |read| {
+        .follow(
+            &stop,
+            |whole| {
+                states
+                    .read_whole
+                    .store(whole, std::sync::atomic::Ordering::Release);
+                states.mark_caught_up();
+            },
+            |read| {
             let key = read
                 .message
                 .key

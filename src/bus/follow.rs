@@ -53,12 +53,13 @@ pub(crate) struct Read {
 
 impl Follower {
     /// Reads the topic until `stop` fires, handing each record to `on_read`; calls
-    /// `caught_up` once the backlog is read (see the module docs). Returns early, without
-    /// calling `caught_up`, when the topic cannot be assigned.
+    /// `caught_up` once the backlog is read (with `true`) or the bound passed (`false`),
+    /// see the module docs. Returns early, without calling `caught_up`, when the topic
+    /// cannot be assigned.
     pub(crate) async fn follow(
         &self,
         stop: &CancellationToken,
-        caught_up: impl FnOnce(),
+        caught_up: impl FnOnce(bool),
         mut on_read: impl FnMut(Read),
     ) {
         let topic = &self.topic;
@@ -93,7 +94,7 @@ impl Follower {
                     tracing::warn!(%topic, partitions = ?behind.keys().collect::<Vec<_>>(), "the topic's backlog was not read within {:?}; going on", self.catch_up_limit);
                 }
                 if let Some(caught_up) = caught_up.take() {
-                    caught_up();
+                    caught_up(behind.is_empty());
                 }
             }
             let tick = catch_up_until.saturating_duration_since(Instant::now());

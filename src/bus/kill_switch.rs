@@ -331,7 +331,7 @@ pub async fn listen(
         catch_up_limit: CATCH_UP_LIMIT,
         transactional: false,
     };
-    let caught_up = || kill_switch.mark_caught_up();
+    let caught_up = |_| kill_switch.mark_caught_up();
     reader
         .follow(&stop, caught_up, |read| {
             match decode_control_request(&read.message) {
