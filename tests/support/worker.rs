@@ -695,62 +695,40 @@ impl Collector {
                     .as_ref()
                     .map(|e| e.event_type.clone())
                     .unwrap_or_default();
-                let data = event.map(|event| event.data);
-                let decode = |data: Result<serde_json::Value, _>| {
-                    data.map_err(|e: chaosgate::contract::CloudEventError| e.to_string())
-                };
+                let data = event.map(|event| event.data).map_err(|e| e.to_string());
+                let headers = record.headers.clone();
+                let outputs = &mut *outputs;
+                let garbage = &mut outputs.garbage;
+                // Decodes the data as `T` into `into`, or says why into `garbage`.
+                fn keep<T: serde::de::DeserializeOwned>(
+                    data: Result<serde_json::Value, String>,
+                    into: &mut Vec<Received<T>>,
+                    garbage: &mut Vec<String>,
+                    (partition, offset, seen, headers): (i32, i64, Instant, Vec<(String, Vec<u8>)>),
+                    topic: &str,
+                ) {
+                    match data
+                        .and_then(|d| serde_json::from_value::<T>(d).map_err(|e| e.to_string()))
+                    {
+                        Ok(value) => into.push(Received {
+                            partition,
+                            offset,
+                            seen,
+                            headers,
+                            value,
+                        }),
+                        Err(e) => garbage.push(format!("{topic}@{offset}: {e}")),
+                    }
+                }
+                let at = (partition, offset, seen, headers);
                 if topic == topics.runs && event_type == HOLD_RECORD_TYPE {
-                    match decode(data).and_then(|d| {
-                        serde_json::from_value::<HoldRecord>(d).map_err(|e| e.to_string())
-                    }) {
-                        Ok(value) => outputs.holds.push(Received {
-                            partition,
-                            offset,
-                            seen,
-                            headers: record.headers.clone(),
-                            value,
-                        }),
-                        Err(e) => outputs.garbage.push(format!("{topic}@{offset}: {e}")),
-                    }
+                    keep(data, &mut outputs.holds, garbage, at, &topic);
                 } else if topic == topics.runs && event_type == GUARD_RECORD_TYPE {
-                    match decode(data).and_then(|d| {
-                        serde_json::from_value::<GuardRecord>(d).map_err(|e| e.to_string())
-                    }) {
-                        Ok(value) => outputs.guards.push(Received {
-                            partition,
-                            offset,
-                            seen,
-                            headers: record.headers.clone(),
-                            value,
-                        }),
-                        Err(e) => outputs.garbage.push(format!("{topic}@{offset}: {e}")),
-                    }
+                    keep(data, &mut outputs.guards, garbage, at, &topic);
                 } else if topic == topics.runs {
-                    match data.map_err(|e| e.to_string()).and_then(|d| {
-                        serde_json::from_value::<RunRecord>(d).map_err(|e| e.to_string())
-                    }) {
-                        Ok(value) => outputs.runs.push(Received {
-                            partition,
-                            offset,
-                            seen,
-                            headers: record.headers.clone(),
-                            value,
-                        }),
-                        Err(e) => outputs.garbage.push(format!("{topic}@{offset}: {e}")),
-                    }
+                    keep(data, &mut outputs.runs, garbage, at, &topic);
                 } else {
-                    match data.map_err(|e| e.to_string()).and_then(|d| {
-                        serde_json::from_value::<FlagCommand>(d).map_err(|e| e.to_string())
-                    }) {
-                        Ok(value) => outputs.commands.push(Received {
-                            partition,
-                            offset,
-                            seen,
-                            headers: record.headers.clone(),
-                            value,
-                        }),
-                        Err(e) => outputs.garbage.push(format!("{topic}@{offset}: {e}")),
-                    }
+                    keep(data, &mut outputs.commands, garbage, at, &topic);
                 }
             }
         });
