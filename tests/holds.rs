@@ -51,6 +51,13 @@ fn holds_of<'a>(outputs: &'a Outputs, event_id: &str) -> Vec<&'a chaosgate::cont
         .collect()
 }
 
+/// Whether `event_id` has a hold record with `status`.
+fn ended(outputs: &Outputs, event_id: &str, status: HoldStatus) -> bool {
+    holds_of(outputs, event_id)
+        .iter()
+        .any(|h| h.status == status)
+}
+
 fn approval_step(timeout: &str, strategy: &str) -> String {
     format!(
         "      - id: oncall-ok\n        approval:\n          message: check the canary dashboards\n          timeout: {timeout}\n{strategy}"
@@ -139,9 +146,16 @@ async fn an_approved_execution_goes_on_and_its_records_say_who_approved() {
         "{said}"
     );
     let done = h
-        .wait_for(&collector, "the enable after the approval", PATIENCE, |o| {
-            !o.commands_for(&event.event_id).is_empty()
-        })
+        .wait_for(
+            &collector,
+            "the enable and the approved hold",
+            PATIENCE,
+            |o| {
+                // Two topics, read by one consumer in no set order: wait for both records.
+                !o.commands_for(&event.event_id).is_empty()
+                    && ended(o, &event.event_id, HoldStatus::Approved)
+            },
+        )
         .await;
     let commands = done.commands_for(&event.event_id);
     assert_eq!(commands.len(), 1, "{}", done.describe());
@@ -202,10 +216,17 @@ async fn a_rejected_or_timed_out_approval_fails_the_pipeline_and_a_stray_request
     }))
     .await;
     let done = h
-        .wait_for(&collector, "both commands", PATIENCE, |o| {
-            !o.commands_for(&rejected.event_id).is_empty()
-                && !o.commands_for(&timed_out.event_id).is_empty()
-        })
+        .wait_for(
+            &collector,
+            "both commands and both ended holds",
+            PATIENCE,
+            |o| {
+                !o.commands_for(&rejected.event_id).is_empty()
+                    && !o.commands_for(&timed_out.event_id).is_empty()
+                    && ended(o, &rejected.event_id, HoldStatus::Rejected)
+                    && ended(o, &timed_out.event_id, HoldStatus::TimedOut)
+            },
+        )
         .await;
     let reject = done.commands_for(&rejected.event_id);
     assert_eq!(reject.len(), 1);
@@ -255,7 +276,10 @@ async fn a_wait_step_holds_the_pipeline_for_its_bake_time() {
             &collector,
             "the enable after the bake time",
             PATIENCE,
-            |o| !o.commands_for(&event.event_id).is_empty(),
+            |o| {
+                !o.commands_for(&event.event_id).is_empty()
+                    && ended(o, &event.event_id, HoldStatus::Done)
+            },
         )
         .await;
     let holds = holds_of(&done, &event.event_id);
@@ -338,10 +362,16 @@ async fn a_newer_change_supersedes_a_waiting_execution_with_its_failure_outcome(
     let newer = change("sup-1", ChangeKind::Disable, None);
     h.produce_change(&newer).await;
     let done = h
-        .wait_for(&collector, "both commands", PATIENCE, |o| {
-            !o.commands_for(&waiting.event_id).is_empty()
-                && !o.commands_for(&newer.event_id).is_empty()
-        })
+        .wait_for(
+            &collector,
+            "both commands and the superseded hold",
+            PATIENCE,
+            |o| {
+                !o.commands_for(&waiting.event_id).is_empty()
+                    && !o.commands_for(&newer.event_id).is_empty()
+                    && ended(o, &waiting.event_id, HoldStatus::Superseded)
+            },
+        )
         .await;
     let first = done
         .commands
