@@ -33,3 +33,36 @@ pub(crate) fn flag_change_producer(
         .set("linger.ms", "0");
     client.create()
 }
+
+/// Binds `addr` for a bridge's endpoint: the listener and the address it got (the port
+/// chosen when `addr`'s is 0).
+pub(crate) async fn bind(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}
+
+/// Serves a bridge's webhook `app` (its routes, with their state) on `listener` until
+/// `shutdown`, beside `GET /healthz` (200 `{"status": "ok"}` while it serves) and
+/// `GET /metrics`; a body over `max_body` bytes is refused with 413.
+pub(crate) async fn serve_webhook(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    max_body: usize,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = app
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::telemetry::http::metrics_text))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}

@@ -43,11 +43,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use base64::Engine as _;
 use rdkafka::producer::FutureProducer;
 use serde_json::{Value, json};
@@ -110,17 +110,11 @@ pub async fn serve(
         recent: RecentEvents::new(RECENT_IDS),
     });
     let addr = section.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
+    let (listener, bound) = crate::connect::bind(addr)
         .await
-        .map_err(|error| AlertmanagerError::Listen { addr, error })?;
-    let bound = listener
-        .local_addr()
         .map_err(|error| AlertmanagerError::Listen { addr, error })?;
     let app = Router::new()
         .route(PATH, post(webhook))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(crate::telemetry::http::metrics_text))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(endpoint.clone());
     tracing::info!(
         addr = %bound,
@@ -129,8 +123,7 @@ pub async fn serve(
         rules = endpoint.rules.len(),
         "serving the Alertmanager webhook"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    crate::connect::serve_webhook(listener, app, MAX_BODY_BYTES, shutdown)
         .await
         .map_err(|error| AlertmanagerError::Listen { addr, error })
 }
@@ -467,10 +460,6 @@ fn authorized(headers: &HeaderMap, token: &str) -> Result<(), &'static str> {
         };
     }
     Err("the Authorization header is neither Bearer nor Basic")
-}
-
-async fn healthz() -> Response {
-    (StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response()
 }
 
 #[cfg(test)]

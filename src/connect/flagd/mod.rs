@@ -59,16 +59,13 @@ async fn bind(
     key: &'static str,
     listen: std::net::SocketAddr,
 ) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), FlagdError> {
-    let failed = |error| FlagdError::Listen {
-        key,
-        addr: listen,
-        error,
-    };
-    let listener = tokio::net::TcpListener::bind(listen)
+    crate::connect::bind(listen)
         .await
-        .map_err(failed)?;
-    let bound = listener.local_addr().map_err(failed)?;
-    Ok((listener, bound))
+        .map_err(|error| FlagdError::Listen {
+            key,
+            addr: listen,
+            error,
+        })
 }
 
 /// The `[flagd]` section of `config`, checked, or [`FlagdError::Config`] naming the key.

@@ -57,11 +57,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use rdkafka::producer::FutureProducer;
 use rdkafka::util::Timeout;
 use serde_json::json;
@@ -144,17 +144,11 @@ pub async fn serve(
         hold,
     });
     let addr = unleash.webhook.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
+    let (listener, bound) = crate::connect::bind(addr)
         .await
-        .map_err(|error| UnleashError::Listen { addr, error })?;
-    let bound = listener
-        .local_addr()
         .map_err(|error| UnleashError::Listen { addr, error })?;
     let app = Router::new()
         .route(PATH, post(webhook))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(crate::telemetry::http::metrics_text))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(endpoint.clone());
     tracing::info!(
         addr = %bound,
@@ -163,8 +157,7 @@ pub async fn serve(
         hold_while_gating = endpoint.hold.is_some(),
         "serving the Unleash webhook"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    crate::connect::serve_webhook(listener, app, MAX_BODY_BYTES, shutdown)
         .await
         .map_err(|error| UnleashError::Listen { addr, error })
 }
@@ -414,10 +407,6 @@ async fn produce(endpoint: &Endpoint, change: &FlagChange) -> Result<(i32, i64),
         .await
         .map(|delivery| (delivery.partition, delivery.offset))
         .map_err(|(error, _)| format!("{} ({error})", endpoint.topic))
-}
-
-async fn healthz() -> Response {
-    (StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response()
 }
 
 #[cfg(test)]
