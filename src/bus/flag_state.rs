@@ -78,9 +78,7 @@ impl FlagStates {
                 if waiting.hold.pipeline_execution_id == execution_id
                     && waiting.hold.kind == crate::contract::HoldKind::Approval =>
             {
-                let stage = waiting.hold.stage.as_ref()?;
-                let step = waiting.hold.step.as_ref()?;
-                Some(format!("{}/{}", stage.id, step.id))
+                waiting.hold.place()
             }
             _ => None,
         })

@@ -83,6 +83,15 @@ pub struct HoldRecord {
     pub comment: Option<String>,
 }
 
+impl HoldRecord {
+    /// `stage-id/step-id` of the approval or wait step held at (what an approval
+    /// request's `step` names); `None` for a freeze.
+    pub fn place(&self) -> Option<String> {
+        let (stage, step) = (self.stage.as_ref()?, self.step.as_ref()?);
+        Some(format!("{}/{}", stage.id, step.id))
+    }
+}
+
 /// What holds an execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -212,10 +212,7 @@ async fn hold_end(
         // Ended before a restart, its resume never committed: go on at once.
         return hold.clone();
     }
-    let place = match (&hold.stage, &hold.step) {
-        (Some(stage), Some(step)) => format!("{}/{}", stage.id, step.id),
-        _ => String::new(),
-    };
+    let place = hold.place().unwrap_or_default();
     let mut answers = kill_switch.answers();
     loop {
         if hold.kind == HoldKind::Approval
